@@ -1,0 +1,382 @@
+//! An in-memory [`Store`], for tests and for embedding the engine where nothing
+//! needs to outlive the process.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::Store;
+use crate::error::{Error, Result};
+use crate::id::{MessageId, RoomId, UserId};
+use crate::message::{Appended, HistoryPage, HistoryQuery, Message, NewMessage};
+use crate::room::{Member, MemberRole, NewRoom, ReceiptKind, Room, RoomKind, RoomSummary};
+use crate::time::Timestamp;
+use crate::user::User;
+
+/// Keeps everything in one mutex-guarded map set. Every method holds the lock
+/// only for in-memory work, never across an await.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    users: HashMap<UserId, User>,
+    rooms: HashMap<RoomId, RoomState>,
+    direct: HashMap<String, RoomId>,
+    memberships: HashMap<UserId, HashSet<RoomId>>,
+}
+
+#[derive(Debug)]
+struct RoomState {
+    room: Room,
+    last_activity: Timestamp,
+    /// Members in joining order, each with a monotonically growing position.
+    members: BTreeMap<u64, Member>,
+    member_pos: HashMap<UserId, u64>,
+    next_pos: u64,
+    messages: Vec<Message>,
+    by_id: HashMap<MessageId, usize>,
+    idempotency: HashMap<(UserId, String), usize>,
+}
+
+impl RoomState {
+    fn member_mut(&mut self, user: &UserId) -> Option<&mut Member> {
+        let pos = self.member_pos.get(user)?;
+        self.members.get_mut(pos)
+    }
+
+    fn add(&mut self, member: Member) -> bool {
+        if self.member_pos.contains_key(&member.user_id) {
+            return false;
+        }
+        let pos = self.next_pos;
+        self.next_pos += 1;
+        self.member_pos.insert(member.user_id.clone(), pos);
+        self.members.insert(pos, member);
+        true
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a
+        // way later calls would trip over, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn upsert_user(&self, user: &User) -> Result<()> {
+        self.lock().users.insert(user.id.clone(), user.clone());
+        Ok(())
+    }
+
+    async fn user(&self, id: &UserId) -> Result<Option<User>> {
+        Ok(self.lock().users.get(id).cloned())
+    }
+
+    async fn users(&self, ids: &[UserId]) -> Result<Vec<User>> {
+        let state = self.lock();
+        Ok(ids.iter().filter_map(|id| state.users.get(id).cloned()).collect())
+    }
+
+    async fn search_users(&self, query: &str, limit: u32) -> Result<Vec<User>> {
+        let needle = query.to_ascii_lowercase();
+        let state = self.lock();
+        let mut found: Vec<User> = state
+            .users
+            .values()
+            .filter(|u| {
+                u.id.as_str().to_ascii_lowercase().contains(&needle)
+                    || u.name.to_ascii_lowercase().contains(&needle)
+            })
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+        found.truncate(limit as usize);
+        Ok(found)
+    }
+
+    async fn create_room(&self, new: NewRoom) -> Result<(Room, bool)> {
+        let mut state = self.lock();
+        let direct_key = match (new.kind, new.members.as_slice()) {
+            (RoomKind::Direct, [(a, _), (b, _)]) => Some(NewRoom::direct_key(a, b)),
+            (RoomKind::Direct, _) => return Err(Error::invalid("a direct room has exactly two members")),
+            _ => None,
+        };
+        if let Some(key) = &direct_key {
+            if let Some(existing) = state.direct.get(key).and_then(|id| state.rooms.get(id)) {
+                return Ok((existing.room.clone(), false));
+            }
+        }
+        if state.rooms.contains_key(&new.id) {
+            return Err(Error::conflict("room id already taken"));
+        }
+        let room = Room {
+            id: new.id,
+            kind: new.kind,
+            name: new.name,
+            visibility: new.visibility,
+            created_by: new.created_by,
+            created_at: new.created_at,
+            last_seq: 0,
+        };
+        let mut rs = RoomState {
+            room: room.clone(),
+            last_activity: new.created_at,
+            members: BTreeMap::new(),
+            member_pos: HashMap::new(),
+            next_pos: 0,
+            messages: Vec::new(),
+            by_id: HashMap::new(),
+            idempotency: HashMap::new(),
+        };
+        for (user_id, role) in new.members {
+            state.memberships.entry(user_id.clone()).or_default().insert(room.id);
+            rs.add(Member {
+                room_id: room.id,
+                user_id,
+                role,
+                joined_at: new.created_at,
+                delivered_seq: 0,
+                read_seq: 0,
+            });
+        }
+        if let Some(key) = direct_key {
+            state.direct.insert(key, room.id);
+        }
+        state.rooms.insert(room.id, rs);
+        Ok((room, true))
+    }
+
+    async fn room(&self, id: RoomId) -> Result<Option<Room>> {
+        Ok(self.lock().rooms.get(&id).map(|r| r.room.clone()))
+    }
+
+    async fn rooms_of_user(&self, user: &UserId) -> Result<Vec<RoomSummary>> {
+        let state = self.lock();
+        let Some(ids) = state.memberships.get(user) else {
+            return Ok(Vec::new());
+        };
+        let mut rooms: Vec<(Timestamp, RoomSummary)> = ids
+            .iter()
+            .filter_map(|id| state.rooms.get(id))
+            .filter_map(|rs| {
+                let m = rs.member_pos.get(user).and_then(|p| rs.members.get(p))?;
+                Some((rs.last_activity, RoomSummary::new(rs.room.clone(), m.read_seq)))
+            })
+            .collect();
+        rooms.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.room.id.cmp(&a.1.room.id)));
+        Ok(rooms.into_iter().map(|(_, s)| s).collect())
+    }
+
+    async fn room_count_of_user(&self, user: &UserId) -> Result<u64> {
+        Ok(self.lock().memberships.get(user).map_or(0, |s| s.len() as u64))
+    }
+
+    async fn member(&self, room: RoomId, user: &UserId) -> Result<Option<Member>> {
+        let state = self.lock();
+        Ok(state
+            .rooms
+            .get(&room)
+            .and_then(|rs| rs.member_pos.get(user).and_then(|p| rs.members.get(p)))
+            .cloned())
+    }
+
+    async fn members(&self, room: RoomId) -> Result<Vec<Member>> {
+        let state = self.lock();
+        Ok(state.rooms.get(&room).map(|rs| rs.members.values().cloned().collect()).unwrap_or_default())
+    }
+
+    async fn member_count(&self, room: RoomId) -> Result<u64> {
+        Ok(self.lock().rooms.get(&room).map_or(0, |rs| rs.members.len() as u64))
+    }
+
+    async fn add_member(&self, room: RoomId, user: &UserId, role: MemberRole, at: Timestamp) -> Result<bool> {
+        let mut state = self.lock();
+        let Some(rs) = state.rooms.get_mut(&room) else {
+            return Err(Error::NotFound("room"));
+        };
+        let added = rs.add(Member {
+            room_id: room,
+            user_id: user.clone(),
+            role,
+            joined_at: at,
+            delivered_seq: 0,
+            read_seq: 0,
+        });
+        if added {
+            state.memberships.entry(user.clone()).or_default().insert(room);
+        }
+        Ok(added)
+    }
+
+    async fn remove_member(&self, room: RoomId, user: &UserId) -> Result<bool> {
+        let mut state = self.lock();
+        let Some(rs) = state.rooms.get_mut(&room) else {
+            return Ok(false);
+        };
+        let Some(pos) = rs.member_pos.remove(user) else {
+            return Ok(false);
+        };
+        rs.members.remove(&pos);
+        if let Some(set) = state.memberships.get_mut(user) {
+            set.remove(&room);
+            if set.is_empty() {
+                state.memberships.remove(user);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn co_members(&self, user: &UserId) -> Result<Vec<UserId>> {
+        let state = self.lock();
+        let mut out = HashSet::new();
+        for room in state.memberships.get(user).into_iter().flatten() {
+            if let Some(rs) = state.rooms.get(room) {
+                out.extend(rs.member_pos.keys().filter(|u| *u != user).cloned());
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>> {
+        let mut state = self.lock();
+        // Check every room first so that a bad batch changes nothing.
+        if batch.iter().any(|m| !state.rooms.contains_key(&m.room_id)) {
+            return Err(Error::NotFound("room"));
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for new in batch {
+            let Some(rs) = state.rooms.get_mut(&new.room_id) else {
+                return Err(Error::NotFound("room"));
+            };
+            let key = (new.sender_id.clone(), new.client_msg_id.clone());
+            if let Some(&idx) = rs.idempotency.get(&key) {
+                out.push(Appended { message: rs.messages[idx].clone(), created: false });
+                continue;
+            }
+            let seq = rs.room.last_seq + 1;
+            let message = Message {
+                id: new.id,
+                room_id: new.room_id,
+                seq,
+                sender_id: new.sender_id,
+                client_msg_id: new.client_msg_id,
+                body: new.body,
+                attachments: new.attachments,
+                reply_to: new.reply_to,
+                created_at: new.created_at,
+                edited_at: None,
+                deleted: false,
+            };
+            rs.room.last_seq = seq;
+            rs.last_activity = new.created_at;
+            let idx = rs.messages.len();
+            rs.messages.push(message.clone());
+            rs.by_id.insert(message.id, idx);
+            rs.idempotency.insert(key, idx);
+            if let Some(m) = rs.member_mut(&message.sender_id) {
+                m.read_seq = m.read_seq.max(seq);
+                m.delivered_seq = m.delivered_seq.max(seq);
+            }
+            out.push(Appended { message, created: true });
+        }
+        Ok(out)
+    }
+
+    async fn message(&self, room: RoomId, id: MessageId) -> Result<Option<Message>> {
+        let state = self.lock();
+        Ok(state
+            .rooms
+            .get(&room)
+            .and_then(|rs| rs.by_id.get(&id).map(|&i| rs.messages[i].clone())))
+    }
+
+    async fn edit_message(&self, room: RoomId, id: MessageId, body: &str, at: Timestamp) -> Result<Option<Message>> {
+        let mut state = self.lock();
+        let Some(rs) = state.rooms.get_mut(&room) else {
+            return Ok(None);
+        };
+        let Some(&idx) = rs.by_id.get(&id) else {
+            return Ok(None);
+        };
+        let msg = &mut rs.messages[idx];
+        msg.body = body.to_owned();
+        msg.edited_at = Some(at);
+        Ok(Some(msg.clone()))
+    }
+
+    async fn delete_message(&self, room: RoomId, id: MessageId, at: Timestamp) -> Result<Option<Message>> {
+        let mut state = self.lock();
+        let Some(rs) = state.rooms.get_mut(&room) else {
+            return Ok(None);
+        };
+        let Some(&idx) = rs.by_id.get(&id) else {
+            return Ok(None);
+        };
+        let msg = &mut rs.messages[idx];
+        msg.body.clear();
+        msg.attachments.clear();
+        msg.deleted = true;
+        msg.edited_at = Some(at);
+        Ok(Some(msg.clone()))
+    }
+
+    async fn history(&self, room: RoomId, q: HistoryQuery) -> Result<HistoryPage> {
+        let state = self.lock();
+        let Some(rs) = state.rooms.get(&room) else {
+            return Ok(HistoryPage { messages: Vec::new(), has_more: false });
+        };
+        // Messages sit at index seq - 1, so a seq range is a slice.
+        let total = rs.messages.len() as u64;
+        let lo = q.after_seq.map_or(0, |a| a.min(total)); // first index included
+        let hi = q.before_seq.map_or(total, |b| b.saturating_sub(1).min(total)); // end index, excluded
+        if lo >= hi {
+            return Ok(HistoryPage { messages: Vec::new(), has_more: false });
+        }
+        let limit = u64::from(q.limit);
+        let (start, end, has_more) = if q.after_seq.is_some() {
+            let end = (lo + limit).min(hi);
+            (lo, end, end < hi)
+        } else {
+            let start = hi.saturating_sub(limit).max(lo);
+            (start, hi, start > lo)
+        };
+        Ok(HistoryPage { messages: rs.messages[start as usize..end as usize].to_vec(), has_more })
+    }
+
+    async fn advance_cursor(&self, room: RoomId, user: &UserId, kind: ReceiptKind, up_to: u64) -> Result<Option<u64>> {
+        let mut state = self.lock();
+        let Some(m) = state.rooms.get_mut(&room).and_then(|rs| rs.member_mut(user)) else {
+            return Ok(None);
+        };
+        let moved = match kind {
+            ReceiptKind::Delivered => {
+                let moved = up_to > m.delivered_seq;
+                m.delivered_seq = m.delivered_seq.max(up_to);
+                moved
+            }
+            ReceiptKind::Read => {
+                let moved = up_to > m.read_seq;
+                m.read_seq = m.read_seq.max(up_to);
+                m.delivered_seq = m.delivered_seq.max(up_to);
+                moved
+            }
+        };
+        Ok(moved.then_some(up_to))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+}

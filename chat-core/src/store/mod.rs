@@ -1,0 +1,123 @@
+//! The persistence seam.
+//!
+//! A [`Store`] keeps users, rooms, memberships, messages and receipt cursors.
+//! The engine calls it from many tasks at once; an implementation must be safe
+//! to share (`Send + Sync`) and must uphold these rules, which the conformance
+//! suite (`chat_core::testing`, feature `testing`) checks:
+//!
+//! - **Seq.** [`Store::append_messages`] gives each new message the next seq of
+//!   its room: from 1, no gaps, never reused, in batch order, even when several
+//!   processes write to one database.
+//! - **Idempotency.** A message whose (room, sender, `client_msg_id`) was stored
+//!   before is not stored again; the earlier message comes back with
+//!   `created: false`. This holds inside one batch and across racing writers.
+//! - **Durability.** When `append_messages` returns `Ok`, the whole batch is
+//!   committed. The engine acknowledges sends only after that, and batches
+//!   concurrent sends itself (group commit), so an implementation should make one
+//!   durable commit per call, not one per message.
+//! - **Cursors** only move forward; reading implies delivery.
+//! - **Errors** are classified: an unreachable backend is
+//!   [`Error::Unavailable`](crate::Error::Unavailable), never a panic, and no
+//!   backend text reaches a client through `Display`.
+
+mod memory;
+
+use async_trait::async_trait;
+
+pub use memory::MemoryStore;
+
+use crate::error::Result;
+use crate::id::{MessageId, RoomId, UserId};
+use crate::message::{Appended, HistoryPage, HistoryQuery, Message, NewMessage};
+use crate::room::{Member, MemberRole, NewRoom, ReceiptKind, Room, RoomSummary};
+use crate::time::Timestamp;
+use crate::user::User;
+
+/// Persistence for everything the engine knows. See the [module docs](self) for
+/// the rules an implementation must keep.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a user or replaces the name, avatar and roles of an existing one.
+    async fn upsert_user(&self, user: &User) -> Result<()>;
+
+    /// One user, if known.
+    async fn user(&self, id: &UserId) -> Result<Option<User>>;
+
+    /// The known users among `ids`, in any order; unknown ids are skipped.
+    async fn users(&self, ids: &[UserId]) -> Result<Vec<User>>;
+
+    /// Users whose id or name contains `query`, ignoring ASCII case, ordered by
+    /// name then id, at most `limit`.
+    async fn search_users(&self, query: &str, limit: u32) -> Result<Vec<User>>;
+
+    /// Makes a room with its initial members. For a `direct` room whose pair of
+    /// members already has one, returns that room and `false` instead.
+    async fn create_room(&self, room: NewRoom) -> Result<(Room, bool)>;
+
+    /// One room, if it exists.
+    async fn room(&self, id: RoomId) -> Result<Option<Room>>;
+
+    /// Every room the user is a member of, with their read cursor, newest
+    /// activity first.
+    async fn rooms_of_user(&self, user: &UserId) -> Result<Vec<RoomSummary>>;
+
+    /// How many rooms the user is a member of.
+    async fn room_count_of_user(&self, user: &UserId) -> Result<u64>;
+
+    /// One membership, if the user is a member.
+    async fn member(&self, room: RoomId, user: &UserId) -> Result<Option<Member>>;
+
+    /// Every member of a room, in joining order.
+    async fn members(&self, room: RoomId) -> Result<Vec<Member>>;
+
+    /// How many members a room has.
+    async fn member_count(&self, room: RoomId) -> Result<u64>;
+
+    /// Adds a member with cursors at 0. Returns `false` (and changes nothing)
+    /// when the user already is one.
+    async fn add_member(&self, room: RoomId, user: &UserId, role: MemberRole, at: Timestamp) -> Result<bool>;
+
+    /// Removes a member. Returns `false` when the user was not one.
+    async fn remove_member(&self, room: RoomId, user: &UserId) -> Result<bool>;
+
+    /// The distinct users who share at least one room with `user`, without `user`.
+    async fn co_members(&self, user: &UserId) -> Result<Vec<UserId>>;
+
+    /// Stores a batch of messages in one durable commit and returns one
+    /// [`Appended`] per input, in input order. Each new message gets the next
+    /// seq of its room; its sender's read and delivered cursors move up to it.
+    /// A duplicate (same room, sender and `client_msg_id` as a stored message or
+    /// an earlier one in the batch) stores nothing and returns the first message.
+    async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>>;
+
+    /// One message of a room, if it exists.
+    async fn message(&self, room: RoomId, id: MessageId) -> Result<Option<Message>>;
+
+    /// Replaces a message's body and sets `edited_at`. `None` when the message
+    /// does not exist in that room.
+    async fn edit_message(&self, room: RoomId, id: MessageId, body: &str, at: Timestamp) -> Result<Option<Message>>;
+
+    /// Marks a message deleted, clearing its body and attachments (the seq stays
+    /// taken). `None` when the message does not exist in that room.
+    async fn delete_message(&self, room: RoomId, id: MessageId, at: Timestamp) -> Result<Option<Message>>;
+
+    /// One page of a room's history, ascending by seq:
+    /// - no cursor: the newest `limit` messages; `has_more` when older ones exist;
+    /// - `before_seq`: the newest `limit` below it; `has_more` when older ones exist;
+    /// - `after_seq`: the oldest `limit` above it; `has_more` when newer ones exist;
+    /// - both: the oldest `limit` strictly between; `has_more` when more lie between.
+    ///
+    /// Deleted messages are included (with `deleted: true`), so seqs have no gaps.
+    async fn history(&self, room: RoomId, query: HistoryQuery) -> Result<HistoryPage>;
+
+    /// Moves a member's cursor forward to `up_to` (a read moves the delivered
+    /// cursor too). Returns the new value when it moved, `None` when it was
+    /// already there or beyond, or when the user is not a member.
+    async fn advance_cursor(&self, room: RoomId, user: &UserId, kind: ReceiptKind, up_to: u64) -> Result<Option<u64>>;
+
+    /// Checks that the backend answers; used by health checks.
+    async fn ping(&self) -> Result<()>;
+
+    /// Finishes pending work and releases connections. Called once at shutdown.
+    async fn close(&self) {}
+}
