@@ -1,16 +1,86 @@
 //! The chat engine and its domain, independent of any transport or database.
+//!
+//! `chat-core` holds the rules of the chat (rooms and who may enter them,
+//! messages with gapless per-room sequence numbers, idempotent sends, receipts,
+//! presence, typing) and the [`Engine`] that applies them. Everything with I/O
+//! sits behind a trait, so each adapter crate implements one seam:
+//!
+//! | you are writing | implement | then |
+//! |---|---|---|
+//! | a database backend | [`Store`] | run the conformance suite (`testing` feature) against it |
+//! | a transport (WebSocket, TCP, …) | nothing: drive a [`Session`] | decode commands with [`Command::decode`], encode [`Output`]s |
+//! | credentials | [`Authenticator`] | hand the [`Identity`] to [`Engine::open_session`] |
+//! | multi-node fan-out | [`Broker`] | deliver every [`Fanout`] to each node's [`FanoutSink`] |
+//! | a bridge to another platform | [`Bridge`] | post back with [`Engine::post_as`] |
+//!
+//! The engine does no I/O of its own beyond calling these traits and Tokio
+//! timers and channels.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use chat_core::command::{Command, CreateRoom, SendMessage};
+//! use chat_core::{Engine, Identity, MemoryStore, Output, RoomKind, UserId};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> chat_core::Result<()> {
+//! let engine = Engine::builder(Arc::new(MemoryStore::new())).start().await?;
+//! let (mut session, ready) = engine.open_session(Identity::new(UserId::new("ada")?)).await?;
+//! assert!(ready.rooms.is_empty());
+//!
+//! session
+//!     .submit(None, Command::RoomCreate(CreateRoom {
+//!         kind: RoomKind::Group, name: Some("general".into()), visibility: None, members: vec![],
+//!     }))
+//!     .await;
+//! let Output::Reply { result: Ok(chat_core::command::Reply::Room { room }), .. } = session.next_output().await
+//! else { panic!("expected a room") };
+//!
+//! session
+//!     .submit(None, Command::MessageSend(SendMessage {
+//!         room_id: room.id, client_msg_id: "m1".into(), body: "hello".into(),
+//!         attachments: vec![], reply_to: None,
+//!     }))
+//!     .await;
+//! // The reply comes once the message is committed.
+//! let Output::Reply { result: Ok(chat_core::command::Reply::Message { message }), .. } = session.next_output().await
+//! else { panic!("expected the stored message") };
+//! assert_eq!(message.seq, 1);
+//! engine.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 
+pub mod auth;
+pub mod bridge;
+pub mod broker;
+pub mod command;
+pub mod config;
+pub mod engine;
 pub mod error;
+pub mod event;
 pub mod id;
 pub mod message;
+pub mod presence;
 pub mod room;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 pub mod user;
 
+pub use auth::{Authenticator, StaticTokens};
+pub use bridge::{Bridge, BridgeEvent, BridgeHealth};
+pub use broker::{Audience, Broker, Fanout, FanoutSink, LocalBroker};
+pub use command::{Command, CommandKind, Reply};
+pub use config::{EngineConfig, Limits};
+pub use engine::{CloseReason, Engine, EngineBuilder, Output, Ready, Ref, Session, SupportAvailability};
 pub use error::{BoxError, Error, ErrorCode, Result};
+pub use event::{Delivery, Event, EventCodec};
 pub use id::{MessageId, RoomId, SessionId, UserId};
 pub use message::{Appended, Attachment, HistoryPage, HistoryQuery, Message, NewMessage};
+pub use presence::{OnlineUser, PresenceStatus};
 pub use room::{Member, MemberRole, NewRoom, ReceiptKind, Room, RoomKind, RoomSummary, Visibility};
 pub use store::{MemoryStore, Store};
 pub use time::Timestamp;

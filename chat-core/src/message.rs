@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::id::{MessageId, RoomId, SessionId, UserId};
+use crate::id::{MessageId, RoomId, UserId};
 use crate::time::Timestamp;
 
 /// The longest `client_msg_id`, in bytes.
@@ -83,14 +83,6 @@ pub struct Appended {
     pub message: Message,
     /// `false` when the message was a duplicate and nothing was stored.
     pub created: bool,
-}
-
-/// Where a send came from, so that the fan-out can skip the session that
-/// already has the message in its reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Origin {
-    /// The sending session, if the message came from one.
-    pub session: Option<SessionId>,
 }
 
 /// Which page of a room's history to read.

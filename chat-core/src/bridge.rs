@@ -1,0 +1,96 @@
+//! The seam to other chat platforms.
+//!
+//! A [`Bridge`] sees what the engine commits (new, edited and deleted
+//! messages, rooms and memberships) and can post into rooms as a user through
+//! [`Engine::post_as`](crate::Engine::post_as). Bridges are never on the hot
+//! path: [`Bridge::on_event`] is called after the commit and must only queue
+//! work, so a slow or absent remote platform never delays a local send, an ack
+//! or a fan-out.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::id::{RoomId, UserId};
+use crate::message::Message;
+use crate::room::Room;
+use crate::user::User;
+
+/// Something a bridge may want to mirror.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BridgeEvent {
+    /// A message was committed.
+    MessageCreated(Message),
+    /// A message was edited.
+    MessageUpdated(Message),
+    /// A message was deleted.
+    MessageDeleted(Message),
+    /// A room was made.
+    RoomCreated(Room),
+    /// A user became a member.
+    MemberAdded {
+        /// The room.
+        room_id: RoomId,
+        /// The new member.
+        user: User,
+    },
+    /// A user stopped being a member.
+    MemberRemoved {
+        /// The room.
+        room_id: RoomId,
+        /// The former member.
+        user_id: UserId,
+    },
+}
+
+/// How a bridge is doing, for `/health`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BridgeHealth {
+    /// Whether the bridge is connected to its platform.
+    pub connected: bool,
+    /// Work waiting to be sent.
+    pub pending: u64,
+    /// Work that failed for good.
+    pub failed: u64,
+    /// The last error, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Anything else worth showing.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub details: BTreeMap<String, String>,
+}
+
+/// A bridge to another platform.
+#[async_trait]
+pub trait Bridge: Send + Sync + 'static {
+    /// A short name, used in `/health` and logs (`discord`).
+    fn name(&self) -> &str;
+
+    /// Called once when the engine starts, with a handle for posting as users.
+    async fn start(&self, engine: Engine) -> Result<()> {
+        let _ = engine;
+        Ok(())
+    }
+
+    /// Sees a committed change. Must return quickly: queue, don't send.
+    /// `origin` names the bridge that caused the change, if one did, so that a
+    /// bridge can skip its own echoes.
+    fn on_event(&self, event: &BridgeEvent, origin: Option<&str>);
+
+    /// How many support agents are available on the bridged platform.
+    fn online_agents(&self) -> u32 {
+        0
+    }
+
+    /// The bridge's state for `/health`.
+    fn health(&self) -> BridgeHealth {
+        BridgeHealth { connected: true, ..BridgeHealth::default() }
+    }
+
+    /// Finishes or persists pending work. Called once at shutdown.
+    async fn stop(&self) {}
+}

@@ -1,0 +1,424 @@
+//! What clients ask the engine to do, and what it answers.
+//!
+//! These are the protocol's commands as typed values. Their payloads derive
+//! `Deserialize` with the protocol's field names, so that any serde format can
+//! decode them; the framing around them (the `type`/`ref`/`data` envelope of the
+//! JSON transport, or anything else) belongs to each transport, which maps a
+//! command name to a [`CommandKind`] and then calls [`Command::decode`].
+
+use serde::de::{Deserializer, IgnoredAny};
+use serde::{Deserialize, Serialize};
+
+use crate::id::{MessageId, RoomId, UserId};
+use crate::message::{HistoryPage, Message};
+use crate::presence::{OnlineUser, PresenceStatus};
+use crate::room::{Room, RoomKind, RoomSummary, Visibility};
+use crate::time::Timestamp;
+use crate::user::User;
+
+/// `room:create`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct CreateRoom {
+    /// Direct, group or support.
+    pub kind: RoomKind,
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Defaults to private.
+    #[serde(default)]
+    pub visibility: Option<Visibility>,
+    /// Other users to add; for a direct room exactly one.
+    #[serde(default)]
+    pub members: Vec<UserId>,
+}
+
+/// `room:join`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct JoinRoom {
+    /// The room.
+    pub room_id: RoomId,
+    /// Resume point: every message after it is sent before live ones.
+    #[serde(default)]
+    pub since_seq: Option<u64>,
+}
+
+/// A command that names only a room (`room:leave`, `typing:start`, `typing:stop`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RoomRef {
+    /// The room.
+    pub room_id: RoomId,
+}
+
+/// `room:invite`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Invite {
+    /// The room.
+    pub room_id: RoomId,
+    /// Who to add.
+    pub user_id: UserId,
+}
+
+/// `room:history`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HistoryRequest {
+    /// The room.
+    pub room_id: RoomId,
+    /// Only messages below this seq.
+    #[serde(default)]
+    pub before_seq: Option<u64>,
+    /// Only messages above this seq.
+    #[serde(default)]
+    pub after_seq: Option<u64>,
+    /// Page size; capped by the configured maximum.
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// `message:send`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SendMessage {
+    /// The room.
+    pub room_id: RoomId,
+    /// The sender's idempotency key.
+    pub client_msg_id: String,
+    /// Text.
+    pub body: String,
+    /// Ids of uploaded attachments.
+    #[serde(default)]
+    pub attachments: Vec<String>,
+    /// The message this one answers.
+    #[serde(default)]
+    pub reply_to: Option<MessageId>,
+}
+
+/// `message:edit`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct EditMessage {
+    /// The room.
+    pub room_id: RoomId,
+    /// The message.
+    pub message_id: MessageId,
+    /// New text.
+    pub body: String,
+}
+
+/// `message:delete`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DeleteMessage {
+    /// The room.
+    pub room_id: RoomId,
+    /// The message.
+    pub message_id: MessageId,
+}
+
+/// `message:delivered` and `message:read`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Receipt {
+    /// The room.
+    pub room_id: RoomId,
+    /// The cursor's new position.
+    pub up_to_seq: u64,
+}
+
+/// `presence:update`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct UpdatePresence {
+    /// Online, away, busy or invisible.
+    pub status: PresenceStatus,
+}
+
+/// `users:search`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SearchUsers {
+    /// Text to look for in ids and names.
+    pub q: String,
+    /// Result count; capped by the configured maximum.
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// The name of a command, as clients spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CommandKind {
+    /// `room:create`
+    RoomCreate,
+    /// `room:join`
+    RoomJoin,
+    /// `room:leave`
+    RoomLeave,
+    /// `room:invite`
+    RoomInvite,
+    /// `room:list`
+    RoomList,
+    /// `room:history`
+    RoomHistory,
+    /// `message:send`
+    MessageSend,
+    /// `message:edit`
+    MessageEdit,
+    /// `message:delete`
+    MessageDelete,
+    /// `typing:start`
+    TypingStart,
+    /// `typing:stop`
+    TypingStop,
+    /// `message:delivered`
+    MessageDelivered,
+    /// `message:read`
+    MessageRead,
+    /// `presence:update`
+    PresenceUpdate,
+    /// `users:online`
+    UsersOnline,
+    /// `users:search`
+    UsersSearch,
+    /// `ping`
+    Ping,
+}
+
+impl CommandKind {
+    /// Every command, for tables and docs.
+    pub const ALL: [CommandKind; 17] = [
+        CommandKind::RoomCreate,
+        CommandKind::RoomJoin,
+        CommandKind::RoomLeave,
+        CommandKind::RoomInvite,
+        CommandKind::RoomList,
+        CommandKind::RoomHistory,
+        CommandKind::MessageSend,
+        CommandKind::MessageEdit,
+        CommandKind::MessageDelete,
+        CommandKind::TypingStart,
+        CommandKind::TypingStop,
+        CommandKind::MessageDelivered,
+        CommandKind::MessageRead,
+        CommandKind::PresenceUpdate,
+        CommandKind::UsersOnline,
+        CommandKind::UsersSearch,
+        CommandKind::Ping,
+    ];
+
+    /// The protocol name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CommandKind::RoomCreate => "room:create",
+            CommandKind::RoomJoin => "room:join",
+            CommandKind::RoomLeave => "room:leave",
+            CommandKind::RoomInvite => "room:invite",
+            CommandKind::RoomList => "room:list",
+            CommandKind::RoomHistory => "room:history",
+            CommandKind::MessageSend => "message:send",
+            CommandKind::MessageEdit => "message:edit",
+            CommandKind::MessageDelete => "message:delete",
+            CommandKind::TypingStart => "typing:start",
+            CommandKind::TypingStop => "typing:stop",
+            CommandKind::MessageDelivered => "message:delivered",
+            CommandKind::MessageRead => "message:read",
+            CommandKind::PresenceUpdate => "presence:update",
+            CommandKind::UsersOnline => "users:online",
+            CommandKind::UsersSearch => "users:search",
+            CommandKind::Ping => "ping",
+        }
+    }
+
+    /// Looks a protocol name up.
+    pub fn from_name(name: &str) -> Option<Self> {
+        CommandKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// A decoded command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Command {
+    /// `room:create`
+    RoomCreate(CreateRoom),
+    /// `room:join`
+    RoomJoin(JoinRoom),
+    /// `room:leave`
+    RoomLeave(RoomRef),
+    /// `room:invite`
+    RoomInvite(Invite),
+    /// `room:list`
+    RoomList,
+    /// `room:history`
+    RoomHistory(HistoryRequest),
+    /// `message:send`
+    MessageSend(SendMessage),
+    /// `message:edit`
+    MessageEdit(EditMessage),
+    /// `message:delete`
+    MessageDelete(DeleteMessage),
+    /// `typing:start`
+    TypingStart(RoomRef),
+    /// `typing:stop`
+    TypingStop(RoomRef),
+    /// `message:delivered`
+    MessageDelivered(Receipt),
+    /// `message:read`
+    MessageRead(Receipt),
+    /// `presence:update`
+    PresenceUpdate(UpdatePresence),
+    /// `users:online`
+    UsersOnline,
+    /// `users:search`
+    UsersSearch(SearchUsers),
+    /// `ping`
+    Ping,
+}
+
+impl Command {
+    /// Decodes a command's payload with any serde deserializer. Commands without
+    /// fields accept any object (and transports may pass an empty one when the
+    /// payload is absent).
+    pub fn decode<'de, D: Deserializer<'de>>(kind: CommandKind, data: D) -> Result<Self, D::Error> {
+        Ok(match kind {
+            CommandKind::RoomCreate => Command::RoomCreate(CreateRoom::deserialize(data)?),
+            CommandKind::RoomJoin => Command::RoomJoin(JoinRoom::deserialize(data)?),
+            CommandKind::RoomLeave => Command::RoomLeave(RoomRef::deserialize(data)?),
+            CommandKind::RoomInvite => Command::RoomInvite(Invite::deserialize(data)?),
+            CommandKind::RoomList => {
+                IgnoredAny::deserialize(data)?;
+                Command::RoomList
+            }
+            CommandKind::RoomHistory => Command::RoomHistory(HistoryRequest::deserialize(data)?),
+            CommandKind::MessageSend => Command::MessageSend(SendMessage::deserialize(data)?),
+            CommandKind::MessageEdit => Command::MessageEdit(EditMessage::deserialize(data)?),
+            CommandKind::MessageDelete => Command::MessageDelete(DeleteMessage::deserialize(data)?),
+            CommandKind::TypingStart => Command::TypingStart(RoomRef::deserialize(data)?),
+            CommandKind::TypingStop => Command::TypingStop(RoomRef::deserialize(data)?),
+            CommandKind::MessageDelivered => Command::MessageDelivered(Receipt::deserialize(data)?),
+            CommandKind::MessageRead => Command::MessageRead(Receipt::deserialize(data)?),
+            CommandKind::PresenceUpdate => Command::PresenceUpdate(UpdatePresence::deserialize(data)?),
+            CommandKind::UsersOnline => {
+                IgnoredAny::deserialize(data)?;
+                Command::UsersOnline
+            }
+            CommandKind::UsersSearch => Command::UsersSearch(SearchUsers::deserialize(data)?),
+            CommandKind::Ping => {
+                IgnoredAny::deserialize(data)?;
+                Command::Ping
+            }
+        })
+    }
+
+    /// Which command this is.
+    pub fn kind(&self) -> CommandKind {
+        match self {
+            Command::RoomCreate(_) => CommandKind::RoomCreate,
+            Command::RoomJoin(_) => CommandKind::RoomJoin,
+            Command::RoomLeave(_) => CommandKind::RoomLeave,
+            Command::RoomInvite(_) => CommandKind::RoomInvite,
+            Command::RoomList => CommandKind::RoomList,
+            Command::RoomHistory(_) => CommandKind::RoomHistory,
+            Command::MessageSend(_) => CommandKind::MessageSend,
+            Command::MessageEdit(_) => CommandKind::MessageEdit,
+            Command::MessageDelete(_) => CommandKind::MessageDelete,
+            Command::TypingStart(_) => CommandKind::TypingStart,
+            Command::TypingStop(_) => CommandKind::TypingStop,
+            Command::MessageDelivered(_) => CommandKind::MessageDelivered,
+            Command::MessageRead(_) => CommandKind::MessageRead,
+            Command::PresenceUpdate(_) => CommandKind::PresenceUpdate,
+            Command::UsersOnline => CommandKind::UsersOnline,
+            Command::UsersSearch(_) => CommandKind::UsersSearch,
+            Command::Ping => CommandKind::Ping,
+        }
+    }
+}
+
+/// The data of a successful reply. Serializes as the protocol's reply `data`
+/// object.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+#[non_exhaustive]
+pub enum Reply {
+    /// `{}`
+    Empty {},
+    /// `{"room"}`
+    Room {
+        /// The room.
+        room: Room,
+    },
+    /// The answer to `room:join`.
+    Joined {
+        /// The room.
+        room: Room,
+        /// Its members.
+        members: Vec<User>,
+        /// Newest seq.
+        last_seq: u64,
+        /// The joining user's read cursor.
+        read_seq: u64,
+    },
+    /// `{"rooms"}`
+    Rooms {
+        /// The user's rooms.
+        rooms: Vec<RoomSummary>,
+    },
+    /// `{"messages","has_more"}`
+    History(HistoryPage),
+    /// `{"message"}`
+    Message {
+        /// The message.
+        message: Message,
+    },
+    /// `{"users"}` of `users:search`
+    Users {
+        /// Matching users.
+        users: Vec<User>,
+    },
+    /// `{"users"}` of `users:online`
+    Online {
+        /// Connected, visible users.
+        users: Vec<OnlineUser>,
+    },
+    /// `{"server_time"}`
+    Pong {
+        /// The server's clock.
+        server_time: Timestamp,
+    },
+}
+
+impl Reply {
+    /// `{}`
+    pub fn empty() -> Self {
+        Reply::Empty {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_its_name() {
+        for kind in CommandKind::ALL {
+            assert_eq!(CommandKind::from_name(kind.name()), Some(kind));
+        }
+        assert_eq!(CommandKind::from_name("room:explode"), None);
+    }
+
+    #[test]
+    fn payloads_decode_with_protocol_names() {
+        let json = r#"{"room_id":"0192f0c4-6f0e-7c3a-9c1e-3b1d2a4f5e6d","client_msg_id":"c1","body":"hi"}"#;
+        let mut de = serde_json::Deserializer::from_str(json);
+        let cmd = Command::decode(CommandKind::MessageSend, &mut de).expect("decodes");
+        match cmd {
+            Command::MessageSend(s) => {
+                assert_eq!(s.body, "hi");
+                assert!(s.attachments.is_empty());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let mut de = serde_json::Deserializer::from_str(r#"{"room_id":"nope"}"#);
+        assert!(Command::decode(CommandKind::RoomLeave, &mut de).is_err());
+        let mut de = serde_json::Deserializer::from_str(r#"{"status":"dancing"}"#);
+        assert!(Command::decode(CommandKind::PresenceUpdate, &mut de).is_err());
+    }
+
+    #[test]
+    fn empty_reply_is_an_empty_object() {
+        assert_eq!(serde_json::to_string(&Reply::empty()).expect("serializes"), "{}");
+    }
+}

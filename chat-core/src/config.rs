@@ -1,0 +1,90 @@
+//! Limits and timings of the engine. Every limit has a default that suits a
+//! public deployment; embedders and operators can change each one.
+
+use std::time::Duration;
+
+/// Size and rate limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Longest message body, in characters.
+    pub max_body_chars: usize,
+    /// Longest room name, in characters.
+    pub max_room_name_chars: usize,
+    /// Largest history page.
+    pub max_history_page: u32,
+    /// History page when the client gives no limit.
+    pub default_history_page: u32,
+    /// Most rooms one user may belong to.
+    pub max_rooms_per_user: u64,
+    /// Most members one room may have.
+    pub max_members_per_room: u64,
+    /// Most members `room:create` may name at once.
+    pub max_initial_members: usize,
+    /// Most sessions one user may have open on one node.
+    pub max_connections_per_user: usize,
+    /// Sustained commands per second per session.
+    pub commands_per_second: u32,
+    /// Commands a session may send in a burst above the sustained rate.
+    pub command_burst: u32,
+    /// Events queued for one session before it counts as a slow consumer and is closed.
+    pub outbound_queue: usize,
+    /// Commands of one session being processed at once (sends waiting for their commit).
+    pub max_in_flight: usize,
+    /// Largest `users:search` result.
+    pub max_search_results: u32,
+    /// Bad frames tolerated within [`Limits::bad_frame_window`] before the session is closed.
+    pub max_bad_frames: u32,
+    /// The window for [`Limits::max_bad_frames`].
+    pub bad_frame_window: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_chars: 4000,
+            max_room_name_chars: 100,
+            max_history_page: 100,
+            default_history_page: 50,
+            max_rooms_per_user: 1000,
+            max_members_per_room: 10_000,
+            max_initial_members: 100,
+            max_connections_per_user: 16,
+            commands_per_second: 50,
+            command_burst: 200,
+            outbound_queue: 1024,
+            max_in_flight: 256,
+            max_search_results: 50,
+            max_bad_frames: 20,
+            bad_frame_window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything the engine can be tuned by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EngineConfig {
+    /// Size and rate limits.
+    pub limits: Limits,
+    /// Typing ends by itself this long after the last `typing:start`.
+    pub typing_timeout: Duration,
+    /// A session stays open this long past its credentials' expiry.
+    pub expiry_leeway: Duration,
+    /// Most messages committed together in one store call.
+    pub max_commit_batch: usize,
+    /// Messages fetched per store call when replaying a room after `since_seq`.
+    pub backlog_chunk: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            limits: Limits::default(),
+            typing_timeout: Duration::from_secs(6),
+            expiry_leeway: Duration::from_secs(5),
+            max_commit_batch: 512,
+            backlog_chunk: 500,
+        }
+    }
+}

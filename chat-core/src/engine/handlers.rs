@@ -1,0 +1,433 @@
+//! One method per command. Each validates its input, checks permissions, then
+//! changes the store and publishes the resulting events.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::committer::{CommitJob, CommitRequest};
+use super::hub::SessionShared;
+use super::session::{Ready, Session};
+use super::{Ctx, Inner};
+use crate::bridge::BridgeEvent;
+use crate::broker::Audience;
+use crate::command::{
+    CreateRoom, DeleteMessage, EditMessage, Invite, Receipt, Reply, SearchUsers, SendMessage, UpdatePresence,
+};
+use crate::error::{Error, Result};
+use crate::event::{Event, MessageDeleted, MessageEvent, MessageStatus, RoomAdded, UserJoined, UserLeft};
+use crate::id::{RoomId, SessionId, UserId};
+use crate::message::{Appended, HistoryPage, HistoryQuery, NewMessage, validate_body, validate_client_msg_id};
+use crate::presence::PresenceStatus;
+use crate::room::{Member, MemberRole, NewRoom, ReceiptKind, Room, RoomKind, Visibility};
+use crate::time::Timestamp;
+use crate::user::{Identity, User, validate_name};
+
+/// Whether a user who is not a member may join a room by themselves.
+pub(crate) fn may_self_join(room: &Room, user: &User) -> bool {
+    match room.kind {
+        RoomKind::Group => room.visibility == Visibility::Public,
+        RoomKind::Support => room.created_by == user.id || user.is_support(),
+        RoomKind::Direct => false,
+    }
+}
+
+impl Inner {
+    pub(crate) async fn open_session(self: &Arc<Self>, identity: Identity) -> Result<(Session, Ready)> {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err(Error::unavailable("the server is shutting down"));
+        }
+        let stored = self.store.user(&identity.user_id).await?;
+        let user = match stored {
+            Some(mut user) => {
+                let mut changed = false;
+                if let Some(name) = identity.name.filter(|n| *n != user.name) {
+                    user.name = name;
+                    changed = true;
+                }
+                if let Some(roles) = identity.roles.filter(|r| *r != user.roles) {
+                    user.roles = roles;
+                    changed = true;
+                }
+                if changed {
+                    user.validate()?;
+                    self.store.upsert_user(&user).await?;
+                }
+                user
+            }
+            None => {
+                let name = identity.name.unwrap_or_else(|| identity.user_id.to_string());
+                let mut user = User::new(identity.user_id.clone(), name);
+                user.roles = identity.roles.unwrap_or_default();
+                user.validate()?;
+                self.store.upsert_user(&user).await?;
+                user
+            }
+        };
+        let rooms = self.store.rooms_of_user(&user.id).await?;
+        let shared = Arc::new(SessionShared::new(SessionId::generate(), user.id.clone()));
+        let (tx, rx) = mpsc::channel(self.config.limits.outbound_queue.max(1));
+        if self
+            .hub
+            .register(shared.clone(), tx, self.config.limits.max_connections_per_user)
+            .is_err()
+        {
+            return Err(Error::RateLimited("too many open connections for this user".into()));
+        }
+        self.presence.connect(&user);
+        let ready = Ready { session_id: shared.id, user: user.clone(), rooms, server_time: Timestamp::now() };
+        let session = Session::new(self.clone(), shared, user, rx, identity.expires_at);
+        Ok((session, ready))
+    }
+
+    /// Fails with `not_found` when the room does not exist and `not_member`
+    /// when the user is not in it. A session that joined the room in the hub
+    /// needs no store round trip.
+    pub(crate) async fn require_member(&self, ctx: &Ctx, room: RoomId) -> Result<Option<Member>> {
+        if let Some(session) = ctx.session {
+            if self.hub.is_subscribed(session, room) {
+                return Ok(None);
+            }
+        }
+        self.member_or_error(&ctx.user.id, room).await.map(Some)
+    }
+
+    async fn member_or_error(&self, user: &UserId, room: RoomId) -> Result<Member> {
+        match self.store.member(room, user).await? {
+            Some(m) => Ok(m),
+            None => match self.store.room(room).await? {
+                Some(_) => Err(Error::NotMember),
+                None => Err(Error::NotFound("room")),
+            },
+        }
+    }
+
+    async fn room_or_404(&self, room: RoomId) -> Result<Room> {
+        self.store.room(room).await?.ok_or(Error::NotFound("room"))
+    }
+
+    async fn check_room_quota(&self, user: &UserId) -> Result<()> {
+        if self.store.room_count_of_user(user).await? >= self.config.limits.max_rooms_per_user {
+            return Err(Error::forbidden(format!("{user} is in the maximum number of rooms")));
+        }
+        Ok(())
+    }
+
+    async fn check_room_capacity(&self, room: RoomId) -> Result<()> {
+        if self.store.member_count(room).await? >= self.config.limits.max_members_per_room {
+            return Err(Error::forbidden("the room is full"));
+        }
+        Ok(())
+    }
+
+    /// Adds a member and announces it; `false` when they already were one.
+    async fn add_member(&self, room: &Room, user: &User, role: MemberRole) -> Result<bool> {
+        self.check_room_quota(&user.id).await?;
+        self.check_room_capacity(room.id).await?;
+        let added = self.store.add_member(room.id, &user.id, role, Timestamp::now()).await?;
+        if added {
+            let audience = Audience::Room { room_id: room.id, except_session: None, except_user: Some(user.id.clone()) };
+            self.publish(audience, Event::UserJoined(UserJoined { room_id: room.id, user: user.clone() })).await;
+            self.notify_bridges(BridgeEvent::MemberAdded { room_id: room.id, user: user.clone() }, None);
+        }
+        Ok(added)
+    }
+
+    /// Makes the user a member if the room's rules let them join by themselves.
+    pub(crate) async fn ensure_member(&self, ctx: &Ctx, room_id: RoomId) -> Result<(Room, Member)> {
+        let room = self.room_or_404(room_id).await?;
+        if let Some(member) = self.store.member(room_id, &ctx.user.id).await? {
+            return Ok((room, member));
+        }
+        if !may_self_join(&room, &ctx.user) {
+            return Err(Error::forbidden(match room.kind {
+                RoomKind::Direct => "direct rooms are for their two members only",
+                RoomKind::Support => "support rooms are for their visitor and the support team",
+                RoomKind::Group => "this room is private: a member must add you",
+            }));
+        }
+        self.add_member(&room, &ctx.user, MemberRole::Member).await?;
+        let member = self.store.member(room_id, &ctx.user.id).await?.ok_or(Error::NotMember)?;
+        Ok((room, member))
+    }
+
+    pub(crate) async fn create_room(&self, ctx: &Ctx, req: CreateRoom) -> Result<Reply> {
+        let limits = &self.config.limits;
+        let name = match req.name {
+            Some(name) => {
+                validate_name(&name).map_err(|_| {
+                    Error::invalid(format!(
+                        "name must be 1 to {} characters without control characters",
+                        limits.max_room_name_chars
+                    ))
+                })?;
+                if name.chars().count() > limits.max_room_name_chars {
+                    return Err(Error::too_large(format!(
+                        "name is longer than {} characters",
+                        limits.max_room_name_chars
+                    )));
+                }
+                Some(name)
+            }
+            None => None,
+        };
+        if req.members.len() > limits.max_initial_members {
+            return Err(Error::too_large(format!("at most {} members at creation", limits.max_initial_members)));
+        }
+        let mut seen = HashSet::new();
+        let others: Vec<UserId> =
+            req.members.into_iter().filter(|u| *u != ctx.user.id && seen.insert(u.clone())).collect();
+        let known = self.store.users(&others).await?;
+        if known.len() != others.len() {
+            return Err(Error::NotFound("user"));
+        }
+        let visibility = match (req.kind, req.visibility) {
+            (RoomKind::Group, v) => v.unwrap_or(Visibility::Private),
+            (_, Some(Visibility::Public)) => {
+                return Err(Error::invalid("only group rooms can be public"));
+            }
+            _ => Visibility::Private,
+        };
+        match req.kind {
+            RoomKind::Direct if others.len() != 1 => {
+                return Err(Error::invalid("a direct room needs exactly one other member"));
+            }
+            RoomKind::Support if !others.is_empty() => {
+                return Err(Error::invalid("a support room starts with its visitor only; agents join by role"));
+            }
+            _ => {}
+        }
+        self.check_room_quota(&ctx.user.id).await?;
+        for other in &others {
+            self.check_room_quota(other).await?;
+        }
+        let mut members = vec![(ctx.user.id.clone(), MemberRole::Owner)];
+        members.extend(others.iter().map(|u| (u.clone(), MemberRole::Member)));
+        let new = NewRoom {
+            id: RoomId::generate(),
+            kind: req.kind,
+            name,
+            visibility,
+            created_by: ctx.user.id.clone(),
+            created_at: Timestamp::now(),
+            members,
+        };
+        let (room, created) = self.store.create_room(new).await?;
+        if created {
+            self.notify_bridges(BridgeEvent::RoomCreated(room.clone()), ctx.bridge.as_deref());
+            let added = Event::RoomAdded(RoomAdded { room: room.clone() });
+            self.publish(Audience::Users { users: others, except_session: None }, added.clone()).await;
+            self.publish(
+                Audience::Users { users: vec![ctx.user.id.clone()], except_session: ctx.session },
+                added,
+            )
+            .await;
+        }
+        Ok(Reply::Room { room })
+    }
+
+    /// Joins a room (becoming a member when allowed) and subscribes the
+    /// session to its events. Returns the reply and the room id.
+    pub(crate) async fn join_room(&self, ctx: &Ctx, room_id: RoomId) -> Result<Reply> {
+        let (room, member) = self.ensure_member(ctx, room_id).await?;
+        if let Some(session) = ctx.session {
+            self.hub.subscribe(session, room_id);
+        }
+        let members = self.store.members(room_id).await?;
+        let ids: Vec<UserId> = members.into_iter().map(|m| m.user_id).collect();
+        let users = self.store.users(&ids).await?;
+        // Re-read the room so that last_seq is no older than the subscription.
+        let room = self.store.room(room_id).await?.unwrap_or(room);
+        Ok(Reply::Joined { last_seq: room.last_seq, read_seq: member.read_seq, members: users, room })
+    }
+
+    pub(crate) async fn leave_room(&self, ctx: &Ctx, room_id: RoomId) -> Result<Reply> {
+        let room = self.room_or_404(room_id).await?;
+        if room.kind == RoomKind::Direct {
+            return Err(Error::forbidden("direct rooms cannot be left"));
+        }
+        if !self.store.remove_member(room_id, &ctx.user.id).await? {
+            return Err(Error::NotMember);
+        }
+        self.hub.unsubscribe_user(&ctx.user.id, room_id);
+        if self.typing.stop(room_id, &ctx.user.id) {
+            self.publish_typing(room_id, ctx.user.id.clone(), false).await;
+        }
+        let audience = Audience::Room { room_id, except_session: None, except_user: Some(ctx.user.id.clone()) };
+        self.publish(audience, Event::UserLeft(UserLeft { room_id, user_id: ctx.user.id.clone() })).await;
+        self.notify_bridges(BridgeEvent::MemberRemoved { room_id, user_id: ctx.user.id.clone() }, ctx.bridge.as_deref());
+        Ok(Reply::empty())
+    }
+
+    pub(crate) async fn invite(&self, ctx: &Ctx, req: Invite) -> Result<Reply> {
+        self.member_or_error(&ctx.user.id, req.room_id).await?;
+        let room = self.room_or_404(req.room_id).await?;
+        let user = self.store.user(&req.user_id).await?.ok_or(Error::NotFound("user"))?;
+        match room.kind {
+            RoomKind::Direct => return Err(Error::forbidden("direct rooms have exactly two members")),
+            RoomKind::Support if !user.is_support() => {
+                return Err(Error::forbidden("only support agents can be added to a support room"));
+            }
+            _ => {}
+        }
+        if self.add_member(&room, &user, MemberRole::Member).await? {
+            let audience = Audience::Users { users: vec![user.id.clone()], except_session: None };
+            self.publish(audience, Event::RoomAdded(RoomAdded { room })).await;
+        }
+        Ok(Reply::empty())
+    }
+
+    pub(crate) async fn list_rooms(&self, ctx: &Ctx) -> Result<Reply> {
+        Ok(Reply::Rooms { rooms: self.store.rooms_of_user(&ctx.user.id).await? })
+    }
+
+    pub(crate) async fn history(
+        &self,
+        ctx: &Ctx,
+        room: RoomId,
+        before_seq: Option<u64>,
+        after_seq: Option<u64>,
+        limit: Option<u32>,
+    ) -> Result<HistoryPage> {
+        let limits = &self.config.limits;
+        let limit = match limit {
+            Some(0) => return Err(Error::invalid("limit must be at least 1")),
+            Some(n) => n.min(limits.max_history_page),
+            None => limits.default_history_page,
+        };
+        self.require_member(ctx, room).await?;
+        self.store.history(room, HistoryQuery { before_seq, after_seq, limit }).await
+    }
+
+    /// Validates a send and queues it for the group committer. The returned
+    /// receiver answers once the message is durably stored.
+    pub(crate) async fn send(&self, ctx: &Ctx, req: SendMessage) -> Result<oneshot::Receiver<Result<Appended>>> {
+        validate_client_msg_id(&req.client_msg_id)?;
+        validate_body(&req.body, self.config.limits.max_body_chars, false)?;
+        if !req.attachments.is_empty() {
+            return Err(Error::invalid("this server does not accept attachments"));
+        }
+        self.require_member(ctx, req.room_id).await?;
+        if let Some(reply_to) = req.reply_to {
+            if self.store.message(req.room_id, reply_to).await?.is_none() {
+                return Err(Error::NotFound("reply_to message"));
+            }
+        }
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err(Error::unavailable("the server is shutting down"));
+        }
+        let (tx, rx) = oneshot::channel();
+        let request = CommitRequest {
+            message: NewMessage {
+                id: crate::id::MessageId::generate(),
+                room_id: req.room_id,
+                sender_id: ctx.user.id.clone(),
+                client_msg_id: req.client_msg_id,
+                body: req.body,
+                attachments: Vec::new(),
+                reply_to: req.reply_to,
+                created_at: Timestamp::now(),
+            },
+            session: ctx.session,
+            bridge: ctx.bridge.clone(),
+            reply: tx,
+        };
+        self.commits
+            .send(CommitJob::Append(request))
+            .await
+            .map_err(|_| Error::unavailable("the committer has stopped"))?;
+        Ok(rx)
+    }
+
+    pub(crate) async fn edit(&self, ctx: &Ctx, req: EditMessage) -> Result<Reply> {
+        validate_body(&req.body, self.config.limits.max_body_chars, false)?;
+        self.require_member(ctx, req.room_id).await?;
+        let msg = self.store.message(req.room_id, req.message_id).await?.ok_or(Error::NotFound("message"))?;
+        if msg.sender_id != ctx.user.id {
+            return Err(Error::forbidden("only the sender may edit a message"));
+        }
+        if msg.deleted {
+            return Err(Error::conflict("the message was deleted"));
+        }
+        let message = self
+            .store
+            .edit_message(req.room_id, req.message_id, &req.body, Timestamp::now())
+            .await?
+            .ok_or(Error::NotFound("message"))?;
+        let audience = Audience::Room { room_id: req.room_id, except_session: ctx.session, except_user: None };
+        self.publish(audience, Event::MessageUpdated(MessageEvent { message: message.clone() })).await;
+        self.notify_bridges(BridgeEvent::MessageUpdated(message.clone()), ctx.bridge.as_deref());
+        Ok(Reply::Message { message })
+    }
+
+    pub(crate) async fn delete(&self, ctx: &Ctx, req: DeleteMessage) -> Result<Reply> {
+        let member = self.member_or_error(&ctx.user.id, req.room_id).await?;
+        let msg = self.store.message(req.room_id, req.message_id).await?.ok_or(Error::NotFound("message"))?;
+        if msg.sender_id != ctx.user.id && !member.role.is_admin() {
+            return Err(Error::forbidden("only the sender or a room admin may delete a message"));
+        }
+        if msg.deleted {
+            return Ok(Reply::empty());
+        }
+        let message = self
+            .store
+            .delete_message(req.room_id, req.message_id, Timestamp::now())
+            .await?
+            .ok_or(Error::NotFound("message"))?;
+        let audience = Audience::Room { room_id: req.room_id, except_session: ctx.session, except_user: None };
+        let event = MessageDeleted { room_id: req.room_id, message_id: req.message_id };
+        self.publish(audience, Event::MessageDeleted(event)).await;
+        self.notify_bridges(BridgeEvent::MessageDeleted(message), ctx.bridge.as_deref());
+        Ok(Reply::empty())
+    }
+
+    pub(crate) async fn typing(&self, ctx: &Ctx, room: RoomId, typing: bool) -> Result<Reply> {
+        self.require_member(ctx, room).await?;
+        let changed = if typing { self.typing.start(room, &ctx.user.id) } else { self.typing.stop(room, &ctx.user.id) };
+        if changed {
+            self.publish_typing(room, ctx.user.id.clone(), typing).await;
+        }
+        Ok(Reply::empty())
+    }
+
+    pub(crate) async fn receipt(&self, ctx: &Ctx, req: Receipt, kind: ReceiptKind) -> Result<Reply> {
+        self.require_member(ctx, req.room_id).await?;
+        let room = self.room_or_404(req.room_id).await?;
+        if req.up_to_seq > room.last_seq {
+            return Err(Error::invalid(format!(
+                "up_to_seq {} is beyond the newest message ({})",
+                req.up_to_seq, room.last_seq
+            )));
+        }
+        if let Some(up_to_seq) = self.store.advance_cursor(req.room_id, &ctx.user.id, kind, req.up_to_seq).await? {
+            let audience =
+                Audience::Room { room_id: req.room_id, except_session: None, except_user: Some(ctx.user.id.clone()) };
+            let event = MessageStatus { room_id: req.room_id, user_id: ctx.user.id.clone(), status: kind, up_to_seq };
+            self.publish(audience, Event::MessageStatus(event)).await;
+        }
+        Ok(Reply::empty())
+    }
+
+    pub(crate) fn update_presence(&self, ctx: &Ctx, req: UpdatePresence) -> Result<Reply> {
+        if req.status == PresenceStatus::Offline {
+            return Err(Error::invalid("status must be online, away, busy or invisible"));
+        }
+        self.presence.set_status(&ctx.user.id, req.status);
+        Ok(Reply::empty())
+    }
+
+    pub(crate) async fn search_users(&self, req: SearchUsers) -> Result<Reply> {
+        let q = req.q.trim();
+        if q.is_empty() {
+            return Err(Error::invalid("q must not be empty"));
+        }
+        if q.chars().count() > 100 {
+            return Err(Error::too_large("q is longer than 100 characters"));
+        }
+        let max = self.config.limits.max_search_results;
+        let limit = req.limit.unwrap_or(20).clamp(1, max);
+        Ok(Reply::Users { users: self.store.search_users(q, limit).await? })
+    }
+}

@@ -1,0 +1,260 @@
+//! The registry of this node's sessions and the rooms they joined, and the
+//! delivery of fan-outs to them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tokio::sync::{Notify, mpsc};
+
+use crate::broker::{Audience, Fanout, FanoutSink};
+use crate::event::Delivery;
+use crate::id::{RoomId, SessionId, UserId};
+
+/// Why the engine ends a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The server is shutting down; the client should reconnect and resume.
+    Shutdown,
+    /// The session's outbound queue filled up: the client could not keep up.
+    SlowConsumer,
+    /// The session's credentials expired.
+    TokenExpired,
+    /// The client kept sending frames that are not valid commands.
+    Abuse,
+}
+
+impl CloseReason {
+    /// A short text for the close frame.
+    pub fn message(self) -> &'static str {
+        match self {
+            CloseReason::Shutdown => "server shutting down",
+            CloseReason::SlowConsumer => "slow consumer: events could not be delivered fast enough",
+            CloseReason::TokenExpired => "token expired",
+            CloseReason::Abuse => "too many invalid frames",
+        }
+    }
+}
+
+/// State shared between a session's owner and the engine, which may need to
+/// end the session from another task (a fan-out finding its queue full, a
+/// shutdown).
+#[derive(Debug)]
+pub(crate) struct SessionShared {
+    pub(crate) id: SessionId,
+    pub(crate) user_id: UserId,
+    /// Set once; the first reason wins. The owner polls `killed` and then reads it.
+    close: OnceLock<CloseReason>,
+    /// Wakes the owner when `close` is set. `notify_one` keeps a permit, so a
+    /// kill that happens while the owner is busy elsewhere is not missed.
+    killed: Notify,
+}
+
+impl SessionShared {
+    pub(crate) fn new(id: SessionId, user_id: UserId) -> Self {
+        SessionShared { id, user_id, close: OnceLock::new(), killed: Notify::new() }
+    }
+
+    pub(crate) fn kill(&self, reason: CloseReason) {
+        if self.close.set(reason).is_ok() {
+            self.killed.notify_one();
+        }
+    }
+
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        self.close.get().copied()
+    }
+
+    pub(crate) async fn killed(&self) {
+        self.killed.notified().await
+    }
+}
+
+struct Entry {
+    shared: Arc<SessionShared>,
+    tx: mpsc::Sender<Arc<Delivery>>,
+    rooms: HashSet<RoomId>,
+}
+
+#[derive(Default)]
+struct State {
+    sessions: HashMap<SessionId, Entry>,
+    users: HashMap<UserId, Vec<SessionId>>,
+    rooms: HashMap<RoomId, HashSet<SessionId>>,
+}
+
+/// Local sessions. Reads (fan-out) take a shared lock and never await.
+#[derive(Default)]
+pub(crate) struct Hub {
+    state: RwLock<State>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("sessions", &self.read().sessions.len()).finish()
+    }
+}
+
+impl Hub {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // No code path leaves the maps inconsistent on panic, so poison is ignored.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a session unless its user is at the connection limit. Returns
+    /// whether it is the user's first session on this node.
+    pub(crate) fn register(
+        &self,
+        shared: Arc<SessionShared>,
+        tx: mpsc::Sender<Arc<Delivery>>,
+        max_per_user: usize,
+    ) -> Result<bool, ()> {
+        let mut state = self.write();
+        let sessions = state.users.entry(shared.user_id.clone()).or_default();
+        if sessions.len() >= max_per_user {
+            return Err(());
+        }
+        sessions.push(shared.id);
+        let first = sessions.len() == 1;
+        state.sessions.insert(shared.id, Entry { shared, tx, rooms: HashSet::new() });
+        Ok(first)
+    }
+
+    /// Forgets a session. Returns whether it was the user's last one here.
+    pub(crate) fn unregister(&self, id: SessionId) -> bool {
+        let mut state = self.write();
+        let Some(entry) = state.sessions.remove(&id) else {
+            return false;
+        };
+        for room in &entry.rooms {
+            if let Some(set) = state.rooms.get_mut(room) {
+                set.remove(&id);
+                if set.is_empty() {
+                    state.rooms.remove(room);
+                }
+            }
+        }
+        let user = &entry.shared.user_id;
+        let mut last = false;
+        if let Some(list) = state.users.get_mut(user) {
+            list.retain(|s| *s != id);
+            if list.is_empty() {
+                state.users.remove(user);
+                last = true;
+            }
+        }
+        last
+    }
+
+    pub(crate) fn subscribe(&self, session: SessionId, room: RoomId) {
+        let mut state = self.write();
+        if let Some(entry) = state.sessions.get_mut(&session) {
+            entry.rooms.insert(room);
+            state.rooms.entry(room).or_default().insert(session);
+        }
+    }
+
+    /// Unsubscribes every session of a user from a room (they left it).
+    pub(crate) fn unsubscribe_user(&self, user: &UserId, room: RoomId) {
+        let mut state = self.write();
+        let ids = state.users.get(user).cloned().unwrap_or_default();
+        for id in ids {
+            if let Some(entry) = state.sessions.get_mut(&id) {
+                entry.rooms.remove(&room);
+            }
+            if let Some(set) = state.rooms.get_mut(&room) {
+                set.remove(&id);
+                if set.is_empty() {
+                    state.rooms.remove(&room);
+                }
+            }
+        }
+    }
+
+    /// Unsubscribes one session from a room.
+    pub(crate) fn unsubscribe_session(&self, session: SessionId, room: RoomId) {
+        let mut state = self.write();
+        if let Some(entry) = state.sessions.get_mut(&session) {
+            entry.rooms.remove(&room);
+        }
+        if let Some(set) = state.rooms.get_mut(&room) {
+            set.remove(&session);
+            if set.is_empty() {
+                state.rooms.remove(&room);
+            }
+        }
+    }
+
+    pub(crate) fn is_subscribed(&self, session: SessionId, room: RoomId) -> bool {
+        self.read().sessions.get(&session).is_some_and(|e| e.rooms.contains(&room))
+    }
+
+    pub(crate) fn session_count(&self) -> usize {
+        self.read().sessions.len()
+    }
+
+    pub(crate) fn kill_all(&self, reason: CloseReason) {
+        for entry in self.read().sessions.values() {
+            entry.shared.kill(reason);
+        }
+    }
+
+    fn offer(entry: &Entry, delivery: &Arc<Delivery>) {
+        match entry.tx.try_send(delivery.clone()) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!(session = %entry.shared.id, user = %entry.shared.user_id, "outbound queue full, closing slow consumer");
+                entry.shared.kill(CloseReason::SlowConsumer);
+            }
+            // The session is going away; it unregisters itself.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Delivers one fan-out to its local audience. The event is wrapped once
+    /// and shared by every recipient.
+    pub(crate) fn deliver(&self, fanout: Fanout) {
+        let delivery = Arc::new(Delivery::new(fanout.event));
+        let state = self.read();
+        match &fanout.audience {
+            Audience::Room { room_id, except_session, except_user } => {
+                let Some(ids) = state.rooms.get(room_id) else { return };
+                for id in ids {
+                    if Some(*id) == *except_session {
+                        continue;
+                    }
+                    let Some(entry) = state.sessions.get(id) else { continue };
+                    if except_user.as_ref() == Some(&entry.shared.user_id) {
+                        continue;
+                    }
+                    Self::offer(entry, &delivery);
+                }
+            }
+            Audience::Users { users, except_session } => {
+                for user in users {
+                    for id in state.users.get(user).into_iter().flatten() {
+                        if Some(*id) == *except_session {
+                            continue;
+                        }
+                        if let Some(entry) = state.sessions.get(id) {
+                            Self::offer(entry, &delivery);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The hub as the broker's delivery target.
+pub(crate) struct HubSink(pub(crate) Arc<Hub>);
+
+impl FanoutSink for HubSink {
+    fn deliver(&self, fanout: Fanout) {
+        self.0.deliver(fanout);
+    }
+}

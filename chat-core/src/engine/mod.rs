@@ -1,0 +1,385 @@
+//! The engine: routes commands, enforces the rules, commits sends in batches and
+//! fans events out.
+//!
+//! One [`Engine`] serves a node. Transports open a [`Session`] per connection
+//! with [`Engine::open_session`] and drive it; HTTP handlers and bridges call
+//! the engine's other methods directly. Cloning an `Engine` is cheap (it is an
+//! `Arc`).
+
+mod committer;
+mod handlers;
+mod hub;
+mod presence;
+mod session;
+mod typing;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub use hub::CloseReason;
+pub use session::{Output, Ready, Ref, Session};
+
+use self::committer::CommitJob;
+use self::hub::{Hub, HubSink, SessionShared};
+use self::presence::PresenceTracker;
+use self::typing::TypingTracker;
+use crate::bridge::{Bridge, BridgeEvent, BridgeHealth};
+use crate::broker::{Audience, Broker, Fanout, LocalBroker};
+use crate::config::EngineConfig;
+use crate::error::{Error, Result};
+use crate::event::{Event, Typing};
+use crate::id::{RoomId, SessionId, UserId};
+use crate::message::{HistoryPage, HistoryQuery};
+use crate::presence::OnlineUser;
+use crate::store::Store;
+use crate::user::{Identity, User};
+
+/// Sets up an [`Engine`].
+#[must_use]
+pub struct EngineBuilder {
+    store: Arc<dyn Store>,
+    broker: Option<Arc<dyn Broker>>,
+    bridges: Vec<Arc<dyn Bridge>>,
+    config: EngineConfig,
+}
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl EngineBuilder {
+    /// Uses a broker other than the single-node [`LocalBroker`].
+    pub fn broker(mut self, broker: Arc<dyn Broker>) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// Adds a bridge.
+    pub fn bridge(mut self, bridge: Arc<dyn Bridge>) -> Self {
+        self.bridges.push(bridge);
+        self
+    }
+
+    /// Replaces the default limits and timings.
+    pub fn config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Starts the engine's tasks (the committer, presence and typing timers),
+    /// the broker and the bridges. Must be called inside a Tokio runtime.
+    pub async fn start(self) -> Result<Engine> {
+        let broker = self.broker.unwrap_or_else(|| Arc::new(LocalBroker::new()));
+        let hub = Arc::new(Hub::default());
+        broker.start(Arc::new(HubSink(hub.clone()))).await?;
+        // Sends wait for room in this queue, which bounds the memory that
+        // pending sends can take when the store is slower than the clients.
+        let (commit_tx, commit_rx) = mpsc::channel(self.config.max_commit_batch * 4);
+        let inner = Arc::new(Inner {
+            typing: TypingTracker::new(self.config.typing_timeout),
+            store: self.store,
+            broker,
+            bridges: self.bridges,
+            config: self.config,
+            hub,
+            presence: PresenceTracker::default(),
+            commits: commit_tx,
+            accepting: AtomicBool::new(true),
+            started: Instant::now(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let tasks = vec![
+            tokio::spawn(committer::run(inner.clone(), commit_rx)),
+            tokio::spawn(announce_presence(inner.clone())),
+            tokio::spawn(expire_typing(inner.clone())),
+        ];
+        *inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+        let engine = Engine { inner };
+        for bridge in &engine.inner.bridges {
+            bridge.start(engine.clone()).await?;
+        }
+        Ok(engine)
+    }
+}
+
+/// The chat engine of one node. See the [module docs](self).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("sessions", &self.inner.hub.session_count())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) bridges: Vec<Arc<dyn Bridge>>,
+    pub(crate) config: EngineConfig,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) presence: PresenceTracker,
+    pub(crate) typing: TypingTracker,
+    /// The group committer's queue. Every send goes through it, so sends are
+    /// committed in batches and fanned out in commit order.
+    pub(crate) commits: mpsc::Sender<CommitJob>,
+    /// Cleared at shutdown: new sessions and sends are refused from then on.
+    pub(crate) accepting: AtomicBool,
+    started: Instant,
+    /// The background tasks, aborted at shutdown once the committer is drained.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Who is asking: the session (if any) and its user.
+#[derive(Debug, Clone)]
+pub(crate) struct Ctx {
+    pub(crate) session: Option<SessionId>,
+    pub(crate) user: User,
+    /// The bridge acting for the user, if one is.
+    pub(crate) bridge: Option<Arc<str>>,
+}
+
+/// Support availability, for `/v1/support/availability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SupportAvailability {
+    /// Whether at least one agent is online.
+    pub available: bool,
+    /// Support-role users online here plus agents online on bridged platforms.
+    pub online_agents: u32,
+}
+
+impl Engine {
+    /// Starts building an engine on a store.
+    pub fn builder(store: Arc<dyn Store>) -> EngineBuilder {
+        EngineBuilder { store, broker: None, bridges: Vec::new(), config: EngineConfig::default() }
+    }
+
+    /// The store the engine uses.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Opens a session for an authenticated identity: records the user (name
+    /// and roles from the credentials win over stored ones), registers the
+    /// session and marks the user online. Returns the session and the data of
+    /// its `ready` frame.
+    pub async fn open_session(&self, identity: Identity) -> Result<(Session, Ready)> {
+        self.inner.open_session(identity).await
+    }
+
+    /// Creates or updates a user (the admin API).
+    pub async fn upsert_user(&self, user: User) -> Result<User> {
+        user.validate()?;
+        self.inner.store.upsert_user(&user).await?;
+        Ok(user)
+    }
+
+    /// A page of history for a member of the room.
+    pub async fn history(&self, user: &UserId, room: RoomId, query: HistoryQuery) -> Result<HistoryPage> {
+        let user = self.inner.store.user(user).await?.ok_or(Error::NotFound("user"))?;
+        let ctx = Ctx { session: None, user, bridge: None };
+        self.inner.history(&ctx, room, query.before_seq, query.after_seq, Some(query.limit)).await
+    }
+
+    /// Connected, visible users of this node.
+    pub fn online_users(&self) -> Vec<OnlineUser> {
+        self.inner.presence.online_users()
+    }
+
+    /// Support agents online here and on bridged platforms.
+    pub fn support_availability(&self) -> SupportAvailability {
+        let local = self.inner.presence.online_support_agents();
+        let bridged: u32 = self.inner.bridges.iter().map(|b| b.online_agents()).sum();
+        let online_agents = local.saturating_add(bridged);
+        SupportAvailability { available: online_agents > 0, online_agents }
+    }
+
+    /// Open sessions on this node.
+    pub fn connections(&self) -> usize {
+        self.inner.hub.session_count()
+    }
+
+    /// How long the engine has been running.
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    /// Pings the store, giving up after `timeout`.
+    pub async fn store_health(&self, timeout: Duration) -> Result<()> {
+        match tokio::time::timeout(timeout, self.inner.store.ping()).await {
+            Ok(res) => res,
+            Err(_) => Err(Error::unavailable("store ping timed out")),
+        }
+    }
+
+    /// Each bridge's health, by name.
+    pub fn bridge_health(&self) -> BTreeMap<String, BridgeHealth> {
+        self.inner.bridges.iter().map(|b| (b.name().to_owned(), b.health())).collect()
+    }
+
+    /// Posts a message into a room as `user`, on behalf of a bridge. The user
+    /// is recorded, and becomes a member if the room's rules let them join (a
+    /// support agent in a support room, anyone in a public group). Bridges see
+    /// the resulting event with `origin` set to `bridge`, so they can skip it.
+    pub async fn post_as(
+        &self,
+        bridge: &str,
+        user: User,
+        room: RoomId,
+        client_msg_id: String,
+        body: String,
+    ) -> Result<crate::message::Message> {
+        user.validate()?;
+        self.inner.store.upsert_user(&user).await?;
+        let ctx = Ctx { session: None, user, bridge: Some(Arc::from(bridge)) };
+        self.inner.ensure_member(&ctx, room).await?;
+        let pending = self
+            .inner
+            .send(
+                &ctx,
+                crate::command::SendMessage {
+                    room_id: room,
+                    client_msg_id,
+                    body,
+                    attachments: Vec::new(),
+                    reply_to: None,
+                },
+            )
+            .await?;
+        let appended = pending.await.map_err(|_| Error::unavailable("the commit was abandoned"))??;
+        Ok(appended.message)
+    }
+
+    /// Shows or hides a typing indicator in a room for a user, on behalf of a
+    /// bridge. The indicator ends by itself like one from a session.
+    pub async fn set_typing_as(&self, user: &UserId, room: RoomId, typing: bool) -> Result<()> {
+        let changed = if typing {
+            self.inner.typing.start(room, user)
+        } else {
+            self.inner.typing.stop(room, user)
+        };
+        if changed {
+            self.inner.publish_typing(room, user.clone(), typing).await;
+        }
+        Ok(())
+    }
+
+    /// Stops the engine: refuses new sessions and sends, closes every session
+    /// with [`CloseReason::Shutdown`], waits until every accepted send is
+    /// committed, then stops bridges, the broker and the store.
+    pub async fn shutdown(&self) {
+        self.inner.accepting.store(false, Ordering::SeqCst);
+        self.inner.hub.kill_all(CloseReason::Shutdown);
+        let (tx, rx) = oneshot::channel();
+        if self.inner.commits.send(CommitJob::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        for bridge in &self.inner.bridges {
+            bridge.stop().await;
+        }
+        self.inner.broker.stop().await;
+        self.inner.store.close().await;
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Inner {
+    /// Publishes a fan-out; a broker failure is logged, not returned, because
+    /// the change it announces is already committed.
+    pub(crate) async fn publish(&self, audience: Audience, event: Event) {
+        if let Err(err) = self.broker.publish(Fanout { audience, event }).await {
+            tracing::warn!(error = %err, source = ?std::error::Error::source(&err), "publishing an event failed");
+        }
+    }
+
+    pub(crate) async fn publish_typing(&self, room_id: RoomId, user_id: UserId, typing: bool) {
+        let audience =
+            Audience::Room { room_id, except_session: None, except_user: Some(user_id.clone()) };
+        self.publish(audience, Event::Typing(Typing { room_id, user_id, typing })).await;
+    }
+
+    pub(crate) fn notify_bridges(&self, event: BridgeEvent, origin: Option<&str>) {
+        for bridge in &self.bridges {
+            bridge.on_event(&event, origin);
+        }
+    }
+
+    /// Called when a session ends, from its `Drop`.
+    pub(crate) fn session_closed(self: &Arc<Self>, shared: &SessionShared) {
+        let last = self.hub.unregister(shared.id);
+        self.presence.disconnect(&shared.user_id);
+        if last {
+            let rooms = self.typing.stop_user(&shared.user_id);
+            if !rooms.is_empty() {
+                let inner = self.clone();
+                let user = shared.user_id.clone();
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        for room in rooms {
+                            inner.publish_typing(room, user.clone(), false).await;
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Announces presence changes; see `presence.rs` for why this is one task.
+async fn announce_presence(inner: Arc<Inner>) {
+    loop {
+        inner.presence.wake.notified().await;
+        for (user_id, status, last_seen) in inner.presence.take_changes() {
+            let users = match inner.store.co_members(&user_id).await {
+                Ok(users) => users,
+                Err(err) => {
+                    tracing::warn!(user = %user_id, error = %err, "presence not announced: store failed");
+                    continue;
+                }
+            };
+            if users.is_empty() {
+                continue;
+            }
+            let event = Event::PresenceChanged(crate::event::PresenceChanged { user_id, status, last_seen });
+            inner.publish(Audience::Users { users, except_session: None }, event).await;
+        }
+    }
+}
+
+/// Ends typing indicators whose deadline passed.
+async fn expire_typing(inner: Arc<Inner>) {
+    loop {
+        match inner.typing.next_deadline() {
+            None => inner.typing.wake.notified().await,
+            Some(deadline) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = inner.typing.wake.notified() => {}
+                }
+            }
+        }
+        for (room, user) in inner.typing.expire(tokio::time::Instant::now()) {
+            inner.publish_typing(room, user, false).await;
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! The session a transport drives: commands in, ordered output out.
+//!
+//! A transport owns one [`Session`] per connection and runs one loop:
+//!
+//! ```text
+//! loop {
+//!     select! {
+//!         frame = socket.next(), if session.accepts_input() => session.submit(ref, command).await,
+//!         output = session.next_output() => write(output),   // reply, event or close
+//!     }
+//! }
+//! ```
+//!
+//! The session keeps the protocol's ordering promises so that every transport
+//! gets them for free: after a `room:join` with `since_seq`, the reply comes
+//! first, then every stored message after `since_seq`, then live events, with
+//! no message twice. Sends are admitted in the order they arrive and answered
+//! once committed; other commands are answered at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Sleep;
+
+use super::hub::{CloseReason, SessionShared};
+use super::{Ctx, Inner};
+use crate::command::{Command, Reply};
+use crate::error::{Error, Result};
+use crate::event::{Delivery, Event, MessageEvent};
+use crate::id::{RoomId, SessionId};
+use crate::message::{HistoryPage, HistoryQuery};
+use crate::room::{ReceiptKind, RoomSummary};
+use crate::time::Timestamp;
+use crate::user::User;
+
+/// A client's correlation token for a command, returned untouched in the
+/// reply. The engine never looks inside; the JSON transport keeps the raw JSON
+/// text of the `ref` field here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Ref(pub Box<str>);
+
+/// The data of the first frame after authentication.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ready {
+    /// This session's id.
+    pub session_id: SessionId,
+    /// The authenticated user.
+    pub user: User,
+    /// Every room the user is a member of.
+    pub rooms: Vec<RoomSummary>,
+    /// The server's clock.
+    pub server_time: Timestamp,
+}
+
+/// What a session has for its client next.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output {
+    /// The answer to a command.
+    Reply {
+        /// The command's `ref`; `None` when it had none (a failure is then sent
+        /// as an `error` frame and a success is not sent at all).
+        reference: Option<Ref>,
+        /// The reply data or the error.
+        result: Result<Reply>,
+    },
+    /// An event, shared with the other sessions it goes to.
+    Event(Arc<Delivery>),
+    /// The session is over; close the connection with this reason.
+    Close(CloseReason),
+}
+
+struct Backlog {
+    room: RoomId,
+    after: u64,
+}
+
+type BacklogFetch = BoxFuture<'static, (RoomId, Result<HistoryPage>)>;
+
+/// A token bucket: `rate` per second sustained, `burst` at once.
+struct RateLimit {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        RateLimit { tokens: burst, rate: f64::from(rate.max(1)), burst, last: Instant::now() }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One client connection's view of the engine. See the [module docs](self).
+///
+/// Dropping the session unregisters it: the user goes offline with their last
+/// session, and their typing indicators end.
+pub struct Session {
+    inner: Arc<Inner>,
+    shared: Arc<SessionShared>,
+    user: User,
+    /// Events fanned out to this session. Bounded: when it is full the hub
+    /// closes the session as a slow consumer instead of buffering more.
+    events: mpsc::Receiver<Arc<Delivery>>,
+    /// Answers ready to go out, in the order they were produced.
+    ready: VecDeque<Output>,
+    /// Sends waiting for their commit.
+    in_flight: FuturesUnordered<BoxFuture<'static, Output>>,
+    /// Rooms to replay after `since_seq`; while any is pending, live events wait.
+    backlog: VecDeque<Backlog>,
+    backlog_fetch: Option<BacklogFetch>,
+    backlog_out: VecDeque<Output>,
+    /// Per room, the highest seq sent as `message:new`; live copies at or
+    /// below it were already replayed and are dropped.
+    floors: HashMap<RoomId, u64>,
+    rate: RateLimit,
+    bad_frames: VecDeque<Instant>,
+    /// Fires when the credentials expire (plus the leeway).
+    expiry: Option<Pin<Box<Sleep>>>,
+    closed: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.shared.id)
+            .field("user", &self.user.id)
+            .field("in_flight", &self.in_flight.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        shared: Arc<SessionShared>,
+        user: User,
+        events: mpsc::Receiver<Arc<Delivery>>,
+        expires_at: Option<Timestamp>,
+    ) -> Self {
+        let limits = &inner.config.limits;
+        let rate = RateLimit::new(limits.commands_per_second, limits.command_burst);
+        let expiry = expires_at.map(|at| {
+            let deadline = tokio::time::Instant::now() + at.until() + inner.config.expiry_leeway;
+            Box::pin(tokio::time::sleep_until(deadline))
+        });
+        Session {
+            inner,
+            shared,
+            user,
+            events,
+            ready: VecDeque::new(),
+            in_flight: FuturesUnordered::new(),
+            backlog: VecDeque::new(),
+            backlog_fetch: None,
+            backlog_out: VecDeque::new(),
+            floors: HashMap::new(),
+            rate,
+            bad_frames: VecDeque::new(),
+            expiry,
+            closed: false,
+        }
+    }
+
+    /// This session's id.
+    pub fn id(&self) -> SessionId {
+        self.shared.id
+    }
+
+    /// The session's user.
+    pub fn user(&self) -> &User {
+        &self.user
+    }
+
+    /// Whether the transport should read the next command. `false` while the
+    /// session has as many commands in progress as it may, which pushes back on
+    /// a client that sends faster than its commands complete.
+    pub fn accepts_input(&self) -> bool {
+        !self.closed && self.in_flight.len() + self.ready.len() < self.inner.config.limits.max_in_flight
+    }
+
+    fn ctx(&self) -> Ctx {
+        Ctx { session: Some(self.shared.id), user: self.user.clone(), bridge: None }
+    }
+
+    fn answer(&mut self, reference: Option<Ref>, result: Result<Reply>) {
+        self.ready.push_back(Output::Reply { reference, result });
+    }
+
+    /// Runs a command. Its answer comes out of [`Session::next_output`]:
+    /// at once for most commands, after the commit for `message:send`.
+    pub async fn submit(&mut self, reference: Option<Ref>, command: Command) {
+        if !self.rate.take() {
+            self.answer(reference, Err(Error::RateLimited("too many commands; slow down".into())));
+            return;
+        }
+        let inner = self.inner.clone();
+        let ctx = self.ctx();
+        let result = match command {
+            Command::MessageSend(req) => match inner.send(&ctx, req).await {
+                Ok(pending) => {
+                    self.in_flight.push(Box::pin(async move {
+                        let result = match pending.await {
+                            Ok(result) => result.map(|a| Reply::Message { message: a.message }),
+                            Err(_) => Err(Error::unavailable("the commit was abandoned")),
+                        };
+                        Output::Reply { reference, result }
+                    }));
+                    return;
+                }
+                Err(err) => Err(err),
+            },
+            Command::RoomJoin(req) => {
+                let result = inner.join_room(&ctx, req.room_id).await;
+                if let (Ok(_), Some(since)) = (&result, req.since_seq) {
+                    self.floors.insert(req.room_id, since);
+                    self.backlog.retain(|b| b.room != req.room_id);
+                    self.backlog.push_back(Backlog { room: req.room_id, after: since });
+                }
+                result
+            }
+            Command::RoomCreate(req) => inner.create_room(&ctx, req).await,
+            Command::RoomLeave(req) => {
+                let result = inner.leave_room(&ctx, req.room_id).await;
+                if result.is_ok() {
+                    self.floors.remove(&req.room_id);
+                    self.backlog.retain(|b| b.room != req.room_id);
+                }
+                result
+            }
+            Command::RoomInvite(req) => inner.invite(&ctx, req).await,
+            Command::RoomList => inner.list_rooms(&ctx).await,
+            Command::RoomHistory(req) => inner
+                .history(&ctx, req.room_id, req.before_seq, req.after_seq, req.limit)
+                .await
+                .map(Reply::History),
+            Command::MessageEdit(req) => inner.edit(&ctx, req).await,
+            Command::MessageDelete(req) => inner.delete(&ctx, req).await,
+            Command::TypingStart(req) => inner.typing(&ctx, req.room_id, true).await,
+            Command::TypingStop(req) => inner.typing(&ctx, req.room_id, false).await,
+            Command::MessageDelivered(req) => inner.receipt(&ctx, req, ReceiptKind::Delivered).await,
+            Command::MessageRead(req) => inner.receipt(&ctx, req, ReceiptKind::Read).await,
+            Command::PresenceUpdate(req) => inner.update_presence(&ctx, req),
+            Command::UsersOnline => Ok(Reply::Online { users: inner.presence.online_users() }),
+            Command::UsersSearch(req) => inner.search_users(req).await,
+            Command::Ping => Ok(Reply::Pong { server_time: Timestamp::now() }),
+        };
+        if let Err(err) = &result {
+            if err.is_backend() {
+                tracing::warn!(session = %self.shared.id, error = %err, source = ?std::error::Error::source(err), "command failed");
+            }
+        }
+        self.answer(reference, result);
+    }
+
+    /// Records a frame the transport could not decode. Returns the close
+    /// reason once the client has sent too many within the window.
+    pub fn note_bad_frame(&mut self) -> Option<CloseReason> {
+        let limits = &self.inner.config.limits;
+        let now = Instant::now();
+        while self.bad_frames.front().is_some_and(|t| now.duration_since(*t) > limits.bad_frame_window) {
+            self.bad_frames.pop_front();
+        }
+        self.bad_frames.push_back(now);
+        (self.bad_frames.len() as u32 > limits.max_bad_frames).then_some(CloseReason::Abuse)
+    }
+
+    fn start_backlog_fetch(&mut self) {
+        if self.backlog_fetch.is_some() {
+            return;
+        }
+        let Some(job) = self.backlog.front() else { return };
+        let store = self.inner.store.clone();
+        let (room, after) = (job.room, job.after);
+        let limit = self.inner.config.backlog_chunk.max(1);
+        self.backlog_fetch = Some(Box::pin(async move {
+            let query = HistoryQuery { before_seq: None, after_seq: Some(after), limit };
+            (room, store.history(room, query).await)
+        }));
+    }
+
+    fn backlog_fetched(&mut self, room: RoomId, result: Result<HistoryPage>) {
+        self.backlog_fetch = None;
+        let Some(pos) = self.backlog.iter().position(|b| b.room == room) else {
+            return; // The room was left meanwhile.
+        };
+        match result {
+            Ok(page) => {
+                let floor = self.floors.entry(room).or_insert(0);
+                for message in page.messages {
+                    *floor = (*floor).max(message.seq);
+                    self.backlog[pos].after = message.seq;
+                    let event = Event::MessageNew(MessageEvent { message });
+                    self.backlog_out.push_back(Output::Event(Arc::new(Delivery::new(event))));
+                }
+                if !page.has_more {
+                    self.backlog.remove(pos);
+                }
+            }
+            Err(err) => {
+                // Live events would now arrive with a gap before them, so the
+                // session leaves the room's stream; the client can join again.
+                tracing::warn!(session = %self.shared.id, %room, error = %err, "replaying a room failed");
+                self.backlog.remove(pos);
+                self.floors.remove(&room);
+                self.inner.hub.unsubscribe_session(self.shared.id, room);
+                let err = Error::unavailable(format!("replaying room {room} failed"));
+                self.backlog_out.push_back(Output::Reply { reference: None, result: Err(err) });
+            }
+        }
+    }
+
+    /// Whether a live event should go out (it was not already replayed).
+    fn admit(&mut self, delivery: &Delivery) -> bool {
+        if let Event::MessageNew(e) = delivery.event() {
+            let seq = e.message.seq;
+            if let Some(floor) = self.floors.get_mut(&e.message.room_id) {
+                if seq <= *floor {
+                    return false;
+                }
+                *floor = seq;
+            }
+        }
+        true
+    }
+
+    /// The next thing to send to the client. Cancel-safe: it can be raced
+    /// against reading the socket in `select!` without losing anything.
+    ///
+    /// Order: answers first, then replayed messages, then finished sends, then
+    /// live events (held back while a replay is pending). After
+    /// [`Output::Close`] the session is over.
+    pub async fn next_output(&mut self) -> Output {
+        loop {
+            if self.closed {
+                return Output::Close(self.shared.close_reason().unwrap_or(CloseReason::Shutdown));
+            }
+            if let Some(reason) = self.shared.close_reason() {
+                self.closed = true;
+                return Output::Close(reason);
+            }
+            if let Some(out) = self.ready.pop_front() {
+                return out;
+            }
+            if let Some(out) = self.backlog_out.pop_front() {
+                return out;
+            }
+            self.start_backlog_fetch();
+            let replaying = !self.backlog.is_empty();
+            tokio::select! {
+                biased;
+                _ = self.shared.killed() => continue,
+                _ = async { if let Some(expiry) = self.expiry.as_mut() { expiry.await } }, if self.expiry.is_some() => {
+                    self.shared.kill(CloseReason::TokenExpired);
+                    continue;
+                }
+                Some((room, result)) = async { match self.backlog_fetch.as_mut() { Some(f) => Some(f.await), None => None } }, if self.backlog_fetch.is_some() => {
+                    self.backlog_fetched(room, result);
+                    continue;
+                }
+                Some(out) = self.in_flight.next(), if !self.in_flight.is_empty() => return out,
+                delivery = self.events.recv(), if !replaying => match delivery {
+                    Some(delivery) => {
+                        if self.admit(&delivery) {
+                            return Output::Event(delivery);
+                        }
+                    }
+                    None => {
+                        self.shared.kill(CloseReason::Shutdown);
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.inner.session_closed(&self.shared);
+    }
+}

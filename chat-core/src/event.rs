@@ -1,0 +1,263 @@
+//! What the engine tells sessions, and the shared, encode-once form it travels in.
+
+use std::any::TypeId;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::id::{MessageId, RoomId, UserId};
+use crate::message::Message;
+use crate::presence::PresenceStatus;
+use crate::room::{ReceiptKind, Room};
+use crate::time::Timestamp;
+use crate::user::User;
+
+/// `message:new` and `message:updated`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageEvent {
+    /// The message as stored.
+    pub message: Message,
+}
+
+/// `message:deleted`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageDeleted {
+    /// The room.
+    pub room_id: RoomId,
+    /// The deleted message.
+    pub message_id: MessageId,
+}
+
+/// `user:joined`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserJoined {
+    /// The room.
+    pub room_id: RoomId,
+    /// The new member.
+    pub user: User,
+}
+
+/// `user:left`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserLeft {
+    /// The room.
+    pub room_id: RoomId,
+    /// The member who left.
+    pub user_id: UserId,
+}
+
+/// `typing:user`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Typing {
+    /// The room.
+    pub room_id: RoomId,
+    /// Who is typing.
+    pub user_id: UserId,
+    /// Started (`true`) or stopped.
+    pub typing: bool,
+}
+
+/// `message:status`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageStatus {
+    /// The room.
+    pub room_id: RoomId,
+    /// Whose cursor moved.
+    pub user_id: UserId,
+    /// Delivered or read.
+    pub status: ReceiptKind,
+    /// The cursor's new position.
+    pub up_to_seq: u64,
+}
+
+/// `presence:changed`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceChanged {
+    /// The user.
+    pub user_id: UserId,
+    /// Their visible status.
+    pub status: PresenceStatus,
+    /// When they were last connected, once they are offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Timestamp>,
+}
+
+/// `room:added`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomAdded {
+    /// The room the user now belongs to.
+    pub room: Room,
+}
+
+/// An event for sessions. Serde derives give the tagged form used between
+/// processes (by brokers); [`Event::data`] gives the protocol's `data` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+#[non_exhaustive]
+pub enum Event {
+    /// `message:new`
+    #[serde(rename = "message:new")]
+    MessageNew(MessageEvent),
+    /// `message:updated`
+    #[serde(rename = "message:updated")]
+    MessageUpdated(MessageEvent),
+    /// `message:deleted`
+    #[serde(rename = "message:deleted")]
+    MessageDeleted(MessageDeleted),
+    /// `user:joined`
+    #[serde(rename = "user:joined")]
+    UserJoined(UserJoined),
+    /// `user:left`
+    #[serde(rename = "user:left")]
+    UserLeft(UserLeft),
+    /// `typing:user`
+    #[serde(rename = "typing:user")]
+    Typing(Typing),
+    /// `message:status`
+    #[serde(rename = "message:status")]
+    MessageStatus(MessageStatus),
+    /// `presence:changed`
+    #[serde(rename = "presence:changed")]
+    PresenceChanged(PresenceChanged),
+    /// `room:added`
+    #[serde(rename = "room:added")]
+    RoomAdded(RoomAdded),
+}
+
+impl Event {
+    /// The protocol name of the event.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::MessageNew(_) => "message:new",
+            Event::MessageUpdated(_) => "message:updated",
+            Event::MessageDeleted(_) => "message:deleted",
+            Event::UserJoined(_) => "user:joined",
+            Event::UserLeft(_) => "user:left",
+            Event::Typing(_) => "typing:user",
+            Event::MessageStatus(_) => "message:status",
+            Event::PresenceChanged(_) => "presence:changed",
+            Event::RoomAdded(_) => "room:added",
+        }
+    }
+
+    /// The room the event is about, if any.
+    pub fn room_id(&self) -> Option<RoomId> {
+        match self {
+            Event::MessageNew(e) | Event::MessageUpdated(e) => Some(e.message.room_id),
+            Event::MessageDeleted(e) => Some(e.room_id),
+            Event::UserJoined(e) => Some(e.room_id),
+            Event::UserLeft(e) => Some(e.room_id),
+            Event::Typing(e) => Some(e.room_id),
+            Event::MessageStatus(e) => Some(e.room_id),
+            Event::PresenceChanged(_) => None,
+            Event::RoomAdded(e) => Some(e.room.id),
+        }
+    }
+
+    /// A view that serializes as the protocol's `data` object, without the name.
+    pub fn data(&self) -> EventData<'_> {
+        EventData(self)
+    }
+}
+
+/// Serializes an [`Event`]'s payload alone; see [`Event::data`].
+#[derive(Debug, Clone, Copy)]
+pub struct EventData<'a>(&'a Event);
+
+impl Serialize for EventData<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Event::MessageNew(e) | Event::MessageUpdated(e) => e.serialize(s),
+            Event::MessageDeleted(e) => e.serialize(s),
+            Event::UserJoined(e) => e.serialize(s),
+            Event::UserLeft(e) => e.serialize(s),
+            Event::Typing(e) => e.serialize(s),
+            Event::MessageStatus(e) => e.serialize(s),
+            Event::PresenceChanged(e) => e.serialize(s),
+            Event::RoomAdded(e) => e.serialize(s),
+        }
+    }
+}
+
+/// Turns an event into the bytes of one frame of some transport.
+pub trait EventCodec: Send + Sync + 'static {
+    /// Encodes one event.
+    fn encode(&self, event: &Event) -> Bytes;
+}
+
+/// An event on its way to many sessions. It is shared by reference, and
+/// encoded once per codec: the first session's transport encodes it, every
+/// other session reuses those bytes.
+#[derive(Debug)]
+pub struct Delivery {
+    event: Event,
+    encoded: OnceLock<(TypeId, Bytes)>,
+}
+
+impl Delivery {
+    /// Wraps an event.
+    pub fn new(event: Event) -> Self {
+        Delivery { event, encoded: OnceLock::new() }
+    }
+
+    /// The event.
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+
+    /// The event's bytes under `codec`, encoding them on first use. A second
+    /// codec type (two transports on one node) encodes without caching.
+    pub fn encoded<C: EventCodec>(&self, codec: &C) -> Bytes {
+        let key = TypeId::of::<C>();
+        let (cached_key, bytes) = self.encoded.get_or_init(|| (key, codec.encode(&self.event)));
+        if *cached_key == key { bytes.clone() } else { codec.encode(&self.event) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    struct Counting(AtomicUsize);
+
+    impl EventCodec for Counting {
+        fn encode(&self, event: &Event) -> Bytes {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Bytes::from(serde_json::to_vec(&event.data()).expect("serializes"))
+        }
+    }
+
+    fn typing() -> Event {
+        Event::Typing(Typing {
+            room_id: RoomId::generate(),
+            user_id: UserId::new("u").expect("valid"),
+            typing: true,
+        })
+    }
+
+    #[test]
+    fn a_delivery_is_encoded_once_for_many_sessions() {
+        let codec = Counting(AtomicUsize::new(0));
+        let d = Delivery::new(typing());
+        let first = d.encoded(&codec);
+        for _ in 0..100 {
+            assert_eq!(d.encoded(&codec), first);
+        }
+        assert_eq!(codec.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn data_is_the_payload_and_serde_is_tagged() {
+        let ev = typing();
+        let data = serde_json::to_value(ev.data()).expect("serializes");
+        assert_eq!(data["typing"], true);
+        let tagged = serde_json::to_value(&ev).expect("serializes");
+        assert_eq!(tagged["type"], "typing:user");
+        let back: Event = serde_json::from_value(tagged).expect("round trip");
+        assert_eq!(back, ev);
+        assert_eq!(ev.name(), "typing:user");
+    }
+}
