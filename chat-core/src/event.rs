@@ -1,9 +1,8 @@
 //! What the engine tells sessions, and the shared, encode-once form it travels in.
 
-use std::any::TypeId;
+use std::any::{Any, TypeId};
 use std::sync::OnceLock;
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::id::{MessageId, RoomId, UserId};
@@ -180,19 +179,27 @@ impl Serialize for EventData<'_> {
     }
 }
 
-/// Turns an event into the bytes of one frame of some transport.
+/// Turns an event into one frame of some transport.
 pub trait EventCodec: Send + Sync + 'static {
+    /// The encoded frame; cloning it must be cheap (reference-counted bytes).
+    type Frame: Clone + Send + Sync + 'static;
+
     /// Encodes one event.
-    fn encode(&self, event: &Event) -> Bytes;
+    fn encode(&self, event: &Event) -> Self::Frame;
 }
 
 /// An event on its way to many sessions. It is shared by reference, and
 /// encoded once per codec: the first session's transport encodes it, every
 /// other session reuses those bytes.
-#[derive(Debug)]
 pub struct Delivery {
     event: Event,
-    encoded: OnceLock<(TypeId, Bytes)>,
+    encoded: OnceLock<(TypeId, Box<dyn Any + Send + Sync>)>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery").field("event", &self.event).finish_non_exhaustive()
+    }
 }
 
 impl Delivery {
@@ -206,12 +213,18 @@ impl Delivery {
         &self.event
     }
 
-    /// The event's bytes under `codec`, encoding them on first use. A second
-    /// codec type (two transports on one node) encodes without caching.
-    pub fn encoded<C: EventCodec>(&self, codec: &C) -> Bytes {
+    /// The event's frame under `codec`, encoding it on first use. A second
+    /// codec (two transports on one node) encodes without caching.
+    pub fn encoded<C: EventCodec>(&self, codec: &C) -> C::Frame {
+        // Keyed by the codec's type, not the frame's: two codecs may share a
+        // frame type and still encode differently.
         let key = TypeId::of::<C>();
-        let (cached_key, bytes) = self.encoded.get_or_init(|| (key, codec.encode(&self.event)));
-        if *cached_key == key { bytes.clone() } else { codec.encode(&self.event) }
+        let (cached_key, cached) =
+            self.encoded.get_or_init(|| (key, Box::new(codec.encode(&self.event))));
+        match cached.downcast_ref::<C::Frame>() {
+            Some(frame) if *cached_key == key => frame.clone(),
+            _ => codec.encode(&self.event),
+        }
     }
 }
 
@@ -224,9 +237,11 @@ mod tests {
     struct Counting(AtomicUsize);
 
     impl EventCodec for Counting {
-        fn encode(&self, event: &Event) -> Bytes {
+        type Frame = std::sync::Arc<str>;
+
+        fn encode(&self, event: &Event) -> Self::Frame {
             self.0.fetch_add(1, Ordering::SeqCst);
-            Bytes::from(serde_json::to_vec(&event.data()).expect("serializes"))
+            serde_json::to_string(&event.data()).expect("serializes").into()
         }
     }
 
