@@ -45,8 +45,7 @@ pub(crate) struct SessionShared {
     pub(crate) user_id: UserId,
     /// Set once; the first reason wins. The owner polls `killed` and then reads it.
     close: OnceLock<CloseReason>,
-    /// Wakes the owner when `close` is set. `notify_one` keeps a permit, so a
-    /// kill that happens while the owner is busy elsewhere is not missed.
+    /// Wakes everyone waiting in `killed` when `close` is set.
     killed: Notify,
 }
 
@@ -57,7 +56,7 @@ impl SessionShared {
 
     pub(crate) fn kill(&self, reason: CloseReason) {
         if self.close.set(reason).is_ok() {
-            self.killed.notify_one();
+            self.killed.notify_waiters();
         }
     }
 
@@ -65,8 +64,17 @@ impl SessionShared {
         self.close.get().copied()
     }
 
+    /// Resolves once the session is killed (at once if it already is). The
+    /// waiter registers before checking the flag, so a kill in between is not
+    /// missed.
     pub(crate) async fn killed(&self) {
-        self.killed.notified().await
+        let notified = self.killed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.close.get().is_some() {
+            return;
+        }
+        notified.await
     }
 }
 

@@ -200,6 +200,18 @@ impl Session {
         !self.closed && self.in_flight.len() + self.ready.len() < self.inner.config.limits.max_in_flight
     }
 
+    /// Resolves once the engine has ended the session (slow consumer,
+    /// shutdown, expiry). A transport blocked writing to a client that does
+    /// not read can race this to stop waiting.
+    pub async fn closing(&self) {
+        self.shared.killed().await
+    }
+
+    /// Why the engine ended the session, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.close_reason()
+    }
+
     fn ctx(&self) -> Ctx {
         Ctx { session: Some(self.shared.id), user: self.user.clone(), bridge: None }
     }
