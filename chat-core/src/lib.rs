@@ -75,7 +75,7 @@ pub use bridge::{Bridge, BridgeEvent, BridgeHealth};
 pub use broker::{Audience, Broker, Fanout, FanoutSink, LocalBroker};
 pub use command::{Command, CommandKind, Reply};
 pub use config::{EngineConfig, Limits};
-pub use engine::{CloseReason, Engine, EngineBuilder, Output, Ready, Ref, Session, SupportAvailability};
+pub use engine::{CloseReason, CloseSignal, Engine, EngineBuilder, Output, Ready, Ref, Session, SupportAvailability};
 pub use error::{BoxError, Error, ErrorCode, Result};
 pub use event::{Delivery, Event, EventCodec};
 pub use id::{MessageId, RoomId, SessionId, UserId};

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use hub::CloseReason;
-pub use session::{Output, Ready, Ref, Session};
+pub use session::{CloseSignal, Output, Ready, Ref, Session};
 
 use self::committer::CommitJob;
 use self::hub::{Hub, HubSink, SessionShared};

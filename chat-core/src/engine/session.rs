@@ -59,6 +59,22 @@ pub struct Ready {
     pub server_time: Timestamp,
 }
 
+/// See [`Session::close_signal`].
+#[derive(Debug, Clone)]
+pub struct CloseSignal(Arc<SessionShared>);
+
+impl CloseSignal {
+    /// Resolves once the session is ended by the engine.
+    pub async fn closed(&self) {
+        self.0.killed().await
+    }
+
+    /// Why the engine ended the session, once it has.
+    pub fn reason(&self) -> Option<CloseReason> {
+        self.0.close_reason()
+    }
+}
+
 /// What a session has for its client next.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -200,11 +216,12 @@ impl Session {
         !self.closed && self.in_flight.len() + self.ready.len() < self.inner.config.limits.max_in_flight
     }
 
-    /// Resolves once the engine has ended the session (slow consumer,
+    /// A handle that resolves once the engine ends the session (slow consumer,
     /// shutdown, expiry). A transport blocked writing to a client that does
-    /// not read can race this to stop waiting.
-    pub async fn closing(&self) {
-        self.shared.killed().await
+    /// not read races it to stop waiting. Unlike the session, it is `Sync`
+    /// and cheap to clone.
+    pub fn close_signal(&self) -> CloseSignal {
+        CloseSignal(self.shared.clone())
     }
 
     /// Why the engine ended the session, once it has.

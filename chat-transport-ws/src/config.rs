@@ -1,0 +1,117 @@
+//! Settings of the transport.
+
+use std::time::Duration;
+
+/// Which browser origins may open WebSockets and call the HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OriginPolicy {
+    /// The server's own origin plus the listed ones (`https://example.com`).
+    List(Vec<String>),
+    /// Every origin. Only for development or fully public APIs.
+    Any,
+}
+
+impl OriginPolicy {
+    /// Parses the `CHAT_ALLOWED_ORIGINS` form: `*`, or a comma-separated list.
+    pub fn parse(text: &str) -> Self {
+        if text.trim() == "*" {
+            return OriginPolicy::Any;
+        }
+        OriginPolicy::List(
+            text.split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                .filter(|o| !o.is_empty())
+                .collect(),
+        )
+    }
+
+    /// Whether a request with this `Origin` (and `Host`) is allowed. A
+    /// same-origin request (the origin's authority is the `Host`) always is.
+    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        match self {
+            OriginPolicy::Any => true,
+            OriginPolicy::List(list) => {
+                let authority = origin.split_once("://").map(|(_, a)| a);
+                let same = matches!((authority, host), (Some(a), Some(h)) if a == h.to_ascii_lowercase());
+                same || list.iter().any(|o| *o == origin)
+            }
+        }
+    }
+}
+
+/// Transport settings; every field has a default suited to production.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WsConfig {
+    /// Largest WebSocket message accepted; a larger one closes the connection with 1009.
+    pub max_frame_bytes: usize,
+    /// How long a connection may take to authenticate before it is closed with 4408.
+    pub auth_timeout: Duration,
+    /// Allowed browser origins.
+    pub origins: OriginPolicy,
+    /// The key for `/v1/admin/*` (`x-api-key`); admin routes answer 401 while unset.
+    pub api_key: Option<String>,
+    /// Visitor sessions one IP address may create per [`WsConfig::visitor_window`].
+    pub visitor_sessions_per_ip: u32,
+    /// The window of [`WsConfig::visitor_sessions_per_ip`].
+    pub visitor_window: Duration,
+    /// Lifetime of visitor tokens.
+    pub visitor_token_ttl: Duration,
+    /// Default lifetime of tokens made by the admin API.
+    pub user_token_ttl: Duration,
+    /// Take the client address from `X-Forwarded-For` (behind a trusted proxy only).
+    pub trust_forwarded_for: bool,
+    /// How often the server pings an idle connection.
+    pub ping_interval: Duration,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    pub idle_timeout: Duration,
+    /// A write that cannot complete for this long (the client stopped reading) ends the connection.
+    pub write_timeout: Duration,
+    /// Largest HTTP request body.
+    pub max_http_body_bytes: usize,
+    /// The version shown by `/health`.
+    pub version: String,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            max_frame_bytes: 64 * 1024,
+            auth_timeout: Duration::from_secs(10),
+            origins: OriginPolicy::List(Vec::new()),
+            api_key: None,
+            visitor_sessions_per_ip: 10,
+            visitor_window: Duration::from_secs(60),
+            visitor_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            user_token_ttl: Duration::from_secs(24 * 3600),
+            trust_forwarded_for: false,
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            write_timeout: Duration::from_secs(10),
+            max_http_body_bytes: 64 * 1024,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let table = [
+            ("*", "https://evil.example", None, true),
+            ("", "http://localhost:8080", Some("localhost:8080"), true),
+            ("", "http://evil.example", Some("localhost:8080"), false),
+            ("https://app.example, https://b.example/", "https://B.example", Some("x"), true),
+            ("https://app.example", "https://app.example.evil", Some("x"), false),
+            ("https://app.example", "null", Some("x"), false),
+        ];
+        for (policy, origin, host, allowed) in table {
+            assert_eq!(OriginPolicy::parse(policy).allows(origin, host), allowed, "{policy} {origin}");
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! The HTTP API of PROTOCOL.md section 2.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use chat_core::{ErrorCode, HistoryQuery, Identity, RoomId, Timestamp, User, UserId};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Parses a JSON body, answering a bad one in the contract's error format.
+fn body<T>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+    payload.map(|Json(v)| v).map_err(|rejection| match rejection {
+        JsonRejection::BytesRejection(_) => ApiError::new(ErrorCode::TooLarge, "request body too large"),
+        other => ApiError::new(ErrorCode::Invalid, other.body_text()),
+    })
+}
+
+async fn authenticate(app: &AppState, headers: &HeaderMap) -> ApiResult<Identity> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing bearer token"))?;
+    Ok(app.auth.authenticate(token).await?)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn require_api_key(app: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(expected) = &app.config.api_key else {
+        return Err(ApiError::new(ErrorCode::Unauthorized, "the admin API is disabled: set CHAT_API_KEY"));
+    };
+    let given = headers.get("x-api-key").map(|v| v.as_bytes()).unwrap_or_default();
+    if constant_time_eq(given, expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::Unauthorized, "missing or wrong x-api-key"))
+    }
+}
+
+pub(crate) async fn health(State(app): State<AppState>) -> Response {
+    let store = app.engine.store_health(Duration::from_secs(1)).await;
+    let bridges = app.engine.bridge_health();
+    let bridges_ok = bridges.values().all(|b| b.connected);
+    let status = if store.is_ok() && bridges_ok { "ok" } else { "degraded" };
+    let body = json!({
+        "status": status,
+        "version": app.config.version,
+        "uptime_s": app.engine.uptime().as_secs(),
+        "connections": app.engine.connections(),
+        "store": if store.is_ok() { "ok" } else { "unavailable" },
+        "bridges": bridges,
+    });
+    let code = if store.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(body)).into_response()
+}
+
+pub(crate) async fn support_availability(State(app): State<AppState>) -> Response {
+    Json(app.engine.support_availability()).into_response()
+}
+
+pub(crate) async fn users_online(State(app): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    authenticate(&app, &headers).await?;
+    Ok(Json(json!({ "users": app.engine.online_users() })).into_response())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct HistoryParams {
+    before_seq: Option<u64>,
+    after_seq: Option<u64>,
+    limit: Option<u32>,
+}
+
+pub(crate) async fn room_messages(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+    params: Result<Query<HistoryParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let identity = authenticate(&app, &headers).await?;
+    let room: RoomId = room.parse()?;
+    let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::Invalid, e.body_text()))?;
+    let limits = &app.engine.config().limits;
+    let limit = match params.limit {
+        Some(0) => return Err(ApiError::new(ErrorCode::Invalid, "limit must be at least 1")),
+        Some(n) => n.min(limits.max_history_page),
+        None => limits.default_history_page,
+    };
+    let query = HistoryQuery { before_seq: params.before_seq, after_seq: params.after_seq, limit };
+    let page = app.engine.history(&identity.user_id, room, query).await?;
+    Ok(Json(page).into_response())
+}
+
+/// Counts requests per client address in fixed windows. The map is pruned of
+/// expired windows when it grows, and refuses new addresses once it holds
+/// `MAX_TRACKED` live ones, so a flood of addresses cannot grow it without bound.
+#[derive(Debug)]
+pub(crate) struct IpLimiter {
+    per_window: u32,
+    window: Duration,
+    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+const MAX_TRACKED: usize = 100_000;
+
+impl IpLimiter {
+    pub(crate) fn new(per_window: u32, window: Duration) -> Self {
+        IpLimiter { per_window, window, seen: Mutex::new(HashMap::new()) }
+    }
+
+    pub(crate) fn allow(&self, ip: IpAddr) -> bool {
+        let now = Instant::now();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= MAX_TRACKED && !seen.contains_key(&ip) {
+            seen.retain(|_, (start, _)| now.duration_since(*start) < self.window);
+            if seen.len() >= MAX_TRACKED {
+                return false;
+            }
+        }
+        let entry = seen.entry(ip).or_insert((now, 0));
+        if now.duration_since(entry.0) >= self.window {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        entry.1 <= self.per_window
+    }
+}
+
+fn client_ip(app: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<IpAddr> {
+    if app.config.trust_forwarded_for {
+        let forwarded = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok());
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    peer.map(|p| p.ip())
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct VisitorRequest {
+    name: Option<String>,
+}
+
+pub(crate) async fn visitor_session(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    payload: Result<Json<VisitorRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    let ip = client_ip(&app, &headers, peer.map(|Extension(ConnectInfo(a))| a));
+    if let Some(ip) = ip {
+        if !app.visitors.allow(ip) {
+            return Err(ApiError::new(ErrorCode::RateLimited, "too many visitor sessions from this address"));
+        }
+    }
+    // An empty body is fine: every field is optional.
+    let request = match payload {
+        Err(JsonRejection::MissingJsonContentType(_)) => VisitorRequest::default(),
+        other => body(other)?,
+    };
+    let issuer = app
+        .issuer
+        .as_ref()
+        .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "this server does not issue tokens"))?;
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let user_id = UserId::new(format!("visitor:{id}"))?;
+    let name = request.name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+    let name = name.unwrap_or_else(|| format!("Visitor {}", &id[id.len() - 4..]));
+    let user = app.engine.upsert_user(User::new(user_id, name)).await?;
+    let (token, expires_at) = issuer.issue(&user, app.config.visitor_token_ttl)?;
+    Ok((StatusCode::CREATED, Json(json!({ "token": token, "user": user, "expires_at": expires_at }))).into_response())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct AdminUser {
+    id: UserId,
+    name: String,
+    avatar_url: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+pub(crate) async fn admin_upsert_user(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    payload: Result<Json<AdminUser>, JsonRejection>,
+) -> ApiResult<Response> {
+    require_api_key(&app, &headers)?;
+    let req = body(payload)?;
+    let user = User { id: req.id, name: req.name, avatar_url: req.avatar_url, roles: req.roles };
+    let user = app.engine.upsert_user(user).await?;
+    Ok(Json(json!({ "user": user })).into_response())
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct TokenRequest {
+    ttl_s: Option<u64>,
+}
+
+pub(crate) async fn admin_token(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    payload: Result<Json<TokenRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    require_api_key(&app, &headers)?;
+    let request = match payload {
+        Err(JsonRejection::MissingJsonContentType(_)) => TokenRequest::default(),
+        other => body(other)?,
+    };
+    let issuer = app
+        .issuer
+        .as_ref()
+        .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "this server does not issue tokens"))?;
+    let id = UserId::new(id)?;
+    let user = app.engine.store().user(&id).await?.ok_or(chat_core::Error::NotFound("user"))?;
+    let ttl = match request.ttl_s {
+        Some(0) => return Err(ApiError::new(ErrorCode::Invalid, "ttl_s must be at least 1")),
+        Some(s) if s > 366 * 24 * 3600 => return Err(ApiError::new(ErrorCode::Invalid, "ttl_s must be at most a year")),
+        Some(s) => Duration::from_secs(s),
+        None => app.config.user_token_ttl,
+    };
+    let (token, expires_at): (String, Timestamp) = issuer.issue(&user, ttl)?;
+    Ok(Json(json!({ "token": token, "expires_at": expires_at })).into_response())
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_limiter_counts_per_window() {
+        let limiter = IpLimiter::new(2, Duration::from_secs(60));
+        let a: IpAddr = "127.0.0.1".parse().expect("ip");
+        let b: IpAddr = "127.0.0.2".parse().expect("ip");
+        assert!(limiter.allow(a));
+        assert!(limiter.allow(a));
+        assert!(!limiter.allow(a));
+        assert!(limiter.allow(b));
+    }
+}

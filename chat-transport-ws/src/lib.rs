@@ -1,0 +1,136 @@
+//! The native JSON-over-WebSocket transport and the HTTP API of the chat
+//! toolkit, built on axum.
+//!
+//! [`router`] gives an axum [`Router`] with `GET /v1/ws` and the HTTP routes of
+//! the wire contract. Each WebSocket drives one [`chat_core::Session`]; this
+//! crate adds only what is WebSocket- or HTTP-specific: the three ways to
+//! present a token, origin checks, close codes, frame limits, keep-alive pings,
+//! and the JSON envelope (in [`wire`]).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use chat_core::{Engine, MemoryStore};
+//! use chat_transport_ws::{AppState, JwtAuthenticator, JwtConfig, SignKey, TokenIssuer, WsConfig, router};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let secret = b"a secret of at least thirty-two bytes!".to_vec();
+//! let engine = Engine::builder(Arc::new(MemoryStore::new())).start().await?;
+//! let state = AppState::new(
+//!     engine,
+//!     Arc::new(JwtAuthenticator::new(&JwtConfig::hs256(secret.clone()))?),
+//!     Some(Arc::new(TokenIssuer::new(&SignKey::Hs256(secret), None, None)?)),
+//!     WsConfig::default(),
+//! );
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+//! axum::serve(listener, app).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod auth;
+mod config;
+pub mod error;
+mod http;
+pub mod wire;
+pub mod ws;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use chat_core::{Authenticator, Engine};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use auth::{Claims, JwtAuthenticator, JwtConfig, SignKey, TokenIssuer, VerifyKey, generate_secret};
+pub use config::{OriginPolicy, WsConfig};
+pub use error::{ApiError, Error, Result};
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    engine: Engine,
+    auth: Arc<dyn Authenticator>,
+    issuer: Option<Arc<TokenIssuer>>,
+    config: Arc<WsConfig>,
+    visitors: Arc<http::IpLimiter>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Everything the routes need. Without an `issuer`, the routes that make
+    /// tokens (visitor sessions, admin tokens) answer 503.
+    pub fn new(
+        engine: Engine,
+        auth: Arc<dyn Authenticator>,
+        issuer: Option<Arc<TokenIssuer>>,
+        config: WsConfig,
+    ) -> Self {
+        let visitors = Arc::new(http::IpLimiter::new(config.visitor_sessions_per_ip, config.visitor_window));
+        AppState { engine, auth, issuer, config: Arc::new(config), visitors }
+    }
+
+    /// The engine behind the routes.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// Logs each request's method, path (never the query, which may carry a
+/// token), status and duration.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "http");
+    response
+}
+
+fn cors(policy: &OriginPolicy) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(3600));
+    match policy.clone() {
+        OriginPolicy::Any => layer.allow_origin(AllowOrigin::any()),
+        policy => layer.allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, parts| {
+            let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok());
+            origin.to_str().is_ok_and(|o| policy.allows(o, host))
+        })),
+    }
+}
+
+/// The WebSocket endpoint and the HTTP API, ready to serve. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()` so that per-address
+/// limits see client addresses.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.max_http_body_bytes;
+    let cors = cors(&state.config.origins);
+    Router::new()
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/health", get(http::health))
+        .route("/v1/support/availability", get(http::support_availability))
+        .route("/v1/users/online", get(http::users_online))
+        .route("/v1/rooms/{id}/messages", get(http::room_messages))
+        .route("/v1/visitor-sessions", post(http::visitor_session))
+        .route("/v1/admin/users", post(http::admin_upsert_user))
+        .route("/v1/admin/users/{id}/tokens", post(http::admin_token))
+        .fallback(http::not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(cors)
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
