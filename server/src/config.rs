@@ -1,0 +1,217 @@
+//! Configuration: defaults, then an optional TOML file, then `CHAT_*`
+//! environment variables, each overriding the one before.
+//!
+//! Every key has the same name in both places: `listen` in the file is
+//! `CHAT_LISTEN` in the environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chat_core::{EngineConfig, Limits};
+use chat_transport_ws::{OriginPolicy, WsConfig};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything `chat-server` can be configured with. See the README for a table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// `sqlite://path` (made when missing) or `sqlite::memory:`.
+    pub database_url: String,
+    /// SQLite `synchronous`: `full` (an ack survives power loss), `normal` or `off`.
+    pub sqlite_synchronous: String,
+    /// HS256 secret (at least 32 bytes). When unset and no public key is
+    /// configured, one is made and kept beside the database.
+    pub jwt_secret: Option<String>,
+    /// `HS256`, `RS256` or `EdDSA`.
+    pub jwt_algorithm: String,
+    /// PEM public key for RS256/EdDSA verification.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// PEM private key for RS256/EdDSA signing (visitor and admin tokens).
+    pub jwt_private_key_file: Option<PathBuf>,
+    /// Required `iss` claim.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    pub jwt_audience: Option<String>,
+    /// Key for the admin API; admin routes answer 401 while unset.
+    pub api_key: Option<String>,
+    /// Browser origins allowed besides the server's own: `*` or a comma-separated list.
+    pub allowed_origins: String,
+    /// `human` or `json`.
+    pub log_format: LogFormat,
+    /// Take client addresses from `X-Forwarded-For` (only behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+    /// Longest message body, in characters.
+    pub max_body_chars: usize,
+    /// Largest WebSocket frame, in bytes; larger ones close the connection with 1009.
+    pub max_frame_bytes: usize,
+    /// Largest history page.
+    pub max_history_page: u32,
+    /// Most rooms per user.
+    pub max_rooms_per_user: u64,
+    /// Most members per room.
+    pub max_members_per_room: u64,
+    /// Most simultaneous connections per user.
+    pub max_connections_per_user: usize,
+    /// Sustained commands per second per connection.
+    pub commands_per_second: u32,
+    /// Burst of commands above the sustained rate.
+    pub command_burst: u32,
+    /// Events queued per connection before it is closed as a slow consumer (4429).
+    pub outbound_queue: usize,
+    /// Visitor sessions one address may create per minute.
+    pub visitor_sessions_per_minute: u32,
+    /// Seconds a connection may take to authenticate.
+    pub auth_timeout_s: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let limits = Limits::default();
+        let ws = WsConfig::default();
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://chat.db".into(),
+            sqlite_synchronous: "full".into(),
+            jwt_secret: None,
+            jwt_algorithm: "HS256".into(),
+            jwt_public_key_file: None,
+            jwt_private_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            api_key: None,
+            allowed_origins: String::new(),
+            log_format: LogFormat::Human,
+            trust_forwarded_for: false,
+            max_body_chars: limits.max_body_chars,
+            max_frame_bytes: ws.max_frame_bytes,
+            max_history_page: limits.max_history_page,
+            max_rooms_per_user: limits.max_rooms_per_user,
+            max_members_per_room: limits.max_members_per_room,
+            max_connections_per_user: limits.max_connections_per_user,
+            commands_per_second: limits.commands_per_second,
+            command_burst: limits.command_burst,
+            outbound_queue: limits.outbound_queue,
+            visitor_sessions_per_minute: ws.visitor_sessions_per_ip,
+            auth_timeout_s: ws.auth_timeout.as_secs(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file (if given) and the environment over the defaults.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                bail!("config file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        // `CHAT_LISTEN` sets `listen`; values parse like TOML (`CHAT_MAX_BODY_CHARS=100`).
+        figment = figment.merge(Env::prefixed("CHAT_").ignore(&["CONFIG"]));
+        let config: Config = figment.extract().context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !self.database_url.starts_with("sqlite:") {
+            bail!("database_url must start with sqlite: (PostgreSQL support is not built in yet)");
+        }
+        chat_store_sql::Synchronous::parse(&self.sqlite_synchronous)
+            .with_context(|| format!("sqlite_synchronous must be full, normal or off, not {:?}", self.sqlite_synchronous))?;
+        if self.max_frame_bytes < 1024 {
+            bail!("max_frame_bytes must be at least 1024");
+        }
+        if self.max_body_chars == 0 || self.max_history_page == 0 || self.outbound_queue == 0 {
+            bail!("max_body_chars, max_history_page and outbound_queue must be positive");
+        }
+        Ok(())
+    }
+
+    /// The engine's settings.
+    pub fn engine_config(&self) -> EngineConfig {
+        let mut config = EngineConfig::default();
+        let limits = &mut config.limits;
+        limits.max_body_chars = self.max_body_chars;
+        limits.max_history_page = self.max_history_page;
+        limits.default_history_page = limits.default_history_page.min(self.max_history_page);
+        limits.max_rooms_per_user = self.max_rooms_per_user;
+        limits.max_members_per_room = self.max_members_per_room;
+        limits.max_connections_per_user = self.max_connections_per_user;
+        limits.commands_per_second = self.commands_per_second;
+        limits.command_burst = self.command_burst;
+        limits.outbound_queue = self.outbound_queue;
+        config
+    }
+
+    /// The transport's settings.
+    pub fn ws_config(&self) -> WsConfig {
+        let mut ws = WsConfig::default();
+        ws.max_frame_bytes = self.max_frame_bytes;
+        ws.origins = OriginPolicy::parse(&self.allowed_origins);
+        ws.api_key = self.api_key.clone().filter(|k| !k.is_empty());
+        ws.trust_forwarded_for = self.trust_forwarded_for;
+        ws.visitor_sessions_per_ip = self.visitor_sessions_per_minute;
+        ws.visitor_window = Duration::from_secs(60);
+        ws.auth_timeout = Duration::from_secs(self.auth_timeout_s.max(1));
+        ws.version = env!("CARGO_PKG_VERSION").to_owned();
+        ws
+    }
+
+    /// The SQLite file, if the database is one (not in memory).
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        let rest = self.database_url.strip_prefix("sqlite://").or_else(|| self.database_url.strip_prefix("sqlite:"))?;
+        let path = rest.split('?').next().unwrap_or(rest);
+        if path.is_empty() || path == ":memory:" || self.database_url.contains("mode=memory") {
+            return None;
+        }
+        Some(PathBuf::from(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_of_sqlite_urls() {
+        let mut c = Config::default();
+        assert_eq!(c.sqlite_path(), Some(PathBuf::from("chat.db")));
+        c.database_url = "sqlite:///var/lib/chat/chat.db?mode=rwc".into();
+        assert_eq!(c.sqlite_path(), Some(PathBuf::from("/var/lib/chat/chat.db")));
+        c.database_url = "sqlite::memory:".into();
+        assert_eq!(c.sqlite_path(), None);
+    }
+
+    #[test]
+    fn file_then_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("chat.toml", "listen = \"127.0.0.1:9000\"\nmax_body_chars = 10\napi_key = \"k\"")?;
+            jail.set_env("CHAT_MAX_BODY_CHARS", "20");
+            let c = Config::load(Some(Path::new("chat.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen.port(), 9000);
+            assert_eq!(c.max_body_chars, 20, "the environment wins over the file");
+            assert_eq!(c.api_key.as_deref(), Some("k"));
+            jail.create_file("bad.toml", "lisen = \"x\"")?;
+            assert!(Config::load(Some(Path::new("bad.toml"))).is_err(), "unknown keys are refused");
+            Ok(())
+        });
+    }
+}

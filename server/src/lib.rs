@@ -1,0 +1,165 @@
+//! The reference chat server: the engine, the WebSocket transport and the SQL
+//! store, wired together from a [`Config`].
+//!
+//! [`run`] serves on a listener until a shutdown future resolves; `main` only
+//! parses the command line, sets up logging, binds and calls it. Tests call
+//! [`run`] on `127.0.0.1:0`.
+
+mod config;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::serve::ListenerExt;
+use chat_core::{Authenticator, Engine, Store};
+use chat_store_sql::{SqliteConfig, SqliteStore, Synchronous};
+use chat_transport_ws::{AppState, JwtAuthenticator, JwtConfig, SignKey, TokenIssuer, VerifyKey};
+use tokio::net::TcpListener;
+
+pub use config::{Config, LogFormat};
+
+/// Opens the store the configuration names, running migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let mut sqlite = SqliteConfig::from_url(&config.database_url);
+    sqlite.synchronous = Synchronous::parse(&config.sqlite_synchronous).unwrap_or(Synchronous::Full);
+    let store = SqliteStore::connect(sqlite)
+        .await
+        .with_context(|| format!("opening the database {}", redact(&config.database_url)))?;
+    Ok(Arc::new(store))
+}
+
+/// Hides a password in a database URL before it is shown.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// Where the generated HS256 secret is kept: beside the database file.
+pub fn secret_path(config: &Config) -> Option<PathBuf> {
+    let db = config.sqlite_path()?;
+    Some(db.with_extension("jwt-secret"))
+}
+
+/// Reads the kept secret, or makes and keeps a new one (readable by the owner only).
+fn kept_secret(path: &Path) -> anyhow::Result<String> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let secret = text.trim().to_owned();
+        if secret.len() >= 32 {
+            return Ok(secret);
+        }
+        bail!("{} holds a secret shorter than 32 bytes; remove it to make a new one", path.display());
+    }
+    let secret = chat_transport_ws::generate_secret()?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    write_private(path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    tracing::warn!(
+        path = %path.display(),
+        "CHAT_JWT_SECRET is not set: made a random secret and kept it beside the database; \
+         set CHAT_JWT_SECRET to share one between servers or token issuers"
+    );
+    Ok(secret)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(text.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}
+
+/// The token verifier and, when a signing key is available, the issuer.
+pub fn auth_from(config: &Config) -> anyhow::Result<(Arc<dyn Authenticator>, Option<Arc<TokenIssuer>>)> {
+    let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let (verify, sign) = match config.jwt_algorithm.to_ascii_uppercase().as_str() {
+        "HS256" => {
+            let secret = match (&config.jwt_secret, secret_path(config)) {
+                (Some(secret), _) => secret.clone(),
+                (None, Some(path)) => kept_secret(&path)?,
+                (None, None) => {
+                    tracing::warn!("CHAT_JWT_SECRET is not set and the database is in memory: tokens last only as long as this process");
+                    chat_transport_ws::generate_secret()?
+                }
+            };
+            let bytes = secret.into_bytes();
+            (VerifyKey::Hs256(bytes.clone()), Some(SignKey::Hs256(bytes)))
+        }
+        alg @ ("RS256" | "EDDSA") => {
+            let public = config
+                .jwt_public_key_file
+                .as_ref()
+                .with_context(|| format!("jwt_algorithm {alg} needs jwt_public_key_file"))?;
+            let public = read(public)?;
+            let private = config.jwt_private_key_file.as_ref().map(read).transpose()?;
+            if alg == "RS256" {
+                (VerifyKey::Rs256Pem(public), private.map(SignKey::Rs256Pem))
+            } else {
+                (VerifyKey::EdDsaPem(public), private.map(SignKey::EdDsaPem))
+            }
+        }
+        other => bail!("jwt_algorithm must be HS256, RS256 or EdDSA, not {other:?}"),
+    };
+    let jwt = JwtConfig::hs256(Vec::new())
+        .with_key(verify)
+        .with_issuer(config.jwt_issuer.clone())
+        .with_audience(config.jwt_audience.clone());
+    let auth = JwtAuthenticator::new(&jwt).context("setting up token verification")?;
+    let issuer = sign
+        .map(|key| TokenIssuer::new(&key, config.jwt_issuer.clone(), config.jwt_audience.clone()))
+        .transpose()
+        .context("setting up token signing")?;
+    Ok((Arc::new(auth), issuer.map(Arc::new)))
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, closes every
+/// session with 1001, waits for accepted sends to be committed, and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = open_store(&config).await?;
+    let (auth, issuer) = auth_from(&config)?;
+    let engine = Engine::builder(store)
+        .config(config.engine_config())
+        .start()
+        .await
+        .context("starting the engine")?;
+    let state = AppState::new(engine.clone(), auth, issuer, config.ws_config());
+    let app = chat_transport_ws::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let stopping = engine.clone();
+    // Frames are small and latency matters more than packet count.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "TCP_NODELAY not set");
+        }
+    });
+    let serve = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing sessions and committing pending sends");
+            stopping.shutdown().await;
+        });
+    serve.await.context("serving")?;
+    // Upgraded connections outlive the HTTP server; give them a moment to
+    // send their close frames.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while engine.connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! `chat-server`: parses the command line, sets up logging, binds and runs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chat_core::{User, UserId};
+use chat_server::{Config, LogFormat};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "chat-server", version, about = "The reference chat server")]
+struct Cli {
+    /// A TOML file with the same keys as the CHAT_* environment variables.
+    #[arg(long, global = true, env = "CHAT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Serve,
+    /// Print a token for a user, signed with the configured key.
+    Token {
+        /// The user id (the token's `sub`).
+        #[arg(long)]
+        user: String,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// A role such as `support`; repeat for several.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Lifetime: seconds, or a number with s, m, h or d.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+    },
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+}
+
+fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = digits.parse().with_context(|| format!("{text:?} is not a duration like 90, 15m, 24h or 7d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => bail!("{text:?} is not a duration like 90, 15m, 24h or 7d"),
+    };
+    if secs == 0 {
+        bail!("the duration must be positive");
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    init_logging(config.log_format);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("binding {}", config.listen))?;
+            tracing::info!(addr = %listener.local_addr()?, database = %config.database_url, "listening");
+            chat_server::run(listener, config, shutdown_signal()).await
+        }
+        Command::Token { user, name, roles, ttl } => {
+            let ttl = parse_duration(&ttl)?;
+            let (_, issuer) = chat_server::auth_from(&config)?;
+            let issuer = issuer.context("no signing key configured: set CHAT_JWT_SECRET or jwt_private_key_file")?;
+            let id = UserId::new(user).map_err(|e| anyhow::anyhow!("--user: {e}"))?;
+            let mut user = User::new(id.clone(), name.unwrap_or_else(|| id.to_string()));
+            user.roles = roles;
+            user.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (token, _) = issuer.issue(&user, ttl).map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Migrate => {
+            chat_server::open_store(&config).await?.close().await;
+            tracing::info!(database = %config.database_url, "schema is up to date");
+            Ok(())
+        }
+    }
+}
