@@ -280,7 +280,8 @@ impl Store for MemoryStore {
                 deleted: false,
             };
             rs.room.last_seq = seq;
-            rs.last_activity = new.created_at;
+            // The newest time seen: a message stamped earlier must not make the room look older.
+            rs.last_activity = rs.last_activity.max(new.created_at);
             let idx = rs.messages.len();
             rs.messages.push(message.clone());
             rs.by_id.insert(message.id, idx);
