@@ -1,0 +1,1885 @@
+//! The conformance suite for [`Store`] implementations (feature `testing`).
+//!
+//! Every rule in the [`store`](crate::store) module docs has a check here. Each
+//! check is a `pub async fn` that takes a fresh, empty store and panics with a
+//! message naming the broken rule. A store crate runs them all from its own
+//! tests with one macro call, which expands to one `#[tokio::test]` per check
+//! so that a failure is reported by name:
+//!
+//! ```no_run
+//! # use chat_core::MemoryStore as MyStore;
+//! // tests/store.rs of a store crate, with `chat-core = { features = ["testing"] }`
+//! // and `tokio = { features = ["macros", "rt-multi-thread"] }` as dev-dependencies.
+//! chat_core::store_conformance!(async { MyStore::new() });
+//! # fn main() {}
+//! ```
+//!
+//! The expression is evaluated once per check and must produce either a store
+//! or a [`TestStore`] (a store plus a guard that keeps its temporary files alive
+//! until the check has finished). To run the suite twice in one test file, name
+//! the module each expansion goes into: `store_conformance!(mod on_disk, async { … })`.
+//!
+//! The checks use fixed timestamps and ids built from short strings, so a
+//! failure message can be read without a debugger.
+
+use std::any::Any;
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::id::{MessageId, RoomId, UserId};
+use crate::message::{Appended, Attachment, HistoryQuery, Message, NewMessage};
+use crate::room::{MemberRole, NewRoom, ReceiptKind, Room, RoomKind, Visibility};
+use crate::store::Store;
+use crate::time::Timestamp;
+use crate::user::User;
+
+/// A store under test, with whatever must outlive it (a temporary directory,
+/// a database handle) dropped only after the store is closed.
+pub struct TestStore {
+    store: Arc<dyn Store>,
+    guard: Option<Box<dyn Any + Send>>,
+}
+
+impl TestStore {
+    /// Wraps a store that needs nothing else to live.
+    pub fn new(store: impl Store) -> Self {
+        TestStore {
+            store: Arc::new(store),
+            guard: None,
+        }
+    }
+
+    /// Wraps a store and a value that must be dropped after it.
+    pub fn with_guard(store: impl Store, guard: impl Send + 'static) -> Self {
+        TestStore {
+            store: Arc::new(store),
+            guard: Some(Box::new(guard)),
+        }
+    }
+
+    /// The store, for the checks that use one task.
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    /// The store as a shareable handle, for the checks that spawn tasks.
+    pub fn shared(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
+    /// Closes the store, then drops the guard.
+    pub async fn close(self) {
+        self.store.close().await;
+        drop(self.store);
+        drop(self.guard);
+    }
+}
+
+impl<S: Store> From<S> for TestStore {
+    fn from(store: S) -> Self {
+        TestStore::new(store)
+    }
+}
+
+impl fmt::Debug for TestStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TestStore")
+            .field("guarded", &self.guard.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Expands to one `#[tokio::test]` per conformance check, in a module named
+/// `store_conformance` (or the name given after `mod`).
+///
+/// The argument is an expression evaluated once per test; awaiting it must give
+/// a [`Store`] or a [`TestStore`](crate::testing::TestStore). The calling crate
+/// needs `tokio` with the `macros` and `rt-multi-thread` features as a
+/// dev-dependency. See the [module docs](crate::testing).
+#[macro_export]
+macro_rules! store_conformance {
+    (mod $module:ident, $make:expr $(,)?) => {
+        #[allow(unused_imports)]
+        mod $module {
+            use super::*;
+
+            $crate::__store_conformance_checks! {
+                $make;
+                single:
+                ping_answers,
+                upsert_user_creates_and_replaces,
+                users_skips_unknown_ids,
+                search_users_matches_id_or_name_ignoring_case,
+                search_users_treats_the_query_literally,
+                search_users_orders_by_name_then_id_and_limits,
+                create_room_stores_the_room_and_its_members,
+                create_room_rejects_a_taken_id,
+                direct_rooms_are_deduplicated_whatever_the_member_order,
+                direct_room_needs_exactly_two_members,
+                members_are_listed_in_joining_order,
+                add_member_returns_false_for_an_existing_member,
+                add_member_to_a_missing_room_is_not_found,
+                remove_member_reports_whether_it_removed,
+                member_and_counts_follow_membership,
+                co_members_are_distinct_and_exclude_the_user,
+                rooms_of_user_lists_newest_activity_first,
+                rooms_of_user_reports_read_cursor_and_unread,
+                seq_starts_at_one_and_follows_batch_order,
+                seq_is_independent_per_room,
+                appended_message_keeps_its_fields,
+                append_advances_the_senders_cursors,
+                duplicate_across_batches_returns_the_first_message,
+                duplicate_inside_one_batch_returns_the_first_message,
+                idempotency_key_is_per_room_and_sender,
+                append_to_a_missing_room_stores_nothing,
+                message_is_found_only_in_its_room,
+                edit_message_replaces_the_body,
+                delete_message_clears_content_and_keeps_the_seq,
+                history_without_cursor_returns_the_newest,
+                history_before_seq_reads_backwards,
+                history_after_seq_reads_forwards,
+                history_between_cursors,
+                history_with_limit_one,
+                history_of_an_empty_or_unknown_room_is_empty,
+                advance_cursor_only_moves_forward,
+                read_cursor_implies_delivered,
+                advance_cursor_for_a_non_member_is_none;
+                shared:
+                concurrent_appends_are_gapless,
+                concurrent_duplicates_store_one_message,
+            }
+        }
+    };
+    ($make:expr $(,)?) => {
+        $crate::store_conformance!(mod store_conformance, $make);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __store_conformance_checks {
+    ($make:expr; single: $($single:ident),* ; shared: $($shared:ident),* $(,)?) => {
+        $(
+            #[::tokio::test]
+            async fn $single() {
+                let fixture: $crate::testing::TestStore = ($make).await.into();
+                $crate::testing::$single(fixture.store()).await;
+                fixture.close().await;
+            }
+        )*
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $shared() {
+                let fixture: $crate::testing::TestStore = ($make).await.into();
+                $crate::testing::$shared(fixture.shared()).await;
+                fixture.close().await;
+            }
+        )*
+    };
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// A fixed point in time; checks add milliseconds to it so that orderings are
+/// deterministic.
+const T0: i64 = 1_767_323_045_000;
+
+fn at(ms: i64) -> Timestamp {
+    Timestamp::from_millis(T0 + ms)
+}
+
+fn uid(id: &str) -> UserId {
+    UserId::new(id).unwrap_or_else(|e| panic!("test user id {id:?} is invalid: {e}"))
+}
+
+/// Unwraps a store result, showing the error and its source on failure.
+fn ok<T>(r: Result<T>, what: &str) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{what} failed: {e} ({e:?})"),
+    }
+}
+
+fn user(id: &str, name: &str) -> User {
+    User::new(uid(id), name)
+}
+
+fn new_room(kind: RoomKind, members: &[&str], created: i64) -> NewRoom {
+    let mut list: Vec<(UserId, MemberRole)> = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        let role = if i == 0 {
+            MemberRole::Owner
+        } else {
+            MemberRole::Member
+        };
+        list.push((uid(m), role));
+    }
+    NewRoom {
+        id: RoomId::generate(),
+        kind,
+        name: (kind == RoomKind::Group).then(|| "a room".to_owned()),
+        visibility: Visibility::Private,
+        created_by: uid(members.first().copied().unwrap_or("nobody")),
+        created_at: at(created),
+        members: list,
+    }
+}
+
+/// Creates a group room whose first member is the owner.
+async fn group(store: &dyn Store, members: &[&str], created: i64) -> Room {
+    let (room, created) = ok(
+        store
+            .create_room(new_room(RoomKind::Group, members, created))
+            .await,
+        "create_room",
+    );
+    assert!(
+        created,
+        "create_room of a new group room must report created = true"
+    );
+    room
+}
+
+fn msg(room: RoomId, sender: &str, client_msg_id: &str, created: i64) -> NewMessage {
+    NewMessage {
+        id: MessageId::generate(),
+        room_id: room,
+        sender_id: uid(sender),
+        client_msg_id: client_msg_id.to_owned(),
+        body: format!("{sender} says {client_msg_id}"),
+        attachments: Vec::new(),
+        reply_to: None,
+        created_at: at(created),
+    }
+}
+
+async fn append(store: &dyn Store, batch: Vec<NewMessage>) -> Vec<Appended> {
+    let n = batch.len();
+    let out = ok(store.append_messages(batch).await, "append_messages");
+    assert_eq!(
+        out.len(),
+        n,
+        "append_messages must return one Appended per input"
+    );
+    out
+}
+
+/// Appends `n` messages from `sender`, one batch, and returns their seqs.
+async fn fill(store: &dyn Store, room: RoomId, sender: &str, n: u64) -> Vec<u64> {
+    let batch = (0..n)
+        .map(|i| msg(room, sender, &format!("fill-{i}"), i as i64))
+        .collect();
+    append(store, batch)
+        .await
+        .into_iter()
+        .map(|a| a.message.seq)
+        .collect()
+}
+
+async fn last_seq(store: &dyn Store, room: RoomId) -> u64 {
+    ok(store.room(room).await, "room")
+        .expect("the room exists")
+        .last_seq
+}
+
+async fn cursors(store: &dyn Store, room: RoomId, user: &str) -> (u64, u64) {
+    let m = ok(store.member(room, &uid(user)).await, "member")
+        .unwrap_or_else(|| panic!("{user} is a member"));
+    (m.delivered_seq, m.read_seq)
+}
+
+fn ids(users: &[User]) -> Vec<&str> {
+    users.iter().map(|u| u.id.as_str()).collect()
+}
+
+fn seqs(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq).collect()
+}
+
+fn q(before_seq: Option<u64>, after_seq: Option<u64>, limit: u32) -> HistoryQuery {
+    HistoryQuery {
+        before_seq,
+        after_seq,
+        limit,
+    }
+}
+
+/// Runs a table of history queries: (query, expected seqs, expected `has_more`).
+async fn history_table(store: &dyn Store, room: RoomId, table: &[(HistoryQuery, Vec<u64>, bool)]) {
+    for (query, want, more) in table {
+        let page = ok(store.history(room, *query).await, "history");
+        assert_eq!(
+            seqs(&page.messages),
+            *want,
+            "history({query:?}): wrong messages"
+        );
+        assert_eq!(page.has_more, *more, "history({query:?}): wrong has_more");
+        assert!(
+            page.messages.iter().all(|m| m.room_id == room),
+            "history({query:?}) returned another room's message"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Users
+
+/// `ping` answers on a working store.
+pub async fn ping_answers(store: &dyn Store) {
+    ok(store.ping().await, "ping");
+}
+
+/// `upsert_user` creates a user, then replaces its name, avatar and roles.
+pub async fn upsert_user_creates_and_replaces(store: &dyn Store) {
+    assert_eq!(
+        ok(store.user(&uid("ada")).await, "user"),
+        None,
+        "an unknown user must be None"
+    );
+    let mut ada = user("ada", "Ada");
+    ok(store.upsert_user(&ada).await, "upsert_user");
+    assert_eq!(ok(store.user(&uid("ada")).await, "user"), Some(ada.clone()));
+
+    ada.name = "Ada Lovelace".into();
+    ada.avatar_url = Some("https://example.invalid/ada.png".into());
+    ada.roles = vec!["support".into(), "admin".into()];
+    ok(store.upsert_user(&ada).await, "upsert_user");
+    assert_eq!(
+        ok(store.user(&uid("ada")).await, "user"),
+        Some(ada.clone()),
+        "upsert must replace every field"
+    );
+
+    ada.avatar_url = None;
+    ada.roles.clear();
+    ok(store.upsert_user(&ada).await, "upsert_user");
+    assert_eq!(
+        ok(store.user(&uid("ada")).await, "user"),
+        Some(ada),
+        "upsert must clear the avatar and roles"
+    );
+    assert_eq!(
+        ok(store.search_users("ada", 10).await, "search_users").len(),
+        1,
+        "upsert must not duplicate a user"
+    );
+}
+
+/// `users` returns the known users among the ids and skips the others.
+pub async fn users_skips_unknown_ids(store: &dyn Store) {
+    for (id, name) in [("u1", "One"), ("u2", "Two"), ("u3", "Three")] {
+        ok(store.upsert_user(&user(id, name)).await, "upsert_user");
+    }
+    let found = ok(
+        store.users(&[uid("u3"), uid("nobody"), uid("u1")]).await,
+        "users",
+    );
+    let mut got = ids(&found);
+    got.sort_unstable();
+    assert_eq!(got, ["u1", "u3"]);
+    assert_eq!(
+        found
+            .iter()
+            .find(|u| u.id.as_str() == "u3")
+            .map(|u| u.name.as_str()),
+        Some("Three")
+    );
+    assert!(
+        ok(store.users(&[]).await, "users").is_empty(),
+        "users(&[]) must be empty"
+    );
+}
+
+/// `search_users` matches a substring of the id or of the name, ignoring ASCII case.
+pub async fn search_users_matches_id_or_name_ignoring_case(store: &dyn Store) {
+    for (id, name) in [
+        ("alice", "Alice Smith"),
+        ("BOB", "Bobby"),
+        ("carol", "ALICIA KEYS"),
+        ("dave", "Zed"),
+    ] {
+        ok(store.upsert_user(&user(id, name)).await, "upsert_user");
+    }
+    let table: &[(&str, &[&str])] = &[
+        ("ALI", &["alice", "carol"]), // alice by id and name, carol by name
+        ("ice s", &["alice"]),        // inside the name, with a space
+        ("bob", &["BOB"]),            // by id, whose case differs
+        ("zED", &["dave"]),           // by name only
+        ("arol", &["carol"]),         // by id only
+        ("xyz", &[]),
+    ];
+    for (query, want) in table {
+        let found = ok(store.search_users(query, 10).await, "search_users");
+        let mut got = ids(&found);
+        got.sort_unstable();
+        let mut want = want.to_vec();
+        want.sort_unstable();
+        assert_eq!(got, want, "search_users({query:?})");
+    }
+}
+
+/// `search_users` treats `%`, `_` and `\` as ordinary characters.
+pub async fn search_users_treats_the_query_literally(store: &dyn Store) {
+    for (id, name) in [
+        ("a_b", "Under Score"),
+        ("axb", "Plain"),
+        ("pct", "100% sure"),
+        ("bs", "back\\slash"),
+    ] {
+        ok(store.upsert_user(&user(id, name)).await, "upsert_user");
+    }
+    let table: &[(&str, &[&str])] = &[
+        ("a_b", &["a_b"]),
+        ("%", &["pct"]),
+        ("0%", &["pct"]),
+        ("_", &["a_b"]),
+        ("\\", &["bs"]),
+        ("%%", &[]),
+    ];
+    for (query, want) in table {
+        let found = ok(store.search_users(query, 10).await, "search_users");
+        assert_eq!(
+            ids(&found),
+            *want,
+            "search_users({query:?}) must match the query as literal text"
+        );
+    }
+}
+
+/// `search_users` orders by name, then id, and returns at most `limit` users.
+pub async fn search_users_orders_by_name_then_id_and_limits(store: &dyn Store) {
+    // Same-case ASCII names, so that every reasonable collation agrees on the order.
+    for (id, name) in [
+        ("m-3", "same"),
+        ("m-1", "same"),
+        ("m-2", "alpha"),
+        ("m-4", "zulu"),
+        ("other", "none"),
+    ] {
+        ok(store.upsert_user(&user(id, name)).await, "upsert_user");
+    }
+    let table: &[(u32, &[&str])] = &[
+        (10, &["m-2", "m-1", "m-3", "m-4"]),
+        (4, &["m-2", "m-1", "m-3", "m-4"]),
+        (3, &["m-2", "m-1", "m-3"]),
+        (1, &["m-2"]),
+        (0, &[]),
+    ];
+    for (limit, want) in table {
+        let found = ok(store.search_users("m-", *limit).await, "search_users");
+        assert_eq!(ids(&found), *want, "search_users(\"m-\", {limit})");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rooms
+
+/// `create_room` stores the room with `last_seq` 0 and its members with their roles.
+pub async fn create_room_stores_the_room_and_its_members(store: &dyn Store) {
+    let new = new_room(RoomKind::Group, &["zoe", "adam", "mia"], 5);
+    let (room, created) = ok(store.create_room(new.clone()).await, "create_room");
+    assert!(created);
+    let want = Room {
+        id: new.id,
+        kind: RoomKind::Group,
+        name: new.name.clone(),
+        visibility: Visibility::Private,
+        created_by: uid("zoe"),
+        created_at: at(5),
+        last_seq: 0,
+    };
+    assert_eq!(room, want, "create_room must return the room as made");
+    assert_eq!(
+        ok(store.room(new.id).await, "room"),
+        Some(want),
+        "room() must return the stored room"
+    );
+    assert_eq!(
+        ok(store.room(RoomId::generate()).await, "room"),
+        None,
+        "an unknown room must be None"
+    );
+
+    let members = ok(store.members(room.id).await, "members");
+    let got: Vec<(&str, MemberRole, Timestamp, u64, u64)> = members
+        .iter()
+        .map(|m| {
+            (
+                m.user_id.as_str(),
+                m.role,
+                m.joined_at,
+                m.delivered_seq,
+                m.read_seq,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("zoe", MemberRole::Owner, at(5), 0, 0),
+            ("adam", MemberRole::Member, at(5), 0, 0),
+            ("mia", MemberRole::Member, at(5), 0, 0),
+        ],
+        "initial members, in the given order, with cursors at 0"
+    );
+    assert!(members.iter().all(|m| m.room_id == room.id));
+
+    // Public visibility and a missing name come back as given too.
+    let mut public = new_room(RoomKind::Support, &["visitor"], 6);
+    public.visibility = Visibility::Public;
+    let (room, _) = ok(store.create_room(public.clone()).await, "create_room");
+    assert_eq!(
+        (room.kind, room.visibility, room.name),
+        (RoomKind::Support, Visibility::Public, None)
+    );
+    let stored = ok(store.room(public.id).await, "room").expect("the support room exists");
+    assert_eq!(
+        (stored.kind, stored.visibility, stored.name),
+        (RoomKind::Support, Visibility::Public, None)
+    );
+}
+
+/// A room id can only be used once.
+pub async fn create_room_rejects_a_taken_id(store: &dyn Store) {
+    let first = new_room(RoomKind::Group, &["a"], 0);
+    ok(store.create_room(first.clone()).await, "create_room");
+    let mut again = new_room(RoomKind::Group, &["b"], 1);
+    again.id = first.id;
+    let err = store
+        .create_room(again)
+        .await
+        .expect_err("a taken room id must be refused");
+    assert_eq!(
+        err.code().as_str(),
+        "conflict",
+        "a taken room id is a conflict, got {err:?}"
+    );
+    let members = ok(store.members(first.id).await, "members");
+    assert_eq!(members.len(), 1, "the refused room must not add members");
+}
+
+/// A second direct room for the same pair returns the first, in either member order.
+pub async fn direct_rooms_are_deduplicated_whatever_the_member_order(store: &dyn Store) {
+    let first = new_room(RoomKind::Direct, &["ann", "ben"], 0);
+    let (room, created) = ok(store.create_room(first.clone()).await, "create_room");
+    assert!(created, "the first direct room of a pair is created");
+    assert_eq!(room.id, first.id);
+
+    for (members, t) in [(["ben", "ann"], 1), (["ann", "ben"], 2)] {
+        let again = new_room(RoomKind::Direct, &members, t);
+        let (room, created) = ok(store.create_room(again.clone()).await, "create_room");
+        assert!(
+            !created,
+            "direct room {members:?} already exists: created must be false"
+        );
+        assert_eq!(room.id, first.id, "the existing direct room must come back");
+        assert_eq!(
+            room.created_at,
+            at(0),
+            "the existing room must come back unchanged"
+        );
+        assert_eq!(
+            ok(store.room(again.id).await, "room"),
+            None,
+            "no second room may be stored"
+        );
+    }
+    assert_eq!(
+        ok(
+            store.room_count_of_user(&uid("ann")).await,
+            "room_count_of_user"
+        ),
+        1
+    );
+    assert_eq!(ok(store.member_count(first.id).await, "member_count"), 2);
+
+    // Another pair gets its own room, and so does a group of the same two users.
+    let (other, created) = ok(
+        store
+            .create_room(new_room(RoomKind::Direct, &["ann", "cat"], 3))
+            .await,
+        "create_room",
+    );
+    assert!(
+        created && other.id != first.id,
+        "a different pair gets a new direct room"
+    );
+    let (_, created) = ok(
+        store
+            .create_room(new_room(RoomKind::Group, &["ann", "ben"], 4))
+            .await,
+        "create_room",
+    );
+    assert!(
+        created,
+        "a group room of the same pair is not a direct room"
+    );
+}
+
+/// A direct room with other than two members is `invalid` and stores nothing.
+pub async fn direct_room_needs_exactly_two_members(store: &dyn Store) {
+    for members in [&["solo"][..], &["a", "b", "c"][..], &[][..]] {
+        let new = new_room(RoomKind::Direct, members, 0);
+        let err = store
+            .create_room(new.clone())
+            .await
+            .expect_err("a direct room needs two members");
+        assert_eq!(
+            err.code().as_str(),
+            "invalid",
+            "direct room with {members:?}: got {err:?}"
+        );
+        assert_eq!(
+            ok(store.room(new.id).await, "room"),
+            None,
+            "the refused room must not be stored"
+        );
+    }
+    assert_eq!(
+        ok(
+            store.room_count_of_user(&uid("a")).await,
+            "room_count_of_user"
+        ),
+        0
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Membership
+
+/// `members` lists members in joining order, a re-joined member last.
+pub async fn members_are_listed_in_joining_order(store: &dyn Store) {
+    let room = group(store, &["zed", "amy"], 0).await;
+    for (u, t) in [("mo", 1), ("bea", 2), ("cy", 3)] {
+        assert!(ok(
+            store
+                .add_member(room.id, &uid(u), MemberRole::Member, at(t))
+                .await,
+            "add_member"
+        ));
+    }
+    let names = |ms: Vec<crate::room::Member>| {
+        ms.into_iter()
+            .map(|m| m.user_id.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(ok(store.members(room.id).await, "members")),
+        ["zed", "amy", "mo", "bea", "cy"]
+    );
+
+    assert!(ok(
+        store.remove_member(room.id, &uid("amy")).await,
+        "remove_member"
+    ));
+    assert!(ok(
+        store
+            .add_member(room.id, &uid("amy"), MemberRole::Admin, at(9))
+            .await,
+        "add_member"
+    ));
+    assert_eq!(
+        names(ok(store.members(room.id).await, "members")),
+        ["zed", "mo", "bea", "cy", "amy"],
+        "a member who left and joined again is last"
+    );
+    let amy =
+        ok(store.member(room.id, &uid("amy")).await, "member").expect("amy is a member again");
+    assert_eq!(
+        (amy.role, amy.joined_at, amy.read_seq, amy.delivered_seq),
+        (MemberRole::Admin, at(9), 0, 0)
+    );
+    assert!(
+        ok(store.members(RoomId::generate()).await, "members").is_empty(),
+        "an unknown room has no members"
+    );
+}
+
+/// `add_member` of an existing member returns `false` and changes nothing.
+pub async fn add_member_returns_false_for_an_existing_member(store: &dyn Store) {
+    let room = group(store, &["own", "mem"], 0).await;
+    fill(store, room.id, "mem", 2).await;
+    let before = ok(store.member(room.id, &uid("mem")).await, "member");
+    let added = ok(
+        store
+            .add_member(room.id, &uid("mem"), MemberRole::Admin, at(50))
+            .await,
+        "add_member",
+    );
+    assert!(!added, "adding an existing member must return false");
+    assert_eq!(
+        ok(store.member(room.id, &uid("mem")).await, "member"),
+        before,
+        "the membership must not change"
+    );
+    assert_eq!(ok(store.member_count(room.id).await, "member_count"), 2);
+    assert!(!ok(
+        store
+            .add_member(room.id, &uid("own"), MemberRole::Member, at(51))
+            .await,
+        "add_member"
+    ));
+    let own = ok(store.member(room.id, &uid("own")).await, "member").expect("own is a member");
+    assert_eq!(own.role, MemberRole::Owner, "the owner keeps the role");
+}
+
+/// `add_member` to a room that does not exist is `not_found`.
+pub async fn add_member_to_a_missing_room_is_not_found(store: &dyn Store) {
+    let missing = RoomId::generate();
+    let err = store
+        .add_member(missing, &uid("u"), MemberRole::Member, at(0))
+        .await
+        .expect_err("no such room");
+    assert_eq!(err.code().as_str(), "not_found", "got {err:?}");
+    assert_eq!(
+        ok(
+            store.room_count_of_user(&uid("u")).await,
+            "room_count_of_user"
+        ),
+        0
+    );
+}
+
+/// `remove_member` returns whether the user was a member, and every view follows.
+pub async fn remove_member_reports_whether_it_removed(store: &dyn Store) {
+    let room = group(store, &["a", "b", "c"], 0).await;
+    let other = group(store, &["b", "d"], 1).await;
+    assert!(
+        ok(
+            store.remove_member(room.id, &uid("b")).await,
+            "remove_member"
+        ),
+        "b was a member"
+    );
+    assert!(
+        !ok(
+            store.remove_member(room.id, &uid("b")).await,
+            "remove_member"
+        ),
+        "b is no longer a member"
+    );
+    assert!(
+        !ok(
+            store.remove_member(room.id, &uid("zz")).await,
+            "remove_member"
+        ),
+        "zz never was a member"
+    );
+    assert!(
+        !ok(
+            store.remove_member(RoomId::generate(), &uid("a")).await,
+            "remove_member"
+        ),
+        "unknown room"
+    );
+
+    assert_eq!(ok(store.member(room.id, &uid("b")).await, "member"), None);
+    assert_eq!(ok(store.member_count(room.id).await, "member_count"), 2);
+    let members: Vec<String> = ok(store.members(room.id).await, "members")
+        .iter()
+        .map(|m| m.user_id.to_string())
+        .collect();
+    assert_eq!(members, ["a", "c"]);
+    assert_eq!(
+        ok(
+            store.room_count_of_user(&uid("b")).await,
+            "room_count_of_user"
+        ),
+        1
+    );
+    let listed: Vec<RoomId> = ok(store.rooms_of_user(&uid("b")).await, "rooms_of_user")
+        .iter()
+        .map(|s| s.room.id)
+        .collect();
+    assert_eq!(listed, [other.id], "rooms_of_user must drop the room left");
+    let mut co = ok(store.co_members(&uid("a")).await, "co_members");
+    co.sort();
+    assert_eq!(co, [uid("c")], "co_members must drop the member who left");
+    // The room itself stays.
+    assert!(ok(store.room(room.id).await, "room").is_some());
+}
+
+/// `member`, `member_count` and `room_count_of_user` follow the memberships.
+pub async fn member_and_counts_follow_membership(store: &dyn Store) {
+    let r1 = group(store, &["a", "b"], 0).await;
+    let r2 = group(store, &["a"], 1).await;
+    let m = ok(store.member(r1.id, &uid("b")).await, "member").expect("b is a member of r1");
+    assert_eq!(
+        (m.room_id, m.user_id.as_str(), m.role),
+        (r1.id, "b", MemberRole::Member)
+    );
+    assert_eq!(
+        ok(store.member(r2.id, &uid("b")).await, "member"),
+        None,
+        "b is not in r2"
+    );
+    assert_eq!(
+        ok(store.member(RoomId::generate(), &uid("a")).await, "member"),
+        None
+    );
+    assert_eq!(ok(store.member_count(r1.id).await, "member_count"), 2);
+    assert_eq!(ok(store.member_count(r2.id).await, "member_count"), 1);
+    assert_eq!(
+        ok(store.member_count(RoomId::generate()).await, "member_count"),
+        0
+    );
+    assert_eq!(
+        ok(
+            store.room_count_of_user(&uid("a")).await,
+            "room_count_of_user"
+        ),
+        2
+    );
+    assert_eq!(
+        ok(
+            store.room_count_of_user(&uid("b")).await,
+            "room_count_of_user"
+        ),
+        1
+    );
+    assert_eq!(
+        ok(
+            store.room_count_of_user(&uid("nobody")).await,
+            "room_count_of_user"
+        ),
+        0
+    );
+    assert!(ok(
+        store
+            .add_member(r2.id, &uid("b"), MemberRole::Member, at(2))
+            .await,
+        "add_member"
+    ));
+    assert_eq!(
+        ok(
+            store.room_count_of_user(&uid("b")).await,
+            "room_count_of_user"
+        ),
+        2
+    );
+    assert_eq!(ok(store.member_count(r2.id).await, "member_count"), 2);
+}
+
+/// `co_members` lists each user sharing a room once, never the user asked about.
+pub async fn co_members_are_distinct_and_exclude_the_user(store: &dyn Store) {
+    group(store, &["a", "b", "c"], 0).await;
+    group(store, &["b", "a", "d"], 1).await;
+    group(store, &["e", "f"], 2).await;
+    group(store, &["a"], 3).await;
+    let mut co = ok(store.co_members(&uid("a")).await, "co_members");
+    co.sort();
+    assert_eq!(co, [uid("b"), uid("c"), uid("d")]);
+    let mut co = ok(store.co_members(&uid("e")).await, "co_members");
+    co.sort();
+    assert_eq!(co, [uid("f")]);
+    assert!(ok(store.co_members(&uid("nobody")).await, "co_members").is_empty());
+}
+
+/// `rooms_of_user` lists the user's rooms by newest activity (creation or last message).
+pub async fn rooms_of_user_lists_newest_activity_first(store: &dyn Store) {
+    let r1 = group(store, &["u", "x"], 10).await;
+    let r2 = group(store, &["u"], 20).await;
+    let r3 = group(store, &["x", "u"], 30).await;
+    group(store, &["x"], 40).await;
+    let order = |list: Vec<crate::room::RoomSummary>| {
+        list.into_iter().map(|s| s.room.id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        order(ok(store.rooms_of_user(&uid("u")).await, "rooms_of_user")),
+        [r3.id, r2.id, r1.id]
+    );
+
+    append(store, vec![msg(r1.id, "x", "m1", 50)]).await;
+    assert_eq!(
+        order(ok(store.rooms_of_user(&uid("u")).await, "rooms_of_user")),
+        [r1.id, r3.id, r2.id],
+        "a new message makes its room the newest"
+    );
+    append(
+        store,
+        vec![msg(r2.id, "u", "m2", 60), msg(r3.id, "u", "m3", 70)],
+    )
+    .await;
+    assert_eq!(
+        order(ok(store.rooms_of_user(&uid("u")).await, "rooms_of_user")),
+        [r3.id, r2.id, r1.id]
+    );
+    // A message stamped earlier than the room's newest activity (a bridged
+    // import, a clock step) does not make the room look older.
+    append(store, vec![msg(r3.id, "x", "late", 5)]).await;
+    assert_eq!(
+        order(ok(store.rooms_of_user(&uid("u")).await, "rooms_of_user")),
+        [r3.id, r2.id, r1.id],
+        "activity is the newest time seen, never moved back"
+    );
+    assert!(ok(store.rooms_of_user(&uid("nobody")).await, "rooms_of_user").is_empty());
+}
+
+/// `rooms_of_user` carries the read cursor and `unread = last_seq - read_seq`.
+pub async fn rooms_of_user_reports_read_cursor_and_unread(store: &dyn Store) {
+    let room = group(store, &["reader", "writer"], 0).await;
+    fill(store, room.id, "writer", 5).await;
+    let summary = |list: Vec<crate::room::RoomSummary>| {
+        let s = list.into_iter().next().expect("one room");
+        (s.room.last_seq, s.read_seq, s.unread)
+    };
+    assert_eq!(
+        summary(ok(
+            store.rooms_of_user(&uid("reader")).await,
+            "rooms_of_user"
+        )),
+        (5, 0, 5)
+    );
+    assert_eq!(
+        summary(ok(
+            store.rooms_of_user(&uid("writer")).await,
+            "rooms_of_user"
+        )),
+        (5, 5, 0)
+    );
+    ok(
+        store
+            .advance_cursor(room.id, &uid("reader"), ReceiptKind::Read, 3)
+            .await,
+        "advance_cursor",
+    );
+    assert_eq!(
+        summary(ok(
+            store.rooms_of_user(&uid("reader")).await,
+            "rooms_of_user"
+        )),
+        (5, 3, 2)
+    );
+    ok(
+        store
+            .advance_cursor(room.id, &uid("reader"), ReceiptKind::Delivered, 5)
+            .await,
+        "advance_cursor",
+    );
+    assert_eq!(
+        summary(ok(
+            store.rooms_of_user(&uid("reader")).await,
+            "rooms_of_user"
+        )),
+        (5, 3, 2),
+        "delivery does not count as reading"
+    );
+    append(store, vec![msg(room.id, "reader", "reply", 9)]).await;
+    assert_eq!(
+        summary(ok(
+            store.rooms_of_user(&uid("reader")).await,
+            "rooms_of_user"
+        )),
+        (6, 6, 0),
+        "sending reads everything up to the sent message"
+    );
+    assert_eq!(
+        summary(ok(
+            store.rooms_of_user(&uid("writer")).await,
+            "rooms_of_user"
+        )),
+        (6, 5, 1)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Appending
+
+/// Seqs start at 1, have no gaps and follow the batch order, across batches.
+pub async fn seq_starts_at_one_and_follows_batch_order(store: &dyn Store) {
+    let room = group(store, &["s"], 0).await;
+    let batch: Vec<NewMessage> = (0..5)
+        .map(|i| msg(room.id, "s", &format!("a{i}"), i))
+        .collect();
+    let ids: Vec<MessageId> = batch.iter().map(|m| m.id).collect();
+    let out = append(store, batch).await;
+    assert_eq!(
+        out.iter().map(|a| a.message.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert!(out.iter().all(|a| a.created), "new messages are created");
+    assert_eq!(
+        out.iter().map(|a| a.message.id).collect::<Vec<_>>(),
+        ids,
+        "results follow the input order"
+    );
+    assert_eq!(
+        last_seq(store, room.id).await,
+        5,
+        "room.last_seq follows the newest message"
+    );
+
+    let out = append(
+        store,
+        (0..3)
+            .map(|i| msg(room.id, "s", &format!("b{i}"), 10 + i))
+            .collect(),
+    )
+    .await;
+    assert_eq!(
+        out.iter().map(|a| a.message.seq).collect::<Vec<_>>(),
+        [6, 7, 8]
+    );
+    let out = append(store, vec![msg(room.id, "s", "c", 20)]).await;
+    assert_eq!(out[0].message.seq, 9);
+    assert_eq!(last_seq(store, room.id).await, 9);
+    assert!(
+        append(store, Vec::new()).await.is_empty(),
+        "an empty batch appends nothing"
+    );
+    assert_eq!(last_seq(store, room.id).await, 9);
+}
+
+/// Each room counts its own seqs, also when one batch mixes rooms.
+pub async fn seq_is_independent_per_room(store: &dyn Store) {
+    let r1 = group(store, &["s"], 0).await;
+    let r2 = group(store, &["s"], 1).await;
+    fill(store, r2.id, "s", 2).await;
+    let batch = vec![
+        msg(r1.id, "s", "x1", 1),
+        msg(r2.id, "s", "x2", 2),
+        msg(r1.id, "s", "x3", 3),
+        msg(r2.id, "s", "x4", 4),
+        msg(r2.id, "s", "x5", 5),
+    ];
+    let out = append(store, batch).await;
+    let got: Vec<(RoomId, u64)> = out
+        .iter()
+        .map(|a| (a.message.room_id, a.message.seq))
+        .collect();
+    assert_eq!(
+        got,
+        [(r1.id, 1), (r2.id, 3), (r1.id, 2), (r2.id, 4), (r2.id, 5)]
+    );
+    assert_eq!(last_seq(store, r1.id).await, 2);
+    assert_eq!(last_seq(store, r2.id).await, 5);
+}
+
+/// A stored message keeps every field of the input and starts unedited.
+pub async fn appended_message_keeps_its_fields(store: &dyn Store) {
+    let room = group(store, &["s"], 0).await;
+    let first = append(store, vec![msg(room.id, "s", "first", 1)])
+        .await
+        .remove(0)
+        .message;
+    let mut new = msg(room.id, "s", "with-everything", 2);
+    new.body = "héllo \u{1F600} wörld".into();
+    new.reply_to = Some(first.id);
+    new.attachments = vec![
+        Attachment {
+            id: "att-1".into(),
+            name: "cat.png".into(),
+            content_type: "image/png".into(),
+            size: 12_345,
+            url: "https://example.invalid/cat.png".into(),
+        },
+        Attachment {
+            id: "att-2".into(),
+            name: "notes.txt".into(),
+            content_type: "text/plain".into(),
+            size: 0,
+            url: "https://example.invalid/notes.txt".into(),
+        },
+    ];
+    let want = Message {
+        id: new.id,
+        room_id: room.id,
+        seq: 2,
+        sender_id: uid("s"),
+        client_msg_id: "with-everything".into(),
+        body: new.body.clone(),
+        attachments: new.attachments.clone(),
+        reply_to: Some(first.id),
+        created_at: at(2),
+        edited_at: None,
+        deleted: false,
+    };
+    let out = append(store, vec![new]).await;
+    assert_eq!(
+        out,
+        [Appended {
+            message: want.clone(),
+            created: true
+        }]
+    );
+    assert_eq!(
+        ok(store.message(room.id, want.id).await, "message"),
+        Some(want.clone()),
+        "message() after append"
+    );
+    let page = ok(store.history(room.id, q(None, None, 10)).await, "history");
+    assert_eq!(page.messages.last(), Some(&want), "history after append");
+}
+
+/// The sender's read and delivered cursors move up to the message; others' stay.
+pub async fn append_advances_the_senders_cursors(store: &dyn Store) {
+    let room = group(store, &["a", "b"], 0).await;
+    fill(store, room.id, "b", 3).await;
+    assert_eq!(cursors(store, room.id, "b").await, (3, 3));
+    assert_eq!(cursors(store, room.id, "a").await, (0, 0));
+    append(
+        store,
+        vec![msg(room.id, "a", "hi", 5), msg(room.id, "b", "yo", 6)],
+    )
+    .await;
+    assert_eq!(
+        cursors(store, room.id, "a").await,
+        (4, 4),
+        "a's cursors move to a's message"
+    );
+    assert_eq!(
+        cursors(store, room.id, "b").await,
+        (5, 5),
+        "b's cursors move to b's message"
+    );
+    // Cursors already beyond the new message stay where they are.
+    ok(
+        store
+            .advance_cursor(room.id, &uid("a"), ReceiptKind::Read, 9)
+            .await,
+        "advance_cursor",
+    );
+    append(store, vec![msg(room.id, "a", "again", 7)]).await;
+    assert_eq!(
+        cursors(store, room.id, "a").await,
+        (9, 9),
+        "sending never moves a cursor back"
+    );
+    assert_eq!(cursors(store, room.id, "b").await, (5, 5));
+}
+
+/// Re-sending a `client_msg_id` in a later batch returns the first message and stores nothing.
+pub async fn duplicate_across_batches_returns_the_first_message(store: &dyn Store) {
+    let room = group(store, &["s", "t"], 0).await;
+    let first = append(store, vec![msg(room.id, "s", "same", 1)])
+        .await
+        .remove(0);
+    assert!(first.created);
+    let mut retry = msg(room.id, "s", "same", 2);
+    retry.body = "a different body".into();
+    let out = append(store, vec![retry, msg(room.id, "t", "other", 3)]).await;
+    assert_eq!(
+        out[0],
+        Appended {
+            message: first.message.clone(),
+            created: false
+        },
+        "the first message comes back"
+    );
+    assert_eq!(out[1].message.seq, 2, "a duplicate does not use up a seq");
+    assert!(out[1].created);
+    assert_eq!(last_seq(store, room.id).await, 2);
+    let page = ok(store.history(room.id, q(None, None, 10)).await, "history");
+    assert_eq!(seqs(&page.messages), [1, 2]);
+    assert_eq!(
+        page.messages[0].body, first.message.body,
+        "the stored body is the first one"
+    );
+    // Still a duplicate after other messages, and after an edit.
+    ok(
+        store
+            .edit_message(room.id, first.message.id, "edited", at(4))
+            .await,
+        "edit_message",
+    );
+    let again = append(store, vec![msg(room.id, "s", "same", 5)])
+        .await
+        .remove(0);
+    assert!(!again.created);
+    assert_eq!(
+        (
+            again.message.id,
+            again.message.seq,
+            again.message.body.as_str()
+        ),
+        (first.message.id, 1, "edited")
+    );
+    assert_eq!(
+        append(store, vec![msg(room.id, "s", "new", 6)]).await[0]
+            .message
+            .seq,
+        3,
+        "no gap after duplicates"
+    );
+}
+
+/// A `client_msg_id` repeated inside one batch stores one message; the repeat returns it.
+pub async fn duplicate_inside_one_batch_returns_the_first_message(store: &dyn Store) {
+    let room = group(store, &["s"], 0).await;
+    let x = msg(room.id, "s", "x", 1);
+    let mut x_again = msg(room.id, "s", "x", 3);
+    x_again.body = "other".into();
+    let batch = vec![
+        x.clone(),
+        msg(room.id, "s", "y", 2),
+        x_again,
+        msg(room.id, "s", "z", 4),
+        msg(room.id, "s", "x", 5),
+    ];
+    let out = append(store, batch).await;
+    let got: Vec<(u64, bool)> = out.iter().map(|a| (a.message.seq, a.created)).collect();
+    assert_eq!(
+        got,
+        [(1, true), (2, true), (1, false), (3, true), (1, false)]
+    );
+    assert_eq!(
+        out[2].message, out[0].message,
+        "the repeat returns the first message"
+    );
+    assert_eq!(out[0].message.id, x.id);
+    assert_eq!(out[0].message.body, x.body);
+    assert_eq!(last_seq(store, room.id).await, 3);
+    assert_eq!(
+        seqs(&ok(store.history(room.id, q(None, None, 10)).await, "history").messages),
+        [1, 2, 3]
+    );
+}
+
+/// The idempotency key is (room, sender, `client_msg_id`): other senders and rooms may reuse it.
+pub async fn idempotency_key_is_per_room_and_sender(store: &dyn Store) {
+    let r1 = group(store, &["a", "b"], 0).await;
+    let r2 = group(store, &["a"], 1).await;
+    let out = append(
+        store,
+        vec![
+            msg(r1.id, "a", "k", 1),
+            msg(r1.id, "b", "k", 2),
+            msg(r2.id, "a", "k", 3),
+        ],
+    )
+    .await;
+    let got: Vec<(u64, bool)> = out.iter().map(|a| (a.message.seq, a.created)).collect();
+    assert_eq!(got, [(1, true), (2, true), (1, true)]);
+    let again = append(store, vec![msg(r1.id, "b", "k", 4)]).await.remove(0);
+    assert_eq!(
+        (again.message.id, again.created),
+        (out[1].message.id, false)
+    );
+}
+
+/// A batch naming a room that does not exist fails as a whole and stores nothing.
+pub async fn append_to_a_missing_room_stores_nothing(store: &dyn Store) {
+    let room = group(store, &["s"], 0).await;
+    let batch = vec![
+        msg(room.id, "s", "ok-1", 1),
+        msg(RoomId::generate(), "s", "lost", 2),
+        msg(room.id, "s", "ok-2", 3),
+    ];
+    let err = store
+        .append_messages(batch)
+        .await
+        .expect_err("a batch with a missing room must fail");
+    assert_eq!(err.code().as_str(), "not_found", "got {err:?}");
+    assert_eq!(
+        last_seq(store, room.id).await,
+        0,
+        "nothing of the failed batch may be stored"
+    );
+    assert!(
+        ok(store.history(room.id, q(None, None, 10)).await, "history")
+            .messages
+            .is_empty()
+    );
+    assert_eq!(cursors(store, room.id, "s").await, (0, 0));
+    // The keys of the failed batch are still free.
+    let out = append(store, vec![msg(room.id, "s", "ok-1", 4)]).await;
+    assert_eq!((out[0].message.seq, out[0].created), (1, true));
+}
+
+// ---------------------------------------------------------------------------
+// Reading, editing, deleting
+
+/// `message` finds a message by room and id, and nothing in another room.
+pub async fn message_is_found_only_in_its_room(store: &dyn Store) {
+    let r1 = group(store, &["s"], 0).await;
+    let r2 = group(store, &["s"], 1).await;
+    let m = append(store, vec![msg(r1.id, "s", "m", 2)])
+        .await
+        .remove(0)
+        .message;
+    assert_eq!(
+        ok(store.message(r1.id, m.id).await, "message"),
+        Some(m.clone())
+    );
+    assert_eq!(
+        ok(store.message(r2.id, m.id).await, "message"),
+        None,
+        "wrong room"
+    );
+    assert_eq!(
+        ok(store.message(r1.id, MessageId::generate()).await, "message"),
+        None,
+        "unknown id"
+    );
+    assert_eq!(
+        ok(store.message(RoomId::generate(), m.id).await, "message"),
+        None,
+        "unknown room"
+    );
+}
+
+/// `edit_message` replaces the body and sets `edited_at`; a miss is `None`.
+pub async fn edit_message_replaces_the_body(store: &dyn Store) {
+    let r1 = group(store, &["s"], 0).await;
+    let r2 = group(store, &["s"], 1).await;
+    let out = append(
+        store,
+        vec![msg(r1.id, "s", "a", 2), msg(r1.id, "s", "b", 3)],
+    )
+    .await;
+    let m = out[0].message.clone();
+    let edited = ok(
+        store.edit_message(r1.id, m.id, "new body", at(10)).await,
+        "edit_message",
+    )
+    .expect("message exists");
+    let want = Message {
+        body: "new body".into(),
+        edited_at: Some(at(10)),
+        ..m.clone()
+    };
+    assert_eq!(edited, want);
+    assert_eq!(
+        ok(store.message(r1.id, m.id).await, "message"),
+        Some(want.clone()),
+        "the edit is stored"
+    );
+    assert_eq!(
+        ok(store.message(r1.id, out[1].message.id).await, "message"),
+        Some(out[1].message.clone()),
+        "others untouched"
+    );
+
+    assert_eq!(
+        ok(
+            store.edit_message(r2.id, m.id, "hijack", at(11)).await,
+            "edit_message"
+        ),
+        None,
+        "wrong room"
+    );
+    assert_eq!(
+        ok(
+            store
+                .edit_message(r1.id, MessageId::generate(), "x", at(11))
+                .await,
+            "edit_message"
+        ),
+        None
+    );
+    assert_eq!(
+        ok(store.message(r1.id, m.id).await, "message"),
+        Some(want),
+        "a missed edit changes nothing"
+    );
+    assert_eq!(last_seq(store, r1.id).await, 2, "an edit takes no seq");
+}
+
+/// `delete_message` clears body and attachments, keeps the seq, and stays in history.
+pub async fn delete_message_clears_content_and_keeps_the_seq(store: &dyn Store) {
+    let r1 = group(store, &["s"], 0).await;
+    let r2 = group(store, &["s"], 1).await;
+    let mut new = msg(r1.id, "s", "doomed", 2);
+    new.attachments = vec![Attachment {
+        id: "att".into(),
+        name: "a.bin".into(),
+        content_type: "application/octet-stream".into(),
+        size: 3,
+        url: "https://example.invalid/a.bin".into(),
+    }];
+    let out = append(
+        store,
+        vec![
+            msg(r1.id, "s", "before", 1),
+            new,
+            msg(r1.id, "s", "after", 3),
+        ],
+    )
+    .await;
+    let m = out[1].message.clone();
+
+    assert_eq!(
+        ok(
+            store.delete_message(r2.id, m.id, at(9)).await,
+            "delete_message"
+        ),
+        None,
+        "wrong room"
+    );
+    assert_eq!(
+        ok(store.message(r1.id, m.id).await, "message"),
+        Some(m.clone()),
+        "a missed delete changes nothing"
+    );
+    assert_eq!(
+        ok(
+            store
+                .delete_message(r1.id, MessageId::generate(), at(9))
+                .await,
+            "delete_message"
+        ),
+        None
+    );
+
+    let deleted = ok(
+        store.delete_message(r1.id, m.id, at(10)).await,
+        "delete_message",
+    )
+    .expect("message exists");
+    assert!(deleted.deleted);
+    assert!(
+        deleted.body.is_empty() && deleted.attachments.is_empty(),
+        "body and attachments are cleared"
+    );
+    assert_eq!(
+        (deleted.id, deleted.seq, deleted.sender_id.as_str()),
+        (m.id, 2, "s"),
+        "identity and seq stay"
+    );
+    assert_eq!(
+        ok(store.message(r1.id, m.id).await, "message"),
+        Some(deleted.clone())
+    );
+
+    let page = ok(store.history(r1.id, q(None, None, 10)).await, "history");
+    assert_eq!(
+        seqs(&page.messages),
+        [1, 2, 3],
+        "a deleted message keeps its place in history"
+    );
+    assert_eq!(page.messages[1], deleted);
+    assert_eq!(last_seq(store, r1.id).await, 3);
+    let next = append(store, vec![msg(r1.id, "s", "later", 11)])
+        .await
+        .remove(0);
+    assert_eq!(next.message.seq, 4, "the deleted seq is never reused");
+    // A retry of the deleted message's send still finds it, deleted.
+    let retry = append(store, vec![msg(r1.id, "s", "doomed", 12)])
+        .await
+        .remove(0);
+    assert_eq!(
+        (retry.message.id, retry.created, retry.message.deleted),
+        (m.id, false, true)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// History: a room with messages 1..=10.
+
+async fn ten(store: &dyn Store) -> RoomId {
+    let room = group(store, &["s"], 0).await;
+    assert_eq!(
+        fill(store, room.id, "s", 10).await,
+        (1..=10).collect::<Vec<_>>()
+    );
+    room.id
+}
+
+/// No cursor: the newest `limit` messages, `has_more` when older ones exist.
+pub async fn history_without_cursor_returns_the_newest(store: &dyn Store) {
+    let room = ten(store).await;
+    history_table(
+        store,
+        room,
+        &[
+            (q(None, None, 3), vec![8, 9, 10], true),
+            (q(None, None, 9), (2..=10).collect(), true),
+            (q(None, None, 10), (1..=10).collect(), false),
+            (q(None, None, 50), (1..=10).collect(), false),
+        ],
+    )
+    .await;
+}
+
+/// `before_seq`: the newest `limit` below it, `has_more` when older ones exist.
+pub async fn history_before_seq_reads_backwards(store: &dyn Store) {
+    let room = ten(store).await;
+    history_table(
+        store,
+        room,
+        &[
+            (q(Some(5), None, 2), vec![3, 4], true),
+            (q(Some(5), None, 3), vec![2, 3, 4], true),
+            (q(Some(5), None, 4), vec![1, 2, 3, 4], false),
+            (q(Some(5), None, 10), vec![1, 2, 3, 4], false),
+            (q(Some(3), None, 2), vec![1, 2], false),
+            (q(Some(2), None, 5), vec![1], false),
+            (q(Some(1), None, 5), vec![], false),
+            (q(Some(0), None, 5), vec![], false),
+            (q(Some(11), None, 3), vec![8, 9, 10], true),
+            (q(Some(100), None, 3), vec![8, 9, 10], true),
+            (q(Some(100), None, 10), (1..=10).collect(), false),
+            (q(Some(u64::MAX), None, 2), vec![9, 10], true),
+        ],
+    )
+    .await;
+}
+
+/// `after_seq`: the oldest `limit` above it, `has_more` when newer ones exist.
+pub async fn history_after_seq_reads_forwards(store: &dyn Store) {
+    let room = ten(store).await;
+    history_table(
+        store,
+        room,
+        &[
+            (q(None, Some(0), 3), vec![1, 2, 3], true),
+            (q(None, Some(5), 2), vec![6, 7], true),
+            (q(None, Some(5), 5), vec![6, 7, 8, 9, 10], false),
+            (q(None, Some(5), 6), vec![6, 7, 8, 9, 10], false),
+            (q(None, Some(8), 2), vec![9, 10], false),
+            (q(None, Some(9), 5), vec![10], false),
+            (q(None, Some(10), 5), vec![], false),
+            (q(None, Some(100), 5), vec![], false),
+            (q(None, Some(u64::MAX), 5), vec![], false),
+        ],
+    )
+    .await;
+}
+
+/// Both cursors: the oldest `limit` strictly between, `has_more` when more lie between.
+pub async fn history_between_cursors(store: &dyn Store) {
+    let room = ten(store).await;
+    history_table(
+        store,
+        room,
+        &[
+            (q(Some(9), Some(2), 3), vec![3, 4, 5], true),
+            (q(Some(9), Some(2), 5), vec![3, 4, 5, 6, 7], true),
+            (q(Some(9), Some(2), 6), vec![3, 4, 5, 6, 7, 8], false),
+            (q(Some(9), Some(2), 50), vec![3, 4, 5, 6, 7, 8], false),
+            (q(Some(4), Some(2), 5), vec![3], false),
+            (q(Some(3), Some(2), 5), vec![], false),
+            (q(Some(5), Some(5), 5), vec![], false),
+            (q(Some(3), Some(8), 5), vec![], false),
+            (q(Some(100), Some(7), 2), vec![8, 9], true),
+            (q(Some(100), Some(7), 3), vec![8, 9, 10], false),
+            (q(Some(100), Some(50), 3), vec![], false),
+            (q(Some(4), Some(0), 2), vec![1, 2], true),
+        ],
+    )
+    .await;
+}
+
+/// `limit` 1 at both edges of the room.
+pub async fn history_with_limit_one(store: &dyn Store) {
+    let room = ten(store).await;
+    history_table(
+        store,
+        room,
+        &[
+            (q(None, None, 1), vec![10], true),
+            (q(Some(2), None, 1), vec![1], false),
+            (q(Some(3), None, 1), vec![2], true),
+            (q(Some(11), None, 1), vec![10], true),
+            (q(None, Some(0), 1), vec![1], true),
+            (q(None, Some(9), 1), vec![10], false),
+            (q(None, Some(8), 1), vec![9], true),
+            (q(Some(3), Some(1), 1), vec![2], false),
+            (q(Some(4), Some(1), 1), vec![2], true),
+        ],
+    )
+    .await;
+}
+
+/// An empty room, and a room that does not exist, have empty history whatever the cursor.
+pub async fn history_of_an_empty_or_unknown_room_is_empty(store: &dyn Store) {
+    let empty = group(store, &["s"], 0).await.id;
+    let queries = [
+        q(None, None, 10),
+        q(Some(5), None, 10),
+        q(None, Some(0), 10),
+        q(Some(5), Some(1), 10),
+        q(None, None, 1),
+    ];
+    for room in [empty, RoomId::generate()] {
+        let table: Vec<_> = queries
+            .iter()
+            .map(|query| (*query, vec![], false))
+            .collect();
+        history_table(store, room, &table).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Cursors
+
+/// One step of a cursor table: (kind, `up_to`, expected answer, expected
+/// (delivered, read) afterwards).
+type CursorStep = (ReceiptKind, u64, Option<u64>, (u64, u64));
+
+/// A cursor moves only forward; the answer is the new value, or `None` when it did not move.
+pub async fn advance_cursor_only_moves_forward(store: &dyn Store) {
+    let room = group(store, &["r", "w"], 0).await;
+    fill(store, room.id, "w", 8).await;
+    let r = uid("r");
+    let table: &[CursorStep] = &[
+        (ReceiptKind::Delivered, 3, Some(3), (3, 0)),
+        (ReceiptKind::Delivered, 2, None, (3, 0)),
+        (ReceiptKind::Delivered, 3, None, (3, 0)),
+        (ReceiptKind::Delivered, 5, Some(5), (5, 0)),
+        (ReceiptKind::Read, 2, Some(2), (5, 2)),
+        (ReceiptKind::Read, 1, None, (5, 2)),
+        (ReceiptKind::Read, 2, None, (5, 2)),
+        (ReceiptKind::Read, 0, None, (5, 2)),
+        (ReceiptKind::Delivered, 0, None, (5, 2)),
+    ];
+    for (kind, up_to, want, after) in table {
+        let got = ok(
+            store.advance_cursor(room.id, &r, *kind, *up_to).await,
+            "advance_cursor",
+        );
+        assert_eq!(got, *want, "advance_cursor({kind:?}, {up_to})");
+        assert_eq!(
+            cursors(store, room.id, "r").await,
+            *after,
+            "(delivered, read) after {kind:?} to {up_to}"
+        );
+    }
+    assert_eq!(
+        cursors(store, room.id, "w").await,
+        (8, 8),
+        "another member's cursors do not move"
+    );
+}
+
+/// Reading moves the delivered cursor too, but never backwards.
+pub async fn read_cursor_implies_delivered(store: &dyn Store) {
+    let room = group(store, &["r", "w"], 0).await;
+    fill(store, room.id, "w", 8).await;
+    let r = uid("r");
+    let table: &[CursorStep] = &[
+        (ReceiptKind::Read, 4, Some(4), (4, 4)),
+        (ReceiptKind::Delivered, 2, None, (4, 4)),
+        (ReceiptKind::Delivered, 6, Some(6), (6, 4)),
+        (ReceiptKind::Read, 5, Some(5), (6, 5)),
+        (ReceiptKind::Read, 8, Some(8), (8, 8)),
+    ];
+    for (kind, up_to, want, after) in table {
+        let got = ok(
+            store.advance_cursor(room.id, &r, *kind, *up_to).await,
+            "advance_cursor",
+        );
+        assert_eq!(got, *want, "advance_cursor({kind:?}, {up_to})");
+        assert_eq!(
+            cursors(store, room.id, "r").await,
+            *after,
+            "(delivered, read) after {kind:?} to {up_to}"
+        );
+    }
+}
+
+/// A user who is not a member, or a room that does not exist, gives `None`.
+pub async fn advance_cursor_for_a_non_member_is_none(store: &dyn Store) {
+    let room = group(store, &["m"], 0).await;
+    fill(store, room.id, "m", 2).await;
+    for kind in [ReceiptKind::Read, ReceiptKind::Delivered] {
+        assert_eq!(
+            ok(
+                store
+                    .advance_cursor(room.id, &uid("stranger"), kind, 2)
+                    .await,
+                "advance_cursor"
+            ),
+            None
+        );
+        assert_eq!(
+            ok(
+                store
+                    .advance_cursor(RoomId::generate(), &uid("m"), kind, 2)
+                    .await,
+                "advance_cursor"
+            ),
+            None
+        );
+    }
+    assert_eq!(
+        ok(store.member(room.id, &uid("stranger")).await, "member"),
+        None,
+        "no membership appears"
+    );
+    assert_eq!(ok(store.member_count(room.id).await, "member_count"), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Concurrency
+
+/// Tasks appending at once.
+const TASKS: usize = 8;
+/// Messages each task appends.
+const PER_TASK: usize = 50;
+
+/// `TASKS` tasks append `PER_TASK` messages each into one room at the same time,
+/// in batches of 1 to 3: every message is stored once, seqs are exactly
+/// `1..=TASKS * PER_TASK`, and each task's messages keep their order.
+pub async fn concurrent_appends_are_gapless(store: Arc<dyn Store>) {
+    let senders: Vec<String> = (0..TASKS).map(|t| format!("sender-{t}")).collect();
+    let names: Vec<&str> = senders.iter().map(String::as_str).collect();
+    let room = group(&*store, &names, 0).await.id;
+    let other = group(&*store, &names, 1).await.id;
+
+    let mut tasks = Vec::new();
+    for (t, sender) in senders.iter().cloned().enumerate() {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::with_capacity(PER_TASK);
+            let mut i = 0;
+            let mut batch_len = 1 + t % 3;
+            while i < PER_TASK {
+                let n = batch_len.min(PER_TASK - i);
+                let mut batch: Vec<NewMessage> = (i..i + n)
+                    .map(|k| msg(room, &sender, &format!("c-{k}"), k as i64))
+                    .collect();
+                // Every fourth batch also writes to another room, so that batches mix rooms.
+                if i % 4 == 0 {
+                    batch.push(msg(other, &sender, &format!("o-{i}"), i as i64));
+                }
+                let out = ok(store.append_messages(batch).await, "append_messages");
+                for a in out.into_iter().filter(|a| a.message.room_id == room) {
+                    assert!(a.created, "{sender}: a fresh message must be created");
+                    mine.push(a.message.seq);
+                }
+                i += n;
+                batch_len = batch_len % 3 + 1;
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        let mine = task.await.expect("an appending task panicked");
+        assert_eq!(mine.len(), PER_TASK);
+        assert!(
+            mine.windows(2).all(|w| w[0] < w[1]),
+            "one task's messages must get increasing seqs: {mine:?}"
+        );
+        all.extend(mine);
+    }
+    all.sort_unstable();
+    let total = (TASKS * PER_TASK) as u64;
+    assert_eq!(
+        all,
+        (1..=total).collect::<Vec<_>>(),
+        "returned seqs must be exactly 1..={total}"
+    );
+    assert_eq!(last_seq(&*store, room).await, total);
+
+    // Read everything back in pages and check every message is there once.
+    let mut stored = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = ok(
+            store.history(room, q(None, Some(after), 100)).await,
+            "history",
+        );
+        stored.extend(page.messages);
+        after = stored.last().map_or(0, |m| m.seq);
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(
+        seqs(&stored),
+        (1..=total).collect::<Vec<_>>(),
+        "stored seqs must be exactly 1..={total}"
+    );
+    let keys: HashSet<(String, String)> = stored
+        .iter()
+        .map(|m| (m.sender_id.to_string(), m.client_msg_id.clone()))
+        .collect();
+    assert_eq!(
+        keys.len(),
+        TASKS * PER_TASK,
+        "every (sender, client_msg_id) must be stored once"
+    );
+    let other_seqs = seqs(&ok(store.history(other, q(None, None, 1000)).await, "history").messages);
+    let n_other = other_seqs.len() as u64;
+    assert_eq!(
+        other_seqs,
+        (1..=n_other).collect::<Vec<_>>(),
+        "the other room's seqs are gapless too"
+    );
+    assert_eq!(last_seq(&*store, other).await, n_other);
+    for sender in &senders {
+        let (delivered, read) = cursors(&*store, room, sender).await;
+        assert!(
+            read > 0 && delivered >= read,
+            "{sender}'s cursors must have moved"
+        );
+    }
+}
+
+/// Tasks racing to append the same (room, sender, `client_msg_id`) store exactly
+/// one message, and every task gets that message back.
+pub async fn concurrent_duplicates_store_one_message(store: Arc<dyn Store>) {
+    let room = group(&*store, &["dup"], 0).await.id;
+    const ROUNDS: usize = 5;
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for r in 0..ROUNDS {
+                // Each round sends one key twice in a batch, plus one key shared by all tasks.
+                let batch = vec![
+                    msg(room, "dup", "shared", (t * ROUNDS + r) as i64),
+                    msg(room, "dup", &format!("round-{r}"), r as i64),
+                    msg(room, "dup", "shared", 0),
+                ];
+                let out = ok(store.append_messages(batch).await, "append_messages");
+                assert_eq!(out.len(), 3);
+                assert!(
+                    !out[2].created,
+                    "a repeat inside the batch is never created"
+                );
+                assert_eq!(
+                    out[2].message, out[0].message,
+                    "the repeat returns the same message"
+                );
+                seen.extend(out.into_iter().take(2));
+            }
+            seen
+        }));
+    }
+    let mut created = Vec::new();
+    let mut shared = BTreeSet::new();
+    let mut by_key = std::collections::HashMap::new();
+    for task in tasks {
+        for a in task.await.expect("an appending task panicked") {
+            if a.created {
+                created.push(a.message.client_msg_id.clone());
+            }
+            if a.message.client_msg_id == "shared" {
+                shared.insert((a.message.id, a.message.seq));
+            }
+            let entry = by_key
+                .entry(a.message.client_msg_id.clone())
+                .or_insert_with(|| a.message.id);
+            assert_eq!(
+                *entry, a.message.id,
+                "every task must get the same message for {:?}",
+                a.message.client_msg_id
+            );
+        }
+    }
+    created.sort();
+    let mut want: Vec<String> = (0..ROUNDS).map(|r| format!("round-{r}")).collect();
+    want.push("shared".into());
+    want.sort();
+    assert_eq!(created, want, "each key must be created exactly once");
+    assert_eq!(
+        shared.len(),
+        1,
+        "all tasks must see one shared message: {shared:?}"
+    );
+    let total = (ROUNDS + 1) as u64;
+    assert_eq!(
+        last_seq(&*store, room).await,
+        total,
+        "duplicates must not use up seqs"
+    );
+    let page = ok(store.history(room, q(None, None, 100)).await, "history");
+    assert_eq!(seqs(&page.messages), (1..=total).collect::<Vec<_>>());
+}
