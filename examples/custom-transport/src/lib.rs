@@ -80,6 +80,8 @@ fn decode(text: &str) -> Result<(Option<Ref>, Command), (Option<Ref>, chat_core:
 async fn drive(mut session: Session, lines: &mut BufReader<tokio::net::tcp::OwnedReadHalf>, out: &mut tokio::net::tcp::OwnedWriteHalf) -> std::io::Result<()> {
     let mut buf = String::new();
     loop {
+        let room = (MAX_LINE + 1 - buf.len().min(MAX_LINE)) as u64;
+        let mut limited = (&mut *lines).take(room);
         tokio::select! {
             output = session.next_output() => {
                 let closing = matches!(output, Output::Close(_));
@@ -93,7 +95,7 @@ async fn drive(mut session: Session, lines: &mut BufReader<tokio::net::tcp::Owne
             // Reading through `take` bounds the buffer even if a client never
             // sends a newline; a partial line stays in `buf` if another branch
             // wins the select, and the next read continues it.
-            read = (&mut *lines).take((MAX_LINE + 1 - buf.len().min(MAX_LINE)) as u64).read_line(&mut buf), if session.accepts_input() => {
+            read = limited.read_line(&mut buf), if session.accepts_input() => {
                 if read? == 0 || buf.len() > MAX_LINE {
                     return Ok(());
                 }
