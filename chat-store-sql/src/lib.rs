@@ -1,0 +1,92 @@
+//! SQL implementations of [`chat_core::Store`].
+//!
+//! Each backend is a feature with its own module; enable the ones you need:
+//!
+//! | feature | store | database |
+//! |---|---|---|
+//! | `sqlite` (default) | [`SqliteStore`] | one SQLite file, bundled into the binary |
+//!
+//! Every backend keeps the rules of the [`Store`](chat_core::Store) trait and
+//! runs the conformance suite of `chat_core::testing` in its tests. What they
+//! share:
+//!
+//! - **Seqs** come from a `last_seq` counter on the room row, bumped inside the
+//!   transaction that inserts the message, so they are gapless even with
+//!   several processes writing. A duplicate hands its seq back.
+//! - **Idempotency** is a UNIQUE index on `(room_id, sender_id, client_msg_id)`
+//!   with `ON CONFLICT DO NOTHING`; a skipped insert reads the stored message.
+//! - **Group commit**: [`append_messages`](chat_core::Store::append_messages)
+//!   writes its whole batch in one transaction, so one durable commit, and
+//!   nothing of it when any part fails.
+//! - **Direct rooms** are unique per pair of users through a UNIQUE
+//!   `direct_key` column, not a check before the insert.
+//! - **Errors** are classified by [`Error`]: a database that cannot be reached,
+//!   is busy, read-only or full is [`Error::Unavailable`]; a broken uniqueness
+//!   rule is [`Error::Conflict`]. Converted into [`chat_core::Error`], no
+//!   database text reaches a client.
+//! - **Migrations** are embedded in the binary and run on connect. A database
+//!   migrated by a newer build is refused ([`Error::SchemaTooNew`]) rather than
+//!   used with a schema this build does not know.
+//!
+//! Values are stored portably: ids as text, times as integer milliseconds
+//! since the epoch, roles and attachments as JSON text.
+//!
+//! # Example
+//!
+//! ```
+//! # #[cfg(feature = "sqlite")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use chat_core::{HistoryQuery, MemberRole, MessageId, NewMessage, NewRoom, RoomId, RoomKind};
+//! use chat_core::{Store, Timestamp, UserId, Visibility};
+//! use chat_store_sql::{SqliteConfig, SqliteStore};
+//!
+//! // A file would be `sqlite://chat.db`; it is created when missing.
+//! let store = SqliteStore::connect(SqliteConfig::from_url("sqlite::memory:")).await?;
+//!
+//! let ada = UserId::new("ada")?;
+//! let (room, created) = store
+//!     .create_room(NewRoom {
+//!         id: RoomId::generate(),
+//!         kind: RoomKind::Group,
+//!         name: Some("general".into()),
+//!         visibility: Visibility::Public,
+//!         created_by: ada.clone(),
+//!         created_at: Timestamp::now(),
+//!         members: vec![(ada.clone(), MemberRole::Owner)],
+//!     })
+//!     .await?;
+//! assert!(created);
+//!
+//! let send = |client_msg_id: &str| NewMessage {
+//!     id: MessageId::generate(),
+//!     room_id: room.id,
+//!     sender_id: ada.clone(),
+//!     client_msg_id: client_msg_id.into(),
+//!     body: "hello".into(),
+//!     attachments: vec![],
+//!     reply_to: None,
+//!     created_at: Timestamp::now(),
+//! };
+//! // One batch, one commit; the retried "m1" is not stored twice.
+//! let appended = store.append_messages(vec![send("m1"), send("m2"), send("m1")]).await?;
+//! let seqs: Vec<(u64, bool)> = appended.iter().map(|a| (a.message.seq, a.created)).collect();
+//! assert_eq!(seqs, [(1, true), (2, true), (1, false)]);
+//!
+//! let page = store.history(room.id, HistoryQuery { limit: 50, ..Default::default() }).await?;
+//! assert_eq!(page.messages.len(), 2);
+//! store.close().await;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "sqlite"))]
+//! # fn main() {}
+//! ```
+
+mod codec;
+pub mod error;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+pub use error::{Error, Result};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteConfig, SqliteStore, Synchronous};

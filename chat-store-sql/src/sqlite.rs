@@ -1,0 +1,987 @@
+//! The SQLite store (feature `sqlite`).
+//!
+//! One process owns the database file through two pools:
+//!
+//! - a **writer** pool of exactly one connection. Every write goes through it,
+//!   so writes queue in the pool instead of fighting over SQLite's single
+//!   write lock; each write transaction starts with `BEGIN IMMEDIATE`, so a
+//!   second process writing to the same file waits for the lock (up to
+//!   [`SqliteConfig::busy_timeout`]) instead of failing half-way.
+//! - a **reader** pool of several read-only connections. In WAL mode readers
+//!   never block the writer nor each other, and each read sees every
+//!   transaction committed before it started.
+//!
+//! An in-memory database (`sqlite::memory:`) lives inside one connection, so
+//! there the writer connection serves reads too.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chat_core::{
+    Appended, HistoryPage, HistoryQuery, Member, MemberRole, Message, MessageId, NewMessage,
+    NewRoom, ReceiptKind, Room, RoomId, RoomKind, RoomSummary, Store, Timestamp, User, UserId,
+};
+use sqlx::error::DatabaseError;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteError, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, SqlStr, SqliteConnection, SqlitePool};
+
+use crate::codec;
+use crate::error::{Error, Result};
+
+/// The migrations, oldest first. A migration, once released, never changes:
+/// sqlx refuses to start when an applied migration's checksum differs.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../migrations/sqlite/0001_initial.sql"),
+)];
+
+/// How hard SQLite works to make a commit survive a power cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Synchronous {
+    /// Every commit is on disk when `append_messages` returns (the default;
+    /// what the store's durability rule asks for).
+    #[default]
+    Full,
+    /// In WAL mode, commits survive a crash of the process but the newest ones
+    /// may be lost with power; faster.
+    Normal,
+    /// No syncing at all: for tests and throwaway data.
+    Off,
+}
+
+impl Synchronous {
+    /// The name used in configuration files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Synchronous::Full => "full",
+            Synchronous::Normal => "normal",
+            Synchronous::Off => "off",
+        }
+    }
+
+    /// Parses [`Synchronous::as_str`] output, ignoring ASCII case.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "full" => Some(Synchronous::Full),
+            "normal" => Some(Synchronous::Normal),
+            "off" => Some(Synchronous::Off),
+            _ => None,
+        }
+    }
+
+    fn to_sqlx(self) -> SqliteSynchronous {
+        match self {
+            Synchronous::Full => SqliteSynchronous::Full,
+            Synchronous::Normal => SqliteSynchronous::Normal,
+            Synchronous::Off => SqliteSynchronous::Off,
+        }
+    }
+}
+
+/// Settings of a [`SqliteStore`]. Start from [`SqliteConfig::from_url`] and
+/// change the fields that matter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqliteConfig {
+    /// Where the database is: `sqlite://chat.db` (a file, made when missing),
+    /// `sqlite::memory:` (private to this store, gone when it closes), or any
+    /// URL sqlx accepts, such as `sqlite://chat.db?mode=ro` for read-only.
+    pub url: String,
+    /// Durability of each commit; [`Synchronous::Full`] unless changed.
+    pub synchronous: Synchronous,
+    /// How long a statement waits for a lock held by another process before it
+    /// fails as unavailable. Inside one process writes queue in the writer pool
+    /// and never wait here.
+    pub busy_timeout: Duration,
+    /// Connections that serve reads concurrently (at least 1). Unused for an
+    /// in-memory database, which has one connection.
+    pub max_read_connections: u32,
+}
+
+impl SqliteConfig {
+    /// The default settings for a database URL.
+    pub fn from_url(url: impl Into<String>) -> Self {
+        SqliteConfig {
+            url: url.into(),
+            synchronous: Synchronous::Full,
+            busy_timeout: Duration::from_secs(5),
+            max_read_connections: 4,
+        }
+    }
+
+    /// Whether the URL names an in-memory database.
+    fn is_memory(&self) -> bool {
+        let rest = self
+            .url
+            .trim_start_matches("sqlite://")
+            .trim_start_matches("sqlite:");
+        let (db, params) = rest.split_once('?').unwrap_or((rest, ""));
+        db == ":memory:" || params.split('&').any(|p| p == "mode=memory")
+    }
+}
+
+/// A [`Store`] in one SQLite database. Cheap to clone: clones share the pools.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    /// The one connection that writes. Holding it is what serialises writers
+    /// inside this process.
+    writer: SqlitePool,
+    /// Read-only connections; the writer pool itself for an in-memory database.
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// The newest schema version this build knows. A database recording a newer
+    /// one is refused with [`Error::SchemaTooNew`].
+    pub const SCHEMA_VERSION: i64 = 1;
+
+    /// Opens (creating when missing) the database, brings its schema up to date
+    /// and returns the store.
+    ///
+    /// Fails with [`Error::SchemaTooNew`] when a newer build migrated the
+    /// database, [`Error::Unavailable`] when the file cannot be opened, and
+    /// [`Error::Config`] for a malformed URL.
+    pub async fn connect(config: SqliteConfig) -> Result<Self> {
+        let base = base_options(&config)?;
+        let memory = config.is_memory();
+        let writer_options = if memory {
+            base.clone()
+        } else {
+            base.clone().journal_mode(SqliteJournalMode::Wal)
+        };
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            // Keeping the connection open keeps its statement cache warm, and
+            // keeps an in-memory database alive.
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            // A local file does not drop connections the way a network peer
+            // does; a ping before every write would only add a round trip.
+            .test_before_acquire(false)
+            .connect_with(writer_options.create_if_missing(true))
+            .await?;
+        if let Err(err) = migrate_pool(&writer).await {
+            writer.close().await;
+            return Err(err);
+        }
+        let reader = if memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(config.max_read_connections.max(1))
+                .test_before_acquire(false)
+                // Read-only connections: a write sent to the wrong pool fails
+                // instead of taking the write lock beside the writer.
+                .connect_with(base.read_only(true))
+                .await?
+        };
+        Ok(SqliteStore { writer, reader })
+    }
+
+    /// Creates the database when missing and brings its schema up to date,
+    /// without keeping a store open: for a `migrate` command run before
+    /// starting servers.
+    pub async fn migrate(config: SqliteConfig) -> Result<()> {
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                base_options(&config)?
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .create_if_missing(true),
+            )
+            .await?;
+        let result = migrate_pool(&writer).await;
+        writer.close().await;
+        result
+    }
+
+    /// Starts a write transaction that holds SQLite's write lock from its first
+    /// statement, so it never has to upgrade a read lock (which fails at once
+    /// with `SQLITE_BUSY` when another process writes).
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+/// Options shared by the writer and the readers.
+fn base_options(config: &SqliteConfig) -> Result<SqliteConnectOptions> {
+    Ok(SqliteConnectOptions::from_str(&config.url)?
+        .foreign_keys(true)
+        .busy_timeout(config.busy_timeout)
+        .synchronous(config.synchronous.to_sqlx()))
+}
+
+fn migrator() -> Migrator {
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|&(version, description, sql)| {
+            Migration::new(
+                version,
+                description.into(),
+                MigrationType::Simple,
+                SqlStr::from_static(sql),
+                false,
+            )
+        })
+        .collect();
+    Migrator::with_migrations(migrations)
+}
+
+/// Refuses a database migrated by a newer build, then applies what is missing.
+async fn migrate_pool(pool: &SqlitePool) -> Result<()> {
+    let tracked: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+    )
+    .fetch_one(pool)
+    .await?;
+    if tracked {
+        let found: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one(pool)
+            .await?;
+        if let Some(found) = found.filter(|&v| v > SqliteStore::SCHEMA_VERSION) {
+            return Err(Error::SchemaTooNew {
+                found,
+                supported: SqliteStore::SCHEMA_VERSION,
+            });
+        }
+    }
+    migrator().run(pool).await?;
+    Ok(())
+}
+
+/// Whether a SQLite error code means the database cannot be used right now.
+pub(crate) fn is_transient(err: &SqliteError) -> bool {
+    const BUSY: i32 = 5;
+    const LOCKED: i32 = 6;
+    const NOMEM: i32 = 7;
+    const READONLY: i32 = 8;
+    const IOERR: i32 = 10;
+    const FULL: i32 = 13;
+    const CANTOPEN: i32 = 14;
+    const PROTOCOL: i32 = 15;
+    // `code()` is the extended result code; its low byte is the primary code.
+    let Some(code) = err.code().and_then(|c| c.parse::<i32>().ok()) else {
+        return false;
+    };
+    matches!(
+        code & 0xff,
+        BUSY | LOCKED | NOMEM | READONLY | IOERR | FULL | CANTOPEN | PROTOCOL
+    )
+}
+
+/// Turns a sqlx result into this crate's, classifying the error.
+trait Db<T> {
+    fn db(self) -> Result<T>;
+}
+
+impl<T> Db<T> for std::result::Result<T, sqlx::Error> {
+    fn db(self) -> Result<T> {
+        self.map_err(Error::from)
+    }
+}
+
+// Column lists, as macros so that `concat!` can build `&'static str` queries.
+macro_rules! user_cols {
+    () => {
+        "id, name, avatar_url, roles"
+    };
+}
+macro_rules! room_cols {
+    () => {
+        "id, kind, name, visibility, created_by, created_at, last_seq"
+    };
+}
+macro_rules! member_cols {
+    () => {
+        "room_id, user_id, role, joined_at, delivered_seq, read_seq"
+    };
+}
+macro_rules! message_cols {
+    () => {
+        "room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at, edited_at, deleted"
+    };
+}
+
+fn user_from_row(row: &SqliteRow) -> Result<User> {
+    Ok(User {
+        id: codec::user_id(row.try_get("id").db()?, "users.id")?,
+        name: row.try_get("name").db()?,
+        avatar_url: row.try_get("avatar_url").db()?,
+        roles: codec::roles_from_db(row.try_get("roles").db()?)?,
+    })
+}
+
+fn room_from_row(row: &SqliteRow) -> Result<Room> {
+    Ok(Room {
+        id: codec::room_id(row.try_get("id").db()?, "rooms.id")?,
+        kind: codec::room_kind(row.try_get("kind").db()?)?,
+        name: row.try_get("name").db()?,
+        visibility: codec::visibility(row.try_get("visibility").db()?)?,
+        created_by: codec::user_id(row.try_get("created_by").db()?, "rooms.created_by")?,
+        created_at: codec::time_from_db(row.try_get("created_at").db()?),
+        last_seq: codec::seq_from_db(row.try_get("last_seq").db()?, "rooms.last_seq")?,
+    })
+}
+
+fn member_from_row(row: &SqliteRow) -> Result<Member> {
+    Ok(Member {
+        room_id: codec::room_id(row.try_get("room_id").db()?, "members.room_id")?,
+        user_id: codec::user_id(row.try_get("user_id").db()?, "members.user_id")?,
+        role: codec::member_role(row.try_get("role").db()?)?,
+        joined_at: codec::time_from_db(row.try_get("joined_at").db()?),
+        delivered_seq: codec::seq_from_db(
+            row.try_get("delivered_seq").db()?,
+            "members.delivered_seq",
+        )?,
+        read_seq: codec::seq_from_db(row.try_get("read_seq").db()?, "members.read_seq")?,
+    })
+}
+
+fn message_from_row(row: &SqliteRow) -> Result<Message> {
+    let reply_to: Option<&str> = row.try_get("reply_to").db()?;
+    let edited_at: Option<i64> = row.try_get("edited_at").db()?;
+    Ok(Message {
+        id: codec::message_id(row.try_get("id").db()?, "messages.id")?,
+        room_id: codec::room_id(row.try_get("room_id").db()?, "messages.room_id")?,
+        seq: codec::seq_from_db(row.try_get("seq").db()?, "messages.seq")?,
+        sender_id: codec::user_id(row.try_get("sender_id").db()?, "messages.sender_id")?,
+        client_msg_id: row.try_get("client_msg_id").db()?,
+        body: row.try_get("body").db()?,
+        attachments: codec::attachments_from_db(row.try_get("attachments").db()?)?,
+        reply_to: reply_to
+            .map(|id| codec::message_id(id, "messages.reply_to"))
+            .transpose()?,
+        created_at: codec::time_from_db(row.try_get("created_at").db()?),
+        edited_at: edited_at.map(codec::time_from_db),
+        deleted: row.try_get("deleted").db()?,
+    })
+}
+
+/// Commits `tx` when `result` is `Ok`, rolls it back otherwise.
+async fn finish<T>(tx: sqlx::Transaction<'static, sqlx::Sqlite>, result: Result<T>) -> Result<T> {
+    match result {
+        Ok(value) => {
+            tx.commit().await?;
+            Ok(value)
+        }
+        Err(err) => {
+            // Dropping the transaction would roll back too, but only when the
+            // connection is next used; doing it now releases the write lock.
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(error = %rollback, "rolling back a failed store write failed");
+            }
+            Err(err)
+        }
+    }
+}
+
+/// The body of [`Store::create_room`], inside a write transaction.
+async fn create_room_in(
+    conn: &mut SqliteConnection,
+    new: NewRoom,
+    direct_key: Option<String>,
+) -> Result<(Room, bool)> {
+    let id = new.id.to_string();
+    let created_at = new.created_at.as_millis();
+    // A direct room whose pair already has one inserts nothing; the UNIQUE
+    // index on `direct_key` decides, so two racing writers cannot both win.
+    let inserted = sqlx::query(
+        "INSERT INTO rooms (id, kind, name, visibility, created_by, created_at, last_seq, last_activity, direct_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?6, ?7)
+         ON CONFLICT (direct_key) DO NOTHING",
+    )
+    .bind(&id)
+    .bind(new.kind.as_str())
+    .bind(new.name.as_deref())
+    .bind(new.visibility.as_str())
+    .bind(new.created_by.as_str())
+    .bind(created_at)
+    .bind(direct_key.as_deref())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            room_cols!(),
+            " FROM rooms WHERE direct_key = ?1"
+        ))
+        .bind(direct_key.as_deref())
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| {
+            Error::Database("a room insert was skipped with no direct room to return".into())
+        })?;
+        return Ok((room_from_row(&row)?, false));
+    }
+    for (user, role) in &new.members {
+        sqlx::query(
+            "INSERT INTO members (room_id, user_id, role, joined_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (room_id, user_id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(user.as_str())
+        .bind(role.as_str())
+        .bind(created_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let room = Room {
+        id: new.id,
+        kind: new.kind,
+        name: new.name,
+        visibility: new.visibility,
+        created_by: new.created_by,
+        created_at: new.created_at,
+        last_seq: 0,
+    };
+    Ok((room, true))
+}
+
+/// The body of [`Store::append_messages`], inside one write transaction.
+async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Result<Vec<Appended>> {
+    let mut out = Vec::with_capacity(batch.len());
+    // The newest seq each sender wrote to each room, and each room's newest
+    // activity: applied once per batch rather than once per message.
+    let mut cursors: HashMap<(RoomId, UserId), i64> = HashMap::new();
+    let mut activity: HashMap<RoomId, i64> = HashMap::new();
+    for new in batch {
+        let room = new.room_id.to_string();
+        let seq: Option<i64> = sqlx::query_scalar(
+            "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
+        )
+        .bind(&room)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(seq) = seq else {
+            return Err(Error::NotFound("room"));
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (room_id, sender_id, client_msg_id) DO NOTHING",
+        )
+        .bind(&room)
+        .bind(seq)
+        .bind(new.id.to_string())
+        .bind(new.sender_id.as_str())
+        .bind(&new.client_msg_id)
+        .bind(&new.body)
+        .bind(codec::attachments_to_db(&new.attachments)?)
+        .bind(new.reply_to.map(|id| id.to_string()))
+        .bind(new.created_at.as_millis())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            // A duplicate (stored before, or earlier in this batch): hand the
+            // seq back so that seqs stay gapless, and answer with the first message.
+            sqlx::query("UPDATE rooms SET last_seq = last_seq - 1 WHERE id = ?1")
+                .bind(&room)
+                .execute(&mut *conn)
+                .await?;
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                message_cols!(),
+                " FROM messages WHERE room_id = ?1 AND sender_id = ?2 AND client_msg_id = ?3"
+            ))
+            .bind(&room)
+            .bind(new.sender_id.as_str())
+            .bind(&new.client_msg_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| {
+                Error::Database("an idempotent insert was skipped with no message to return".into())
+            })?;
+            out.push(Appended {
+                message: message_from_row(&row)?,
+                created: false,
+            });
+            continue;
+        }
+        let created_at = new.created_at.as_millis();
+        let newest = cursors
+            .entry((new.room_id, new.sender_id.clone()))
+            .or_insert(seq);
+        *newest = (*newest).max(seq);
+        let newest = activity.entry(new.room_id).or_insert(created_at);
+        *newest = (*newest).max(created_at);
+        let message = Message {
+            id: new.id,
+            room_id: new.room_id,
+            seq: codec::seq_from_db(seq, "rooms.last_seq")?,
+            sender_id: new.sender_id,
+            client_msg_id: new.client_msg_id,
+            body: new.body,
+            attachments: new.attachments,
+            reply_to: new.reply_to,
+            created_at: new.created_at,
+            edited_at: None,
+            deleted: false,
+        };
+        out.push(Appended {
+            message,
+            created: true,
+        });
+    }
+    for ((room, user), seq) in cursors {
+        sqlx::query(
+            "UPDATE members SET read_seq = MAX(read_seq, ?3), delivered_seq = MAX(delivered_seq, ?3)
+             WHERE room_id = ?1 AND user_id = ?2",
+        )
+        .bind(room.to_string())
+        .bind(user.as_str())
+        .bind(seq)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for (room, at) in activity {
+        sqlx::query("UPDATE rooms SET last_activity = MAX(last_activity, ?2) WHERE id = ?1")
+            .bind(room.to_string())
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn upsert_user(&self, user: &User) -> chat_core::Result<()> {
+        sqlx::query(
+            "INSERT INTO users (id, name, avatar_url, roles) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, avatar_url = excluded.avatar_url, roles = excluded.roles",
+        )
+        .bind(user.id.as_str())
+        .bind(&user.name)
+        .bind(user.avatar_url.as_deref())
+        .bind(codec::roles_to_db(&user.roles)?)
+        .execute(&self.writer)
+        .await
+        .db()?;
+        Ok(())
+    }
+
+    async fn user(&self, id: &UserId) -> chat_core::Result<Option<User>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM users WHERE id = ?1"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.reader)
+        .await
+        .db()?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn users(&self, ids: &[UserId]) -> chat_core::Result<Vec<User>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One bind for any number of ids keeps the SQL text static.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM users WHERE id IN (SELECT value FROM json_each(?1))"
+        ))
+        .bind(codec::user_ids_to_db(ids)?)
+        .fetch_all(&self.reader)
+        .await
+        .db()?;
+        Ok(rows.iter().map(user_from_row).collect::<Result<_>>()?)
+    }
+
+    async fn search_users(&self, query: &str, limit: u32) -> chat_core::Result<Vec<User>> {
+        // SQLite's built-in lower() folds ASCII only, exactly like
+        // to_ascii_lowercase, and instr() has no wildcards to escape.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM users WHERE instr(lower(id), ?1) > 0 OR instr(lower(name), ?1) > 0
+              ORDER BY name, id LIMIT ?2"
+        ))
+        .bind(query.to_ascii_lowercase())
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .db()?;
+        Ok(rows.iter().map(user_from_row).collect::<Result<_>>()?)
+    }
+
+    async fn create_room(&self, new: NewRoom) -> chat_core::Result<(Room, bool)> {
+        let direct_key = match (new.kind, new.members.as_slice()) {
+            (RoomKind::Direct, [(a, _), (b, _)]) => Some(NewRoom::direct_key(a, b)),
+            (RoomKind::Direct, _) => {
+                return Err(chat_core::Error::invalid(
+                    "a direct room has exactly two members",
+                ));
+            }
+            _ => None,
+        };
+        let mut tx = self.begin_write().await?;
+        let result = create_room_in(&mut tx, new, direct_key).await;
+        match finish(tx, result).await {
+            Ok(created) => Ok(created),
+            Err(Error::Conflict(source)) => {
+                tracing::debug!(error = %source, "room id already taken");
+                Err(chat_core::Error::conflict("room id already taken"))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn room(&self, id: RoomId) -> chat_core::Result<Option<Room>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            room_cols!(),
+            " FROM rooms WHERE id = ?1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await
+        .db()?;
+        Ok(row.as_ref().map(room_from_row).transpose()?)
+    }
+
+    async fn rooms_of_user(&self, user: &UserId) -> chat_core::Result<Vec<RoomSummary>> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.kind, r.name, r.visibility, r.created_by, r.created_at, r.last_seq, m.read_seq
+             FROM members m JOIN rooms r ON r.id = m.room_id
+             WHERE m.user_id = ?1
+             ORDER BY r.last_activity DESC, r.id DESC",
+        )
+        .bind(user.as_str())
+        .fetch_all(&self.reader)
+        .await
+        .db()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let read_seq = codec::seq_from_db(row.try_get("read_seq").db()?, "members.read_seq")?;
+            out.push(RoomSummary::new(room_from_row(row)?, read_seq));
+        }
+        Ok(out)
+    }
+
+    async fn room_count_of_user(&self, user: &UserId) -> chat_core::Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE user_id = ?1")
+            .bind(user.as_str())
+            .fetch_one(&self.reader)
+            .await
+            .db()?;
+        Ok(codec::count_from_db(n)?)
+    }
+
+    async fn member(&self, room: RoomId, user: &UserId) -> chat_core::Result<Option<Member>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            member_cols!(),
+            " FROM members WHERE room_id = ?1 AND user_id = ?2"
+        ))
+        .bind(room.to_string())
+        .bind(user.as_str())
+        .fetch_optional(&self.reader)
+        .await
+        .db()?;
+        Ok(row.as_ref().map(member_from_row).transpose()?)
+    }
+
+    async fn members(&self, room: RoomId) -> chat_core::Result<Vec<Member>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            member_cols!(),
+            " FROM members WHERE room_id = ?1 ORDER BY pos"
+        ))
+        .bind(room.to_string())
+        .fetch_all(&self.reader)
+        .await
+        .db()?;
+        Ok(rows.iter().map(member_from_row).collect::<Result<_>>()?)
+    }
+
+    async fn member_count(&self, room: RoomId) -> chat_core::Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE room_id = ?1")
+            .bind(room.to_string())
+            .fetch_one(&self.reader)
+            .await
+            .db()?;
+        Ok(codec::count_from_db(n)?)
+    }
+
+    async fn add_member(
+        &self,
+        room: RoomId,
+        user: &UserId,
+        role: MemberRole,
+        at: Timestamp,
+    ) -> chat_core::Result<bool> {
+        let room = room.to_string();
+        // The WHERE makes a missing room insert nothing instead of failing the
+        // foreign key; the writer connection is ours alone, so the follow-up
+        // check cannot race with this process's writes.
+        let inserted = sqlx::query(
+            "INSERT INTO members (room_id, user_id, role, joined_at)
+             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM rooms WHERE id = ?1)
+             ON CONFLICT (room_id, user_id) DO NOTHING",
+        )
+        .bind(&room)
+        .bind(user.as_str())
+        .bind(role.as_str())
+        .bind(at.as_millis())
+        .execute(&self.writer)
+        .await
+        .db()?
+        .rows_affected();
+        if inserted > 0 {
+            return Ok(true);
+        }
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM rooms WHERE id = ?1)")
+            .bind(&room)
+            .fetch_one(&self.writer)
+            .await
+            .db()?;
+        if exists {
+            Ok(false)
+        } else {
+            Err(chat_core::Error::NotFound("room"))
+        }
+    }
+
+    async fn remove_member(&self, room: RoomId, user: &UserId) -> chat_core::Result<bool> {
+        let removed = sqlx::query("DELETE FROM members WHERE room_id = ?1 AND user_id = ?2")
+            .bind(room.to_string())
+            .bind(user.as_str())
+            .execute(&self.writer)
+            .await
+            .db()?
+            .rows_affected();
+        Ok(removed > 0)
+    }
+
+    async fn co_members(&self, user: &UserId) -> chat_core::Result<Vec<UserId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT o.user_id FROM members m JOIN members o ON o.room_id = m.room_id
+             WHERE m.user_id = ?1 AND o.user_id <> ?1",
+        )
+        .bind(user.as_str())
+        .fetch_all(&self.reader)
+        .await
+        .db()?;
+        Ok(ids
+            .into_iter()
+            .map(|id| codec::user_id(id, "members.user_id"))
+            .collect::<Result<_>>()?)
+    }
+
+    async fn append_messages(&self, batch: Vec<NewMessage>) -> chat_core::Result<Vec<Appended>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One transaction, so one commit (and one fsync) for the whole batch,
+        // and nothing of it stored when any part fails.
+        let mut tx = self.begin_write().await?;
+        let result = append_in(&mut tx, batch).await;
+        Ok(finish(tx, result).await?)
+    }
+
+    async fn message(&self, room: RoomId, id: MessageId) -> chat_core::Result<Option<Message>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            message_cols!(),
+            " FROM messages WHERE id = ?2 AND room_id = ?1"
+        ))
+        .bind(room.to_string())
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await
+        .db()?;
+        Ok(row.as_ref().map(message_from_row).transpose()?)
+    }
+
+    async fn edit_message(
+        &self,
+        room: RoomId,
+        id: MessageId,
+        body: &str,
+        at: Timestamp,
+    ) -> chat_core::Result<Option<Message>> {
+        let row = sqlx::query(concat!(
+            "UPDATE messages SET body = ?3, edited_at = ?4 WHERE id = ?2 AND room_id = ?1 RETURNING ",
+            message_cols!()
+        ))
+        .bind(room.to_string())
+        .bind(id.to_string())
+        .bind(body)
+        .bind(at.as_millis())
+        .fetch_optional(&self.writer)
+        .await
+        .db()?;
+        Ok(row.as_ref().map(message_from_row).transpose()?)
+    }
+
+    async fn delete_message(
+        &self,
+        room: RoomId,
+        id: MessageId,
+        at: Timestamp,
+    ) -> chat_core::Result<Option<Message>> {
+        let row = sqlx::query(concat!(
+            "UPDATE messages SET body = '', attachments = '[]', deleted = 1, edited_at = ?3
+             WHERE id = ?2 AND room_id = ?1 RETURNING ",
+            message_cols!()
+        ))
+        .bind(room.to_string())
+        .bind(id.to_string())
+        .bind(at.as_millis())
+        .fetch_optional(&self.writer)
+        .await
+        .db()?;
+        Ok(row.as_ref().map(message_from_row).transpose()?)
+    }
+
+    async fn history(&self, room: RoomId, q: HistoryQuery) -> chat_core::Result<HistoryPage> {
+        let room = room.to_string();
+        let limit = i64::from(q.limit);
+        // One row more than asked tells whether more lie beyond the page.
+        let fetch = limit + 1;
+        let query = match (q.before_seq, q.after_seq) {
+            (None, None) => sqlx::query(concat!(
+                "SELECT ",
+                message_cols!(),
+                " FROM messages WHERE room_id = ?1 ORDER BY seq DESC LIMIT ?2"
+            ))
+            .bind(room)
+            .bind(fetch),
+            (Some(before), None) => sqlx::query(concat!(
+                "SELECT ",
+                message_cols!(),
+                " FROM messages WHERE room_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+            ))
+            .bind(room)
+            .bind(codec::seq_bound(before))
+            .bind(fetch),
+            (None, Some(after)) => sqlx::query(concat!(
+                "SELECT ",
+                message_cols!(),
+                " FROM messages WHERE room_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"
+            ))
+            .bind(room)
+            .bind(codec::seq_bound(after))
+            .bind(fetch),
+            (Some(before), Some(after)) => sqlx::query(concat!(
+                "SELECT ",
+                message_cols!(),
+                " FROM messages WHERE room_id = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq ASC LIMIT ?4"
+            ))
+            .bind(room)
+            .bind(codec::seq_bound(after))
+            .bind(codec::seq_bound(before))
+            .bind(fetch),
+        };
+        let mut rows = query.fetch_all(&self.reader).await.db()?;
+        let has_more = rows.len() > q.limit as usize;
+        rows.truncate(q.limit as usize);
+        let mut messages = rows
+            .iter()
+            .map(message_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        if q.after_seq.is_none() {
+            // Read newest first to find the page; hand it out oldest first.
+            messages.reverse();
+        }
+        Ok(HistoryPage { messages, has_more })
+    }
+
+    async fn advance_cursor(
+        &self,
+        room: RoomId,
+        user: &UserId,
+        kind: ReceiptKind,
+        up_to: u64,
+    ) -> chat_core::Result<Option<u64>> {
+        let sql = match kind {
+            ReceiptKind::Delivered => {
+                "UPDATE members SET delivered_seq = ?3 WHERE room_id = ?1 AND user_id = ?2 AND delivered_seq < ?3"
+            }
+            // Reading implies delivery; MAX keeps the delivered cursor from moving back.
+            ReceiptKind::Read => {
+                "UPDATE members SET read_seq = ?3, delivered_seq = MAX(delivered_seq, ?3)
+                 WHERE room_id = ?1 AND user_id = ?2 AND read_seq < ?3"
+            }
+        };
+        let moved = sqlx::query(sql)
+            .bind(room.to_string())
+            .bind(user.as_str())
+            .bind(codec::seq_to_db(up_to)?)
+            .execute(&self.writer)
+            .await
+            .db()?
+            .rows_affected();
+        Ok((moved > 0).then_some(up_to))
+    }
+
+    async fn ping(&self) -> chat_core::Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await.db()?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_urls_are_recognised() {
+        for url in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite://?mode=memory",
+            "sqlite://x?cache=shared&mode=memory",
+        ] {
+            assert!(SqliteConfig::from_url(url).is_memory(), "{url}");
+        }
+        for url in [
+            "sqlite://chat.db",
+            "sqlite:chat.db",
+            "sqlite://memory.db?mode=ro",
+        ] {
+            assert!(!SqliteConfig::from_url(url).is_memory(), "{url}");
+        }
+    }
+
+    #[test]
+    fn synchronous_names_round_trip() {
+        for s in [Synchronous::Full, Synchronous::Normal, Synchronous::Off] {
+            assert_eq!(Synchronous::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Synchronous::parse("NORMAL"), Some(Synchronous::Normal));
+        assert_eq!(Synchronous::parse("extra"), None);
+        assert_eq!(Synchronous::default(), Synchronous::Full);
+    }
+
+    #[test]
+    fn the_schema_version_is_the_newest_migration() {
+        assert_eq!(
+            MIGRATIONS.iter().map(|m| m.0).max(),
+            Some(SqliteStore::SCHEMA_VERSION)
+        );
+        assert!(
+            MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0),
+            "migrations are listed oldest first"
+        );
+    }
+}

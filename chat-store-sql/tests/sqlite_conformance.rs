@@ -1,0 +1,7 @@
+//! The store conformance suite against SQLite: once on a fresh database file per
+//! check, once on an in-memory database.
+
+mod support;
+
+chat_core::store_conformance!(mod file, support::temp_store());
+chat_core::store_conformance!(mod memory, support::memory_store());

@@ -1,0 +1,39 @@
+//! Helpers shared by the integration tests.
+
+#![allow(dead_code)] // Each test file uses its own part of this module.
+
+use std::path::{Path, PathBuf};
+
+use chat_core::testing::TestStore;
+use chat_store_sql::{SqliteConfig, SqliteStore};
+use tempfile::TempDir;
+
+/// A temporary directory and the URL of a database file inside it that does
+/// not exist yet.
+pub(crate) fn temp_db() -> (TempDir, PathBuf, String) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("chat.db");
+    let url = url_of(&path);
+    (dir, path, url)
+}
+
+pub(crate) fn url_of(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+/// A store with default settings on a fresh database file, with the directory
+/// kept until the store is closed.
+pub(crate) async fn temp_store() -> TestStore {
+    let (dir, _, url) = temp_db();
+    let store = SqliteStore::connect(SqliteConfig::from_url(url))
+        .await
+        .expect("connect to a fresh database file");
+    TestStore::with_guard(store, dir)
+}
+
+/// A store on a private in-memory database.
+pub(crate) async fn memory_store() -> SqliteStore {
+    SqliteStore::connect(SqliteConfig::from_url("sqlite::memory:"))
+        .await
+        .expect("connect to an in-memory database")
+}
