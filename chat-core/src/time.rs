@@ -44,7 +44,7 @@ impl Timestamp {
     }
 
     /// This time plus a duration.
-    pub fn add(self, d: Duration) -> Self {
+    pub fn plus(self, d: Duration) -> Self {
         Timestamp(self.0.saturating_add(d.as_millis() as i64))
     }
 

@@ -252,7 +252,7 @@ impl TokenIssuer {
     /// A token for `user`, valid for `ttl`. Returns it with its expiry.
     pub fn issue(&self, user: &User, ttl: Duration) -> chat_core::Result<(String, Timestamp)> {
         let now = Timestamp::now();
-        let expires_at = Timestamp::from_secs(now.add(ttl).as_secs());
+        let expires_at = Timestamp::from_secs(now.plus(ttl).as_secs());
         let claims = Claims {
             sub: user.id.to_string(),
             exp: expires_at.as_secs().max(0) as u64,

@@ -128,7 +128,14 @@ impl RateLimit {
     }
 }
 
-/// One client connection's view of the engine. See the [module docs](self).
+/// One client connection's view of the engine.
+///
+/// A transport owns one per connection and runs one loop: read a command and
+/// [`submit`](Session::submit) it (while [`accepts_input`](Session::accepts_input)),
+/// and write whatever [`next_output`](Session::next_output) yields. The
+/// session keeps the protocol's ordering promises: after a `room:join` with
+/// `since_seq`, the reply comes first, then every stored message after
+/// `since_seq`, then live events, with no message twice.
 ///
 /// Dropping the session unregisters it: the user goes offline with their last
 /// session, and their typing indicators end.
