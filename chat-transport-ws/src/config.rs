@@ -35,7 +35,7 @@ impl OriginPolicy {
             OriginPolicy::List(list) => {
                 let authority = origin.split_once("://").map(|(_, a)| a);
                 let same = matches!((authority, host), (Some(a), Some(h)) if a == h.to_ascii_lowercase());
-                same || list.iter().any(|o| *o == origin)
+                same || list.contains(&origin)
             }
         }
     }

@@ -200,6 +200,8 @@ mod tests {
         assert_eq!(c.sqlite_path(), None);
     }
 
+    // figment's test jail returns its own large error type.
+    #[allow(clippy::result_large_err)]
     #[test]
     fn file_then_environment() {
         figment::Jail::expect_with(|jail| {

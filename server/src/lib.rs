@@ -81,8 +81,23 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::write(path, text)
 }
 
+/// How the server checks and makes tokens.
+#[derive(Clone)]
+pub struct Auth {
+    /// Checks tokens.
+    pub verifier: Arc<dyn Authenticator>,
+    /// Makes tokens, when a signing key is configured.
+    pub issuer: Option<Arc<TokenIssuer>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth").field("issuer", &self.issuer).finish_non_exhaustive()
+    }
+}
+
 /// The token verifier and, when a signing key is available, the issuer.
-pub fn auth_from(config: &Config) -> anyhow::Result<(Arc<dyn Authenticator>, Option<Arc<TokenIssuer>>)> {
+pub fn auth_from(config: &Config) -> anyhow::Result<Auth> {
     let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
     let (verify, sign) = match config.jwt_algorithm.to_ascii_uppercase().as_str() {
         "HS256" => {
@@ -121,7 +136,7 @@ pub fn auth_from(config: &Config) -> anyhow::Result<(Arc<dyn Authenticator>, Opt
         .map(|key| TokenIssuer::new(&key, config.jwt_issuer.clone(), config.jwt_audience.clone()))
         .transpose()
         .context("setting up token signing")?;
-    Ok((Arc::new(auth), issuer.map(Arc::new)))
+    Ok(Auth { verifier: Arc::new(auth), issuer: issuer.map(Arc::new) })
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, closes every
@@ -132,13 +147,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
-    let (auth, issuer) = auth_from(&config)?;
+    let Auth { verifier, issuer } = auth_from(&config)?;
     let engine = Engine::builder(store)
         .config(config.engine_config())
         .start()
         .await
         .context("starting the engine")?;
-    let state = AppState::new(engine.clone(), auth, issuer, config.ws_config());
+    let state = AppState::new(engine.clone(), verifier, issuer, config.ws_config());
     let app = chat_transport_ws::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let stopping = engine.clone();
     // Frames are small and latency matters more than packet count.
