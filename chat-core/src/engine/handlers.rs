@@ -23,7 +23,7 @@ use crate::message::{Appended, HistoryPage, HistoryQuery, NewMessage, validate_b
 use crate::presence::PresenceStatus;
 use crate::room::{Member, MemberRole, NewRoom, ReceiptKind, Room, RoomKind, Visibility};
 use crate::time::Timestamp;
-use crate::user::{Identity, User, validate_name};
+use crate::user::{Identity, User};
 
 /// Whether a user who is not a member may join a room by themselves.
 pub(crate) fn may_self_join(room: &Room, user: &User) -> bool {
@@ -123,14 +123,15 @@ impl Inner {
     }
 
     /// Adds a member and announces it; `false` when they already were one.
-    async fn add_member(&self, room: &Room, user: &User, role: MemberRole) -> Result<bool> {
+    /// `origin` is the bridge acting, if one is, so that it can skip the echo.
+    async fn add_member(&self, room: &Room, user: &User, role: MemberRole, origin: Option<&str>) -> Result<bool> {
         self.check_room_quota(&user.id).await?;
         self.check_room_capacity(room.id).await?;
         let added = self.store.add_member(room.id, &user.id, role, Timestamp::now()).await?;
         if added {
             let audience = Audience::Room { room_id: room.id, except_session: None, except_user: Some(user.id.clone()) };
             self.publish(audience, Event::UserJoined(UserJoined { room_id: room.id, user: user.clone() })).await;
-            self.notify_bridges(BridgeEvent::MemberAdded { room_id: room.id, user: user.clone() }, None);
+            self.notify_bridges(BridgeEvent::MemberAdded { room_id: room.id, user: user.clone() }, origin);
         }
         Ok(added)
     }
@@ -148,7 +149,7 @@ impl Inner {
                 RoomKind::Group => "this room is private: a member must add you",
             }));
         }
-        self.add_member(&room, &ctx.user, MemberRole::Member).await?;
+        self.add_member(&room, &ctx.user, MemberRole::Member, ctx.bridge.as_deref()).await?;
         let member = self.store.member(room_id, &ctx.user.id).await?.ok_or(Error::NotMember)?;
         Ok((room, member))
     }
@@ -157,17 +158,16 @@ impl Inner {
         let limits = &self.config.limits;
         let name = match req.name {
             Some(name) => {
-                validate_name(&name).map_err(|_| {
-                    Error::invalid(format!(
-                        "name must be 1 to {} characters without control characters",
-                        limits.max_room_name_chars
-                    ))
-                })?;
+                // Not `validate_name`: its fixed cap for user names would
+                // override the configured limit and turn `too_large` into `invalid`.
                 if name.chars().count() > limits.max_room_name_chars {
                     return Err(Error::too_large(format!(
                         "name is longer than {} characters",
                         limits.max_room_name_chars
                     )));
+                }
+                if name.trim().is_empty() || name.chars().any(char::is_control) {
+                    return Err(Error::invalid("name must not be blank or contain control characters"));
                 }
                 Some(name)
             }
@@ -272,7 +272,7 @@ impl Inner {
             }
             _ => {}
         }
-        if self.add_member(&room, &user, MemberRole::Member).await? {
+        if self.add_member(&room, &user, MemberRole::Member, ctx.bridge.as_deref()).await? {
             let audience = Audience::Users { users: vec![user.id.clone()], except_session: None };
             self.publish(audience, Event::RoomAdded(RoomAdded { room })).await;
         }

@@ -11,6 +11,8 @@ mod handlers;
 mod hub;
 mod presence;
 mod session;
+#[cfg(test)]
+mod tests;
 mod typing;
 
 use std::collections::BTreeMap;

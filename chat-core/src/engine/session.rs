@@ -98,7 +98,8 @@ struct Backlog {
     after: u64,
 }
 
-type BacklogFetch = BoxFuture<'static, (RoomId, Result<HistoryPage>)>;
+/// A page of a room's replay: the room, the seq it was read after, the page.
+type BacklogFetch = BoxFuture<'static, (RoomId, u64, Result<HistoryPage>)>;
 
 /// A token bucket: `rate` per second sustained, `burst` at once.
 struct RateLimit {
@@ -271,7 +272,7 @@ impl Session {
                 let result = inner.join_room(&ctx, req.room_id).await;
                 if let (Ok(_), Some(since)) = (&result, req.since_seq) {
                     self.floors.insert(req.room_id, since);
-                    self.backlog.retain(|b| b.room != req.room_id);
+                    self.forget_replay(req.room_id);
                     self.backlog.push_back(Backlog { room: req.room_id, after: since });
                 }
                 result
@@ -281,7 +282,7 @@ impl Session {
                 let result = inner.leave_room(&ctx, req.room_id).await;
                 if result.is_ok() {
                     self.floors.remove(&req.room_id);
-                    self.backlog.retain(|b| b.room != req.room_id);
+                    self.forget_replay(req.room_id);
                 }
                 result
             }
@@ -322,6 +323,13 @@ impl Session {
         (self.bad_frames.len() as u32 > limits.max_bad_frames).then_some(CloseReason::Abuse)
     }
 
+    /// Drops a room's replay, including replayed messages not handed out yet:
+    /// the room was left, or is joined again from another `since_seq`.
+    fn forget_replay(&mut self, room: RoomId) {
+        self.backlog.retain(|b| b.room != room);
+        self.backlog_out.retain(|out| !matches!(out, Output::Event(d) if d.event().room_id() == Some(room)));
+    }
+
     fn start_backlog_fetch(&mut self) {
         if self.backlog_fetch.is_some() {
             return;
@@ -332,14 +340,16 @@ impl Session {
         let limit = self.inner.config.backlog_chunk.max(1);
         self.backlog_fetch = Some(Box::pin(async move {
             let query = HistoryQuery { before_seq: None, after_seq: Some(after), limit };
-            (room, store.history(room, query).await)
+            (room, after, store.history(room, query).await)
         }));
     }
 
-    fn backlog_fetched(&mut self, room: RoomId, result: Result<HistoryPage>) {
+    fn backlog_fetched(&mut self, room: RoomId, after: u64, result: Result<HistoryPage>) {
         self.backlog_fetch = None;
-        let Some(pos) = self.backlog.iter().position(|b| b.room == room) else {
-            return; // The room was left meanwhile.
+        // A page read for another position is stale: the room was left, or
+        // joined again from another `since_seq`, while it was on its way.
+        let Some(pos) = self.backlog.iter().position(|b| b.room == room && b.after == after) else {
+            return;
         };
         match result {
             Ok(page) => {
@@ -411,8 +421,8 @@ impl Session {
                     self.shared.kill(CloseReason::TokenExpired);
                     continue;
                 }
-                Some((room, result)) = async { match self.backlog_fetch.as_mut() { Some(f) => Some(f.await), None => None } }, if self.backlog_fetch.is_some() => {
-                    self.backlog_fetched(room, result);
+                Some((room, after, result)) = async { match self.backlog_fetch.as_mut() { Some(f) => Some(f.await), None => None } }, if self.backlog_fetch.is_some() => {
+                    self.backlog_fetched(room, after, result);
                     continue;
                 }
                 Some(out) = self.in_flight.next(), if !self.in_flight.is_empty() => return out,
