@@ -127,10 +127,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (fsync_p50, fsync_p99) = fsync_latency(dir.path())?;
     println!("fsync of a 512-byte append: p50 {fsync_p50:.2?}, p99 {fsync_p99:.2?}");
-    println!(
-        "one commit per message is capped near {:.0} messages/s on this disk",
-        1.0 / fsync_p50.as_secs_f64()
-    );
+    println!("one commit per message is capped near {:.0} messages/s on this disk", 1.0 / fsync_p50.as_secs_f64());
     println!("{senders} concurrent senders x {per_sender} messages, each waiting for its ack:");
     for (label, batch) in [("group commit", 512), ("one commit per message", 1)] {
         let r = run(batch, senders, per_sender).await?;

@@ -91,9 +91,7 @@ impl LocalBroker {
 #[async_trait]
 impl Broker for LocalBroker {
     async fn start(&self, sink: Arc<dyn FanoutSink>) -> Result<()> {
-        self.sink
-            .set(sink)
-            .map_err(|_| Error::conflict("the broker was started twice"))
+        self.sink.set(sink).map_err(|_| Error::conflict("the broker was started twice"))
     }
 
     async fn publish(&self, fanout: Fanout) -> Result<()> {

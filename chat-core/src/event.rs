@@ -219,8 +219,7 @@ impl Delivery {
         // Keyed by the codec's type, not the frame's: two codecs may share a
         // frame type and still encode differently.
         let key = TypeId::of::<C>();
-        let (cached_key, cached) =
-            self.encoded.get_or_init(|| (key, Box::new(codec.encode(&self.event))));
+        let (cached_key, cached) = self.encoded.get_or_init(|| (key, Box::new(codec.encode(&self.event))));
         match cached.downcast_ref::<C::Frame>() {
             Some(frame) if *cached_key == key => frame.clone(),
             _ => codec.encode(&self.event),
@@ -246,11 +245,7 @@ mod tests {
     }
 
     fn typing() -> Event {
-        Event::Typing(Typing {
-            room_id: RoomId::generate(),
-            user_id: UserId::new("u").expect("valid"),
-            typing: true,
-        })
+        Event::Typing(Typing { room_id: RoomId::generate(), user_id: UserId::new("u").expect("valid"), typing: true })
     }
 
     #[test]

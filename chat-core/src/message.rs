@@ -140,10 +140,7 @@ mod tests {
         assert!(validate_body("hi", 10, false).is_ok());
         assert_eq!(validate_body("  ", 10, false).map_err(|e| e.code().as_str()), Err("invalid"));
         assert!(validate_body("", 10, true).is_ok());
-        assert_eq!(
-            validate_body(&"x".repeat(11), 10, false).map_err(|e| e.code().as_str()),
-            Err("too_large")
-        );
+        assert_eq!(validate_body(&"x".repeat(11), 10, false).map_err(|e| e.code().as_str()), Err("too_large"));
         // Ten characters of two bytes each are within a ten-character limit.
         assert!(validate_body(&"é".repeat(10), 10, false).is_ok());
         assert!(validate_body("a\0b", 10, false).is_err());

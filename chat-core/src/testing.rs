@@ -45,18 +45,12 @@ pub struct TestStore {
 impl TestStore {
     /// Wraps a store that needs nothing else to live.
     pub fn new(store: impl Store) -> Self {
-        TestStore {
-            store: Arc::new(store),
-            guard: None,
-        }
+        TestStore { store: Arc::new(store), guard: None }
     }
 
     /// Wraps a store and a value that must be dropped after it.
     pub fn with_guard(store: impl Store, guard: impl Send + 'static) -> Self {
-        TestStore {
-            store: Arc::new(store),
-            guard: Some(Box::new(guard)),
-        }
+        TestStore { store: Arc::new(store), guard: Some(Box::new(guard)) }
     }
 
     /// The store, for the checks that use one task.
@@ -85,9 +79,7 @@ impl<S: Store> From<S> for TestStore {
 
 impl fmt::Debug for TestStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TestStore")
-            .field("guarded", &self.guard.is_some())
-            .finish_non_exhaustive()
+        f.debug_struct("TestStore").field("guarded", &self.guard.is_some()).finish_non_exhaustive()
     }
 }
 
@@ -210,11 +202,7 @@ fn user(id: &str, name: &str) -> User {
 fn new_room(kind: RoomKind, members: &[&str], created: i64) -> NewRoom {
     let mut list: Vec<(UserId, MemberRole)> = Vec::new();
     for (i, m) in members.iter().enumerate() {
-        let role = if i == 0 {
-            MemberRole::Owner
-        } else {
-            MemberRole::Member
-        };
+        let role = if i == 0 { MemberRole::Owner } else { MemberRole::Member };
         list.push((uid(m), role));
     }
     NewRoom {
@@ -230,16 +218,8 @@ fn new_room(kind: RoomKind, members: &[&str], created: i64) -> NewRoom {
 
 /// Creates a group room whose first member is the owner.
 async fn group(store: &dyn Store, members: &[&str], created: i64) -> Room {
-    let (room, created) = ok(
-        store
-            .create_room(new_room(RoomKind::Group, members, created))
-            .await,
-        "create_room",
-    );
-    assert!(
-        created,
-        "create_room of a new group room must report created = true"
-    );
+    let (room, created) = ok(store.create_room(new_room(RoomKind::Group, members, created)).await, "create_room");
+    assert!(created, "create_room of a new group room must report created = true");
     room
 }
 
@@ -259,35 +239,22 @@ fn msg(room: RoomId, sender: &str, client_msg_id: &str, created: i64) -> NewMess
 async fn append(store: &dyn Store, batch: Vec<NewMessage>) -> Vec<Appended> {
     let n = batch.len();
     let out = ok(store.append_messages(batch).await, "append_messages");
-    assert_eq!(
-        out.len(),
-        n,
-        "append_messages must return one Appended per input"
-    );
+    assert_eq!(out.len(), n, "append_messages must return one Appended per input");
     out
 }
 
 /// Appends `n` messages from `sender`, one batch, and returns their seqs.
 async fn fill(store: &dyn Store, room: RoomId, sender: &str, n: u64) -> Vec<u64> {
-    let batch = (0..n)
-        .map(|i| msg(room, sender, &format!("fill-{i}"), i as i64))
-        .collect();
-    append(store, batch)
-        .await
-        .into_iter()
-        .map(|a| a.message.seq)
-        .collect()
+    let batch = (0..n).map(|i| msg(room, sender, &format!("fill-{i}"), i as i64)).collect();
+    append(store, batch).await.into_iter().map(|a| a.message.seq).collect()
 }
 
 async fn last_seq(store: &dyn Store, room: RoomId) -> u64 {
-    ok(store.room(room).await, "room")
-        .expect("the room exists")
-        .last_seq
+    ok(store.room(room).await, "room").expect("the room exists").last_seq
 }
 
 async fn cursors(store: &dyn Store, room: RoomId, user: &str) -> (u64, u64) {
-    let m = ok(store.member(room, &uid(user)).await, "member")
-        .unwrap_or_else(|| panic!("{user} is a member"));
+    let m = ok(store.member(room, &uid(user)).await, "member").unwrap_or_else(|| panic!("{user} is a member"));
     (m.delivered_seq, m.read_seq)
 }
 
@@ -300,27 +267,16 @@ fn seqs(messages: &[Message]) -> Vec<u64> {
 }
 
 fn q(before_seq: Option<u64>, after_seq: Option<u64>, limit: u32) -> HistoryQuery {
-    HistoryQuery {
-        before_seq,
-        after_seq,
-        limit,
-    }
+    HistoryQuery { before_seq, after_seq, limit }
 }
 
 /// Runs a table of history queries: (query, expected seqs, expected `has_more`).
 async fn history_table(store: &dyn Store, room: RoomId, table: &[(HistoryQuery, Vec<u64>, bool)]) {
     for (query, want, more) in table {
         let page = ok(store.history(room, *query).await, "history");
-        assert_eq!(
-            seqs(&page.messages),
-            *want,
-            "history({query:?}): wrong messages"
-        );
+        assert_eq!(seqs(&page.messages), *want, "history({query:?}): wrong messages");
         assert_eq!(page.has_more, *more, "history({query:?}): wrong has_more");
-        assert!(
-            page.messages.iter().all(|m| m.room_id == room),
-            "history({query:?}) returned another room's message"
-        );
+        assert!(page.messages.iter().all(|m| m.room_id == room), "history({query:?}) returned another room's message");
     }
 }
 
@@ -334,11 +290,7 @@ pub async fn ping_answers(store: &dyn Store) {
 
 /// `upsert_user` creates a user, then replaces its name, avatar and roles.
 pub async fn upsert_user_creates_and_replaces(store: &dyn Store) {
-    assert_eq!(
-        ok(store.user(&uid("ada")).await, "user"),
-        None,
-        "an unknown user must be None"
-    );
+    assert_eq!(ok(store.user(&uid("ada")).await, "user"), None, "an unknown user must be None");
     let mut ada = user("ada", "Ada");
     ok(store.upsert_user(&ada).await, "upsert_user");
     assert_eq!(ok(store.user(&uid("ada")).await, "user"), Some(ada.clone()));
@@ -347,25 +299,13 @@ pub async fn upsert_user_creates_and_replaces(store: &dyn Store) {
     ada.avatar_url = Some("https://example.invalid/ada.png".into());
     ada.roles = vec!["support".into(), "admin".into()];
     ok(store.upsert_user(&ada).await, "upsert_user");
-    assert_eq!(
-        ok(store.user(&uid("ada")).await, "user"),
-        Some(ada.clone()),
-        "upsert must replace every field"
-    );
+    assert_eq!(ok(store.user(&uid("ada")).await, "user"), Some(ada.clone()), "upsert must replace every field");
 
     ada.avatar_url = None;
     ada.roles.clear();
     ok(store.upsert_user(&ada).await, "upsert_user");
-    assert_eq!(
-        ok(store.user(&uid("ada")).await, "user"),
-        Some(ada),
-        "upsert must clear the avatar and roles"
-    );
-    assert_eq!(
-        ok(store.search_users("ada", 10).await, "search_users").len(),
-        1,
-        "upsert must not duplicate a user"
-    );
+    assert_eq!(ok(store.user(&uid("ada")).await, "user"), Some(ada), "upsert must clear the avatar and roles");
+    assert_eq!(ok(store.search_users("ada", 10).await, "search_users").len(), 1, "upsert must not duplicate a user");
 }
 
 /// `users` returns the known users among the ids and skips the others.
@@ -373,34 +313,17 @@ pub async fn users_skips_unknown_ids(store: &dyn Store) {
     for (id, name) in [("u1", "One"), ("u2", "Two"), ("u3", "Three")] {
         ok(store.upsert_user(&user(id, name)).await, "upsert_user");
     }
-    let found = ok(
-        store.users(&[uid("u3"), uid("nobody"), uid("u1")]).await,
-        "users",
-    );
+    let found = ok(store.users(&[uid("u3"), uid("nobody"), uid("u1")]).await, "users");
     let mut got = ids(&found);
     got.sort_unstable();
     assert_eq!(got, ["u1", "u3"]);
-    assert_eq!(
-        found
-            .iter()
-            .find(|u| u.id.as_str() == "u3")
-            .map(|u| u.name.as_str()),
-        Some("Three")
-    );
-    assert!(
-        ok(store.users(&[]).await, "users").is_empty(),
-        "users(&[]) must be empty"
-    );
+    assert_eq!(found.iter().find(|u| u.id.as_str() == "u3").map(|u| u.name.as_str()), Some("Three"));
+    assert!(ok(store.users(&[]).await, "users").is_empty(), "users(&[]) must be empty");
 }
 
 /// `search_users` matches a substring of the id or of the name, ignoring ASCII case.
 pub async fn search_users_matches_id_or_name_ignoring_case(store: &dyn Store) {
-    for (id, name) in [
-        ("alice", "Alice Smith"),
-        ("BOB", "Bobby"),
-        ("carol", "ALICIA KEYS"),
-        ("dave", "Zed"),
-    ] {
+    for (id, name) in [("alice", "Alice Smith"), ("BOB", "Bobby"), ("carol", "ALICIA KEYS"), ("dave", "Zed")] {
         ok(store.upsert_user(&user(id, name)).await, "upsert_user");
     }
     let table: &[(&str, &[&str])] = &[
@@ -423,42 +346,21 @@ pub async fn search_users_matches_id_or_name_ignoring_case(store: &dyn Store) {
 
 /// `search_users` treats `%`, `_` and `\` as ordinary characters.
 pub async fn search_users_treats_the_query_literally(store: &dyn Store) {
-    for (id, name) in [
-        ("a_b", "Under Score"),
-        ("axb", "Plain"),
-        ("pct", "100% sure"),
-        ("bs", "back\\slash"),
-    ] {
+    for (id, name) in [("a_b", "Under Score"), ("axb", "Plain"), ("pct", "100% sure"), ("bs", "back\\slash")] {
         ok(store.upsert_user(&user(id, name)).await, "upsert_user");
     }
-    let table: &[(&str, &[&str])] = &[
-        ("a_b", &["a_b"]),
-        ("%", &["pct"]),
-        ("0%", &["pct"]),
-        ("_", &["a_b"]),
-        ("\\", &["bs"]),
-        ("%%", &[]),
-    ];
+    let table: &[(&str, &[&str])] =
+        &[("a_b", &["a_b"]), ("%", &["pct"]), ("0%", &["pct"]), ("_", &["a_b"]), ("\\", &["bs"]), ("%%", &[])];
     for (query, want) in table {
         let found = ok(store.search_users(query, 10).await, "search_users");
-        assert_eq!(
-            ids(&found),
-            *want,
-            "search_users({query:?}) must match the query as literal text"
-        );
+        assert_eq!(ids(&found), *want, "search_users({query:?}) must match the query as literal text");
     }
 }
 
 /// `search_users` orders by name, then id, and returns at most `limit` users.
 pub async fn search_users_orders_by_name_then_id_and_limits(store: &dyn Store) {
     // Same-case ASCII names, so that every reasonable collation agrees on the order.
-    for (id, name) in [
-        ("m-3", "same"),
-        ("m-1", "same"),
-        ("m-2", "alpha"),
-        ("m-4", "zulu"),
-        ("other", "none"),
-    ] {
+    for (id, name) in [("m-3", "same"), ("m-1", "same"), ("m-2", "alpha"), ("m-4", "zulu"), ("other", "none")] {
         ok(store.upsert_user(&user(id, name)).await, "upsert_user");
     }
     let table: &[(u32, &[&str])] = &[
@@ -492,30 +394,12 @@ pub async fn create_room_stores_the_room_and_its_members(store: &dyn Store) {
         last_seq: 0,
     };
     assert_eq!(room, want, "create_room must return the room as made");
-    assert_eq!(
-        ok(store.room(new.id).await, "room"),
-        Some(want),
-        "room() must return the stored room"
-    );
-    assert_eq!(
-        ok(store.room(RoomId::generate()).await, "room"),
-        None,
-        "an unknown room must be None"
-    );
+    assert_eq!(ok(store.room(new.id).await, "room"), Some(want), "room() must return the stored room");
+    assert_eq!(ok(store.room(RoomId::generate()).await, "room"), None, "an unknown room must be None");
 
     let members = ok(store.members(room.id).await, "members");
-    let got: Vec<(&str, MemberRole, Timestamp, u64, u64)> = members
-        .iter()
-        .map(|m| {
-            (
-                m.user_id.as_str(),
-                m.role,
-                m.joined_at,
-                m.delivered_seq,
-                m.read_seq,
-            )
-        })
-        .collect();
+    let got: Vec<(&str, MemberRole, Timestamp, u64, u64)> =
+        members.iter().map(|m| (m.user_id.as_str(), m.role, m.joined_at, m.delivered_seq, m.read_seq)).collect();
     assert_eq!(
         got,
         [
@@ -531,15 +415,9 @@ pub async fn create_room_stores_the_room_and_its_members(store: &dyn Store) {
     let mut public = new_room(RoomKind::Support, &["visitor"], 6);
     public.visibility = Visibility::Public;
     let (room, _) = ok(store.create_room(public.clone()).await, "create_room");
-    assert_eq!(
-        (room.kind, room.visibility, room.name),
-        (RoomKind::Support, Visibility::Public, None)
-    );
+    assert_eq!((room.kind, room.visibility, room.name), (RoomKind::Support, Visibility::Public, None));
     let stored = ok(store.room(public.id).await, "room").expect("the support room exists");
-    assert_eq!(
-        (stored.kind, stored.visibility, stored.name),
-        (RoomKind::Support, Visibility::Public, None)
-    );
+    assert_eq!((stored.kind, stored.visibility, stored.name), (RoomKind::Support, Visibility::Public, None));
 }
 
 /// A room id can only be used once.
@@ -548,15 +426,8 @@ pub async fn create_room_rejects_a_taken_id(store: &dyn Store) {
     ok(store.create_room(first.clone()).await, "create_room");
     let mut again = new_room(RoomKind::Group, &["b"], 1);
     again.id = first.id;
-    let err = store
-        .create_room(again)
-        .await
-        .expect_err("a taken room id must be refused");
-    assert_eq!(
-        err.code().as_str(),
-        "conflict",
-        "a taken room id is a conflict, got {err:?}"
-    );
+    let err = store.create_room(again).await.expect_err("a taken room id must be refused");
+    assert_eq!(err.code().as_str(), "conflict", "a taken room id is a conflict, got {err:?}");
     let members = ok(store.members(first.id).await, "members");
     assert_eq!(members.len(), 1, "the refused room must not add members");
 }
@@ -571,80 +442,30 @@ pub async fn direct_rooms_are_deduplicated_whatever_the_member_order(store: &dyn
     for (members, t) in [(["ben", "ann"], 1), (["ann", "ben"], 2)] {
         let again = new_room(RoomKind::Direct, &members, t);
         let (room, created) = ok(store.create_room(again.clone()).await, "create_room");
-        assert!(
-            !created,
-            "direct room {members:?} already exists: created must be false"
-        );
+        assert!(!created, "direct room {members:?} already exists: created must be false");
         assert_eq!(room.id, first.id, "the existing direct room must come back");
-        assert_eq!(
-            room.created_at,
-            at(0),
-            "the existing room must come back unchanged"
-        );
-        assert_eq!(
-            ok(store.room(again.id).await, "room"),
-            None,
-            "no second room may be stored"
-        );
+        assert_eq!(room.created_at, at(0), "the existing room must come back unchanged");
+        assert_eq!(ok(store.room(again.id).await, "room"), None, "no second room may be stored");
     }
-    assert_eq!(
-        ok(
-            store.room_count_of_user(&uid("ann")).await,
-            "room_count_of_user"
-        ),
-        1
-    );
+    assert_eq!(ok(store.room_count_of_user(&uid("ann")).await, "room_count_of_user"), 1);
     assert_eq!(ok(store.member_count(first.id).await, "member_count"), 2);
 
     // Another pair gets its own room, and so does a group of the same two users.
-    let (other, created) = ok(
-        store
-            .create_room(new_room(RoomKind::Direct, &["ann", "cat"], 3))
-            .await,
-        "create_room",
-    );
-    assert!(
-        created && other.id != first.id,
-        "a different pair gets a new direct room"
-    );
-    let (_, created) = ok(
-        store
-            .create_room(new_room(RoomKind::Group, &["ann", "ben"], 4))
-            .await,
-        "create_room",
-    );
-    assert!(
-        created,
-        "a group room of the same pair is not a direct room"
-    );
+    let (other, created) = ok(store.create_room(new_room(RoomKind::Direct, &["ann", "cat"], 3)).await, "create_room");
+    assert!(created && other.id != first.id, "a different pair gets a new direct room");
+    let (_, created) = ok(store.create_room(new_room(RoomKind::Group, &["ann", "ben"], 4)).await, "create_room");
+    assert!(created, "a group room of the same pair is not a direct room");
 }
 
 /// A direct room with other than two members is `invalid` and stores nothing.
 pub async fn direct_room_needs_exactly_two_members(store: &dyn Store) {
     for members in [&["solo"][..], &["a", "b", "c"][..], &[][..]] {
         let new = new_room(RoomKind::Direct, members, 0);
-        let err = store
-            .create_room(new.clone())
-            .await
-            .expect_err("a direct room needs two members");
-        assert_eq!(
-            err.code().as_str(),
-            "invalid",
-            "direct room with {members:?}: got {err:?}"
-        );
-        assert_eq!(
-            ok(store.room(new.id).await, "room"),
-            None,
-            "the refused room must not be stored"
-        );
+        let err = store.create_room(new.clone()).await.expect_err("a direct room needs two members");
+        assert_eq!(err.code().as_str(), "invalid", "direct room with {members:?}: got {err:?}");
+        assert_eq!(ok(store.room(new.id).await, "room"), None, "the refused room must not be stored");
     }
-    assert_eq!(
-        ok(
-            store.room_count_of_user(&uid("a")).await,
-            "room_count_of_user"
-        ),
-        0
-    );
+    assert_eq!(ok(store.room_count_of_user(&uid("a")).await, "room_count_of_user"), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -654,48 +475,21 @@ pub async fn direct_room_needs_exactly_two_members(store: &dyn Store) {
 pub async fn members_are_listed_in_joining_order(store: &dyn Store) {
     let room = group(store, &["zed", "amy"], 0).await;
     for (u, t) in [("mo", 1), ("bea", 2), ("cy", 3)] {
-        assert!(ok(
-            store
-                .add_member(room.id, &uid(u), MemberRole::Member, at(t))
-                .await,
-            "add_member"
-        ));
+        assert!(ok(store.add_member(room.id, &uid(u), MemberRole::Member, at(t)).await, "add_member"));
     }
-    let names = |ms: Vec<crate::room::Member>| {
-        ms.into_iter()
-            .map(|m| m.user_id.to_string())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        names(ok(store.members(room.id).await, "members")),
-        ["zed", "amy", "mo", "bea", "cy"]
-    );
+    let names = |ms: Vec<crate::room::Member>| ms.into_iter().map(|m| m.user_id.to_string()).collect::<Vec<_>>();
+    assert_eq!(names(ok(store.members(room.id).await, "members")), ["zed", "amy", "mo", "bea", "cy"]);
 
-    assert!(ok(
-        store.remove_member(room.id, &uid("amy")).await,
-        "remove_member"
-    ));
-    assert!(ok(
-        store
-            .add_member(room.id, &uid("amy"), MemberRole::Admin, at(9))
-            .await,
-        "add_member"
-    ));
+    assert!(ok(store.remove_member(room.id, &uid("amy")).await, "remove_member"));
+    assert!(ok(store.add_member(room.id, &uid("amy"), MemberRole::Admin, at(9)).await, "add_member"));
     assert_eq!(
         names(ok(store.members(room.id).await, "members")),
         ["zed", "mo", "bea", "cy", "amy"],
         "a member who left and joined again is last"
     );
-    let amy =
-        ok(store.member(room.id, &uid("amy")).await, "member").expect("amy is a member again");
-    assert_eq!(
-        (amy.role, amy.joined_at, amy.read_seq, amy.delivered_seq),
-        (MemberRole::Admin, at(9), 0, 0)
-    );
-    assert!(
-        ok(store.members(RoomId::generate()).await, "members").is_empty(),
-        "an unknown room has no members"
-    );
+    let amy = ok(store.member(room.id, &uid("amy")).await, "member").expect("amy is a member again");
+    assert_eq!((amy.role, amy.joined_at, amy.read_seq, amy.delivered_seq), (MemberRole::Admin, at(9), 0, 0));
+    assert!(ok(store.members(RoomId::generate()).await, "members").is_empty(), "an unknown room has no members");
 }
 
 /// `add_member` of an existing member returns `false` and changes nothing.
@@ -703,25 +497,11 @@ pub async fn add_member_returns_false_for_an_existing_member(store: &dyn Store) 
     let room = group(store, &["own", "mem"], 0).await;
     fill(store, room.id, "mem", 2).await;
     let before = ok(store.member(room.id, &uid("mem")).await, "member");
-    let added = ok(
-        store
-            .add_member(room.id, &uid("mem"), MemberRole::Admin, at(50))
-            .await,
-        "add_member",
-    );
+    let added = ok(store.add_member(room.id, &uid("mem"), MemberRole::Admin, at(50)).await, "add_member");
     assert!(!added, "adding an existing member must return false");
-    assert_eq!(
-        ok(store.member(room.id, &uid("mem")).await, "member"),
-        before,
-        "the membership must not change"
-    );
+    assert_eq!(ok(store.member(room.id, &uid("mem")).await, "member"), before, "the membership must not change");
     assert_eq!(ok(store.member_count(room.id).await, "member_count"), 2);
-    assert!(!ok(
-        store
-            .add_member(room.id, &uid("own"), MemberRole::Member, at(51))
-            .await,
-        "add_member"
-    ));
+    assert!(!ok(store.add_member(room.id, &uid("own"), MemberRole::Member, at(51)).await, "add_member"));
     let own = ok(store.member(room.id, &uid("own")).await, "member").expect("own is a member");
     assert_eq!(own.role, MemberRole::Owner, "the owner keeps the role");
 }
@@ -729,71 +509,28 @@ pub async fn add_member_returns_false_for_an_existing_member(store: &dyn Store) 
 /// `add_member` to a room that does not exist is `not_found`.
 pub async fn add_member_to_a_missing_room_is_not_found(store: &dyn Store) {
     let missing = RoomId::generate();
-    let err = store
-        .add_member(missing, &uid("u"), MemberRole::Member, at(0))
-        .await
-        .expect_err("no such room");
+    let err = store.add_member(missing, &uid("u"), MemberRole::Member, at(0)).await.expect_err("no such room");
     assert_eq!(err.code().as_str(), "not_found", "got {err:?}");
-    assert_eq!(
-        ok(
-            store.room_count_of_user(&uid("u")).await,
-            "room_count_of_user"
-        ),
-        0
-    );
+    assert_eq!(ok(store.room_count_of_user(&uid("u")).await, "room_count_of_user"), 0);
 }
 
 /// `remove_member` returns whether the user was a member, and every view follows.
 pub async fn remove_member_reports_whether_it_removed(store: &dyn Store) {
     let room = group(store, &["a", "b", "c"], 0).await;
     let other = group(store, &["b", "d"], 1).await;
-    assert!(
-        ok(
-            store.remove_member(room.id, &uid("b")).await,
-            "remove_member"
-        ),
-        "b was a member"
-    );
-    assert!(
-        !ok(
-            store.remove_member(room.id, &uid("b")).await,
-            "remove_member"
-        ),
-        "b is no longer a member"
-    );
-    assert!(
-        !ok(
-            store.remove_member(room.id, &uid("zz")).await,
-            "remove_member"
-        ),
-        "zz never was a member"
-    );
-    assert!(
-        !ok(
-            store.remove_member(RoomId::generate(), &uid("a")).await,
-            "remove_member"
-        ),
-        "unknown room"
-    );
+    assert!(ok(store.remove_member(room.id, &uid("b")).await, "remove_member"), "b was a member");
+    assert!(!ok(store.remove_member(room.id, &uid("b")).await, "remove_member"), "b is no longer a member");
+    assert!(!ok(store.remove_member(room.id, &uid("zz")).await, "remove_member"), "zz never was a member");
+    assert!(!ok(store.remove_member(RoomId::generate(), &uid("a")).await, "remove_member"), "unknown room");
 
     assert_eq!(ok(store.member(room.id, &uid("b")).await, "member"), None);
     assert_eq!(ok(store.member_count(room.id).await, "member_count"), 2);
-    let members: Vec<String> = ok(store.members(room.id).await, "members")
-        .iter()
-        .map(|m| m.user_id.to_string())
-        .collect();
+    let members: Vec<String> =
+        ok(store.members(room.id).await, "members").iter().map(|m| m.user_id.to_string()).collect();
     assert_eq!(members, ["a", "c"]);
-    assert_eq!(
-        ok(
-            store.room_count_of_user(&uid("b")).await,
-            "room_count_of_user"
-        ),
-        1
-    );
-    let listed: Vec<RoomId> = ok(store.rooms_of_user(&uid("b")).await, "rooms_of_user")
-        .iter()
-        .map(|s| s.room.id)
-        .collect();
+    assert_eq!(ok(store.room_count_of_user(&uid("b")).await, "room_count_of_user"), 1);
+    let listed: Vec<RoomId> =
+        ok(store.rooms_of_user(&uid("b")).await, "rooms_of_user").iter().map(|s| s.room.id).collect();
     assert_eq!(listed, [other.id], "rooms_of_user must drop the room left");
     let mut co = ok(store.co_members(&uid("a")).await, "co_members");
     co.sort();
@@ -807,59 +544,17 @@ pub async fn member_and_counts_follow_membership(store: &dyn Store) {
     let r1 = group(store, &["a", "b"], 0).await;
     let r2 = group(store, &["a"], 1).await;
     let m = ok(store.member(r1.id, &uid("b")).await, "member").expect("b is a member of r1");
-    assert_eq!(
-        (m.room_id, m.user_id.as_str(), m.role),
-        (r1.id, "b", MemberRole::Member)
-    );
-    assert_eq!(
-        ok(store.member(r2.id, &uid("b")).await, "member"),
-        None,
-        "b is not in r2"
-    );
-    assert_eq!(
-        ok(store.member(RoomId::generate(), &uid("a")).await, "member"),
-        None
-    );
+    assert_eq!((m.room_id, m.user_id.as_str(), m.role), (r1.id, "b", MemberRole::Member));
+    assert_eq!(ok(store.member(r2.id, &uid("b")).await, "member"), None, "b is not in r2");
+    assert_eq!(ok(store.member(RoomId::generate(), &uid("a")).await, "member"), None);
     assert_eq!(ok(store.member_count(r1.id).await, "member_count"), 2);
     assert_eq!(ok(store.member_count(r2.id).await, "member_count"), 1);
-    assert_eq!(
-        ok(store.member_count(RoomId::generate()).await, "member_count"),
-        0
-    );
-    assert_eq!(
-        ok(
-            store.room_count_of_user(&uid("a")).await,
-            "room_count_of_user"
-        ),
-        2
-    );
-    assert_eq!(
-        ok(
-            store.room_count_of_user(&uid("b")).await,
-            "room_count_of_user"
-        ),
-        1
-    );
-    assert_eq!(
-        ok(
-            store.room_count_of_user(&uid("nobody")).await,
-            "room_count_of_user"
-        ),
-        0
-    );
-    assert!(ok(
-        store
-            .add_member(r2.id, &uid("b"), MemberRole::Member, at(2))
-            .await,
-        "add_member"
-    ));
-    assert_eq!(
-        ok(
-            store.room_count_of_user(&uid("b")).await,
-            "room_count_of_user"
-        ),
-        2
-    );
+    assert_eq!(ok(store.member_count(RoomId::generate()).await, "member_count"), 0);
+    assert_eq!(ok(store.room_count_of_user(&uid("a")).await, "room_count_of_user"), 2);
+    assert_eq!(ok(store.room_count_of_user(&uid("b")).await, "room_count_of_user"), 1);
+    assert_eq!(ok(store.room_count_of_user(&uid("nobody")).await, "room_count_of_user"), 0);
+    assert!(ok(store.add_member(r2.id, &uid("b"), MemberRole::Member, at(2)).await, "add_member"));
+    assert_eq!(ok(store.room_count_of_user(&uid("b")).await, "room_count_of_user"), 2);
     assert_eq!(ok(store.member_count(r2.id).await, "member_count"), 2);
 }
 
@@ -884,13 +579,8 @@ pub async fn rooms_of_user_lists_newest_activity_first(store: &dyn Store) {
     let r2 = group(store, &["u"], 20).await;
     let r3 = group(store, &["x", "u"], 30).await;
     group(store, &["x"], 40).await;
-    let order = |list: Vec<crate::room::RoomSummary>| {
-        list.into_iter().map(|s| s.room.id).collect::<Vec<_>>()
-    };
-    assert_eq!(
-        order(ok(store.rooms_of_user(&uid("u")).await, "rooms_of_user")),
-        [r3.id, r2.id, r1.id]
-    );
+    let order = |list: Vec<crate::room::RoomSummary>| list.into_iter().map(|s| s.room.id).collect::<Vec<_>>();
+    assert_eq!(order(ok(store.rooms_of_user(&uid("u")).await, "rooms_of_user")), [r3.id, r2.id, r1.id]);
 
     append(store, vec![msg(r1.id, "x", "m1", 50)]).await;
     assert_eq!(
@@ -898,15 +588,8 @@ pub async fn rooms_of_user_lists_newest_activity_first(store: &dyn Store) {
         [r1.id, r3.id, r2.id],
         "a new message makes its room the newest"
     );
-    append(
-        store,
-        vec![msg(r2.id, "u", "m2", 60), msg(r3.id, "u", "m3", 70)],
-    )
-    .await;
-    assert_eq!(
-        order(ok(store.rooms_of_user(&uid("u")).await, "rooms_of_user")),
-        [r3.id, r2.id, r1.id]
-    );
+    append(store, vec![msg(r2.id, "u", "m2", 60), msg(r3.id, "u", "m3", 70)]).await;
+    assert_eq!(order(ok(store.rooms_of_user(&uid("u")).await, "rooms_of_user")), [r3.id, r2.id, r1.id]);
     // A message stamped earlier than the room's newest activity (a bridged
     // import, a clock step) does not make the room look older.
     append(store, vec![msg(r3.id, "x", "late", 5)]).await;
@@ -926,63 +609,23 @@ pub async fn rooms_of_user_reports_read_cursor_and_unread(store: &dyn Store) {
         let s = list.into_iter().next().expect("one room");
         (s.room.last_seq, s.read_seq, s.unread)
     };
+    assert_eq!(summary(ok(store.rooms_of_user(&uid("reader")).await, "rooms_of_user")), (5, 0, 5));
+    assert_eq!(summary(ok(store.rooms_of_user(&uid("writer")).await, "rooms_of_user")), (5, 5, 0));
+    ok(store.advance_cursor(room.id, &uid("reader"), ReceiptKind::Read, 3).await, "advance_cursor");
+    assert_eq!(summary(ok(store.rooms_of_user(&uid("reader")).await, "rooms_of_user")), (5, 3, 2));
+    ok(store.advance_cursor(room.id, &uid("reader"), ReceiptKind::Delivered, 5).await, "advance_cursor");
     assert_eq!(
-        summary(ok(
-            store.rooms_of_user(&uid("reader")).await,
-            "rooms_of_user"
-        )),
-        (5, 0, 5)
-    );
-    assert_eq!(
-        summary(ok(
-            store.rooms_of_user(&uid("writer")).await,
-            "rooms_of_user"
-        )),
-        (5, 5, 0)
-    );
-    ok(
-        store
-            .advance_cursor(room.id, &uid("reader"), ReceiptKind::Read, 3)
-            .await,
-        "advance_cursor",
-    );
-    assert_eq!(
-        summary(ok(
-            store.rooms_of_user(&uid("reader")).await,
-            "rooms_of_user"
-        )),
-        (5, 3, 2)
-    );
-    ok(
-        store
-            .advance_cursor(room.id, &uid("reader"), ReceiptKind::Delivered, 5)
-            .await,
-        "advance_cursor",
-    );
-    assert_eq!(
-        summary(ok(
-            store.rooms_of_user(&uid("reader")).await,
-            "rooms_of_user"
-        )),
+        summary(ok(store.rooms_of_user(&uid("reader")).await, "rooms_of_user")),
         (5, 3, 2),
         "delivery does not count as reading"
     );
     append(store, vec![msg(room.id, "reader", "reply", 9)]).await;
     assert_eq!(
-        summary(ok(
-            store.rooms_of_user(&uid("reader")).await,
-            "rooms_of_user"
-        )),
+        summary(ok(store.rooms_of_user(&uid("reader")).await, "rooms_of_user")),
         (6, 6, 0),
         "sending reads everything up to the sent message"
     );
-    assert_eq!(
-        summary(ok(
-            store.rooms_of_user(&uid("writer")).await,
-            "rooms_of_user"
-        )),
-        (6, 5, 1)
-    );
+    assert_eq!(summary(ok(store.rooms_of_user(&uid("writer")).await, "rooms_of_user")), (6, 5, 1));
 }
 
 // ---------------------------------------------------------------------------
@@ -991,45 +634,20 @@ pub async fn rooms_of_user_reports_read_cursor_and_unread(store: &dyn Store) {
 /// Seqs start at 1, have no gaps and follow the batch order, across batches.
 pub async fn seq_starts_at_one_and_follows_batch_order(store: &dyn Store) {
     let room = group(store, &["s"], 0).await;
-    let batch: Vec<NewMessage> = (0..5)
-        .map(|i| msg(room.id, "s", &format!("a{i}"), i))
-        .collect();
+    let batch: Vec<NewMessage> = (0..5).map(|i| msg(room.id, "s", &format!("a{i}"), i)).collect();
     let ids: Vec<MessageId> = batch.iter().map(|m| m.id).collect();
     let out = append(store, batch).await;
-    assert_eq!(
-        out.iter().map(|a| a.message.seq).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5]
-    );
+    assert_eq!(out.iter().map(|a| a.message.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
     assert!(out.iter().all(|a| a.created), "new messages are created");
-    assert_eq!(
-        out.iter().map(|a| a.message.id).collect::<Vec<_>>(),
-        ids,
-        "results follow the input order"
-    );
-    assert_eq!(
-        last_seq(store, room.id).await,
-        5,
-        "room.last_seq follows the newest message"
-    );
+    assert_eq!(out.iter().map(|a| a.message.id).collect::<Vec<_>>(), ids, "results follow the input order");
+    assert_eq!(last_seq(store, room.id).await, 5, "room.last_seq follows the newest message");
 
-    let out = append(
-        store,
-        (0..3)
-            .map(|i| msg(room.id, "s", &format!("b{i}"), 10 + i))
-            .collect(),
-    )
-    .await;
-    assert_eq!(
-        out.iter().map(|a| a.message.seq).collect::<Vec<_>>(),
-        [6, 7, 8]
-    );
+    let out = append(store, (0..3).map(|i| msg(room.id, "s", &format!("b{i}"), 10 + i)).collect()).await;
+    assert_eq!(out.iter().map(|a| a.message.seq).collect::<Vec<_>>(), [6, 7, 8]);
     let out = append(store, vec![msg(room.id, "s", "c", 20)]).await;
     assert_eq!(out[0].message.seq, 9);
     assert_eq!(last_seq(store, room.id).await, 9);
-    assert!(
-        append(store, Vec::new()).await.is_empty(),
-        "an empty batch appends nothing"
-    );
+    assert!(append(store, Vec::new()).await.is_empty(), "an empty batch appends nothing");
     assert_eq!(last_seq(store, room.id).await, 9);
 }
 
@@ -1046,14 +664,8 @@ pub async fn seq_is_independent_per_room(store: &dyn Store) {
         msg(r2.id, "s", "x5", 5),
     ];
     let out = append(store, batch).await;
-    let got: Vec<(RoomId, u64)> = out
-        .iter()
-        .map(|a| (a.message.room_id, a.message.seq))
-        .collect();
-    assert_eq!(
-        got,
-        [(r1.id, 1), (r2.id, 3), (r1.id, 2), (r2.id, 4), (r2.id, 5)]
-    );
+    let got: Vec<(RoomId, u64)> = out.iter().map(|a| (a.message.room_id, a.message.seq)).collect();
+    assert_eq!(got, [(r1.id, 1), (r2.id, 3), (r1.id, 2), (r2.id, 4), (r2.id, 5)]);
     assert_eq!(last_seq(store, r1.id).await, 2);
     assert_eq!(last_seq(store, r2.id).await, 5);
 }
@@ -1061,10 +673,7 @@ pub async fn seq_is_independent_per_room(store: &dyn Store) {
 /// A stored message keeps every field of the input and starts unedited.
 pub async fn appended_message_keeps_its_fields(store: &dyn Store) {
     let room = group(store, &["s"], 0).await;
-    let first = append(store, vec![msg(room.id, "s", "first", 1)])
-        .await
-        .remove(0)
-        .message;
+    let first = append(store, vec![msg(room.id, "s", "first", 1)]).await.remove(0).message;
     let mut new = msg(room.id, "s", "with-everything", 2);
     new.body = "héllo \u{1F600} wörld".into();
     new.reply_to = Some(first.id);
@@ -1098,18 +707,8 @@ pub async fn appended_message_keeps_its_fields(store: &dyn Store) {
         deleted: false,
     };
     let out = append(store, vec![new]).await;
-    assert_eq!(
-        out,
-        [Appended {
-            message: want.clone(),
-            created: true
-        }]
-    );
-    assert_eq!(
-        ok(store.message(room.id, want.id).await, "message"),
-        Some(want.clone()),
-        "message() after append"
-    );
+    assert_eq!(out, [Appended { message: want.clone(), created: true }]);
+    assert_eq!(ok(store.message(room.id, want.id).await, "message"), Some(want.clone()), "message() after append");
     let page = ok(store.history(room.id, q(None, None, 10)).await, "history");
     assert_eq!(page.messages.last(), Some(&want), "history after append");
 }
@@ -1120,90 +719,37 @@ pub async fn append_advances_the_senders_cursors(store: &dyn Store) {
     fill(store, room.id, "b", 3).await;
     assert_eq!(cursors(store, room.id, "b").await, (3, 3));
     assert_eq!(cursors(store, room.id, "a").await, (0, 0));
-    append(
-        store,
-        vec![msg(room.id, "a", "hi", 5), msg(room.id, "b", "yo", 6)],
-    )
-    .await;
-    assert_eq!(
-        cursors(store, room.id, "a").await,
-        (4, 4),
-        "a's cursors move to a's message"
-    );
-    assert_eq!(
-        cursors(store, room.id, "b").await,
-        (5, 5),
-        "b's cursors move to b's message"
-    );
+    append(store, vec![msg(room.id, "a", "hi", 5), msg(room.id, "b", "yo", 6)]).await;
+    assert_eq!(cursors(store, room.id, "a").await, (4, 4), "a's cursors move to a's message");
+    assert_eq!(cursors(store, room.id, "b").await, (5, 5), "b's cursors move to b's message");
     // Cursors already beyond the new message stay where they are.
-    ok(
-        store
-            .advance_cursor(room.id, &uid("a"), ReceiptKind::Read, 9)
-            .await,
-        "advance_cursor",
-    );
+    ok(store.advance_cursor(room.id, &uid("a"), ReceiptKind::Read, 9).await, "advance_cursor");
     append(store, vec![msg(room.id, "a", "again", 7)]).await;
-    assert_eq!(
-        cursors(store, room.id, "a").await,
-        (9, 9),
-        "sending never moves a cursor back"
-    );
+    assert_eq!(cursors(store, room.id, "a").await, (9, 9), "sending never moves a cursor back");
     assert_eq!(cursors(store, room.id, "b").await, (5, 5));
 }
 
 /// Re-sending a `client_msg_id` in a later batch returns the first message and stores nothing.
 pub async fn duplicate_across_batches_returns_the_first_message(store: &dyn Store) {
     let room = group(store, &["s", "t"], 0).await;
-    let first = append(store, vec![msg(room.id, "s", "same", 1)])
-        .await
-        .remove(0);
+    let first = append(store, vec![msg(room.id, "s", "same", 1)]).await.remove(0);
     assert!(first.created);
     let mut retry = msg(room.id, "s", "same", 2);
     retry.body = "a different body".into();
     let out = append(store, vec![retry, msg(room.id, "t", "other", 3)]).await;
-    assert_eq!(
-        out[0],
-        Appended {
-            message: first.message.clone(),
-            created: false
-        },
-        "the first message comes back"
-    );
+    assert_eq!(out[0], Appended { message: first.message.clone(), created: false }, "the first message comes back");
     assert_eq!(out[1].message.seq, 2, "a duplicate does not use up a seq");
     assert!(out[1].created);
     assert_eq!(last_seq(store, room.id).await, 2);
     let page = ok(store.history(room.id, q(None, None, 10)).await, "history");
     assert_eq!(seqs(&page.messages), [1, 2]);
-    assert_eq!(
-        page.messages[0].body, first.message.body,
-        "the stored body is the first one"
-    );
+    assert_eq!(page.messages[0].body, first.message.body, "the stored body is the first one");
     // Still a duplicate after other messages, and after an edit.
-    ok(
-        store
-            .edit_message(room.id, first.message.id, "edited", at(4))
-            .await,
-        "edit_message",
-    );
-    let again = append(store, vec![msg(room.id, "s", "same", 5)])
-        .await
-        .remove(0);
+    ok(store.edit_message(room.id, first.message.id, "edited", at(4)).await, "edit_message");
+    let again = append(store, vec![msg(room.id, "s", "same", 5)]).await.remove(0);
     assert!(!again.created);
-    assert_eq!(
-        (
-            again.message.id,
-            again.message.seq,
-            again.message.body.as_str()
-        ),
-        (first.message.id, 1, "edited")
-    );
-    assert_eq!(
-        append(store, vec![msg(room.id, "s", "new", 6)]).await[0]
-            .message
-            .seq,
-        3,
-        "no gap after duplicates"
-    );
+    assert_eq!((again.message.id, again.message.seq, again.message.body.as_str()), (first.message.id, 1, "edited"));
+    assert_eq!(append(store, vec![msg(room.id, "s", "new", 6)]).await[0].message.seq, 3, "no gap after duplicates");
 }
 
 /// A `client_msg_id` repeated inside one batch stores one message; the repeat returns it.
@@ -1212,77 +758,38 @@ pub async fn duplicate_inside_one_batch_returns_the_first_message(store: &dyn St
     let x = msg(room.id, "s", "x", 1);
     let mut x_again = msg(room.id, "s", "x", 3);
     x_again.body = "other".into();
-    let batch = vec![
-        x.clone(),
-        msg(room.id, "s", "y", 2),
-        x_again,
-        msg(room.id, "s", "z", 4),
-        msg(room.id, "s", "x", 5),
-    ];
+    let batch =
+        vec![x.clone(), msg(room.id, "s", "y", 2), x_again, msg(room.id, "s", "z", 4), msg(room.id, "s", "x", 5)];
     let out = append(store, batch).await;
     let got: Vec<(u64, bool)> = out.iter().map(|a| (a.message.seq, a.created)).collect();
-    assert_eq!(
-        got,
-        [(1, true), (2, true), (1, false), (3, true), (1, false)]
-    );
-    assert_eq!(
-        out[2].message, out[0].message,
-        "the repeat returns the first message"
-    );
+    assert_eq!(got, [(1, true), (2, true), (1, false), (3, true), (1, false)]);
+    assert_eq!(out[2].message, out[0].message, "the repeat returns the first message");
     assert_eq!(out[0].message.id, x.id);
     assert_eq!(out[0].message.body, x.body);
     assert_eq!(last_seq(store, room.id).await, 3);
-    assert_eq!(
-        seqs(&ok(store.history(room.id, q(None, None, 10)).await, "history").messages),
-        [1, 2, 3]
-    );
+    assert_eq!(seqs(&ok(store.history(room.id, q(None, None, 10)).await, "history").messages), [1, 2, 3]);
 }
 
 /// The idempotency key is (room, sender, `client_msg_id`): other senders and rooms may reuse it.
 pub async fn idempotency_key_is_per_room_and_sender(store: &dyn Store) {
     let r1 = group(store, &["a", "b"], 0).await;
     let r2 = group(store, &["a"], 1).await;
-    let out = append(
-        store,
-        vec![
-            msg(r1.id, "a", "k", 1),
-            msg(r1.id, "b", "k", 2),
-            msg(r2.id, "a", "k", 3),
-        ],
-    )
-    .await;
+    let out = append(store, vec![msg(r1.id, "a", "k", 1), msg(r1.id, "b", "k", 2), msg(r2.id, "a", "k", 3)]).await;
     let got: Vec<(u64, bool)> = out.iter().map(|a| (a.message.seq, a.created)).collect();
     assert_eq!(got, [(1, true), (2, true), (1, true)]);
     let again = append(store, vec![msg(r1.id, "b", "k", 4)]).await.remove(0);
-    assert_eq!(
-        (again.message.id, again.created),
-        (out[1].message.id, false)
-    );
+    assert_eq!((again.message.id, again.created), (out[1].message.id, false));
 }
 
 /// A batch naming a room that does not exist fails as a whole and stores nothing.
 pub async fn append_to_a_missing_room_stores_nothing(store: &dyn Store) {
     let room = group(store, &["s"], 0).await;
-    let batch = vec![
-        msg(room.id, "s", "ok-1", 1),
-        msg(RoomId::generate(), "s", "lost", 2),
-        msg(room.id, "s", "ok-2", 3),
-    ];
-    let err = store
-        .append_messages(batch)
-        .await
-        .expect_err("a batch with a missing room must fail");
+    let batch =
+        vec![msg(room.id, "s", "ok-1", 1), msg(RoomId::generate(), "s", "lost", 2), msg(room.id, "s", "ok-2", 3)];
+    let err = store.append_messages(batch).await.expect_err("a batch with a missing room must fail");
     assert_eq!(err.code().as_str(), "not_found", "got {err:?}");
-    assert_eq!(
-        last_seq(store, room.id).await,
-        0,
-        "nothing of the failed batch may be stored"
-    );
-    assert!(
-        ok(store.history(room.id, q(None, None, 10)).await, "history")
-            .messages
-            .is_empty()
-    );
+    assert_eq!(last_seq(store, room.id).await, 0, "nothing of the failed batch may be stored");
+    assert!(ok(store.history(room.id, q(None, None, 10)).await, "history").messages.is_empty());
     assert_eq!(cursors(store, room.id, "s").await, (0, 0));
     // The keys of the failed batch are still free.
     let out = append(store, vec![msg(room.id, "s", "ok-1", 4)]).await;
@@ -1296,85 +803,32 @@ pub async fn append_to_a_missing_room_stores_nothing(store: &dyn Store) {
 pub async fn message_is_found_only_in_its_room(store: &dyn Store) {
     let r1 = group(store, &["s"], 0).await;
     let r2 = group(store, &["s"], 1).await;
-    let m = append(store, vec![msg(r1.id, "s", "m", 2)])
-        .await
-        .remove(0)
-        .message;
-    assert_eq!(
-        ok(store.message(r1.id, m.id).await, "message"),
-        Some(m.clone())
-    );
-    assert_eq!(
-        ok(store.message(r2.id, m.id).await, "message"),
-        None,
-        "wrong room"
-    );
-    assert_eq!(
-        ok(store.message(r1.id, MessageId::generate()).await, "message"),
-        None,
-        "unknown id"
-    );
-    assert_eq!(
-        ok(store.message(RoomId::generate(), m.id).await, "message"),
-        None,
-        "unknown room"
-    );
+    let m = append(store, vec![msg(r1.id, "s", "m", 2)]).await.remove(0).message;
+    assert_eq!(ok(store.message(r1.id, m.id).await, "message"), Some(m.clone()));
+    assert_eq!(ok(store.message(r2.id, m.id).await, "message"), None, "wrong room");
+    assert_eq!(ok(store.message(r1.id, MessageId::generate()).await, "message"), None, "unknown id");
+    assert_eq!(ok(store.message(RoomId::generate(), m.id).await, "message"), None, "unknown room");
 }
 
 /// `edit_message` replaces the body and sets `edited_at`; a miss is `None`.
 pub async fn edit_message_replaces_the_body(store: &dyn Store) {
     let r1 = group(store, &["s"], 0).await;
     let r2 = group(store, &["s"], 1).await;
-    let out = append(
-        store,
-        vec![msg(r1.id, "s", "a", 2), msg(r1.id, "s", "b", 3)],
-    )
-    .await;
+    let out = append(store, vec![msg(r1.id, "s", "a", 2), msg(r1.id, "s", "b", 3)]).await;
     let m = out[0].message.clone();
-    let edited = ok(
-        store.edit_message(r1.id, m.id, "new body", at(10)).await,
-        "edit_message",
-    )
-    .expect("message exists");
-    let want = Message {
-        body: "new body".into(),
-        edited_at: Some(at(10)),
-        ..m.clone()
-    };
+    let edited = ok(store.edit_message(r1.id, m.id, "new body", at(10)).await, "edit_message").expect("message exists");
+    let want = Message { body: "new body".into(), edited_at: Some(at(10)), ..m.clone() };
     assert_eq!(edited, want);
-    assert_eq!(
-        ok(store.message(r1.id, m.id).await, "message"),
-        Some(want.clone()),
-        "the edit is stored"
-    );
+    assert_eq!(ok(store.message(r1.id, m.id).await, "message"), Some(want.clone()), "the edit is stored");
     assert_eq!(
         ok(store.message(r1.id, out[1].message.id).await, "message"),
         Some(out[1].message.clone()),
         "others untouched"
     );
 
-    assert_eq!(
-        ok(
-            store.edit_message(r2.id, m.id, "hijack", at(11)).await,
-            "edit_message"
-        ),
-        None,
-        "wrong room"
-    );
-    assert_eq!(
-        ok(
-            store
-                .edit_message(r1.id, MessageId::generate(), "x", at(11))
-                .await,
-            "edit_message"
-        ),
-        None
-    );
-    assert_eq!(
-        ok(store.message(r1.id, m.id).await, "message"),
-        Some(want),
-        "a missed edit changes nothing"
-    );
+    assert_eq!(ok(store.edit_message(r2.id, m.id, "hijack", at(11)).await, "edit_message"), None, "wrong room");
+    assert_eq!(ok(store.edit_message(r1.id, MessageId::generate(), "x", at(11)).await, "edit_message"), None);
+    assert_eq!(ok(store.message(r1.id, m.id).await, "message"), Some(want), "a missed edit changes nothing");
     assert_eq!(last_seq(store, r1.id).await, 2, "an edit takes no seq");
 }
 
@@ -1390,80 +844,28 @@ pub async fn delete_message_clears_content_and_keeps_the_seq(store: &dyn Store) 
         size: 3,
         url: "https://example.invalid/a.bin".into(),
     }];
-    let out = append(
-        store,
-        vec![
-            msg(r1.id, "s", "before", 1),
-            new,
-            msg(r1.id, "s", "after", 3),
-        ],
-    )
-    .await;
+    let out = append(store, vec![msg(r1.id, "s", "before", 1), new, msg(r1.id, "s", "after", 3)]).await;
     let m = out[1].message.clone();
 
-    assert_eq!(
-        ok(
-            store.delete_message(r2.id, m.id, at(9)).await,
-            "delete_message"
-        ),
-        None,
-        "wrong room"
-    );
-    assert_eq!(
-        ok(store.message(r1.id, m.id).await, "message"),
-        Some(m.clone()),
-        "a missed delete changes nothing"
-    );
-    assert_eq!(
-        ok(
-            store
-                .delete_message(r1.id, MessageId::generate(), at(9))
-                .await,
-            "delete_message"
-        ),
-        None
-    );
+    assert_eq!(ok(store.delete_message(r2.id, m.id, at(9)).await, "delete_message"), None, "wrong room");
+    assert_eq!(ok(store.message(r1.id, m.id).await, "message"), Some(m.clone()), "a missed delete changes nothing");
+    assert_eq!(ok(store.delete_message(r1.id, MessageId::generate(), at(9)).await, "delete_message"), None);
 
-    let deleted = ok(
-        store.delete_message(r1.id, m.id, at(10)).await,
-        "delete_message",
-    )
-    .expect("message exists");
+    let deleted = ok(store.delete_message(r1.id, m.id, at(10)).await, "delete_message").expect("message exists");
     assert!(deleted.deleted);
-    assert!(
-        deleted.body.is_empty() && deleted.attachments.is_empty(),
-        "body and attachments are cleared"
-    );
-    assert_eq!(
-        (deleted.id, deleted.seq, deleted.sender_id.as_str()),
-        (m.id, 2, "s"),
-        "identity and seq stay"
-    );
-    assert_eq!(
-        ok(store.message(r1.id, m.id).await, "message"),
-        Some(deleted.clone())
-    );
+    assert!(deleted.body.is_empty() && deleted.attachments.is_empty(), "body and attachments are cleared");
+    assert_eq!((deleted.id, deleted.seq, deleted.sender_id.as_str()), (m.id, 2, "s"), "identity and seq stay");
+    assert_eq!(ok(store.message(r1.id, m.id).await, "message"), Some(deleted.clone()));
 
     let page = ok(store.history(r1.id, q(None, None, 10)).await, "history");
-    assert_eq!(
-        seqs(&page.messages),
-        [1, 2, 3],
-        "a deleted message keeps its place in history"
-    );
+    assert_eq!(seqs(&page.messages), [1, 2, 3], "a deleted message keeps its place in history");
     assert_eq!(page.messages[1], deleted);
     assert_eq!(last_seq(store, r1.id).await, 3);
-    let next = append(store, vec![msg(r1.id, "s", "later", 11)])
-        .await
-        .remove(0);
+    let next = append(store, vec![msg(r1.id, "s", "later", 11)]).await.remove(0);
     assert_eq!(next.message.seq, 4, "the deleted seq is never reused");
     // A retry of the deleted message's send still finds it, deleted.
-    let retry = append(store, vec![msg(r1.id, "s", "doomed", 12)])
-        .await
-        .remove(0);
-    assert_eq!(
-        (retry.message.id, retry.created, retry.message.deleted),
-        (m.id, false, true)
-    );
+    let retry = append(store, vec![msg(r1.id, "s", "doomed", 12)]).await.remove(0);
+    assert_eq!((retry.message.id, retry.created, retry.message.deleted), (m.id, false, true));
 }
 
 // ---------------------------------------------------------------------------
@@ -1471,10 +873,7 @@ pub async fn delete_message_clears_content_and_keeps_the_seq(store: &dyn Store) 
 
 async fn ten(store: &dyn Store) -> RoomId {
     let room = group(store, &["s"], 0).await;
-    assert_eq!(
-        fill(store, room.id, "s", 10).await,
-        (1..=10).collect::<Vec<_>>()
-    );
+    assert_eq!(fill(store, room.id, "s", 10).await, (1..=10).collect::<Vec<_>>());
     room.id
 }
 
@@ -1587,18 +986,10 @@ pub async fn history_with_limit_one(store: &dyn Store) {
 /// An empty room, and a room that does not exist, have empty history whatever the cursor.
 pub async fn history_of_an_empty_or_unknown_room_is_empty(store: &dyn Store) {
     let empty = group(store, &["s"], 0).await.id;
-    let queries = [
-        q(None, None, 10),
-        q(Some(5), None, 10),
-        q(None, Some(0), 10),
-        q(Some(5), Some(1), 10),
-        q(None, None, 1),
-    ];
+    let queries =
+        [q(None, None, 10), q(Some(5), None, 10), q(None, Some(0), 10), q(Some(5), Some(1), 10), q(None, None, 1)];
     for room in [empty, RoomId::generate()] {
-        let table: Vec<_> = queries
-            .iter()
-            .map(|query| (*query, vec![], false))
-            .collect();
+        let table: Vec<_> = queries.iter().map(|query| (*query, vec![], false)).collect();
         history_table(store, room, &table).await;
     }
 }
@@ -1627,22 +1018,11 @@ pub async fn advance_cursor_only_moves_forward(store: &dyn Store) {
         (ReceiptKind::Delivered, 0, None, (5, 2)),
     ];
     for (kind, up_to, want, after) in table {
-        let got = ok(
-            store.advance_cursor(room.id, &r, *kind, *up_to).await,
-            "advance_cursor",
-        );
+        let got = ok(store.advance_cursor(room.id, &r, *kind, *up_to).await, "advance_cursor");
         assert_eq!(got, *want, "advance_cursor({kind:?}, {up_to})");
-        assert_eq!(
-            cursors(store, room.id, "r").await,
-            *after,
-            "(delivered, read) after {kind:?} to {up_to}"
-        );
+        assert_eq!(cursors(store, room.id, "r").await, *after, "(delivered, read) after {kind:?} to {up_to}");
     }
-    assert_eq!(
-        cursors(store, room.id, "w").await,
-        (8, 8),
-        "another member's cursors do not move"
-    );
+    assert_eq!(cursors(store, room.id, "w").await, (8, 8), "another member's cursors do not move");
 }
 
 /// Reading moves the delivered cursor too, but never backwards.
@@ -1658,16 +1038,9 @@ pub async fn read_cursor_implies_delivered(store: &dyn Store) {
         (ReceiptKind::Read, 8, Some(8), (8, 8)),
     ];
     for (kind, up_to, want, after) in table {
-        let got = ok(
-            store.advance_cursor(room.id, &r, *kind, *up_to).await,
-            "advance_cursor",
-        );
+        let got = ok(store.advance_cursor(room.id, &r, *kind, *up_to).await, "advance_cursor");
         assert_eq!(got, *want, "advance_cursor({kind:?}, {up_to})");
-        assert_eq!(
-            cursors(store, room.id, "r").await,
-            *after,
-            "(delivered, read) after {kind:?} to {up_to}"
-        );
+        assert_eq!(cursors(store, room.id, "r").await, *after, "(delivered, read) after {kind:?} to {up_to}");
     }
 }
 
@@ -1676,30 +1049,10 @@ pub async fn advance_cursor_for_a_non_member_is_none(store: &dyn Store) {
     let room = group(store, &["m"], 0).await;
     fill(store, room.id, "m", 2).await;
     for kind in [ReceiptKind::Read, ReceiptKind::Delivered] {
-        assert_eq!(
-            ok(
-                store
-                    .advance_cursor(room.id, &uid("stranger"), kind, 2)
-                    .await,
-                "advance_cursor"
-            ),
-            None
-        );
-        assert_eq!(
-            ok(
-                store
-                    .advance_cursor(RoomId::generate(), &uid("m"), kind, 2)
-                    .await,
-                "advance_cursor"
-            ),
-            None
-        );
+        assert_eq!(ok(store.advance_cursor(room.id, &uid("stranger"), kind, 2).await, "advance_cursor"), None);
+        assert_eq!(ok(store.advance_cursor(RoomId::generate(), &uid("m"), kind, 2).await, "advance_cursor"), None);
     }
-    assert_eq!(
-        ok(store.member(room.id, &uid("stranger")).await, "member"),
-        None,
-        "no membership appears"
-    );
+    assert_eq!(ok(store.member(room.id, &uid("stranger")).await, "member"), None, "no membership appears");
     assert_eq!(ok(store.member_count(room.id).await, "member_count"), 1);
 }
 
@@ -1729,9 +1082,8 @@ pub async fn concurrent_appends_are_gapless(store: Arc<dyn Store>) {
             let mut batch_len = 1 + t % 3;
             while i < PER_TASK {
                 let n = batch_len.min(PER_TASK - i);
-                let mut batch: Vec<NewMessage> = (i..i + n)
-                    .map(|k| msg(room, &sender, &format!("c-{k}"), k as i64))
-                    .collect();
+                let mut batch: Vec<NewMessage> =
+                    (i..i + n).map(|k| msg(room, &sender, &format!("c-{k}"), k as i64)).collect();
                 // Every fourth batch also writes to another room, so that batches mix rooms.
                 if i % 4 == 0 {
                     batch.push(msg(other, &sender, &format!("o-{i}"), i as i64));
@@ -1751,63 +1103,36 @@ pub async fn concurrent_appends_are_gapless(store: Arc<dyn Store>) {
     for task in tasks {
         let mine = task.await.expect("an appending task panicked");
         assert_eq!(mine.len(), PER_TASK);
-        assert!(
-            mine.windows(2).all(|w| w[0] < w[1]),
-            "one task's messages must get increasing seqs: {mine:?}"
-        );
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "one task's messages must get increasing seqs: {mine:?}");
         all.extend(mine);
     }
     all.sort_unstable();
     let total = (TASKS * PER_TASK) as u64;
-    assert_eq!(
-        all,
-        (1..=total).collect::<Vec<_>>(),
-        "returned seqs must be exactly 1..={total}"
-    );
+    assert_eq!(all, (1..=total).collect::<Vec<_>>(), "returned seqs must be exactly 1..={total}");
     assert_eq!(last_seq(&*store, room).await, total);
 
     // Read everything back in pages and check every message is there once.
     let mut stored = Vec::new();
     let mut after = 0;
     loop {
-        let page = ok(
-            store.history(room, q(None, Some(after), 100)).await,
-            "history",
-        );
+        let page = ok(store.history(room, q(None, Some(after), 100)).await, "history");
         stored.extend(page.messages);
         after = stored.last().map_or(0, |m| m.seq);
         if !page.has_more {
             break;
         }
     }
-    assert_eq!(
-        seqs(&stored),
-        (1..=total).collect::<Vec<_>>(),
-        "stored seqs must be exactly 1..={total}"
-    );
-    let keys: HashSet<(String, String)> = stored
-        .iter()
-        .map(|m| (m.sender_id.to_string(), m.client_msg_id.clone()))
-        .collect();
-    assert_eq!(
-        keys.len(),
-        TASKS * PER_TASK,
-        "every (sender, client_msg_id) must be stored once"
-    );
+    assert_eq!(seqs(&stored), (1..=total).collect::<Vec<_>>(), "stored seqs must be exactly 1..={total}");
+    let keys: HashSet<(String, String)> =
+        stored.iter().map(|m| (m.sender_id.to_string(), m.client_msg_id.clone())).collect();
+    assert_eq!(keys.len(), TASKS * PER_TASK, "every (sender, client_msg_id) must be stored once");
     let other_seqs = seqs(&ok(store.history(other, q(None, None, 1000)).await, "history").messages);
     let n_other = other_seqs.len() as u64;
-    assert_eq!(
-        other_seqs,
-        (1..=n_other).collect::<Vec<_>>(),
-        "the other room's seqs are gapless too"
-    );
+    assert_eq!(other_seqs, (1..=n_other).collect::<Vec<_>>(), "the other room's seqs are gapless too");
     assert_eq!(last_seq(&*store, other).await, n_other);
     for sender in &senders {
         let (delivered, read) = cursors(&*store, room, sender).await;
-        assert!(
-            read > 0 && delivered >= read,
-            "{sender}'s cursors must have moved"
-        );
+        assert!(read > 0 && delivered >= read, "{sender}'s cursors must have moved");
     }
 }
 
@@ -1830,14 +1155,8 @@ pub async fn concurrent_duplicates_store_one_message(store: Arc<dyn Store>) {
                 ];
                 let out = ok(store.append_messages(batch).await, "append_messages");
                 assert_eq!(out.len(), 3);
-                assert!(
-                    !out[2].created,
-                    "a repeat inside the batch is never created"
-                );
-                assert_eq!(
-                    out[2].message, out[0].message,
-                    "the repeat returns the same message"
-                );
+                assert!(!out[2].created, "a repeat inside the batch is never created");
+                assert_eq!(out[2].message, out[0].message, "the repeat returns the same message");
                 seen.extend(out.into_iter().take(2));
             }
             seen
@@ -1854,14 +1173,8 @@ pub async fn concurrent_duplicates_store_one_message(store: Arc<dyn Store>) {
             if a.message.client_msg_id == "shared" {
                 shared.insert((a.message.id, a.message.seq));
             }
-            let entry = by_key
-                .entry(a.message.client_msg_id.clone())
-                .or_insert_with(|| a.message.id);
-            assert_eq!(
-                *entry, a.message.id,
-                "every task must get the same message for {:?}",
-                a.message.client_msg_id
-            );
+            let entry = by_key.entry(a.message.client_msg_id.clone()).or_insert_with(|| a.message.id);
+            assert_eq!(*entry, a.message.id, "every task must get the same message for {:?}", a.message.client_msg_id);
         }
     }
     created.sort();
@@ -1869,17 +1182,9 @@ pub async fn concurrent_duplicates_store_one_message(store: Arc<dyn Store>) {
     want.push("shared".into());
     want.sort();
     assert_eq!(created, want, "each key must be created exactly once");
-    assert_eq!(
-        shared.len(),
-        1,
-        "all tasks must see one shared message: {shared:?}"
-    );
+    assert_eq!(shared.len(), 1, "all tasks must see one shared message: {shared:?}");
     let total = (ROUNDS + 1) as u64;
-    assert_eq!(
-        last_seq(&*store, room).await,
-        total,
-        "duplicates must not use up seqs"
-    );
+    assert_eq!(last_seq(&*store, room).await, total, "duplicates must not use up seqs");
     let page = ok(store.history(room, q(None, None, 100)).await, "history");
     assert_eq!(seqs(&page.messages), (1..=total).collect::<Vec<_>>());
 }

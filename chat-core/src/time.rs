@@ -16,10 +16,7 @@ pub struct Timestamp(i64);
 impl Timestamp {
     /// The current time.
     pub fn now() -> Self {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         Timestamp(ms)
     }
 
@@ -56,9 +53,7 @@ impl Timestamp {
 
     /// RFC 3339 text, UTC, milliseconds.
     pub fn to_rfc3339(self) -> String {
-        let fmt = format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-        );
+        let fmt = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
         OffsetDateTime::from_unix_timestamp_nanos(self.0 as i128 * 1_000_000)
             .ok()
             .and_then(|t| t.format(&fmt).ok())
@@ -93,8 +88,7 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Timestamp::parse_rfc3339(&s)
-            .ok_or_else(|| serde::de::Error::custom("expected an RFC 3339 timestamp"))
+        Timestamp::parse_rfc3339(&s).ok_or_else(|| serde::de::Error::custom("expected an RFC 3339 timestamp"))
     }
 }
 

@@ -8,9 +8,7 @@
 // With no backend feature enabled nothing calls these, and that is fine.
 #![cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 
-use chat_core::{
-    Attachment, MemberRole, MessageId, RoomId, RoomKind, Timestamp, UserId, Visibility,
-};
+use chat_core::{Attachment, MemberRole, MessageId, RoomId, RoomKind, Timestamp, UserId, Visibility};
 
 use crate::error::{Error, Result};
 
@@ -93,22 +91,13 @@ mod tests {
         assert!(matches!(seq_to_db(u64::MAX), Err(Error::Invalid(_))));
         assert_eq!(seq_bound(u64::MAX), i64::MAX);
         assert_eq!(seq_from_db(7, "x").ok(), Some(7));
-        assert!(matches!(
-            seq_from_db(-1, "messages.seq"),
-            Err(Error::Corrupt("messages.seq"))
-        ));
+        assert!(matches!(seq_from_db(-1, "messages.seq"), Err(Error::Corrupt("messages.seq"))));
     }
 
     #[test]
     fn bad_stored_values_are_corrupt_not_panics() {
-        assert!(matches!(
-            room_id("not-a-uuid", "rooms.id"),
-            Err(Error::Corrupt("rooms.id"))
-        ));
-        assert!(matches!(
-            user_id(String::new(), "users.id"),
-            Err(Error::Corrupt("users.id"))
-        ));
+        assert!(matches!(room_id("not-a-uuid", "rooms.id"), Err(Error::Corrupt("rooms.id"))));
+        assert!(matches!(user_id(String::new(), "users.id"), Err(Error::Corrupt("users.id"))));
         assert!(matches!(room_kind("channel"), Err(Error::Corrupt(_))));
         assert!(matches!(roles_from_db("{"), Err(Error::Corrupt(_))));
         assert!(matches!(attachments_from_db("[1]"), Err(Error::Corrupt(_))));

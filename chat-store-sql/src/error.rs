@@ -84,11 +84,7 @@ impl From<sqlx::migrate::MigrateError> for Error {
             MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => is_unavailable(e),
             _ => false,
         };
-        if transient {
-            Error::Unavailable(Box::new(err))
-        } else {
-            Error::Migrate(Box::new(err))
-        }
+        if transient { Error::Unavailable(Box::new(err)) } else { Error::Migrate(Box::new(err)) }
     }
 }
 
@@ -163,53 +159,26 @@ mod tests {
         let core = chat_core::Error::from(err);
         assert_eq!(core.code().as_str(), "internal");
         assert_eq!(core.to_string(), "internal error");
-        assert!(
-            std::error::Error::source(&core).is_some(),
-            "the cause stays available for logs"
-        );
+        assert!(std::error::Error::source(&core).is_some(), "the cause stays available for logs");
 
         let core = chat_core::Error::from(Error::Corrupt("rooms.id"));
         assert_eq!(core.code().as_str(), "internal");
-        let core = chat_core::Error::from(Error::SchemaTooNew {
-            found: 9,
-            supported: 1,
-        });
+        let core = chat_core::Error::from(Error::SchemaTooNew { found: 9, supported: 1 });
         assert_eq!(core.code().as_str(), "internal");
     }
 
     #[test]
     fn request_errors_keep_their_kind() {
-        assert_eq!(
-            chat_core::Error::from(Error::NotFound("room"))
-                .code()
-                .as_str(),
-            "not_found"
-        );
-        assert_eq!(
-            chat_core::Error::from(Error::Invalid("seq out of range"))
-                .code()
-                .as_str(),
-            "invalid"
-        );
-        let conflict =
-            chat_core::Error::from(Error::Conflict("UNIQUE constraint failed: rooms.id".into()));
+        assert_eq!(chat_core::Error::from(Error::NotFound("room")).code().as_str(), "not_found");
+        assert_eq!(chat_core::Error::from(Error::Invalid("seq out of range")).code().as_str(), "invalid");
+        let conflict = chat_core::Error::from(Error::Conflict("UNIQUE constraint failed: rooms.id".into()));
         assert_eq!(conflict.code().as_str(), "conflict");
-        assert!(
-            !conflict.to_string().contains("rooms.id"),
-            "no database text reaches a client"
-        );
+        assert!(!conflict.to_string().contains("rooms.id"), "no database text reaches a client");
     }
 
     #[test]
     fn a_newer_schema_says_what_to_do() {
-        let text = Error::SchemaTooNew {
-            found: 7,
-            supported: 3,
-        }
-        .to_string();
-        assert!(
-            text.contains('7') && text.contains('3') && text.contains("newer"),
-            "{text}"
-        );
+        let text = Error::SchemaTooNew { found: 7, supported: 3 }.to_string();
+        assert!(text.contains('7') && text.contains('3') && text.contains("newer"), "{text}");
     }
 }

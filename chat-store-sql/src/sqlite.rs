@@ -20,14 +20,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_core::{
-    Appended, HistoryPage, HistoryQuery, Member, MemberRole, Message, MessageId, NewMessage,
-    NewRoom, ReceiptKind, Room, RoomId, RoomKind, RoomSummary, Store, Timestamp, User, UserId,
+    Appended, HistoryPage, HistoryQuery, Member, MemberRole, Message, MessageId, NewMessage, NewRoom, ReceiptKind,
+    Room, RoomId, RoomKind, RoomSummary, Store, Timestamp, User, UserId,
 };
 use sqlx::error::DatabaseError;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteError, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteError, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row, SqlStr, SqliteConnection, SqlitePool};
 
@@ -36,11 +35,7 @@ use crate::error::{Error, Result};
 
 /// The migrations, oldest first. A migration, once released, never changes:
 /// sqlx refuses to start when an applied migration's checksum differs.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../migrations/sqlite/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../migrations/sqlite/0001_initial.sql"))];
 
 /// How hard SQLite works to make a commit survive a power cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -119,10 +114,7 @@ impl SqliteConfig {
 
     /// Whether the URL names an in-memory database.
     fn is_memory(&self) -> bool {
-        let rest = self
-            .url
-            .trim_start_matches("sqlite://")
-            .trim_start_matches("sqlite:");
+        let rest = self.url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
         let (db, params) = rest.split_once('?').unwrap_or((rest, ""));
         db == ":memory:" || params.split('&').any(|p| p == "mode=memory")
     }
@@ -152,11 +144,7 @@ impl SqliteStore {
     pub async fn connect(config: SqliteConfig) -> Result<Self> {
         let base = base_options(&config)?;
         let memory = config.is_memory();
-        let writer_options = if memory {
-            base.clone()
-        } else {
-            base.clone().journal_mode(SqliteJournalMode::Wal)
-        };
+        let writer_options = if memory { base.clone() } else { base.clone().journal_mode(SqliteJournalMode::Wal) };
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             // Keeping the connection open keeps its statement cache warm, and
@@ -193,11 +181,7 @@ impl SqliteStore {
     pub async fn migrate(config: SqliteConfig) -> Result<()> {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(
-                base_options(&config)?
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .create_if_missing(true),
-            )
+            .connect_with(base_options(&config)?.journal_mode(SqliteJournalMode::Wal).create_if_missing(true))
             .await?;
         let result = migrate_pool(&writer).await;
         writer.close().await;
@@ -224,13 +208,7 @@ fn migrator() -> Migrator {
     let migrations = MIGRATIONS
         .iter()
         .map(|&(version, description, sql)| {
-            Migration::new(
-                version,
-                description.into(),
-                MigrationType::Simple,
-                SqlStr::from_static(sql),
-                false,
-            )
+            Migration::new(version, description.into(), MigrationType::Simple, SqlStr::from_static(sql), false)
         })
         .collect();
     Migrator::with_migrations(migrations)
@@ -244,14 +222,10 @@ async fn migrate_pool(pool: &SqlitePool) -> Result<()> {
     .fetch_one(pool)
     .await?;
     if tracked {
-        let found: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
-            .fetch_one(pool)
-            .await?;
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations").fetch_one(pool).await?;
         if let Some(found) = found.filter(|&v| v > SqliteStore::SCHEMA_VERSION) {
-            return Err(Error::SchemaTooNew {
-                found,
-                supported: SqliteStore::SCHEMA_VERSION,
-            });
+            return Err(Error::SchemaTooNew { found, supported: SqliteStore::SCHEMA_VERSION });
         }
     }
     migrator().run(pool).await?;
@@ -272,10 +246,7 @@ pub(crate) fn is_transient(err: &SqliteError) -> bool {
     let Some(code) = err.code().and_then(|c| c.parse::<i32>().ok()) else {
         return false;
     };
-    matches!(
-        code & 0xff,
-        BUSY | LOCKED | NOMEM | READONLY | IOERR | FULL | CANTOPEN | PROTOCOL
-    )
+    matches!(code & 0xff, BUSY | LOCKED | NOMEM | READONLY | IOERR | FULL | CANTOPEN | PROTOCOL)
 }
 
 /// Turns a sqlx result into this crate's, classifying the error.
@@ -338,10 +309,7 @@ fn member_from_row(row: &SqliteRow) -> Result<Member> {
         user_id: codec::user_id(row.try_get("user_id").db()?, "members.user_id")?,
         role: codec::member_role(row.try_get("role").db()?)?,
         joined_at: codec::time_from_db(row.try_get("joined_at").db()?),
-        delivered_seq: codec::seq_from_db(
-            row.try_get("delivered_seq").db()?,
-            "members.delivered_seq",
-        )?,
+        delivered_seq: codec::seq_from_db(row.try_get("delivered_seq").db()?, "members.delivered_seq")?,
         read_seq: codec::seq_from_db(row.try_get("read_seq").db()?, "members.read_seq")?,
     })
 }
@@ -357,9 +325,7 @@ fn message_from_row(row: &SqliteRow) -> Result<Message> {
         client_msg_id: row.try_get("client_msg_id").db()?,
         body: row.try_get("body").db()?,
         attachments: codec::attachments_from_db(row.try_get("attachments").db()?)?,
-        reply_to: reply_to
-            .map(|id| codec::message_id(id, "messages.reply_to"))
-            .transpose()?,
+        reply_to: reply_to.map(|id| codec::message_id(id, "messages.reply_to")).transpose()?,
         created_at: codec::time_from_db(row.try_get("created_at").db()?),
         edited_at: edited_at.map(codec::time_from_db),
         deleted: row.try_get("deleted").db()?,
@@ -385,11 +351,7 @@ async fn finish<T>(tx: sqlx::Transaction<'static, sqlx::Sqlite>, result: Result<
 }
 
 /// The body of [`Store::create_room`], inside a write transaction.
-async fn create_room_in(
-    conn: &mut SqliteConnection,
-    new: NewRoom,
-    direct_key: Option<String>,
-) -> Result<(Room, bool)> {
+async fn create_room_in(conn: &mut SqliteConnection, new: NewRoom, direct_key: Option<String>) -> Result<(Room, bool)> {
     let id = new.id.to_string();
     let created_at = new.created_at.as_millis();
     // A direct room whose pair already has one inserts nothing; the UNIQUE
@@ -410,17 +372,11 @@ async fn create_room_in(
     .await?
     .rows_affected();
     if inserted == 0 {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            room_cols!(),
-            " FROM rooms WHERE direct_key = ?1"
-        ))
-        .bind(direct_key.as_deref())
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| {
-            Error::Database("a room insert was skipped with no direct room to return".into())
-        })?;
+        let row = sqlx::query(concat!("SELECT ", room_cols!(), " FROM rooms WHERE direct_key = ?1"))
+            .bind(direct_key.as_deref())
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| Error::Database("a room insert was skipped with no direct room to return".into()))?;
         return Ok((room_from_row(&row)?, false));
     }
     for (user, role) in &new.members {
@@ -456,12 +412,11 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
     let mut activity: HashMap<RoomId, i64> = HashMap::new();
     for new in batch {
         let room = new.room_id.to_string();
-        let seq: Option<i64> = sqlx::query_scalar(
-            "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
-        )
-        .bind(&room)
-        .fetch_optional(&mut *conn)
-        .await?;
+        let seq: Option<i64> =
+            sqlx::query_scalar("UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq")
+                .bind(&room)
+                .fetch_optional(&mut *conn)
+                .await?;
         let Some(seq) = seq else {
             return Err(Error::NotFound("room"));
         };
@@ -499,19 +454,12 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
             .bind(&new.client_msg_id)
             .fetch_optional(&mut *conn)
             .await?
-            .ok_or_else(|| {
-                Error::Database("an idempotent insert was skipped with no message to return".into())
-            })?;
-            out.push(Appended {
-                message: message_from_row(&row)?,
-                created: false,
-            });
+            .ok_or_else(|| Error::Database("an idempotent insert was skipped with no message to return".into()))?;
+            out.push(Appended { message: message_from_row(&row)?, created: false });
             continue;
         }
         let created_at = new.created_at.as_millis();
-        let newest = cursors
-            .entry((new.room_id, new.sender_id.clone()))
-            .or_insert(seq);
+        let newest = cursors.entry((new.room_id, new.sender_id.clone())).or_insert(seq);
         *newest = (*newest).max(seq);
         let newest = activity.entry(new.room_id).or_insert(created_at);
         *newest = (*newest).max(created_at);
@@ -528,10 +476,7 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
             edited_at: None,
             deleted: false,
         };
-        out.push(Appended {
-            message,
-            created: true,
-        });
+        out.push(Appended { message, created: true });
     }
     for ((room, user), seq) in cursors {
         sqlx::query(
@@ -572,15 +517,11 @@ impl Store for SqliteStore {
     }
 
     async fn user(&self, id: &UserId) -> chat_core::Result<Option<User>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            user_cols!(),
-            " FROM users WHERE id = ?1"
-        ))
-        .bind(id.as_str())
-        .fetch_optional(&self.reader)
-        .await
-        .db()?;
+        let row = sqlx::query(concat!("SELECT ", user_cols!(), " FROM users WHERE id = ?1"))
+            .bind(id.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .db()?;
         Ok(row.as_ref().map(user_from_row).transpose()?)
     }
 
@@ -589,15 +530,12 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         // One bind for any number of ids keeps the SQL text static.
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            user_cols!(),
-            " FROM users WHERE id IN (SELECT value FROM json_each(?1))"
-        ))
-        .bind(codec::user_ids_to_db(ids)?)
-        .fetch_all(&self.reader)
-        .await
-        .db()?;
+        let rows =
+            sqlx::query(concat!("SELECT ", user_cols!(), " FROM users WHERE id IN (SELECT value FROM json_each(?1))"))
+                .bind(codec::user_ids_to_db(ids)?)
+                .fetch_all(&self.reader)
+                .await
+                .db()?;
         Ok(rows.iter().map(user_from_row).collect::<Result<_>>()?)
     }
 
@@ -622,9 +560,7 @@ impl Store for SqliteStore {
         let direct_key = match (new.kind, new.members.as_slice()) {
             (RoomKind::Direct, [(a, _), (b, _)]) => Some(NewRoom::direct_key(a, b)),
             (RoomKind::Direct, _) => {
-                return Err(chat_core::Error::invalid(
-                    "a direct room has exactly two members",
-                ));
+                return Err(chat_core::Error::invalid("a direct room has exactly two members"));
             }
             _ => None,
         };
@@ -641,15 +577,11 @@ impl Store for SqliteStore {
     }
 
     async fn room(&self, id: RoomId) -> chat_core::Result<Option<Room>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            room_cols!(),
-            " FROM rooms WHERE id = ?1"
-        ))
-        .bind(id.to_string())
-        .fetch_optional(&self.reader)
-        .await
-        .db()?;
+        let row = sqlx::query(concat!("SELECT ", room_cols!(), " FROM rooms WHERE id = ?1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .db()?;
         Ok(row.as_ref().map(room_from_row).transpose()?)
     }
 
@@ -682,29 +614,21 @@ impl Store for SqliteStore {
     }
 
     async fn member(&self, room: RoomId, user: &UserId) -> chat_core::Result<Option<Member>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            member_cols!(),
-            " FROM members WHERE room_id = ?1 AND user_id = ?2"
-        ))
-        .bind(room.to_string())
-        .bind(user.as_str())
-        .fetch_optional(&self.reader)
-        .await
-        .db()?;
+        let row = sqlx::query(concat!("SELECT ", member_cols!(), " FROM members WHERE room_id = ?1 AND user_id = ?2"))
+            .bind(room.to_string())
+            .bind(user.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .db()?;
         Ok(row.as_ref().map(member_from_row).transpose()?)
     }
 
     async fn members(&self, room: RoomId) -> chat_core::Result<Vec<Member>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            member_cols!(),
-            " FROM members WHERE room_id = ?1 ORDER BY pos"
-        ))
-        .bind(room.to_string())
-        .fetch_all(&self.reader)
-        .await
-        .db()?;
+        let rows = sqlx::query(concat!("SELECT ", member_cols!(), " FROM members WHERE room_id = ?1 ORDER BY pos"))
+            .bind(room.to_string())
+            .fetch_all(&self.reader)
+            .await
+            .db()?;
         Ok(rows.iter().map(member_from_row).collect::<Result<_>>()?)
     }
 
@@ -749,11 +673,7 @@ impl Store for SqliteStore {
             .fetch_one(&self.writer)
             .await
             .db()?;
-        if exists {
-            Ok(false)
-        } else {
-            Err(chat_core::Error::NotFound("room"))
-        }
+        if exists { Ok(false) } else { Err(chat_core::Error::NotFound("room")) }
     }
 
     async fn remove_member(&self, room: RoomId, user: &UserId) -> chat_core::Result<bool> {
@@ -776,10 +696,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .db()?;
-        Ok(ids
-            .into_iter()
-            .map(|id| codec::user_id(id, "members.user_id"))
-            .collect::<Result<_>>()?)
+        Ok(ids.into_iter().map(|id| codec::user_id(id, "members.user_id")).collect::<Result<_>>()?)
     }
 
     async fn append_messages(&self, batch: Vec<NewMessage>) -> chat_core::Result<Vec<Appended>> {
@@ -794,16 +711,12 @@ impl Store for SqliteStore {
     }
 
     async fn message(&self, room: RoomId, id: MessageId) -> chat_core::Result<Option<Message>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            message_cols!(),
-            " FROM messages WHERE id = ?2 AND room_id = ?1"
-        ))
-        .bind(room.to_string())
-        .bind(id.to_string())
-        .fetch_optional(&self.reader)
-        .await
-        .db()?;
+        let row = sqlx::query(concat!("SELECT ", message_cols!(), " FROM messages WHERE id = ?2 AND room_id = ?1"))
+            .bind(room.to_string())
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .db()?;
         Ok(row.as_ref().map(message_from_row).transpose()?)
     }
 
@@ -828,12 +741,7 @@ impl Store for SqliteStore {
         Ok(row.as_ref().map(message_from_row).transpose()?)
     }
 
-    async fn delete_message(
-        &self,
-        room: RoomId,
-        id: MessageId,
-        at: Timestamp,
-    ) -> chat_core::Result<Option<Message>> {
+    async fn delete_message(&self, room: RoomId, id: MessageId, at: Timestamp) -> chat_core::Result<Option<Message>> {
         let row = sqlx::query(concat!(
             "UPDATE messages SET body = '', attachments = '[]', deleted = 1, edited_at = ?3
              WHERE id = ?2 AND room_id = ?1 RETURNING ",
@@ -890,10 +798,7 @@ impl Store for SqliteStore {
         let mut rows = query.fetch_all(&self.reader).await.db()?;
         let has_more = rows.len() > q.limit as usize;
         rows.truncate(q.limit as usize);
-        let mut messages = rows
-            .iter()
-            .map(message_from_row)
-            .collect::<Result<Vec<_>>>()?;
+        let mut messages = rows.iter().map(message_from_row).collect::<Result<Vec<_>>>()?;
         if q.after_seq.is_none() {
             // Read newest first to find the page; hand it out oldest first.
             messages.reverse();
@@ -946,19 +851,12 @@ mod tests {
 
     #[test]
     fn memory_urls_are_recognised() {
-        for url in [
-            "sqlite::memory:",
-            "sqlite://:memory:",
-            "sqlite://?mode=memory",
-            "sqlite://x?cache=shared&mode=memory",
-        ] {
+        for url in
+            ["sqlite::memory:", "sqlite://:memory:", "sqlite://?mode=memory", "sqlite://x?cache=shared&mode=memory"]
+        {
             assert!(SqliteConfig::from_url(url).is_memory(), "{url}");
         }
-        for url in [
-            "sqlite://chat.db",
-            "sqlite:chat.db",
-            "sqlite://memory.db?mode=ro",
-        ] {
+        for url in ["sqlite://chat.db", "sqlite:chat.db", "sqlite://memory.db?mode=ro"] {
             assert!(!SqliteConfig::from_url(url).is_memory(), "{url}");
         }
     }
@@ -975,13 +873,7 @@ mod tests {
 
     #[test]
     fn the_schema_version_is_the_newest_migration() {
-        assert_eq!(
-            MIGRATIONS.iter().map(|m| m.0).max(),
-            Some(SqliteStore::SCHEMA_VERSION)
-        );
-        assert!(
-            MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0),
-            "migrations are listed oldest first"
-        );
+        assert_eq!(MIGRATIONS.iter().map(|m| m.0).max(), Some(SqliteStore::SCHEMA_VERSION));
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0), "migrations are listed oldest first");
     }
 }

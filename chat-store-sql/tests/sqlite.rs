@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_core::{
-    HistoryQuery, MemberRole, MessageId, NewMessage, NewRoom, Room, RoomId, RoomKind, Store,
-    Timestamp, User, UserId, Visibility,
+    HistoryQuery, MemberRole, MessageId, NewMessage, NewRoom, Room, RoomId, RoomKind, Store, Timestamp, User, UserId,
+    Visibility,
 };
 use chat_store_sql::{Error, SqliteConfig, SqliteStore};
 use sqlx::{Connection, SqliteConnection};
@@ -25,10 +25,7 @@ fn group(members: &[&str]) -> NewRoom {
         visibility: Visibility::Private,
         created_by: uid(members[0]),
         created_at: Timestamp::from_millis(1_000),
-        members: members
-            .iter()
-            .map(|m| (uid(m), MemberRole::Member))
-            .collect(),
+        members: members.iter().map(|m| (uid(m), MemberRole::Member)).collect(),
     }
 }
 
@@ -46,38 +43,21 @@ fn msg(room: RoomId, sender: &str, client_msg_id: &str) -> NewMessage {
 }
 
 async fn connect(url: &str) -> SqliteStore {
-    SqliteStore::connect(SqliteConfig::from_url(url))
-        .await
-        .expect("connect")
+    SqliteStore::connect(SqliteConfig::from_url(url)).await.expect("connect")
 }
 
 async fn make_room(store: &SqliteStore, members: &[&str]) -> Room {
-    store
-        .create_room(group(members))
-        .await
-        .expect("create_room")
-        .0
+    store.create_room(group(members)).await.expect("create_room").0
 }
 
 async fn seqs(store: &SqliteStore, room: RoomId) -> Vec<u64> {
-    let page = store
-        .history(
-            room,
-            HistoryQuery {
-                limit: 1000,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("history");
+    let page = store.history(room, HistoryQuery { limit: 1000, ..Default::default() }).await.expect("history");
     page.messages.iter().map(|m| m.seq).collect()
 }
 
 /// A raw connection, to look at the file the way another program would.
 async fn raw(url: &str) -> SqliteConnection {
-    SqliteConnection::connect(url)
-        .await
-        .expect("a raw connection")
+    SqliteConnection::connect(url).await.expect("a raw connection")
 }
 
 #[tokio::test]
@@ -90,26 +70,17 @@ async fn a_missing_file_is_created_in_wal_mode_with_the_schema() {
     store.close().await;
 
     let mut conn = raw(&url).await;
-    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(&mut conn)
-        .await
-        .expect("journal_mode");
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut conn).await.expect("journal_mode");
     assert_eq!(mode, "wal");
-    let tables: Vec<String> =
-        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-            .fetch_all(&mut conn)
-            .await
-            .expect("tables");
-    for table in ["_sqlx_migrations", "members", "messages", "rooms", "users"] {
-        assert!(
-            tables.iter().any(|t| t == table),
-            "table {table} is missing from {tables:?}"
-        );
-    }
-    let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
-        .fetch_one(&mut conn)
+    let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .fetch_all(&mut conn)
         .await
-        .expect("version");
+        .expect("tables");
+    for table in ["_sqlx_migrations", "members", "messages", "rooms", "users"] {
+        assert!(tables.iter().any(|t| t == table), "table {table} is missing from {tables:?}");
+    }
+    let version: i64 =
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations").fetch_one(&mut conn).await.expect("version");
     assert_eq!(version, SqliteStore::SCHEMA_VERSION);
 }
 
@@ -117,78 +88,36 @@ async fn a_missing_file_is_created_in_wal_mode_with_the_schema() {
 async fn reopening_keeps_data_and_continues_seqs() {
     let (_dir, _, url) = support::temp_db();
     let store = connect(&url).await;
-    store
-        .upsert_user(&User::new(uid("ada"), "Ada"))
-        .await
-        .expect("upsert_user");
+    store.upsert_user(&User::new(uid("ada"), "Ada")).await.expect("upsert_user");
     let room = make_room(&store, &["ada", "bob"]).await;
-    let direct = NewRoom {
-        kind: RoomKind::Direct,
-        name: None,
-        ..group(&["ada", "bob"])
-    };
+    let direct = NewRoom { kind: RoomKind::Direct, name: None, ..group(&["ada", "bob"]) };
     let (direct_room, _) = store.create_room(direct).await.expect("create direct room");
     let first = store
-        .append_messages(vec![
-            msg(room.id, "ada", "a"),
-            msg(room.id, "bob", "b"),
-            msg(room.id, "ada", "c"),
-        ])
+        .append_messages(vec![msg(room.id, "ada", "a"), msg(room.id, "bob", "b"), msg(room.id, "ada", "c")])
         .await
         .expect("append");
-    store
-        .advance_cursor(room.id, &uid("bob"), chat_core::ReceiptKind::Read, 3)
-        .await
-        .expect("advance_cursor");
+    store.advance_cursor(room.id, &uid("bob"), chat_core::ReceiptKind::Read, 3).await.expect("advance_cursor");
     store.close().await;
 
     // Migrations run again on a database that has them: nothing changes.
     let store = connect(&url).await;
-    assert_eq!(
-        store.user(&uid("ada")).await.expect("user").map(|u| u.name),
-        Some("Ada".into())
-    );
-    assert_eq!(
-        store.room(room.id).await.expect("room").map(|r| r.last_seq),
-        Some(3)
-    );
+    assert_eq!(store.user(&uid("ada")).await.expect("user").map(|u| u.name), Some("Ada".into()));
+    assert_eq!(store.room(room.id).await.expect("room").map(|r| r.last_seq), Some(3));
     assert_eq!(seqs(&store, room.id).await, [1, 2, 3]);
-    let member = store
-        .member(room.id, &uid("bob"))
-        .await
-        .expect("member")
-        .expect("bob is a member");
+    let member = store.member(room.id, &uid("bob")).await.expect("member").expect("bob is a member");
     assert_eq!((member.read_seq, member.delivered_seq), (3, 3));
 
     let out = store
         .append_messages(vec![msg(room.id, "bob", "d"), msg(room.id, "ada", "a")])
         .await
         .expect("append after reopening");
-    assert_eq!(
-        (out[0].message.seq, out[0].created),
-        (4, true),
-        "seqs continue after reopening"
-    );
-    assert_eq!(
-        out[1].message, first[0].message,
-        "idempotency survives reopening"
-    );
+    assert_eq!((out[0].message.seq, out[0].created), (4, true), "seqs continue after reopening");
+    assert_eq!(out[1].message, first[0].message, "idempotency survives reopening");
     assert!(!out[1].created);
 
-    let again = NewRoom {
-        kind: RoomKind::Direct,
-        name: None,
-        ..group(&["bob", "ada"])
-    };
-    let (found, created) = store
-        .create_room(again)
-        .await
-        .expect("create direct room again");
-    assert_eq!(
-        (found.id, created),
-        (direct_room.id, false),
-        "direct rooms stay unique after reopening"
-    );
+    let again = NewRoom { kind: RoomKind::Direct, name: None, ..group(&["bob", "ada"]) };
+    let (found, created) = store.create_room(again).await.expect("create direct room again");
+    assert_eq!((found.id, created), (direct_room.id, false), "direct rooms stay unique after reopening");
     store.close().await;
 }
 
@@ -197,38 +126,22 @@ async fn a_read_only_database_refuses_writes_as_unavailable() {
     let (_dir, path, url) = support::temp_db();
     let store = connect(&url).await;
     let room = make_room(&store, &["ada"]).await;
-    store
-        .append_messages(vec![msg(room.id, "ada", "a")])
-        .await
-        .expect("append");
+    store.append_messages(vec![msg(room.id, "ada", "a")]).await.expect("append");
     store.close().await;
 
     // Tests may run as root, which ignores file permissions, so the database is
     // opened read-only through the URL instead of by chmod.
     let ro = format!("{}?mode=ro", support::url_of(&path));
     let store = connect(&ro).await;
-    let err = store
-        .append_messages(vec![msg(room.id, "ada", "b")])
-        .await
-        .expect_err("a write to a read-only database");
+    let err = store.append_messages(vec![msg(room.id, "ada", "b")]).await.expect_err("a write to a read-only database");
     assert_eq!(err.code().as_str(), "unavailable", "got {err:?}");
-    assert_eq!(
-        err.to_string(),
-        "service temporarily unavailable",
-        "no database text in the message"
-    );
-    let err = store
-        .upsert_user(&User::new(uid("bob"), "Bob"))
-        .await
-        .expect_err("another write");
+    assert_eq!(err.to_string(), "service temporarily unavailable", "no database text in the message");
+    let err = store.upsert_user(&User::new(uid("bob"), "Bob")).await.expect_err("another write");
     assert_eq!(err.code().as_str(), "unavailable", "got {err:?}");
 
     // Reads still work, and the failed write left nothing behind.
     assert_eq!(seqs(&store, room.id).await, [1]);
-    assert_eq!(
-        store.room(room.id).await.expect("room").map(|r| r.last_seq),
-        Some(1)
-    );
+    assert_eq!(store.room(room.id).await.expect("room").map(|r| r.last_seq), Some(1));
     store.close().await;
 }
 
@@ -249,9 +162,7 @@ async fn a_newer_schema_is_refused_with_a_clear_error() {
     .expect("record a future migration");
     conn.close().await.expect("close the raw connection");
 
-    let err = SqliteStore::connect(SqliteConfig::from_url(&url))
-        .await
-        .expect_err("a newer schema must be refused");
+    let err = SqliteStore::connect(SqliteConfig::from_url(&url)).await.expect_err("a newer schema must be refused");
     match &err {
         Error::SchemaTooNew { found, supported } => {
             assert_eq!((*found, *supported), (future, SqliteStore::SCHEMA_VERSION));
@@ -259,26 +170,17 @@ async fn a_newer_schema_is_refused_with_a_clear_error() {
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
     let text = err.to_string();
-    assert!(
-        text.contains(&future.to_string()) && text.contains("newer"),
-        "unclear message: {text}"
-    );
-    let err = SqliteStore::migrate(SqliteConfig::from_url(&url))
-        .await
-        .expect_err("migrate must refuse too");
+    assert!(text.contains(&future.to_string()) && text.contains("newer"), "unclear message: {text}");
+    let err = SqliteStore::migrate(SqliteConfig::from_url(&url)).await.expect_err("migrate must refuse too");
     assert!(matches!(err, Error::SchemaTooNew { .. }), "got {err:?}");
 }
 
 #[tokio::test]
 async fn migrate_prepares_a_database_for_connect() {
     let (_dir, path, url) = support::temp_db();
-    SqliteStore::migrate(SqliteConfig::from_url(&url))
-        .await
-        .expect("migrate");
+    SqliteStore::migrate(SqliteConfig::from_url(&url)).await.expect("migrate");
     assert!(path.exists());
-    SqliteStore::migrate(SqliteConfig::from_url(&url))
-        .await
-        .expect("migrate twice");
+    SqliteStore::migrate(SqliteConfig::from_url(&url)).await.expect("migrate twice");
     let store = connect(&url).await;
     let room = make_room(&store, &["ada"]).await;
     assert_eq!(store.member_count(room.id).await.expect("member_count"), 1);
@@ -299,14 +201,9 @@ async fn two_stores_on_one_file_keep_seqs_gapless() {
             let store = Arc::clone(&store);
             tasks.push(tokio::spawn(async move {
                 for i in 0..20 {
-                    let batch = vec![
-                        msg(room.id, name, &format!("{t}-{i}-x")),
-                        msg(room.id, name, &format!("{t}-{i}-y")),
-                    ];
-                    store
-                        .append_messages(batch)
-                        .await
-                        .expect("append from two stores");
+                    let batch =
+                        vec![msg(room.id, name, &format!("{t}-{i}-x")), msg(room.id, name, &format!("{t}-{i}-y"))];
+                    store.append_messages(batch).await.expect("append from two stores");
                 }
             }));
         }
@@ -316,11 +213,7 @@ async fn two_stores_on_one_file_keep_seqs_gapless() {
     }
     let total = 2 * 3 * 20 * 2;
     assert_eq!(seqs(&a, room.id).await, (1..=total).collect::<Vec<_>>());
-    assert_eq!(
-        seqs(&b, room.id).await,
-        (1..=total).collect::<Vec<_>>(),
-        "each store sees the other's writes"
-    );
+    assert_eq!(seqs(&b, room.id).await, (1..=total).collect::<Vec<_>>(), "each store sees the other's writes");
     a.close().await;
     b.close().await;
 }
@@ -334,29 +227,13 @@ async fn a_database_locked_by_another_process_is_unavailable() {
     let room = make_room(&store, &["ada"]).await;
 
     let mut other = raw(&url).await;
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut other)
-        .await
-        .expect("take the write lock");
-    let err = store
-        .append_messages(vec![msg(room.id, "ada", "a")])
-        .await
-        .expect_err("the database is locked");
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut other).await.expect("take the write lock");
+    let err = store.append_messages(vec![msg(room.id, "ada", "a")]).await.expect_err("the database is locked");
     assert_eq!(err.code().as_str(), "unavailable", "got {err:?}");
-    sqlx::query("ROLLBACK")
-        .execute(&mut other)
-        .await
-        .expect("release the write lock");
+    sqlx::query("ROLLBACK").execute(&mut other).await.expect("release the write lock");
 
-    let out = store
-        .append_messages(vec![msg(room.id, "ada", "a")])
-        .await
-        .expect("append once the lock is gone");
-    assert_eq!(
-        (out[0].message.seq, out[0].created),
-        (1, true),
-        "the failed attempt used up nothing"
-    );
+    let out = store.append_messages(vec![msg(room.id, "ada", "a")]).await.expect("append once the lock is gone");
+    assert_eq!((out[0].message.seq, out[0].created), (1, true), "the failed attempt used up nothing");
     store.close().await;
 }
 
@@ -364,9 +241,7 @@ async fn a_database_locked_by_another_process_is_unavailable() {
 async fn an_unopenable_file_is_unavailable_not_a_panic() {
     let (dir, _, _) = support::temp_db();
     let url = support::url_of(&dir.path().join("no-such-directory").join("chat.db"));
-    let err = SqliteStore::connect(SqliteConfig::from_url(url))
-        .await
-        .expect_err("the directory does not exist");
+    let err = SqliteStore::connect(SqliteConfig::from_url(url)).await.expect_err("the directory does not exist");
     assert!(err.is_unavailable(), "got {err:?}");
     assert_eq!(chat_core::Error::from(err).code().as_str(), "unavailable");
 }
@@ -377,25 +252,16 @@ async fn a_malformed_url_is_a_configuration_error() {
         .await
         .expect_err("an unknown mode");
     assert!(matches!(err, Error::Config(_)), "got {err:?}");
-    assert!(
-        !err.to_string().contains("sideways"),
-        "the message stays generic: {err}"
-    );
+    assert!(!err.to_string().contains("sideways"), "the message stays generic: {err}");
 }
 
 #[tokio::test]
 async fn a_closed_store_is_unavailable() {
     let store = support::memory_store().await;
     store.close().await;
-    let err = store
-        .room(RoomId::generate())
-        .await
-        .expect_err("the store is closed");
+    let err = store.room(RoomId::generate()).await.expect_err("the store is closed");
     assert_eq!(err.code().as_str(), "unavailable", "got {err:?}");
-    let err = store
-        .append_messages(vec![msg(RoomId::generate(), "ada", "a")])
-        .await
-        .expect_err("closed");
+    let err = store.append_messages(vec![msg(RoomId::generate(), "ada", "a")]).await.expect_err("closed");
     assert_eq!(err.code().as_str(), "unavailable", "got {err:?}");
 }
 
@@ -405,11 +271,7 @@ async fn in_memory_databases_are_private_to_their_store() {
     let b = support::memory_store().await;
     let room = make_room(&a, &["ada"]).await;
     assert!(a.room(room.id).await.expect("room").is_some());
-    assert_eq!(
-        b.room(room.id).await.expect("room"),
-        None,
-        "another in-memory store must not see it"
-    );
+    assert_eq!(b.room(room.id).await.expect("room"), None, "another in-memory store must not see it");
     a.close().await;
     b.close().await;
 }

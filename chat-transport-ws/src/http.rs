@@ -236,7 +236,9 @@ pub(crate) async fn admin_token(
     let user = app.engine.store().user(&id).await?.ok_or(chat_core::Error::NotFound("user"))?;
     let ttl = match request.ttl_s {
         Some(0) => return Err(ApiError::new(ErrorCode::Invalid, "ttl_s must be at least 1")),
-        Some(s) if s > 366 * 24 * 3600 => return Err(ApiError::new(ErrorCode::Invalid, "ttl_s must be at most a year")),
+        Some(s) if s > 366 * 24 * 3600 => {
+            return Err(ApiError::new(ErrorCode::Invalid, "ttl_s must be at most a year"));
+        }
         Some(s) => Duration::from_secs(s),
         None => app.config.user_token_ttl,
     };

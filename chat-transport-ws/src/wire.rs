@@ -67,10 +67,8 @@ pub fn decode(text: &str) -> Result<Frame, BadFrame> {
     let reference = read_ref(envelope.reference).map_err(|error| BadFrame { reference: None, error })?;
     let data = envelope.data.map_or("{}", RawValue::get);
     if envelope.kind == "auth" {
-        let auth: AuthData = serde_json::from_str(data).map_err(|_| BadFrame {
-            reference: reference.clone(),
-            error: Error::invalid("auth needs data.token"),
-        })?;
+        let auth: AuthData = serde_json::from_str(data)
+            .map_err(|_| BadFrame { reference: reference.clone(), error: Error::invalid("auth needs data.token") })?;
         return Ok(Frame::Auth(auth.token));
     }
     let Some(kind) = CommandKind::from_name(&envelope.kind) else {

@@ -147,8 +147,13 @@ async fn auth_frame(app: &AppState, sink: &mut Sink, stream: &mut Stream) -> Aut
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Binary(_))) => {
-                close(sink, close_code::AUTH_FAILED, "the first frame must be a text auth frame", Duration::from_secs(2))
-                    .await;
+                close(
+                    sink,
+                    close_code::AUTH_FAILED,
+                    "the first frame must be a text auth frame",
+                    Duration::from_secs(2),
+                )
+                .await;
                 return Auth::Closed;
             }
             Some(Err(e)) if is_too_big(&e) => {
@@ -160,7 +165,13 @@ async fn auth_frame(app: &AppState, sink: &mut Sink, stream: &mut Stream) -> Aut
     }
 }
 
-async fn connection(app: AppState, mut sink: Sink, mut stream: Stream, token: Option<String>, peer: Option<SocketAddr>) {
+async fn connection(
+    app: AppState,
+    mut sink: Sink,
+    mut stream: Stream,
+    token: Option<String>,
+    peer: Option<SocketAddr>,
+) {
     let token = match token {
         Some(token) => token,
         None => match auth_frame(&app, &mut sink, &mut stream).await {
@@ -172,7 +183,11 @@ async fn connection(app: AppState, mut sink: Sink, mut stream: Stream, token: Op
         Ok(identity) => identity,
         Err(err) => {
             tracing::debug!(?peer, reason = %err, "authentication failed");
-            let reason = if err.code() == chat_core::ErrorCode::Unauthorized { err.to_string() } else { "authentication failed".into() };
+            let reason = if err.code() == chat_core::ErrorCode::Unauthorized {
+                err.to_string()
+            } else {
+                "authentication failed".into()
+            };
             close(&mut sink, close_code::AUTH_FAILED, &reason, Duration::from_secs(2)).await;
             return;
         }
@@ -210,9 +225,7 @@ enum WriteEnd {
 
 fn frame_for(output: Output) -> Result<Option<Message>, CloseReason> {
     match output {
-        Output::Reply { reference, result } => {
-            Ok(wire::encode_reply(reference.as_ref(), &result).map(Message::Text))
-        }
+        Output::Reply { reference, result } => Ok(wire::encode_reply(reference.as_ref(), &result).map(Message::Text)),
         Output::Event(delivery) => Ok(Some(Message::Text(delivery.encoded(&JsonCodec)))),
         Output::Close(reason) => Err(reason),
         _ => Ok(None),

@@ -134,8 +134,9 @@ impl Config {
         if !self.database_url.starts_with("sqlite:") {
             bail!("database_url must start with sqlite: (PostgreSQL support is not built in yet)");
         }
-        chat_store_sql::Synchronous::parse(&self.sqlite_synchronous)
-            .with_context(|| format!("sqlite_synchronous must be full, normal or off, not {:?}", self.sqlite_synchronous))?;
+        chat_store_sql::Synchronous::parse(&self.sqlite_synchronous).with_context(|| {
+            format!("sqlite_synchronous must be full, normal or off, not {:?}", self.sqlite_synchronous)
+        })?;
         if self.max_frame_bytes < 1024 {
             bail!("max_frame_bytes must be at least 1024");
         }

@@ -105,7 +105,9 @@ pub fn auth_from(config: &Config) -> anyhow::Result<Auth> {
                 (Some(secret), _) => secret.clone(),
                 (None, Some(path)) => kept_secret(&path)?,
                 (None, None) => {
-                    tracing::warn!("CHAT_JWT_SECRET is not set and the database is in memory: tokens last only as long as this process");
+                    tracing::warn!(
+                        "CHAT_JWT_SECRET is not set and the database is in memory: tokens last only as long as this process"
+                    );
                     chat_transport_ws::generate_secret()?
                 }
             };
@@ -148,11 +150,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     let Auth { verifier, issuer } = auth_from(&config)?;
-    let engine = Engine::builder(store)
-        .config(config.engine_config())
-        .start()
-        .await
-        .context("starting the engine")?;
+    let engine = Engine::builder(store).config(config.engine_config()).start().await.context("starting the engine")?;
     let state = AppState::new(engine.clone(), verifier, issuer, config.ws_config());
     let app = chat_transport_ws::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let stopping = engine.clone();
@@ -162,12 +160,11 @@ pub async fn run(
             tracing::debug!(error = %err, "TCP_NODELAY not set");
         }
     });
-    let serve = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: closing sessions and committing pending sends");
-            stopping.shutdown().await;
-        });
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: closing sessions and committing pending sends");
+        stopping.shutdown().await;
+    });
     serve.await.context("serving")?;
     // Upgraded connections outlive the HTTP server; give them a moment to
     // send their close frames.

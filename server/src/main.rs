@@ -110,7 +110,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Token { user, name, roles, ttl } => {
             let ttl = parse_duration(&ttl)?;
-            let issuer = chat_server::auth_from(&config)?.issuer.context("no signing key configured: set CHAT_JWT_SECRET or jwt_private_key_file")?;
+            let issuer = chat_server::auth_from(&config)?
+                .issuer
+                .context("no signing key configured: set CHAT_JWT_SECRET or jwt_private_key_file")?;
             let id = UserId::new(user).map_err(|e| anyhow::anyhow!("--user: {e}"))?;
             let mut user = User::new(id.clone(), name.unwrap_or_else(|| id.to_string()));
             user.roles = roles;

@@ -69,11 +69,7 @@ impl Inner {
         let rooms = self.store.rooms_of_user(&user.id).await?;
         let shared = Arc::new(SessionShared::new(SessionId::generate(), user.id.clone()));
         let (tx, rx) = mpsc::channel(self.config.limits.outbound_queue.max(1));
-        if self
-            .hub
-            .register(shared.clone(), tx, self.config.limits.max_connections_per_user)
-            .is_err()
-        {
+        if self.hub.register(shared.clone(), tx, self.config.limits.max_connections_per_user).is_err() {
             return Err(Error::RateLimited("too many open connections for this user".into()));
         }
         self.presence.connect(&user);
@@ -129,7 +125,8 @@ impl Inner {
         self.check_room_capacity(room.id).await?;
         let added = self.store.add_member(room.id, &user.id, role, Timestamp::now()).await?;
         if added {
-            let audience = Audience::Room { room_id: room.id, except_session: None, except_user: Some(user.id.clone()) };
+            let audience =
+                Audience::Room { room_id: room.id, except_session: None, except_user: Some(user.id.clone()) };
             self.publish(audience, Event::UserJoined(UserJoined { room_id: room.id, user: user.clone() })).await;
             self.notify_bridges(BridgeEvent::MemberAdded { room_id: room.id, user: user.clone() }, origin);
         }
@@ -199,9 +196,22 @@ impl Inner {
             }
             _ => {}
         }
-        self.check_room_quota(&ctx.user.id).await?;
-        for other in &others {
-            self.check_room_quota(other).await?;
+        let quota = async {
+            self.check_room_quota(&ctx.user.id).await?;
+            for other in &others {
+                self.check_room_quota(other).await?;
+            }
+            Ok::<(), Error>(())
+        };
+        if let Err(err) = quota.await {
+            // Asking for an existing direct room creates nothing, so a full
+            // quota must not hide it.
+            if req.kind == RoomKind::Direct {
+                if let Some(room) = self.existing_direct_room(&ctx.user.id, &others[0]).await? {
+                    return Ok(Reply::Room { room });
+                }
+            }
+            return Err(err);
         }
         let mut members = vec![(ctx.user.id.clone(), MemberRole::Owner)];
         members.extend(others.iter().map(|u| (u.clone(), MemberRole::Member)));
@@ -219,17 +229,26 @@ impl Inner {
             self.notify_bridges(BridgeEvent::RoomCreated(room.clone()), ctx.bridge.as_deref());
             let added = Event::RoomAdded(RoomAdded { room: room.clone() });
             self.publish(Audience::Users { users: others, except_session: None }, added.clone()).await;
-            self.publish(
-                Audience::Users { users: vec![ctx.user.id.clone()], except_session: ctx.session },
-                added,
-            )
-            .await;
+            self.publish(Audience::Users { users: vec![ctx.user.id.clone()], except_session: ctx.session }, added)
+                .await;
         }
         Ok(Reply::Room { room })
     }
 
+    /// The direct room of two users, if they have one. Only used on the rare
+    /// path where the quota refuses a `room:create`, so a scan of one user's
+    /// rooms is acceptable.
+    async fn existing_direct_room(&self, user: &UserId, other: &UserId) -> Result<Option<Room>> {
+        for summary in self.store.rooms_of_user(user).await? {
+            if summary.room.kind == RoomKind::Direct && self.store.member(summary.room.id, other).await?.is_some() {
+                return Ok(Some(summary.room));
+            }
+        }
+        Ok(None)
+    }
+
     /// Joins a room (becoming a member when allowed) and subscribes the
-    /// session to its events. Returns the reply and the room id.
+    /// session to its events.
     pub(crate) async fn join_room(&self, ctx: &Ctx, room_id: RoomId) -> Result<Reply> {
         let (room, member) = self.ensure_member(ctx, room_id).await?;
         if let Some(session) = ctx.session {
@@ -257,7 +276,10 @@ impl Inner {
         }
         let audience = Audience::Room { room_id, except_session: None, except_user: Some(ctx.user.id.clone()) };
         self.publish(audience, Event::UserLeft(UserLeft { room_id, user_id: ctx.user.id.clone() })).await;
-        self.notify_bridges(BridgeEvent::MemberRemoved { room_id, user_id: ctx.user.id.clone() }, ctx.bridge.as_deref());
+        self.notify_bridges(
+            BridgeEvent::MemberRemoved { room_id, user_id: ctx.user.id.clone() },
+            ctx.bridge.as_deref(),
+        );
         Ok(Reply::empty())
     }
 

@@ -120,9 +120,7 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
-            .field("sessions", &self.inner.hub.session_count())
-            .finish_non_exhaustive()
+        f.debug_struct("Engine").field("sessions", &self.inner.hub.session_count()).finish_non_exhaustive()
     }
 }
 
@@ -273,11 +271,7 @@ impl Engine {
     /// Shows or hides a typing indicator in a room for a user, on behalf of a
     /// bridge. The indicator ends by itself like one from a session.
     pub async fn set_typing_as(&self, user: &UserId, room: RoomId, typing: bool) -> Result<()> {
-        let changed = if typing {
-            self.inner.typing.start(room, user)
-        } else {
-            self.inner.typing.stop(room, user)
-        };
+        let changed = if typing { self.inner.typing.start(room, user) } else { self.inner.typing.stop(room, user) };
         if changed {
             self.inner.publish_typing(room, user.clone(), typing).await;
         }
@@ -316,8 +310,7 @@ impl Inner {
     }
 
     pub(crate) async fn publish_typing(&self, room_id: RoomId, user_id: UserId, typing: bool) {
-        let audience =
-            Audience::Room { room_id, except_session: None, except_user: Some(user_id.clone()) };
+        let audience = Audience::Room { room_id, except_session: None, except_user: Some(user_id.clone()) };
         self.publish(audience, Event::Typing(Typing { room_id, user_id, typing })).await;
     }
 

@@ -104,10 +104,7 @@ impl PresenceTracker {
 
     /// Visible users holding the support role.
     pub(crate) fn online_support_agents(&self) -> u32 {
-        lock(&self.entries)
-            .values()
-            .filter(|e| e.status.is_visible_online() && e.user.is_support())
-            .count() as u32
+        lock(&self.entries).values().filter(|e| e.status.is_visible_online() && e.user.is_support()).count() as u32
     }
 
     /// Takes the dirty users and returns, for each whose visible status differs

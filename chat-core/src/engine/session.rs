@@ -288,10 +288,9 @@ impl Session {
             }
             Command::RoomInvite(req) => inner.invite(&ctx, req).await,
             Command::RoomList => inner.list_rooms(&ctx).await,
-            Command::RoomHistory(req) => inner
-                .history(&ctx, req.room_id, req.before_seq, req.after_seq, req.limit)
-                .await
-                .map(Reply::History),
+            Command::RoomHistory(req) => {
+                inner.history(&ctx, req.room_id, req.before_seq, req.after_seq, req.limit).await.map(Reply::History)
+            }
             Command::MessageEdit(req) => inner.edit(&ctx, req).await,
             Command::MessageDelete(req) => inner.delete(&ctx, req).await,
             Command::TypingStart(req) => inner.typing(&ctx, req.room_id, true).await,

@@ -411,6 +411,18 @@ async fn direct_room_is_made_once_per_pair() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_full_room_quota_still_finds_the_existing_direct_room() {
+    let engine = engine_with(limits(Limits { max_rooms_per_user: 1, ..Limits::default() })).await;
+    let mut alice = connect(&engine, "alice").await;
+    let bob = connect(&engine, "bob").await;
+    let carol = connect(&engine, "carol").await;
+    let first = room_of(alice.ok(create(RoomKind::Direct, None, &[bob.id()])).await);
+    let again = room_of(alice.ok(create(RoomKind::Direct, None, &[bob.id()])).await);
+    assert_eq!(again.id, first.id);
+    assert_eq!(alice.err(create(RoomKind::Direct, None, &[carol.id()])).await, "forbidden");
+}
+
+#[tokio::test(start_paused = true)]
 async fn direct_room_needs_exactly_one_other_member() {
     let engine = engine().await;
     let mut alice = connect(&engine, "alice").await;

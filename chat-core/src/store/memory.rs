@@ -96,8 +96,7 @@ impl Store for MemoryStore {
             .users
             .values()
             .filter(|u| {
-                u.id.as_str().to_ascii_lowercase().contains(&needle)
-                    || u.name.to_ascii_lowercase().contains(&needle)
+                u.id.as_str().to_ascii_lowercase().contains(&needle) || u.name.to_ascii_lowercase().contains(&needle)
             })
             .cloned()
             .collect();
@@ -185,11 +184,7 @@ impl Store for MemoryStore {
 
     async fn member(&self, room: RoomId, user: &UserId) -> Result<Option<Member>> {
         let state = self.lock();
-        Ok(state
-            .rooms
-            .get(&room)
-            .and_then(|rs| rs.member_pos.get(user).and_then(|p| rs.members.get(p)))
-            .cloned())
+        Ok(state.rooms.get(&room).and_then(|rs| rs.member_pos.get(user).and_then(|p| rs.members.get(p))).cloned())
     }
 
     async fn members(&self, room: RoomId) -> Result<Vec<Member>> {
@@ -206,14 +201,8 @@ impl Store for MemoryStore {
         let Some(rs) = state.rooms.get_mut(&room) else {
             return Err(Error::NotFound("room"));
         };
-        let added = rs.add(Member {
-            room_id: room,
-            user_id: user.clone(),
-            role,
-            joined_at: at,
-            delivered_seq: 0,
-            read_seq: 0,
-        });
+        let added =
+            rs.add(Member { room_id: room, user_id: user.clone(), role, joined_at: at, delivered_seq: 0, read_seq: 0 });
         if added {
             state.memberships.entry(user.clone()).or_default().insert(room);
         }
@@ -297,10 +286,7 @@ impl Store for MemoryStore {
 
     async fn message(&self, room: RoomId, id: MessageId) -> Result<Option<Message>> {
         let state = self.lock();
-        Ok(state
-            .rooms
-            .get(&room)
-            .and_then(|rs| rs.by_id.get(&id).map(|&i| rs.messages[i].clone())))
+        Ok(state.rooms.get(&room).and_then(|rs| rs.by_id.get(&id).map(|&i| rs.messages[i].clone())))
     }
 
     async fn edit_message(&self, room: RoomId, id: MessageId, body: &str, at: Timestamp) -> Result<Option<Message>> {

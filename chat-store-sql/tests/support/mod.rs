@@ -25,15 +25,11 @@ pub(crate) fn url_of(path: &Path) -> String {
 /// kept until the store is closed.
 pub(crate) async fn temp_store() -> TestStore {
     let (dir, _, url) = temp_db();
-    let store = SqliteStore::connect(SqliteConfig::from_url(url))
-        .await
-        .expect("connect to a fresh database file");
+    let store = SqliteStore::connect(SqliteConfig::from_url(url)).await.expect("connect to a fresh database file");
     TestStore::with_guard(store, dir)
 }
 
 /// A store on a private in-memory database.
 pub(crate) async fn memory_store() -> SqliteStore {
-    SqliteStore::connect(SqliteConfig::from_url("sqlite::memory:"))
-        .await
-        .expect("connect to an in-memory database")
+    SqliteStore::connect(SqliteConfig::from_url("sqlite::memory:")).await.expect("connect to an in-memory database")
 }

@@ -55,7 +55,9 @@ fn encode_output(output: Output) -> Option<String> {
                 (Some(r), Err(e)) => json!({"type": "reply", "ref": r, "ok": false,
                     "error": {"code": e.code().as_str(), "message": e.to_string()}}),
                 (None, Ok(_)) => return None,
-                (None, Err(e)) => json!({"type": "error", "error": {"code": e.code().as_str(), "message": e.to_string()}}),
+                (None, Err(e)) => {
+                    json!({"type": "error", "error": {"code": e.code().as_str(), "message": e.to_string()}})
+                }
             }
         }
         Output::Event(delivery) => return Some(delivery.encoded(&LineCodec).to_string()),
@@ -77,7 +79,11 @@ fn decode(text: &str) -> Result<(Option<Ref>, Command), (Option<Ref>, chat_core:
         .map_err(|e| (reference, chat_core::Error::invalid(e.to_string())))
 }
 
-async fn drive(mut session: Session, lines: &mut BufReader<tokio::net::tcp::OwnedReadHalf>, out: &mut tokio::net::tcp::OwnedWriteHalf) -> std::io::Result<()> {
+async fn drive(
+    mut session: Session,
+    lines: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    out: &mut tokio::net::tcp::OwnedWriteHalf,
+) -> std::io::Result<()> {
     let mut buf = String::new();
     loop {
         let room = (MAX_LINE + 1 - buf.len().min(MAX_LINE)) as u64;

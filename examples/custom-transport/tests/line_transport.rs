@@ -73,7 +73,10 @@ async fn two_clients_chat_over_json_lines() {
     let joined = grace.next_of("reply").await;
     assert_eq!(joined["ok"], true, "{joined}");
 
-    ada.send(json!({"type":"message:send","ref":2,"data":{"room_id": room_id, "client_msg_id":"m1","body":"hi grace"}})).await;
+    ada.send(
+        json!({"type":"message:send","ref":2,"data":{"room_id": room_id, "client_msg_id":"m1","body":"hi grace"}}),
+    )
+    .await;
     let acked = ada.next_of("reply").await;
     assert_eq!(acked["data"]["message"]["seq"], 1);
     let event = grace.next_of("message:new").await;
