@@ -27,6 +27,19 @@ fn body<T>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
     })
 }
 
+/// Parses an optional JSON body: no body at all means the defaults.
+fn optional_body<T: Default>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+    match payload {
+        Err(JsonRejection::MissingJsonContentType(_)) => Ok(T::default()),
+        other => body(other),
+    }
+}
+
+/// The token issuer, or 503 when the server has no signing key.
+fn issuer(app: &AppState) -> ApiResult<&crate::TokenIssuer> {
+    app.issuer.as_deref().ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "this server does not issue tokens"))
+}
+
 async fn authenticate(app: &AppState, headers: &HeaderMap) -> ApiResult<Identity> {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -38,16 +51,12 @@ async fn authenticate(app: &AppState, headers: &HeaderMap) -> ApiResult<Identity
     Ok(app.auth.authenticate(token).await?)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn require_api_key(app: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     let Some(expected) = &app.config.api_key else {
         return Err(ApiError::new(ErrorCode::Unauthorized, "the admin API is disabled: set CHAT_API_KEY"));
     };
     let given = headers.get("x-api-key").map(|v| v.as_bytes()).unwrap_or_default();
-    if constant_time_eq(given, expected.as_bytes()) {
+    if chat_core::auth::constant_time_eq(given, expected.as_bytes()) {
         Ok(())
     } else {
         Err(ApiError::new(ErrorCode::Unauthorized, "missing or wrong x-api-key"))
@@ -173,15 +182,8 @@ pub(crate) async fn visitor_session(
             return Err(ApiError::new(ErrorCode::RateLimited, "too many visitor sessions from this address"));
         }
     }
-    // An empty body is fine: every field is optional.
-    let request = match payload {
-        Err(JsonRejection::MissingJsonContentType(_)) => VisitorRequest::default(),
-        other => body(other)?,
-    };
-    let issuer = app
-        .issuer
-        .as_ref()
-        .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "this server does not issue tokens"))?;
+    let request = optional_body(payload)?;
+    let issuer = issuer(&app)?;
     let id = uuid::Uuid::now_v7().simple().to_string();
     let user_id = UserId::new(format!("visitor:{id}"))?;
     let name = request.name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
@@ -224,14 +226,8 @@ pub(crate) async fn admin_token(
     payload: Result<Json<TokenRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
     require_api_key(&app, &headers)?;
-    let request = match payload {
-        Err(JsonRejection::MissingJsonContentType(_)) => TokenRequest::default(),
-        other => body(other)?,
-    };
-    let issuer = app
-        .issuer
-        .as_ref()
-        .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "this server does not issue tokens"))?;
+    let request = optional_body(payload)?;
+    let issuer = issuer(&app)?;
     let id = UserId::new(id)?;
     let user = app.engine.store().user(&id).await?.ok_or(chat_core::Error::NotFound("user"))?;
     let ttl = match request.ttl_s {

@@ -91,6 +91,20 @@ struct State {
     rooms: HashMap<RoomId, HashSet<SessionId>>,
 }
 
+impl State {
+    fn unsubscribe(&mut self, session: SessionId, room: RoomId) {
+        if let Some(entry) = self.sessions.get_mut(&session) {
+            entry.rooms.remove(&room);
+        }
+        if let Some(set) = self.rooms.get_mut(&room) {
+            set.remove(&session);
+            if set.is_empty() {
+                self.rooms.remove(&room);
+            }
+        }
+    }
+}
+
 /// Local sessions. Reads (fan-out) take a shared lock and never await.
 #[derive(Default)]
 pub(crate) struct Hub {
@@ -139,12 +153,7 @@ impl Hub {
             return false;
         };
         for room in &entry.rooms {
-            if let Some(set) = state.rooms.get_mut(room) {
-                set.remove(&id);
-                if set.is_empty() {
-                    state.rooms.remove(room);
-                }
-            }
+            state.unsubscribe(id, *room);
         }
         let user = &entry.shared.user_id;
         let mut last = false;
@@ -171,30 +180,13 @@ impl Hub {
         let mut state = self.write();
         let ids = state.users.get(user).cloned().unwrap_or_default();
         for id in ids {
-            if let Some(entry) = state.sessions.get_mut(&id) {
-                entry.rooms.remove(&room);
-            }
-            if let Some(set) = state.rooms.get_mut(&room) {
-                set.remove(&id);
-                if set.is_empty() {
-                    state.rooms.remove(&room);
-                }
-            }
+            state.unsubscribe(id, room);
         }
     }
 
     /// Unsubscribes one session from a room.
     pub(crate) fn unsubscribe_session(&self, session: SessionId, room: RoomId) {
-        let mut state = self.write();
-        if let Some(entry) = state.sessions.get_mut(&session) {
-            entry.rooms.remove(&room);
-        }
-        if let Some(set) = state.rooms.get_mut(&room) {
-            set.remove(&session);
-            if set.is_empty() {
-                state.rooms.remove(&room);
-            }
-        }
+        self.write().unsubscribe(session, room);
     }
 
     pub(crate) fn is_subscribed(&self, session: SessionId, room: RoomId) -> bool {

@@ -42,6 +42,14 @@ struct RoomState {
     idempotency: HashMap<(UserId, String), usize>,
 }
 
+impl State {
+    fn message_mut(&mut self, room: RoomId, id: MessageId) -> Option<&mut Message> {
+        let rs = self.rooms.get_mut(&room)?;
+        let idx = *rs.by_id.get(&id)?;
+        rs.messages.get_mut(idx)
+    }
+}
+
 impl RoomState {
     fn member_mut(&mut self, user: &UserId) -> Option<&mut Member> {
         let pos = self.member_pos.get(user)?;
@@ -291,13 +299,9 @@ impl Store for MemoryStore {
 
     async fn edit_message(&self, room: RoomId, id: MessageId, body: &str, at: Timestamp) -> Result<Option<Message>> {
         let mut state = self.lock();
-        let Some(rs) = state.rooms.get_mut(&room) else {
+        let Some(msg) = state.message_mut(room, id) else {
             return Ok(None);
         };
-        let Some(&idx) = rs.by_id.get(&id) else {
-            return Ok(None);
-        };
-        let msg = &mut rs.messages[idx];
         msg.body = body.to_owned();
         msg.edited_at = Some(at);
         Ok(Some(msg.clone()))
@@ -305,13 +309,9 @@ impl Store for MemoryStore {
 
     async fn delete_message(&self, room: RoomId, id: MessageId, at: Timestamp) -> Result<Option<Message>> {
         let mut state = self.lock();
-        let Some(rs) = state.rooms.get_mut(&room) else {
+        let Some(msg) = state.message_mut(room, id) else {
             return Ok(None);
         };
-        let Some(&idx) = rs.by_id.get(&id) else {
-            return Ok(None);
-        };
-        let msg = &mut rs.messages[idx];
         msg.body.clear();
         msg.attachments.clear();
         msg.deleted = true;
