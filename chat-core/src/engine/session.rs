@@ -20,7 +20,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
@@ -39,6 +39,10 @@ use crate::message::{HistoryPage, HistoryQuery};
 use crate::room::{ReceiptKind, RoomSummary};
 use crate::time::Timestamp;
 use crate::user::User;
+
+/// How long a session waits for the acks of its pending sends when the
+/// server shuts down.
+const SHUTDOWN_ACK_WAIT: Duration = Duration::from_secs(5);
 
 /// A client's correlation token for a command, returned untouched in the
 /// reply. The engine never looks inside; the JSON transport keeps the raw JSON
@@ -402,6 +406,20 @@ impl Session {
                 return Output::Close(self.shared.close_reason().unwrap_or(CloseReason::Shutdown));
             }
             if let Some(reason) = self.shared.close_reason() {
+                if reason == CloseReason::Shutdown {
+                    // The engine commits every send it accepted before the
+                    // store closes; their acks go out before the close frame,
+                    // so clients need not resend what is already stored.
+                    if let Some(out) = self.ready.pop_front() {
+                        return out;
+                    }
+                    if !self.in_flight.is_empty() {
+                        match tokio::time::timeout(SHUTDOWN_ACK_WAIT, self.in_flight.next()).await {
+                            Ok(Some(out)) => return out,
+                            _ => self.in_flight.clear(),
+                        }
+                    }
+                }
                 self.closed = true;
                 return Output::Close(reason);
             }

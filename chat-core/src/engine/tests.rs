@@ -1652,7 +1652,19 @@ async fn shutdown_closes_sessions_and_commits_accepted_sends() {
     }
     engine.shutdown().await;
 
-    assert_eq!(alice.closed().await, CloseReason::Shutdown);
+    // Every accepted send is acknowledged before the close.
+    let mut acked = Vec::new();
+    let reason = loop {
+        match alice.next_within(WAIT).await {
+            Some(Output::Reply { result: Ok(Reply::Message { message }), .. }) => acked.push(message.seq),
+            Some(Output::Close(reason)) => break reason,
+            Some(Output::Event(_)) => continue,
+            other => panic!("expected acks then the close, got {other:?}"),
+        }
+    };
+    assert_eq!(reason, CloseReason::Shutdown);
+    acked.sort_unstable();
+    assert_eq!(acked, (1..=50).collect::<Vec<_>>());
     assert_eq!(bob.closed().await, CloseReason::Shutdown);
     let stored = all_messages(&engine, room.id).await;
     assert_eq!(seqs(&stored), (1..=50).collect::<Vec<_>>());
