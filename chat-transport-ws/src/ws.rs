@@ -89,9 +89,11 @@ pub(crate) async fn upgrade(
     let limit = app.config.max_frame_bytes;
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        // Small buffers keep idle connections cheap; they grow when needed.
+        // Small buffers keep idle connections cheap. Frames fed in one batch
+        // collect in the write buffer and leave in as few writes as its size
+        // allows, then the flush sends the rest.
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(8 * 1024)
         .max_write_buffer_size(limit.max(1024 * 1024) * 4)
         .on_upgrade(move |socket| async move {
             let (sink, stream) = socket.split();
