@@ -234,6 +234,10 @@ fn frame_for(output: Output) -> Result<Option<Message>, CloseReason> {
     }
 }
 
+/// How long a write may still take once the server is shutting down: the
+/// frames are then the acks of stored sends, worth a short wait.
+const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(2);
+
 /// Feeds frames and flushes them, giving up when the engine ends the session
 /// or the client stops reading for longer than the write timeout.
 async fn write(app: &AppState, sink: &mut Sink, closed: &CloseSignal, frames: Vec<Message>) -> Result<(), WriteEnd> {
@@ -243,12 +247,23 @@ async fn write(app: &AppState, sink: &mut Sink, closed: &CloseSignal, frames: Ve
         }
         sink.flush().await
     };
+    tokio::pin!(work);
     tokio::select! {
-        res = timeout(app.config.write_timeout, work) => match res {
+        biased;
+        res = timeout(app.config.write_timeout, &mut work) => return match res {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) | Err(_) => Err(WriteEnd::Dead),
         },
-        _ = closed.closed() => Err(WriteEnd::Killed),
+        _ = closed.closed() => {}
+    }
+    // The engine ended the session while the write waited. A slow consumer
+    // is cut off at once; at shutdown the write may finish within a grace.
+    if closed.reason() != Some(CloseReason::Shutdown) {
+        return Err(WriteEnd::Killed);
+    }
+    match timeout(SHUTDOWN_WRITE_GRACE, work).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(WriteEnd::Killed),
     }
 }
 

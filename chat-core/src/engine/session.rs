@@ -274,7 +274,13 @@ impl Session {
             },
             Command::RoomJoin(req) => {
                 let result = inner.join_room(&ctx, req.room_id).await;
-                if let (Ok(_), Some(since)) = (&result, req.since_seq) {
+                if let (Ok(reply), Some(since)) = (&result, req.since_seq) {
+                    // A `since_seq` beyond the room's newest message (a stale
+                    // or foreign cursor) must not hide the live messages to come.
+                    let since = match reply {
+                        Reply::Joined { last_seq, .. } => since.min(*last_seq),
+                        _ => since,
+                    };
                     self.floors.insert(req.room_id, since);
                     self.forget_replay(req.room_id);
                     self.backlog.push_back(Backlog { room: req.room_id, after: since });

@@ -1,0 +1,167 @@
+//! What survives the end of a server: a graceful shutdown closes sessions with
+//! 1001 and returns, and every acknowledged message survives `kill -9`.
+
+mod support;
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Client, ServerProcess, TestServer, group_with, http_client, status_and_json, token};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_sessions_with_1001_and_run_returns() {
+    let server = TestServer::start().await;
+    let mut ada = server.connect("ada").await;
+    let mut bob = server.connect("bob").await;
+    let room = group_with(&mut ada, "public", &[]).await;
+    let last = support::send_message(&mut ada, &room, "m1", "before shutdown").await;
+    let addr = server.addr;
+    let stopping = tokio::spawn(server.stop());
+    ada.expect_close(1001).await;
+    bob.expect_close(1001).await;
+    let dir = stopping.await.expect("stop task").expect("run returns Ok");
+    // The listener is gone.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after run returned");
+    // The data is there for the next server.
+    let server = TestServer::start_in(dir, |_| {}).await;
+    let mut ada = server.connect("ada").await;
+    let history = ada.ok("room:history", json!({"room_id": room})).await;
+    assert_eq!(history["messages"], json!([last]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_every_stored_send_before_closing() {
+    let server = TestServer::start_with(|c| {
+        c.commands_per_second = 100_000;
+        c.command_burst = 100_000;
+    })
+    .await;
+    let mut ada = server.connect("ada").await;
+    let room = group_with(&mut ada, "public", &[]).await;
+    let mut refs = Vec::new();
+    for i in 0..200 {
+        let data = json!({"room_id": room, "client_msg_id": format!("k{i}"), "body": format!("pending {i}")});
+        refs.push(ada.send("message:send", data).await);
+    }
+    // Stop once commits are under way, with most sends still pending.
+    let first = ada.reply(&refs[0]).await;
+    assert_eq!(first["ok"], true, "{first}");
+    let stopping = tokio::spawn(server.stop());
+    let mut acked = vec![first["data"]["message"].clone()];
+    loop {
+        match ada.next_read(tokio::time::Instant::now() + support::WAIT).await {
+            support::Read::Frame(f) if f["type"] == "reply" && f["ok"] == true => {
+                acked.push(f["data"]["message"].clone())
+            }
+            support::Read::Frame(f) if f["type"] == "reply" => {
+                assert_eq!(f["error"]["code"], "unavailable", "a send refused at shutdown: {f}");
+            }
+            support::Read::Frame(f) => panic!("unexpected {f}"),
+            support::Read::Closed(close) => {
+                assert_eq!(close.map(|(code, _)| code), Some(1001));
+                break;
+            }
+            support::Read::Timeout => panic!("no close frame"),
+        }
+    }
+    let dir = stopping.await.expect("stop task").expect("run returns Ok");
+    let server = TestServer::start_in(dir, |_| {}).await;
+    let mut ada = server.connect("ada").await;
+    let mut stored = Vec::new();
+    loop {
+        let after = stored.len();
+        let page = ada.ok("room:history", json!({"room_id": room, "after_seq": after, "limit": 100})).await;
+        stored.extend(page["messages"].as_array().expect("messages").iter().cloned());
+        if page["has_more"] == false {
+            break;
+        }
+    }
+    // Acks of one commit batch may come in any order.
+    acked.sort_by_key(|m| m["seq"].as_u64());
+    let (acked_seqs, stored_seqs) = (support::seqs(&acked), support::seqs(&stored));
+    let unanswered: Vec<u64> = stored_seqs.iter().filter(|s| !acked_seqs.contains(s)).copied().collect();
+    assert!(unanswered.is_empty(), "stored but not answered before the close: {unanswered:?}");
+    assert_eq!(acked_seqs, stored_seqs, "no ack for a message that is not stored, none twice");
+    assert!(acked == stored, "the acks are the stored messages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("chat.db");
+    let mut process = ServerProcess::start(&db, dir.path().join("first.log"), &[]).await;
+    let bearer = || vec![("authorization", format!("Bearer {}", token("ada")))];
+    let mut ada = Client::open(process.addr, "/v1/ws", &bearer()).await.expect("upgrade");
+    ada.wait_ready().await;
+    let room = group_with(&mut ada, "private", &[]).await;
+
+    // 100 pipelined sends, 20 in flight at a time, every one acknowledged.
+    let mut acked: Vec<Value> = Vec::new();
+    let mut in_flight = VecDeque::new();
+    for i in 0..120 {
+        if in_flight.len() == 20 || (i >= 100 && !in_flight.is_empty()) {
+            let reply = ada.reply(&in_flight.pop_front().expect("in flight")).await;
+            assert_eq!(reply["ok"], true, "{reply}");
+            acked.push(reply["data"]["message"].clone());
+        }
+        if i < 100 {
+            let data = json!({"room_id": room, "client_msg_id": format!("k{i}"), "body": format!("durable {i}")});
+            in_flight.push_back(ada.send("message:send", data).await);
+        }
+    }
+    assert_eq!(acked.len(), 100);
+    // Twenty more in flight at the kill: those that got a reply are promised too.
+    for i in 100..120 {
+        let data = json!({"room_id": room, "client_msg_id": format!("k{i}"), "body": format!("durable {i}")});
+        ada.send("message:send", data).await;
+    }
+    process.kill();
+    loop {
+        match ada.next_read(tokio::time::Instant::now() + Duration::from_secs(2)).await {
+            support::Read::Frame(f) if f["type"] == "reply" && f["ok"] == true => {
+                acked.push(f["data"]["message"].clone())
+            }
+            support::Read::Frame(_) => {}
+            _ => break,
+        }
+    }
+
+    let process = ServerProcess::start(&db, dir.path().join("second.log"), &[]).await;
+    let mut ada = Client::open(process.addr, "/v1/ws", &bearer()).await.expect("upgrade");
+    ada.wait_ready().await;
+    let mut stored = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = ada.ok("room:history", json!({"room_id": room, "after_seq": after, "limit": 100})).await;
+        let messages = page["messages"].as_array().expect("messages").clone();
+        after = messages.last().map_or(after, |m| m["seq"].as_u64().expect("seq"));
+        stored.extend(messages);
+        if page["has_more"] == false {
+            break;
+        }
+    }
+    let seqs = support::seqs(&stored);
+    assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<u64>>(), "no gap after recovery");
+    for message in &acked {
+        let seq = message["seq"].as_u64().expect("seq");
+        assert_eq!(&stored[seq as usize - 1], message, "acknowledged message {seq} is stored as acknowledged");
+    }
+    // HTTP history agrees.
+    let response = http_client()
+        .get(format!("http://{}/v1/rooms/{room}/messages?after_seq=0&limit=100", process.addr))
+        .bearer_auth(token("ada"))
+        .send()
+        .await
+        .expect("GET");
+    let (status, body) = status_and_json(response).await;
+    assert_eq!(status, 200);
+    let first_page = &stored[..stored.len().min(100)];
+    assert!(body["messages"].as_array().is_some_and(|page| page == first_page), "{body}");
+    assert_eq!(body["has_more"], stored.len() > 100);
+    // The next send gets the next seq, and a resend of an acknowledged key is not stored twice.
+    let next = support::send_message(&mut ada, &room, "after-restart", "next").await;
+    assert_eq!(next["seq"], stored.len() as u64 + 1);
+    let resent = support::send_message(&mut ada, &room, "k0", "durable 0").await;
+    assert_eq!(resent, stored[0]);
+}

@@ -1,0 +1,606 @@
+//! Shared helpers of the end-to-end tests: the real server on an ephemeral
+//! port (in process through `chat_server::run`, or the compiled binary),
+//! token minting, HTTP calls, and a WebSocket client that pairs replies with
+//! their `ref` and keeps events for later expectations.
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chat_server::Config;
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// The HS256 secret every test server verifies with.
+pub const SECRET: &str = "end-to-end-test-secret-with-enough-bytes";
+/// The admin API key of every test server.
+pub const API_KEY: &str = "e2e-admin-key";
+/// How long a test waits for something that should happen at once.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("the clock is after 1970").as_secs()
+}
+
+/// Signs `claims` with HS256 and `secret`.
+pub fn mint_with(claims: &Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret))
+        .expect("token encodes")
+}
+
+/// Signs `claims` with the test secret.
+pub fn mint(claims: &Value) -> String {
+    mint_with(claims, SECRET.as_bytes())
+}
+
+/// A valid token for `user` (display name = id), good for an hour.
+pub fn token(user: &str) -> String {
+    mint(&json!({"sub": user, "name": user, "exp": now_secs() + 3600}))
+}
+
+/// A valid token carrying roles.
+pub fn token_with_roles(user: &str, roles: &[&str]) -> String {
+    mint(&json!({"sub": user, "name": user, "roles": roles, "exp": now_secs() + 3600}))
+}
+
+/// Base64url without padding, for hand-made tokens.
+pub fn b64url(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// An unsigned `alg: none` token.
+pub fn unsigned_token(user: &str) -> String {
+    let header = b64url(br#"{"alg":"none","typ":"JWT"}"#);
+    let claims = b64url(json!({"sub": user, "exp": now_secs() + 3600}).to_string().as_bytes());
+    format!("{header}.{claims}.")
+}
+
+/// The configuration every test server starts from: a database in `dir`,
+/// the test secret and API key.
+pub fn base_config(dir: &Path) -> Config {
+    Config {
+        database_url: format!("sqlite://{}", dir.join("chat.db").display()),
+        jwt_secret: Some(SECRET.to_owned()),
+        api_key: Some(API_KEY.to_owned()),
+        ..Config::default()
+    }
+}
+
+/// An HTTP client that ignores proxy settings of the environment.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(WAIT).build().expect("HTTP client")
+}
+
+/// Reads a response as its status and JSON body (`Null` when the body is not JSON).
+pub async fn status_and_json(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("response body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A server started with `chat_server::run` on `127.0.0.1:0`.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), String>>>,
+    dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// A server with the base configuration.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A server with the base configuration changed by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_in(tempfile::tempdir().expect("temp dir"), tweak).await
+    }
+
+    /// A server on the database in `dir` (kept from a stopped server, say).
+    pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = base_config(dir.path());
+        tweak(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = rx.await;
+        };
+        let task =
+            tokio::spawn(
+                async move { chat_server::run(listener, config, shutdown).await.map_err(|e| format!("{e:#}")) },
+            );
+        TestServer { addr, http: http_client(), shutdown: Some(tx), task: Some(task), dir }
+    }
+
+    /// `http://addr` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Connects as `user` with a header token and waits for `ready`.
+    pub async fn connect(&self, user: &str) -> Client {
+        self.connect_token(&token(user)).await
+    }
+
+    /// Connects with `token` in the header and waits for `ready`.
+    pub async fn connect_token(&self, token: &str) -> Client {
+        let mut client =
+            Client::open(self.addr, "/v1/ws", &[("authorization", format!("Bearer {token}"))]).await.expect("upgrade");
+        client.wait_ready().await;
+        client
+    }
+
+    /// GET with an optional bearer token.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        status_and_json(request.send().await.expect("GET")).await
+    }
+
+    /// POST a JSON body with an optional `x-api-key`.
+    pub async fn post(&self, path: &str, body: &Value, api_key: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.post(self.url(path)).json(body);
+        if let Some(key) = api_key {
+            request = request.header("x-api-key", key);
+        }
+        status_and_json(request.send().await.expect("POST")).await
+    }
+
+    /// Creates a user through the admin API, so that it is known before it connects.
+    pub async fn create_user(&self, id: &str, roles: &[&str]) {
+        let (status, body) =
+            self.post("/v1/admin/users", &json!({"id": id, "name": id, "roles": roles}), Some(API_KEY)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    /// Resolves the shutdown future and waits for `run` to return; gives back
+    /// the directory of the database.
+    pub async fn stop(mut self) -> Result<tempfile::TempDir, String> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let task = self.task.take().expect("the server task");
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .map_err(|_| "run did not return within 10 s".to_owned())?
+            .map_err(|e| format!("the server task failed: {e}"))??;
+        Ok(self.dir)
+    }
+}
+
+/// One frame read from the socket, or why none was.
+#[derive(Debug)]
+pub enum Read {
+    Frame(Value),
+    /// A close frame's code and reason, or `None` when the connection ended without one.
+    Closed(Option<(u16, String)>),
+    Timeout,
+}
+
+/// A WebSocket client. Frames that a call did not ask for are kept, in order,
+/// for the next calls.
+pub struct Client {
+    ws: WebSocketStream<TcpStream>,
+    pending: VecDeque<Value>,
+    next_ref: u64,
+    /// The data of the `ready` frame, once [`Client::wait_ready`] saw it.
+    pub ready: Value,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("pending", &self.pending.len()).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Upgrades `path` (which may carry a query) with extra headers; does not wait for `ready`.
+    pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, String)]) -> Result<Client, tungstenite::Error> {
+        Self::open_with_buffer(addr, path, headers, None).await
+    }
+
+    /// Like [`Client::open`], with a small socket receive buffer when asked,
+    /// so that a client that stops reading pushes back on the server quickly.
+    pub async fn open_with_buffer(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, String)],
+        recv_buffer: Option<u32>,
+    ) -> Result<Client, tungstenite::Error> {
+        let socket = TcpSocket::new_v4().expect("socket");
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+        }
+        let stream = socket.connect(addr).await.expect("TCP connect");
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        let mut request = format!("ws://{addr}{path}").into_client_request().expect("request");
+        for (name, value) in headers {
+            let value = HeaderValue::from_str(value).expect("header value");
+            let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("header name");
+            request.headers_mut().insert(name, value);
+        }
+        let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+        Ok(Client { ws, pending: VecDeque::new(), next_ref: 0, ready: Value::Null })
+    }
+
+    /// Waits for the `ready` frame, which must be the first, and keeps its data.
+    pub async fn wait_ready(&mut self) -> &Value {
+        let frame = self.next_frame().await;
+        assert_eq!(frame["type"], "ready", "the first frame after auth: {frame}");
+        self.ready = frame["data"].clone();
+        &self.ready
+    }
+
+    /// This session's user id, from `ready`.
+    pub fn user_id(&self) -> String {
+        self.ready["user"]["id"].as_str().expect("ready.user.id").to_owned()
+    }
+
+    /// Sends a text frame as is.
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws.send(Message::text(text.into())).await.expect("send");
+    }
+
+    /// Sends a command with a fresh numeric `ref` without waiting; returns the ref.
+    pub async fn send(&mut self, kind: &str, data: Value) -> Value {
+        self.next_ref += 1;
+        let reference = json!(self.next_ref);
+        let frame = json!({"type": kind, "ref": reference, "data": data});
+        self.send_text(frame.to_string()).await;
+        reference
+    }
+
+    /// Waits for the reply with this `ref`, keeping other frames.
+    pub async fn reply(&mut self, reference: &Value) -> Value {
+        let matches = |f: &Value| f["type"] == "reply" && f["ref"] == *reference;
+        if let Some(i) = self.pending.iter().position(matches) {
+            return self.pending.remove(i).expect("present");
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.read(deadline).await {
+                Read::Frame(f) if matches(&f) => return f,
+                Read::Frame(f) => self.pending.push_back(f),
+                other => panic!("waiting for the reply to ref {reference}: {other:?}; kept: {:?}", self.pending),
+            }
+        }
+    }
+
+    /// Sends a command and returns its whole reply frame.
+    pub async fn request(&mut self, kind: &str, data: Value) -> Value {
+        let reference = self.send(kind, data).await;
+        self.reply(&reference).await
+    }
+
+    /// Sends a command that must succeed and returns the reply's data.
+    pub async fn ok(&mut self, kind: &str, data: Value) -> Value {
+        let reply = self.request(kind, data).await;
+        assert_eq!(reply["ok"], true, "{kind} failed: {reply}");
+        reply["data"].clone()
+    }
+
+    /// Sends a command that must fail and returns the error code.
+    pub async fn fail(&mut self, kind: &str, data: Value) -> String {
+        let reply = self.request(kind, data).await;
+        assert_eq!(reply["ok"], false, "{kind} should have failed: {reply}");
+        reply["error"]["code"].as_str().expect("error.code").to_owned()
+    }
+
+    /// The next frame of any kind: a kept one first, else one from the socket.
+    pub async fn next_frame(&mut self) -> Value {
+        if let Some(frame) = self.pending.pop_front() {
+            return frame;
+        }
+        match self.read(Instant::now() + WAIT).await {
+            Read::Frame(f) => f,
+            other => panic!("waiting for a frame: {other:?}"),
+        }
+    }
+
+    /// The next kept or new frame whose type is one of `kinds`, whole; frames
+    /// of other types are kept.
+    pub async fn next_of(&mut self, kinds: &[&str]) -> Value {
+        let matches = |f: &Value| kinds.iter().any(|k| f["type"] == *k);
+        if let Some(i) = self.pending.iter().position(matches) {
+            return self.pending.remove(i).expect("present");
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.read(deadline).await {
+                Read::Frame(f) if matches(&f) => return f,
+                Read::Frame(f) => self.pending.push_back(f),
+                other => panic!("waiting for one of {kinds:?}: {other:?}; kept: {:?}", self.pending),
+            }
+        }
+    }
+
+    /// Takes the first kept or new event of this type and returns its data.
+    pub async fn expect_event(&mut self, kind: &str) -> Value {
+        self.expect_event_within(kind, WAIT).await
+    }
+
+    /// [`Client::expect_event`] with another time limit.
+    pub async fn expect_event_within(&mut self, kind: &str, wait: Duration) -> Value {
+        self.expect_frame_within(kind, wait).await["data"].clone()
+    }
+
+    /// Takes the first kept or new frame of this type (an event, `error`…) whole.
+    pub async fn expect_frame(&mut self, kind: &str) -> Value {
+        self.expect_frame_within(kind, WAIT).await
+    }
+
+    async fn expect_frame_within(&mut self, kind: &str, wait: Duration) -> Value {
+        if let Some(i) = self.pending.iter().position(|f| f["type"] == kind) {
+            return self.pending.remove(i).expect("present");
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.read(deadline).await {
+                Read::Frame(f) if f["type"] == kind => return f,
+                Read::Frame(f) => self.pending.push_back(f),
+                other => panic!("waiting for {kind}: {other:?}; kept: {:?}", self.pending),
+            }
+        }
+    }
+
+    /// Takes the first kept or new event of this type whose data satisfies `pred`.
+    pub async fn expect_event_where(&mut self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let matches = |f: &Value| f["type"] == kind && pred(&f["data"]);
+        if let Some(i) = self.pending.iter().position(matches) {
+            return self.pending.remove(i).expect("present")["data"].clone();
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.read(deadline).await {
+                Read::Frame(f) if matches(&f) => return f["data"].clone(),
+                Read::Frame(f) => self.pending.push_back(f),
+                other => panic!("waiting for a matching {kind}: {other:?}; kept: {:?}", self.pending),
+            }
+        }
+    }
+
+    /// Asserts that no event of this type is kept or arrives within `window`.
+    pub async fn expect_no_event(&mut self, kind: &str, window: Duration) {
+        if let Some(f) = self.pending.iter().find(|f| f["type"] == kind) {
+            panic!("unexpected {kind}: {f}");
+        }
+        let deadline = Instant::now() + window;
+        loop {
+            match self.read(deadline).await {
+                Read::Frame(f) if f["type"] == kind => panic!("unexpected {kind}: {f}"),
+                Read::Frame(f) => self.pending.push_back(f),
+                Read::Timeout => return,
+                Read::Closed(c) => panic!("closed while expecting no {kind}: {c:?}"),
+            }
+        }
+    }
+
+    /// Removes and returns every kept frame of this type.
+    pub fn take_kept(&mut self, kind: &str) -> Vec<Value> {
+        let (taken, kept): (Vec<Value>, Vec<Value>) = self.pending.drain(..).partition(|f| f["type"] == kind);
+        self.pending = kept.into();
+        taken
+    }
+
+    /// Reads (dropping every other frame) until the server closes; asserts the
+    /// close code and returns the reason.
+    pub async fn expect_close(&mut self, code: u16) -> String {
+        self.expect_close_within(code, WAIT).await
+    }
+
+    /// [`Client::expect_close`] with another time limit.
+    pub async fn expect_close_within(&mut self, code: u16, wait: Duration) -> String {
+        self.pending.clear();
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.read(deadline).await {
+                Read::Frame(_) => {}
+                Read::Closed(Some((got, reason))) => {
+                    assert_eq!(got, code, "close code (reason: {reason:?})");
+                    return reason;
+                }
+                other => panic!("waiting for close code {code}: {other:?}"),
+            }
+        }
+    }
+
+    /// The next kept frame, else one read from the socket before `deadline`.
+    pub async fn next_read(&mut self, deadline: Instant) -> Read {
+        match self.pending.pop_front() {
+            Some(frame) => Read::Frame(frame),
+            None => self.read(deadline).await,
+        }
+    }
+
+    /// Reads one frame from the socket, answering nothing; pings are skipped.
+    pub async fn read(&mut self, deadline: Instant) -> Read {
+        loop {
+            let next = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(next) => next,
+                Err(_) => return Read::Timeout,
+            };
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    let value = serde_json::from_str(text.as_str()).expect("the server sends JSON");
+                    return Read::Frame(value);
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Read::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Binary(_))) => panic!("the server sent a binary frame"),
+                Some(Err(_)) | None => return Read::Closed(None),
+            }
+        }
+    }
+
+    /// Sends one large text frame while reading, and returns how the server
+    /// closed. The server stops reading at the frame header, so the send may
+    /// never finish; the read side decides.
+    pub async fn send_oversized(&mut self, text: String) -> Option<(u16, String)> {
+        let (mut tx, mut rx) = (&mut self.ws).split();
+        let send = tx.send(Message::text(text));
+        let read = async {
+            loop {
+                match rx.next().await {
+                    Some(Ok(Message::Close(frame))) => {
+                        return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return None,
+                }
+            }
+        };
+        tokio::pin!(send, read);
+        let mut sent = false;
+        let outcome = tokio::time::timeout(WAIT, async {
+            loop {
+                tokio::select! {
+                    _ = &mut send, if !sent => sent = true,
+                    closed = &mut read => return closed,
+                }
+            }
+        });
+        outcome.await.expect("the server did not close the connection")
+    }
+
+    /// Sends a binary frame.
+    pub async fn send_binary(&mut self, data: Vec<u8>) {
+        self.ws.send(Message::binary(data)).await.expect("send");
+    }
+
+    /// Sends a close frame and waits briefly for the server to end the connection.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        let _ = tokio::time::timeout(WAIT, async { while self.ws.next().await.is_some() {} }).await;
+    }
+}
+
+/// Creates a room and returns it.
+pub async fn create_room(client: &mut Client, data: Value) -> Value {
+    client.ok("room:create", data).await["room"].clone()
+}
+
+/// Creates a group room with `members` and joins it; returns its id.
+pub async fn group_with(client: &mut Client, visibility: &str, members: &[&str]) -> String {
+    let room =
+        create_room(client, json!({"kind": "group", "name": "team", "visibility": visibility, "members": members}))
+            .await;
+    let id = room["id"].as_str().expect("room.id").to_owned();
+    client.ok("room:join", json!({"room_id": id})).await;
+    id
+}
+
+/// Sends a message and returns it as acknowledged.
+pub async fn send_message(client: &mut Client, room: &str, client_msg_id: &str, body: &str) -> Value {
+    let data = json!({"room_id": room, "client_msg_id": client_msg_id, "body": body});
+    client.ok("message:send", data).await["message"].clone()
+}
+
+/// The seqs of `message:new` frames (or of messages), as numbers.
+pub fn seqs(messages: &[Value]) -> Vec<u64> {
+    messages.iter().map(|m| m["seq"].as_u64().expect("seq")).collect()
+}
+
+/// The compiled `chat-server` binary, serving on a free port of 127.0.0.1
+/// with its logs in a file.
+pub struct ServerProcess {
+    pub addr: SocketAddr,
+    child: Child,
+    pub log: PathBuf,
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local addr").port()
+}
+
+impl ServerProcess {
+    /// Starts the binary on `database` with extra environment, and waits until `/health` answers.
+    pub async fn start(database: &Path, log: PathBuf, env: &[(&str, &str)]) -> ServerProcess {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("CHAT_") || key == "RUST_LOG" {
+                command.env_remove(key);
+            }
+        }
+        command
+            .env("CHAT_LISTEN", addr.to_string())
+            .env("CHAT_DATABASE_URL", format!("sqlite://{}", database.display()))
+            .env("CHAT_JWT_SECRET", SECRET)
+            .env("CHAT_API_KEY", API_KEY)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log_file));
+        let child = command.spawn().expect("start chat-server");
+        let mut process = ServerProcess { addr, child, log };
+        process.wait_healthy().await;
+        process
+    }
+
+    async fn wait_healthy(&mut self) {
+        let http = http_client();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(response) = http.get(format!("http://{}/health", self.addr)).send().await {
+                if response.status().is_success() {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("chat-server exited with {status}: {}", self.logs());
+            }
+            assert!(Instant::now() < deadline, "chat-server did not become healthy: {}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What the process logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
