@@ -71,7 +71,9 @@ pub struct EngineConfig {
     pub typing_timeout: Duration,
     /// A session stays open this long past its credentials' expiry.
     pub expiry_leeway: Duration,
-    /// Most messages committed together in one store call.
+    /// Most messages committed together in one store call. The engine keeps
+    /// it to at most half of [`Limits::outbound_queue`], so that one batch
+    /// cannot fill the queue of a client that keeps up.
     pub max_commit_batch: usize,
     /// Messages fetched per store call when replaying a room after `since_seq`.
     pub backlog_chunk: u32,

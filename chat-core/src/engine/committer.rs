@@ -46,8 +46,17 @@ fn share_error(err: &Error) -> Error {
     }
 }
 
+/// The largest batch the committer takes: the configured maximum, kept to at
+/// most half of a session's outbound queue.
+pub(crate) fn batch_limit(config: &crate::config::EngineConfig) -> usize {
+    config.max_commit_batch.min(config.limits.outbound_queue / 2).max(1)
+}
+
 pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<CommitJob>) {
-    let max = inner.config.max_commit_batch.max(1);
+    // One batch can put a message of one room into every listener's queue at
+    // once, so a batch larger than half a session's queue could close a
+    // client that reads as fast as it can.
+    let max = batch_limit(&inner.config);
     let mut jobs = Vec::with_capacity(max);
     while rx.recv_many(&mut jobs, max).await > 0 {
         let mut messages = Vec::with_capacity(jobs.len());

@@ -84,7 +84,7 @@ impl EngineBuilder {
         broker.start(Arc::new(HubSink(hub.clone()))).await?;
         // Sends wait for room in this queue, which bounds the memory that
         // pending sends can take when the store is slower than the clients.
-        let (commit_tx, commit_rx) = mpsc::channel(self.config.max_commit_batch * 4);
+        let (commit_tx, commit_rx) = mpsc::channel(committer::batch_limit(&self.config) * 4);
         let inner = Arc::new(Inner {
             typing: TypingTracker::new(self.config.typing_timeout),
             store: self.store,
