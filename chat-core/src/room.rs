@@ -182,6 +182,19 @@ pub struct NewRoom {
 }
 
 impl NewRoom {
+    /// The room this describes, before any message.
+    pub fn room(&self) -> Room {
+        Room {
+            id: self.id,
+            kind: self.kind,
+            name: self.name.clone(),
+            visibility: self.visibility,
+            created_by: self.created_by.clone(),
+            created_at: self.created_at,
+            last_seq: 0,
+        }
+    }
+
     /// The key that makes a direct room unique per pair of users, whatever their order.
     pub fn direct_key(a: &UserId, b: &UserId) -> String {
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };

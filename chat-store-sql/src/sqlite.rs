@@ -391,16 +391,7 @@ async fn create_room_in(conn: &mut SqliteConnection, new: NewRoom, direct_key: O
         .execute(&mut *conn)
         .await?;
     }
-    let room = Room {
-        id: new.id,
-        kind: new.kind,
-        name: new.name,
-        visibility: new.visibility,
-        created_by: new.created_by,
-        created_at: new.created_at,
-        last_seq: 0,
-    };
-    Ok((room, true))
+    Ok((new.room(), true))
 }
 
 /// The body of [`Store::append_messages`], inside one write transaction.

@@ -32,11 +32,7 @@ async fn shutdown_closes_sessions_with_1001_and_run_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_every_stored_send_before_closing() {
-    let server = TestServer::start_with(|c| {
-        c.commands_per_second = 100_000;
-        c.command_burst = 100_000;
-    })
-    .await;
+    let server = TestServer::unthrottled().await;
     let mut ada = server.connect("ada").await;
     let room = group_with(&mut ada, "public", &[]).await;
     let mut refs = Vec::new();

@@ -236,11 +236,7 @@ async fn two_hundred_concurrent_sends_are_all_acknowledged_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_replays_what_was_missed_then_goes_live() {
-    let server = TestServer::start_with(|c| {
-        c.commands_per_second = 100_000;
-        c.command_burst = 100_000;
-    })
-    .await;
+    let server = TestServer::unthrottled().await;
     let mut ada = server.connect("ada").await;
     let room = group_with(&mut ada, "public", &[]).await;
     let mut bob = server.connect("bob").await;

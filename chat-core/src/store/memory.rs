@@ -128,15 +128,7 @@ impl Store for MemoryStore {
         if state.rooms.contains_key(&new.id) {
             return Err(Error::conflict("room id already taken"));
         }
-        let room = Room {
-            id: new.id,
-            kind: new.kind,
-            name: new.name,
-            visibility: new.visibility,
-            created_by: new.created_by,
-            created_at: new.created_at,
-            last_seq: 0,
-        };
+        let room = new.room();
         let mut rs = RoomState {
             room: room.clone(),
             last_activity: new.created_at,

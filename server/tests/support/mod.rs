@@ -116,6 +116,12 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
+    /// A server whose per-connection command rate is effectively unlimited,
+    /// for tests that pipeline many commands.
+    pub async fn unthrottled() -> Self {
+        Self::start_with(unthrottle).await
+    }
+
     /// A server with the base configuration changed by `tweak`.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
         Self::start_in(tempfile::tempdir().expect("temp dir"), tweak).await
@@ -280,8 +286,13 @@ impl Client {
 
     /// Waits for the reply with this `ref`, keeping other frames.
     pub async fn reply(&mut self, reference: &Value) -> Value {
-        let matches = |f: &Value| f["type"] == "reply" && f["ref"] == *reference;
-        if let Some(i) = self.pending.iter().position(matches) {
+        self.take_first(|f| f["type"] == "reply" && f["ref"] == *reference, &format!("the reply to ref {reference}"))
+            .await
+    }
+
+    /// The first kept or new frame that `matches`; other frames are kept.
+    async fn take_first(&mut self, matches: impl Fn(&Value) -> bool, what: &str) -> Value {
+        if let Some(i) = self.pending.iter().position(&matches) {
             return self.pending.remove(i).expect("present");
         }
         let deadline = Instant::now() + WAIT;
@@ -289,7 +300,7 @@ impl Client {
             match self.read(deadline).await {
                 Read::Frame(f) if matches(&f) => return f,
                 Read::Frame(f) => self.pending.push_back(f),
-                other => panic!("waiting for the reply to ref {reference}: {other:?}; kept: {:?}", self.pending),
+                other => panic!("waiting for {what}: {other:?}; kept: {:?}", self.pending),
             }
         }
     }
@@ -328,18 +339,7 @@ impl Client {
     /// The next kept or new frame whose type is one of `kinds`, whole; frames
     /// of other types are kept.
     pub async fn next_of(&mut self, kinds: &[&str]) -> Value {
-        let matches = |f: &Value| kinds.iter().any(|k| f["type"] == *k);
-        if let Some(i) = self.pending.iter().position(matches) {
-            return self.pending.remove(i).expect("present");
-        }
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match self.read(deadline).await {
-                Read::Frame(f) if matches(&f) => return f,
-                Read::Frame(f) => self.pending.push_back(f),
-                other => panic!("waiting for one of {kinds:?}: {other:?}; kept: {:?}", self.pending),
-            }
-        }
+        self.take_first(|f| kinds.iter().any(|k| f["type"] == *k), &format!("one of {kinds:?}")).await
     }
 
     /// Takes the first kept or new event of this type and returns its data.
@@ -603,4 +603,10 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Lifts the per-connection command rate limit.
+pub fn unthrottle(config: &mut Config) {
+    config.commands_per_second = 100_000;
+    config.command_burst = 100_000;
 }
