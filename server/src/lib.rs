@@ -4,6 +4,28 @@
 //! [`run`] serves on a listener until a shutdown future resolves; `main` only
 //! parses the command line, sets up logging, binds and calls it. Tests call
 //! [`run`] on `127.0.0.1:0`.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> anyhow::Result<()> {
+//! let mut config = chat_server::Config::default();
+//! config.database_url = "sqlite::memory:".into();
+//! config.jwt_secret = Some("a secret of at least thirty-two bytes".into());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let server = tokio::spawn(chat_server::run(listener, config, async move {
+//!     let _ = stopped.await;
+//! }));
+//! // … clients connect to ws://{addr}/v1/ws …
+//! # let _ = addr;
+//! stop.send(()).ok();
+//! server.await??;
+//! # Ok(())
+//! # }
+//! ```
 
 mod config;
 
