@@ -75,6 +75,25 @@ pub struct NewMessage {
     pub created_at: Timestamp,
 }
 
+impl NewMessage {
+    /// The message as stored under `seq`.
+    pub fn into_message(self, seq: u64) -> Message {
+        Message {
+            id: self.id,
+            room_id: self.room_id,
+            seq,
+            sender_id: self.sender_id,
+            client_msg_id: self.client_msg_id,
+            body: self.body,
+            attachments: self.attachments,
+            reply_to: self.reply_to,
+            created_at: self.created_at,
+            edited_at: None,
+            deleted: false,
+        }
+    }
+}
+
 /// The store's answer to an append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {

@@ -454,19 +454,7 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
         *newest = (*newest).max(seq);
         let newest = activity.entry(new.room_id).or_insert(created_at);
         *newest = (*newest).max(created_at);
-        let message = Message {
-            id: new.id,
-            room_id: new.room_id,
-            seq: codec::seq_from_db(seq, "rooms.last_seq")?,
-            sender_id: new.sender_id,
-            client_msg_id: new.client_msg_id,
-            body: new.body,
-            attachments: new.attachments,
-            reply_to: new.reply_to,
-            created_at: new.created_at,
-            edited_at: None,
-            deleted: false,
-        };
+        let message = new.into_message(codec::seq_from_db(seq, "rooms.last_seq")?);
         out.push(Appended { message, created: true });
     }
     for ((room, user), seq) in cursors {

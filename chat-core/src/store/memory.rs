@@ -255,22 +255,10 @@ impl Store for MemoryStore {
                 continue;
             }
             let seq = rs.room.last_seq + 1;
-            let message = Message {
-                id: new.id,
-                room_id: new.room_id,
-                seq,
-                sender_id: new.sender_id,
-                client_msg_id: new.client_msg_id,
-                body: new.body,
-                attachments: new.attachments,
-                reply_to: new.reply_to,
-                created_at: new.created_at,
-                edited_at: None,
-                deleted: false,
-            };
+            let message = new.into_message(seq);
             rs.room.last_seq = seq;
             // The newest time seen: a message stamped earlier must not make the room look older.
-            rs.last_activity = rs.last_activity.max(new.created_at);
+            rs.last_activity = rs.last_activity.max(message.created_at);
             let idx = rs.messages.len();
             rs.messages.push(message.clone());
             rs.by_id.insert(message.id, idx);
