@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{TestServer, group_with, send_message, seqs};
+use support::{Client, TestServer, group_with, send_message, seqs};
 
 const NO_SUCH_MESSAGE: &str = "01900000-0000-7000-8000-000000000000";
 
@@ -16,15 +16,21 @@ fn send_data(room: &str, client_msg_id: &str, body: &str) -> Value {
     json!({"room_id": room, "client_msg_id": client_msg_id, "body": body})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_send_is_answered_to_its_session_and_announced_to_the_others() {
-    let server = TestServer::start().await;
+/// Ada on two sessions and Bob, all joined to a private room of theirs.
+async fn ada_on_two_devices_and_bob(server: &TestServer) -> (Client, Client, Client, String) {
     let mut ada = server.connect("ada").await;
     let mut ada_phone = server.connect("ada").await;
     let mut bob = server.connect("bob").await;
     let room = group_with(&mut ada, "private", &["bob"]).await;
     ada_phone.ok("room:join", json!({"room_id": room})).await;
     bob.ok("room:join", json!({"room_id": room})).await;
+    (ada, ada_phone, bob, room)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_is_answered_to_its_session_and_announced_to_the_others() {
+    let server = TestServer::start().await;
+    let (mut ada, mut ada_phone, mut bob, room) = ada_on_two_devices_and_bob(&server).await;
 
     let first = send_message(&mut ada, &room, "c-1", "hello bob").await;
     assert_eq!(first["room_id"], room.as_str());
@@ -98,12 +104,7 @@ async fn history_pages_by_seq() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edit_and_delete_reach_the_other_sessions() {
     let server = TestServer::start().await;
-    let mut ada = server.connect("ada").await;
-    let mut ada_phone = server.connect("ada").await;
-    let mut bob = server.connect("bob").await;
-    let room = group_with(&mut ada, "private", &["bob"]).await;
-    ada_phone.ok("room:join", json!({"room_id": room})).await;
-    bob.ok("room:join", json!({"room_id": room})).await;
+    let (mut ada, mut ada_phone, mut bob, room) = ada_on_two_devices_and_bob(&server).await;
     let original = send_message(&mut ada, &room, "e1", "helo").await;
     let id = original["id"].clone();
 
