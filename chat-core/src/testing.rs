@@ -16,8 +16,11 @@
 //!
 //! The expression is evaluated once per check and must produce either a store
 //! or a [`TestStore`] (a store plus a guard that keeps its temporary files alive
-//! until the check has finished). To run the suite twice in one test file, name
-//! the module each expansion goes into: `store_conformance!(mod on_disk, async { … })`.
+//! until the check has finished), or an `Option` of either: `None` skips the
+//! check, for stores that need a service the machine may not have (the
+//! expression should then say why on stderr). To run the suite twice in one
+//! test file, name the module each expansion goes into:
+//! `store_conformance!(mod on_disk, async { … })`.
 //!
 //! The checks use fixed timestamps and ids built from short strings, so a
 //! failure message can be read without a debugger.
@@ -77,6 +80,31 @@ impl<S: Store> From<S> for TestStore {
     }
 }
 
+/// What a conformance check can run on: a store, a [`TestStore`], or an
+/// `Option` of either, where `None` skips the check.
+pub trait IntoTestStore {
+    /// The store to check, or `None` to skip.
+    fn into_test_store(self) -> Option<TestStore>;
+}
+
+impl<S: Store> IntoTestStore for S {
+    fn into_test_store(self) -> Option<TestStore> {
+        Some(TestStore::new(self))
+    }
+}
+
+impl IntoTestStore for TestStore {
+    fn into_test_store(self) -> Option<TestStore> {
+        Some(self)
+    }
+}
+
+impl<T: IntoTestStore> IntoTestStore for Option<T> {
+    fn into_test_store(self) -> Option<TestStore> {
+        self.and_then(IntoTestStore::into_test_store)
+    }
+}
+
 impl fmt::Debug for TestStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TestStore").field("guarded", &self.guard.is_some()).finish_non_exhaustive()
@@ -87,7 +115,8 @@ impl fmt::Debug for TestStore {
 /// `store_conformance` (or the name given after `mod`).
 ///
 /// The argument is an expression evaluated once per test; awaiting it must give
-/// a [`Store`] or a [`TestStore`](crate::testing::TestStore). The calling crate
+/// a [`Store`], a [`TestStore`](crate::testing::TestStore), or an `Option` of
+/// either (`None` skips). The calling crate
 /// needs `tokio` with the `macros` and `rt-multi-thread` features as a
 /// dev-dependency. See the [module docs](crate::testing).
 #[macro_export]
@@ -156,7 +185,9 @@ macro_rules! __store_conformance_checks {
         $(
             #[::tokio::test]
             async fn $single() {
-                let fixture: $crate::testing::TestStore = ($make).await.into();
+                let Some(fixture) = $crate::testing::IntoTestStore::into_test_store(($make).await) else {
+                    return;
+                };
                 $crate::testing::$single(fixture.store()).await;
                 fixture.close().await;
             }
@@ -164,7 +195,9 @@ macro_rules! __store_conformance_checks {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $shared() {
-                let fixture: $crate::testing::TestStore = ($make).await.into();
+                let Some(fixture) = $crate::testing::IntoTestStore::into_test_store(($make).await) else {
+                    return;
+                };
                 $crate::testing::$shared(fixture.shared()).await;
                 fixture.close().await;
             }

@@ -6,7 +6,7 @@
 //! [`Error::Corrupt`], naming the column, not the value.
 
 // With no backend feature enabled nothing calls these, and that is fine.
-#![cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+#![cfg_attr(not(all(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 
 use chat_core::{Attachment, MemberRole, MessageId, RoomId, RoomKind, Timestamp, UserId, Visibility};
 

@@ -126,6 +126,10 @@ fn is_transient(err: &dyn sqlx::error::DatabaseError) -> bool {
     if let Some(e) = err.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
         return crate::sqlite::is_transient(e);
     }
+    #[cfg(feature = "postgres")]
+    if let Some(e) = err.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        return crate::postgres::is_transient(e);
+    }
     false
 }
 

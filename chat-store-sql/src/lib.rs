@@ -83,10 +83,16 @@
 //! ```
 
 mod codec;
+mod common;
 pub mod error;
+mod migrate;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 pub use error::{Error, Result};
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresConfig, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteConfig, SqliteStore, Synchronous};

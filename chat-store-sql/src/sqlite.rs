@@ -24,18 +24,18 @@ use chat_core::{
     Room, RoomId, RoomKind, RoomSummary, Store, Timestamp, User, UserId,
 };
 use sqlx::error::DatabaseError;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteError, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, SqlStr, SqliteConnection, SqlitePool};
+use sqlx::{Row, SqliteConnection, SqlitePool};
 
-use crate::codec;
+use crate::common::{Db, finish};
 use crate::error::{Error, Result};
+use crate::{codec, migrate};
 
 /// The migrations, oldest first. A migration, once released, never changes:
 /// sqlx refuses to start when an applied migration's checksum differs.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../migrations/sqlite/0001_initial.sql"))];
+const MIGRATIONS: &[migrate::Embedded] = &[(1, "initial", include_str!("../migrations/sqlite/0001_initial.sql"))];
 
 /// How hard SQLite works to make a commit survive a power cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -133,7 +133,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// The newest schema version this build knows. A database recording a newer
     /// one is refused with [`Error::SchemaTooNew`].
-    pub const SCHEMA_VERSION: i64 = 1;
+    pub const SCHEMA_VERSION: i64 = migrate::newest(MIGRATIONS);
 
     /// Opens (creating when missing) the database, brings its schema up to date
     /// and returns the store.
@@ -204,16 +204,6 @@ fn base_options(config: &SqliteConfig) -> Result<SqliteConnectOptions> {
         .synchronous(config.synchronous.to_sqlx()))
 }
 
-fn migrator() -> Migrator {
-    let migrations = MIGRATIONS
-        .iter()
-        .map(|&(version, description, sql)| {
-            Migration::new(version, description.into(), MigrationType::Simple, SqlStr::from_static(sql), false)
-        })
-        .collect();
-    Migrator::with_migrations(migrations)
-}
-
 /// Refuses a database migrated by a newer build, then applies what is missing.
 async fn migrate_pool(pool: &SqlitePool) -> Result<()> {
     let tracked: bool = sqlx::query_scalar(
@@ -224,11 +214,9 @@ async fn migrate_pool(pool: &SqlitePool) -> Result<()> {
     if tracked {
         let found: Option<i64> =
             sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations").fetch_one(pool).await?;
-        if let Some(found) = found.filter(|&v| v > SqliteStore::SCHEMA_VERSION) {
-            return Err(Error::SchemaTooNew { found, supported: SqliteStore::SCHEMA_VERSION });
-        }
+        migrate::check_not_newer(found, SqliteStore::SCHEMA_VERSION)?;
     }
-    migrator().run(pool).await?;
+    migrate::migrator(MIGRATIONS).run(pool).await?;
     Ok(())
 }
 
@@ -247,17 +235,6 @@ pub(crate) fn is_transient(err: &SqliteError) -> bool {
         return false;
     };
     matches!(code & 0xff, BUSY | LOCKED | NOMEM | READONLY | IOERR | FULL | CANTOPEN | PROTOCOL)
-}
-
-/// Turns a sqlx result into this crate's, classifying the error.
-trait Db<T> {
-    fn db(self) -> Result<T>;
-}
-
-impl<T> Db<T> for std::result::Result<T, sqlx::Error> {
-    fn db(self) -> Result<T> {
-        self.map_err(Error::from)
-    }
 }
 
 // Column lists, as macros so that `concat!` can build `&'static str` queries.
@@ -330,24 +307,6 @@ fn message_from_row(row: &SqliteRow) -> Result<Message> {
         edited_at: edited_at.map(codec::time_from_db),
         deleted: row.try_get("deleted").db()?,
     })
-}
-
-/// Commits `tx` when `result` is `Ok`, rolls it back otherwise.
-async fn finish<T>(tx: sqlx::Transaction<'static, sqlx::Sqlite>, result: Result<T>) -> Result<T> {
-    match result {
-        Ok(value) => {
-            tx.commit().await?;
-            Ok(value)
-        }
-        Err(err) => {
-            // Dropping the transaction would roll back too, but only when the
-            // connection is next used; doing it now releases the write lock.
-            if let Err(rollback) = tx.rollback().await {
-                tracing::warn!(error = %rollback, "rolling back a failed store write failed");
-            }
-            Err(err)
-        }
-    }
 }
 
 /// The body of [`Store::create_room`], inside a write transaction.

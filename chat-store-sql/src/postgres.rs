@@ -1,0 +1,1028 @@
+//! The PostgreSQL store (feature `postgres`).
+//!
+//! Built for several server processes sharing one database:
+//!
+//! - **Seqs** come from `rooms.last_seq`. An append locks the row of every room
+//!   it writes to (`FOR NO KEY UPDATE`, in room id order, so two batches that
+//!   share rooms can never deadlock), numbers its messages from the locked
+//!   counter and moves the counter in the same transaction. Whichever process
+//!   holds the lock, seqs stay gapless and unique.
+//! - **Idempotency** is the UNIQUE index on `(room_id, sender_id,
+//!   client_msg_id)`. A batch is inserted with `ON CONFLICT DO NOTHING`; when
+//!   the database skips a row, an earlier copy of that send is stored, and the
+//!   batch is renumbered around it (still inside the transaction and under the
+//!   room locks, so nothing else can interleave).
+//! - **Group commit**: a whole batch is one transaction of a fixed number of
+//!   statements (arrays bound through `unnest`), whatever its size.
+//! - **Bounded waits**: a pool that cannot hand out a connection within
+//!   [`PostgresConfig::acquire_timeout`] fails the call as unavailable, the
+//!   server cancels any statement running past
+//!   [`PostgresConfig::statement_timeout`], and each call as a whole gives up
+//!   after the sum of both, so a database that stops answering (a cut network
+//!   does not close sockets) costs a caller a bounded wait, never a hang.
+//!
+//! Tables live in the first schema of the connection's `search_path`, which a
+//! URL can set: `postgres://host/db?options=-c%20search_path%3Dchat`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chat_core::{
+    Appended, HistoryPage, HistoryQuery, Member, MemberRole, Message, MessageId, NewMessage, NewRoom, ReceiptKind,
+    Room, RoomId, RoomKind, RoomSummary, Store, Timestamp, User, UserId,
+};
+use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use crate::common::{Db, finish};
+use crate::error::{Error, Result};
+use crate::{codec, migrate};
+
+/// The migrations, oldest first. A migration, once released, never changes.
+const MIGRATIONS: &[migrate::Embedded] = &[(1, "initial", include_str!("../migrations/postgres/0001_initial.sql"))];
+
+/// Settings of a [`PostgresStore`]. Start from [`PostgresConfig::from_url`] and
+/// change the fields that matter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PostgresConfig {
+    /// Where the database is: `postgres://user@host:5432/db`, with any
+    /// parameter sqlx accepts (`sslmode` excepted: this build has no TLS, so use
+    /// a Unix socket or a trusted network).
+    pub url: String,
+    /// Connections this process keeps at most. Every server process sharing
+    /// the database has its own pool, so the database's `max_connections`
+    /// must cover the sum.
+    pub max_connections: u32,
+    /// Connections kept open even when idle, so that the first calls after a
+    /// quiet period do not pay for a connection.
+    pub min_connections: u32,
+    /// How long a call waits for a free connection (or for a new one while the
+    /// database is unreachable) before it fails as unavailable.
+    pub acquire_timeout: Duration,
+    /// The longest one statement may run; the database cancels it after that.
+    /// It also bounds waiting for another process's lock on a room.
+    pub statement_timeout: Duration,
+}
+
+impl PostgresConfig {
+    /// The default settings for a database URL: 10 connections, waits of 2 s
+    /// for a connection and 5 s for a statement.
+    pub fn from_url(url: impl Into<String>) -> Self {
+        PostgresConfig {
+            url: url.into(),
+            max_connections: 10,
+            min_connections: 1,
+            acquire_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn connect_options(&self) -> Result<PgConnectOptions> {
+        let statement_timeout = format!("{}ms", self.statement_timeout.as_millis().max(1));
+        Ok(PgConnectOptions::from_str(&self.url)?
+            .options([("statement_timeout", statement_timeout.as_str())])
+            .application_name("chat-server"))
+    }
+
+    fn pool_options(&self) -> PgPoolOptions {
+        PgPoolOptions::new()
+            .max_connections(self.max_connections.max(1))
+            .min_connections(self.min_connections.min(self.max_connections.max(1)))
+            .acquire_timeout(self.acquire_timeout)
+    }
+}
+
+/// A [`Store`] in one PostgreSQL database. Cheap to clone: clones share the pool.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    /// The longest any call may take: a connection wait plus a statement.
+    /// Enforced here too, because a database behind a cut network never
+    /// answers, and then the server-side timeout never reaches us.
+    deadline: Duration,
+}
+
+impl PostgresStore {
+    /// The newest schema version this build knows. A database recording a newer
+    /// one is refused with [`Error::SchemaTooNew`].
+    pub const SCHEMA_VERSION: i64 = migrate::newest(MIGRATIONS);
+
+    /// Connects, brings the schema up to date and returns the store.
+    ///
+    /// Fails with [`Error::SchemaTooNew`] when a newer build migrated the
+    /// database, [`Error::Unavailable`] when it cannot be reached, and
+    /// [`Error::Config`] for a malformed URL. Several processes may start at
+    /// once: migrations take an advisory lock and run once.
+    pub async fn connect(config: PostgresConfig) -> Result<Self> {
+        let pool = config.pool_options().connect_with(config.connect_options()?).await?;
+        if let Err(err) = migrate_pool(&pool).await {
+            pool.close().await;
+            return Err(err);
+        }
+        Ok(PostgresStore { pool, deadline: config.acquire_timeout + config.statement_timeout })
+    }
+
+    /// Brings the schema up to date without keeping a store open: for a
+    /// `migrate` command run before starting servers.
+    pub async fn migrate(config: PostgresConfig) -> Result<()> {
+        let pool = config.pool_options().max_connections(1).connect_with(config.connect_options()?).await?;
+        let result = migrate_pool(&pool).await;
+        pool.close().await;
+        result
+    }
+
+    /// The schema version recorded in the database, `None` before the first
+    /// migration.
+    pub async fn schema_version(&self) -> Result<Option<i64>> {
+        recorded_version(&self.pool).await
+    }
+
+    /// Runs `call`, failing it as unavailable when it outlives the deadline.
+    async fn bounded<T, E: From<Error>>(&self, call: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+        match tokio::time::timeout(self.deadline, call).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Unavailable("the database did not answer in time".into()).into()),
+        }
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+}
+
+/// The newest migration recorded in the database.
+async fn recorded_version(pool: &PgPool) -> Result<Option<i64>> {
+    // to_regclass follows the search_path, as sqlx's own migration table does.
+    let tracked: bool =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
+    if !tracked {
+        return Ok(None);
+    }
+    Ok(sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations").fetch_one(pool).await?)
+}
+
+/// Refuses a database migrated by a newer build, then applies what is missing.
+async fn migrate_pool(pool: &PgPool) -> Result<()> {
+    migrate::check_not_newer(recorded_version(pool).await?, PostgresStore::SCHEMA_VERSION)?;
+    migrate::migrator(MIGRATIONS).run(pool).await?;
+    Ok(())
+}
+
+/// Whether a PostgreSQL error means the database cannot be used right now.
+pub(crate) fn is_transient(err: &PgDatabaseError) -> bool {
+    is_transient_code(err.code())
+}
+
+/// [`is_transient`] on an SQLSTATE code.
+fn is_transient_code(code: &str) -> bool {
+    // Class 08: connection exception; 53: insufficient resources (disk full,
+    // too many connections); 57: operator intervention (shutdown, canceled by
+    // statement_timeout); 40001/40P01: serialization failure and deadlock,
+    // which a retry resolves; 55P03: lock not available; 25006: read-only
+    // transaction (a standby, or a primary demoted by failover).
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57")
+        || matches!(code, "40001" | "40P01" | "55P03" | "25006")
+}
+
+// Column lists, as macros so that `concat!` can build `&'static str` queries.
+macro_rules! user_cols {
+    () => {
+        "id, name, avatar_url, roles"
+    };
+}
+macro_rules! room_cols {
+    () => {
+        "id, kind, name, visibility, created_by, created_at, last_seq"
+    };
+}
+macro_rules! member_cols {
+    () => {
+        "room_id, user_id, role, joined_at, delivered_seq, read_seq"
+    };
+}
+macro_rules! message_cols {
+    () => {
+        "room_id, seq, id, sender_id, client_msg_id, body, attachments::text AS attachments, reply_to, created_at, \
+         edited_at, deleted"
+    };
+}
+
+fn user_from_row(row: &PgRow) -> Result<User> {
+    Ok(User {
+        id: codec::user_id(row.try_get("id").db()?, "users.id")?,
+        name: row.try_get("name").db()?,
+        avatar_url: row.try_get("avatar_url").db()?,
+        roles: row.try_get("roles").db()?,
+    })
+}
+
+fn room_from_row(row: &PgRow) -> Result<Room> {
+    Ok(Room {
+        id: RoomId::from_uuid(row.try_get("id").db()?),
+        kind: codec::room_kind(row.try_get("kind").db()?)?,
+        name: row.try_get("name").db()?,
+        visibility: codec::visibility(row.try_get("visibility").db()?)?,
+        created_by: codec::user_id(row.try_get("created_by").db()?, "rooms.created_by")?,
+        created_at: codec::time_from_db(row.try_get("created_at").db()?),
+        last_seq: codec::seq_from_db(row.try_get("last_seq").db()?, "rooms.last_seq")?,
+    })
+}
+
+fn member_from_row(row: &PgRow) -> Result<Member> {
+    Ok(Member {
+        room_id: RoomId::from_uuid(row.try_get("room_id").db()?),
+        user_id: codec::user_id(row.try_get("user_id").db()?, "members.user_id")?,
+        role: codec::member_role(row.try_get("role").db()?)?,
+        joined_at: codec::time_from_db(row.try_get("joined_at").db()?),
+        delivered_seq: codec::seq_from_db(row.try_get("delivered_seq").db()?, "members.delivered_seq")?,
+        read_seq: codec::seq_from_db(row.try_get("read_seq").db()?, "members.read_seq")?,
+    })
+}
+
+fn message_from_row(row: &PgRow) -> Result<Message> {
+    let reply_to: Option<Uuid> = row.try_get("reply_to").db()?;
+    let edited_at: Option<i64> = row.try_get("edited_at").db()?;
+    Ok(Message {
+        id: MessageId::from_uuid(row.try_get("id").db()?),
+        room_id: RoomId::from_uuid(row.try_get("room_id").db()?),
+        seq: codec::seq_from_db(row.try_get("seq").db()?, "messages.seq")?,
+        sender_id: codec::user_id(row.try_get("sender_id").db()?, "messages.sender_id")?,
+        client_msg_id: row.try_get("client_msg_id").db()?,
+        body: row.try_get("body").db()?,
+        attachments: codec::attachments_from_db(row.try_get("attachments").db()?)?,
+        reply_to: reply_to.map(MessageId::from_uuid),
+        created_at: codec::time_from_db(row.try_get("created_at").db()?),
+        edited_at: edited_at.map(codec::time_from_db),
+        deleted: row.try_get("deleted").db()?,
+    })
+}
+
+/// The body of [`Store::create_room`], inside a transaction.
+async fn create_room_in(conn: &mut PgConnection, new: NewRoom, direct_key: Option<String>) -> Result<(Room, bool)> {
+    let created_at = new.created_at.as_millis();
+    // A direct room whose pair already has one inserts nothing; the UNIQUE
+    // index on `direct_key` decides, and a racing insert of the same pair
+    // waits for the first to commit, then skips.
+    let inserted = sqlx::query(
+        "INSERT INTO rooms (id, kind, name, visibility, created_by, created_at, last_seq, last_activity, direct_key)
+         VALUES ($1, $2, $3, $4, $5, $6, 0, $6, $7)
+         ON CONFLICT (direct_key) DO NOTHING",
+    )
+    .bind(new.id.as_uuid())
+    .bind(new.kind.as_str())
+    .bind(new.name.as_deref())
+    .bind(new.visibility.as_str())
+    .bind(new.created_by.as_str())
+    .bind(created_at)
+    .bind(direct_key.as_deref())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        let row = sqlx::query(concat!("SELECT ", room_cols!(), " FROM rooms WHERE direct_key = $1"))
+            .bind(direct_key.as_deref())
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| Error::Database("a room insert was skipped with no direct room to return".into()))?;
+        return Ok((room_from_row(&row)?, false));
+    }
+    let users: Vec<&str> = new.members.iter().map(|(user, _)| user.as_str()).collect();
+    let roles: Vec<&str> = new.members.iter().map(|(_, role)| role.as_str()).collect();
+    // WITH ORDINALITY keeps the list's order, so `pos` follows it.
+    sqlx::query(
+        "INSERT INTO members (room_id, user_id, role, joined_at)
+         SELECT $1, u.user_id, u.role, $4
+         FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(user_id, role, n)
+         ORDER BY u.n
+         ON CONFLICT (room_id, user_id) DO NOTHING",
+    )
+    .bind(new.id.as_uuid())
+    .bind(&users)
+    .bind(&roles)
+    .bind(created_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok((new.room(), true))
+}
+
+/// What becomes of one message of a batch.
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    /// Stored now under this seq.
+    New(i64),
+    /// Stored before this batch: the stored message answers.
+    Stored(Message),
+    /// Repeats an earlier message of this batch (its index).
+    Repeat(usize),
+}
+
+/// The idempotency key of a message.
+type Key<'a> = (Uuid, &'a str, &'a str);
+
+/// Numbers a batch: each new message takes the next seq of its room, counting
+/// from `last_seqs`; a message already stored (in `stored`) or earlier in the
+/// batch takes no seq.
+fn plan(batch: &[NewMessage], last_seqs: &HashMap<Uuid, i64>, stored: &HashMap<Key<'_>, Message>) -> Vec<Outcome> {
+    let mut next = last_seqs.clone();
+    let mut first: HashMap<Key<'_>, usize> = HashMap::with_capacity(batch.len());
+    let mut out = Vec::with_capacity(batch.len());
+    for (i, new) in batch.iter().enumerate() {
+        let key = (*new.room_id.as_uuid(), new.sender_id.as_str(), new.client_msg_id.as_str());
+        if let Some(message) = stored.get(&key) {
+            out.push(Outcome::Stored(message.clone()));
+        } else if let Some(&earlier) = first.get(&key) {
+            out.push(Outcome::Repeat(earlier));
+        } else {
+            first.insert(key, i);
+            let seq = next.entry(key.0).or_insert(0);
+            *seq += 1;
+            out.push(Outcome::New(*seq));
+        }
+    }
+    out
+}
+
+/// Inserts the new messages of a planned batch in one statement and returns
+/// how many rows went in. With `skip_stored`, a row whose idempotency key is
+/// taken is skipped instead of failing the statement.
+async fn insert_planned(
+    conn: &mut PgConnection,
+    batch: &[NewMessage],
+    plan: &[Outcome],
+    skip_stored: bool,
+) -> Result<u64> {
+    let n = plan.iter().filter(|o| matches!(o, Outcome::New(_))).count();
+    let mut rooms = Vec::with_capacity(n);
+    let mut seqs = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    let mut senders = Vec::with_capacity(n);
+    let mut client_ids = Vec::with_capacity(n);
+    let mut bodies = Vec::with_capacity(n);
+    let mut attachments = Vec::with_capacity(n);
+    let mut replies = Vec::with_capacity(n);
+    let mut times = Vec::with_capacity(n);
+    for (new, outcome) in batch.iter().zip(plan) {
+        let Outcome::New(seq) = *outcome else { continue };
+        rooms.push(*new.room_id.as_uuid());
+        seqs.push(seq);
+        ids.push(*new.id.as_uuid());
+        senders.push(new.sender_id.as_str());
+        client_ids.push(new.client_msg_id.as_str());
+        bodies.push(new.body.as_str());
+        attachments.push(codec::attachments_to_db(&new.attachments)?);
+        replies.push(new.reply_to.map(|id| *id.as_uuid()));
+        times.push(new.created_at.as_millis());
+    }
+    if n == 0 {
+        return Ok(0);
+    }
+    let sql = if skip_stored {
+        concat!(
+            "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at)
+             SELECT r, s, i, se, c, b, a::jsonb, rt, t
+             FROM unnest($1::uuid[], $2::int8[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::uuid[], $9::int8[]) AS u(r, s, i, se, c, b, a, rt, t)",
+            " ON CONFLICT (room_id, sender_id, client_msg_id) DO NOTHING"
+        )
+    } else {
+        "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at)
+         SELECT r, s, i, se, c, b, a::jsonb, rt, t
+         FROM unnest($1::uuid[], $2::int8[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
+                     $8::uuid[], $9::int8[]) AS u(r, s, i, se, c, b, a, rt, t)"
+    };
+    Ok(sqlx::query(sql)
+        .bind(&rooms)
+        .bind(&seqs)
+        .bind(&ids)
+        .bind(&senders)
+        .bind(&client_ids)
+        .bind(&bodies)
+        .bind(&attachments)
+        .bind(&replies)
+        .bind(&times)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected())
+}
+
+/// The stored messages that share an idempotency key with a message of the batch.
+async fn stored_copies<'a>(conn: &mut PgConnection, batch: &'a [NewMessage]) -> Result<HashMap<Key<'a>, Message>> {
+    let rooms: Vec<Uuid> = batch.iter().map(|m| *m.room_id.as_uuid()).collect();
+    let senders: Vec<&str> = batch.iter().map(|m| m.sender_id.as_str()).collect();
+    let client_ids: Vec<&str> = batch.iter().map(|m| m.client_msg_id.as_str()).collect();
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        message_cols!(),
+        " FROM messages WHERE (room_id, sender_id, client_msg_id) IN
+            (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]))"
+    ))
+    .bind(&rooms)
+    .bind(&senders)
+    .bind(&client_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut stored = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let message = message_from_row(row)?;
+        // Borrow the key from the batch, which outlives the map.
+        if let Some(new) = batch.iter().find(|m| {
+            m.room_id == message.room_id && m.sender_id == message.sender_id && m.client_msg_id == message.client_msg_id
+        }) {
+            stored.insert((*new.room_id.as_uuid(), new.sender_id.as_str(), new.client_msg_id.as_str()), message);
+        }
+    }
+    Ok(stored)
+}
+
+/// The body of [`Store::append_messages`], inside one transaction.
+async fn append_in(conn: &mut PgConnection, batch: Vec<NewMessage>) -> Result<Vec<Appended>> {
+    // Lock every room of the batch, in id order, and read its counter.
+    let mut room_ids: Vec<Uuid> = batch.iter().map(|m| *m.room_id.as_uuid()).collect();
+    room_ids.sort_unstable();
+    room_ids.dedup();
+    let locked: Vec<(Uuid, i64)> =
+        sqlx::query_as("SELECT id, last_seq FROM rooms WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+            .bind(&room_ids)
+            .fetch_all(&mut *conn)
+            .await?;
+    if locked.len() != room_ids.len() {
+        return Err(Error::NotFound("room"));
+    }
+    let last_seqs: HashMap<Uuid, i64> = locked.iter().copied().collect();
+
+    // Most batches hold no retry: insert them as numbered. When the unique
+    // index skips a row, take this batch's rows back out (the room locks mean
+    // every row past the old counters is ours) and renumber around the stored
+    // copies.
+    let mut outcomes = plan(&batch, &last_seqs, &HashMap::new());
+    let expected = outcomes.iter().filter(|o| matches!(o, Outcome::New(_))).count() as u64;
+    if insert_planned(conn, &batch, &outcomes, true).await? != expected {
+        let (rooms, lasts): (Vec<Uuid>, Vec<i64>) = locked.iter().copied().unzip();
+        sqlx::query(
+            "DELETE FROM messages m USING unnest($1::uuid[], $2::int8[]) AS r(id, last)
+             WHERE m.room_id = r.id AND m.seq > r.last",
+        )
+        .bind(&rooms)
+        .bind(&lasts)
+        .execute(&mut *conn)
+        .await?;
+        let stored = stored_copies(conn, &batch).await?;
+        outcomes = plan(&batch, &last_seqs, &stored);
+        let expected = outcomes.iter().filter(|o| matches!(o, Outcome::New(_))).count() as u64;
+        let inserted = insert_planned(conn, &batch, &outcomes, false).await?;
+        if inserted != expected {
+            return Err(Error::Database("a renumbered batch did not insert every new message".into()));
+        }
+    }
+
+    // Counters, activity times and the senders' cursors, one statement each.
+    let mut rooms: HashMap<Uuid, (i64, i64)> = HashMap::new();
+    let mut cursors: HashMap<(Uuid, &str), i64> = HashMap::new();
+    for (new, outcome) in batch.iter().zip(&outcomes) {
+        let Outcome::New(seq) = *outcome else { continue };
+        let room = *new.room_id.as_uuid();
+        let at = new.created_at.as_millis();
+        let entry = rooms.entry(room).or_insert((seq, at));
+        *entry = (entry.0.max(seq), entry.1.max(at));
+        let cursor = cursors.entry((room, new.sender_id.as_str())).or_insert(seq);
+        *cursor = (*cursor).max(seq);
+    }
+    if !rooms.is_empty() {
+        let mut rows: Vec<(Uuid, (i64, i64))> = rooms.into_iter().collect();
+        rows.sort_unstable_by_key(|r| r.0);
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.1.0).collect();
+        let times: Vec<i64> = rows.iter().map(|r| r.1.1).collect();
+        sqlx::query(
+            "UPDATE rooms SET last_seq = u.seq, last_activity = GREATEST(rooms.last_activity, u.at)
+             FROM unnest($1::uuid[], $2::int8[], $3::int8[]) AS u(id, seq, at) WHERE rooms.id = u.id",
+        )
+        .bind(&ids)
+        .bind(&seqs)
+        .bind(&times)
+        .execute(&mut *conn)
+        .await?;
+
+        let mut rows: Vec<((Uuid, &str), i64)> = cursors.into_iter().collect();
+        rows.sort_unstable();
+        let rooms: Vec<Uuid> = rows.iter().map(|r| r.0.0).collect();
+        let users: Vec<&str> = rows.iter().map(|r| r.0.1).collect();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.1).collect();
+        sqlx::query(
+            "UPDATE members SET read_seq = GREATEST(members.read_seq, u.seq),
+                                delivered_seq = GREATEST(members.delivered_seq, u.seq)
+             FROM unnest($1::uuid[], $2::text[], $3::int8[]) AS u(room_id, user_id, seq)
+             WHERE members.room_id = u.room_id AND members.user_id = u.user_id",
+        )
+        .bind(&rooms)
+        .bind(&users)
+        .bind(&seqs)
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    let mut out: Vec<Appended> = Vec::with_capacity(batch.len());
+    for (new, outcome) in batch.into_iter().zip(outcomes) {
+        let appended = match outcome {
+            Outcome::New(seq) => {
+                Appended { message: new.into_message(codec::seq_from_db(seq, "rooms.last_seq")?), created: true }
+            }
+            Outcome::Stored(message) => Appended { message, created: false },
+            Outcome::Repeat(earlier) => Appended { message: out[earlier].message.clone(), created: false },
+        };
+        out.push(appended);
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn upsert_user(&self, user: &User) -> chat_core::Result<()> {
+        self.bounded(async {
+            sqlx::query(
+                "INSERT INTO users (id, name, avatar_url, roles) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO UPDATE
+                 SET name = excluded.name, avatar_url = excluded.avatar_url, roles = excluded.roles",
+            )
+            .bind(user.id.as_str())
+            .bind(&user.name)
+            .bind(user.avatar_url.as_deref())
+            .bind(&user.roles)
+            .execute(&self.pool)
+            .await
+            .db()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn user(&self, id: &UserId) -> chat_core::Result<Option<User>> {
+        self.bounded(async {
+            let row = sqlx::query(concat!("SELECT ", user_cols!(), " FROM users WHERE id = $1"))
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .db()?;
+            Ok(row.as_ref().map(user_from_row).transpose()?)
+        })
+        .await
+    }
+
+    async fn users(&self, ids: &[UserId]) -> chat_core::Result<Vec<User>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = ids.iter().map(UserId::as_str).collect();
+        self.bounded(async {
+            let rows = sqlx::query(concat!("SELECT ", user_cols!(), " FROM users WHERE id = ANY($1)"))
+                .bind(&ids)
+                .fetch_all(&self.pool)
+                .await
+                .db()?;
+            Ok(rows.iter().map(user_from_row).collect::<Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn search_users(&self, query: &str, limit: u32) -> chat_core::Result<Vec<User>> {
+        // Case folding is ASCII only, as in every store (PostgreSQL's lower()
+        // would fold by locale); strpos has no wildcards to escape; COLLATE "C"
+        // orders by bytes, as Rust compares strings.
+        self.bounded(async {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                user_cols!(),
+                " FROM users
+                  WHERE strpos(translate(id, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz'), $1) > 0
+                     OR strpos(translate(name, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz'), $1) > 0
+                  ORDER BY name COLLATE \"C\", id COLLATE \"C\" LIMIT $2"
+            ))
+            .bind(query.to_ascii_lowercase())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .db()?;
+            Ok(rows.iter().map(user_from_row).collect::<Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn create_room(&self, new: NewRoom) -> chat_core::Result<(Room, bool)> {
+        let direct_key = match (new.kind, new.members.as_slice()) {
+            (RoomKind::Direct, [(a, _), (b, _)]) => Some(NewRoom::direct_key(a, b)),
+            (RoomKind::Direct, _) => {
+                return Err(chat_core::Error::invalid("a direct room has exactly two members"));
+            }
+            _ => None,
+        };
+        self.bounded(async {
+            let mut tx = self.begin().await?;
+            let result = create_room_in(&mut tx, new, direct_key).await;
+            match finish(tx, result).await {
+                Ok(created) => Ok(created),
+                Err(Error::Conflict(source)) => {
+                    tracing::debug!(error = %source, "room id already taken");
+                    Err(chat_core::Error::conflict("room id already taken"))
+                }
+                Err(err) => Err(err.into()),
+            }
+        })
+        .await
+    }
+
+    async fn room(&self, id: RoomId) -> chat_core::Result<Option<Room>> {
+        self.bounded(async {
+            let row = sqlx::query(concat!("SELECT ", room_cols!(), " FROM rooms WHERE id = $1"))
+                .bind(id.as_uuid())
+                .fetch_optional(&self.pool)
+                .await
+                .db()?;
+            Ok(row.as_ref().map(room_from_row).transpose()?)
+        })
+        .await
+    }
+
+    async fn rooms_of_user(&self, user: &UserId) -> chat_core::Result<Vec<RoomSummary>> {
+        self.bounded(async {
+            let rows = sqlx::query(
+                "SELECT r.id, r.kind, r.name, r.visibility, r.created_by, r.created_at, r.last_seq, m.read_seq
+                 FROM members m JOIN rooms r ON r.id = m.room_id
+                 WHERE m.user_id = $1
+                 ORDER BY r.last_activity DESC, r.id DESC",
+            )
+            .bind(user.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .db()?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let read_seq = codec::seq_from_db(row.try_get("read_seq").db()?, "members.read_seq")?;
+                out.push(RoomSummary::new(room_from_row(row)?, read_seq));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn room_count_of_user(&self, user: &UserId) -> chat_core::Result<u64> {
+        self.bounded(async {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE user_id = $1")
+                .bind(user.as_str())
+                .fetch_one(&self.pool)
+                .await
+                .db()?;
+            Ok(codec::count_from_db(n)?)
+        })
+        .await
+    }
+
+    async fn member(&self, room: RoomId, user: &UserId) -> chat_core::Result<Option<Member>> {
+        self.bounded(async {
+            let row =
+                sqlx::query(concat!("SELECT ", member_cols!(), " FROM members WHERE room_id = $1 AND user_id = $2"))
+                    .bind(room.as_uuid())
+                    .bind(user.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .db()?;
+            Ok(row.as_ref().map(member_from_row).transpose()?)
+        })
+        .await
+    }
+
+    async fn members(&self, room: RoomId) -> chat_core::Result<Vec<Member>> {
+        self.bounded(async {
+            let rows = sqlx::query(concat!("SELECT ", member_cols!(), " FROM members WHERE room_id = $1 ORDER BY pos"))
+                .bind(room.as_uuid())
+                .fetch_all(&self.pool)
+                .await
+                .db()?;
+            Ok(rows.iter().map(member_from_row).collect::<Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn member_count(&self, room: RoomId) -> chat_core::Result<u64> {
+        self.bounded(async {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE room_id = $1")
+                .bind(room.as_uuid())
+                .fetch_one(&self.pool)
+                .await
+                .db()?;
+            Ok(codec::count_from_db(n)?)
+        })
+        .await
+    }
+
+    async fn add_member(
+        &self,
+        room: RoomId,
+        user: &UserId,
+        role: MemberRole,
+        at: Timestamp,
+    ) -> chat_core::Result<bool> {
+        self.bounded(async {
+            // The WHERE makes a missing room insert nothing instead of failing
+            // the foreign key. Rooms are never deleted, so when nothing was
+            // inserted and the room exists, the user was a member already.
+            let inserted = sqlx::query(
+                "INSERT INTO members (room_id, user_id, role, joined_at)
+                 SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM rooms WHERE id = $1)
+                 ON CONFLICT (room_id, user_id) DO NOTHING",
+            )
+            .bind(room.as_uuid())
+            .bind(user.as_str())
+            .bind(role.as_str())
+            .bind(at.as_millis())
+            .execute(&self.pool)
+            .await
+            .db()?
+            .rows_affected();
+            if inserted > 0 {
+                return Ok(true);
+            }
+            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM rooms WHERE id = $1)")
+                .bind(room.as_uuid())
+                .fetch_one(&self.pool)
+                .await
+                .db()?;
+            if exists { Ok(false) } else { Err(chat_core::Error::NotFound("room")) }
+        })
+        .await
+    }
+
+    async fn remove_member(&self, room: RoomId, user: &UserId) -> chat_core::Result<bool> {
+        self.bounded(async {
+            let removed = sqlx::query("DELETE FROM members WHERE room_id = $1 AND user_id = $2")
+                .bind(room.as_uuid())
+                .bind(user.as_str())
+                .execute(&self.pool)
+                .await
+                .db()?
+                .rows_affected();
+            Ok(removed > 0)
+        })
+        .await
+    }
+
+    async fn co_members(&self, user: &UserId) -> chat_core::Result<Vec<UserId>> {
+        self.bounded(async {
+            let ids: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT o.user_id FROM members m JOIN members o ON o.room_id = m.room_id
+                 WHERE m.user_id = $1 AND o.user_id <> $1",
+            )
+            .bind(user.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .db()?;
+            Ok(ids.into_iter().map(|id| codec::user_id(id, "members.user_id")).collect::<Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn append_messages(&self, batch: Vec<NewMessage>) -> chat_core::Result<Vec<Appended>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.bounded(async {
+            // One transaction: one durable commit for the whole batch, and
+            // nothing of it stored when any part fails.
+            let mut tx = self.begin().await?;
+            let result = append_in(&mut tx, batch).await;
+            Ok(finish(tx, result).await?)
+        })
+        .await
+    }
+
+    async fn message(&self, room: RoomId, id: MessageId) -> chat_core::Result<Option<Message>> {
+        self.bounded(async {
+            let row = sqlx::query(concat!("SELECT ", message_cols!(), " FROM messages WHERE id = $2 AND room_id = $1"))
+                .bind(room.as_uuid())
+                .bind(id.as_uuid())
+                .fetch_optional(&self.pool)
+                .await
+                .db()?;
+            Ok(row.as_ref().map(message_from_row).transpose()?)
+        })
+        .await
+    }
+
+    async fn edit_message(
+        &self,
+        room: RoomId,
+        id: MessageId,
+        body: &str,
+        at: Timestamp,
+    ) -> chat_core::Result<Option<Message>> {
+        self.bounded(async {
+            let row = sqlx::query(concat!(
+                "UPDATE messages SET body = $3, edited_at = $4 WHERE id = $2 AND room_id = $1 RETURNING ",
+                message_cols!()
+            ))
+            .bind(room.as_uuid())
+            .bind(id.as_uuid())
+            .bind(body)
+            .bind(at.as_millis())
+            .fetch_optional(&self.pool)
+            .await
+            .db()?;
+            Ok(row.as_ref().map(message_from_row).transpose()?)
+        })
+        .await
+    }
+
+    async fn delete_message(&self, room: RoomId, id: MessageId, at: Timestamp) -> chat_core::Result<Option<Message>> {
+        self.bounded(async {
+            let row = sqlx::query(concat!(
+                "UPDATE messages SET body = '', attachments = '[]', deleted = TRUE, edited_at = $3
+                 WHERE id = $2 AND room_id = $1 RETURNING ",
+                message_cols!()
+            ))
+            .bind(room.as_uuid())
+            .bind(id.as_uuid())
+            .bind(at.as_millis())
+            .fetch_optional(&self.pool)
+            .await
+            .db()?;
+            Ok(row.as_ref().map(message_from_row).transpose()?)
+        })
+        .await
+    }
+
+    async fn history(&self, room: RoomId, q: HistoryQuery) -> chat_core::Result<HistoryPage> {
+        let room = *room.as_uuid();
+        // One row more than asked tells whether more lie beyond the page.
+        let fetch = i64::from(q.limit) + 1;
+        self.bounded(async {
+            let query = match (q.before_seq, q.after_seq) {
+                (None, None) => sqlx::query(concat!(
+                    "SELECT ",
+                    message_cols!(),
+                    " FROM messages WHERE room_id = $1 ORDER BY seq DESC LIMIT $2"
+                ))
+                .bind(room)
+                .bind(fetch),
+                (Some(before), None) => sqlx::query(concat!(
+                    "SELECT ",
+                    message_cols!(),
+                    " FROM messages WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+                ))
+                .bind(room)
+                .bind(codec::seq_bound(before))
+                .bind(fetch),
+                (None, Some(after)) => sqlx::query(concat!(
+                    "SELECT ",
+                    message_cols!(),
+                    " FROM messages WHERE room_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3"
+                ))
+                .bind(room)
+                .bind(codec::seq_bound(after))
+                .bind(fetch),
+                (Some(before), Some(after)) => sqlx::query(concat!(
+                    "SELECT ",
+                    message_cols!(),
+                    " FROM messages WHERE room_id = $1 AND seq > $2 AND seq < $3 ORDER BY seq ASC LIMIT $4"
+                ))
+                .bind(room)
+                .bind(codec::seq_bound(after))
+                .bind(codec::seq_bound(before))
+                .bind(fetch),
+            };
+            let mut rows = query.fetch_all(&self.pool).await.db()?;
+            let has_more = rows.len() > q.limit as usize;
+            rows.truncate(q.limit as usize);
+            let mut messages = rows.iter().map(message_from_row).collect::<Result<Vec<_>>>()?;
+            if q.after_seq.is_none() {
+                // Read newest first to find the page; hand it out oldest first.
+                messages.reverse();
+            }
+            Ok(HistoryPage { messages, has_more })
+        })
+        .await
+    }
+
+    async fn advance_cursor(
+        &self,
+        room: RoomId,
+        user: &UserId,
+        kind: ReceiptKind,
+        up_to: u64,
+    ) -> chat_core::Result<Option<u64>> {
+        let sql = match kind {
+            ReceiptKind::Delivered => {
+                "UPDATE members SET delivered_seq = $3 WHERE room_id = $1 AND user_id = $2 AND delivered_seq < $3"
+            }
+            // Reading implies delivery; GREATEST keeps the delivered cursor from moving back.
+            ReceiptKind::Read => {
+                "UPDATE members SET read_seq = $3, delivered_seq = GREATEST(delivered_seq, $3)
+                 WHERE room_id = $1 AND user_id = $2 AND read_seq < $3"
+            }
+        };
+        let up_to_db = codec::seq_to_db(up_to)?;
+        self.bounded(async {
+            let moved = sqlx::query(sql)
+                .bind(room.as_uuid())
+                .bind(user.as_str())
+                .bind(up_to_db)
+                .execute(&self.pool)
+                .await
+                .db()?
+                .rows_affected();
+            Ok((moved > 0).then_some(up_to))
+        })
+        .await
+    }
+
+    async fn ping(&self) -> chat_core::Result<()> {
+        self.bounded(async {
+            sqlx::query("SELECT 1").execute(&self.pool).await.db()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(room: RoomId, sender: &str, client_msg_id: &str) -> NewMessage {
+        NewMessage {
+            id: MessageId::generate(),
+            room_id: room,
+            sender_id: UserId::new(sender).expect("a valid user id"),
+            client_msg_id: client_msg_id.into(),
+            body: "hi".into(),
+            attachments: vec![],
+            reply_to: None,
+            created_at: Timestamp::from_millis(1),
+        }
+    }
+
+    #[test]
+    fn plan_numbers_each_room_from_its_counter_and_skips_repeats() {
+        let (a, b) = (RoomId::generate(), RoomId::generate());
+        let batch =
+            [new(a, "ada", "1"), new(b, "ada", "1"), new(a, "ada", "2"), new(a, "ada", "1"), new(a, "bob", "1")];
+        let last = HashMap::from([(*a.as_uuid(), 7), (*b.as_uuid(), 0)]);
+        let outcomes = plan(&batch, &last, &HashMap::new());
+        assert_eq!(
+            outcomes,
+            [Outcome::New(8), Outcome::New(1), Outcome::New(9), Outcome::Repeat(0), Outcome::New(10)],
+            "the same key in another room or from another sender is a different message"
+        );
+    }
+
+    #[test]
+    fn plan_answers_stored_copies_without_taking_a_seq() {
+        let a = RoomId::generate();
+        let batch = [new(a, "ada", "old"), new(a, "ada", "new"), new(a, "ada", "old")];
+        let stored_message = batch[0].clone().into_message(3);
+        let stored = HashMap::from([((*a.as_uuid(), "ada", "old"), stored_message.clone())]);
+        let outcomes = plan(&batch, &HashMap::from([(*a.as_uuid(), 5)]), &stored);
+        assert_eq!(
+            outcomes,
+            [Outcome::Stored(stored_message.clone()), Outcome::New(6), Outcome::Stored(stored_message)]
+        );
+    }
+
+    #[test]
+    fn transient_codes_are_classified() {
+        // admin_shutdown, connection_failure, too_many_connections, disk_full,
+        // query_canceled, serialization_failure, deadlock, lock_not_available,
+        // read_only_sql_transaction.
+        for code in ["57P01", "08006", "53300", "53100", "57014", "40001", "40P01", "55P03", "25006"] {
+            assert!(is_transient_code(code), "{code} is transient");
+        }
+        // unique_violation, foreign_key_violation, syntax_error, undefined_table, check_violation.
+        for code in ["23505", "23503", "42601", "42P01", "23514"] {
+            assert!(!is_transient_code(code), "{code} is not transient");
+        }
+    }
+
+    #[test]
+    fn the_schema_version_is_the_newest_migration() {
+        assert_eq!(MIGRATIONS.iter().map(|m| m.0).max(), Some(PostgresStore::SCHEMA_VERSION));
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0), "migrations are listed oldest first");
+    }
+
+    #[test]
+    fn defaults_bound_every_wait() {
+        let config = PostgresConfig::from_url("postgres://localhost/chat");
+        assert!(config.acquire_timeout <= Duration::from_secs(5));
+        assert!(config.statement_timeout <= Duration::from_secs(30));
+        assert!(config.connect_options().is_ok());
+        assert!(PostgresConfig::from_url("mysql://nope").connect_options().is_err());
+    }
+}
