@@ -90,6 +90,8 @@ mod migrate;
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(feature = "postgres")]
+pub mod testing;
 
 pub use error::{Error, Result};
 #[cfg(feature = "postgres")]

@@ -85,7 +85,8 @@ impl PostgresConfig {
     fn connect_options(&self) -> Result<PgConnectOptions> {
         let statement_timeout = format!("{}ms", self.statement_timeout.as_millis().max(1));
         Ok(PgConnectOptions::from_str(&self.url)?
-            .options([("statement_timeout", statement_timeout.as_str())])
+            // Notices such as "relation already exists, skipping" are not worth a log line.
+            .options([("statement_timeout", statement_timeout.as_str()), ("client_min_messages", "warning")])
             .application_name("chat-server"))
     }
 

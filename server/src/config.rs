@@ -25,16 +25,61 @@ pub enum LogFormat {
     Json,
 }
 
+/// The kind of database a [`Config`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One SQLite file, embedded.
+    Sqlite,
+    /// A PostgreSQL server, possibly shared by several chat servers.
+    Postgres,
+}
+
+impl Backend {
+    /// A name for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres => "PostgreSQL",
+        }
+    }
+
+    /// The cargo feature that builds it in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    /// Whether this build has it.
+    pub fn is_built_in(self) -> bool {
+        match self {
+            Backend::Sqlite => cfg!(feature = "sqlite"),
+            Backend::Postgres => cfg!(feature = "postgres"),
+        }
+    }
+}
+
 /// Everything `chat-server` can be configured with. See the README for a table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// `sqlite://path` (made when missing) or `sqlite::memory:`.
+    /// The store: `sqlite://path` (made when missing), `sqlite::memory:`, or
+    /// `postgres://user@host:port/db` (also `postgresql://`).
     pub database_url: String,
     /// SQLite `synchronous`: `full` (an ack survives power loss), `normal` or `off`.
     pub sqlite_synchronous: String,
+    /// Most database connections this server opens: the PostgreSQL pool, or
+    /// SQLite's read connections (SQLite always writes through one).
+    pub database_max_connections: u32,
+    /// Longest a database statement may run (PostgreSQL `statement_timeout`),
+    /// or wait for another process's lock (SQLite `busy_timeout`), in ms.
+    pub database_statement_timeout_ms: u64,
+    /// PostgreSQL: how long a call waits for a connection before it fails as
+    /// unavailable, in ms. Bounds the wait while the database is unreachable.
+    pub database_acquire_timeout_ms: u64,
     /// HS256 secret (at least 32 bytes). When unset and no public key is
     /// configured, one is made and kept beside the database.
     pub jwt_secret: Option<String>,
@@ -88,6 +133,9 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: "sqlite://chat.db".into(),
             sqlite_synchronous: "full".into(),
+            database_max_connections: 10,
+            database_statement_timeout_ms: 5_000,
+            database_acquire_timeout_ms: 2_000,
             jwt_secret: None,
             jwt_algorithm: "HS256".into(),
             jwt_public_key_file: None,
@@ -131,9 +179,14 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        if !self.database_url.starts_with("sqlite:") {
-            bail!("database_url must start with sqlite: (PostgreSQL support is not built in yet)");
+        self.backend()?;
+        if self.database_max_connections == 0 {
+            bail!("database_max_connections must be at least 1");
         }
+        if self.database_statement_timeout_ms == 0 || self.database_acquire_timeout_ms == 0 {
+            bail!("database_statement_timeout_ms and database_acquire_timeout_ms must be positive");
+        }
+        #[cfg(feature = "sqlite")]
         chat_store_sql::Synchronous::parse(&self.sqlite_synchronous).with_context(|| {
             format!("sqlite_synchronous must be full, normal or off, not {:?}", self.sqlite_synchronous)
         })?;
@@ -176,6 +229,26 @@ impl Config {
         ws
     }
 
+    /// Which store `database_url` names, by its scheme.
+    pub fn backend(&self) -> anyhow::Result<Backend> {
+        let url = self.database_url.as_str();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            bail!("database_url must start with sqlite:, postgres:// or postgresql://");
+        };
+        if !backend.is_built_in() {
+            bail!(
+                "database_url names {}, which this build leaves out (build chat-server with the {:?} feature)",
+                backend.name(),
+                backend.feature()
+            );
+        }
+        Ok(backend)
+    }
+
     /// The SQLite file, if the database is one (not in memory).
     pub fn sqlite_path(&self) -> Option<PathBuf> {
         let rest = self.database_url.strip_prefix("sqlite://").or_else(|| self.database_url.strip_prefix("sqlite:"))?;
@@ -199,6 +272,37 @@ mod tests {
         assert_eq!(c.sqlite_path(), Some(PathBuf::from("/var/lib/chat/chat.db")));
         c.database_url = "sqlite::memory:".into();
         assert_eq!(c.sqlite_path(), None);
+    }
+
+    #[test]
+    fn the_scheme_picks_the_backend() {
+        let mut c = Config::default();
+        let table = [
+            ("sqlite://chat.db", Some(Backend::Sqlite)),
+            ("sqlite::memory:", Some(Backend::Sqlite)),
+            ("postgres://chat@db:5432/chat", Some(Backend::Postgres)),
+            ("postgresql://localhost/chat", Some(Backend::Postgres)),
+            ("mysql://localhost/chat", None),
+            ("chat.db", None),
+        ];
+        for (url, expected) in table {
+            c.database_url = url.into();
+            assert_eq!(c.backend().ok(), expected.filter(|b| b.is_built_in()), "{url}");
+        }
+        c.database_url = "mysql://localhost/chat".into();
+        let err = c.validate().expect_err("an unknown scheme is refused").to_string();
+        assert!(err.contains("postgres://"), "the error lists what works: {err}");
+    }
+
+    #[test]
+    fn database_limits_must_be_positive() {
+        let mut c = Config { database_max_connections: 0, ..Config::default() };
+        assert!(c.validate().is_err());
+        c.database_max_connections = 4;
+        c.database_statement_timeout_ms = 0;
+        assert!(c.validate().is_err());
+        c.database_statement_timeout_ms = 100;
+        assert!(c.validate().is_ok());
     }
 
     // figment's test jail returns its own large error type.

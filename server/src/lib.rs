@@ -38,24 +38,66 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use axum::serve::ListenerExt;
 use chat_core::{Authenticator, Engine, Store};
-use chat_store_sql::{SqliteConfig, SqliteStore, Synchronous};
 use chat_transport_ws::{AppState, JwtAuthenticator, JwtConfig, SignKey, TokenIssuer, VerifyKey};
 use tokio::net::TcpListener;
 
-pub use config::{Config, LogFormat};
+pub use config::{Backend, Config, LogFormat};
 
-/// Opens the store the configuration names, running migrations.
+/// Opens the store the configuration names, bringing its schema up to date.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let mut sqlite = SqliteConfig::from_url(&config.database_url);
-    sqlite.synchronous = Synchronous::parse(&config.sqlite_synchronous).unwrap_or(Synchronous::Full);
-    let store = SqliteStore::connect(sqlite)
-        .await
-        .with_context(|| format!("opening the database {}", redact(&config.database_url)))?;
-    Ok(Arc::new(store))
+    let context = || format!("opening the database {}", redact(&config.database_url));
+    let store: Arc<dyn Store> = match config.backend()? {
+        #[cfg(feature = "sqlite")]
+        Backend::Sqlite => {
+            Arc::new(chat_store_sql::SqliteStore::connect(sqlite_config(config)).await.with_context(context)?)
+        }
+        #[cfg(feature = "postgres")]
+        Backend::Postgres => {
+            Arc::new(chat_store_sql::PostgresStore::connect(postgres_config(config)).await.with_context(context)?)
+        }
+        #[allow(unreachable_patterns)] // `backend()` refuses what this build leaves out.
+        other => bail!("{} is not built in", other.name()),
+    };
+    Ok(store)
 }
 
-/// Hides a password in a database URL before it is shown.
-fn redact(url: &str) -> String {
+/// Creates or upgrades the schema of the configured database, without serving.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let context = || format!("migrating the database {}", redact(&config.database_url));
+    match config.backend()? {
+        #[cfg(feature = "sqlite")]
+        Backend::Sqlite => chat_store_sql::SqliteStore::migrate(sqlite_config(config)).await.with_context(context),
+        #[cfg(feature = "postgres")]
+        Backend::Postgres => {
+            chat_store_sql::PostgresStore::migrate(postgres_config(config)).await.with_context(context)
+        }
+        #[allow(unreachable_patterns)]
+        other => bail!("{} is not built in", other.name()),
+    }
+}
+
+#[cfg(feature = "sqlite")]
+fn sqlite_config(config: &Config) -> chat_store_sql::SqliteConfig {
+    use chat_store_sql::{SqliteConfig, Synchronous};
+    let mut sqlite = SqliteConfig::from_url(&config.database_url);
+    sqlite.synchronous = Synchronous::parse(&config.sqlite_synchronous).unwrap_or(Synchronous::Full);
+    sqlite.max_read_connections = config.database_max_connections;
+    sqlite.busy_timeout = Duration::from_millis(config.database_statement_timeout_ms);
+    sqlite
+}
+
+#[cfg(feature = "postgres")]
+fn postgres_config(config: &Config) -> chat_store_sql::PostgresConfig {
+    let mut postgres = chat_store_sql::PostgresConfig::from_url(&config.database_url);
+    postgres.max_connections = config.database_max_connections;
+    postgres.min_connections = postgres.min_connections.min(config.database_max_connections);
+    postgres.statement_timeout = Duration::from_millis(config.database_statement_timeout_ms);
+    postgres.acquire_timeout = Duration::from_millis(config.database_acquire_timeout_ms);
+    postgres
+}
+
+/// Hides the user and password of a database URL before it is shown.
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
         _ => url.to_owned(),
@@ -126,6 +168,10 @@ pub fn auth_from(config: &Config) -> anyhow::Result<Auth> {
             let secret = match (&config.jwt_secret, secret_path(config)) {
                 (Some(secret), _) => secret.clone(),
                 (None, Some(path)) => kept_secret(&path)?,
+                (None, None) if config.backend()? == Backend::Postgres => bail!(
+                    "CHAT_JWT_SECRET must be set with PostgreSQL: every server sharing the database \
+                     must check tokens with the same secret"
+                ),
                 (None, None) => {
                     tracing::warn!(
                         "CHAT_JWT_SECRET is not set and the database is in memory: tokens last only as long as this process"

@@ -105,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("binding {}", config.listen))?;
-            tracing::info!(addr = %listener.local_addr()?, database = %config.database_url, "listening");
+            tracing::info!(addr = %listener.local_addr()?, database = %chat_server::redact(&config.database_url), "listening");
             chat_server::run(listener, config, shutdown_signal()).await
         }
         Command::Token { user, name, roles, ttl } => {
@@ -122,8 +122,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => {
-            chat_server::open_store(&config).await?.close().await;
-            tracing::info!(database = %config.database_url, "schema is up to date");
+            chat_server::migrate(&config).await?;
+            tracing::info!(database = %chat_server::redact(&config.database_url), "schema is up to date");
             Ok(())
         }
     }
