@@ -6,6 +6,8 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod relay;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -545,8 +547,15 @@ pub fn free_port() -> u16 {
 }
 
 impl ServerProcess {
-    /// Starts the binary on `database` with extra environment, and waits until `/health` answers.
+    /// Starts the binary on the SQLite file `database` with extra environment,
+    /// and waits until `/health` answers.
     pub async fn start(database: &Path, log: PathBuf, env: &[(&str, &str)]) -> ServerProcess {
+        Self::start_url(&format!("sqlite://{}", database.display()), log, env).await
+    }
+
+    /// Starts the binary on the database at `url` with extra environment, and
+    /// waits until `/health` answers.
+    pub async fn start_url(url: &str, log: PathBuf, env: &[(&str, &str)]) -> ServerProcess {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"));
@@ -557,7 +566,7 @@ impl ServerProcess {
         }
         command
             .env("CHAT_LISTEN", addr.to_string())
-            .env("CHAT_DATABASE_URL", format!("sqlite://{}", database.display()))
+            .env("CHAT_DATABASE_URL", url)
             .env("CHAT_JWT_SECRET", SECRET)
             .env("CHAT_API_KEY", API_KEY)
             .envs(env.iter().copied())
@@ -585,6 +594,15 @@ impl ServerProcess {
             assert!(Instant::now() < deadline, "chat-server did not become healthy: {}", self.logs());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Connects as `user` with a header token and waits for `ready`.
+    pub async fn connect(&self, user: &str) -> Client {
+        let mut client = Client::open(self.addr, "/v1/ws", &[("authorization", format!("Bearer {}", token(user)))])
+            .await
+            .expect("upgrade");
+        client.wait_ready().await;
+        client
     }
 
     /// What the process logged so far.
