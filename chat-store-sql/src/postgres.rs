@@ -83,6 +83,9 @@ impl PostgresConfig {
     }
 
     fn connect_options(&self) -> Result<PgConnectOptions> {
+        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
+            return Err(Error::Config("a PostgreSQL URL starts with postgres:// or postgresql://".into()));
+        }
         let statement_timeout = format!("{}ms", self.statement_timeout.as_millis().max(1));
         Ok(PgConnectOptions::from_str(&self.url)?
             // Notices such as "relation already exists, skipping" are not worth a log line.

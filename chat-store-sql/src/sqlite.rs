@@ -29,7 +29,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
-use crate::common::{Db, finish};
+use crate::common::Db;
 use crate::error::{Error, Result};
 use crate::{codec, migrate};
 
@@ -188,11 +188,35 @@ impl SqliteStore {
         result
     }
 
-    /// Starts a write transaction that holds SQLite's write lock from its first
-    /// statement, so it never has to upgrade a read lock (which fails at once
-    /// with `SQLITE_BUSY` when another process writes).
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    /// Runs `body` in a write transaction on the writer connection: committed
+    /// when it succeeds, rolled back when anything fails.
+    ///
+    /// The transaction starts with `BEGIN IMMEDIATE`, holding SQLite's write
+    /// lock from its first statement, so it never has to upgrade a read lock
+    /// (which fails at once with `SQLITE_BUSY` when another process writes).
+    /// It is driven with plain statements rather than sqlx's transaction
+    /// object: when a COMMIT fails (a full disk), SQLite may already have
+    /// rolled back, and sqlx would go on believing the transaction open and
+    /// refuse every later write on that connection.
+    async fn write_tx<T>(&self, body: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T>) -> Result<T> {
+        let mut conn = self.writer.acquire().await?;
+        sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        let result = match body(&mut conn).await {
+            Ok(value) => sqlx::raw_sql("COMMIT").execute(&mut *conn).await.map(|_| value).map_err(Error::from),
+            Err(err) => Err(err),
+        };
+        if result.is_err() {
+            // Whatever state the failure left, end it; "no transaction is
+            // active" is fine. A connection that cannot even roll back is not
+            // trusted again: the pool opens a fresh one for the next write.
+            if let Err(rollback) = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await {
+                if !rollback.to_string().contains("no transaction is active") {
+                    tracing::warn!(error = %rollback, "rolling back a failed write failed; reopening the connection");
+                    conn.close_on_drop();
+                }
+            }
+        }
+        result
     }
 }
 
@@ -502,9 +526,8 @@ impl Store for SqliteStore {
             }
             _ => None,
         };
-        let mut tx = self.begin_write().await?;
-        let result = create_room_in(&mut tx, new, direct_key).await;
-        match finish(tx, result).await {
+        match self.write_tx(async move |conn: &mut SqliteConnection| create_room_in(conn, new, direct_key).await).await
+        {
             Ok(created) => Ok(created),
             Err(Error::Conflict(source)) => {
                 tracing::debug!(error = %source, "room id already taken");
@@ -643,9 +666,7 @@ impl Store for SqliteStore {
         }
         // One transaction, so one commit (and one fsync) for the whole batch,
         // and nothing of it stored when any part fails.
-        let mut tx = self.begin_write().await?;
-        let result = append_in(&mut tx, batch).await;
-        Ok(finish(tx, result).await?)
+        Ok(self.write_tx(async move |conn: &mut SqliteConnection| append_in(conn, batch).await).await?)
     }
 
     async fn message(&self, room: RoomId, id: MessageId) -> chat_core::Result<Option<Message>> {

@@ -161,3 +161,105 @@ async fn acknowledged_messages_survive_kill_9() {
     let resent = support::send_message(&mut ada, &room, "k0", "durable 0").await;
     assert_eq!(resent, stored[0]);
 }
+
+/// A small tmpfs mounted over a temporary directory, unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts `size` (e.g. `1m`), or `None` where this process may not mount
+    /// (not root, or no mount namespace), after saying so.
+    fn mount(size: &str, test: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!("SKIPPED {test}: cannot mount a small tmpfs here (needs root)");
+            return None;
+        }
+        Some(SmallDisk { dir })
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .expect("remount");
+        assert!(status.success(), "remount to {size}");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_sends_as_unavailable_and_loses_nothing() {
+    let Some(disk) = SmallDisk::mount("1m", "a_full_disk_fails_sends_as_unavailable_and_loses_nothing") else {
+        return;
+    };
+    let db = disk.dir.path().join("chat.db");
+    let url = format!("sqlite://{}", db.display());
+    let server = TestServer::start_with(move |config| {
+        config.database_url = url;
+        support::unthrottle(config);
+    })
+    .await;
+    let mut ada = server.connect("ada").await;
+    let mut bob = server.connect("bob").await;
+    let room = group_with(&mut ada, "public", &[]).await;
+    bob.ok("room:join", json!({"room_id": room})).await;
+
+    // Fill the disk with 4,000-byte messages until a send fails.
+    let body = "x".repeat(4000);
+    let mut acked = Vec::new();
+    let mut failure = None;
+    for i in 0..1000 {
+        let reply =
+            ada.request("message:send", json!({"room_id": room, "client_msg_id": format!("m{i}"), "body": body})).await;
+        if reply["ok"] == true {
+            acked.push(reply["data"]["message"]["seq"].as_u64().expect("seq"));
+        } else {
+            failure = Some(reply);
+            break;
+        }
+    }
+    let failure = failure.expect("a 1 MiB disk fills up within 1000 messages of 4 kB");
+    assert_eq!(failure["error"]["code"], "unavailable", "{failure}");
+    assert!(!acked.is_empty(), "some messages fitted before the disk was full");
+
+    // The server and both sockets live on; reads still work.
+    let history = ada.ok("room:history", json!({"room_id": room, "limit": 100})).await;
+    assert_eq!(
+        history["messages"].as_array().expect("messages").last().expect("a message")["seq"],
+        *acked.last().expect("acked")
+    );
+    let (status, _) = server.get("/health", None).await;
+    assert!(status == 200 || status == 503, "/health answers: {status}");
+
+    // With room again, the same socket sends again, and nothing acked is lost.
+    disk.resize("16m");
+    let retried = ada
+        .ok("message:send", json!({"room_id": room, "client_msg_id": format!("m{}", acked.len()), "body": "fits now"}))
+        .await;
+    assert_eq!(retried["message"]["seq"], acked.len() as u64 + 1, "the failed send left no gap");
+    let mut stored = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = bob.ok("room:history", json!({"room_id": room, "after_seq": after, "limit": 100})).await;
+        stored.extend(support::seqs(page["messages"].as_array().expect("messages")));
+        after = *stored.last().unwrap_or(&0);
+        if page["has_more"] != true {
+            break;
+        }
+    }
+    assert_eq!(stored, (1..=acked.len() as u64 + 1).collect::<Vec<_>>(), "every acknowledged message is stored");
+    server.stop().await.expect("a clean stop");
+}
