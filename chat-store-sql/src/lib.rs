@@ -5,16 +5,19 @@
 //! | feature | store | database |
 //! |---|---|---|
 //! | `sqlite` (default) | [`SqliteStore`] | one SQLite file, bundled into the binary |
+//! | `postgres` | [`PostgresStore`] | a PostgreSQL server, shareable by several processes |
 //!
 //! Every backend keeps the rules of the [`Store`](chat_core::Store) trait and
 //! runs the conformance suite of `chat_core::testing` in its tests. What they
 //! share:
 //!
-//! - **Seqs** come from a `last_seq` counter on the room row, bumped inside the
-//!   transaction that inserts the message, so they are gapless even with
-//!   several processes writing. A duplicate hands its seq back.
+//! - **Seqs** come from a `last_seq` counter on the room row, moved inside the
+//!   transaction that inserts the message, which holds the room's write lock
+//!   (SQLite's database lock; PostgreSQL's row lock), so they are gapless even
+//!   with several processes writing. A duplicate takes no seq.
 //! - **Idempotency** is a UNIQUE index on `(room_id, sender_id, client_msg_id)`
 //!   with `ON CONFLICT DO NOTHING`; a skipped insert reads the stored message.
+//!   The index decides, not a lookup before the insert.
 //! - **Group commit**: [`append_messages`](chat_core::Store::append_messages)
 //!   writes its whole batch in one transaction, so one durable commit, and
 //!   nothing of it when any part fails.
