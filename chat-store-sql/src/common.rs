@@ -14,6 +14,7 @@ impl<T> Db<T> for std::result::Result<T, sqlx::Error> {
 }
 
 /// Commits `tx` when `result` is `Ok`, rolls it back otherwise.
+#[cfg(feature = "postgres")]
 pub(crate) async fn finish<DB: sqlx::Database, T>(tx: sqlx::Transaction<'static, DB>, result: Result<T>) -> Result<T> {
     match result {
         Ok(value) => {

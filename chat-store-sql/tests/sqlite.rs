@@ -275,3 +275,68 @@ async fn in_memory_databases_are_private_to_their_store() {
     a.close().await;
     b.close().await;
 }
+
+/// The plans, not only the timings: history pages are range searches of the
+/// `(room_id, seq)` key, read in the order asked for, with no sort; a user's
+/// rooms start from the user's index entries. Nothing scans a table.
+#[tokio::test]
+async fn history_and_room_lists_use_their_indexes() {
+    let (_dir, _, url) = support::temp_db();
+    let store = connect(&url).await;
+    let room = make_room(&store, &["ada", "bob"]).await;
+    let batch: Vec<NewMessage> = (0..2_000).map(|i| msg(room.id, "ada", &format!("m{i}"))).collect();
+    store.append_messages(batch).await.expect("fill the room");
+    store.close().await;
+    let mut conn = raw(&url).await;
+    // 2,500 other rooms of two members each, so that the statistics see a
+    // members table where reading it all would be the wrong plan.
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)
+         INSERT INTO rooms (id, kind, visibility, created_by, created_at, last_activity)
+         SELECT printf('00000000-0000-7000-8000-%012d', i), 'group', 'private', 'x', i, i FROM n",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("other rooms");
+    sqlx::query(
+        "INSERT INTO members (room_id, user_id, role, joined_at)
+         SELECT r.id, 'user-' || u.value || '-' || r.created_at, 'member', 0
+         FROM rooms r, json_each('[1,2]') u WHERE r.created_by = 'x'",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("their members");
+    sqlx::query("ANALYZE").execute(&mut conn).await.expect("analyze");
+
+    let id = room.id.to_string();
+    let history = [
+        format!("SELECT * FROM messages WHERE room_id = '{id}' ORDER BY seq DESC LIMIT 51"),
+        format!("SELECT * FROM messages WHERE room_id = '{id}' AND seq < 1000 ORDER BY seq DESC LIMIT 51"),
+        format!("SELECT * FROM messages WHERE room_id = '{id}' AND seq > 10 ORDER BY seq ASC LIMIT 51"),
+        format!("SELECT * FROM messages WHERE room_id = '{id}' AND seq > 10 AND seq < 90 ORDER BY seq ASC LIMIT 51"),
+    ];
+    for sql in &history {
+        let plan = query_plan(&mut conn, sql).await;
+        assert!(plan.contains("SEARCH messages USING INDEX sqlite_autoindex_messages"), "{sql}\n{plan}");
+        assert!(!plan.contains("SCAN") && !plan.contains("TEMP B-TREE"), "{sql}\n{plan}");
+    }
+    let plan = query_plan(
+        &mut conn,
+        "SELECT r.id, m.read_seq FROM members m JOIN rooms r ON r.id = m.room_id
+         WHERE m.user_id = 'ada' ORDER BY r.last_activity DESC, r.id DESC",
+    )
+    .await;
+    assert!(
+        plan.contains("USING INDEX members_by_user") || plan.contains("USING COVERING INDEX members_by_user"),
+        "{plan}"
+    );
+    assert!(!plan.contains("SCAN"), "{plan}");
+}
+
+async fn query_plan(conn: &mut SqliteConnection, sql: &str) -> String {
+    let rows: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+        .fetch_all(&mut *conn)
+        .await
+        .expect("explain");
+    rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
+}

@@ -172,7 +172,13 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         // `CHAT_LISTEN` sets `listen`; values parse like TOML (`CHAT_MAX_BODY_CHARS=100`).
-        figment = figment.merge(Env::prefixed("CHAT_").ignore(&["CONFIG"]));
+        // `CHAT_TEST_*` variables belong to the test suites (the PostgreSQL URL
+        // they may use), not to the server.
+        figment = figment.merge(
+            Env::prefixed("CHAT_")
+                .ignore(&["CONFIG"])
+                .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_")),
+        );
         let config: Config = figment.extract().context("invalid configuration")?;
         config.validate()?;
         Ok(config)
@@ -312,6 +318,7 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("chat.toml", "listen = \"127.0.0.1:9000\"\nmax_body_chars = 10\napi_key = \"k\"")?;
             jail.set_env("CHAT_MAX_BODY_CHARS", "20");
+            jail.set_env("CHAT_TEST_POSTGRES_URL", "postgres://tests-only");
             let c = Config::load(Some(Path::new("chat.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.listen.port(), 9000);
             assert_eq!(c.max_body_chars, 20, "the environment wins over the file");
