@@ -6,41 +6,10 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_core::{
-    HistoryQuery, MemberRole, MessageId, NewMessage, NewRoom, Room, RoomId, RoomKind, Store, Timestamp, User, UserId,
-    Visibility,
-};
+use chat_core::{HistoryQuery, NewMessage, NewRoom, Room, RoomId, RoomKind, Store, User};
 use chat_store_sql::{Error, SqliteConfig, SqliteStore};
 use sqlx::{Connection, SqliteConnection};
-
-fn uid(id: &str) -> UserId {
-    UserId::new(id).expect("a valid user id")
-}
-
-fn group(members: &[&str]) -> NewRoom {
-    NewRoom {
-        id: RoomId::generate(),
-        kind: RoomKind::Group,
-        name: Some("room".into()),
-        visibility: Visibility::Private,
-        created_by: uid(members[0]),
-        created_at: Timestamp::from_millis(1_000),
-        members: members.iter().map(|m| (uid(m), MemberRole::Member)).collect(),
-    }
-}
-
-fn msg(room: RoomId, sender: &str, client_msg_id: &str) -> NewMessage {
-    NewMessage {
-        id: MessageId::generate(),
-        room_id: room,
-        sender_id: uid(sender),
-        client_msg_id: client_msg_id.into(),
-        body: format!("body of {client_msg_id}"),
-        attachments: Vec::new(),
-        reply_to: None,
-        created_at: Timestamp::from_millis(2_000),
-    }
-}
+use support::{group, msg, uid};
 
 async fn connect(url: &str) -> SqliteStore {
     SqliteStore::connect(SqliteConfig::from_url(url)).await.expect("connect")

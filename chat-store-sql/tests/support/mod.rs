@@ -5,6 +5,40 @@
 #[cfg(feature = "sqlite")]
 pub(crate) use sqlite::*;
 
+/// A user id from a literal.
+pub(crate) fn uid(id: &str) -> chat_core::UserId {
+    chat_core::UserId::new(id).expect("a valid user id")
+}
+
+/// A private group room of `members`, the first one its creator.
+pub(crate) fn group(members: &[&str]) -> chat_core::NewRoom {
+    use chat_core::{MemberRole, NewRoom, RoomId, RoomKind, Timestamp, Visibility};
+    NewRoom {
+        id: RoomId::generate(),
+        kind: RoomKind::Group,
+        name: Some("room".into()),
+        visibility: Visibility::Private,
+        created_by: uid(members[0]),
+        created_at: Timestamp::from_millis(1_000),
+        members: members.iter().map(|m| (uid(m), MemberRole::Member)).collect(),
+    }
+}
+
+/// A message from `sender` into `room` with its idempotency key.
+pub(crate) fn msg(room: chat_core::RoomId, sender: &str, client_msg_id: &str) -> chat_core::NewMessage {
+    use chat_core::{MessageId, NewMessage, Timestamp};
+    NewMessage {
+        id: MessageId::generate(),
+        room_id: room,
+        sender_id: uid(sender),
+        client_msg_id: client_msg_id.into(),
+        body: format!("body of {client_msg_id}"),
+        attachments: Vec::new(),
+        reply_to: None,
+        created_at: Timestamp::from_millis(2_000),
+    }
+}
+
 #[cfg(feature = "sqlite")]
 mod sqlite {
     use std::path::{Path, PathBuf};
