@@ -62,6 +62,7 @@ pub mod error;
 pub mod event;
 pub mod id;
 pub mod message;
+mod metrics;
 pub mod presence;
 pub mod room;
 pub mod store;

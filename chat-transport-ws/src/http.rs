@@ -63,6 +63,26 @@ fn require_api_key(app: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     }
 }
 
+/// The engine's metrics for Prometheus. Open while no API key is configured;
+/// with one, the scraper sends it as `x-api-key` or as a bearer token
+/// (Prometheus: `authorization: { credentials: <key> }`).
+pub(crate) async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    if let Some(expected) = &app.config.api_key {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim().as_bytes());
+        let given = bearer.or_else(|| headers.get("x-api-key").map(|v| v.as_bytes())).unwrap_or_default();
+        if !chat_core::auth::constant_time_eq(given, expected.as_bytes()) {
+            return Err(ApiError::new(ErrorCode::Unauthorized, "missing or wrong API key"));
+        }
+    }
+    let body = app.engine.encode_metrics();
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response())
+}
+
 pub(crate) async fn health(State(app): State<AppState>) -> Response {
     let store = app.engine.store_health(Duration::from_secs(1)).await;
     let bridges = app.engine.bridge_health();

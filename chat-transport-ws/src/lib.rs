@@ -122,6 +122,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/ws", get(ws::upgrade))
         .route("/health", get(http::health))
+        .route("/metrics", get(http::metrics))
         .route("/v1/support/availability", get(http::support_availability))
         .route("/v1/users/online", get(http::users_online))
         .route("/v1/rooms/{id}/messages", get(http::room_messages))

@@ -228,6 +228,8 @@ async fn a_slow_consumer_is_closed_4429_and_others_get_everything() {
     // reading resumes at once.
     let reason = stalled.expect_close_within(4429, Duration::from_secs(8)).await;
     assert!(reason.contains("slow"), "{reason}");
+    let metrics = server.metrics().await;
+    assert_eq!(support::metric(&metrics, "chat_slow_consumer_closes_total"), 1.0, "the close is counted once");
     let got = listen.await.expect("listener");
     assert_eq!(got, (1..=COUNT).collect::<Vec<u64>>());
     // The sender's session was not affected.

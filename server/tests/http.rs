@@ -222,3 +222,51 @@ async fn cors_preflight_follows_the_origin_policy() {
         Some("https://app.example")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_commands_events_and_commits_behind_the_api_key() {
+    let server = TestServer::start().await;
+    let url = server.url("/metrics");
+    let (status, _) = status_and_json(server.http.get(&url).send().await.expect("GET")).await;
+    assert_eq!(status, 401, "with an API key configured, metrics need it");
+
+    let mut ada = server.connect("ada").await;
+    let mut bob = server.connect("bob").await;
+    let room = group_with(&mut ada, "public", &[]).await;
+    bob.ok("room:join", json!({"room_id": room})).await;
+    for i in 0..3 {
+        support::send_message(&mut ada, &room, &format!("m{i}"), "hello").await;
+    }
+    assert_eq!(ada.fail("room:join", json!({"room_id": "01a20cb9-9dbf-7690-b804-64b008deb66c"})).await, "not_found");
+    for _ in 0..3 {
+        bob.expect_event("message:new").await;
+    }
+
+    let response = server.http.get(&url).bearer_auth(API_KEY).send().await.expect("GET");
+    assert_eq!(response.status(), 200);
+    let kind = response.headers()["content-type"].to_str().expect("content type").to_owned();
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    let text = response.text().await.expect("body");
+    assert_eq!(support::metric(&text, "chat_connections"), 2.0);
+    assert_eq!(support::metric(&text, r#"chat_commands_total{type="message:send",result="ok"}"#), 3.0);
+    assert_eq!(support::metric(&text, r#"chat_commands_total{type="room:join",result="not_found"}"#), 1.0);
+    assert_eq!(support::metric(&text, r#"chat_events_total{type="message:new"}"#), 3.0);
+    assert!(support::metric(&text, "chat_deliveries_total") >= 3.0, "bob got three messages");
+    assert_eq!(support::metric(&text, "chat_message_ack_seconds_count"), 3.0);
+    assert_eq!(support::metric(&text, "chat_store_commit_batch_size_sum"), 3.0, "three messages committed");
+    assert_eq!(support::metric(&text, "chat_store_commit_failures_total"), 0.0);
+    assert_eq!(support::metric(&text, "chat_slow_consumer_closes_total"), 0.0);
+    // The x-api-key header works too.
+    let response = server.http.get(&url).header("x-api-key", API_KEY).send().await.expect("GET");
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_open_without_an_api_key() {
+    let server = TestServer::start_with(|config| config.api_key = None).await;
+    let response = server.http.get(server.url("/metrics")).send().await.expect("GET");
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("body");
+    assert_eq!(support::metric(&text, "chat_connections"), 0.0);
+    assert!(text.ends_with("# EOF\n"), "{text}");
+}

@@ -73,7 +73,9 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<CommitJob>) {
         }
         if !messages.is_empty() {
             let count = messages.len();
+            let started = std::time::Instant::now();
             let result = inner.store.append_messages(messages).await;
+            inner.metrics.commit(count, started.elapsed(), result.is_ok());
             match result {
                 Ok(appended) if appended.len() == count => {
                     for ((session, bridge, reply), appended) in waiting.into_iter().zip(appended) {

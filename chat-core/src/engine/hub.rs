@@ -3,12 +3,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
 
 use tokio::sync::{Notify, mpsc};
 
 use crate::broker::{Audience, Fanout, FanoutSink};
 use crate::event::Delivery;
 use crate::id::{RoomId, SessionId, UserId};
+use crate::metrics::Metrics;
 
 /// Why the engine ends a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -106,9 +108,9 @@ impl State {
 }
 
 /// Local sessions. Reads (fan-out) take a shared lock and never await.
-#[derive(Default)]
 pub(crate) struct Hub {
     state: RwLock<State>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -118,6 +120,10 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+        Hub { state: RwLock::default(), metrics }
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, State> {
         // No code path leaves the maps inconsistent on panic, so poison is ignored.
         self.state.read().unwrap_or_else(|e| e.into_inner())
@@ -203,24 +209,37 @@ impl Hub {
         }
     }
 
-    fn offer(entry: &Entry, delivery: &Arc<Delivery>) {
+    /// Queues the delivery to one session; whether it was queued.
+    fn offer(&self, entry: &Entry, delivery: &Arc<Delivery>) -> bool {
         match entry.tx.try_send(delivery.clone()) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::debug!(session = %entry.shared.id, user = %entry.shared.user_id, "outbound queue full, closing slow consumer");
+                if entry.shared.close_reason().is_none() {
+                    self.metrics.slow_consumer();
+                }
                 entry.shared.kill(CloseReason::SlowConsumer);
+                false
             }
             // The session is going away; it unregisters itself.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
     /// Delivers one fan-out to its local audience. The event is wrapped once
     /// and shared by every recipient.
     pub(crate) fn deliver(&self, fanout: Fanout) {
+        let started = Instant::now();
+        let name = fanout.event.name();
         let delivery = Arc::new(Delivery::new(fanout.event));
+        let mut queued = 0u64;
+        self.deliver_to(&fanout.audience, &delivery, &mut queued);
+        self.metrics.fanout(name, queued, started.elapsed());
+    }
+
+    fn deliver_to(&self, audience: &Audience, delivery: &Arc<Delivery>, queued: &mut u64) {
         let state = self.read();
-        match &fanout.audience {
+        match audience {
             Audience::Room { room_id, except_session, except_user } => {
                 let Some(ids) = state.rooms.get(room_id) else { return };
                 for id in ids {
@@ -231,7 +250,7 @@ impl Hub {
                     if except_user.as_ref() == Some(&entry.shared.user_id) {
                         continue;
                     }
-                    Self::offer(entry, &delivery);
+                    *queued += u64::from(self.offer(entry, delivery));
                 }
             }
             Audience::Users { users, except_session } => {
@@ -241,7 +260,7 @@ impl Hub {
                             continue;
                         }
                         if let Some(entry) = state.sessions.get(id) {
-                            Self::offer(entry, &delivery);
+                            *queued += u64::from(self.offer(entry, delivery));
                         }
                     }
                 }

@@ -38,6 +38,7 @@ use crate::error::{Error, Result};
 use crate::event::{Event, Typing};
 use crate::id::{RoomId, SessionId, UserId};
 use crate::message::{HistoryPage, HistoryQuery};
+use crate::metrics::Metrics;
 use crate::presence::OnlineUser;
 use crate::store::Store;
 use crate::user::{Identity, User};
@@ -80,7 +81,8 @@ impl EngineBuilder {
     /// the broker and the bridges. Must be called inside a Tokio runtime.
     pub async fn start(self) -> Result<Engine> {
         let broker = self.broker.unwrap_or_else(|| Arc::new(LocalBroker::new()));
-        let hub = Arc::new(Hub::default());
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(metrics.clone()));
         broker.start(Arc::new(HubSink(hub.clone()))).await?;
         // Sends wait for room in this queue, which bounds the memory that
         // pending sends can take when the store is slower than the clients.
@@ -92,6 +94,7 @@ impl EngineBuilder {
             bridges: self.bridges,
             config: self.config,
             hub,
+            metrics,
             presence: PresenceTracker::default(),
             commits: commit_tx,
             accepting: AtomicBool::new(true),
@@ -130,6 +133,8 @@ pub(crate) struct Inner {
     pub(crate) bridges: Vec<Arc<dyn Bridge>>,
     pub(crate) config: EngineConfig,
     pub(crate) hub: Arc<Hub>,
+    /// Counted by the sessions, the committer and the hub; read by scrapes.
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) presence: PresenceTracker,
     pub(crate) typing: TypingTracker,
     /// The group committer's queue. Every send goes through it, so sends are
@@ -215,6 +220,14 @@ impl Engine {
     /// Open sessions on this node.
     pub fn connections(&self) -> usize {
         self.inner.hub.session_count()
+    }
+
+    /// The engine's metrics in the Prometheus text format (OpenMetrics):
+    /// connections, commands by type and result, events and deliveries,
+    /// fan-out and ack latency, store commit latency and batch size, failed
+    /// commits and slow-consumer closes. All names start with `chat_`.
+    pub fn encode_metrics(&self) -> String {
+        self.inner.metrics.encode(self.inner.hub.session_count())
     }
 
     /// How long the engine has been running.

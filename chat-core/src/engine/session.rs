@@ -252,7 +252,9 @@ impl Session {
     /// Runs a command. Its answer comes out of [`Session::next_output`]:
     /// at once for most commands, after the commit for `message:send`.
     pub async fn submit(&mut self, reference: Option<Ref>, command: Command) {
+        let kind = command.kind().name();
         if !self.rate.take() {
+            self.inner.metrics.command(kind, "rate_limited");
             self.answer(reference, Err(Error::RateLimited("too many commands; slow down".into())));
             return;
         }
@@ -261,11 +263,14 @@ impl Session {
         let result = match command {
             Command::MessageSend(req) => match inner.send(&ctx, req).await {
                 Ok(pending) => {
+                    let accepted = Instant::now();
                     self.in_flight.push(Box::pin(async move {
                         let result = match pending.await {
                             Ok(result) => result.map(|a| Reply::Message { message: a.message }),
                             Err(_) => Err(Error::unavailable("the commit was abandoned")),
                         };
+                        inner.metrics.ack(accepted.elapsed());
+                        inner.metrics.command(kind, outcome(&result));
                         Output::Reply { reference, result }
                     }));
                     return;
@@ -312,6 +317,7 @@ impl Session {
             Command::UsersSearch(req) => inner.search_users(req).await,
             Command::Ping => Ok(Reply::Pong { server_time: Timestamp::now() }),
         };
+        self.inner.metrics.command(kind, outcome(&result));
         if let Err(err) = &result {
             if err.is_backend() {
                 tracing::warn!(session = %self.shared.id, error = %err, source = ?std::error::Error::source(err), "command failed");
@@ -467,5 +473,13 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.inner.session_closed(&self.shared);
+    }
+}
+
+/// How a command ended, as a metrics label: `ok` or the error code.
+fn outcome(result: &Result<Reply>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(err) => err.code().as_str(),
     }
 }

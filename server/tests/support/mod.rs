@@ -628,3 +628,20 @@ pub fn unthrottle(config: &mut Config) {
     config.commands_per_second = 100_000;
     config.command_burst = 100_000;
 }
+
+/// A metric's value in a Prometheus text exposition.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+impl TestServer {
+    /// The Prometheus exposition of `/metrics`, fetched with the API key.
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(self.url("/metrics")).bearer_auth(API_KEY).send().await.expect("GET /metrics");
+        assert_eq!(response.status(), 200);
+        response.text().await.expect("metrics body")
+    }
+}
