@@ -85,6 +85,8 @@
 //! # fn main() {}
 //! ```
 
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+mod batch;
 mod codec;
 mod common;
 pub mod error;

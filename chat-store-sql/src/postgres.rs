@@ -38,6 +38,7 @@ use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+use crate::batch::{Key, Outcome, new_count, plan};
 use crate::common::{Db, finish};
 use crate::error::{Error, Result};
 use crate::{codec, migrate};
@@ -316,43 +317,6 @@ async fn create_room_in(conn: &mut PgConnection, new: NewRoom, direct_key: Optio
     Ok((new.room(), true))
 }
 
-/// What becomes of one message of a batch.
-#[derive(Debug, Clone, PartialEq)]
-enum Outcome {
-    /// Stored now under this seq.
-    New(i64),
-    /// Stored before this batch: the stored message answers.
-    Stored(Message),
-    /// Repeats an earlier message of this batch (its index).
-    Repeat(usize),
-}
-
-/// The idempotency key of a message.
-type Key<'a> = (Uuid, &'a str, &'a str);
-
-/// Numbers a batch: each new message takes the next seq of its room, counting
-/// from `last_seqs`; a message already stored (in `stored`) or earlier in the
-/// batch takes no seq.
-fn plan(batch: &[NewMessage], last_seqs: &HashMap<Uuid, i64>, stored: &HashMap<Key<'_>, Message>) -> Vec<Outcome> {
-    let mut next = last_seqs.clone();
-    let mut first: HashMap<Key<'_>, usize> = HashMap::with_capacity(batch.len());
-    let mut out = Vec::with_capacity(batch.len());
-    for (i, new) in batch.iter().enumerate() {
-        let key = (*new.room_id.as_uuid(), new.sender_id.as_str(), new.client_msg_id.as_str());
-        if let Some(message) = stored.get(&key) {
-            out.push(Outcome::Stored(message.clone()));
-        } else if let Some(&earlier) = first.get(&key) {
-            out.push(Outcome::Repeat(earlier));
-        } else {
-            first.insert(key, i);
-            let seq = next.entry(key.0).or_insert(0);
-            *seq += 1;
-            out.push(Outcome::New(*seq));
-        }
-    }
-    out
-}
-
 /// Inserts the new messages of a planned batch in one statement and returns
 /// how many rows went in. With `skip_stored`, a row whose idempotency key is
 /// taken is skipped instead of failing the statement.
@@ -362,7 +326,7 @@ async fn insert_planned(
     plan: &[Outcome],
     skip_stored: bool,
 ) -> Result<u64> {
-    let n = plan.iter().filter(|o| matches!(o, Outcome::New(_))).count();
+    let n = new_count(plan);
     let mut rooms = Vec::with_capacity(n);
     let mut seqs = Vec::with_capacity(n);
     let mut ids = Vec::with_capacity(n);
@@ -439,7 +403,7 @@ async fn stored_copies<'a>(conn: &mut PgConnection, batch: &'a [NewMessage]) -> 
         if let Some(new) = batch.iter().find(|m| {
             m.room_id == message.room_id && m.sender_id == message.sender_id && m.client_msg_id == message.client_msg_id
         }) {
-            stored.insert((*new.room_id.as_uuid(), new.sender_id.as_str(), new.client_msg_id.as_str()), message);
+            stored.insert((new.room_id, new.sender_id.as_str(), new.client_msg_id.as_str()), message);
         }
     }
     Ok(stored)
@@ -459,14 +423,14 @@ async fn append_in(conn: &mut PgConnection, batch: Vec<NewMessage>) -> Result<Ve
     if locked.len() != room_ids.len() {
         return Err(Error::NotFound("room"));
     }
-    let last_seqs: HashMap<Uuid, i64> = locked.iter().copied().collect();
+    let last_seqs: HashMap<RoomId, i64> = locked.iter().map(|&(id, seq)| (RoomId::from_uuid(id), seq)).collect();
 
     // Most batches hold no retry: insert them as numbered. When the unique
     // index skips a row, take this batch's rows back out (the room locks mean
     // every row past the old counters is ours) and renumber around the stored
     // copies.
     let mut outcomes = plan(&batch, &last_seqs, &HashMap::new());
-    let expected = outcomes.iter().filter(|o| matches!(o, Outcome::New(_))).count() as u64;
+    let expected = new_count(&outcomes) as u64;
     if insert_planned(conn, &batch, &outcomes, true).await? != expected {
         let (rooms, lasts): (Vec<Uuid>, Vec<i64>) = locked.iter().copied().unzip();
         sqlx::query(
@@ -479,7 +443,7 @@ async fn append_in(conn: &mut PgConnection, batch: Vec<NewMessage>) -> Result<Ve
         .await?;
         let stored = stored_copies(conn, &batch).await?;
         outcomes = plan(&batch, &last_seqs, &stored);
-        let expected = outcomes.iter().filter(|o| matches!(o, Outcome::New(_))).count() as u64;
+        let expected = new_count(&outcomes) as u64;
         let inserted = insert_planned(conn, &batch, &outcomes, false).await?;
         if inserted != expected {
             return Err(Error::Database("a renumbered batch did not insert every new message".into()));
@@ -960,46 +924,6 @@ impl Store for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn new(room: RoomId, sender: &str, client_msg_id: &str) -> NewMessage {
-        NewMessage {
-            id: MessageId::generate(),
-            room_id: room,
-            sender_id: UserId::new(sender).expect("a valid user id"),
-            client_msg_id: client_msg_id.into(),
-            body: "hi".into(),
-            attachments: vec![],
-            reply_to: None,
-            created_at: Timestamp::from_millis(1),
-        }
-    }
-
-    #[test]
-    fn plan_numbers_each_room_from_its_counter_and_skips_repeats() {
-        let (a, b) = (RoomId::generate(), RoomId::generate());
-        let batch =
-            [new(a, "ada", "1"), new(b, "ada", "1"), new(a, "ada", "2"), new(a, "ada", "1"), new(a, "bob", "1")];
-        let last = HashMap::from([(*a.as_uuid(), 7), (*b.as_uuid(), 0)]);
-        let outcomes = plan(&batch, &last, &HashMap::new());
-        assert_eq!(
-            outcomes,
-            [Outcome::New(8), Outcome::New(1), Outcome::New(9), Outcome::Repeat(0), Outcome::New(10)],
-            "the same key in another room or from another sender is a different message"
-        );
-    }
-
-    #[test]
-    fn plan_answers_stored_copies_without_taking_a_seq() {
-        let a = RoomId::generate();
-        let batch = [new(a, "ada", "old"), new(a, "ada", "new"), new(a, "ada", "old")];
-        let stored_message = batch[0].clone().into_message(3);
-        let stored = HashMap::from([((*a.as_uuid(), "ada", "old"), stored_message.clone())]);
-        let outcomes = plan(&batch, &HashMap::from([(*a.as_uuid(), 5)]), &stored);
-        assert_eq!(
-            outcomes,
-            [Outcome::Stored(stored_message.clone()), Outcome::New(6), Outcome::Stored(stored_message)]
-        );
-    }
 
     #[test]
     fn transient_codes_are_classified() {

@@ -29,6 +29,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
+use crate::batch::{Key, Outcome, new_count, plan};
 use crate::common::Db;
 use crate::error::{Error, Result};
 use crate::{codec, migrate};
@@ -377,86 +378,163 @@ async fn create_room_in(conn: &mut SqliteConnection, new: NewRoom, direct_key: O
     Ok((new.room(), true))
 }
 
-/// The body of [`Store::append_messages`], inside one write transaction.
-async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Result<Vec<Appended>> {
-    let mut out = Vec::with_capacity(batch.len());
-    // The newest seq each sender wrote to each room, and each room's newest
-    // activity: applied once per batch rather than once per message.
-    let mut cursors: HashMap<(RoomId, UserId), i64> = HashMap::new();
-    let mut activity: HashMap<RoomId, i64> = HashMap::new();
-    for new in batch {
-        let room = new.room_id.to_string();
-        let seq: Option<i64> =
-            sqlx::query_scalar("UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq")
-                .bind(&room)
-                .fetch_optional(&mut *conn)
-                .await?;
-        let Some(seq) = seq else {
-            return Err(Error::NotFound("room"));
-        };
-        let inserted = sqlx::query(
-            "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT (room_id, sender_id, client_msg_id) DO NOTHING",
-        )
-        .bind(&room)
-        .bind(seq)
-        .bind(new.id.to_string())
-        .bind(new.sender_id.as_str())
-        .bind(&new.client_msg_id)
-        .bind(&new.body)
-        .bind(codec::attachments_to_db(&new.attachments)?)
-        .bind(new.reply_to.map(|id| id.to_string()))
-        .bind(new.created_at.as_millis())
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            // A duplicate (stored before, or earlier in this batch): hand the
-            // seq back so that seqs stay gapless, and answer with the first message.
-            sqlx::query("UPDATE rooms SET last_seq = last_seq - 1 WHERE id = ?1")
-                .bind(&room)
-                .execute(&mut *conn)
-                .await?;
-            let row = sqlx::query(concat!(
-                "SELECT ",
-                message_cols!(),
-                " FROM messages WHERE room_id = ?1 AND sender_id = ?2 AND client_msg_id = ?3"
-            ))
-            .bind(&room)
-            .bind(new.sender_id.as_str())
-            .bind(&new.client_msg_id)
-            .fetch_optional(&mut *conn)
-            .await?
-            .ok_or_else(|| Error::Database("an idempotent insert was skipped with no message to return".into()))?;
-            out.push(Appended { message: message_from_row(&row)?, created: false });
-            continue;
-        }
-        let created_at = new.created_at.as_millis();
-        let newest = cursors.entry((new.room_id, new.sender_id.clone())).or_insert(seq);
-        *newest = (*newest).max(seq);
-        let newest = activity.entry(new.room_id).or_insert(created_at);
-        *newest = (*newest).max(created_at);
-        let message = new.into_message(codec::seq_from_db(seq, "rooms.last_seq")?);
-        out.push(Appended { message, created: true });
+/// A list as one JSON text, bound as a single parameter and read back with
+/// `json_each`, so that a statement's text stays the same whatever the
+/// batch's size.
+fn json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Database(Box::new(e)))
+}
+
+/// Inserts the new messages of a planned batch in one statement and returns
+/// how many rows went in. With `skip_stored`, a row whose idempotency key is
+/// taken is skipped instead of failing the statement.
+async fn insert_planned(
+    conn: &mut SqliteConnection,
+    batch: &[NewMessage],
+    plan: &[Outcome],
+    skip_stored: bool,
+) -> Result<u64> {
+    type Row<'a> = (String, i64, String, &'a str, &'a str, &'a str, String, Option<String>, i64);
+    let mut rows: Vec<Row<'_>> = Vec::with_capacity(new_count(plan));
+    for (new, outcome) in batch.iter().zip(plan) {
+        let Outcome::New(seq) = *outcome else { continue };
+        rows.push((
+            new.room_id.to_string(),
+            seq,
+            new.id.to_string(),
+            new.sender_id.as_str(),
+            &new.client_msg_id,
+            &new.body,
+            codec::attachments_to_db(&new.attachments)?,
+            new.reply_to.map(|id| id.to_string()),
+            new.created_at.as_millis(),
+        ));
     }
-    for ((room, user), seq) in cursors {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    // `WHERE true` tells SQLite's parser that ON CONFLICT belongs to the INSERT.
+    let sql = if skip_stored {
+        "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at)
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
+                value ->> 7, value ->> 8
+         FROM json_each(?1) WHERE true
+         ON CONFLICT (room_id, sender_id, client_msg_id) DO NOTHING"
+    } else {
+        "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at)
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
+                value ->> 7, value ->> 8
+         FROM json_each(?1)"
+    };
+    Ok(sqlx::query(sql).bind(json(&rows)?).execute(&mut *conn).await?.rows_affected())
+}
+
+/// The stored messages that share an idempotency key with a message of the batch.
+async fn stored_copies<'a>(conn: &mut SqliteConnection, batch: &'a [NewMessage]) -> Result<HashMap<Key<'a>, Message>> {
+    let keys: Vec<(String, &str, &str)> =
+        batch.iter().map(|m| (m.room_id.to_string(), m.sender_id.as_str(), m.client_msg_id.as_str())).collect();
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        message_cols!(),
+        " FROM messages WHERE (room_id, sender_id, client_msg_id) IN
+            (SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1))"
+    ))
+    .bind(json(&keys)?)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut stored = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let message = message_from_row(row)?;
+        // Borrow the key from the batch, which outlives the map.
+        if let Some(new) = batch.iter().find(|m| {
+            m.room_id == message.room_id && m.sender_id == message.sender_id && m.client_msg_id == message.client_msg_id
+        }) {
+            stored.insert((new.room_id, new.sender_id.as_str(), new.client_msg_id.as_str()), message);
+        }
+    }
+    Ok(stored)
+}
+
+/// The body of [`Store::append_messages`], inside one write transaction,
+/// which holds SQLite's write lock: nothing else moves the counters meanwhile.
+/// A fixed number of statements, whatever the batch's size.
+async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Result<Vec<Appended>> {
+    let mut room_ids: Vec<String> = batch.iter().map(|m| m.room_id.to_string()).collect();
+    room_ids.sort_unstable();
+    room_ids.dedup();
+    let counters: Vec<(String, i64)> =
+        sqlx::query_as("SELECT id, last_seq FROM rooms WHERE id IN (SELECT value FROM json_each(?1))")
+            .bind(json(&room_ids)?)
+            .fetch_all(&mut *conn)
+            .await?;
+    if counters.len() != room_ids.len() {
+        return Err(Error::NotFound("room"));
+    }
+    let last_seqs: HashMap<RoomId, i64> =
+        counters.iter().map(|(id, seq)| Ok((codec::room_id(id, "rooms.id")?, *seq))).collect::<Result<_>>()?;
+
+    // Most batches hold no retry: insert them as numbered. When the unique
+    // index skips a row, take this batch's rows back out (every row past the
+    // old counters is ours) and renumber around the stored copies.
+    let mut outcomes = plan(&batch, &last_seqs, &HashMap::new());
+    if insert_planned(conn, &batch, &outcomes, true).await? != new_count(&outcomes) as u64 {
         sqlx::query(
-            "UPDATE members SET read_seq = MAX(read_seq, ?3), delivered_seq = MAX(delivered_seq, ?3)
-             WHERE room_id = ?1 AND user_id = ?2",
+            "DELETE FROM messages WHERE rowid IN (
+                SELECT m.rowid FROM json_each(?1) AS r
+                JOIN messages AS m ON m.room_id = (r.value ->> 0) AND m.seq > (r.value ->> 1))",
         )
-        .bind(room.to_string())
-        .bind(user.as_str())
-        .bind(seq)
+        .bind(json(&counters)?)
+        .execute(&mut *conn)
+        .await?;
+        let stored = stored_copies(conn, &batch).await?;
+        outcomes = plan(&batch, &last_seqs, &stored);
+        if insert_planned(conn, &batch, &outcomes, false).await? != new_count(&outcomes) as u64 {
+            return Err(Error::Database("a renumbered batch did not insert every new message".into()));
+        }
+    }
+
+    // Counters, activity times and the senders' cursors, one statement each.
+    let mut rooms: HashMap<RoomId, (i64, i64)> = HashMap::new();
+    let mut cursors: HashMap<(RoomId, &str), i64> = HashMap::new();
+    for (new, outcome) in batch.iter().zip(&outcomes) {
+        let Outcome::New(seq) = *outcome else { continue };
+        let at = new.created_at.as_millis();
+        let entry = rooms.entry(new.room_id).or_insert((seq, at));
+        *entry = (entry.0.max(seq), entry.1.max(at));
+        let cursor = cursors.entry((new.room_id, new.sender_id.as_str())).or_insert(seq);
+        *cursor = (*cursor).max(seq);
+    }
+    if !rooms.is_empty() {
+        let rooms: Vec<(String, i64, i64)> =
+            rooms.into_iter().map(|(id, (seq, at))| (id.to_string(), seq, at)).collect();
+        sqlx::query(
+            "UPDATE rooms SET last_seq = (u.value ->> 1), last_activity = MAX(last_activity, u.value ->> 2)
+             FROM json_each(?1) AS u WHERE rooms.id = (u.value ->> 0)",
+        )
+        .bind(json(&rooms)?)
+        .execute(&mut *conn)
+        .await?;
+        let cursors: Vec<(String, &str, i64)> =
+            cursors.into_iter().map(|((room, user), seq)| (room.to_string(), user, seq)).collect();
+        sqlx::query(
+            "UPDATE members SET read_seq = MAX(read_seq, u.value ->> 2), delivered_seq = MAX(delivered_seq, u.value ->> 2)
+             FROM json_each(?1) AS u WHERE members.room_id = (u.value ->> 0) AND members.user_id = (u.value ->> 1)",
+        )
+        .bind(json(&cursors)?)
         .execute(&mut *conn)
         .await?;
     }
-    for (room, at) in activity {
-        sqlx::query("UPDATE rooms SET last_activity = MAX(last_activity, ?2) WHERE id = ?1")
-            .bind(room.to_string())
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+
+    let mut out: Vec<Appended> = Vec::with_capacity(batch.len());
+    for (new, outcome) in batch.into_iter().zip(outcomes) {
+        let appended = match outcome {
+            Outcome::New(seq) => {
+                Appended { message: new.into_message(codec::seq_from_db(seq, "rooms.last_seq")?), created: true }
+            }
+            Outcome::Stored(message) => Appended { message, created: false },
+            Outcome::Repeat(earlier) => Appended { message: out[earlier].message.clone(), created: false },
+        };
+        out.push(appended);
     }
     Ok(out)
 }
