@@ -213,10 +213,12 @@ function onReady({ user, rooms: summaries, resumed }) {
   $('main').hidden = false;
   $('me').textContent = user.name;
   $('me').title = user.id;
-  if (!resumed) {
-    summaries.forEach((summary, i) => activity.set(summary.id, -i));
-    for (const summary of summaries) follow(summary.id);
-  }
+  summaries.forEach((summary, i) => {
+    if (!activity.has(summary.id)) activity.set(summary.id, -i);
+  });
+  // After a reconnect the client joins the rooms it followed by itself; rooms
+  // added while the connection was down are new here.
+  for (const summary of summaries) follow(summary.id);
   renderRooms();
   refreshOnline();
 }

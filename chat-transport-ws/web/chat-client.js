@@ -121,6 +121,14 @@ class RoomTrack {
     this.deliverTimer = null;
     this.typing = new Map();
     this.typingSentAt = 0;
+    // After a (re)join, the seq the server's replay will reach; sends to the
+    // room wait until it has (see _pumpOutbox).
+    this.catchUpTo = 0;
+    this.catchUpTimer = null;
+  }
+
+  get caughtUp() {
+    return this.joined && this.watermark !== null && this.watermark >= this.catchUpTo;
   }
 
   /** Records a seq; false when it was seen before. */
@@ -384,11 +392,30 @@ export class ChatClient {
     // Rooms joined before a disconnect are joined again from their
     // watermark; the server replays what was missed, the dedup drops the rest.
     for (const room of this._rooms.values()) {
-      if (room.wanted) this._join(room).catch((err) => this._emit('error', { code: err.code, message: err.message }));
+      if (room.wanted) this._rejoin(room);
     }
     this._pumpOutbox();
     this._emit('ready', { ...data, resumed });
     for (const waiter of this._waiters.splice(0)) waiter.resolve();
+  }
+
+  /** Joins a followed room again after a reconnect. A passing failure is
+   * retried; a refusal (the room is gone, or the user is no longer allowed
+   * in) stops following it, and its unsent messages fail. */
+  _rejoin(room, attempt = 0) {
+    this._join(room).catch((err) => {
+      if (!room.wanted || this.state !== 'open') return;
+      if (RETRYABLE.has(err.code) || err.code === 'internal') {
+        const delay = Math.min(this.options.maxBackoffMs, this.options.minBackoffMs * 2 ** attempt);
+        setTimeout(() => {
+          if (room.wanted && !room.joined && this.state === 'open') this._rejoin(room, attempt + 1);
+        }, delay);
+        return;
+      }
+      room.wanted = false;
+      this._emit('error', { code: err.code, message: `room ${room.id}: ${err.message}`, room_id: room.id });
+      this._pumpOutbox();
+    });
   }
 
   _onReply(frame) {
@@ -407,7 +434,7 @@ export class ChatClient {
     if (error.code === 'unavailable' && this.state === 'open') {
       setTimeout(() => {
         for (const room of this._rooms.values()) {
-          if (room.wanted) this._join(room).catch(() => {});
+          if (room.wanted) this._rejoin(room);
         }
       }, 1000);
     }
@@ -549,11 +576,30 @@ export class ChatClient {
 
   async _join(room) {
     const since = room.watermark !== null ? room.watermark : (room.start ?? LIVE_ONLY);
-    const reply = await this._sendFrame('room:join', { room_id: room.id, since_seq: since });
+    let reply;
+    try {
+      reply = await this._sendFrame('room:join', { room_id: room.id, since_seq: since });
+    } catch (err) {
+      // Sends to the room must not wait for a replay that will not come.
+      room.catchUpTo = 0;
+      room.joined = false;
+      this._pumpOutbox();
+      throw err;
+    }
     room.joined = true;
     if (room.watermark === null) {
       room.watermark = Math.min(since, reply.last_seq);
       room.advance();
+    }
+    room.catchUpTo = reply.last_seq;
+    clearTimeout(room.catchUpTimer);
+    if (!room.caughtUp) {
+      // A replay that stalls (the store failing, say) holds sends back for a
+      // few seconds at most.
+      room.catchUpTimer = setTimeout(() => {
+        room.catchUpTo = 0;
+        this._pumpOutbox();
+      }, 5000);
     }
     for (const r of reply.receipts || []) {
       const cursor = room.receipts.get(r.user_id) || { delivered_seq: 0, read_seq: 0 };
@@ -578,6 +624,7 @@ export class ChatClient {
     });
     this._emit('joined', reply);
     this._emit('receipts', { room_id: room.id });
+    this._pumpOutbox();
     return reply;
   }
 
@@ -649,6 +696,12 @@ export class ChatClient {
       this._scheduleDelivered(room, message.seq);
     }
     this._emit('message', { message, mine });
+    if (room.catchUpTo && room.caughtUp) {
+      clearTimeout(room.catchUpTimer);
+      // After the listeners' own commands (a markRead of this message) have
+      // gone out, which takes a few promise turns.
+      setTimeout(() => this._pumpOutbox(), 0);
+    }
     return true;
   }
 
@@ -704,9 +757,14 @@ export class ChatClient {
   _pumpOutbox() {
     if (this.state !== 'open') return;
     // All unsent entries go out at once, in order: the server stores sends
-    // in the order it receives them.
+    // in the order it receives them. Entries of a followed room wait until
+    // its replay after a reconnect is complete, so that the reader's
+    // message:read of what they missed goes out before their own send (which
+    // moves their read cursor without telling the others).
     for (const entry of this._outbox) {
       if (entry.ref !== null) continue;
+      const room = this._rooms.get(entry.room_id);
+      if (room && room.wanted && !room.caughtUp) continue;
       const data = { room_id: entry.room_id, client_msg_id: entry.client_msg_id, body: entry.body };
       if (entry.reply_to) data.reply_to = entry.reply_to;
       entry.ref = 'pending';
@@ -718,7 +776,10 @@ export class ChatClient {
         .catch((err) => {
           if (!this._outbox.includes(entry)) return;
           entry.ref = null;
-          if (RETRYABLE.has(err.code)) {
+          entry.attempts = (entry.attempts || 0) + 1;
+          // A server bug (`internal`) may be passing; a few tries are harmless
+          // since the server stores one client_msg_id once.
+          if (RETRYABLE.has(err.code) || (err.code === 'internal' && entry.attempts < 4)) {
             if (err.code !== 'disconnected') setTimeout(() => this._pumpOutbox(), 1000);
             return;
           }

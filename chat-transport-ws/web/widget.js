@@ -259,8 +259,17 @@
   function mount(lib) {
     const host = h('div', { 'data-chat-widget': '' });
     const shadow = host.attachShadow({ mode: 'open' });
-    const style = document.createElement('style');
-    style.textContent = STYLE;
+    // A constructed style sheet is CSSOM, which a host page's
+    // Content-Security-Policy does not block the way it blocks <style>.
+    let style = null;
+    try {
+      const sheet = new CSSStyleSheet();
+      sheet.replaceSync(STYLE);
+      shadow.adoptedStyleSheets = [sheet];
+    } catch {
+      style = document.createElement('style');
+      style.textContent = STYLE;
+    }
 
     const badge = h('span', { class: 'badge', hidden: true });
     const launcher = h(
@@ -319,7 +328,8 @@
     );
     const root = h('div', { class: 'root' }, panel, launcher);
     root.style.setProperty('--accent', accent);
-    shadow.append(style, root);
+    if (style) shadow.append(style);
+    shadow.append(root);
     document.body.append(host);
 
     let session = loadSaved();
@@ -480,7 +490,13 @@
 
     // Support agents join support rooms by role; this room is brought to the
     // attention of those online by inviting them (see docs/web-client.md).
-    async function inviteAgents() {
+    let inviting = null;
+    function inviteAgents() {
+      if (!inviting) inviting = inviteOnlineAgents().finally(() => (inviting = null));
+      return inviting;
+    }
+
+    async function inviteOnlineAgents() {
       if (!client || !roomId) return;
       try {
         const online = await client.onlineUsers();
@@ -541,6 +557,8 @@
         storage: localStorage,
         storageKey: STORE_KEY,
         getToken: async ({ reason }) => {
+          // A refused token (the server's secret or database changed) means
+          // this visitor is unknown there now: start a new conversation.
           if (!session || reason === 'rejected') await newSession();
           return session.token;
         },
@@ -614,14 +632,27 @@
       clearInterval(availabilityTimer);
       availabilityTimer = setInterval(refreshAvailability, 30000);
       markRead();
-      if (!client) {
-        try {
+      try {
+        await ensureStarted();
+      } catch (err) {
+        showError(`${t('unavailable')} (${err.message})`);
+      }
+    }
+
+    // One visitor session per visitor: a second click or an early Enter
+    // while the first session is being made waits for it.
+    let starting = null;
+    function ensureStarted() {
+      if (client) return Promise.resolve();
+      if (!starting) {
+        starting = (async () => {
           if (!session) await newSession();
           start();
-        } catch (err) {
-          showError(`${t('unavailable')} (${err.message})`);
-        }
+        })().finally(() => {
+          starting = null;
+        });
       }
+      return starting;
     }
 
     function close() {
@@ -636,7 +667,8 @@
       const body = textarea.value.trim();
       if (!body) return;
       if (!client) {
-        await open();
+        if (!isOpen()) await open();
+        else await ensureStarted().catch(() => {});
         if (!client) return;
       }
       textarea.value = '';

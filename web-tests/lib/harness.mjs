@@ -6,7 +6,7 @@
 import { spawn, execFile } from 'node:child_process';
 import { mkdtempSync, mkdirSync, openSync, readFileSync, rmSync, copyFileSync, existsSync } from 'node:fs';
 import { createServer } from 'node:http';
-import { createServer as createNetServer } from 'node:net';
+import { connect, createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -127,6 +127,13 @@ export class ChatServer {
     return exit;
   }
 
+  /** SIGKILL: the process dies at once, like a crash or a pulled cable. */
+  async kill() {
+    if (!this.child || this.child.exitCode !== null) return;
+    this.child.kill('SIGKILL');
+    await this.exited;
+  }
+
   /** A token minted by `chat-server token`, signed with this server's secret. */
   async token(user, { name, roles = [], ttl = '2h' } = {}) {
     const args = ['token', '--user', user, '--ttl', ttl];
@@ -152,7 +159,8 @@ export class ChatServer {
 }
 
 /** A plain HTTP server on another 127.0.0.1 port: another origin, like a
- * customer's website embedding the widget. `pages` maps paths to HTML. */
+ * customer's website embedding the widget. `pages` maps paths to pages,
+ * read at each request. */
 export async function hostSite(pages) {
   const server = createServer((req, res) => {
     const page = pages[new URL(req.url, 'http://x').pathname];
@@ -161,8 +169,11 @@ export async function hostSite(pages) {
       res.end('not found');
       return;
     }
-    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
-    res.end(typeof page === 'function' ? page() : page);
+    // A page is HTML, or a function giving HTML or {html, headers}.
+    const made = typeof page === 'function' ? page() : page;
+    const { html, headers = {} } = typeof made === 'string' ? { html: made } : made;
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store', ...headers });
+    res.end(html);
   });
   const port = await freePort();
   await new Promise((r) => server.listen(port, '127.0.0.1', r));
@@ -172,11 +183,73 @@ export async function hostSite(pages) {
   };
 }
 
+/** A TCP proxy on 127.0.0.1 in front of a server, whose cable can be pulled:
+ * `cut()` drops every connection through it and refuses new ones (the
+ * browser sees the network go, not a server that says goodbye), `restore()`
+ * lets connections through again. */
+export async function tcpProxy(targetPort) {
+  const pairs = new Set();
+  let blocked = false;
+  const server = createNetServer((client) => {
+    if (blocked) {
+      client.destroy();
+      return;
+    }
+    const upstream = connect(targetPort, '127.0.0.1');
+    const pair = [client, upstream];
+    pairs.add(pair);
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+      pairs.delete(pair);
+    };
+    for (const socket of pair) {
+      socket.on('error', end);
+      socket.on('close', end);
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  const port = await freePort();
+  await new Promise((r) => server.listen(port, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${port}`,
+    connections: () => pairs.size,
+    cut() {
+      blocked = true;
+      for (const [client, upstream] of pairs) {
+        client.resetAndDestroy();
+        upstream.destroy();
+      }
+      pairs.clear();
+    },
+    restore() {
+      blocked = false;
+    },
+    close() {
+      this.cut();
+      return new Promise((r) => server.close(r));
+    },
+  };
+}
+
 /** Debian's Chromium, headless. */
 export function launchBrowser() {
   return chromium.launch({
     executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-dev-shm-usage'],
+    // No sandbox (CI runs as root); nothing that phones home: this machine
+    // reaches no network beyond 127.0.0.1 and its package registries.
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      '--disable-dev-shm-usage',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
   });
 }
 
@@ -227,7 +300,7 @@ export function widgetBodies(page) {
 }
 
 /** Polls `fn` until it returns a truthy value or `timeout` passes. */
-export async function eventually(fn, { timeout = 15000, interval = 100, message = 'condition' } = {}) {
+export async function eventually(fn, { timeout = 15000, interval = 100, message = 'condition', describe } = {}) {
   const deadline = Date.now() + timeout;
   let last;
   for (;;) {
@@ -237,7 +310,28 @@ export async function eventually(fn, { timeout = 15000, interval = 100, message 
     } catch (err) {
       last = err;
     }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${message}; last: ${last}`);
+    if (Date.now() > deadline) {
+      const state = describe ? await describe().catch((err) => `(${err.message})`) : last;
+      throw new Error(`timed out waiting for ${message}; last: ${state}`);
+    }
     await new Promise((r) => setTimeout(r, interval));
   }
+}
+
+/** A customer's page with loud styles of its own, embedding the widget. */
+export function shopPage(server, attributes = '') {
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Shop</title>
+<style>
+  body { font-family: Georgia, serif; background: #fffbeb; margin: 40px; }
+  button { background: lime !important; color: red !important; font-size: 40px !important; }
+  li { color: red; font-size: 30px; }
+  .msg, .panel { display: none !important; }
+</style></head>
+<body>
+  <h1>Totally Real Shop</h1>
+  <p>Our products are great. Ask us anything.</p>
+  <button id="buy">Buy</button>
+  <script src="${server.url}/widget.js" data-server="${server.url}" ${attributes}></script>
+</body></html>`;
 }
