@@ -363,6 +363,9 @@
         const { available } = await lib.supportAvailability(server);
         availability.dataset.available = String(available);
         availability.lastChild.textContent = available ? t('online') : t('offline');
+        // An agent came online after the visitor wrote: bring them in.
+        const hasAgent = [...members.values()].some((u) => u.roles && u.roles.includes('support'));
+        if (available && roomId && client && client.state === 'open' && !hasAgent) inviteAgents();
       } catch {
         availability.dataset.available = 'false';
         availability.lastChild.textContent = t('unavailable');

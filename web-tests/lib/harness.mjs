@@ -267,13 +267,13 @@ export async function newPage(browser, options = {}) {
   return page;
 }
 
-/** Saves a screenshot in web-tests/artifacts/ and, with
- * WEB_TESTS_DOC_IMAGES=1, as the README's picture in docs/img/. */
-export async function screenshot(page, name) {
+/** Saves a screenshot in web-tests/artifacts/ and, for the README's
+ * pictures (`doc`) with WEB_TESTS_DOC_IMAGES=1, in docs/img/. */
+export async function screenshot(page, name, { doc = false } = {}) {
   mkdirSync(ARTIFACTS, { recursive: true });
   const path = join(ARTIFACTS, `${name}.png`);
   await page.screenshot({ path });
-  if (process.env.WEB_TESTS_DOC_IMAGES === '1') {
+  if (doc && process.env.WEB_TESTS_DOC_IMAGES === '1') {
     mkdirSync(DOC_IMAGES, { recursive: true });
     copyFileSync(path, join(DOC_IMAGES, `${name}.png`));
   }

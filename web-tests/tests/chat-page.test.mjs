@@ -74,7 +74,7 @@ describe('chat page', () => {
 
     assert.deepEqual(await pageBodies(ada), ['Hello Bob', 'Hi Ada\nsecond line']);
     assert.deepEqual(await pageBodies(bob), ['Hello Bob', 'Hi Ada\nsecond line']);
-    await screenshot(ada, 'chat-page');
+    await screenshot(ada, 'chat-page', { doc: true });
     assert.deepEqual(ada.errors, []);
     assert.deepEqual(bob.errors, []);
   });
@@ -200,7 +200,7 @@ describe('chat page', () => {
     await phone.locator('#input').press('Enter');
     await ada.locator('#rooms button', { hasText: 'Bob' }).click();
     await ada.locator('#messages .msg .text', { hasText: 'from my phone' }).waitFor();
-    await screenshot(phone, 'chat-page-phone');
+    await screenshot(phone, 'chat-page-phone', { doc: true });
     await phone.locator('#back').tap();
     await phone.locator('#sidebar').waitFor({ state: 'visible' });
     assert.deepEqual(phone.errors, []);

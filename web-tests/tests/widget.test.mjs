@@ -95,8 +95,8 @@ describe('support widget', () => {
 
     assert.deepEqual(await widgetBodies(visitor), ['Hello, where is my order?', 'Let me check']);
     assert.deepEqual(await pageBodies(agent), ['Hello, where is my order?', 'Let me check']);
-    await screenshot(visitor, 'widget');
-    await screenshot(agent, 'chat-page-agent');
+    await screenshot(visitor, 'widget', { doc: true });
+    await screenshot(agent, 'chat-page-agent', { doc: true });
     assert.deepEqual(visitor.errors, []);
     assert.deepEqual(agent.errors, []);
   });
