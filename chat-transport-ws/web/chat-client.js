@@ -249,6 +249,7 @@ export class ChatClient {
   close() {
     this._setState('closed');
     clearTimeout(this._timer);
+    clearTimeout(this._stable);
     clearInterval(this._heartbeat);
     if (globalThis.removeEventListener) globalThis.removeEventListener('online', this._onOnline);
     for (const room of this._rooms.values()) clearTimeout(room.deliverTimer);
@@ -267,17 +268,22 @@ export class ChatClient {
   }
 
   async _open() {
-    if (this.state === 'closed') return;
+    // One connection at a time: an `online` event while a socket is being
+    // opened must not open a second one.
+    if (this.state === 'closed' || this._ws || this._opening) return;
     this._setState(this._attempt === 0 && !this.user ? 'connecting' : 'reconnecting');
     let token;
+    this._opening = true;
     try {
       token = await this._currentToken();
     } catch (err) {
       this._emit('error', { code: 'unauthorized', message: `getting a token failed: ${err.message}` });
       this._scheduleReconnect();
       return;
+    } finally {
+      this._opening = false;
     }
-    if (this.state === 'closed') return;
+    if (this.state === 'closed' || this._ws) return;
     const url = new URL('/v1/ws', this.server);
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     let ws;
@@ -311,6 +317,7 @@ export class ChatClient {
     if (ws !== this._ws) return;
     this._ws = null;
     clearInterval(this._heartbeat);
+    clearTimeout(this._stable);
     this._failPending(new ChatError('disconnected', `the connection closed (${code})`));
     for (const room of this._rooms.values()) {
       room.joined = false;
@@ -382,7 +389,12 @@ export class ChatClient {
 
   _onReady(data) {
     const resumed = this.user !== null;
-    this._attempt = 0;
+    // The backoff starts over only once a connection has lasted: a server
+    // that accepts and then closes at once (4429, say) is not hammered.
+    clearTimeout(this._stable);
+    this._stable = setTimeout(() => {
+      this._attempt = 0;
+    }, 10000);
     this._authFailures = 0;
     this.user = data.user;
     this.sessionId = data.session_id;

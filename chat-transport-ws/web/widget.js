@@ -580,6 +580,14 @@
           return;
         }
         const known = roomId && rooms.some((r) => r.id === roomId);
+        if (!known && roomId) {
+          // The server no longer has the saved room (a new database): the
+          // next message starts a new conversation.
+          client.unfollow(roomId);
+          roomId = null;
+          session.room_id = null;
+          save(session);
+        }
         const support = known ? roomId : (rooms.find((r) => r.kind === 'support') || {}).id;
         if (support) openRoom(support).catch((err) => showError(t('failed', { reason: err.message })));
         else render();

@@ -184,6 +184,36 @@ describe('chat page', () => {
     await fresh.context().close();
   });
 
+  test('sign-in by name is offered only when the server has dev_login on', async () => {
+    const page = await newPage(browser);
+    await page.goto(`${server.url}/`);
+    await page.locator('#token-form').waitFor();
+    assert.equal(await page.locator('#dev-form').isVisible(), false);
+    await page.context().close();
+
+    const dev = await ChatServer.start({ env: { CHAT_DEV_LOGIN: 'true' } });
+    try {
+      const agentPage = await newPage(browser);
+      await agentPage.goto(`${dev.url}/`);
+      await agentPage.locator('#dev-name').fill('Grace Hopper');
+      await agentPage.locator('#dev-agent').check();
+      await agentPage.getByRole('button', { name: 'Sign in with this name' }).click();
+      await agentPage.locator('body[data-connection="open"]').waitFor();
+      assert.equal(await agentPage.locator('#me').textContent(), 'Grace Hopper');
+      assert.equal(await agentPage.locator('#me').getAttribute('title'), 'grace-hopper');
+      await agentPage.locator('#online li[data-user="grace-hopper"] .kind.support').waitFor();
+      // The token is kept: a reload signs in again without asking.
+      await agentPage.reload();
+      await agentPage.locator('body[data-connection="open"]').waitFor();
+      assert.equal(await agentPage.locator('#signin').isVisible(), false);
+      await agentPage.getByRole('button', { name: 'Sign out' }).click();
+      await agentPage.locator('#dev-form').waitFor();
+      await agentPage.context().close();
+    } finally {
+      await dev.close();
+    }
+  });
+
   test('works on a phone-sized viewport', async () => {
     const phone = await newPage(browser, { viewport: { width: 390, height: 800 }, isMobile: true, hasTouch: true });
     await signIn(phone, server, await server.token('bob', { name: 'Bob' }));
