@@ -283,6 +283,20 @@ describe('chat-client.js', () => {
     await assert.rejects(client.request('ping'), (err) => err.code === 'closed');
   });
 
+  test('a connection that stops answering is noticed by the heartbeat and replaced', async () => {
+    const { client, ws } = await connected({ heartbeatMs: 40 });
+    const ping = await until(() => ws.last('ping'), 'a heartbeat ping');
+    ws.reply(ping, { server_time: 'now' });
+    // The network hangs: pings go unanswered, nothing closes by itself.
+    const ws2 = await until(() => FakeSocket.all[1], 'a new socket after the missing answer', 3000);
+    assert.equal(ws.closed?.code, 4000);
+    assert.equal(client.state, 'reconnecting');
+    ws2.open();
+    ws2.push(ready());
+    await until(() => client.state === 'open', 'open again');
+    client.close();
+  });
+
   test('ticks come from the join receipts and message:status', async () => {
     const { client, ws } = await connected();
     const joining = client.join(ROOM);
