@@ -571,6 +571,11 @@
         conn.textContent = text;
         conn.hidden = !text;
         root.dataset.state = state;
+        // Whether agents are online is unknown while the connection is down.
+        if (state !== 'open') {
+          availability.dataset.available = 'false';
+          availability.lastChild.textContent = '';
+        }
       });
       client.on('ready', ({ rooms, resumed }) => {
         showError('');
