@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::id::{MessageId, RoomId, UserId};
 use crate::message::{HistoryPage, Message};
 use crate::presence::{OnlineUser, PresenceStatus};
-use crate::room::{Room, RoomKind, RoomSummary, Visibility};
+use crate::room::{MemberReceipts, Room, RoomKind, RoomSummary, Visibility};
 use crate::time::Timestamp;
 use crate::user::User;
 
@@ -350,6 +350,8 @@ pub enum Reply {
         last_seq: u64,
         /// The joining user's read cursor.
         read_seq: u64,
+        /// Every member's delivered and read cursors, in joining order.
+        receipts: Vec<MemberReceipts>,
     },
     /// `{"rooms"}`
     Rooms {

@@ -82,7 +82,7 @@ pub use event::{Delivery, Event, EventCodec};
 pub use id::{MessageId, RoomId, SessionId, UserId};
 pub use message::{Appended, Attachment, HistoryPage, HistoryQuery, Message, NewMessage};
 pub use presence::{OnlineUser, PresenceStatus};
-pub use room::{Member, MemberRole, NewRoom, ReceiptKind, Room, RoomKind, RoomSummary, Visibility};
+pub use room::{Member, MemberReceipts, MemberRole, NewRoom, ReceiptKind, Room, RoomKind, RoomSummary, Visibility};
 pub use store::{MemoryStore, Store};
 pub use time::Timestamp;
 pub use user::{Identity, User};

@@ -145,6 +145,19 @@ impl RoomSummary {
     }
 }
 
+/// How far one member of a room has received and read, as the `receipts` of
+/// a `room:join` reply: a client that (re)joins learns the ticks of messages
+/// whose `message:status` events it missed while away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberReceipts {
+    /// The member.
+    pub user_id: UserId,
+    /// Highest seq their clients have acknowledged receiving.
+    pub delivered_seq: u64,
+    /// Highest seq they have read.
+    pub read_seq: u64,
+}
+
 /// One user's membership of one room.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {

@@ -73,6 +73,10 @@ pub struct WsConfig {
     pub max_http_body_bytes: usize,
     /// The version shown by `/health`.
     pub version: String,
+    /// Serve `/v1/dev-login`, which gives anyone a token for any name they
+    /// type. For trying the chat page on a development machine only; while
+    /// off (the default) the route answers 404 like any unknown one.
+    pub dev_login: bool,
 }
 
 impl Default for WsConfig {
@@ -92,6 +96,7 @@ impl Default for WsConfig {
             write_timeout: Duration::from_secs(10),
             max_http_body_bytes: 64 * 1024,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            dev_login: false,
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The native JSON-over-WebSocket transport and the HTTP API of the chat
 //! toolkit, built on axum.
 //!
-//! [`router`] gives an axum [`Router`] with `GET /v1/ws` and the HTTP routes of
-//! the wire contract. Each WebSocket drives one [`chat_core::Session`]; this
+//! [`router`] gives an axum [`Router`] with `GET /v1/ws`, the HTTP routes of
+//! the wire contract, and the browser side embedded from `web/`: the chat page
+//! at `/`, the support widget at `/widget.js` and the client library at
+//! `/chat-client.js` (see [`web`]). Each WebSocket drives one [`chat_core::Session`]; this
 //! crate adds only what is WebSocket- or HTTP-specific: the three ways to
 //! present a token, origin checks, close codes, frame limits, keep-alive pings,
 //! and the JSON envelope (in [`wire`]).
@@ -34,6 +36,7 @@ pub mod auth;
 mod config;
 pub mod error;
 mod http;
+pub mod web;
 pub mod wire;
 pub mod ws;
 
@@ -119,7 +122,15 @@ fn cors(policy: &OriginPolicy) -> CorsLayer {
 pub fn router(state: AppState) -> Router {
     let limit = state.config.max_http_body_bytes;
     let cors = cors(&state.config.origins);
-    Router::new()
+    let mut router = Router::new();
+    for asset in web::ASSETS {
+        router = router.route(asset.path, get(web::serve));
+    }
+    if state.config.dev_login {
+        router = router.route("/v1/dev-login", get(http::dev_login_enabled).post(http::dev_login));
+    }
+    router
+        .route("/index.html", get(web::serve))
         .route("/v1/ws", get(ws::upgrade))
         .route("/health", get(http::health))
         .route("/metrics", get(http::metrics))

@@ -123,6 +123,9 @@ pub struct Config {
     pub visitor_sessions_per_minute: u32,
     /// Seconds a connection may take to authenticate.
     pub auth_timeout_s: u64,
+    /// Let anyone sign in to the chat page with just a name (`/v1/dev-login`).
+    /// For development machines only; off by default.
+    pub dev_login: bool,
 }
 
 impl Default for Config {
@@ -157,6 +160,7 @@ impl Default for Config {
             outbound_queue: limits.outbound_queue,
             visitor_sessions_per_minute: ws.visitor_sessions_per_ip,
             auth_timeout_s: ws.auth_timeout.as_secs(),
+            dev_login: false,
         }
     }
 }
@@ -232,6 +236,7 @@ impl Config {
         ws.visitor_window = Duration::from_secs(60);
         ws.auth_timeout = Duration::from_secs(self.auth_timeout_s.max(1));
         ws.version = env!("CARGO_PKG_VERSION").to_owned();
+        ws.dev_login = self.dev_login;
         ws
     }
 
@@ -323,6 +328,9 @@ mod tests {
             assert_eq!(c.listen.port(), 9000);
             assert_eq!(c.max_body_chars, 20, "the environment wins over the file");
             assert_eq!(c.api_key.as_deref(), Some("k"));
+            assert!(!c.dev_login, "dev login is off unless asked for");
+            jail.set_env("CHAT_DEV_LOGIN", "true");
+            assert!(Config::load(None).map_err(|e| e.to_string())?.ws_config().dev_login);
             jail.create_file("bad.toml", "lisen = \"x\"")?;
             assert!(Config::load(Some(Path::new("bad.toml"))).is_err(), "unknown keys are refused");
             Ok(())

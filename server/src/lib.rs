@@ -219,6 +219,9 @@ pub async fn run(
     let store = open_store(&config).await?;
     let Auth { verifier, issuer } = auth_from(&config)?;
     let engine = Engine::builder(store).config(config.engine_config()).start().await.context("starting the engine")?;
+    if config.dev_login {
+        tracing::warn!("dev_login is on: anyone who can reach this server can sign in as any user by name");
+    }
     let state = AppState::new(engine.clone(), verifier, issuer, config.ws_config());
     let app = chat_transport_ws::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let stopping = engine.clone();

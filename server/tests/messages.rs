@@ -389,6 +389,31 @@ async fn receipts_move_forward_only_and_update_unread_counts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_reply_carries_every_members_cursors() {
+    let server = TestServer::start().await;
+    let mut ada = server.connect("ada").await;
+    let mut bob = server.connect("bob").await;
+    let room = group_with(&mut ada, "private", &["bob"]).await;
+    for i in 1..=3 {
+        send_message(&mut ada, &room, &format!("c{i}"), "tick me").await;
+    }
+    bob.ok("room:join", json!({"room_id": room})).await;
+    bob.ok("message:delivered", json!({"room_id": room, "up_to_seq": 3})).await;
+    bob.ok("message:read", json!({"room_id": room, "up_to_seq": 2})).await;
+    // Ada was away for those receipts: a new session learns them from the join reply.
+    ada.close().await;
+    let mut ada = server.connect("ada").await;
+    let joined = ada.ok("room:join", json!({"room_id": room, "since_seq": 3})).await;
+    assert_eq!(
+        joined["receipts"],
+        json!([
+            {"user_id": "ada", "delivered_seq": 3, "read_seq": 3},
+            {"user_id": "bob", "delivered_seq": 3, "read_seq": 2},
+        ])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_since_seq_beyond_the_newest_message_still_gets_live_messages() {
     let server = TestServer::start().await;
     let mut ada = server.connect("ada").await;

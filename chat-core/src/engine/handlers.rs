@@ -21,7 +21,7 @@ use crate::event::{Event, MessageDeleted, MessageEvent, MessageStatus, RoomAdded
 use crate::id::{RoomId, SessionId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, NewMessage, validate_body, validate_client_msg_id};
 use crate::presence::PresenceStatus;
-use crate::room::{Member, MemberRole, NewRoom, ReceiptKind, Room, RoomKind, Visibility};
+use crate::room::{Member, MemberReceipts, MemberRole, NewRoom, ReceiptKind, Room, RoomKind, Visibility};
 use crate::time::Timestamp;
 use crate::user::{Identity, User};
 
@@ -255,11 +255,15 @@ impl Inner {
             self.hub.subscribe(session, room_id);
         }
         let members = self.store.members(room_id).await?;
-        let ids: Vec<UserId> = members.into_iter().map(|m| m.user_id).collect();
+        let ids: Vec<UserId> = members.iter().map(|m| m.user_id.clone()).collect();
         let users = self.store.users(&ids).await?;
+        let receipts = members
+            .into_iter()
+            .map(|m| MemberReceipts { user_id: m.user_id, delivered_seq: m.delivered_seq, read_seq: m.read_seq })
+            .collect();
         // Re-read the room so that last_seq is no older than the subscription.
         let room = self.store.room(room_id).await?.unwrap_or(room);
-        Ok(Reply::Joined { last_seq: room.last_seq, read_seq: member.read_seq, members: users, room })
+        Ok(Reply::Joined { last_seq: room.last_seq, read_seq: member.read_seq, members: users, receipts, room })
     }
 
     pub(crate) async fn leave_room(&self, ctx: &Ctx, room_id: RoomId) -> Result<Reply> {

@@ -296,7 +296,7 @@ fn room_of(reply: Reply) -> Room {
 
 fn joined_of(reply: Reply) -> Joined {
     match reply {
-        Reply::Joined { room, members, last_seq, read_seq } => Joined { room, members, last_seq, read_seq },
+        Reply::Joined { room, members, last_seq, read_seq, .. } => Joined { room, members, last_seq, read_seq },
         other => panic!("expected a join reply, got {other:?}"),
     }
 }

@@ -1,0 +1,172 @@
+//! The browser side, embedded in the binary: the chat page (`/`), the
+//! support widget (`/widget.js`) and the client library both are built on
+//! (`/chat-client.js`, with TypeScript declarations in `/chat-client.d.ts`).
+//!
+//! The files live in `web/` beside this crate and are compiled in with
+//! `include_bytes!`, so serving them needs no front-end build and no files at
+//! run time. Every answer carries an `ETag` (a hash computed at compile time)
+//! and `Cache-Control: no-cache`: browsers keep a copy but ask each time
+//! whether it is still current, so an upgraded server is picked up at once and
+//! an unchanged file costs a 304. The page gets a Content-Security-Policy that
+//! allows scripts, styles and connections to its own origin only.
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// One embedded file and how it is served.
+#[derive(Debug)]
+pub(crate) struct Asset {
+    /// The URL path it is served at.
+    pub(crate) path: &'static str,
+    pub(crate) body: &'static [u8],
+    pub(crate) content_type: &'static str,
+    /// A strong validator: FNV-1a of the body, computed at compile time.
+    etag: u64,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The chat page: framed by no one, scripts from this origin only.
+    Page,
+    /// Scripts and styles of the page and the widget. The widget's files are
+    /// loaded by other sites' pages, so they may be read cross-origin
+    /// (`Cross-Origin-Resource-Policy: cross-origin`); CORS headers for the
+    /// module import come from the router's CORS layer and its allow-list.
+    Script,
+}
+
+const fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
+macro_rules! asset {
+    ($path:literal, $file:literal, $content_type:literal, $kind:expr) => {{
+        const BODY: &[u8] = include_bytes!(concat!("../web/", $file));
+        Asset { path: $path, body: BODY, content_type: $content_type, etag: fnv1a(BODY), kind: $kind }
+    }};
+}
+
+/// Every embedded file.
+pub(crate) static ASSETS: &[Asset] = &[
+    asset!("/", "index.html", "text/html; charset=utf-8", Kind::Page),
+    asset!("/app.js", "app.js", "text/javascript; charset=utf-8", Kind::Script),
+    asset!("/app.css", "app.css", "text/css; charset=utf-8", Kind::Script),
+    asset!("/chat-client.js", "chat-client.js", "text/javascript; charset=utf-8", Kind::Script),
+    asset!("/chat-client.d.ts", "chat-client.d.ts", "application/typescript; charset=utf-8", Kind::Script),
+    asset!("/widget.js", "widget.js", "text/javascript; charset=utf-8", Kind::Script),
+];
+
+/// The page may load scripts, styles and images from its own origin and open
+/// WebSockets and HTTP calls to it; nothing inline, no plugins, no framing.
+pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+fn static_header(name: &'static str, value: &'static str) -> (HeaderName, HeaderValue) {
+    (HeaderName::from_static(name), HeaderValue::from_static(value))
+}
+
+impl Asset {
+    fn etag(&self) -> String {
+        format!("\"{:016x}\"", self.etag)
+    }
+
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        let etag = self.etag();
+        headers
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|tag| tag.trim().trim_start_matches("W/"))
+            .any(|tag| tag == "*" || tag == etag)
+    }
+
+    fn respond(&self, request: &Request) -> Response {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        if let Ok(etag) = HeaderValue::from_str(&self.etag()) {
+            headers.insert(header::ETAG, etag);
+        }
+        headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        match self.kind {
+            Kind::Page => {
+                for (name, value) in [
+                    static_header("content-security-policy", PAGE_CSP),
+                    static_header("x-frame-options", "DENY"),
+                    static_header("referrer-policy", "no-referrer"),
+                    static_header("cross-origin-opener-policy", "same-origin"),
+                ] {
+                    headers.insert(name, value);
+                }
+            }
+            Kind::Script => {
+                headers.insert(
+                    HeaderName::from_static("cross-origin-resource-policy"),
+                    HeaderValue::from_static("cross-origin"),
+                );
+            }
+        }
+        if self.matches(request.headers()) {
+            return (StatusCode::NOT_MODIFIED, headers).into_response();
+        }
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(self.content_type));
+        (StatusCode::OK, headers, self.body).into_response()
+    }
+}
+
+/// The embedded file at `path`, if there is one.
+pub(crate) fn find(path: &str) -> Option<&'static Asset> {
+    let path = if path == "/index.html" { "/" } else { path };
+    ASSETS.iter().find(|a| a.path == path)
+}
+
+/// Serves the embedded file the request's path names.
+pub(crate) async fn serve(request: Request) -> Response {
+    match find(request.uri().path()) {
+        Some(asset) => asset.respond(&request),
+        None => crate::http::not_found().await.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_asset_is_found_and_distinct() {
+        for asset in ASSETS {
+            assert!(!asset.body.is_empty(), "{} is empty", asset.path);
+            assert_eq!(find(asset.path).map(|a| a.path), Some(asset.path));
+        }
+        assert_eq!(find("/index.html").map(|a| a.path), Some("/"));
+        assert!(find("/nope.js").is_none());
+        let tags: std::collections::HashSet<u64> = ASSETS.iter().map(|a| a.etag).collect();
+        assert_eq!(tags.len(), ASSETS.len(), "each file has its own ETag");
+    }
+
+    #[test]
+    fn if_none_match_lists_and_weak_tags() {
+        let asset = &ASSETS[0];
+        let table = [
+            (asset.etag(), true),
+            (format!("W/{}", asset.etag()), true),
+            (format!("\"other\", {}", asset.etag()), true),
+            ("*".to_owned(), true),
+            ("\"other\"".to_owned(), false),
+        ];
+        for (given, expected) in table {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::IF_NONE_MATCH, HeaderValue::from_str(&given).expect("header"));
+            assert_eq!(asset.matches(&headers), expected, "{given}");
+        }
+    }
+}

@@ -1,0 +1,712 @@
+// app.js — the chat page served at `/`. Built on chat-client.js only; every
+// piece of user text reaches the page through textContent or attribute
+// values, never as HTML.
+
+import { ChatClient, devLogin, devLoginEnabled } from '/chat-client.js';
+
+const TOKEN_KEY = 'chat-page:token';
+const $ = (id) => document.getElementById(id);
+
+function h(tag, props = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === 'class') el.className = value;
+    else if (key === 'text') el.textContent = value;
+    else if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
+    else el.setAttribute(key, value === true ? '' : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+// Keeps `container`'s children in step with `items` ({key, sig, make}),
+// replacing only what changed: screen readers then announce new messages
+// only, and an edit box being typed in survives other updates.
+function reconcile(container, cache, items) {
+  const wanted = new Set(items.map((i) => i.key));
+  for (const [key, r] of cache) {
+    if (!wanted.has(key)) {
+      r.el.remove();
+      cache.delete(key);
+    }
+  }
+  let prev = null;
+  for (const item of items) {
+    let r = cache.get(item.key);
+    if (!r || r.sig !== item.sig) {
+      const el = item.make();
+      if (r) r.el.replaceWith(el);
+      r = { sig: item.sig, el };
+      cache.set(item.key, r);
+    }
+    const expected = prev ? prev.nextSibling : container.firstChild;
+    if (expected !== r.el) container.insertBefore(r.el, expected);
+    prev = r.el;
+  }
+}
+
+const STATUS_TEXT = { sent: 'Sent', delivered: 'Delivered', read: 'Read', sending: 'Sending…' };
+
+let client = null;
+let current = null;
+// Per room: members (id → user), messages (seq → message), paging state.
+const rooms = new Map();
+const activity = new Map();
+const messageNodes = new Map();
+const roomNodes = new Map();
+const online = new Map();
+let editing = null;
+let confirmingDelete = null;
+let loadingOlder = false;
+
+function roomState(id) {
+  let state = rooms.get(id);
+  if (!state) {
+    state = { members: new Map(), messages: new Map(), loaded: false, hasMore: false, joined: false };
+    rooms.set(id, state);
+  }
+  return state;
+}
+
+function userName(id, room) {
+  const user = (room && rooms.get(room) && rooms.get(room).members.get(id)) || findUser(id);
+  return user ? user.name : id;
+}
+
+function findUser(id) {
+  for (const state of rooms.values()) {
+    const user = state.members.get(id);
+    if (user) return user;
+  }
+  const seen = online.get(id);
+  return seen ? seen.user : null;
+}
+
+function roomTitle(summary) {
+  const state = rooms.get(summary.id);
+  if (summary.kind === 'direct') {
+    const other = state ? [...state.members.values()].find((u) => u.id !== client.user.id) : null;
+    return other ? other.name : summary.name || 'Direct conversation';
+  }
+  if (summary.kind === 'support') return `Support: ${userName(summary.created_by, summary.id)}`;
+  return summary.name || 'Group';
+}
+
+// ---- sign-in -----------------------------------------------------------------
+
+async function showSignIn(error) {
+  $('main').hidden = true;
+  $('signin').hidden = false;
+  $('signin-error').textContent = error || '';
+  $('dev-form').hidden = !(await devLoginEnabled());
+}
+
+$('token-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const token = $('token').value.trim();
+  if (token) start(token);
+});
+
+$('dev-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  try {
+    const roles = $('dev-agent').checked ? ['support'] : [];
+    const { token } = await devLogin(undefined, $('dev-name').value, { roles });
+    start(token);
+  } catch (err) {
+    $('signin-error').textContent = `Sign-in failed: ${err.message}`;
+  }
+});
+
+$('signout').addEventListener('click', () => {
+  localStorage.removeItem(TOKEN_KEY);
+  location.reload();
+});
+
+// ---- connection ----------------------------------------------------------------
+
+function start(token) {
+  client = new ChatClient({ token });
+  client.on('state', ({ state }) => {
+    const text = { connecting: 'Connecting…', reconnecting: 'Reconnecting…', open: '', closed: 'Offline' }[state];
+    $('conn').textContent = text ?? '';
+    document.body.dataset.connection = state;
+  });
+  client.on('auth-failed', ({ reason }) => {
+    localStorage.removeItem(TOKEN_KEY);
+    showSignIn(`The server refused this token: ${reason}`);
+  });
+  client.on('ready', onReady);
+  client.on('joined', (reply) => {
+    const state = roomState(reply.room.id);
+    for (const user of reply.members) state.members.set(user.id, user);
+    renderRooms();
+    if (reply.room.id === current) renderHeader();
+  });
+  client.on('room:added', ({ room }) => {
+    activity.set(room.id, Date.now());
+    follow(room.id);
+    renderRooms();
+  });
+  client.on('message', ({ message, mine }) => {
+    const state = roomState(message.room_id);
+    state.messages.set(message.seq, message);
+    activity.set(message.room_id, Date.parse(message.created_at) || Date.now());
+    if (message.room_id === current) {
+      renderMessages(mine);
+      if (!mine) markRead();
+    }
+    renderRooms();
+  });
+  client.on('message:updated', ({ message }) => {
+    const state = roomState(message.room_id);
+    if (state.messages.has(message.seq) || state.loaded) state.messages.set(message.seq, message);
+    if (message.room_id === current) renderMessages();
+  });
+  client.on('message:deleted', ({ room_id, message_id }) => {
+    const state = roomState(room_id);
+    for (const m of state.messages.values()) {
+      if (m.id === message_id) state.messages.set(m.seq, { ...m, deleted: true, body: '', attachments: [] });
+    }
+    if (room_id === current) renderMessages();
+  });
+  client.on('user:joined', ({ room_id, user }) => {
+    roomState(room_id).members.set(user.id, user);
+    renderRooms();
+    if (room_id === current) renderHeader();
+  });
+  client.on('user:left', ({ room_id, user_id }) => {
+    roomState(room_id).members.delete(user_id);
+    if (room_id === current) renderHeader();
+  });
+  client.on('typing', ({ room_id }) => {
+    if (room_id === current) renderTyping();
+  });
+  const ticks = ({ room_id }) => {
+    if (room_id === current) renderMessages();
+  };
+  client.on('message:status', ticks);
+  client.on('receipts', ticks);
+  client.on('outbox', () => current && renderMessages(true));
+  client.on('presence:changed', ({ user_id, status }) => {
+    const known = online.get(user_id);
+    if (status === 'offline') online.delete(user_id);
+    else if (known) known.status = status;
+    else refreshOnline();
+    renderOnline();
+  });
+  client.on('send-failed', ({ error }) => {
+    $('send-error').textContent = `Not sent: ${error.message}`;
+  });
+  client.connect().then(
+    () => localStorage.setItem(TOKEN_KEY, token),
+    () => {},
+  );
+}
+
+function onReady({ user, rooms: summaries, resumed }) {
+  $('signin').hidden = true;
+  $('main').hidden = false;
+  $('me').textContent = user.name;
+  $('me').title = user.id;
+  summaries.forEach((summary, i) => {
+    if (!activity.has(summary.id)) activity.set(summary.id, -i);
+  });
+  // After a reconnect the client joins the rooms it followed by itself; rooms
+  // added while the connection was down are new here.
+  for (const summary of summaries) follow(summary.id);
+  renderRooms();
+  refreshOnline();
+}
+
+function follow(roomId) {
+  const state = roomState(roomId);
+  if (state.joined) return;
+  state.joined = true;
+  client.join(roomId).catch((err) => {
+    state.joined = false;
+    console.warn('joining', roomId, err);
+  });
+}
+
+// ---- rooms list ------------------------------------------------------------------
+
+function renderRooms() {
+  const list = [...client.rooms.values()].sort((a, b) => (activity.get(b.id) ?? 0) - (activity.get(a.id) ?? 0));
+  $('rooms-empty').hidden = list.length > 0;
+  const items = list.map((summary) => {
+    const title = roomTitle(summary);
+    const unread = summary.id === current ? 0 : summary.unread || 0;
+    return {
+      key: summary.id,
+      sig: `${title}|${unread}|${summary.id === current}|${summary.kind}`,
+      make: () =>
+        h(
+          'li',
+          {},
+          h(
+            'button',
+            {
+              type: 'button',
+              'data-room': summary.id,
+              'aria-current': summary.id === current ? 'true' : 'false',
+              'aria-label': unread ? `${title}, ${unread} unread` : title,
+              onclick: () => openRoom(summary.id),
+            },
+            h('span', { class: 'room-name', text: title }),
+            summary.kind === 'group' ? null : h('span', { class: `kind ${summary.kind}`, text: summary.kind }),
+            h('span', { class: 'unread', 'aria-hidden': 'true', text: unread ? String(unread) : '' }),
+          ),
+        ),
+    };
+  });
+  reconcile($('rooms'), roomNodes, items);
+  if (current) $('room-title').textContent = roomTitle(client.rooms.get(current) || { id: current });
+}
+
+async function openRoom(id) {
+  current = id;
+  editing = null;
+  messageNodes.clear();
+  $('messages').replaceChildren();
+  $('main').classList.add('in-room');
+  $('composer').hidden = false;
+  $('send-error').textContent = '';
+  const state = roomState(id);
+  follow(id);
+  renderHeader();
+  renderRooms();
+  renderTyping();
+  if (!state.loaded) {
+    try {
+      await client.whenOpen();
+      const page = await client.history(id, { limit: 50 });
+      for (const m of page.messages) state.messages.set(m.seq, m);
+      state.hasMore = page.has_more;
+      state.loaded = true;
+    } catch (err) {
+      $('send-error').textContent = `Could not load messages: ${err.message}`;
+    }
+  }
+  if (current !== id) return;
+  renderMessages(true);
+  markRead();
+  $('input').focus();
+}
+
+$('back').addEventListener('click', () => {
+  $('main').classList.remove('in-room');
+  const button = current && document.querySelector(`[data-room="${CSS.escape(current)}"]`);
+  if (button) button.focus();
+});
+
+function renderHeader() {
+  if (!current) return;
+  const summary = client.rooms.get(current) || { id: current };
+  $('room-title').textContent = roomTitle(summary);
+  const members = [...roomState(current).members.values()].map((u) => u.name);
+  $('room-members').textContent = members.length ? `${members.length} members: ${members.join(', ')}` : '';
+}
+
+function renderTyping() {
+  const users = current ? client.typingUsers(current).filter((id) => id !== client.user.id) : [];
+  const names = users.map((id) => userName(id, current));
+  $('typing').textContent =
+    names.length === 0 ? '' : names.length === 1 ? `${names[0]} is typing…` : `${names.join(', ')} are typing…`;
+}
+
+function markRead() {
+  if (!current || document.visibilityState !== 'visible') return;
+  const seqs = [...roomState(current).messages.keys()];
+  const last = seqs.length ? Math.max(...seqs) : 0;
+  if (last > 0) client.markRead(current, last).catch(() => {});
+  renderRooms();
+}
+
+document.addEventListener('visibilitychange', markRead);
+
+// ---- messages --------------------------------------------------------------------
+
+function formatTime(iso) {
+  const date = new Date(iso);
+  const sameDay = date.toDateString() === new Date().toDateString();
+  return sameDay
+    ? date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })
+    : date.toLocaleString([], { dateStyle: 'short', timeStyle: 'short' });
+}
+
+function messageItem(m) {
+  const mine = m.sender_id === client.user.id;
+  const status = mine ? client.statusOf(m.room_id, m.seq) : '';
+  const isEditing = editing === m.id;
+  const confirming = confirmingDelete === m.id;
+  return {
+    key: `m:${m.seq}`,
+    sig: [m.body, m.deleted, m.edited_at, status, isEditing, confirming, userName(m.sender_id, m.room_id)].join('|'),
+    make: () => {
+      const li = h('li', {
+        class: `msg${mine ? ' mine' : ''}${m.deleted ? ' deleted' : ''}`,
+        'data-seq': m.seq,
+        'data-id': m.id,
+      });
+      li.append(h('div', { class: 'who', text: mine ? 'You' : userName(m.sender_id, m.room_id) }));
+      if (isEditing) {
+        const box = h('textarea', { 'aria-label': 'Edit message', rows: 2 });
+        box.value = m.body;
+        const save = async () => {
+          const body = box.value.trim();
+          if (!body || body === m.body) {
+            editing = null;
+            renderMessages();
+            return;
+          }
+          try {
+            const updated = await client.edit(m.room_id, m.id, body);
+            roomState(m.room_id).messages.set(updated.seq, updated);
+            editing = null;
+            renderMessages();
+            $('input').focus();
+          } catch (err) {
+            $('send-error').textContent = `Not edited: ${err.message}`;
+          }
+        };
+        box.addEventListener('keydown', (event) => {
+          if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+            event.preventDefault();
+            save();
+          } else if (event.key === 'Escape') {
+            editing = null;
+            renderMessages();
+            $('input').focus();
+          }
+        });
+        li.append(
+          box,
+          h(
+            'div',
+            { class: 'meta' },
+            h('button', { type: 'button', class: 'quiet', onclick: save, text: 'Save' }),
+            h('button', {
+              type: 'button',
+              class: 'quiet',
+              text: 'Cancel',
+              onclick: () => {
+                editing = null;
+                renderMessages();
+              },
+            }),
+          ),
+        );
+        queueMicrotask(() => box.focus());
+        return li;
+      }
+      li.append(h('div', { class: 'text', text: m.deleted ? 'Message deleted' : m.body }));
+      const meta = h('div', { class: 'meta' }, h('time', { datetime: m.created_at, text: formatTime(m.created_at) }));
+      if (m.edited_at && !m.deleted) meta.append(h('span', { class: 'edited', text: 'edited' }));
+      if (mine && !m.deleted) {
+        meta.append(
+          h('button', {
+            type: 'button',
+            class: 'quiet',
+            text: 'Edit',
+            'aria-label': 'Edit this message',
+            onclick: () => {
+              editing = m.id;
+              renderMessages();
+            },
+          }),
+          h('button', {
+            type: 'button',
+            class: 'quiet',
+            text: confirming ? 'Really delete?' : 'Delete',
+            'aria-label': confirming ? 'Confirm: delete this message' : 'Delete this message',
+            onclick: async (event) => {
+              if (!confirming) {
+                confirmingDelete = m.id;
+                renderMessages();
+                const again = document.querySelector(`[data-id="${CSS.escape(m.id)}"] button:last-of-type`);
+                if (again) again.focus();
+                setTimeout(() => {
+                  if (confirmingDelete === m.id) {
+                    confirmingDelete = null;
+                    renderMessages();
+                  }
+                }, 4000);
+                return;
+              }
+              event.currentTarget.disabled = true;
+              confirmingDelete = null;
+              try {
+                await client.delete(m.room_id, m.id);
+                const state = roomState(m.room_id);
+                state.messages.set(m.seq, { ...m, deleted: true, body: '' });
+                renderMessages();
+              } catch (err) {
+                $('send-error').textContent = `Not deleted: ${err.message}`;
+              }
+            },
+          }),
+        );
+      }
+      if (mine) {
+        meta.append(
+          h('span', {
+            class: 'tick',
+            'data-status': status,
+            'aria-label': STATUS_TEXT[status],
+            title: STATUS_TEXT[status],
+            text: status === 'sent' ? '✓' : '✓✓',
+          }),
+        );
+      }
+      li.append(meta);
+      return li;
+    },
+  };
+}
+
+function renderMessages(stickToBottom = false) {
+  if (!current) return;
+  const list = $('messages');
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 60;
+  const state = roomState(current);
+  const items = [];
+  if (state.hasMore) {
+    items.push({
+      key: 'older',
+      sig: String(loadingOlder),
+      make: () =>
+        h(
+          'li',
+          { class: 'older-row' },
+          h('button', { type: 'button', class: 'older', onclick: loadOlder, text: 'Load older messages' }),
+        ),
+    });
+  }
+  for (const seq of [...state.messages.keys()].sort((a, b) => a - b)) items.push(messageItem(state.messages.get(seq)));
+  for (const entry of client.outbox) {
+    if (entry.room_id !== current) continue;
+    items.push({
+      key: `p:${entry.client_msg_id}`,
+      sig: '',
+      make: () =>
+        h(
+          'li',
+          { class: 'msg mine pending', 'data-pending': entry.client_msg_id },
+          h('div', { class: 'who', text: 'You' }),
+          h('div', { class: 'text', text: entry.body }),
+          h('div', { class: 'meta' }, h('span', { class: 'tick', 'data-status': 'sending', text: 'Sending…' })),
+        ),
+    });
+  }
+  reconcile(list, messageNodes, items);
+  if (atBottom || stickToBottom) list.scrollTop = list.scrollHeight;
+}
+
+async function loadOlder() {
+  const id = current;
+  const state = roomState(id);
+  if (loadingOlder || !state.hasMore) return;
+  loadingOlder = true;
+  const list = $('messages');
+  const fromBottom = list.scrollHeight - list.scrollTop;
+  try {
+    const first = Math.min(...state.messages.keys());
+    const page = await client.history(id, { beforeSeq: first, limit: 50 });
+    for (const m of page.messages) state.messages.set(m.seq, m);
+    state.hasMore = page.has_more;
+  } catch (err) {
+    $('send-error').textContent = `Could not load older messages: ${err.message}`;
+  } finally {
+    loadingOlder = false;
+  }
+  if (current !== id) return;
+  renderMessages();
+  list.scrollTop = list.scrollHeight - fromBottom;
+}
+
+$('messages').addEventListener('scroll', () => {
+  if ($('messages').scrollTop < 40) loadOlder();
+});
+
+// ---- composer --------------------------------------------------------------------
+
+async function sendCurrent() {
+  const input = $('input');
+  const body = input.value.trim();
+  if (!body || !current) return;
+  input.value = '';
+  $('send-error').textContent = '';
+  try {
+    await client.send(current, body);
+  } catch (err) {
+    $('send-error').textContent = `Not sent: ${err.message}`;
+    if (!input.value) input.value = body;
+  }
+}
+
+$('composer').addEventListener('submit', (event) => {
+  event.preventDefault();
+  sendCurrent();
+});
+
+$('input').addEventListener('keydown', (event) => {
+  if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    sendCurrent();
+  }
+});
+
+$('input').addEventListener('input', () => {
+  if (current && $('input').value) client.typing(current);
+});
+
+$('input').addEventListener('blur', () => {
+  if (current) client.stopTyping(current);
+});
+
+// ---- presence --------------------------------------------------------------------
+
+$('status').addEventListener('change', async () => {
+  try {
+    await client.setStatus($('status').value);
+  } catch (err) {
+    $('conn').textContent = `Status not changed: ${err.message}`;
+  }
+});
+
+async function refreshOnline() {
+  try {
+    const users = await client.onlineUsers();
+    online.clear();
+    for (const entry of users) online.set(entry.user.id, entry);
+    renderOnline();
+    renderRooms();
+  } catch {
+    // Tried again on the next presence change.
+  }
+}
+
+setInterval(() => {
+  if (client && client.state === 'open') refreshOnline();
+}, 30000);
+
+function renderOnline() {
+  const list = [...online.values()].sort((a, b) => a.user.name.localeCompare(b.user.name));
+  $('online').replaceChildren(
+    ...list.map(({ user, status }) =>
+      h(
+        'li',
+        { 'data-user': user.id },
+        h('span', { class: 'dot', 'data-status': status, 'aria-hidden': 'true' }),
+        h('span', { text: user.id === client.user.id ? `${user.name} (you)` : user.name }),
+        h('span', { class: 'muted', text: status }),
+        user.roles.includes('support') ? h('span', { class: 'kind support', text: 'support' }) : null,
+      ),
+    ),
+  );
+}
+
+// ---- new conversations -----------------------------------------------------------
+
+let searchTimer = null;
+const selected = new Map();
+
+$('search').addEventListener('input', () => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(runSearch, 250);
+});
+
+$('search-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  clearTimeout(searchTimer);
+  runSearch();
+});
+
+async function runSearch() {
+  const q = $('search').value.trim();
+  if (!q) {
+    renderResults([]);
+    return;
+  }
+  try {
+    const users = await client.searchUsers(q, { limit: 20 });
+    renderResults(users.filter((u) => u.id !== client.user.id));
+  } catch (err) {
+    $('create-error').textContent = `Search failed: ${err.message}`;
+  }
+}
+
+function renderResults(users) {
+  const shown = new Map(users.map((u) => [u.id, u]));
+  for (const [id, user] of selected) if (!shown.has(id)) shown.set(id, user);
+  $('results-box').hidden = shown.size === 0;
+  $('create-form').hidden = shown.size === 0;
+  $('results').replaceChildren(
+    ...[...shown.values()].map((user) => {
+      const box = h('input', { type: 'checkbox', value: user.id });
+      box.checked = selected.has(user.id);
+      box.addEventListener('change', () => {
+        if (box.checked) selected.set(user.id, user);
+        else selected.delete(user.id);
+      });
+      return h(
+        'li',
+        {},
+        h('label', {}, box, h('span', { text: user.name }), h('span', { class: 'muted', text: user.id })),
+      );
+    }),
+  );
+}
+
+$('start-direct').addEventListener('click', async () => {
+  $('create-error').textContent = '';
+  if (selected.size !== 1) {
+    $('create-error').textContent = 'Pick exactly one person for a direct conversation.';
+    return;
+  }
+  try {
+    const [userId] = selected.keys();
+    const room = await client.directRoom(userId);
+    resetNewConversation();
+    activity.set(room.id, Date.now());
+    await openRoom(room.id);
+  } catch (err) {
+    $('create-error').textContent = `Could not start it: ${err.message}`;
+  }
+});
+
+$('create-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  $('create-error').textContent = '';
+  const name = $('group-name').value.trim();
+  if (selected.size === 0 || !name) {
+    $('create-error').textContent = 'A group needs a name and at least one other person.';
+    return;
+  }
+  try {
+    const room = await client.createRoom({ kind: 'group', name, visibility: 'private', members: [...selected.keys()] });
+    resetNewConversation();
+    activity.set(room.id, Date.now());
+    await openRoom(room.id);
+  } catch (err) {
+    $('create-error').textContent = `Could not create it: ${err.message}`;
+  }
+});
+
+function resetNewConversation() {
+  selected.clear();
+  $('search').value = '';
+  $('group-name').value = '';
+  renderResults([]);
+}
+
+// ---- start -----------------------------------------------------------------------
+
+const saved = localStorage.getItem(TOKEN_KEY);
+if (saved) start(saved);
+else showSignIn();

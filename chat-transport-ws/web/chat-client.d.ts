@@ -1,0 +1,239 @@
+// Type declarations of chat-client.js, the client of the chat server's native
+// WebSocket protocol. The wire objects are described in docs/protocol.md;
+// the library in docs/web-client.md.
+
+export type ErrorCode =
+  | 'invalid'
+  | 'unauthorized'
+  | 'forbidden'
+  | 'not_found'
+  | 'not_member'
+  | 'too_large'
+  | 'rate_limited'
+  | 'conflict'
+  | 'unknown_command'
+  | 'unavailable'
+  | 'internal'
+  // Made by the client, not the server:
+  | 'disconnected'
+  | 'timeout'
+  | 'closed';
+
+export class ChatError extends Error {
+  readonly code: ErrorCode | string;
+  constructor(code: ErrorCode | string, message?: string);
+}
+
+export interface User {
+  id: string;
+  name: string;
+  avatar_url?: string;
+  roles: string[];
+}
+
+export type RoomKind = 'direct' | 'group' | 'support';
+export type Visibility = 'public' | 'private';
+
+export interface Room {
+  id: string;
+  kind: RoomKind;
+  name?: string;
+  visibility: Visibility;
+  created_by: string;
+  created_at: string;
+  last_seq: number;
+}
+
+export interface RoomSummary extends Room {
+  unread: number;
+  read_seq: number;
+}
+
+export interface Attachment {
+  id: string;
+  name: string;
+  content_type: string;
+  size: number;
+  url: string;
+}
+
+export interface Message {
+  id: string;
+  room_id: string;
+  seq: number;
+  sender_id: string;
+  client_msg_id: string;
+  body: string;
+  attachments: Attachment[];
+  reply_to?: string;
+  created_at: string;
+  edited_at?: string;
+  deleted: boolean;
+}
+
+export type Status = 'online' | 'away' | 'busy' | 'invisible';
+export type PresenceStatus = 'online' | 'away' | 'busy' | 'offline';
+
+export interface Ready {
+  session_id: string;
+  user: User;
+  rooms: RoomSummary[];
+  server_time: string;
+  /** True when this `ready` follows a reconnect. */
+  resumed: boolean;
+}
+
+export interface MemberReceipts {
+  user_id: string;
+  delivered_seq: number;
+  read_seq: number;
+}
+
+export interface Joined {
+  room: Room;
+  members: User[];
+  last_seq: number;
+  read_seq: number;
+  receipts?: MemberReceipts[];
+}
+
+export interface HistoryPage {
+  messages: Message[];
+  has_more: boolean;
+}
+
+export interface OutboxEntry {
+  room_id: string;
+  client_msg_id: string;
+  body: string;
+  reply_to?: string;
+  created_at: string;
+}
+
+export type ConnectionState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed';
+
+/** Event names and the data their callbacks get. */
+export interface ChatEvents {
+  /** Each new message once: live, replayed after a reconnect, or your own
+   * acknowledged send (`mine`). Raw `message:new` frames are not emitted. */
+  message: { message: Message; mine: boolean };
+  'message:updated': { message: Message };
+  'message:deleted': { room_id: string; message_id: string };
+  'message:status': { room_id: string; user_id: string; status: 'delivered' | 'read'; up_to_seq: number };
+  'typing:user': { room_id: string; user_id: string; typing: boolean };
+  /** Who is typing in a room now, after any change. */
+  typing: { room_id: string; users: string[] };
+  'user:joined': { room_id: string; user: User };
+  'user:left': { room_id: string; user_id: string };
+  'presence:changed': { user_id: string; status: PresenceStatus; last_seen?: string };
+  'room:added': { room: Room };
+  /** Receipts of a room changed wholesale (after a join). */
+  receipts: { room_id: string };
+  /** A `room:join` reply, also after the automatic re-joins of a reconnect. */
+  joined: Joined;
+  ready: Ready;
+  state: { state: ConnectionState };
+  disconnected: { code: number; reason: string };
+  reconnecting: { attempt: number; delay_ms: number };
+  /** The token was refused and `getToken` could not replace it; the client stopped. */
+  'auth-failed': { code: number; reason: string };
+  /** An `error` frame (a failed command without `ref`), or a client-side problem. */
+  error: { code: string; message: string };
+  outbox: { entries: OutboxEntry[] };
+  /** The server refused a send for good; it left the outbox. */
+  'send-failed': { entry: OutboxEntry; error: ChatError };
+  [other: string]: unknown;
+}
+
+export interface StorageLike {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+}
+
+export interface ChatClientOptions {
+  /** The server's http(s) or ws(s) origin; defaults to the page's origin. */
+  server?: string;
+  /** A token (JWT). Give this or `getToken`. */
+  token?: string;
+  /** Called before every connection; `reason` is `rejected` after the server
+   * refused the last token (close 4401), so a fresh one can be made. */
+  getToken?: (info: { reason: 'connect' | 'rejected' }) => string | Promise<string>;
+  /** Reconnect backoff: the first delay is up to this, doubling each try (500). */
+  minBackoffMs?: number;
+  /** The longest delay between tries (8000). */
+  maxBackoffMs?: number;
+  /** How long a command waits for its reply (15000). */
+  requestTimeoutMs?: number;
+  /** How often an idle connection is checked with `ping`; 0 turns it off (25000). */
+  heartbeatMs?: number;
+  /** Acknowledge received messages with `message:delivered` (true). */
+  autoDelivered?: boolean;
+  /** Keep the outbox in this storage (e.g. localStorage) under `storageKey`,
+   * so unsent messages survive a reload. */
+  storage?: StorageLike;
+  storageKey?: string;
+  /** A WebSocket constructor, for runtimes without a global one. */
+  WebSocket?: typeof WebSocket;
+}
+
+export class ChatClient {
+  constructor(options: ChatClientOptions);
+  readonly server: string;
+  readonly state: ConnectionState;
+  /** The signed-in user, after the first `ready`. */
+  readonly user: User | null;
+  readonly sessionId: string | null;
+  /** The user's rooms with unread counts, kept up to date. */
+  readonly rooms: Map<string, RoomSummary>;
+  /** Messages sent but not yet stored, oldest first. */
+  readonly outbox: OutboxEntry[];
+
+  on<K extends keyof ChatEvents>(type: K, fn: (data: ChatEvents[K]) => void): () => void;
+  off<K extends keyof ChatEvents>(type: K, fn: (data: ChatEvents[K]) => void): void;
+
+  connect(): Promise<Ready>;
+  close(): void;
+  whenOpen(timeoutMs?: number): Promise<void>;
+  request<T = Record<string, unknown>>(
+    type: string,
+    data?: Record<string, unknown>,
+    options?: { timeoutMs?: number },
+  ): Promise<T>;
+
+  join(roomId: string, options?: { sinceSeq?: number }): Promise<Joined>;
+  leave(roomId: string): Promise<void>;
+  unfollow(roomId: string): void;
+  createRoom(spec: { kind: RoomKind; name?: string; visibility?: Visibility; members?: string[] }): Promise<Room>;
+  directRoom(userId: string): Promise<Room>;
+  invite(roomId: string, userId: string): Promise<Record<string, never>>;
+  history(roomId: string, options?: { beforeSeq?: number; afterSeq?: number; limit?: number }): Promise<HistoryPage>;
+
+  send(roomId: string, body: string, options?: { replyTo?: string; clientMsgId?: string }): Promise<Message>;
+  edit(roomId: string, messageId: string, body: string): Promise<Message>;
+  delete(roomId: string, messageId: string): Promise<Record<string, never>>;
+  markRead(roomId: string, seq: number): Promise<void>;
+  receipts(roomId: string): Map<string, { delivered_seq: number; read_seq: number }>;
+  statusOf(roomId: string, seq: number): 'sent' | 'delivered' | 'read';
+
+  typing(roomId: string): void;
+  stopTyping(roomId: string): void;
+  typingUsers(roomId: string): string[];
+
+  setStatus(status: Status): Promise<Record<string, never>>;
+  presenceOf(userId: string): PresenceStatus | Status | undefined;
+  onlineUsers(): Promise<Array<{ user: User; status: PresenceStatus }>>;
+  searchUsers(q: string, options?: { limit?: number }): Promise<User[]>;
+}
+
+export function serverBase(server?: string): string;
+export function createVisitorSession(
+  server?: string,
+  options?: { name?: string },
+): Promise<{ token: string; user: User; expires_at: string }>;
+export function supportAvailability(server?: string): Promise<{ available: boolean; online_agents: number }>;
+export function devLoginEnabled(server?: string): Promise<boolean>;
+export function devLogin(
+  server: string | undefined,
+  name: string,
+  options?: { roles?: string[] },
+): Promise<{ token: string; user: User; expires_at: string }>;

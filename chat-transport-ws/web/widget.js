@@ -1,0 +1,745 @@
+// widget.js — the website support widget of the chat server.
+//
+//   <script src="https://chat.example.com/widget.js" data-server="https://chat.example.com" async></script>
+//
+// adds a floating chat button that opens a conversation with the support
+// team. Options, all optional, as data attributes of that script tag:
+//   data-server    the chat server's origin (default: where widget.js came from)
+//   data-color     accent colour, any CSS colour (default #2563eb)
+//   data-position  right or left (default right)
+//   data-greeting  the first line the visitor sees
+//   data-title     the panel's title
+//   data-lang      en, fr, de or es (default: the page's language, else en)
+//   data-name      the visitor's display name, when the site knows it
+//
+// The page's origin must be allowed by the server (CHAT_ALLOWED_ORIGINS):
+// the widget loads /chat-client.js as a module, asks for a visitor session
+// and opens a WebSocket, all cross-origin. Everything lives in a shadow root,
+// so the page's styles do not reach the widget and the widget's do not leak.
+// The visitor's session and room are kept in the page origin's localStorage,
+// so a reload keeps the conversation.
+(function () {
+  'use strict';
+
+  const script = document.currentScript;
+  if (!script || !script.src) return;
+  const scriptUrl = new URL(script.src, location.href);
+  const dataset = script.dataset;
+
+  const STRINGS = {
+    en: {
+      title: 'Chat with us',
+      greeting: 'Hi! How can we help you today?',
+      open: 'Open chat',
+      close: 'Close chat',
+      online: 'We are online',
+      offline: 'We are away. Leave a message and we will answer here.',
+      typing: '{name} is typing…',
+      support: 'Support',
+      placeholder: 'Write a message…',
+      label: 'Message',
+      send: 'Send',
+      sending: 'Sending…',
+      sent: 'Sent',
+      delivered: 'Delivered',
+      read: 'Read',
+      connecting: 'Connecting…',
+      reconnecting: 'Connection lost. Reconnecting…',
+      earlier: 'Show earlier messages',
+      failed: 'Your message could not be sent: {reason}',
+      unread: '{n} unread',
+      deleted: 'This message was deleted',
+      edited: 'edited',
+      you: 'You',
+      unavailable: 'The chat is not available right now.',
+    },
+    fr: {
+      title: 'Discutons',
+      greeting: 'Bonjour ! Comment pouvons-nous vous aider ?',
+      open: 'Ouvrir le chat',
+      close: 'Fermer le chat',
+      online: 'Nous sommes en ligne',
+      offline: 'Nous sommes absents. Laissez un message, nous répondrons ici.',
+      typing: '{name} écrit…',
+      support: 'Support',
+      placeholder: 'Écrivez un message…',
+      label: 'Message',
+      send: 'Envoyer',
+      sending: 'Envoi…',
+      sent: 'Envoyé',
+      delivered: 'Distribué',
+      read: 'Lu',
+      connecting: 'Connexion…',
+      reconnecting: 'Connexion perdue. Reconnexion…',
+      earlier: 'Messages précédents',
+      failed: "Votre message n'a pas pu être envoyé : {reason}",
+      unread: '{n} non lus',
+      deleted: 'Ce message a été supprimé',
+      edited: 'modifié',
+      you: 'Vous',
+      unavailable: "Le chat n'est pas disponible pour le moment.",
+    },
+    de: {
+      title: 'Schreiben Sie uns',
+      greeting: 'Hallo! Wie können wir helfen?',
+      open: 'Chat öffnen',
+      close: 'Chat schließen',
+      online: 'Wir sind online',
+      offline: 'Wir sind gerade nicht da. Hinterlassen Sie eine Nachricht, wir antworten hier.',
+      typing: '{name} schreibt…',
+      support: 'Support',
+      placeholder: 'Nachricht schreiben…',
+      label: 'Nachricht',
+      send: 'Senden',
+      sending: 'Wird gesendet…',
+      sent: 'Gesendet',
+      delivered: 'Zugestellt',
+      read: 'Gelesen',
+      connecting: 'Verbinde…',
+      reconnecting: 'Verbindung verloren. Verbinde neu…',
+      earlier: 'Ältere Nachrichten',
+      failed: 'Ihre Nachricht konnte nicht gesendet werden: {reason}',
+      unread: '{n} ungelesen',
+      deleted: 'Diese Nachricht wurde gelöscht',
+      edited: 'bearbeitet',
+      you: 'Sie',
+      unavailable: 'Der Chat ist gerade nicht verfügbar.',
+    },
+    es: {
+      title: 'Hable con nosotros',
+      greeting: '¡Hola! ¿En qué podemos ayudarle?',
+      open: 'Abrir el chat',
+      close: 'Cerrar el chat',
+      online: 'Estamos en línea',
+      offline: 'No estamos ahora. Deje un mensaje y le responderemos aquí.',
+      typing: '{name} está escribiendo…',
+      support: 'Soporte',
+      placeholder: 'Escriba un mensaje…',
+      label: 'Mensaje',
+      send: 'Enviar',
+      sending: 'Enviando…',
+      sent: 'Enviado',
+      delivered: 'Entregado',
+      read: 'Leído',
+      connecting: 'Conectando…',
+      reconnecting: 'Conexión perdida. Reconectando…',
+      earlier: 'Mensajes anteriores',
+      failed: 'No se pudo enviar su mensaje: {reason}',
+      unread: '{n} sin leer',
+      deleted: 'Este mensaje fue eliminado',
+      edited: 'editado',
+      you: 'Usted',
+      unavailable: 'El chat no está disponible ahora.',
+    },
+  };
+
+  const pageLang = (document.documentElement.lang || navigator.language || 'en').slice(0, 2).toLowerCase();
+  const lang = STRINGS[(dataset.lang || '').toLowerCase()] ? dataset.lang.toLowerCase() : STRINGS[pageLang] ? pageLang : 'en';
+  const strings = STRINGS[lang];
+  const t = (key, values = {}) => strings[key].replace(/\{(\w+)\}/g, (_, k) => String(values[k] ?? ''));
+
+  let server;
+  try {
+    server = new URL(dataset.server || scriptUrl.origin, location.href).origin;
+  } catch {
+    console.error('chat widget: data-server is not a URL');
+    return;
+  }
+  const supportsColor = (value) => typeof CSS !== 'undefined' && CSS.supports && CSS.supports('color', value);
+  const accent = dataset.color && supportsColor(dataset.color) ? dataset.color : '#2563eb';
+  const side = dataset.position === 'left' ? 'left' : 'right';
+  const title = dataset.title || t('title');
+  const greeting = dataset.greeting || t('greeting');
+  const STORE_KEY = `chat-widget:${server}`;
+
+  const STYLE = `
+    :host { all: initial; }
+    * { box-sizing: border-box; }
+    .root { position: fixed; bottom: 20px; ${side}: 20px; z-index: 2147483000;
+      font: 15px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #111827;
+      display: flex; flex-direction: column; align-items: ${side === 'right' ? 'flex-end' : 'flex-start'}; gap: 12px; }
+    button { font: inherit; cursor: pointer; }
+    :focus-visible { outline: 3px solid var(--accent); outline-offset: 2px; }
+    .launcher { position: relative; width: 56px; height: 56px; border-radius: 50%; border: none;
+      background: var(--accent); color: #fff; box-shadow: 0 4px 14px rgba(0,0,0,.25);
+      display: grid; place-items: center; }
+    .launcher svg { width: 28px; height: 28px; fill: currentColor; }
+    .badge { position: absolute; top: -4px; ${side === 'right' ? 'left' : 'right'}: -4px; min-width: 22px; height: 22px;
+      padding: 0 6px; border-radius: 11px; background: #dc2626; color: #fff; font-size: 12px; font-weight: 700;
+      display: grid; place-items: center; }
+    .badge[hidden] { display: none; }
+    .panel { width: min(370px, calc(100vw - 24px)); height: min(560px, calc(100vh - 110px));
+      background: #fff; border-radius: 14px; box-shadow: 0 10px 40px rgba(0,0,0,.28);
+      display: flex; flex-direction: column; overflow: hidden; }
+    .panel[hidden] { display: none; }
+    header { background: var(--accent); color: #fff; padding: 12px 14px; display: flex; align-items: center; gap: 10px; }
+    header .titles { flex: 1; min-width: 0; }
+    header h2 { margin: 0; font-size: 16px; font-weight: 650; }
+    .availability { font-size: 13px; opacity: .95; display: flex; align-items: center; gap: 6px; }
+    .dot { width: 8px; height: 8px; border-radius: 50%; background: #9ca3af; flex: none; }
+    .availability[data-available="true"] .dot { background: #4ade80; }
+    .close { background: transparent; border: none; color: #fff; width: 32px; height: 32px; border-radius: 6px;
+      font-size: 22px; line-height: 1; }
+    .close:hover { background: rgba(255,255,255,.18); }
+    .conn { font-size: 13px; padding: 6px 14px; background: #fef3c7; color: #78350f; }
+    .conn[hidden] { display: none; }
+    .log { flex: 1; overflow-y: auto; padding: 12px; margin: 0; list-style: none; display: flex;
+      flex-direction: column; gap: 8px; background: #f9fafb; }
+    .earlier { align-self: center; background: none; border: 1px solid #d1d5db; border-radius: 14px;
+      padding: 3px 12px; font-size: 13px; color: #374151; }
+    .msg { max-width: 82%; padding: 8px 11px; border-radius: 14px; white-space: pre-wrap;
+      overflow-wrap: anywhere; background: #fff; border: 1px solid #e5e7eb; align-self: flex-start; }
+    .msg.mine { align-self: flex-end; background: var(--accent); color: #fff; border-color: transparent; }
+    .msg.greeting { background: #eef2ff; border-color: #e0e7ff; }
+    .msg .who { display: block; font-size: 12px; font-weight: 600; color: #4b5563; margin-bottom: 2px; }
+    .msg .meta { display: block; font-size: 11px; opacity: .8; margin-top: 3px; text-align: right; }
+    .msg.deleted .text { font-style: italic; opacity: .75; }
+    .tick[data-status="read"] { color: #bbf7d0; font-weight: 700; }
+    .msg.pending { opacity: .75; }
+    .typing { min-height: 22px; padding: 2px 14px; font-size: 13px; color: #4b5563; font-style: italic; background: #f9fafb; }
+    .error { padding: 6px 14px; font-size: 13px; color: #991b1b; background: #fee2e2; }
+    .error[hidden] { display: none; }
+    form { display: flex; gap: 8px; padding: 10px; border-top: 1px solid #e5e7eb; background: #fff; }
+    textarea { flex: 1; resize: none; font: inherit; padding: 8px 10px; border: 1px solid #d1d5db;
+      border-radius: 10px; height: 42px; max-height: 120px; color: inherit; background: #fff; }
+    .send { border: none; border-radius: 10px; background: var(--accent); color: #fff; padding: 0 14px; font-weight: 600; }
+    .send:disabled { opacity: .5; cursor: default; }
+    .sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
+  `;
+
+  // Builds an element; strings become text nodes, so no text is ever parsed as HTML.
+  function h(tag, props = {}, ...children) {
+    const el = document.createElement(tag);
+    for (const [key, value] of Object.entries(props)) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === 'class') el.className = value;
+      else if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
+      else if (key === 'text') el.textContent = value;
+      else el.setAttribute(key, value === true ? '' : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return el;
+  }
+
+  function svgIcon() {
+    const ns = 'http://www.w3.org/2000/svg';
+    const svg = document.createElementNS(ns, 'svg');
+    svg.setAttribute('viewBox', '0 0 24 24');
+    svg.setAttribute('aria-hidden', 'true');
+    const path = document.createElementNS(ns, 'path');
+    path.setAttribute('d', 'M4 3h16a2 2 0 0 1 2 2v11a2 2 0 0 1-2 2H8l-5 4V5a2 2 0 0 1 2-2z');
+    svg.append(path);
+    return svg;
+  }
+
+  function loadSaved() {
+    try {
+      const saved = JSON.parse(localStorage.getItem(STORE_KEY) || 'null');
+      if (saved && typeof saved.token === 'string' && saved.user && typeof saved.user.id === 'string') {
+        if (!saved.expires_at || Date.parse(saved.expires_at) > Date.now() + 60000) return saved;
+      }
+    } catch {
+      // Unreadable storage: start a new session.
+    }
+    return null;
+  }
+
+  function save(session) {
+    try {
+      if (session) localStorage.setItem(STORE_KEY, JSON.stringify(session));
+      else localStorage.removeItem(STORE_KEY);
+    } catch {
+      // Storage denied (private mode): the conversation lasts as long as the page.
+    }
+  }
+
+  function mount(lib) {
+    const host = h('div', { 'data-chat-widget': '' });
+    const shadow = host.attachShadow({ mode: 'open' });
+    // A constructed style sheet is CSSOM, which a host page's
+    // Content-Security-Policy does not block the way it blocks <style>.
+    let style = null;
+    try {
+      const sheet = new CSSStyleSheet();
+      sheet.replaceSync(STYLE);
+      shadow.adoptedStyleSheets = [sheet];
+    } catch {
+      style = document.createElement('style');
+      style.textContent = STYLE;
+    }
+
+    const badge = h('span', { class: 'badge', hidden: true });
+    const launcher = h(
+      'button',
+      {
+        class: 'launcher',
+        type: 'button',
+        'aria-label': t('open'),
+        'aria-expanded': 'false',
+        'aria-controls': 'chat-panel',
+        'aria-haspopup': 'dialog',
+      },
+      svgIcon(),
+      badge,
+    );
+    const availability = h(
+      'div',
+      { class: 'availability', 'data-available': 'false' },
+      h('span', { class: 'dot', 'aria-hidden': 'true' }),
+      h('span', { class: 'availability-text', text: '' }),
+    );
+    const closeButton = h('button', { class: 'close', type: 'button', 'aria-label': t('close'), text: '×' });
+    const conn = h('div', { class: 'conn', role: 'status', hidden: true });
+    const log = h('ol', { class: 'log', role: 'log', 'aria-live': 'polite', 'aria-label': title });
+    const typingLine = h('div', { class: 'typing', role: 'status', 'aria-live': 'polite' });
+    const errorLine = h('div', { class: 'error', role: 'alert', hidden: true });
+    const textarea = h('textarea', {
+      id: 'chat-input',
+      rows: 1,
+      placeholder: t('placeholder'),
+      maxlength: 4000,
+      autocomplete: 'off',
+    });
+    const sendButton = h('button', { class: 'send', type: 'submit', text: t('send') });
+    const form = h(
+      'form',
+      {},
+      h('label', { class: 'sr', for: 'chat-input', text: t('label') }),
+      textarea,
+      sendButton,
+    );
+    const panel = h(
+      'section',
+      { class: 'panel', id: 'chat-panel', role: 'dialog', 'aria-labelledby': 'chat-title', hidden: true },
+      h(
+        'header',
+        {},
+        h('div', { class: 'titles' }, h('h2', { id: 'chat-title', text: title }), availability),
+        closeButton,
+      ),
+      conn,
+      log,
+      typingLine,
+      errorLine,
+      form,
+    );
+    const root = h('div', { class: 'root' }, panel, launcher);
+    root.style.setProperty('--accent', accent);
+    if (style) shadow.append(style);
+    shadow.append(root);
+    document.body.append(host);
+
+    let session = loadSaved();
+    let client = null;
+    let roomId = session ? session.room_id || null : null;
+    let roomPromise = null;
+    let historyLoaded = false;
+    let hasMore = false;
+    let unread = 0;
+    let availabilityTimer = null;
+    const messages = new Map();
+    const members = new Map();
+
+    const isOpen = () => !panel.hidden;
+
+    function showError(text) {
+      errorLine.textContent = text;
+      errorLine.hidden = !text;
+    }
+
+    function setUnread(n) {
+      unread = n;
+      badge.hidden = n === 0;
+      badge.textContent = String(n);
+      badge.setAttribute('aria-label', t('unread', { n }));
+      launcher.setAttribute('aria-label', n ? `${t('open')} (${t('unread', { n })})` : t('open'));
+    }
+
+    async function refreshAvailability() {
+      try {
+        const { available } = await lib.supportAvailability(server);
+        availability.dataset.available = String(available);
+        availability.lastChild.textContent = available ? t('online') : t('offline');
+        // An agent came online after the visitor wrote: bring them in.
+        const hasAgent = [...members.values()].some((u) => u.roles && u.roles.includes('support'));
+        if (available && roomId && client && client.state === 'open' && !hasAgent) inviteAgents();
+      } catch {
+        availability.dataset.available = 'false';
+        availability.lastChild.textContent = t('unavailable');
+      }
+    }
+
+    function nameOf(userId) {
+      const user = members.get(userId);
+      return user ? user.name : t('support');
+    }
+
+    function tickFor(message) {
+      const status = client.statusOf(message.room_id, message.seq);
+      const glyph = status === 'sent' ? '✓' : '✓✓';
+      return h('span', { class: 'tick', 'data-status': status, title: t(status), 'aria-label': t(status) }, glyph);
+    }
+
+    function bubble(message) {
+      const mine = client.user && message.sender_id === client.user.id;
+      const li = h('li', {
+        class: `msg${mine ? ' mine' : ''}${message.deleted ? ' deleted' : ''}`,
+        'data-seq': message.seq,
+        'data-id': message.id,
+      });
+      if (!mine) li.append(h('span', { class: 'who', text: nameOf(message.sender_id) }));
+      li.append(h('span', { class: 'text', text: message.deleted ? t('deleted') : message.body }));
+      const meta = h('span', { class: 'meta' });
+      const time = new Date(message.created_at);
+      meta.append(time.toLocaleTimeString(lang, { hour: '2-digit', minute: '2-digit' }));
+      if (message.edited_at && !message.deleted) meta.append(` · ${t('edited')}`);
+      if (mine) meta.append(' ', tickFor(message));
+      li.append(h('span', { class: 'sr', text: mine ? `${t('you')}: ` : '' }), meta);
+      return li;
+    }
+
+    // Keeps the list in step with `items` ({key, sig, make}), touching only
+    // what changed, so a screen reader announces new messages and nothing else.
+    const rendered = new Map();
+    function reconcile(container, items) {
+      const wanted = new Set(items.map((i) => i.key));
+      for (const [key, r] of rendered) {
+        if (!wanted.has(key)) {
+          r.el.remove();
+          rendered.delete(key);
+        }
+      }
+      let prev = null;
+      for (const item of items) {
+        let r = rendered.get(item.key);
+        if (!r || r.sig !== item.sig) {
+          const el = item.make();
+          if (r) r.el.replaceWith(el);
+          r = { sig: item.sig, el };
+          rendered.set(item.key, r);
+        }
+        const expected = prev ? prev.nextSibling : container.firstChild;
+        if (expected !== r.el) container.insertBefore(r.el, expected);
+        prev = r.el;
+      }
+    }
+
+    function render() {
+      const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+      const items = [];
+      if (hasMore) {
+        items.push({
+          key: 'earlier',
+          sig: '',
+          make: () =>
+            h('li', {}, h('button', { class: 'earlier', type: 'button', onclick: loadEarlier, text: t('earlier') })),
+        });
+      }
+      items.push({ key: 'greeting', sig: '', make: () => h('li', { class: 'msg greeting', text: greeting }) });
+      for (const seq of [...messages.keys()].sort((a, b) => a - b)) {
+        const m = messages.get(seq);
+        const mine = client && client.user && m.sender_id === client.user.id;
+        const status = mine ? client.statusOf(m.room_id, m.seq) : '';
+        const sig = `${m.body}|${m.deleted}|${m.edited_at || ''}|${status}|${nameOf(m.sender_id)}`;
+        items.push({ key: `m:${seq}`, sig, make: () => bubble(m) });
+      }
+      if (client) {
+        for (const entry of client.outbox) {
+          if (entry.room_id !== roomId) continue;
+          items.push({
+            key: `p:${entry.client_msg_id}`,
+            sig: '',
+            make: () =>
+              h(
+                'li',
+                { class: 'msg mine pending', 'data-pending': entry.client_msg_id },
+                h('span', { class: 'text', text: entry.body }),
+                h(
+                  'span',
+                  { class: 'meta' },
+                  h('span', { class: 'tick', 'data-status': 'sending', text: t('sending') }),
+                ),
+              ),
+          });
+        }
+      }
+      reconcile(log, items);
+      if (atBottom) log.scrollTop = log.scrollHeight;
+    }
+
+    function markRead() {
+      if (!client || !roomId || !isOpen() || document.visibilityState !== 'visible') return;
+      const last = Math.max(0, ...messages.keys());
+      if (last > 0) client.markRead(roomId, last).catch(() => {});
+      setUnread(0);
+    }
+
+    async function loadHistory(beforeSeq) {
+      const page = await client.history(roomId, { beforeSeq, limit: 50 });
+      for (const m of page.messages) messages.set(m.seq, m);
+      hasMore = page.has_more;
+    }
+
+    async function loadEarlier() {
+      const first = Math.min(...messages.keys());
+      const keep = log.scrollHeight - log.scrollTop;
+      await loadHistory(Number.isFinite(first) ? first : undefined);
+      render();
+      log.scrollTop = log.scrollHeight - keep;
+    }
+
+    // Support agents join support rooms by role; this room is brought to the
+    // attention of those online by inviting them (see docs/web-client.md).
+    let inviting = null;
+    function inviteAgents() {
+      if (!inviting) inviting = inviteOnlineAgents().finally(() => (inviting = null));
+      return inviting;
+    }
+
+    async function inviteOnlineAgents() {
+      if (!client || !roomId) return;
+      try {
+        const online = await client.onlineUsers();
+        for (const { user } of online) {
+          if (user.roles.includes('support') && !members.has(user.id)) {
+            members.set(user.id, user);
+            await client.invite(roomId, user.id).catch(() => members.delete(user.id));
+          }
+        }
+      } catch {
+        // Tried again on the next send or reconnect.
+      }
+    }
+
+    async function openRoom(id) {
+      roomId = id;
+      session.room_id = id;
+      save(session);
+      const joined = await client.join(id);
+      for (const user of joined.members) members.set(user.id, user);
+      if (!historyLoaded) {
+        await loadHistory();
+        historyLoaded = true;
+      }
+      render();
+      markRead();
+      inviteAgents();
+    }
+
+    function ensureRoom() {
+      if (roomId) return Promise.resolve(roomId);
+      if (!roomPromise) {
+        roomPromise = (async () => {
+          const room = await client.createRoom({ kind: 'support' });
+          await openRoom(room.id);
+          return room.id;
+        })().finally(() => {
+          roomPromise = null;
+        });
+      }
+      return roomPromise;
+    }
+
+    async function newSession() {
+      const name = dataset.name || undefined;
+      session = await lib.createVisitorSession(server, { name });
+      roomId = null;
+      historyLoaded = false;
+      messages.clear();
+      save(session);
+      return session;
+    }
+
+    function start() {
+      if (client) return;
+      client = new lib.ChatClient({
+        server,
+        storage: localStorage,
+        storageKey: STORE_KEY,
+        getToken: async ({ reason }) => {
+          // A refused token (the server's secret or database changed) means
+          // this visitor is unknown there now: start a new conversation.
+          if (!session || reason === 'rejected') await newSession();
+          return session.token;
+        },
+      });
+      client.on('state', ({ state }) => {
+        const text = state === 'open' ? '' : state === 'connecting' ? t('connecting') : t('reconnecting');
+        conn.textContent = text;
+        conn.hidden = !text;
+        root.dataset.state = state;
+        // Whether agents are online is unknown while the connection is down.
+        if (state !== 'open') {
+          availability.dataset.available = 'false';
+          availability.lastChild.textContent = '';
+        }
+      });
+      client.on('ready', ({ rooms, resumed }) => {
+        showError('');
+        if (resumed) {
+          inviteAgents();
+          if (isOpen()) refreshAvailability();
+          return;
+        }
+        const known = roomId && rooms.some((r) => r.id === roomId);
+        if (!known && roomId) {
+          // The server no longer has the saved room (a new database): the
+          // next message starts a new conversation.
+          client.unfollow(roomId);
+          roomId = null;
+          session.room_id = null;
+          save(session);
+        }
+        const support = known ? roomId : (rooms.find((r) => r.kind === 'support') || {}).id;
+        if (support) openRoom(support).catch((err) => showError(t('failed', { reason: err.message })));
+        else render();
+      });
+      client.on('message', ({ message, mine }) => {
+        if (message.room_id !== roomId) return;
+        messages.set(message.seq, message);
+        render();
+        if (!mine) {
+          if (isOpen() && document.visibilityState === 'visible') markRead();
+          else setUnread(unread + 1);
+        }
+      });
+      client.on('message:updated', ({ message }) => {
+        if (message.room_id !== roomId) return;
+        messages.set(message.seq, message);
+        render();
+      });
+      client.on('message:deleted', ({ room_id, message_id }) => {
+        if (room_id !== roomId) return;
+        for (const m of messages.values()) {
+          if (m.id === message_id) messages.set(m.seq, { ...m, deleted: true, body: '' });
+        }
+        render();
+      });
+      client.on('user:joined', ({ room_id, user }) => {
+        if (room_id === roomId) members.set(user.id, user);
+      });
+      client.on('typing', ({ room_id, users }) => {
+        if (room_id !== roomId) return;
+        const others = users.filter((u) => !client.user || u !== client.user.id);
+        typingLine.textContent = others.length ? t('typing', { name: nameOf(others[0]) }) : '';
+      });
+      const rerender = ({ room_id }) => {
+        if (room_id === roomId) render();
+      };
+      client.on('message:status', rerender);
+      client.on('receipts', rerender);
+      client.on('outbox', () => render());
+      client.on('send-failed', ({ error }) => showError(t('failed', { reason: error.message })));
+      client.on('auth-failed', () => showError(t('unavailable')));
+      client.connect().catch(() => {});
+      document.addEventListener('visibilitychange', markRead);
+    }
+
+    async function open() {
+      panel.hidden = false;
+      launcher.setAttribute('aria-expanded', 'true');
+      root.dataset.open = 'true';
+      render();
+      textarea.focus();
+      refreshAvailability();
+      clearInterval(availabilityTimer);
+      availabilityTimer = setInterval(refreshAvailability, 30000);
+      markRead();
+      try {
+        await ensureStarted();
+      } catch (err) {
+        showError(`${t('unavailable')} (${err.message})`);
+      }
+    }
+
+    // One visitor session per visitor: a second click or an early Enter
+    // while the first session is being made waits for it.
+    let starting = null;
+    function ensureStarted() {
+      if (client) return Promise.resolve();
+      if (!starting) {
+        starting = (async () => {
+          if (!session) await newSession();
+          start();
+        })().finally(() => {
+          starting = null;
+        });
+      }
+      return starting;
+    }
+
+    function close() {
+      panel.hidden = true;
+      launcher.setAttribute('aria-expanded', 'false');
+      root.dataset.open = 'false';
+      clearInterval(availabilityTimer);
+      launcher.focus();
+    }
+
+    async function submit() {
+      const body = textarea.value.trim();
+      if (!body) return;
+      if (!client) {
+        if (!isOpen()) await open();
+        else await ensureStarted().catch(() => {});
+        if (!client) return;
+      }
+      textarea.value = '';
+      showError('');
+      try {
+        const id = await ensureRoom();
+        const sent = client.send(id, body);
+        render();
+        inviteAgents();
+        await sent;
+      } catch (err) {
+        if (!textarea.value) textarea.value = body;
+        showError(t('failed', { reason: err.message }));
+      }
+    }
+
+    launcher.addEventListener('click', () => (isOpen() ? close() : open()));
+    closeButton.addEventListener('click', close);
+    panel.addEventListener('keydown', (event) => {
+      if (event.key === 'Escape') {
+        event.preventDefault();
+        close();
+      }
+    });
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      submit();
+    });
+    textarea.addEventListener('keydown', (event) => {
+      if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        submit();
+      }
+    });
+    textarea.addEventListener('input', () => {
+      if (client && roomId && textarea.value) client.typing(roomId);
+    });
+    textarea.addEventListener('blur', () => {
+      if (client && roomId) client.stopTyping(roomId);
+    });
+
+    // A returning visitor reconnects at once, so new answers show as unread.
+    if (session) start();
+  }
+
+  function boot() {
+    import(`${server}/chat-client.js`).then(mount, (err) => {
+      console.error(
+        `chat widget: cannot load ${server}/chat-client.js; is this page's origin (${location.origin}) ` +
+          'in the chat server\'s CHAT_ALLOWED_ORIGINS?',
+        err,
+      );
+    });
+  }
+
+  if (document.body) boot();
+  else document.addEventListener('DOMContentLoaded', boot);
+})();

@@ -1,0 +1,332 @@
+// chat-client.js alone, in Node, against a scripted WebSocket: the orderings
+// a real server produces only by chance (a reply after a later message:new,
+// a close between a send and its ack, a replay that overlaps what was seen)
+// are played here on purpose.
+
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { ROOT } from '../lib/harness.mjs';
+
+const { ChatClient, ChatError } = await import(
+  pathToFileURL(join(ROOT, 'chat-transport-ws', 'web', 'chat-client.js')).href
+);
+
+const ROOM = '01a20000-0000-7000-8000-000000000001';
+
+/** A WebSocket the test drives: it records what the client sends. */
+class FakeSocket {
+  static all = [];
+
+  constructor(url) {
+    this.url = url;
+    this.sent = [];
+    this.closed = null;
+    FakeSocket.all.push(this);
+  }
+
+  send(text) {
+    this.sent.push(JSON.parse(text));
+  }
+
+  close(code, reason) {
+    this.closed = { code, reason };
+  }
+
+  // ---- what the server does ----
+  open() {
+    this.onopen();
+  }
+
+  push(frame) {
+    this.onmessage({ data: JSON.stringify(frame) });
+  }
+
+  drop(code = 1006, reason = '') {
+    this.onclose({ code, reason });
+  }
+
+  /** The last frame sent of a type, or undefined. */
+  last(type) {
+    return this.sent.filter((f) => f.type === type).at(-1);
+  }
+
+  reply(frame, data) {
+    this.push({ type: 'reply', ref: frame.ref, ok: true, data });
+  }
+
+  fail(frame, code, message = code) {
+    this.push({ type: 'reply', ref: frame.ref, ok: false, error: { code, message } });
+  }
+}
+
+const tick = (ms = 0) => new Promise((r) => setTimeout(r, ms));
+
+async function until(fn, what, timeoutMs = 1000) {
+  for (let i = 0; i < timeoutMs / 5; i += 1) {
+    const value = fn();
+    if (value) return value;
+    await tick(5);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+function message(seq, sender = 'bob', extra = {}) {
+  return {
+    id: `m${seq}`,
+    room_id: ROOM,
+    seq,
+    sender_id: sender,
+    client_msg_id: `c${seq}`,
+    body: `body ${seq}`,
+    attachments: [],
+    created_at: '2026-11-24T08:00:00.000Z',
+    deleted: false,
+    ...extra,
+  };
+}
+
+const ready = (user = 'ada') => ({
+  type: 'ready',
+  data: { session_id: 's', user: { id: user, name: user, roles: [] }, rooms: [], server_time: 'now' },
+});
+
+const joined = (lastSeq, receipts = []) => ({
+  room: { id: ROOM, kind: 'group', visibility: 'private', created_by: 'ada', created_at: 'x', last_seq: lastSeq },
+  members: [],
+  last_seq: lastSeq,
+  read_seq: 0,
+  receipts,
+});
+
+/** A client connected through a fresh FakeSocket, with every event recorded. */
+async function connected(options = {}) {
+  FakeSocket.all = [];
+  const client = new ChatClient({
+    server: 'http://127.0.0.1:9',
+    token: 't1',
+    WebSocket: FakeSocket,
+    minBackoffMs: 1,
+    maxBackoffMs: 4,
+    heartbeatMs: 0,
+    autoDelivered: false,
+    ...options,
+  });
+  const events = [];
+  client.on('message', ({ message: m, mine }) => events.push({ seq: m.seq, mine }));
+  const connecting = client.connect();
+  const ws = await until(() => FakeSocket.all[0], 'a socket');
+  assert.equal(ws.url, 'ws://127.0.0.1:9/v1/ws');
+  ws.open();
+  ws.push(ready());
+  await connecting;
+  return { client, ws, events };
+}
+
+async function joinedRoom(ws, client, lastSeq) {
+  const joining = client.join(ROOM);
+  const frame = await until(() => ws.last('room:join'), 'room:join');
+  ws.reply(frame, joined(lastSeq));
+  await joining;
+  return frame;
+}
+
+describe('chat-client.js', () => {
+  test('the token goes in the first frame, not the URL', async () => {
+    const { client, ws } = await connected();
+    assert.deepEqual(ws.sent[0], { type: 'auth', data: { token: 't1' } });
+    assert.ok(!ws.url.includes('t1'));
+    client.close();
+  });
+
+  test('a first join asks for live messages only; each message is handed out once', async () => {
+    const { client, ws, events } = await connected();
+    const join = await joinedRoom(ws, client, 5);
+    assert.equal(join.data.since_seq, Number.MAX_SAFE_INTEGER);
+    ws.push({ type: 'message:new', data: { message: message(6) } });
+    ws.push({ type: 'message:new', data: { message: message(6) } });
+    ws.push({ type: 'message:new', data: { message: message(5) } });
+    // Ada's own send is answered after a later message of Bob's arrived.
+    const sending = client.send(ROOM, 'mine');
+    const send = await until(() => ws.last('message:send'), 'message:send');
+    ws.push({ type: 'message:new', data: { message: message(8) } });
+    // A copy of 8 while 7 is still missing (a replay overlapping live messages).
+    ws.push({ type: 'message:new', data: { message: message(8) } });
+    ws.reply(send, { message: message(7, 'ada', { client_msg_id: send.data.client_msg_id }) });
+    const stored = await sending;
+    assert.equal(stored.seq, 7);
+    ws.push({ type: 'message:new', data: { message: message(8) } });
+    assert.deepEqual(events, [
+      { seq: 6, mine: false },
+      { seq: 8, mine: false },
+      { seq: 7, mine: true },
+    ]);
+    assert.deepEqual(client.outbox, []);
+    client.close();
+  });
+
+  test('after a drop the client resumes from the highest seq with nothing missing below it', async () => {
+    const { client, ws, events } = await connected();
+    await joinedRoom(ws, client, 2);
+    ws.push({ type: 'message:new', data: { message: message(3) } });
+    // 4 is not seen yet (an own send in flight, say); 5 is.
+    ws.push({ type: 'message:new', data: { message: message(5) } });
+    ws.drop(1001, 'server shutting down');
+    const ws2 = await until(() => FakeSocket.all[1], 'a new socket');
+    ws2.open();
+    assert.deepEqual(ws2.sent[0], { type: 'auth', data: { token: 't1' } });
+    ws2.push(ready());
+    const rejoin = await until(() => ws2.last('room:join'), 'the re-join');
+    assert.equal(rejoin.data.since_seq, 3);
+    ws2.reply(rejoin, joined(6));
+    for (const seq of [4, 5, 6]) ws2.push({ type: 'message:new', data: { message: message(seq) } });
+    assert.deepEqual(
+      events.map((e) => e.seq),
+      [3, 5, 4, 6],
+    );
+    client.close();
+  });
+
+  test('the outbox resends an unacknowledged message with the same client_msg_id, after the replay', async () => {
+    const { client, ws } = await connected();
+    await joinedRoom(ws, client, 1);
+    const sending = client.send(ROOM, 'hello');
+    const first = await until(() => ws.last('message:send'), 'the send');
+    assert.equal(client.outbox.length, 1);
+    ws.drop();
+    // Written while offline: kept, not sent.
+    const second = client.send(ROOM, 'written offline');
+    const ws2 = await until(() => FakeSocket.all[1], 'a new socket');
+    ws2.open();
+    ws2.push(ready());
+    const rejoin = await until(() => ws2.last('room:join'), 'the re-join');
+    assert.equal(ws2.last('message:send'), undefined, 'nothing is sent before the join');
+    ws2.reply(rejoin, joined(3));
+    await tick(10);
+    assert.equal(ws2.last('message:send'), undefined, 'sends wait for the replay of 2 and 3');
+    ws2.push({ type: 'message:new', data: { message: message(2) } });
+    ws2.push({ type: 'message:new', data: { message: message(3) } });
+    await until(() => ws2.sent.filter((f) => f.type === 'message:send').length === 2, 'both sends');
+    const [again, later] = ws2.sent.filter((f) => f.type === 'message:send');
+    assert.equal(again.data.client_msg_id, first.data.client_msg_id);
+    assert.equal(again.data.body, 'hello');
+    assert.equal(later.data.body, 'written offline');
+    ws2.reply(again, { message: message(4, 'ada', { client_msg_id: again.data.client_msg_id, body: 'hello' }) });
+    ws2.reply(later, { message: message(5, 'ada', { client_msg_id: later.data.client_msg_id }) });
+    assert.equal((await sending).seq, 4);
+    assert.equal((await second).seq, 5);
+    assert.deepEqual(client.outbox, []);
+    client.close();
+  });
+
+  test('a refused send leaves the outbox and rejects; a passing failure is retried', async () => {
+    const { client, ws } = await connected();
+    await joinedRoom(ws, client, 0);
+    const failed = [];
+    client.on('send-failed', ({ error }) => failed.push(error.code));
+    const tooBig = client.send(ROOM, 'x'.repeat(10));
+    ws.fail(await until(() => ws.last('message:send'), 'the send'), 'too_large');
+    await assert.rejects(tooBig, (err) => err instanceof ChatError && err.code === 'too_large');
+    assert.deepEqual(failed, ['too_large']);
+    assert.deepEqual(client.outbox, []);
+
+    const later = client.send(ROOM, 'busy server');
+    const firstTry = await until(() => ws.sent.filter((f) => f.type === 'message:send')[1], 'the second send');
+    ws.fail(firstTry, 'unavailable');
+    const retry = await until(() => ws.sent.filter((f) => f.type === 'message:send')[2], 'a retry', 2000);
+    assert.equal(retry.data.client_msg_id, firstTry.data.client_msg_id);
+    ws.reply(retry, { message: message(1, 'ada', { client_msg_id: retry.data.client_msg_id }) });
+    assert.equal((await later).seq, 1);
+    client.close();
+  });
+
+  test('a refused token is asked for again once; refused twice, the client stops', async () => {
+    FakeSocket.all = [];
+    const asked = [];
+    const client = new ChatClient({
+      server: 'http://127.0.0.1:9',
+      getToken: ({ reason }) => {
+        asked.push(reason);
+        return `token-${asked.length}`;
+      },
+      WebSocket: FakeSocket,
+      minBackoffMs: 1,
+      heartbeatMs: 0,
+    });
+    const connecting = client.connect();
+    (await until(() => FakeSocket.all[0], 'a socket')).drop(4401, 'token expired');
+    const ws2 = await until(() => FakeSocket.all[1], 'a second socket');
+    ws2.open();
+    assert.deepEqual(ws2.sent[0], { type: 'auth', data: { token: 'token-2' } });
+    ws2.drop(4401, 'token expired');
+    await assert.rejects(connecting, (err) => err.code === 'unauthorized');
+    assert.deepEqual(asked, ['connect', 'rejected']);
+    assert.equal(client.state, 'closed');
+    await tick(20);
+    assert.equal(FakeSocket.all.length, 2, 'no third try');
+  });
+
+  test('commands are promises matched by ref; a drop fails the ones in flight', async () => {
+    const { client, ws } = await connected();
+    const a = client.request('ping');
+    const b = client.request('users:search', { q: 'x' });
+    await tick();
+    const [pa, pb] = ws.sent.slice(1);
+    assert.deepEqual([pa.type, pb.type], ['ping', 'users:search']);
+    assert.notEqual(pa.ref, pb.ref);
+    ws.reply(pb, { users: [] });
+    assert.deepEqual(await b, { users: [] });
+    ws.drop();
+    await assert.rejects(a, (err) => err.code === 'disconnected');
+    client.close();
+    await assert.rejects(client.request('ping'), (err) => err.code === 'closed');
+  });
+
+  test('a connection that stops answering is noticed by the heartbeat and replaced', async () => {
+    const { client, ws } = await connected({ heartbeatMs: 40 });
+    const ping = await until(() => ws.last('ping'), 'a heartbeat ping');
+    ws.reply(ping, { server_time: 'now' });
+    // The network hangs: pings go unanswered, nothing closes by itself.
+    const ws2 = await until(() => FakeSocket.all[1], 'a new socket after the missing answer', 3000);
+    assert.equal(ws.closed?.code, 4000);
+    assert.equal(client.state, 'reconnecting');
+    ws2.open();
+    ws2.push(ready());
+    await until(() => client.state === 'open', 'open again');
+    client.close();
+  });
+
+  test('ticks come from the join receipts and message:status', async () => {
+    const { client, ws } = await connected();
+    const joining = client.join(ROOM);
+    ws.reply(
+      await until(() => ws.last('room:join'), 'join'),
+      joined(9, [
+        { user_id: 'ada', delivered_seq: 9, read_seq: 9 },
+        { user_id: 'bob', delivered_seq: 7, read_seq: 4 },
+      ]),
+    );
+    await joining;
+    assert.deepEqual([4, 5, 8].map((seq) => client.statusOf(ROOM, seq)), ['read', 'delivered', 'sent']);
+    ws.push({ type: 'message:status', data: { room_id: ROOM, user_id: 'bob', status: 'read', up_to_seq: 8 } });
+    assert.deepEqual([5, 8, 9].map((seq) => client.statusOf(ROOM, seq)), ['read', 'read', 'sent']);
+    client.close();
+  });
+
+  test('typing indicators follow typing:user and end with the sender\'s message', async () => {
+    const { client, ws } = await connected();
+    await joinedRoom(ws, client, 0);
+    const seen = [];
+    client.on('typing', ({ users }) => seen.push(users.join(',')));
+    ws.push({ type: 'typing:user', data: { room_id: ROOM, user_id: 'bob', typing: true } });
+    assert.deepEqual(client.typingUsers(ROOM), ['bob']);
+    ws.push({ type: 'message:new', data: { message: message(1) } });
+    assert.deepEqual(client.typingUsers(ROOM), []);
+    assert.deepEqual(seen, ['bob', '']);
+    client.typing(ROOM);
+    client.typing(ROOM);
+    assert.equal(ws.sent.filter((f) => f.type === 'typing:start').length, 1, 'at most one start per 3 s');
+    client.close();
+  });
+});
