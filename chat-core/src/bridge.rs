@@ -6,6 +6,13 @@
 //! path: [`Bridge::on_event`] is called after the commit and must only queue
 //! work, so a slow or absent remote platform never delays a local send, an ack
 //! or a fan-out.
+//!
+//! What a bridge must not lose (its outbox of calls to the remote platform,
+//! and the links between local and remote ids) it keeps in the store, through
+//! [`BridgeStore`], which [`Store::bridge_store`](crate::Store::bridge_store)
+//! hands out.
+
+mod outbox;
 
 use std::collections::BTreeMap;
 
@@ -18,6 +25,8 @@ use crate::id::{RoomId, UserId};
 use crate::message::Message;
 use crate::room::Room;
 use crate::user::User;
+
+pub use outbox::{BridgeStore, Job, JobCounts, JobStatus, NewJob};
 
 /// Something a bridge may want to mirror.
 #[derive(Debug, Clone, PartialEq, Eq)]
