@@ -10,7 +10,12 @@
 //! What a bridge must not lose (its outbox of calls to the remote platform,
 //! and the links between local and remote ids) it keeps in the store, through
 //! [`BridgeStore`], which [`Store::bridge_store`](crate::Store::bridge_store)
-//! hands out.
+//! hands out. Its rules: job ids grow with every enqueue, and
+//! [`BridgeStore::due_jobs`] gives only the oldest pending job of each queue,
+//! so one queue's jobs run in order while a queue waiting for a retry holds
+//! up no other; a job whose `(bridge, dedupe_key)` is pending or failed is not
+//! enqueued twice; a link is one remote id per `(bridge, kind, local id)`,
+//! readable both ways.
 
 mod outbox;
 

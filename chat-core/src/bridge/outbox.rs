@@ -113,7 +113,7 @@ pub struct JobCounts {
     pub failed: u64,
 }
 
-/// The outbox and links of bridges. See the [module docs](self).
+/// The outbox and links of bridges. See the [`bridge`](crate::bridge) module docs for the rules.
 #[async_trait]
 pub trait BridgeStore: Send + Sync + 'static {
     /// Adds jobs in one commit, in order; a job whose `(bridge, dedupe_key)`
