@@ -6,6 +6,18 @@
 //! path: [`Bridge::on_event`] is called after the commit and must only queue
 //! work, so a slow or absent remote platform never delays a local send, an ack
 //! or a fan-out.
+//!
+//! What a bridge must not lose (its outbox of calls to the remote platform,
+//! and the links between local and remote ids) it keeps in the store, through
+//! [`BridgeStore`], which [`Store::bridge_store`](crate::Store::bridge_store)
+//! hands out. Its rules: job ids grow with every enqueue, and
+//! [`BridgeStore::due_jobs`] gives only the oldest pending job of each queue,
+//! so one queue's jobs run in order while a queue waiting for a retry holds
+//! up no other; a job whose `(bridge, dedupe_key)` is pending or failed is not
+//! enqueued twice; a link is one remote id per `(bridge, kind, local id)`,
+//! readable both ways.
+
+mod outbox;
 
 use std::collections::BTreeMap;
 
@@ -18,6 +30,8 @@ use crate::id::{RoomId, UserId};
 use crate::message::Message;
 use crate::room::Room;
 use crate::user::User;
+
+pub use outbox::{BridgeStore, Job, JobCounts, JobStatus, NewJob};
 
 /// Something a bridge may want to mirror.
 #[derive(Debug, Clone, PartialEq, Eq)]

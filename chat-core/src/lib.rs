@@ -11,7 +11,8 @@
 //! | a transport (WebSocket, TCP, …) | nothing: drive a [`Session`] | decode commands with [`Command::decode`], encode [`Output`]s |
 //! | credentials | [`Authenticator`] | hand the [`Identity`] to [`Engine::open_session`] |
 //! | multi-node fan-out | [`Broker`] | deliver every [`Fanout`] to each node's [`FanoutSink`] |
-//! | a bridge to another platform | [`Bridge`] | post back with [`Engine::post_as`] |
+//! | a bridge to another platform | [`Bridge`] | post back with [`Engine::post_as`]; keep its outbox in [`BridgeStore`] |
+//! | a store that bridges can use | [`BridgeStore`] too | return it from [`Store::bridge_store`]; run `bridge_store_conformance!` |
 //!
 //! The engine does no I/O of its own beyond calling these traits and Tokio
 //! timers and channels.
@@ -72,7 +73,7 @@ pub mod time;
 pub mod user;
 
 pub use auth::{Authenticator, StaticTokens};
-pub use bridge::{Bridge, BridgeEvent, BridgeHealth};
+pub use bridge::{Bridge, BridgeEvent, BridgeHealth, BridgeStore, Job, JobCounts, JobStatus, NewJob};
 pub use broker::{Audience, Broker, Fanout, FanoutSink, LocalBroker};
 pub use command::{Command, CommandKind, Reply};
 pub use config::{EngineConfig, Limits};

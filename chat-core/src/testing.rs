@@ -1221,3 +1221,192 @@ pub async fn concurrent_duplicates_store_one_message(store: Arc<dyn Store>) {
     let page = ok(store.history(room, q(None, None, 100)).await, "history");
     assert_eq!(seqs(&page.messages), (1..=total).collect::<Vec<_>>());
 }
+
+// ---------------------------------------------------------------------------
+// Bridge stores
+
+/// Expands to one `#[tokio::test]` per check of a [`BridgeStore`](crate::BridgeStore),
+/// in a module named `bridge_store_conformance` (or the name given after
+/// `mod`). The argument is the same kind of expression as for
+/// [`store_conformance!`]; the store must return itself from
+/// [`Store::bridge_store`].
+#[macro_export]
+macro_rules! bridge_store_conformance {
+    (mod $module:ident, $make:expr $(,)?) => {
+        #[allow(unused_imports)]
+        mod $module {
+            use super::*;
+
+            $crate::__store_conformance_checks! {
+                $make;
+                single:
+                bridge_jobs_run_in_order_one_per_queue,
+                bridge_jobs_are_deduplicated_while_kept,
+                bridge_job_retries_wait_and_keep_order,
+                bridge_failed_jobs_are_listed_and_requeued,
+                bridge_jobs_are_scoped_by_bridge,
+                bridge_links_read_both_ways;
+                shared:
+            }
+        }
+    };
+    ($make:expr $(,)?) => {
+        $crate::bridge_store_conformance!(mod bridge_store_conformance, $make);
+    };
+}
+
+fn outbox(store: &dyn Store) -> &dyn crate::bridge::BridgeStore {
+    store.bridge_store().expect("the store must return itself from Store::bridge_store")
+}
+
+fn job(bridge: &str, queue: &str, key: &str, created: i64) -> crate::bridge::NewJob {
+    crate::bridge::NewJob {
+        bridge: bridge.to_owned(),
+        queue: queue.to_owned(),
+        dedupe_key: key.to_owned(),
+        kind: "post".to_owned(),
+        payload: format!("{{\"key\":\"{key}\"}}"),
+        created_at: at(created),
+    }
+}
+
+fn keys(jobs: &[crate::bridge::Job]) -> Vec<&str> {
+    jobs.iter().map(|j| j.dedupe_key.as_str()).collect()
+}
+
+/// Only the oldest pending job of each queue is due, in id order, and
+/// finishing it makes the next one of its queue due.
+pub async fn bridge_jobs_run_in_order_one_per_queue(store: &dyn Store) {
+    let out = outbox(store);
+    let batch =
+        vec![job("b", "r1", "a1", 0), job("b", "r2", "b1", 1), job("b", "r1", "a2", 2), job("b", "r1", "a3", 3)];
+    assert_eq!(ok(out.enqueue_jobs(batch).await, "enqueue_jobs"), 4);
+    let due = ok(out.due_jobs("b", at(10), 10).await, "due_jobs");
+    assert_eq!(keys(&due), ["a1", "b1"], "one job per queue, the oldest, in id order");
+    assert!(due[0].id < due[1].id, "ids grow with enqueue order");
+    let first = &due[0];
+    assert_eq!(first.queue, "r1");
+    assert_eq!(first.kind, "post");
+    assert_eq!(first.payload, "{\"key\":\"a1\"}");
+    assert_eq!(
+        (first.status, first.attempts, first.run_at, first.created_at),
+        (crate::bridge::JobStatus::Pending, 0, at(0), at(0))
+    );
+    assert_eq!(first.last_error, None);
+    assert_eq!(ok(out.job("b", first.id).await, "job").as_ref(), Some(first));
+    assert!(ok(out.finish_job("b", first.id).await, "finish_job"));
+    assert!(!ok(out.finish_job("b", first.id).await, "finish_job"), "a finished job is gone");
+    assert_eq!(ok(out.job("b", first.id).await, "job"), None);
+    let due = ok(out.due_jobs("b", at(10), 10).await, "due_jobs");
+    assert_eq!(keys(&due), ["b1", "a2"]);
+    let due = ok(out.due_jobs("b", at(10), 1).await, "due_jobs");
+    assert_eq!(keys(&due), ["b1"], "the limit applies");
+    let due = ok(out.due_jobs("b", at(0), 10).await, "due_jobs");
+    assert!(due.is_empty(), "jobs created after `now` are not due: {:?}", keys(&due));
+    let counts = ok(out.job_counts("b").await, "job_counts");
+    assert_eq!((counts.pending, counts.failed), (3, 0));
+}
+
+/// A job whose key is pending or failed is not enqueued again; once
+/// finished, the key is free.
+pub async fn bridge_jobs_are_deduplicated_while_kept(store: &dyn Store) {
+    let out = outbox(store);
+    let batch = vec![job("b", "r1", "k", 0), job("b", "r1", "k", 1)];
+    assert_eq!(ok(out.enqueue_jobs(batch).await, "enqueue_jobs"), 1, "a duplicate inside one batch is skipped");
+    assert_eq!(ok(out.enqueue_jobs(vec![job("b", "r2", "k", 2)]).await, "enqueue_jobs"), 0);
+    let due = ok(out.due_jobs("b", at(10), 10).await, "due_jobs");
+    assert_eq!(due.len(), 1);
+    ok(out.fail_job("b", due[0].id, "gone").await, "fail_job");
+    assert_eq!(
+        ok(out.enqueue_jobs(vec![job("b", "r1", "k", 3)]).await, "enqueue_jobs"),
+        0,
+        "a failed job keeps its key"
+    );
+    ok(out.requeue_job("b", due[0].id, at(4)).await, "requeue_job");
+    assert!(ok(out.finish_job("b", due[0].id).await, "finish_job"));
+    assert_eq!(
+        ok(out.enqueue_jobs(vec![job("b", "r1", "k", 5)]).await, "enqueue_jobs"),
+        1,
+        "a finished job frees its key"
+    );
+}
+
+/// A retried job records the attempt and error, is not due before its time,
+/// and still holds back the later jobs of its queue (but not other queues).
+pub async fn bridge_job_retries_wait_and_keep_order(store: &dyn Store) {
+    let out = outbox(store);
+    let batch = vec![job("b", "r1", "a1", 0), job("b", "r1", "a2", 1), job("b", "r2", "b1", 2)];
+    ok(out.enqueue_jobs(batch).await, "enqueue_jobs");
+    let due = ok(out.due_jobs("b", at(10), 10).await, "due_jobs");
+    let a1 = due[0].id;
+    ok(out.retry_job_at("b", a1, at(100), "429 too many requests").await, "retry_job_at");
+    ok(out.retry_job_at("b", a1, at(200), "500 server error").await, "retry_job_at");
+    let due = ok(out.due_jobs("b", at(150), 10).await, "due_jobs");
+    assert_eq!(keys(&due), ["b1"], "a waiting head holds back its own queue only");
+    let due = ok(out.due_jobs("b", at(200), 10).await, "due_jobs");
+    assert_eq!(keys(&due), ["a1", "b1"]);
+    assert_eq!(due[0].attempts, 2);
+    assert_eq!(due[0].run_at, at(200));
+    assert_eq!(due[0].last_error.as_deref(), Some("500 server error"));
+}
+
+/// A failed job leaves the queue (the next job runs), is listed with its
+/// error, and runs again, first, once requeued.
+pub async fn bridge_failed_jobs_are_listed_and_requeued(store: &dyn Store) {
+    use crate::bridge::JobStatus;
+    let out = outbox(store);
+    ok(out.enqueue_jobs(vec![job("b", "r1", "a1", 0), job("b", "r1", "a2", 1)]).await, "enqueue_jobs");
+    let a1 = ok(out.due_jobs("b", at(10), 10).await, "due_jobs")[0].id;
+    ok(out.fail_job("b", a1, "403 missing access").await, "fail_job");
+    assert_eq!(keys(&ok(out.due_jobs("b", at(10), 10).await, "due_jobs")), ["a2"]);
+    let failed = ok(out.jobs("b", JobStatus::Failed, 10).await, "jobs");
+    assert_eq!(keys(&failed), ["a1"]);
+    assert_eq!(failed[0].status, JobStatus::Failed);
+    assert_eq!(failed[0].attempts, 1);
+    assert_eq!(failed[0].last_error.as_deref(), Some("403 missing access"));
+    assert_eq!(keys(&ok(out.jobs("b", JobStatus::Pending, 10).await, "jobs")), ["a2"]);
+    let counts = ok(out.job_counts("b").await, "job_counts");
+    assert_eq!((counts.pending, counts.failed), (1, 1));
+    assert!(!ok(out.requeue_job("b", a1 + 1000, at(20)).await, "requeue_job"), "no such job");
+    let a2 = ok(out.due_jobs("b", at(10), 10).await, "due_jobs")[0].id;
+    assert!(!ok(out.requeue_job("b", a2, at(20)).await, "requeue_job"), "a pending job is not requeued");
+    assert!(ok(out.requeue_job("b", a1, at(20)).await, "requeue_job"));
+    let due = ok(out.due_jobs("b", at(20), 10).await, "due_jobs");
+    assert_eq!(keys(&due), ["a1"], "the requeued job is again the head of its queue");
+    assert_eq!((due[0].status, due[0].attempts, due[0].run_at), (JobStatus::Pending, 0, at(20)));
+}
+
+/// Jobs of one bridge are invisible to another.
+pub async fn bridge_jobs_are_scoped_by_bridge(store: &dyn Store) {
+    use crate::bridge::JobStatus;
+    let out = outbox(store);
+    ok(out.enqueue_jobs(vec![job("b", "r1", "k", 0), job("c", "r1", "k", 1)]).await, "enqueue_jobs");
+    let b = ok(out.due_jobs("b", at(10), 10).await, "due_jobs");
+    let c = ok(out.due_jobs("c", at(10), 10).await, "due_jobs");
+    assert_eq!((b.len(), c.len()), (1, 1), "the same key and queue in two bridges are two jobs");
+    assert_eq!(ok(out.job("c", b[0].id).await, "job"), None);
+    assert!(!ok(out.finish_job("c", b[0].id).await, "finish_job"));
+    assert!(out.fail_job("c", b[0].id, "x").await.is_err(), "failing another bridge's job is not found");
+    assert_eq!(ok(out.jobs("b", JobStatus::Failed, 10).await, "jobs").len(), 0);
+    assert_eq!(ok(out.job_counts("c").await, "job_counts").pending, 1);
+}
+
+/// A link reads from local to remote and back, is replaced by a later one,
+/// and is scoped by bridge and kind.
+pub async fn bridge_links_read_both_ways(store: &dyn Store) {
+    let out = outbox(store);
+    ok(out.set_link("b", "thread", "room-1", "111").await, "set_link");
+    ok(out.set_link("b", "thread", "room-2", "222").await, "set_link");
+    ok(out.set_link("b", "message", "room-1", "999").await, "set_link");
+    ok(out.set_link("c", "thread", "room-1", "333").await, "set_link");
+    assert_eq!(ok(out.remote_of("b", "thread", "room-1").await, "remote_of").as_deref(), Some("111"));
+    assert_eq!(ok(out.local_of("b", "thread", "222").await, "local_of").as_deref(), Some("room-2"));
+    assert_eq!(ok(out.local_of("b", "thread", "999").await, "local_of"), None, "kinds are separate");
+    assert_eq!(ok(out.remote_of("b", "thread", "room-3").await, "remote_of"), None);
+    ok(out.set_link("b", "thread", "room-1", "112").await, "set_link");
+    assert_eq!(ok(out.remote_of("b", "thread", "room-1").await, "remote_of").as_deref(), Some("112"));
+    assert_eq!(ok(out.local_of("b", "thread", "111").await, "local_of"), None, "the replaced link is gone");
+    let links = ok(out.links("b", "thread").await, "links");
+    let want = [("room-1".to_owned(), "112".to_owned()), ("room-2".to_owned(), "222".to_owned())];
+    assert_eq!(links, want);
+}

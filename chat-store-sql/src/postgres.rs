@@ -43,8 +43,13 @@ use crate::common::{Db, finish};
 use crate::error::{Error, Result};
 use crate::{codec, migrate};
 
+mod outbox;
+
 /// The migrations, oldest first. A migration, once released, never changes.
-const MIGRATIONS: &[migrate::Embedded] = &[(1, "initial", include_str!("../migrations/postgres/0001_initial.sql"))];
+const MIGRATIONS: &[migrate::Embedded] = &[
+    (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
+    (2, "bridge outbox", include_str!("../migrations/postgres/0002_bridge_outbox.sql")),
+];
 
 /// Settings of a [`PostgresStore`]. Start from [`PostgresConfig::from_url`] and
 /// change the fields that matter.
@@ -906,6 +911,10 @@ impl Store for PostgresStore {
             Ok((moved > 0).then_some(up_to))
         })
         .await
+    }
+
+    fn bridge_store(&self) -> Option<&dyn chat_core::BridgeStore> {
+        Some(self)
     }
 
     async fn ping(&self) -> chat_core::Result<()> {

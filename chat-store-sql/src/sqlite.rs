@@ -34,9 +34,14 @@ use crate::common::Db;
 use crate::error::{Error, Result};
 use crate::{codec, migrate};
 
+mod outbox;
+
 /// The migrations, oldest first. A migration, once released, never changes:
 /// sqlx refuses to start when an applied migration's checksum differs.
-const MIGRATIONS: &[migrate::Embedded] = &[(1, "initial", include_str!("../migrations/sqlite/0001_initial.sql"))];
+const MIGRATIONS: &[migrate::Embedded] = &[
+    (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
+    (2, "bridge outbox", include_str!("../migrations/sqlite/0002_bridge_outbox.sql")),
+];
 
 /// How hard SQLite works to make a commit survive a power cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -869,6 +874,10 @@ impl Store for SqliteStore {
             .db()?
             .rows_affected();
         Ok((moved > 0).then_some(up_to))
+    }
+
+    fn bridge_store(&self) -> Option<&dyn chat_core::BridgeStore> {
+        Some(self)
     }
 
     async fn ping(&self) -> chat_core::Result<()> {

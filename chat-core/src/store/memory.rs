@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::Store;
+use crate::bridge::{BridgeStore, Job, JobCounts, JobStatus, NewJob};
 use crate::error::{Error, Result};
 use crate::id::{MessageId, RoomId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, Message, NewMessage};
@@ -27,6 +28,11 @@ struct State {
     rooms: HashMap<RoomId, RoomState>,
     direct: HashMap<String, RoomId>,
     memberships: HashMap<UserId, HashSet<RoomId>>,
+    /// Bridge jobs by id; ids only grow, so the map is in enqueue order.
+    jobs: BTreeMap<i64, Job>,
+    last_job_id: i64,
+    /// Bridge links by (bridge, kind, local id).
+    links: BTreeMap<(String, String, String), String>,
 }
 
 #[derive(Debug)]
@@ -343,7 +349,159 @@ impl Store for MemoryStore {
         Ok(moved.then_some(up_to))
     }
 
+    fn bridge_store(&self) -> Option<&dyn BridgeStore> {
+        Some(self)
+    }
+
     async fn ping(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+impl State {
+    fn job_mut(&mut self, bridge: &str, id: i64) -> Option<&mut Job> {
+        self.jobs.get_mut(&id).filter(|j| j.bridge == bridge)
+    }
+}
+
+#[async_trait]
+impl BridgeStore for MemoryStore {
+    async fn enqueue_jobs(&self, jobs: Vec<NewJob>) -> Result<u64> {
+        let mut state = self.lock();
+        let mut added = 0;
+        for new in jobs {
+            if state.jobs.values().any(|j| j.bridge == new.bridge && j.dedupe_key == new.dedupe_key) {
+                continue;
+            }
+            state.last_job_id += 1;
+            let id = state.last_job_id;
+            let job = Job {
+                id,
+                bridge: new.bridge,
+                queue: new.queue,
+                dedupe_key: new.dedupe_key,
+                kind: new.kind,
+                payload: new.payload,
+                status: JobStatus::Pending,
+                attempts: 0,
+                run_at: new.created_at,
+                last_error: None,
+                created_at: new.created_at,
+            };
+            state.jobs.insert(id, job);
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    async fn due_jobs(&self, bridge: &str, now: Timestamp, limit: u32) -> Result<Vec<Job>> {
+        let state = self.lock();
+        let mut seen = HashSet::new();
+        Ok(state
+            .jobs
+            .values()
+            .filter(|j| j.bridge == bridge && j.status == JobStatus::Pending)
+            // The first pending job of each queue is its head; later ones wait.
+            .filter(|j| seen.insert(j.queue.as_str()))
+            .filter(|j| j.run_at <= now)
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn job(&self, bridge: &str, id: i64) -> Result<Option<Job>> {
+        Ok(self.lock().jobs.get(&id).filter(|j| j.bridge == bridge).cloned())
+    }
+
+    async fn finish_job(&self, bridge: &str, id: i64) -> Result<bool> {
+        let mut state = self.lock();
+        if state.job_mut(bridge, id).is_none() {
+            return Ok(false);
+        }
+        Ok(state.jobs.remove(&id).is_some())
+    }
+
+    async fn retry_job_at(&self, bridge: &str, id: i64, run_at: Timestamp, error: &str) -> Result<()> {
+        let mut state = self.lock();
+        let job = state.job_mut(bridge, id).ok_or(Error::NotFound("job"))?;
+        job.attempts = job.attempts.saturating_add(1);
+        job.run_at = run_at;
+        job.last_error = Some(error.to_owned());
+        Ok(())
+    }
+
+    async fn fail_job(&self, bridge: &str, id: i64, error: &str) -> Result<()> {
+        let mut state = self.lock();
+        let job = state.job_mut(bridge, id).ok_or(Error::NotFound("job"))?;
+        job.attempts = job.attempts.saturating_add(1);
+        job.status = JobStatus::Failed;
+        job.last_error = Some(error.to_owned());
+        Ok(())
+    }
+
+    async fn requeue_job(&self, bridge: &str, id: i64, now: Timestamp) -> Result<bool> {
+        let mut state = self.lock();
+        match state.job_mut(bridge, id) {
+            Some(job) if job.status == JobStatus::Failed => {
+                job.status = JobStatus::Pending;
+                job.attempts = 0;
+                job.run_at = now;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn jobs(&self, bridge: &str, status: JobStatus, limit: u32) -> Result<Vec<Job>> {
+        let state = self.lock();
+        Ok(state
+            .jobs
+            .values()
+            .filter(|j| j.bridge == bridge && j.status == status)
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn job_counts(&self, bridge: &str) -> Result<JobCounts> {
+        let state = self.lock();
+        let mut counts = JobCounts::default();
+        for job in state.jobs.values().filter(|j| j.bridge == bridge) {
+            match job.status {
+                JobStatus::Pending => counts.pending += 1,
+                JobStatus::Failed => counts.failed += 1,
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn set_link(&self, bridge: &str, kind: &str, local: &str, remote: &str) -> Result<()> {
+        let key = (bridge.to_owned(), kind.to_owned(), local.to_owned());
+        self.lock().links.insert(key, remote.to_owned());
+        Ok(())
+    }
+
+    async fn remote_of(&self, bridge: &str, kind: &str, local: &str) -> Result<Option<String>> {
+        let key = (bridge.to_owned(), kind.to_owned(), local.to_owned());
+        Ok(self.lock().links.get(&key).cloned())
+    }
+
+    async fn local_of(&self, bridge: &str, kind: &str, remote: &str) -> Result<Option<String>> {
+        let state = self.lock();
+        Ok(state
+            .links
+            .iter()
+            .find(|((b, k, _), r)| b == bridge && k == kind && *r == remote)
+            .map(|((_, _, local), _)| local.clone()))
+    }
+
+    async fn links(&self, bridge: &str, kind: &str) -> Result<Vec<(String, String)>> {
+        let state = self.lock();
+        Ok(state
+            .links
+            .iter()
+            .filter(|((b, k, _), _)| b == bridge && k == kind)
+            .map(|((_, _, local), remote)| (local.clone(), remote.clone()))
+            .collect())
     }
 }

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 
 pub use memory::MemoryStore;
 
+use crate::bridge::BridgeStore;
 use crate::error::Result;
 use crate::id::{MessageId, RoomId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, Message, NewMessage};
@@ -114,6 +115,12 @@ pub trait Store: Send + Sync + 'static {
     /// cursor too). Returns the new value when it moved, `None` when it was
     /// already there or beyond, or when the user is not a member.
     async fn advance_cursor(&self, room: RoomId, user: &UserId, kind: ReceiptKind, up_to: u64) -> Result<Option<u64>>;
+
+    /// The outbox and links bridges keep here, when this store can hold them.
+    /// Bridges that need durable work refuse to start without it.
+    fn bridge_store(&self) -> Option<&dyn BridgeStore> {
+        None
+    }
 
     /// Checks that the backend answers; used by health checks.
     async fn ping(&self) -> Result<()>;

@@ -1,0 +1,162 @@
+//! What a bridge keeps in the store: a durable outbox of jobs and the links
+//! between local and remote ids.
+//!
+//! A bridge must not lose work when the remote platform is down or the
+//! process restarts, and must not do it twice. So every call it makes to the
+//! remote platform is first written as a [`Job`], and every id the remote
+//! platform hands back (a thread for a room, a remote message for a local one)
+//! is written as a link before the next step runs. A [`Store`](crate::Store)
+//! that can hold both returns itself from
+//! [`Store::bridge_store`](crate::Store::bridge_store); the conformance checks
+//! (`chat_core::bridge_store_conformance!`, feature `testing`) say what an
+//! implementation must do:
+//!
+//! - **Order.** Job ids grow with every enqueue. [`BridgeStore::due_jobs`]
+//!   returns only the oldest pending job of each queue, so the jobs of one
+//!   queue (one room) run one after the other in enqueue order, while a queue
+//!   that waits for a retry does not hold up the others.
+//! - **Deduplication.** A job whose `(bridge, dedupe_key)` is already pending
+//!   or failed is not enqueued again. Finished jobs are removed, so a bridge
+//!   makes its jobs idempotent through links, not through this key alone.
+//! - **Links** are one remote id per `(bridge, kind, local id)`, readable in
+//!   both directions.
+//!
+//! Everything is scoped by the bridge's name, so several bridges share the
+//! tables without seeing each other's rows.
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::time::Timestamp;
+
+/// Whether a job is still to run or has given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Waiting for its turn or for its next attempt.
+    Pending,
+    /// Gave up; runs again only when retried by hand.
+    Failed,
+}
+
+impl JobStatus {
+    /// The name used in stores and on the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Failed => "failed",
+        }
+    }
+
+    /// Parses [`JobStatus::as_str`] output.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(JobStatus::Pending),
+            "failed" => Some(JobStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// A job on its way into the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    /// The bridge that will run it (`discord`).
+    pub bridge: String,
+    /// Jobs of one queue run one at a time, in enqueue order (a room id, say).
+    pub queue: String,
+    /// While a job with this key is pending or failed, another is not enqueued.
+    pub dedupe_key: String,
+    /// What to do; the bridge's own vocabulary.
+    pub kind: String,
+    /// The job's arguments, as the bridge wrote them (JSON, typically).
+    pub payload: String,
+    /// When it was enqueued; it is due from then on.
+    pub created_at: Timestamp,
+}
+
+/// A job in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Job {
+    /// Store-made, growing with every enqueue.
+    pub id: i64,
+    /// The bridge that runs it.
+    pub bridge: String,
+    /// Its queue.
+    pub queue: String,
+    /// Its deduplication key.
+    pub dedupe_key: String,
+    /// What to do.
+    pub kind: String,
+    /// Its arguments.
+    pub payload: String,
+    /// Pending or failed.
+    pub status: JobStatus,
+    /// Attempts that failed so far.
+    pub attempts: u32,
+    /// Not run before this time.
+    pub run_at: Timestamp,
+    /// Why the last attempt failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When it was enqueued.
+    pub created_at: Timestamp,
+}
+
+/// How many jobs a bridge has, for `/health`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobCounts {
+    /// Pending jobs.
+    pub pending: u64,
+    /// Failed jobs.
+    pub failed: u64,
+}
+
+/// The outbox and links of bridges. See the [`bridge`](crate::bridge) module docs for the rules.
+#[async_trait]
+pub trait BridgeStore: Send + Sync + 'static {
+    /// Adds jobs in one commit, in order; a job whose `(bridge, dedupe_key)`
+    /// is pending or failed already is skipped. Returns how many were added.
+    async fn enqueue_jobs(&self, jobs: Vec<NewJob>) -> Result<u64>;
+
+    /// The jobs of `bridge` that may run at `now`: of each queue, its oldest
+    /// pending job, if that job's `run_at` has come. Ordered by id, at most `limit`.
+    async fn due_jobs(&self, bridge: &str, now: Timestamp, limit: u32) -> Result<Vec<Job>>;
+
+    /// One job of `bridge`, if it exists.
+    async fn job(&self, bridge: &str, id: i64) -> Result<Option<Job>>;
+
+    /// Removes a job that succeeded. Returns `false` when it was not there.
+    async fn finish_job(&self, bridge: &str, id: i64) -> Result<bool>;
+
+    /// Records a failed attempt of a pending job: one more attempt, the error,
+    /// and the time before which it does not run again.
+    async fn retry_job_at(&self, bridge: &str, id: i64, run_at: Timestamp, error: &str) -> Result<()>;
+
+    /// Records a failed attempt and gives up on the job: it stays, failed,
+    /// until [`BridgeStore::requeue_job`].
+    async fn fail_job(&self, bridge: &str, id: i64, error: &str) -> Result<()>;
+
+    /// Makes a failed job pending again, due at `now`, with its attempts reset.
+    /// Returns `false` when there is no failed job with that id.
+    async fn requeue_job(&self, bridge: &str, id: i64, now: Timestamp) -> Result<bool>;
+
+    /// The jobs of `bridge` with a status, oldest first, at most `limit`.
+    async fn jobs(&self, bridge: &str, status: JobStatus, limit: u32) -> Result<Vec<Job>>;
+
+    /// How many jobs of `bridge` are pending and failed.
+    async fn job_counts(&self, bridge: &str) -> Result<JobCounts>;
+
+    /// Links `local` to `remote` under `kind`, replacing an earlier link of `local`.
+    async fn set_link(&self, bridge: &str, kind: &str, local: &str, remote: &str) -> Result<()>;
+
+    /// The remote id linked to `local`, if any.
+    async fn remote_of(&self, bridge: &str, kind: &str, local: &str) -> Result<Option<String>>;
+
+    /// The local id linked to `remote`, if any (the first, should several be).
+    async fn local_of(&self, bridge: &str, kind: &str, remote: &str) -> Result<Option<String>>;
+
+    /// Every `(local, remote)` link of a kind, ordered by local id.
+    async fn links(&self, bridge: &str, kind: &str) -> Result<Vec<(String, String)>>;
+}

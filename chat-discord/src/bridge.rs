@@ -1,0 +1,784 @@
+//! [`DiscordBridge`]: the outbox worker, the enqueuer and the gateway.
+//!
+//! Three tasks, started by [`Bridge::start`]:
+//!
+//! - the **enqueuer** takes the engine's events from a bounded channel (so
+//!   [`Bridge::on_event`] never waits) and writes them as outbox jobs;
+//! - the **worker** runs due jobs, one queue (room) at a time in order, and
+//!   stores every id Discord hands back before the job counts as done;
+//! - the **gateway** keeps serenity's shard connected and feeds what agents
+//!   write into the **inbound** task, which posts it into rooms in order.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chat_core::{
+    Bridge, BridgeEvent, BridgeHealth, BridgeStore, Engine, Job, MessageId, NewJob, RoomId, RoomKind, Timestamp, User,
+    UserId,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use serenity::all::{
+    ChannelId, ClientBuilder, ConnectionStage, Context, EventHandler, GatewayIntents, GuildId, Message, Ready,
+    ShardStageUpdateEvent, TypingStartEvent, WebhookId,
+};
+use serenity::gateway::ShardManager;
+use serenity::http::{LightMethod, Route};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::config::DiscordConfig;
+use crate::error::{Error, Result};
+use crate::rest::Rest;
+
+/// The name of this bridge: in `/health`, in the store, as an event's origin.
+pub const NAME: &str = "discord";
+
+/// The user id of a Discord member inside the chat.
+pub fn agent_user_id(discord_user: u64) -> Result<UserId> {
+    Ok(UserId::new(format!("discord:{discord_user}"))?)
+}
+
+const LINK_THREAD: &str = "thread";
+const LINK_MESSAGE: &str = "message";
+const LINK_WEBHOOK: &str = "webhook";
+const LINK_CURSOR: &str = "cursor";
+const JOB_POST: &str = "post";
+/// Engine events waiting for the enqueuer. A burst beyond this is logged as
+/// lost rather than held in memory without bound.
+const EVENT_QUEUE: usize = 4096;
+/// Discord's longest message.
+const MAX_CONTENT_CHARS: usize = 2000;
+
+/// The bridge. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct DiscordBridge {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for DiscordBridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscordBridge").field("config", &self.shared.config).finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    config: DiscordConfig,
+    rest: Rest,
+    events: mpsc::Sender<BridgeEvent>,
+    /// Taken by the enqueuer when the bridge starts.
+    events_rx: Mutex<Option<mpsc::Receiver<BridgeEvent>>>,
+    engine: OnceLock<Engine>,
+    /// Wakes the worker when jobs were enqueued or a job was retried by hand.
+    wake: Notify,
+    state: Mutex<State>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The running shards, for a clean stop.
+    shards: Mutex<Option<Arc<ShardManager>>>,
+}
+
+#[derive(Default)]
+struct State {
+    connected: bool,
+    pending: u64,
+    failed: u64,
+    last_error: Option<String>,
+    bot_user: Option<u64>,
+    webhook: Option<(u64, String)>,
+    online_agents: HashSet<u64>,
+}
+
+/// What a `post` job carries.
+#[derive(Debug, Serialize, Deserialize)]
+struct PostJob {
+    room_id: RoomId,
+    message_id: MessageId,
+}
+
+/// Work for the inbound task, kept in arrival order.
+enum Inbound {
+    Message(Box<Message>),
+    Typing(Box<TypingStartEvent>),
+    CatchUp,
+}
+
+impl DiscordBridge {
+    /// A bridge with these settings. Nothing connects until the engine starts it.
+    pub fn new(config: DiscordConfig) -> Result<Self> {
+        config.validate()?;
+        let rest = Rest::new(&config)?;
+        let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let shared = Shared {
+            config,
+            rest,
+            events,
+            events_rx: Mutex::new(Some(events_rx)),
+            engine: OnceLock::new(),
+            wake: Notify::new(),
+            state: Mutex::new(State::default()),
+            tasks: Mutex::new(Vec::new()),
+            shards: Mutex::new(None),
+        };
+        Ok(DiscordBridge { shared: Arc::new(shared) })
+    }
+
+    /// Makes a failed job pending again and wakes the worker. `false` when no
+    /// failed job has that id.
+    pub async fn retry_job(&self, id: i64) -> Result<bool> {
+        let requeued = self.shared.outbox()?.requeue_job(NAME, id, Timestamp::now()).await?;
+        if requeued {
+            self.shared.wake.notify_one();
+        }
+        Ok(requeued)
+    }
+
+    /// The jobs with a status, oldest first.
+    pub async fn jobs(&self, status: chat_core::JobStatus, limit: u32) -> Result<Vec<Job>> {
+        Ok(self.shared.outbox()?.jobs(NAME, status, limit).await?)
+    }
+}
+
+impl Shared {
+    fn engine(&self) -> Result<&Engine> {
+        self.engine.get().ok_or_else(|| Error::Config("the bridge has not been started".into()))
+    }
+
+    fn outbox(&self) -> Result<&dyn BridgeStore> {
+        self.engine()?
+            .store()
+            .bridge_store()
+            .ok_or_else(|| Error::Config("the store cannot keep the bridge's outbox".into()))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record_error(&self, err: &Error) {
+        self.state().last_error = Some(err.to_string());
+    }
+
+    async fn refresh_counts(&self) {
+        if let Ok(counts) = async { Ok::<_, Error>(self.outbox()?.job_counts(NAME).await?) }.await {
+            let mut state = self.state();
+            state.pending = counts.pending;
+            state.failed = counts.failed;
+        }
+    }
+}
+
+#[async_trait]
+impl Bridge for DiscordBridge {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn start(&self, engine: Engine) -> chat_core::Result<()> {
+        if engine.store().bridge_store().is_none() {
+            return Err(chat_core::Error::internal("the discord bridge needs a store that keeps bridge jobs"));
+        }
+        if self.shared.engine.set(engine).is_err() {
+            return Err(chat_core::Error::internal("the discord bridge was started twice"));
+        }
+        let events = self.shared.events_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(events) = events else {
+            return Err(chat_core::Error::internal("the discord bridge was started twice"));
+        };
+        let (inbound_tx, inbound_rx) = mpsc::channel(1024);
+        let shared = &self.shared;
+        let tasks = vec![
+            tokio::spawn(enqueue(shared.clone(), events)),
+            tokio::spawn(work(shared.clone())),
+            tokio::spawn(receive(shared.clone(), inbound_rx)),
+            tokio::spawn(gateway(shared.clone(), inbound_tx)),
+        ];
+        *shared.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+        shared.refresh_counts().await;
+        Ok(())
+    }
+
+    fn on_event(&self, event: &BridgeEvent, origin: Option<&str>) {
+        if origin == Some(NAME) {
+            return;
+        }
+        if !matches!(event, BridgeEvent::MessageCreated(_)) {
+            return;
+        }
+        if let Err(err) = self.shared.events.try_send(event.clone()) {
+            tracing::error!(error = %err, "discord bridge: event queue full, a message is not mirrored");
+            self.shared.state().last_error = Some("event queue full: messages were not mirrored".into());
+        }
+    }
+
+    fn online_agents(&self) -> u32 {
+        u32::try_from(self.shared.state().online_agents.len()).unwrap_or(u32::MAX)
+    }
+
+    fn health(&self) -> BridgeHealth {
+        let state = self.shared.state();
+        BridgeHealth {
+            connected: state.connected,
+            pending: state.pending,
+            failed: state.failed,
+            last_error: state.last_error.clone(),
+            ..BridgeHealth::default()
+        }
+    }
+
+    async fn stop(&self) {
+        let shards = self.shared.shards.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(shards) = shards {
+            shards.shutdown_all().await;
+        }
+        let tasks = std::mem::take(&mut *self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            task.abort();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Outbound: engine events → outbox → Discord
+
+/// Writes engine events into the outbox, in the order they came.
+async fn enqueue(shared: Arc<Shared>, mut events: mpsc::Receiver<BridgeEvent>) {
+    let mut batch = Vec::new();
+    while events.recv_many(&mut batch, 256).await > 0 {
+        let mut jobs = Vec::new();
+        for event in batch.drain(..) {
+            if let BridgeEvent::MessageCreated(message) = event {
+                match job_for(&shared, &message).await {
+                    Ok(Some(job)) => jobs.push(job),
+                    Ok(None) => {}
+                    Err(err) => {
+                        tracing::warn!(error = %err, "discord bridge: cannot read the room of a message");
+                        shared.record_error(&err);
+                    }
+                }
+            }
+        }
+        if jobs.is_empty() {
+            continue;
+        }
+        // The store may be down for a while; the jobs wait here (the channel
+        // behind pushes back on `on_event`, which then logs what it drops).
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let result = async { Ok::<_, Error>(shared.outbox()?.enqueue_jobs(jobs.clone()).await?) }.await;
+            match result {
+                Ok(_) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, "discord bridge: cannot write to the outbox; retrying");
+                    shared.record_error(&err);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        shared.wake.notify_one();
+    }
+}
+
+async fn job_for(shared: &Shared, message: &chat_core::Message) -> Result<Option<NewJob>> {
+    let room = shared.engine()?.store().room(message.room_id).await?;
+    if room.is_none_or(|r| r.kind != RoomKind::Support) {
+        return Ok(None);
+    }
+    let payload = PostJob { room_id: message.room_id, message_id: message.id };
+    Ok(Some(NewJob {
+        bridge: NAME.into(),
+        queue: message.room_id.to_string(),
+        dedupe_key: format!("post:{}", message.id),
+        kind: JOB_POST.into(),
+        payload: serde_json::to_string(&payload).map_err(|e| Error::Unexpected(e.to_string()))?,
+        created_at: Timestamp::now(),
+    }))
+}
+
+/// Runs due jobs until the bridge stops.
+async fn work(shared: Arc<Shared>) {
+    // Set by a global 429: no call at all before then.
+    let mut paused_until: Option<tokio::time::Instant> = None;
+    loop {
+        if let Some(until) = paused_until.take() {
+            tokio::time::sleep_until(until).await;
+        }
+        let due = async { Ok::<_, Error>(shared.outbox()?.due_jobs(NAME, Timestamp::now(), 32).await?) }.await;
+        let jobs = match due {
+            Ok(jobs) => jobs,
+            Err(err) => {
+                shared.record_error(&err);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if jobs.is_empty() {
+            shared.refresh_counts().await;
+            // New jobs wake the worker; retries come due by themselves.
+            let _ = tokio::time::timeout(Duration::from_millis(250), shared.wake.notified()).await;
+            continue;
+        }
+        for job in jobs {
+            let outcome = run_job(&shared, &job).await;
+            if let Err(err) = settle(&shared, &job, outcome, &mut paused_until).await {
+                tracing::warn!(error = %err, job = job.id, "discord bridge: cannot record a job's outcome");
+                shared.record_error(&err);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            if paused_until.is_some() {
+                break;
+            }
+        }
+        shared.refresh_counts().await;
+    }
+}
+
+/// Records what became of a job: done, to retry, or failed for good.
+async fn settle(
+    shared: &Shared,
+    job: &Job,
+    outcome: Result<()>,
+    paused_until: &mut Option<tokio::time::Instant>,
+) -> Result<()> {
+    let outbox = shared.outbox()?;
+    let err = match outcome {
+        Ok(()) => {
+            outbox.finish_job(NAME, job.id).await?;
+            return Ok(());
+        }
+        Err(err) => err,
+    };
+    tracing::warn!(error = %err, job = job.id, attempts = job.attempts + 1, "discord bridge: job failed");
+    shared.record_error(&err);
+    let wait = match &err {
+        Error::RateLimited { retry_after, global } => {
+            if *global {
+                *paused_until = Some(tokio::time::Instant::now() + *retry_after);
+            }
+            // A 429 says when to come back; it is not a failure of the job.
+            *retry_after
+        }
+        err if err.is_transient() && job.attempts + 1 < shared.config.max_attempts => {
+            shared.config.backoff(job.attempts)
+        }
+        _ => {
+            outbox.fail_job(NAME, job.id, &err.to_string()).await?;
+            return Ok(());
+        }
+    };
+    let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+    let run_at = Timestamp::from_millis(Timestamp::now().as_millis().saturating_add(wait_ms));
+    outbox.retry_job_at(NAME, job.id, run_at, &err.to_string()).await?;
+    Ok(())
+}
+
+async fn run_job(shared: &Shared, job: &Job) -> Result<()> {
+    match job.kind.as_str() {
+        JOB_POST => {
+            let post: PostJob =
+                serde_json::from_str(&job.payload).map_err(|e| Error::Unexpected(format!("bad job payload: {e}")))?;
+            post_message(shared, &post, job.attempts > 0).await
+        }
+        other => Err(Error::Unexpected(format!("unknown job kind {other:?}"))),
+    }
+}
+
+/// Mirrors one room message into its thread, making the thread first when
+/// the room has none. `retried` says an earlier attempt may have reached
+/// Discord without us hearing back, so Discord is checked before posting.
+async fn post_message(shared: &Shared, post: &PostJob, retried: bool) -> Result<()> {
+    let outbox = shared.outbox()?;
+    let store = shared.engine()?.store();
+    let message_key = post.message_id.to_string();
+    if outbox.remote_of(NAME, LINK_MESSAGE, &message_key).await?.is_some() {
+        return Ok(());
+    }
+    let Some(message) = store.message(post.room_id, post.message_id).await? else {
+        return Ok(());
+    };
+    if message.deleted {
+        return Ok(());
+    }
+    let sender = store.user(&message.sender_id).await?;
+    let name = sender.map_or_else(|| message.sender_id.to_string(), |u| u.name);
+    let content = render(&message);
+    let room_key = post.room_id.to_string();
+    match outbox.remote_of(NAME, LINK_THREAD, &room_key).await? {
+        None => {
+            let title = thread_title(&name, post.room_id);
+            let found = if retried { find_thread(shared, &title).await? } else { None };
+            let thread = match found {
+                Some(thread) => thread,
+                None => create_thread(shared, &title, &content).await?,
+            };
+            // The room's thread is stored before anything else happens, so
+            // that no later step can make a second one.
+            outbox.set_link(NAME, LINK_THREAD, &room_key, &thread).await?;
+            // A forum post's first message has the thread's id.
+            outbox.set_link(NAME, LINK_MESSAGE, &message_key, &thread).await?;
+        }
+        Some(thread) => {
+            let (webhook_id, token) = webhook(shared).await?;
+            let found =
+                if retried { find_webhook_post(shared, &thread, webhook_id, &name, &content).await? } else { None };
+            let posted = match found {
+                Some(id) => id,
+                None => execute_webhook(shared, webhook_id, &token, &thread, &name, &content).await?,
+            };
+            outbox.set_link(NAME, LINK_MESSAGE, &message_key, &posted).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A thread's title: the visitor's name and the end of the room id, which
+/// is random (its start is a timestamp shared by rooms made together).
+fn thread_title(visitor: &str, room: RoomId) -> String {
+    let id = room.to_string();
+    let short = &id[id.len().saturating_sub(8)..];
+    let name: String = visitor.chars().take(80).collect();
+    format!("{name} · {short}")
+}
+
+/// A message as Discord shows it: the body, then each attachment as a link.
+fn render(message: &chat_core::Message) -> String {
+    let mut text = message.body.clone();
+    for file in &message.attachments {
+        text.push_str(&format!("\n[{}]({})", file.name, file.url));
+    }
+    if text.chars().count() > MAX_CONTENT_CHARS {
+        text = text.chars().take(MAX_CONTENT_CHARS - 1).collect();
+        text.push('…');
+    }
+    text
+}
+
+fn id_of(value: &Value, what: &str) -> Result<String> {
+    value
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Unexpected(format!("{what} without an id")))
+}
+
+async fn create_thread(shared: &Shared, title: &str, content: &str) -> Result<String> {
+    let channel_id = ChannelId::new(shared.config.forum_channel_id);
+    let body = json!({
+        "name": title,
+        "auto_archive_duration": 10080,
+        "message": {
+            "content": content,
+            "allowed_mentions": { "parse": [] },
+        },
+    });
+    let thread =
+        shared.rest.call(LightMethod::Post, Route::ChannelForumPosts { channel_id }, Vec::new(), Some(&body)).await?;
+    id_of(&thread, "a new thread")
+}
+
+/// A thread of the forum with this title, made by an attempt whose answer was lost.
+async fn find_thread(shared: &Shared, title: &str) -> Result<Option<String>> {
+    let guild_id = GuildId::new(shared.config.guild_id);
+    let active = shared.rest.call(LightMethod::Get, Route::GuildThreadsActive { guild_id }, Vec::new(), None).await?;
+    let forum = shared.config.forum_channel_id.to_string();
+    let threads = active.get("threads").and_then(Value::as_array).cloned().unwrap_or_default();
+    Ok(threads
+        .iter()
+        .find(|t| {
+            t.get("parent_id").and_then(Value::as_str) == Some(forum.as_str())
+                && t.get("name").and_then(Value::as_str) == Some(title)
+        })
+        .and_then(|t| t.get("id").and_then(Value::as_str).map(str::to_owned)))
+}
+
+/// The forum's webhook that posts under visitors' names: ours when the
+/// forum has one, else a new one. Kept in the store.
+async fn webhook(shared: &Shared) -> Result<(u64, String)> {
+    if let Some(hook) = shared.state().webhook.clone() {
+        return Ok(hook);
+    }
+    let outbox = shared.outbox()?;
+    let forum = shared.config.forum_channel_id.to_string();
+    let parse = |s: &str| {
+        let (id, token) = s.split_once('/')?;
+        Some((id.parse::<u64>().ok()?, token.to_owned()))
+    };
+    let stored = outbox.remote_of(NAME, LINK_WEBHOOK, &forum).await?;
+    let hook = match stored.as_deref().and_then(parse) {
+        Some(hook) => hook,
+        None => {
+            let channel_id = ChannelId::new(shared.config.forum_channel_id);
+            let list =
+                shared.rest.call(LightMethod::Get, Route::ChannelWebhooks { channel_id }, Vec::new(), None).await?;
+            let bot = shared.state().bot_user.map(|b| b.to_string());
+            let existing = list.as_array().into_iter().flatten().find(|w| {
+                w.get("token").and_then(Value::as_str).is_some()
+                    && w.get("user").and_then(|u| u.get("id")).and_then(Value::as_str) == bot.as_deref()
+            });
+            let hook = match existing {
+                Some(hook) => hook.clone(),
+                None => {
+                    let body = json!({ "name": "chat bridge" });
+                    shared
+                        .rest
+                        .call(LightMethod::Post, Route::ChannelWebhooks { channel_id }, Vec::new(), Some(&body))
+                        .await?
+                }
+            };
+            let id = id_of(&hook, "a webhook")?;
+            let token = hook
+                .get("token")
+                .and_then(Value::as_str)
+                .ok_or_else(|| Error::Unexpected("a webhook without a token".into()))?;
+            outbox.set_link(NAME, LINK_WEBHOOK, &forum, &format!("{id}/{token}")).await?;
+            parse(&format!("{id}/{token}"))
+                .ok_or_else(|| Error::Unexpected("a webhook id that is not a number".into()))?
+        }
+    };
+    shared.state().webhook = Some(hook.clone());
+    Ok(hook)
+}
+
+async fn execute_webhook(
+    shared: &Shared,
+    webhook_id: u64,
+    token: &str,
+    thread: &str,
+    name: &str,
+    content: &str,
+) -> Result<String> {
+    let body = json!({
+        "content": content,
+        "username": name,
+        "allowed_mentions": { "parse": [] },
+    });
+    let route = Route::WebhookWithToken { webhook_id: WebhookId::new(webhook_id), token };
+    let params = vec![("wait", "true".to_owned()), ("thread_id", thread.to_owned())];
+    let posted = shared.rest.call(LightMethod::Post, route, params, Some(&body)).await?;
+    id_of(&posted, "a webhook message")
+}
+
+/// A webhook execution carries no nonce, so after a lost answer the only way
+/// to know whether it was posted is to look: a recent message of the thread
+/// from our webhook with the same name and content.
+async fn find_webhook_post(
+    shared: &Shared,
+    thread: &str,
+    webhook_id: u64,
+    name: &str,
+    content: &str,
+) -> Result<Option<String>> {
+    let channel_id = parse_channel(thread)?;
+    let params = vec![("limit", "50".to_owned())];
+    let recent = shared.rest.call(LightMethod::Get, Route::ChannelMessages { channel_id }, params, None).await?;
+    let hook = webhook_id.to_string();
+    Ok(recent.as_array().into_iter().flatten().find_map(|m| {
+        let ours = m.get("webhook_id").and_then(Value::as_str) == Some(hook.as_str())
+            && m.get("content").and_then(Value::as_str) == Some(content)
+            && m.get("author").and_then(|a| a.get("username")).and_then(Value::as_str) == Some(name);
+        ours.then(|| m.get("id").and_then(Value::as_str).map(str::to_owned)).flatten()
+    }))
+}
+
+fn parse_channel(id: &str) -> Result<ChannelId> {
+    id.parse::<u64>()
+        .ok()
+        .filter(|&n| n != 0)
+        .map(ChannelId::new)
+        .ok_or_else(|| Error::Unexpected(format!("a stored channel id that is not a snowflake: {id:?}")))
+}
+
+// ---------------------------------------------------------------------------
+// Inbound: gateway → rooms
+
+/// Keeps serenity's shard running. Before each start it checks, through the
+/// proxy, the bot user and the gateway URL, and hands that URL to the shard
+/// itself: serenity would otherwise fall back to the real gateway when the
+/// call fails.
+async fn gateway(shared: Arc<Shared>, inbound: mpsc::Sender<Inbound>) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match run_gateway(&shared, inbound.clone()).await {
+            Ok(()) => delay = Duration::from_secs(1),
+            Err(err) => {
+                tracing::warn!(error = %err, "discord bridge: gateway not running");
+                shared.record_error(&err);
+            }
+        }
+        shared.state().connected = false;
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(60));
+    }
+}
+
+async fn run_gateway(shared: &Arc<Shared>, inbound: mpsc::Sender<Inbound>) -> Result<()> {
+    let me = shared.rest.call(LightMethod::Get, Route::UserMe, Vec::new(), None).await?;
+    let bot: u64 = id_of(&me, "the bot user")?.parse().map_err(|_| Error::Unexpected("a bot id".into()))?;
+    shared.state().bot_user = Some(bot);
+    let gateway = shared.rest.call(LightMethod::Get, Route::Gateway, Vec::new(), None).await?;
+    let url = gateway
+        .get("url")
+        .and_then(Value::as_str)
+        .filter(|u| u.starts_with("wss://") || u.starts_with("ws://"))
+        .ok_or_else(|| Error::Unexpected("no gateway URL".into()))?
+        .to_owned();
+    let intents = GatewayIntents::GUILDS
+        | GatewayIntents::GUILD_MESSAGES
+        | GatewayIntents::MESSAGE_CONTENT
+        | GatewayIntents::GUILD_MESSAGE_TYPING
+        | GatewayIntents::GUILD_MEMBERS
+        | GatewayIntents::GUILD_PRESENCES;
+    let handler = Handler { shared: shared.clone(), inbound };
+    // Built from our `Http` (proxy, timeout), never from a token, which
+    // would make serenity build a client without either.
+    let mut client = ClientBuilder::new_with_http(shared.rest.serenity_http(), intents)
+        .event_handler(handler)
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot build the gateway client: {e}")))?;
+    *client.ws_url.lock().await = url;
+    *shared.shards.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.shard_manager.clone());
+    client.start().await.map_err(|e| Error::Unavailable(format!("the gateway stopped: {e}")))
+}
+
+struct Handler {
+    shared: Arc<Shared>,
+    inbound: mpsc::Sender<Inbound>,
+}
+
+#[async_trait]
+impl EventHandler for Handler {
+    async fn ready(&self, _ctx: Context, ready: Ready) {
+        {
+            let mut state = self.shared.state();
+            state.connected = true;
+            state.bot_user = Some(ready.user.id.get());
+        }
+        // Whether the shard resumed or identified anew, what was written
+        // while it was away is fetched: serenity often re-identifies, and
+        // then Discord replays nothing.
+        let _ = self.inbound.send(Inbound::CatchUp).await;
+    }
+
+    async fn shard_stage_update(&self, _ctx: Context, event: ShardStageUpdateEvent) {
+        self.shared.state().connected = event.new == ConnectionStage::Connected;
+    }
+
+    async fn message(&self, _ctx: Context, message: Message) {
+        if message.guild_id.map(GuildId::get) == Some(self.shared.config.guild_id) {
+            let _ = self.inbound.send(Inbound::Message(Box::new(message))).await;
+        }
+    }
+
+    async fn typing_start(&self, _ctx: Context, event: TypingStartEvent) {
+        if event.guild_id.map(GuildId::get) == Some(self.shared.config.guild_id) {
+            let _ = self.inbound.send(Inbound::Typing(Box::new(event))).await;
+        }
+    }
+}
+
+/// Handles inbound work one item at a time, so that messages of a thread
+/// reach the room in the order they came.
+async fn receive(shared: Arc<Shared>, mut inbound: mpsc::Receiver<Inbound>) {
+    while let Some(item) = inbound.recv().await {
+        let result = match item {
+            Inbound::Message(message) => deliver(&shared, &message).await,
+            Inbound::Typing(event) => typing(&shared, &event).await,
+            Inbound::CatchUp => catch_up(&shared).await,
+        };
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "discord bridge: inbound event not delivered");
+            shared.record_error(&err);
+        }
+    }
+}
+
+/// Posts a message written in a mapped thread into its room, once: the
+/// Discord message id is the `client_msg_id`, so a message seen live and
+/// again by a catch-up is stored once.
+async fn deliver(shared: &Shared, message: &Message) -> Result<()> {
+    let outbox = shared.outbox()?;
+    let thread = message.channel_id.get().to_string();
+    let Some(room) = outbox.local_of(NAME, LINK_THREAD, &thread).await? else {
+        return Ok(());
+    };
+    advance_cursor(outbox, &thread, message.id.get()).await?;
+    let bot = shared.state().bot_user;
+    if message.author.bot || message.webhook_id.is_some() || Some(message.author.id.get()) == bot {
+        return Ok(());
+    }
+    if message.content.trim_start().starts_with(shared.config.note_prefix.as_str()) {
+        return Ok(());
+    }
+    let mut body = message.content.clone();
+    for file in &message.attachments {
+        body.push_str(&format!("\n[{}]({})", file.filename, file.url));
+    }
+    if body.trim().is_empty() {
+        return Ok(());
+    }
+    let room: RoomId = room.parse()?;
+    let name = message
+        .member
+        .as_ref()
+        .and_then(|m| m.nick.clone())
+        .or_else(|| message.author.global_name.clone())
+        .unwrap_or_else(|| message.author.name.clone());
+    let mut user = User::new(agent_user_id(message.author.id.get())?, name);
+    user.roles = vec![chat_core::user::SUPPORT_ROLE.to_owned()];
+    let client_msg_id = format!("discord:{}", message.id.get());
+    let posted = shared.engine()?.post_as(NAME, user, room, client_msg_id, body).await?;
+    outbox.set_link(NAME, LINK_MESSAGE, &posted.id.to_string(), &message.id.get().to_string()).await?;
+    Ok(())
+}
+
+async fn advance_cursor(outbox: &dyn BridgeStore, thread: &str, seen: u64) -> Result<()> {
+    let cursor = outbox.remote_of(NAME, LINK_CURSOR, thread).await?.and_then(|c| c.parse::<u64>().ok());
+    if cursor.is_none_or(|c| c < seen) {
+        outbox.set_link(NAME, LINK_CURSOR, thread, &seen.to_string()).await?;
+    }
+    Ok(())
+}
+
+async fn typing(shared: &Shared, event: &TypingStartEvent) -> Result<()> {
+    let outbox = shared.outbox()?;
+    let thread = event.channel_id.get().to_string();
+    let Some(room) = outbox.local_of(NAME, LINK_THREAD, &thread).await? else {
+        return Ok(());
+    };
+    if Some(event.user_id.get()) == shared.state().bot_user {
+        return Ok(());
+    }
+    let room: RoomId = room.parse()?;
+    shared.engine()?.set_typing_as(&agent_user_id(event.user_id.get())?, room, true).await?;
+    Ok(())
+}
+
+/// Fetches what was written in every mapped thread after the newest message
+/// seen there, oldest first, and delivers it.
+async fn catch_up(shared: &Shared) -> Result<()> {
+    let outbox = shared.outbox()?;
+    for (_, thread) in outbox.links(NAME, LINK_THREAD).await? {
+        let channel_id = parse_channel(&thread)?;
+        loop {
+            let after = outbox.remote_of(NAME, LINK_CURSOR, &thread).await?.unwrap_or_else(|| thread.clone());
+            let params = vec![("after", after), ("limit", "100".to_owned())];
+            let page = shared.rest.call(LightMethod::Get, Route::ChannelMessages { channel_id }, params, None).await?;
+            let mut messages: Vec<Message> =
+                serde_json::from_value(page).map_err(|e| Error::Unexpected(format!("a message list: {e}")))?;
+            if messages.is_empty() {
+                break;
+            }
+            messages.sort_by_key(|m| m.id);
+            let full = messages.len() >= 100;
+            for message in &messages {
+                deliver(shared, message).await?;
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! The bridge's settings.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Settings of a [`DiscordBridge`](crate::DiscordBridge). The ids are
+/// Discord snowflakes; the README says where to find each.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiscordConfig {
+    /// The bot token (`DISCORD_TOKEN`).
+    pub token: String,
+    /// The server the bridge works in (`DISCORD_GUILD_ID`).
+    pub guild_id: u64,
+    /// The forum channel that gets one post per support room (`DISCORD_FORUM_CHANNEL_ID`).
+    pub forum_channel_id: u64,
+    /// Members holding this role count as support agents (`DISCORD_SUPPORT_ROLE_ID`).
+    pub support_role_id: u64,
+    /// Where to send REST calls instead of `https://discord.com`
+    /// (`DISCORD_PROXY_URL`), such as a shared rate-limit proxy. With a proxy,
+    /// serenity's own rate limiter is off (it would bypass the proxy) and the
+    /// outbox alone honours 429s.
+    pub proxy_url: Option<String>,
+    /// Messages in a thread starting with this stay in Discord.
+    pub note_prefix: String,
+    /// The longest any REST call may take, connection included. Serenity sets none.
+    pub http_timeout: Duration,
+    /// The first wait after a failed call; each further failure doubles it, up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// The longest wait between two attempts of one job.
+    pub max_backoff: Duration,
+    /// Attempts after which a job that keeps failing (not for a 429) is given up.
+    pub max_attempts: u32,
+}
+
+impl std::fmt::Debug for DiscordConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscordConfig")
+            .field("token", &"***")
+            .field("guild_id", &self.guild_id)
+            .field("forum_channel_id", &self.forum_channel_id)
+            .field("support_role_id", &self.support_role_id)
+            .field("proxy_url", &self.proxy_url)
+            .field("note_prefix", &self.note_prefix)
+            .field("http_timeout", &self.http_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DiscordConfig {
+    /// The default settings for a bot token and the three ids.
+    pub fn new(token: impl Into<String>, guild_id: u64, forum_channel_id: u64, support_role_id: u64) -> Self {
+        DiscordConfig {
+            token: token.into(),
+            guild_id,
+            forum_channel_id,
+            support_role_id,
+            proxy_url: None,
+            note_prefix: "!note".into(),
+            http_timeout: Duration::from_secs(15),
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(300),
+            max_attempts: 20,
+        }
+    }
+
+    /// Checks what can be checked without asking Discord.
+    pub fn validate(&self) -> Result<()> {
+        if self.token.trim().is_empty() {
+            return Err(Error::Config("the bot token is empty".into()));
+        }
+        if self.guild_id == 0 || self.forum_channel_id == 0 || self.support_role_id == 0 {
+            return Err(Error::Config("the guild, forum channel and support role ids must be set".into()));
+        }
+        if let Some(proxy) = &self.proxy_url {
+            if !(proxy.starts_with("http://") || proxy.starts_with("https://")) {
+                return Err(Error::Config("the proxy URL must start with http:// or https://".into()));
+            }
+        }
+        if self.http_timeout.is_zero() {
+            return Err(Error::Config("the HTTP timeout must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// How long to wait before attempt `attempts + 1` of a job.
+    pub(crate) fn backoff(&self, attempts: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempts.min(20)).unwrap_or(u32::MAX);
+        self.min_backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let c = DiscordConfig::new("t", 1, 2, 3);
+        let table = [(0, 500), (1, 1_000), (2, 2_000), (9, 256_000), (10, 300_000), (1_000, 300_000)];
+        for (attempts, ms) in table {
+            assert_eq!(c.backoff(attempts), Duration::from_millis(ms), "after {attempts} attempts");
+        }
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(DiscordConfig::new("t", 1, 2, 3).validate().is_ok());
+        assert!(DiscordConfig::new(" ", 1, 2, 3).validate().is_err());
+        assert!(DiscordConfig::new("t", 0, 2, 3).validate().is_err());
+        let mut c = DiscordConfig::new("t", 1, 2, 3);
+        c.proxy_url = Some("127.0.0.1:9".into());
+        assert!(c.validate().is_err());
+        assert!(!format!("{c:?}").contains("\"t\""), "the token is not shown");
+    }
+}

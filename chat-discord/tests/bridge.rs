@@ -1,0 +1,174 @@
+//! The bridge against the stand-in Discord, through serenity itself.
+
+mod support;
+
+use axum::http::Method;
+use chat_core::{Bridge, Event};
+use serde_json::{Value, json};
+use support::*;
+
+fn contents(messages: &[Value]) -> Vec<String> {
+    messages.iter().map(|m| m["content"].as_str().unwrap_or_default().to_owned()).collect()
+}
+
+/// The first visitor message opens one thread; later ones follow in order
+/// under the visitor's name; an agent's reply and typing reach the visitor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_support_room_is_answered_from_its_thread() {
+    let discord = StandIn::start().await;
+    let bridge = bridge_for(&discord);
+    let engine = engine_with(memory_store(), bridge.clone()).await;
+    let (mut vera, room) = visitor(&engine, "visitor-1", "Vera").await;
+
+    for (i, body) in ["hello", "my order is late", "it is #1234"].iter().enumerate() {
+        send(&mut vera, room, &format!("m{i}"), body).await;
+    }
+    eventually("three messages in one thread", || {
+        let d = discord.lock();
+        d.threads.len() == 1 && d.messages.get(&d.threads[0].0).is_some_and(|m| m.len() == 3)
+    })
+    .await;
+    let (thread, title, parent) = discord.lock().threads[0].clone();
+    assert_eq!(parent, FORUM);
+    let short = room.to_string();
+    assert_eq!(title, format!("Vera · {}", &short[short.len() - 8..]));
+    let posted = discord.thread_messages(thread);
+    assert_eq!(contents(&posted), ["hello", "my order is late", "it is #1234"]);
+    assert_eq!(posted[1]["author"]["username"], "Vera", "later messages carry the visitor's name");
+    assert!(posted[1]["webhook_id"].is_string());
+
+    eventually("the gateway connected", || discord.gateway_connected()).await;
+    eventually("the bridge reports connected", || bridge.health().connected).await;
+    discord.dispatch(
+        "TYPING_START",
+        json!({"channel_id": thread.to_string(), "guild_id": GUILD.to_string(), "user_id": "77", "timestamp": 1_767_323_045}),
+    );
+    match next_event(&mut vera).await {
+        Event::Typing(t) => {
+            assert_eq!((t.user_id.as_str(), t.room_id, t.typing), ("discord:77", room, true));
+        }
+        other => panic!("expected typing, got {other:?}"),
+    }
+    discord.human_writes(thread, 77, "Alice", "Hi Vera, let me check", true);
+    let m = next_message(&mut vera).await;
+    assert_eq!(m.body, "Hi Vera, let me check");
+    assert_eq!(m.sender_id.as_str(), "discord:77");
+    let agent = engine.store().user(&chat_discord::agent_user_id(77).expect("id")).await.expect("user");
+    assert_eq!(agent.map(|u| u.name).as_deref(), Some("Alice"));
+
+    // Notes and our own posts stay in Discord.
+    discord.human_writes(thread, 77, "Alice", "!note she called twice", true);
+    discord.human_writes(thread, 77, "Alice", "found it", true);
+    assert_eq!(next_message(&mut vera).await.body, "found it", "the note was skipped");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(discord.thread_messages(thread).len(), 6, "nothing the agent wrote was echoed back to Discord");
+    engine.shutdown().await;
+}
+
+/// 500s, 429s and lost answers are retried without posting anything twice,
+/// and the order holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_without_duplicates() {
+    let discord = StandIn::start().await;
+    discord.fault(Method::POST, &format!("/channels/{FORUM}/threads"), Fault::LoseAnswer);
+    discord.fault(Method::POST, "/webhooks/", Fault::Reject(500, json!({"message": "oops", "code": 0})));
+    discord.fault(
+        Method::POST,
+        "/webhooks/",
+        Fault::Reject(429, json!({"message": "You are being rate limited.", "retry_after": 0.3, "global": false})),
+    );
+    discord.fault(Method::POST, "/webhooks/", Fault::LoseAnswer);
+    let bridge = bridge_for(&discord);
+    let engine = engine_with(memory_store(), bridge.clone()).await;
+    let (mut vera, room) = visitor(&engine, "visitor-2", "Vera").await;
+    for i in 0..4 {
+        send(&mut vera, room, &format!("m{i}"), &format!("message {i}")).await;
+    }
+    eventually("four messages", || {
+        let d = discord.lock();
+        d.threads.first().and_then(|t| d.messages.get(&t.0)).is_some_and(|m| m.len() >= 4)
+    })
+    .await;
+    eventually("the outbox drained", || bridge.health().pending == 0).await;
+    let threads = discord.lock().threads.clone();
+    assert_eq!(threads.len(), 1, "a lost answer did not make a second thread");
+    let posted = discord.thread_messages(threads[0].0);
+    assert_eq!(contents(&posted), ["message 0", "message 1", "message 2", "message 3"]);
+    // 500, 429, a lost answer (posted), then one call for each later message;
+    // the retry after the lost answer looked in the thread instead of posting.
+    assert_eq!(discord.calls_matching("POST /webhooks/"), 5);
+    assert_eq!(discord.calls_matching(&format!("POST /channels/{FORUM}/threads")), 1);
+    assert_eq!(discord.calls_matching(&format!("GET /guilds/{GUILD}/threads/active")), 1);
+    assert_eq!(bridge.health().failed, 0);
+    engine.shutdown().await;
+}
+
+/// Discord down for a while: the room works, and everything is delivered in
+/// order once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_delays_but_loses_nothing() {
+    let discord = StandIn::start().await;
+    discord.lock().down = true;
+    let bridge = bridge_for(&discord);
+    let engine = engine_with(memory_store(), bridge.clone()).await;
+    let (mut vera, room) = visitor(&engine, "visitor-3", "Vera").await;
+    for i in 0..5 {
+        send(&mut vera, room, &format!("m{i}"), &format!("message {i}")).await;
+    }
+    eventually("the jobs wait", || bridge.health().pending == 5).await;
+    assert!(bridge.health().last_error.is_some());
+    discord.lock().down = false;
+    eventually("everything delivered", || {
+        let d = discord.lock();
+        d.threads.first().and_then(|t| d.messages.get(&t.0)).is_some_and(|m| m.len() == 5)
+    })
+    .await;
+    let thread = discord.lock().threads[0].0;
+    assert_eq!(contents(&discord.thread_messages(thread)), (0..5).map(|i| format!("message {i}")).collect::<Vec<_>>());
+    engine.shutdown().await;
+}
+
+/// A restart mid-queue delivers each message exactly once, and what agents
+/// wrote while the bridge was away is caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_queue_and_catches_up() {
+    let discord = StandIn::start().await;
+    let store = memory_store();
+    let bridge = bridge_for(&discord);
+    let engine = engine_with(store.clone(), bridge.clone()).await;
+    let (mut vera, room) = visitor(&engine, "visitor-4", "Vera").await;
+    send(&mut vera, room, "m0", "first").await;
+    eventually("the thread", || discord.lock().threads.len() == 1).await;
+    let thread = discord.lock().threads[0].0;
+    discord.lock().down = true;
+    for i in 1..4 {
+        send(&mut vera, room, &format!("m{i}"), &format!("message {i}")).await;
+    }
+    eventually("three pending", || bridge.health().pending == 3).await;
+    drop(vera);
+    engine.shutdown().await;
+
+    // Meanwhile an agent answers in the thread; no gateway hears it.
+    discord.human_writes(thread, 78, "Bob", "are you there?", false);
+    discord.lock().down = false;
+    let bridge = bridge_for(&discord);
+    let engine = engine_with(store.clone(), bridge.clone()).await;
+    eventually("everything delivered once", || discord.thread_messages(thread).len() == 5).await;
+    eventually("the outbox drained", || bridge.health().pending == 0).await;
+    let from_us: Vec<Value> =
+        discord.thread_messages(thread).into_iter().filter(|m| m["author"]["id"] != "78").collect();
+    assert_eq!(contents(&from_us), ["first", "message 1", "message 2", "message 3"]);
+    let visitor_id = chat_core::UserId::new("visitor-4").expect("id");
+    let query = chat_core::HistoryQuery { limit: 50, ..Default::default() };
+    let mut caught = Vec::new();
+    for _ in 0..200 {
+        let page = engine.history(&visitor_id, room, query).await.expect("history");
+        caught = page.messages.into_iter().filter(|m| m.sender_id.as_str() == "discord:78").map(|m| m.body).collect();
+        if !caught.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(caught, ["are you there?"], "the agent's message reached the room once");
+    engine.shutdown().await;
+}
