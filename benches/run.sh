@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Runs every scenario of the Socket.IO comparison against both servers in one
+# run: chat-server (ours) and the reference Socket.IO server in
+# benches/socketio-ref, each pinned to one core with the load generator
+# (chat-load) on the other. Results go to benches/results/<date>.json; a full
+# run also renders the comparison part of docs/BENCHMARKS.md and
+# docs/benchmarks-socketio.svg from that file.
+#
+#   benches/run.sh                 the full comparison (about half an hour)
+#   benches/run.sh --quick         small counts, a few seconds per scenario;
+#                                  exits non-zero on any lost, duplicated or
+#                                  out-of-order message (CI runs this)
+#   benches/run.sh --only fanout,mix     some scenarios only
+#   benches/run.sh --render FILE   re-render the docs from a results file
+#
+# Every server listens on 127.0.0.1; clients connect from 127.0.0.1-4.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+MODE=full
+SCENARIOS="idle fanout mix durable reconnect"
+RENDER_ONLY=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) MODE=quick ;;
+        --only) SCENARIOS=$(echo "$2" | tr ',' ' '); shift ;;
+        --render) RENDER_ONLY="$2"; shift ;;
+        *) echo "usage: $0 [--quick] [--only idle,fanout,mix,durable,reconnect] [--render results.json]" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+LOAD="$ROOT/target/release/chat-load"
+DOC="$ROOT/docs/BENCHMARKS.md"
+SVG="$ROOT/docs/benchmarks-socketio.svg"
+
+echo "== build"
+cargo build --release -q -p chat-server -p chat-benches --bin chat-server --bin chat-load
+if [ -n "$RENDER_ONLY" ]; then
+    "$LOAD" report "$RENDER_ONLY" --doc "$DOC" --svg "$SVG"
+    echo "rendered $DOC and $SVG from $RENDER_ONLY"
+    exit 0
+fi
+(
+    cd benches/socketio-ref
+    [ -d node_modules ] || npm ci --no-audit --no-fund
+    # npm may skip install scripts; better-sqlite3 then lacks its native module.
+    node -e 'require("better-sqlite3")' 2>/dev/null || npm rebuild better-sqlite3 bufferutil
+    node -e 'require("better-sqlite3"); require("bufferutil")'
+)
+
+if [ "$(nproc)" -ge 2 ]; then
+    SERVER_CORE=0
+    LOAD_CORE=1
+    PIN_SERVER="taskset -c $SERVER_CORE"
+    PIN_LOAD="taskset -c $LOAD_CORE"
+else
+    echo "warning: one CPU; server and load share it" >&2
+    SERVER_CORE=0 LOAD_CORE=0 PIN_SERVER="" PIN_LOAD=""
+fi
+
+WORK=$(mktemp -d /tmp/chat-bench.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+SECRET=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
+export CHAT_JWT_SECRET="$SECRET"
+NATIVE_ADDR=127.0.0.1:18080
+SIO_PORT=19090
+QUICK_FLAGS=()
+[ "$MODE" = quick ] && QUICK_FLAGS=(--quick)
+
+server_cmd() { # server scenario db
+    case "$1" in
+        native)
+            echo "env CHAT_LISTEN=$NATIVE_ADDR CHAT_DATABASE_URL=sqlite://$3 CHAT_JWT_SECRET=$SECRET" \
+                "CHAT_COMMANDS_PER_SECOND=1000000 CHAT_COMMAND_BURST=1000000 CHAT_MAX_CONNECTIONS_PER_USER=16" \
+                "CHAT_MAX_ROOMS_PER_USER=100000 RUST_LOG=warn $PIN_SERVER $ROOT/target/release/chat-server" ;;
+        socketio)
+            # The durable and reconnect scenarios need messages to outlive
+            # the process: one better-sqlite3 commit per message.
+            local durable=""
+            case "$2" in durable|reconnect) durable="--durable $3" ;; esac
+            echo "env CHAT_JWT_SECRET=$SECRET $PIN_SERVER node $ROOT/benches/socketio-ref/server.js" \
+                "--port $SIO_PORT $durable" ;;
+    esac
+}
+
+FILES=()
+for scenario in $SCENARIOS; do
+    for server in native socketio; do
+        if [ "$server" = native ]; then addr=$NATIVE_ADDR; else addr=127.0.0.1:$SIO_PORT; fi
+        out="$WORK/$scenario-$server.json"
+        echo "== $scenario on $server"
+        $PIN_LOAD "$LOAD" run --proto "$server" --scenario "$scenario" --addr "$addr" \
+            --server-cmd "$(server_cmd "$server" "$scenario" "$WORK/$scenario-$server.db")" \
+            --server-log "$WORK/$scenario-$server.log" --fsync-dir "$WORK" \
+            --out "$out" "${QUICK_FLAGS[@]}" > /dev/null \
+            || { echo "chat-load failed; server log:" >&2; tail -20 "$WORK/$scenario-$server.log" >&2; exit 1; }
+        FILES+=("$out")
+    done
+done
+
+DATE=$(date -u +%Y-%m-%dT%H-%M-%SZ)
+mkdir -p benches/results
+RESULTS="benches/results/$DATE${MODE/full/}.json"
+[ "$MODE" = quick ] && RESULTS="$WORK/quick.json"
+MACHINE=$(printf '{"nproc":%s,"cpu":"%s","mem_mib":%s,"kernel":"%s","node":"%s","socketio":"%s","server_core":%s,"load_core":%s}' \
+    "$(nproc)" \
+    "$(lscpu | sed -n 's/^Model name: *//p' | head -1)" \
+    "$(free -m | awk '/^Mem:/ {print $2}')" \
+    "$(uname -sr)" \
+    "$(node -v)" \
+    "$(node -p 'require("./benches/socketio-ref/node_modules/socket.io/package.json").version')" \
+    "$SERVER_CORE" "$LOAD_CORE")
+COMMAND="benches/run.sh"
+[ "$MODE" = quick ] && COMMAND="benches/run.sh --quick"
+[ "$SCENARIOS" != "idle fanout mix durable reconnect" ] && COMMAND="$COMMAND --only $(echo $SCENARIOS | tr ' ' ',')"
+"$LOAD" combine --out "$RESULTS" --machine "$MACHINE" --mode "$MODE" --command "$COMMAND" --date "$DATE" "${FILES[@]}"
+
+echo "== checks"
+"$LOAD" check "$RESULTS"
+if [ "$MODE" = full ]; then
+    "$LOAD" report "$RESULTS" --doc "$DOC" --svg "$SVG"
+    echo "results in $RESULTS; rendered $DOC and $SVG"
+fi

@@ -1,0 +1,145 @@
+//! The server under test as a child process: started from a shell command
+//! (`exec`ed, so its pid is the server's own), restarted for the reconnect
+//! storm, and read from `/proc` for memory and CPU time.
+
+use std::fs::OpenOptions;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep};
+
+#[derive(Debug)]
+pub(crate) struct ServerProcess {
+    command: String,
+    log: String,
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl ServerProcess {
+    /// Starts `command` with `sh -c "exec …"`, its output appended to `log`,
+    /// and waits until `addr` accepts connections.
+    pub(crate) async fn start(command: &str, log: &str, addr: SocketAddr) -> anyhow::Result<ServerProcess> {
+        let child = spawn(command, log)?;
+        let mut server = ServerProcess { command: command.to_owned(), log: log.to_owned(), addr, child };
+        server.wait_listening().await?;
+        Ok(server)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    async fn wait_listening(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the server exited with {status} before listening; see {}", self.log);
+            }
+            if TcpStream::connect(self.addr).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the server did not listen on {} within 30 s; see {}", self.addr, self.log);
+            }
+            sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Asks the server to stop (SIGTERM) and waits for it; SIGKILL after 15 s.
+    pub(crate) async fn stop(&mut self) -> anyhow::Result<()> {
+        signal(self.pid(), "TERM")?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                signal(self.pid(), "KILL")?;
+                self.child.wait()?;
+                return Ok(());
+            }
+            sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops the server and starts it again on the same command (and so the
+    /// same database), returning once it listens.
+    pub(crate) async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await?;
+        self.child = spawn(&self.command, &self.log)?;
+        self.wait_listening().await
+    }
+
+    /// Resident memory in KiB (`VmRSS`).
+    pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("VmRSS not found")
+    }
+
+    /// User plus system CPU time in seconds.
+    pub(crate) fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        cpu_seconds_of(&self.pid().to_string())
+    }
+}
+
+/// User plus system CPU time of a process (`self` for this one), in seconds.
+pub(crate) fn cpu_seconds_of(pid: &str) -> anyhow::Result<f64> {
+    {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = &stat[stat.rfind(')').context("malformed stat")? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
+        let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+            + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok(ticks as f64 / clock_ticks())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = signal(self.pid(), "KILL");
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn spawn(command: &str, log: &str) -> anyhow::Result<Child> {
+    let out = OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("opening {log}"))?;
+    let err = out.try_clone()?;
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec {command}"))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {command}"))
+}
+
+fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status()?;
+    if !status.success() {
+        bail!("kill -{name} {pid} failed");
+    }
+    Ok(())
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
