@@ -33,6 +33,9 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// Largest `users:search` result.
     pub max_search_results: u32,
+    /// Support rooms a support agent's room list shows besides their own
+    /// rooms: the newest of the support queue.
+    pub support_queue: u32,
     /// Bad frames tolerated within [`Limits::bad_frame_window`] before the session is closed.
     pub max_bad_frames: u32,
     /// The window for [`Limits::max_bad_frames`].
@@ -55,6 +58,7 @@ impl Default for Limits {
             outbound_queue: 1024,
             max_in_flight: 256,
             max_search_results: 50,
+            support_queue: 50,
             max_bad_frames: 20,
             bad_frame_window: Duration::from_secs(10),
         }

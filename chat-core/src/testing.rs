@@ -147,6 +147,7 @@ macro_rules! store_conformance {
                 co_members_are_distinct_and_exclude_the_user,
                 rooms_of_user_lists_newest_activity_first,
                 rooms_of_user_reports_read_cursor_and_unread,
+                support_rooms_are_listed_newest_activity_first,
                 seq_starts_at_one_and_follows_batch_order,
                 seq_is_independent_per_room,
                 appended_message_keeps_its_fields,
@@ -632,6 +633,28 @@ pub async fn rooms_of_user_lists_newest_activity_first(store: &dyn Store) {
         "activity is the newest time seen, never moved back"
     );
     assert!(ok(store.rooms_of_user(&uid("nobody")).await, "rooms_of_user").is_empty());
+}
+
+/// `support_rooms` lists support rooms only, newest activity first, up to the limit.
+pub async fn support_rooms_are_listed_newest_activity_first(store: &dyn Store) {
+    let support = |visitor: &'static str, created: i64| async move {
+        ok(store.create_room(new_room(RoomKind::Support, &[visitor], created)).await, "create_room").0
+    };
+    let s1 = support("v1", 10).await;
+    group(store, &["x"], 15).await;
+    let s2 = support("v2", 20).await;
+    let s3 = support("v3", 30).await;
+    let ids = |rooms: Vec<Room>| rooms.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(ok(store.support_rooms(10).await, "support_rooms")), [s3.id, s2.id, s1.id], "groups are left out");
+    append(store, vec![msg(s1.id, "v1", "hello", 40)]).await;
+    assert_eq!(
+        ids(ok(store.support_rooms(10).await, "support_rooms")),
+        [s1.id, s3.id, s2.id],
+        "a new message puts its room first"
+    );
+    assert_eq!(ids(ok(store.support_rooms(2).await, "support_rooms")), [s1.id, s3.id], "the limit holds");
+    let first = &ok(store.support_rooms(1).await, "support_rooms")[0];
+    assert_eq!((first.kind, first.last_seq), (RoomKind::Support, 1), "rooms come whole");
 }
 
 /// `rooms_of_user` carries the read cursor and `unread = last_seq - read_seq`.

@@ -49,6 +49,7 @@ mod outbox;
 const MIGRATIONS: &[migrate::Embedded] = &[
     (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
     (2, "bridge outbox", include_str!("../migrations/postgres/0002_bridge_outbox.sql")),
+    (3, "support queue", include_str!("../migrations/postgres/0003_support_queue.sql")),
 ];
 
 /// Settings of a [`PostgresStore`]. Start from [`PostgresConfig::from_url`] and
@@ -640,6 +641,22 @@ impl Store for PostgresStore {
                 out.push(RoomSummary::new(room_from_row(row)?, read_seq));
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn support_rooms(&self, limit: u32) -> chat_core::Result<Vec<Room>> {
+        self.bounded(async {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                room_cols!(),
+                " FROM rooms WHERE kind = 'support' ORDER BY last_activity DESC, id DESC LIMIT $1"
+            ))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .db()?;
+            Ok(rows.iter().map(room_from_row).collect::<Result<_>>()?)
         })
         .await
     }

@@ -41,6 +41,7 @@ mod outbox;
 const MIGRATIONS: &[migrate::Embedded] = &[
     (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
     (2, "bridge outbox", include_str!("../migrations/sqlite/0002_bridge_outbox.sql")),
+    (3, "support queue", include_str!("../migrations/sqlite/0003_support_queue.sql")),
 ];
 
 /// How hard SQLite works to make a commit survive a power cut.
@@ -646,6 +647,19 @@ impl Store for SqliteStore {
             out.push(RoomSummary::new(room_from_row(row)?, read_seq));
         }
         Ok(out)
+    }
+
+    async fn support_rooms(&self, limit: u32) -> chat_core::Result<Vec<Room>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            room_cols!(),
+            " FROM rooms WHERE kind = 'support' ORDER BY last_activity DESC, id DESC LIMIT ?1"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .db()?;
+        Ok(rows.iter().map(room_from_row).collect::<Result<_>>()?)
     }
 
     async fn room_count_of_user(&self, user: &UserId) -> chat_core::Result<u64> {

@@ -579,9 +579,10 @@
       });
       client.on('ready', ({ rooms, resumed }) => {
         showError('');
+        // Availability was blanked while connecting; ask again now.
+        if (isOpen()) refreshAvailability();
         if (resumed) {
           inviteAgents();
-          if (isOpen()) refreshAvailability();
           return;
         }
         const known = roomId && rooms.some((r) => r.id === roomId);

@@ -136,6 +136,27 @@ describe('support widget', () => {
     assert.equal(await agent.locator('#rooms button', { hasText: 'Support:' }).count(), 1);
   });
 
+  test('an agent who signs in later finds the waiting conversation', async () => {
+    // Bob was not online when the visitor wrote, so nobody invited him: the
+    // support queue in his room list is how he finds the conversation.
+    const late = await newPage(browser);
+    await signIn(late, server, await server.token('bob', { name: 'Bob', roles: ['support'] }));
+    const waiting = late.locator('#rooms button', { hasText: 'Support: Visitor' });
+    await waiting.waitFor();
+    await waiting.click();
+    await late.locator('#messages .msg .text', { hasText: 'Let me check' }).waitFor();
+    const before = await widgetBodies(visitor);
+    assert.ok(before.length >= 2, 'the conversation so far');
+    await eventually(async () => JSON.stringify(await pageBodies(late)) === JSON.stringify(before), {
+      message: 'the late agent to see the whole conversation',
+    });
+    await late.locator('#input').fill('Bob here, anything else?');
+    await late.locator('#input').press('Enter');
+    await visitor.locator('.log .msg:not(.mine) .text', { hasText: 'Bob here, anything else?' }).waitFor();
+    assert.deepEqual(late.errors, []);
+    await late.close();
+  });
+
   test('keyboard: Escape closes the panel and gives the focus back to the button', async () => {
     await visitor.locator('textarea').focus();
     await visitor.keyboard.press('Escape');

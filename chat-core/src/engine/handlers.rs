@@ -21,7 +21,7 @@ use crate::event::{Event, MessageDeleted, MessageEvent, MessageStatus, RoomAdded
 use crate::id::{RoomId, SessionId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, NewMessage, validate_body, validate_client_msg_id};
 use crate::presence::PresenceStatus;
-use crate::room::{Member, MemberReceipts, MemberRole, NewRoom, ReceiptKind, Room, RoomKind, Visibility};
+use crate::room::{Member, MemberReceipts, MemberRole, NewRoom, ReceiptKind, Room, RoomKind, RoomSummary, Visibility};
 use crate::time::Timestamp;
 use crate::user::{Identity, User};
 
@@ -66,7 +66,7 @@ impl Inner {
                 user
             }
         };
-        let rooms = self.store.rooms_of_user(&user.id).await?;
+        let rooms = self.room_list(&user).await?;
         let shared = Arc::new(SessionShared::new(SessionId::generate(), user.id.clone()));
         let (tx, rx) = mpsc::channel(self.config.limits.outbound_queue.max(1));
         if self.hub.register(shared.clone(), tx, self.config.limits.max_connections_per_user).is_err() {
@@ -306,7 +306,20 @@ impl Inner {
     }
 
     pub(crate) async fn list_rooms(&self, ctx: &Ctx) -> Result<Reply> {
-        Ok(Reply::Rooms { rooms: self.store.rooms_of_user(&ctx.user.id).await? })
+        Ok(Reply::Rooms { rooms: self.room_list(&ctx.user).await? })
+    }
+
+    /// A user's rooms, newest activity first; for a support agent, followed
+    /// by the support rooms of the queue they have not joined yet (with a
+    /// read cursor of 0), so that an agent who was away sees who waits.
+    async fn room_list(&self, user: &User) -> Result<Vec<RoomSummary>> {
+        let mut rooms = self.store.rooms_of_user(&user.id).await?;
+        if user.is_support() {
+            let known: HashSet<RoomId> = rooms.iter().map(|s| s.room.id).collect();
+            let queue = self.store.support_rooms(self.config.limits.support_queue).await?;
+            rooms.extend(queue.into_iter().filter(|r| !known.contains(&r.id)).map(|r| RoomSummary::new(r, 0)));
+        }
+        Ok(rooms)
     }
 
     pub(crate) async fn history(

@@ -569,6 +569,36 @@ async fn support_room_is_for_its_visitor_and_support_agents() {
     assert_eq!(user_joined(visitor.event().await), (room.id, agent.id()));
 }
 
+/// An agent who was away sees the support rooms waiting for an answer, in
+/// `ready` and in `room:list`; joining one makes it theirs like any room.
+#[tokio::test(start_paused = true)]
+async fn agents_see_the_support_queue_in_their_room_list() {
+    let engine = engine().await;
+    let mut visitor = connect(&engine, "visitor").await;
+    let room = room_of(visitor.ok(create(RoomKind::Support, None, &[])).await);
+    visitor.join(room.id).await;
+    visitor.say(room.id, "is anyone there?").await;
+
+    let mut agent = connect_as(&engine, support("agent")).await;
+    let queued = agent.ready.rooms.iter().find(|s| s.room.id == room.id).expect("the waiting room is in ready");
+    assert_eq!((queued.read_seq, queued.unread), (0, 1), "everything in it is unread");
+    assert_eq!(agent.summary(room.id).await.unread, 1, "room:list lists it too");
+    assert_eq!(ids(&agent.join(room.id).await.members), ["visitor", "agent"]);
+    assert_eq!(
+        agent.ready.rooms.iter().filter(|s| s.room.id == room.id).count(),
+        1,
+        "a room the agent is in is listed once"
+    );
+    let Reply::Rooms { rooms } = agent.ok(Command::RoomList).await else { panic!("expected rooms") };
+    assert_eq!(rooms.iter().filter(|s| s.room.id == room.id).count(), 1, "listed once after joining");
+
+    // Users without the support role see only their own rooms.
+    let mut stranger = connect(&engine, "stranger").await;
+    assert!(stranger.ready.rooms.is_empty());
+    let Reply::Rooms { rooms } = stranger.ok(Command::RoomList).await else { panic!("expected rooms") };
+    assert!(rooms.is_empty());
+}
+
 #[tokio::test(start_paused = true)]
 async fn direct_room_is_for_its_two_members() {
     let engine = engine().await;
@@ -748,6 +778,9 @@ impl Store for Laggy {
     }
     async fn rooms_of_user(&self, user: &UserId) -> Result<Vec<RoomSummary>> {
         self.inner.rooms_of_user(user).await
+    }
+    async fn support_rooms(&self, limit: u32) -> Result<Vec<Room>> {
+        self.inner.support_rooms(limit).await
     }
     async fn room_count_of_user(&self, user: &UserId) -> Result<u64> {
         self.inner.room_count_of_user(user).await

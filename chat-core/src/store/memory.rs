@@ -184,6 +184,18 @@ impl Store for MemoryStore {
         Ok(rooms.into_iter().map(|(_, s)| s).collect())
     }
 
+    async fn support_rooms(&self, limit: u32) -> Result<Vec<Room>> {
+        let state = self.lock();
+        let mut rooms: Vec<(Timestamp, &Room)> = state
+            .rooms
+            .values()
+            .filter(|rs| rs.room.kind == RoomKind::Support)
+            .map(|rs| (rs.last_activity, &rs.room))
+            .collect();
+        rooms.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.id.cmp(&a.1.id)));
+        Ok(rooms.into_iter().take(limit as usize).map(|(_, room)| room.clone()).collect())
+    }
+
     async fn room_count_of_user(&self, user: &UserId) -> Result<u64> {
         Ok(self.lock().memberships.get(user).map_or(0, |s| s.len() as u64))
     }

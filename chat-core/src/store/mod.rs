@@ -62,6 +62,10 @@ pub trait Store: Send + Sync + 'static {
     /// activity first.
     async fn rooms_of_user(&self, user: &UserId) -> Result<Vec<RoomSummary>>;
 
+    /// The support queue: support rooms, newest activity first (ties by room
+    /// id, descending), at most `limit`. Agents' room lists show these.
+    async fn support_rooms(&self, limit: u32) -> Result<Vec<Room>>;
+
     /// How many rooms the user is a member of.
     async fn room_count_of_user(&self, user: &UserId) -> Result<u64>;
 
