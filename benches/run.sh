@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 MODE=full
-SCENARIOS="idle fanout mix durable reconnect"
+SCENARIOS="fanout mix durable idle reconnect"
 RENDER_ONLY=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -114,12 +114,12 @@ MACHINE=$(printf '{"nproc":%s,"cpu":"%s","mem_mib":%s,"kernel":"%s","node":"%s",
     "$SERVER_CORE" "$LOAD_CORE")
 COMMAND="benches/run.sh"
 [ "$MODE" = quick ] && COMMAND="benches/run.sh --quick"
-[ "$SCENARIOS" != "idle fanout mix durable reconnect" ] && COMMAND="$COMMAND --only $(echo $SCENARIOS | tr ' ' ',')"
+[ "$SCENARIOS" != "fanout mix durable idle reconnect" ] && COMMAND="$COMMAND --only $(echo $SCENARIOS | tr ' ' ',')"
 "$LOAD" combine --out "$RESULTS" --machine "$MACHINE" --mode "$MODE" --command "$COMMAND" --date "$DATE" "${FILES[@]}"
 
-echo "== checks"
-"$LOAD" check "$RESULTS"
 if [ "$MODE" = full ]; then
     "$LOAD" report "$RESULTS" --doc "$DOC" --svg "$SVG"
     echo "results in $RESULTS; rendered $DOC and $SVG"
 fi
+echo "== checks"
+"$LOAD" check "$RESULTS"

@@ -343,6 +343,13 @@ impl Client {
                     }
                 }
                 _ = sleep_until(next_send) => {
+                    // A phase change not yet seen may have stopped sending:
+                    // see it first, or a send could follow the scenario's
+                    // final drain and go unanswered.
+                    if phase_rx.has_changed().unwrap_or(true) {
+                        next_send = far;
+                        continue;
+                    }
                     self.send_message(ctx, &mut ws, state).await?;
                     let every = phase.send_every.unwrap_or(Duration::from_secs(1));
                     next_send += every;

@@ -244,6 +244,9 @@ async fn run(args: RunArgs) -> anyhow::Result<Value> {
     let mut server = ServerProcess::start(&args.server_cmd, &args.server_log, args.addr).await?;
     let proto = protocol(args.proto);
     let started = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    // The machine may be shared: say how busy it was around the run.
+    let loadavg = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned();
+    let load_before = loadavg();
     let (params, result, checks) = match args.scenario {
         Scenario::Idle => idle(&args, &mut server).await?,
         Scenario::Fanout => fanout(&args, proto.clone(), &mut server).await?,
@@ -252,7 +255,10 @@ async fn run(args: RunArgs) -> anyhow::Result<Value> {
         Scenario::Reconnect => reconnect(&args, proto.clone(), &mut server).await?,
     };
     server.stop().await?;
+    let load_after = loadavg();
     Ok(json!({
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
         "server": proto.name(),
         "scenario": format!("{:?}", args.scenario).to_lowercase(),
         "quick": args.quick,
@@ -369,6 +375,8 @@ impl Population {
     /// for has arrived, or `limit` passes. True when everything arrived.
     async fn drain(&self, limit: Duration) -> bool {
         let c = &self.ctx.counters;
+        // Let every client see the phase that stopped its sends first.
+        sleep(Duration::from_millis(100)).await;
         let deadline = Instant::now() + limit;
         loop {
             let answered = Counters::get(&c.acked) + Counters::get(&c.send_errors) >= Counters::get(&c.sent);
@@ -420,6 +428,21 @@ impl Population {
 
 // ---------------------------------------------------------------- scenarios
 
+/// Waits (up to 60 s) until the server has been nearly idle for a second:
+/// after thousands of joins it may still be sending their events or
+/// checkpointing, and a measurement should not start on that tail.
+async fn settle(server: &ServerProcess) -> anyhow::Result<f64> {
+    let t0 = Instant::now();
+    loop {
+        let before = server.cpu_seconds()?;
+        sleep(Duration::from_secs(1)).await;
+        let busy = server.cpu_seconds()? - before;
+        if busy < 0.05 || t0.elapsed() > Duration::from_secs(60) {
+            return Ok(round2(t0.elapsed().as_secs_f64()));
+        }
+    }
+}
+
 /// Scenario 2: rooms × members, publish rate raised stepwise until a step
 /// loses a message or its delivery p99 passes 100 ms.
 async fn fanout(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerProcess) -> anyhow::Result<Outcome> {
@@ -437,6 +460,13 @@ async fn fanout(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerPro
     let mut best: Option<Value> = None;
     let mut rate = start_rate;
     let mut stop_reason = "step limit".to_owned();
+    let settled_s = settle(server).await?;
+    // A warm-up at the first rate, not recorded.
+    pop.set_phase(|p| p.send_every = Some(Duration::from_secs_f64(publishers / rate)));
+    sleep(Duration::from_secs_f64(step_secs.min(3.0))).await;
+    pop.set_phase(|p| p.send_every = None);
+    pop.drain(Duration::from_secs(5)).await;
+    let mut retried = false;
     for _ in 0..max_steps {
         c.delivery.reset();
         c.ack.reset();
@@ -482,14 +512,22 @@ async fn fanout(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerPro
             break;
         }
         if lat.p99_ms > 100.0 {
-            stop_reason = format!("p99 {} ms at {rate:.0} messages/s", lat.p99_ms);
+            // The machine is shared: a step whose p99 alone fails is run
+            // once more before it counts.
+            if !retried {
+                retried = true;
+                continue;
+            }
+            stop_reason = format!("p99 {} ms at {rate:.0} messages/s (twice)", lat.p99_ms);
             break;
         }
+        retried = false;
         best = Some(step);
         rate *= factor;
     }
     let checks = pop.finish().await?;
     let params = json!({"rooms": rooms, "members": members, "body_bytes": 200, "step_seconds": step_secs,
+        "settled_s": settled_s,
         "publishers_per_room": publishers_per_room, "start_messages_per_s": start_rate, "rate_factor": factor});
     let best_rate = best.as_ref().map(|b| b["deliveries_per_s"].clone()).unwrap_or(json!(0));
     Ok((
@@ -511,6 +549,7 @@ async fn mix(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerProces
     let pop = populate(args, proto, rooms, room_size, room_size, false).await?;
     let clients = pop.clients;
     let typing_every = Duration::from_secs_f64(clients as f64 / typing_per_s);
+    settle(server).await?;
     pop.set_phase(|p| {
         p.send_every = Some(interval);
         p.typing_every = Some(typing_every);
@@ -561,12 +600,13 @@ async fn mix(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerProces
 
 /// Scenario 4: every client keeps one send in flight; a send counts once
 /// the server acked it, which both servers do only after the commit.
-async fn durable(args: &RunArgs, proto: Arc<dyn Protocol>, _server: &mut ServerProcess) -> anyhow::Result<Outcome> {
+async fn durable(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerProcess) -> anyhow::Result<Outcome> {
     let clients = args.clients.unwrap_or(if args.quick { 20 } else { 400 });
     let room_size = 2;
     let seconds = args.seconds.unwrap_or(if args.quick { 2.0 } else { 10.0 });
     let fsync = measure_fsync(&args.fsync_dir, if args.quick { 100 } else { 2000 })?;
     let pop = populate(args, proto, clients / room_size, room_size, room_size, false).await?;
+    settle(server).await?;
     let c = &pop.ctx.counters;
     c.ack.reset();
     let a0 = Counters::get(&c.acked);

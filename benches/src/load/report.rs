@@ -108,6 +108,27 @@ pub(crate) fn markdown(run: &Value, svg_name: &str) -> anyhow::Result<String> {
         machine["load_core"]
     )?;
 
+    let loads: Vec<String> = runs(run)?
+        .iter()
+        .filter_map(|r| {
+            let first = |k: &str| r[k].as_str().and_then(|l| l.split_whitespace().next().map(str::to_owned));
+            Some(format!(
+                "{} on {} {}→{}",
+                r["scenario"].as_str()?,
+                r["server"].as_str()?,
+                first("loadavg_before")?,
+                first("loadavg_after")?
+            ))
+        })
+        .collect();
+    if !loads.is_empty() {
+        writeln!(
+            m,
+            "The machine was shared with other work; 1-minute load average before → after each run: {}.\n",
+            loads.join(", ")
+        )?;
+    }
+
     // 1. Idle.
     writeln!(m, "### 1. Idle capacity\n")?;
     writeln!(
