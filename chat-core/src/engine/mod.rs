@@ -361,6 +361,12 @@ async fn announce_presence(inner: Arc<Inner>) {
         for (user_id, status, last_seen) in inner.presence.take_changes() {
             let users = match inner.store.co_members(&user_id).await {
                 Ok(users) => users,
+                // During shutdown the store closes while the last sessions
+                // drop; failing to announce their going offline is expected.
+                Err(err) if !inner.accepting.load(Ordering::SeqCst) => {
+                    tracing::debug!(user = %user_id, error = %err, "presence not announced: shutting down");
+                    continue;
+                }
                 Err(err) => {
                     tracing::warn!(user = %user_id, error = %err, "presence not announced: store failed");
                     continue;
