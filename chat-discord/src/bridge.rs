@@ -123,21 +123,6 @@ impl DiscordBridge {
         };
         Ok(DiscordBridge { shared: Arc::new(shared) })
     }
-
-    /// Makes a failed job pending again and wakes the worker. `false` when no
-    /// failed job has that id.
-    pub async fn retry_job(&self, id: i64) -> Result<bool> {
-        let requeued = self.shared.outbox()?.requeue_job(NAME, id, Timestamp::now()).await?;
-        if requeued {
-            self.shared.wake.notify_one();
-        }
-        Ok(requeued)
-    }
-
-    /// The jobs with a status, oldest first.
-    pub async fn jobs(&self, status: chat_core::JobStatus, limit: u32) -> Result<Vec<Job>> {
-        Ok(self.shared.outbox()?.jobs(NAME, status, limit).await?)
-    }
 }
 
 impl Shared {
@@ -227,6 +212,20 @@ impl Bridge for DiscordBridge {
         }
     }
 
+    async fn jobs(&self, status: chat_core::JobStatus, limit: u32) -> chat_core::Result<Vec<Job>> {
+        Ok(self.shared.outbox().map_err(into_chat)?.jobs(NAME, status, limit).await?)
+    }
+
+    /// Makes a failed job pending again and wakes the worker.
+    async fn retry_job(&self, id: i64) -> chat_core::Result<bool> {
+        let requeued = self.shared.outbox().map_err(into_chat)?.requeue_job(NAME, id, Timestamp::now()).await?;
+        if requeued {
+            self.shared.wake.notify_one();
+            self.shared.refresh_counts().await;
+        }
+        Ok(requeued)
+    }
+
     async fn stop(&self) {
         let shards = self.shared.shards.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(shards) = shards {
@@ -236,6 +235,14 @@ impl Bridge for DiscordBridge {
         for task in tasks {
             task.abort();
         }
+    }
+}
+
+/// An error of the bridge as the engine's callers see it.
+fn into_chat(err: Error) -> chat_core::Error {
+    match err {
+        Error::Chat(err) => err,
+        other => chat_core::Error::unavailable(other.to_string()),
     }
 }
 

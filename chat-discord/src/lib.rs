@@ -39,6 +39,8 @@ mod bridge;
 mod config;
 pub mod error;
 mod rest;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use bridge::{DiscordBridge, NAME, agent_user_id};
 pub use config::DiscordConfig;

@@ -31,7 +31,7 @@ use self::committer::CommitJob;
 use self::hub::{Hub, HubSink, SessionShared};
 use self::presence::PresenceTracker;
 use self::typing::TypingTracker;
-use crate::bridge::{Bridge, BridgeEvent, BridgeHealth};
+use crate::bridge::{Bridge, BridgeEvent, BridgeHealth, Job, JobStatus};
 use crate::broker::{Audience, Broker, Fanout, LocalBroker};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
@@ -246,6 +246,23 @@ impl Engine {
     /// Each bridge's health, by name.
     pub fn bridge_health(&self) -> BTreeMap<String, BridgeHealth> {
         self.inner.bridges.iter().map(|b| (b.name().to_owned(), b.health())).collect()
+    }
+
+    /// The outbox jobs of the bridge named `bridge` with a status, oldest
+    /// first, at most `limit`. `NotFound` when no bridge has that name.
+    pub async fn bridge_jobs(&self, bridge: &str, status: JobStatus, limit: u32) -> Result<Vec<Job>> {
+        self.bridge_named(bridge)?.jobs(status, limit).await
+    }
+
+    /// Makes a failed job of the bridge named `bridge` pending again. `false`
+    /// when that bridge has no failed job with this id; `NotFound` when no
+    /// bridge has that name.
+    pub async fn retry_bridge_job(&self, bridge: &str, id: i64) -> Result<bool> {
+        self.bridge_named(bridge)?.retry_job(id).await
+    }
+
+    fn bridge_named(&self, name: &str) -> Result<&Arc<dyn Bridge>> {
+        self.inner.bridges.iter().find(|b| b.name() == name).ok_or(Error::NotFound("bridge"))
     }
 
     /// Posts a message into a room as `user`, on behalf of a bridge. The user

@@ -1853,3 +1853,15 @@ async fn support_availability_includes_bridged_agents() {
     assert_eq!(engine.support_availability().online_agents, 3);
     assert!(engine.bridge_health().contains_key("rec"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn bridge_jobs_are_asked_of_the_bridge_by_name() {
+    let (engine, _recorder) = bridged(0).await;
+    let jobs = engine.bridge_jobs("rec", crate::JobStatus::Failed, 10).await.expect("a bridge without an outbox");
+    assert!(jobs.is_empty());
+    assert!(!engine.retry_bridge_job("rec", 1).await.expect("a bridge without an outbox"));
+    let err = engine.bridge_jobs("nope", crate::JobStatus::Failed, 10).await.expect_err("no such bridge");
+    assert_eq!(err.code().as_str(), "not_found");
+    let err = engine.retry_bridge_job("nope", 1).await.expect_err("no such bridge");
+    assert_eq!(err.code().as_str(), "not_found");
+}
