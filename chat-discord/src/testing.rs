@@ -27,7 +27,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -116,7 +116,12 @@ impl StandIn {
             .route("/guilds/{id}/threads/active", get(active_threads))
             .route("/channels/{id}/webhooks", get(list_webhooks).post(create_webhook))
             .route("/webhooks/{id}/{token}", post(execute_webhook))
-            .route("/channels/{id}/messages", get(list_messages));
+            .route(
+                "/webhooks/{id}/{token}/messages/{message}",
+                patch(edit_webhook_message).delete(delete_webhook_message),
+            )
+            .route("/channels/{id}/messages", get(list_messages))
+            .route("/channels/{id}/messages/{message}", patch(edit_bot_message).delete(delete_channel_message));
         let app = Router::new()
             .nest("/api/v10", api)
             .route("/gateway", get(gateway_socket))
@@ -172,6 +177,23 @@ impl StandIn {
             self.dispatch("MESSAGE_CREATE", message.clone());
         }
         message["id"].as_str().and_then(|s| s.parse().ok()).expect("an id")
+    }
+
+    /// A person editing their message, as Discord would store and dispatch it.
+    pub fn human_edits(&self, channel: u64, message: u64, content: &str) {
+        let edited = {
+            let mut d = self.lock();
+            let Some(found) = find_message(&mut d, channel, message) else { return };
+            found["content"] = json!(content);
+            found["edited_timestamp"] = json!("2026-01-02T03:05:00.000000+00:00");
+            found.clone()
+        };
+        self.dispatch("MESSAGE_UPDATE", edited);
+    }
+
+    /// A person deleting a message, as Discord would remove and dispatch it.
+    pub fn human_deletes(&self, channel: u64, message: u64) {
+        remove_message(self, channel, message);
     }
 
     /// The messages of a thread (or any channel), oldest first.
@@ -274,6 +296,114 @@ async fn execute_webhook(
     let message = message_json(id, thread, author, body["content"].as_str().unwrap_or_default(), Some(hook));
     d.messages.entry(thread).or_default().push(message.clone());
     axum::Json(message).into_response()
+}
+
+fn find_message(d: &mut Discord, channel: u64, id: u64) -> Option<&mut Value> {
+    let id = id.to_string();
+    d.messages.get_mut(&channel)?.iter_mut().find(|m| m["id"].as_str() == Some(id.as_str()))
+}
+
+fn unknown_message() -> Response {
+    (StatusCode::NOT_FOUND, axum::Json(json!({"message": "Unknown Message", "code": 10008}))).into_response()
+}
+
+/// Removes a message and dispatches MESSAGE_DELETE, as Discord does for any
+/// deletion (ours included). `false` when there was no such message.
+fn remove_message(s: &StandIn, channel: u64, id: u64) -> bool {
+    let removed = {
+        let mut d = s.lock();
+        let key = id.to_string();
+        let list = d.messages.entry(channel).or_default();
+        let before = list.len();
+        list.retain(|m| m["id"].as_str() != Some(key.as_str()));
+        before != list.len()
+    };
+    if removed {
+        let event = json!({"id": id.to_string(), "channel_id": channel.to_string(), "guild_id": GUILD.to_string()});
+        s.dispatch("MESSAGE_DELETE", event);
+    }
+    removed
+}
+
+/// Changes a message's content and dispatches MESSAGE_UPDATE, as Discord
+/// does for any edit (ours included).
+fn edit_message(s: &StandIn, channel: u64, id: u64, body: &Value, may: impl Fn(&Value) -> bool) -> Response {
+    let edited = {
+        let mut d = s.lock();
+        let Some(found) = find_message(&mut d, channel, id) else { return unknown_message() };
+        if !may(found) {
+            let body = json!({"message": "Cannot edit a message authored by another user", "code": 50005});
+            return (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
+        }
+        if let Some(content) = body.get("content") {
+            found["content"] = content.clone();
+        }
+        found["edited_timestamp"] = json!("2026-01-02T03:05:00.000000+00:00");
+        found.clone()
+    };
+    s.dispatch("MESSAGE_UPDATE", edited.clone());
+    axum::Json(edited).into_response()
+}
+
+fn known_webhook(d: &Discord, hook: u64, token: &str) -> bool {
+    let hook = hook.to_string();
+    d.webhooks.iter().any(|w| w["id"].as_str() == Some(hook.as_str()) && w["token"] == token)
+}
+
+async fn edit_webhook_message(
+    State(s): State<StandIn>,
+    Path((hook, token, message)): Path<(u64, String, u64)>,
+    Query(query): Query<HashMap<String, String>>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let thread = query.get("thread_id").and_then(|t| t.parse::<u64>().ok());
+    let (true, Some(thread)) = (known_webhook(&s.lock(), hook, &token), thread) else {
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({"message": "bad webhook call", "code": 0})))
+            .into_response();
+    };
+    let hook = hook.to_string();
+    edit_message(&s, thread, message, &body, |m| m["webhook_id"].as_str() == Some(hook.as_str()))
+}
+
+async fn delete_webhook_message(
+    State(s): State<StandIn>,
+    Path((hook, token, message)): Path<(u64, String, u64)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let thread = query.get("thread_id").and_then(|t| t.parse::<u64>().ok());
+    let (true, Some(thread)) = (known_webhook(&s.lock(), hook, &token), thread) else {
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({"message": "bad webhook call", "code": 0})))
+            .into_response();
+    };
+    let hook = hook.to_string();
+    let ours = {
+        let mut d = s.lock();
+        find_message(&mut d, thread, message).map(|m| m["webhook_id"].as_str() == Some(hook.as_str()))
+    };
+    match ours {
+        None => unknown_message(),
+        Some(false) => (StatusCode::FORBIDDEN, axum::Json(json!({"message": "Unknown Webhook message", "code": 0})))
+            .into_response(),
+        Some(true) => {
+            remove_message(&s, thread, message);
+            StatusCode::NO_CONTENT.into_response()
+        }
+    }
+}
+
+/// The bot edits only its own messages.
+async fn edit_bot_message(
+    State(s): State<StandIn>,
+    Path((channel, message)): Path<(u64, u64)>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let bot = BOT.to_string();
+    edit_message(&s, channel, message, &body, |m| m["author"]["id"].as_str() == Some(bot.as_str()))
+}
+
+/// The bot deletes any message (it has Manage Messages here).
+async fn delete_channel_message(State(s): State<StandIn>, Path((channel, message)): Path<(u64, u64)>) -> Response {
+    if remove_message(&s, channel, message) { StatusCode::NO_CONTENT.into_response() } else { unknown_message() }
 }
 
 async fn list_messages(

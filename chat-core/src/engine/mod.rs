@@ -36,7 +36,7 @@ use crate::broker::{Audience, Broker, Fanout, LocalBroker};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::event::{Event, Typing};
-use crate::id::{RoomId, SessionId, UserId};
+use crate::id::{MessageId, RoomId, SessionId, UserId};
 use crate::message::{HistoryPage, HistoryQuery};
 use crate::metrics::Metrics;
 use crate::presence::OnlineUser;
@@ -296,6 +296,42 @@ impl Engine {
             .await?;
         let appended = pending.await.map_err(|_| Error::unavailable("the commit was abandoned"))??;
         Ok(appended.message)
+    }
+
+    /// Edits a message as its sender, on behalf of a bridge: the bridged
+    /// user changed what they wrote on the other platform. The same rules as a
+    /// session's `message:edit` apply (a member, the sender, not deleted), and
+    /// the room sees `message:updated`; bridges see the change with `origin`
+    /// set to `bridge`.
+    pub async fn edit_as(
+        &self,
+        bridge: &str,
+        user: &UserId,
+        room: RoomId,
+        message: MessageId,
+        body: String,
+    ) -> Result<crate::message::Message> {
+        let ctx = self.bridge_ctx(bridge, user);
+        let edit = crate::command::EditMessage { room_id: room, message_id: message, body };
+        match self.inner.edit(&ctx, edit).await? {
+            crate::command::Reply::Message { message } => Ok(message),
+            _ => Err(Error::internal("an edit answered without its message")),
+        }
+    }
+
+    /// Deletes a message as `user`, on behalf of a bridge, with the rules of a
+    /// session's `message:delete` (the sender or a room admin; deleting twice
+    /// is fine). The room sees `message:deleted`; bridges see the change with
+    /// `origin` set to `bridge`.
+    pub async fn delete_as(&self, bridge: &str, user: &UserId, room: RoomId, message: MessageId) -> Result<()> {
+        let ctx = self.bridge_ctx(bridge, user);
+        self.inner.delete(&ctx, crate::command::DeleteMessage { room_id: room, message_id: message }).await?;
+        Ok(())
+    }
+
+    /// Who a bridge acts as: only the id matters to the rules of edits and deletes.
+    fn bridge_ctx(&self, bridge: &str, user: &UserId) -> Ctx {
+        Ctx { session: None, user: User::new(user.clone(), user.as_str()), bridge: Some(Arc::from(bridge)) }
     }
 
     /// Shows or hides a typing indicator in a room for a user, on behalf of a

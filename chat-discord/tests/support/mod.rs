@@ -45,7 +45,7 @@ pub async fn visitor(engine: &Engine, id: &str, name: &str) -> (Session, RoomId)
     (session, room.id)
 }
 
-pub async fn send(session: &mut Session, room: RoomId, id: &str, body: &str) {
+pub async fn send(session: &mut Session, room: RoomId, id: &str, body: &str) -> chat_core::Message {
     session
         .submit(
             None,
@@ -58,9 +58,24 @@ pub async fn send(session: &mut Session, room: RoomId, id: &str, body: &str) {
             }),
         )
         .await;
-    let Output::Reply { result: Ok(Reply::Message { .. }), .. } = session.next_output().await else {
+    let Output::Reply { result: Ok(Reply::Message { message }), .. } = session.next_output().await else {
         panic!("expected the stored message");
     };
+    message
+}
+
+/// Edits a message the session sent.
+pub async fn edit(session: &mut Session, room: RoomId, message: chat_core::MessageId, body: &str) {
+    let edit = chat_core::command::EditMessage { room_id: room, message_id: message, body: body.into() };
+    session.submit(None, Command::MessageEdit(edit)).await;
+    let Output::Reply { result: Ok(_), .. } = session.next_output().await else { panic!("expected the edit") };
+}
+
+/// Deletes a message the session sent.
+pub async fn delete(session: &mut Session, room: RoomId, message: chat_core::MessageId) {
+    let delete = chat_core::command::DeleteMessage { room_id: room, message_id: message };
+    session.submit(None, Command::MessageDelete(delete)).await;
+    let Output::Reply { result: Ok(_), .. } = session.next_output().await else { panic!("expected the delete") };
 }
 
 /// The next event a session gets, within a few seconds.
