@@ -9,7 +9,7 @@
 //! - the **gateway** keeps serenity's shard connected and feeds what agents
 //!   write into the **inbound** task, which posts it into rooms in order.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -21,8 +21,9 @@ use chat_core::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use serenity::all::{
-    ChannelId, ClientBuilder, ConnectionStage, Context, EventHandler, GatewayIntents, GuildId, Message,
-    MessageId as DiscordMessageId, MessageUpdateEvent, Ready, ShardStageUpdateEvent, TypingStartEvent, WebhookId,
+    ChannelId, ClientBuilder, ConnectionStage, Context, EventHandler, GatewayIntents, Guild, GuildId,
+    GuildMemberUpdateEvent, Member, Message, MessageId as DiscordMessageId, MessageUpdateEvent, OnlineStatus, Presence,
+    Ready, ShardStageUpdateEvent, TypingStartEvent, User as DiscordUser, WebhookId,
 };
 use serenity::gateway::ShardManager;
 use serenity::http::{LightMethod, Route};
@@ -89,7 +90,27 @@ struct State {
     last_error: Option<String>,
     bot_user: Option<u64>,
     webhook: Option<(u64, String)>,
-    online_agents: HashSet<u64>,
+    /// Members of the guild holding the support role, from GUILD_CREATE and
+    /// member updates.
+    agents: HashSet<u64>,
+    /// Whether each member whose presence we heard of is online, idle or dnd.
+    available: HashMap<u64, bool>,
+}
+
+impl State {
+    /// Agents available now. Presences are only known while the gateway is
+    /// connected; a stale count would promise visitors an answer, so none
+    /// count while it is away.
+    fn online_agents(&self) -> usize {
+        if !self.connected {
+            return 0;
+        }
+        self.agents.iter().filter(|a| self.available.get(a).copied().unwrap_or(false)).count()
+    }
+}
+
+fn is_available(status: OnlineStatus) -> bool {
+    matches!(status, OnlineStatus::Online | OnlineStatus::Idle | OnlineStatus::DoNotDisturb)
 }
 
 /// What a `post`, `edit` or `delete` job carries: the message, whose
@@ -206,7 +227,7 @@ impl Bridge for DiscordBridge {
     }
 
     fn online_agents(&self) -> u32 {
-        u32::try_from(self.shared.state().online_agents.len()).unwrap_or(u32::MAX)
+        u32::try_from(self.shared.state().online_agents()).unwrap_or(u32::MAX)
     }
 
     fn health(&self) -> BridgeHealth {
@@ -216,7 +237,7 @@ impl Bridge for DiscordBridge {
             pending: state.pending,
             failed: state.failed,
             last_error: state.last_error.clone(),
-            ..BridgeHealth::default()
+            details: [("online_agents".to_owned(), state.online_agents().to_string())].into(),
         }
     }
 
@@ -740,6 +761,17 @@ struct Handler {
     inbound: mpsc::Sender<Inbound>,
 }
 
+impl Handler {
+    fn set_agent(&self, user: u64, holds_role: bool) {
+        let mut state = self.shared.state();
+        if holds_role {
+            state.agents.insert(user);
+        } else {
+            state.agents.remove(&user);
+        }
+    }
+}
+
 #[async_trait]
 impl EventHandler for Handler {
     async fn ready(&self, _ctx: Context, ready: Ready) {
@@ -785,6 +817,55 @@ impl EventHandler for Handler {
     ) {
         if guild.map(GuildId::get) == Some(self.shared.config.guild_id) {
             let _ = self.inbound.send(Inbound::Delete { channel, message }).await;
+        }
+    }
+
+    /// The guild's members and presences, at every (re)connection: the
+    /// agents and who of them is available start from here.
+    async fn guild_create(&self, _ctx: Context, guild: Guild, _is_new: Option<bool>) {
+        if guild.id.get() != self.shared.config.guild_id {
+            return;
+        }
+        let role = self.shared.config.support_role_id;
+        let mut state = self.shared.state();
+        state.agents = guild
+            .members
+            .values()
+            .filter(|m| m.roles.iter().any(|r| r.get() == role))
+            .map(|m| m.user.id.get())
+            .collect();
+        state.available = guild.presences.values().map(|p| (p.user.id.get(), is_available(p.status))).collect();
+    }
+
+    async fn presence_update(&self, _ctx: Context, presence: Presence) {
+        if presence.guild_id.map(GuildId::get) == Some(self.shared.config.guild_id) {
+            self.shared.state().available.insert(presence.user.id.get(), is_available(presence.status));
+        }
+    }
+
+    async fn guild_member_addition(&self, _ctx: Context, member: Member) {
+        if member.guild_id.get() == self.shared.config.guild_id {
+            let holds = member.roles.iter().any(|r| r.get() == self.shared.config.support_role_id);
+            self.set_agent(member.user.id.get(), holds);
+        }
+    }
+
+    async fn guild_member_update(
+        &self,
+        _ctx: Context,
+        _old: Option<Member>,
+        _new: Option<Member>,
+        event: GuildMemberUpdateEvent,
+    ) {
+        if event.guild_id.get() == self.shared.config.guild_id {
+            let holds = event.roles.iter().any(|r| r.get() == self.shared.config.support_role_id);
+            self.set_agent(event.user.id.get(), holds);
+        }
+    }
+
+    async fn guild_member_removal(&self, _ctx: Context, guild: GuildId, user: DiscordUser, _member: Option<Member>) {
+        if guild.get() == self.shared.config.guild_id {
+            self.set_agent(user.id.get(), false);
         }
     }
 

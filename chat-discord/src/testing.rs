@@ -196,6 +196,54 @@ impl StandIn {
         remove_message(self, channel, message);
     }
 
+    /// Dispatches GUILD_CREATE for [`GUILD`] with these members (id, name,
+    /// roles) and presences (id, `online`/`idle`/`dnd`/`offline`), as
+    /// Discord does after READY with the members and presences intents.
+    pub fn guild_create(&self, members: &[(u64, &str, &[u64])], presences: &[(u64, &str)]) {
+        let members: Vec<Value> = members
+            .iter()
+            .map(|(id, name, roles)| {
+                json!({
+                    "user": {"id": id.to_string(), "username": name.to_lowercase(), "global_name": name},
+                    "roles": roles.iter().map(u64::to_string).collect::<Vec<_>>(),
+                    "joined_at": "2026-01-01T00:00:00.000000+00:00",
+                    "deaf": false, "mute": false, "flags": 0,
+                })
+            })
+            .collect();
+        let presences: Vec<Value> =
+            presences.iter().map(|(id, status)| json!({"user": {"id": id.to_string()}, "status": status})).collect();
+        let guild = json!({
+            "id": GUILD.to_string(), "name": "Support", "owner_id": "1", "icon": null, "splash": null,
+            "discovery_splash": null, "verification_level": 0, "default_message_notifications": 0,
+            "explicit_content_filter": 0, "roles": [], "emojis": [], "features": [], "mfa_level": 0,
+            "system_channel_flags": 0, "premium_tier": 0, "preferred_locale": "en-US", "nsfw_level": 0,
+            "stickers": [], "premium_progress_bar_enabled": false, "joined_at": "2026-01-01T00:00:00.000000+00:00",
+            "large": false, "member_count": members.len(), "voice_states": [], "members": members,
+            "channels": [], "threads": [], "presences": presences, "stage_instances": [],
+            "guild_scheduled_events": [],
+        });
+        self.dispatch("GUILD_CREATE", guild);
+    }
+
+    /// Dispatches PRESENCE_UPDATE for a member of [`GUILD`].
+    pub fn presence(&self, user: u64, status: &str) {
+        let presence = json!({"user": {"id": user.to_string()}, "guild_id": GUILD.to_string(), "status": status,
+            "activities": [], "client_status": {}});
+        self.dispatch("PRESENCE_UPDATE", presence);
+    }
+
+    /// Dispatches GUILD_MEMBER_UPDATE: the member's roles are now `roles`.
+    pub fn member_roles(&self, user: u64, name: &str, roles: &[u64]) {
+        let member = json!({
+            "guild_id": GUILD.to_string(),
+            "user": {"id": user.to_string(), "username": name.to_lowercase(), "global_name": name},
+            "roles": roles.iter().map(u64::to_string).collect::<Vec<_>>(),
+            "joined_at": "2026-01-01T00:00:00.000000+00:00", "deaf": false, "mute": false, "flags": 0,
+        });
+        self.dispatch("GUILD_MEMBER_UPDATE", member);
+    }
+
     /// The messages of a thread (or any channel), oldest first.
     pub fn thread_messages(&self, thread: u64) -> Vec<Value> {
         self.lock().messages.get(&thread).cloned().unwrap_or_default()

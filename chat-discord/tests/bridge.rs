@@ -243,3 +243,39 @@ async fn edits_and_deletes_cross_both_ways() {
     assert_eq!(bridge.health().failed, 0);
     engine.shutdown().await;
 }
+
+/// Members holding the support role count as online agents while their
+/// presence is online, idle or dnd; others never do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn support_role_presences_make_agents_available() {
+    let discord = StandIn::start().await;
+    let bridge = bridge_for(&discord);
+    let engine = engine_with(memory_store(), bridge.clone()).await;
+    eventually("the bridge connected", || bridge.health().connected).await;
+    assert_eq!(engine.support_availability().online_agents, 0);
+
+    let role: &[u64] = &[SUPPORT_ROLE];
+    let members = [(77, "Alice", role), (78, "Bob", role), (79, "Carol", &[][..]), (80, "Dan", role)];
+    discord.guild_create(&members, &[(77, "online"), (79, "online"), (80, "offline")]);
+    let agents = || engine.support_availability().online_agents;
+    eventually("Alice available", || agents() == 1).await;
+    assert!(engine.support_availability().available);
+    assert_eq!(bridge.health().details.get("online_agents").map(String::as_str), Some("1"));
+
+    let table = [
+        ("Bob goes idle", 78, "idle", 2),
+        ("Dan is dnd", 80, "dnd", 3),
+        ("Carol, not an agent, stays out", 79, "dnd", 3),
+        ("Alice goes offline", 77, "offline", 2),
+        ("Bob goes invisible", 78, "invisible", 1),
+    ];
+    for (what, user, status, expected) in table {
+        discord.presence(user, status);
+        eventually(what, || agents() == expected).await;
+    }
+    discord.member_roles(79, "Carol", &[SUPPORT_ROLE]);
+    eventually("Carol becomes an agent", || agents() == 2).await;
+    discord.member_roles(80, "Dan", &[]);
+    eventually("Dan is no longer one", || agents() == 1).await;
+    engine.shutdown().await;
+}

@@ -95,6 +95,7 @@ pub(crate) async fn health(State(app): State<AppState>) -> Response {
         "connections": app.engine.connections(),
         "store": if store.is_ok() { "ok" } else { "unavailable" },
         "bridges": bridges,
+        "support": app.engine.support_availability(),
     });
     let code = if store.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body)).into_response()

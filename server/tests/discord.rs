@@ -168,3 +168,36 @@ async fn a_token_without_the_ids_is_a_startup_error() {
     let err = format!("{err:#}");
     assert!(err.contains("DISCORD_SUPPORT_ROLE_ID"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_present_in_discord_count_in_availability_and_health() {
+    let discord = StandIn::start().await;
+    let server = server_for(&discord).await;
+    eventually("the gateway", || async { discord.gateway_connected().then_some(()) }).await;
+    let (status, body) = server.get("/v1/support/availability", None).await;
+    assert_eq!((status, &body), (200, &json!({"available": false, "online_agents": 0})));
+
+    let role: &[u64] = &[SUPPORT_ROLE];
+    discord.guild_create(
+        &[(77, "Alice", role), (78, "Bob", role), (79, "Carol", &[][..])],
+        &[(77, "online"), (79, "online")],
+    );
+    discord.presence(78, "dnd");
+    eventually("two agents available", || async {
+        let (_, body) = server.get("/v1/support/availability", None).await;
+        (body == json!({"available": true, "online_agents": 2})).then_some(())
+    })
+    .await;
+    let (_, health) = server.get("/health", None).await;
+    assert_eq!(health["support"], json!({"available": true, "online_agents": 2}), "{health}");
+    assert_eq!(health["bridges"]["discord"]["details"]["online_agents"], "2", "{health}");
+
+    // An agent connected directly adds to those in Discord.
+    let _dora = server.connect_token(&token_with_roles("dora", &["support"])).await;
+    eventually("three agents", || async {
+        let (_, body) = server.get("/v1/support/availability", None).await;
+        (body["online_agents"] == 3).then_some(())
+    })
+    .await;
+    server.stop().await.expect("a clean stop");
+}
