@@ -15,7 +15,11 @@
 //! so one queue's jobs run in order while a queue waiting for a retry holds
 //! up no other; a job whose `(bridge, dedupe_key)` is pending or failed is not
 //! enqueued twice; a link is one remote id per `(bridge, kind, local id)`,
-//! readable both ways.
+//! readable both ways. A bridge with an outbox shows its jobs to operators
+//! through [`Bridge::jobs`] and [`Bridge::retry_job`], which the engine
+//! exposes as [`Engine::bridge_jobs`](crate::Engine::bridge_jobs) and
+//! [`Engine::retry_bridge_job`](crate::Engine::retry_bridge_job) (the admin
+//! API of a transport).
 
 mod outbox;
 
@@ -103,6 +107,21 @@ pub trait Bridge: Send + Sync + 'static {
     /// The bridge's state for `/health`.
     fn health(&self) -> BridgeHealth {
         BridgeHealth { connected: true, ..BridgeHealth::default() }
+    }
+
+    /// The bridge's outbox jobs with a status, oldest first, at most `limit`,
+    /// for operators. A bridge without an outbox has none.
+    async fn jobs(&self, status: JobStatus, limit: u32) -> Result<Vec<Job>> {
+        let _ = (status, limit);
+        Ok(Vec::new())
+    }
+
+    /// Makes a failed job pending again, so that it runs at once. `false`
+    /// when the bridge has no failed job with that id (a bridge without an
+    /// outbox has none).
+    async fn retry_job(&self, id: i64) -> Result<bool> {
+        let _ = id;
+        Ok(false)
     }
 
     /// Finishes or persists pending work. Called once at shutdown.

@@ -9,7 +9,7 @@
 //! - the **gateway** keeps serenity's shard connected and feeds what agents
 //!   write into the **inbound** task, which posts it into rooms in order.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -21,8 +21,9 @@ use chat_core::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use serenity::all::{
-    ChannelId, ClientBuilder, ConnectionStage, Context, EventHandler, GatewayIntents, GuildId, Message, Ready,
-    ShardStageUpdateEvent, TypingStartEvent, WebhookId,
+    ChannelId, ClientBuilder, ConnectionStage, Context, EventHandler, GatewayIntents, Guild, GuildId,
+    GuildMemberUpdateEvent, Member, Message, MessageId as DiscordMessageId, MessageUpdateEvent, OnlineStatus, Presence,
+    Ready, ShardStageUpdateEvent, TypingStartEvent, User as DiscordUser, WebhookId,
 };
 use serenity::gateway::ShardManager;
 use serenity::http::{LightMethod, Route};
@@ -46,6 +47,8 @@ const LINK_MESSAGE: &str = "message";
 const LINK_WEBHOOK: &str = "webhook";
 const LINK_CURSOR: &str = "cursor";
 const JOB_POST: &str = "post";
+const JOB_EDIT: &str = "edit";
+const JOB_DELETE: &str = "delete";
 /// Engine events waiting for the enqueuer. A burst beyond this is logged as
 /// lost rather than held in memory without bound.
 const EVENT_QUEUE: usize = 4096;
@@ -87,10 +90,31 @@ struct State {
     last_error: Option<String>,
     bot_user: Option<u64>,
     webhook: Option<(u64, String)>,
-    online_agents: HashSet<u64>,
+    /// Members of the guild holding the support role, from GUILD_CREATE and
+    /// member updates.
+    agents: HashSet<u64>,
+    /// Whether each member whose presence we heard of is online, idle or dnd.
+    available: HashMap<u64, bool>,
 }
 
-/// What a `post` job carries.
+impl State {
+    /// Agents available now. Presences are only known while the gateway is
+    /// connected; a stale count would promise visitors an answer, so none
+    /// count while it is away.
+    fn online_agents(&self) -> usize {
+        if !self.connected {
+            return 0;
+        }
+        self.agents.iter().filter(|a| self.available.get(a).copied().unwrap_or(false)).count()
+    }
+}
+
+fn is_available(status: OnlineStatus) -> bool {
+    matches!(status, OnlineStatus::Online | OnlineStatus::Idle | OnlineStatus::DoNotDisturb)
+}
+
+/// What a `post`, `edit` or `delete` job carries: the message, whose
+/// current state is read from the store when the job runs.
 #[derive(Debug, Serialize, Deserialize)]
 struct PostJob {
     room_id: RoomId,
@@ -100,6 +124,8 @@ struct PostJob {
 /// Work for the inbound task, kept in arrival order.
 enum Inbound {
     Message(Box<Message>),
+    Update(Box<MessageUpdateEvent>),
+    Delete { channel: ChannelId, message: DiscordMessageId },
     Typing(Box<TypingStartEvent>),
     CatchUp,
 }
@@ -122,21 +148,6 @@ impl DiscordBridge {
             shards: Mutex::new(None),
         };
         Ok(DiscordBridge { shared: Arc::new(shared) })
-    }
-
-    /// Makes a failed job pending again and wakes the worker. `false` when no
-    /// failed job has that id.
-    pub async fn retry_job(&self, id: i64) -> Result<bool> {
-        let requeued = self.shared.outbox()?.requeue_job(NAME, id, Timestamp::now()).await?;
-        if requeued {
-            self.shared.wake.notify_one();
-        }
-        Ok(requeued)
-    }
-
-    /// The jobs with a status, oldest first.
-    pub async fn jobs(&self, status: chat_core::JobStatus, limit: u32) -> Result<Vec<Job>> {
-        Ok(self.shared.outbox()?.jobs(NAME, status, limit).await?)
     }
 }
 
@@ -203,7 +214,10 @@ impl Bridge for DiscordBridge {
         if origin == Some(NAME) {
             return;
         }
-        if !matches!(event, BridgeEvent::MessageCreated(_)) {
+        if !matches!(
+            event,
+            BridgeEvent::MessageCreated(_) | BridgeEvent::MessageUpdated(_) | BridgeEvent::MessageDeleted(_)
+        ) {
             return;
         }
         if let Err(err) = self.shared.events.try_send(event.clone()) {
@@ -213,7 +227,7 @@ impl Bridge for DiscordBridge {
     }
 
     fn online_agents(&self) -> u32 {
-        u32::try_from(self.shared.state().online_agents.len()).unwrap_or(u32::MAX)
+        u32::try_from(self.shared.state().online_agents()).unwrap_or(u32::MAX)
     }
 
     fn health(&self) -> BridgeHealth {
@@ -223,8 +237,22 @@ impl Bridge for DiscordBridge {
             pending: state.pending,
             failed: state.failed,
             last_error: state.last_error.clone(),
-            ..BridgeHealth::default()
+            details: [("online_agents".to_owned(), state.online_agents().to_string())].into(),
         }
+    }
+
+    async fn jobs(&self, status: chat_core::JobStatus, limit: u32) -> chat_core::Result<Vec<Job>> {
+        Ok(self.shared.outbox().map_err(into_chat)?.jobs(NAME, status, limit).await?)
+    }
+
+    /// Makes a failed job pending again and wakes the worker.
+    async fn retry_job(&self, id: i64) -> chat_core::Result<bool> {
+        let requeued = self.shared.outbox().map_err(into_chat)?.requeue_job(NAME, id, Timestamp::now()).await?;
+        if requeued {
+            self.shared.wake.notify_one();
+            self.shared.refresh_counts().await;
+        }
+        Ok(requeued)
     }
 
     async fn stop(&self) {
@@ -239,6 +267,14 @@ impl Bridge for DiscordBridge {
     }
 }
 
+/// An error of the bridge as the engine's callers see it.
+fn into_chat(err: Error) -> chat_core::Error {
+    match err {
+        Error::Chat(err) => err,
+        other => chat_core::Error::unavailable(other.to_string()),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Outbound: engine events → outbox → Discord
 
@@ -248,14 +284,18 @@ async fn enqueue(shared: Arc<Shared>, mut events: mpsc::Receiver<BridgeEvent>) {
     while events.recv_many(&mut batch, 256).await > 0 {
         let mut jobs = Vec::new();
         for event in batch.drain(..) {
-            if let BridgeEvent::MessageCreated(message) = event {
-                match job_for(&shared, &message).await {
-                    Ok(Some(job)) => jobs.push(job),
-                    Ok(None) => {}
-                    Err(err) => {
-                        tracing::warn!(error = %err, "discord bridge: cannot read the room of a message");
-                        shared.record_error(&err);
-                    }
+            let (kind, message) = match event {
+                BridgeEvent::MessageCreated(message) => (JOB_POST, message),
+                BridgeEvent::MessageUpdated(message) => (JOB_EDIT, message),
+                BridgeEvent::MessageDeleted(message) => (JOB_DELETE, message),
+                _ => continue,
+            };
+            match job_for(&shared, kind, &message).await {
+                Ok(Some(job)) => jobs.push(job),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "discord bridge: cannot read the room of a message");
+                    shared.record_error(&err);
                 }
             }
         }
@@ -281,17 +321,26 @@ async fn enqueue(shared: Arc<Shared>, mut events: mpsc::Receiver<BridgeEvent>) {
     }
 }
 
-async fn job_for(shared: &Shared, message: &chat_core::Message) -> Result<Option<NewJob>> {
+/// The job mirroring a change of a support room's message. Jobs of a room
+/// share its queue, so an edit or a delete runs after the post it changes.
+async fn job_for(shared: &Shared, kind: &str, message: &chat_core::Message) -> Result<Option<NewJob>> {
     let room = shared.engine()?.store().room(message.room_id).await?;
     if room.is_none_or(|r| r.kind != RoomKind::Support) {
         return Ok(None);
     }
     let payload = PostJob { room_id: message.room_id, message_id: message.id };
+    // An edit job sends the text the message has when it runs; it is keyed by
+    // the edit's time, so that an edit made while an earlier one is running
+    // gets a job of its own instead of being taken for a duplicate.
+    let dedupe_key = match kind {
+        JOB_EDIT => format!("edit:{}:{}", message.id, message.edited_at.map_or(0, |t| t.as_millis())),
+        _ => format!("{kind}:{}", message.id),
+    };
     Ok(Some(NewJob {
         bridge: NAME.into(),
         queue: message.room_id.to_string(),
-        dedupe_key: format!("post:{}", message.id),
-        kind: JOB_POST.into(),
+        dedupe_key,
+        kind: kind.into(),
         payload: serde_json::to_string(&payload).map_err(|e| Error::Unexpected(e.to_string()))?,
         created_at: Timestamp::now(),
     }))
@@ -376,12 +425,70 @@ async fn settle(
 
 async fn run_job(shared: &Shared, job: &Job) -> Result<()> {
     match job.kind.as_str() {
-        JOB_POST => {
-            let post: PostJob =
-                serde_json::from_str(&job.payload).map_err(|e| Error::Unexpected(format!("bad job payload: {e}")))?;
-            post_message(shared, &post, job.attempts > 0).await
-        }
+        JOB_POST => post_message(shared, &payload(job)?, job.attempts > 0).await,
+        JOB_EDIT => change_message(shared, &payload(job)?, Change::Edit).await,
+        JOB_DELETE => change_message(shared, &payload(job)?, Change::Delete).await,
         other => Err(Error::Unexpected(format!("unknown job kind {other:?}"))),
+    }
+}
+
+fn payload(job: &Job) -> Result<PostJob> {
+    serde_json::from_str(&job.payload).map_err(|e| Error::Unexpected(format!("bad job payload: {e}")))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Edit,
+    Delete,
+}
+
+/// Edits or deletes the Discord copy of a room message. A message that has
+/// no copy (its post has not run, or failed) needs nothing: a post sends the
+/// text the message has when it runs, and skips deleted messages. A copy
+/// Discord no longer has (404) needs nothing either.
+async fn change_message(shared: &Shared, job: &PostJob, change: Change) -> Result<()> {
+    let outbox = shared.outbox()?;
+    let Some(remote) = outbox.remote_of(NAME, LINK_MESSAGE, &job.message_id.to_string()).await? else {
+        return Ok(());
+    };
+    let Some(thread) = outbox.remote_of(NAME, LINK_THREAD, &job.room_id.to_string()).await? else {
+        return Ok(());
+    };
+    let Some(message) = shared.engine()?.store().message(job.room_id, job.message_id).await? else {
+        return Ok(());
+    };
+    if change == Change::Edit && message.deleted {
+        return Ok(());
+    }
+    let remote_id = parse_snowflake(&remote)?;
+    let (method, body) = match change {
+        Change::Edit => {
+            let body = json!({ "content": render(&message), "allowed_mentions": { "parse": [] } });
+            (LightMethod::Patch, Some(body))
+        }
+        Change::Delete => (LightMethod::Delete, None),
+    };
+    // A forum post's first message is the bot's own, and an agent's message
+    // is theirs: both are changed through the channel (deleting another's
+    // message takes Manage Messages). Visitors' later messages are the
+    // webhook's, and only the webhook can edit them.
+    let by_webhook = remote != thread && !message.sender_id.as_str().starts_with("discord:");
+    let result = if by_webhook {
+        let (webhook_id, token) = webhook(shared).await?;
+        let route = Route::WebhookMessage {
+            webhook_id: WebhookId::new(webhook_id),
+            token: &token,
+            message_id: DiscordMessageId::new(remote_id),
+        };
+        shared.rest.call(method, route, vec![("thread_id", thread.clone())], body.as_ref()).await
+    } else {
+        let route =
+            Route::ChannelMessage { channel_id: parse_channel(&thread)?, message_id: DiscordMessageId::new(remote_id) };
+        shared.rest.call(method, route, Vec::new(), body.as_ref()).await
+    };
+    match result {
+        Ok(_) | Err(Error::Refused { status: 404, .. }) => Ok(()),
+        Err(err) => Err(err),
     }
 }
 
@@ -582,6 +689,13 @@ async fn find_webhook_post(
     }))
 }
 
+fn parse_snowflake(id: &str) -> Result<u64> {
+    id.parse::<u64>()
+        .ok()
+        .filter(|&n| n != 0)
+        .ok_or_else(|| Error::Unexpected(format!("a stored id that is not a snowflake: {id:?}")))
+}
+
 fn parse_channel(id: &str) -> Result<ChannelId> {
     id.parse::<u64>()
         .ok()
@@ -647,6 +761,17 @@ struct Handler {
     inbound: mpsc::Sender<Inbound>,
 }
 
+impl Handler {
+    fn set_agent(&self, user: u64, holds_role: bool) {
+        let mut state = self.shared.state();
+        if holds_role {
+            state.agents.insert(user);
+        } else {
+            state.agents.remove(&user);
+        }
+    }
+}
+
 #[async_trait]
 impl EventHandler for Handler {
     async fn ready(&self, _ctx: Context, ready: Ready) {
@@ -671,6 +796,79 @@ impl EventHandler for Handler {
         }
     }
 
+    async fn message_update(
+        &self,
+        _ctx: Context,
+        _old: Option<Message>,
+        _new: Option<Message>,
+        event: MessageUpdateEvent,
+    ) {
+        if event.guild_id.map(GuildId::get) == Some(self.shared.config.guild_id) {
+            let _ = self.inbound.send(Inbound::Update(Box::new(event))).await;
+        }
+    }
+
+    async fn message_delete(
+        &self,
+        _ctx: Context,
+        channel: ChannelId,
+        message: DiscordMessageId,
+        guild: Option<GuildId>,
+    ) {
+        if guild.map(GuildId::get) == Some(self.shared.config.guild_id) {
+            let _ = self.inbound.send(Inbound::Delete { channel, message }).await;
+        }
+    }
+
+    /// The guild's members and presences, at every (re)connection: the
+    /// agents and who of them is available start from here.
+    async fn guild_create(&self, _ctx: Context, guild: Guild, _is_new: Option<bool>) {
+        if guild.id.get() != self.shared.config.guild_id {
+            return;
+        }
+        let role = self.shared.config.support_role_id;
+        let mut state = self.shared.state();
+        state.agents = guild
+            .members
+            .values()
+            .filter(|m| m.roles.iter().any(|r| r.get() == role))
+            .map(|m| m.user.id.get())
+            .collect();
+        state.available = guild.presences.values().map(|p| (p.user.id.get(), is_available(p.status))).collect();
+    }
+
+    async fn presence_update(&self, _ctx: Context, presence: Presence) {
+        if presence.guild_id.map(GuildId::get) == Some(self.shared.config.guild_id) {
+            self.shared.state().available.insert(presence.user.id.get(), is_available(presence.status));
+        }
+    }
+
+    async fn guild_member_addition(&self, _ctx: Context, member: Member) {
+        if member.guild_id.get() == self.shared.config.guild_id {
+            let holds = member.roles.iter().any(|r| r.get() == self.shared.config.support_role_id);
+            self.set_agent(member.user.id.get(), holds);
+        }
+    }
+
+    async fn guild_member_update(
+        &self,
+        _ctx: Context,
+        _old: Option<Member>,
+        _new: Option<Member>,
+        event: GuildMemberUpdateEvent,
+    ) {
+        if event.guild_id.get() == self.shared.config.guild_id {
+            let holds = event.roles.iter().any(|r| r.get() == self.shared.config.support_role_id);
+            self.set_agent(event.user.id.get(), holds);
+        }
+    }
+
+    async fn guild_member_removal(&self, _ctx: Context, guild: GuildId, user: DiscordUser, _member: Option<Member>) {
+        if guild.get() == self.shared.config.guild_id {
+            self.set_agent(user.id.get(), false);
+        }
+    }
+
     async fn typing_start(&self, _ctx: Context, event: TypingStartEvent) {
         if event.guild_id.map(GuildId::get) == Some(self.shared.config.guild_id) {
             let _ = self.inbound.send(Inbound::Typing(Box::new(event))).await;
@@ -684,6 +882,8 @@ async fn receive(shared: Arc<Shared>, mut inbound: mpsc::Receiver<Inbound>) {
     while let Some(item) = inbound.recv().await {
         let result = match item {
             Inbound::Message(message) => deliver(&shared, &message).await,
+            Inbound::Update(event) => update(&shared, &event).await,
+            Inbound::Delete { channel, message } => remove(&shared, channel, message).await,
             Inbound::Typing(event) => typing(&shared, &event).await,
             Inbound::CatchUp => catch_up(&shared).await,
         };
@@ -730,6 +930,59 @@ async fn deliver(shared: &Shared, message: &Message) -> Result<()> {
     let client_msg_id = format!("discord:{}", message.id.get());
     let posted = shared.engine()?.post_as(NAME, user, room, client_msg_id, body).await?;
     outbox.set_link(NAME, LINK_MESSAGE, &posted.id.to_string(), &message.id.get().to_string()).await?;
+    Ok(())
+}
+
+/// The room message a Discord message of a mapped thread was delivered as,
+/// if it was one an agent wrote: the bridge changes only what it posted for
+/// agents (visitors' messages change in the chat, and reach Discord from there).
+async fn agent_message(
+    shared: &Shared,
+    channel: ChannelId,
+    message: DiscordMessageId,
+) -> Result<Option<chat_core::Message>> {
+    let outbox = shared.outbox()?;
+    let Some(room) = outbox.local_of(NAME, LINK_THREAD, &channel.get().to_string()).await? else {
+        return Ok(None);
+    };
+    let Some(local) = outbox.local_of(NAME, LINK_MESSAGE, &message.get().to_string()).await? else {
+        return Ok(None);
+    };
+    let room: RoomId = room.parse()?;
+    let local: MessageId = local.parse()?;
+    let found = shared.engine()?.store().message(room, local).await?;
+    Ok(found.filter(|m| m.sender_id.as_str().starts_with("discord:") && !m.deleted))
+}
+
+/// An agent edited a message in a mapped thread: the room gets the new text.
+async fn update(shared: &Shared, event: &MessageUpdateEvent) -> Result<()> {
+    // Updates without content are Discord's own (embeds unfurled, pins).
+    let Some(content) = &event.content else {
+        return Ok(());
+    };
+    let Some(message) = agent_message(shared, event.channel_id, event.id).await? else {
+        return Ok(());
+    };
+    if content.trim_start().starts_with(shared.config.note_prefix.as_str()) {
+        return Ok(());
+    }
+    let mut body = content.clone();
+    for file in event.attachments.iter().flatten() {
+        body.push_str(&format!("\n[{}]({})", file.filename, file.url));
+    }
+    if body.trim().is_empty() || body == message.body {
+        return Ok(());
+    }
+    shared.engine()?.edit_as(NAME, &message.sender_id, message.room_id, message.id, body).await?;
+    Ok(())
+}
+
+/// An agent's message was deleted in a mapped thread: so it is in the room.
+async fn remove(shared: &Shared, channel: ChannelId, id: DiscordMessageId) -> Result<()> {
+    let Some(message) = agent_message(shared, channel, id).await? else {
+        return Ok(());
+    };
+    shared.engine()?.delete_as(NAME, &message.sender_id, message.room_id, message.id).await?;
     Ok(())
 }
 

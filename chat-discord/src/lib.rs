@@ -10,6 +10,7 @@
 //! - what a person writes in the thread reaches the room as the user
 //!   `discord:<id>`, with their display name; their typing shows as typing;
 //!   messages starting with the note prefix (`!note`) stay in Discord;
+//! - edits and deletes cross in both directions;
 //! - every call to Discord goes through a durable outbox kept in the store
 //!   ([`chat_core::BridgeStore`]), retried with backoff and honouring 429s,
 //!   so a slow or absent Discord never delays the chat, and a restart loses
@@ -39,6 +40,8 @@ mod bridge;
 mod config;
 pub mod error;
 mod rest;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use bridge::{DiscordBridge, NAME, agent_user_id};
 pub use config::DiscordConfig;

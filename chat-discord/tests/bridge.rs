@@ -172,3 +172,110 @@ async fn a_restart_keeps_the_queue_and_catches_up() {
     assert_eq!(caught, ["are you there?"], "the agent's message reached the room once");
     engine.shutdown().await;
 }
+
+/// A visitor's edits and deletes reach the thread (the first post through
+/// the channel, later ones through the webhook); an agent's reach the
+/// visitor; and Discord's echoes of the bridge's own changes go nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_deletes_cross_both_ways() {
+    let discord = StandIn::start().await;
+    let bridge = bridge_for(&discord);
+    let engine = engine_with(memory_store(), bridge.clone()).await;
+    let (mut vera, room) = visitor(&engine, "visitor-5", "Vera").await;
+    eventually("the gateway connected", || discord.gateway_connected()).await;
+    let first = send(&mut vera, room, "m0", "helo").await;
+    let second = send(&mut vera, room, "m1", "my order is lat").await;
+    let third = send(&mut vera, room, "m2", "never mind").await;
+    eventually("three posts", || {
+        let d = discord.lock();
+        d.threads.first().and_then(|t| d.messages.get(&t.0)).is_some_and(|m| m.len() == 3)
+    })
+    .await;
+    let thread = discord.lock().threads[0].0;
+
+    edit(&mut vera, room, first.id, "hello").await;
+    edit(&mut vera, room, second.id, "my order is late").await;
+    delete(&mut vera, room, third.id).await;
+    eventually("the edits and the delete in Discord", || {
+        contents(&discord.thread_messages(thread)) == ["hello", "my order is late"]
+    })
+    .await;
+    let posted = discord.thread_messages(thread);
+    assert!(posted.iter().all(|m| m["edited_timestamp"].is_string()), "both were edited in place: {posted:?}");
+    assert_eq!(
+        discord.calls_matching(&format!("PATCH /channels/{thread}/messages/")),
+        1,
+        "the first post is the bot's"
+    );
+    assert_eq!(discord.calls_matching("PATCH /webhooks/"), 1, "a later post is the webhook's");
+    assert_eq!(discord.calls_matching("DELETE /webhooks/"), 1);
+
+    // An agent answers, corrects it and takes it back.
+    let answer = discord.human_writes(thread, 77, "Alice", "It ships tomorow", true);
+    let new = next_message(&mut vera).await;
+    assert_eq!(new.body, "It ships tomorow");
+    discord.human_edits(thread, answer, "It ships tomorrow");
+    match next_event(&mut vera).await {
+        Event::MessageUpdated(e) => {
+            assert_eq!((e.message.id, e.message.body.as_str()), (new.id, "It ships tomorrow"));
+            assert!(e.message.edited_at.is_some());
+        }
+        other => panic!("expected message:updated, got {other:?}"),
+    }
+    discord.human_deletes(thread, answer);
+    match next_event(&mut vera).await {
+        Event::MessageDeleted(e) => assert_eq!((e.room_id, e.message_id), (room, new.id)),
+        other => panic!("expected message:deleted, got {other:?}"),
+    }
+
+    // Discord dispatched an update or a delete for each of the bridge's own
+    // changes too; none of them changed the room or went back to Discord.
+    eventually("the outbox drained", || bridge.health().pending == 0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let visitor_id = chat_core::UserId::new("visitor-5").expect("id");
+    let page = engine.history(&visitor_id, room, chat_core::HistoryQuery { limit: 50, ..Default::default() }).await;
+    let bodies: Vec<(String, bool)> =
+        page.expect("history").messages.into_iter().map(|m| (m.body, m.deleted)).collect();
+    assert_eq!(bodies[..2], [("hello".into(), false), ("my order is late".into(), false)]);
+    assert!(bodies[2].1 && bodies[3].1, "the visitor's and the agent's deleted messages: {bodies:?}");
+    assert_eq!(discord.calls_matching("PATCH "), 2, "no echo was sent back: {:?}", discord.lock().calls);
+    assert_eq!(discord.calls_matching("DELETE "), 1);
+    assert_eq!(bridge.health().failed, 0);
+    engine.shutdown().await;
+}
+
+/// Members holding the support role count as online agents while their
+/// presence is online, idle or dnd; others never do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn support_role_presences_make_agents_available() {
+    let discord = StandIn::start().await;
+    let bridge = bridge_for(&discord);
+    let engine = engine_with(memory_store(), bridge.clone()).await;
+    eventually("the bridge connected", || bridge.health().connected).await;
+    assert_eq!(engine.support_availability().online_agents, 0);
+
+    let role: &[u64] = &[SUPPORT_ROLE];
+    let members = [(77, "Alice", role), (78, "Bob", role), (79, "Carol", &[][..]), (80, "Dan", role)];
+    discord.guild_create(&members, &[(77, "online"), (79, "online"), (80, "offline")]);
+    let agents = || engine.support_availability().online_agents;
+    eventually("Alice available", || agents() == 1).await;
+    assert!(engine.support_availability().available);
+    assert_eq!(bridge.health().details.get("online_agents").map(String::as_str), Some("1"));
+
+    let table = [
+        ("Bob goes idle", 78, "idle", 2),
+        ("Dan is dnd", 80, "dnd", 3),
+        ("Carol, not an agent, stays out", 79, "dnd", 3),
+        ("Alice goes offline", 77, "offline", 2),
+        ("Bob goes invisible", 78, "invisible", 1),
+    ];
+    for (what, user, status, expected) in table {
+        discord.presence(user, status);
+        eventually(what, || agents() == expected).await;
+    }
+    discord.member_roles(79, "Carol", &[SUPPORT_ROLE]);
+    eventually("Carol becomes an agent", || agents() == 2).await;
+    discord.member_roles(80, "Dan", &[]);
+    eventually("Dan is no longer one", || agents() == 1).await;
+    engine.shutdown().await;
+}

@@ -10,7 +10,7 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use chat_core::{ErrorCode, HistoryQuery, Identity, RoomId, Timestamp, User, UserId};
+use chat_core::{ErrorCode, HistoryQuery, Identity, JobStatus, RoomId, Timestamp, User, UserId};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -95,6 +95,7 @@ pub(crate) async fn health(State(app): State<AppState>) -> Response {
         "connections": app.engine.connections(),
         "store": if store.is_ok() { "ok" } else { "unavailable" },
         "bridges": bridges,
+        "support": app.engine.support_availability(),
     });
     let code = if store.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body)).into_response()
@@ -310,6 +311,55 @@ pub(crate) async fn admin_token(
     };
     let (token, expires_at): (String, Timestamp) = issuer.issue(&user, ttl)?;
     Ok(Json(json!({ "token": token, "expires_at": expires_at })).into_response())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct JobsParams {
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Most jobs one listing returns.
+const MAX_JOBS_PAGE: u32 = 1000;
+
+/// `GET /v1/admin/bridges/{bridge}/jobs?status=failed|pending&limit=N`: a
+/// bridge's outbox jobs, oldest first (failed ones unless asked otherwise).
+pub(crate) async fn admin_bridge_jobs(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(bridge): Path<String>,
+    params: Result<Query<JobsParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    require_api_key(&app, &headers)?;
+    let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::Invalid, e.body_text()))?;
+    let status = match params.status.as_deref() {
+        None => JobStatus::Failed,
+        Some(s) => {
+            JobStatus::parse(s).ok_or_else(|| ApiError::new(ErrorCode::Invalid, "status must be failed or pending"))?
+        }
+    };
+    let limit = match params.limit {
+        Some(0) => return Err(ApiError::new(ErrorCode::Invalid, "limit must be at least 1")),
+        Some(n) => n.min(MAX_JOBS_PAGE),
+        None => 100,
+    };
+    let jobs = app.engine.bridge_jobs(&bridge, status, limit).await?;
+    Ok(Json(json!({ "jobs": jobs })).into_response())
+}
+
+/// `POST /v1/admin/bridges/{bridge}/jobs/{id}/retry`: runs a failed job
+/// again, at once. 404 when the bridge has no failed job with that id.
+pub(crate) async fn admin_retry_bridge_job(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path((bridge, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    require_api_key(&app, &headers)?;
+    let id: i64 = id.parse().map_err(|_| ApiError::new(ErrorCode::Invalid, "the job id must be a number"))?;
+    if !app.engine.retry_bridge_job(&bridge, id).await? {
+        return Err(ApiError::new(ErrorCode::NotFound, "no failed job with that id"));
+    }
+    Ok(Json(json!({ "retried": true, "id": id })).into_response())
 }
 
 pub(crate) async fn not_found() -> ApiError {

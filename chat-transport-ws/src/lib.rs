@@ -140,6 +140,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/visitor-sessions", post(http::visitor_session))
         .route("/v1/admin/users", post(http::admin_upsert_user))
         .route("/v1/admin/users/{id}/tokens", post(http::admin_token))
+        .route("/v1/admin/bridges/{bridge}/jobs", get(http::admin_bridge_jobs))
+        .route("/v1/admin/bridges/{bridge}/jobs/{id}/retry", post(http::admin_retry_bridge_job))
         .fallback(http::not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(cors)

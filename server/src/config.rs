@@ -2,7 +2,10 @@
 //! environment variables, each overriding the one before.
 //!
 //! Every key has the same name in both places: `listen` in the file is
-//! `CHAT_LISTEN` in the environment.
+//! `CHAT_LISTEN` in the environment. The Discord bridge's settings are the
+//! exception: they keep the names such deployments already use,
+//! `DISCORD_TOKEN` and so on, and sit in a `[discord]` table of the file
+//! (`token`, `guild_id`, …).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -126,6 +129,64 @@ pub struct Config {
     /// Let anyone sign in to the chat page with just a name (`/v1/dev-login`).
     /// For development machines only; off by default.
     pub dev_login: bool,
+    /// The Discord bridge, on when a token is set (`[discord]`, `DISCORD_*`).
+    pub discord: DiscordSettings,
+}
+
+/// The Discord bridge's settings: the `[discord]` table of the file, or the
+/// `DISCORD_*` variables (`DISCORD_TOKEN`, `DISCORD_GUILD_ID`, …). The bridge
+/// is on when `token` is set, and then the three ids are required.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscordSettings {
+    /// The bot token (`DISCORD_TOKEN`).
+    pub token: Option<String>,
+    /// The server (`DISCORD_GUILD_ID`).
+    pub guild_id: Option<u64>,
+    /// The forum that gets one post per support room (`DISCORD_FORUM_CHANNEL_ID`).
+    pub forum_channel_id: Option<u64>,
+    /// The agents' role (`DISCORD_SUPPORT_ROLE_ID`).
+    pub support_role_id: Option<u64>,
+    /// Send REST calls to this base URL instead of Discord's (`DISCORD_PROXY_URL`).
+    pub proxy_url: Option<String>,
+}
+
+impl std::fmt::Debug for DiscordSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscordSettings")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("guild_id", &self.guild_id)
+            .field("forum_channel_id", &self.forum_channel_id)
+            .field("support_role_id", &self.support_role_id)
+            .field("proxy_url", &self.proxy_url)
+            .finish()
+    }
+}
+
+/// The keys of `[discord]`, which are also the `DISCORD_*` variables.
+const DISCORD_KEYS: [&str; 5] = ["token", "guild_id", "forum_channel_id", "support_role_id", "proxy_url"];
+
+impl DiscordSettings {
+    /// Whether the bridge is on: a token is set.
+    pub fn enabled(&self) -> bool {
+        self.token.as_deref().is_some_and(|t| !t.trim().is_empty())
+    }
+
+    /// The three ids, or which one is missing, when the bridge is on.
+    fn ids(&self) -> anyhow::Result<(u64, u64, u64)> {
+        let require = |value: Option<u64>, var: &str| match value {
+            Some(id) if id > 0 => Ok(id),
+            _ => Err(anyhow::anyhow!(
+                "DISCORD_TOKEN is set but {var} is not (or is 0): set it, or {} in the [discord] table",
+                var.trim_start_matches("DISCORD_").to_ascii_lowercase()
+            )),
+        };
+        Ok((
+            require(self.guild_id, "DISCORD_GUILD_ID")?,
+            require(self.forum_channel_id, "DISCORD_FORUM_CHANNEL_ID")?,
+            require(self.support_role_id, "DISCORD_SUPPORT_ROLE_ID")?,
+        ))
+    }
 }
 
 impl Default for Config {
@@ -161,6 +222,7 @@ impl Default for Config {
             visitor_sessions_per_minute: ws.visitor_sessions_per_ip,
             auth_timeout_s: ws.auth_timeout.as_secs(),
             dev_login: false,
+            discord: DiscordSettings::default(),
         }
     }
 }
@@ -183,6 +245,10 @@ impl Config {
                 .ignore(&["CONFIG"])
                 .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_")),
         );
+        // `DISCORD_TOKEN` sets `discord.token`. Only the bridge's own keys are
+        // read, so other `DISCORD_*` variables of the environment do no harm.
+        figment =
+            figment.merge(Env::prefixed("DISCORD_").only(&DISCORD_KEYS).map(|key| format!("discord.{key}").into()));
         let config: Config = figment.extract().context("invalid configuration")?;
         config.validate()?;
         Ok(config)
@@ -206,7 +272,29 @@ impl Config {
         if self.max_body_chars == 0 || self.max_history_page == 0 || self.outbound_queue == 0 {
             bail!("max_body_chars, max_history_page and outbound_queue must be positive");
         }
+        if self.discord.enabled() {
+            self.discord.ids()?;
+            if !cfg!(feature = "discord") {
+                bail!(
+                    "DISCORD_TOKEN is set, but this build leaves the Discord bridge out (build chat-server with the \"discord\" feature)"
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The Discord bridge's settings, when `DISCORD_TOKEN` is set.
+    #[cfg(feature = "discord")]
+    pub fn discord_config(&self) -> anyhow::Result<Option<chat_discord::DiscordConfig>> {
+        if !self.discord.enabled() {
+            return Ok(None);
+        }
+        let (guild, forum, role) = self.discord.ids()?;
+        let token = self.discord.token.clone().unwrap_or_default();
+        let mut config = chat_discord::DiscordConfig::new(token, guild, forum, role);
+        config.proxy_url = self.discord.proxy_url.clone().filter(|u| !u.trim().is_empty());
+        config.validate().context("invalid Discord settings")?;
+        Ok(Some(config))
     }
 
     /// The engine's settings.
@@ -331,8 +419,46 @@ mod tests {
             assert!(!c.dev_login, "dev login is off unless asked for");
             jail.set_env("CHAT_DEV_LOGIN", "true");
             assert!(Config::load(None).map_err(|e| e.to_string())?.ws_config().dev_login);
+            assert!(!c.discord.enabled(), "the bridge is off without a token");
             jail.create_file("bad.toml", "lisen = \"x\"")?;
             assert!(Config::load(Some(Path::new("bad.toml"))).is_err(), "unknown keys are refused");
+            Ok(())
+        });
+    }
+
+    // figment's test jail returns its own large error type.
+    #[allow(clippy::result_large_err)]
+    #[test]
+    fn discord_settings_from_the_file_and_its_own_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "chat.toml",
+                "[discord]\ntoken = \"from-file\"\nguild_id = 1111\nforum_channel_id = 2222\n",
+            )?;
+            let err = Config::load(Some(Path::new("chat.toml"))).expect_err("the role id is missing").to_string();
+            assert!(err.contains("DISCORD_SUPPORT_ROLE_ID"), "the error names the missing setting: {err}");
+            jail.set_env("DISCORD_SUPPORT_ROLE_ID", "1300000000000000001");
+            jail.set_env("DISCORD_TOKEN", "from-env");
+            jail.set_env("DISCORD_PROXY_URL", "http://127.0.0.1:9");
+            jail.set_env("DISCORD_SOMETHING_ELSE", "ignored");
+            let c = Config::load(Some(Path::new("chat.toml"))).map_err(|e| format!("{e:#}"))?;
+            assert_eq!(c.discord.token.as_deref(), Some("from-env"), "the environment wins over the file");
+            assert_eq!(
+                (c.discord.guild_id, c.discord.forum_channel_id, c.discord.support_role_id),
+                (Some(1111), Some(2222), Some(1_300_000_000_000_000_001))
+            );
+            assert!(!format!("{c:?}").contains("from-env"), "the token is not shown");
+            #[cfg(feature = "discord")]
+            {
+                let bridge = c.discord_config().map_err(|e| e.to_string())?.expect("the bridge is on");
+                assert_eq!(bridge.proxy_url.as_deref(), Some("http://127.0.0.1:9"));
+                assert_eq!(bridge.support_role_id, 1_300_000_000_000_000_001);
+            }
+            jail.set_env("DISCORD_GUILD_ID", "0");
+            assert!(Config::load(Some(Path::new("chat.toml"))).is_err(), "an id of 0 is refused");
+            jail.set_env("DISCORD_TOKEN", "");
+            let c = Config::load(Some(Path::new("chat.toml"))).map_err(|e| format!("{e:#}"))?;
+            assert!(!c.discord.enabled(), "an empty token leaves the bridge off");
             Ok(())
         });
     }

@@ -1,5 +1,6 @@
 //! The reference chat server: the engine, the WebSocket transport and the SQL
-//! store, wired together from a [`Config`].
+//! store, wired together from a [`Config`], with the Discord bridge when
+//! `DISCORD_TOKEN` is set (feature `discord`, on by default).
 //!
 //! [`run`] serves on a listener until a shutdown future resolves; `main` only
 //! parses the command line, sets up logging, binds and calls it. Tests call
@@ -41,7 +42,7 @@ use chat_core::{Authenticator, Engine, Store};
 use chat_transport_ws::{AppState, JwtAuthenticator, JwtConfig, SignKey, TokenIssuer, VerifyKey};
 use tokio::net::TcpListener;
 
-pub use config::{Backend, Config, LogFormat};
+pub use config::{Backend, Config, DiscordSettings, LogFormat};
 
 /// Opens the store the configuration names, bringing its schema up to date.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
@@ -218,7 +219,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     let Auth { verifier, issuer } = auth_from(&config)?;
-    let engine = Engine::builder(store).config(config.engine_config()).start().await.context("starting the engine")?;
+    #[cfg_attr(not(feature = "discord"), allow(unused_mut))]
+    let mut engine = Engine::builder(store).config(config.engine_config());
+    #[cfg(feature = "discord")]
+    if let Some(discord) = config.discord_config()? {
+        let bridge = chat_discord::DiscordBridge::new(discord).context("setting up the Discord bridge")?;
+        tracing::info!(guild = config.discord.guild_id, "the Discord bridge is on");
+        engine = engine.bridge(Arc::new(bridge));
+    }
+    let engine = engine.start().await.context("starting the engine")?;
     if config.dev_login {
         tracing::warn!("dev_login is on: anyone who can reach this server can sign in as any user by name");
     }

@@ -31,12 +31,12 @@ use self::committer::CommitJob;
 use self::hub::{Hub, HubSink, SessionShared};
 use self::presence::PresenceTracker;
 use self::typing::TypingTracker;
-use crate::bridge::{Bridge, BridgeEvent, BridgeHealth};
+use crate::bridge::{Bridge, BridgeEvent, BridgeHealth, Job, JobStatus};
 use crate::broker::{Audience, Broker, Fanout, LocalBroker};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::event::{Event, Typing};
-use crate::id::{RoomId, SessionId, UserId};
+use crate::id::{MessageId, RoomId, SessionId, UserId};
 use crate::message::{HistoryPage, HistoryQuery};
 use crate::metrics::Metrics;
 use crate::presence::OnlineUser;
@@ -248,6 +248,23 @@ impl Engine {
         self.inner.bridges.iter().map(|b| (b.name().to_owned(), b.health())).collect()
     }
 
+    /// The outbox jobs of the bridge named `bridge` with a status, oldest
+    /// first, at most `limit`. `NotFound` when no bridge has that name.
+    pub async fn bridge_jobs(&self, bridge: &str, status: JobStatus, limit: u32) -> Result<Vec<Job>> {
+        self.bridge_named(bridge)?.jobs(status, limit).await
+    }
+
+    /// Makes a failed job of the bridge named `bridge` pending again. `false`
+    /// when that bridge has no failed job with this id; `NotFound` when no
+    /// bridge has that name.
+    pub async fn retry_bridge_job(&self, bridge: &str, id: i64) -> Result<bool> {
+        self.bridge_named(bridge)?.retry_job(id).await
+    }
+
+    fn bridge_named(&self, name: &str) -> Result<&Arc<dyn Bridge>> {
+        self.inner.bridges.iter().find(|b| b.name() == name).ok_or(Error::NotFound("bridge"))
+    }
+
     /// Posts a message into a room as `user`, on behalf of a bridge. The user
     /// is recorded, and becomes a member if the room's rules let them join (a
     /// support agent in a support room, anyone in a public group). Bridges see
@@ -279,6 +296,42 @@ impl Engine {
             .await?;
         let appended = pending.await.map_err(|_| Error::unavailable("the commit was abandoned"))??;
         Ok(appended.message)
+    }
+
+    /// Edits a message as its sender, on behalf of a bridge: the bridged
+    /// user changed what they wrote on the other platform. The same rules as a
+    /// session's `message:edit` apply (a member, the sender, not deleted), and
+    /// the room sees `message:updated`; bridges see the change with `origin`
+    /// set to `bridge`.
+    pub async fn edit_as(
+        &self,
+        bridge: &str,
+        user: &UserId,
+        room: RoomId,
+        message: MessageId,
+        body: String,
+    ) -> Result<crate::message::Message> {
+        let ctx = self.bridge_ctx(bridge, user);
+        let edit = crate::command::EditMessage { room_id: room, message_id: message, body };
+        match self.inner.edit(&ctx, edit).await? {
+            crate::command::Reply::Message { message } => Ok(message),
+            _ => Err(Error::internal("an edit answered without its message")),
+        }
+    }
+
+    /// Deletes a message as `user`, on behalf of a bridge, with the rules of a
+    /// session's `message:delete` (the sender or a room admin; deleting twice
+    /// is fine). The room sees `message:deleted`; bridges see the change with
+    /// `origin` set to `bridge`.
+    pub async fn delete_as(&self, bridge: &str, user: &UserId, room: RoomId, message: MessageId) -> Result<()> {
+        let ctx = self.bridge_ctx(bridge, user);
+        self.inner.delete(&ctx, crate::command::DeleteMessage { room_id: room, message_id: message }).await?;
+        Ok(())
+    }
+
+    /// Who a bridge acts as: only the id matters to the rules of edits and deletes.
+    fn bridge_ctx(&self, bridge: &str, user: &UserId) -> Ctx {
+        Ctx { session: None, user: User::new(user.clone(), user.as_str()), bridge: Some(Arc::from(bridge)) }
     }
 
     /// Shows or hides a typing indicator in a room for a user, on behalf of a

@@ -1853,3 +1853,62 @@ async fn support_availability_includes_bridged_agents() {
     assert_eq!(engine.support_availability().online_agents, 3);
     assert!(engine.bridge_health().contains_key("rec"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn bridge_jobs_are_asked_of_the_bridge_by_name() {
+    let (engine, _recorder) = bridged(0).await;
+    let jobs = engine.bridge_jobs("rec", crate::JobStatus::Failed, 10).await.expect("a bridge without an outbox");
+    assert!(jobs.is_empty());
+    assert!(!engine.retry_bridge_job("rec", 1).await.expect("a bridge without an outbox"));
+    let err = engine.bridge_jobs("nope", crate::JobStatus::Failed, 10).await.expect_err("no such bridge");
+    assert_eq!(err.code().as_str(), "not_found");
+    let err = engine.retry_bridge_job("nope", 1).await.expect_err("no such bridge");
+    assert_eq!(err.code().as_str(), "not_found");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bridge_edits_and_deletes_what_its_user_wrote() {
+    let (engine, recorder) = bridged(0).await;
+    let mut visitor = connect(&engine, "visitor").await;
+    let room = room_of(visitor.ok(create(RoomKind::Support, None, &[])).await);
+    visitor.join(room.id).await;
+    let own = visitor.say(room.id, "from the visitor").await;
+    visitor.drain().await;
+    let agent = agent_user("agent");
+    let posted = engine.post_as("rec", agent.clone(), room.id, "a1".into(), "helo".into()).await.expect("posted");
+    visitor.drain().await;
+    recorder.take();
+
+    let edited = engine.edit_as("rec", &agent.id, room.id, posted.id, "hello".into()).await.expect("edited");
+    assert_eq!((edited.body.as_str(), edited.edited_at.is_some()), ("hello", true));
+    match visitor.event().await {
+        Event::MessageUpdated(e) => assert_eq!(e.message, edited),
+        other => panic!("expected message:updated, got {other:?}"),
+    }
+    let seen = recorder.take();
+    assert!(
+        matches!(&seen[..], [Seen { event: BridgeEvent::MessageUpdated(m), origin: Some(o), .. }] if m.id == posted.id && o == "rec"),
+        "{seen:?}"
+    );
+
+    // The bridge acts as its user, with that user's rights only.
+    let err = engine.edit_as("rec", &agent.id, room.id, own.id, "not mine".into()).await.expect_err("not the sender");
+    assert_eq!(err.code().as_str(), "forbidden");
+    let err = engine.delete_as("rec", &agent.id, room.id, own.id).await.expect_err("not the sender");
+    assert_eq!(err.code().as_str(), "forbidden");
+
+    engine.delete_as("rec", &agent.id, room.id, posted.id).await.expect("deleted");
+    match visitor.event().await {
+        Event::MessageDeleted(e) => assert_eq!((e.room_id, e.message_id), (room.id, posted.id)),
+        other => panic!("expected message:deleted, got {other:?}"),
+    }
+    engine.delete_as("rec", &agent.id, room.id, posted.id).await.expect("deleting twice is fine");
+    let err = engine.edit_as("rec", &agent.id, room.id, posted.id, "again".into()).await.expect_err("deleted");
+    assert_eq!(err.code().as_str(), "conflict");
+    let seen = recorder.take();
+    assert!(
+        matches!(&seen[..], [Seen { event: BridgeEvent::MessageDeleted(m), origin: Some(o), .. }] if m.id == posted.id && o == "rec"),
+        "{seen:?}"
+    );
+    visitor.quiet().await;
+}

@@ -1,336 +1,21 @@
-//! A stand-in Discord on loopback: the REST routes the bridge uses and a
-//! gateway WebSocket speaking HELLO, IDENTIFY, READY, heartbeats and
-//! dispatches. Serenity is pointed at it through the proxy setting, and the
-//! gateway URL it hands out is its own, so nothing here can reach Discord.
+//! Engine-side helpers over the stand-in Discord of `chat_discord::testing`
+//! (feature `test-support`): a bridge pointed at it, visitors with support
+//! rooms, and waiting for events.
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{Method, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use chat_core::command::{Command, CreateRoom, SendMessage};
 use chat_core::{Engine, Event, Identity, MemoryStore, Output, Reply, RoomId, RoomKind, Session, Store, UserId};
-use chat_discord::{DiscordBridge, DiscordConfig};
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use chat_discord::DiscordBridge;
 
-pub const GUILD: u64 = 1001;
-pub const FORUM: u64 = 1002;
-pub const SUPPORT_ROLE: u64 = 1003;
-pub const BOT: u64 = 900;
-
-/// What a scripted failure does to the next matching call.
-#[derive(Debug, Clone)]
-pub enum Fault {
-    /// Answer with this status and body without doing anything.
-    Reject(u16, Value),
-    /// Do the call, then answer 500 as if the answer was lost.
-    LoseAnswer,
-}
-
-#[derive(Default)]
-pub struct Discord {
-    next_id: u64,
-    /// Threads: (id, name, parent).
-    pub threads: Vec<(u64, String, u64)>,
-    /// Messages of each channel, oldest first.
-    pub messages: HashMap<u64, Vec<Value>>,
-    pub webhooks: Vec<Value>,
-    /// `METHOD /path` of every call, in order.
-    pub calls: Vec<String>,
-    faults: VecDeque<(Method, String, Fault)>,
-    /// Whether REST answers at all (503 for everything when down).
-    pub down: bool,
-    gateway: Option<mpsc::UnboundedSender<Value>>,
-    seq: u64,
-}
-
-impl Discord {
-    fn id(&mut self) -> u64 {
-        self.next_id += 1;
-        // Snowflake-like: large and growing.
-        1_300_000_000_000_000_000 + self.next_id
-    }
-}
-
-#[derive(Clone)]
-pub struct StandIn {
-    pub addr: SocketAddr,
-    pub state: Arc<Mutex<Discord>>,
-}
-
-pub fn message_json(id: u64, channel: u64, author: Value, content: &str, webhook: Option<u64>) -> Value {
-    json!({
-        "id": id.to_string(), "channel_id": channel.to_string(), "guild_id": GUILD.to_string(),
-        "author": author, "content": content, "timestamp": "2026-01-02T03:04:05.000000+00:00",
-        "edited_timestamp": null, "tts": false, "mention_everyone": false, "mentions": [],
-        "mention_roles": [], "attachments": [], "embeds": [], "pinned": false, "type": 0,
-        "webhook_id": webhook.map(|w| w.to_string()),
-    })
-}
-
-impl StandIn {
-    pub async fn start() -> StandIn {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the stand-in");
-        let addr = listener.local_addr().expect("address");
-        let state = Arc::new(Mutex::new(Discord::default()));
-        let stand_in = StandIn { addr, state };
-        let api = Router::new()
-            .route(
-                "/users/@me",
-                get(|| async { axum::Json(json!({"id": BOT.to_string(), "username": "bridge", "bot": true})) }),
-            )
-            .route("/gateway", get(gateway_url))
-            .route("/channels/{id}/threads", post(create_thread))
-            .route("/guilds/{id}/threads/active", get(active_threads))
-            .route("/channels/{id}/webhooks", get(list_webhooks).post(create_webhook))
-            .route("/webhooks/{id}/{token}", post(execute_webhook))
-            .route("/channels/{id}/messages", get(list_messages));
-        let app = Router::new()
-            .nest("/api/v10", api)
-            .route("/gateway", get(gateway_socket))
-            .layer(middleware::from_fn_with_state(stand_in.clone(), faults))
-            .with_state(stand_in.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        stand_in
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, Discord> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The next call of `method` to a path starting with `path` meets `fault`.
-    pub fn fault(&self, method: Method, path: &str, fault: Fault) {
-        self.lock().faults.push_back((method, path.to_owned(), fault));
-    }
-
-    /// Sends a gateway dispatch to the connected shard.
-    pub fn dispatch(&self, event: &str, data: Value) {
-        let mut d = self.lock();
-        d.seq += 1;
-        let frame = json!({"op": 0, "t": event, "s": d.seq, "d": data});
-        if let Some(tx) = &d.gateway {
-            let _ = tx.send(frame);
-        }
-    }
-
-    pub fn gateway_connected(&self) -> bool {
-        self.lock().gateway.as_ref().is_some_and(|tx| !tx.is_closed())
-    }
-
-    /// A person writing in a channel, as Discord would store and dispatch it.
-    pub fn human_writes(&self, channel: u64, user: u64, name: &str, content: &str, live: bool) -> u64 {
-        let message = {
-            let mut d = self.lock();
-            let id = d.id();
-            let author = json!({"id": user.to_string(), "username": name.to_lowercase(), "global_name": name});
-            let message = message_json(id, channel, author, content, None);
-            d.messages.entry(channel).or_default().push(message.clone());
-            message
-        };
-        if live {
-            self.dispatch("MESSAGE_CREATE", message.clone());
-        }
-        message["id"].as_str().and_then(|s| s.parse().ok()).expect("an id")
-    }
-
-    pub fn thread_messages(&self, thread: u64) -> Vec<Value> {
-        self.lock().messages.get(&thread).cloned().unwrap_or_default()
-    }
-
-    pub fn calls_matching(&self, what: &str) -> usize {
-        self.lock().calls.iter().filter(|c| c.starts_with(what)).count()
-    }
-}
-
-async fn faults(State(s): State<StandIn>, request: Request, next: Next) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().trim_start_matches("/api/v10").to_owned();
-    let fault = {
-        let mut d = s.lock();
-        d.calls.push(format!("{method} {path}"));
-        if d.down && path != "/gateway" {
-            return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
-        }
-        let at = d.faults.iter().position(|(m, p, _)| *m == method && path.starts_with(p.as_str()));
-        at.and_then(|i| d.faults.remove(i)).map(|(_, _, f)| f)
-    };
-    match fault {
-        None => next.run(request).await,
-        Some(Fault::Reject(status, body)) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (status, axum::Json(body)).into_response()
-        }
-        Some(Fault::LoseAnswer) => {
-            let _ = next.run(request).await;
-            (StatusCode::INTERNAL_SERVER_ERROR, "lost").into_response()
-        }
-    }
-}
-
-async fn gateway_url(State(s): State<StandIn>) -> axum::Json<Value> {
-    axum::Json(json!({"url": format!("ws://{}/gateway", s.addr)}))
-}
-
-async fn create_thread(
-    State(s): State<StandIn>,
-    Path(forum): Path<u64>,
-    axum::Json(body): axum::Json<Value>,
-) -> Response {
-    let mut d = s.lock();
-    let id = d.id();
-    let name = body["name"].as_str().unwrap_or_default().to_owned();
-    d.threads.push((id, name.clone(), forum));
-    let author = json!({"id": BOT.to_string(), "username": "bridge", "bot": true});
-    let content = body["message"]["content"].as_str().unwrap_or_default();
-    let starter = message_json(id, id, author, content, None);
-    d.messages.entry(id).or_default().push(starter.clone());
-    let thread =
-        json!({"id": id.to_string(), "name": name, "parent_id": forum.to_string(), "type": 11, "message": starter});
-    (StatusCode::CREATED, axum::Json(thread)).into_response()
-}
-
-async fn active_threads(State(s): State<StandIn>) -> axum::Json<Value> {
-    let d = s.lock();
-    let threads: Vec<Value> = d
-        .threads
-        .iter()
-        .map(|(id, name, parent)| json!({"id": id.to_string(), "name": name, "parent_id": parent.to_string()}))
-        .collect();
-    axum::Json(json!({"threads": threads, "members": []}))
-}
-
-async fn list_webhooks(State(s): State<StandIn>) -> axum::Json<Value> {
-    axum::Json(Value::Array(s.lock().webhooks.clone()))
-}
-
-async fn create_webhook(State(s): State<StandIn>, Path(channel): Path<u64>) -> axum::Json<Value> {
-    let mut d = s.lock();
-    let id = d.id();
-    let hook = json!({"id": id.to_string(), "token": format!("token-{id}"), "channel_id": channel.to_string(),
-        "user": {"id": BOT.to_string(), "username": "bridge"}});
-    d.webhooks.push(hook.clone());
-    axum::Json(hook)
-}
-
-async fn execute_webhook(
-    State(s): State<StandIn>,
-    Path((hook, token)): Path<(u64, String)>,
-    Query(query): Query<HashMap<String, String>>,
-    axum::Json(body): axum::Json<Value>,
-) -> Response {
-    let mut d = s.lock();
-    let hook_id = hook.to_string();
-    let known = d.webhooks.iter().any(|w| w["id"].as_str() == Some(hook_id.as_str()) && w["token"] == token);
-    let thread = query.get("thread_id").and_then(|t| t.parse::<u64>().ok());
-    let (true, Some(thread), Some("true")) = (known, thread, query.get("wait").map(String::as_str)) else {
-        return (StatusCode::BAD_REQUEST, axum::Json(json!({"message": "bad webhook call", "code": 0})))
-            .into_response();
-    };
-    let id = d.id();
-    let author = json!({"id": hook.to_string(), "username": body["username"], "bot": true});
-    let message = message_json(id, thread, author, body["content"].as_str().unwrap_or_default(), Some(hook));
-    d.messages.entry(thread).or_default().push(message.clone());
-    axum::Json(message).into_response()
-}
-
-async fn list_messages(
-    State(s): State<StandIn>,
-    Path(channel): Path<u64>,
-    Query(query): Query<HashMap<String, String>>,
-) -> axum::Json<Value> {
-    let d = s.lock();
-    let after: u64 = query.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
-    let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(50);
-    let all = d.messages.get(&channel).cloned().unwrap_or_default();
-    let mut picked: Vec<Value> = if query.contains_key("after") {
-        let newer: Vec<Value> =
-            all.into_iter().filter(|m| m["id"].as_str().and_then(|i| i.parse::<u64>().ok()) > Some(after)).collect();
-        newer.into_iter().take(limit).collect()
-    } else {
-        let skip = all.len().saturating_sub(limit);
-        all.into_iter().skip(skip).collect()
-    };
-    // Discord lists newest first.
-    picked.reverse();
-    axum::Json(Value::Array(picked))
-}
-
-async fn gateway_socket(State(s): State<StandIn>, ws: WebSocketUpgrade) -> Response {
-    ws.on_upgrade(move |socket| shard(s, socket))
-}
-
-/// One shard connection: HELLO, then READY after IDENTIFY (or RESUMED after
-/// RESUME), heartbeat ACKs, and whatever the test dispatches.
-async fn shard(s: StandIn, socket: WebSocket) {
-    let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
-    let hello = json!({"op": 10, "d": {"heartbeat_interval": 41_250}});
-    if sink.send(WsMessage::Text(hello.to_string().into())).await.is_err() {
-        return;
-    }
-    loop {
-        tokio::select! {
-            frame = stream.next() => {
-                let Some(Ok(WsMessage::Text(text))) = frame else { break };
-                let Ok(payload) = serde_json::from_str::<Value>(&text) else { continue };
-                let reply = match payload["op"].as_u64() {
-                    Some(1) => Some(json!({"op": 11})),
-                    Some(2) => {
-                        s.lock().gateway = Some(tx.clone());
-                        let resume = format!("ws://{}/gateway", s.addr);
-                        let mut d = s.lock();
-                        d.seq += 1;
-                        Some(json!({"op": 0, "t": "READY", "s": d.seq, "d": {
-                            "v": 10, "user": {"id": BOT.to_string(), "username": "bridge", "bot": true},
-                            "guilds": [{"id": GUILD.to_string(), "unavailable": true}],
-                            "session_id": "session-1", "resume_gateway_url": resume,
-                            "application": {"id": BOT.to_string(), "flags": 0},
-                        }}))
-                    }
-                    // No resumable sessions here: invalid session, not resumable.
-                    Some(6) => Some(json!({"op": 9, "d": false})),
-                    _ => None,
-                };
-                if let Some(reply) = reply {
-                    if sink.send(WsMessage::Text(reply.to_string().into())).await.is_err() {
-                        break;
-                    }
-                }
-            }
-            Some(frame) = rx.recv() => {
-                if sink.send(WsMessage::Text(frame.to_string().into())).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-}
+pub use chat_discord::testing::*;
 
 /// A bridge configured for the stand-in, with short backoffs.
 pub fn bridge_for(stand_in: &StandIn) -> Arc<DiscordBridge> {
-    let mut config = DiscordConfig::new("stand-in-token", GUILD, FORUM, SUPPORT_ROLE);
-    config.proxy_url = Some(stand_in.url());
-    config.min_backoff = Duration::from_millis(50);
-    config.max_backoff = Duration::from_millis(400);
-    config.http_timeout = Duration::from_secs(5);
-    Arc::new(DiscordBridge::new(config).expect("a valid config"))
+    Arc::new(DiscordBridge::new(stand_in.config()).expect("a valid config"))
 }
 
 pub async fn engine_with(store: Arc<dyn Store>, bridge: Arc<DiscordBridge>) -> Engine {
@@ -360,7 +45,7 @@ pub async fn visitor(engine: &Engine, id: &str, name: &str) -> (Session, RoomId)
     (session, room.id)
 }
 
-pub async fn send(session: &mut Session, room: RoomId, id: &str, body: &str) {
+pub async fn send(session: &mut Session, room: RoomId, id: &str, body: &str) -> chat_core::Message {
     session
         .submit(
             None,
@@ -373,9 +58,24 @@ pub async fn send(session: &mut Session, room: RoomId, id: &str, body: &str) {
             }),
         )
         .await;
-    let Output::Reply { result: Ok(Reply::Message { .. }), .. } = session.next_output().await else {
+    let Output::Reply { result: Ok(Reply::Message { message }), .. } = session.next_output().await else {
         panic!("expected the stored message");
     };
+    message
+}
+
+/// Edits a message the session sent.
+pub async fn edit(session: &mut Session, room: RoomId, message: chat_core::MessageId, body: &str) {
+    let edit = chat_core::command::EditMessage { room_id: room, message_id: message, body: body.into() };
+    session.submit(None, Command::MessageEdit(edit)).await;
+    let Output::Reply { result: Ok(_), .. } = session.next_output().await else { panic!("expected the edit") };
+}
+
+/// Deletes a message the session sent.
+pub async fn delete(session: &mut Session, room: RoomId, message: chat_core::MessageId) {
+    let delete = chat_core::command::DeleteMessage { room_id: room, message_id: message };
+    session.submit(None, Command::MessageDelete(delete)).await;
+    let Output::Reply { result: Ok(_), .. } = session.next_output().await else { panic!("expected the delete") };
 }
 
 /// The next event a session gets, within a few seconds.

@@ -560,7 +560,9 @@ impl ServerProcess {
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"));
         for (key, _) in std::env::vars() {
-            if key.starts_with("CHAT_") || key == "RUST_LOG" {
+            // A DISCORD_TOKEN of the developer's environment must never
+            // connect a test server to the real Discord.
+            if key.starts_with("CHAT_") || key.starts_with("DISCORD_") || key == "RUST_LOG" {
                 command.env_remove(key);
             }
         }

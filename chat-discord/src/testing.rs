@@ -1,0 +1,541 @@
+//! A stand-in Discord on loopback, for tests (feature `test-support`): the
+//! REST routes the bridge uses and a gateway WebSocket speaking HELLO,
+//! IDENTIFY, READY, heartbeats and dispatches. Point a bridge at it with
+//! [`StandIn::config`]: REST calls go through the proxy setting, and the
+//! gateway URL it hands out is its own, so nothing here can reach Discord.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use chat_discord::testing::StandIn;
+//! let discord = StandIn::start().await;
+//! let bridge = chat_discord::DiscordBridge::new(discord.config())?;
+//! // … start an engine with the bridge, then watch `discord.lock()` …
+//! # let _ = bridge;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::DiscordConfig;
+
+/// The stand-in's one server.
+pub const GUILD: u64 = 1001;
+/// Its forum channel.
+pub const FORUM: u64 = 1002;
+/// Its support role.
+pub const SUPPORT_ROLE: u64 = 1003;
+/// The bot's user id.
+pub const BOT: u64 = 900;
+
+/// What a scripted failure does to the next matching call.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer with this status and body without doing anything.
+    Reject(u16, Value),
+    /// Do the call, then answer 500 as if the answer was lost.
+    LoseAnswer,
+}
+
+/// What the stand-in holds and saw. Tests read and change it through [`StandIn::lock`].
+#[derive(Debug, Default)]
+pub struct Discord {
+    next_id: u64,
+    /// Threads: (id, name, parent).
+    pub threads: Vec<(u64, String, u64)>,
+    /// Messages of each channel, oldest first.
+    pub messages: HashMap<u64, Vec<Value>>,
+    /// Webhooks made on channels.
+    pub webhooks: Vec<Value>,
+    /// `METHOD /path` of every call, in order.
+    pub calls: Vec<String>,
+    faults: VecDeque<(Method, String, Fault)>,
+    /// Whether REST answers at all (503 for everything when down).
+    pub down: bool,
+    gateway: Option<mpsc::UnboundedSender<Value>>,
+    seq: u64,
+}
+
+impl Discord {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        // Snowflake-like: large and growing.
+        1_300_000_000_000_000_000 + self.next_id
+    }
+}
+
+/// A running stand-in Discord. Cheap to clone; clones share the state.
+#[derive(Debug, Clone)]
+pub struct StandIn {
+    /// Where it listens (127.0.0.1).
+    pub addr: SocketAddr,
+    /// What it holds.
+    pub state: Arc<Mutex<Discord>>,
+}
+
+/// A message as Discord's API shows it.
+pub fn message_json(id: u64, channel: u64, author: Value, content: &str, webhook: Option<u64>) -> Value {
+    json!({
+        "id": id.to_string(), "channel_id": channel.to_string(), "guild_id": GUILD.to_string(),
+        "author": author, "content": content, "timestamp": "2026-01-02T03:04:05.000000+00:00",
+        "edited_timestamp": null, "tts": false, "mention_everyone": false, "mentions": [],
+        "mention_roles": [], "attachments": [], "embeds": [], "pinned": false, "type": 0,
+        "webhook_id": webhook.map(|w| w.to_string()),
+    })
+}
+
+impl StandIn {
+    /// Starts serving on an ephemeral port of 127.0.0.1.
+    pub async fn start() -> StandIn {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the stand-in");
+        let addr = listener.local_addr().expect("address");
+        let state = Arc::new(Mutex::new(Discord::default()));
+        let stand_in = StandIn { addr, state };
+        let api = Router::new()
+            .route(
+                "/users/@me",
+                get(|| async { axum::Json(json!({"id": BOT.to_string(), "username": "bridge", "bot": true})) }),
+            )
+            .route("/gateway", get(gateway_url))
+            .route("/channels/{id}/threads", post(create_thread))
+            .route("/guilds/{id}/threads/active", get(active_threads))
+            .route("/channels/{id}/webhooks", get(list_webhooks).post(create_webhook))
+            .route("/webhooks/{id}/{token}", post(execute_webhook))
+            .route(
+                "/webhooks/{id}/{token}/messages/{message}",
+                patch(edit_webhook_message).delete(delete_webhook_message),
+            )
+            .route("/channels/{id}/messages", get(list_messages))
+            .route("/channels/{id}/messages/{message}", patch(edit_bot_message).delete(delete_channel_message));
+        let app = Router::new()
+            .nest("/api/v10", api)
+            .route("/gateway", get(gateway_socket))
+            .layer(middleware::from_fn_with_state(stand_in.clone(), faults))
+            .with_state(stand_in.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        stand_in
+    }
+
+    /// Its base URL, for the proxy setting.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Its state, locked.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Discord> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next call of `method` to a path starting with `path` meets `fault`.
+    pub fn fault(&self, method: Method, path: &str, fault: Fault) {
+        self.lock().faults.push_back((method, path.to_owned(), fault));
+    }
+
+    /// Sends a gateway dispatch to the connected shard.
+    pub fn dispatch(&self, event: &str, data: Value) {
+        let mut d = self.lock();
+        d.seq += 1;
+        let frame = json!({"op": 0, "t": event, "s": d.seq, "d": data});
+        if let Some(tx) = &d.gateway {
+            let _ = tx.send(frame);
+        }
+    }
+
+    /// Whether a shard is connected and identified.
+    pub fn gateway_connected(&self) -> bool {
+        self.lock().gateway.as_ref().is_some_and(|tx| !tx.is_closed())
+    }
+
+    /// A person writing in a channel, as Discord would store and dispatch it.
+    pub fn human_writes(&self, channel: u64, user: u64, name: &str, content: &str, live: bool) -> u64 {
+        let message = {
+            let mut d = self.lock();
+            let id = d.id();
+            let author = json!({"id": user.to_string(), "username": name.to_lowercase(), "global_name": name});
+            let message = message_json(id, channel, author, content, None);
+            d.messages.entry(channel).or_default().push(message.clone());
+            message
+        };
+        if live {
+            self.dispatch("MESSAGE_CREATE", message.clone());
+        }
+        message["id"].as_str().and_then(|s| s.parse().ok()).expect("an id")
+    }
+
+    /// A person editing their message, as Discord would store and dispatch it.
+    pub fn human_edits(&self, channel: u64, message: u64, content: &str) {
+        let edited = {
+            let mut d = self.lock();
+            let Some(found) = find_message(&mut d, channel, message) else { return };
+            found["content"] = json!(content);
+            found["edited_timestamp"] = json!("2026-01-02T03:05:00.000000+00:00");
+            found.clone()
+        };
+        self.dispatch("MESSAGE_UPDATE", edited);
+    }
+
+    /// A person deleting a message, as Discord would remove and dispatch it.
+    pub fn human_deletes(&self, channel: u64, message: u64) {
+        remove_message(self, channel, message);
+    }
+
+    /// Dispatches GUILD_CREATE for [`GUILD`] with these members (id, name,
+    /// roles) and presences (id, `online`/`idle`/`dnd`/`offline`), as
+    /// Discord does after READY with the members and presences intents.
+    pub fn guild_create(&self, members: &[(u64, &str, &[u64])], presences: &[(u64, &str)]) {
+        let members: Vec<Value> = members
+            .iter()
+            .map(|(id, name, roles)| {
+                json!({
+                    "user": {"id": id.to_string(), "username": name.to_lowercase(), "global_name": name},
+                    "roles": roles.iter().map(u64::to_string).collect::<Vec<_>>(),
+                    "joined_at": "2026-01-01T00:00:00.000000+00:00",
+                    "deaf": false, "mute": false, "flags": 0,
+                })
+            })
+            .collect();
+        let presences: Vec<Value> =
+            presences.iter().map(|(id, status)| json!({"user": {"id": id.to_string()}, "status": status})).collect();
+        let guild = json!({
+            "id": GUILD.to_string(), "name": "Support", "owner_id": "1", "icon": null, "splash": null,
+            "discovery_splash": null, "verification_level": 0, "default_message_notifications": 0,
+            "explicit_content_filter": 0, "roles": [], "emojis": [], "features": [], "mfa_level": 0,
+            "system_channel_flags": 0, "premium_tier": 0, "preferred_locale": "en-US", "nsfw_level": 0,
+            "stickers": [], "premium_progress_bar_enabled": false, "joined_at": "2026-01-01T00:00:00.000000+00:00",
+            "large": false, "member_count": members.len(), "voice_states": [], "members": members,
+            "channels": [], "threads": [], "presences": presences, "stage_instances": [],
+            "guild_scheduled_events": [],
+        });
+        self.dispatch("GUILD_CREATE", guild);
+    }
+
+    /// Dispatches PRESENCE_UPDATE for a member of [`GUILD`].
+    pub fn presence(&self, user: u64, status: &str) {
+        let presence = json!({"user": {"id": user.to_string()}, "guild_id": GUILD.to_string(), "status": status,
+            "activities": [], "client_status": {}});
+        self.dispatch("PRESENCE_UPDATE", presence);
+    }
+
+    /// Dispatches GUILD_MEMBER_UPDATE: the member's roles are now `roles`.
+    pub fn member_roles(&self, user: u64, name: &str, roles: &[u64]) {
+        let member = json!({
+            "guild_id": GUILD.to_string(),
+            "user": {"id": user.to_string(), "username": name.to_lowercase(), "global_name": name},
+            "roles": roles.iter().map(u64::to_string).collect::<Vec<_>>(),
+            "joined_at": "2026-01-01T00:00:00.000000+00:00", "deaf": false, "mute": false, "flags": 0,
+        });
+        self.dispatch("GUILD_MEMBER_UPDATE", member);
+    }
+
+    /// The messages of a thread (or any channel), oldest first.
+    pub fn thread_messages(&self, thread: u64) -> Vec<Value> {
+        self.lock().messages.get(&thread).cloned().unwrap_or_default()
+    }
+
+    /// How many calls so far start with `what` (`"POST /webhooks/"`).
+    pub fn calls_matching(&self, what: &str) -> usize {
+        self.lock().calls.iter().filter(|c| c.starts_with(what)).count()
+    }
+}
+
+async fn faults(State(s): State<StandIn>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().trim_start_matches("/api/v10").to_owned();
+    let fault = {
+        let mut d = s.lock();
+        d.calls.push(format!("{method} {path}"));
+        if d.down && path != "/gateway" {
+            return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+        }
+        let at = d.faults.iter().position(|(m, p, _)| *m == method && path.starts_with(p.as_str()));
+        at.and_then(|i| d.faults.remove(i)).map(|(_, _, f)| f)
+    };
+    match fault {
+        None => next.run(request).await,
+        Some(Fault::Reject(status, body)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, axum::Json(body)).into_response()
+        }
+        Some(Fault::LoseAnswer) => {
+            let _ = next.run(request).await;
+            (StatusCode::INTERNAL_SERVER_ERROR, "lost").into_response()
+        }
+    }
+}
+
+async fn gateway_url(State(s): State<StandIn>) -> axum::Json<Value> {
+    axum::Json(json!({"url": format!("ws://{}/gateway", s.addr)}))
+}
+
+async fn create_thread(
+    State(s): State<StandIn>,
+    Path(forum): Path<u64>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let mut d = s.lock();
+    let id = d.id();
+    let name = body["name"].as_str().unwrap_or_default().to_owned();
+    d.threads.push((id, name.clone(), forum));
+    let author = json!({"id": BOT.to_string(), "username": "bridge", "bot": true});
+    let content = body["message"]["content"].as_str().unwrap_or_default();
+    let starter = message_json(id, id, author, content, None);
+    d.messages.entry(id).or_default().push(starter.clone());
+    let thread =
+        json!({"id": id.to_string(), "name": name, "parent_id": forum.to_string(), "type": 11, "message": starter});
+    (StatusCode::CREATED, axum::Json(thread)).into_response()
+}
+
+async fn active_threads(State(s): State<StandIn>) -> axum::Json<Value> {
+    let d = s.lock();
+    let threads: Vec<Value> = d
+        .threads
+        .iter()
+        .map(|(id, name, parent)| json!({"id": id.to_string(), "name": name, "parent_id": parent.to_string()}))
+        .collect();
+    axum::Json(json!({"threads": threads, "members": []}))
+}
+
+async fn list_webhooks(State(s): State<StandIn>) -> axum::Json<Value> {
+    axum::Json(Value::Array(s.lock().webhooks.clone()))
+}
+
+async fn create_webhook(State(s): State<StandIn>, Path(channel): Path<u64>) -> axum::Json<Value> {
+    let mut d = s.lock();
+    let id = d.id();
+    let hook = json!({"id": id.to_string(), "token": format!("token-{id}"), "channel_id": channel.to_string(),
+        "user": {"id": BOT.to_string(), "username": "bridge"}});
+    d.webhooks.push(hook.clone());
+    axum::Json(hook)
+}
+
+async fn execute_webhook(
+    State(s): State<StandIn>,
+    Path((hook, token)): Path<(u64, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let mut d = s.lock();
+    let hook_id = hook.to_string();
+    let known = d.webhooks.iter().any(|w| w["id"].as_str() == Some(hook_id.as_str()) && w["token"] == token);
+    let thread = query.get("thread_id").and_then(|t| t.parse::<u64>().ok());
+    let (true, Some(thread), Some("true")) = (known, thread, query.get("wait").map(String::as_str)) else {
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({"message": "bad webhook call", "code": 0})))
+            .into_response();
+    };
+    let id = d.id();
+    let author = json!({"id": hook.to_string(), "username": body["username"], "bot": true});
+    let message = message_json(id, thread, author, body["content"].as_str().unwrap_or_default(), Some(hook));
+    d.messages.entry(thread).or_default().push(message.clone());
+    axum::Json(message).into_response()
+}
+
+fn find_message(d: &mut Discord, channel: u64, id: u64) -> Option<&mut Value> {
+    let id = id.to_string();
+    d.messages.get_mut(&channel)?.iter_mut().find(|m| m["id"].as_str() == Some(id.as_str()))
+}
+
+fn unknown_message() -> Response {
+    (StatusCode::NOT_FOUND, axum::Json(json!({"message": "Unknown Message", "code": 10008}))).into_response()
+}
+
+/// Removes a message and dispatches MESSAGE_DELETE, as Discord does for any
+/// deletion (ours included). `false` when there was no such message.
+fn remove_message(s: &StandIn, channel: u64, id: u64) -> bool {
+    let removed = {
+        let mut d = s.lock();
+        let key = id.to_string();
+        let list = d.messages.entry(channel).or_default();
+        let before = list.len();
+        list.retain(|m| m["id"].as_str() != Some(key.as_str()));
+        before != list.len()
+    };
+    if removed {
+        let event = json!({"id": id.to_string(), "channel_id": channel.to_string(), "guild_id": GUILD.to_string()});
+        s.dispatch("MESSAGE_DELETE", event);
+    }
+    removed
+}
+
+/// Changes a message's content and dispatches MESSAGE_UPDATE, as Discord
+/// does for any edit (ours included).
+fn edit_message(s: &StandIn, channel: u64, id: u64, body: &Value, may: impl Fn(&Value) -> bool) -> Response {
+    let edited = {
+        let mut d = s.lock();
+        let Some(found) = find_message(&mut d, channel, id) else { return unknown_message() };
+        if !may(found) {
+            let body = json!({"message": "Cannot edit a message authored by another user", "code": 50005});
+            return (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
+        }
+        if let Some(content) = body.get("content") {
+            found["content"] = content.clone();
+        }
+        found["edited_timestamp"] = json!("2026-01-02T03:05:00.000000+00:00");
+        found.clone()
+    };
+    s.dispatch("MESSAGE_UPDATE", edited.clone());
+    axum::Json(edited).into_response()
+}
+
+fn known_webhook(d: &Discord, hook: u64, token: &str) -> bool {
+    let hook = hook.to_string();
+    d.webhooks.iter().any(|w| w["id"].as_str() == Some(hook.as_str()) && w["token"] == token)
+}
+
+async fn edit_webhook_message(
+    State(s): State<StandIn>,
+    Path((hook, token, message)): Path<(u64, String, u64)>,
+    Query(query): Query<HashMap<String, String>>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let thread = query.get("thread_id").and_then(|t| t.parse::<u64>().ok());
+    let (true, Some(thread)) = (known_webhook(&s.lock(), hook, &token), thread) else {
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({"message": "bad webhook call", "code": 0})))
+            .into_response();
+    };
+    let hook = hook.to_string();
+    edit_message(&s, thread, message, &body, |m| m["webhook_id"].as_str() == Some(hook.as_str()))
+}
+
+async fn delete_webhook_message(
+    State(s): State<StandIn>,
+    Path((hook, token, message)): Path<(u64, String, u64)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let thread = query.get("thread_id").and_then(|t| t.parse::<u64>().ok());
+    let (true, Some(thread)) = (known_webhook(&s.lock(), hook, &token), thread) else {
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({"message": "bad webhook call", "code": 0})))
+            .into_response();
+    };
+    let hook = hook.to_string();
+    let ours = {
+        let mut d = s.lock();
+        find_message(&mut d, thread, message).map(|m| m["webhook_id"].as_str() == Some(hook.as_str()))
+    };
+    match ours {
+        None => unknown_message(),
+        Some(false) => (StatusCode::FORBIDDEN, axum::Json(json!({"message": "Unknown Webhook message", "code": 0})))
+            .into_response(),
+        Some(true) => {
+            remove_message(&s, thread, message);
+            StatusCode::NO_CONTENT.into_response()
+        }
+    }
+}
+
+/// The bot edits only its own messages.
+async fn edit_bot_message(
+    State(s): State<StandIn>,
+    Path((channel, message)): Path<(u64, u64)>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let bot = BOT.to_string();
+    edit_message(&s, channel, message, &body, |m| m["author"]["id"].as_str() == Some(bot.as_str()))
+}
+
+/// The bot deletes any message (it has Manage Messages here).
+async fn delete_channel_message(State(s): State<StandIn>, Path((channel, message)): Path<(u64, u64)>) -> Response {
+    if remove_message(&s, channel, message) { StatusCode::NO_CONTENT.into_response() } else { unknown_message() }
+}
+
+async fn list_messages(
+    State(s): State<StandIn>,
+    Path(channel): Path<u64>,
+    Query(query): Query<HashMap<String, String>>,
+) -> axum::Json<Value> {
+    let d = s.lock();
+    let after: u64 = query.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+    let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(50);
+    let all = d.messages.get(&channel).cloned().unwrap_or_default();
+    let mut picked: Vec<Value> = if query.contains_key("after") {
+        let newer: Vec<Value> =
+            all.into_iter().filter(|m| m["id"].as_str().and_then(|i| i.parse::<u64>().ok()) > Some(after)).collect();
+        newer.into_iter().take(limit).collect()
+    } else {
+        let skip = all.len().saturating_sub(limit);
+        all.into_iter().skip(skip).collect()
+    };
+    // Discord lists newest first.
+    picked.reverse();
+    axum::Json(Value::Array(picked))
+}
+
+async fn gateway_socket(State(s): State<StandIn>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| shard(s, socket))
+}
+
+/// One shard connection: HELLO, then READY after IDENTIFY (or RESUMED after
+/// RESUME), heartbeat ACKs, and whatever the test dispatches.
+async fn shard(s: StandIn, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+    let hello = json!({"op": 10, "d": {"heartbeat_interval": 41_250}});
+    if sink.send(WsMessage::Text(hello.to_string().into())).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            frame = stream.next() => {
+                let Some(Ok(WsMessage::Text(text))) = frame else { break };
+                let Ok(payload) = serde_json::from_str::<Value>(&text) else { continue };
+                let reply = match payload["op"].as_u64() {
+                    Some(1) => Some(json!({"op": 11})),
+                    Some(2) => {
+                        s.lock().gateway = Some(tx.clone());
+                        let resume = format!("ws://{}/gateway", s.addr);
+                        let mut d = s.lock();
+                        d.seq += 1;
+                        Some(json!({"op": 0, "t": "READY", "s": d.seq, "d": {
+                            "v": 10, "user": {"id": BOT.to_string(), "username": "bridge", "bot": true},
+                            "guilds": [{"id": GUILD.to_string(), "unavailable": true}],
+                            "session_id": "session-1", "resume_gateway_url": resume,
+                            "application": {"id": BOT.to_string(), "flags": 0},
+                        }}))
+                    }
+                    // No resumable sessions here: invalid session, not resumable.
+                    Some(6) => Some(json!({"op": 9, "d": false})),
+                    _ => None,
+                };
+                if let Some(reply) = reply {
+                    if sink.send(WsMessage::Text(reply.to_string().into())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Some(frame) = rx.recv() => {
+                if sink.send(WsMessage::Text(frame.to_string().into())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl StandIn {
+    /// Bridge settings for this stand-in: its URL as the proxy, its ids, and
+    /// short backoffs so that retries happen within a test.
+    pub fn config(&self) -> DiscordConfig {
+        let mut config = DiscordConfig::new("stand-in-token", GUILD, FORUM, SUPPORT_ROLE);
+        config.proxy_url = Some(self.url());
+        config.min_backoff = Duration::from_millis(50);
+        config.max_backoff = Duration::from_millis(400);
+        config.http_timeout = Duration::from_secs(5);
+        config
+    }
+}

@@ -1,0 +1,203 @@
+//! chat-server with the Discord bridge on, against the stand-in Discord of
+//! `chat_discord::testing`: a visitor over the real WebSocket, an agent in
+//! the forum thread, `/health`, and the admin routes of the bridge's outbox.
+
+mod support;
+
+use std::time::Duration;
+
+use axum::http::Method;
+use chat_discord::testing::{FORUM, Fault, GUILD, SUPPORT_ROLE, StandIn};
+use chat_server::DiscordSettings;
+use serde_json::{Value, json};
+use support::*;
+
+/// Polls `check` until it gives a value, for up to ten seconds.
+async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A server whose bridge talks to `discord` (through the proxy setting, as a
+/// deployment behind a rate-limit proxy would).
+async fn server_for(discord: &StandIn) -> TestServer {
+    let settings = DiscordSettings {
+        token: Some("stand-in-token".into()),
+        guild_id: Some(GUILD),
+        forum_channel_id: Some(FORUM),
+        support_role_id: Some(SUPPORT_ROLE),
+        proxy_url: Some(discord.url()),
+    };
+    TestServer::start_with(move |config| config.discord = settings).await
+}
+
+/// A visitor session from the widget's route, connected, with a joined support room.
+async fn visitor(server: &TestServer, name: &str) -> (Client, String) {
+    let (status, body) = server.post("/v1/visitor-sessions", &json!({"name": name}), None).await;
+    assert_eq!(status, 201, "{body}");
+    let mut client = server.connect_token(body["token"].as_str().expect("token")).await;
+    let room = create_room(&mut client, json!({"kind": "support"})).await;
+    let room = room["id"].as_str().expect("room.id").to_owned();
+    client.ok("room:join", json!({"room_id": room})).await;
+    (client, room)
+}
+
+async fn admin_get(server: &TestServer, path: &str, key: Option<&str>) -> (u16, Value) {
+    let mut request = server.http.get(server.url(path));
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    status_and_json(request.send().await.expect("GET")).await
+}
+
+fn contents(messages: &[Value]) -> Vec<String> {
+    messages.iter().map(|m| m["content"].as_str().unwrap_or_default().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_is_answered_from_discord_and_failed_jobs_are_retried_by_an_operator() {
+    let discord = StandIn::start().await;
+    let server = server_for(&discord).await;
+    let (mut vera, room) = visitor(&server, "Vera").await;
+
+    // The visitor's first message opens the room's thread.
+    send_message(&mut vera, &room, "m1", "hello, my order is late").await;
+    let thread = eventually("the thread", || async {
+        let d = discord.lock();
+        d.threads.first().map(|t| (t.0, t.1.clone(), t.2))
+    })
+    .await;
+    assert_eq!(thread.1, format!("Vera · {}", &room[room.len() - 8..]));
+    assert_eq!(thread.2, FORUM);
+    let thread = thread.0;
+    assert_eq!(contents(&discord.thread_messages(thread)), ["hello, my order is late"]);
+
+    // `/health` shows the bridge once its gateway is up.
+    let health = eventually("the bridge connected in /health", || async {
+        let (status, body) = server.get("/health", None).await;
+        (status == 200 && body["bridges"]["discord"]["connected"] == true).then_some(body)
+    })
+    .await;
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["bridges"]["discord"]["failed"], 0, "{health}");
+
+    // An agent answers in the thread; the visitor's socket gets it.
+    discord.human_writes(thread, 77, "Alice", "Hi Vera, let me check", true);
+    let new = vera.expect_event("message:new").await;
+    assert_eq!(new["message"]["body"], "Hi Vera, let me check", "{new}");
+    assert_eq!(new["message"]["sender_id"], "discord:77", "{new}");
+    assert_eq!(new["message"]["room_id"], room.as_str(), "{new}");
+
+    // Discord refuses the next post for good: the job fails, and stays listed.
+    let refused = json!({"message": "Invalid Form Body", "code": 50035});
+    discord.fault(Method::POST, "/webhooks/", Fault::Reject(400, refused));
+    send_message(&mut vera, &room, "m2", "it is order #1234").await;
+    let path = "/v1/admin/bridges/discord/jobs?status=failed";
+    let jobs = eventually("a failed job", || async {
+        let (status, body) = admin_get(&server, path, Some(API_KEY)).await;
+        assert_eq!(status, 200, "{body}");
+        let jobs = body["jobs"].as_array().cloned().unwrap_or_default();
+        (!jobs.is_empty()).then_some(jobs)
+    })
+    .await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let job = &jobs[0];
+    assert_eq!(
+        (job["kind"].as_str(), job["status"].as_str(), job["queue"].as_str()),
+        (Some("post"), Some("failed"), Some(room.as_str()))
+    );
+    assert!(job["last_error"].as_str().is_some_and(|e| e.contains("400")), "{job}");
+    let id = job["id"].as_i64().expect("job id");
+    let (status, _) = admin_get(&server, path, None).await;
+    assert_eq!(status, 401, "the job list needs the API key");
+    let (status, _) = admin_get(&server, "/v1/admin/bridges/matrix/jobs", Some(API_KEY)).await;
+    assert_eq!(status, 404, "an unknown bridge");
+    let (status, body) = admin_get(&server, "/v1/admin/bridges/discord/jobs?status=stuck", Some(API_KEY)).await;
+    assert_eq!(status, 400, "{body}");
+    let health = eventually("the failed job in /health", || async {
+        let (_, body) = server.get("/health", None).await;
+        (body["bridges"]["discord"]["failed"] == 1).then_some(body)
+    })
+    .await;
+    assert!(health["bridges"]["discord"]["last_error"].as_str().is_some_and(|e| e.contains("400")), "{health}");
+    assert_eq!(contents(&discord.thread_messages(thread)).len(), 2, "nothing more was posted");
+
+    // The operator retries it: it is posted, once, and no longer failed.
+    let retry = format!("/v1/admin/bridges/discord/jobs/{id}/retry");
+    let (status, _) = server.post(&retry, &json!({}), None).await;
+    assert_eq!(status, 401, "retrying needs the API key");
+    let (status, body) = server.post(&retry, &json!({}), Some(API_KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["retried"], true);
+    eventually("the retried post", || async { (discord.thread_messages(thread).len() == 3).then_some(()) }).await;
+    let posted = discord.thread_messages(thread);
+    assert_eq!(contents(&posted)[2], "it is order #1234");
+    assert_eq!(posted[2]["author"]["username"], "Vera");
+    let (_, body) = admin_get(&server, path, Some(API_KEY)).await;
+    assert_eq!(body["jobs"], json!([]), "no failed job is left");
+    let (status, _) = server.post(&retry, &json!({}), Some(API_KEY)).await;
+    assert_eq!(status, 404, "the job is done, so there is nothing to retry");
+    eventually("health counts no failure", || async {
+        let (_, body) = server.get("/health", None).await;
+        (body["bridges"]["discord"]["failed"] == 0 && body["bridges"]["discord"]["pending"] == 0).then_some(())
+    })
+    .await;
+
+    vera.close().await;
+    server.stop().await.expect("a clean stop");
+}
+
+#[tokio::test]
+async fn a_token_without_the_ids_is_a_startup_error() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = base_config(dir.path());
+    config.discord = DiscordSettings {
+        token: Some("a-token".into()),
+        guild_id: Some(GUILD),
+        forum_channel_id: Some(FORUM),
+        ..DiscordSettings::default()
+    };
+    let err = chat_server::run(listener, config, std::future::pending()).await.expect_err("refused at start");
+    let err = format!("{err:#}");
+    assert!(err.contains("DISCORD_SUPPORT_ROLE_ID"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_present_in_discord_count_in_availability_and_health() {
+    let discord = StandIn::start().await;
+    let server = server_for(&discord).await;
+    eventually("the gateway", || async { discord.gateway_connected().then_some(()) }).await;
+    let (status, body) = server.get("/v1/support/availability", None).await;
+    assert_eq!((status, &body), (200, &json!({"available": false, "online_agents": 0})));
+
+    let role: &[u64] = &[SUPPORT_ROLE];
+    discord.guild_create(
+        &[(77, "Alice", role), (78, "Bob", role), (79, "Carol", &[][..])],
+        &[(77, "online"), (79, "online")],
+    );
+    discord.presence(78, "dnd");
+    eventually("two agents available", || async {
+        let (_, body) = server.get("/v1/support/availability", None).await;
+        (body == json!({"available": true, "online_agents": 2})).then_some(())
+    })
+    .await;
+    let (_, health) = server.get("/health", None).await;
+    assert_eq!(health["support"], json!({"available": true, "online_agents": 2}), "{health}");
+    assert_eq!(health["bridges"]["discord"]["details"]["online_agents"], "2", "{health}");
+
+    // An agent connected directly adds to those in Discord.
+    let _dora = server.connect_token(&token_with_roles("dora", &["support"])).await;
+    eventually("three agents", || async {
+        let (_, body) = server.get("/v1/support/availability", None).await;
+        (body["online_agents"] == 3).then_some(())
+    })
+    .await;
+    server.stop().await.expect("a clean stop");
+}
