@@ -21,9 +21,10 @@ use chat_core::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use serenity::all::{
-    ChannelId, ClientBuilder, ConnectionStage, Context, EventHandler, GatewayIntents, Guild, GuildId,
-    GuildMemberUpdateEvent, Member, Message, MessageId as DiscordMessageId, MessageUpdateEvent, OnlineStatus, Presence,
-    Ready, ShardStageUpdateEvent, TypingStartEvent, User as DiscordUser, WebhookId,
+    ChannelId, ClientBuilder, ComponentInteraction, ConnectionStage, Context, EventHandler, GatewayIntents, Guild,
+    GuildId, GuildMemberUpdateEvent, Interaction, InteractionId, Member, Message, MessageId as DiscordMessageId,
+    MessageUpdateEvent, OnlineStatus, Presence, Ready, ShardStageUpdateEvent, TypingStartEvent, User as DiscordUser,
+    WebhookId,
 };
 use serenity::gateway::ShardManager;
 use serenity::http::{LightMethod, Route};
@@ -49,6 +50,12 @@ const LINK_CURSOR: &str = "cursor";
 const JOB_POST: &str = "post";
 const JOB_EDIT: &str = "edit";
 const JOB_DELETE: &str = "delete";
+const JOB_ARCHIVE: &str = "archive";
+/// Custom ids of the buttons on a thread's first post: the prefix, then the room id.
+const CLAIM_PREFIX: &str = "chat:claim:";
+const CLOSE_PREFIX: &str = "chat:close:";
+/// An interaction answer only the clicking agent sees.
+const EPHEMERAL: u64 = 1 << 6;
 /// Engine events waiting for the enqueuer. A burst beyond this is logged as
 /// lost rather than held in memory without bound.
 const EVENT_QUEUE: usize = 4096;
@@ -119,6 +126,12 @@ fn is_available(status: OnlineStatus) -> bool {
 struct PostJob {
     room_id: RoomId,
     message_id: MessageId,
+}
+
+/// What an `archive` job carries: the closed room.
+#[derive(Debug, Serialize, Deserialize)]
+struct ArchiveJob {
+    room_id: RoomId,
 }
 
 /// Work for the inbound task, kept in arrival order.
@@ -211,13 +224,17 @@ impl Bridge for DiscordBridge {
     }
 
     fn on_event(&self, event: &BridgeEvent, origin: Option<&str>) {
-        if origin == Some(NAME) {
-            return;
-        }
-        if !matches!(
-            event,
-            BridgeEvent::MessageCreated(_) | BridgeEvent::MessageUpdated(_) | BridgeEvent::MessageDeleted(_)
-        ) {
+        let wanted = match event {
+            // Our own messages came from Discord and need no copy there.
+            BridgeEvent::MessageCreated(_) | BridgeEvent::MessageUpdated(_) | BridgeEvent::MessageDeleted(_) => {
+                origin != Some(NAME)
+            }
+            // A closed support room's thread is archived, whoever closed it
+            // (a Close button is our own doing, and still needs the archive).
+            BridgeEvent::RoomUpdated(room) => room.closed && room.kind == RoomKind::Support,
+            _ => false,
+        };
+        if !wanted {
             return;
         }
         if let Err(err) = self.shared.events.try_send(event.clone()) {
@@ -288,6 +305,13 @@ async fn enqueue(shared: Arc<Shared>, mut events: mpsc::Receiver<BridgeEvent>) {
                 BridgeEvent::MessageCreated(message) => (JOB_POST, message),
                 BridgeEvent::MessageUpdated(message) => (JOB_EDIT, message),
                 BridgeEvent::MessageDeleted(message) => (JOB_DELETE, message),
+                BridgeEvent::RoomUpdated(room) => {
+                    match archive_job(room.id) {
+                        Ok(job) => jobs.push(job),
+                        Err(err) => shared.record_error(&err),
+                    }
+                    continue;
+                }
                 _ => continue,
             };
             match job_for(&shared, kind, &message).await {
@@ -344,6 +368,20 @@ async fn job_for(shared: &Shared, kind: &str, message: &chat_core::Message) -> R
         payload: serde_json::to_string(&payload).map_err(|e| Error::Unexpected(e.to_string()))?,
         created_at: Timestamp::now(),
     }))
+}
+
+/// The job archiving a closed room's thread. It shares the room's queue, so
+/// it runs after the room's last messages reached the thread; the engine
+/// announces a close once, so it is enqueued once.
+fn archive_job(room: RoomId) -> Result<NewJob> {
+    Ok(NewJob {
+        bridge: NAME.into(),
+        queue: room.to_string(),
+        dedupe_key: format!("{JOB_ARCHIVE}:{room}"),
+        kind: JOB_ARCHIVE.into(),
+        payload: serde_json::to_string(&ArchiveJob { room_id: room }).map_err(|e| Error::Unexpected(e.to_string()))?,
+        created_at: Timestamp::now(),
+    })
 }
 
 /// Runs due jobs until the bridge stops.
@@ -428,7 +466,26 @@ async fn run_job(shared: &Shared, job: &Job) -> Result<()> {
         JOB_POST => post_message(shared, &payload(job)?, job.attempts > 0).await,
         JOB_EDIT => change_message(shared, &payload(job)?, Change::Edit).await,
         JOB_DELETE => change_message(shared, &payload(job)?, Change::Delete).await,
+        JOB_ARCHIVE => {
+            let archive: ArchiveJob =
+                serde_json::from_str(&job.payload).map_err(|e| Error::Unexpected(format!("bad job payload: {e}")))?;
+            archive_thread(shared, archive.room_id).await
+        }
         other => Err(Error::Unexpected(format!("unknown job kind {other:?}"))),
+    }
+}
+
+/// Archives a closed room's thread. A room without a thread, or a thread
+/// Discord no longer has, needs nothing; archiving twice is harmless.
+async fn archive_thread(shared: &Shared, room: RoomId) -> Result<()> {
+    let Some(thread) = shared.outbox()?.remote_of(NAME, LINK_THREAD, &room.to_string()).await? else {
+        return Ok(());
+    };
+    let route = Route::Channel { channel_id: parse_channel(&thread)? };
+    let body = json!({ "archived": true });
+    match shared.rest.call(LightMethod::Patch, route, Vec::new(), Some(&body)).await {
+        Ok(_) | Err(Error::Refused { status: 404, .. }) => Ok(()),
+        Err(err) => Err(err),
     }
 }
 
@@ -518,7 +575,7 @@ async fn post_message(shared: &Shared, post: &PostJob, retried: bool) -> Result<
             let found = if retried { find_thread(shared, &title).await? } else { None };
             let thread = match found {
                 Some(thread) => thread,
-                None => create_thread(shared, &title, &content).await?,
+                None => create_thread(shared, &title, &content, post.room_id).await?,
             };
             // The room's thread is stored before anything else happens, so
             // that no later step can make a second one.
@@ -570,7 +627,9 @@ fn id_of(value: &Value, what: &str) -> Result<String> {
         .ok_or_else(|| Error::Unexpected(format!("{what} without an id")))
 }
 
-async fn create_thread(shared: &Shared, title: &str, content: &str) -> Result<String> {
+/// Opens the room's forum post. Its first message carries the Claim and
+/// Close buttons, whose custom ids name the room.
+async fn create_thread(shared: &Shared, title: &str, content: &str, room: RoomId) -> Result<String> {
     let channel_id = ChannelId::new(shared.config.forum_channel_id);
     let body = json!({
         "name": title,
@@ -578,6 +637,13 @@ async fn create_thread(shared: &Shared, title: &str, content: &str) -> Result<St
         "message": {
             "content": content,
             "allowed_mentions": { "parse": [] },
+            "components": [{
+                "type": 1,
+                "components": [
+                    { "type": 2, "style": 1, "label": "Claim", "custom_id": format!("{CLAIM_PREFIX}{room}") },
+                    { "type": 2, "style": 4, "label": "Close", "custom_id": format!("{CLOSE_PREFIX}{room}") },
+                ],
+            }],
         },
     });
     let thread =
@@ -869,10 +935,78 @@ impl EventHandler for Handler {
         }
     }
 
+    /// A button of a thread's first post was pressed. Answered here rather
+    /// than through the outbox: Discord takes the answer only within three
+    /// seconds, so a queued one would be worthless.
+    async fn interaction_create(&self, _ctx: Context, interaction: Interaction) {
+        let Interaction::Component(click) = interaction else { return };
+        if click.guild_id.map(GuildId::get) != Some(self.shared.config.guild_id) {
+            return;
+        }
+        let (text, outcome) = match press(&self.shared, &click).await {
+            Ok(text) => (text, None),
+            Err(err) => (refusal(&err), Some(err)),
+        };
+        if let Some(err) = outcome {
+            tracing::info!(error = %err, button = %click.data.custom_id, "discord bridge: a button press was refused");
+        }
+        let answer =
+            json!({ "type": 4, "data": { "content": text, "flags": EPHEMERAL, "allowed_mentions": { "parse": [] } } });
+        let route =
+            Route::InteractionResponse { interaction_id: InteractionId::new(click.id.get()), token: &click.token };
+        if let Err(err) = self.shared.rest.call(LightMethod::Post, route, Vec::new(), Some(&answer)).await {
+            tracing::warn!(error = %err, "discord bridge: cannot answer a button press");
+            self.shared.record_error(&err);
+        }
+    }
+
     async fn typing_start(&self, _ctx: Context, event: TypingStartEvent) {
         if event.guild_id.map(GuildId::get) == Some(self.shared.config.guild_id) {
             let _ = self.inbound.send(Inbound::Typing(Box::new(event))).await;
         }
+    }
+}
+
+/// Claims or closes the room a button names, as the member who pressed it,
+/// who must hold the support role. Returns what to tell them.
+async fn press(shared: &Shared, click: &ComponentInteraction) -> Result<String> {
+    let id = click.data.custom_id.as_str();
+    let (claim, room) = match (id.strip_prefix(CLAIM_PREFIX), id.strip_prefix(CLOSE_PREFIX)) {
+        (Some(room), _) => (true, room),
+        (_, Some(room)) => (false, room),
+        _ => return Err(Error::Unexpected(format!("an unknown button {id:?}"))),
+    };
+    let room: RoomId = room.parse()?;
+    let Some(member) = &click.member else {
+        return Err(Error::Chat(chat_core::Error::forbidden("only members of the server may do this")));
+    };
+    if !member.roles.iter().any(|r| r.get() == shared.config.support_role_id) {
+        return Err(Error::Chat(chat_core::Error::forbidden("only the support team may do this")));
+    }
+    let name =
+        member.nick.clone().or_else(|| member.user.global_name.clone()).unwrap_or_else(|| member.user.name.clone());
+    let mut user = User::new(agent_user_id(member.user.id.get())?, name);
+    user.roles = vec![chat_core::user::SUPPORT_ROLE.to_owned()];
+    let engine = shared.engine()?;
+    if claim {
+        engine.claim_room_as(NAME, user, room).await?;
+        Ok("You took this conversation; the visitor sees it.".into())
+    } else {
+        engine.close_room_as(NAME, user, room).await?;
+        Ok("The conversation is closed; the visitor was told, and this thread is archived.".into())
+    }
+}
+
+/// What an agent whose button press failed is told. Chat errors carry a
+/// message written for users; anything else stays in the logs.
+fn refusal(err: &Error) -> String {
+    match err {
+        Error::Chat(err)
+            if err.code() != chat_core::ErrorCode::Internal && err.code() != chat_core::ErrorCode::Unavailable =>
+        {
+            format!("Not done: {err}.")
+        }
+        _ => "Not done: the chat cannot do this right now; try again.".into(),
     }
 }
 

@@ -279,3 +279,100 @@ async fn support_role_presences_make_agents_available() {
     eventually("Dan is no longer one", || agents() == 1).await;
     engine.shutdown().await;
 }
+
+/// The next `room:updated` a session gets, skipping other events.
+async fn next_room_update(session: &mut chat_core::Session) -> chat_core::Room {
+    loop {
+        if let Event::RoomUpdated(e) = next_event(session).await {
+            return e.room;
+        }
+    }
+}
+
+/// The thread's first post carries Claim and Close; a support agent's Claim
+/// shows the visitor who took the conversation, Close refuses the visitor's
+/// later messages, tells them, and archives the thread once. Every press is
+/// answered, and a member without the support role changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_and_close_buttons_act_on_the_room() {
+    let discord = StandIn::start().await;
+    let bridge = bridge_for(&discord);
+    let engine = engine_with(memory_store(), bridge.clone()).await;
+    let (mut vera, room) = visitor(&engine, "visitor-6", "Vera").await;
+    send(&mut vera, room, "m0", "hello").await;
+    eventually("the thread", || discord.lock().threads.len() == 1).await;
+    let thread = discord.lock().threads[0].0;
+    let starter = discord.thread_messages(thread).remove(0);
+    let buttons: Vec<(String, String)> = starter["components"][0]["components"]
+        .as_array()
+        .expect("a row of buttons")
+        .iter()
+        .map(|b| (b["label"].as_str().unwrap_or_default().into(), b["custom_id"].as_str().unwrap_or_default().into()))
+        .collect();
+    let (claim, close) = (format!("chat:claim:{room}"), format!("chat:close:{room}"));
+    assert_eq!(buttons, [("Claim".to_owned(), claim.clone()), ("Close".to_owned(), close.clone())]);
+    eventually("the gateway connected", || discord.gateway_connected()).await;
+    eventually("the bridge reports connected", || bridge.health().connected).await;
+
+    let answer_of = |id: u64| discord.interaction_answer(id);
+    let refused = discord.press_button(thread, 79, "Carol", &[], &close);
+    eventually("Carol's press answered", || answer_of(refused).is_some()).await;
+    let answer = answer_of(refused).expect("answered");
+    assert_eq!((answer["type"].as_u64(), answer["data"]["flags"].as_u64()), (Some(4), Some(64)), "{answer}");
+    assert!(answer["data"]["content"].as_str().is_some_and(|t| t.contains("support team")), "{answer}");
+    let stored = engine.store().room(room).await.expect("store").expect("room");
+    assert!(!stored.closed && stored.claimed_by.is_none(), "Carol, not an agent, changed nothing");
+
+    let role: &[u64] = &[SUPPORT_ROLE];
+    let claimed = discord.press_button(thread, 77, "Alice", role, &claim);
+    let seen = next_room_update(&mut vera).await;
+    assert_eq!(seen.claimed_by.as_ref().map(chat_core::UserId::as_str), Some("discord:77"));
+    assert!(!seen.closed);
+    eventually("Alice's claim answered", || answer_of(claimed).is_some()).await;
+    let answer = answer_of(claimed).expect("answered");
+    assert_eq!(answer["data"]["flags"].as_u64(), Some(64));
+    assert!(answer["data"]["content"].as_str().is_some_and(|t| t.contains("You took")), "{answer}");
+
+    let closed = discord.press_button(thread, 78, "Bob", role, &close);
+    let seen = next_room_update(&mut vera).await;
+    assert!(seen.closed, "the visitor is told the room closed");
+    assert_eq!(seen.claimed_by.as_ref().map(chat_core::UserId::as_str), Some("discord:77"), "the claim stays");
+    eventually("Bob's close answered", || answer_of(closed).is_some()).await;
+    eventually("the thread archived", || discord.lock().archived == [thread]).await;
+
+    // The visitor can no longer write, and nothing more reaches the thread.
+    vera.submit(
+        None,
+        chat_core::command::Command::MessageSend(chat_core::command::SendMessage {
+            room_id: room,
+            client_msg_id: "m1".into(),
+            body: "still there?".into(),
+            attachments: vec![],
+            reply_to: None,
+        }),
+    )
+    .await;
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), vera.next_output()).await.expect("a reply") {
+            chat_core::Output::Reply { result, .. } => {
+                let err = result.expect_err("a closed room refuses sends");
+                assert_eq!(err.code().as_str(), "forbidden");
+                assert_eq!(err.to_string(), "the room is closed");
+                break;
+            }
+            _ => continue,
+        }
+    }
+
+    // A second Close is answered and archives nothing more.
+    let again = discord.press_button(thread, 77, "Alice", role, &close);
+    eventually("the second close answered", || answer_of(again).is_some()).await;
+    eventually("the outbox drained", || bridge.health().pending == 0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(discord.lock().archived, [thread], "archived exactly once");
+    assert_eq!(discord.calls_matching(&format!("PATCH /channels/{thread}")), 1);
+    assert_eq!(discord.thread_messages(thread).len(), 1, "the refused message never reached Discord");
+    assert_eq!(discord.calls_matching("POST /interactions/"), 4, "every press was answered once");
+    assert_eq!(bridge.health().failed, 0);
+    engine.shutdown().await;
+}
