@@ -23,8 +23,8 @@ use serde_json::{Value, json};
 use serenity::all::{
     ChannelId, ClientBuilder, ComponentInteraction, ConnectionStage, Context, EventHandler, GatewayIntents, Guild,
     GuildId, GuildMemberUpdateEvent, Interaction, InteractionId, Member, Message, MessageId as DiscordMessageId,
-    MessageUpdateEvent, OnlineStatus, Presence, Ready, ShardStageUpdateEvent, TypingStartEvent, User as DiscordUser,
-    WebhookId,
+    MessageUpdateEvent, OnlineStatus, Presence, Ready, RoleId, ShardStageUpdateEvent, TypingStartEvent,
+    User as DiscordUser, WebhookId,
 };
 use serenity::gateway::ShardManager;
 use serenity::http::{LightMethod, Route};
@@ -967,6 +967,23 @@ impl EventHandler for Handler {
     }
 }
 
+/// The chat roles of a member acting in a mapped thread: `support` (the
+/// people answering there are the support team), then the chat role of each
+/// mapped Discord role they hold, each once.
+fn chat_roles(config: &DiscordConfig, held: &[RoleId]) -> Vec<String> {
+    let mut roles = vec![chat_core::user::SUPPORT_ROLE.to_owned()];
+    for (role, name) in &config.role_map {
+        // A user holds at most `MAX_ROLES`; more would make every post fail.
+        if roles.len() >= chat_core::user::MAX_ROLES {
+            break;
+        }
+        if held.iter().any(|r| r.get() == *role) && !roles.contains(name) {
+            roles.push(name.clone());
+        }
+    }
+    roles
+}
+
 /// Claims or closes the room a button names, as the member who pressed it,
 /// who must hold the support role. Returns what to tell them.
 async fn press(shared: &Shared, click: &ComponentInteraction) -> Result<String> {
@@ -986,7 +1003,7 @@ async fn press(shared: &Shared, click: &ComponentInteraction) -> Result<String> 
     let name =
         member.nick.clone().or_else(|| member.user.global_name.clone()).unwrap_or_else(|| member.user.name.clone());
     let mut user = User::new(agent_user_id(member.user.id.get())?, name);
-    user.roles = vec![chat_core::user::SUPPORT_ROLE.to_owned()];
+    user.roles = chat_roles(&shared.config, &member.roles);
     let engine = shared.engine()?;
     if claim {
         engine.claim_room_as(NAME, user, room).await?;
@@ -1060,7 +1077,14 @@ async fn deliver(shared: &Shared, message: &Message) -> Result<()> {
         .or_else(|| message.author.global_name.clone())
         .unwrap_or_else(|| message.author.name.clone());
     let mut user = User::new(agent_user_id(message.author.id.get())?, name);
-    user.roles = vec![chat_core::user::SUPPORT_ROLE.to_owned()];
+    user.roles = match &message.member {
+        Some(member) => chat_roles(&shared.config, &member.roles),
+        // Fetched messages carry no member: the roles last seen stay.
+        None => match shared.engine()?.store().user(&user.id).await? {
+            Some(known) if !known.roles.is_empty() => known.roles,
+            _ => chat_roles(&shared.config, &[]),
+        },
+    };
     let client_msg_id = format!("discord:{}", message.id.get());
     let posted = shared.engine()?.post_as(NAME, user, room, client_msg_id, body).await?;
     outbox.set_link(NAME, LINK_MESSAGE, &posted.id.to_string(), &message.id.get().to_string()).await?;

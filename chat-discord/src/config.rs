@@ -24,6 +24,11 @@ pub struct DiscordConfig {
     pub proxy_url: Option<String>,
     /// Messages in a thread starting with this stay in Discord.
     pub note_prefix: String,
+    /// Chat roles for Discord roles: a member holding the Discord role (the
+    /// id) gets the chat role (the name) as the user `discord:<id>`, besides
+    /// `support`. Applied whenever the bridge acts for them with their roles
+    /// at hand (a message seen live, a button press).
+    pub role_map: Vec<(u64, String)>,
     /// The longest any REST call may take, connection included. Serenity sets none.
     pub http_timeout: Duration,
     /// The first wait after a failed call; each further failure doubles it, up to `max_backoff`.
@@ -43,6 +48,7 @@ impl std::fmt::Debug for DiscordConfig {
             .field("support_role_id", &self.support_role_id)
             .field("proxy_url", &self.proxy_url)
             .field("note_prefix", &self.note_prefix)
+            .field("role_map", &self.role_map)
             .field("http_timeout", &self.http_timeout)
             .finish_non_exhaustive()
     }
@@ -58,6 +64,7 @@ impl DiscordConfig {
             support_role_id,
             proxy_url: None,
             note_prefix: "!note".into(),
+            role_map: Vec::new(),
             http_timeout: Duration::from_secs(15),
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(300),
@@ -77,6 +84,13 @@ impl DiscordConfig {
             if !(proxy.starts_with("http://") || proxy.starts_with("https://")) {
                 return Err(Error::Config("the proxy URL must start with http:// or https://".into()));
             }
+        }
+        for (role, name) in &self.role_map {
+            if *role == 0 {
+                return Err(Error::Config("a mapped Discord role id must be set".into()));
+            }
+            chat_core::user::validate_roles(std::slice::from_ref(name))
+                .map_err(|e| Error::Config(format!("the chat role mapped from {role}: {e}")))?;
         }
         if self.http_timeout.is_zero() {
             return Err(Error::Config("the HTTP timeout must be positive".into()));
@@ -112,6 +126,13 @@ mod tests {
         let mut c = DiscordConfig::new("t", 1, 2, 3);
         c.proxy_url = Some("127.0.0.1:9".into());
         assert!(c.validate().is_err());
+        let mut c = DiscordConfig::new("t", 1, 2, 3);
+        c.role_map = vec![(4, "admin".into())];
+        assert!(c.validate().is_ok());
+        for bad in [(0, "admin"), (4, ""), (4, "has space")] {
+            c.role_map = vec![(bad.0, bad.1.into())];
+            assert!(c.validate().is_err(), "{bad:?} is refused");
+        }
         assert!(!format!("{c:?}").contains("\"t\""), "the token is not shown");
     }
 }

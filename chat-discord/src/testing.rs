@@ -187,6 +187,27 @@ impl StandIn {
         message["id"].as_str().and_then(|s| s.parse().ok()).expect("an id")
     }
 
+    /// A member of [`GUILD`] holding `roles` writing in a channel, seen live:
+    /// the MESSAGE_CREATE carries their member object, as Discord's does for
+    /// guild messages (messages fetched later carry none).
+    pub fn member_writes(&self, channel: u64, user: u64, name: &str, roles: &[u64], content: &str) -> u64 {
+        let message = {
+            let mut d = self.lock();
+            let id = d.id();
+            let author = json!({"id": user.to_string(), "username": name.to_lowercase(), "global_name": name});
+            let message = message_json(id, channel, author, content, None);
+            d.messages.entry(channel).or_default().push(message.clone());
+            message
+        };
+        let mut live = message.clone();
+        live["member"] = json!({
+            "roles": roles.iter().map(u64::to_string).collect::<Vec<_>>(),
+            "joined_at": "2026-01-01T00:00:00.000000+00:00", "deaf": false, "mute": false, "flags": 0,
+        });
+        self.dispatch("MESSAGE_CREATE", live);
+        message["id"].as_str().and_then(|s| s.parse().ok()).expect("an id")
+    }
+
     /// A person editing their message, as Discord would store and dispatch it.
     pub fn human_edits(&self, channel: u64, message: u64, content: &str) {
         let edited = {

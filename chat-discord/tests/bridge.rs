@@ -376,3 +376,73 @@ async fn claim_and_close_buttons_act_on_the_room() {
     assert_eq!(bridge.health().failed, 0);
     engine.shutdown().await;
 }
+
+/// Discord roles mapped in the settings become chat roles of the
+/// `discord:<id>` users, from live messages and button presses; a message
+/// fetched later (which carries no roles) keeps the roles last seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapped_discord_roles_become_chat_roles() {
+    const ADMINS: u64 = 2001;
+    const LEADS: u64 = 2002;
+    let discord = StandIn::start().await;
+    let bridge_with_roles = |discord: &StandIn| {
+        let mut config = discord.config();
+        config.role_map = vec![(ADMINS, "admin".into()), (LEADS, "lead".into()), (LEADS, "admin".into())];
+        std::sync::Arc::new(chat_discord::DiscordBridge::new(config).expect("a valid config"))
+    };
+    let bridge = bridge_with_roles(&discord);
+    let store = memory_store();
+    let engine = engine_with(store.clone(), bridge.clone()).await;
+    let (mut vera, room) = visitor(&engine, "visitor-7", "Vera").await;
+    send(&mut vera, room, "m0", "hello").await;
+    eventually("the thread", || discord.lock().threads.len() == 1).await;
+    let thread = discord.lock().threads[0].0;
+    eventually("the gateway connected", || discord.gateway_connected()).await;
+    eventually("the bridge reports connected", || bridge.health().connected).await;
+
+    let roles_of = |user: u64| {
+        let store = store.clone();
+        async move {
+            let id = chat_discord::agent_user_id(user).expect("id");
+            store.user(&id).await.expect("store").map(|u| u.roles).unwrap_or_default()
+        }
+    };
+    let table: [(u64, &str, &[u64], &[&str]); 3] = [
+        (77, "Alice", &[SUPPORT_ROLE, ADMINS], &["support", "admin"]),
+        (78, "Bob", &[SUPPORT_ROLE, LEADS, ADMINS], &["support", "admin", "lead"]),
+        (79, "Carol", &[SUPPORT_ROLE, 2999], &["support"]),
+    ];
+    for (user, name, held, want) in table {
+        discord.member_writes(thread, user, name, held, &format!("{name} here"));
+        assert_eq!(next_message(&mut vera).await.sender_id.as_str(), format!("discord:{user}"));
+        assert_eq!(roles_of(user).await, want, "{name}'s roles");
+    }
+
+    // A press applies the roles the member holds now.
+    let pressed = discord.press_button(thread, 79, "Carol", &[SUPPORT_ROLE, LEADS], &format!("chat:claim:{room}"));
+    eventually("Carol's claim answered", || discord.interaction_answer(pressed).is_some()).await;
+    assert_eq!(roles_of(79).await, ["support", "lead", "admin"]);
+
+    // A message the gateway missed is fetched without a member after a
+    // restart: Alice keeps the roles last seen.
+    drop(vera);
+    engine.shutdown().await;
+    discord.human_writes(thread, 77, "Alice", "while you were away", false);
+    let engine = engine_with(store.clone(), bridge_with_roles(&discord)).await;
+    let visitor_id = chat_core::UserId::new("visitor-7").expect("id");
+    let query = chat_core::HistoryQuery { limit: 50, ..Default::default() };
+    let mut caught = false;
+    for _ in 0..200 {
+        let page = engine.history(&visitor_id, room, query).await.expect("history");
+        caught = page.messages.iter().any(|m| m.body == "while you were away");
+        if caught {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(caught, "the missed message was fetched");
+    let alice = chat_discord::agent_user_id(77).expect("id");
+    let roles = engine.store().user(&alice).await.expect("store").map(|u| u.roles);
+    assert_eq!(roles, Some(vec!["support".to_owned(), "admin".to_owned()]));
+    engine.shutdown().await;
+}
