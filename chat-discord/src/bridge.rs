@@ -96,7 +96,8 @@ struct State {
     failed: u64,
     last_error: Option<String>,
     bot_user: Option<u64>,
-    webhook: Option<(u64, String)>,
+    /// Our webhook of each channel (the forum, mapped text channels).
+    webhooks: HashMap<u64, (u64, String)>,
     /// Members of the guild holding the support role, from GUILD_CREATE and
     /// member updates.
     agents: HashSet<u64>,
@@ -210,6 +211,7 @@ impl Bridge for DiscordBridge {
         let Some(events) = events else {
             return Err(chat_core::Error::internal("the discord bridge was started twice"));
         };
+        link_channels(&self.shared).await.map_err(into_chat)?;
         let (inbound_tx, inbound_rx) = mpsc::channel(1024);
         let shared = &self.shared;
         let tasks = vec![
@@ -284,6 +286,29 @@ impl Bridge for DiscordBridge {
     }
 }
 
+/// Links each mapped group room to its text channel, as a support room is
+/// linked to its thread, so that both directions and the catch-up treat them
+/// alike. A newly mapped channel's cursor starts now: what was written there
+/// before the mapping stays out of the room.
+async fn link_channels(shared: &Shared) -> Result<()> {
+    let outbox = shared.outbox()?;
+    for (room, channel) in &shared.config.channels {
+        let channel = channel.to_string();
+        outbox.set_link(NAME, LINK_THREAD, &room.to_string(), &channel).await?;
+        if outbox.remote_of(NAME, LINK_CURSOR, &channel).await?.is_none() {
+            outbox.set_link(NAME, LINK_CURSOR, &channel, &snowflake_now().to_string()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The smallest Discord id of this millisecond (ids count milliseconds since
+/// 2015-01-01 in their top bits).
+fn snowflake_now() -> u64 {
+    let ms = u64::try_from(Timestamp::now().as_millis()).unwrap_or(0);
+    ms.saturating_sub(1_420_070_400_000) << 22
+}
+
 /// An error of the bridge as the engine's callers see it.
 fn into_chat(err: Error) -> chat_core::Error {
     match err {
@@ -348,8 +373,9 @@ async fn enqueue(shared: Arc<Shared>, mut events: mpsc::Receiver<BridgeEvent>) {
 /// The job mirroring a change of a support room's message. Jobs of a room
 /// share its queue, so an edit or a delete runs after the post it changes.
 async fn job_for(shared: &Shared, kind: &str, message: &chat_core::Message) -> Result<Option<NewJob>> {
+    let mapped = shared.config.channel_of(message.room_id).is_some();
     let room = shared.engine()?.store().room(message.room_id).await?;
-    if room.is_none_or(|r| r.kind != RoomKind::Support) {
+    if room.is_none_or(|r| r.kind != RoomKind::Support && !(mapped && r.kind == RoomKind::Group)) {
         return Ok(None);
     }
     let payload = PostJob { room_id: message.room_id, message_id: message.id };
@@ -531,13 +557,14 @@ async fn change_message(shared: &Shared, job: &PostJob, change: Change) -> Resul
     // webhook's, and only the webhook can edit them.
     let by_webhook = remote != thread && !message.sender_id.as_str().starts_with("discord:");
     let result = if by_webhook {
-        let (webhook_id, token) = webhook(shared).await?;
+        let (hook_channel, params) = hook_target(shared, job.room_id, &thread);
+        let (webhook_id, token) = webhook(shared, hook_channel).await?;
         let route = Route::WebhookMessage {
             webhook_id: WebhookId::new(webhook_id),
             token: &token,
             message_id: DiscordMessageId::new(remote_id),
         };
-        shared.rest.call(method, route, vec![("thread_id", thread.clone())], body.as_ref()).await
+        shared.rest.call(method, route, params, body.as_ref()).await
     } else {
         let route =
             Route::ChannelMessage { channel_id: parse_channel(&thread)?, message_id: DiscordMessageId::new(remote_id) };
@@ -584,12 +611,13 @@ async fn post_message(shared: &Shared, post: &PostJob, retried: bool) -> Result<
             outbox.set_link(NAME, LINK_MESSAGE, &message_key, &thread).await?;
         }
         Some(thread) => {
-            let (webhook_id, token) = webhook(shared).await?;
+            let (hook_channel, params) = hook_target(shared, post.room_id, &thread);
+            let (webhook_id, token) = webhook(shared, hook_channel).await?;
             let found =
                 if retried { find_webhook_post(shared, &thread, webhook_id, &name, &content).await? } else { None };
             let posted = match found {
                 Some(id) => id,
-                None => execute_webhook(shared, webhook_id, &token, &thread, &name, &content).await?,
+                None => execute_webhook(shared, webhook_id, &token, params, &name, &content).await?,
             };
             outbox.set_link(NAME, LINK_MESSAGE, &message_key, &posted).await?;
         }
@@ -666,14 +694,15 @@ async fn find_thread(shared: &Shared, title: &str) -> Result<Option<String>> {
         .and_then(|t| t.get("id").and_then(Value::as_str).map(str::to_owned)))
 }
 
-/// The forum's webhook that posts under visitors' names: ours when the
-/// forum has one, else a new one. Kept in the store.
-async fn webhook(shared: &Shared) -> Result<(u64, String)> {
-    if let Some(hook) = shared.state().webhook.clone() {
+/// A channel's webhook that posts under chat users' names (the forum's for
+/// support threads, a mapped text channel's own): ours when the channel has
+/// one, else a new one. Kept in the store.
+async fn webhook(shared: &Shared, channel: u64) -> Result<(u64, String)> {
+    if let Some(hook) = shared.state().webhooks.get(&channel).cloned() {
         return Ok(hook);
     }
     let outbox = shared.outbox()?;
-    let forum = shared.config.forum_channel_id.to_string();
+    let forum = channel.to_string();
     let parse = |s: &str| {
         let (id, token) = s.split_once('/')?;
         Some((id.parse::<u64>().ok()?, token.to_owned()))
@@ -682,7 +711,7 @@ async fn webhook(shared: &Shared) -> Result<(u64, String)> {
     let hook = match stored.as_deref().and_then(parse) {
         Some(hook) => hook,
         None => {
-            let channel_id = ChannelId::new(shared.config.forum_channel_id);
+            let channel_id = ChannelId::new(channel);
             let list =
                 shared.rest.call(LightMethod::Get, Route::ChannelWebhooks { channel_id }, Vec::new(), None).await?;
             let bot = shared.state().bot_user.map(|b| b.to_string());
@@ -710,15 +739,25 @@ async fn webhook(shared: &Shared) -> Result<(u64, String)> {
                 .ok_or_else(|| Error::Unexpected("a webhook id that is not a number".into()))?
         }
     };
-    shared.state().webhook = Some(hook.clone());
+    shared.state().webhooks.insert(channel, hook.clone());
     Ok(hook)
+}
+
+/// Where a room's webhook posts go: the channel whose webhook posts them
+/// and the query that picks the thread. Support threads live in the forum;
+/// a mapped text channel is its own target.
+fn hook_target(shared: &Shared, room: RoomId, thread: &str) -> (u64, Vec<(&'static str, String)>) {
+    match shared.config.channel_of(room) {
+        Some(channel) => (channel, Vec::new()),
+        None => (shared.config.forum_channel_id, vec![("thread_id", thread.to_owned())]),
+    }
 }
 
 async fn execute_webhook(
     shared: &Shared,
     webhook_id: u64,
     token: &str,
-    thread: &str,
+    target: Vec<(&'static str, String)>,
     name: &str,
     content: &str,
 ) -> Result<String> {
@@ -728,7 +767,8 @@ async fn execute_webhook(
         "allowed_mentions": { "parse": [] },
     });
     let route = Route::WebhookWithToken { webhook_id: WebhookId::new(webhook_id), token };
-    let params = vec![("wait", "true".to_owned()), ("thread_id", thread.to_owned())];
+    let mut params = vec![("wait", "true".to_owned())];
+    params.extend(target);
     let posted = shared.rest.call(LightMethod::Post, route, params, Some(&body)).await?;
     id_of(&posted, "a webhook message")
 }
@@ -967,11 +1007,14 @@ impl EventHandler for Handler {
     }
 }
 
-/// The chat roles of a member acting in a mapped thread: `support` (the
-/// people answering there are the support team), then the chat role of each
-/// mapped Discord role they hold, each once.
-fn chat_roles(config: &DiscordConfig, held: &[RoleId]) -> Vec<String> {
-    let mut roles = vec![chat_core::user::SUPPORT_ROLE.to_owned()];
+/// The chat roles of a member acting in a mapped thread or channel:
+/// `support` in a support thread (the people answering there are the support
+/// team), then the chat role of each mapped Discord role they hold, each once.
+fn chat_roles(config: &DiscordConfig, held: &[RoleId], support: bool) -> Vec<String> {
+    let mut roles = Vec::new();
+    if support {
+        roles.push(chat_core::user::SUPPORT_ROLE.to_owned());
+    }
     for (role, name) in &config.role_map {
         // A user holds at most `MAX_ROLES`; more would make every post fail.
         if roles.len() >= chat_core::user::MAX_ROLES {
@@ -1003,7 +1046,7 @@ async fn press(shared: &Shared, click: &ComponentInteraction) -> Result<String> 
     let name =
         member.nick.clone().or_else(|| member.user.global_name.clone()).unwrap_or_else(|| member.user.name.clone());
     let mut user = User::new(agent_user_id(member.user.id.get())?, name);
-    user.roles = chat_roles(&shared.config, &member.roles);
+    user.roles = chat_roles(&shared.config, &member.roles, true);
     let engine = shared.engine()?;
     if claim {
         engine.claim_room_as(NAME, user, room).await?;
@@ -1070,6 +1113,9 @@ async fn deliver(shared: &Shared, message: &Message) -> Result<()> {
         return Ok(());
     }
     let room: RoomId = room.parse()?;
+    // In a support thread, the people writing are the support team; in a
+    // mapped text channel, they are anyone of the server.
+    let support = shared.config.channel_of(room).is_none();
     let name = message
         .member
         .as_ref()
@@ -1078,11 +1124,11 @@ async fn deliver(shared: &Shared, message: &Message) -> Result<()> {
         .unwrap_or_else(|| message.author.name.clone());
     let mut user = User::new(agent_user_id(message.author.id.get())?, name);
     user.roles = match &message.member {
-        Some(member) => chat_roles(&shared.config, &member.roles),
+        Some(member) => chat_roles(&shared.config, &member.roles, support),
         // Fetched messages carry no member: the roles last seen stay.
         None => match shared.engine()?.store().user(&user.id).await? {
             Some(known) if !known.roles.is_empty() => known.roles,
-            _ => chat_roles(&shared.config, &[]),
+            _ => chat_roles(&shared.config, &[], support),
         },
     };
     let client_msg_id = format!("discord:{}", message.id.get());

@@ -29,6 +29,11 @@ pub struct DiscordConfig {
     /// `support`. Applied whenever the bridge acts for them with their roles
     /// at hand (a message seen live, a button press).
     pub role_map: Vec<(u64, String)>,
+    /// Group rooms mirrored to Discord text channels, both ways, with the
+    /// rules of support threads: (room, channel). A room or a channel appears
+    /// once. People writing in a mapped channel join the room as
+    /// `discord:<id>` users, so the room must be public.
+    pub channels: Vec<(chat_core::RoomId, u64)>,
     /// The longest any REST call may take, connection included. Serenity sets none.
     pub http_timeout: Duration,
     /// The first wait after a failed call; each further failure doubles it, up to `max_backoff`.
@@ -49,6 +54,7 @@ impl std::fmt::Debug for DiscordConfig {
             .field("proxy_url", &self.proxy_url)
             .field("note_prefix", &self.note_prefix)
             .field("role_map", &self.role_map)
+            .field("channels", &self.channels)
             .field("http_timeout", &self.http_timeout)
             .finish_non_exhaustive()
     }
@@ -65,6 +71,7 @@ impl DiscordConfig {
             proxy_url: None,
             note_prefix: "!note".into(),
             role_map: Vec::new(),
+            channels: Vec::new(),
             http_timeout: Duration::from_secs(15),
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(300),
@@ -92,10 +99,23 @@ impl DiscordConfig {
             chat_core::user::validate_roles(std::slice::from_ref(name))
                 .map_err(|e| Error::Config(format!("the chat role mapped from {role}: {e}")))?;
         }
+        for (i, (room, channel)) in self.channels.iter().enumerate() {
+            if *channel == 0 || *channel == self.forum_channel_id {
+                return Err(Error::Config(format!("room {room} needs a text channel id other than the forum's")));
+            }
+            if self.channels[..i].iter().any(|(r, c)| r == room || c == channel) {
+                return Err(Error::Config(format!("room {room} or channel {channel} is mapped twice")));
+            }
+        }
         if self.http_timeout.is_zero() {
             return Err(Error::Config("the HTTP timeout must be positive".into()));
         }
         Ok(())
+    }
+
+    /// The text channel a group room is mirrored to, if it is.
+    pub(crate) fn channel_of(&self, room: chat_core::RoomId) -> Option<u64> {
+        self.channels.iter().find(|(r, _)| *r == room).map(|(_, c)| *c)
     }
 
     /// How long to wait before attempt `attempts + 1` of a job.
@@ -132,6 +152,19 @@ mod tests {
         for bad in [(0, "admin"), (4, ""), (4, "has space")] {
             c.role_map = vec![(bad.0, bad.1.into())];
             assert!(c.validate().is_err(), "{bad:?} is refused");
+        }
+        let (a, b) = (chat_core::RoomId::generate(), chat_core::RoomId::generate());
+        let table = [
+            (vec![(a, 10), (b, 11)], true),
+            (vec![(a, 0)], false),
+            (vec![(a, 2)], false),
+            (vec![(a, 10), (a, 11)], false),
+            (vec![(a, 10), (b, 10)], false),
+        ];
+        for (channels, ok) in table {
+            let mut c = DiscordConfig::new("t", 1, 2, 3);
+            c.channels = channels.clone();
+            assert_eq!(c.validate().is_ok(), ok, "{channels:?}");
         }
         assert!(!format!("{c:?}").contains("\"t\""), "the token is not shown");
     }

@@ -412,8 +412,24 @@ async fn active_threads(State(s): State<StandIn>) -> axum::Json<Value> {
     axum::Json(json!({"threads": threads, "members": []}))
 }
 
-async fn list_webhooks(State(s): State<StandIn>) -> axum::Json<Value> {
-    axum::Json(Value::Array(s.lock().webhooks.clone()))
+async fn list_webhooks(State(s): State<StandIn>, Path(channel): Path<u64>) -> axum::Json<Value> {
+    let channel = channel.to_string();
+    let d = s.lock();
+    let hooks = d.webhooks.iter().filter(|w| w["channel_id"].as_str() == Some(channel.as_str())).cloned();
+    axum::Json(Value::Array(hooks.collect()))
+}
+
+/// Where a webhook call posts: the thread named by `thread_id`, else the
+/// webhook's own channel.
+fn webhook_target(d: &Discord, hook: u64, query: &HashMap<String, String>) -> Option<u64> {
+    match query.get("thread_id") {
+        Some(thread) => thread.parse().ok(),
+        None => {
+            let hook = hook.to_string();
+            let found = d.webhooks.iter().find(|w| w["id"].as_str() == Some(hook.as_str()))?;
+            found["channel_id"].as_str()?.parse().ok()
+        }
+    }
 }
 
 async fn create_webhook(State(s): State<StandIn>, Path(channel): Path<u64>) -> axum::Json<Value> {
@@ -434,7 +450,7 @@ async fn execute_webhook(
     let mut d = s.lock();
     let hook_id = hook.to_string();
     let known = d.webhooks.iter().any(|w| w["id"].as_str() == Some(hook_id.as_str()) && w["token"] == token);
-    let thread = query.get("thread_id").and_then(|t| t.parse::<u64>().ok());
+    let thread = webhook_target(&d, hook, &query);
     let (true, Some(thread), Some("true")) = (known, thread, query.get("wait").map(String::as_str)) else {
         return (StatusCode::BAD_REQUEST, axum::Json(json!({"message": "bad webhook call", "code": 0})))
             .into_response();
@@ -504,8 +520,11 @@ async fn edit_webhook_message(
     Query(query): Query<HashMap<String, String>>,
     axum::Json(body): axum::Json<Value>,
 ) -> Response {
-    let thread = query.get("thread_id").and_then(|t| t.parse::<u64>().ok());
-    let (true, Some(thread)) = (known_webhook(&s.lock(), hook, &token), thread) else {
+    let (known, thread) = {
+        let d = s.lock();
+        (known_webhook(&d, hook, &token), webhook_target(&d, hook, &query))
+    };
+    let (true, Some(thread)) = (known, thread) else {
         return (StatusCode::BAD_REQUEST, axum::Json(json!({"message": "bad webhook call", "code": 0})))
             .into_response();
     };
@@ -518,8 +537,11 @@ async fn delete_webhook_message(
     Path((hook, token, message)): Path<(u64, String, u64)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let thread = query.get("thread_id").and_then(|t| t.parse::<u64>().ok());
-    let (true, Some(thread)) = (known_webhook(&s.lock(), hook, &token), thread) else {
+    let (known, thread) = {
+        let d = s.lock();
+        (known_webhook(&d, hook, &token), webhook_target(&d, hook, &query))
+    };
+    let (true, Some(thread)) = (known, thread) else {
         return (StatusCode::BAD_REQUEST, axum::Json(json!({"message": "bad webhook call", "code": 0})))
             .into_response();
     };

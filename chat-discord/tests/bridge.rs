@@ -446,3 +446,72 @@ async fn mapped_discord_roles_become_chat_roles() {
     assert_eq!(roles, Some(vec!["support".to_owned(), "admin".to_owned()]));
     engine.shutdown().await;
 }
+
+/// A group room mapped to a text channel crosses both ways like a support
+/// thread: members' messages and edits reach the channel through its own
+/// webhook, people writing there reach the room (without the support role);
+/// an unmapped group room stays local.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapped_group_room_crosses_to_its_text_channel() {
+    use chat_core::room::{MemberRole, NewRoom, Visibility};
+    const CHANNEL: u64 = 2500;
+    let discord = StandIn::start().await;
+    let store = memory_store();
+    let gina = chat_core::UserId::new("gina").expect("id");
+    let new_room = |name: &str| NewRoom {
+        id: chat_core::RoomId::generate(),
+        kind: chat_core::RoomKind::Group,
+        name: Some(name.into()),
+        visibility: Visibility::Public,
+        created_by: gina.clone(),
+        created_at: chat_core::Timestamp::now(),
+        members: vec![(gina.clone(), MemberRole::Owner)],
+    };
+    let (mapped, _) = store.create_room(new_room("team")).await.expect("room");
+    let (local, _) = store.create_room(new_room("local")).await.expect("room");
+    let mut config = discord.config();
+    config.channels = vec![(mapped.id, CHANNEL)];
+    let bridge = std::sync::Arc::new(chat_discord::DiscordBridge::new(config).expect("a valid config"));
+    let engine = engine_with(store.clone(), bridge.clone()).await;
+    let mut identity = chat_core::Identity::new(gina.clone());
+    identity.name = Some("Gina".into());
+    let (mut session, _) = engine.open_session(identity).await.expect("session");
+    for room in [mapped.id, local.id] {
+        let join = chat_core::command::JoinRoom { room_id: room, since_seq: None };
+        session.submit(None, chat_core::command::Command::RoomJoin(join)).await;
+        let chat_core::Output::Reply { result: Ok(_), .. } = session.next_output().await else { panic!("joined") };
+    }
+    eventually("the gateway connected", || discord.gateway_connected()).await;
+    eventually("the bridge reports connected", || bridge.health().connected).await;
+
+    let first = send(&mut session, mapped.id, "g0", "standup in 5").await;
+    send(&mut session, local.id, "l0", "stays here").await;
+    send(&mut session, mapped.id, "g1", "bring coffee").await;
+    eventually("two posts in the channel", || discord.thread_messages(CHANNEL).len() == 2).await;
+    let posted = discord.thread_messages(CHANNEL);
+    assert_eq!(contents(&posted), ["standup in 5", "bring coffee"]);
+    assert_eq!(posted[0]["author"]["username"], "Gina");
+    assert!(posted.iter().all(|m| m["webhook_id"].is_string()), "posted through a webhook");
+    let hooks = discord.lock().webhooks.clone();
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0]["channel_id"], CHANNEL.to_string(), "the channel's own webhook");
+    assert!(discord.lock().threads.is_empty(), "no forum post for a group room");
+
+    edit(&mut session, mapped.id, first.id, "standup in 10").await;
+    eventually("the edit in Discord", || {
+        contents(&discord.thread_messages(CHANNEL)) == ["standup in 10", "bring coffee"]
+    })
+    .await;
+
+    discord.member_writes(CHANNEL, 81, "Hana", &[], "on my way");
+    let m = next_message(&mut session).await;
+    assert_eq!((m.room_id, m.sender_id.as_str(), m.body.as_str()), (mapped.id, "discord:81", "on my way"));
+    let hana = store.user(&chat_discord::agent_user_id(81).expect("id")).await.expect("store").expect("user");
+    assert!(hana.roles.is_empty(), "a channel's writers are not the support team: {:?}", hana.roles);
+
+    eventually("the outbox drained", || bridge.health().pending == 0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(discord.thread_messages(CHANNEL).len(), 3, "nothing from the local room, no echo");
+    assert_eq!(bridge.health().failed, 0);
+    engine.shutdown().await;
+}
