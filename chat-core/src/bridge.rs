@@ -49,6 +49,8 @@ pub enum BridgeEvent {
     MessageDeleted(Message),
     /// A room was made.
     RoomCreated(Room),
+    /// A room was claimed or closed; carries the room as it is now.
+    RoomUpdated(Room),
     /// A user became a member.
     MemberAdded {
         /// The room.

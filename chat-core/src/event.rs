@@ -89,6 +89,14 @@ pub struct RoomAdded {
     pub room: Room,
 }
 
+/// `room:updated`: a room's claim or state changed (an agent took it, it was
+/// closed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomUpdated {
+    /// The room as it is now.
+    pub room: Room,
+}
+
 /// An event for sessions. Serde derives give the tagged form used between
 /// processes (by brokers); [`Event::data`] gives the protocol's `data` object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +130,9 @@ pub enum Event {
     /// `room:added`
     #[serde(rename = "room:added")]
     RoomAdded(RoomAdded),
+    /// `room:updated`
+    #[serde(rename = "room:updated")]
+    RoomUpdated(RoomUpdated),
 }
 
 impl Event {
@@ -137,6 +148,7 @@ impl Event {
             Event::MessageStatus(_) => "message:status",
             Event::PresenceChanged(_) => "presence:changed",
             Event::RoomAdded(_) => "room:added",
+            Event::RoomUpdated(_) => "room:updated",
         }
     }
 
@@ -151,6 +163,7 @@ impl Event {
             Event::MessageStatus(e) => Some(e.room_id),
             Event::PresenceChanged(_) => None,
             Event::RoomAdded(e) => Some(e.room.id),
+            Event::RoomUpdated(e) => Some(e.room.id),
         }
     }
 
@@ -175,6 +188,7 @@ impl Serialize for EventData<'_> {
             Event::MessageStatus(e) => e.serialize(s),
             Event::PresenceChanged(e) => e.serialize(s),
             Event::RoomAdded(e) => e.serialize(s),
+            Event::RoomUpdated(e) => e.serialize(s),
         }
     }
 }

@@ -123,6 +123,14 @@ pub struct Room {
     pub created_at: Timestamp,
     /// The seq of the newest message; 0 when there is none.
     pub last_seq: u64,
+    /// The support agent who took the conversation, if one did (a bridge's
+    /// "Claim"); the latest claim wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<UserId>,
+    /// Whether the room was closed to new messages (a bridge's "Close").
+    /// Closing is for good: sends are refused from then on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub closed: bool,
 }
 
 /// A room as one user sees it in their list.
@@ -205,6 +213,8 @@ impl NewRoom {
             created_by: self.created_by.clone(),
             created_at: self.created_at,
             last_seq: 0,
+            claimed_by: None,
+            closed: false,
         }
     }
 
@@ -260,6 +270,8 @@ mod tests {
             created_by: UserId::new("u").expect("valid"),
             created_at: Timestamp::now(),
             last_seq: 10,
+            claimed_by: None,
+            closed: false,
         };
         assert_eq!(RoomSummary::new(room.clone(), 4).unread, 6);
         assert_eq!(RoomSummary::new(room, 12).unread, 0);

@@ -148,6 +148,8 @@ macro_rules! store_conformance {
                 rooms_of_user_lists_newest_activity_first,
                 rooms_of_user_reports_read_cursor_and_unread,
                 support_rooms_are_listed_newest_activity_first,
+                claim_room_records_the_latest_agent,
+                close_room_closes_once,
                 seq_starts_at_one_and_follows_batch_order,
                 seq_is_independent_per_room,
                 appended_message_keeps_its_fields,
@@ -413,6 +415,43 @@ pub async fn search_users_orders_by_name_then_id_and_limits(store: &dyn Store) {
 // ---------------------------------------------------------------------------
 // Rooms
 
+/// `claim_room` keeps the latest claimer, reports whether it changed, and
+/// shows in every read of the room, the room lists included.
+pub async fn claim_room_records_the_latest_agent(store: &dyn Store) {
+    let (room, _) = ok(store.create_room(new_room(RoomKind::Support, &["vera"], 1)).await, "create_room");
+    assert_eq!(room.claimed_by, None, "a new room is unclaimed");
+    let table = [("alice", true), ("alice", false), ("bob", true)];
+    for (agent, changed) in table {
+        let got = ok(store.claim_room(room.id, &uid(agent)).await, "claim_room");
+        let (claimed, did) = got.unwrap_or_else(|| panic!("claim_room of an existing room must return it"));
+        assert_eq!((claimed.claimed_by.as_ref().map(UserId::as_str), did), (Some(agent), changed), "claim by {agent}");
+    }
+    let stored = ok(store.room(room.id).await, "room").map(|r| r.claimed_by);
+    assert_eq!(stored, Some(Some(uid("bob"))), "room() shows the latest claim");
+    let listed = ok(store.rooms_of_user(&uid("vera")).await, "rooms_of_user");
+    assert_eq!(listed.first().and_then(|s| s.room.claimed_by.clone()), Some(uid("bob")), "rooms_of_user too");
+    let queue = ok(store.support_rooms(10).await, "support_rooms");
+    assert_eq!(queue.first().and_then(|r| r.claimed_by.clone()), Some(uid("bob")), "support_rooms too");
+    assert!(!queue[0].closed, "claiming does not close");
+    assert_eq!(ok(store.claim_room(RoomId::generate(), &uid("bob")).await, "claim_room"), None, "unknown room");
+}
+
+/// `close_room` closes a room once: the first call reports the change, later
+/// ones do not, and every read of the room shows it closed.
+pub async fn close_room_closes_once(store: &dyn Store) {
+    let (room, _) = ok(store.create_room(new_room(RoomKind::Support, &["vera"], 1)).await, "create_room");
+    assert!(!room.closed, "a new room is open");
+    for (attempt, changed) in [(1, true), (2, false)] {
+        let got = ok(store.close_room(room.id).await, "close_room");
+        let (closed, did) = got.unwrap_or_else(|| panic!("close_room of an existing room must return it"));
+        assert_eq!((closed.closed, did), (true, changed), "close number {attempt}");
+    }
+    assert_eq!(ok(store.room(room.id).await, "room").map(|r| r.closed), Some(true));
+    let listed = ok(store.rooms_of_user(&uid("vera")).await, "rooms_of_user");
+    assert!(listed.first().is_some_and(|s| s.room.closed), "rooms_of_user shows it closed");
+    assert_eq!(ok(store.close_room(RoomId::generate()).await, "close_room"), None, "unknown room");
+}
+
 /// `create_room` stores the room with `last_seq` 0 and its members with their roles.
 pub async fn create_room_stores_the_room_and_its_members(store: &dyn Store) {
     let new = new_room(RoomKind::Group, &["zoe", "adam", "mia"], 5);
@@ -426,6 +465,8 @@ pub async fn create_room_stores_the_room_and_its_members(store: &dyn Store) {
         created_by: uid("zoe"),
         created_at: at(5),
         last_seq: 0,
+        claimed_by: None,
+        closed: false,
     };
     assert_eq!(room, want, "create_room must return the room as made");
     assert_eq!(ok(store.room(new.id).await, "room"), Some(want), "room() must return the stored room");

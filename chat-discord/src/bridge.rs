@@ -21,9 +21,10 @@ use chat_core::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use serenity::all::{
-    ChannelId, ClientBuilder, ConnectionStage, Context, EventHandler, GatewayIntents, Guild, GuildId,
-    GuildMemberUpdateEvent, Member, Message, MessageId as DiscordMessageId, MessageUpdateEvent, OnlineStatus, Presence,
-    Ready, ShardStageUpdateEvent, TypingStartEvent, User as DiscordUser, WebhookId,
+    ChannelId, ClientBuilder, ComponentInteraction, ConnectionStage, Context, EventHandler, GatewayIntents, Guild,
+    GuildId, GuildMemberUpdateEvent, Interaction, InteractionId, Member, Message, MessageId as DiscordMessageId,
+    MessageUpdateEvent, OnlineStatus, Presence, Ready, RoleId, ShardStageUpdateEvent, TypingStartEvent,
+    User as DiscordUser, WebhookId,
 };
 use serenity::gateway::ShardManager;
 use serenity::http::{LightMethod, Route};
@@ -49,6 +50,12 @@ const LINK_CURSOR: &str = "cursor";
 const JOB_POST: &str = "post";
 const JOB_EDIT: &str = "edit";
 const JOB_DELETE: &str = "delete";
+const JOB_ARCHIVE: &str = "archive";
+/// Custom ids of the buttons on a thread's first post: the prefix, then the room id.
+const CLAIM_PREFIX: &str = "chat:claim:";
+const CLOSE_PREFIX: &str = "chat:close:";
+/// An interaction answer only the clicking agent sees.
+const EPHEMERAL: u64 = 1 << 6;
 /// Engine events waiting for the enqueuer. A burst beyond this is logged as
 /// lost rather than held in memory without bound.
 const EVENT_QUEUE: usize = 4096;
@@ -89,7 +96,8 @@ struct State {
     failed: u64,
     last_error: Option<String>,
     bot_user: Option<u64>,
-    webhook: Option<(u64, String)>,
+    /// Our webhook of each channel (the forum, mapped text channels).
+    webhooks: HashMap<u64, (u64, String)>,
     /// Members of the guild holding the support role, from GUILD_CREATE and
     /// member updates.
     agents: HashSet<u64>,
@@ -119,6 +127,12 @@ fn is_available(status: OnlineStatus) -> bool {
 struct PostJob {
     room_id: RoomId,
     message_id: MessageId,
+}
+
+/// What an `archive` job carries: the closed room.
+#[derive(Debug, Serialize, Deserialize)]
+struct ArchiveJob {
+    room_id: RoomId,
 }
 
 /// Work for the inbound task, kept in arrival order.
@@ -197,6 +211,7 @@ impl Bridge for DiscordBridge {
         let Some(events) = events else {
             return Err(chat_core::Error::internal("the discord bridge was started twice"));
         };
+        link_channels(&self.shared).await.map_err(into_chat)?;
         let (inbound_tx, inbound_rx) = mpsc::channel(1024);
         let shared = &self.shared;
         let tasks = vec![
@@ -211,13 +226,17 @@ impl Bridge for DiscordBridge {
     }
 
     fn on_event(&self, event: &BridgeEvent, origin: Option<&str>) {
-        if origin == Some(NAME) {
-            return;
-        }
-        if !matches!(
-            event,
-            BridgeEvent::MessageCreated(_) | BridgeEvent::MessageUpdated(_) | BridgeEvent::MessageDeleted(_)
-        ) {
+        let wanted = match event {
+            // Our own messages came from Discord and need no copy there.
+            BridgeEvent::MessageCreated(_) | BridgeEvent::MessageUpdated(_) | BridgeEvent::MessageDeleted(_) => {
+                origin != Some(NAME)
+            }
+            // A closed support room's thread is archived, whoever closed it
+            // (a Close button is our own doing, and still needs the archive).
+            BridgeEvent::RoomUpdated(room) => room.closed && room.kind == RoomKind::Support,
+            _ => false,
+        };
+        if !wanted {
             return;
         }
         if let Err(err) = self.shared.events.try_send(event.clone()) {
@@ -267,6 +286,29 @@ impl Bridge for DiscordBridge {
     }
 }
 
+/// Links each mapped group room to its text channel, as a support room is
+/// linked to its thread, so that both directions and the catch-up treat them
+/// alike. A newly mapped channel's cursor starts now: what was written there
+/// before the mapping stays out of the room.
+async fn link_channels(shared: &Shared) -> Result<()> {
+    let outbox = shared.outbox()?;
+    for (room, channel) in &shared.config.channels {
+        let channel = channel.to_string();
+        outbox.set_link(NAME, LINK_THREAD, &room.to_string(), &channel).await?;
+        if outbox.remote_of(NAME, LINK_CURSOR, &channel).await?.is_none() {
+            outbox.set_link(NAME, LINK_CURSOR, &channel, &snowflake_now().to_string()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The smallest Discord id of this millisecond (ids count milliseconds since
+/// 2015-01-01 in their top bits).
+fn snowflake_now() -> u64 {
+    let ms = u64::try_from(Timestamp::now().as_millis()).unwrap_or(0);
+    ms.saturating_sub(1_420_070_400_000) << 22
+}
+
 /// An error of the bridge as the engine's callers see it.
 fn into_chat(err: Error) -> chat_core::Error {
     match err {
@@ -288,6 +330,13 @@ async fn enqueue(shared: Arc<Shared>, mut events: mpsc::Receiver<BridgeEvent>) {
                 BridgeEvent::MessageCreated(message) => (JOB_POST, message),
                 BridgeEvent::MessageUpdated(message) => (JOB_EDIT, message),
                 BridgeEvent::MessageDeleted(message) => (JOB_DELETE, message),
+                BridgeEvent::RoomUpdated(room) => {
+                    match archive_job(room.id) {
+                        Ok(job) => jobs.push(job),
+                        Err(err) => shared.record_error(&err),
+                    }
+                    continue;
+                }
                 _ => continue,
             };
             match job_for(&shared, kind, &message).await {
@@ -324,8 +373,9 @@ async fn enqueue(shared: Arc<Shared>, mut events: mpsc::Receiver<BridgeEvent>) {
 /// The job mirroring a change of a support room's message. Jobs of a room
 /// share its queue, so an edit or a delete runs after the post it changes.
 async fn job_for(shared: &Shared, kind: &str, message: &chat_core::Message) -> Result<Option<NewJob>> {
+    let mapped = shared.config.channel_of(message.room_id).is_some();
     let room = shared.engine()?.store().room(message.room_id).await?;
-    if room.is_none_or(|r| r.kind != RoomKind::Support) {
+    if room.is_none_or(|r| r.kind != RoomKind::Support && !(mapped && r.kind == RoomKind::Group)) {
         return Ok(None);
     }
     let payload = PostJob { room_id: message.room_id, message_id: message.id };
@@ -344,6 +394,20 @@ async fn job_for(shared: &Shared, kind: &str, message: &chat_core::Message) -> R
         payload: serde_json::to_string(&payload).map_err(|e| Error::Unexpected(e.to_string()))?,
         created_at: Timestamp::now(),
     }))
+}
+
+/// The job archiving a closed room's thread. It shares the room's queue, so
+/// it runs after the room's last messages reached the thread; the engine
+/// announces a close once, so it is enqueued once.
+fn archive_job(room: RoomId) -> Result<NewJob> {
+    Ok(NewJob {
+        bridge: NAME.into(),
+        queue: room.to_string(),
+        dedupe_key: format!("{JOB_ARCHIVE}:{room}"),
+        kind: JOB_ARCHIVE.into(),
+        payload: serde_json::to_string(&ArchiveJob { room_id: room }).map_err(|e| Error::Unexpected(e.to_string()))?,
+        created_at: Timestamp::now(),
+    })
 }
 
 /// Runs due jobs until the bridge stops.
@@ -428,7 +492,26 @@ async fn run_job(shared: &Shared, job: &Job) -> Result<()> {
         JOB_POST => post_message(shared, &payload(job)?, job.attempts > 0).await,
         JOB_EDIT => change_message(shared, &payload(job)?, Change::Edit).await,
         JOB_DELETE => change_message(shared, &payload(job)?, Change::Delete).await,
+        JOB_ARCHIVE => {
+            let archive: ArchiveJob =
+                serde_json::from_str(&job.payload).map_err(|e| Error::Unexpected(format!("bad job payload: {e}")))?;
+            archive_thread(shared, archive.room_id).await
+        }
         other => Err(Error::Unexpected(format!("unknown job kind {other:?}"))),
+    }
+}
+
+/// Archives a closed room's thread. A room without a thread, or a thread
+/// Discord no longer has, needs nothing; archiving twice is harmless.
+async fn archive_thread(shared: &Shared, room: RoomId) -> Result<()> {
+    let Some(thread) = shared.outbox()?.remote_of(NAME, LINK_THREAD, &room.to_string()).await? else {
+        return Ok(());
+    };
+    let route = Route::Channel { channel_id: parse_channel(&thread)? };
+    let body = json!({ "archived": true });
+    match shared.rest.call(LightMethod::Patch, route, Vec::new(), Some(&body)).await {
+        Ok(_) | Err(Error::Refused { status: 404, .. }) => Ok(()),
+        Err(err) => Err(err),
     }
 }
 
@@ -474,13 +557,14 @@ async fn change_message(shared: &Shared, job: &PostJob, change: Change) -> Resul
     // webhook's, and only the webhook can edit them.
     let by_webhook = remote != thread && !message.sender_id.as_str().starts_with("discord:");
     let result = if by_webhook {
-        let (webhook_id, token) = webhook(shared).await?;
+        let (hook_channel, params) = hook_target(shared, job.room_id, &thread);
+        let (webhook_id, token) = webhook(shared, hook_channel).await?;
         let route = Route::WebhookMessage {
             webhook_id: WebhookId::new(webhook_id),
             token: &token,
             message_id: DiscordMessageId::new(remote_id),
         };
-        shared.rest.call(method, route, vec![("thread_id", thread.clone())], body.as_ref()).await
+        shared.rest.call(method, route, params, body.as_ref()).await
     } else {
         let route =
             Route::ChannelMessage { channel_id: parse_channel(&thread)?, message_id: DiscordMessageId::new(remote_id) };
@@ -518,7 +602,7 @@ async fn post_message(shared: &Shared, post: &PostJob, retried: bool) -> Result<
             let found = if retried { find_thread(shared, &title).await? } else { None };
             let thread = match found {
                 Some(thread) => thread,
-                None => create_thread(shared, &title, &content).await?,
+                None => create_thread(shared, &title, &content, post.room_id).await?,
             };
             // The room's thread is stored before anything else happens, so
             // that no later step can make a second one.
@@ -527,12 +611,13 @@ async fn post_message(shared: &Shared, post: &PostJob, retried: bool) -> Result<
             outbox.set_link(NAME, LINK_MESSAGE, &message_key, &thread).await?;
         }
         Some(thread) => {
-            let (webhook_id, token) = webhook(shared).await?;
+            let (hook_channel, params) = hook_target(shared, post.room_id, &thread);
+            let (webhook_id, token) = webhook(shared, hook_channel).await?;
             let found =
                 if retried { find_webhook_post(shared, &thread, webhook_id, &name, &content).await? } else { None };
             let posted = match found {
                 Some(id) => id,
-                None => execute_webhook(shared, webhook_id, &token, &thread, &name, &content).await?,
+                None => execute_webhook(shared, webhook_id, &token, params, &name, &content).await?,
             };
             outbox.set_link(NAME, LINK_MESSAGE, &message_key, &posted).await?;
         }
@@ -570,7 +655,9 @@ fn id_of(value: &Value, what: &str) -> Result<String> {
         .ok_or_else(|| Error::Unexpected(format!("{what} without an id")))
 }
 
-async fn create_thread(shared: &Shared, title: &str, content: &str) -> Result<String> {
+/// Opens the room's forum post. Its first message carries the Claim and
+/// Close buttons, whose custom ids name the room.
+async fn create_thread(shared: &Shared, title: &str, content: &str, room: RoomId) -> Result<String> {
     let channel_id = ChannelId::new(shared.config.forum_channel_id);
     let body = json!({
         "name": title,
@@ -578,6 +665,13 @@ async fn create_thread(shared: &Shared, title: &str, content: &str) -> Result<St
         "message": {
             "content": content,
             "allowed_mentions": { "parse": [] },
+            "components": [{
+                "type": 1,
+                "components": [
+                    { "type": 2, "style": 1, "label": "Claim", "custom_id": format!("{CLAIM_PREFIX}{room}") },
+                    { "type": 2, "style": 4, "label": "Close", "custom_id": format!("{CLOSE_PREFIX}{room}") },
+                ],
+            }],
         },
     });
     let thread =
@@ -600,14 +694,15 @@ async fn find_thread(shared: &Shared, title: &str) -> Result<Option<String>> {
         .and_then(|t| t.get("id").and_then(Value::as_str).map(str::to_owned)))
 }
 
-/// The forum's webhook that posts under visitors' names: ours when the
-/// forum has one, else a new one. Kept in the store.
-async fn webhook(shared: &Shared) -> Result<(u64, String)> {
-    if let Some(hook) = shared.state().webhook.clone() {
+/// A channel's webhook that posts under chat users' names (the forum's for
+/// support threads, a mapped text channel's own): ours when the channel has
+/// one, else a new one. Kept in the store.
+async fn webhook(shared: &Shared, channel: u64) -> Result<(u64, String)> {
+    if let Some(hook) = shared.state().webhooks.get(&channel).cloned() {
         return Ok(hook);
     }
     let outbox = shared.outbox()?;
-    let forum = shared.config.forum_channel_id.to_string();
+    let forum = channel.to_string();
     let parse = |s: &str| {
         let (id, token) = s.split_once('/')?;
         Some((id.parse::<u64>().ok()?, token.to_owned()))
@@ -616,7 +711,7 @@ async fn webhook(shared: &Shared) -> Result<(u64, String)> {
     let hook = match stored.as_deref().and_then(parse) {
         Some(hook) => hook,
         None => {
-            let channel_id = ChannelId::new(shared.config.forum_channel_id);
+            let channel_id = ChannelId::new(channel);
             let list =
                 shared.rest.call(LightMethod::Get, Route::ChannelWebhooks { channel_id }, Vec::new(), None).await?;
             let bot = shared.state().bot_user.map(|b| b.to_string());
@@ -644,15 +739,25 @@ async fn webhook(shared: &Shared) -> Result<(u64, String)> {
                 .ok_or_else(|| Error::Unexpected("a webhook id that is not a number".into()))?
         }
     };
-    shared.state().webhook = Some(hook.clone());
+    shared.state().webhooks.insert(channel, hook.clone());
     Ok(hook)
+}
+
+/// Where a room's webhook posts go: the channel whose webhook posts them
+/// and the query that picks the thread. Support threads live in the forum;
+/// a mapped text channel is its own target.
+fn hook_target(shared: &Shared, room: RoomId, thread: &str) -> (u64, Vec<(&'static str, String)>) {
+    match shared.config.channel_of(room) {
+        Some(channel) => (channel, Vec::new()),
+        None => (shared.config.forum_channel_id, vec![("thread_id", thread.to_owned())]),
+    }
 }
 
 async fn execute_webhook(
     shared: &Shared,
     webhook_id: u64,
     token: &str,
-    thread: &str,
+    target: Vec<(&'static str, String)>,
     name: &str,
     content: &str,
 ) -> Result<String> {
@@ -662,7 +767,8 @@ async fn execute_webhook(
         "allowed_mentions": { "parse": [] },
     });
     let route = Route::WebhookWithToken { webhook_id: WebhookId::new(webhook_id), token };
-    let params = vec![("wait", "true".to_owned()), ("thread_id", thread.to_owned())];
+    let mut params = vec![("wait", "true".to_owned())];
+    params.extend(target);
     let posted = shared.rest.call(LightMethod::Post, route, params, Some(&body)).await?;
     id_of(&posted, "a webhook message")
 }
@@ -869,10 +975,98 @@ impl EventHandler for Handler {
         }
     }
 
+    /// A button of a thread's first post was pressed. Answered here rather
+    /// than through the outbox: Discord takes the answer only within three
+    /// seconds, so a queued one would be worthless.
+    async fn interaction_create(&self, _ctx: Context, interaction: Interaction) {
+        let Interaction::Component(click) = interaction else { return };
+        if click.guild_id.map(GuildId::get) != Some(self.shared.config.guild_id) {
+            return;
+        }
+        let (text, outcome) = match press(&self.shared, &click).await {
+            Ok(text) => (text, None),
+            Err(err) => (refusal(&err), Some(err)),
+        };
+        if let Some(err) = outcome {
+            tracing::info!(error = %err, button = %click.data.custom_id, "discord bridge: a button press was refused");
+        }
+        let answer =
+            json!({ "type": 4, "data": { "content": text, "flags": EPHEMERAL, "allowed_mentions": { "parse": [] } } });
+        let route =
+            Route::InteractionResponse { interaction_id: InteractionId::new(click.id.get()), token: &click.token };
+        if let Err(err) = self.shared.rest.call(LightMethod::Post, route, Vec::new(), Some(&answer)).await {
+            tracing::warn!(error = %err, "discord bridge: cannot answer a button press");
+            self.shared.record_error(&err);
+        }
+    }
+
     async fn typing_start(&self, _ctx: Context, event: TypingStartEvent) {
         if event.guild_id.map(GuildId::get) == Some(self.shared.config.guild_id) {
             let _ = self.inbound.send(Inbound::Typing(Box::new(event))).await;
         }
+    }
+}
+
+/// The chat roles of a member acting in a mapped thread or channel:
+/// `support` in a support thread (the people answering there are the support
+/// team), then the chat role of each mapped Discord role they hold, each once.
+fn chat_roles(config: &DiscordConfig, held: &[RoleId], support: bool) -> Vec<String> {
+    let mut roles = Vec::new();
+    if support {
+        roles.push(chat_core::user::SUPPORT_ROLE.to_owned());
+    }
+    for (role, name) in &config.role_map {
+        // A user holds at most `MAX_ROLES`; more would make every post fail.
+        if roles.len() >= chat_core::user::MAX_ROLES {
+            break;
+        }
+        if held.iter().any(|r| r.get() == *role) && !roles.contains(name) {
+            roles.push(name.clone());
+        }
+    }
+    roles
+}
+
+/// Claims or closes the room a button names, as the member who pressed it,
+/// who must hold the support role. Returns what to tell them.
+async fn press(shared: &Shared, click: &ComponentInteraction) -> Result<String> {
+    let id = click.data.custom_id.as_str();
+    let (claim, room) = match (id.strip_prefix(CLAIM_PREFIX), id.strip_prefix(CLOSE_PREFIX)) {
+        (Some(room), _) => (true, room),
+        (_, Some(room)) => (false, room),
+        _ => return Err(Error::Unexpected(format!("an unknown button {id:?}"))),
+    };
+    let room: RoomId = room.parse()?;
+    let Some(member) = &click.member else {
+        return Err(Error::Chat(chat_core::Error::forbidden("only members of the server may do this")));
+    };
+    if !member.roles.iter().any(|r| r.get() == shared.config.support_role_id) {
+        return Err(Error::Chat(chat_core::Error::forbidden("only the support team may do this")));
+    }
+    let name =
+        member.nick.clone().or_else(|| member.user.global_name.clone()).unwrap_or_else(|| member.user.name.clone());
+    let mut user = User::new(agent_user_id(member.user.id.get())?, name);
+    user.roles = chat_roles(&shared.config, &member.roles, true);
+    let engine = shared.engine()?;
+    if claim {
+        engine.claim_room_as(NAME, user, room).await?;
+        Ok("You took this conversation; the visitor sees it.".into())
+    } else {
+        engine.close_room_as(NAME, user, room).await?;
+        Ok("The conversation is closed; the visitor was told, and this thread is archived.".into())
+    }
+}
+
+/// What an agent whose button press failed is told. Chat errors carry a
+/// message written for users; anything else stays in the logs.
+fn refusal(err: &Error) -> String {
+    match err {
+        Error::Chat(err)
+            if err.code() != chat_core::ErrorCode::Internal && err.code() != chat_core::ErrorCode::Unavailable =>
+        {
+            format!("Not done: {err}.")
+        }
+        _ => "Not done: the chat cannot do this right now; try again.".into(),
     }
 }
 
@@ -919,6 +1113,9 @@ async fn deliver(shared: &Shared, message: &Message) -> Result<()> {
         return Ok(());
     }
     let room: RoomId = room.parse()?;
+    // In a support thread, the people writing are the support team; in a
+    // mapped text channel, they are anyone of the server.
+    let support = shared.config.channel_of(room).is_none();
     let name = message
         .member
         .as_ref()
@@ -926,7 +1123,14 @@ async fn deliver(shared: &Shared, message: &Message) -> Result<()> {
         .or_else(|| message.author.global_name.clone())
         .unwrap_or_else(|| message.author.name.clone());
     let mut user = User::new(agent_user_id(message.author.id.get())?, name);
-    user.roles = vec![chat_core::user::SUPPORT_ROLE.to_owned()];
+    user.roles = match &message.member {
+        Some(member) => chat_roles(&shared.config, &member.roles, support),
+        // Fetched messages carry no member: the roles last seen stay.
+        None => match shared.engine()?.store().user(&user.id).await? {
+            Some(known) if !known.roles.is_empty() => known.roles,
+            _ => chat_roles(&shared.config, &[], support),
+        },
+    };
     let client_msg_id = format!("discord:{}", message.id.get());
     let posted = shared.engine()?.post_as(NAME, user, room, client_msg_id, body).await?;
     outbox.set_link(NAME, LINK_MESSAGE, &posted.id.to_string(), &message.id.get().to_string()).await?;

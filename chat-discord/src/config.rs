@@ -24,6 +24,16 @@ pub struct DiscordConfig {
     pub proxy_url: Option<String>,
     /// Messages in a thread starting with this stay in Discord.
     pub note_prefix: String,
+    /// Chat roles for Discord roles: a member holding the Discord role (the
+    /// id) gets the chat role (the name) as the user `discord:<id>`, besides
+    /// `support`. Applied whenever the bridge acts for them with their roles
+    /// at hand (a message seen live, a button press).
+    pub role_map: Vec<(u64, String)>,
+    /// Group rooms mirrored to Discord text channels, both ways, with the
+    /// rules of support threads: (room, channel). A room or a channel appears
+    /// once. People writing in a mapped channel join the room as
+    /// `discord:<id>` users, so the room must be public.
+    pub channels: Vec<(chat_core::RoomId, u64)>,
     /// The longest any REST call may take, connection included. Serenity sets none.
     pub http_timeout: Duration,
     /// The first wait after a failed call; each further failure doubles it, up to `max_backoff`.
@@ -43,6 +53,8 @@ impl std::fmt::Debug for DiscordConfig {
             .field("support_role_id", &self.support_role_id)
             .field("proxy_url", &self.proxy_url)
             .field("note_prefix", &self.note_prefix)
+            .field("role_map", &self.role_map)
+            .field("channels", &self.channels)
             .field("http_timeout", &self.http_timeout)
             .finish_non_exhaustive()
     }
@@ -58,6 +70,8 @@ impl DiscordConfig {
             support_role_id,
             proxy_url: None,
             note_prefix: "!note".into(),
+            role_map: Vec::new(),
+            channels: Vec::new(),
             http_timeout: Duration::from_secs(15),
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(300),
@@ -78,10 +92,30 @@ impl DiscordConfig {
                 return Err(Error::Config("the proxy URL must start with http:// or https://".into()));
             }
         }
+        for (role, name) in &self.role_map {
+            if *role == 0 {
+                return Err(Error::Config("a mapped Discord role id must be set".into()));
+            }
+            chat_core::user::validate_roles(std::slice::from_ref(name))
+                .map_err(|e| Error::Config(format!("the chat role mapped from {role}: {e}")))?;
+        }
+        for (i, (room, channel)) in self.channels.iter().enumerate() {
+            if *channel == 0 || *channel == self.forum_channel_id {
+                return Err(Error::Config(format!("room {room} needs a text channel id other than the forum's")));
+            }
+            if self.channels[..i].iter().any(|(r, c)| r == room || c == channel) {
+                return Err(Error::Config(format!("room {room} or channel {channel} is mapped twice")));
+            }
+        }
         if self.http_timeout.is_zero() {
             return Err(Error::Config("the HTTP timeout must be positive".into()));
         }
         Ok(())
+    }
+
+    /// The text channel a group room is mirrored to, if it is.
+    pub(crate) fn channel_of(&self, room: chat_core::RoomId) -> Option<u64> {
+        self.channels.iter().find(|(r, _)| *r == room).map(|(_, c)| *c)
     }
 
     /// How long to wait before attempt `attempts + 1` of a job.
@@ -112,6 +146,26 @@ mod tests {
         let mut c = DiscordConfig::new("t", 1, 2, 3);
         c.proxy_url = Some("127.0.0.1:9".into());
         assert!(c.validate().is_err());
+        let mut c = DiscordConfig::new("t", 1, 2, 3);
+        c.role_map = vec![(4, "admin".into())];
+        assert!(c.validate().is_ok());
+        for bad in [(0, "admin"), (4, ""), (4, "has space")] {
+            c.role_map = vec![(bad.0, bad.1.into())];
+            assert!(c.validate().is_err(), "{bad:?} is refused");
+        }
+        let (a, b) = (chat_core::RoomId::generate(), chat_core::RoomId::generate());
+        let table = [
+            (vec![(a, 10), (b, 11)], true),
+            (vec![(a, 0)], false),
+            (vec![(a, 2)], false),
+            (vec![(a, 10), (a, 11)], false),
+            (vec![(a, 10), (b, 10)], false),
+        ];
+        for (channels, ok) in table {
+            let mut c = DiscordConfig::new("t", 1, 2, 3);
+            c.channels = channels.clone();
+            assert_eq!(c.validate().is_ok(), ok, "{channels:?}");
+        }
         assert!(!format!("{c:?}").contains("\"t\""), "the token is not shown");
     }
 }

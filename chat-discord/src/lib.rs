@@ -11,6 +11,12 @@
 //!   `discord:<id>`, with their display name; their typing shows as typing;
 //!   messages starting with the note prefix (`!note`) stay in Discord;
 //! - edits and deletes cross in both directions;
+//! - the thread's first post carries Claim and Close buttons for the support
+//!   team: a claim shows the visitor who took the conversation, a close ends
+//!   it (sends refused, the visitor told, the thread archived);
+//! - group rooms listed in [`DiscordConfig::channels`] cross to text
+//!   channels the same way, and [`DiscordConfig::role_map`] turns Discord
+//!   roles into chat roles;
 //! - every call to Discord goes through a durable outbox kept in the store
 //!   ([`chat_core::BridgeStore`]), retried with backoff and honouring 429s,
 //!   so a slow or absent Discord never delays the chat, and a restart loses

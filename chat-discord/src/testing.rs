@@ -62,6 +62,12 @@ pub struct Discord {
     pub messages: HashMap<u64, Vec<Value>>,
     /// Webhooks made on channels.
     pub webhooks: Vec<Value>,
+    /// Channels archived by `PATCH /channels/{id}`, once per call.
+    pub archived: Vec<u64>,
+    /// Tokens of the interactions dispatched and not answered yet, by id.
+    interactions: HashMap<u64, String>,
+    /// The answers to interactions (`POST /interactions/{id}/{token}/callback`), in order.
+    pub interaction_answers: Vec<(u64, Value)>,
     /// `METHOD /path` of every call, in order.
     pub calls: Vec<String>,
     faults: VecDeque<(Method, String, Fault)>,
@@ -120,6 +126,8 @@ impl StandIn {
                 "/webhooks/{id}/{token}/messages/{message}",
                 patch(edit_webhook_message).delete(delete_webhook_message),
             )
+            .route("/channels/{id}", patch(patch_channel))
+            .route("/interactions/{id}/{token}/callback", post(answer_interaction))
             .route("/channels/{id}/messages", get(list_messages))
             .route("/channels/{id}/messages/{message}", patch(edit_bot_message).delete(delete_channel_message));
         let app = Router::new()
@@ -176,6 +184,27 @@ impl StandIn {
         if live {
             self.dispatch("MESSAGE_CREATE", message.clone());
         }
+        message["id"].as_str().and_then(|s| s.parse().ok()).expect("an id")
+    }
+
+    /// A member of [`GUILD`] holding `roles` writing in a channel, seen live:
+    /// the MESSAGE_CREATE carries their member object, as Discord's does for
+    /// guild messages (messages fetched later carry none).
+    pub fn member_writes(&self, channel: u64, user: u64, name: &str, roles: &[u64], content: &str) -> u64 {
+        let message = {
+            let mut d = self.lock();
+            let id = d.id();
+            let author = json!({"id": user.to_string(), "username": name.to_lowercase(), "global_name": name});
+            let message = message_json(id, channel, author, content, None);
+            d.messages.entry(channel).or_default().push(message.clone());
+            message
+        };
+        let mut live = message.clone();
+        live["member"] = json!({
+            "roles": roles.iter().map(u64::to_string).collect::<Vec<_>>(),
+            "joined_at": "2026-01-01T00:00:00.000000+00:00", "deaf": false, "mute": false, "flags": 0,
+        });
+        self.dispatch("MESSAGE_CREATE", live);
         message["id"].as_str().and_then(|s| s.parse().ok()).expect("an id")
     }
 
@@ -244,6 +273,40 @@ impl StandIn {
         self.dispatch("GUILD_MEMBER_UPDATE", member);
     }
 
+    /// A member of [`GUILD`] with these roles presses a button (by its
+    /// custom id) on the first post of a thread: dispatches INTERACTION_CREATE
+    /// as Discord does. Returns the interaction's id.
+    pub fn press_button(&self, thread: u64, user: u64, name: &str, roles: &[u64], custom_id: &str) -> u64 {
+        let interaction = {
+            let mut d = self.lock();
+            let id = d.id();
+            let token = format!("interaction-token-{id}");
+            d.interactions.insert(id, token.clone());
+            let message = d.messages.get(&thread).and_then(|m| m.first().cloned()).unwrap_or(Value::Null);
+            json!({
+                "id": id.to_string(), "application_id": BOT.to_string(), "type": 3, "token": token,
+                "version": 1, "guild_id": GUILD.to_string(), "channel_id": thread.to_string(),
+                "locale": "en-US", "guild_locale": "en-US", "entitlements": [],
+                "attachment_size_limit": 8_388_608, "app_permissions": "0",
+                "data": {"custom_id": custom_id, "component_type": 2},
+                "member": {
+                    "user": {"id": user.to_string(), "username": name.to_lowercase(), "global_name": name},
+                    "roles": roles.iter().map(u64::to_string).collect::<Vec<_>>(),
+                    "joined_at": "2026-01-01T00:00:00.000000+00:00", "deaf": false, "mute": false,
+                    "flags": 0, "permissions": "0",
+                },
+                "message": message,
+            })
+        };
+        self.dispatch("INTERACTION_CREATE", interaction.clone());
+        interaction["id"].as_str().and_then(|s| s.parse().ok()).expect("an id")
+    }
+
+    /// The answer given to an interaction, if any.
+    pub fn interaction_answer(&self, interaction: u64) -> Option<Value> {
+        self.lock().interaction_answers.iter().find(|(id, _)| *id == interaction).map(|(_, a)| a.clone())
+    }
+
     /// The messages of a thread (or any channel), oldest first.
     pub fn thread_messages(&self, thread: u64) -> Vec<Value> {
         self.lock().messages.get(&thread).cloned().unwrap_or_default()
@@ -295,11 +358,48 @@ async fn create_thread(
     d.threads.push((id, name.clone(), forum));
     let author = json!({"id": BOT.to_string(), "username": "bridge", "bot": true});
     let content = body["message"]["content"].as_str().unwrap_or_default();
-    let starter = message_json(id, id, author, content, None);
+    let mut starter = message_json(id, id, author, content, None);
+    starter["components"] = body["message"].get("components").cloned().unwrap_or_else(|| json!([]));
     d.messages.entry(id).or_default().push(starter.clone());
     let thread =
         json!({"id": id.to_string(), "name": name, "parent_id": forum.to_string(), "type": 11, "message": starter});
     (StatusCode::CREATED, axum::Json(thread)).into_response()
+}
+
+/// Changes a channel; only archiving is modelled.
+async fn patch_channel(
+    State(s): State<StandIn>,
+    Path(channel): Path<u64>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let mut d = s.lock();
+    let Some((id, name, parent)) = d.threads.iter().find(|t| t.0 == channel).cloned() else {
+        return (StatusCode::NOT_FOUND, axum::Json(json!({"message": "Unknown Channel", "code": 10003})))
+            .into_response();
+    };
+    if body["archived"] == json!(true) {
+        d.archived.push(id);
+    }
+    let archived = d.archived.contains(&id);
+    let thread = json!({"id": id.to_string(), "name": name, "parent_id": parent.to_string(), "type": 11,
+        "thread_metadata": {"archived": archived}});
+    axum::Json(thread).into_response()
+}
+
+/// Answers an interaction: once, with the token it was dispatched with.
+async fn answer_interaction(
+    State(s): State<StandIn>,
+    Path((id, token)): Path<(u64, String)>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let mut d = s.lock();
+    if d.interactions.get(&id) != Some(&token) {
+        return (StatusCode::NOT_FOUND, axum::Json(json!({"message": "Unknown interaction", "code": 10062})))
+            .into_response();
+    }
+    d.interactions.remove(&id);
+    d.interaction_answers.push((id, body));
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn active_threads(State(s): State<StandIn>) -> axum::Json<Value> {
@@ -312,8 +412,24 @@ async fn active_threads(State(s): State<StandIn>) -> axum::Json<Value> {
     axum::Json(json!({"threads": threads, "members": []}))
 }
 
-async fn list_webhooks(State(s): State<StandIn>) -> axum::Json<Value> {
-    axum::Json(Value::Array(s.lock().webhooks.clone()))
+async fn list_webhooks(State(s): State<StandIn>, Path(channel): Path<u64>) -> axum::Json<Value> {
+    let channel = channel.to_string();
+    let d = s.lock();
+    let hooks = d.webhooks.iter().filter(|w| w["channel_id"].as_str() == Some(channel.as_str())).cloned();
+    axum::Json(Value::Array(hooks.collect()))
+}
+
+/// Where a webhook call posts: the thread named by `thread_id`, else the
+/// webhook's own channel.
+fn webhook_target(d: &Discord, hook: u64, query: &HashMap<String, String>) -> Option<u64> {
+    match query.get("thread_id") {
+        Some(thread) => thread.parse().ok(),
+        None => {
+            let hook = hook.to_string();
+            let found = d.webhooks.iter().find(|w| w["id"].as_str() == Some(hook.as_str()))?;
+            found["channel_id"].as_str()?.parse().ok()
+        }
+    }
 }
 
 async fn create_webhook(State(s): State<StandIn>, Path(channel): Path<u64>) -> axum::Json<Value> {
@@ -334,7 +450,7 @@ async fn execute_webhook(
     let mut d = s.lock();
     let hook_id = hook.to_string();
     let known = d.webhooks.iter().any(|w| w["id"].as_str() == Some(hook_id.as_str()) && w["token"] == token);
-    let thread = query.get("thread_id").and_then(|t| t.parse::<u64>().ok());
+    let thread = webhook_target(&d, hook, &query);
     let (true, Some(thread), Some("true")) = (known, thread, query.get("wait").map(String::as_str)) else {
         return (StatusCode::BAD_REQUEST, axum::Json(json!({"message": "bad webhook call", "code": 0})))
             .into_response();
@@ -404,8 +520,11 @@ async fn edit_webhook_message(
     Query(query): Query<HashMap<String, String>>,
     axum::Json(body): axum::Json<Value>,
 ) -> Response {
-    let thread = query.get("thread_id").and_then(|t| t.parse::<u64>().ok());
-    let (true, Some(thread)) = (known_webhook(&s.lock(), hook, &token), thread) else {
+    let (known, thread) = {
+        let d = s.lock();
+        (known_webhook(&d, hook, &token), webhook_target(&d, hook, &query))
+    };
+    let (true, Some(thread)) = (known, thread) else {
         return (StatusCode::BAD_REQUEST, axum::Json(json!({"message": "bad webhook call", "code": 0})))
             .into_response();
     };
@@ -418,8 +537,11 @@ async fn delete_webhook_message(
     Path((hook, token, message)): Path<(u64, String, u64)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let thread = query.get("thread_id").and_then(|t| t.parse::<u64>().ok());
-    let (true, Some(thread)) = (known_webhook(&s.lock(), hook, &token), thread) else {
+    let (known, thread) = {
+        let d = s.lock();
+        (known_webhook(&d, hook, &token), webhook_target(&d, hook, &query))
+    };
+    let (true, Some(thread)) = (known, thread) else {
         return (StatusCode::BAD_REQUEST, axum::Json(json!({"message": "bad webhook call", "code": 0})))
             .into_response();
     };

@@ -279,3 +279,239 @@ async fn support_role_presences_make_agents_available() {
     eventually("Dan is no longer one", || agents() == 1).await;
     engine.shutdown().await;
 }
+
+/// The next `room:updated` a session gets, skipping other events.
+async fn next_room_update(session: &mut chat_core::Session) -> chat_core::Room {
+    loop {
+        if let Event::RoomUpdated(e) = next_event(session).await {
+            return e.room;
+        }
+    }
+}
+
+/// The thread's first post carries Claim and Close; a support agent's Claim
+/// shows the visitor who took the conversation, Close refuses the visitor's
+/// later messages, tells them, and archives the thread once. Every press is
+/// answered, and a member without the support role changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_and_close_buttons_act_on_the_room() {
+    let discord = StandIn::start().await;
+    let bridge = bridge_for(&discord);
+    let engine = engine_with(memory_store(), bridge.clone()).await;
+    let (mut vera, room) = visitor(&engine, "visitor-6", "Vera").await;
+    send(&mut vera, room, "m0", "hello").await;
+    eventually("the thread", || discord.lock().threads.len() == 1).await;
+    let thread = discord.lock().threads[0].0;
+    let starter = discord.thread_messages(thread).remove(0);
+    let buttons: Vec<(String, String)> = starter["components"][0]["components"]
+        .as_array()
+        .expect("a row of buttons")
+        .iter()
+        .map(|b| (b["label"].as_str().unwrap_or_default().into(), b["custom_id"].as_str().unwrap_or_default().into()))
+        .collect();
+    let (claim, close) = (format!("chat:claim:{room}"), format!("chat:close:{room}"));
+    assert_eq!(buttons, [("Claim".to_owned(), claim.clone()), ("Close".to_owned(), close.clone())]);
+    eventually("the gateway connected", || discord.gateway_connected()).await;
+    eventually("the bridge reports connected", || bridge.health().connected).await;
+
+    let answer_of = |id: u64| discord.interaction_answer(id);
+    let refused = discord.press_button(thread, 79, "Carol", &[], &close);
+    eventually("Carol's press answered", || answer_of(refused).is_some()).await;
+    let answer = answer_of(refused).expect("answered");
+    assert_eq!((answer["type"].as_u64(), answer["data"]["flags"].as_u64()), (Some(4), Some(64)), "{answer}");
+    assert!(answer["data"]["content"].as_str().is_some_and(|t| t.contains("support team")), "{answer}");
+    let stored = engine.store().room(room).await.expect("store").expect("room");
+    assert!(!stored.closed && stored.claimed_by.is_none(), "Carol, not an agent, changed nothing");
+
+    let role: &[u64] = &[SUPPORT_ROLE];
+    let claimed = discord.press_button(thread, 77, "Alice", role, &claim);
+    let seen = next_room_update(&mut vera).await;
+    assert_eq!(seen.claimed_by.as_ref().map(chat_core::UserId::as_str), Some("discord:77"));
+    assert!(!seen.closed);
+    eventually("Alice's claim answered", || answer_of(claimed).is_some()).await;
+    let answer = answer_of(claimed).expect("answered");
+    assert_eq!(answer["data"]["flags"].as_u64(), Some(64));
+    assert!(answer["data"]["content"].as_str().is_some_and(|t| t.contains("You took")), "{answer}");
+
+    let closed = discord.press_button(thread, 78, "Bob", role, &close);
+    let seen = next_room_update(&mut vera).await;
+    assert!(seen.closed, "the visitor is told the room closed");
+    assert_eq!(seen.claimed_by.as_ref().map(chat_core::UserId::as_str), Some("discord:77"), "the claim stays");
+    eventually("Bob's close answered", || answer_of(closed).is_some()).await;
+    eventually("the thread archived", || discord.lock().archived == [thread]).await;
+
+    // The visitor can no longer write, and nothing more reaches the thread.
+    vera.submit(
+        None,
+        chat_core::command::Command::MessageSend(chat_core::command::SendMessage {
+            room_id: room,
+            client_msg_id: "m1".into(),
+            body: "still there?".into(),
+            attachments: vec![],
+            reply_to: None,
+        }),
+    )
+    .await;
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), vera.next_output()).await.expect("a reply") {
+            chat_core::Output::Reply { result, .. } => {
+                let err = result.expect_err("a closed room refuses sends");
+                assert_eq!(err.code().as_str(), "forbidden");
+                assert_eq!(err.to_string(), "the room is closed");
+                break;
+            }
+            _ => continue,
+        }
+    }
+
+    // A second Close is answered and archives nothing more.
+    let again = discord.press_button(thread, 77, "Alice", role, &close);
+    eventually("the second close answered", || answer_of(again).is_some()).await;
+    eventually("the outbox drained", || bridge.health().pending == 0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(discord.lock().archived, [thread], "archived exactly once");
+    assert_eq!(discord.calls_matching(&format!("PATCH /channels/{thread}")), 1);
+    assert_eq!(discord.thread_messages(thread).len(), 1, "the refused message never reached Discord");
+    assert_eq!(discord.calls_matching("POST /interactions/"), 4, "every press was answered once");
+    assert_eq!(bridge.health().failed, 0);
+    engine.shutdown().await;
+}
+
+/// Discord roles mapped in the settings become chat roles of the
+/// `discord:<id>` users, from live messages and button presses; a message
+/// fetched later (which carries no roles) keeps the roles last seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapped_discord_roles_become_chat_roles() {
+    const ADMINS: u64 = 2001;
+    const LEADS: u64 = 2002;
+    let discord = StandIn::start().await;
+    let bridge_with_roles = |discord: &StandIn| {
+        let mut config = discord.config();
+        config.role_map = vec![(ADMINS, "admin".into()), (LEADS, "lead".into()), (LEADS, "admin".into())];
+        std::sync::Arc::new(chat_discord::DiscordBridge::new(config).expect("a valid config"))
+    };
+    let bridge = bridge_with_roles(&discord);
+    let store = memory_store();
+    let engine = engine_with(store.clone(), bridge.clone()).await;
+    let (mut vera, room) = visitor(&engine, "visitor-7", "Vera").await;
+    send(&mut vera, room, "m0", "hello").await;
+    eventually("the thread", || discord.lock().threads.len() == 1).await;
+    let thread = discord.lock().threads[0].0;
+    eventually("the gateway connected", || discord.gateway_connected()).await;
+    eventually("the bridge reports connected", || bridge.health().connected).await;
+
+    let roles_of = |user: u64| {
+        let store = store.clone();
+        async move {
+            let id = chat_discord::agent_user_id(user).expect("id");
+            store.user(&id).await.expect("store").map(|u| u.roles).unwrap_or_default()
+        }
+    };
+    let table: [(u64, &str, &[u64], &[&str]); 3] = [
+        (77, "Alice", &[SUPPORT_ROLE, ADMINS], &["support", "admin"]),
+        (78, "Bob", &[SUPPORT_ROLE, LEADS, ADMINS], &["support", "admin", "lead"]),
+        (79, "Carol", &[SUPPORT_ROLE, 2999], &["support"]),
+    ];
+    for (user, name, held, want) in table {
+        discord.member_writes(thread, user, name, held, &format!("{name} here"));
+        assert_eq!(next_message(&mut vera).await.sender_id.as_str(), format!("discord:{user}"));
+        assert_eq!(roles_of(user).await, want, "{name}'s roles");
+    }
+
+    // A press applies the roles the member holds now.
+    let pressed = discord.press_button(thread, 79, "Carol", &[SUPPORT_ROLE, LEADS], &format!("chat:claim:{room}"));
+    eventually("Carol's claim answered", || discord.interaction_answer(pressed).is_some()).await;
+    assert_eq!(roles_of(79).await, ["support", "lead", "admin"]);
+
+    // A message the gateway missed is fetched without a member after a
+    // restart: Alice keeps the roles last seen.
+    drop(vera);
+    engine.shutdown().await;
+    discord.human_writes(thread, 77, "Alice", "while you were away", false);
+    let engine = engine_with(store.clone(), bridge_with_roles(&discord)).await;
+    let visitor_id = chat_core::UserId::new("visitor-7").expect("id");
+    let query = chat_core::HistoryQuery { limit: 50, ..Default::default() };
+    let mut caught = false;
+    for _ in 0..200 {
+        let page = engine.history(&visitor_id, room, query).await.expect("history");
+        caught = page.messages.iter().any(|m| m.body == "while you were away");
+        if caught {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(caught, "the missed message was fetched");
+    let alice = chat_discord::agent_user_id(77).expect("id");
+    let roles = engine.store().user(&alice).await.expect("store").map(|u| u.roles);
+    assert_eq!(roles, Some(vec!["support".to_owned(), "admin".to_owned()]));
+    engine.shutdown().await;
+}
+
+/// A group room mapped to a text channel crosses both ways like a support
+/// thread: members' messages and edits reach the channel through its own
+/// webhook, people writing there reach the room (without the support role);
+/// an unmapped group room stays local.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapped_group_room_crosses_to_its_text_channel() {
+    use chat_core::room::{MemberRole, NewRoom, Visibility};
+    const CHANNEL: u64 = 2500;
+    let discord = StandIn::start().await;
+    let store = memory_store();
+    let gina = chat_core::UserId::new("gina").expect("id");
+    let new_room = |name: &str| NewRoom {
+        id: chat_core::RoomId::generate(),
+        kind: chat_core::RoomKind::Group,
+        name: Some(name.into()),
+        visibility: Visibility::Public,
+        created_by: gina.clone(),
+        created_at: chat_core::Timestamp::now(),
+        members: vec![(gina.clone(), MemberRole::Owner)],
+    };
+    let (mapped, _) = store.create_room(new_room("team")).await.expect("room");
+    let (local, _) = store.create_room(new_room("local")).await.expect("room");
+    let mut config = discord.config();
+    config.channels = vec![(mapped.id, CHANNEL)];
+    let bridge = std::sync::Arc::new(chat_discord::DiscordBridge::new(config).expect("a valid config"));
+    let engine = engine_with(store.clone(), bridge.clone()).await;
+    let mut identity = chat_core::Identity::new(gina.clone());
+    identity.name = Some("Gina".into());
+    let (mut session, _) = engine.open_session(identity).await.expect("session");
+    for room in [mapped.id, local.id] {
+        let join = chat_core::command::JoinRoom { room_id: room, since_seq: None };
+        session.submit(None, chat_core::command::Command::RoomJoin(join)).await;
+        let chat_core::Output::Reply { result: Ok(_), .. } = session.next_output().await else { panic!("joined") };
+    }
+    eventually("the gateway connected", || discord.gateway_connected()).await;
+    eventually("the bridge reports connected", || bridge.health().connected).await;
+
+    let first = send(&mut session, mapped.id, "g0", "standup in 5").await;
+    send(&mut session, local.id, "l0", "stays here").await;
+    send(&mut session, mapped.id, "g1", "bring coffee").await;
+    eventually("two posts in the channel", || discord.thread_messages(CHANNEL).len() == 2).await;
+    let posted = discord.thread_messages(CHANNEL);
+    assert_eq!(contents(&posted), ["standup in 5", "bring coffee"]);
+    assert_eq!(posted[0]["author"]["username"], "Gina");
+    assert!(posted.iter().all(|m| m["webhook_id"].is_string()), "posted through a webhook");
+    let hooks = discord.lock().webhooks.clone();
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0]["channel_id"], CHANNEL.to_string(), "the channel's own webhook");
+    assert!(discord.lock().threads.is_empty(), "no forum post for a group room");
+
+    edit(&mut session, mapped.id, first.id, "standup in 10").await;
+    eventually("the edit in Discord", || {
+        contents(&discord.thread_messages(CHANNEL)) == ["standup in 10", "bring coffee"]
+    })
+    .await;
+
+    discord.member_writes(CHANNEL, 81, "Hana", &[], "on my way");
+    let m = next_message(&mut session).await;
+    assert_eq!((m.room_id, m.sender_id.as_str(), m.body.as_str()), (mapped.id, "discord:81", "on my way"));
+    let hana = store.user(&chat_discord::agent_user_id(81).expect("id")).await.expect("store").expect("user");
+    assert!(hana.roles.is_empty(), "a channel's writers are not the support team: {:?}", hana.roles);
+
+    eventually("the outbox drained", || bridge.health().pending == 0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(discord.thread_messages(CHANNEL).len(), 3, "nothing from the local room, no echo");
+    assert_eq!(bridge.health().failed, 0);
+    engine.shutdown().await;
+}

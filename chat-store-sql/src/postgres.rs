@@ -50,6 +50,7 @@ const MIGRATIONS: &[migrate::Embedded] = &[
     (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
     (2, "bridge outbox", include_str!("../migrations/postgres/0002_bridge_outbox.sql")),
     (3, "support queue", include_str!("../migrations/postgres/0003_support_queue.sql")),
+    (4, "room claim and close", include_str!("../migrations/postgres/0004_room_claim_close.sql")),
 ];
 
 /// Settings of a [`PostgresStore`]. Start from [`PostgresConfig::from_url`] and
@@ -210,7 +211,7 @@ macro_rules! user_cols {
 }
 macro_rules! room_cols {
     () => {
-        "id, kind, name, visibility, created_by, created_at, last_seq"
+        "id, kind, name, visibility, created_by, created_at, last_seq, claimed_by, closed"
     };
 }
 macro_rules! member_cols {
@@ -243,6 +244,12 @@ fn room_from_row(row: &PgRow) -> Result<Room> {
         created_by: codec::user_id(row.try_get("created_by").db()?, "rooms.created_by")?,
         created_at: codec::time_from_db(row.try_get("created_at").db()?),
         last_seq: codec::seq_from_db(row.try_get("last_seq").db()?, "rooms.last_seq")?,
+        claimed_by: row
+            .try_get::<Option<String>, _>("claimed_by")
+            .db()?
+            .map(|id| codec::user_id(id, "rooms.claimed_by"))
+            .transpose()?,
+        closed: row.try_get("closed").db()?,
     })
 }
 
@@ -516,6 +523,22 @@ async fn append_in(conn: &mut PgConnection, batch: Vec<NewMessage>) -> Result<Ve
     Ok(out)
 }
 
+impl PostgresStore {
+    /// The room after a conditional update: the updated row when the update
+    /// changed it, otherwise the room as stored (`None` when there is none).
+    async fn updated_room(&self, id: RoomId, changed: Option<PgRow>) -> chat_core::Result<Option<(Room, bool)>> {
+        if let Some(row) = changed {
+            return Ok(Some((room_from_row(&row)?, true)));
+        }
+        let row = sqlx::query(concat!("SELECT ", room_cols!(), " FROM rooms WHERE id = $1"))
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .db()?;
+        Ok(row.as_ref().map(room_from_row).transpose()?.map(|room| (room, false)))
+    }
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn upsert_user(&self, user: &User) -> chat_core::Result<()> {
@@ -623,10 +646,42 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn claim_room(&self, id: RoomId, user: &UserId) -> chat_core::Result<Option<(Room, bool)>> {
+        self.bounded(async {
+            let changed = sqlx::query(concat!(
+                "UPDATE rooms SET claimed_by = $2 WHERE id = $1 AND claimed_by IS DISTINCT FROM $2 RETURNING ",
+                room_cols!()
+            ))
+            .bind(id.as_uuid())
+            .bind(user.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .db()?;
+            self.updated_room(id, changed).await
+        })
+        .await
+    }
+
+    async fn close_room(&self, id: RoomId) -> chat_core::Result<Option<(Room, bool)>> {
+        self.bounded(async {
+            let changed = sqlx::query(concat!(
+                "UPDATE rooms SET closed = true WHERE id = $1 AND NOT closed RETURNING ",
+                room_cols!()
+            ))
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .db()?;
+            self.updated_room(id, changed).await
+        })
+        .await
+    }
+
     async fn rooms_of_user(&self, user: &UserId) -> chat_core::Result<Vec<RoomSummary>> {
         self.bounded(async {
             let rows = sqlx::query(
-                "SELECT r.id, r.kind, r.name, r.visibility, r.created_by, r.created_at, r.last_seq, m.read_seq
+                "SELECT r.id, r.kind, r.name, r.visibility, r.created_by, r.created_at, r.last_seq, r.claimed_by, r.closed,
+                    m.read_seq
                  FROM members m JOIN rooms r ON r.id = m.room_id
                  WHERE m.user_id = $1
                  ORDER BY r.last_activity DESC, r.id DESC",

@@ -42,6 +42,7 @@ const MIGRATIONS: &[migrate::Embedded] = &[
     (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
     (2, "bridge outbox", include_str!("../migrations/sqlite/0002_bridge_outbox.sql")),
     (3, "support queue", include_str!("../migrations/sqlite/0003_support_queue.sql")),
+    (4, "room claim and close", include_str!("../migrations/sqlite/0004_room_claim_close.sql")),
 ];
 
 /// How hard SQLite works to make a commit survive a power cut.
@@ -276,7 +277,7 @@ macro_rules! user_cols {
 }
 macro_rules! room_cols {
     () => {
-        "id, kind, name, visibility, created_by, created_at, last_seq"
+        "id, kind, name, visibility, created_by, created_at, last_seq, claimed_by, closed"
     };
 }
 macro_rules! member_cols {
@@ -308,6 +309,12 @@ fn room_from_row(row: &SqliteRow) -> Result<Room> {
         created_by: codec::user_id(row.try_get("created_by").db()?, "rooms.created_by")?,
         created_at: codec::time_from_db(row.try_get("created_at").db()?),
         last_seq: codec::seq_from_db(row.try_get("last_seq").db()?, "rooms.last_seq")?,
+        claimed_by: row
+            .try_get::<Option<String>, _>("claimed_by")
+            .db()?
+            .map(|id| codec::user_id(id, "rooms.claimed_by"))
+            .transpose()?,
+        closed: row.try_get("closed").db()?,
     })
 }
 
@@ -545,6 +552,22 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
     Ok(out)
 }
 
+impl SqliteStore {
+    /// The room after a conditional update: the updated row when the update
+    /// changed it, otherwise the room as stored (`None` when there is none).
+    async fn updated_room(&self, id: RoomId, changed: Option<SqliteRow>) -> chat_core::Result<Option<(Room, bool)>> {
+        if let Some(row) = changed {
+            return Ok(Some((room_from_row(&row)?, true)));
+        }
+        let row = sqlx::query(concat!("SELECT ", room_cols!(), " FROM rooms WHERE id = ?1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.writer)
+            .await
+            .db()?;
+        Ok(row.as_ref().map(room_from_row).transpose()?.map(|room| (room, false)))
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn upsert_user(&self, user: &User) -> chat_core::Result<()> {
@@ -630,9 +653,33 @@ impl Store for SqliteStore {
         Ok(row.as_ref().map(room_from_row).transpose()?)
     }
 
+    async fn claim_room(&self, id: RoomId, user: &UserId) -> chat_core::Result<Option<(Room, bool)>> {
+        let changed = sqlx::query(concat!(
+            "UPDATE rooms SET claimed_by = ?2 WHERE id = ?1 AND claimed_by IS NOT ?2 RETURNING ",
+            room_cols!()
+        ))
+        .bind(id.to_string())
+        .bind(user.as_str())
+        .fetch_optional(&self.writer)
+        .await
+        .db()?;
+        self.updated_room(id, changed).await
+    }
+
+    async fn close_room(&self, id: RoomId) -> chat_core::Result<Option<(Room, bool)>> {
+        let changed =
+            sqlx::query(concat!("UPDATE rooms SET closed = 1 WHERE id = ?1 AND closed = 0 RETURNING ", room_cols!()))
+                .bind(id.to_string())
+                .fetch_optional(&self.writer)
+                .await
+                .db()?;
+        self.updated_room(id, changed).await
+    }
+
     async fn rooms_of_user(&self, user: &UserId) -> chat_core::Result<Vec<RoomSummary>> {
         let rows = sqlx::query(
-            "SELECT r.id, r.kind, r.name, r.visibility, r.created_by, r.created_at, r.last_seq, m.read_seq
+            "SELECT r.id, r.kind, r.name, r.visibility, r.created_by, r.created_at, r.last_seq, r.claimed_by, r.closed,
+                    m.read_seq
              FROM members m JOIN rooms r ON r.id = m.room_id
              WHERE m.user_id = ?1
              ORDER BY r.last_activity DESC, r.id DESC",

@@ -42,6 +42,10 @@ export interface Room {
   created_by: string;
   created_at: string;
   last_seq: number;
+  /** Support rooms: the agent who took the conversation. */
+  claimed_by?: string;
+  /** Support rooms: closed to new messages (sends fail with `forbidden`). */
+  closed?: boolean;
 }
 
 export interface RoomSummary extends Room {
@@ -127,6 +131,8 @@ export interface ChatEvents {
   'user:left': { room_id: string; user_id: string };
   'presence:changed': { user_id: string; status: PresenceStatus; last_seen?: string };
   'room:added': { room: Room };
+  /** A support room was claimed or closed. */
+  'room:updated': { room: Room };
   /** Receipts of a room changed wholesale (after a join). */
   receipts: { room_id: string };
   /** A `room:join` reply, also after the automatic re-joins of a reconnect. */

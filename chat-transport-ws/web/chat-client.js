@@ -477,6 +477,11 @@ export class ChatClient {
       case 'room:added':
         if (!this.rooms.has(data.room.id)) this.rooms.set(data.room.id, { ...data.room, unread: 0, read_seq: 0 });
         break;
+      case 'room:updated': {
+        const known = this.rooms.get(data.room.id);
+        if (known) this.rooms.set(data.room.id, { ...known, ...data.room, last_seq: Math.max(known.last_seq, data.room.last_seq) });
+        break;
+      }
       default:
         break;
     }

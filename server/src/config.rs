@@ -149,6 +149,12 @@ pub struct DiscordSettings {
     pub support_role_id: Option<u64>,
     /// Send REST calls to this base URL instead of Discord's (`DISCORD_PROXY_URL`).
     pub proxy_url: Option<String>,
+    /// Discord roles that give chat roles, as `role_id=chat_role` pairs
+    /// separated by commas (`DISCORD_ROLE_MAP`, e.g. `1111=admin,2222=lead`).
+    pub role_map: Option<String>,
+    /// Group rooms mirrored to Discord text channels, as `room_id=channel_id`
+    /// pairs separated by commas (`DISCORD_CHANNEL_MAP`).
+    pub channel_map: Option<String>,
 }
 
 impl std::fmt::Debug for DiscordSettings {
@@ -159,12 +165,15 @@ impl std::fmt::Debug for DiscordSettings {
             .field("forum_channel_id", &self.forum_channel_id)
             .field("support_role_id", &self.support_role_id)
             .field("proxy_url", &self.proxy_url)
+            .field("role_map", &self.role_map)
+            .field("channel_map", &self.channel_map)
             .finish()
     }
 }
 
 /// The keys of `[discord]`, which are also the `DISCORD_*` variables.
-const DISCORD_KEYS: [&str; 5] = ["token", "guild_id", "forum_channel_id", "support_role_id", "proxy_url"];
+const DISCORD_KEYS: [&str; 7] =
+    ["token", "guild_id", "forum_channel_id", "support_role_id", "proxy_url", "role_map", "channel_map"];
 
 impl DiscordSettings {
     /// Whether the bridge is on: a token is set.
@@ -186,6 +195,37 @@ impl DiscordSettings {
             require(self.forum_channel_id, "DISCORD_FORUM_CHANNEL_ID")?,
             require(self.support_role_id, "DISCORD_SUPPORT_ROLE_ID")?,
         ))
+    }
+
+    /// `channel_map` read as (room, Discord channel id) pairs.
+    #[cfg(feature = "discord")]
+    fn channel_pairs(&self) -> anyhow::Result<Vec<(chat_core::RoomId, u64)>> {
+        let text = self.channel_map.as_deref().unwrap_or_default();
+        let mut pairs = Vec::new();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let parsed =
+                pair.split_once('=').and_then(|(room, id)| Some((room.trim().parse().ok()?, id.trim().parse().ok()?)));
+            let Some(pair) = parsed else {
+                anyhow::bail!("DISCORD_CHANNEL_MAP: {pair:?} is not room_id=channel_id");
+            };
+            pairs.push(pair);
+        }
+        Ok(pairs)
+    }
+
+    /// `role_map` read as (Discord role id, chat role) pairs.
+    #[cfg(feature = "discord")]
+    fn role_pairs(&self) -> anyhow::Result<Vec<(u64, String)>> {
+        let text = self.role_map.as_deref().unwrap_or_default();
+        let mut pairs = Vec::new();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let parsed = pair.split_once('=').and_then(|(id, role)| Some((id.trim().parse().ok()?, role.trim())));
+            let Some((id, role)) = parsed else {
+                anyhow::bail!("DISCORD_ROLE_MAP: {pair:?} is not role_id=chat_role");
+            };
+            pairs.push((id, role.to_owned()));
+        }
+        Ok(pairs)
     }
 }
 
@@ -293,6 +333,8 @@ impl Config {
         let token = self.discord.token.clone().unwrap_or_default();
         let mut config = chat_discord::DiscordConfig::new(token, guild, forum, role);
         config.proxy_url = self.discord.proxy_url.clone().filter(|u| !u.trim().is_empty());
+        config.role_map = self.discord.role_pairs()?;
+        config.channels = self.discord.channel_pairs()?;
         config.validate().context("invalid Discord settings")?;
         Ok(Some(config))
     }
@@ -441,6 +483,7 @@ mod tests {
             jail.set_env("DISCORD_TOKEN", "from-env");
             jail.set_env("DISCORD_PROXY_URL", "http://127.0.0.1:9");
             jail.set_env("DISCORD_SOMETHING_ELSE", "ignored");
+            jail.set_env("DISCORD_ROLE_MAP", "1111=admin, 2222=lead,");
             let c = Config::load(Some(Path::new("chat.toml"))).map_err(|e| format!("{e:#}"))?;
             assert_eq!(c.discord.token.as_deref(), Some("from-env"), "the environment wins over the file");
             assert_eq!(
@@ -453,6 +496,27 @@ mod tests {
                 let bridge = c.discord_config().map_err(|e| e.to_string())?.expect("the bridge is on");
                 assert_eq!(bridge.proxy_url.as_deref(), Some("http://127.0.0.1:9"));
                 assert_eq!(bridge.support_role_id, 1_300_000_000_000_000_001);
+                assert_eq!(bridge.role_map, [(1111, "admin".to_owned()), (2222, "lead".to_owned())]);
+                for bad in ["1111", "x=admin", "1111=not a role"] {
+                    jail.set_env("DISCORD_ROLE_MAP", bad);
+                    // A bare number fails at loading already; the others when the bridge is set up.
+                    let refused =
+                        Config::load(Some(Path::new("chat.toml"))).map_or(true, |c| c.discord_config().is_err());
+                    assert!(refused, "{bad:?} is refused");
+                }
+                jail.set_env("DISCORD_ROLE_MAP", "");
+                let room = chat_core::RoomId::generate();
+                jail.set_env("DISCORD_CHANNEL_MAP", format!("{room}=3333"));
+                let c = Config::load(Some(Path::new("chat.toml"))).map_err(|e| format!("{e:#}"))?;
+                let bridge = c.discord_config().map_err(|e| e.to_string())?.expect("the bridge is on");
+                assert_eq!(bridge.channels, [(room, 3333)]);
+                for bad in [format!("{room}"), "not-a-room=3333".into(), format!("{room}=2222")] {
+                    jail.set_env("DISCORD_CHANNEL_MAP", &bad);
+                    let refused =
+                        Config::load(Some(Path::new("chat.toml"))).map_or(true, |c| c.discord_config().is_err());
+                    assert!(refused, "{bad:?} is refused");
+                }
+                jail.set_env("DISCORD_CHANNEL_MAP", "");
             }
             jail.set_env("DISCORD_GUILD_ID", "0");
             assert!(Config::load(Some(Path::new("chat.toml"))).is_err(), "an id of 0 is refused");

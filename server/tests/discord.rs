@@ -33,6 +33,8 @@ async fn server_for(discord: &StandIn) -> TestServer {
         forum_channel_id: Some(FORUM),
         support_role_id: Some(SUPPORT_ROLE),
         proxy_url: Some(discord.url()),
+        role_map: None,
+        channel_map: None,
     };
     TestServer::start_with(move |config| config.discord = settings).await
 }

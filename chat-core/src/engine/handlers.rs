@@ -17,7 +17,7 @@ use crate::command::{
     CreateRoom, DeleteMessage, EditMessage, Invite, Receipt, Reply, SearchUsers, SendMessage, UpdatePresence,
 };
 use crate::error::{Error, Result};
-use crate::event::{Event, MessageDeleted, MessageEvent, MessageStatus, RoomAdded, UserJoined, UserLeft};
+use crate::event::{Event, MessageDeleted, MessageEvent, MessageStatus, RoomAdded, RoomUpdated, UserJoined, UserLeft};
 use crate::id::{RoomId, SessionId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, NewMessage, validate_body, validate_client_msg_id};
 use crate::presence::PresenceStatus;
@@ -263,6 +263,9 @@ impl Inner {
             .collect();
         // Re-read the room so that last_seq is no older than the subscription.
         let room = self.store.room(room_id).await?.unwrap_or(room);
+        if room.closed {
+            self.hub.mark_closed(room_id);
+        }
         Ok(Reply::Joined { last_seq: room.last_seq, read_seq: member.read_seq, members: users, receipts, room })
     }
 
@@ -303,6 +306,51 @@ impl Inner {
             self.publish(audience, Event::RoomAdded(RoomAdded { room })).await;
         }
         Ok(Reply::empty())
+    }
+
+    /// Records the support agent `ctx.user` as the one who took a support
+    /// room, making them a member, and announces `room:updated` to the room
+    /// when the claim changed.
+    pub(crate) async fn claim_room(&self, ctx: &Ctx, room_id: RoomId) -> Result<Room> {
+        let room = self.support_room_for_agent(ctx, room_id).await?;
+        if room.closed {
+            return Err(Error::forbidden("the room is closed"));
+        }
+        self.ensure_member(ctx, room_id).await?;
+        let (room, changed) = self.store.claim_room(room_id, &ctx.user.id).await?.ok_or(Error::NotFound("room"))?;
+        if changed {
+            self.announce_room_update(ctx, &room).await;
+        }
+        Ok(room)
+    }
+
+    /// Closes a support room to new messages for good, on behalf of the
+    /// support agent `ctx.user`, and announces `room:updated` (with `closed`)
+    /// once, whoever else closes it at the same time.
+    pub(crate) async fn close_room(&self, ctx: &Ctx, room_id: RoomId) -> Result<Room> {
+        self.support_room_for_agent(ctx, room_id).await?;
+        let (room, changed) = self.store.close_room(room_id).await?.ok_or(Error::NotFound("room"))?;
+        if changed {
+            self.announce_room_update(ctx, &room).await;
+        }
+        Ok(room)
+    }
+
+    async fn support_room_for_agent(&self, ctx: &Ctx, room_id: RoomId) -> Result<Room> {
+        let room = self.room_or_404(room_id).await?;
+        if room.kind != RoomKind::Support {
+            return Err(Error::invalid("only support rooms are claimed and closed"));
+        }
+        if !ctx.user.is_support() {
+            return Err(Error::forbidden("only support agents claim and close support rooms"));
+        }
+        Ok(room)
+    }
+
+    async fn announce_room_update(&self, ctx: &Ctx, room: &Room) {
+        let audience = Audience::Room { room_id: room.id, except_session: None, except_user: None };
+        self.publish(audience, Event::RoomUpdated(RoomUpdated { room: room.clone() })).await;
+        self.notify_bridges(BridgeEvent::RoomUpdated(room.clone()), ctx.bridge.as_deref());
     }
 
     pub(crate) async fn list_rooms(&self, ctx: &Ctx) -> Result<Reply> {
@@ -348,7 +396,15 @@ impl Inner {
         if !req.attachments.is_empty() {
             return Err(Error::invalid("this server does not accept attachments"));
         }
-        self.require_member(ctx, req.room_id).await?;
+        // A joined session learns of a close from the hub, like it skips the
+        // membership read; other senders read the room.
+        let closed = match self.require_member(ctx, req.room_id).await? {
+            None => self.hub.is_closed(req.room_id),
+            Some(_) => self.room_or_404(req.room_id).await?.closed,
+        };
+        if closed {
+            return Err(Error::forbidden("the room is closed"));
+        }
         if let Some(reply_to) = req.reply_to {
             if self.store.message(req.room_id, reply_to).await?.is_none() {
                 return Err(Error::NotFound("reply_to message"));

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::sync::{Notify, mpsc};
 
 use crate::broker::{Audience, Fanout, FanoutSink};
-use crate::event::Delivery;
+use crate::event::{Delivery, Event};
 use crate::id::{RoomId, SessionId, UserId};
 use crate::metrics::Metrics;
 
@@ -91,6 +91,13 @@ struct State {
     sessions: HashMap<SessionId, Entry>,
     users: HashMap<UserId, Vec<SessionId>>,
     rooms: HashMap<RoomId, HashSet<SessionId>>,
+    /// Closed rooms among those with local subscribers. A session joined to
+    /// a room sends without a store read, so this is how such a send learns
+    /// that the room was closed: marked when a join reads a closed room and
+    /// when the `room:updated` announcing the close passes through here.
+    /// Forgotten with the room's last subscriber, so it stays as small as
+    /// `rooms`.
+    closed: HashSet<RoomId>,
 }
 
 impl State {
@@ -102,6 +109,7 @@ impl State {
             set.remove(&session);
             if set.is_empty() {
                 self.rooms.remove(&room);
+                self.closed.remove(&room);
             }
         }
     }
@@ -195,6 +203,19 @@ impl Hub {
         self.write().unsubscribe(session, room);
     }
 
+    /// Remembers that a room with local subscribers is closed.
+    pub(crate) fn mark_closed(&self, room: RoomId) {
+        let mut state = self.write();
+        if state.rooms.contains_key(&room) {
+            state.closed.insert(room);
+        }
+    }
+
+    /// Whether a room with local subscribers is known to be closed.
+    pub(crate) fn is_closed(&self, room: RoomId) -> bool {
+        self.read().closed.contains(&room)
+    }
+
     pub(crate) fn is_subscribed(&self, session: SessionId, room: RoomId) -> bool {
         self.read().sessions.get(&session).is_some_and(|e| e.rooms.contains(&room))
     }
@@ -230,6 +251,11 @@ impl Hub {
     /// and shared by every recipient.
     pub(crate) fn deliver(&self, fanout: Fanout) {
         let started = Instant::now();
+        if let Event::RoomUpdated(e) = &fanout.event {
+            if e.room.closed {
+                self.mark_closed(e.room.id);
+            }
+        }
         let name = fanout.event.name();
         let delivery = Arc::new(Delivery::new(fanout.event));
         let mut queued = 0u64;

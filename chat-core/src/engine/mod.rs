@@ -334,6 +334,34 @@ impl Engine {
         Ctx { session: None, user: User::new(user.clone(), user.as_str()), bridge: Some(Arc::from(bridge)) }
     }
 
+    /// Records a support agent as the one who took a support room, on behalf
+    /// of a bridge (an agent pressed "Claim" on the other platform). The agent
+    /// is recorded as a user and becomes a member; the latest claim wins. When
+    /// the claim changed, the room's members get `room:updated` with
+    /// `claimed_by`, and bridges see [`BridgeEvent::RoomUpdated`] with
+    /// `origin` set to `bridge`. `forbidden` when `user` lacks the support role
+    /// or the room is closed; `invalid` for a room that is not a support room.
+    pub async fn claim_room_as(&self, bridge: &str, user: User, room: RoomId) -> Result<crate::room::Room> {
+        user.validate()?;
+        self.inner.store.upsert_user(&user).await?;
+        let ctx = Ctx { session: None, user, bridge: Some(Arc::from(bridge)) };
+        self.inner.claim_room(&ctx, room).await
+    }
+
+    /// Closes a support room to new messages, on behalf of a bridge (an agent
+    /// pressed "Close" on the other platform). From then on `message:send`
+    /// to the room fails with `forbidden`. The first close announces
+    /// `room:updated` with `closed: true` to the room's members and
+    /// [`BridgeEvent::RoomUpdated`] to bridges (`origin` set to `bridge`);
+    /// closing again changes nothing and announces nothing. The same rules
+    /// on `user` and the room as [`Engine::claim_room_as`].
+    pub async fn close_room_as(&self, bridge: &str, user: User, room: RoomId) -> Result<crate::room::Room> {
+        user.validate()?;
+        self.inner.store.upsert_user(&user).await?;
+        let ctx = Ctx { session: None, user, bridge: Some(Arc::from(bridge)) };
+        self.inner.close_room(&ctx, room).await
+    }
+
     /// Shows or hides a typing indicator in a room for a user, on behalf of a
     /// bridge. The indicator ends by itself like one from a session.
     pub async fn set_typing_as(&self, user: &UserId, room: RoomId, typing: bool) -> Result<()> {

@@ -776,6 +776,12 @@ impl Store for Laggy {
     async fn room(&self, id: RoomId) -> Result<Option<Room>> {
         self.inner.room(id).await
     }
+    async fn claim_room(&self, id: RoomId, user: &UserId) -> Result<Option<(Room, bool)>> {
+        self.inner.claim_room(id, user).await
+    }
+    async fn close_room(&self, id: RoomId) -> Result<Option<(Room, bool)>> {
+        self.inner.close_room(id).await
+    }
     async fn rooms_of_user(&self, user: &UserId) -> Result<Vec<RoomSummary>> {
         self.inner.rooms_of_user(user).await
     }
@@ -1911,4 +1917,63 @@ async fn a_bridge_edits_and_deletes_what_its_user_wrote() {
         "{seen:?}"
     );
     visitor.quiet().await;
+}
+
+fn room_updated(ev: Event) -> Room {
+    match ev {
+        Event::RoomUpdated(e) => e.room,
+        other => panic!("expected room:updated, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_claims_and_closes_a_support_room_for_a_bridge() {
+    let (engine, recorder) = bridged(0).await;
+    let mut visitor = connect(&engine, "visitor").await;
+    let room = room_of(visitor.ok(create(RoomKind::Support, None, &[])).await);
+    visitor.join(room.id).await;
+    visitor.say(room.id, "hello").await;
+    visitor.drain().await;
+    recorder.take();
+
+    let outsider = User::new(uid("outsider"), "Outsider");
+    let err = engine.claim_room_as("rec", outsider.clone(), room.id).await.expect_err("not an agent");
+    assert_eq!(err.code().as_str(), "forbidden");
+    let err = engine.close_room_as("rec", outsider, room.id).await.expect_err("not an agent");
+    assert_eq!(err.code().as_str(), "forbidden");
+
+    let agent = agent_user("agent");
+    let claimed = engine.claim_room_as("rec", agent.clone(), room.id).await.expect("an agent claims");
+    assert_eq!(claimed.claimed_by, Some(agent.id.clone()));
+    assert_eq!(user_joined(visitor.event().await), (room.id, agent.id.clone()), "the claimer joins");
+    assert_eq!(room_updated(visitor.event().await), claimed, "the visitor sees who took it");
+    engine.claim_room_as("rec", agent.clone(), room.id).await.expect("claiming again is fine");
+    visitor.quiet().await;
+
+    let closed = engine.close_room_as("rec", agent.clone(), room.id).await.expect("an agent closes");
+    assert!(closed.closed && closed.claimed_by == Some(agent.id.clone()));
+    assert_eq!(room_updated(visitor.event().await), closed, "the visitor is told");
+    engine.close_room_as("rec", agent.clone(), room.id).await.expect("closing again is fine");
+    visitor.quiet().await;
+    let updates: Vec<Seen> =
+        recorder.take().into_iter().filter(|s| matches!(s.event, BridgeEvent::RoomUpdated(_))).collect();
+    assert_eq!(updates.len(), 2, "one claim and one close reach bridges: {updates:?}");
+    assert!(updates.iter().all(|s| s.origin.as_deref() == Some("rec")));
+
+    // The joined session, a session joining afresh and the bridge are all refused.
+    assert_eq!(visitor.err(send(room.id, "late", "still there?")).await, "forbidden");
+    let mut again = connect(&engine, "visitor").await;
+    again.join(room.id).await;
+    assert_eq!(again.err(send(room.id, "late2", "hello?")).await, "forbidden");
+    let err =
+        engine.post_as("rec", agent.clone(), room.id, "a9".into(), "bye".into()).await.expect_err("the room is closed");
+    assert_eq!(err.code().as_str(), "forbidden");
+    let err = engine.claim_room_as("rec", agent, room.id).await.expect_err("a closed room is not claimed");
+    assert_eq!(err.code().as_str(), "forbidden");
+    assert_eq!(last_seq(&engine, room.id).await, 1);
+
+    let mut alice = connect(&engine, "alice").await;
+    let group = alice.group(Visibility::Public, &[]).await;
+    let err = engine.close_room_as("rec", agent_user("agent"), group.id).await.expect_err("a group room");
+    assert_eq!(err.code().as_str(), "invalid");
 }

@@ -167,6 +167,22 @@ impl Store for MemoryStore {
         Ok(self.lock().rooms.get(&id).map(|r| r.room.clone()))
     }
 
+    async fn claim_room(&self, id: RoomId, user: &UserId) -> Result<Option<(Room, bool)>> {
+        let mut state = self.lock();
+        let Some(rs) = state.rooms.get_mut(&id) else { return Ok(None) };
+        let changed = rs.room.claimed_by.as_ref() != Some(user);
+        rs.room.claimed_by = Some(user.clone());
+        Ok(Some((rs.room.clone(), changed)))
+    }
+
+    async fn close_room(&self, id: RoomId) -> Result<Option<(Room, bool)>> {
+        let mut state = self.lock();
+        let Some(rs) = state.rooms.get_mut(&id) else { return Ok(None) };
+        let changed = !rs.room.closed;
+        rs.room.closed = true;
+        Ok(Some((rs.room.clone(), changed)))
+    }
+
     async fn rooms_of_user(&self, user: &UserId) -> Result<Vec<RoomSummary>> {
         let state = self.lock();
         let Some(ids) = state.memberships.get(user) else {

@@ -58,6 +58,17 @@ pub trait Store: Send + Sync + 'static {
     /// One room, if it exists.
     async fn room(&self, id: RoomId) -> Result<Option<Room>>;
 
+    /// Records `user` as the agent who took the room (`claimed_by`), the
+    /// latest claim winning. Returns the room as it is now and whether this
+    /// call changed it (`false` when `user` held the claim already); `None`
+    /// when the room does not exist.
+    async fn claim_room(&self, id: RoomId, user: &UserId) -> Result<Option<(Room, bool)>>;
+
+    /// Closes the room to new messages (`closed`). Returns the room as it is
+    /// now and whether this call closed it, which exactly one of racing
+    /// callers sees; `None` when the room does not exist.
+    async fn close_room(&self, id: RoomId) -> Result<Option<(Room, bool)>>;
+
     /// Every room the user is a member of, with their read cursor, newest
     /// activity first.
     async fn rooms_of_user(&self, user: &UserId) -> Result<Vec<RoomSummary>>;
