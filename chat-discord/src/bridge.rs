@@ -885,6 +885,9 @@ impl EventHandler for Handler {
             let mut state = self.shared.state();
             state.connected = true;
             state.bot_user = Some(ready.user.id.get());
+            // A new gateway session: presences heard before it are stale.
+            // GUILD_CREATE and PRESENCE_UPDATE refill them.
+            state.available.clear();
         }
         // Whether the shard resumed or identified anew, what was written
         // while it was away is fetched: serenity often re-identifies, and
@@ -940,7 +943,12 @@ impl EventHandler for Handler {
             .filter(|m| m.roles.iter().any(|r| r.get() == role))
             .map(|m| m.user.id.get())
             .collect();
-        state.available = guild.presences.values().map(|p| (p.user.id.get(), is_available(p.status))).collect();
+        // Serenity runs every event's handler in a task of its own, so a
+        // PRESENCE_UPDATE sent after GUILD_CREATE may be handled before it.
+        // Such an update is newer than the snapshot: keep it.
+        for presence in guild.presences.values() {
+            state.available.entry(presence.user.id.get()).or_insert(is_available(presence.status));
+        }
     }
 
     async fn presence_update(&self, _ctx: Context, presence: Presence) {
