@@ -5,7 +5,10 @@
 
 use std::collections::HashMap;
 
-use chat_core::{Message, NewMessage, RoomId};
+use chat_core::{Appended, Message, NewMessage, RoomId};
+
+use crate::codec;
+use crate::error::Result;
 
 /// What becomes of one message of a batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +54,48 @@ pub(crate) fn plan(
 /// How many messages of a plan are new.
 pub(crate) fn new_count(plan: &[Outcome]) -> usize {
     plan.iter().filter(|o| matches!(o, Outcome::New(_))).count()
+}
+
+/// What a planned batch moves, sorted so that every writer touches rows in
+/// the same order: each room's new last seq and newest activity time, and
+/// each (room, sender)'s newest seq (their delivered and read cursors).
+pub(crate) struct Moves<'a> {
+    pub(crate) rooms: Vec<(RoomId, i64, i64)>,
+    pub(crate) cursors: Vec<(RoomId, &'a str, i64)>,
+}
+
+pub(crate) fn moves<'a>(batch: &'a [NewMessage], plan: &[Outcome]) -> Moves<'a> {
+    let mut rooms: HashMap<RoomId, (i64, i64)> = HashMap::new();
+    let mut cursors: HashMap<(RoomId, &str), i64> = HashMap::new();
+    for (new, outcome) in batch.iter().zip(plan) {
+        let Outcome::New(seq) = *outcome else { continue };
+        let at = new.created_at.as_millis();
+        let entry = rooms.entry(new.room_id).or_insert((seq, at));
+        *entry = (entry.0.max(seq), entry.1.max(at));
+        let cursor = cursors.entry((new.room_id, new.sender_id.as_str())).or_insert(seq);
+        *cursor = (*cursor).max(seq);
+    }
+    let mut rooms: Vec<(RoomId, i64, i64)> = rooms.into_iter().map(|(id, (seq, at))| (id, seq, at)).collect();
+    rooms.sort_unstable();
+    let mut cursors: Vec<(RoomId, &str, i64)> = cursors.into_iter().map(|((r, u), seq)| (r, u, seq)).collect();
+    cursors.sort_unstable();
+    Moves { rooms, cursors }
+}
+
+/// The answer to the batch, in its order, once the plan is written.
+pub(crate) fn answers(batch: Vec<NewMessage>, plan: Vec<Outcome>) -> Result<Vec<Appended>> {
+    let mut out: Vec<Appended> = Vec::with_capacity(batch.len());
+    for (new, outcome) in batch.into_iter().zip(plan) {
+        let appended = match outcome {
+            Outcome::New(seq) => {
+                Appended { message: new.into_message(codec::seq_from_db(seq, "rooms.last_seq")?), created: true }
+            }
+            Outcome::Stored(message) => Appended { message, created: false },
+            Outcome::Repeat(earlier) => Appended { message: out[earlier].message.clone(), created: false },
+        };
+        out.push(appended);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

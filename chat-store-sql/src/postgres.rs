@@ -38,7 +38,7 @@ use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::batch::{Key, Outcome, new_count, plan};
+use crate::batch::{Key, Moves, Outcome, answers, moves, new_count, plan};
 use crate::common::{Db, finish};
 use crate::error::{Error, Result};
 use crate::{codec, migrate};
@@ -464,23 +464,11 @@ async fn append_in(conn: &mut PgConnection, batch: Vec<NewMessage>) -> Result<Ve
     }
 
     // Counters, activity times and the senders' cursors, one statement each.
-    let mut rooms: HashMap<Uuid, (i64, i64)> = HashMap::new();
-    let mut cursors: HashMap<(Uuid, &str), i64> = HashMap::new();
-    for (new, outcome) in batch.iter().zip(&outcomes) {
-        let Outcome::New(seq) = *outcome else { continue };
-        let room = *new.room_id.as_uuid();
-        let at = new.created_at.as_millis();
-        let entry = rooms.entry(room).or_insert((seq, at));
-        *entry = (entry.0.max(seq), entry.1.max(at));
-        let cursor = cursors.entry((room, new.sender_id.as_str())).or_insert(seq);
-        *cursor = (*cursor).max(seq);
-    }
+    let Moves { rooms, cursors } = moves(&batch, &outcomes);
     if !rooms.is_empty() {
-        let mut rows: Vec<(Uuid, (i64, i64))> = rooms.into_iter().collect();
-        rows.sort_unstable_by_key(|r| r.0);
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
-        let seqs: Vec<i64> = rows.iter().map(|r| r.1.0).collect();
-        let times: Vec<i64> = rows.iter().map(|r| r.1.1).collect();
+        let ids: Vec<Uuid> = rooms.iter().map(|r| *r.0.as_uuid()).collect();
+        let seqs: Vec<i64> = rooms.iter().map(|r| r.1).collect();
+        let times: Vec<i64> = rooms.iter().map(|r| r.2).collect();
         sqlx::query(
             "UPDATE rooms SET last_seq = u.seq, last_activity = GREATEST(rooms.last_activity, u.at)
              FROM unnest($1::uuid[], $2::int8[], $3::int8[]) AS u(id, seq, at) WHERE rooms.id = u.id",
@@ -491,11 +479,9 @@ async fn append_in(conn: &mut PgConnection, batch: Vec<NewMessage>) -> Result<Ve
         .execute(&mut *conn)
         .await?;
 
-        let mut rows: Vec<((Uuid, &str), i64)> = cursors.into_iter().collect();
-        rows.sort_unstable();
-        let rooms: Vec<Uuid> = rows.iter().map(|r| r.0.0).collect();
-        let users: Vec<&str> = rows.iter().map(|r| r.0.1).collect();
-        let seqs: Vec<i64> = rows.iter().map(|r| r.1).collect();
+        let rooms: Vec<Uuid> = cursors.iter().map(|c| *c.0.as_uuid()).collect();
+        let users: Vec<&str> = cursors.iter().map(|c| c.1).collect();
+        let seqs: Vec<i64> = cursors.iter().map(|c| c.2).collect();
         sqlx::query(
             "UPDATE members SET read_seq = GREATEST(members.read_seq, u.seq),
                                 delivered_seq = GREATEST(members.delivered_seq, u.seq)
@@ -508,19 +494,7 @@ async fn append_in(conn: &mut PgConnection, batch: Vec<NewMessage>) -> Result<Ve
         .execute(&mut *conn)
         .await?;
     }
-
-    let mut out: Vec<Appended> = Vec::with_capacity(batch.len());
-    for (new, outcome) in batch.into_iter().zip(outcomes) {
-        let appended = match outcome {
-            Outcome::New(seq) => {
-                Appended { message: new.into_message(codec::seq_from_db(seq, "rooms.last_seq")?), created: true }
-            }
-            Outcome::Stored(message) => Appended { message, created: false },
-            Outcome::Repeat(earlier) => Appended { message: out[earlier].message.clone(), created: false },
-        };
-        out.push(appended);
-    }
-    Ok(out)
+    answers(batch, outcomes)
 }
 
 impl PostgresStore {

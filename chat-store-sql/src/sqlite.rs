@@ -29,7 +29,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
-use crate::batch::{Key, Outcome, new_count, plan};
+use crate::batch::{Key, Moves, Outcome, answers, moves, new_count, plan};
 use crate::common::Db;
 use crate::error::{Error, Result};
 use crate::{codec, migrate};
@@ -507,19 +507,9 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
     }
 
     // Counters, activity times and the senders' cursors, one statement each.
-    let mut rooms: HashMap<RoomId, (i64, i64)> = HashMap::new();
-    let mut cursors: HashMap<(RoomId, &str), i64> = HashMap::new();
-    for (new, outcome) in batch.iter().zip(&outcomes) {
-        let Outcome::New(seq) = *outcome else { continue };
-        let at = new.created_at.as_millis();
-        let entry = rooms.entry(new.room_id).or_insert((seq, at));
-        *entry = (entry.0.max(seq), entry.1.max(at));
-        let cursor = cursors.entry((new.room_id, new.sender_id.as_str())).or_insert(seq);
-        *cursor = (*cursor).max(seq);
-    }
+    let Moves { rooms, cursors } = moves(&batch, &outcomes);
     if !rooms.is_empty() {
-        let rooms: Vec<(String, i64, i64)> =
-            rooms.into_iter().map(|(id, (seq, at))| (id.to_string(), seq, at)).collect();
+        let rooms: Vec<(String, i64, i64)> = rooms.into_iter().map(|(id, seq, at)| (id.to_string(), seq, at)).collect();
         sqlx::query(
             "UPDATE rooms SET last_seq = (u.value ->> 1), last_activity = MAX(last_activity, u.value ->> 2)
              FROM json_each(?1) AS u WHERE rooms.id = (u.value ->> 0)",
@@ -528,7 +518,7 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
         .execute(&mut *conn)
         .await?;
         let cursors: Vec<(String, &str, i64)> =
-            cursors.into_iter().map(|((room, user), seq)| (room.to_string(), user, seq)).collect();
+            cursors.into_iter().map(|(room, user, seq)| (room.to_string(), user, seq)).collect();
         sqlx::query(
             "UPDATE members SET read_seq = MAX(read_seq, u.value ->> 2), delivered_seq = MAX(delivered_seq, u.value ->> 2)
              FROM json_each(?1) AS u WHERE members.room_id = (u.value ->> 0) AND members.user_id = (u.value ->> 1)",
@@ -537,19 +527,7 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
         .execute(&mut *conn)
         .await?;
     }
-
-    let mut out: Vec<Appended> = Vec::with_capacity(batch.len());
-    for (new, outcome) in batch.into_iter().zip(outcomes) {
-        let appended = match outcome {
-            Outcome::New(seq) => {
-                Appended { message: new.into_message(codec::seq_from_db(seq, "rooms.last_seq")?), created: true }
-            }
-            Outcome::Stored(message) => Appended { message, created: false },
-            Outcome::Repeat(earlier) => Appended { message: out[earlier].message.clone(), created: false },
-        };
-        out.push(appended);
-    }
-    Ok(out)
+    answers(batch, outcomes)
 }
 
 impl SqliteStore {
