@@ -1,5 +1,7 @@
 //! Small pieces every backend uses around sqlx calls.
 
+use chat_core::{HistoryPage, HistoryQuery, Message};
+
 use crate::error::{Error, Result};
 
 /// Turns a sqlx result into this crate's, classifying the error.
@@ -30,4 +32,23 @@ pub(crate) async fn finish<DB: sqlx::Database, T>(tx: sqlx::Transaction<'static,
             Err(err)
         }
     }
+}
+
+/// A history page from the rows of its query, which asked for one row more
+/// than `q.limit` (that row only tells whether more lie beyond). Queries
+/// without `after_seq` read newest first to find the page; the page is handed
+/// out oldest first either way.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) fn history_page<R>(
+    mut rows: Vec<R>,
+    q: &HistoryQuery,
+    decode: impl Fn(&R) -> Result<Message>,
+) -> Result<HistoryPage> {
+    let has_more = rows.len() > q.limit as usize;
+    rows.truncate(q.limit as usize);
+    let mut messages = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
+    if q.after_seq.is_none() {
+        messages.reverse();
+    }
+    Ok(HistoryPage { messages, has_more })
 }

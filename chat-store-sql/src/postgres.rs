@@ -39,7 +39,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::batch::{Key, Moves, Outcome, answers, moves, new_count, plan};
-use crate::common::{Db, finish};
+use crate::common::{Db, finish, history_page};
 use crate::error::{Error, Result};
 use crate::{codec, migrate};
 
@@ -914,15 +914,8 @@ impl Store for PostgresStore {
                 .bind(codec::seq_bound(before))
                 .bind(fetch),
             };
-            let mut rows = query.fetch_all(&self.pool).await.db()?;
-            let has_more = rows.len() > q.limit as usize;
-            rows.truncate(q.limit as usize);
-            let mut messages = rows.iter().map(message_from_row).collect::<Result<Vec<_>>>()?;
-            if q.after_seq.is_none() {
-                // Read newest first to find the page; hand it out oldest first.
-                messages.reverse();
-            }
-            Ok(HistoryPage { messages, has_more })
+            let rows = query.fetch_all(&self.pool).await.db()?;
+            Ok(history_page(rows, &q, message_from_row)?)
         })
         .await
     }
