@@ -79,6 +79,11 @@ pub struct EngineConfig {
     /// it to at most half of [`Limits::outbound_queue`], so that one batch
     /// cannot fill the queue of a client that keeps up.
     pub max_commit_batch: usize,
+    /// How long the committer keeps a batch open for more sends once it holds
+    /// one, while the store is idle. Zero commits at once. A few milliseconds
+    /// turn many small commits (each one fsync) into a few larger ones when
+    /// sends arrive steadily, at that much extra latency per send.
+    pub commit_window: Duration,
     /// Messages fetched per store call when replaying a room after `since_seq`.
     pub backlog_chunk: u32,
 }
@@ -90,6 +95,7 @@ impl Default for EngineConfig {
             typing_timeout: Duration::from_secs(6),
             expiry_leeway: Duration::from_secs(5),
             max_commit_batch: 512,
+            commit_window: Duration::ZERO,
             backlog_chunk: 500,
         }
     }

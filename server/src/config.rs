@@ -122,6 +122,9 @@ pub struct Config {
     pub command_burst: u32,
     /// Events queued per connection before it is closed as a slow consumer (4429).
     pub outbound_queue: usize,
+    /// How long a durable commit waits for more sends to share it, in
+    /// microseconds (0: commit at once). See `EngineConfig::commit_window`.
+    pub commit_window_us: u64,
     /// Visitor sessions one address may create per minute.
     pub visitor_sessions_per_minute: u32,
     /// Seconds a connection may take to authenticate.
@@ -233,6 +236,7 @@ impl Default for Config {
     fn default() -> Self {
         let limits = Limits::default();
         let ws = WsConfig::default();
+        let engine = EngineConfig::default();
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: "sqlite://chat.db".into(),
@@ -259,6 +263,7 @@ impl Default for Config {
             commands_per_second: limits.commands_per_second,
             command_burst: limits.command_burst,
             outbound_queue: limits.outbound_queue,
+            commit_window_us: engine.commit_window.as_micros() as u64,
             visitor_sessions_per_minute: ws.visitor_sessions_per_ip,
             auth_timeout_s: ws.auth_timeout.as_secs(),
             dev_login: false,
@@ -352,6 +357,7 @@ impl Config {
         limits.commands_per_second = self.commands_per_second;
         limits.command_burst = self.command_burst;
         limits.outbound_queue = self.outbound_queue;
+        config.commit_window = Duration::from_micros(self.commit_window_us);
         config
     }
 

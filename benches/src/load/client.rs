@@ -86,6 +86,9 @@ pub(crate) fn source_ip(index: usize, src_ips: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 1 + (index % usize::from(src_ips.max(1))) as u8)
 }
 
+/// Read buffer of each client socket: larger than any frame a scenario sends.
+const READ_BUFFER_BYTES: usize = 4096;
+
 /// Opens a WebSocket from `src` and waits until the session is ready.
 pub(crate) async fn connect(proto: &dyn Protocol, addr: SocketAddr, src: Ipv4Addr, token: &str) -> anyhow::Result<Ws> {
     let attempt = async {
@@ -94,7 +97,12 @@ pub(crate) async fn connect(proto: &dyn Protocol, addr: SocketAddr, src: Ipv4Add
         let stream = socket.connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         let url = format!("ws://{addr}{}", proto.path(token));
-        let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.context("websocket upgrade")?;
+        // tungstenite zeroes its whole read buffer (128 KiB by default) before
+        // every read; a small one keeps that from dominating the generator's CPU.
+        let config = tungstenite::protocol::WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+            .await
+            .context("websocket upgrade")?;
         loop {
             let Some(frame) = ws.next().await else { bail!("closed during the handshake") };
             let Message::Text(text) = frame? else { continue };

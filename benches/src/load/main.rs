@@ -560,11 +560,13 @@ async fn mix(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerProces
     c.delivery.reset();
     c.ack.reset();
     let (d0, a0, t0c) = (Counters::get(&c.delivered), Counters::get(&c.acked), Counters::get(&c.typing));
-    let cpu0 = server.cpu_seconds()?;
+    let (user0, sys0) = server.cpu_split()?;
     let load_cpu0 = server::cpu_seconds_of("self")?;
     let t0 = Instant::now();
     sleep(Duration::from_secs_f64(seconds)).await;
-    let cpu = server.cpu_seconds()? - cpu0;
+    let (user1, sys1) = server.cpu_split()?;
+    let (user, sys) = (user1 - user0, sys1 - sys0);
+    let cpu = user + sys;
     let load_cpu = server::cpu_seconds_of("self")? - load_cpu0;
     let elapsed = t0.elapsed().as_secs_f64();
     let delivered = Counters::get(&c.delivered) - d0;
@@ -590,6 +592,8 @@ async fn mix(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerProces
             "delivery_latency": delivery,
             "ack_latency": ack,
             "server_cpu_s": round2(cpu),
+            "server_user_cpu_s": round2(user),
+            "server_system_cpu_s": round2(sys),
             "load_cpu_s": round2(load_cpu),
             "cpu_s_per_million_deliveries": round2(per_million),
             "server_rss_kib": rss,

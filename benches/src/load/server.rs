@@ -88,20 +88,28 @@ impl ServerProcess {
     pub(crate) fn cpu_seconds(&self) -> anyhow::Result<f64> {
         cpu_seconds_of(&self.pid().to_string())
     }
+
+    /// The server's user and system CPU time so far, in seconds.
+    pub(crate) fn cpu_split(&self) -> anyhow::Result<(f64, f64)> {
+        cpu_split_of(&self.pid().to_string())
+    }
 }
 
 /// User plus system CPU time of a process (`self` for this one), in seconds.
 pub(crate) fn cpu_seconds_of(pid: &str) -> anyhow::Result<f64> {
-    {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let rest = &stat[stat.rfind(')').context("malformed stat")? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
-        let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-            + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-        Ok(ticks as f64 / clock_ticks())
-    }
+    let (user, system) = cpu_split_of(pid)?;
+    Ok(user + system)
+}
+
+/// User and system (kernel) CPU time of a process, in seconds.
+pub(crate) fn cpu_split_of(pid: &str) -> anyhow::Result<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').context("malformed stat")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) as f64 / clock_ticks();
+    Ok((ticks(11), ticks(12)))
 }
 
 impl Drop for ServerProcess {

@@ -57,8 +57,20 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<CommitJob>) {
     // once, so a batch larger than half a session's queue could close a
     // client that reads as fast as it can.
     let max = batch_limit(&inner.config);
+    let window = inner.config.commit_window;
     let mut jobs = Vec::with_capacity(max);
     while rx.recv_many(&mut jobs, max).await > 0 {
+        if !window.is_zero() && jobs.len() < max {
+            // Gather what arrives within the window into this batch too.
+            let deadline = tokio::time::Instant::now() + window;
+            while jobs.len() < max {
+                let room = max - jobs.len();
+                match tokio::time::timeout_at(deadline, rx.recv_many(&mut jobs, room)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
         let mut messages = Vec::with_capacity(jobs.len());
         let mut waiting = Vec::with_capacity(jobs.len());
         let mut flushes = Vec::new();
