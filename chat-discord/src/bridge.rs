@@ -21,10 +21,10 @@ use chat_core::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use serenity::all::{
-    ChannelId, ClientBuilder, ComponentInteraction, ConnectionStage, Context, EventHandler, GatewayIntents, Guild,
-    GuildId, GuildMemberUpdateEvent, Interaction, InteractionId, Member, Message, MessageId as DiscordMessageId,
-    MessageUpdateEvent, OnlineStatus, Presence, Ready, RoleId, ShardStageUpdateEvent, TypingStartEvent,
-    User as DiscordUser, WebhookId,
+    ChannelId, ChunkGuildFilter, ClientBuilder, ComponentInteraction, ConnectionStage, Context, EventHandler,
+    GatewayIntents, Guild, GuildId, GuildMemberUpdateEvent, GuildMembersChunkEvent, Interaction, InteractionId, Member,
+    Message, MessageId as DiscordMessageId, MessageUpdateEvent, OnlineStatus, Presence, Ready, RoleId,
+    ShardStageUpdateEvent, TypingStartEvent, User as DiscordUser, WebhookId,
 };
 use serenity::gateway::ShardManager;
 use serenity::http::{LightMethod, Route};
@@ -98,9 +98,14 @@ struct State {
     bot_user: Option<u64>,
     /// Our webhook of each channel (the forum, mapped text channels).
     webhooks: HashMap<u64, (u64, String)>,
-    /// Members of the guild holding the support role, from GUILD_CREATE and
-    /// member updates.
+    /// Members of the guild holding the support role, from GUILD_CREATE,
+    /// member chunks and member events.
     agents: HashSet<u64>,
+    /// Members whose join, update or leave was handled in this gateway
+    /// session. Serenity runs every event's handler in a task of its own, so
+    /// such an event may be handled before the GUILD_CREATE (or member
+    /// chunk) it followed; what it said is newer than that snapshot and wins.
+    members_heard: HashSet<u64>,
     /// Whether each member whose presence we heard of is online, idle or dnd.
     available: HashMap<u64, bool>,
 }
@@ -114,6 +119,63 @@ impl State {
             return 0;
         }
         self.agents.iter().filter(|a| self.available.get(a).copied().unwrap_or(false)).count()
+    }
+
+    /// A new gateway session (READY): presences and member events heard
+    /// before it are stale; GUILD_CREATE, chunks and later events refill them.
+    fn new_session(&mut self) {
+        self.available.clear();
+        self.members_heard.clear();
+    }
+
+    /// GUILD_CREATE: its members replace the agents known so far, except
+    /// members whose own event was handled already, and its presences fill
+    /// in those not heard of yet (a PRESENCE_UPDATE handled first is newer).
+    fn guild_snapshot(&mut self, agents: HashSet<u64>, presences: impl IntoIterator<Item = (u64, bool)>) {
+        let heard = &self.members_heard;
+        let mut next: HashSet<u64> = agents.into_iter().filter(|a| !heard.contains(a)).collect();
+        next.extend(self.agents.iter().filter(|a| heard.contains(a)));
+        self.agents = next;
+        for (user, available) in presences {
+            self.available.entry(user).or_insert(available);
+        }
+    }
+
+    /// A GUILD_MEMBERS_CHUNK: members (and whether each holds the support
+    /// role) beyond those GUILD_CREATE carried, with the same precedence as
+    /// [`State::guild_snapshot`].
+    fn member_chunk(
+        &mut self,
+        members: impl IntoIterator<Item = (u64, bool)>,
+        presences: impl IntoIterator<Item = (u64, bool)>,
+    ) {
+        for (user, holds) in members {
+            if !self.members_heard.contains(&user) {
+                self.set_agent(user, holds);
+            }
+        }
+        for (user, available) in presences {
+            self.available.entry(user).or_insert(available);
+        }
+    }
+
+    /// A PRESENCE_UPDATE: newer than any snapshot.
+    fn presence_seen(&mut self, user: u64, available: bool) {
+        self.available.insert(user, available);
+    }
+
+    /// A member joined, changed or left: newer than any snapshot.
+    fn member_event(&mut self, user: u64, holds_role: bool) {
+        self.members_heard.insert(user);
+        self.set_agent(user, holds_role);
+    }
+
+    fn set_agent(&mut self, user: u64, holds_role: bool) {
+        if holds_role {
+            self.agents.insert(user);
+        } else {
+            self.agents.remove(&user);
+        }
     }
 }
 
@@ -139,8 +201,17 @@ struct ArchiveJob {
 enum Inbound {
     Message(Box<Message>),
     Update(Box<MessageUpdateEvent>),
-    Delete { channel: ChannelId, message: DiscordMessageId },
+    Delete {
+        channel: ChannelId,
+        message: DiscordMessageId,
+    },
     Typing(Box<TypingStartEvent>),
+    /// A member joined or changed (their display name and roles), or left
+    /// (`None`): their chat user's roles follow at once.
+    Member {
+        user: u64,
+        now: Option<(String, Vec<RoleId>)>,
+    },
     CatchUp,
 }
 
@@ -868,14 +939,20 @@ struct Handler {
 }
 
 impl Handler {
-    fn set_agent(&self, user: u64, holds_role: bool) {
-        let mut state = self.shared.state();
-        if holds_role {
-            state.agents.insert(user);
-        } else {
-            state.agents.remove(&user);
-        }
+    /// A member joined, changed or left (`roles` is `None`): availability
+    /// changes now, and so do the roles of their chat user, through the
+    /// inbound task so that it is ordered with their messages.
+    async fn member_changed(&self, user: &DiscordUser, nick: Option<&str>, roles: Option<&[RoleId]>) {
+        let holds = roles.is_some_and(|held| held.iter().any(|r| r.get() == self.shared.config.support_role_id));
+        self.shared.state().member_event(user.id.get(), holds);
+        let name = nick.map(str::to_owned).or_else(|| user.global_name.clone()).unwrap_or_else(|| user.name.clone());
+        let now = roles.map(|held| (name, held.to_vec()));
+        let _ = self.inbound.send(Inbound::Member { user: user.id.get(), now }).await;
     }
+}
+
+fn holds_support(config: &DiscordConfig, held: &[RoleId]) -> bool {
+    held.iter().any(|r| r.get() == config.support_role_id)
 }
 
 #[async_trait]
@@ -885,9 +962,9 @@ impl EventHandler for Handler {
             let mut state = self.shared.state();
             state.connected = true;
             state.bot_user = Some(ready.user.id.get());
-            // A new gateway session: presences heard before it are stale.
-            // GUILD_CREATE and PRESENCE_UPDATE refill them.
-            state.available.clear();
+            // A new gateway session: presences and member events heard
+            // before it are stale.
+            state.new_session();
         }
         // Whether the shard resumed or identified anew, what was written
         // while it was away is fetched: serenity often re-identifies, and
@@ -930,37 +1007,48 @@ impl EventHandler for Handler {
     }
 
     /// The guild's members and presences, at every (re)connection: the
-    /// agents and who of them is available start from here.
-    async fn guild_create(&self, _ctx: Context, guild: Guild, _is_new: Option<bool>) {
+    /// agents and who of them is available start from here. A large guild
+    /// (over 75 members online by default, or fewer members sent than it
+    /// has) carries only some of its members: the rest, with their
+    /// presences, are requested in chunks (REQUEST_GUILD_MEMBERS, which the
+    /// GUILD_MEMBERS intent allows; presences need GUILD_PRESENCES).
+    async fn guild_create(&self, ctx: Context, guild: Guild, _is_new: Option<bool>) {
         if guild.id.get() != self.shared.config.guild_id {
             return;
         }
-        let role = self.shared.config.support_role_id;
-        let mut state = self.shared.state();
-        state.agents = guild
-            .members
-            .values()
-            .filter(|m| m.roles.iter().any(|r| r.get() == role))
-            .map(|m| m.user.id.get())
-            .collect();
-        // Serenity runs every event's handler in a task of its own, so a
-        // PRESENCE_UPDATE sent after GUILD_CREATE may be handled before it.
-        // Such an update is newer than the snapshot: keep it.
-        for presence in guild.presences.values() {
-            state.available.entry(presence.user.id.get()).or_insert(is_available(presence.status));
+        let config = &self.shared.config;
+        let agents =
+            guild.members.values().filter(|m| holds_support(config, &m.roles)).map(|m| m.user.id.get()).collect();
+        let presences = guild.presences.values().map(|p| (p.user.id.get(), is_available(p.status)));
+        // The snapshot is applied before the chunks are requested, so that
+        // no chunk can be handled before it.
+        self.shared.state().guild_snapshot(agents, presences);
+        let carried = u64::try_from(guild.members.len()).unwrap_or(u64::MAX);
+        if guild.large || carried < guild.member_count {
+            ctx.shard.chunk_guild(guild.id, None, true, ChunkGuildFilter::None, None);
         }
+    }
+
+    /// Members requested after a large guild's GUILD_CREATE, up to 1000 a chunk.
+    async fn guild_members_chunk(&self, _ctx: Context, chunk: GuildMembersChunkEvent) {
+        if chunk.guild_id.get() != self.shared.config.guild_id {
+            return;
+        }
+        let config = &self.shared.config;
+        let members = chunk.members.values().map(|m| (m.user.id.get(), holds_support(config, &m.roles)));
+        let presences = chunk.presences.iter().flatten().map(|p| (p.user.id.get(), is_available(p.status)));
+        self.shared.state().member_chunk(members, presences);
     }
 
     async fn presence_update(&self, _ctx: Context, presence: Presence) {
         if presence.guild_id.map(GuildId::get) == Some(self.shared.config.guild_id) {
-            self.shared.state().available.insert(presence.user.id.get(), is_available(presence.status));
+            self.shared.state().presence_seen(presence.user.id.get(), is_available(presence.status));
         }
     }
 
     async fn guild_member_addition(&self, _ctx: Context, member: Member) {
         if member.guild_id.get() == self.shared.config.guild_id {
-            let holds = member.roles.iter().any(|r| r.get() == self.shared.config.support_role_id);
-            self.set_agent(member.user.id.get(), holds);
+            self.member_changed(&member.user, member.nick.as_deref(), Some(&member.roles)).await;
         }
     }
 
@@ -972,14 +1060,13 @@ impl EventHandler for Handler {
         event: GuildMemberUpdateEvent,
     ) {
         if event.guild_id.get() == self.shared.config.guild_id {
-            let holds = event.roles.iter().any(|r| r.get() == self.shared.config.support_role_id);
-            self.set_agent(event.user.id.get(), holds);
+            self.member_changed(&event.user, event.nick.as_deref(), Some(&event.roles)).await;
         }
     }
 
     async fn guild_member_removal(&self, _ctx: Context, guild: GuildId, user: DiscordUser, _member: Option<Member>) {
         if guild.get() == self.shared.config.guild_id {
-            self.set_agent(user.id.get(), false);
+            self.member_changed(&user, None, None).await;
         }
     }
 
@@ -1087,6 +1174,7 @@ async fn receive(shared: Arc<Shared>, mut inbound: mpsc::Receiver<Inbound>) {
             Inbound::Update(event) => update(&shared, &event).await,
             Inbound::Delete { channel, message } => remove(&shared, channel, message).await,
             Inbound::Typing(event) => typing(&shared, &event).await,
+            Inbound::Member { user, now } => member_roles(&shared, user, now).await,
             Inbound::CatchUp => catch_up(&shared).await,
         };
         if let Err(err) = result {
@@ -1132,7 +1220,10 @@ async fn deliver(shared: &Shared, message: &Message) -> Result<()> {
         .unwrap_or_else(|| message.author.name.clone());
     let mut user = User::new(agent_user_id(message.author.id.get())?, name);
     user.roles = match &message.member {
-        Some(member) => chat_roles(&shared.config, &member.roles, support),
+        Some(member) => {
+            let support = support || holds_support(&shared.config, &member.roles);
+            chat_roles(&shared.config, &member.roles, support)
+        }
         // Fetched messages carry no member: the roles last seen stay.
         None => match shared.engine()?.store().user(&user.id).await? {
             Some(known) if !known.roles.is_empty() => known.roles,
@@ -1164,6 +1255,34 @@ async fn agent_message(
     let local: MessageId = local.parse()?;
     let found = shared.engine()?.store().message(room, local).await?;
     Ok(found.filter(|m| m.sender_id.as_str().starts_with("discord:") && !m.deleted))
+}
+
+/// A member joined, changed or left (`now` is `None`): if they are a chat
+/// user already, their name and roles become what Discord says now, without
+/// waiting for their next message or button press. `support` follows the
+/// support role; mapped roles follow the role map; someone who left the
+/// server keeps their name and loses every role. Members who never wrote in
+/// a mapped thread or channel are not made chat users.
+async fn member_roles(shared: &Shared, user: u64, now: Option<(String, Vec<RoleId>)>) -> Result<()> {
+    let engine = shared.engine()?;
+    let id = agent_user_id(user)?;
+    let Some(known) = engine.store().user(&id).await? else {
+        return Ok(());
+    };
+    let mut next = known.clone();
+    match now {
+        Some((name, held)) => {
+            next.roles = chat_roles(&shared.config, &held, holds_support(&shared.config, &held));
+            if chat_core::user::validate_name(&name).is_ok() {
+                next.name = name;
+            }
+        }
+        None => next.roles.clear(),
+    }
+    if next != known {
+        engine.upsert_user(next).await?;
+    }
+    Ok(())
 }
 
 /// An agent edited a message in a mapped thread: the room gets the new text.
@@ -1246,4 +1365,57 @@ async fn catch_up(shared: &Shared) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agents(state: &State) -> Vec<u64> {
+        let mut agents: Vec<u64> = state.agents.iter().copied().collect();
+        agents.sort_unstable();
+        agents
+    }
+
+    /// Serenity handles each event in a task of its own: a member event
+    /// handled before the snapshot it followed is newer, and stays.
+    #[test]
+    fn member_events_win_over_an_older_snapshot() {
+        // (what, events handled before the snapshot, snapshot agents, agents after)
+        type Case<'a> = (&'a str, &'a [(u64, bool)], &'a [u64], &'a [u64]);
+        let table: [Case<'_>; 5] = [
+            ("no events: the snapshot", &[], &[1, 2], &[1, 2]),
+            ("a promotion handled first stays", &[(3, true)], &[1], &[1, 3]),
+            ("a demotion handled first stays", &[(1, false)], &[1, 2], &[2]),
+            ("a leave handled first stays", &[(2, false)], &[1, 2], &[1]),
+            ("a re-promotion handled first stays", &[(2, false), (2, true)], &[1], &[1, 2]),
+        ];
+        for (what, events, snapshot, want) in table {
+            let mut state = State { agents: [9].into(), ..State::default() };
+            state.new_session();
+            for &(user, holds) in events {
+                state.member_event(user, holds);
+            }
+            state.guild_snapshot(snapshot.iter().copied().collect(), []);
+            assert_eq!(agents(&state), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn chunks_add_members_without_undoing_newer_events() {
+        let mut state = State::default();
+        state.new_session();
+        state.guild_snapshot([1].into(), [(1, true)]);
+        state.member_event(4, false);
+        state.presence_seen(2, false);
+        state.member_chunk([(2, true), (3, true), (4, true)], [(2, true), (3, true)]);
+        state.member_chunk([(5, true), (1, false)], [(5, false)]);
+        assert_eq!(agents(&state), [2, 3, 5], "4 was demoted after the chunk's snapshot; 1 changed in a chunk");
+        state.connected = true;
+        assert_eq!(state.online_agents(), 1, "3 is online; 2's newer presence says offline; 5 is offline");
+        // A new session forgets what was heard, so its snapshot counts again.
+        state.new_session();
+        state.guild_snapshot([4].into(), []);
+        assert_eq!(agents(&state), [4]);
+    }
 }

@@ -515,3 +515,105 @@ async fn a_mapped_group_room_crosses_to_its_text_channel() {
     assert_eq!(bridge.health().failed, 0);
     engine.shutdown().await;
 }
+
+/// A large guild's GUILD_CREATE carries no members: the bridge asks for them
+/// (op 8, with presences) and counts the agents the chunks bring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_guild_is_known_through_member_chunks() {
+    let discord = StandIn::start().await;
+    let role: &[u64] = &[SUPPORT_ROLE];
+    let members = [
+        (77, "Alice", role),
+        (78, "Bob", role),
+        (79, "Carol", &[][..]),
+        (80, "Dan", role),
+        (81, "Erin", role),
+        (82, "Finn", &[][..]),
+        (83, "Gus", role),
+    ];
+    let presences = [(77, "online"), (78, "offline"), (79, "online"), (80, "dnd"), (83, "idle")];
+    discord.guild_members(&members, &presences, 3);
+    let bridge = bridge_for(&discord);
+    let engine = engine_with(memory_store(), bridge.clone()).await;
+    eventually("the bridge connected", || bridge.health().connected).await;
+
+    discord.large_guild_create(members.len());
+    let agents = || engine.support_availability().online_agents;
+    eventually("Alice, Dan and Gus available", || agents() == 3).await;
+    let (requests, chunks) = {
+        let d = discord.lock();
+        (d.member_requests.clone(), d.chunks_sent)
+    };
+    assert_eq!(requests.len(), 1, "asked once: {requests:?}");
+    assert_eq!(requests[0]["guild_id"], GUILD.to_string());
+    assert_eq!((requests[0]["query"].as_str(), requests[0]["limit"].as_u64()), (Some(""), Some(0)), "everyone");
+    assert_eq!(requests[0]["presences"], true);
+    assert_eq!(chunks, 3, "seven members, three a chunk");
+
+    // Members known from chunks change like any other.
+    discord.presence(78, "online");
+    eventually("Bob comes online", || agents() == 4).await;
+    discord.member_roles(83, "Gus", &[]);
+    eventually("Gus is no longer an agent", || agents() == 3).await;
+    engine.shutdown().await;
+}
+
+/// A member's role change reaches their chat user at once (not only with
+/// their next message): the mapped roles and `support` follow what Discord
+/// says, and leaving the server drops them; availability follows too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_events_change_chat_roles_at_once() {
+    const ADMINS: u64 = 2001;
+    let discord = StandIn::start().await;
+    let mut config = discord.config();
+    config.role_map = vec![(ADMINS, "admin".into())];
+    let bridge = std::sync::Arc::new(chat_discord::DiscordBridge::new(config).expect("a valid config"));
+    let store = memory_store();
+    let engine = engine_with(store.clone(), bridge.clone()).await;
+    let (mut vera, room) = visitor(&engine, "visitor-9", "Vera").await;
+    send(&mut vera, room, "m0", "hello").await;
+    eventually("the thread", || discord.lock().threads.len() == 1).await;
+    let thread = discord.lock().threads[0].0;
+    eventually("the bridge reports connected", || bridge.health().connected).await;
+    discord.guild_create(&[(77, "Alice", &[SUPPORT_ROLE, ADMINS])], &[(77, "online"), (78, "online")]);
+    discord.member_writes(thread, 77, "Alice", &[SUPPORT_ROLE, ADMINS], "Alice here");
+    assert_eq!(next_message(&mut vera).await.sender_id.as_str(), "discord:77");
+    let user = |id: u64| {
+        let store = store.clone();
+        async move { store.user(&chat_discord::agent_user_id(id).expect("id")).await.expect("store") }
+    };
+    assert_eq!(user(77).await.map(|u| u.roles), Some(vec!["support".to_owned(), "admin".to_owned()]));
+    let agents = || engine.support_availability().online_agents;
+    eventually("Alice available", || agents() == 1).await;
+
+    // (what, event, Alice's chat roles after, online agents after)
+    type Step<'a> = (&'a str, &'a dyn Fn(), &'a [&'a str], u32);
+    let steps: [Step<'_>; 4] = [
+        ("admin taken away", &|| discord.member_roles(77, "Alice", &[SUPPORT_ROLE]), &["support"], 1),
+        ("support taken away", &|| discord.member_roles(77, "Alice", &[ADMINS]), &["admin"], 0),
+        ("she left the server", &|| discord.member_leaves(77, "Alice"), &[], 0),
+        ("she came back as an agent", &|| discord.member_joins(77, "Alice", &[SUPPORT_ROLE]), &["support"], 1),
+    ];
+    for (what, event, roles, online) in steps {
+        event();
+        let want: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
+        let mut seen = None;
+        for _ in 0..200 {
+            seen = user(77).await.map(|u| u.roles);
+            if seen.as_ref() == Some(&want) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(seen, Some(want), "{what}");
+        eventually(what, || agents() == online).await;
+    }
+    assert_eq!(user(77).await.map(|u| u.name).as_deref(), Some("Alice"));
+
+    // A member who never wrote in a mapped thread is not made a chat user.
+    discord.member_roles(78, "Bob", &[SUPPORT_ROLE, ADMINS]);
+    eventually("Bob counts as an agent", || agents() == 2).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(user(78).await, None);
+    engine.shutdown().await;
+}
