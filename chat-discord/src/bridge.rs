@@ -21,10 +21,10 @@ use chat_core::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use serenity::all::{
-    ChannelId, ChunkGuildFilter, ClientBuilder, ComponentInteraction, ConnectionStage, Context, EventHandler,
-    GatewayIntents, Guild, GuildId, GuildMemberUpdateEvent, GuildMembersChunkEvent, Interaction, InteractionId, Member,
-    Message, MessageId as DiscordMessageId, MessageUpdateEvent, OnlineStatus, Presence, Ready, RoleId,
-    ShardStageUpdateEvent, TypingStartEvent, User as DiscordUser, WebhookId,
+    Attachment, ChannelId, ChunkGuildFilter, ClientBuilder, ComponentInteraction, ConnectionStage, Context,
+    EventHandler, GatewayIntents, Guild, GuildId, GuildMemberUpdateEvent, GuildMembersChunkEvent, Interaction,
+    InteractionId, Member, Message, MessageId as DiscordMessageId, MessageUpdateEvent, OnlineStatus, Presence, Ready,
+    RoleId, ShardStageUpdateEvent, TypingStartEvent, User as DiscordUser, WebhookId,
 };
 use serenity::gateway::ShardManager;
 use serenity::http::{LightMethod, Route};
@@ -1294,11 +1294,22 @@ async fn update(shared: &Shared, event: &MessageUpdateEvent) -> Result<()> {
     let Some(message) = agent_message(shared, event.channel_id, event.id).await? else {
         return Ok(());
     };
+    apply_edit(shared, &message, content, event.attachments.as_deref().unwrap_or_default()).await
+}
+
+/// Gives an agent's room message the text its Discord message has now,
+/// unless that is the same, empty, or a note.
+async fn apply_edit(
+    shared: &Shared,
+    message: &chat_core::Message,
+    content: &str,
+    attachments: &[Attachment],
+) -> Result<()> {
     if content.trim_start().starts_with(shared.config.note_prefix.as_str()) {
         return Ok(());
     }
-    let mut body = content.clone();
-    for file in event.attachments.iter().flatten() {
+    let mut body = content.to_owned();
+    for file in attachments {
         body.push_str(&format!("\n[{}]({})", file.filename, file.url));
     }
     if body.trim().is_empty() || body == message.body {
@@ -1339,14 +1350,38 @@ async fn typing(shared: &Shared, event: &TypingStartEvent) -> Result<()> {
     Ok(())
 }
 
-/// Fetches what was written in every mapped thread after the newest message
-/// seen there, oldest first, and delivers it.
+/// How many of a thread's latest messages a catch-up reads again for the
+/// edits and deletes it missed: Discord's largest page, so one call per
+/// thread, and at most this many link reads. Older changes are not caught up.
+const RECHECK_WINDOW: usize = 100;
+
+/// After READY, catches up every mapped thread: what was written there after
+/// the newest message seen is delivered, oldest first; then the latest
+/// messages are read again for agents' edits and deletes made meanwhile. A
+/// thread that cannot be read (deleted, no access) does not stop the others.
 async fn catch_up(shared: &Shared) -> Result<()> {
     let outbox = shared.outbox()?;
-    for (_, thread) in outbox.links(NAME, LINK_THREAD).await? {
-        let channel_id = parse_channel(&thread)?;
+    let mut failure = None;
+    for (room, thread) in outbox.links(NAME, LINK_THREAD).await? {
+        let caught = async {
+            fetch_missed(shared, &thread).await?;
+            recheck_recent(shared, &room, &thread).await
+        };
+        if let Err(err) = caught.await {
+            tracing::warn!(error = %err, thread, "discord bridge: a thread was not caught up");
+            failure = Some(err);
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Delivers what was written in a thread after the newest message seen there.
+async fn fetch_missed(shared: &Shared, thread: &str) -> Result<()> {
+    let outbox = shared.outbox()?;
+    let channel_id = parse_channel(thread)?;
+    {
         loop {
-            let after = outbox.remote_of(NAME, LINK_CURSOR, &thread).await?.unwrap_or_else(|| thread.clone());
+            let after = outbox.remote_of(NAME, LINK_CURSOR, thread).await?.unwrap_or_else(|| thread.to_owned());
             let params = vec![("after", after), ("limit", "100".to_owned())];
             let page = shared.rest.call(LightMethod::Get, Route::ChannelMessages { channel_id }, params, None).await?;
             let mut messages: Vec<Message> =
@@ -1365,6 +1400,62 @@ async fn catch_up(shared: &Shared) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Applies the edits and deletes of agents' messages that the gateway did
+/// not bring: the room's latest [`RECHECK_WINDOW`] messages that agents
+/// wrote are compared with the thread's latest [`RECHECK_WINDOW`]. An edited
+/// one gets its current text; a linked one missing from a window that must
+/// hold it is deleted. Threads whose recent room messages include no
+/// agent's cost no call to Discord.
+async fn recheck_recent(shared: &Shared, room: &str, thread: &str) -> Result<()> {
+    let engine = shared.engine()?;
+    let outbox = shared.outbox()?;
+    let room: RoomId = room.parse()?;
+    let query = chat_core::HistoryQuery { limit: RECHECK_WINDOW as u32, ..Default::default() };
+    let recent = engine.store().history(room, query).await?;
+    let mut linked = Vec::new();
+    for message in recent.messages {
+        if !message.sender_id.as_str().starts_with("discord:") || message.deleted {
+            continue;
+        }
+        let remote = outbox.remote_of(NAME, LINK_MESSAGE, &message.id.to_string()).await?;
+        if let Some(remote) = remote.and_then(|r| r.parse::<u64>().ok()) {
+            linked.push((message, remote));
+        }
+    }
+    if linked.is_empty() {
+        return Ok(());
+    }
+    let channel_id = parse_channel(thread)?;
+    let params = vec![("limit", RECHECK_WINDOW.to_string())];
+    let page = shared.rest.call(LightMethod::Get, Route::ChannelMessages { channel_id }, params, None).await?;
+    let window: Vec<Message> =
+        serde_json::from_value(page).map_err(|e| Error::Unexpected(format!("a message list: {e}")))?;
+    let ids: Vec<u64> = window.iter().map(|m| m.id.get()).collect();
+    for (message, remote) in linked {
+        match window.iter().find(|m| m.id.get() == remote) {
+            // Never edited since it was posted: nothing to compare.
+            Some(now) if now.edited_timestamp.is_none() => {}
+            Some(now) => apply_edit(shared, &message, &now.content, &now.attachments).await?,
+            None if deleted_meanwhile(remote, &ids) => {
+                engine.delete_as(NAME, &message.sender_id, room, message.id).await?;
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether a message missing from the thread's latest messages (`window`,
+/// ids as Discord listed them) was deleted: a window shorter than
+/// [`RECHECK_WINDOW`] is the whole thread; a full one covers only ids from
+/// its oldest on.
+fn deleted_meanwhile(remote: u64, window: &[u64]) -> bool {
+    if window.contains(&remote) {
+        return false;
+    }
+    window.len() < RECHECK_WINDOW || window.iter().min().is_some_and(|&oldest| remote > oldest)
 }
 
 #[cfg(test)]
@@ -1398,6 +1489,24 @@ mod tests {
             }
             state.guild_snapshot(snapshot.iter().copied().collect(), []);
             assert_eq!(agents(&state), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_message_missing_from_a_window_that_covers_it_was_deleted() {
+        // A full window: the thread's latest messages, with gaps between ids.
+        let full: Vec<u64> = (1_000..1_000 + RECHECK_WINDOW as u64).map(|i| i * 2).collect();
+        assert_eq!(full.len(), RECHECK_WINDOW);
+        let table: [(&str, u64, &[u64], bool); 6] = [
+            ("still there", 11, &[10, 11, 12], false),
+            ("missing from the whole thread", 11, &[10, 12], true),
+            ("the thread is empty now", 11, &[], true),
+            ("missing inside a full window", 2_051, &full[..], true),
+            ("older than a full window: unknown", 1_999, &full[..], false),
+            ("present in a full window", 2_050, &full[..], false),
+        ];
+        for (what, remote, window, deleted) in table {
+            assert_eq!(deleted_meanwhile(remote, window), deleted, "{what}");
         }
     }
 

@@ -617,3 +617,63 @@ async fn member_events_change_chat_roles_at_once() {
     assert_eq!(user(78).await, None);
     engine.shutdown().await;
 }
+
+/// Agents' edits and deletes made while the bridge was away reach the room
+/// after it is back: an edited message gets its new text, a deleted one is
+/// deleted, an untouched one stays as it was, and a visitor's message
+/// deleted in Discord stays in the chat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_deletes_made_while_away_are_caught_up() {
+    let discord = StandIn::start().await;
+    let store = memory_store();
+    let engine = engine_with(store.clone(), bridge_for(&discord)).await;
+    let (mut vera, room) = visitor(&engine, "visitor-10", "Vera").await;
+    send(&mut vera, room, "m0", "hello").await;
+    eventually("the thread", || discord.lock().threads.len() == 1).await;
+    let thread = discord.lock().threads[0].0;
+    send(&mut vera, room, "m1", "are you there?").await;
+    eventually("the second post", || discord.thread_messages(thread).len() == 2).await;
+    let visitor_post: u64 = discord.thread_messages(thread)[1]["id"].as_str().and_then(|i| i.parse().ok()).expect("id");
+    eventually("the gateway connected", || discord.gateway_connected()).await;
+    let mut sent = Vec::new();
+    for body in ["It ships tomorow", "wrong room, sorry", "anything else?", "noted"] {
+        sent.push(discord.human_writes(thread, 77, "Alice", body, true));
+        assert_eq!(next_message(&mut vera).await.body, body);
+    }
+    drop(vera);
+    engine.shutdown().await;
+
+    // While the bridge is away: two edits (one into a note, which stays in
+    // Discord), two deletes, one of them the visitor's.
+    discord.human_edits(thread, sent[0], "It ships tomorrow");
+    discord.human_deletes(thread, sent[1]);
+    discord.human_edits(thread, sent[3], "!note she sounds upset");
+    discord.human_deletes(thread, visitor_post);
+    assert!(!discord.gateway_connected(), "nothing was heard live");
+
+    let engine = engine_with(store.clone(), bridge_for(&discord)).await;
+    let visitor_id = chat_core::UserId::new("visitor-10").expect("id");
+    let query = chat_core::HistoryQuery { limit: 50, ..Default::default() };
+    let want = [
+        ("hello", false),
+        ("are you there?", false),
+        ("It ships tomorrow", false),
+        ("", true),
+        ("anything else?", false),
+        ("noted", false),
+    ];
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        let page = engine.history(&visitor_id, room, query).await.expect("history");
+        seen = page.messages.into_iter().map(|m| (m.body, m.deleted, m.edited_at.is_some())).collect::<Vec<_>>();
+        if seen.iter().map(|(b, d, _)| (b.as_str(), *d)).eq(want.iter().copied()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let got: Vec<(&str, bool)> = seen.iter().map(|(b, d, _)| (b.as_str(), *d)).collect();
+    assert_eq!(got, want);
+    assert!(seen[2].2, "the caught-up edit is marked edited");
+    assert!(!seen[4].2 && !seen[5].2, "untouched and note-edited messages are not edited");
+    engine.shutdown().await;
+}
