@@ -47,6 +47,9 @@ const LINK_THREAD: &str = "thread";
 const LINK_MESSAGE: &str = "message";
 const LINK_WEBHOOK: &str = "webhook";
 const LINK_CURSOR: &str = "cursor";
+/// A support room whose first post was checked for its buttons after a
+/// READY (and given them if it lacked them), so it is not checked again.
+const LINK_BUTTONS: &str = "buttons";
 const JOB_POST: &str = "post";
 const JOB_EDIT: &str = "edit";
 const JOB_DELETE: &str = "delete";
@@ -736,18 +739,23 @@ async fn create_thread(shared: &Shared, title: &str, content: &str, room: RoomId
         "message": {
             "content": content,
             "allowed_mentions": { "parse": [] },
-            "components": [{
-                "type": 1,
-                "components": [
-                    { "type": 2, "style": 1, "label": "Claim", "custom_id": format!("{CLAIM_PREFIX}{room}") },
-                    { "type": 2, "style": 4, "label": "Close", "custom_id": format!("{CLOSE_PREFIX}{room}") },
-                ],
-            }],
+            "components": buttons(room),
         },
     });
     let thread =
         shared.rest.call(LightMethod::Post, Route::ChannelForumPosts { channel_id }, Vec::new(), Some(&body)).await?;
     id_of(&thread, "a new thread")
+}
+
+/// The Claim and Close buttons of a room's forum post, in one row.
+fn buttons(room: RoomId) -> Value {
+    json!([{
+        "type": 1,
+        "components": [
+            { "type": 2, "style": 1, "label": "Claim", "custom_id": format!("{CLAIM_PREFIX}{room}") },
+            { "type": 2, "style": 4, "label": "Close", "custom_id": format!("{CLOSE_PREFIX}{room}") },
+        ],
+    }])
 }
 
 /// A thread of the forum with this title, made by an attempt whose answer was lost.
@@ -1372,7 +1380,66 @@ async fn catch_up(shared: &Shared) -> Result<()> {
             failure = Some(err);
         }
     }
+    if let Err(err) = add_missing_buttons(shared).await {
+        failure = Some(err);
+    }
     failure.map_or(Ok(()), Err)
+}
+
+/// Gives the first post of every open support thread that lacks them the
+/// Claim and Close buttons (posts opened before the buttons existed), once:
+/// each room is recorded when done, or when closed (a closed room stays
+/// closed), so a later READY costs one link read per thread and no call.
+/// A failure leaves the room for the next READY.
+async fn add_missing_buttons(shared: &Shared) -> Result<()> {
+    let outbox = shared.outbox()?;
+    let store = shared.engine()?.store();
+    let mut failure = None;
+    for (room_key, thread) in outbox.links(NAME, LINK_THREAD).await? {
+        if outbox.remote_of(NAME, LINK_BUTTONS, &room_key).await?.is_some() {
+            continue;
+        }
+        let Ok(room) = room_key.parse::<RoomId>() else { continue };
+        if shared.config.channel_of(room).is_some() {
+            continue;
+        }
+        let Some(found) = store.room(room).await? else { continue };
+        if found.kind != RoomKind::Support {
+            continue;
+        }
+        let done = if found.closed { Ok("closed") } else { give_buttons(shared, room, &thread).await.map(|()| "done") };
+        match done {
+            Ok(how) => outbox.set_link(NAME, LINK_BUTTONS, &room_key, how).await?,
+            Err(err) => {
+                tracing::warn!(error = %err, thread, "discord bridge: cannot give a post its buttons");
+                failure = Some(err);
+            }
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Adds the buttons to a thread's first post if it has no components. A
+/// post Discord no longer has needs nothing.
+async fn give_buttons(shared: &Shared, room: RoomId, thread: &str) -> Result<()> {
+    let channel_id = parse_channel(thread)?;
+    // A forum post's first message has the thread's id.
+    let message_id = DiscordMessageId::new(parse_snowflake(thread)?);
+    let route = || Route::ChannelMessage { channel_id, message_id };
+    let first = match shared.rest.call(LightMethod::Get, route(), Vec::new(), None).await {
+        Ok(first) => first,
+        Err(Error::Refused { status: 404, .. }) => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    if first.get("components").and_then(Value::as_array).is_some_and(|c| !c.is_empty()) {
+        return Ok(());
+    }
+    // Only the components change; the text stays as the outbox left it.
+    let body = json!({ "components": buttons(room) });
+    match shared.rest.call(LightMethod::Patch, route(), Vec::new(), Some(&body)).await {
+        Ok(_) | Err(Error::Refused { status: 404, .. }) => Ok(()),
+        Err(err) => Err(err),
+    }
 }
 
 /// Delivers what was written in a thread after the newest message seen there.

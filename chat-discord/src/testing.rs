@@ -138,7 +138,10 @@ impl StandIn {
             .route("/channels/{id}", patch(patch_channel))
             .route("/interactions/{id}/{token}/callback", post(answer_interaction))
             .route("/channels/{id}/messages", get(list_messages))
-            .route("/channels/{id}/messages/{message}", patch(edit_bot_message).delete(delete_channel_message));
+            .route(
+                "/channels/{id}/messages/{message}",
+                get(get_message).patch(edit_bot_message).delete(delete_channel_message),
+            );
         let app = Router::new()
             .nest("/api/v10", api)
             .route("/gateway", get(gateway_socket))
@@ -555,6 +558,9 @@ fn edit_message(s: &StandIn, channel: u64, id: u64, body: &Value, may: impl Fn(&
         if let Some(content) = body.get("content") {
             found["content"] = content.clone();
         }
+        if let Some(components) = body.get("components") {
+            found["components"] = components.clone();
+        }
         found["edited_timestamp"] = json!("2026-01-02T03:05:00.000000+00:00");
         found.clone()
     };
@@ -612,6 +618,17 @@ async fn delete_webhook_message(
             StatusCode::NO_CONTENT.into_response()
         }
     }
+}
+
+/// One message, with its components (none unless it was posted or edited with some).
+async fn get_message(State(s): State<StandIn>, Path((channel, message)): Path<(u64, u64)>) -> Response {
+    let mut d = s.lock();
+    let Some(found) = find_message(&mut d, channel, message) else { return unknown_message() };
+    let mut found = found.clone();
+    if found.get("components").is_none() {
+        found["components"] = json!([]);
+    }
+    axum::Json(found).into_response()
 }
 
 /// The bot edits only its own messages.

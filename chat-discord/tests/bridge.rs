@@ -677,3 +677,65 @@ async fn edits_and_deletes_made_while_away_are_caught_up() {
     assert!(!seen[4].2 && !seen[5].2, "untouched and note-edited messages are not edited");
     engine.shutdown().await;
 }
+
+/// A post opened before the buttons existed gets them after READY, once,
+/// if its room is open; a closed room's post is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_posts_get_their_buttons_once() {
+    let discord = StandIn::start().await;
+    let store = memory_store();
+    let bridge = bridge_for(&discord);
+    let engine = engine_with(store.clone(), bridge.clone()).await;
+    // The first READY's check ran before the rooms existed.
+    eventually("the bridge reports connected", || bridge.health().connected).await;
+    let (mut vera, open) = visitor(&engine, "visitor-11", "Vera").await;
+    let (mut walt, closed) = visitor(&engine, "visitor-12", "Walt").await;
+    send(&mut vera, open, "m0", "hello").await;
+    send(&mut walt, closed, "m0", "hi").await;
+    eventually("two threads", || discord.lock().threads.len() == 2).await;
+    let thread_of =
+        |title: &str| discord.lock().threads.iter().find(|t| t.1.starts_with(title)).map(|t| t.0).expect("a thread");
+    let (open_thread, closed_thread) = (thread_of("Vera"), thread_of("Walt"));
+    let mut agent = chat_core::User::new(chat_discord::agent_user_id(77).expect("id"), "Alice");
+    agent.roles = vec!["support".into()];
+    engine.close_room_as("discord", agent, closed).await.expect("closed");
+    eventually("the closed thread archived", || discord.lock().archived == [closed_thread]).await;
+    drop((vera, walt));
+    engine.shutdown().await;
+
+    // Both posts as the bridge made them before it had buttons.
+    for thread in [open_thread, closed_thread] {
+        let mut d = discord.lock();
+        let first = d.messages.get_mut(&thread).and_then(|m| m.first_mut()).expect("a first post");
+        first["components"] = json!([]);
+    }
+    let components = |thread: u64| discord.thread_messages(thread)[0]["components"].clone();
+    let engine = engine_with(store.clone(), bridge_for(&discord)).await;
+    eventually("the open room's post has buttons", || components(open_thread) != json!([])).await;
+    let ids: Vec<String> = components(open_thread)[0]["components"]
+        .as_array()
+        .expect("a row of buttons")
+        .iter()
+        .map(|b| b["custom_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids, [format!("chat:claim:{open}"), format!("chat:close:{open}")]);
+    assert_eq!(discord.thread_messages(open_thread)[0]["content"], "hello", "the text stays");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(components(closed_thread), json!([]), "a closed room's post gets none");
+    let first_post = |thread: u64| format!("/channels/{thread}/messages/{thread}");
+    assert_eq!(discord.calls_matching(&format!("PATCH {}", first_post(open_thread))), 1);
+    assert_eq!(discord.calls_matching(&format!("GET {}", first_post(closed_thread))), 0);
+    engine.shutdown().await;
+
+    // A later start checks nothing again.
+    let engine = engine_with(store.clone(), bridge_for(&discord)).await;
+    let fetches = discord.calls_matching(&format!("GET /channels/{open_thread}/messages"));
+    eventually("the next catch-up ran", || {
+        discord.calls_matching(&format!("GET /channels/{open_thread}/messages")) > fetches
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(discord.calls_matching(&format!("GET {}", first_post(open_thread))), 1, "checked once");
+    assert_eq!(discord.calls_matching(&format!("PATCH {}", first_post(open_thread))), 1, "given once");
+    engine.shutdown().await;
+}
