@@ -215,6 +215,9 @@ enum Inbound {
         user: u64,
         now: Option<(String, Vec<RoleId>)>,
     },
+    /// The members a GUILD_CREATE or a member chunk carried: id, display
+    /// name, roles.
+    Snapshot(Vec<(u64, String, Vec<RoleId>)>),
     CatchUp,
 }
 
@@ -959,6 +962,16 @@ impl Handler {
     }
 }
 
+impl Handler {
+    /// Hands a snapshot's members to the inbound task, for their chat roles.
+    async fn snapshot(&self, members: impl Iterator<Item = &Member>) {
+        let members: Vec<_> = members.map(|m| (m.user.id.get(), member_name(m), m.roles.clone())).collect();
+        if !members.is_empty() {
+            let _ = self.inbound.send(Inbound::Snapshot(members)).await;
+        }
+    }
+}
+
 fn holds_support(config: &DiscordConfig, held: &[RoleId]) -> bool {
     held.iter().any(|r| r.get() == config.support_role_id)
 }
@@ -1035,6 +1048,7 @@ impl EventHandler for Handler {
         if guild.large || carried < guild.member_count {
             ctx.shard.chunk_guild(guild.id, None, true, ChunkGuildFilter::None, None);
         }
+        self.snapshot(guild.members.values()).await;
     }
 
     /// Members requested after a large guild's GUILD_CREATE, up to 1000 a chunk.
@@ -1046,6 +1060,7 @@ impl EventHandler for Handler {
         let members = chunk.members.values().map(|m| (m.user.id.get(), holds_support(config, &m.roles)));
         let presences = chunk.presences.iter().flatten().map(|p| (p.user.id.get(), is_available(p.status)));
         self.shared.state().member_chunk(members, presences);
+        self.snapshot(chunk.members.values()).await;
     }
 
     async fn presence_update(&self, _ctx: Context, presence: Presence) {
@@ -1183,6 +1198,7 @@ async fn receive(shared: Arc<Shared>, mut inbound: mpsc::Receiver<Inbound>) {
             Inbound::Delete { channel, message } => remove(&shared, channel, message).await,
             Inbound::Typing(event) => typing(&shared, &event).await,
             Inbound::Member { user, now } => member_roles(&shared, user, now).await,
+            Inbound::Snapshot(members) => snapshot_roles(&shared, members).await,
             Inbound::CatchUp => catch_up(&shared).await,
         };
         if let Err(err) = result {
@@ -1277,20 +1293,57 @@ async fn member_roles(shared: &Shared, user: u64, now: Option<(String, Vec<RoleI
     let Some(known) = engine.store().user(&id).await? else {
         return Ok(());
     };
+    let next = as_member_now(&shared.config, &known, now);
+    if next != known {
+        engine.upsert_user(next).await?;
+    }
+    Ok(())
+}
+
+/// A GUILD_CREATE or member chunk: the members it carries who are chat
+/// users already get their name and roles as Discord says them now, so that
+/// role changes made while the gateway was away apply too. A member whose
+/// own event was heard in this gateway session is skipped: that event is
+/// newer, and is applied already or queued behind this. One store read per
+/// snapshot or chunk.
+async fn snapshot_roles(shared: &Shared, members: Vec<(u64, String, Vec<RoleId>)>) -> Result<()> {
+    let engine = shared.engine()?;
+    let ids: Vec<UserId> = members.iter().filter_map(|(user, _, _)| agent_user_id(*user).ok()).collect();
+    let known: HashMap<UserId, User> =
+        engine.store().users(&ids).await?.into_iter().map(|u| (u.id.clone(), u)).collect();
+    for (user, name, held) in members {
+        let Some(known) = agent_user_id(user).ok().and_then(|id| known.get(&id)) else { continue };
+        if shared.state().members_heard.contains(&user) {
+            continue;
+        }
+        let next = as_member_now(&shared.config, known, Some((name, held)));
+        if &next != known {
+            engine.upsert_user(next).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A chat user with the name and roles of the member they are on Discord
+/// now, or with no roles when they left (`None`).
+fn as_member_now(config: &DiscordConfig, known: &User, now: Option<(String, Vec<RoleId>)>) -> User {
     let mut next = known.clone();
     match now {
         Some((name, held)) => {
-            next.roles = chat_roles(&shared.config, &held, holds_support(&shared.config, &held));
+            next.roles = chat_roles(config, &held, holds_support(config, &held));
             if chat_core::user::validate_name(&name).is_ok() {
                 next.name = name;
             }
         }
         None => next.roles.clear(),
     }
-    if next != known {
-        engine.upsert_user(next).await?;
-    }
-    Ok(())
+    next
+}
+
+/// A member's display name in the guild: their nickname, else their global
+/// name, else their user name.
+fn member_name(member: &Member) -> String {
+    member.nick.clone().or_else(|| member.user.global_name.clone()).unwrap_or_else(|| member.user.name.clone())
 }
 
 /// An agent edited a message in a mapped thread: the room gets the new text.

@@ -739,3 +739,54 @@ async fn old_posts_get_their_buttons_once() {
     assert_eq!(discord.calls_matching(&format!("PATCH {}", first_post(open_thread))), 1, "given once");
     engine.shutdown().await;
 }
+
+/// Roles changed while the gateway was away reach the chat users with the
+/// next GUILD_CREATE, without waiting for their next message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_changed_while_away_apply_with_guild_create() {
+    const ADMINS: u64 = 2001;
+    let discord = StandIn::start().await;
+    let bridge_with_roles = |discord: &StandIn| {
+        let mut config = discord.config();
+        config.role_map = vec![(ADMINS, "admin".into())];
+        std::sync::Arc::new(chat_discord::DiscordBridge::new(config).expect("a valid config"))
+    };
+    let store = memory_store();
+    let bridge = bridge_with_roles(&discord);
+    let engine = engine_with(store.clone(), bridge.clone()).await;
+    let (mut vera, room) = visitor(&engine, "visitor-13", "Vera").await;
+    send(&mut vera, room, "m0", "hello").await;
+    eventually("the thread", || discord.lock().threads.len() == 1).await;
+    let thread = discord.lock().threads[0].0;
+    eventually("the bridge reports connected", || bridge.health().connected).await;
+    discord.member_writes(thread, 77, "Alice", &[SUPPORT_ROLE], "Alice here");
+    discord.member_writes(thread, 78, "Bob", &[SUPPORT_ROLE, ADMINS], "Bob here");
+    next_message(&mut vera).await;
+    next_message(&mut vera).await;
+    drop(vera);
+    engine.shutdown().await;
+
+    let bridge = bridge_with_roles(&discord);
+    let engine = engine_with(store.clone(), bridge.clone()).await;
+    eventually("the bridge reports connected", || bridge.health().connected).await;
+    // Meanwhile Alice became an admin and Bob lost both roles.
+    discord.guild_create(&[(77, "Alice", &[SUPPORT_ROLE, ADMINS]), (78, "Bob", &[]), (79, "Carol", &[ADMINS])], &[]);
+    let roles = |id: u64| {
+        let store = store.clone();
+        async move {
+            let user = store.user(&chat_discord::agent_user_id(id).expect("id")).await.expect("store");
+            user.map(|u| u.roles)
+        }
+    };
+    let alice = vec!["support".to_owned(), "admin".to_owned()];
+    for _ in 0..200 {
+        if roles(77).await.as_ref() == Some(&alice) && roles(78).await == Some(vec![]) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(roles(77).await, Some(alice));
+    assert_eq!(roles(78).await, Some(vec![]));
+    assert_eq!(roles(79).await, None, "Carol never wrote: not a chat user");
+    engine.shutdown().await;
+}
