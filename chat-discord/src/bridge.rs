@@ -1442,8 +1442,8 @@ async fn catch_up(shared: &Shared) -> Result<()> {
 /// Gives the first post of every open support thread that lacks them the
 /// Claim and Close buttons (posts opened before the buttons existed), once:
 /// each room is recorded when done, or when closed (a closed room stays
-/// closed), so a later READY costs one link read per thread and no call.
-/// A failure leaves the room for the next READY.
+/// closed) or refused, so a later READY costs one link read per thread and
+/// no call. A transient failure leaves the room for the next READY.
 async fn add_missing_buttons(shared: &Shared) -> Result<()> {
     let outbox = shared.outbox()?;
     let store = shared.engine()?.store();
@@ -1463,8 +1463,14 @@ async fn add_missing_buttons(shared: &Shared) -> Result<()> {
         let done = if found.closed { Ok("closed") } else { give_buttons(shared, room, &thread).await.map(|()| "done") };
         match done {
             Ok(how) => outbox.set_link(NAME, LINK_BUTTONS, &room_key, how).await?,
+            // Refused (the post is not the bot's, no access): asking again
+            // at every READY would be refused again.
+            Err(err) if !err.is_transient() => {
+                tracing::warn!(error = %err, thread, "discord bridge: a post cannot be given its buttons");
+                outbox.set_link(NAME, LINK_BUTTONS, &room_key, "refused").await?;
+            }
             Err(err) => {
-                tracing::warn!(error = %err, thread, "discord bridge: cannot give a post its buttons");
+                tracing::warn!(error = %err, thread, "discord bridge: cannot give a post its buttons now");
                 failure = Some(err);
             }
         }

@@ -679,7 +679,8 @@ async fn edits_and_deletes_made_while_away_are_caught_up() {
 }
 
 /// A post opened before the buttons existed gets them after READY, once,
-/// if its room is open; a closed room's post is left alone.
+/// if its room is open; a closed room's post is left alone; a refused edit
+/// is not asked again, a failed one is retried at the next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_posts_get_their_buttons_once() {
     let discord = StandIn::start().await;
@@ -688,55 +689,62 @@ async fn old_posts_get_their_buttons_once() {
     let engine = engine_with(store.clone(), bridge.clone()).await;
     // The first READY's check ran before the rooms existed.
     eventually("the bridge reports connected", || bridge.health().connected).await;
-    let (mut vera, open) = visitor(&engine, "visitor-11", "Vera").await;
-    let (mut walt, closed) = visitor(&engine, "visitor-12", "Walt").await;
-    send(&mut vera, open, "m0", "hello").await;
-    send(&mut walt, closed, "m0", "hi").await;
-    eventually("two threads", || discord.lock().threads.len() == 2).await;
+    let mut rooms = Vec::new();
+    for (i, name) in ["Vera", "Walt", "Xena", "Yann"].iter().enumerate() {
+        let (mut session, room) = visitor(&engine, &format!("visitor-2{i}"), name).await;
+        send(&mut session, room, "m0", &format!("hello from {name}")).await;
+        rooms.push(room);
+    }
+    eventually("four threads", || discord.lock().threads.len() == 4).await;
     let thread_of =
         |title: &str| discord.lock().threads.iter().find(|t| t.1.starts_with(title)).map(|t| t.0).expect("a thread");
-    let (open_thread, closed_thread) = (thread_of("Vera"), thread_of("Walt"));
+    let [open, closed, flaky, refused] = ["Vera", "Walt", "Xena", "Yann"].map(thread_of);
     let mut agent = chat_core::User::new(chat_discord::agent_user_id(77).expect("id"), "Alice");
     agent.roles = vec!["support".into()];
-    engine.close_room_as("discord", agent, closed).await.expect("closed");
-    eventually("the closed thread archived", || discord.lock().archived == [closed_thread]).await;
-    drop((vera, walt));
+    engine.close_room_as("discord", agent, rooms[1]).await.expect("closed");
+    eventually("the closed thread archived", || discord.lock().archived == [closed]).await;
     engine.shutdown().await;
 
-    // Both posts as the bridge made them before it had buttons.
-    for thread in [open_thread, closed_thread] {
+    // Every post as the bridge made them before it had buttons.
+    for thread in [open, closed, flaky, refused] {
         let mut d = discord.lock();
         let first = d.messages.get_mut(&thread).and_then(|m| m.first_mut()).expect("a first post");
         first["components"] = json!([]);
     }
+    let first_post = |thread: u64| format!("/channels/{thread}/messages/{thread}");
+    discord.fault(Method::PATCH, &first_post(flaky), Fault::Reject(500, json!({"message": "oops", "code": 0})));
+    let forbidden = json!({"message": "Cannot edit a message authored by another user", "code": 50005});
+    discord.fault(Method::PATCH, &first_post(refused), Fault::Reject(403, forbidden));
     let components = |thread: u64| discord.thread_messages(thread)[0]["components"].clone();
+    let patches = |thread: u64| discord.calls_matching(&format!("PATCH {}", first_post(thread)));
+    let gets = |thread: u64| discord.calls_matching(&format!("GET {}", first_post(thread)));
+
     let engine = engine_with(store.clone(), bridge_for(&discord)).await;
-    eventually("the open room's post has buttons", || components(open_thread) != json!([])).await;
-    let ids: Vec<String> = components(open_thread)[0]["components"]
+    eventually("the open room's post has buttons, the others were tried", || {
+        components(open) != json!([]) && patches(flaky) == 1 && patches(refused) == 1
+    })
+    .await;
+    let ids: Vec<String> = components(open)[0]["components"]
         .as_array()
         .expect("a row of buttons")
         .iter()
         .map(|b| b["custom_id"].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(ids, [format!("chat:claim:{open}"), format!("chat:close:{open}")]);
-    assert_eq!(discord.thread_messages(open_thread)[0]["content"], "hello", "the text stays");
+    assert_eq!(ids, [format!("chat:claim:{}", rooms[0]), format!("chat:close:{}", rooms[0])]);
+    assert_eq!(discord.thread_messages(open)[0]["content"], "hello from Vera", "the text stays");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(components(closed_thread), json!([]), "a closed room's post gets none");
-    let first_post = |thread: u64| format!("/channels/{thread}/messages/{thread}");
-    assert_eq!(discord.calls_matching(&format!("PATCH {}", first_post(open_thread))), 1);
-    assert_eq!(discord.calls_matching(&format!("GET {}", first_post(closed_thread))), 0);
+    assert_eq!(components(closed), json!([]), "a closed room's post gets none");
+    assert_eq!((gets(closed), patches(open)), (0, 1));
     engine.shutdown().await;
 
-    // A later start checks nothing again.
+    // The next start retries only the post that failed for a while.
     let engine = engine_with(store.clone(), bridge_for(&discord)).await;
-    let fetches = discord.calls_matching(&format!("GET /channels/{open_thread}/messages"));
-    eventually("the next catch-up ran", || {
-        discord.calls_matching(&format!("GET /channels/{open_thread}/messages")) > fetches
-    })
-    .await;
+    eventually("the failed one has its buttons", || components(flaky) != json!([])).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(discord.calls_matching(&format!("GET {}", first_post(open_thread))), 1, "checked once");
-    assert_eq!(discord.calls_matching(&format!("PATCH {}", first_post(open_thread))), 1, "given once");
+    assert_eq!((gets(open), patches(open)), (1, 1), "checked and given once");
+    assert_eq!((gets(refused), patches(refused)), (1, 1), "refused, not asked again");
+    assert_eq!((gets(flaky), patches(flaky)), (2, 2));
+    assert_eq!(components(refused), json!([]));
     engine.shutdown().await;
 }
 
