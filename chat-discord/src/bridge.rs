@@ -200,23 +200,16 @@ struct ArchiveJob {
     room_id: RoomId,
 }
 
-/// Work for the inbound task, kept in arrival order.
+/// Work for the inbound task, kept in arrival order. `Member` is a member
+/// (by id) who joined or changed (display name, roles) or left (`None`);
+/// `Snapshot` the members (id, display name, roles) a GUILD_CREATE or a
+/// member chunk carried. Both keep chat users' roles up to date.
 enum Inbound {
     Message(Box<Message>),
     Update(Box<MessageUpdateEvent>),
-    Delete {
-        channel: ChannelId,
-        message: DiscordMessageId,
-    },
+    Delete { channel: ChannelId, message: DiscordMessageId },
     Typing(Box<TypingStartEvent>),
-    /// A member joined or changed (their display name and roles), or left
-    /// (`None`): their chat user's roles follow at once.
-    Member {
-        user: u64,
-        now: Option<(String, Vec<RoleId>)>,
-    },
-    /// The members a GUILD_CREATE or a member chunk carried: id, display
-    /// name, roles.
+    Member(u64, Option<(String, Vec<RoleId>)>),
     Snapshot(Vec<(u64, String, Vec<RoleId>)>),
     CatchUp,
 }
@@ -958,11 +951,9 @@ impl Handler {
         self.shared.state().member_event(user.id.get(), holds);
         let name = nick.map(str::to_owned).or_else(|| user.global_name.clone()).unwrap_or_else(|| user.name.clone());
         let now = roles.map(|held| (name, held.to_vec()));
-        let _ = self.inbound.send(Inbound::Member { user: user.id.get(), now }).await;
+        let _ = self.inbound.send(Inbound::Member(user.id.get(), now)).await;
     }
-}
 
-impl Handler {
     /// Hands a snapshot's members to the inbound task, for their chat roles.
     async fn snapshot(&self, members: impl Iterator<Item = &Member>) {
         let members: Vec<_> = members.map(|m| (m.user.id.get(), member_name(m), m.roles.clone())).collect();
@@ -1197,7 +1188,7 @@ async fn receive(shared: Arc<Shared>, mut inbound: mpsc::Receiver<Inbound>) {
             Inbound::Update(event) => update(&shared, &event).await,
             Inbound::Delete { channel, message } => remove(&shared, channel, message).await,
             Inbound::Typing(event) => typing(&shared, &event).await,
-            Inbound::Member { user, now } => member_roles(&shared, user, now).await,
+            Inbound::Member(user, now) => member_roles(&shared, user, now).await,
             Inbound::Snapshot(members) => snapshot_roles(&shared, members).await,
             Inbound::CatchUp => catch_up(&shared).await,
         };
