@@ -1020,8 +1020,8 @@ impl EventHandler for Handler {
 
     /// The guild's members and presences, at every (re)connection: the
     /// agents and who of them is available start from here. A large guild
-    /// (over 75 members online by default, or fewer members sent than it
-    /// has) carries only some of its members: the rest, with their
+    /// (over serenity's `large_threshold` of 250 members, or fewer members
+    /// sent than it has) carries only some of its members: the rest, with their
     /// presences, are requested in chunks (REQUEST_GUILD_MEMBERS, which the
     /// GUILD_MEMBERS intent allows; presences need GUILD_PRESENCES).
     async fn guild_create(&self, ctx: Context, guild: Guild, _is_new: Option<bool>) {
