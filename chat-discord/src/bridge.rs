@@ -21,10 +21,10 @@ use chat_core::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use serenity::all::{
-    ChannelId, ClientBuilder, ComponentInteraction, ConnectionStage, Context, EventHandler, GatewayIntents, Guild,
-    GuildId, GuildMemberUpdateEvent, Interaction, InteractionId, Member, Message, MessageId as DiscordMessageId,
-    MessageUpdateEvent, OnlineStatus, Presence, Ready, RoleId, ShardStageUpdateEvent, TypingStartEvent,
-    User as DiscordUser, WebhookId,
+    Attachment, ChannelId, ChunkGuildFilter, ClientBuilder, ComponentInteraction, ConnectionStage, Context,
+    EventHandler, GatewayIntents, Guild, GuildId, GuildMemberUpdateEvent, GuildMembersChunkEvent, Interaction,
+    InteractionId, Member, Message, MessageId as DiscordMessageId, MessageUpdateEvent, OnlineStatus, Presence, Ready,
+    RoleId, ShardStageUpdateEvent, TypingStartEvent, User as DiscordUser, WebhookId,
 };
 use serenity::gateway::ShardManager;
 use serenity::http::{LightMethod, Route};
@@ -47,6 +47,9 @@ const LINK_THREAD: &str = "thread";
 const LINK_MESSAGE: &str = "message";
 const LINK_WEBHOOK: &str = "webhook";
 const LINK_CURSOR: &str = "cursor";
+/// A support room whose first post was checked for its buttons after a
+/// READY (and given them if it lacked them), so it is not checked again.
+const LINK_BUTTONS: &str = "buttons";
 const JOB_POST: &str = "post";
 const JOB_EDIT: &str = "edit";
 const JOB_DELETE: &str = "delete";
@@ -98,9 +101,14 @@ struct State {
     bot_user: Option<u64>,
     /// Our webhook of each channel (the forum, mapped text channels).
     webhooks: HashMap<u64, (u64, String)>,
-    /// Members of the guild holding the support role, from GUILD_CREATE and
-    /// member updates.
+    /// Members of the guild holding the support role, from GUILD_CREATE,
+    /// member chunks and member events.
     agents: HashSet<u64>,
+    /// Members whose join, update or leave was handled in this gateway
+    /// session. Serenity runs every event's handler in a task of its own, so
+    /// such an event may be handled before the GUILD_CREATE (or member
+    /// chunk) it followed; what it said is newer than that snapshot and wins.
+    members_heard: HashSet<u64>,
     /// Whether each member whose presence we heard of is online, idle or dnd.
     available: HashMap<u64, bool>,
 }
@@ -114,6 +122,63 @@ impl State {
             return 0;
         }
         self.agents.iter().filter(|a| self.available.get(a).copied().unwrap_or(false)).count()
+    }
+
+    /// A new gateway session (READY): presences and member events heard
+    /// before it are stale; GUILD_CREATE, chunks and later events refill them.
+    fn new_session(&mut self) {
+        self.available.clear();
+        self.members_heard.clear();
+    }
+
+    /// GUILD_CREATE: its members replace the agents known so far, except
+    /// members whose own event was handled already, and its presences fill
+    /// in those not heard of yet (a PRESENCE_UPDATE handled first is newer).
+    fn guild_snapshot(&mut self, agents: HashSet<u64>, presences: impl IntoIterator<Item = (u64, bool)>) {
+        let heard = &self.members_heard;
+        let mut next: HashSet<u64> = agents.into_iter().filter(|a| !heard.contains(a)).collect();
+        next.extend(self.agents.iter().filter(|a| heard.contains(a)));
+        self.agents = next;
+        for (user, available) in presences {
+            self.available.entry(user).or_insert(available);
+        }
+    }
+
+    /// A GUILD_MEMBERS_CHUNK: members (and whether each holds the support
+    /// role) beyond those GUILD_CREATE carried, with the same precedence as
+    /// [`State::guild_snapshot`].
+    fn member_chunk(
+        &mut self,
+        members: impl IntoIterator<Item = (u64, bool)>,
+        presences: impl IntoIterator<Item = (u64, bool)>,
+    ) {
+        for (user, holds) in members {
+            if !self.members_heard.contains(&user) {
+                self.set_agent(user, holds);
+            }
+        }
+        for (user, available) in presences {
+            self.available.entry(user).or_insert(available);
+        }
+    }
+
+    /// A PRESENCE_UPDATE: newer than any snapshot.
+    fn presence_seen(&mut self, user: u64, available: bool) {
+        self.available.insert(user, available);
+    }
+
+    /// A member joined, changed or left: newer than any snapshot.
+    fn member_event(&mut self, user: u64, holds_role: bool) {
+        self.members_heard.insert(user);
+        self.set_agent(user, holds_role);
+    }
+
+    fn set_agent(&mut self, user: u64, holds_role: bool) {
+        if holds_role {
+            self.agents.insert(user);
+        } else {
+            self.agents.remove(&user);
+        }
     }
 }
 
@@ -135,12 +200,17 @@ struct ArchiveJob {
     room_id: RoomId,
 }
 
-/// Work for the inbound task, kept in arrival order.
+/// Work for the inbound task, kept in arrival order. `Member` is a member
+/// (by id) who joined or changed (display name, roles) or left (`None`);
+/// `Snapshot` the members (id, display name, roles) a GUILD_CREATE or a
+/// member chunk carried. Both keep chat users' roles up to date.
 enum Inbound {
     Message(Box<Message>),
     Update(Box<MessageUpdateEvent>),
     Delete { channel: ChannelId, message: DiscordMessageId },
     Typing(Box<TypingStartEvent>),
+    Member(u64, Option<(String, Vec<RoleId>)>),
+    Snapshot(Vec<(u64, String, Vec<RoleId>)>),
     CatchUp,
 }
 
@@ -665,18 +735,23 @@ async fn create_thread(shared: &Shared, title: &str, content: &str, room: RoomId
         "message": {
             "content": content,
             "allowed_mentions": { "parse": [] },
-            "components": [{
-                "type": 1,
-                "components": [
-                    { "type": 2, "style": 1, "label": "Claim", "custom_id": format!("{CLAIM_PREFIX}{room}") },
-                    { "type": 2, "style": 4, "label": "Close", "custom_id": format!("{CLOSE_PREFIX}{room}") },
-                ],
-            }],
+            "components": buttons(room),
         },
     });
     let thread =
         shared.rest.call(LightMethod::Post, Route::ChannelForumPosts { channel_id }, Vec::new(), Some(&body)).await?;
     id_of(&thread, "a new thread")
+}
+
+/// The Claim and Close buttons of a room's forum post, in one row.
+fn buttons(room: RoomId) -> Value {
+    json!([{
+        "type": 1,
+        "components": [
+            { "type": 2, "style": 1, "label": "Claim", "custom_id": format!("{CLAIM_PREFIX}{room}") },
+            { "type": 2, "style": 4, "label": "Close", "custom_id": format!("{CLOSE_PREFIX}{room}") },
+        ],
+    }])
 }
 
 /// A thread of the forum with this title, made by an attempt whose answer was lost.
@@ -868,14 +943,28 @@ struct Handler {
 }
 
 impl Handler {
-    fn set_agent(&self, user: u64, holds_role: bool) {
-        let mut state = self.shared.state();
-        if holds_role {
-            state.agents.insert(user);
-        } else {
-            state.agents.remove(&user);
+    /// A member joined, changed or left (`roles` is `None`): availability
+    /// changes now, and so do the roles of their chat user, through the
+    /// inbound task so that it is ordered with their messages.
+    async fn member_changed(&self, user: &DiscordUser, nick: Option<&str>, roles: Option<&[RoleId]>) {
+        let holds = roles.is_some_and(|held| held.iter().any(|r| r.get() == self.shared.config.support_role_id));
+        self.shared.state().member_event(user.id.get(), holds);
+        let name = nick.map(str::to_owned).or_else(|| user.global_name.clone()).unwrap_or_else(|| user.name.clone());
+        let now = roles.map(|held| (name, held.to_vec()));
+        let _ = self.inbound.send(Inbound::Member(user.id.get(), now)).await;
+    }
+
+    /// Hands a snapshot's members to the inbound task, for their chat roles.
+    async fn snapshot(&self, members: impl Iterator<Item = &Member>) {
+        let members: Vec<_> = members.map(|m| (m.user.id.get(), member_name(m), m.roles.clone())).collect();
+        if !members.is_empty() {
+            let _ = self.inbound.send(Inbound::Snapshot(members)).await;
         }
     }
+}
+
+fn holds_support(config: &DiscordConfig, held: &[RoleId]) -> bool {
+    held.iter().any(|r| r.get() == config.support_role_id)
 }
 
 #[async_trait]
@@ -885,9 +974,9 @@ impl EventHandler for Handler {
             let mut state = self.shared.state();
             state.connected = true;
             state.bot_user = Some(ready.user.id.get());
-            // A new gateway session: presences heard before it are stale.
-            // GUILD_CREATE and PRESENCE_UPDATE refill them.
-            state.available.clear();
+            // A new gateway session: presences and member events heard
+            // before it are stale.
+            state.new_session();
         }
         // Whether the shard resumed or identified anew, what was written
         // while it was away is fetched: serenity often re-identifies, and
@@ -930,37 +1019,50 @@ impl EventHandler for Handler {
     }
 
     /// The guild's members and presences, at every (re)connection: the
-    /// agents and who of them is available start from here.
-    async fn guild_create(&self, _ctx: Context, guild: Guild, _is_new: Option<bool>) {
+    /// agents and who of them is available start from here. A large guild
+    /// (over serenity's `large_threshold` of 250 members, or fewer members
+    /// sent than it has) carries only some of its members: the rest, with their
+    /// presences, are requested in chunks (REQUEST_GUILD_MEMBERS, which the
+    /// GUILD_MEMBERS intent allows; presences need GUILD_PRESENCES).
+    async fn guild_create(&self, ctx: Context, guild: Guild, _is_new: Option<bool>) {
         if guild.id.get() != self.shared.config.guild_id {
             return;
         }
-        let role = self.shared.config.support_role_id;
-        let mut state = self.shared.state();
-        state.agents = guild
-            .members
-            .values()
-            .filter(|m| m.roles.iter().any(|r| r.get() == role))
-            .map(|m| m.user.id.get())
-            .collect();
-        // Serenity runs every event's handler in a task of its own, so a
-        // PRESENCE_UPDATE sent after GUILD_CREATE may be handled before it.
-        // Such an update is newer than the snapshot: keep it.
-        for presence in guild.presences.values() {
-            state.available.entry(presence.user.id.get()).or_insert(is_available(presence.status));
+        let config = &self.shared.config;
+        let agents =
+            guild.members.values().filter(|m| holds_support(config, &m.roles)).map(|m| m.user.id.get()).collect();
+        let presences = guild.presences.values().map(|p| (p.user.id.get(), is_available(p.status)));
+        // The snapshot is applied before the chunks are requested, so that
+        // no chunk can be handled before it.
+        self.shared.state().guild_snapshot(agents, presences);
+        let carried = u64::try_from(guild.members.len()).unwrap_or(u64::MAX);
+        if guild.large || carried < guild.member_count {
+            ctx.shard.chunk_guild(guild.id, None, true, ChunkGuildFilter::None, None);
         }
+        self.snapshot(guild.members.values()).await;
+    }
+
+    /// Members requested after a large guild's GUILD_CREATE, up to 1000 a chunk.
+    async fn guild_members_chunk(&self, _ctx: Context, chunk: GuildMembersChunkEvent) {
+        if chunk.guild_id.get() != self.shared.config.guild_id {
+            return;
+        }
+        let config = &self.shared.config;
+        let members = chunk.members.values().map(|m| (m.user.id.get(), holds_support(config, &m.roles)));
+        let presences = chunk.presences.iter().flatten().map(|p| (p.user.id.get(), is_available(p.status)));
+        self.shared.state().member_chunk(members, presences);
+        self.snapshot(chunk.members.values()).await;
     }
 
     async fn presence_update(&self, _ctx: Context, presence: Presence) {
         if presence.guild_id.map(GuildId::get) == Some(self.shared.config.guild_id) {
-            self.shared.state().available.insert(presence.user.id.get(), is_available(presence.status));
+            self.shared.state().presence_seen(presence.user.id.get(), is_available(presence.status));
         }
     }
 
     async fn guild_member_addition(&self, _ctx: Context, member: Member) {
         if member.guild_id.get() == self.shared.config.guild_id {
-            let holds = member.roles.iter().any(|r| r.get() == self.shared.config.support_role_id);
-            self.set_agent(member.user.id.get(), holds);
+            self.member_changed(&member.user, member.nick.as_deref(), Some(&member.roles)).await;
         }
     }
 
@@ -972,14 +1074,13 @@ impl EventHandler for Handler {
         event: GuildMemberUpdateEvent,
     ) {
         if event.guild_id.get() == self.shared.config.guild_id {
-            let holds = event.roles.iter().any(|r| r.get() == self.shared.config.support_role_id);
-            self.set_agent(event.user.id.get(), holds);
+            self.member_changed(&event.user, event.nick.as_deref(), Some(&event.roles)).await;
         }
     }
 
     async fn guild_member_removal(&self, _ctx: Context, guild: GuildId, user: DiscordUser, _member: Option<Member>) {
         if guild.get() == self.shared.config.guild_id {
-            self.set_agent(user.id.get(), false);
+            self.member_changed(&user, None, None).await;
         }
     }
 
@@ -1087,6 +1188,8 @@ async fn receive(shared: Arc<Shared>, mut inbound: mpsc::Receiver<Inbound>) {
             Inbound::Update(event) => update(&shared, &event).await,
             Inbound::Delete { channel, message } => remove(&shared, channel, message).await,
             Inbound::Typing(event) => typing(&shared, &event).await,
+            Inbound::Member(user, now) => member_roles(&shared, user, now).await,
+            Inbound::Snapshot(members) => snapshot_roles(&shared, members).await,
             Inbound::CatchUp => catch_up(&shared).await,
         };
         if let Err(err) = result {
@@ -1132,7 +1235,10 @@ async fn deliver(shared: &Shared, message: &Message) -> Result<()> {
         .unwrap_or_else(|| message.author.name.clone());
     let mut user = User::new(agent_user_id(message.author.id.get())?, name);
     user.roles = match &message.member {
-        Some(member) => chat_roles(&shared.config, &member.roles, support),
+        Some(member) => {
+            let support = support || holds_support(&shared.config, &member.roles);
+            chat_roles(&shared.config, &member.roles, support)
+        }
         // Fetched messages carry no member: the roles last seen stay.
         None => match shared.engine()?.store().user(&user.id).await? {
             Some(known) if !known.roles.is_empty() => known.roles,
@@ -1166,6 +1272,71 @@ async fn agent_message(
     Ok(found.filter(|m| m.sender_id.as_str().starts_with("discord:") && !m.deleted))
 }
 
+/// A member joined, changed or left (`now` is `None`): if they are a chat
+/// user already, their name and roles become what Discord says now, without
+/// waiting for their next message or button press. `support` follows the
+/// support role; mapped roles follow the role map; someone who left the
+/// server keeps their name and loses every role. Members who never wrote in
+/// a mapped thread or channel are not made chat users.
+async fn member_roles(shared: &Shared, user: u64, now: Option<(String, Vec<RoleId>)>) -> Result<()> {
+    let engine = shared.engine()?;
+    let id = agent_user_id(user)?;
+    let Some(known) = engine.store().user(&id).await? else {
+        return Ok(());
+    };
+    let next = as_member_now(&shared.config, &known, now);
+    if next != known {
+        engine.upsert_user(next).await?;
+    }
+    Ok(())
+}
+
+/// A GUILD_CREATE or member chunk: the members it carries who are chat
+/// users already get their name and roles as Discord says them now, so that
+/// role changes made while the gateway was away apply too. A member whose
+/// own event was heard in this gateway session is skipped: that event is
+/// newer, and is applied already or queued behind this. One store read per
+/// snapshot or chunk.
+async fn snapshot_roles(shared: &Shared, members: Vec<(u64, String, Vec<RoleId>)>) -> Result<()> {
+    let engine = shared.engine()?;
+    let ids: Vec<UserId> = members.iter().filter_map(|(user, _, _)| agent_user_id(*user).ok()).collect();
+    let known: HashMap<UserId, User> =
+        engine.store().users(&ids).await?.into_iter().map(|u| (u.id.clone(), u)).collect();
+    for (user, name, held) in members {
+        let Some(known) = agent_user_id(user).ok().and_then(|id| known.get(&id)) else { continue };
+        if shared.state().members_heard.contains(&user) {
+            continue;
+        }
+        let next = as_member_now(&shared.config, known, Some((name, held)));
+        if &next != known {
+            engine.upsert_user(next).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A chat user with the name and roles of the member they are on Discord
+/// now, or with no roles when they left (`None`).
+fn as_member_now(config: &DiscordConfig, known: &User, now: Option<(String, Vec<RoleId>)>) -> User {
+    let mut next = known.clone();
+    match now {
+        Some((name, held)) => {
+            next.roles = chat_roles(config, &held, holds_support(config, &held));
+            if chat_core::user::validate_name(&name).is_ok() {
+                next.name = name;
+            }
+        }
+        None => next.roles.clear(),
+    }
+    next
+}
+
+/// A member's display name in the guild: their nickname, else their global
+/// name, else their user name.
+fn member_name(member: &Member) -> String {
+    member.nick.clone().or_else(|| member.user.global_name.clone()).unwrap_or_else(|| member.user.name.clone())
+}
+
 /// An agent edited a message in a mapped thread: the room gets the new text.
 async fn update(shared: &Shared, event: &MessageUpdateEvent) -> Result<()> {
     // Updates without content are Discord's own (embeds unfurled, pins).
@@ -1175,11 +1346,22 @@ async fn update(shared: &Shared, event: &MessageUpdateEvent) -> Result<()> {
     let Some(message) = agent_message(shared, event.channel_id, event.id).await? else {
         return Ok(());
     };
+    apply_edit(shared, &message, content, event.attachments.as_deref().unwrap_or_default()).await
+}
+
+/// Gives an agent's room message the text its Discord message has now,
+/// unless that is the same, empty, or a note.
+async fn apply_edit(
+    shared: &Shared,
+    message: &chat_core::Message,
+    content: &str,
+    attachments: &[Attachment],
+) -> Result<()> {
     if content.trim_start().starts_with(shared.config.note_prefix.as_str()) {
         return Ok(());
     }
-    let mut body = content.clone();
-    for file in event.attachments.iter().flatten() {
+    let mut body = content.to_owned();
+    for file in attachments {
         body.push_str(&format!("\n[{}]({})", file.filename, file.url));
     }
     if body.trim().is_empty() || body == message.body {
@@ -1220,14 +1402,103 @@ async fn typing(shared: &Shared, event: &TypingStartEvent) -> Result<()> {
     Ok(())
 }
 
-/// Fetches what was written in every mapped thread after the newest message
-/// seen there, oldest first, and delivers it.
+/// How many of a thread's latest messages a catch-up reads again for the
+/// edits and deletes it missed: Discord's largest page, so one call per
+/// thread, and at most this many link reads. Older changes are not caught up.
+const RECHECK_WINDOW: usize = 100;
+
+/// After READY, catches up every mapped thread: what was written there after
+/// the newest message seen is delivered, oldest first; then the latest
+/// messages are read again for agents' edits and deletes made meanwhile. A
+/// thread that cannot be read (deleted, no access) does not stop the others.
 async fn catch_up(shared: &Shared) -> Result<()> {
     let outbox = shared.outbox()?;
-    for (_, thread) in outbox.links(NAME, LINK_THREAD).await? {
-        let channel_id = parse_channel(&thread)?;
+    let mut failure = None;
+    for (room, thread) in outbox.links(NAME, LINK_THREAD).await? {
+        let caught = async {
+            fetch_missed(shared, &thread).await?;
+            recheck_recent(shared, &room, &thread).await
+        };
+        if let Err(err) = caught.await {
+            tracing::warn!(error = %err, thread, "discord bridge: a thread was not caught up");
+            failure = Some(err);
+        }
+    }
+    if let Err(err) = add_missing_buttons(shared).await {
+        failure = Some(err);
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Gives the first post of every open support thread that lacks them the
+/// Claim and Close buttons (posts opened before the buttons existed), once:
+/// each room is recorded when done, or when closed (a closed room stays
+/// closed) or refused, so a later READY costs one link read per thread and
+/// no call. A transient failure leaves the room for the next READY.
+async fn add_missing_buttons(shared: &Shared) -> Result<()> {
+    let outbox = shared.outbox()?;
+    let store = shared.engine()?.store();
+    let mut failure = None;
+    for (room_key, thread) in outbox.links(NAME, LINK_THREAD).await? {
+        if outbox.remote_of(NAME, LINK_BUTTONS, &room_key).await?.is_some() {
+            continue;
+        }
+        let Ok(room) = room_key.parse::<RoomId>() else { continue };
+        if shared.config.channel_of(room).is_some() {
+            continue;
+        }
+        let Some(found) = store.room(room).await? else { continue };
+        if found.kind != RoomKind::Support {
+            continue;
+        }
+        let done = if found.closed { Ok("closed") } else { give_buttons(shared, room, &thread).await.map(|()| "done") };
+        match done {
+            Ok(how) => outbox.set_link(NAME, LINK_BUTTONS, &room_key, how).await?,
+            // Refused (the post is not the bot's, no access): asking again
+            // at every READY would be refused again.
+            Err(err) if !err.is_transient() => {
+                tracing::warn!(error = %err, thread, "discord bridge: a post cannot be given its buttons");
+                outbox.set_link(NAME, LINK_BUTTONS, &room_key, "refused").await?;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, thread, "discord bridge: cannot give a post its buttons now");
+                failure = Some(err);
+            }
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Adds the buttons to a thread's first post if it has no components. A
+/// post Discord no longer has needs nothing.
+async fn give_buttons(shared: &Shared, room: RoomId, thread: &str) -> Result<()> {
+    let channel_id = parse_channel(thread)?;
+    // A forum post's first message has the thread's id.
+    let message_id = DiscordMessageId::new(parse_snowflake(thread)?);
+    let route = || Route::ChannelMessage { channel_id, message_id };
+    let first = match shared.rest.call(LightMethod::Get, route(), Vec::new(), None).await {
+        Ok(first) => first,
+        Err(Error::Refused { status: 404, .. }) => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    if first.get("components").and_then(Value::as_array).is_some_and(|c| !c.is_empty()) {
+        return Ok(());
+    }
+    // Only the components change; the text stays as the outbox left it.
+    let body = json!({ "components": buttons(room) });
+    match shared.rest.call(LightMethod::Patch, route(), Vec::new(), Some(&body)).await {
+        Ok(_) | Err(Error::Refused { status: 404, .. }) => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// Delivers what was written in a thread after the newest message seen there.
+async fn fetch_missed(shared: &Shared, thread: &str) -> Result<()> {
+    let outbox = shared.outbox()?;
+    let channel_id = parse_channel(thread)?;
+    {
         loop {
-            let after = outbox.remote_of(NAME, LINK_CURSOR, &thread).await?.unwrap_or_else(|| thread.clone());
+            let after = outbox.remote_of(NAME, LINK_CURSOR, thread).await?.unwrap_or_else(|| thread.to_owned());
             let params = vec![("after", after), ("limit", "100".to_owned())];
             let page = shared.rest.call(LightMethod::Get, Route::ChannelMessages { channel_id }, params, None).await?;
             let mut messages: Vec<Message> =
@@ -1246,4 +1517,131 @@ async fn catch_up(shared: &Shared) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Applies the edits and deletes of agents' messages that the gateway did
+/// not bring: the room's latest [`RECHECK_WINDOW`] messages that agents
+/// wrote are compared with the thread's latest [`RECHECK_WINDOW`]. An edited
+/// one gets its current text; a linked one missing from a window that must
+/// hold it is deleted. Threads whose recent room messages include no
+/// agent's cost no call to Discord.
+async fn recheck_recent(shared: &Shared, room: &str, thread: &str) -> Result<()> {
+    let engine = shared.engine()?;
+    let outbox = shared.outbox()?;
+    let room: RoomId = room.parse()?;
+    let query = chat_core::HistoryQuery { limit: RECHECK_WINDOW as u32, ..Default::default() };
+    let recent = engine.store().history(room, query).await?;
+    let mut linked = Vec::new();
+    for message in recent.messages {
+        if !message.sender_id.as_str().starts_with("discord:") || message.deleted {
+            continue;
+        }
+        let remote = outbox.remote_of(NAME, LINK_MESSAGE, &message.id.to_string()).await?;
+        if let Some(remote) = remote.and_then(|r| r.parse::<u64>().ok()) {
+            linked.push((message, remote));
+        }
+    }
+    if linked.is_empty() {
+        return Ok(());
+    }
+    let channel_id = parse_channel(thread)?;
+    let params = vec![("limit", RECHECK_WINDOW.to_string())];
+    let page = shared.rest.call(LightMethod::Get, Route::ChannelMessages { channel_id }, params, None).await?;
+    let window: Vec<Message> =
+        serde_json::from_value(page).map_err(|e| Error::Unexpected(format!("a message list: {e}")))?;
+    let ids: Vec<u64> = window.iter().map(|m| m.id.get()).collect();
+    for (message, remote) in linked {
+        match window.iter().find(|m| m.id.get() == remote) {
+            // Never edited since it was posted: nothing to compare.
+            Some(now) if now.edited_timestamp.is_none() => {}
+            Some(now) => apply_edit(shared, &message, &now.content, &now.attachments).await?,
+            None if deleted_meanwhile(remote, &ids) => {
+                engine.delete_as(NAME, &message.sender_id, room, message.id).await?;
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether a message missing from the thread's latest messages (`window`,
+/// ids as Discord listed them) was deleted: a window shorter than
+/// [`RECHECK_WINDOW`] is the whole thread; a full one covers only ids from
+/// its oldest on.
+fn deleted_meanwhile(remote: u64, window: &[u64]) -> bool {
+    if window.contains(&remote) {
+        return false;
+    }
+    window.len() < RECHECK_WINDOW || window.iter().min().is_some_and(|&oldest| remote > oldest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agents(state: &State) -> Vec<u64> {
+        let mut agents: Vec<u64> = state.agents.iter().copied().collect();
+        agents.sort_unstable();
+        agents
+    }
+
+    /// Serenity handles each event in a task of its own: a member event
+    /// handled before the snapshot it followed is newer, and stays.
+    #[test]
+    fn member_events_win_over_an_older_snapshot() {
+        // (what, events handled before the snapshot, snapshot agents, agents after)
+        type Case<'a> = (&'a str, &'a [(u64, bool)], &'a [u64], &'a [u64]);
+        let table: [Case<'_>; 5] = [
+            ("no events: the snapshot", &[], &[1, 2], &[1, 2]),
+            ("a promotion handled first stays", &[(3, true)], &[1], &[1, 3]),
+            ("a demotion handled first stays", &[(1, false)], &[1, 2], &[2]),
+            ("a leave handled first stays", &[(2, false)], &[1, 2], &[1]),
+            ("a re-promotion handled first stays", &[(2, false), (2, true)], &[1], &[1, 2]),
+        ];
+        for (what, events, snapshot, want) in table {
+            let mut state = State { agents: [9].into(), ..State::default() };
+            state.new_session();
+            for &(user, holds) in events {
+                state.member_event(user, holds);
+            }
+            state.guild_snapshot(snapshot.iter().copied().collect(), []);
+            assert_eq!(agents(&state), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_message_missing_from_a_window_that_covers_it_was_deleted() {
+        // A full window: the thread's latest messages, with gaps between ids.
+        let full: Vec<u64> = (1_000..1_000 + RECHECK_WINDOW as u64).map(|i| i * 2).collect();
+        assert_eq!(full.len(), RECHECK_WINDOW);
+        let table: [(&str, u64, &[u64], bool); 6] = [
+            ("still there", 11, &[10, 11, 12], false),
+            ("missing from the whole thread", 11, &[10, 12], true),
+            ("the thread is empty now", 11, &[], true),
+            ("missing inside a full window", 2_051, &full[..], true),
+            ("older than a full window: unknown", 1_999, &full[..], false),
+            ("present in a full window", 2_050, &full[..], false),
+        ];
+        for (what, remote, window, deleted) in table {
+            assert_eq!(deleted_meanwhile(remote, window), deleted, "{what}");
+        }
+    }
+
+    #[test]
+    fn chunks_add_members_without_undoing_newer_events() {
+        let mut state = State::default();
+        state.new_session();
+        state.guild_snapshot([1].into(), [(1, true)]);
+        state.member_event(4, false);
+        state.presence_seen(2, false);
+        state.member_chunk([(2, true), (3, true), (4, true)], [(2, true), (3, true)]);
+        state.member_chunk([(5, true), (1, false)], [(5, false)]);
+        assert_eq!(agents(&state), [2, 3, 5], "4 was demoted after the chunk's snapshot; 1 changed in a chunk");
+        state.connected = true;
+        assert_eq!(state.online_agents(), 1, "3 is online; 2's newer presence says offline; 5 is offline");
+        // A new session forgets what was heard, so its snapshot counts again.
+        state.new_session();
+        state.guild_snapshot([4].into(), []);
+        assert_eq!(agents(&state), [4]);
+    }
 }

@@ -75,6 +75,15 @@ pub struct Discord {
     pub down: bool,
     gateway: Option<mpsc::UnboundedSender<Value>>,
     seq: u64,
+    /// What REQUEST_GUILD_MEMBERS (op 8) answers with, set by
+    /// [`StandIn::guild_members`]: members, presences, members per chunk.
+    members: Vec<Value>,
+    presences: Vec<Value>,
+    chunk_size: usize,
+    /// The `d` of every REQUEST_GUILD_MEMBERS received, in order.
+    pub member_requests: Vec<Value>,
+    /// The GUILD_MEMBERS_CHUNK dispatches sent, in order.
+    pub chunks_sent: usize,
 }
 
 impl Discord {
@@ -129,7 +138,10 @@ impl StandIn {
             .route("/channels/{id}", patch(patch_channel))
             .route("/interactions/{id}/{token}/callback", post(answer_interaction))
             .route("/channels/{id}/messages", get(list_messages))
-            .route("/channels/{id}/messages/{message}", patch(edit_bot_message).delete(delete_channel_message));
+            .route(
+                "/channels/{id}/messages/{message}",
+                get(get_message).patch(edit_bot_message).delete(delete_channel_message),
+            );
         let app = Router::new()
             .nest("/api/v10", api)
             .route("/gateway", get(gateway_socket))
@@ -229,32 +241,76 @@ impl StandIn {
     /// roles) and presences (id, `online`/`idle`/`dnd`/`offline`), as
     /// Discord does after READY with the members and presences intents.
     pub fn guild_create(&self, members: &[(u64, &str, &[u64])], presences: &[(u64, &str)]) {
-        let members: Vec<Value> = members
-            .iter()
-            .map(|(id, name, roles)| {
-                json!({
-                    "user": {"id": id.to_string(), "username": name.to_lowercase(), "global_name": name},
-                    "roles": roles.iter().map(u64::to_string).collect::<Vec<_>>(),
-                    "joined_at": "2026-01-01T00:00:00.000000+00:00",
-                    "deaf": false, "mute": false, "flags": 0,
-                })
+        let members = members_json(members);
+        let count = members.len();
+        self.dispatch("GUILD_CREATE", guild_json(members, presences_json(presences), false, count));
+    }
+
+    /// Dispatches GUILD_CREATE for a large [`GUILD`] of `member_count`
+    /// members, as Discord does past the large threshold: marked `large`,
+    /// without members or presences. The members come from
+    /// REQUEST_GUILD_MEMBERS, answered from [`StandIn::guild_members`].
+    pub fn large_guild_create(&self, member_count: usize) {
+        self.dispatch("GUILD_CREATE", guild_json(Vec::new(), Vec::new(), true, member_count));
+    }
+
+    /// The guild's members (id, name, roles) and presences that
+    /// REQUEST_GUILD_MEMBERS answers with, `chunk_size` members per
+    /// GUILD_MEMBERS_CHUNK (Discord sends up to 1000).
+    pub fn guild_members(&self, members: &[(u64, &str, &[u64])], presences: &[(u64, &str)], chunk_size: usize) {
+        let mut d = self.lock();
+        d.members = members_json(members);
+        d.presences = presences_json(presences);
+        d.chunk_size = chunk_size.max(1);
+    }
+
+    /// Dispatches GUILD_MEMBER_ADD: someone joined [`GUILD`] with `roles`.
+    pub fn member_joins(&self, user: u64, name: &str, roles: &[u64]) {
+        let mut member = members_json(&[(user, name, roles)]).remove(0);
+        member["guild_id"] = json!(GUILD.to_string());
+        self.dispatch("GUILD_MEMBER_ADD", member);
+    }
+
+    /// Dispatches GUILD_MEMBER_REMOVE: someone left [`GUILD`].
+    pub fn member_leaves(&self, user: u64, name: &str) {
+        let user = json!({"id": user.to_string(), "username": name.to_lowercase(), "global_name": name});
+        self.dispatch("GUILD_MEMBER_REMOVE", json!({"guild_id": GUILD.to_string(), "user": user}));
+    }
+}
+
+/// Member objects as Discord sends them in a guild.
+fn members_json(members: &[(u64, &str, &[u64])]) -> Vec<Value> {
+    members
+        .iter()
+        .map(|(id, name, roles)| {
+            json!({
+                "user": {"id": id.to_string(), "username": name.to_lowercase(), "global_name": name},
+                "roles": roles.iter().map(u64::to_string).collect::<Vec<_>>(),
+                "joined_at": "2026-01-01T00:00:00.000000+00:00",
+                "deaf": false, "mute": false, "flags": 0,
             })
-            .collect();
-        let presences: Vec<Value> =
-            presences.iter().map(|(id, status)| json!({"user": {"id": id.to_string()}, "status": status})).collect();
-        let guild = json!({
+        })
+        .collect()
+}
+
+fn presences_json(presences: &[(u64, &str)]) -> Vec<Value> {
+    presences.iter().map(|(id, status)| json!({"user": {"id": id.to_string()}, "status": status})).collect()
+}
+
+fn guild_json(members: Vec<Value>, presences: Vec<Value>, large: bool, member_count: usize) -> Value {
+    json!({
             "id": GUILD.to_string(), "name": "Support", "owner_id": "1", "icon": null, "splash": null,
             "discovery_splash": null, "verification_level": 0, "default_message_notifications": 0,
             "explicit_content_filter": 0, "roles": [], "emojis": [], "features": [], "mfa_level": 0,
             "system_channel_flags": 0, "premium_tier": 0, "preferred_locale": "en-US", "nsfw_level": 0,
             "stickers": [], "premium_progress_bar_enabled": false, "joined_at": "2026-01-01T00:00:00.000000+00:00",
-            "large": false, "member_count": members.len(), "voice_states": [], "members": members,
+            "large": large, "member_count": member_count, "voice_states": [], "members": members,
             "channels": [], "threads": [], "presences": presences, "stage_instances": [],
             "guild_scheduled_events": [],
-        });
-        self.dispatch("GUILD_CREATE", guild);
-    }
+    })
+}
 
+impl StandIn {
     /// Dispatches PRESENCE_UPDATE for a member of [`GUILD`].
     pub fn presence(&self, user: u64, status: &str) {
         let presence = json!({"user": {"id": user.to_string()}, "guild_id": GUILD.to_string(), "status": status,
@@ -502,6 +558,9 @@ fn edit_message(s: &StandIn, channel: u64, id: u64, body: &Value, may: impl Fn(&
         if let Some(content) = body.get("content") {
             found["content"] = content.clone();
         }
+        if let Some(components) = body.get("components") {
+            found["components"] = components.clone();
+        }
         found["edited_timestamp"] = json!("2026-01-02T03:05:00.000000+00:00");
         found.clone()
     };
@@ -561,6 +620,17 @@ async fn delete_webhook_message(
     }
 }
 
+/// One message, with its components (none unless it was posted or edited with some).
+async fn get_message(State(s): State<StandIn>, Path((channel, message)): Path<(u64, u64)>) -> Response {
+    let mut d = s.lock();
+    let Some(found) = find_message(&mut d, channel, message) else { return unknown_message() };
+    let mut found = found.clone();
+    if found.get("components").is_none() {
+        found["components"] = json!([]);
+    }
+    axum::Json(found).into_response()
+}
+
 /// The bot edits only its own messages.
 async fn edit_bot_message(
     State(s): State<StandIn>,
@@ -618,6 +688,14 @@ async fn shard(s: StandIn, socket: WebSocket) {
                 let Ok(payload) = serde_json::from_str::<Value>(&text) else { continue };
                 let reply = match payload["op"].as_u64() {
                     Some(1) => Some(json!({"op": 11})),
+                    Some(8) => {
+                        for chunk in member_chunks(&s, &payload["d"]) {
+                            if sink.send(WsMessage::Text(chunk.to_string().into())).await.is_err() {
+                                return;
+                            }
+                        }
+                        None
+                    }
                     Some(2) => {
                         s.lock().gateway = Some(tx.clone());
                         let resume = format!("ws://{}/gateway", s.addr);
@@ -647,6 +725,36 @@ async fn shard(s: StandIn, socket: WebSocket) {
             }
         }
     }
+}
+
+/// Answers REQUEST_GUILD_MEMBERS for [`GUILD`] (everyone: an empty query,
+/// no limit) with GUILD_MEMBERS_CHUNK dispatches, with presences if asked.
+fn member_chunks(s: &StandIn, request: &Value) -> Vec<Value> {
+    let mut d = s.lock();
+    d.member_requests.push(request.clone());
+    if request["guild_id"].as_str() != Some(GUILD.to_string().as_str()) {
+        return Vec::new();
+    }
+    let with_presences = request["presences"] == json!(true);
+    let size = d.chunk_size.max(1);
+    let members = d.members.clone();
+    let count = members.len().div_ceil(size).max(1);
+    let mut frames = Vec::new();
+    for index in 0..count {
+        let part: Vec<Value> = members.iter().skip(index * size).take(size).cloned().collect();
+        let ids: Vec<&Value> = part.iter().map(|m| &m["user"]["id"]).collect();
+        let mut chunk = json!({"guild_id": GUILD.to_string(), "members": part, "chunk_index": index,
+            "chunk_count": count, "nonce": request["nonce"]});
+        if with_presences {
+            let presences: Vec<Value> =
+                d.presences.iter().filter(|p| ids.contains(&&p["user"]["id"])).cloned().collect();
+            chunk["presences"] = json!(presences);
+        }
+        d.seq += 1;
+        frames.push(json!({"op": 0, "t": "GUILD_MEMBERS_CHUNK", "s": d.seq, "d": chunk}));
+    }
+    d.chunks_sent += frames.len();
+    frames
 }
 
 impl StandIn {

@@ -515,3 +515,286 @@ async fn a_mapped_group_room_crosses_to_its_text_channel() {
     assert_eq!(bridge.health().failed, 0);
     engine.shutdown().await;
 }
+
+/// A large guild's GUILD_CREATE carries no members: the bridge asks for them
+/// (op 8, with presences) and counts the agents the chunks bring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_guild_is_known_through_member_chunks() {
+    let discord = StandIn::start().await;
+    let role: &[u64] = &[SUPPORT_ROLE];
+    let members = [
+        (77, "Alice", role),
+        (78, "Bob", role),
+        (79, "Carol", &[][..]),
+        (80, "Dan", role),
+        (81, "Erin", role),
+        (82, "Finn", &[][..]),
+        (83, "Gus", role),
+    ];
+    let presences = [(77, "online"), (78, "offline"), (79, "online"), (80, "dnd"), (83, "idle")];
+    discord.guild_members(&members, &presences, 3);
+    let bridge = bridge_for(&discord);
+    let engine = engine_with(memory_store(), bridge.clone()).await;
+    eventually("the bridge connected", || bridge.health().connected).await;
+
+    discord.large_guild_create(members.len());
+    let agents = || engine.support_availability().online_agents;
+    eventually("Alice, Dan and Gus available", || agents() == 3).await;
+    let (requests, chunks) = {
+        let d = discord.lock();
+        (d.member_requests.clone(), d.chunks_sent)
+    };
+    assert_eq!(requests.len(), 1, "asked once: {requests:?}");
+    assert_eq!(requests[0]["guild_id"], GUILD.to_string());
+    assert_eq!((requests[0]["query"].as_str(), requests[0]["limit"].as_u64()), (Some(""), Some(0)), "everyone");
+    assert_eq!(requests[0]["presences"], true);
+    assert_eq!(chunks, 3, "seven members, three a chunk");
+
+    // Members known from chunks change like any other.
+    discord.presence(78, "online");
+    eventually("Bob comes online", || agents() == 4).await;
+    discord.member_roles(83, "Gus", &[]);
+    eventually("Gus is no longer an agent", || agents() == 3).await;
+    engine.shutdown().await;
+}
+
+/// A member's role change reaches their chat user at once (not only with
+/// their next message): the mapped roles and `support` follow what Discord
+/// says, and leaving the server drops them; availability follows too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_events_change_chat_roles_at_once() {
+    const ADMINS: u64 = 2001;
+    let discord = StandIn::start().await;
+    let mut config = discord.config();
+    config.role_map = vec![(ADMINS, "admin".into())];
+    let bridge = std::sync::Arc::new(chat_discord::DiscordBridge::new(config).expect("a valid config"));
+    let store = memory_store();
+    let engine = engine_with(store.clone(), bridge.clone()).await;
+    let (mut vera, room) = visitor(&engine, "visitor-9", "Vera").await;
+    send(&mut vera, room, "m0", "hello").await;
+    eventually("the thread", || discord.lock().threads.len() == 1).await;
+    let thread = discord.lock().threads[0].0;
+    eventually("the bridge reports connected", || bridge.health().connected).await;
+    discord.guild_create(&[(77, "Alice", &[SUPPORT_ROLE, ADMINS])], &[(77, "online"), (78, "online")]);
+    discord.member_writes(thread, 77, "Alice", &[SUPPORT_ROLE, ADMINS], "Alice here");
+    assert_eq!(next_message(&mut vera).await.sender_id.as_str(), "discord:77");
+    let user = |id: u64| {
+        let store = store.clone();
+        async move { store.user(&chat_discord::agent_user_id(id).expect("id")).await.expect("store") }
+    };
+    assert_eq!(user(77).await.map(|u| u.roles), Some(vec!["support".to_owned(), "admin".to_owned()]));
+    let agents = || engine.support_availability().online_agents;
+    eventually("Alice available", || agents() == 1).await;
+
+    // (what, event, Alice's chat roles after, online agents after)
+    type Step<'a> = (&'a str, &'a dyn Fn(), &'a [&'a str], u32);
+    let steps: [Step<'_>; 4] = [
+        ("admin taken away", &|| discord.member_roles(77, "Alice", &[SUPPORT_ROLE]), &["support"], 1),
+        ("support taken away", &|| discord.member_roles(77, "Alice", &[ADMINS]), &["admin"], 0),
+        ("she left the server", &|| discord.member_leaves(77, "Alice"), &[], 0),
+        ("she came back as an agent", &|| discord.member_joins(77, "Alice", &[SUPPORT_ROLE]), &["support"], 1),
+    ];
+    for (what, event, roles, online) in steps {
+        event();
+        let want: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
+        let mut seen = None;
+        for _ in 0..200 {
+            seen = user(77).await.map(|u| u.roles);
+            if seen.as_ref() == Some(&want) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(seen, Some(want), "{what}");
+        eventually(what, || agents() == online).await;
+    }
+    assert_eq!(user(77).await.map(|u| u.name).as_deref(), Some("Alice"));
+
+    // A member who never wrote in a mapped thread is not made a chat user.
+    discord.member_roles(78, "Bob", &[SUPPORT_ROLE, ADMINS]);
+    eventually("Bob counts as an agent", || agents() == 2).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(user(78).await, None);
+    engine.shutdown().await;
+}
+
+/// Agents' edits and deletes made while the bridge was away reach the room
+/// after it is back: an edited message gets its new text, a deleted one is
+/// deleted, an untouched one stays as it was, and a visitor's message
+/// deleted in Discord stays in the chat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_deletes_made_while_away_are_caught_up() {
+    let discord = StandIn::start().await;
+    let store = memory_store();
+    let engine = engine_with(store.clone(), bridge_for(&discord)).await;
+    let (mut vera, room) = visitor(&engine, "visitor-10", "Vera").await;
+    send(&mut vera, room, "m0", "hello").await;
+    eventually("the thread", || discord.lock().threads.len() == 1).await;
+    let thread = discord.lock().threads[0].0;
+    send(&mut vera, room, "m1", "are you there?").await;
+    eventually("the second post", || discord.thread_messages(thread).len() == 2).await;
+    let visitor_post: u64 = discord.thread_messages(thread)[1]["id"].as_str().and_then(|i| i.parse().ok()).expect("id");
+    eventually("the gateway connected", || discord.gateway_connected()).await;
+    let mut sent = Vec::new();
+    for body in ["It ships tomorow", "wrong room, sorry", "anything else?", "noted"] {
+        sent.push(discord.human_writes(thread, 77, "Alice", body, true));
+        assert_eq!(next_message(&mut vera).await.body, body);
+    }
+    drop(vera);
+    engine.shutdown().await;
+
+    // While the bridge is away: two edits (one into a note, which stays in
+    // Discord), two deletes, one of them the visitor's.
+    discord.human_edits(thread, sent[0], "It ships tomorrow");
+    discord.human_deletes(thread, sent[1]);
+    discord.human_edits(thread, sent[3], "!note she sounds upset");
+    discord.human_deletes(thread, visitor_post);
+    assert!(!discord.gateway_connected(), "nothing was heard live");
+
+    let engine = engine_with(store.clone(), bridge_for(&discord)).await;
+    let visitor_id = chat_core::UserId::new("visitor-10").expect("id");
+    let query = chat_core::HistoryQuery { limit: 50, ..Default::default() };
+    let want = [
+        ("hello", false),
+        ("are you there?", false),
+        ("It ships tomorrow", false),
+        ("", true),
+        ("anything else?", false),
+        ("noted", false),
+    ];
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        let page = engine.history(&visitor_id, room, query).await.expect("history");
+        seen = page.messages.into_iter().map(|m| (m.body, m.deleted, m.edited_at.is_some())).collect::<Vec<_>>();
+        if seen.iter().map(|(b, d, _)| (b.as_str(), *d)).eq(want.iter().copied()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let got: Vec<(&str, bool)> = seen.iter().map(|(b, d, _)| (b.as_str(), *d)).collect();
+    assert_eq!(got, want);
+    assert!(seen[2].2, "the caught-up edit is marked edited");
+    assert!(!seen[4].2 && !seen[5].2, "untouched and note-edited messages are not edited");
+    engine.shutdown().await;
+}
+
+/// A post opened before the buttons existed gets them after READY, once,
+/// if its room is open; a closed room's post is left alone; a refused edit
+/// is not asked again, a failed one is retried at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_posts_get_their_buttons_once() {
+    let discord = StandIn::start().await;
+    let store = memory_store();
+    let bridge = bridge_for(&discord);
+    let engine = engine_with(store.clone(), bridge.clone()).await;
+    // The first READY's check ran before the rooms existed.
+    eventually("the bridge reports connected", || bridge.health().connected).await;
+    let mut rooms = Vec::new();
+    for (i, name) in ["Vera", "Walt", "Xena", "Yann"].iter().enumerate() {
+        let (mut session, room) = visitor(&engine, &format!("visitor-2{i}"), name).await;
+        send(&mut session, room, "m0", &format!("hello from {name}")).await;
+        rooms.push(room);
+    }
+    eventually("four threads", || discord.lock().threads.len() == 4).await;
+    let thread_of =
+        |title: &str| discord.lock().threads.iter().find(|t| t.1.starts_with(title)).map(|t| t.0).expect("a thread");
+    let [open, closed, flaky, refused] = ["Vera", "Walt", "Xena", "Yann"].map(thread_of);
+    let mut agent = chat_core::User::new(chat_discord::agent_user_id(77).expect("id"), "Alice");
+    agent.roles = vec!["support".into()];
+    engine.close_room_as("discord", agent, rooms[1]).await.expect("closed");
+    eventually("the closed thread archived", || discord.lock().archived == [closed]).await;
+    engine.shutdown().await;
+
+    // Every post as the bridge made them before it had buttons.
+    for thread in [open, closed, flaky, refused] {
+        let mut d = discord.lock();
+        let first = d.messages.get_mut(&thread).and_then(|m| m.first_mut()).expect("a first post");
+        first["components"] = json!([]);
+    }
+    let first_post = |thread: u64| format!("/channels/{thread}/messages/{thread}");
+    discord.fault(Method::PATCH, &first_post(flaky), Fault::Reject(500, json!({"message": "oops", "code": 0})));
+    let forbidden = json!({"message": "Cannot edit a message authored by another user", "code": 50005});
+    discord.fault(Method::PATCH, &first_post(refused), Fault::Reject(403, forbidden));
+    let components = |thread: u64| discord.thread_messages(thread)[0]["components"].clone();
+    let patches = |thread: u64| discord.calls_matching(&format!("PATCH {}", first_post(thread)));
+    let gets = |thread: u64| discord.calls_matching(&format!("GET {}", first_post(thread)));
+
+    let engine = engine_with(store.clone(), bridge_for(&discord)).await;
+    eventually("the open room's post has buttons, the others were tried", || {
+        components(open) != json!([]) && patches(flaky) == 1 && patches(refused) == 1
+    })
+    .await;
+    let ids: Vec<String> = components(open)[0]["components"]
+        .as_array()
+        .expect("a row of buttons")
+        .iter()
+        .map(|b| b["custom_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids, [format!("chat:claim:{}", rooms[0]), format!("chat:close:{}", rooms[0])]);
+    assert_eq!(discord.thread_messages(open)[0]["content"], "hello from Vera", "the text stays");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(components(closed), json!([]), "a closed room's post gets none");
+    assert_eq!((gets(closed), patches(open)), (0, 1));
+    engine.shutdown().await;
+
+    // The next start retries only the post that failed for a while.
+    let engine = engine_with(store.clone(), bridge_for(&discord)).await;
+    eventually("the failed one has its buttons", || components(flaky) != json!([])).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!((gets(open), patches(open)), (1, 1), "checked and given once");
+    assert_eq!((gets(refused), patches(refused)), (1, 1), "refused, not asked again");
+    assert_eq!((gets(flaky), patches(flaky)), (2, 2));
+    assert_eq!(components(refused), json!([]));
+    engine.shutdown().await;
+}
+
+/// Roles changed while the gateway was away reach the chat users with the
+/// next GUILD_CREATE, without waiting for their next message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_changed_while_away_apply_with_guild_create() {
+    const ADMINS: u64 = 2001;
+    let discord = StandIn::start().await;
+    let bridge_with_roles = |discord: &StandIn| {
+        let mut config = discord.config();
+        config.role_map = vec![(ADMINS, "admin".into())];
+        std::sync::Arc::new(chat_discord::DiscordBridge::new(config).expect("a valid config"))
+    };
+    let store = memory_store();
+    let bridge = bridge_with_roles(&discord);
+    let engine = engine_with(store.clone(), bridge.clone()).await;
+    let (mut vera, room) = visitor(&engine, "visitor-13", "Vera").await;
+    send(&mut vera, room, "m0", "hello").await;
+    eventually("the thread", || discord.lock().threads.len() == 1).await;
+    let thread = discord.lock().threads[0].0;
+    eventually("the bridge reports connected", || bridge.health().connected).await;
+    discord.member_writes(thread, 77, "Alice", &[SUPPORT_ROLE], "Alice here");
+    discord.member_writes(thread, 78, "Bob", &[SUPPORT_ROLE, ADMINS], "Bob here");
+    next_message(&mut vera).await;
+    next_message(&mut vera).await;
+    drop(vera);
+    engine.shutdown().await;
+
+    let bridge = bridge_with_roles(&discord);
+    let engine = engine_with(store.clone(), bridge.clone()).await;
+    eventually("the bridge reports connected", || bridge.health().connected).await;
+    // Meanwhile Alice became an admin and Bob lost both roles.
+    discord.guild_create(&[(77, "Alice", &[SUPPORT_ROLE, ADMINS]), (78, "Bob", &[]), (79, "Carol", &[ADMINS])], &[]);
+    let roles = |id: u64| {
+        let store = store.clone();
+        async move {
+            let user = store.user(&chat_discord::agent_user_id(id).expect("id")).await.expect("store");
+            user.map(|u| u.roles)
+        }
+    };
+    let alice = vec!["support".to_owned(), "admin".to_owned()];
+    for _ in 0..200 {
+        if roles(77).await.as_ref() == Some(&alice) && roles(78).await == Some(vec![]) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(roles(77).await, Some(alice));
+    assert_eq!(roles(78).await, Some(vec![]));
+    assert_eq!(roles(79).await, None, "Carol never wrote: not a chat user");
+    engine.shutdown().await;
+}
