@@ -72,6 +72,10 @@ pub enum BridgeEvent {
 pub struct BridgeHealth {
     /// Whether the bridge is connected to its platform.
     pub connected: bool,
+    /// Whether the bridge is on standby: another process holds its lease and
+    /// does its work, so not being connected here is as it should be.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
     /// Work waiting to be sent.
     pub pending: u64,
     /// Work that failed for good.
