@@ -1003,7 +1003,7 @@ async fn post_one(shared: &Shared, message: &chat_core::Message, retried: bool) 
     let post = PostJob { room_id: message.room_id, message_id: message.id };
     let sender = store.user(&message.sender_id).await?;
     let name = sender.map_or_else(|| message.sender_id.to_string(), |u| u.name);
-    let content = render(&message);
+    let content = render(message);
     let room_key = post.room_id.to_string();
     match outbox.remote_of(NAME, LINK_THREAD, &room_key).await? {
         None => {
