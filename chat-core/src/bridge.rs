@@ -20,6 +20,14 @@
 //! exposes as [`Engine::bridge_jobs`](crate::Engine::bridge_jobs) and
 //! [`Engine::retry_bridge_job`](crate::Engine::retry_bridge_job) (the admin
 //! API of a transport).
+//!
+//! A bridge configured in several processes on one database elects the one
+//! that talks to the remote platform with [`BridgeStore::acquire_lease`];
+//! the others report [`BridgeHealth::standby`]. Events reach a bridge after
+//! the commit, through memory, so one may be lost in a crash: a bridge that
+//! must not lose any reads back from the store what its outbox does not
+//! reflect (new messages by seq, changes with
+//! [`Store::changed_messages`](crate::Store::changed_messages)).
 
 mod outbox;
 
