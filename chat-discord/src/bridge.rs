@@ -420,12 +420,17 @@ async fn hold_lease(shared: &Arc<Shared>) -> Result<bool> {
     let now = Timestamp::now();
     let until = from_now(shared.config.lease_ttl);
     let held = shared.outbox()?.acquire_lease(NAME, &shared.holder, now, until).await?;
-    if held {
+    // The agents' count is a courtesy to processes on standby: failing to
+    // share it changes nothing about who holds the lease.
+    let shared_count = if held {
         step_up(shared).await;
-        publish_agents(shared, until).await?;
+        publish_agents(shared, until).await
     } else {
         step_down(shared).await;
-        read_published_agents(shared).await?;
+        read_published_agents(shared).await
+    };
+    if let Err(err) = shared_count {
+        tracing::debug!(error = %err, "discord bridge: cannot share the count of online agents");
     }
     Ok(held)
 }
@@ -862,7 +867,9 @@ async fn run_job(shared: &Shared, job: &Job, retried: bool) -> Result<()> {
 /// Archives a closed room's thread. A room without a thread, or a thread
 /// Discord no longer has, needs nothing; archiving twice is harmless.
 async fn archive_thread(shared: &Shared, room: RoomId) -> Result<()> {
-    let Some(thread) = shared.outbox()?.remote_of(NAME, LINK_THREAD, &room.to_string()).await? else {
+    let outbox = shared.outbox()?;
+    let Some(thread) = outbox.remote_of(NAME, LINK_THREAD, &room.to_string()).await? else {
+        outbox.set_link(NAME, LINK_ARCHIVED, &room.to_string(), "1").await?;
         return Ok(());
     };
     let route = Route::Channel { channel_id: parse_channel(&thread)? };
@@ -872,7 +879,7 @@ async fn archive_thread(shared: &Shared, room: RoomId) -> Result<()> {
         Err(err) => return Err(err),
     }
     // A catch-up leaves the room alone from now on.
-    shared.outbox()?.set_link(NAME, LINK_ARCHIVED, &room.to_string(), "1").await?;
+    outbox.set_link(NAME, LINK_ARCHIVED, &room.to_string(), "1").await?;
     Ok(())
 }
 

@@ -7,3 +7,8 @@ CREATE TABLE bridge_leases (
     holder     TEXT NOT NULL,
     expires_at BIGINT NOT NULL
 );
+
+-- Store::changed_messages: a bridge's catch-up asks each room for messages
+-- edited or deleted since a time. Only changed messages are in it, so sends
+-- pay nothing for it.
+CREATE INDEX messages_changed ON messages (room_id, edited_at) WHERE edited_at IS NOT NULL;
