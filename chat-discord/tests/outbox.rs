@@ -346,3 +346,32 @@ async fn a_mapped_channel_is_caught_up_after_a_restart() {
     assert!(discord.thread_messages(CHANNEL).iter().all(|m| m["webhook_id"].is_null()), "nothing echoed");
     engine.shutdown().await;
 }
+
+/// A holder whose lease another took (its renewals came too late, say)
+/// notices at its next renewal: it stops posting and closes the gateway,
+/// and takes over again once the lease is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_lost_its_lease_stops() {
+    let discord = StandIn::start().await;
+    let store = memory_store();
+    let bridge = bridge_with(short_lease(&discord));
+    let engine = engine_with(store.clone(), bridge.clone()).await;
+    assert_eq!(role(&bridge), "active");
+    eventually("the gateway connected", || discord.gateway_connected()).await;
+
+    // Another process, whose clock says the lease ran out, takes it.
+    let outbox = store.bridge_store().expect("a bridge store");
+    let later = Timestamp::from_millis(Timestamp::now().as_millis() + 60_000);
+    assert!(outbox.acquire_lease("discord", "another-process", later, later).await.expect("lease"));
+    eventually("the bridge stood down", || role(&bridge) == "standby").await;
+    eventually("the gateway closed", || !discord.gateway_connected()).await;
+    let (mut vera, room) = visitor(&engine, "visitor-25", "Vera").await;
+    send(&mut vera, room, "m0", "hello?").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(discord.lock().threads.is_empty(), "a process without the lease posts nothing");
+
+    assert!(outbox.release_lease("discord", "another-process").await.expect("release"));
+    eventually("the lease taken back", || role(&bridge) == "active").await;
+    eventually("the post", || the_thread(&discord, 0).is_some_and(|t| discord.thread_messages(t).len() == 1)).await;
+    engine.shutdown().await;
+}
