@@ -121,6 +121,9 @@ struct Shared {
     shards: Mutex<Option<Arc<ShardManager>>>,
     /// This bridge's name in the lease: unique per process and start.
     holder: String,
+    /// When the last granted renewal was asked for: the lease lasts
+    /// `lease_ttl` from then. The worker runs no job when that is near.
+    renewed_at: Mutex<Option<tokio::time::Instant>>,
     /// Set when `on_event` dropped an event: the catch-up runs at once.
     overflowed: AtomicBool,
     /// Events dropped so far, for `/health`.
@@ -219,6 +222,7 @@ impl DiscordBridge {
             leading: tokio::sync::Mutex::new(None),
             shards: Mutex::new(None),
             holder: format!("discord-bridge-{}", MessageId::generate()),
+            renewed_at: Mutex::new(None),
             overflowed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             catch_up: Notify::new(),
@@ -417,9 +421,11 @@ fn from_now(wait: Duration) -> Timestamp {
 /// starts or stops this process's worker and gateway to match. Returns
 /// whether this process holds it.
 async fn hold_lease(shared: &Arc<Shared>) -> Result<bool> {
+    let asked_at = tokio::time::Instant::now();
     let now = Timestamp::now();
     let until = from_now(shared.config.lease_ttl);
     let held = shared.outbox()?.acquire_lease(NAME, &shared.holder, now, until).await?;
+    *shared.renewed_at.lock().unwrap_or_else(|e| e.into_inner()) = held.then_some(asked_at);
     // The agents' count is a courtesy to processes on standby: failing to
     // share it changes nothing about who holds the lease.
     let shared_count = if held {
@@ -514,6 +520,14 @@ async fn step_down(shared: &Shared) -> bool {
         worker.abort();
     }
     true
+}
+
+/// Whether the lease surely lasts a while yet: not when its last renewal is
+/// older than `lease_ttl - lease_renew`. A process that stalled (a paused
+/// VM, a lost database) must not start a job another holder may run too.
+fn lease_fresh(shared: &Shared) -> bool {
+    let renewed_at = *shared.renewed_at.lock().unwrap_or_else(|e| e.into_inner());
+    renewed_at.is_some_and(|at| at.elapsed() + shared.config.lease_renew < shared.config.lease_ttl)
 }
 
 /// The lease holder tells processes on standby how many agents are online,
@@ -792,6 +806,11 @@ async fn work(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
         for job in jobs {
             if stop.load(Ordering::SeqCst) {
                 return;
+            }
+            if !lease_fresh(&shared) {
+                // The leader renews it or stands down; wait for either.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                break;
             }
             let retried = job.attempts > 0 || (job.created_at < started && seen_queues.insert(job.queue.clone()));
             let outcome = run_job(&shared, &job, retried).await;
