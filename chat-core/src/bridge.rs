@@ -20,6 +20,14 @@
 //! exposes as [`Engine::bridge_jobs`](crate::Engine::bridge_jobs) and
 //! [`Engine::retry_bridge_job`](crate::Engine::retry_bridge_job) (the admin
 //! API of a transport).
+//!
+//! A bridge configured in several processes on one database elects the one
+//! that talks to the remote platform with [`BridgeStore::acquire_lease`];
+//! the others report [`BridgeHealth::standby`]. Events reach a bridge after
+//! the commit, through memory, so one may be lost in a crash: a bridge that
+//! must not lose any reads back from the store what its outbox does not
+//! reflect (new messages by seq, changes with
+//! [`Store::changed_messages`](crate::Store::changed_messages)).
 
 mod outbox;
 
@@ -72,6 +80,10 @@ pub enum BridgeEvent {
 pub struct BridgeHealth {
     /// Whether the bridge is connected to its platform.
     pub connected: bool,
+    /// Whether the bridge is on standby: another process holds its lease and
+    /// does its work, so not being connected here is as it should be.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
     /// Work waiting to be sent.
     pub pending: u64,
     /// Work that failed for good.

@@ -161,6 +161,7 @@ macro_rules! store_conformance {
                 message_is_found_only_in_its_room,
                 edit_message_replaces_the_body,
                 delete_message_clears_content_and_keeps_the_seq,
+                changed_messages_are_edits_and_deletes_since,
                 history_without_cursor_returns_the_newest,
                 history_before_seq_reads_backwards,
                 history_after_seq_reads_forwards,
@@ -965,6 +966,32 @@ pub async fn delete_message_clears_content_and_keeps_the_seq(store: &dyn Store) 
     assert_eq!((retry.message.id, retry.created, retry.message.deleted), (m.id, false, true));
 }
 
+/// `changed_messages` lists a room's messages edited or deleted at or after
+/// a time, by change time, and nothing else.
+pub async fn changed_messages_are_edits_and_deletes_since(store: &dyn Store) {
+    let r1 = group(store, &["s"], 0).await;
+    let r2 = group(store, &["s"], 1).await;
+    let out = append(
+        store,
+        vec![msg(r1.id, "s", "a", 2), msg(r1.id, "s", "b", 3), msg(r1.id, "s", "c", 4), msg(r1.id, "s", "d", 5)],
+    )
+    .await;
+    let other = append(store, vec![msg(r2.id, "s", "x", 6)]).await.remove(0).message;
+    let ids: Vec<MessageId> = out.iter().map(|a| a.message.id).collect();
+    assert!(ok(store.changed_messages(r1.id, at(0), 10).await, "changed_messages").is_empty(), "nothing changed");
+    ok(store.edit_message(r1.id, ids[2], "c2", at(20)).await, "edit_message");
+    ok(store.delete_message(r1.id, ids[0], at(30)).await, "delete_message");
+    ok(store.edit_message(r1.id, ids[1], "b2", at(10)).await, "edit_message");
+    ok(store.edit_message(r2.id, other.id, "x2", at(40)).await, "edit_message");
+    let changed = ok(store.changed_messages(r1.id, at(0), 10).await, "changed_messages");
+    let got: Vec<(u64, &str, bool)> = changed.iter().map(|m| (m.seq, m.body.as_str(), m.deleted)).collect();
+    assert_eq!(got, [(2, "b2", false), (3, "c2", false), (1, "", true)], "by change time, deletes included");
+    let since = ok(store.changed_messages(r1.id, at(20), 10).await, "changed_messages");
+    assert_eq!(seqs(&since), [3, 1], "changes at `since` count, older ones do not");
+    assert_eq!(seqs(&ok(store.changed_messages(r1.id, at(0), 1).await, "changed_messages")), [2], "the limit applies");
+    assert!(ok(store.changed_messages(RoomId::generate(), at(0), 10).await, "changed_messages").is_empty());
+}
+
 // ---------------------------------------------------------------------------
 // History: a room with messages 1..=10.
 
@@ -1309,8 +1336,11 @@ macro_rules! bridge_store_conformance {
                 bridge_job_retries_wait_and_keep_order,
                 bridge_failed_jobs_are_listed_and_requeued,
                 bridge_jobs_are_scoped_by_bridge,
-                bridge_links_read_both_ways;
+                bridge_links_read_both_ways,
+                bridge_lease_has_one_holder_until_it_runs_out,
+                bridge_lease_is_released_by_its_holder_only;
                 shared:
+                bridge_lease_goes_to_one_of_racing_holders,
             }
         }
     };
@@ -1473,4 +1503,53 @@ pub async fn bridge_links_read_both_ways(store: &dyn Store) {
     let links = ok(out.links("b", "thread").await, "links");
     let want = [("room-1".to_owned(), "112".to_owned()), ("room-2".to_owned(), "222".to_owned())];
     assert_eq!(links, want);
+}
+
+/// A lease has one holder: others are refused while it lasts, its holder
+/// renews it, and once it ran out another takes it (and the old holder
+/// learns it lost it).
+pub async fn bridge_lease_has_one_holder_until_it_runs_out(store: &dyn Store) {
+    let out = outbox(store);
+    assert!(ok(out.acquire_lease("b", "p1", at(0), at(100)).await, "acquire_lease"), "a free lease is granted");
+    assert!(!ok(out.acquire_lease("b", "p2", at(50), at(150)).await, "acquire_lease"), "a held lease is refused");
+    assert!(ok(out.acquire_lease("c", "p2", at(50), at(150)).await, "acquire_lease"), "leases are per bridge");
+    assert!(ok(out.acquire_lease("b", "p1", at(60), at(160)).await, "acquire_lease"), "its holder renews it");
+    assert!(!ok(out.acquire_lease("b", "p2", at(120), at(220)).await, "acquire_lease"), "the renewal counts");
+    assert!(ok(out.acquire_lease("b", "p2", at(160), at(260)).await, "acquire_lease"), "a lease that ran out is taken");
+    assert!(!ok(out.acquire_lease("b", "p1", at(170), at(270)).await, "acquire_lease"), "the old holder lost it");
+}
+
+/// A holder gives its lease up and another takes it at once; a release by
+/// anyone else changes nothing.
+pub async fn bridge_lease_is_released_by_its_holder_only(store: &dyn Store) {
+    let out = outbox(store);
+    assert!(ok(out.acquire_lease("b", "p1", at(0), at(100)).await, "acquire_lease"));
+    assert!(!ok(out.release_lease("b", "p2").await, "release_lease"), "not p2's to release");
+    assert!(!ok(out.acquire_lease("b", "p2", at(10), at(110)).await, "acquire_lease"));
+    assert!(ok(out.release_lease("b", "p1").await, "release_lease"));
+    assert!(!ok(out.release_lease("b", "p1").await, "release_lease"), "released already");
+    assert!(ok(out.acquire_lease("b", "p2", at(20), at(120)).await, "acquire_lease"), "free again at once");
+}
+
+/// Holders racing for a free lease, many times over: exactly one wins each time.
+pub async fn bridge_lease_goes_to_one_of_racing_holders(store: Arc<dyn Store>) {
+    for round in 0..20_i64 {
+        let bridge = format!("race-{round}");
+        let mut tasks = Vec::new();
+        for holder in 0..8 {
+            let store = store.clone();
+            let bridge = bridge.clone();
+            tasks.push(tokio::spawn(async move {
+                let out = store.bridge_store().expect("a bridge store");
+                ok(out.acquire_lease(&bridge, &format!("p{holder}"), at(0), at(1000)).await, "acquire_lease")
+            }));
+        }
+        let mut winners = 0;
+        for task in tasks {
+            if task.await.expect("the task ran") {
+                winners += 1;
+            }
+        }
+        assert_eq!(winners, 1, "round {round}: one holder wins");
+    }
 }

@@ -1,22 +1,36 @@
 //! [`DiscordBridge`]: the outbox worker, the enqueuer and the gateway.
 //!
-//! Three tasks, started by [`Bridge::start`]:
+//! Tasks started by [`Bridge::start`], in every process configured with the bridge:
 //!
 //! - the **enqueuer** takes the engine's events from a bounded channel (so
 //!   [`Bridge::on_event`] never waits) and writes them as outbox jobs;
+//! - the **leader** takes and renews the bridge's lease in the store; while
+//!   this process holds it, it runs the rest, and stops them when it loses it;
+//! - the **catch-up** looks in the store for what the enqueuer missed (a
+//!   crash between a commit and its job, an event dropped from a full
+//!   channel) and enqueues it.
+//!
+//! Only while the lease is held:
+//!
 //! - the **worker** runs due jobs, one queue (room) at a time in order, and
 //!   stores every id Discord hands back before the job counts as done;
 //! - the **gateway** keeps serenity's shard connected and feeds what agents
 //!   write into the **inbound** task, which posts it into rooms in order.
+//!
+//! A post job mirrors every message of its room up to its own that is not in
+//! Discord yet, oldest first, and moves the room's `posted` cursor: so the
+//! order of a room holds whichever process enqueued which job first, and one
+//! job found by the catch-up stands for every message it missed.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_core::{
-    Bridge, BridgeEvent, BridgeHealth, BridgeStore, Engine, Job, MessageId, NewJob, RoomId, RoomKind, Timestamp, User,
-    UserId,
+    Bridge, BridgeEvent, BridgeHealth, BridgeStore, Engine, HistoryQuery, Job, MessageId, NewJob, Room, RoomId,
+    RoomKind, Timestamp, User, UserId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -50,6 +64,17 @@ const LINK_CURSOR: &str = "cursor";
 /// A support room whose first post was checked for its buttons after a
 /// READY (and given them if it lacked them), so it is not checked again.
 const LINK_BUTTONS: &str = "buttons";
+/// Room → the seq up to which every message of the room that goes to
+/// Discord was posted (or given up on). Moved by post jobs only.
+const LINK_POSTED: &str = "posted";
+/// Room → the newest change time (ms) a catch-up looked at.
+const LINK_CHANGES: &str = "changes";
+/// Message → the change Discord shows: its `edited_at` in ms, or `deleted`.
+const LINK_MIRRORED: &str = "mirrored";
+/// Room → set once its thread was archived.
+const LINK_ARCHIVED: &str = "archived";
+/// `online_agents` → what the lease holder counts, and until when (ms) that holds.
+const LINK_STATUS: &str = "status";
 const JOB_POST: &str = "post";
 const JOB_EDIT: &str = "edit";
 const JOB_DELETE: &str = "delete";
@@ -59,9 +84,12 @@ const CLAIM_PREFIX: &str = "chat:claim:";
 const CLOSE_PREFIX: &str = "chat:close:";
 /// An interaction answer only the clicking agent sees.
 const EPHEMERAL: u64 = 1 << 6;
-/// Engine events waiting for the enqueuer. A burst beyond this is logged as
-/// lost rather than held in memory without bound.
-const EVENT_QUEUE: usize = 4096;
+/// Support rooms a catch-up looks at, newest activity first: a message moves
+/// its room to the front, so only edits in rooms quiet for longer are missed.
+const CATCH_UP_ROOMS: u32 = 1000;
+/// How far before its cursor a catch-up looks for changes: edits are stamped
+/// by the clock of the process that made them, and commit a little later.
+const CHANGE_SLACK_MS: i64 = 60_000;
 /// Discord's longest message.
 const MAX_CONTENT_CHARS: usize = 2000;
 
@@ -87,13 +115,42 @@ struct Shared {
     /// Wakes the worker when jobs were enqueued or a job was retried by hand.
     wake: Notify,
     state: Mutex<State>,
+    /// The enqueuer, the leader and the catch-up: they run as long as the bridge.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The worker, gateway and inbound tasks while this process holds the
+    /// lease; taken and stopped when it loses it or the bridge stops.
+    leading: tokio::sync::Mutex<Option<Leading>>,
     /// The running shards, for a clean stop.
     shards: Mutex<Option<Arc<ShardManager>>>,
+    /// This bridge's name in the lease: unique per process and start.
+    holder: String,
+    /// When the last granted renewal was asked for: the lease lasts
+    /// `lease_ttl` from then. The worker runs no job when that is near.
+    renewed_at: Mutex<Option<tokio::time::Instant>>,
+    /// Set when `on_event` dropped an event: the catch-up runs at once.
+    overflowed: AtomicBool,
+    /// Events dropped so far, for `/health`.
+    dropped: AtomicU64,
+    /// Wakes the catch-up.
+    catch_up: Notify,
+}
+
+/// What runs while the lease is held.
+struct Leading {
+    /// Tells the worker to stop after the job it is running.
+    stop: Arc<AtomicBool>,
+    worker: JoinHandle<()>,
+    /// The gateway and inbound tasks, aborted at once.
+    others: Vec<JoinHandle<()>>,
 }
 
 #[derive(Default)]
 struct State {
+    /// Whether this process holds the lease (and so runs the worker and the gateway).
+    active: bool,
+    /// What the lease holder counted as online agents, while its word holds:
+    /// a process on standby has no gateway and shows this instead.
+    published_agents: Option<usize>,
     connected: bool,
     pending: u64,
     failed: u64,
@@ -118,6 +175,9 @@ impl State {
     /// connected; a stale count would promise visitors an answer, so none
     /// count while it is away.
     fn online_agents(&self) -> usize {
+        if !self.active {
+            return self.published_agents.unwrap_or(0);
+        }
         if !self.connected {
             return 0;
         }
@@ -219,7 +279,7 @@ impl DiscordBridge {
     pub fn new(config: DiscordConfig) -> Result<Self> {
         config.validate()?;
         let rest = Rest::new(&config)?;
-        let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let (events, events_rx) = mpsc::channel(config.event_queue);
         let shared = Shared {
             config,
             rest,
@@ -229,7 +289,13 @@ impl DiscordBridge {
             wake: Notify::new(),
             state: Mutex::new(State::default()),
             tasks: Mutex::new(Vec::new()),
+            leading: tokio::sync::Mutex::new(None),
             shards: Mutex::new(None),
+            holder: format!("discord-bridge-{}", MessageId::generate()),
+            renewed_at: Mutex::new(None),
+            overflowed: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+            catch_up: Notify::new(),
         };
         Ok(DiscordBridge { shared: Arc::new(shared) })
     }
@@ -282,13 +348,14 @@ impl Bridge for DiscordBridge {
             return Err(chat_core::Error::internal("the discord bridge was started twice"));
         };
         link_channels(&self.shared).await.map_err(into_chat)?;
-        let (inbound_tx, inbound_rx) = mpsc::channel(1024);
         let shared = &self.shared;
+        // The first try is made here, so that a lone process runs its
+        // worker and gateway from the start.
+        let renewed = hold_lease(shared).await.map_err(into_chat)?;
         let tasks = vec![
             tokio::spawn(enqueue(shared.clone(), events)),
-            tokio::spawn(work(shared.clone())),
-            tokio::spawn(receive(shared.clone(), inbound_rx)),
-            tokio::spawn(gateway(shared.clone(), inbound_tx)),
+            tokio::spawn(lead(shared.clone(), renewed)),
+            tokio::spawn(catch_up_loop(shared.clone())),
         ];
         *shared.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         shared.refresh_counts().await;
@@ -310,8 +377,11 @@ impl Bridge for DiscordBridge {
             return;
         }
         if let Err(err) = self.shared.events.try_send(event.clone()) {
-            tracing::error!(error = %err, "discord bridge: event queue full, a message is not mirrored");
-            self.shared.state().last_error = Some("event queue full: messages were not mirrored".into());
+            // The change is committed: a catch-up finds it in the store.
+            tracing::warn!(error = %err, "discord bridge: event queue full; catching up from the store");
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            self.shared.overflowed.store(true, Ordering::SeqCst);
+            self.shared.catch_up.notify_one();
         }
     }
 
@@ -321,12 +391,19 @@ impl Bridge for DiscordBridge {
 
     fn health(&self) -> BridgeHealth {
         let state = self.shared.state();
+        let started = self.shared.engine.get().is_some();
         BridgeHealth {
             connected: state.connected,
+            standby: started && !state.active,
             pending: state.pending,
             failed: state.failed,
             last_error: state.last_error.clone(),
-            details: [("online_agents".to_owned(), state.online_agents().to_string())].into(),
+            details: [
+                ("online_agents".to_owned(), state.online_agents().to_string()),
+                ("role".to_owned(), if state.active { "active" } else { "standby" }.to_owned()),
+                ("events_caught_up".to_owned(), self.shared.dropped.load(Ordering::Relaxed).to_string()),
+            ]
+            .into(),
         }
     }
 
@@ -344,14 +421,20 @@ impl Bridge for DiscordBridge {
         Ok(requeued)
     }
 
+    /// Stops the tasks, letting the worker finish the job it is running,
+    /// and hands the lease back so that another process takes over at once.
     async fn stop(&self) {
-        let shards = self.shared.shards.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(shards) = shards {
-            shards.shutdown_all().await;
-        }
         let tasks = std::mem::take(&mut *self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for task in tasks {
             task.abort();
+        }
+        let was_active = step_down(&self.shared).await;
+        if was_active {
+            if let Ok(outbox) = self.shared.outbox() {
+                if let Err(err) = outbox.release_lease(NAME, &self.shared.holder).await {
+                    tracing::warn!(error = %err, "discord bridge: cannot release the lease; it runs out by itself");
+                }
+            }
         }
     }
 }
@@ -359,7 +442,8 @@ impl Bridge for DiscordBridge {
 /// Links each mapped group room to its text channel, as a support room is
 /// linked to its thread, so that both directions and the catch-up treat them
 /// alike. A newly mapped channel's cursor starts now: what was written there
-/// before the mapping stays out of the room.
+/// before the mapping stays out of the room, and what the room held stays
+/// out of the channel.
 async fn link_channels(shared: &Shared) -> Result<()> {
     let outbox = shared.outbox()?;
     for (room, channel) in &shared.config.channels {
@@ -367,6 +451,13 @@ async fn link_channels(shared: &Shared) -> Result<()> {
         outbox.set_link(NAME, LINK_THREAD, &room.to_string(), &channel).await?;
         if outbox.remote_of(NAME, LINK_CURSOR, &channel).await?.is_none() {
             outbox.set_link(NAME, LINK_CURSOR, &channel, &snowflake_now().to_string()).await?;
+        }
+        // Likewise, what the room held before stays out of the channel: a
+        // catch-up posts only what comes after this.
+        let room_key = room.to_string();
+        if outbox.remote_of(NAME, LINK_POSTED, &room_key).await?.is_none() {
+            let last_seq = shared.engine()?.store().room(*room).await?.map_or(0, |r| r.last_seq);
+            outbox.set_link(NAME, LINK_POSTED, &room_key, &last_seq.to_string()).await?;
         }
     }
     Ok(())
@@ -385,6 +476,148 @@ fn into_chat(err: Error) -> chat_core::Error {
         Error::Chat(err) => err,
         other => chat_core::Error::unavailable(other.to_string()),
     }
+}
+
+/// The time `wait` from now.
+fn from_now(wait: Duration) -> Timestamp {
+    let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+    Timestamp::from_millis(Timestamp::now().as_millis().saturating_add(wait_ms))
+}
+
+// ---------------------------------------------------------------------------
+// The lease: of several processes, one runs the worker and the gateway
+
+/// Asks for the lease once (a renewal when this process holds it), and
+/// starts or stops this process's worker and gateway to match. Returns
+/// whether this process holds it.
+async fn hold_lease(shared: &Arc<Shared>) -> Result<bool> {
+    let asked_at = tokio::time::Instant::now();
+    let now = Timestamp::now();
+    let until = from_now(shared.config.lease_ttl);
+    let held = shared.outbox()?.acquire_lease(NAME, &shared.holder, now, until).await?;
+    *shared.renewed_at.lock().unwrap_or_else(|e| e.into_inner()) = held.then_some(asked_at);
+    // The agents' count is a courtesy to processes on standby: failing to
+    // share it changes nothing about who holds the lease.
+    let shared_count = if held {
+        step_up(shared).await;
+        publish_agents(shared, until).await
+    } else {
+        step_down(shared).await;
+        read_published_agents(shared).await
+    };
+    if let Err(err) = shared_count {
+        tracing::debug!(error = %err, "discord bridge: cannot share the count of online agents");
+    }
+    Ok(held)
+}
+
+/// Renews the lease, or waits for it, until the bridge stops.
+async fn lead(shared: Arc<Shared>, mut held: bool) {
+    let renew = shared.config.lease_renew;
+    let mut renewed_at = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(renew).await;
+        match hold_lease(&shared).await {
+            Ok(now_held) => {
+                if now_held != held {
+                    tracing::info!(holder = %shared.holder, active = now_held, "discord bridge: the lease changed hands");
+                }
+                held = now_held;
+                if held {
+                    renewed_at = tokio::time::Instant::now();
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "discord bridge: cannot renew the lease");
+                shared.record_error(&err);
+                // Unrenewed, the lease runs out and another process may take
+                // it: stop a renewal period before that can happen.
+                if held && renewed_at.elapsed() + renew >= shared.config.lease_ttl {
+                    tracing::warn!("discord bridge: the lease may have run out; standing by");
+                    step_down(&shared).await;
+                    held = false;
+                }
+            }
+        }
+        if !held {
+            // No worker refreshes the counts here.
+            shared.refresh_counts().await;
+        }
+    }
+}
+
+/// Starts the worker, the gateway and the inbound task, unless they run.
+async fn step_up(shared: &Arc<Shared>) {
+    let mut leading = shared.leading.lock().await;
+    if leading.is_some() {
+        return;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (inbound_tx, inbound_rx) = mpsc::channel(1024);
+    let worker = tokio::spawn(work(shared.clone(), stop.clone()));
+    let others =
+        vec![tokio::spawn(receive(shared.clone(), inbound_rx)), tokio::spawn(gateway(shared.clone(), inbound_tx))];
+    *leading = Some(Leading { stop, worker, others });
+    shared.state().active = true;
+    // Whatever the last holder left unenqueued is found now.
+    shared.catch_up.notify_one();
+}
+
+/// Stops the worker (after the job it is running, within the HTTP timeout),
+/// the gateway and the inbound task. Returns whether they were running.
+async fn step_down(shared: &Shared) -> bool {
+    let Some(leading) = shared.leading.lock().await.take() else {
+        return false;
+    };
+    {
+        let mut state = shared.state();
+        state.active = false;
+        state.connected = false;
+        state.available.clear();
+    }
+    leading.stop.store(true, Ordering::SeqCst);
+    shared.wake.notify_one();
+    for task in leading.others {
+        task.abort();
+    }
+    let shards = shared.shards.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(shards) = shards {
+        shards.shutdown_all().await;
+    }
+    let mut worker = leading.worker;
+    let grace = shared.config.http_timeout + Duration::from_secs(1);
+    if tokio::time::timeout(grace, &mut worker).await.is_err() {
+        worker.abort();
+    }
+    true
+}
+
+/// Whether the lease surely lasts a while yet: not when its last renewal is
+/// older than `lease_ttl - lease_renew`. A process that stalled (a paused
+/// VM, a lost database) must not start a job another holder may run too.
+fn lease_fresh(shared: &Shared) -> bool {
+    let renewed_at = *shared.renewed_at.lock().unwrap_or_else(|e| e.into_inner());
+    renewed_at.is_some_and(|at| at.elapsed() + shared.config.lease_renew < shared.config.lease_ttl)
+}
+
+/// The lease holder tells processes on standby how many agents are online,
+/// for their `/support/availability`; its word holds as long as its lease.
+async fn publish_agents(shared: &Shared, until: Timestamp) -> Result<()> {
+    let count = shared.state().online_agents();
+    let value = format!("{count}@{}", until.as_millis());
+    shared.outbox()?.set_link(NAME, LINK_STATUS, "online_agents", &value).await?;
+    Ok(())
+}
+
+async fn read_published_agents(shared: &Shared) -> Result<()> {
+    let value = shared.outbox()?.remote_of(NAME, LINK_STATUS, "online_agents").await?;
+    let now = Timestamp::now().as_millis();
+    let count = value.as_deref().and_then(|v| {
+        let (count, until) = v.split_once('@')?;
+        (until.parse::<i64>().ok()? > now).then_some(count.parse::<usize>().ok()?)
+    });
+    shared.state().published_agents = count;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -443,9 +676,17 @@ async fn enqueue(shared: Arc<Shared>, mut events: mpsc::Receiver<BridgeEvent>) {
 /// The job mirroring a change of a support room's message. Jobs of a room
 /// share its queue, so an edit or a delete runs after the post it changes.
 async fn job_for(shared: &Shared, kind: &str, message: &chat_core::Message) -> Result<Option<NewJob>> {
-    let mapped = shared.config.channel_of(message.room_id).is_some();
-    let room = shared.engine()?.store().room(message.room_id).await?;
-    if room.is_none_or(|r| r.kind != RoomKind::Support && !(mapped && r.kind == RoomKind::Group)) {
+    match shared.engine()?.store().room(message.room_id).await? {
+        Some(room) => job_for_room(&room, shared, kind, message),
+        None => Ok(None),
+    }
+}
+
+/// The job of [`job_for`], the room at hand: none unless the room is a
+/// support room or a mapped group room.
+fn job_for_room(room: &Room, shared: &Shared, kind: &str, message: &chat_core::Message) -> Result<Option<NewJob>> {
+    let mapped = shared.config.channel_of(room.id).is_some();
+    if room.kind != RoomKind::Support && !(mapped && room.kind == RoomKind::Group) {
         return Ok(None);
     }
     let payload = PostJob { room_id: message.room_id, message_id: message.id };
@@ -466,6 +707,126 @@ async fn job_for(shared: &Shared, kind: &str, message: &chat_core::Message) -> R
     }))
 }
 
+/// Runs the outbound catch-up while this process holds the lease (when it
+/// takes it, then every `catch_up_every`), and in any process at once after
+/// it dropped an event.
+async fn catch_up_loop(shared: Arc<Shared>) {
+    loop {
+        let _ = tokio::time::timeout(shared.config.catch_up_every, shared.catch_up.notified()).await;
+        let overflowed = shared.overflowed.swap(false, Ordering::SeqCst);
+        if !overflowed && !shared.state().active {
+            continue;
+        }
+        if let Err(err) = catch_up_outbound(&shared).await {
+            tracing::warn!(error = %err, "discord bridge: cannot catch up from the store; trying again");
+            shared.record_error(&err);
+            if overflowed {
+                shared.overflowed.store(true, Ordering::SeqCst);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            shared.catch_up.notify_one();
+        }
+    }
+}
+
+/// Enqueues what the store holds and the outbox does not reflect: for each
+/// support room and mapped group room, a post job for its newest message
+/// when messages came after its `posted` cursor (that job posts every one
+/// missing, in order), and an edit or delete job for each posted message
+/// whose change Discord does not show. Jobs already pending are not
+/// enqueued twice, and a job that finds nothing to do sends nothing, so a
+/// catch-up may repeat what the enqueuer did.
+async fn catch_up_outbound(shared: &Shared) -> Result<()> {
+    let store = shared.engine()?.store();
+    let outbox = shared.outbox()?;
+    let mut rooms = store.support_rooms(CATCH_UP_ROOMS).await?;
+    for (room, _) in &shared.config.channels {
+        if let Some(room) = store.room(*room).await? {
+            if room.kind == RoomKind::Group {
+                rooms.push(room);
+            }
+        }
+    }
+    let mut jobs = Vec::new();
+    for room in rooms {
+        let key = room.id.to_string();
+        if room.closed && outbox.remote_of(NAME, LINK_ARCHIVED, &key).await?.is_some() {
+            continue;
+        }
+        let posted = stored_number(outbox, LINK_POSTED, &key).await?.unwrap_or(0);
+        if room.last_seq > posted {
+            let newest = HistoryQuery { after_seq: Some(room.last_seq - 1), before_seq: None, limit: 1 };
+            if let Some(message) = store.history(room.id, newest).await?.messages.first() {
+                jobs.extend(job_for_room(&room, shared, JOB_POST, message)?);
+            }
+        }
+        jobs.extend(missed_changes(shared, &room).await?);
+        if room.closed && room.kind == RoomKind::Support {
+            jobs.push(archive_job(room.id)?);
+        }
+    }
+    if !jobs.is_empty() {
+        outbox.enqueue_jobs(jobs).await?;
+        shared.wake.notify_one();
+    }
+    Ok(())
+}
+
+/// The edit and delete jobs of a room's posted messages whose last change
+/// Discord does not show, and moves the room's change cursor.
+async fn missed_changes(shared: &Shared, room: &Room) -> Result<Vec<NewJob>> {
+    let store = shared.engine()?.store();
+    let outbox = shared.outbox()?;
+    let key = room.id.to_string();
+    let cursor = stored_number(outbox, LINK_CHANGES, &key).await?;
+    let since = cursor.map_or(0, |c| i64::try_from(c).unwrap_or(i64::MAX).saturating_sub(CHANGE_SLACK_MS).max(0));
+    let changed = store.changed_messages(room.id, Timestamp::from_millis(since), 1000).await?;
+    let mut jobs = Vec::new();
+    for message in &changed {
+        // What agents change comes from Discord, which shows it already.
+        if from_discord(message) {
+            continue;
+        }
+        let id = message.id.to_string();
+        if outbox.remote_of(NAME, LINK_MESSAGE, &id).await?.is_none() {
+            // Not posted yet: its post sends the message as it is then.
+            continue;
+        }
+        if outbox.remote_of(NAME, LINK_MIRRORED, &id).await?.as_deref() == Some(mirrored_state(message).as_str()) {
+            continue;
+        }
+        let kind = if message.deleted { JOB_DELETE } else { JOB_EDIT };
+        jobs.extend(job_for_room(room, shared, kind, message)?);
+    }
+    if let Some(newest) = changed.iter().filter_map(|m| m.edited_at).max() {
+        let newest = u64::try_from(newest.as_millis()).unwrap_or(0);
+        if cursor.is_none_or(|c| c < newest) {
+            outbox.set_link(NAME, LINK_CHANGES, &key, &newest.to_string()).await?;
+        }
+    }
+    Ok(jobs)
+}
+
+/// A number kept in a link (a cursor), if there is one.
+async fn stored_number(outbox: &dyn BridgeStore, kind: &str, local: &str) -> Result<Option<u64>> {
+    Ok(outbox.remote_of(NAME, kind, local).await?.and_then(|v| v.parse::<u64>().ok()))
+}
+
+/// Whether a room message came from Discord (an agent, a channel member):
+/// those are never mirrored back.
+fn from_discord(message: &chat_core::Message) -> bool {
+    message.sender_id.as_str().starts_with("discord:") && message.client_msg_id.starts_with("discord:")
+}
+
+/// The change of a message that Discord shows once its edit or delete ran.
+fn mirrored_state(message: &chat_core::Message) -> String {
+    match (message.deleted, message.edited_at) {
+        (true, _) => "deleted".to_owned(),
+        (false, Some(at)) => at.as_millis().to_string(),
+        (false, None) => String::new(),
+    }
+}
+
 /// The job archiving a closed room's thread. It shares the room's queue, so
 /// it runs after the room's last messages reached the thread; the engine
 /// announces a close once, so it is enqueued once.
@@ -480,11 +841,20 @@ fn archive_job(room: RoomId) -> Result<NewJob> {
     })
 }
 
-/// Runs due jobs until the bridge stops.
-async fn work(shared: Arc<Shared>) {
+/// Runs due jobs until `stop` is set (the lease was lost, the bridge stops),
+/// never in the middle of a job.
+async fn work(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     // Set by a global 429: no call at all before then.
     let mut paused_until: Option<tokio::time::Instant> = None;
+    // The first job of each queue run here may have been running in a
+    // process that died (or lost the lease) before it heard Discord's
+    // answer, so it looks in Discord before posting, as a retry does.
+    let mut seen_queues: HashSet<String> = HashSet::new();
+    let started = Timestamp::now();
     loop {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
         if let Some(until) = paused_until.take() {
             tokio::time::sleep_until(until).await;
         }
@@ -504,7 +874,16 @@ async fn work(shared: Arc<Shared>) {
             continue;
         }
         for job in jobs {
-            let outcome = run_job(&shared, &job).await;
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            if !lease_fresh(&shared) {
+                // The leader renews it or stands down; wait for either.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                break;
+            }
+            let retried = job.attempts > 0 || (job.created_at < started && seen_queues.insert(job.queue.clone()));
+            let outcome = run_job(&shared, &job, retried).await;
             if let Err(err) = settle(&shared, &job, outcome, &mut paused_until).await {
                 tracing::warn!(error = %err, job = job.id, "discord bridge: cannot record a job's outcome");
                 shared.record_error(&err);
@@ -548,6 +927,9 @@ async fn settle(
         }
         _ => {
             outbox.fail_job(NAME, job.id, &err.to_string()).await?;
+            if job.kind == JOB_POST {
+                give_up_post(shared, &payload(job)?).await?;
+            }
             return Ok(());
         }
     };
@@ -557,9 +939,9 @@ async fn settle(
     Ok(())
 }
 
-async fn run_job(shared: &Shared, job: &Job) -> Result<()> {
+async fn run_job(shared: &Shared, job: &Job, retried: bool) -> Result<()> {
     match job.kind.as_str() {
-        JOB_POST => post_message(shared, &payload(job)?, job.attempts > 0).await,
+        JOB_POST => post_message(shared, &payload(job)?, retried).await,
         JOB_EDIT => change_message(shared, &payload(job)?, Change::Edit).await,
         JOB_DELETE => change_message(shared, &payload(job)?, Change::Delete).await,
         JOB_ARCHIVE => {
@@ -574,15 +956,20 @@ async fn run_job(shared: &Shared, job: &Job) -> Result<()> {
 /// Archives a closed room's thread. A room without a thread, or a thread
 /// Discord no longer has, needs nothing; archiving twice is harmless.
 async fn archive_thread(shared: &Shared, room: RoomId) -> Result<()> {
-    let Some(thread) = shared.outbox()?.remote_of(NAME, LINK_THREAD, &room.to_string()).await? else {
+    let outbox = shared.outbox()?;
+    let Some(thread) = outbox.remote_of(NAME, LINK_THREAD, &room.to_string()).await? else {
+        outbox.set_link(NAME, LINK_ARCHIVED, &room.to_string(), "1").await?;
         return Ok(());
     };
     let route = Route::Channel { channel_id: parse_channel(&thread)? };
     let body = json!({ "archived": true });
     match shared.rest.call(LightMethod::Patch, route, Vec::new(), Some(&body)).await {
-        Ok(_) | Err(Error::Refused { status: 404, .. }) => Ok(()),
-        Err(err) => Err(err),
+        Ok(_) | Err(Error::Refused { status: 404, .. }) => {}
+        Err(err) => return Err(err),
     }
+    // A catch-up leaves the room alone from now on.
+    outbox.set_link(NAME, LINK_ARCHIVED, &room.to_string(), "1").await?;
+    Ok(())
 }
 
 fn payload(job: &Job) -> Result<PostJob> {
@@ -641,30 +1028,78 @@ async fn change_message(shared: &Shared, job: &PostJob, change: Change) -> Resul
         shared.rest.call(method, route, Vec::new(), body.as_ref()).await
     };
     match result {
-        Ok(_) | Err(Error::Refused { status: 404, .. }) => Ok(()),
-        Err(err) => Err(err),
+        Ok(_) | Err(Error::Refused { status: 404, .. }) => {}
+        Err(err) => return Err(err),
     }
+    // A catch-up finds that Discord shows this change already.
+    outbox.set_link(NAME, LINK_MIRRORED, &job.message_id.to_string(), &mirrored_state(&message)).await?;
+    Ok(())
 }
 
-/// Mirrors one room message into its thread, making the thread first when
-/// the room has none. `retried` says an earlier attempt may have reached
-/// Discord without us hearing back, so Discord is checked before posting.
+/// Mirrors a room's messages into its thread up to the job's own: first
+/// every earlier one after the room's `posted` cursor that is not in Discord
+/// yet (its event was lost, or its job was enqueued later by another
+/// process), then the job's message, and moves the cursor. `retried` says
+/// an earlier attempt may have reached Discord without us hearing back, so
+/// Discord is checked before posting.
 async fn post_message(shared: &Shared, post: &PostJob, retried: bool) -> Result<()> {
     let outbox = shared.outbox()?;
     let store = shared.engine()?.store();
-    let message_key = post.message_id.to_string();
+    let Some(target) = store.message(post.room_id, post.message_id).await? else {
+        return Ok(());
+    };
+    let room_key = post.room_id.to_string();
+    let posted = stored_number(outbox, LINK_POSTED, &room_key).await?.unwrap_or(0);
+    let mut after = posted;
+    while after + 1 < target.seq {
+        let query = HistoryQuery { after_seq: Some(after), before_seq: Some(target.seq), limit: 100 };
+        let page = store.history(post.room_id, query).await?;
+        for message in &page.messages {
+            post_one(shared, message, retried).await?;
+        }
+        match page.messages.last() {
+            Some(last) if page.has_more => after = last.seq,
+            _ => break,
+        }
+    }
+    post_one(shared, &target, retried).await?;
+    if target.seq > posted {
+        outbox.set_link(NAME, LINK_POSTED, &room_key, &target.seq.to_string()).await?;
+    }
+    Ok(())
+}
+
+/// A post job failed for good: the later messages of its room go on without
+/// it (retried by hand, it posts its own message, late).
+async fn give_up_post(shared: &Shared, post: &PostJob) -> Result<()> {
+    let outbox = shared.outbox()?;
+    let Some(message) = shared.engine()?.store().message(post.room_id, post.message_id).await? else {
+        return Ok(());
+    };
+    let room_key = post.room_id.to_string();
+    if stored_number(outbox, LINK_POSTED, &room_key).await?.is_none_or(|p| p < message.seq) {
+        outbox.set_link(NAME, LINK_POSTED, &room_key, &message.seq.to_string()).await?;
+    }
+    Ok(())
+}
+
+/// Mirrors one room message into its thread, making the thread first when
+/// the room has none; nothing when it is in Discord already, was deleted,
+/// or came from Discord.
+async fn post_one(shared: &Shared, message: &chat_core::Message, retried: bool) -> Result<()> {
+    let outbox = shared.outbox()?;
+    let store = shared.engine()?.store();
+    let message_key = message.id.to_string();
+    if message.deleted || from_discord(message) {
+        return Ok(());
+    }
     if outbox.remote_of(NAME, LINK_MESSAGE, &message_key).await?.is_some() {
         return Ok(());
     }
-    let Some(message) = store.message(post.room_id, post.message_id).await? else {
-        return Ok(());
-    };
-    if message.deleted {
-        return Ok(());
-    }
+    let post = PostJob { room_id: message.room_id, message_id: message.id };
     let sender = store.user(&message.sender_id).await?;
     let name = sender.map_or_else(|| message.sender_id.to_string(), |u| u.name);
-    let content = render(&message);
+    let content = render(message);
     let room_key = post.room_id.to_string();
     match outbox.remote_of(NAME, LINK_THREAD, &room_key).await? {
         None => {
@@ -691,6 +1126,10 @@ async fn post_message(shared: &Shared, post: &PostJob, retried: bool) -> Result<
             };
             outbox.set_link(NAME, LINK_MESSAGE, &message_key, &posted).await?;
         }
+    }
+    if message.edited_at.is_some() {
+        // Posted as edited: a catch-up needs no edit job for it.
+        outbox.set_link(NAME, LINK_MIRRORED, &message_key, &mirrored_state(message)).await?;
     }
     Ok(())
 }
@@ -1637,6 +2076,8 @@ mod tests {
         state.member_chunk([(2, true), (3, true), (4, true)], [(2, true), (3, true)]);
         state.member_chunk([(5, true), (1, false)], [(5, false)]);
         assert_eq!(agents(&state), [2, 3, 5], "4 was demoted after the chunk's snapshot; 1 changed in a chunk");
+        // The lease holder, connected: it counts from its own gateway state.
+        state.active = true;
         state.connected = true;
         assert_eq!(state.online_agents(), 1, "3 is online; 2's newer presence says offline; 5 is offline");
         // A new session forgets what was heard, so its snapshot counts again.

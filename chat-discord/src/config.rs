@@ -42,6 +42,22 @@ pub struct DiscordConfig {
     pub max_backoff: Duration,
     /// Attempts after which a job that keeps failing (not for a 429) is given up.
     pub max_attempts: u32,
+    /// How long the lease lasts that lets one process of several run the
+    /// outbox worker and the gateway: if its holder stops renewing it (it
+    /// died, or lost the database), another process takes over within this.
+    pub lease_ttl: Duration,
+    /// How often the lease is renewed, or asked for by a process on standby.
+    /// Well below `lease_ttl`: a holder that cannot renew for
+    /// `lease_ttl - lease_renew` stops, before another may take over.
+    pub lease_renew: Duration,
+    /// How often the process holding the lease looks in the store for
+    /// messages, edits and deletes whose events did not become jobs (a crash
+    /// between commit and enqueue, a full event queue). It also looks when
+    /// it takes the lease, and at once after an event was dropped.
+    pub catch_up_every: Duration,
+    /// Engine events waiting to become outbox jobs. A burst beyond this is
+    /// dropped from memory and found again in the store by a catch-up.
+    pub event_queue: usize,
 }
 
 impl std::fmt::Debug for DiscordConfig {
@@ -56,6 +72,8 @@ impl std::fmt::Debug for DiscordConfig {
             .field("role_map", &self.role_map)
             .field("channels", &self.channels)
             .field("http_timeout", &self.http_timeout)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("lease_renew", &self.lease_renew)
             .finish_non_exhaustive()
     }
 }
@@ -76,6 +94,10 @@ impl DiscordConfig {
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(300),
             max_attempts: 20,
+            lease_ttl: Duration::from_secs(15),
+            lease_renew: Duration::from_secs(5),
+            catch_up_every: Duration::from_secs(60),
+            event_queue: 4096,
         }
     }
 
@@ -109,6 +131,12 @@ impl DiscordConfig {
         }
         if self.http_timeout.is_zero() {
             return Err(Error::Config("the HTTP timeout must be positive".into()));
+        }
+        if self.lease_renew.is_zero() || self.lease_renew.saturating_mul(2) > self.lease_ttl {
+            return Err(Error::Config("the lease must be renewed at most every half of its time".into()));
+        }
+        if self.catch_up_every.is_zero() || self.event_queue == 0 {
+            return Err(Error::Config("the catch-up interval and the event queue must be positive".into()));
         }
         Ok(())
     }
@@ -167,5 +195,10 @@ mod tests {
             assert_eq!(c.validate().is_ok(), ok, "{channels:?}");
         }
         assert!(!format!("{c:?}").contains("\"t\""), "the token is not shown");
+        let mut c = DiscordConfig::new("t", 1, 2, 3);
+        c.lease_renew = Duration::from_secs(8);
+        assert!(c.validate().is_err(), "a renewal that may come too late is refused");
+        c.lease_renew = Duration::ZERO;
+        assert!(c.validate().is_err());
     }
 }

@@ -88,9 +88,15 @@ pub struct Discord {
 
 impl Discord {
     fn id(&mut self) -> u64 {
-        self.next_id += 1;
-        // Snowflake-like: large and growing.
-        1_300_000_000_000_000_000 + self.next_id
+        // Snowflakes, as Discord makes them: milliseconds since 2015 in the
+        // top bits, so that an id made later is larger and ids compare with
+        // the bridge's time-based cursors; unique and growing within a millisecond.
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now = ms.saturating_sub(1_420_070_400_000) << 22;
+        self.next_id = (self.next_id + 1).max(now);
+        self.next_id
     }
 }
 

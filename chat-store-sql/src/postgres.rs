@@ -51,6 +51,7 @@ const MIGRATIONS: &[migrate::Embedded] = &[
     (2, "bridge outbox", include_str!("../migrations/postgres/0002_bridge_outbox.sql")),
     (3, "support queue", include_str!("../migrations/postgres/0003_support_queue.sql")),
     (4, "room claim and close", include_str!("../migrations/postgres/0004_room_claim_close.sql")),
+    (5, "bridge lease", include_str!("../migrations/postgres/0005_bridge_lease.sql")),
 ];
 
 /// Settings of a [`PostgresStore`]. Start from [`PostgresConfig::from_url`] and
@@ -871,6 +872,26 @@ impl Store for PostgresStore {
             .await
             .db()?;
             Ok(row.as_ref().map(message_from_row).transpose()?)
+        })
+        .await
+    }
+
+    async fn changed_messages(&self, room: RoomId, since: Timestamp, limit: u32) -> chat_core::Result<Vec<Message>> {
+        // A range of the room's primary key, filtered: edits are few, and
+        // bridges ask rarely (after a restart or a lost event).
+        self.bounded(async {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                message_cols!(),
+                " FROM messages WHERE room_id = $1 AND edited_at >= $2 ORDER BY edited_at, seq LIMIT $3"
+            ))
+            .bind(room.as_uuid())
+            .bind(since.as_millis())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .db()?;
+            Ok(rows.iter().map(message_from_row).collect::<Result<Vec<_>>>()?)
         })
         .await
     }

@@ -43,6 +43,7 @@ const MIGRATIONS: &[migrate::Embedded] = &[
     (2, "bridge outbox", include_str!("../migrations/sqlite/0002_bridge_outbox.sql")),
     (3, "support queue", include_str!("../migrations/sqlite/0003_support_queue.sql")),
     (4, "room claim and close", include_str!("../migrations/sqlite/0004_room_claim_close.sql")),
+    (5, "bridge lease", include_str!("../migrations/sqlite/0005_bridge_lease.sql")),
 ];
 
 /// How hard SQLite works to make a commit survive a power cut.
@@ -835,6 +836,23 @@ impl Store for SqliteStore {
         .await
         .db()?;
         Ok(row.as_ref().map(message_from_row).transpose()?)
+    }
+
+    async fn changed_messages(&self, room: RoomId, since: Timestamp, limit: u32) -> chat_core::Result<Vec<Message>> {
+        // A range of the room's primary key, filtered: edits are few, and
+        // bridges ask rarely (after a restart or a lost event).
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            message_cols!(),
+            " FROM messages WHERE room_id = ?1 AND edited_at >= ?2 ORDER BY edited_at, seq LIMIT ?3"
+        ))
+        .bind(room.to_string())
+        .bind(since.as_millis())
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .db()?;
+        Ok(rows.iter().map(message_from_row).collect::<Result<_, _>>()?)
     }
 
     async fn history(&self, room: RoomId, q: HistoryQuery) -> chat_core::Result<HistoryPage> {

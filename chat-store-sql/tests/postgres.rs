@@ -68,7 +68,10 @@ async fn a_fresh_schema_is_migrated_once_even_by_racing_processes() {
     .fetch_all(&mut conn)
     .await
     .expect("tables");
-    assert_eq!(tables, ["_sqlx_migrations", "bridge_jobs", "bridge_links", "members", "messages", "rooms", "users"]);
+    assert_eq!(
+        tables,
+        ["_sqlx_migrations", "bridge_jobs", "bridge_leases", "bridge_links", "members", "messages", "rooms", "users"]
+    );
     for store in stores {
         store.close().await;
     }

@@ -203,3 +203,99 @@ async fn agents_present_in_discord_count_in_availability_and_health() {
     .await;
     server.stop().await.expect("a clean stop");
 }
+
+/// Two servers with the bridge on one PostgreSQL database: one holds the
+/// bridge's lease and runs the outbox and the gateway, the other stands by
+/// (healthy, showing the holder's agents) while its visitor's messages still
+/// reach Discord. When the holder stops, the other takes over, and every
+/// message is posted once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_database_run_the_bridge_once_and_take_over() {
+    let Some(schema) =
+        chat_store_sql::testing::TempSchema::create("two_servers_on_one_database_run_the_bridge_once_and_take_over")
+            .await
+    else {
+        return;
+    };
+    let discord = StandIn::start().await;
+    let settings = DiscordSettings {
+        token: Some("stand-in-token".into()),
+        guild_id: Some(GUILD),
+        forum_channel_id: Some(FORUM),
+        support_role_id: Some(SUPPORT_ROLE),
+        proxy_url: Some(discord.url()),
+        role_map: None,
+        channel_map: None,
+    };
+    let on_the_database = |settings: DiscordSettings| {
+        let url = schema.url();
+        move |config: &mut chat_server::Config| {
+            config.database_url = url;
+            config.discord = settings;
+        }
+    };
+    let health_of = |server: &TestServer| {
+        let request = server.http.get(server.url("/health"));
+        async move { status_and_json(request.send().await.expect("GET /health")).await.1 }
+    };
+    let first = TestServer::start_with(on_the_database(settings.clone())).await;
+    eventually("the first server holds the lease", || async {
+        let health = health_of(&first).await;
+        (health["bridges"]["discord"]["details"]["role"] == "active").then_some(())
+    })
+    .await;
+    let second = TestServer::start_with(on_the_database(settings)).await;
+    let health = eventually("the second server up", || async {
+        let health = health_of(&second).await;
+        health["bridges"]["discord"].is_object().then_some(health)
+    })
+    .await;
+    let bridge = &health["bridges"]["discord"];
+    assert_eq!(
+        (&bridge["details"]["role"], &bridge["standby"], &bridge["connected"]),
+        (&json!("standby"), &json!(true), &json!(false)),
+        "{health}"
+    );
+    assert_eq!(health["status"], "ok", "standing by is not degraded: {health}");
+
+    eventually("the holder's gateway", || async { discord.gateway_connected().then_some(()) }).await;
+    discord.guild_create(&[(77, "Alice", &[SUPPORT_ROLE][..])], &[(77, "online")]);
+    eventually("the standby shows the holder's agents", || async {
+        let (_, body) = second.get("/v1/support/availability", None).await;
+        (body == json!({"available": true, "online_agents": 1})).then_some(())
+    })
+    .await;
+
+    let (mut vera, room) = visitor(&second, "Vera").await;
+    send_message(&mut vera, &room, "m1", "message 1").await;
+    send_message(&mut vera, &room, "m2", "message 2").await;
+    let thread = eventually("two posts", || async {
+        let d = discord.lock();
+        d.threads.first().map(|t| t.0).filter(|t| d.messages.get(t).is_some_and(|m| m.len() == 2))
+    })
+    .await;
+
+    first.stop().await.expect("a clean stop");
+    eventually("the second server took over", || async {
+        let health = health_of(&second).await;
+        (health["bridges"]["discord"]["details"]["role"] == "active").then_some(())
+    })
+    .await;
+    send_message(&mut vera, &room, "m3", "message 3").await;
+    send_message(&mut vera, &room, "m4", "message 4").await;
+    eventually("four posts", || async { (discord.thread_messages(thread).len() >= 4).then_some(()) }).await;
+    eventually("the new holder connected", || async {
+        let health = health_of(&second).await;
+        (health["bridges"]["discord"]["connected"] == true && health["bridges"]["discord"]["pending"] == 0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        contents(&discord.thread_messages(thread)),
+        ["message 1", "message 2", "message 3", "message 4"],
+        "each message once, in order"
+    );
+    assert_eq!(discord.calls_matching(&format!("POST /channels/{FORUM}/threads")), 1, "one thread");
+    vera.close().await;
+    second.stop().await.expect("a clean stop");
+}

@@ -20,6 +20,11 @@
 //!   makes its jobs idempotent through links, not through this key alone.
 //! - **Links** are one remote id per `(bridge, kind, local id)`, readable in
 //!   both directions.
+//! - **Lease.** At most one holder has a bridge's lease at a time: it is
+//!   granted when nobody holds it, when its holder let it run out, or to its
+//!   holder again (a renewal), and decided atomically when several processes
+//!   ask at once. Several processes configured with one bridge use it to
+//!   elect the one that runs the outbox and the connection.
 //!
 //! Everything is scoped by the bridge's name, so several bridges share the
 //! tables without seeing each other's rows.
@@ -159,4 +164,15 @@ pub trait BridgeStore: Send + Sync + 'static {
 
     /// Every `(local, remote)` link of a kind, ordered by local id.
     async fn links(&self, bridge: &str, kind: &str) -> Result<Vec<(String, String)>>;
+
+    /// Takes or renews the lease of `bridge` for `holder`, to last until
+    /// `until`. Granted when nobody holds it, when the lease of its holder
+    /// ended at or before `now`, or when `holder` holds it already; of
+    /// processes asking at once, one wins. Returns whether `holder` holds it
+    /// now. Times come from the callers' clocks, which must roughly agree.
+    async fn acquire_lease(&self, bridge: &str, holder: &str, now: Timestamp, until: Timestamp) -> Result<bool>;
+
+    /// Ends the lease of `bridge` if `holder` holds it, so that another may
+    /// take it at once. Returns whether it did.
+    async fn release_lease(&self, bridge: &str, holder: &str) -> Result<bool>;
 }

@@ -33,6 +33,8 @@ struct State {
     last_job_id: i64,
     /// Bridge links by (bridge, kind, local id).
     links: BTreeMap<(String, String, String), String>,
+    /// Bridge leases: the holder and the end of its lease, by bridge.
+    leases: HashMap<String, (String, Timestamp)>,
 }
 
 #[derive(Debug)]
@@ -521,6 +523,27 @@ impl BridgeStore for MemoryStore {
             .iter()
             .find(|((b, k, _), r)| b == bridge && k == kind && *r == remote)
             .map(|((_, _, local), _)| local.clone()))
+    }
+
+    async fn acquire_lease(&self, bridge: &str, holder: &str, now: Timestamp, until: Timestamp) -> Result<bool> {
+        let mut state = self.lock();
+        let granted = match state.leases.get(bridge) {
+            Some((current, ends)) => current == holder || *ends <= now,
+            None => true,
+        };
+        if granted {
+            state.leases.insert(bridge.to_owned(), (holder.to_owned(), until));
+        }
+        Ok(granted)
+    }
+
+    async fn release_lease(&self, bridge: &str, holder: &str) -> Result<bool> {
+        let mut state = self.lock();
+        let held = state.leases.get(bridge).is_some_and(|(current, _)| current == holder);
+        if held {
+            state.leases.remove(bridge);
+        }
+        Ok(held)
     }
 
     async fn links(&self, bridge: &str, kind: &str) -> Result<Vec<(String, String)>> {

@@ -117,6 +117,30 @@ pub trait Store: Send + Sync + 'static {
     /// taken). `None` when the message does not exist in that room.
     async fn delete_message(&self, room: RoomId, id: MessageId, at: Timestamp) -> Result<Option<Message>>;
 
+    /// The messages of a room changed (edited or deleted) at or after
+    /// `since`, by `edited_at` then seq, at most `limit`. A bridge that lost
+    /// the events of such changes (a crash, a full queue) finds them here.
+    ///
+    /// The default reads the whole history page by page; stores that can
+    /// filter on `edited_at` themselves should.
+    async fn changed_messages(&self, room: RoomId, since: Timestamp, limit: u32) -> Result<Vec<Message>> {
+        let mut changed = Vec::new();
+        let mut after = 0;
+        loop {
+            let page =
+                self.history(room, HistoryQuery { after_seq: Some(after), before_seq: None, limit: 500 }).await?;
+            let Some(last) = page.messages.last() else { break };
+            after = last.seq;
+            changed.extend(page.messages.into_iter().filter(|m| m.edited_at.is_some_and(|t| t >= since)));
+            if !page.has_more {
+                break;
+            }
+        }
+        changed.sort_by_key(|m| (m.edited_at, m.seq));
+        changed.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(changed)
+    }
+
     /// One page of a room's history, ascending by seq:
     /// - no cursor: the newest `limit` messages; `has_more` when older ones exist;
     /// - `before_seq`: the newest `limit` below it; `has_more` when older ones exist;

@@ -261,6 +261,48 @@ impl BridgeStore for PostgresStore {
         .await
     }
 
+    async fn acquire_lease(
+        &self,
+        bridge: &str,
+        holder: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> chat_core::Result<bool> {
+        self.bounded(async {
+            // ON CONFLICT locks the lease's row, so of processes racing for
+            // it one updates it and the others see the new holder and get
+            // no row back.
+            let granted: Option<String> = sqlx::query_scalar(
+                "INSERT INTO bridge_leases (bridge, holder, expires_at) VALUES ($1, $2, $4)
+                 ON CONFLICT (bridge) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+                 WHERE bridge_leases.holder = EXCLUDED.holder OR bridge_leases.expires_at <= $3
+                 RETURNING holder",
+            )
+            .bind(bridge)
+            .bind(holder)
+            .bind(now.as_millis())
+            .bind(until.as_millis())
+            .fetch_optional(&self.pool)
+            .await
+            .db()?;
+            Ok(granted.is_some())
+        })
+        .await
+    }
+
+    async fn release_lease(&self, bridge: &str, holder: &str) -> chat_core::Result<bool> {
+        self.bounded(async {
+            let done = sqlx::query("DELETE FROM bridge_leases WHERE bridge = $1 AND holder = $2")
+                .bind(bridge)
+                .bind(holder)
+                .execute(&self.pool)
+                .await
+                .db()?;
+            Ok(done.rows_affected() > 0)
+        })
+        .await
+    }
+
     async fn links(&self, bridge: &str, kind: &str) -> chat_core::Result<Vec<(String, String)>> {
         self.bounded(async {
             Ok(sqlx::query_as(

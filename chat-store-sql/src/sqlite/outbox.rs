@@ -221,6 +221,41 @@ impl BridgeStore for SqliteStore {
         .db()?)
     }
 
+    async fn acquire_lease(
+        &self,
+        bridge: &str,
+        holder: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> chat_core::Result<bool> {
+        // One statement on the single writer: the insert, or the takeover of a
+        // lease that is ours or ran out, happens whole or not at all.
+        let granted: Option<String> = sqlx::query_scalar(
+            "INSERT INTO bridge_leases (bridge, holder, expires_at) VALUES (?1, ?2, ?4)
+             ON CONFLICT (bridge) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+             WHERE bridge_leases.holder = excluded.holder OR bridge_leases.expires_at <= ?3
+             RETURNING holder",
+        )
+        .bind(bridge)
+        .bind(holder)
+        .bind(now.as_millis())
+        .bind(until.as_millis())
+        .fetch_optional(&self.writer)
+        .await
+        .db()?;
+        Ok(granted.is_some())
+    }
+
+    async fn release_lease(&self, bridge: &str, holder: &str) -> chat_core::Result<bool> {
+        let done = sqlx::query("DELETE FROM bridge_leases WHERE bridge = ?1 AND holder = ?2")
+            .bind(bridge)
+            .bind(holder)
+            .execute(&self.writer)
+            .await
+            .db()?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn links(&self, bridge: &str, kind: &str) -> chat_core::Result<Vec<(String, String)>> {
         Ok(sqlx::query_as(
             "SELECT local_id, remote_id FROM bridge_links WHERE bridge = ?1 AND kind = ?2 ORDER BY local_id",
