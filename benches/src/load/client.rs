@@ -50,6 +50,9 @@ pub(crate) struct Phase {
     pub(crate) typing_every: Option<Duration>,
     /// Close the connection and hand in the ledger.
     pub(crate) stop: bool,
+    /// Bumped to make every client drop its connection at once (no close
+    /// frame, as when a network path fails), then reconnect and resume.
+    pub(crate) drop_generation: u64,
 }
 
 /// What the clients of one run share.
@@ -148,6 +151,8 @@ struct State {
     replay_upto: u64,
     /// The generation of the last phase whose burst this client sent.
     burst_generation: u64,
+    /// The last drop this client carried out.
+    drop_generation: u64,
 }
 
 impl Client {
@@ -162,6 +167,7 @@ impl Client {
             resume_target: None,
             replay_upto: 0,
             burst_generation: 0,
+            drop_generation: ctx.phase.borrow().drop_generation,
         };
         let mut first = true;
         loop {
@@ -262,6 +268,11 @@ impl Client {
                 if phase.stop {
                     let _ = ws.close(None).await;
                     return Ok(true);
+                }
+                if phase.drop_generation > state.drop_generation {
+                    state.drop_generation = phase.drop_generation;
+                    // Dropping the socket closes it without a WebSocket close.
+                    return Ok(false);
                 }
                 let now = Instant::now();
                 next_send = match (self.publisher, phase.send_every) {

@@ -658,7 +658,9 @@ fn measure_fsync(dir: &str, samples: usize) -> anyhow::Result<Value> {
 
 /// Scenario 5: the server restarts under every client; each reconnects and
 /// resumes from the last seq it holds. Timed from the stop signal to the
-/// moment the last client has caught up.
+/// moment the last client has caught up. Then as many storms without a
+/// restart (every client drops its socket at once), for the server's RSS
+/// after each.
 async fn reconnect(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerProcess) -> anyhow::Result<Outcome> {
     let clients = args.clients.unwrap_or(if args.quick { 200 } else { 10_000 });
     let room_size = 10;
@@ -699,10 +701,45 @@ async fn reconnect(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut Server
         eprintln!("reconnect: {r}");
         results.push(r);
     }
+    // The same storm without a restart: every client drops its connection
+    // at once and comes back to the same server process, cycle after cycle.
+    // Its RSS after each shows whether a storm leaves memory behind, which
+    // restarts would hide.
+    let mut drops = Vec::new();
+    for cycle in 1..=cycles {
+        pop.set_phase(|p| p.burst = burst);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let want = ((cycles + cycle) * burst as usize * pop.ctx.rooms.len()) as u64;
+        while Counters::get(&c.acked) + Counters::get(&c.send_errors) < Counters::get(&c.sent)
+            || Counters::get(&c.sent) < want
+        {
+            if Instant::now() > deadline {
+                bail!("sends before drop {cycle} were not answered in 60 s");
+            }
+            sleep(Duration::from_millis(5)).await;
+        }
+        pop.ctx.resumed.store(0, Relaxed);
+        let t0 = Instant::now();
+        pop.set_phase(|p| p.drop_generation += 1);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while pop.ctx.resumed.load(Relaxed) < pop.clients as u64 {
+            if Instant::now() > deadline {
+                bail!("only {} of {} clients resumed within 300 s of drop {cycle}", pop.ctx.resumed.load(Relaxed), pop.clients);
+            }
+            sleep(Duration::from_millis(5)).await;
+        }
+        let resumed_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        sleep(Duration::from_secs(1)).await;
+        let r = json!({"cycle": cycle, "all_resumed_ms": round2(resumed_ms), "rss_kib": server.rss_kib()?});
+        eprintln!("reconnect (drop): {r}");
+        drops.push(r);
+    }
     let drained = pop.drain(Duration::from_secs(10)).await;
     let checks = pop.finish().await?;
-    let rss_first = results.first().and_then(|r| r["rss_kib"].as_u64()).unwrap_or(0);
-    let rss_last = results.last().and_then(|r| r["rss_kib"].as_u64()).unwrap_or(0);
+    let rss_first = drops.first().and_then(|r| r["rss_kib"].as_u64()).unwrap_or(0);
+    let rss_last = drops.last().and_then(|r| r["rss_kib"].as_u64()).unwrap_or(0);
+    let mut drop_times: Vec<f64> = drops.iter().filter_map(|r| r["all_resumed_ms"].as_f64()).collect();
+    drop_times.sort_by(f64::total_cmp);
     let mut times: Vec<f64> = results.iter().filter_map(|r| r["all_resumed_ms"].as_f64()).collect();
     times.sort_by(f64::total_cmp);
     Ok((
@@ -711,11 +748,13 @@ async fn reconnect(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut Server
         json!({
             "median_all_resumed_ms": times.get(times.len() / 2).copied().unwrap_or(0.0),
             "max_all_resumed_ms": times.last().copied().unwrap_or(0.0),
+            "median_drop_resumed_ms": drop_times.get(drop_times.len() / 2).copied().unwrap_or(0.0),
             "rss_after_first_kib": rss_first,
             "rss_after_last_kib": rss_last,
             "rss_growth_pct": if rss_first > 0 { round2((rss_last as f64 / rss_first as f64 - 1.0) * 100.0) } else { 0.0 },
             "drained": drained,
             "cycles": results,
+            "drop_cycles": drops,
         }),
         checks,
     ))
