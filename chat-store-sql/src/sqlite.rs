@@ -399,15 +399,8 @@ fn json<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::Database(Box::new(e)))
 }
 
-/// Inserts the new messages of a planned batch in one statement and returns
-/// how many rows went in. With `skip_stored`, a row whose idempotency key is
-/// taken is skipped instead of failing the statement.
-async fn insert_planned(
-    conn: &mut SqliteConnection,
-    batch: &[NewMessage],
-    plan: &[Outcome],
-    skip_stored: bool,
-) -> Result<u64> {
+/// The rows a planned batch inserts, as the JSON array its INSERT reads.
+fn planned_rows(batch: &[NewMessage], plan: &[Outcome]) -> Result<String> {
     type Row<'a> = (String, i64, String, &'a str, &'a str, &'a str, String, Option<String>, i64);
     let mut rows: Vec<Row<'_>> = Vec::with_capacity(new_count(plan));
     for (new, outcome) in batch.iter().zip(plan) {
@@ -424,23 +417,41 @@ async fn insert_planned(
             new.created_at.as_millis(),
         ));
     }
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    // `WHERE true` tells SQLite's parser that ON CONFLICT belongs to the INSERT.
-    let sql = if skip_stored {
+    json(&rows)
+}
+
+/// Inserts the rows of `?1` (see [`planned_rows`]). `WHERE true` tells
+/// SQLite's parser that ON CONFLICT belongs to the INSERT; a row whose
+/// idempotency key is taken is skipped.
+macro_rules! insert_skipping_stored {
+    () => {
         "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at)
          SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
                 value ->> 7, value ->> 8
          FROM json_each(?1) WHERE true
          ON CONFLICT (room_id, sender_id, client_msg_id) DO NOTHING"
-    } else {
-        "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at)
-         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
-                value ->> 7, value ->> 8
-         FROM json_each(?1)"
     };
-    Ok(sqlx::query(sql).bind(json(&rows)?).execute(&mut *conn).await?.rows_affected())
+}
+
+/// Moves the room counters and activity times to `?2`'s, and the senders'
+/// cursors to `?3`'s (see [`moves_json`]).
+macro_rules! apply_moves {
+    () => {
+        "UPDATE rooms SET last_seq = (u.value ->> 1), last_activity = MAX(last_activity, u.value ->> 2)
+         FROM json_each(?2) AS u WHERE rooms.id = (u.value ->> 0);
+         UPDATE members SET read_seq = MAX(read_seq, u.value ->> 2), delivered_seq = MAX(delivered_seq, u.value ->> 2)
+         FROM json_each(?3) AS u WHERE members.room_id = (u.value ->> 0) AND members.user_id = (u.value ->> 1)"
+    };
+}
+
+/// The counter and cursor moves of a planned batch, as the two JSON arrays
+/// [`apply_moves!`] reads.
+fn moves_json(batch: &[NewMessage], plan: &[Outcome]) -> Result<(String, String)> {
+    let Moves { rooms, cursors } = moves(batch, plan);
+    let rooms: Vec<(String, i64, i64)> = rooms.into_iter().map(|(id, seq, at)| (id.to_string(), seq, at)).collect();
+    let cursors: Vec<(String, &str, i64)> =
+        cursors.into_iter().map(|(room, user, seq)| (room.to_string(), user, seq)).collect();
+    Ok((json(&rooms)?, json(&cursors)?))
 }
 
 /// The stored messages that share an idempotency key with a message of the batch.
@@ -487,46 +498,40 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
     let last_seqs: HashMap<RoomId, i64> =
         counters.iter().map(|(id, seq)| Ok((codec::room_id(id, "rooms.id")?, *seq))).collect::<Result<_>>()?;
 
-    // Most batches hold no retry: insert them as numbered. When the unique
-    // index skips a row, take this batch's rows back out (every row past the
-    // old counters is ours) and renumber around the stored copies.
+    // Most batches hold no retry: they are inserted as numbered, with the
+    // counters and cursors moved, in one call to SQLite's worker thread (each
+    // call is a hand-off between threads, which costs more than the
+    // statements). `changes()` tells whether the unique index skipped a row.
     let mut outcomes = plan(&batch, &last_seqs, &HashMap::new());
-    if insert_planned(conn, &batch, &outcomes, true).await? != new_count(&outcomes) as u64 {
-        sqlx::query(
-            "DELETE FROM messages WHERE rowid IN (
-                SELECT m.rowid FROM json_each(?1) AS r
-                JOIN messages AS m ON m.room_id = (r.value ->> 0) AND m.seq > (r.value ->> 1))",
-        )
-        .bind(json(&counters)?)
-        .execute(&mut *conn)
-        .await?;
+    let (rooms, cursors) = moves_json(&batch, &outcomes)?;
+    let inserted: Vec<i64> = sqlx::query_scalar(concat!(
+        "SAVEPOINT planned; ",
+        insert_skipping_stored!(),
+        "; SELECT changes(); ",
+        apply_moves!()
+    ))
+    .bind(planned_rows(&batch, &outcomes)?)
+    .bind(rooms)
+    .bind(cursors)
+    .fetch_all(&mut *conn)
+    .await?;
+    if inserted.first().copied() != Some(new_count(&outcomes) as i64) {
+        // A retry of a stored message: undo the numbered batch and renumber
+        // it around the stored copies.
+        sqlx::raw_sql("ROLLBACK TO planned").execute(&mut *conn).await?;
         let stored = stored_copies(conn, &batch).await?;
         outcomes = plan(&batch, &last_seqs, &stored);
-        if insert_planned(conn, &batch, &outcomes, false).await? != new_count(&outcomes) as u64 {
+        let (rooms, cursors) = moves_json(&batch, &outcomes)?;
+        let inserted: Vec<i64> =
+            sqlx::query_scalar(concat!(insert_skipping_stored!(), "; SELECT changes(); ", apply_moves!()))
+                .bind(planned_rows(&batch, &outcomes)?)
+                .bind(rooms)
+                .bind(cursors)
+                .fetch_all(&mut *conn)
+                .await?;
+        if inserted.first().copied() != Some(new_count(&outcomes) as i64) {
             return Err(Error::Database("a renumbered batch did not insert every new message".into()));
         }
-    }
-
-    // Counters, activity times and the senders' cursors, one statement each.
-    let Moves { rooms, cursors } = moves(&batch, &outcomes);
-    if !rooms.is_empty() {
-        let rooms: Vec<(String, i64, i64)> = rooms.into_iter().map(|(id, seq, at)| (id.to_string(), seq, at)).collect();
-        sqlx::query(
-            "UPDATE rooms SET last_seq = (u.value ->> 1), last_activity = MAX(last_activity, u.value ->> 2)
-             FROM json_each(?1) AS u WHERE rooms.id = (u.value ->> 0)",
-        )
-        .bind(json(&rooms)?)
-        .execute(&mut *conn)
-        .await?;
-        let cursors: Vec<(String, &str, i64)> =
-            cursors.into_iter().map(|(room, user, seq)| (room.to_string(), user, seq)).collect();
-        sqlx::query(
-            "UPDATE members SET read_seq = MAX(read_seq, u.value ->> 2), delivered_seq = MAX(delivered_seq, u.value ->> 2)
-             FROM json_each(?1) AS u WHERE members.room_id = (u.value ->> 0) AND members.user_id = (u.value ->> 1)",
-        )
-        .bind(json(&cursors)?)
-        .execute(&mut *conn)
-        .await?;
     }
     answers(batch, outcomes)
 }

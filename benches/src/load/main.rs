@@ -724,7 +724,11 @@ async fn reconnect(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut Server
         let deadline = Instant::now() + Duration::from_secs(300);
         while pop.ctx.resumed.load(Relaxed) < pop.clients as u64 {
             if Instant::now() > deadline {
-                bail!("only {} of {} clients resumed within 300 s of drop {cycle}", pop.ctx.resumed.load(Relaxed), pop.clients);
+                bail!(
+                    "only {} of {} clients resumed within 300 s of drop {cycle}",
+                    pop.ctx.resumed.load(Relaxed),
+                    pop.clients
+                );
             }
             sleep(Duration::from_millis(5)).await;
         }
