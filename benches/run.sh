@@ -13,6 +13,9 @@
 #   benches/run.sh --only fanout,mix     some scenarios only
 #   benches/run.sh --render FILE   re-render the docs from a results file
 #
+#   NATIVE_ENV="CHAT_COMMIT_WINDOW_US=2000" benches/run.sh --only mix
+#                                  adds settings to our server's environment
+#
 # Every server listens on 127.0.0.1; clients connect from 127.0.0.1-4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,7 +77,7 @@ server_cmd() { # server scenario db
         native)
             echo "env CHAT_LISTEN=$NATIVE_ADDR CHAT_DATABASE_URL=sqlite://$3 CHAT_JWT_SECRET=$SECRET" \
                 "CHAT_COMMANDS_PER_SECOND=1000000 CHAT_COMMAND_BURST=1000000 CHAT_MAX_CONNECTIONS_PER_USER=16" \
-                "CHAT_MAX_ROOMS_PER_USER=100000 RUST_LOG=warn $PIN_SERVER $ROOT/target/release/chat-server" ;;
+                "CHAT_MAX_ROOMS_PER_USER=100000 RUST_LOG=warn ${NATIVE_ENV:-} $PIN_SERVER $ROOT/target/release/chat-server" ;;
         socketio)
             # The durable and reconnect scenarios need messages to outlive
             # the process: one better-sqlite3 commit per message.

@@ -1677,6 +1677,41 @@ async fn connections_per_user_are_limited() {
 // Shutdown
 // ---------------------------------------------------------------------------
 
+/// The value of one sample line of the engine's metrics.
+fn metric(engine: &Engine, name: &str) -> f64 {
+    let text = engine.encode_metrics();
+    let line = text.lines().find(|l| l.split_whitespace().next() == Some(name));
+    line.and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_commit_window_gathers_sends_into_one_commit() {
+    for (window, commits) in [(Duration::ZERO, 5.0), (Duration::from_millis(50), 1.0)] {
+        let engine = engine_with(EngineConfig { commit_window: window, ..EngineConfig::default() }).await;
+        let mut alice = connect(&engine, "alice").await;
+        let room = alice.group(Visibility::Private, &[]).await;
+        // Five sends 5 ms apart: each alone in its commit without a window,
+        // all in the first one with a 50 ms window.
+        for i in 0..5 {
+            alice.submit(send(room.id, &format!("c{i}"), "m")).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut acked = Vec::new();
+        while acked.len() < 5 {
+            match alice.next_within(WAIT).await {
+                Some(Output::Reply { result: Ok(Reply::Message { message }), .. }) => acked.push(message.seq),
+                Some(Output::Event(_)) => continue,
+                other => panic!("expected acks, got {other:?}"),
+            }
+        }
+        assert_eq!(acked, [1, 2, 3, 4, 5], "window {window:?}");
+        assert_eq!(metric(&engine, "chat_store_commit_batch_size_count"), commits, "window {window:?}");
+        assert_eq!(metric(&engine, "chat_store_commit_batch_size_sum"), 5.0, "window {window:?}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn shutdown_closes_sessions_and_commits_accepted_sends() {
     // A small batch makes the commit queue fill, so sends also wait for room.
