@@ -271,6 +271,12 @@ async fn write(app: &AppState, sink: &mut Sink, closed: &CloseSignal, frames: Ve
         sink.flush().await
     };
     tokio::pin!(work);
+    // A socket with room in its send buffer takes the frames at once; only a
+    // write that has to wait arms the timer and watches for the session's end,
+    // which saves a timer entry per write on the fan-out path.
+    if let Some(res) = work.as_mut().now_or_never() {
+        return res.map_err(|_| WriteEnd::Dead);
+    }
     tokio::select! {
         biased;
         res = timeout(app.config.write_timeout, &mut work) => return match res {

@@ -443,8 +443,12 @@ async fn settle(server: &ServerProcess) -> anyhow::Result<f64> {
     }
 }
 
+/// Fan-out steps run between the last passing and first failing rate.
+const REFINE_STEPS: usize = 2;
+
 /// Scenario 2: rooms × members, publish rate raised stepwise until a step
-/// loses a message or its delivery p99 passes 100 ms.
+/// loses a message or its delivery p99 passes 100 ms, then narrowed down by
+/// [`REFINE_STEPS`] bisection steps.
 async fn fanout(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerProcess) -> anyhow::Result<Outcome> {
     let rooms = args.rooms.unwrap_or(if args.quick { 10 } else { 100 });
     let members = args.members.unwrap_or(if args.quick { 10 } else { 100 });
@@ -467,7 +471,9 @@ async fn fanout(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerPro
     pop.set_phase(|p| p.send_every = None);
     pop.drain(Duration::from_secs(5)).await;
     let mut retried = false;
-    for _ in 0..max_steps {
+    let (mut passed, mut failed, mut refined) = (None::<f64>, None::<f64>, 0);
+    let refine_steps = if args.quick { 0 } else { REFINE_STEPS };
+    for _ in 0..max_steps + refine_steps {
         c.delivery.reset();
         c.ack.reset();
         let (d0, e0, a0, x0) = (
@@ -507,28 +513,51 @@ async fn fanout(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerPro
         });
         eprintln!("fanout step: {step}");
         steps.push(step.clone());
-        if lost > 0 || disconnects > 0 {
-            stop_reason = format!("loss at {rate:.0} messages/s ({lost} lost, {disconnects} disconnected)");
-            break;
-        }
-        if lat.p99_ms > 100.0 {
+        let failure = if lost > 0 || disconnects > 0 {
+            Some(format!("loss at {rate:.0} messages/s ({lost} lost, {disconnects} disconnected)"))
+        } else if lat.p99_ms > 100.0 {
             // The machine is shared: a step whose p99 alone fails is run
             // once more before it counts.
             if !retried {
                 retried = true;
                 continue;
             }
-            stop_reason = format!("p99 {} ms at {rate:.0} messages/s (twice)", lat.p99_ms);
-            break;
-        }
+            Some(format!("p99 {} ms at {rate:.0} messages/s (twice)", lat.p99_ms))
+        } else {
+            None
+        };
         retried = false;
-        best = Some(step);
-        rate *= factor;
+        match failure {
+            None => {
+                best = Some(step);
+                passed = Some(rate);
+            }
+            Some(reason) => {
+                stop_reason = reason;
+                // Clients that were cut off would spoil every later step.
+                if disconnects > 0 {
+                    break;
+                }
+                failed = Some(rate);
+            }
+        }
+        // Past the first failure, steps bisect (geometrically) between the
+        // highest passing rate and the lowest failing one, so that the figure
+        // is not only as fine as the 1.4× ladder.
+        rate = match (passed, failed) {
+            (_, None) => rate * factor,
+            (Some(low), Some(high)) if refined < refine_steps => {
+                refined += 1;
+                (low * high).sqrt()
+            }
+            _ => break,
+        };
     }
     let checks = pop.finish().await?;
     let params = json!({"rooms": rooms, "members": members, "body_bytes": 200, "step_seconds": step_secs,
         "settled_s": settled_s,
-        "publishers_per_room": publishers_per_room, "start_messages_per_s": start_rate, "rate_factor": factor});
+        "publishers_per_room": publishers_per_room, "start_messages_per_s": start_rate, "rate_factor": factor,
+        "refine_steps": refine_steps});
     let best_rate = best.as_ref().map(|b| b["deliveries_per_s"].clone()).unwrap_or(json!(0));
     Ok((
         params,

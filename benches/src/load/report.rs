@@ -168,21 +168,31 @@ pub(crate) fn markdown(run: &Value, svg_name: &str) -> anyhow::Result<String> {
 
     // 2. Fan-out.
     writeln!(m, "### 2. Room fan-out\n")?;
-    writeln!(m, "| server | highest zero-loss deliveries/s | at messages/s | p99 there | stopped by |")?;
-    writeln!(m, "|---|---:|---:|---:|---|")?;
+    writeln!(
+        m,
+        "| server | highest zero-loss deliveries/s | at messages/s | p99 there | server CPU µs per delivery there | stopped by |"
+    )?;
+    writeln!(m, "|---|---:|---:|---:|---:|---|")?;
     let mut fan = [None, None];
     for (i, server) in ["native", "socketio"].iter().enumerate() {
         if let Some(r) = find(run, "fanout", server) {
             let res = &r["result"];
             let best = &res["best_step"];
             fan[i] = num(&res["max_zero_loss_deliveries_per_s"]);
+            // CPU over the step and its drain, per delivery made in the step.
+            let per_delivery = match (num(&best["server_cpu_s"]), num(&best["deliveries_per_s"]), num(&best["seconds"]))
+            {
+                (Some(cpu), Some(rate), Some(secs)) if rate > 0.0 => Some(cpu / (rate * secs) * 1e6),
+                _ => None,
+            };
             writeln!(
                 m,
-                "| {} | {} | {} | {} ms | {} |",
+                "| {} | {} | {} | {} ms | {} | {} |",
                 label(server),
                 fmt(fan[i], 0),
                 fmt(num(&best["messages_per_s"]), 0),
                 fmt(num(&best["delivery_latency"]["p99_ms"]), 1),
+                fmt(per_delivery, 1),
                 res["stop_reason"].as_str().unwrap_or("—")
             )?;
         }
@@ -350,12 +360,15 @@ pub(crate) fn svg(run: &Value) -> String {
             let points = find(run, "fanout", server)
                 .and_then(|r| r["result"]["steps"].as_array())
                 .map(|steps| {
-                    steps
+                    // Bisection steps come after the failing one: plot by rate.
+                    let mut points: Vec<(f64, f64)> = steps
                         .iter()
                         .filter_map(|s| {
                             Some((num(&s["deliveries_per_s"])?, num(&s["delivery_latency"]["p99_ms"])?.max(0.01)))
                         })
-                        .collect()
+                        .collect();
+                    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    points
                 })
                 .unwrap_or_default();
             (label(server), *colour, points)
