@@ -23,6 +23,11 @@ impl ServerProcess {
     /// Starts `command` with `sh -c "exec …"`, its output appended to `log`,
     /// and waits until `addr` accepts connections.
     pub(crate) async fn start(command: &str, log: &str, addr: SocketAddr) -> anyhow::Result<ServerProcess> {
+        // A server left over from an interrupted run would take the clients
+        // while the new one fails to bind, and the figures would be its own.
+        if TcpStream::connect(addr).await.is_ok() {
+            bail!("something already listens on {addr}, perhaps a server left from an earlier run; stop it first");
+        }
         let child = spawn(command, log)?;
         let mut server = ServerProcess { command: command.to_owned(), log: log.to_owned(), addr, child };
         server.wait_listening().await?;
