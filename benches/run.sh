@@ -16,20 +16,28 @@
 #   NATIVE_ENV="CHAT_COMMIT_WINDOW_US=2000" benches/run.sh --only mix
 #                                  adds settings to our server's environment
 #
+# The durable-pg scenario runs both servers on PostgreSQL, at
+# CHAT_BENCH_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/postgres;
+# the role must be allowed to create databases). Each server gets a fresh
+# database, chat_bench_native or chat_bench_socketio, dropped afterwards. When
+# PostgreSQL cannot be reached the scenario is skipped with a warning, unless
+# CI=true, where that is an error.
+#
 # Every server listens on 127.0.0.1; clients connect from 127.0.0.1-4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 MODE=full
-SCENARIOS="fanout mix durable idle reconnect"
+ALL_SCENARIOS="fanout mix durable durable-pg idle reconnect"
+SCENARIOS=$ALL_SCENARIOS
 RENDER_ONLY=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) MODE=quick ;;
         --only) SCENARIOS=$(echo "$2" | tr ',' ' '); shift ;;
         --render) RENDER_ONLY="$2"; shift ;;
-        *) echo "usage: $0 [--quick] [--only idle,fanout,mix,durable,reconnect] [--render results.json]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--quick] [--only idle,fanout,mix,durable,durable-pg,reconnect] [--render results.json]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -72,17 +80,42 @@ SIO_PORT=19090
 QUICK_FLAGS=()
 [ "$MODE" = quick ] && QUICK_FLAGS=(--quick)
 
+PG_URL=${CHAT_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+# The URL of another database on the same PostgreSQL server.
+pg_db_url() { # name
+    local base=${PG_URL%%\?*} query=""
+    [ "$base" != "$PG_URL" ] && query="?${PG_URL#*\?}"
+    echo "${base%/*}/$1$query"
+}
+# Drops and creates a database, so that each run starts empty.
+pg_fresh_db() { # name
+    PGOPTIONS="-c client_min_messages=warning" psql "$PG_URL" -qAtX -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" >/dev/null
+}
+if [[ " $SCENARIOS " == *" durable-pg "* ]] && ! psql "$PG_URL" -qAtX -c "SELECT 1" >/dev/null 2>&1; then
+    if [ "${CI:-}" = true ]; then
+        echo "error: PostgreSQL is not reachable at $PG_URL, and the durable-pg scenario needs it" >&2
+        exit 1
+    fi
+    echo "warning: PostgreSQL is not reachable at $PG_URL (set CHAT_BENCH_POSTGRES_URL); skipping durable-pg" >&2
+    SCENARIOS=$(echo " $SCENARIOS " | sed 's/ durable-pg / /; s/^ *//; s/ *$//')
+fi
+
 server_cmd() { # server scenario db
+    local db="sqlite://$3"
+    if [ "$2" = durable-pg ]; then db=$(pg_db_url "chat_bench_$1"); fi
     case "$1" in
         native)
-            echo "env CHAT_LISTEN=$NATIVE_ADDR CHAT_DATABASE_URL=sqlite://$3 CHAT_JWT_SECRET=$SECRET" \
+            echo "env CHAT_LISTEN=$NATIVE_ADDR CHAT_DATABASE_URL=$db CHAT_JWT_SECRET=$SECRET" \
                 "CHAT_COMMANDS_PER_SECOND=1000000 CHAT_COMMAND_BURST=1000000 CHAT_MAX_CONNECTIONS_PER_USER=16" \
                 "CHAT_MAX_ROOMS_PER_USER=100000 RUST_LOG=warn ${NATIVE_ENV:-} $PIN_SERVER $ROOT/target/release/chat-server" ;;
         socketio)
             # The durable and reconnect scenarios need messages to outlive
-            # the process: one better-sqlite3 commit per message.
+            # the process: one better-sqlite3 (or PostgreSQL) commit per message.
             local durable=""
-            case "$2" in durable|reconnect) durable="--durable $3" ;; esac
+            case "$2" in
+                durable|reconnect) durable="--durable $3" ;;
+                durable-pg) durable="--durable-pg $db" ;;
+            esac
             echo "env CHAT_JWT_SECRET=$SECRET $PIN_SERVER node $ROOT/benches/socketio-ref/server.js" \
                 "--port $SIO_PORT $durable" ;;
     esac
@@ -94,12 +127,16 @@ for scenario in $SCENARIOS; do
         if [ "$server" = native ]; then addr=$NATIVE_ADDR; else addr=127.0.0.1:$SIO_PORT; fi
         out="$WORK/$scenario-$server.json"
         echo "== $scenario on $server"
+        [ "$scenario" = durable-pg ] && pg_fresh_db "chat_bench_$server"
         $PIN_LOAD "$LOAD" run --proto "$server" --scenario "$scenario" --addr "$addr" \
             --server-cmd "$(server_cmd "$server" "$scenario" "$WORK/$scenario-$server.db")" \
             --server-log "$WORK/$scenario-$server.log" --fsync-dir "$WORK" \
             --out "$out" "${QUICK_FLAGS[@]}" > /dev/null \
             || { echo "chat-load failed; server log:" >&2; tail -20 "$WORK/$scenario-$server.log" >&2; exit 1; }
         FILES+=("$out")
+        if [ "$scenario" = durable-pg ]; then
+            psql "$PG_URL" -qAtX -c "DROP DATABASE IF EXISTS chat_bench_$server WITH (FORCE)" >/dev/null
+        fi
     done
 done
 
@@ -117,7 +154,7 @@ MACHINE=$(printf '{"nproc":%s,"cpu":"%s","mem_mib":%s,"kernel":"%s","node":"%s",
     "$SERVER_CORE" "$LOAD_CORE")
 COMMAND="benches/run.sh"
 [ "$MODE" = quick ] && COMMAND="benches/run.sh --quick"
-[ "$SCENARIOS" != "fanout mix durable idle reconnect" ] && COMMAND="$COMMAND --only $(echo $SCENARIOS | tr ' ' ',')"
+[ "$SCENARIOS" != "$ALL_SCENARIOS" ] && COMMAND="$COMMAND --only $(echo $SCENARIOS | tr ' ' ',')"
 "$LOAD" combine --out "$RESULTS" --machine "$MACHINE" --mode "$MODE" --command "$COMMAND" --date "$DATE" "${FILES[@]}"
 
 if [ "$MODE" = full ]; then

@@ -97,7 +97,17 @@ enum Scenario {
     Fanout,
     Mix,
     Durable,
+    /// The durable scenario with each server on PostgreSQL (the server
+    /// command names the database; the load is the same).
+    DurablePg,
     Reconnect,
+}
+
+impl Scenario {
+    /// The name in results files, as given on the command line.
+    fn name(self) -> String {
+        self.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -251,7 +261,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Value> {
         Scenario::Idle => idle(&args, &mut server).await?,
         Scenario::Fanout => fanout(&args, proto.clone(), &mut server).await?,
         Scenario::Mix => mix(&args, proto.clone(), &mut server).await?,
-        Scenario::Durable => durable(&args, proto.clone(), &mut server).await?,
+        Scenario::Durable | Scenario::DurablePg => durable(&args, proto.clone(), &mut server).await?,
         Scenario::Reconnect => reconnect(&args, proto.clone(), &mut server).await?,
     };
     server.stop().await?;
@@ -260,7 +270,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Value> {
         "loadavg_before": load_before,
         "loadavg_after": load_after,
         "server": proto.name(),
-        "scenario": format!("{:?}", args.scenario).to_lowercase(),
+        "scenario": args.scenario.name(),
         "quick": args.quick,
         "started_unix": started,
         "params": params,
