@@ -108,6 +108,14 @@ pub struct SqliteConfig {
     /// Connections that serve reads concurrently (at least 1). Unused for an
     /// in-memory database, which has one connection.
     pub max_read_connections: u32,
+    /// How many pages the write-ahead log collects before the commit that
+    /// passes this size copies them back into the database file (SQLite's
+    /// `wal_autocheckpoint`); the `-wal` file is also cut back to about this
+    /// size after it resets. Larger means fewer checkpoints, each writing back
+    /// a hot index page once for many commits, and a larger `-wal` file: the
+    /// default, 16 384, is 64 MiB at SQLite's usual 4 KiB page. SQLite's own
+    /// default is 1 000. At least 1.
+    pub wal_autocheckpoint_pages: u32,
 }
 
 impl SqliteConfig {
@@ -118,6 +126,7 @@ impl SqliteConfig {
             synchronous: Synchronous::Full,
             busy_timeout: Duration::from_secs(5),
             max_read_connections: 4,
+            wal_autocheckpoint_pages: 16_384,
         }
     }
 
@@ -153,7 +162,7 @@ impl SqliteStore {
     pub async fn connect(config: SqliteConfig) -> Result<Self> {
         let base = base_options(&config)?;
         let memory = config.is_memory();
-        let writer_options = if memory { base.clone() } else { base.clone().journal_mode(SqliteJournalMode::Wal) };
+        let writer_options = if memory { base.clone() } else { wal_options(base.clone(), &config) };
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             // Keeping the connection open keeps its statement cache warm, and
@@ -190,7 +199,7 @@ impl SqliteStore {
     pub async fn migrate(config: SqliteConfig) -> Result<()> {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(base_options(&config)?.journal_mode(SqliteJournalMode::Wal).create_if_missing(true))
+            .connect_with(wal_options(base_options(&config)?, &config).create_if_missing(true))
             .await?;
         let result = migrate_pool(&writer).await;
         writer.close().await;
@@ -235,6 +244,18 @@ fn base_options(config: &SqliteConfig) -> Result<SqliteConnectOptions> {
         .foreign_keys(true)
         .busy_timeout(config.busy_timeout)
         .synchronous(config.synchronous.to_sqlx()))
+}
+
+/// The writer's options for a database file: write-ahead logging, and when to
+/// checkpoint. Only a connection that commits ever checkpoints, so readers
+/// keep SQLite's defaults.
+fn wal_options(base: SqliteConnectOptions, config: &SqliteConfig) -> SqliteConnectOptions {
+    let pages = config.wal_autocheckpoint_pages.max(1);
+    base.journal_mode(SqliteJournalMode::Wal)
+        .pragma("wal_autocheckpoint", pages.to_string())
+        // In bytes; the usual page size. Without a limit, a log that once grew
+        // long (a reader holding back a checkpoint) keeps its size on disk.
+        .pragma("journal_size_limit", (u64::from(pages) * 4096).to_string())
 }
 
 /// Refuses a database migrated by a newer build, then applies what is missing.
@@ -976,5 +997,19 @@ mod tests {
     fn the_schema_version_is_the_newest_migration() {
         assert_eq!(MIGRATIONS.iter().map(|m| m.0).max(), Some(SqliteStore::SCHEMA_VERSION));
         assert!(MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0), "migrations are listed oldest first");
+    }
+
+    #[tokio::test]
+    async fn the_writer_checkpoints_at_the_configured_size() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut config = SqliteConfig::from_url(format!("sqlite://{}", dir.path().join("c.db").display()));
+        config.wal_autocheckpoint_pages = 123;
+        let store = SqliteStore::connect(config).await?;
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&store.writer).await?;
+        let pages: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint").fetch_one(&store.writer).await?;
+        let limit: i64 = sqlx::query_scalar("PRAGMA journal_size_limit").fetch_one(&store.writer).await?;
+        assert_eq!((mode.as_str(), pages, limit), ("wal", 123, 123 * 4096));
+        store.close().await;
+        Ok(())
     }
 }

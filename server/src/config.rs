@@ -74,6 +74,9 @@ pub struct Config {
     pub database_url: String,
     /// SQLite `synchronous`: `full` (an ack survives power loss), `normal` or `off`.
     pub sqlite_synchronous: String,
+    /// SQLite: pages the write-ahead log collects before a commit copies them
+    /// back into the database file (`wal_autocheckpoint`; 16 384 = 64 MiB).
+    pub sqlite_wal_autocheckpoint_pages: u32,
     /// Most database connections this server opens: the PostgreSQL pool, or
     /// SQLite's read connections (SQLite always writes through one).
     pub database_max_connections: u32,
@@ -241,6 +244,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: "sqlite://chat.db".into(),
             sqlite_synchronous: "full".into(),
+            sqlite_wal_autocheckpoint_pages: 16_384,
             database_max_connections: 10,
             database_statement_timeout_ms: 5_000,
             database_acquire_timeout_ms: 2_000,
@@ -311,6 +315,9 @@ impl Config {
         chat_store_sql::Synchronous::parse(&self.sqlite_synchronous).with_context(|| {
             format!("sqlite_synchronous must be full, normal or off, not {:?}", self.sqlite_synchronous)
         })?;
+        if self.sqlite_wal_autocheckpoint_pages == 0 {
+            bail!("sqlite_wal_autocheckpoint_pages must be positive (the log would grow without a bound)");
+        }
         if self.max_frame_bytes < 1024 {
             bail!("max_frame_bytes must be at least 1024");
         }
@@ -450,6 +457,8 @@ mod tests {
         assert!(c.validate().is_err());
         c.database_statement_timeout_ms = 100;
         assert!(c.validate().is_ok());
+        c.sqlite_wal_autocheckpoint_pages = 0;
+        assert!(c.validate().is_err(), "a log never checkpointed grows without a bound");
     }
 
     // figment's test jail returns its own large error type.
