@@ -524,37 +524,39 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
     // call is a hand-off between threads, which costs more than the
     // statements). `changes()` tells whether the unique index skipped a row.
     let mut outcomes = plan(&batch, &last_seqs, &HashMap::new());
-    let (rooms, cursors) = moves_json(&batch, &outcomes)?;
-    let inserted: Vec<i64> = sqlx::query_scalar(concat!(
-        "SAVEPOINT planned; ",
-        insert_skipping_stored!(),
-        "; SELECT changes(); ",
-        apply_moves!()
-    ))
-    .bind(planned_rows(&batch, &outcomes)?)
-    .bind(rooms)
-    .bind(cursors)
-    .fetch_all(&mut *conn)
-    .await?;
-    if inserted.first().copied() != Some(new_count(&outcomes) as i64) {
+    const PLANNED: &str =
+        concat!("SAVEPOINT planned; ", insert_skipping_stored!(), "; SELECT changes(); ", apply_moves!());
+    if !insert_planned(conn, PLANNED, &batch, &outcomes).await? {
         // A retry of a stored message: undo the numbered batch and renumber
         // it around the stored copies.
         sqlx::raw_sql("ROLLBACK TO planned").execute(&mut *conn).await?;
         let stored = stored_copies(conn, &batch).await?;
         outcomes = plan(&batch, &last_seqs, &stored);
-        let (rooms, cursors) = moves_json(&batch, &outcomes)?;
-        let inserted: Vec<i64> =
-            sqlx::query_scalar(concat!(insert_skipping_stored!(), "; SELECT changes(); ", apply_moves!()))
-                .bind(planned_rows(&batch, &outcomes)?)
-                .bind(rooms)
-                .bind(cursors)
-                .fetch_all(&mut *conn)
-                .await?;
-        if inserted.first().copied() != Some(new_count(&outcomes) as i64) {
+        const RENUMBERED: &str = concat!(insert_skipping_stored!(), "; SELECT changes(); ", apply_moves!());
+        if !insert_planned(conn, RENUMBERED, &batch, &outcomes).await? {
             return Err(Error::Database("a renumbered batch did not insert every new message".into()));
         }
     }
     answers(batch, outcomes)
+}
+
+/// Runs `sql`, which inserts the batch's rows as `outcomes` numbered them
+/// (skipping rows already stored), reports `changes()`, and moves the counters
+/// and cursors. True when every new message was inserted.
+async fn insert_planned(
+    conn: &mut SqliteConnection,
+    sql: &'static str,
+    batch: &[NewMessage],
+    outcomes: &[Outcome],
+) -> Result<bool> {
+    let (rooms, cursors) = moves_json(batch, outcomes)?;
+    let inserted: Vec<i64> = sqlx::query_scalar(sql)
+        .bind(planned_rows(batch, outcomes)?)
+        .bind(rooms)
+        .bind(cursors)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(inserted.first().copied() == Some(new_count(outcomes) as i64))
 }
 
 impl SqliteStore {
