@@ -101,16 +101,7 @@ function memoryStore() {
       const key = `${sender}\u0000${clientMsgId}`;
       const existing = r.byClientId.get(key);
       if (existing !== undefined) return { message: r.messages[existing - 1], fresh: false };
-      const seq = ++r.lastSeq;
-      const message = {
-        id: crypto.randomUUID(),
-        room_id: name,
-        seq,
-        sender_id: sender,
-        client_msg_id: clientMsgId,
-        body,
-        created_at: new Date().toISOString(),
-      };
+      const message = newMessage(name, ++r.lastSeq, sender, clientMsgId, body);
       r.messages.push(message);
       r.byClientId.set(key, seq);
       return { message, fresh: true };
@@ -121,6 +112,32 @@ function memoryStore() {
       const page = r.messages.slice(afterSeq, afterSeq + limit + 1);
       return { messages: page.slice(0, limit), has_more: page.length > limit };
     },
+  };
+}
+
+// A new message as the clients see it.
+function newMessage(room, seq, sender, clientMsgId, body) {
+  return {
+    id: crypto.randomUUID(),
+    room_id: room,
+    seq,
+    sender_id: sender,
+    client_msg_id: clientMsgId,
+    body,
+    created_at: new Date().toISOString(),
+  };
+}
+
+// A stored message row (SQLite or PostgreSQL) as the clients see it.
+function fromRow(m) {
+  return {
+    id: m.id,
+    room_id: m.room,
+    seq: Number(m.seq),
+    sender_id: m.sender_id,
+    client_msg_id: m.client_msg_id,
+    body: m.body,
+    created_at: new Date(m.created_at).toISOString(),
   };
 }
 
@@ -146,31 +163,13 @@ function sqliteStore(file) {
     "INSERT INTO messages (room, seq, id, sender_id, client_msg_id, body, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
   );
   const page = db.prepare("SELECT * FROM messages WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?");
-  const row = (m) => ({
-    id: m.id,
-    room_id: m.room,
-    seq: m.seq,
-    sender_id: m.sender_id,
-    client_msg_id: m.client_msg_id,
-    body: m.body,
-    created_at: m.created_at,
-  });
   // One transaction, so one commit (and with synchronous=FULL one WAL fsync),
   // per message.
   const append = db.transaction((name, sender, clientMsgId, body) => {
     const dup = findDup.get(name, sender, clientMsgId);
-    if (dup) return { message: row(dup), fresh: false };
-    const seq = upsertRoom.get(name);
-    const message = {
-      id: crypto.randomUUID(),
-      room_id: name,
-      seq,
-      sender_id: sender,
-      client_msg_id: clientMsgId,
-      body,
-      created_at: new Date().toISOString(),
-    };
-    insert.run(name, seq, message.id, sender, clientMsgId, body, message.created_at);
+    if (dup) return { message: fromRow(dup), fresh: false };
+    const message = newMessage(name, upsertRoom.get(name), sender, clientMsgId, body);
+    insert.run(name, message.seq, message.id, sender, clientMsgId, body, message.created_at);
     return { message, fresh: true };
   });
   return {
@@ -180,7 +179,7 @@ function sqliteStore(file) {
     append,
     history(name, afterSeq, limit) {
       const rows = page.all(name, afterSeq, limit + 1);
-      return { messages: rows.slice(0, limit).map(row), has_more: rows.length > limit };
+      return { messages: rows.slice(0, limit).map(fromRow), has_more: rows.length > limit };
     },
     close() {
       db.close();
@@ -203,15 +202,6 @@ async function postgresStore(url) {
       PRIMARY KEY (room, seq));
     CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency ON messages (room, sender_id, client_msg_id);
   `);
-  const row = (m) => ({
-    id: m.id,
-    room_id: m.room,
-    seq: Number(m.seq),
-    sender_id: m.sender_id,
-    client_msg_id: m.client_msg_id,
-    body: m.body,
-    created_at: new Date(m.created_at).toISOString(),
-  });
   // The tail of each room's chain of sends: a send starts after the previous
   // one to its room has committed, so broadcasts leave in seq order.
   const tails = new Map();
@@ -225,21 +215,13 @@ async function postgresStore(url) {
       );
       if (dup.rows.length > 0) {
         await client.query("COMMIT");
-        return { message: row(dup.rows[0]), fresh: false };
+        return { message: fromRow(dup.rows[0]), fresh: false };
       }
       const counter = await client.query(
         "INSERT INTO rooms (name, last_seq) VALUES ($1, 1) ON CONFLICT (name) DO UPDATE SET last_seq = rooms.last_seq + 1 RETURNING last_seq",
         [name],
       );
-      const message = {
-        id: crypto.randomUUID(),
-        room_id: name,
-        seq: Number(counter.rows[0].last_seq),
-        sender_id: sender,
-        client_msg_id: clientMsgId,
-        body,
-        created_at: new Date().toISOString(),
-      };
+      const message = newMessage(name, Number(counter.rows[0].last_seq), sender, clientMsgId, body);
       await client.query(
         "INSERT INTO messages (room, seq, id, sender_id, client_msg_id, body, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         [name, message.seq, message.id, sender, clientMsgId, body, message.created_at],
@@ -273,7 +255,7 @@ async function postgresStore(url) {
         afterSeq,
         limit + 1,
       ]);
-      return { messages: r.rows.slice(0, limit).map(row), has_more: r.rows.length > limit };
+      return { messages: r.rows.slice(0, limit).map(fromRow), has_more: r.rows.length > limit };
     },
     close() {
       return pool.end();
