@@ -87,9 +87,14 @@ pg_db_url() { # name
     [ "$base" != "$PG_URL" ] && query="?${PG_URL#*\?}"
     echo "${base%/*}/$1$query"
 }
+# Drops a database if it exists, even with sessions still on it.
+pg_drop_db() { # name
+    PGOPTIONS="-c client_min_messages=warning" psql "$PG_URL" -qAtX -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" >/dev/null
+}
 # Drops and creates a database, so that each run starts empty.
 pg_fresh_db() { # name
-    PGOPTIONS="-c client_min_messages=warning" psql "$PG_URL" -qAtX -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" >/dev/null
+    pg_drop_db "$1"
+    psql "$PG_URL" -qAtX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $1" >/dev/null
 }
 if [[ " $SCENARIOS " == *" durable-pg "* ]] && ! psql "$PG_URL" -qAtX -c "SELECT 1" >/dev/null 2>&1; then
     if [ "${CI:-}" = true ]; then
@@ -134,9 +139,7 @@ for scenario in $SCENARIOS; do
             --out "$out" "${QUICK_FLAGS[@]}" > /dev/null \
             || { echo "chat-load failed; server log:" >&2; tail -20 "$WORK/$scenario-$server.log" >&2; exit 1; }
         FILES+=("$out")
-        if [ "$scenario" = durable-pg ]; then
-            psql "$PG_URL" -qAtX -c "DROP DATABASE IF EXISTS chat_bench_$server WITH (FORCE)" >/dev/null
-        fi
+        [ "$scenario" = durable-pg ] && pg_drop_db "chat_bench_$server"
     done
 done
 
