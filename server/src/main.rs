@@ -9,6 +9,26 @@ use chat_server::{Config, LogFormat};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc, not the system allocator: after a reconnect storm glibc keeps
+/// the storm's peak and fragments further with each one, where jemalloc gives
+/// the pages back (docs/BENCHMARKS.md, "Reconnect storms: memory").
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read once before the first allocation, so before
+/// `main`: freed pages go back to the OS after one second instead of ten, so
+/// that a storm's peak does not linger. `_RJEM_MALLOC_CONF` in the
+/// environment still overrides them. The background thread (enabled at build
+/// time) does the purging, off the request path.
+///
+/// jemalloc declares this symbol weak, for the program to define; defining an
+/// exported symbol is the one `unsafe` the workspace allows.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[allow(unsafe_code)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 20] = b"dirty_decay_ms:1000\0";
+
 #[derive(Parser)]
 #[command(name = "chat-server", version, about = "The reference chat server")]
 struct Cli {
