@@ -103,7 +103,7 @@ function memoryStore() {
       if (existing !== undefined) return { message: r.messages[existing - 1], fresh: false };
       const message = newMessage(name, ++r.lastSeq, sender, clientMsgId, body);
       r.messages.push(message);
-      r.byClientId.set(key, seq);
+      r.byClientId.set(key, message.seq);
       return { message, fresh: true };
     },
     history(name, afterSeq, limit) {

@@ -131,7 +131,8 @@ struct RunArgs {
     /// Small counts and a few seconds, for CI.
     #[arg(long)]
     quick: bool,
-    /// Exit with status 3 when any message was lost, repeated or out of order.
+    /// Exit with status 3 when any message was lost, repeated or out of
+    /// order, a send was refused, or none was acknowledged.
     #[arg(long)]
     strict: bool,
     /// Write the JSON result here too.
@@ -238,11 +239,9 @@ fn main() -> anyhow::Result<()> {
             if let Some(path) = out {
                 std::fs::write(&path, &text).with_context(|| format!("writing {path}"))?;
             }
-            let checks = &result["checks"];
-            let bad =
-                ["lost", "duplicated", "out_of_order"].iter().map(|k| checks[*k].as_u64().unwrap_or(0)).sum::<u64>();
-            if strict && bad > 0 {
-                eprintln!("FAILED: lost, duplicated or out-of-order messages: {checks}");
+            let bad = report::problems(&result["checks"]);
+            if strict && !bad.is_empty() {
+                eprintln!("FAILED: {}", bad.join(", "));
                 std::process::exit(3);
             }
             Ok(())

@@ -15,12 +15,7 @@ pub(crate) const END: &str = "<!-- socketio-comparison:end -->";
 pub(crate) fn check(run: &Value) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     for r in runs(run)? {
-        let c = &r["checks"];
-        let bad: Vec<String> = ["lost", "duplicated", "out_of_order", "failed_connections", "disconnects"]
-            .iter()
-            .filter(|k| c[**k].as_u64().unwrap_or(0) > 0)
-            .map(|k| format!("{k} {}", c[*k]))
-            .collect();
+        let bad = problems(&r["checks"]);
         let state = if bad.is_empty() { "ok".to_owned() } else { bad.join(", ") };
         println!("{:<10} {:<9} {state}", r["scenario"].as_str().unwrap_or("?"), r["server"].as_str().unwrap_or("?"));
         if !bad.is_empty() {
@@ -31,6 +26,22 @@ pub(crate) fn check(run: &Value) -> anyhow::Result<()> {
         bail!("{}", failures.join("; "));
     }
     Ok(())
+}
+
+/// What is wrong in one run's checks: any lost, duplicated or out-of-order
+/// message, failed connection, disconnect or refused send, and a run that
+/// sent messages of which none was acknowledged (it measured nothing).
+pub(crate) fn problems(c: &Value) -> Vec<String> {
+    let mut bad: Vec<String> =
+        ["lost", "duplicated", "out_of_order", "failed_connections", "disconnects", "send_errors"]
+            .iter()
+            .filter(|k| c[**k].as_u64().unwrap_or(0) > 0)
+            .map(|k| format!("{k} {}", c[*k]))
+            .collect();
+    if c.get("messages_sent").is_some() && c["messages_acked"].as_u64().unwrap_or(0) == 0 {
+        bad.push(format!("no send acknowledged of {}", c["messages_sent"]));
+    }
+    bad
 }
 
 fn runs(run: &Value) -> anyhow::Result<&Vec<Value>> {
@@ -484,5 +495,17 @@ mod tests {
         let out = splice(&doc, "new");
         assert!(out.starts_with("head\n") && out.ends_with("\ntail\n") && out.contains("new") && !out.contains("old"));
         assert!(splice("head", "x").contains(BEGIN));
+    }
+
+    #[test]
+    fn a_run_with_refused_or_unacknowledged_sends_fails_its_checks() {
+        let clean = serde_json::json!({"messages_sent": 10, "messages_acked": 10, "send_errors": 0, "lost": 0});
+        assert!(problems(&clean).is_empty());
+        let refused = serde_json::json!({"messages_sent": 10, "messages_acked": 0, "send_errors": 10, "lost": 0});
+        assert_eq!(problems(&refused), ["send_errors 10", "no send acknowledged of 10"]);
+        let lost = serde_json::json!({"messages_sent": 10, "messages_acked": 9, "lost": 1, "duplicated": 0});
+        assert_eq!(problems(&lost), ["lost 1"]);
+        // Idle runs send nothing and have nothing to acknowledge.
+        assert!(problems(&serde_json::json!({"failed_connections": 0})).is_empty());
     }
 }
