@@ -52,6 +52,7 @@ const MIGRATIONS: &[migrate::Embedded] = &[
     (3, "support queue", include_str!("../migrations/postgres/0003_support_queue.sql")),
     (4, "room claim and close", include_str!("../migrations/postgres/0004_room_claim_close.sql")),
     (5, "bridge lease", include_str!("../migrations/postgres/0005_bridge_lease.sql")),
+    (6, "hot updates", include_str!("../migrations/postgres/0006_hot_updates.sql")),
 ];
 
 /// Settings of a [`PostgresStore`]. Start from [`PostgresConfig::from_url`] and
@@ -312,6 +313,13 @@ async fn create_room_in(conn: &mut PgConnection, new: NewRoom, direct_key: Optio
             .ok_or_else(|| Error::Database("a room insert was skipped with no direct room to return".into()))?;
         return Ok((room_from_row(&row)?, false));
     }
+    if new.kind == RoomKind::Support {
+        sqlx::query("INSERT INTO support_queue (room_id, last_activity) VALUES ($1, $2)")
+            .bind(new.id.as_uuid())
+            .bind(created_at)
+            .execute(&mut *conn)
+            .await?;
+    }
     let users: Vec<&str> = new.members.iter().map(|(user, _)| user.as_str()).collect();
     let roles: Vec<&str> = new.members.iter().map(|(_, role)| role.as_str()).collect();
     // WITH ORDINALITY keeps the list's order, so `pos` follows it.
@@ -471,8 +479,12 @@ async fn append_in(conn: &mut PgConnection, batch: Vec<NewMessage>) -> Result<Ve
         let seqs: Vec<i64> = rooms.iter().map(|r| r.1).collect();
         let times: Vec<i64> = rooms.iter().map(|r| r.2).collect();
         sqlx::query(
-            "UPDATE rooms SET last_seq = u.seq, last_activity = GREATEST(rooms.last_activity, u.at)
-             FROM unnest($1::uuid[], $2::int8[], $3::int8[]) AS u(id, seq, at) WHERE rooms.id = u.id",
+            "WITH r AS (
+                 UPDATE rooms SET last_seq = u.seq, last_activity = GREATEST(rooms.last_activity, u.at)
+                 FROM unnest($1::uuid[], $2::int8[], $3::int8[]) AS u(id, seq, at) WHERE rooms.id = u.id
+                 RETURNING rooms.id, rooms.kind, rooms.last_activity)
+             UPDATE support_queue q SET last_activity = r.last_activity FROM r
+             WHERE q.room_id = r.id AND r.kind = 'support'",
         )
         .bind(&ids)
         .bind(&seqs)
@@ -680,7 +692,9 @@ impl Store for PostgresStore {
             let rows = sqlx::query(concat!(
                 "SELECT ",
                 room_cols!(),
-                " FROM rooms WHERE kind = 'support' ORDER BY last_activity DESC, id DESC LIMIT $1"
+                " FROM rooms JOIN (SELECT room_id, last_activity AS activity FROM support_queue
+                   ORDER BY last_activity DESC, room_id DESC LIMIT $1) AS q ON q.room_id = rooms.id
+                 ORDER BY q.activity DESC, rooms.id DESC"
             ))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)

@@ -70,7 +70,17 @@ async fn a_fresh_schema_is_migrated_once_even_by_racing_processes() {
     .expect("tables");
     assert_eq!(
         tables,
-        ["_sqlx_migrations", "bridge_jobs", "bridge_leases", "bridge_links", "members", "messages", "rooms", "users"]
+        [
+            "_sqlx_migrations",
+            "bridge_jobs",
+            "bridge_leases",
+            "bridge_links",
+            "members",
+            "messages",
+            "rooms",
+            "support_queue",
+            "users"
+        ]
     );
     for store in stores {
         store.close().await;
@@ -333,4 +343,94 @@ async fn explain(conn: &mut PgConnection, sql: &str) -> String {
     let lines: Vec<String> =
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}"))).fetch_all(&mut *conn).await.expect("explain");
     lines.join("\n")
+}
+
+/// Every send moves its room's counter and activity time and its sender's
+/// cursors. PostgreSQL updates a row in place (HOT) only when no index holds
+/// a changed column, in its key, its INCLUDE list, an expression or a
+/// partial index's predicate; otherwise each send adds an entry to every
+/// index of the table and leaves a dead row behind.
+#[tokio::test]
+async fn no_index_holds_a_column_that_sends_move() {
+    let Some(schema) = TempSchema::create("no_index_holds_a_column_that_sends_move").await else {
+        return;
+    };
+    connect(&schema).await.close().await;
+    let mut conn = raw(&schema).await;
+    let found: Vec<(String, String)> = sqlx::query_as(
+        "SELECT i.indexrelid::regclass::text, c.col
+         FROM pg_index i
+         CROSS JOIN unnest(ARRAY['last_seq', 'last_activity', 'read_seq', 'delivered_seq']) AS c(col)
+         WHERE i.indrelid IN ('rooms'::regclass, 'members'::regclass)
+           AND (EXISTS (SELECT 1 FROM pg_attribute a
+                        WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) AND a.attname = c.col)
+                OR coalesce(pg_get_expr(i.indexprs, i.indrelid), '') LIKE '%' || c.col || '%'
+                OR coalesce(pg_get_expr(i.indpred, i.indrelid), '') LIKE '%' || c.col || '%')",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("read the indexes");
+    assert!(found.is_empty(), "indexes holding a column every send moves: {found:?}");
+    let options: Vec<String> = sqlx::query_scalar(
+        "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid IN ('rooms'::regclass, 'members'::regclass)",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("read the table options");
+    assert_eq!(options, ["fillfactor=80", "fillfactor=80"], "pages keep room for updated rows");
+}
+
+/// Migration 6 moved the support queue's order out of `rooms`: a database
+/// made before it keeps its support rooms in the queue, newest activity first.
+#[tokio::test]
+async fn the_support_queue_survives_the_upgrade_that_moved_it() {
+    use chat_core::{MemberRole, NewRoom, RoomKind, Timestamp, Visibility};
+    let Some(schema) = TempSchema::create("the_support_queue_survives_the_upgrade_that_moved_it").await else {
+        return;
+    };
+    let store = connect(&schema).await;
+    let mut support = Vec::new();
+    for at in [1_000, 3_000, 2_000] {
+        let (room, _) = store
+            .create_room(NewRoom {
+                id: RoomId::generate(),
+                kind: RoomKind::Support,
+                name: None,
+                visibility: Visibility::Private,
+                created_by: uid("visitor"),
+                created_at: Timestamp::from_millis(at),
+                members: vec![(uid("visitor"), MemberRole::Owner)],
+            })
+            .await
+            .expect("create a support room");
+        support.push(room.id);
+    }
+    make_room(&store, &["ada"]).await;
+    store.close().await;
+
+    // Back to the schema of version 5, as a database made before it was.
+    let mut conn = raw(&schema).await;
+    for sql in [
+        "DROP TABLE support_queue",
+        "CREATE INDEX rooms_support_by_activity ON rooms (last_activity DESC, id DESC) WHERE kind = 'support'",
+        "DROP INDEX members_by_user",
+        "CREATE INDEX members_by_user ON members (user_id) INCLUDE (room_id, read_seq)",
+        "ALTER TABLE members RESET (fillfactor)",
+        "ALTER TABLE rooms RESET (fillfactor)",
+        "DELETE FROM _sqlx_migrations WHERE version = 6",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    }
+
+    let store = connect(&schema).await;
+    assert_eq!(store.schema_version().await.expect("version"), Some(6));
+    let queue: Vec<RoomId> = store.support_rooms(10).await.expect("support_rooms").iter().map(|r| r.id).collect();
+    assert_eq!(queue, [support[1], support[2], support[0]], "support rooms only, newest activity first");
+    // A send moves its room to the front, through the new table.
+    let mut late = msg(support[0], "visitor", "late");
+    late.created_at = Timestamp::from_millis(9_000);
+    store.append_messages(vec![late]).await.expect("append");
+    let queue: Vec<RoomId> = store.support_rooms(10).await.expect("support_rooms").iter().map(|r| r.id).collect();
+    assert_eq!(queue, [support[0], support[1], support[2]]);
+    store.close().await;
 }
