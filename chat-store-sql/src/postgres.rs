@@ -14,6 +14,11 @@
 //!   room locks, so nothing else can interleave).
 //! - **Group commit**: a whole batch is one transaction of a fixed number of
 //!   statements (arrays bound through `unnest`), whatever its size.
+//! - **Updates in place**: every send moves its room's counter and its
+//!   sender's cursors, so no index holds those columns (nor `last_activity`,
+//!   whose order for the support queue lives in `support_queue`), and both
+//!   tables leave a fifth of each page free. PostgreSQL can then make these
+//!   updates HOT: no new index entries and no dead rows left for vacuum.
 //! - **Bounded waits**: a pool that cannot hand out a connection within
 //!   [`PostgresConfig::acquire_timeout`] fails the call as unavailable, the
 //!   server cancels any statement running past
