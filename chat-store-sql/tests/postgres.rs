@@ -384,25 +384,16 @@ async fn no_index_holds_a_column_that_sends_move() {
 /// made before it keeps its support rooms in the queue, newest activity first.
 #[tokio::test]
 async fn the_support_queue_survives_the_upgrade_that_moved_it() {
-    use chat_core::{MemberRole, NewRoom, RoomKind, Timestamp, Visibility};
+    use chat_core::{RoomKind, Timestamp};
     let Some(schema) = TempSchema::create("the_support_queue_survives_the_upgrade_that_moved_it").await else {
         return;
     };
     let store = connect(&schema).await;
     let mut support = Vec::new();
     for at in [1_000, 3_000, 2_000] {
-        let (room, _) = store
-            .create_room(NewRoom {
-                id: RoomId::generate(),
-                kind: RoomKind::Support,
-                name: None,
-                visibility: Visibility::Private,
-                created_by: uid("visitor"),
-                created_at: Timestamp::from_millis(at),
-                members: vec![(uid("visitor"), MemberRole::Owner)],
-            })
-            .await
-            .expect("create a support room");
+        let mut new = group(&["visitor"]);
+        (new.kind, new.name, new.created_at) = (RoomKind::Support, None, Timestamp::from_millis(at));
+        let (room, _) = store.create_room(new).await.expect("create a support room");
         support.push(room.id);
     }
     make_room(&store, &["ada"]).await;
