@@ -116,6 +116,13 @@ pub struct SqliteConfig {
     /// default, 16 384, is 64 MiB at SQLite's usual 4 KiB page. SQLite's own
     /// default is 1 000. At least 1.
     pub wal_autocheckpoint_pages: u32,
+    /// The writer connection's page cache, in KiB (SQLite's `cache_size`).
+    /// A batch of sends to many rooms changes a page of each room's index
+    /// entries; when those do not fit, SQLite writes pages to the log before
+    /// the commit and reads them back, and every commit starts colder. The
+    /// default, 65 536 (64 MiB), is taken only as pages are used; SQLite's own
+    /// default is 2 000. At least 1.
+    pub writer_cache_kib: u32,
 }
 
 impl SqliteConfig {
@@ -127,6 +134,7 @@ impl SqliteConfig {
             busy_timeout: Duration::from_secs(5),
             max_read_connections: 4,
             wal_autocheckpoint_pages: 16_384,
+            writer_cache_kib: 65_536,
         }
     }
 
@@ -162,7 +170,14 @@ impl SqliteStore {
     pub async fn connect(config: SqliteConfig) -> Result<Self> {
         let base = base_options(&config)?;
         let memory = config.is_memory();
-        let writer_options = if memory { base.clone() } else { wal_options(base.clone(), &config) };
+        if !memory {
+            // Migrations run on a connection of their own, with SQLite's
+            // default temp store: a migration that rewrites a large table
+            // journals its pages to a temporary file, where the writer would
+            // hold them in memory (see `writer_options`).
+            Self::migrate(config.clone()).await?;
+        }
+        let writer_options = if memory { base.clone() } else { writer_options(base.clone(), &config) };
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             // Keeping the connection open keeps its statement cache warm, and
@@ -175,9 +190,11 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(writer_options.create_if_missing(true))
             .await?;
-        if let Err(err) = migrate_pool(&writer).await {
-            writer.close().await;
-            return Err(err);
+        if memory {
+            if let Err(err) = migrate_pool(&writer).await {
+                writer.close().await;
+                return Err(err);
+            }
         }
         let reader = if memory {
             writer.clone()
@@ -246,9 +263,25 @@ fn base_options(config: &SqliteConfig) -> Result<SqliteConnectOptions> {
         .synchronous(config.synchronous.to_sqlx()))
 }
 
-/// The writer's options for a database file: write-ahead logging, and when to
-/// checkpoint. Only a connection that commits ever checkpoints, so readers
-/// keep SQLite's defaults.
+/// The writer's options for a database file: [`wal_options`], a page cache
+/// of [`SqliteConfig::writer_cache_kib`], and statement journals in memory.
+///
+/// SQLite journals the original of every page a statement changes while a
+/// transaction is open (a statement or savepoint may have to be undone on its
+/// own): for a batch of sends, a few pages per message. With the default temp
+/// store that journal spills to a temporary file past 64 KiB, a `pwrite` per
+/// page; in memory it is a copy. The writer's statements are the store's own
+/// and bounded by a batch; migrations, which may rewrite whole tables, run on
+/// a connection with the defaults.
+fn writer_options(base: SqliteConnectOptions, config: &SqliteConfig) -> SqliteConnectOptions {
+    wal_options(base, config)
+        .pragma("cache_size", format!("-{}", config.writer_cache_kib.max(1)))
+        .pragma("temp_store", "memory")
+}
+
+/// Write-ahead logging, and when to checkpoint, for a connection that writes
+/// to a database file. Only a connection that commits ever checkpoints, so
+/// readers keep SQLite's defaults.
 fn wal_options(base: SqliteConnectOptions, config: &SqliteConfig) -> SqliteConnectOptions {
     let pages = config.wal_autocheckpoint_pages.max(1);
     base.journal_mode(SqliteJournalMode::Wal)
@@ -508,11 +541,16 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
     let mut room_ids: Vec<String> = batch.iter().map(|m| m.room_id.to_string()).collect();
     room_ids.sort_unstable();
     room_ids.dedup();
-    let counters: Vec<(String, i64)> =
-        sqlx::query_as("SELECT id, last_seq FROM rooms WHERE id IN (SELECT value FROM json_each(?1))")
-            .bind(json(&room_ids)?)
-            .fetch_all(&mut *conn)
-            .await?;
+    // One row holding every counter: sqlx's SQLite worker hands each row
+    // over to this task separately, and a batch over hundreds of rooms would
+    // otherwise switch threads hundreds of times before its first insert.
+    let counters: String = sqlx::query_scalar(
+        "SELECT json_group_array(json_array(id, last_seq)) FROM rooms WHERE id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(json(&room_ids)?)
+    .fetch_one(&mut *conn)
+    .await?;
+    let counters: Vec<(String, i64)> = serde_json::from_str(&counters).map_err(|e| Error::Database(Box::new(e)))?;
     if counters.len() != room_ids.len() {
         return Err(Error::NotFound("room"));
     }
@@ -1006,11 +1044,20 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let mut config = SqliteConfig::from_url(format!("sqlite://{}", dir.path().join("c.db").display()));
         config.wal_autocheckpoint_pages = 123;
+        config.writer_cache_kib = 4_321;
         let store = SqliteStore::connect(config).await?;
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&store.writer).await?;
         let pages: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint").fetch_one(&store.writer).await?;
         let limit: i64 = sqlx::query_scalar("PRAGMA journal_size_limit").fetch_one(&store.writer).await?;
         assert_eq!((mode.as_str(), pages, limit), ("wal", 123, 123 * 4096));
+        // A negative cache_size is in KiB; temp_store 2 is MEMORY.
+        let cache: i64 = sqlx::query_scalar("PRAGMA cache_size").fetch_one(&store.writer).await?;
+        let temp: i64 = sqlx::query_scalar("PRAGMA temp_store").fetch_one(&store.writer).await?;
+        assert_eq!((cache, temp), (-4_321, 2));
+        // Readers keep SQLite's defaults: their caches start over after
+        // every commit anyway.
+        let temp: i64 = sqlx::query_scalar("PRAGMA temp_store").fetch_one(&store.reader).await?;
+        assert_eq!(temp, 0);
         store.close().await;
         Ok(())
     }

@@ -77,6 +77,9 @@ pub struct Config {
     /// SQLite: pages the write-ahead log collects before a commit copies them
     /// back into the database file (`wal_autocheckpoint`; 16 384 = 64 MiB).
     pub sqlite_wal_autocheckpoint_pages: u32,
+    /// SQLite: the writing connection's page cache in KiB (`cache_size`;
+    /// 65 536 = 64 MiB, taken as pages are used).
+    pub sqlite_writer_cache_kib: u32,
     /// Most database connections this server opens: the PostgreSQL pool, or
     /// SQLite's read connections (SQLite always writes through one).
     pub database_max_connections: u32,
@@ -245,6 +248,7 @@ impl Default for Config {
             database_url: "sqlite://chat.db".into(),
             sqlite_synchronous: "full".into(),
             sqlite_wal_autocheckpoint_pages: 16_384,
+            sqlite_writer_cache_kib: 65_536,
             database_max_connections: 10,
             database_statement_timeout_ms: 5_000,
             database_acquire_timeout_ms: 2_000,
@@ -317,6 +321,9 @@ impl Config {
         })?;
         if self.sqlite_wal_autocheckpoint_pages == 0 {
             bail!("sqlite_wal_autocheckpoint_pages must be positive (the log would grow without a bound)");
+        }
+        if self.sqlite_writer_cache_kib == 0 {
+            bail!("sqlite_writer_cache_kib must be positive");
         }
         if self.max_frame_bytes < 1024 {
             bail!("max_frame_bytes must be at least 1024");
@@ -459,6 +466,11 @@ mod tests {
         assert!(c.validate().is_ok());
         c.sqlite_wal_autocheckpoint_pages = 0;
         assert!(c.validate().is_err(), "a log never checkpointed grows without a bound");
+        c.sqlite_wal_autocheckpoint_pages = 1;
+        c.sqlite_writer_cache_kib = 0;
+        assert!(c.validate().is_err());
+        c.sqlite_writer_cache_kib = 1;
+        assert!(c.validate().is_ok());
     }
 
     // figment's test jail returns its own large error type.

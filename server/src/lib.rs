@@ -85,6 +85,7 @@ fn sqlite_config(config: &Config) -> chat_store_sql::SqliteConfig {
     sqlite.max_read_connections = config.database_max_connections;
     sqlite.busy_timeout = Duration::from_millis(config.database_statement_timeout_ms);
     sqlite.wal_autocheckpoint_pages = config.sqlite_wal_autocheckpoint_pages;
+    sqlite.writer_cache_kib = config.sqlite_writer_cache_kib;
     sqlite
 }
 
