@@ -12,21 +12,35 @@ use tracing_subscriber::EnvFilter;
 /// jemalloc, not the system allocator: after a reconnect storm glibc keeps
 /// the storm's peak and fragments further with each one, where jemalloc gives
 /// the pages back (docs/BENCHMARKS.md, "Reconnect storms: memory").
+///
+/// Where jemalloc can take the unprefixed `malloc` (Linux, the BSDs other
+/// than DragonFly), it serves the C code too: SQLite allocates and frees
+/// several chunks per page a batch of sends journals, and glibc's malloc cost
+/// 8 % of the core in the durable-sends benchmark (docs/BENCHMARKS.md,
+/// "Durable sends over WebSocket").
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, read once before the first allocation, so before
 /// `main`: freed pages go back to the OS after one second instead of ten, so
-/// that a storm's peak does not linger. `_RJEM_MALLOC_CONF` in the
-/// environment still overrides them. The background thread (enabled at build
+/// that a storm's peak does not linger. `MALLOC_CONF` in the environment
+/// (`_RJEM_MALLOC_CONF` where jemalloc is prefixed: Apple, Android,
+/// DragonFly) still overrides them. The background thread (enabled at build
 /// time) does the purging, off the request path.
 ///
 /// jemalloc declares this symbol weak, for the program to define; defining an
 /// exported symbol is the one `unsafe` the workspace allows.
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[allow(unsafe_code)]
-#[unsafe(export_name = "_rjem_malloc_conf")]
+#[cfg_attr(
+    any(target_vendor = "apple", target_os = "android", target_os = "dragonfly"),
+    unsafe(export_name = "_rjem_malloc_conf")
+)]
+#[cfg_attr(
+    not(any(target_vendor = "apple", target_os = "android", target_os = "dragonfly")),
+    unsafe(export_name = "malloc_conf")
+)]
 static MALLOC_CONF: &[u8; 20] = b"dirty_decay_ms:1000\0";
 
 #[derive(Parser)]
