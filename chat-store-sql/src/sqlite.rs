@@ -120,8 +120,9 @@ pub struct SqliteConfig {
     /// A batch of sends to many rooms changes a page of each room's index
     /// entries; when those do not fit, SQLite writes pages to the log before
     /// the commit and reads them back, and every commit starts colder. The
-    /// default, 65 536 (64 MiB), is taken only as pages are used; SQLite's own
-    /// default is 2 000. At least 1.
+    /// default, 16 384 (16 MiB), holds the pages of a full batch of sends to
+    /// as many rooms several times over; it is taken as pages are used, and
+    /// stays taken. SQLite's own default is 2 000. At least 1.
     pub writer_cache_kib: u32,
 }
 
@@ -134,7 +135,7 @@ impl SqliteConfig {
             busy_timeout: Duration::from_secs(5),
             max_read_connections: 4,
             wal_autocheckpoint_pages: 16_384,
-            writer_cache_kib: 65_536,
+            writer_cache_kib: 16_384,
         }
     }
 

@@ -78,7 +78,7 @@ pub struct Config {
     /// back into the database file (`wal_autocheckpoint`; 16 384 = 64 MiB).
     pub sqlite_wal_autocheckpoint_pages: u32,
     /// SQLite: the writing connection's page cache in KiB (`cache_size`;
-    /// 65 536 = 64 MiB, taken as pages are used).
+    /// 16 384 = 16 MiB, taken as pages are used).
     pub sqlite_writer_cache_kib: u32,
     /// Most database connections this server opens: the PostgreSQL pool, or
     /// SQLite's read connections (SQLite always writes through one).
@@ -248,7 +248,7 @@ impl Default for Config {
             database_url: "sqlite://chat.db".into(),
             sqlite_synchronous: "full".into(),
             sqlite_wal_autocheckpoint_pages: 16_384,
-            sqlite_writer_cache_kib: 65_536,
+            sqlite_writer_cache_kib: 16_384,
             database_max_connections: 10,
             database_statement_timeout_ms: 5_000,
             database_acquire_timeout_ms: 2_000,
