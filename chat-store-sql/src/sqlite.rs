@@ -551,7 +551,7 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
     .bind(json(&room_ids)?)
     .fetch_one(&mut *conn)
     .await?;
-    let counters: Vec<(String, i64)> = serde_json::from_str(&counters).map_err(|e| Error::Database(Box::new(e)))?;
+    let counters: Vec<(String, i64)> = serde_json::from_str(&counters).map_err(|_| Error::Corrupt("rooms.last_seq"))?;
     if counters.len() != room_ids.len() {
         return Err(Error::NotFound("room"));
     }
