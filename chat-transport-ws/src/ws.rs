@@ -1,7 +1,11 @@
 //! `GET /v1/ws`: the upgrade, authentication, and the loop that drives one
 //! engine session over one WebSocket.
 
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -10,13 +14,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chat_core::{CloseReason, CloseSignal, Error, Identity, Output, Session};
+use futures_util::future::BoxFuture;
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, Interval, timeout};
 
 use crate::AppState;
+use crate::config::WsConfig;
 use crate::wire::{self, Frame, JsonCodec};
 
 /// Close codes of the contract.
@@ -110,9 +116,14 @@ pub(crate) async fn upgrade(
         })
 }
 
-async fn close(sink: &mut Sink, code: u16, reason: &str, wait: Duration) {
+/// Sends a close frame, waiting at most `wait`. Boxed: closing happens once
+/// per connection, and its future would otherwise add to the task that every
+/// idle connection keeps.
+fn close<'a>(sink: &'a mut Sink, code: u16, reason: &str, wait: Duration) -> BoxFuture<'a, ()> {
     let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
-    let _ = timeout(wait, sink.send(Message::Close(Some(frame)))).await;
+    Box::pin(async move {
+        let _ = timeout(wait, sink.send(Message::Close(Some(frame)))).await;
+    })
 }
 
 fn is_too_big(err: &axum::Error) -> bool {
@@ -177,35 +188,39 @@ async fn auth_frame(app: &AppState, sink: &mut Sink, stream: &mut Stream) -> Aut
 }
 
 /// Drives one upgraded connection. The set-up (authentication, opening the
-/// session) runs once and its future is boxed and dropped before the loop
-/// starts, so that it adds nothing to the task every idle connection keeps.
-async fn connection(
+/// session) runs in a boxed future that is freed before the loop starts, and
+/// the connection's state is one allocation that the loop borrows, so that
+/// the task every idle connection keeps holds little more than a pointer.
+fn connection(
     app: AppState,
-    mut sink: Sink,
-    mut stream: Stream,
+    sink: Sink,
+    stream: Stream,
     token: Option<String>,
     peer: Option<SocketAddr>,
-) {
-    let opened = Box::pin(open(&app, &mut sink, &mut stream, token, peer)).await;
-    let Some((session, ready_frame)) = opened else { return };
-    let span = tracing::info_span!("session", id = %session.id(), user = %session.user().id);
-    tracing::debug!(parent: &span, ?peer, "session opened");
-    drive(&app, session, sink, stream, ready_frame).await;
-    tracing::debug!(parent: &span, "session closed");
+) -> impl Future<Output = ()> + Send {
+    // Made here, so that the task keeps only the box and not these arguments.
+    let opening = Box::pin(open(app, sink, stream, token, peer));
+    async move {
+        let Some((mut conn, ready)) = opening.await else { return };
+        let span = tracing::info_span!("session", id = %conn.session.id(), user = %conn.session.user().id);
+        tracing::debug!(parent: &span, ?peer, "session opened");
+        conn.run(ready).await;
+        tracing::debug!(parent: &span, "session closed");
+    }
 }
 
 /// Authenticates the connection and opens its session; `None` once the
 /// connection was closed instead.
 async fn open(
-    app: &AppState,
-    sink: &mut Sink,
-    stream: &mut Stream,
+    app: AppState,
+    mut sink: Sink,
+    mut stream: Stream,
     token: Option<String>,
     peer: Option<SocketAddr>,
-) -> Option<(Session, Utf8Bytes)> {
+) -> Option<(Box<Conn>, Utf8Bytes)> {
     let token = match token {
         Some(token) => token,
-        None => match auth_frame(app, sink, stream).await {
+        None => match auth_frame(&app, &mut sink, &mut stream).await {
             Auth::Token(token) => token,
             Auth::Closed => return None,
         },
@@ -219,7 +234,7 @@ async fn open(
             } else {
                 "authentication failed".into()
             };
-            close(sink, close_code::AUTH_FAILED, &reason, Duration::from_secs(2)).await;
+            close(&mut sink, close_code::AUTH_FAILED, &reason, Duration::from_secs(2)).await;
             return None;
         }
     };
@@ -233,11 +248,24 @@ async fn open(
                 other => (close_code::INTERNAL, other.to_string()),
             };
             tracing::warn!(?peer, error = %err, "opening a session failed");
-            close(sink, code, &reason, Duration::from_secs(2)).await;
+            close(&mut sink, code, &reason, Duration::from_secs(2)).await;
             return None;
         }
     };
-    Some((session, wire::encode_event_frame("ready", &ready)))
+    let config = app.config.clone();
+    let mut ping = tokio::time::interval(config.ping_interval);
+    ping.reset();
+    let conn = Box::new(Conn {
+        closed: session.close_signal(),
+        config,
+        session,
+        sink,
+        stream,
+        ping,
+        last_heard: Instant::now(),
+        input_first: false,
+    });
+    Some((conn, wire::encode_event_frame("ready", &ready)))
 }
 
 /// Why the write loop stopped.
@@ -261,139 +289,238 @@ fn frame_for(output: Output) -> Result<Option<Message>, CloseReason> {
 /// frames are then the acks of stored sends, worth a short wait.
 const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(2);
 
-/// Feeds frames and flushes them, giving up when the engine ends the session
-/// or the client stops reading for longer than the write timeout.
-async fn write(app: &AppState, sink: &mut Sink, closed: &CloseSignal, frames: Vec<Message>) -> Result<(), WriteEnd> {
-    let work = async {
-        for frame in frames {
-            sink.feed(frame).await?;
-        }
-        sink.flush().await
-    };
-    tokio::pin!(work);
-    // A socket with room in its send buffer takes the frames at once; only a
-    // write that has to wait arms the timer and watches for the session's end,
-    // which saves a timer entry per write on the fan-out path.
-    if let Some(res) = work.as_mut().now_or_never() {
-        return res.map_err(|_| WriteEnd::Dead);
-    }
-    tokio::select! {
-        biased;
-        res = timeout(app.config.write_timeout, &mut work) => return match res {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) | Err(_) => Err(WriteEnd::Dead),
-        },
-        _ = closed.closed() => {}
-    }
-    // The engine ended the session while the write waited. A slow consumer
-    // is cut off at once; at shutdown the write may finish within a grace.
-    if closed.reason() != Some(CloseReason::Shutdown) {
-        return Err(WriteEnd::Killed);
-    }
-    match timeout(SHUTDOWN_WRITE_GRACE, work).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) | Err(_) => Err(WriteEnd::Killed),
-    }
-}
-
 /// Most frames written before one flush; batching saves a syscall per frame
 /// when events come in bursts.
 const MAX_BATCH: usize = 64;
 
-async fn drive(app: &AppState, mut session: Session, mut sink: Sink, mut stream: Stream, ready: Utf8Bytes) {
-    let closed = session.close_signal();
-    if write(app, &mut sink, &closed, vec![Message::Text(ready)]).await.is_err() {
-        return;
+/// Feeds the frames to the socket and flushes it. Resumable: a frame leaves
+/// `frames` once the sink has taken it, so after `Pending` the next call
+/// goes on where this one stopped.
+fn poll_send(sink: &mut Sink, frames: &mut VecDeque<Message>, cx: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+    while !frames.is_empty() {
+        ready!(sink.poll_ready_unpin(cx))?;
+        if let Some(frame) = frames.pop_front() {
+            sink.start_send_unpin(frame)?;
+        }
     }
-    let mut ping = tokio::time::interval(app.config.ping_interval);
-    ping.reset();
-    let mut last_heard = Instant::now();
-    let close_wait = app.config.write_timeout;
-    loop {
-        tokio::select! {
-            output = session.next_output() => {
-                let mut frames = Vec::new();
-                let mut ending = None;
-                match frame_for(output) {
-                    Ok(frame) => frames.extend(frame),
-                    Err(reason) => ending = Some(reason),
-                }
-                // Take whatever else is ready without waiting, up to a batch.
-                while ending.is_none() && frames.len() < MAX_BATCH {
-                    match session.next_output().now_or_never() {
-                        Some(output) => match frame_for(output) {
-                            Ok(frame) => frames.extend(frame),
-                            Err(reason) => ending = Some(reason),
-                        },
-                        None => break,
-                    }
-                }
-                if !frames.is_empty() {
-                    match write(app, &mut sink, &closed, frames).await {
-                        Ok(()) => {}
-                        Err(WriteEnd::Killed) => ending = closed.reason(),
-                        Err(WriteEnd::Dead) => return,
-                    }
-                }
-                if let Some(reason) = ending {
-                    close(&mut sink, code_for(reason), reason.message(), close_wait).await;
-                    return;
-                }
+    sink.poll_flush_unpin(cx)
+}
+
+/// Polls once: `Ready` with the poll's result, registering the task's waker
+/// like any poll when it is `Pending`.
+async fn poll_once<T>(mut f: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
+    poll_fn(|cx| Poll::Ready(f(cx))).await
+}
+
+/// What woke a connection's loop.
+enum Wake {
+    /// The session had output: its frames, up to a batch, and the reason
+    /// the session ended if it did.
+    Output(VecDeque<Message>, Option<CloseReason>),
+    /// The client sent a frame, or the socket ended (`None`) or failed.
+    Incoming(Option<Result<Message, axum::Error>>),
+    /// Time to ping the client, or to give up on a silent one.
+    Ping,
+}
+
+/// One authenticated connection: its session and socket, and the timer that
+/// pings the client. The loop waits on the three with one `poll_fn` instead
+/// of a `select!` of futures, so that waiting costs no memory of its own.
+struct Conn {
+    config: Arc<WsConfig>,
+    session: Session,
+    closed: CloseSignal,
+    sink: Sink,
+    stream: Stream,
+    ping: Interval,
+    last_heard: Instant,
+    /// Which of output and input is polled first; alternates, so that a
+    /// stream of events cannot starve the client's commands or the reverse.
+    input_first: bool,
+}
+
+impl Conn {
+    fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, axum::Error>>> {
+        if !self.session.accepts_input() {
+            // Woken again by the session once a command in progress ends.
+            return Poll::Pending;
+        }
+        self.stream.poll_next_unpin(cx)
+    }
+
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        self.input_first = !self.input_first;
+        if self.input_first {
+            if let Poll::Ready(incoming) = self.poll_input(cx) {
+                return Poll::Ready(Wake::Incoming(incoming));
             }
-            incoming = stream.next(), if session.accepts_input() => {
-                last_heard = Instant::now();
-                match incoming {
-                    Some(Ok(Message::Text(text))) => match wire::decode(text.as_str()) {
-                        Ok(Frame::Command(reference, command)) => {
-                            // Boxed: running a command takes a future several
-                            // times the size of the idle loop, which every
-                            // connection's task would otherwise carry.
-                            Box::pin(session.submit(reference, command)).await
-                        }
-                        Ok(Frame::Auth(_)) => {
-                            let err = Error::invalid("already authenticated");
-                            let _ = write(app, &mut sink, &closed, vec![Message::Text(wire::encode_error(&err))]).await;
-                        }
-                        Err(bad) => {
-                            let frame = wire::encode_reply(bad.reference.as_ref(), &Err(bad.error));
-                            if let Some(frame) = frame {
-                                if write(app, &mut sink, &closed, vec![Message::Text(frame)]).await.is_err() {
-                                    return;
-                                }
-                            }
-                            if let Some(reason) = session.note_bad_frame() {
-                                close(&mut sink, code_for(reason), reason.message(), close_wait).await;
-                                return;
-                            }
-                        }
-                    },
-                    Some(Ok(Message::Binary(_))) => {
-                        let err = Error::invalid("binary frames are not supported; send JSON text frames");
-                        if write(app, &mut sink, &closed, vec![Message::Text(wire::encode_error(&err))]).await.is_err() {
-                            return;
-                        }
-                        if let Some(reason) = session.note_bad_frame() {
-                            close(&mut sink, code_for(reason), reason.message(), close_wait).await;
-                            return;
+        }
+        if let Poll::Ready(output) = self.session.poll_next_output(cx) {
+            return Poll::Ready(self.batch(output, cx));
+        }
+        if !self.input_first {
+            if let Poll::Ready(incoming) = self.poll_input(cx) {
+                return Poll::Ready(Wake::Incoming(incoming));
+            }
+        }
+        if self.ping.poll_tick(cx).is_ready() {
+            return Poll::Ready(Wake::Ping);
+        }
+        Poll::Pending
+    }
+
+    /// The frames of an output and of whatever else the session has ready,
+    /// up to a batch, to go out in one flush.
+    fn batch(&mut self, first: Output, cx: &mut Context<'_>) -> Wake {
+        let mut frames = VecDeque::new();
+        let mut next = first;
+        loop {
+            match frame_for(next) {
+                Ok(frame) => frames.extend(frame),
+                Err(reason) => return Wake::Output(frames, Some(reason)),
+            }
+            if frames.len() >= MAX_BATCH {
+                break;
+            }
+            match self.session.poll_next_output(cx) {
+                Poll::Ready(output) => next = output,
+                Poll::Pending => break,
+            }
+        }
+        Wake::Output(frames, None)
+    }
+
+    /// Writes frames: at once when the socket has room, which is the common
+    /// case and needs no timer; otherwise in a boxed future that gives up
+    /// when the engine ends the session or the client stops reading for
+    /// longer than the write timeout.
+    async fn write(&mut self, mut frames: VecDeque<Message>) -> Result<(), WriteEnd> {
+        if let Poll::Ready(res) = poll_once(|cx| poll_send(&mut self.sink, &mut frames, cx)).await {
+            return res.map_err(|_| WriteEnd::Dead);
+        }
+        Box::pin(self.write_slowly(frames)).await
+    }
+
+    async fn write_slowly(&mut self, mut frames: VecDeque<Message>) -> Result<(), WriteEnd> {
+        let sink = &mut self.sink;
+        let work = poll_fn(|cx| poll_send(sink, &mut frames, cx));
+        tokio::pin!(work);
+        tokio::select! {
+            biased;
+            res = timeout(self.config.write_timeout, &mut work) => return match res {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) | Err(_) => Err(WriteEnd::Dead),
+            },
+            _ = self.closed.closed() => {}
+        }
+        // The engine ended the session while the write waited. A slow consumer
+        // is cut off at once; at shutdown the write may finish within a grace.
+        if self.closed.reason() != Some(CloseReason::Shutdown) {
+            return Err(WriteEnd::Killed);
+        }
+        match timeout(SHUTDOWN_WRITE_GRACE, work).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(WriteEnd::Killed),
+        }
+    }
+
+    async fn write_one(&mut self, frame: Message) -> Result<(), WriteEnd> {
+        self.write(VecDeque::from([frame])).await
+    }
+
+    /// Sends a close frame; the connection is over.
+    async fn close(&mut self, code: u16, reason: &str) {
+        close(&mut self.sink, code, reason, self.config.write_timeout).await;
+    }
+
+    async fn run(&mut self, ready: Utf8Bytes) {
+        if self.write_one(Message::Text(ready)).await.is_err() {
+            return;
+        }
+        loop {
+            match poll_fn(|cx| self.poll_wake(cx)).await {
+                Wake::Output(frames, mut ending) => {
+                    if !frames.is_empty() {
+                        match self.write(frames).await {
+                            Ok(()) => {}
+                            Err(WriteEnd::Killed) => ending = self.closed.reason(),
+                            Err(WriteEnd::Dead) => return,
                         }
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Err(e)) if is_too_big(&e) => {
-                        close(&mut sink, close_code::TOO_BIG, "frame too large", Duration::from_secs(2)).await;
+                    if let Some(reason) = ending {
+                        self.close(code_for(reason), reason.message()).await;
                         return;
                     }
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                }
+                Wake::Incoming(incoming) => {
+                    self.last_heard = Instant::now();
+                    // Boxed: handling a command takes a future several times
+                    // the size of the idle loop, which every connection's
+                    // task would otherwise carry.
+                    if !Box::pin(self.incoming(incoming)).await {
+                        return;
+                    }
+                }
+                Wake::Ping => {
+                    if self.last_heard.elapsed() > self.config.idle_timeout {
+                        close(&mut self.sink, close_code::GOING_AWAY, "idle timeout", Duration::from_secs(2)).await;
+                        return;
+                    }
+                    if self.write_one(Message::Ping(Default::default())).await.is_err() {
+                        return;
+                    }
                 }
             }
-            _ = ping.tick() => {
-                if last_heard.elapsed() > app.config.idle_timeout {
-                    close(&mut sink, close_code::GOING_AWAY, "idle timeout", Duration::from_secs(2)).await;
-                    return;
+        }
+    }
+
+    /// Handles a frame from the client. `false` once the connection is over.
+    async fn incoming(&mut self, incoming: Option<Result<Message, axum::Error>>) -> bool {
+        match incoming {
+            Some(Ok(Message::Text(text))) => match wire::decode(text.as_str()) {
+                Ok(Frame::Command(reference, command)) => {
+                    self.session.submit(reference, command).await;
+                    true
                 }
-                if write(app, &mut sink, &closed, vec![Message::Ping(Default::default())]).await.is_err() {
-                    return;
+                Ok(Frame::Auth(_)) => {
+                    let err = Error::invalid("already authenticated");
+                    let _ = self.write_one(Message::Text(wire::encode_error(&err))).await;
+                    true
                 }
+                Err(bad) => {
+                    let frame = wire::encode_reply(bad.reference.as_ref(), &Err(bad.error));
+                    if let Some(frame) = frame {
+                        if self.write_one(Message::Text(frame)).await.is_err() {
+                            return false;
+                        }
+                    }
+                    self.bad_frame().await
+                }
+            },
+            Some(Ok(Message::Binary(_))) => {
+                let err = Error::invalid("binary frames are not supported; send JSON text frames");
+                if self.write_one(Message::Text(wire::encode_error(&err))).await.is_err() {
+                    return false;
+                }
+                self.bad_frame().await
             }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => true,
+            Some(Err(e)) if is_too_big(&e) => {
+                close(&mut self.sink, close_code::TOO_BIG, "frame too large", Duration::from_secs(2)).await;
+                false
+            }
+            Some(Ok(Message::Close(_)) | Err(_)) | None => false,
+        }
+    }
+
+    /// Counts an invalid frame; closes the connection after too many.
+    async fn bad_frame(&mut self) -> bool {
+        match self.session.note_bad_frame() {
+            Some(reason) => {
+                self.close(code_for(reason), reason.message()).await;
+                false
+            }
+            None => true,
         }
     }
 }

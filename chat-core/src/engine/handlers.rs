@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::committer::{CommitJob, CommitRequest};
 use super::hub::SessionShared;
@@ -67,14 +67,14 @@ impl Inner {
             }
         };
         let rooms = self.room_list(&user).await?;
-        let shared = Arc::new(SessionShared::new(SessionId::generate(), user.id.clone()));
-        let (tx, rx) = mpsc::channel(self.config.limits.outbound_queue.max(1));
-        if self.hub.register(shared.clone(), tx, self.config.limits.max_connections_per_user).is_err() {
+        let limits = &self.config.limits;
+        let shared = Arc::new(SessionShared::new(SessionId::generate(), user.id.clone(), limits.outbound_queue));
+        if self.hub.register(shared.clone(), limits.max_connections_per_user).is_err() {
             return Err(Error::RateLimited("too many open connections for this user".into()));
         }
         self.presence.connect(&user);
         let ready = Ready { session_id: shared.id, user: user.clone(), rooms, server_time: Timestamp::now() };
-        let session = Session::new(self.clone(), shared, user, rx, identity.expires_at);
+        let session = Session::new(self.clone(), shared, user, identity.expires_at);
         Ok((session, ready))
     }
 

@@ -1,11 +1,13 @@
 //! The registry of this node's sessions and the rooms they joined, and the
 //! delivery of fan-outs to them.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::task::Waker;
 use std::time::Instant;
 
-use tokio::sync::{Notify, mpsc};
+use futures_util::task::AtomicWaker;
+use tokio::sync::Notify;
 
 use crate::broker::{Audience, Fanout, FanoutSink};
 use crate::event::{Delivery, Event};
@@ -49,16 +51,28 @@ pub(crate) struct SessionShared {
     close: OnceLock<CloseReason>,
     /// Wakes everyone waiting in `killed` when `close` is set.
     killed: Notify,
+    /// Events fanned out to the session and not yet taken by its owner.
+    mailbox: Mailbox,
+    /// The owner's task, woken by a new event and by the kill.
+    owner: AtomicWaker,
 }
 
 impl SessionShared {
-    pub(crate) fn new(id: SessionId, user_id: UserId) -> Self {
-        SessionShared { id, user_id, close: OnceLock::new(), killed: Notify::new() }
+    pub(crate) fn new(id: SessionId, user_id: UserId, queue_limit: usize) -> Self {
+        SessionShared {
+            id,
+            user_id,
+            close: OnceLock::new(),
+            killed: Notify::new(),
+            mailbox: Mailbox::new(queue_limit),
+            owner: AtomicWaker::new(),
+        }
     }
 
     pub(crate) fn kill(&self, reason: CloseReason) {
         if self.close.set(reason).is_ok() {
             self.killed.notify_waiters();
+            self.owner.wake();
         }
     }
 
@@ -78,11 +92,76 @@ impl SessionShared {
         }
         notified.await
     }
+
+    /// Registers the owner's task, to be woken by the next event or the
+    /// kill. Called before looking at either, so that none is missed.
+    pub(crate) fn register_owner(&self, waker: &Waker) {
+        self.owner.register(waker);
+    }
+
+    /// The oldest event waiting for the owner.
+    pub(crate) fn take_event(&self) -> Option<Arc<Delivery>> {
+        self.mailbox.pop()
+    }
+
+    /// Queues an event for the owner and wakes it; `false`, queueing
+    /// nothing, when the queue is at its limit.
+    fn offer(&self, delivery: &Arc<Delivery>) -> bool {
+        if !self.mailbox.push(delivery) {
+            return false;
+        }
+        self.owner.wake();
+        true
+    }
+}
+
+/// A session's queue of fanned-out events, bounded by the outbound queue
+/// limit.
+///
+/// Unlike a channel it allocates nothing until the first event and gives its
+/// memory back once drained, so an idle session costs a few words, and a
+/// session that is sent to keeps at most [`Mailbox::KEEP`] slots between
+/// bursts.
+#[derive(Debug)]
+struct Mailbox {
+    queue: Mutex<VecDeque<Arc<Delivery>>>,
+    limit: usize,
+}
+
+impl Mailbox {
+    /// Slots a drained queue may keep for the next burst.
+    const KEEP: usize = 16;
+
+    fn new(limit: usize) -> Self {
+        Mailbox { queue: Mutex::new(VecDeque::new()), limit: limit.max(1) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Delivery>>> {
+        // A push or pop cannot leave the queue half-changed, so poison is ignored.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, delivery: &Arc<Delivery>) -> bool {
+        let mut queue = self.lock();
+        if queue.len() >= self.limit {
+            return false;
+        }
+        queue.push_back(delivery.clone());
+        true
+    }
+
+    fn pop(&self) -> Option<Arc<Delivery>> {
+        let mut queue = self.lock();
+        let next = queue.pop_front();
+        if queue.is_empty() && queue.capacity() > Self::KEEP {
+            queue.shrink_to(Self::KEEP);
+        }
+        next
+    }
 }
 
 struct Entry {
     shared: Arc<SessionShared>,
-    tx: mpsc::Sender<Arc<Delivery>>,
     rooms: HashSet<RoomId>,
 }
 
@@ -143,12 +222,7 @@ impl Hub {
 
     /// Registers a session unless its user is at the connection limit. Returns
     /// whether it is the user's first session on this node.
-    pub(crate) fn register(
-        &self,
-        shared: Arc<SessionShared>,
-        tx: mpsc::Sender<Arc<Delivery>>,
-        max_per_user: usize,
-    ) -> Result<bool, ()> {
+    pub(crate) fn register(&self, shared: Arc<SessionShared>, max_per_user: usize) -> Result<bool, ()> {
         let mut state = self.write();
         let sessions = state.users.entry(shared.user_id.clone()).or_default();
         if sessions.len() >= max_per_user {
@@ -156,7 +230,7 @@ impl Hub {
         }
         sessions.push(shared.id);
         let first = sessions.len() == 1;
-        state.sessions.insert(shared.id, Entry { shared, tx, rooms: HashSet::new() });
+        state.sessions.insert(shared.id, Entry { shared, rooms: HashSet::new() });
         Ok(first)
     }
 
@@ -232,19 +306,15 @@ impl Hub {
 
     /// Queues the delivery to one session; whether it was queued.
     fn offer(&self, entry: &Entry, delivery: &Arc<Delivery>) -> bool {
-        match entry.tx.try_send(delivery.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::debug!(session = %entry.shared.id, user = %entry.shared.user_id, "outbound queue full, closing slow consumer");
-                if entry.shared.close_reason().is_none() {
-                    self.metrics.slow_consumer();
-                }
-                entry.shared.kill(CloseReason::SlowConsumer);
-                false
-            }
-            // The session is going away; it unregisters itself.
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        if entry.shared.offer(delivery) {
+            return true;
         }
+        tracing::debug!(session = %entry.shared.id, user = %entry.shared.user_id, "outbound queue full, closing slow consumer");
+        if entry.shared.close_reason().is_none() {
+            self.metrics.slow_consumer();
+        }
+        entry.shared.kill(CloseReason::SlowConsumer);
+        false
     }
 
     /// Delivers one fan-out to its local audience. The event is wrapped once

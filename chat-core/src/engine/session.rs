@@ -18,15 +18,16 @@
 //! once committed; other commands are answered at once.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use serde::Serialize;
-use tokio::sync::mpsc;
 use tokio::time::Sleep;
 
 use super::hub::{CloseReason, SessionShared};
@@ -148,9 +149,6 @@ pub struct Session {
     inner: Arc<Inner>,
     shared: Arc<SessionShared>,
     user: User,
-    /// Events fanned out to this session. Bounded: when it is full the hub
-    /// closes the session as a slow consumer instead of buffering more.
-    events: mpsc::Receiver<Arc<Delivery>>,
     /// Answers ready to go out, in the order they were produced.
     ready: VecDeque<Output>,
     /// Sends waiting for their commit.
@@ -166,6 +164,8 @@ pub struct Session {
     bad_frames: VecDeque<Instant>,
     /// Fires when the credentials expire (plus the leeway).
     expiry: Option<Pin<Box<Sleep>>>,
+    /// At shutdown, how long pending sends may still take to be acked.
+    shutdown_wait: Option<Pin<Box<Sleep>>>,
     closed: bool,
 }
 
@@ -184,7 +184,6 @@ impl Session {
         inner: Arc<Inner>,
         shared: Arc<SessionShared>,
         user: User,
-        events: mpsc::Receiver<Arc<Delivery>>,
         expires_at: Option<Timestamp>,
     ) -> Self {
         let limits = &inner.config.limits;
@@ -197,7 +196,6 @@ impl Session {
             inner,
             shared,
             user,
-            events,
             ready: VecDeque::new(),
             in_flight: FuturesUnordered::new(),
             backlog: VecDeque::new(),
@@ -207,6 +205,7 @@ impl Session {
             rate,
             bad_frames: VecDeque::new(),
             expiry,
+            shutdown_wait: None,
             closed: false,
         }
     }
@@ -413,9 +412,21 @@ impl Session {
     /// live events (held back while a replay is pending). After
     /// [`Output::Close`] the session is over.
     pub async fn next_output(&mut self) -> Output {
+        poll_fn(|cx| self.poll_next_output(cx)).await
+    }
+
+    /// [`Session::next_output`] as a poll, for a transport that drives its
+    /// connection by hand: `Pending` registers the task to be woken when there
+    /// is output. A loop that waits on this, the socket and a timer with
+    /// `poll_fn` keeps no future per source, so an idle connection's task
+    /// stays small.
+    pub fn poll_next_output(&mut self, cx: &mut Context<'_>) -> Poll<Output> {
+        // Registered before anything is looked at, so that an event or a
+        // kill arriving in between wakes the task.
+        self.shared.register_owner(cx.waker());
         loop {
             if self.closed {
-                return Output::Close(self.shared.close_reason().unwrap_or(CloseReason::Shutdown));
+                return Poll::Ready(Output::Close(self.shared.close_reason().unwrap_or(CloseReason::Shutdown)));
             }
             if let Some(reason) = self.shared.close_reason() {
                 if reason == CloseReason::Shutdown {
@@ -423,50 +434,68 @@ impl Session {
                     // store closes; their acks go out before the close frame,
                     // so clients need not resend what is already stored.
                     if let Some(out) = self.ready.pop_front() {
-                        return out;
+                        return Poll::Ready(out);
                     }
-                    if !self.in_flight.is_empty() {
-                        match tokio::time::timeout(SHUTDOWN_ACK_WAIT, self.in_flight.next()).await {
-                            Ok(Some(out)) => return out,
-                            _ => self.in_flight.clear(),
-                        }
+                    if let Some(out) = ready!(self.poll_acks_at_shutdown(cx)) {
+                        return Poll::Ready(out);
                     }
                 }
                 self.closed = true;
-                return Output::Close(reason);
+                return Poll::Ready(Output::Close(reason));
             }
             if let Some(out) = self.ready.pop_front() {
-                return out;
+                return Poll::Ready(out);
             }
             if let Some(out) = self.backlog_out.pop_front() {
-                return out;
+                return Poll::Ready(out);
             }
-            self.start_backlog_fetch();
-            let replaying = !self.backlog.is_empty();
-            tokio::select! {
-                biased;
-                _ = self.shared.killed() => continue,
-                _ = async { if let Some(expiry) = self.expiry.as_mut() { expiry.await } }, if self.expiry.is_some() => {
+            if let Some(expiry) = self.expiry.as_mut() {
+                if expiry.as_mut().poll(cx).is_ready() {
+                    self.expiry = None;
                     self.shared.kill(CloseReason::TokenExpired);
                     continue;
                 }
-                Some((room, after, result)) = async { match self.backlog_fetch.as_mut() { Some(f) => Some(f.await), None => None } }, if self.backlog_fetch.is_some() => {
+            }
+            self.start_backlog_fetch();
+            if let Some(fetch) = self.backlog_fetch.as_mut() {
+                if let Poll::Ready((room, after, result)) = fetch.as_mut().poll(cx) {
                     self.backlog_fetched(room, after, result);
                     continue;
                 }
-                Some(out) = self.in_flight.next(), if !self.in_flight.is_empty() => return out,
-                delivery = self.events.recv(), if !replaying => match delivery {
-                    Some(delivery) => {
-                        if self.admit(&delivery) {
-                            return Output::Event(delivery);
-                        }
+            }
+            if !self.in_flight.is_empty() {
+                if let Poll::Ready(Some(out)) = self.in_flight.poll_next_unpin(cx) {
+                    return Poll::Ready(out);
+                }
+            }
+            // Live events wait while a replay is pending.
+            if !self.backlog.is_empty() {
+                return Poll::Pending;
+            }
+            match self.shared.take_event() {
+                Some(delivery) => {
+                    if self.admit(&delivery) {
+                        return Poll::Ready(Output::Event(delivery));
                     }
-                    None => {
-                        self.shared.kill(CloseReason::Shutdown);
-                    }
-                },
+                }
+                None => return Poll::Pending,
             }
         }
+    }
+
+    /// At shutdown: the next ack of a pending send, `None` once there are
+    /// none left or [`SHUTDOWN_ACK_WAIT`] has passed since the first call.
+    fn poll_acks_at_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<Option<Output>> {
+        if self.in_flight.is_empty() {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(Some(out)) = self.in_flight.poll_next_unpin(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let wait = self.shutdown_wait.get_or_insert_with(|| Box::pin(tokio::time::sleep(SHUTDOWN_ACK_WAIT)));
+        ready!(wait.as_mut().poll(cx));
+        self.in_flight.clear();
+        Poll::Ready(None)
     }
 }
 
