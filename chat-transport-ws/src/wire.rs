@@ -4,11 +4,11 @@
 //! This module knows nothing of WebSocket; any transport that carries one JSON
 //! object per message can use it.
 
-use axum::extract::ws::Utf8Bytes;
 use chat_core::{Command, CommandKind, Error, Event, EventCodec, Ref, Reply};
 use serde::Deserialize;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
+use tungstenite::Utf8Bytes;
 
 /// A frame that could not be turned into a command.
 #[derive(Debug)]

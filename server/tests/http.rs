@@ -270,3 +270,37 @@ async fn metrics_are_open_without_an_api_key() {
     assert_eq!(support::metric(&text, "chat_connections"), 0.0);
     assert!(text.ends_with("# EOF\n"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_endpoint_answers_requests_it_cannot_upgrade() {
+    let server = TestServer::start().await;
+    let upgrade = [("connection", "Upgrade"), ("upgrade", "websocket")];
+    let key = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    type Header<'a> = (&'a str, &'a str);
+    // (request headers, status, the header naming what would be accepted)
+    let cases: [(Vec<Header>, u16, Option<Header>); 4] = [
+        (vec![], 426, Some(("upgrade", "websocket"))),
+        (vec![("connection", "keep-alive"), ("upgrade", "websocket"), key], 426, Some(("upgrade", "websocket"))),
+        ([&upgrade[..], &[("sec-websocket-version", "8"), key]].concat(), 426, Some(("sec-websocket-version", "13"))),
+        ([&upgrade[..], &[("sec-websocket-version", "13")]].concat(), 400, None),
+    ];
+    for (headers, status, accepted) in cases {
+        let mut request = server.http.get(server.url("/v1/ws"));
+        for (name, value) in &headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("response");
+        let named =
+            accepted.map(|(name, _)| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned));
+        let (got, body) = status_and_json(response).await;
+        assert_eq!(got, status, "{headers:?}: {body}");
+        assert_eq!(body["error"]["code"], "invalid", "{headers:?}: {body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        if let (Some(named), Some((_, value))) = (named, accepted) {
+            assert_eq!(named.as_deref(), Some(value), "{headers:?}");
+        }
+    }
+    // The same endpoint still upgrades a proper request.
+    let mut ada = server.connect("ada").await;
+    ada.ok("ping", json!({})).await;
+}
