@@ -298,6 +298,13 @@ impl Hub {
         self.read().sessions.len()
     }
 
+    /// Ends one session, if it is still here.
+    pub(crate) fn kill(&self, session: SessionId, reason: CloseReason) {
+        if let Some(entry) = self.read().sessions.get(&session) {
+            entry.shared.kill(reason);
+        }
+    }
+
     pub(crate) fn kill_all(&self, reason: CloseReason) {
         for entry in self.read().sessions.values() {
             entry.shared.kill(reason);

@@ -7,6 +7,7 @@
 //! `Arc`).
 
 mod committer;
+mod expiry;
 mod handlers;
 mod hub;
 mod presence;
@@ -28,6 +29,7 @@ pub use hub::CloseReason;
 pub use session::{CloseSignal, Output, Ready, Ref, Session};
 
 use self::committer::CommitJob;
+use self::expiry::ExpiryQueue;
 use self::hub::{Hub, HubSink, SessionShared};
 use self::presence::PresenceTracker;
 use self::typing::TypingTracker;
@@ -96,6 +98,7 @@ impl EngineBuilder {
             hub,
             metrics,
             presence: PresenceTracker::default(),
+            expiries: ExpiryQueue::default(),
             commits: commit_tx,
             accepting: AtomicBool::new(true),
             started: Instant::now(),
@@ -105,6 +108,7 @@ impl EngineBuilder {
             tokio::spawn(committer::run(inner.clone(), commit_rx)),
             tokio::spawn(announce_presence(inner.clone())),
             tokio::spawn(expire_typing(inner.clone())),
+            tokio::spawn(expire_sessions(inner.clone())),
         ];
         *inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         let engine = Engine { inner };
@@ -137,6 +141,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) presence: PresenceTracker,
     pub(crate) typing: TypingTracker,
+    /// When each session's credentials run out (plus the leeway).
+    pub(crate) expiries: ExpiryQueue,
     /// The group committer's queue. Every send goes through it, so sends are
     /// committed in batches and fanned out in commit order.
     pub(crate) commits: mpsc::Sender<CommitJob>,
@@ -476,6 +482,25 @@ async fn expire_typing(inner: Arc<Inner>) {
         }
         for (room, user) in inner.typing.expire(tokio::time::Instant::now()) {
             inner.publish_typing(room, user, false).await;
+        }
+    }
+}
+
+/// Ends sessions whose credentials have expired, at their deadline.
+async fn expire_sessions(inner: Arc<Inner>) {
+    loop {
+        let (due, next) = inner.expiries.take_due(tokio::time::Instant::now());
+        for session in due {
+            inner.hub.kill(session, CloseReason::TokenExpired);
+        }
+        match next {
+            None => inner.expiries.wake.notified().await,
+            Some(deadline) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = inner.expiries.wake.notified() => {}
+                }
+            }
         }
     }
 }

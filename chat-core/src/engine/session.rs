@@ -162,8 +162,9 @@ pub struct Session {
     floors: HashMap<RoomId, u64>,
     rate: RateLimit,
     bad_frames: VecDeque<Instant>,
-    /// Fires when the credentials expire (plus the leeway).
-    expiry: Option<Pin<Box<Sleep>>>,
+    /// When the credentials expire (plus the leeway): the engine's expiry
+    /// task ends the session then, and forgets it when it is dropped first.
+    expires: Option<tokio::time::Instant>,
     /// At shutdown, how long pending sends may still take to be acked.
     shutdown_wait: Option<Pin<Box<Sleep>>>,
     closed: bool,
@@ -188,9 +189,10 @@ impl Session {
     ) -> Self {
         let limits = &inner.config.limits;
         let rate = RateLimit::new(limits.commands_per_second, limits.command_burst);
-        let expiry = expires_at.map(|at| {
+        let expires = expires_at.map(|at| {
             let deadline = tokio::time::Instant::now() + at.until() + inner.config.expiry_leeway;
-            Box::pin(tokio::time::sleep_until(deadline))
+            inner.expiries.add(deadline, shared.id);
+            deadline
         });
         Session {
             inner,
@@ -204,7 +206,7 @@ impl Session {
             floors: HashMap::new(),
             rate,
             bad_frames: VecDeque::new(),
-            expiry,
+            expires,
             shutdown_wait: None,
             closed: false,
         }
@@ -449,13 +451,6 @@ impl Session {
             if let Some(out) = self.backlog_out.pop_front() {
                 return Poll::Ready(out);
             }
-            if let Some(expiry) = self.expiry.as_mut() {
-                if expiry.as_mut().poll(cx).is_ready() {
-                    self.expiry = None;
-                    self.shared.kill(CloseReason::TokenExpired);
-                    continue;
-                }
-            }
             self.start_backlog_fetch();
             if let Some(fetch) = self.backlog_fetch.as_mut() {
                 if let Poll::Ready((room, after, result)) = fetch.as_mut().poll(cx) {
@@ -501,6 +496,9 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        if let Some(at) = self.expires {
+            self.inner.expiries.remove(at, self.shared.id);
+        }
         self.inner.session_closed(&self.shared);
     }
 }
