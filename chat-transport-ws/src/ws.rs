@@ -15,7 +15,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chat_core::{CloseReason, CloseSignal, Error, ErrorCode, Identity, Output, Session};
-use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
@@ -205,14 +204,10 @@ pub(crate) async fn upgrade(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-/// Sends a close frame, waiting at most `wait`. Boxed: closing happens once
-/// per connection, and its future would otherwise add to the task that every
-/// idle connection keeps.
-fn close<'a>(socket: &'a mut Socket, code: u16, reason: &str, wait: Duration) -> BoxFuture<'a, ()> {
+/// Sends a close frame, waiting at most `wait`.
+async fn close(socket: &mut Socket, code: u16, reason: &str, wait: Duration) {
     let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) };
-    Box::pin(async move {
-        let _ = timeout(wait, socket.send(Message::Close(Some(frame)))).await;
-    })
+    let _ = timeout(wait, socket.send(Message::Close(Some(frame)))).await;
 }
 
 fn is_too_big(err: &tungstenite::Error) -> bool {
@@ -281,11 +276,8 @@ fn connection(
     // Made here, so that the task keeps only the box and not these arguments.
     let opening = Box::pin(open(app, on_upgrade, socket_config, token, peer));
     async move {
-        let Some((mut conn, ready)) = opening.await else { return };
-        let span = tracing::info_span!("session", id = %conn.session.id(), user = %conn.session.user().id);
-        tracing::debug!(parent: &span, ?peer, "session opened");
+        let Some((conn, ready)) = opening.await else { return };
         conn.run(ready).await;
-        tracing::debug!(parent: &span, "session closed");
     }
 }
 
@@ -340,6 +332,7 @@ async fn open(
             return None;
         }
     };
+    tracing::debug!(session = %session.id(), user = %session.user().id, ?peer, "session opened");
     let config = app.config.clone();
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.reset();
@@ -355,7 +348,7 @@ async fn open(
     Some((conn, wire::encode_event_frame("ready", &ready)))
 }
 
-/// Why the write loop stopped.
+/// Why a write stopped.
 enum WriteEnd {
     /// The engine ended the session while the write was blocked.
     Killed,
@@ -403,11 +396,13 @@ async fn poll_once<T>(mut f: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Poll<T>
     poll_fn(|cx| Poll::Ready(f(cx))).await
 }
 
-/// What woke a connection's loop.
+/// What the loop has to do that [`Conn::poll_wake`] could not do in the poll.
 enum Wake {
-    /// The session had output: its frames, up to a batch, and the reason
-    /// the session ended if it did.
-    Output(VecDeque<Message>, Option<CloseReason>),
+    /// Frames the socket could not take at once (possibly none, with a flush
+    /// still pending), and the reason the session ended if it did.
+    Write(VecDeque<Message>, Option<CloseReason>),
+    /// The socket failed while taking frames.
+    Dead,
     /// The client sent a frame, or the socket ended (`None`) or failed.
     Incoming(Option<Result<Message, tungstenite::Error>>),
     /// Time to ping the client, or to give up on a silent one.
@@ -415,8 +410,14 @@ enum Wake {
 }
 
 /// One authenticated connection: its session and socket, and the timer that
-/// pings the client. The loop waits on the three with one `poll_fn` instead
-/// of a `select!` of futures, so that waiting costs no memory of its own.
+/// pings the client.
+///
+/// An idle connection costs its task, this one allocation and the socket's
+/// buffers. The task waits in [`Conn::poll_wake`], which polls the session,
+/// the socket and the timer by hand and writes events itself whenever the
+/// socket takes them at once; everything else (a command, a write that has
+/// to wait, a ping) runs in a boxed future of its own, so the task's future
+/// holds little more than the pointer to this.
 struct Conn {
     config: Arc<WsConfig>,
     session: Session,
@@ -440,36 +441,52 @@ impl Conn {
         self.socket.poll_next_unpin(cx)
     }
 
+    /// Waits for something to do: writes the session's output while the
+    /// socket takes it, and returns what needs more than a poll.
     fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
-        self.input_first = !self.input_first;
-        if self.input_first {
-            if let Poll::Ready(incoming) = self.poll_input(cx) {
-                return Poll::Ready(Wake::Incoming(incoming));
+        loop {
+            self.input_first = !self.input_first;
+            if self.input_first {
+                if let Poll::Ready(incoming) = self.poll_input(cx) {
+                    return Poll::Ready(Wake::Incoming(incoming));
+                }
             }
-        }
-        if let Poll::Ready(output) = self.session.poll_next_output(cx) {
-            return Poll::Ready(self.batch(output, cx));
-        }
-        if !self.input_first {
-            if let Poll::Ready(incoming) = self.poll_input(cx) {
-                return Poll::Ready(Wake::Incoming(incoming));
+            if let Poll::Ready(output) = self.session.poll_next_output(cx) {
+                let (mut frames, ending) = self.batch(output, cx);
+                if ending.is_some() {
+                    return Poll::Ready(Wake::Write(frames, ending));
+                }
+                match poll_send(&mut self.socket, &mut frames, cx) {
+                    // Sent; look for more. Tokio's budget for the socket
+                    // makes the write pend, and so this loop end, before
+                    // the task could hog its thread.
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Wake::Dead),
+                    Poll::Pending => return Poll::Ready(Wake::Write(frames, None)),
+                }
             }
+            if !self.input_first {
+                if let Poll::Ready(incoming) = self.poll_input(cx) {
+                    return Poll::Ready(Wake::Incoming(incoming));
+                }
+            }
+            if self.ping.poll_tick(cx).is_ready() {
+                return Poll::Ready(Wake::Ping);
+            }
+            return Poll::Pending;
         }
-        if self.ping.poll_tick(cx).is_ready() {
-            return Poll::Ready(Wake::Ping);
-        }
-        Poll::Pending
     }
 
     /// The frames of an output and of whatever else the session has ready,
-    /// up to a batch, to go out in one flush.
-    fn batch(&mut self, first: Output, cx: &mut Context<'_>) -> Wake {
+    /// up to a batch, to go out in one flush; and the reason the session
+    /// ended, if it did.
+    fn batch(&mut self, first: Output, cx: &mut Context<'_>) -> (VecDeque<Message>, Option<CloseReason>) {
         let mut frames = VecDeque::new();
         let mut next = first;
         loop {
             match frame_for(next) {
                 Ok(frame) => frames.extend(frame),
-                Err(reason) => return Wake::Output(frames, Some(reason)),
+                Err(reason) => return (frames, Some(reason)),
             }
             if frames.len() >= MAX_BATCH {
                 break;
@@ -479,21 +496,16 @@ impl Conn {
                 Poll::Pending => break,
             }
         }
-        Wake::Output(frames, None)
+        (frames, None)
     }
 
-    /// Writes frames: at once when the socket has room, which is the common
-    /// case and needs no timer; otherwise in a boxed future that gives up
-    /// when the engine ends the session or the client stops reading for
-    /// longer than the write timeout.
+    /// Writes frames: at once when the socket has room, which needs no
+    /// timer; otherwise giving up when the engine ends the session or the
+    /// client stops reading for longer than the write timeout.
     async fn write(&mut self, mut frames: VecDeque<Message>) -> Result<(), WriteEnd> {
         if let Poll::Ready(res) = poll_once(|cx| poll_send(&mut self.socket, &mut frames, cx)).await {
             return res.map_err(|_| WriteEnd::Dead);
         }
-        Box::pin(self.write_slowly(frames)).await
-    }
-
-    async fn write_slowly(&mut self, mut frames: VecDeque<Message>) -> Result<(), WriteEnd> {
         let socket = &mut self.socket;
         let work = poll_fn(|cx| poll_send(socket, &mut frames, cx));
         tokio::pin!(work);
@@ -525,43 +537,46 @@ impl Conn {
         close(&mut self.socket, code, reason, self.config.write_timeout).await;
     }
 
-    async fn run(&mut self, ready: Utf8Bytes) {
-        if self.write_one(Message::Text(ready)).await.is_err() {
-            return;
+    /// Runs the connection until it ends. Every step but the wait is boxed,
+    /// so that the task keeps only the wait's state.
+    async fn run(mut self: Box<Self>, ready: Utf8Bytes) {
+        if Box::pin(self.write_one(Message::Text(ready))).await.is_ok() {
+            loop {
+                let wake = poll_fn(|cx| self.poll_wake(cx)).await;
+                if !Box::pin(self.handle(wake)).await {
+                    break;
+                }
+            }
         }
-        loop {
-            match poll_fn(|cx| self.poll_wake(cx)).await {
-                Wake::Output(frames, mut ending) => {
-                    if !frames.is_empty() {
-                        match self.write(frames).await {
-                            Ok(()) => {}
-                            Err(WriteEnd::Killed) => ending = self.closed.reason(),
-                            Err(WriteEnd::Dead) => return,
-                        }
-                    }
-                    if let Some(reason) = ending {
-                        self.close(code_for(reason), reason.message()).await;
-                        return;
-                    }
+        tracing::debug!(session = %self.session.id(), user = %self.session.user().id, "session closed");
+    }
+
+    /// Does what woke the loop. `false` once the connection is over.
+    async fn handle(&mut self, wake: Wake) -> bool {
+        match wake {
+            Wake::Write(frames, mut ending) => {
+                match self.write(frames).await {
+                    Ok(()) => {}
+                    Err(WriteEnd::Killed) => ending = self.closed.reason(),
+                    Err(WriteEnd::Dead) => return false,
                 }
-                Wake::Incoming(incoming) => {
-                    self.last_heard = Instant::now();
-                    // Boxed: handling a command takes a future several times
-                    // the size of the idle loop, which every connection's
-                    // task would otherwise carry.
-                    if !Box::pin(self.incoming(incoming)).await {
-                        return;
-                    }
+                if let Some(reason) = ending {
+                    self.close(code_for(reason), reason.message()).await;
+                    return false;
                 }
-                Wake::Ping => {
-                    if self.last_heard.elapsed() > self.config.idle_timeout {
-                        close(&mut self.socket, close_code::GOING_AWAY, "idle timeout", Duration::from_secs(2)).await;
-                        return;
-                    }
-                    if self.write_one(Message::Ping(Default::default())).await.is_err() {
-                        return;
-                    }
+                true
+            }
+            Wake::Dead => false,
+            Wake::Incoming(incoming) => {
+                self.last_heard = Instant::now();
+                self.incoming(incoming).await
+            }
+            Wake::Ping => {
+                if self.last_heard.elapsed() > self.config.idle_timeout {
+                    close(&mut self.socket, close_code::GOING_AWAY, "idle timeout", Duration::from_secs(2)).await;
+                    return false;
                 }
+                self.write_one(Message::Ping(Default::default())).await.is_ok()
             }
         }
     }
