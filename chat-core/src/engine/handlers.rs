@@ -67,14 +67,15 @@ impl Inner {
             }
         };
         let rooms = self.room_list(&user).await?;
+        let user = Arc::new(user);
         let limits = &self.config.limits;
-        let shared = Arc::new(SessionShared::new(SessionId::generate(), user.id.clone(), limits.outbound_queue));
+        let shared = Arc::new(SessionShared::new(SessionId::generate(), user.clone(), limits.outbound_queue));
         if self.hub.register(shared.clone(), limits.max_connections_per_user).is_err() {
             return Err(Error::RateLimited("too many open connections for this user".into()));
         }
         self.presence.connect(&user);
-        let ready = Ready { session_id: shared.id, user: user.clone(), rooms, server_time: Timestamp::now() };
-        let session = Session::new(self.clone(), shared, user, identity.expires_at);
+        let ready = Ready { session_id: shared.id, user: User::clone(&user), rooms, server_time: Timestamp::now() };
+        let session = Session::new(self.clone(), shared, identity.expires_at);
         Ok((session, ready))
     }
 

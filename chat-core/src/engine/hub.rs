@@ -13,6 +13,7 @@ use crate::broker::{Audience, Fanout, FanoutSink};
 use crate::event::{Delivery, Event};
 use crate::id::{RoomId, SessionId, UserId};
 use crate::metrics::Metrics;
+use crate::user::User;
 
 /// Why the engine ends a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,7 +47,8 @@ impl CloseReason {
 #[derive(Debug)]
 pub(crate) struct SessionShared {
     pub(crate) id: SessionId,
-    pub(crate) user_id: UserId,
+    /// The session's user, shared with the session and with presence.
+    pub(crate) user: Arc<User>,
     /// Set once; the first reason wins. The owner polls `killed` and then reads it.
     close: OnceLock<CloseReason>,
     /// Wakes everyone waiting in `killed` when `close` is set.
@@ -58,15 +60,19 @@ pub(crate) struct SessionShared {
 }
 
 impl SessionShared {
-    pub(crate) fn new(id: SessionId, user_id: UserId, queue_limit: usize) -> Self {
+    pub(crate) fn new(id: SessionId, user: Arc<User>, queue_limit: usize) -> Self {
         SessionShared {
             id,
-            user_id,
+            user,
             close: OnceLock::new(),
             killed: Notify::new(),
             mailbox: Mailbox::new(queue_limit),
             owner: AtomicWaker::new(),
         }
+    }
+
+    pub(crate) fn user_id(&self) -> &UserId {
+        &self.user.id
     }
 
     pub(crate) fn kill(&self, reason: CloseReason) {
@@ -224,7 +230,7 @@ impl Hub {
     /// whether it is the user's first session on this node.
     pub(crate) fn register(&self, shared: Arc<SessionShared>, max_per_user: usize) -> Result<bool, ()> {
         let mut state = self.write();
-        let sessions = state.users.entry(shared.user_id.clone()).or_default();
+        let sessions = state.users.entry(shared.user_id().clone()).or_default();
         if sessions.len() >= max_per_user {
             return Err(());
         }
@@ -243,7 +249,7 @@ impl Hub {
         for room in &entry.rooms {
             state.unsubscribe(id, *room);
         }
-        let user = &entry.shared.user_id;
+        let user = entry.shared.user_id();
         let mut last = false;
         if let Some(list) = state.users.get_mut(user) {
             list.retain(|s| *s != id);
@@ -316,7 +322,7 @@ impl Hub {
         if entry.shared.offer(delivery) {
             return true;
         }
-        tracing::debug!(session = %entry.shared.id, user = %entry.shared.user_id, "outbound queue full, closing slow consumer");
+        tracing::debug!(session = %entry.shared.id, user = %entry.shared.user_id(), "outbound queue full, closing slow consumer");
         if entry.shared.close_reason().is_none() {
             self.metrics.slow_consumer();
         }
@@ -350,7 +356,7 @@ impl Hub {
                         continue;
                     }
                     let Some(entry) = state.sessions.get(id) else { continue };
-                    if except_user.as_ref() == Some(&entry.shared.user_id) {
+                    if except_user.as_ref() == Some(entry.shared.user_id()) {
                         continue;
                     }
                     *queued += u64::from(self.offer(entry, delivery));

@@ -423,12 +423,12 @@ impl Inner {
     /// Called when a session ends, from its `Drop`.
     pub(crate) fn session_closed(self: &Arc<Self>, shared: &SessionShared) {
         let last = self.hub.unregister(shared.id);
-        self.presence.disconnect(&shared.user_id);
+        self.presence.disconnect(shared.user_id());
         if last {
-            let rooms = self.typing.stop_user(&shared.user_id);
+            let rooms = self.typing.stop_user(shared.user_id());
             if !rooms.is_empty() {
                 let inner = self.clone();
-                let user = shared.user_id.clone();
+                let user = shared.user_id().clone();
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     rt.spawn(async move {
                         for room in rooms {

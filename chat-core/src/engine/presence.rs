@@ -7,7 +7,7 @@
 //! order that leaves observers with a stale status.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
@@ -17,7 +17,8 @@ use crate::time::Timestamp;
 use crate::user::User;
 
 struct Entry {
-    user: User,
+    /// Shared with the user's newest session.
+    user: Arc<User>,
     sessions: u32,
     status: PresenceStatus,
 }
@@ -49,7 +50,7 @@ impl PresenceTracker {
     }
 
     /// A session of `user` opened. The first one makes the user online.
-    pub(crate) fn connect(&self, user: &User) {
+    pub(crate) fn connect(&self, user: &Arc<User>) {
         {
             let mut entries = lock(&self.entries);
             let entry = entries.entry(user.id.clone()).or_insert_with(|| Entry {
@@ -96,7 +97,7 @@ impl PresenceTracker {
         let mut out: Vec<OnlineUser> = entries
             .values()
             .filter(|e| e.status.is_visible_online())
-            .map(|e| OnlineUser { user: e.user.clone(), status: e.status.visible() })
+            .map(|e| OnlineUser { user: User::clone(&e.user), status: e.status.visible() })
             .collect();
         out.sort_by(|a, b| a.user.name.cmp(&b.user.name).then_with(|| a.user.id.cmp(&b.user.id)));
         out
@@ -136,10 +137,10 @@ impl PresenceTracker {
 mod tests {
     use super::*;
 
-    fn user(id: &str, roles: &[&str]) -> User {
+    fn user(id: &str, roles: &[&str]) -> Arc<User> {
         let mut u = User::new(UserId::new(id).expect("valid"), id);
         u.roles = roles.iter().map(|r| r.to_string()).collect();
-        u
+        Arc::new(u)
     }
 
     #[test]

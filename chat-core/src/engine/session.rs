@@ -103,6 +103,19 @@ struct Backlog {
     after: u64,
 }
 
+/// What a session keeps for rooms joined with `since_seq`.
+#[derive(Default)]
+struct Resume {
+    /// Rooms to replay; while any is pending, live events wait.
+    backlog: VecDeque<Backlog>,
+    fetch: Option<BacklogFetch>,
+    /// Replayed messages not handed out yet.
+    out: VecDeque<Output>,
+    /// Per room, the highest seq sent as `message:new`; live copies at or
+    /// below it were already replayed and are dropped.
+    floors: HashMap<RoomId, u64>,
+}
+
 /// A page of a room's replay: the room, the seq it was read after, the page.
 type BacklogFetch = BoxFuture<'static, (RoomId, u64, Result<HistoryPage>)>;
 
@@ -148,18 +161,13 @@ impl RateLimit {
 pub struct Session {
     inner: Arc<Inner>,
     shared: Arc<SessionShared>,
-    user: User,
     /// Answers ready to go out, in the order they were produced.
     ready: VecDeque<Output>,
-    /// Sends waiting for their commit.
-    in_flight: FuturesUnordered<BoxFuture<'static, Output>>,
-    /// Rooms to replay after `since_seq`; while any is pending, live events wait.
-    backlog: VecDeque<Backlog>,
-    backlog_fetch: Option<BacklogFetch>,
-    backlog_out: VecDeque<Output>,
-    /// Per room, the highest seq sent as `message:new`; live copies at or
-    /// below it were already replayed and are dropped.
-    floors: HashMap<RoomId, u64>,
+    /// Sends waiting for their commit. Made with the first send: an empty
+    /// set still allocates, and most sessions of a large server are idle.
+    in_flight: Option<FuturesUnordered<BoxFuture<'static, Output>>>,
+    /// The state of `room:join` with `since_seq`, made with the first one.
+    resume: Option<Box<Resume>>,
     rate: RateLimit,
     bad_frames: VecDeque<Instant>,
     /// When the credentials expire (plus the leeway): the engine's expiry
@@ -174,19 +182,14 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("id", &self.shared.id)
-            .field("user", &self.user.id)
-            .field("in_flight", &self.in_flight.len())
+            .field("user", &self.shared.user_id())
+            .field("in_flight", &self.in_flight_len())
             .finish_non_exhaustive()
     }
 }
 
 impl Session {
-    pub(crate) fn new(
-        inner: Arc<Inner>,
-        shared: Arc<SessionShared>,
-        user: User,
-        expires_at: Option<Timestamp>,
-    ) -> Self {
+    pub(crate) fn new(inner: Arc<Inner>, shared: Arc<SessionShared>, expires_at: Option<Timestamp>) -> Self {
         let limits = &inner.config.limits;
         let rate = RateLimit::new(limits.commands_per_second, limits.command_burst);
         let expires = expires_at.map(|at| {
@@ -197,13 +200,9 @@ impl Session {
         Session {
             inner,
             shared,
-            user,
             ready: VecDeque::new(),
-            in_flight: FuturesUnordered::new(),
-            backlog: VecDeque::new(),
-            backlog_fetch: None,
-            backlog_out: VecDeque::new(),
-            floors: HashMap::new(),
+            in_flight: None,
+            resume: None,
             rate,
             bad_frames: VecDeque::new(),
             expires,
@@ -219,14 +218,22 @@ impl Session {
 
     /// The session's user.
     pub fn user(&self) -> &User {
-        &self.user
+        &self.shared.user
+    }
+
+    fn in_flight_len(&self) -> usize {
+        self.in_flight.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    fn resume(&mut self) -> &mut Resume {
+        self.resume.get_or_insert_with(Box::default)
     }
 
     /// Whether the transport should read the next command. `false` while the
     /// session has as many commands in progress as it may, which pushes back on
     /// a client that sends faster than its commands complete.
     pub fn accepts_input(&self) -> bool {
-        !self.closed && self.in_flight.len() + self.ready.len() < self.inner.config.limits.max_in_flight
+        !self.closed && self.in_flight_len() + self.ready.len() < self.inner.config.limits.max_in_flight
     }
 
     /// A handle that resolves once the engine ends the session (slow consumer,
@@ -243,7 +250,7 @@ impl Session {
     }
 
     fn ctx(&self) -> Ctx {
-        Ctx { session: Some(self.shared.id), user: self.user.clone(), bridge: None }
+        Ctx { session: Some(self.shared.id), user: User::clone(&self.shared.user), bridge: None }
     }
 
     fn answer(&mut self, reference: Option<Ref>, result: Result<Reply>) {
@@ -265,7 +272,7 @@ impl Session {
             Command::MessageSend(req) => match inner.send(&ctx, req).await {
                 Ok(pending) => {
                     let accepted = Instant::now();
-                    self.in_flight.push(Box::pin(async move {
+                    self.in_flight.get_or_insert_with(FuturesUnordered::new).push(Box::pin(async move {
                         let result = match pending.await {
                             Ok(result) => result.map(|a| Reply::Message { message: a.message }),
                             Err(_) => Err(Error::unavailable("the commit was abandoned")),
@@ -287,9 +294,10 @@ impl Session {
                         Reply::Joined { last_seq, .. } => since.min(*last_seq),
                         _ => since,
                     };
-                    self.floors.insert(req.room_id, since);
                     self.forget_replay(req.room_id);
-                    self.backlog.push_back(Backlog { room: req.room_id, after: since });
+                    let resume = self.resume();
+                    resume.floors.insert(req.room_id, since);
+                    resume.backlog.push_back(Backlog { room: req.room_id, after: since });
                 }
                 result
             }
@@ -297,7 +305,9 @@ impl Session {
             Command::RoomLeave(req) => {
                 let result = inner.leave_room(&ctx, req.room_id).await;
                 if result.is_ok() {
-                    self.floors.remove(&req.room_id);
+                    if let Some(resume) = self.resume.as_mut() {
+                        resume.floors.remove(&req.room_id);
+                    }
                     self.forget_replay(req.room_id);
                 }
                 result
@@ -342,53 +352,56 @@ impl Session {
     /// Drops a room's replay, including replayed messages not handed out yet:
     /// the room was left, or is joined again from another `since_seq`.
     fn forget_replay(&mut self, room: RoomId) {
-        self.backlog.retain(|b| b.room != room);
-        self.backlog_out.retain(|out| !matches!(out, Output::Event(d) if d.event().room_id() == Some(room)));
+        let Some(resume) = self.resume.as_mut() else { return };
+        resume.backlog.retain(|b| b.room != room);
+        resume.out.retain(|out| !matches!(out, Output::Event(d) if d.event().room_id() == Some(room)));
     }
 
     fn start_backlog_fetch(&mut self) {
-        if self.backlog_fetch.is_some() {
+        let Some(resume) = self.resume.as_mut() else { return };
+        if resume.fetch.is_some() {
             return;
         }
-        let Some(job) = self.backlog.front() else { return };
+        let Some(job) = resume.backlog.front() else { return };
         let store = self.inner.store.clone();
         let (room, after) = (job.room, job.after);
         let limit = self.inner.config.backlog_chunk.max(1);
-        self.backlog_fetch = Some(Box::pin(async move {
+        resume.fetch = Some(Box::pin(async move {
             let query = HistoryQuery { before_seq: None, after_seq: Some(after), limit };
             (room, after, store.history(room, query).await)
         }));
     }
 
     fn backlog_fetched(&mut self, room: RoomId, after: u64, result: Result<HistoryPage>) {
-        self.backlog_fetch = None;
+        let resume = self.resume();
+        resume.fetch = None;
         // A page read for another position is stale: the room was left, or
         // joined again from another `since_seq`, while it was on its way.
-        let Some(pos) = self.backlog.iter().position(|b| b.room == room && b.after == after) else {
+        let Some(pos) = resume.backlog.iter().position(|b| b.room == room && b.after == after) else {
             return;
         };
         match result {
             Ok(page) => {
-                let floor = self.floors.entry(room).or_insert(0);
+                let floor = resume.floors.entry(room).or_insert(0);
                 for message in page.messages {
                     *floor = (*floor).max(message.seq);
-                    self.backlog[pos].after = message.seq;
+                    resume.backlog[pos].after = message.seq;
                     let event = Event::MessageNew(MessageEvent { message });
-                    self.backlog_out.push_back(Output::Event(Arc::new(Delivery::new(event))));
+                    resume.out.push_back(Output::Event(Arc::new(Delivery::new(event))));
                 }
                 if !page.has_more {
-                    self.backlog.remove(pos);
+                    resume.backlog.remove(pos);
                 }
             }
             Err(err) => {
                 // Live events would now arrive with a gap before them, so the
                 // session leaves the room's stream; the client can join again.
+                resume.backlog.remove(pos);
+                resume.floors.remove(&room);
+                let reply = Error::unavailable(format!("replaying room {room} failed"));
+                resume.out.push_back(Output::Reply { reference: None, result: Err(reply) });
                 tracing::warn!(session = %self.shared.id, %room, error = %err, "replaying a room failed");
-                self.backlog.remove(pos);
-                self.floors.remove(&room);
                 self.inner.hub.unsubscribe_session(self.shared.id, room);
-                let err = Error::unavailable(format!("replaying room {room} failed"));
-                self.backlog_out.push_back(Output::Reply { reference: None, result: Err(err) });
             }
         }
     }
@@ -397,7 +410,7 @@ impl Session {
     fn admit(&mut self, delivery: &Delivery) -> bool {
         if let Event::MessageNew(e) = delivery.event() {
             let seq = e.message.seq;
-            if let Some(floor) = self.floors.get_mut(&e.message.room_id) {
+            if let Some(floor) = self.resume.as_mut().and_then(|r| r.floors.get_mut(&e.message.room_id)) {
                 if seq <= *floor {
                     return false;
                 }
@@ -448,23 +461,23 @@ impl Session {
             if let Some(out) = self.ready.pop_front() {
                 return Poll::Ready(out);
             }
-            if let Some(out) = self.backlog_out.pop_front() {
+            if let Some(out) = self.resume.as_mut().and_then(|r| r.out.pop_front()) {
                 return Poll::Ready(out);
             }
             self.start_backlog_fetch();
-            if let Some(fetch) = self.backlog_fetch.as_mut() {
+            if let Some(fetch) = self.resume.as_mut().and_then(|r| r.fetch.as_mut()) {
                 if let Poll::Ready((room, after, result)) = fetch.as_mut().poll(cx) {
                     self.backlog_fetched(room, after, result);
                     continue;
                 }
             }
-            if !self.in_flight.is_empty() {
-                if let Poll::Ready(Some(out)) = self.in_flight.poll_next_unpin(cx) {
+            if let Some(in_flight) = self.in_flight.as_mut().filter(|f| !f.is_empty()) {
+                if let Poll::Ready(Some(out)) = in_flight.poll_next_unpin(cx) {
                     return Poll::Ready(out);
                 }
             }
             // Live events wait while a replay is pending.
-            if !self.backlog.is_empty() {
+            if self.resume.as_ref().is_some_and(|r| !r.backlog.is_empty()) {
                 return Poll::Pending;
             }
             match self.shared.take_event() {
@@ -481,15 +494,15 @@ impl Session {
     /// At shutdown: the next ack of a pending send, `None` once there are
     /// none left or [`SHUTDOWN_ACK_WAIT`] has passed since the first call.
     fn poll_acks_at_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<Option<Output>> {
-        if self.in_flight.is_empty() {
+        let Some(in_flight) = self.in_flight.as_mut().filter(|f| !f.is_empty()) else {
             return Poll::Ready(None);
-        }
-        if let Poll::Ready(Some(out)) = self.in_flight.poll_next_unpin(cx) {
+        };
+        if let Poll::Ready(Some(out)) = in_flight.poll_next_unpin(cx) {
             return Poll::Ready(Some(out));
         }
         let wait = self.shutdown_wait.get_or_insert_with(|| Box::pin(tokio::time::sleep(SHUTDOWN_ACK_WAIT)));
         ready!(wait.as_mut().poll(cx));
-        self.in_flight.clear();
+        self.in_flight = None;
         Poll::Ready(None)
     }
 }
