@@ -86,6 +86,11 @@ pub struct EngineConfig {
     pub commit_window: Duration,
     /// Messages fetched per store call when replaying a room after `since_seq`.
     pub backlog_chunk: u32,
+    /// How often each session yields [`Output::Keepalive`](crate::Output),
+    /// for transports that check on their clients (the WebSocket transport
+    /// pings, and closes a connection that stayed silent past its idle
+    /// timeout). Zero turns it off.
+    pub keepalive_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -97,6 +102,7 @@ impl Default for EngineConfig {
             max_commit_batch: 512,
             commit_window: Duration::ZERO,
             backlog_chunk: 500,
+            keepalive_interval: Duration::from_secs(30),
         }
     }
 }

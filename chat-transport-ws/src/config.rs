@@ -63,9 +63,10 @@ pub struct WsConfig {
     pub user_token_ttl: Duration,
     /// Take the client address from `X-Forwarded-For` (behind a trusted proxy only).
     pub trust_forwarded_for: bool,
-    /// How often the server pings an idle connection.
-    pub ping_interval: Duration,
-    /// A connection that sends nothing (not even a pong) for this long is closed.
+    /// A connection that sends nothing (not even a pong) for this long is
+    /// closed. Checked, and the client pinged, at each keepalive beat of the
+    /// engine (`EngineConfig::keepalive_interval`), so it should be a few of
+    /// those.
     pub idle_timeout: Duration,
     /// A write that cannot complete for this long (the client stopped reading) ends the connection.
     pub write_timeout: Duration,
@@ -91,7 +92,6 @@ impl Default for WsConfig {
             visitor_token_ttl: Duration::from_secs(30 * 24 * 3600),
             user_token_ttl: Duration::from_secs(24 * 3600),
             trust_forwarded_for: false,
-            ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
             write_timeout: Duration::from_secs(10),
             max_http_body_bytes: 64 * 1024,

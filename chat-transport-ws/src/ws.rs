@@ -14,13 +14,13 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use chat_core::{CloseReason, CloseSignal, Error, ErrorCode, Identity, Output, Session};
+use chat_core::{CloseReason, Error, ErrorCode, Identity, Output, Session};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::time::{Instant, Interval, timeout};
+use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -263,9 +263,10 @@ async fn auth_frame(app: &AppState, socket: &mut Socket) -> Auth {
 }
 
 /// Drives one upgraded connection. The set-up (authentication, opening the
-/// session) runs in a boxed future that is freed before the loop starts, and
-/// the connection's state is one allocation that the loop borrows, so that
-/// the task every idle connection keeps holds little more than a pointer.
+/// session, the `ready` frame) runs in a boxed future that is freed before
+/// the loop starts, and the connection's state is one allocation that the
+/// loop borrows, so that the task every idle connection keeps holds little
+/// more than a pointer.
 fn connection(
     app: AppState,
     on_upgrade: OnUpgrade,
@@ -276,8 +277,8 @@ fn connection(
     // Made here, so that the task keeps only the box and not these arguments.
     let opening = Box::pin(open(app, on_upgrade, socket_config, token, peer));
     async move {
-        let Some((conn, ready)) = opening.await else { return };
-        conn.run(ready).await;
+        let Some(conn) = opening.await else { return };
+        conn.run().await;
     }
 }
 
@@ -289,7 +290,7 @@ async fn open(
     socket_config: WebSocketConfig,
     token: Option<String>,
     peer: Option<SocketAddr>,
-) -> Option<(Box<Conn>, Utf8Bytes)> {
+) -> Option<Box<Conn>> {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(err) => {
@@ -333,19 +334,10 @@ async fn open(
         }
     };
     tracing::debug!(session = %session.id(), user = %session.user().id, ?peer, "session opened");
-    let config = app.config.clone();
-    let mut ping = tokio::time::interval(config.ping_interval);
-    ping.reset();
-    let conn = Box::new(Conn {
-        closed: session.close_signal(),
-        config,
-        session,
-        socket,
-        ping,
-        last_heard: Instant::now(),
-        input_first: false,
-    });
-    Some((conn, wire::encode_event_frame("ready", &ready)))
+    let mut conn =
+        Box::new(Conn { config: app.config.clone(), session, socket, last_heard: Instant::now(), input_first: false });
+    conn.write_one(Message::Text(wire::encode_event_frame("ready", &ready))).await.ok()?;
+    Some(conn)
 }
 
 /// Why a write stopped.
@@ -356,12 +348,21 @@ enum WriteEnd {
     Dead,
 }
 
-fn frame_for(output: Output) -> Result<Option<Message>, CloseReason> {
-    match output {
-        Output::Reply { reference, result } => Ok(wire::encode_reply(reference.as_ref(), &result).map(Message::Text)),
-        Output::Event(delivery) => Ok(Some(Message::Text(delivery.encoded(&JsonCodec)))),
-        Output::Close(reason) => Err(reason),
-        _ => Ok(None),
+/// Why the server ends a connection.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    /// The engine ended the session.
+    Session(CloseReason),
+    /// The client sent nothing, not even a pong, for the idle timeout.
+    Idle,
+}
+
+impl Ending {
+    fn close_frame(self) -> (u16, &'static str) {
+        match self {
+            Ending::Session(reason) => (code_for(reason), reason.message()),
+            Ending::Idle => (close_code::GOING_AWAY, "idle timeout"),
+        }
     }
 }
 
@@ -399,33 +400,31 @@ async fn poll_once<T>(mut f: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Poll<T>
 /// What the loop has to do that [`Conn::poll_wake`] could not do in the poll.
 enum Wake {
     /// Frames the socket could not take at once (possibly none, with a flush
-    /// still pending), and the reason the session ended if it did.
-    Write(VecDeque<Message>, Option<CloseReason>),
+    /// still pending), and why the connection ends if it does.
+    Write(VecDeque<Message>, Option<Ending>),
     /// The socket failed while taking frames.
     Dead,
     /// The client sent a frame, or the socket ended (`None`) or failed.
     Incoming(Option<Result<Message, tungstenite::Error>>),
-    /// Time to ping the client, or to give up on a silent one.
-    Ping,
 }
 
-/// One authenticated connection: its session and socket, and the timer that
-/// pings the client.
+/// One authenticated connection: its session and its socket.
 ///
 /// An idle connection costs its task, this one allocation and the socket's
-/// buffers. The task waits in [`Conn::poll_wake`], which polls the session,
-/// the socket and the timer by hand and writes events itself whenever the
-/// socket takes them at once; everything else (a command, a write that has
-/// to wait, a ping) runs in a boxed future of its own, so the task's future
-/// holds little more than the pointer to this.
+/// buffers, and no timer: the session's keepalive beat
+/// ([`Output::Keepalive`]) is when the client is pinged and its silence
+/// checked. The task waits in [`Conn::poll_wake`], which polls the session
+/// and the socket by hand and writes output itself whenever the socket takes
+/// it at once; everything else (a command, a write that has to wait) runs in
+/// a boxed future of its own, so the task's future holds little more than
+/// the pointer to this.
 struct Conn {
     config: Arc<WsConfig>,
     session: Session,
-    closed: CloseSignal,
     /// Read and written by the loop alone, so not split: one allocation
     /// fewer, and no lock between the halves.
     socket: Socket,
-    ping: Interval,
+    /// When the client last sent anything, pongs included.
     last_heard: Instant,
     /// Which of output and input is polled first; alternates, so that a
     /// stream of events cannot starve the client's commands or the reverse.
@@ -470,23 +469,30 @@ impl Conn {
                     return Poll::Ready(Wake::Incoming(incoming));
                 }
             }
-            if self.ping.poll_tick(cx).is_ready() {
-                return Poll::Ready(Wake::Ping);
-            }
             return Poll::Pending;
         }
     }
 
     /// The frames of an output and of whatever else the session has ready,
-    /// up to a batch, to go out in one flush; and the reason the session
-    /// ended, if it did.
-    fn batch(&mut self, first: Output, cx: &mut Context<'_>) -> (VecDeque<Message>, Option<CloseReason>) {
+    /// up to a batch, to go out in one flush; and why the connection ends,
+    /// if it does.
+    fn batch(&mut self, first: Output, cx: &mut Context<'_>) -> (VecDeque<Message>, Option<Ending>) {
         let mut frames = VecDeque::new();
         let mut next = first;
         loop {
-            match frame_for(next) {
-                Ok(frame) => frames.extend(frame),
-                Err(reason) => return (frames, Some(reason)),
+            match next {
+                Output::Reply { reference, result } => {
+                    frames.extend(wire::encode_reply(reference.as_ref(), &result).map(Message::Text));
+                }
+                Output::Event(delivery) => frames.push_back(Message::Text(delivery.encoded(&JsonCodec))),
+                Output::Close(reason) => return (frames, Some(Ending::Session(reason))),
+                Output::Keepalive => {
+                    if self.last_heard.elapsed() > self.config.idle_timeout {
+                        return (frames, Some(Ending::Idle));
+                    }
+                    frames.push_back(Message::Ping(Default::default()));
+                }
+                _ => {}
             }
             if frames.len() >= MAX_BATCH {
                 break;
@@ -506,6 +512,7 @@ impl Conn {
         if let Poll::Ready(res) = poll_once(|cx| poll_send(&mut self.socket, &mut frames, cx)).await {
             return res.map_err(|_| WriteEnd::Dead);
         }
+        let closed = self.session.close_signal();
         let socket = &mut self.socket;
         let work = poll_fn(|cx| poll_send(socket, &mut frames, cx));
         tokio::pin!(work);
@@ -515,11 +522,11 @@ impl Conn {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) | Err(_) => Err(WriteEnd::Dead),
             },
-            _ = self.closed.closed() => {}
+            _ = closed.closed() => {}
         }
         // The engine ended the session while the write waited. A slow consumer
         // is cut off at once; at shutdown the write may finish within a grace.
-        if self.closed.reason() != Some(CloseReason::Shutdown) {
+        if closed.reason() != Some(CloseReason::Shutdown) {
             return Err(WriteEnd::Killed);
         }
         match timeout(SHUTDOWN_WRITE_GRACE, work).await {
@@ -538,14 +545,14 @@ impl Conn {
     }
 
     /// Runs the connection until it ends. Every step but the wait is boxed,
-    /// so that the task keeps only the wait's state.
-    async fn run(mut self: Box<Self>, ready: Utf8Bytes) {
-        if Box::pin(self.write_one(Message::Text(ready))).await.is_ok() {
-            loop {
-                let wake = poll_fn(|cx| self.poll_wake(cx)).await;
-                if !Box::pin(self.handle(wake)).await {
-                    break;
-                }
+    /// so that the task keeps only the wait's state. (Holding `Conn` in the
+    /// task instead of boxing it made idle connections larger, not smaller:
+    /// the future keeps more than one copy's room for it.)
+    async fn run(mut self: Box<Self>) {
+        loop {
+            let wake = poll_fn(|cx| self.poll_wake(cx)).await;
+            if !Box::pin(self.handle(wake)).await {
+                break;
             }
         }
         tracing::debug!(session = %self.session.id(), user = %self.session.user().id, "session closed");
@@ -557,11 +564,12 @@ impl Conn {
             Wake::Write(frames, mut ending) => {
                 match self.write(frames).await {
                     Ok(()) => {}
-                    Err(WriteEnd::Killed) => ending = self.closed.reason(),
+                    Err(WriteEnd::Killed) => ending = self.session.close_reason().map(Ending::Session),
                     Err(WriteEnd::Dead) => return false,
                 }
-                if let Some(reason) = ending {
-                    self.close(code_for(reason), reason.message()).await;
+                if let Some(ending) = ending {
+                    let (code, reason) = ending.close_frame();
+                    self.close(code, reason).await;
                     return false;
                 }
                 true
@@ -570,13 +578,6 @@ impl Conn {
             Wake::Incoming(incoming) => {
                 self.last_heard = Instant::now();
                 self.incoming(incoming).await
-            }
-            Wake::Ping => {
-                if self.last_heard.elapsed() > self.config.idle_timeout {
-                    close(&mut self.socket, close_code::GOING_AWAY, "idle timeout", Duration::from_secs(2)).await;
-                    return false;
-                }
-                self.write_one(Message::Ping(Default::default())).await.is_ok()
             }
         }
     }

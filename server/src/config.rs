@@ -135,6 +135,12 @@ pub struct Config {
     pub visitor_sessions_per_minute: u32,
     /// Seconds a connection may take to authenticate.
     pub auth_timeout_s: u64,
+    /// Seconds between keepalive pings on each WebSocket (0: none, and no
+    /// idle timeout either). See `EngineConfig::keepalive_interval`.
+    pub keepalive_s: u64,
+    /// Seconds a WebSocket may stay silent (no frame, no pong) before it is
+    /// closed with 1001; checked at each keepalive, so longer than it.
+    pub idle_timeout_s: u64,
     /// Let anyone sign in to the chat page with just a name (`/v1/dev-login`).
     /// For development machines only; off by default.
     pub dev_login: bool,
@@ -274,6 +280,8 @@ impl Default for Config {
             commit_window_us: engine.commit_window.as_micros() as u64,
             visitor_sessions_per_minute: ws.visitor_sessions_per_ip,
             auth_timeout_s: ws.auth_timeout.as_secs(),
+            keepalive_s: engine.keepalive_interval.as_secs(),
+            idle_timeout_s: ws.idle_timeout.as_secs(),
             dev_login: false,
             discord: DiscordSettings::default(),
         }
@@ -331,6 +339,13 @@ impl Config {
         if self.max_body_chars == 0 || self.max_history_page == 0 || self.outbound_queue == 0 {
             bail!("max_body_chars, max_history_page and outbound_queue must be positive");
         }
+        if self.keepalive_s > 0 && self.idle_timeout_s <= self.keepalive_s {
+            bail!(
+                "idle_timeout_s ({}) must be longer than keepalive_s ({}): a client is pinged at each keepalive, and needs that long to answer",
+                self.idle_timeout_s,
+                self.keepalive_s
+            );
+        }
         if self.discord.enabled() {
             self.discord.ids()?;
             if !cfg!(feature = "discord") {
@@ -372,6 +387,7 @@ impl Config {
         limits.command_burst = self.command_burst;
         limits.outbound_queue = self.outbound_queue;
         config.commit_window = Duration::from_micros(self.commit_window_us);
+        config.keepalive_interval = Duration::from_secs(self.keepalive_s);
         config
     }
 
@@ -385,6 +401,7 @@ impl Config {
         ws.visitor_sessions_per_ip = self.visitor_sessions_per_minute;
         ws.visitor_window = Duration::from_secs(60);
         ws.auth_timeout = Duration::from_secs(self.auth_timeout_s.max(1));
+        ws.idle_timeout = Duration::from_secs(self.idle_timeout_s);
         ws.version = env!("CARGO_PKG_VERSION").to_owned();
         ws.dev_login = self.dev_login;
         ws
@@ -471,6 +488,25 @@ mod tests {
         assert!(c.validate().is_err());
         c.sqlite_writer_cache_kib = 1;
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn the_idle_timeout_must_outlast_the_keepalive() {
+        let defaults = Config::default();
+        assert_eq!((defaults.keepalive_s, defaults.idle_timeout_s), (30, 75));
+        let mut c = Config { keepalive_s: 30, idle_timeout_s: 30, ..Config::default() };
+        let err = c.validate().expect_err("a client is closed before it could answer a ping").to_string();
+        assert!(err.contains("idle_timeout_s"), "{err}");
+        c.idle_timeout_s = 31;
+        assert!(c.validate().is_ok());
+        c.keepalive_s = 0;
+        c.idle_timeout_s = 0;
+        assert!(c.validate().is_ok(), "no keepalive, no idle timeout");
+        assert_eq!(c.engine_config().keepalive_interval, Duration::ZERO);
+        c.keepalive_s = 5;
+        c.idle_timeout_s = 12;
+        assert_eq!(c.engine_config().keepalive_interval, Duration::from_secs(5));
+        assert_eq!(c.ws_config().idle_timeout, Duration::from_secs(12));
     }
 
     // figment's test jail returns its own large error type.

@@ -236,3 +236,20 @@ async fn a_slow_consumer_is_closed_4429_and_others_get_everything() {
     let last: Value = sender.ok("room:list", json!({})).await;
     assert_eq!(last["rooms"][0]["last_seq"], COUNT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_answers_no_ping_is_closed_after_the_idle_timeout() {
+    let server = TestServer::start_with(|c| {
+        c.keepalive_s = 1;
+        c.idle_timeout_s = 2;
+    })
+    .await;
+    let mut silent = server.connect("ada").await;
+    let mut awake = server.connect("bob").await;
+    // Bob reads for 4 s, and reading answers the server's pings; Ada's
+    // socket is not read, so her pings go unanswered.
+    awake.expect_no_event("message:new", Duration::from_secs(4)).await;
+    let reason = silent.expect_close_within(1001, Duration::from_secs(2)).await;
+    assert_eq!(reason, "idle timeout");
+    awake.ok("ping", json!({})).await;
+}

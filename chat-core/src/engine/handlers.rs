@@ -74,6 +74,7 @@ impl Inner {
             return Err(Error::RateLimited("too many open connections for this user".into()));
         }
         self.presence.connect(&user);
+        self.keepalives.add(shared.id);
         let ready = Ready { session_id: shared.id, user: User::clone(&user), rooms, server_time: Timestamp::now() };
         let session = Session::new(self.clone(), shared, identity.expires_at);
         Ok((session, ready))

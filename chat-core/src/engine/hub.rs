@@ -2,6 +2,7 @@
 //! delivery of fan-outs to them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::Waker;
 use std::time::Instant;
@@ -57,6 +58,8 @@ pub(crate) struct SessionShared {
     mailbox: Mailbox,
     /// The owner's task, woken by a new event and by the kill.
     owner: AtomicWaker,
+    /// Set by the keepalive task, taken by the owner.
+    keepalive: AtomicBool,
 }
 
 impl SessionShared {
@@ -68,6 +71,7 @@ impl SessionShared {
             killed: Notify::new(),
             mailbox: Mailbox::new(queue_limit),
             owner: AtomicWaker::new(),
+            keepalive: AtomicBool::new(false),
         }
     }
 
@@ -97,6 +101,17 @@ impl SessionShared {
             return;
         }
         notified.await
+    }
+
+    /// Marks a keepalive beat for the owner and wakes it.
+    fn beat(&self) {
+        self.keepalive.store(true, Ordering::Relaxed);
+        self.owner.wake();
+    }
+
+    /// Whether a keepalive beat is waiting; takes it.
+    pub(crate) fn take_keepalive(&self) -> bool {
+        self.keepalive.swap(false, Ordering::Relaxed)
     }
 
     /// Registers the owner's task, to be woken by the next event or the
@@ -168,7 +183,17 @@ impl Mailbox {
 
 struct Entry {
     shared: Arc<SessionShared>,
-    rooms: HashSet<RoomId>,
+    /// The rooms the session joined; made with the first. An empty set still
+    /// takes its room in every slot of `State::sessions`, so this holds a
+    /// pointer instead.
+    #[expect(clippy::box_collection, reason = "a pointer, not a set's 48 bytes, in every slot of the map")]
+    rooms: Option<Box<HashSet<RoomId>>>,
+}
+
+impl Entry {
+    fn rooms(&self) -> impl Iterator<Item = &RoomId> {
+        self.rooms.iter().flat_map(|rooms| rooms.iter())
+    }
 }
 
 #[derive(Default)]
@@ -187,8 +212,8 @@ struct State {
 
 impl State {
     fn unsubscribe(&mut self, session: SessionId, room: RoomId) {
-        if let Some(entry) = self.sessions.get_mut(&session) {
-            entry.rooms.remove(&room);
+        if let Some(rooms) = self.sessions.get_mut(&session).and_then(|e| e.rooms.as_mut()) {
+            rooms.remove(&room);
         }
         if let Some(set) = self.rooms.get_mut(&room) {
             set.remove(&session);
@@ -234,9 +259,14 @@ impl Hub {
         if sessions.len() >= max_per_user {
             return Err(());
         }
+        // Most users have one session: room for one, not the four a first
+        // push would make.
+        if sessions.is_empty() {
+            sessions.reserve_exact(1);
+        }
         sessions.push(shared.id);
         let first = sessions.len() == 1;
-        state.sessions.insert(shared.id, Entry { shared, rooms: HashSet::new() });
+        state.sessions.insert(shared.id, Entry { shared, rooms: None });
         Ok(first)
     }
 
@@ -246,7 +276,7 @@ impl Hub {
         let Some(entry) = state.sessions.remove(&id) else {
             return false;
         };
-        for room in &entry.rooms {
+        for room in entry.rooms() {
             state.unsubscribe(id, *room);
         }
         let user = entry.shared.user_id();
@@ -264,7 +294,7 @@ impl Hub {
     pub(crate) fn subscribe(&self, session: SessionId, room: RoomId) {
         let mut state = self.write();
         if let Some(entry) = state.sessions.get_mut(&session) {
-            entry.rooms.insert(room);
+            entry.rooms.get_or_insert_with(Box::default).insert(room);
             state.rooms.entry(room).or_default().insert(session);
         }
     }
@@ -297,11 +327,26 @@ impl Hub {
     }
 
     pub(crate) fn is_subscribed(&self, session: SessionId, room: RoomId) -> bool {
-        self.read().sessions.get(&session).is_some_and(|e| e.rooms.contains(&room))
+        self.read().sessions.get(&session).and_then(|e| e.rooms.as_ref()).is_some_and(|rooms| rooms.contains(&room))
     }
 
     pub(crate) fn session_count(&self) -> usize {
         self.read().sessions.len()
+    }
+
+    /// Gives each of these sessions a keepalive beat; whether each is still here.
+    pub(crate) fn beat(&self, sessions: &[SessionId]) -> Vec<bool> {
+        let state = self.read();
+        sessions
+            .iter()
+            .map(|id| match state.sessions.get(id) {
+                Some(entry) => {
+                    entry.shared.beat();
+                    true
+                }
+                None => false,
+            })
+            .collect()
     }
 
     /// Ends one session, if it is still here.

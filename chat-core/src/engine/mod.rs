@@ -10,6 +10,7 @@ mod committer;
 mod expiry;
 mod handlers;
 mod hub;
+mod keepalive;
 mod presence;
 mod session;
 #[cfg(test)]
@@ -31,6 +32,7 @@ pub use session::{CloseSignal, Output, Ready, Ref, Session};
 use self::committer::CommitJob;
 use self::expiry::ExpiryQueue;
 use self::hub::{Hub, HubSink, SessionShared};
+use self::keepalive::KeepaliveQueue;
 use self::presence::PresenceTracker;
 use self::typing::TypingTracker;
 use crate::bridge::{Bridge, BridgeEvent, BridgeHealth, Job, JobStatus};
@@ -91,6 +93,7 @@ impl EngineBuilder {
         let (commit_tx, commit_rx) = mpsc::channel(committer::batch_limit(&self.config) * 4);
         let inner = Arc::new(Inner {
             typing: TypingTracker::new(self.config.typing_timeout),
+            keepalives: KeepaliveQueue::new(self.config.keepalive_interval),
             store: self.store,
             broker,
             bridges: self.bridges,
@@ -109,6 +112,7 @@ impl EngineBuilder {
             tokio::spawn(announce_presence(inner.clone())),
             tokio::spawn(expire_typing(inner.clone())),
             tokio::spawn(expire_sessions(inner.clone())),
+            tokio::spawn(keep_sessions_alive(inner.clone())),
         ];
         *inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         let engine = Engine { inner };
@@ -143,6 +147,8 @@ pub(crate) struct Inner {
     pub(crate) typing: TypingTracker,
     /// When each session's credentials run out (plus the leeway).
     pub(crate) expiries: ExpiryQueue,
+    /// Each session's keepalive beat.
+    pub(crate) keepalives: KeepaliveQueue,
     /// The group committer's queue. Every send goes through it, so sends are
     /// committed in batches and fanned out in commit order.
     pub(crate) commits: mpsc::Sender<CommitJob>,
@@ -501,6 +507,20 @@ async fn expire_sessions(inner: Arc<Inner>) {
                     _ = inner.expiries.wake.notified() => {}
                 }
             }
+        }
+    }
+}
+
+/// Gives every session its keepalive beat, an interval apart.
+async fn keep_sessions_alive(inner: Arc<Inner>) {
+    if !inner.keepalives.enabled() {
+        return;
+    }
+    loop {
+        let next = inner.keepalives.take_due(tokio::time::Instant::now(), |sessions| inner.hub.beat(sessions));
+        match next {
+            None => inner.keepalives.wake.notified().await,
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
         }
     }
 }

@@ -33,6 +33,7 @@ use tokio::time::Sleep;
 use super::hub::{CloseReason, SessionShared};
 use super::{Ctx, Inner};
 use crate::command::{Command, Reply};
+use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::event::{Delivery, Event, MessageEvent};
 use crate::id::{RoomId, SessionId};
@@ -96,6 +97,12 @@ pub enum Output {
     Event(Arc<Delivery>),
     /// The session is over; close the connection with this reason.
     Close(CloseReason),
+    /// The keepalive interval ([`EngineConfig::keepalive_interval`]) has
+    /// passed. Nothing is owed to the client: a transport that checks on its
+    /// clients does it now (a ping, an idle timeout), others ignore it.
+    ///
+    /// [`EngineConfig::keepalive_interval`]: crate::EngineConfig::keepalive_interval
+    Keepalive,
 }
 
 struct Backlog {
@@ -119,25 +126,29 @@ struct Resume {
 /// A page of a room's replay: the room, the seq it was read after, the page.
 type BacklogFetch = BoxFuture<'static, (RoomId, u64, Result<HistoryPage>)>;
 
-/// A token bucket: `rate` per second sustained, `burst` at once.
+/// A token bucket: `commands_per_second` sustained, `command_burst` at once.
+/// The two limits are read from the configuration at each take rather than
+/// kept here, as every session's copy would be the same.
 struct RateLimit {
     tokens: f64,
-    rate: f64,
-    burst: f64,
     last: Instant,
 }
 
 impl RateLimit {
-    fn new(rate: u32, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
-        RateLimit { tokens: burst, rate: f64::from(rate.max(1)), burst, last: Instant::now() }
+    fn new(limits: &Limits) -> Self {
+        RateLimit { tokens: Self::burst(limits), last: Instant::now() }
     }
 
-    fn take(&mut self) -> bool {
+    fn burst(limits: &Limits) -> f64 {
+        f64::from(limits.command_burst.max(1))
+    }
+
+    fn take(&mut self, limits: &Limits) -> bool {
         let now = Instant::now();
         let elapsed = now.duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        let rate = f64::from(limits.commands_per_second.max(1));
+        self.tokens = (self.tokens + elapsed * rate).min(Self::burst(limits));
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -169,7 +180,9 @@ pub struct Session {
     /// The state of `room:join` with `since_seq`, made with the first one.
     resume: Option<Box<Resume>>,
     rate: RateLimit,
-    bad_frames: VecDeque<Instant>,
+    /// When the recent invalid frames came; made with the first one.
+    #[expect(clippy::box_collection, reason = "a pointer, not a queue's 32 bytes, in every session")]
+    bad_frames: Option<Box<VecDeque<Instant>>>,
     /// When the credentials expire (plus the leeway): the engine's expiry
     /// task ends the session then, and forgets it when it is dropped first.
     expires: Option<tokio::time::Instant>,
@@ -191,7 +204,7 @@ impl std::fmt::Debug for Session {
 impl Session {
     pub(crate) fn new(inner: Arc<Inner>, shared: Arc<SessionShared>, expires_at: Option<Timestamp>) -> Self {
         let limits = &inner.config.limits;
-        let rate = RateLimit::new(limits.commands_per_second, limits.command_burst);
+        let rate = RateLimit::new(limits);
         let expires = expires_at.map(|at| {
             let deadline = tokio::time::Instant::now() + at.until() + inner.config.expiry_leeway;
             inner.expiries.add(deadline, shared.id);
@@ -204,7 +217,7 @@ impl Session {
             in_flight: None,
             resume: None,
             rate,
-            bad_frames: VecDeque::new(),
+            bad_frames: None,
             expires,
             shutdown_wait: None,
             closed: false,
@@ -261,7 +274,7 @@ impl Session {
     /// at once for most commands, after the commit for `message:send`.
     pub async fn submit(&mut self, reference: Option<Ref>, command: Command) {
         let kind = command.kind().name();
-        if !self.rate.take() {
+        if !self.rate.take(&self.inner.config.limits) {
             self.inner.metrics.command(kind, "rate_limited");
             self.answer(reference, Err(Error::RateLimited("too many commands; slow down".into())));
             return;
@@ -342,11 +355,12 @@ impl Session {
     pub fn note_bad_frame(&mut self) -> Option<CloseReason> {
         let limits = &self.inner.config.limits;
         let now = Instant::now();
-        while self.bad_frames.front().is_some_and(|t| now.duration_since(*t) > limits.bad_frame_window) {
-            self.bad_frames.pop_front();
+        let bad_frames = self.bad_frames.get_or_insert_with(Box::default);
+        while bad_frames.front().is_some_and(|t| now.duration_since(*t) > limits.bad_frame_window) {
+            bad_frames.pop_front();
         }
-        self.bad_frames.push_back(now);
-        (self.bad_frames.len() as u32 > limits.max_bad_frames).then_some(CloseReason::Abuse)
+        bad_frames.push_back(now);
+        (bad_frames.len() as u32 > limits.max_bad_frames).then_some(CloseReason::Abuse)
     }
 
     /// Drops a room's replay, including replayed messages not handed out yet:
@@ -475,6 +489,9 @@ impl Session {
                 if let Poll::Ready(Some(out)) = in_flight.poll_next_unpin(cx) {
                     return Poll::Ready(out);
                 }
+            }
+            if self.shared.take_keepalive() {
+                return Poll::Ready(Output::Keepalive);
             }
             // Live events wait while a replay is pending.
             if self.resume.as_ref().is_some_and(|r| !r.backlog.is_empty()) {

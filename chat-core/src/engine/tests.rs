@@ -88,7 +88,9 @@ impl Client {
     }
 
     fn skipped(&self, out: &Output) -> bool {
-        self.ignore_presence && matches!(out, Output::Event(d) if matches!(d.event(), Event::PresenceChanged(_)))
+        // Keepalives are for transports; these tests check them on their own.
+        matches!(out, Output::Keepalive)
+            || self.ignore_presence && matches!(out, Output::Event(d) if matches!(d.event(), Event::PresenceChanged(_)))
     }
 
     /// The next output that is not skipped, or `None` when none comes in time.
@@ -1658,6 +1660,54 @@ async fn an_expired_token_closes_the_session_after_the_leeway() {
     assert!(closed_after <= Duration::from_millis(7_100), "closed after {closed_after:?}");
     alice.ok(Command::Ping).await;
     assert_eq!(alice.session.close_reason(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_session_gets_a_keepalive_every_interval_between_its_other_output() {
+    let config = EngineConfig { keepalive_interval: Duration::from_secs(10), ..EngineConfig::default() };
+    let engine = engine_with(config).await;
+    let start = Instant::now();
+    let mut ada = connect(&engine, "ada").await;
+    tokio::time::advance(Duration::from_secs(4)).await;
+    let mut bob = connect(&engine, "bob").await;
+    let room = ada.group(Visibility::Private, &[uid("bob")]).await;
+    bob.join(room.id).await;
+
+    async fn keepalive(client: &mut Client) {
+        loop {
+            match client.session.next_output().await {
+                Output::Keepalive => return,
+                Output::Event(_) => continue,
+                other => panic!("expected a keepalive, got {other:?}"),
+            }
+        }
+    }
+    // Ada's first beat comes 10 s after she connected, bob's 10 s after he
+    // did, and each again 10 s later.
+    let mut beats = Vec::new();
+    for _ in 0..2 {
+        keepalive(&mut ada).await;
+        beats.push(("ada", start.elapsed().as_secs()));
+        keepalive(&mut bob).await;
+        beats.push(("bob", start.elapsed().as_secs()));
+    }
+    assert_eq!(beats, [("ada", 10), ("bob", 14), ("ada", 20), ("bob", 24)]);
+    // Beats do not hold back anything else.
+    ada.say(room.id, "after the beats").await;
+    assert_eq!(message_new(bob.event().await).body, "after the beats");
+    drop(ada);
+    drop(bob);
+    let later = Instant::now() + Duration::from_secs(60);
+    let next = engine.inner.keepalives.take_due(later, |ids| engine.inner.hub.beat(ids));
+    assert_eq!(next, None, "closed sessions leave the queue");
+}
+
+#[tokio::test(start_paused = true)]
+async fn keepalives_can_be_turned_off() {
+    let engine = engine_with(EngineConfig { keepalive_interval: Duration::ZERO, ..EngineConfig::default() }).await;
+    let mut ada = connect(&engine, "ada").await;
+    let out = tokio::time::timeout(Duration::from_secs(120), ada.session.next_output()).await;
+    assert!(out.is_err(), "nothing comes, not even a keepalive: {out:?}");
 }
 
 #[tokio::test(start_paused = true)]
