@@ -19,17 +19,20 @@ use crate::user::User;
 struct Entry {
     /// Shared with the user's newest session.
     user: Arc<User>,
+    /// Open sessions. At zero the user is offline, and the entry stays only
+    /// until that is announced.
     sessions: u32,
     status: PresenceStatus,
+    /// The visible status last announced for the user.
+    announced: PresenceStatus,
 }
 
 #[derive(Default)]
 pub(crate) struct PresenceTracker {
+    /// Users who are connected, or whose going offline is not announced yet.
     entries: Mutex<HashMap<UserId, Entry>>,
     /// Users whose status may have changed since it was last announced.
     dirty: Mutex<HashSet<UserId>>,
-    /// The visible status last announced per user; absent means offline.
-    announced: Mutex<HashMap<UserId, PresenceStatus>>,
     pub(crate) wake: Notify,
 }
 
@@ -57,7 +60,12 @@ impl PresenceTracker {
                 user: user.clone(),
                 sessions: 0,
                 status: PresenceStatus::Online,
+                announced: PresenceStatus::Offline,
             });
+            if entry.sessions == 0 {
+                // Back before going offline was announced: a fresh start.
+                entry.status = PresenceStatus::Online;
+            }
             entry.sessions += 1;
             entry.user = user.clone();
         }
@@ -70,7 +78,7 @@ impl PresenceTracker {
             let mut entries = lock(&self.entries);
             if let Some(entry) = entries.get_mut(user) {
                 entry.sessions = entry.sessions.saturating_sub(1);
-                if entry.sessions == 0 {
+                if entry.sessions == 0 && entry.announced == PresenceStatus::Offline {
                     entries.remove(user);
                 }
             }
@@ -80,15 +88,16 @@ impl PresenceTracker {
 
     /// The user chose a status (for all their sessions).
     pub(crate) fn set_status(&self, user: &UserId, status: PresenceStatus) {
-        if let Some(entry) = lock(&self.entries).get_mut(user) {
+        if let Some(entry) = lock(&self.entries).get_mut(user).filter(|e| e.sessions > 0) {
             entry.status = status;
         }
         self.mark(user);
     }
 
     /// The status the user chose, `offline` when not connected.
+    #[cfg(test)]
     pub(crate) fn status(&self, user: &UserId) -> PresenceStatus {
-        lock(&self.entries).get(user).map_or(PresenceStatus::Offline, |e| e.status)
+        lock(&self.entries).get(user).map_or(PresenceStatus::Offline, Entry::current)
     }
 
     /// Connected users who are visible, with their visible status.
@@ -96,7 +105,7 @@ impl PresenceTracker {
         let entries = lock(&self.entries);
         let mut out: Vec<OnlineUser> = entries
             .values()
-            .filter(|e| e.status.is_visible_online())
+            .filter(|e| e.current().is_visible_online())
             .map(|e| OnlineUser { user: User::clone(&e.user), status: e.status.visible() })
             .collect();
         out.sort_by(|a, b| a.user.name.cmp(&b.user.name).then_with(|| a.user.id.cmp(&b.user.id)));
@@ -105,31 +114,42 @@ impl PresenceTracker {
 
     /// Visible users holding the support role.
     pub(crate) fn online_support_agents(&self) -> u32 {
-        lock(&self.entries).values().filter(|e| e.status.is_visible_online() && e.user.is_support()).count() as u32
+        lock(&self.entries).values().filter(|e| e.current().is_visible_online() && e.user.is_support()).count() as u32
     }
 
     /// Takes the dirty users and returns, for each whose visible status differs
     /// from what was last announced, the status to announce now (with a
     /// last-seen time when it is offline). Records them as announced.
     pub(crate) fn take_changes(&self) -> Vec<(UserId, PresenceStatus, Option<Timestamp>)> {
-        let dirty: Vec<UserId> = lock(&self.dirty).drain().collect();
+        // Taken whole, so that a burst of connections leaves no large empty
+        // set behind.
+        let dirty = std::mem::take(&mut *lock(&self.dirty));
         let mut out = Vec::new();
-        let mut announced = lock(&self.announced);
+        let mut entries = lock(&self.entries);
         for user in dirty {
-            let now = self.status(&user).visible();
-            let before = announced.get(&user).copied().unwrap_or(PresenceStatus::Offline);
-            if now == before {
+            let Some(entry) = entries.get_mut(&user) else { continue };
+            let now = entry.current().visible();
+            if now == entry.announced {
                 continue;
             }
+            entry.announced = now;
             if now == PresenceStatus::Offline {
-                announced.remove(&user);
+                if entry.sessions == 0 {
+                    entries.remove(&user);
+                }
                 out.push((user, now, Some(Timestamp::now())));
             } else {
-                announced.insert(user.clone(), now);
                 out.push((user, now, None));
             }
         }
         out
+    }
+}
+
+impl Entry {
+    /// The status the user chose, `offline` once no session is open.
+    fn current(&self) -> PresenceStatus {
+        if self.sessions == 0 { PresenceStatus::Offline } else { self.status }
     }
 }
 
@@ -186,5 +206,27 @@ mod tests {
         p.disconnect(&a.id);
         p.connect(&a);
         assert!(p.take_changes().is_empty());
+    }
+
+    #[test]
+    fn a_user_is_forgotten_once_going_offline_is_announced() {
+        let p = PresenceTracker::default();
+        let (a, b) = (user("a", &[]), user("b", &[]));
+        p.connect(&a);
+        p.connect(&b);
+        p.take_changes();
+        p.disconnect(&a.id);
+        p.disconnect(&b.id);
+        assert_eq!(lock(&p.entries).len(), 2, "kept until the offline is announced");
+        assert_eq!(p.status(&a.id), PresenceStatus::Offline);
+        assert!(p.online_users().is_empty());
+        assert_eq!(p.take_changes().len(), 2);
+        assert_eq!(lock(&p.entries).len(), 0);
+        // Gone before coming online was announced: nothing to say, nothing kept.
+        p.connect(&a);
+        p.disconnect(&a.id);
+        assert!(p.take_changes().is_empty());
+        assert_eq!(lock(&p.entries).len(), 0);
+        assert_eq!(lock(&p.dirty).capacity(), 0, "the dirty set is given back");
     }
 }
