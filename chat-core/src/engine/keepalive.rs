@@ -5,9 +5,10 @@
 //! idle timeout) without a timer per connection: with tens of thousands of
 //! idle connections those timers were a good part of each one's memory. All
 //! intervals are the same, so sessions are due in the order they were added,
-//! and a FIFO queue that the task sleeps on is enough. A session's beat falls
-//! an interval after it opened, which spreads the beats of a server's
-//! sessions as their connections were spread.
+//! and a FIFO queue that the task sleeps on is enough. Sessions due within
+//! [`GRAIN`] of each other share one entry, so that each costs the 16 bytes
+//! of its id. A session's beat falls an interval after it opened, which
+//! spreads the beats of a server's sessions as their connections were spread.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -18,12 +19,15 @@ use tokio::time::Instant;
 
 use crate::id::SessionId;
 
+/// How far apart the beats of sessions sharing an entry may fall.
+const GRAIN: Duration = Duration::from_millis(100);
+
 #[derive(Debug)]
 pub(crate) struct KeepaliveQueue {
     interval: Duration,
-    /// Sessions in the order they are due. A closed session leaves its entry
+    /// Sessions by when they are due, oldest first. A closed session stays
     /// until it is due, and is dropped then.
-    due: Mutex<VecDeque<(Instant, SessionId)>>,
+    due: Mutex<VecDeque<(Instant, Vec<SessionId>)>>,
     /// Wakes the task when the queue was empty.
     pub(crate) wake: Notify,
 }
@@ -33,7 +37,7 @@ impl KeepaliveQueue {
         KeepaliveQueue { interval, due: Mutex::new(VecDeque::new()), wake: Notify::new() }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, SessionId)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, Vec<SessionId>)>> {
         // A push or pop cannot leave the queue half-changed, so poison is ignored.
         self.due.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -48,9 +52,13 @@ impl KeepaliveQueue {
         if !self.enabled() {
             return;
         }
+        let at = Instant::now() + self.interval;
         let mut due = self.lock();
         let was_empty = due.is_empty();
-        due.push_back((Instant::now() + self.interval, session));
+        match due.back_mut() {
+            Some((last, sessions)) if at.duration_since(*last) < GRAIN => sessions.push(session),
+            _ => due.push_back((at, vec![session])),
+        }
         drop(due);
         if was_empty {
             self.wake.notify_one();
@@ -64,14 +72,13 @@ impl KeepaliveQueue {
         let mut due = self.lock();
         let ready = due.iter().take_while(|(at, _)| *at <= now).count();
         if ready > 0 {
-            let sessions: Vec<SessionId> = due.drain(..ready).map(|(_, id)| id).collect();
+            let sessions: Vec<SessionId> = due.drain(..ready).flat_map(|(_, ids)| ids).collect();
             let open = beat(&sessions);
-            let next = now + self.interval;
-            due.extend(sessions.into_iter().zip(open).filter(|(_, open)| *open).map(|(id, _)| (next, id)));
-            // Give back the room a storm of short-lived sessions took.
-            if due.capacity() > 64 && due.len() < due.capacity() / 4 {
-                let keep = (due.len() * 2).max(64);
-                due.shrink_to(keep);
+            let again: Vec<SessionId> =
+                sessions.into_iter().zip(open).filter(|(_, open)| *open).map(|(id, _)| id).collect();
+            if !again.is_empty() {
+                // Every entry left was added before now, so is due no later.
+                due.push_back((now + self.interval, again));
             }
         }
         due.front().map(|(at, _)| *at)
@@ -101,6 +108,28 @@ mod tests {
         assert_eq!(queue.take_due(start + Duration::from_secs(13), &mut beat), Some(start + Duration::from_secs(20)));
         assert_eq!(queue.take_due(start + Duration::from_secs(23), &mut beat), Some(start + Duration::from_secs(33)));
         assert_eq!(beats, vec![a, b, a]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sessions_due_close_together_share_an_entry() {
+        let queue = KeepaliveQueue::new(Duration::from_secs(10));
+        let start = Instant::now();
+        let ids: Vec<SessionId> = (0..3).map(|_| SessionId::generate()).collect();
+        queue.add(ids[0]);
+        tokio::time::advance(GRAIN / 2).await;
+        queue.add(ids[1]);
+        tokio::time::advance(GRAIN).await;
+        queue.add(ids[2]);
+        assert_eq!(queue.lock().len(), 2, "the first two share an entry");
+
+        let mut beats = Vec::new();
+        let next = queue.take_due(start + Duration::from_secs(10) + GRAIN, |ids| {
+            beats.extend_from_slice(ids);
+            vec![true; ids.len()]
+        });
+        assert_eq!(beats, ids[..2]);
+        assert_eq!(next, Some(start + Duration::from_secs(10) + GRAIN + GRAIN / 2));
+        assert_eq!(queue.lock().len(), 2, "the third, then the first two again");
     }
 
     #[test]
