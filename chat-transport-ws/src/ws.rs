@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -20,9 +20,11 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
-use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::Frame as WsFrame;
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes};
 
@@ -334,10 +336,33 @@ async fn open(
         }
     };
     tracing::debug!(session = %session.id(), user = %session.user().id, ?peer, "session opened");
-    let mut conn =
+    let ready = wire::encode_event_frame("ready", &ready);
+    if !matches!(timeout(app.config.write_timeout, write_beside(&mut socket, ready)).await, Ok(Ok(()))) {
+        tracing::debug!(session = %session.id(), "the ready frame could not be written");
+        return None;
+    }
+    let conn =
         Box::new(Conn { config: app.config.clone(), session, socket, last_heard: Instant::now(), input_first: false });
-    conn.write_one(Message::Text(wire::encode_event_frame("ready", &ready))).await.ok()?;
     Some(conn)
+}
+
+/// Writes one text frame straight to the socket under tungstenite.
+///
+/// tungstenite's write buffer keeps the room of the largest write for the
+/// connection's life, and the `ready` frame (every room of the user) is
+/// often the largest an idle connection gets: framed here and written past
+/// the buffer, it leaves the buffer empty. Whatever tungstenite holds (a pong
+/// answered during the auth frame's wait) is flushed first, so frames never
+/// interleave.
+async fn write_beside(socket: &mut Socket, text: Utf8Bytes) -> Result<(), tungstenite::Error> {
+    socket.flush().await?;
+    let frame = WsFrame::message(Bytes::from(text), OpCode::Data(Data::Text), true);
+    let mut bytes = Vec::with_capacity(frame.len());
+    frame.format(&mut bytes)?;
+    let io = socket.get_mut();
+    io.write_all(&bytes).await?;
+    io.flush().await?;
+    Ok(())
 }
 
 /// Why a write stopped.
