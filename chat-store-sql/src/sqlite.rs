@@ -235,12 +235,22 @@ impl SqliteStore {
     /// rolled back, and sqlx would go on believing the transaction open and
     /// refuse every later write on that connection.
     async fn write_tx<T>(&self, body: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T>) -> Result<T> {
+        self.write_tx_begun(async move |conn: &mut SqliteConnection| {
+            sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+            let value = body(conn).await?;
+            sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+            Ok(value)
+        })
+        .await
+    }
+
+    /// Runs `body` on the writer connection, which begins and commits a
+    /// transaction itself (folding `BEGIN IMMEDIATE` and `COMMIT` into its
+    /// own calls: each call is a hand-off to SQLite's thread and back), and
+    /// rolls back whatever is open when it fails.
+    async fn write_tx_begun<T>(&self, body: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T>) -> Result<T> {
         let mut conn = self.writer.acquire().await?;
-        sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        let result = match body(&mut conn).await {
-            Ok(value) => sqlx::raw_sql("COMMIT").execute(&mut *conn).await.map(|_| value).map_err(Error::from),
-            Err(err) => Err(err),
-        };
+        let result = body(&mut conn).await;
         if result.is_err() {
             // Whatever state the failure left, end it; "no transaction is
             // active" is fine. A connection that cannot even roll back is not
@@ -475,16 +485,22 @@ fn planned_rows(batch: &[NewMessage], plan: &[Outcome]) -> Result<String> {
     json(&rows)
 }
 
-/// Inserts the rows of `?1` (see [`planned_rows`]). `WHERE true` tells
-/// SQLite's parser that ON CONFLICT belongs to the INSERT; a row whose
-/// idempotency key is taken is skipped.
-macro_rules! insert_skipping_stored {
+/// Inserts the rows of `?1` (see [`planned_rows`]); a row whose idempotency
+/// key (or seq) is taken fails the statement, which SQLite then undoes alone.
+macro_rules! insert_rows {
     () => {
         "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at)
          SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
                 value ->> 7, value ->> 8
-         FROM json_each(?1) WHERE true
-         ON CONFLICT (room_id, sender_id, client_msg_id) DO NOTHING"
+         FROM json_each(?1)"
+    };
+}
+
+/// [`insert_rows!`], skipping a row whose idempotency key is taken. `WHERE
+/// true` tells SQLite's parser that ON CONFLICT belongs to the INSERT.
+macro_rules! insert_skipping_stored {
+    () => {
+        concat!(insert_rows!(), " WHERE true ON CONFLICT (room_id, sender_id, client_msg_id) DO NOTHING")
     };
 }
 
@@ -538,6 +554,11 @@ async fn stored_copies<'a>(conn: &mut SqliteConnection, batch: &'a [NewMessage])
 /// The body of [`Store::append_messages`], inside one write transaction,
 /// which holds SQLite's write lock: nothing else moves the counters meanwhile.
 /// A fixed number of statements, whatever the batch's size.
+/// Appends a batch in a transaction of its own, begun with its first read and
+/// committed with its insert: two calls to SQLite's worker thread for a batch
+/// without retries (each call is a hand-off between threads, which costs
+/// more than the statements). Run by [`SqliteStore::write_tx_begun`], which
+/// rolls back what a failure leaves open.
 async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Result<Vec<Appended>> {
     let mut room_ids: Vec<String> = batch.iter().map(|m| m.room_id.to_string()).collect();
     room_ids.sort_unstable();
@@ -545,9 +566,10 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
     // One row holding every counter: sqlx's SQLite worker hands each row
     // over to this task separately, and a batch over hundreds of rooms would
     // otherwise switch threads hundreds of times before its first insert.
-    let counters: String = sqlx::query_scalar(
-        "SELECT json_group_array(json_array(id, last_seq)) FROM rooms WHERE id IN (SELECT value FROM json_each(?1))",
-    )
+    let counters: String = sqlx::query_scalar(concat!(
+        "BEGIN IMMEDIATE; ",
+        "SELECT json_group_array(json_array(id, last_seq)) FROM rooms WHERE id IN (SELECT value FROM json_each(?1))"
+    ))
     .bind(json(&room_ids)?)
     .fetch_one(&mut *conn)
     .await?;
@@ -558,44 +580,37 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
     let last_seqs: HashMap<RoomId, i64> =
         counters.iter().map(|(id, seq)| Ok((codec::room_id(id, "rooms.id")?, *seq))).collect::<Result<_>>()?;
 
-    // Most batches hold no retry: they are inserted as numbered, with the
-    // counters and cursors moved, in one call to SQLite's worker thread (each
-    // call is a hand-off between threads, which costs more than the
-    // statements). `changes()` tells whether the unique index skipped a row.
+    // Most batches hold no retry: they are inserted as numbered, the counters
+    // and cursors moved and the transaction committed, in one call. A retry
+    // of a stored message makes the INSERT fail on the idempotency index;
+    // SQLite undoes that statement alone and the rest of the call does not
+    // run, so the batch is renumbered around the stored copies in the same
+    // transaction.
     let mut outcomes = plan(&batch, &last_seqs, &HashMap::new());
-    const PLANNED: &str =
-        concat!("SAVEPOINT planned; ", insert_skipping_stored!(), "; SELECT changes(); ", apply_moves!());
-    if !insert_planned(conn, PLANNED, &batch, &outcomes).await? {
-        // A retry of a stored message: undo the numbered batch and renumber
-        // it around the stored copies.
-        sqlx::raw_sql("ROLLBACK TO planned").execute(&mut *conn).await?;
-        let stored = stored_copies(conn, &batch).await?;
-        outcomes = plan(&batch, &last_seqs, &stored);
-        const RENUMBERED: &str = concat!(insert_skipping_stored!(), "; SELECT changes(); ", apply_moves!());
-        if !insert_planned(conn, RENUMBERED, &batch, &outcomes).await? {
-            return Err(Error::Database("a renumbered batch did not insert every new message".into()));
-        }
+    let (rooms, cursors) = moves_json(&batch, &outcomes)?;
+    const PLANNED: &str = concat!(insert_rows!(), "; ", apply_moves!(), "; COMMIT");
+    let planned =
+        sqlx::query(PLANNED).bind(planned_rows(&batch, &outcomes)?).bind(rooms).bind(cursors).execute(&mut *conn).await;
+    match planned.map_err(Error::from) {
+        Ok(_) => return answers(batch, outcomes),
+        Err(Error::Conflict(_)) => {}
+        Err(err) => return Err(err),
     }
-    answers(batch, outcomes)
-}
-
-/// Runs `sql`, which inserts the batch's rows as `outcomes` numbered them
-/// (skipping rows already stored), reports `changes()`, and moves the counters
-/// and cursors. True when every new message was inserted.
-async fn insert_planned(
-    conn: &mut SqliteConnection,
-    sql: &'static str,
-    batch: &[NewMessage],
-    outcomes: &[Outcome],
-) -> Result<bool> {
-    let (rooms, cursors) = moves_json(batch, outcomes)?;
-    let inserted: Vec<i64> = sqlx::query_scalar(sql)
-        .bind(planned_rows(batch, outcomes)?)
+    let stored = stored_copies(conn, &batch).await?;
+    outcomes = plan(&batch, &last_seqs, &stored);
+    let (rooms, cursors) = moves_json(&batch, &outcomes)?;
+    const RENUMBERED: &str = concat!(insert_skipping_stored!(), "; SELECT changes(); ", apply_moves!());
+    let inserted: Vec<i64> = sqlx::query_scalar(RENUMBERED)
+        .bind(planned_rows(&batch, &outcomes)?)
         .bind(rooms)
         .bind(cursors)
         .fetch_all(&mut *conn)
         .await?;
-    Ok(inserted.first().copied() == Some(new_count(outcomes) as i64))
+    if inserted.first().copied() != Some(new_count(&outcomes) as i64) {
+        return Err(Error::Database("a renumbered batch did not insert every new message".into()));
+    }
+    sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+    answers(batch, outcomes)
 }
 
 impl SqliteStore {
@@ -856,7 +871,7 @@ impl Store for SqliteStore {
         }
         // One transaction, so one commit (and one fsync) for the whole batch,
         // and nothing of it stored when any part fails.
-        Ok(self.write_tx(async move |conn: &mut SqliteConnection| append_in(conn, batch).await).await?)
+        Ok(self.write_tx_begun(async move |conn: &mut SqliteConnection| append_in(conn, batch).await).await?)
     }
 
     async fn message(&self, room: RoomId, id: MessageId) -> chat_core::Result<Option<Message>> {
