@@ -551,14 +551,14 @@ async fn stored_copies<'a>(conn: &mut SqliteConnection, batch: &'a [NewMessage])
     Ok(stored)
 }
 
-/// The body of [`Store::append_messages`], inside one write transaction,
-/// which holds SQLite's write lock: nothing else moves the counters meanwhile.
-/// A fixed number of statements, whatever the batch's size.
-/// Appends a batch in a transaction of its own, begun with its first read and
-/// committed with its insert: two calls to SQLite's worker thread for a batch
-/// without retries (each call is a hand-off between threads, which costs
-/// more than the statements). Run by [`SqliteStore::write_tx_begun`], which
-/// rolls back what a failure leaves open.
+/// The body of [`Store::append_messages`]: one write transaction, which
+/// holds SQLite's write lock, so nothing else moves the counters meanwhile. It
+/// is begun with the first read and committed with the insert: two calls to
+/// SQLite's worker thread for a batch without retries (each call is a
+/// hand-off between threads, which costs more than the statements), and a
+/// fixed number of statements whatever the batch's size. Run by
+/// [`SqliteStore::write_tx_begun`], which rolls back what a failure leaves
+/// open.
 async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Result<Vec<Appended>> {
     let mut room_ids: Vec<String> = batch.iter().map(|m| m.room_id.to_string()).collect();
     room_ids.sort_unstable();
