@@ -206,10 +206,34 @@ pub(crate) async fn upgrade(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-/// Sends a close frame, waiting at most `wait`.
+/// How long a closing connection reads on, waiting for the client's close
+/// frame, after sending its own.
+const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
+
+/// Sends a close frame, waiting at most `wait`, then reads (and drops) what
+/// the client sent until its answering close frame, for at most
+/// [`CLOSE_HANDSHAKE_WAIT`]. Dropping a socket with unread input makes the
+/// kernel reset the connection, and a reset throws away whatever was still
+/// queued to go out: the last acks, and the close frame itself.
 async fn close(socket: &mut Socket, code: u16, reason: &str, wait: Duration) {
+    if send_close(socket, code, reason, wait).await {
+        let drain = async {
+            while let Some(Ok(message)) = socket.next().await {
+                if let Message::Close(_) = message {
+                    break;
+                }
+            }
+        };
+        let _ = timeout(CLOSE_HANDSHAKE_WAIT, drain).await;
+    }
+}
+
+/// Sends a close frame, waiting at most `wait`, and reads nothing more: for
+/// a client whose input the server will not read, such as a frame over the
+/// size limit. `true` once the frame is out.
+async fn send_close(socket: &mut Socket, code: u16, reason: &str, wait: Duration) -> bool {
     let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) };
-    let _ = timeout(wait, socket.send(Message::Close(Some(frame)))).await;
+    matches!(timeout(wait, socket.send(Message::Close(Some(frame)))).await, Ok(Ok(())))
 }
 
 fn is_too_big(err: &tungstenite::Error) -> bool {
@@ -256,10 +280,14 @@ async fn auth_frame(app: &AppState, socket: &mut Socket) -> Auth {
                 return Auth::Closed;
             }
             Some(Err(e)) if is_too_big(&e) => {
-                close(socket, close_code::TOO_BIG, "frame too large", Duration::from_secs(2)).await;
+                send_close(socket, close_code::TOO_BIG, "frame too large", Duration::from_secs(2)).await;
                 return Auth::Closed;
             }
-            Some(Ok(Message::Close(_)) | Err(_)) | None => return Auth::Closed,
+            Some(Ok(Message::Close(_))) => {
+                let _ = timeout(Duration::from_secs(2), socket.flush()).await;
+                return Auth::Closed;
+            }
+            Some(Err(_)) | None => return Auth::Closed,
         }
     }
 }
@@ -639,10 +667,16 @@ impl Conn {
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => true,
             Some(Err(e)) if is_too_big(&e) => {
-                close(&mut self.socket, close_code::TOO_BIG, "frame too large", Duration::from_secs(2)).await;
+                send_close(&mut self.socket, close_code::TOO_BIG, "frame too large", Duration::from_secs(2)).await;
                 false
             }
-            Some(Ok(Message::Close(_)) | Err(_)) | None => false,
+            Some(Ok(Message::Close(_))) => {
+                // The client closed: the socket answers with a close frame
+                // of its own, which goes out with this flush.
+                let _ = timeout(self.config.write_timeout, self.socket.flush()).await;
+                false
+            }
+            Some(Err(_)) | None => false,
         }
     }
 

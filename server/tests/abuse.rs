@@ -42,6 +42,17 @@ async fn malformed_frames_get_invalid_and_the_connection_stays_open() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_gets_a_close_frame_back() {
+    let server = TestServer::start().await;
+    let ada = server.connect("ada").await;
+    // Without the server's answer, a browser reports the close as unclean (1006).
+    assert_eq!(ada.close().await, Some(1000));
+    // Before authenticating too.
+    let client = Client::open(server.addr, "/v1/ws", &[]).await.expect("upgrade");
+    assert_eq!(client.close().await, Some(1000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_commands_get_unknown_command() {
     let server = TestServer::start().await;
     let mut client = server.connect("ada").await;

@@ -45,8 +45,17 @@ async fn shutdown_answers_every_stored_send_before_closing() {
     assert_eq!(first["ok"], true, "{first}");
     let stopping = tokio::spawn(server.stop());
     let mut acked = vec![first["data"]["message"].clone()];
+    acked.extend(acks_until_going_away(&mut ada).await);
+    let dir = stopping.await.expect("stop task").expect("run returns Ok");
+    assert_acks_are_the_stored_messages(dir, &room, acked).await;
+}
+
+/// The messages acknowledged to `client` until the server's close frame,
+/// which must be 1001; other replies may only say `unavailable`.
+async fn acks_until_going_away(client: &mut Client) -> Vec<Value> {
+    let mut acked = Vec::new();
     loop {
-        match ada.next_read(tokio::time::Instant::now() + support::WAIT).await {
+        match client.next_read(tokio::time::Instant::now() + support::WAIT).await {
             support::Read::Frame(f) if f["type"] == "reply" && f["ok"] == true => {
                 acked.push(f["data"]["message"].clone())
             }
@@ -55,24 +64,20 @@ async fn shutdown_answers_every_stored_send_before_closing() {
             }
             support::Read::Frame(f) => panic!("unexpected {f}"),
             support::Read::Closed(close) => {
-                assert_eq!(close.map(|(code, _)| code), Some(1001));
-                break;
+                assert_eq!(close.map(|(code, _)| code), Some(1001), "after {} acks", acked.len());
+                return acked;
             }
             support::Read::Timeout => panic!("no close frame"),
         }
     }
-    let dir = stopping.await.expect("stop task").expect("run returns Ok");
+}
+
+/// Restarts on the stopped server's database and checks that `acked` are
+/// exactly the messages stored in `room`: none stored without an ack.
+async fn assert_acks_are_the_stored_messages(dir: tempfile::TempDir, room: &str, mut acked: Vec<Value>) {
     let server = TestServer::start_in(dir, |_| {}).await;
     let mut ada = server.connect("ada").await;
-    let mut stored = Vec::new();
-    loop {
-        let after = stored.len();
-        let page = ada.ok("room:history", json!({"room_id": room, "after_seq": after, "limit": 100})).await;
-        stored.extend(page["messages"].as_array().expect("messages").iter().cloned());
-        if page["has_more"] == false {
-            break;
-        }
-    }
+    let stored = support::all_history(&mut ada, room).await;
     // Acks of one commit batch may come in any order.
     acked.sort_by_key(|m| m["seq"].as_u64());
     let (acked_seqs, stored_seqs) = (support::seqs(&acked), support::seqs(&stored));
@@ -80,6 +85,36 @@ async fn shutdown_answers_every_stored_send_before_closing() {
     assert!(unanswered.is_empty(), "stored but not answered before the close: {unanswered:?}");
     assert_eq!(acked_seqs, stored_seqs, "no ack for a message that is not stored, none twice");
     assert!(acked == stored, "the acks are the stored messages");
+}
+
+/// A client that is still sending, and has not read for a while, when the
+/// server shuts down: the server reads what it sent until the close
+/// handshake, so that closing the socket does not reset the connection and
+/// throw away the acks and the close frame still queued for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_reaches_a_client_that_is_behind_and_still_sending() {
+    let server = TestServer::unthrottled().await;
+    let mut ada = server.connect("ada").await;
+    let room = group_with(&mut ada, "public", &[]).await;
+    let body = "x".repeat(3_900);
+    // About 400 KB of acks, far more than the client's socket buffer holds
+    // while it reads nothing, so the server's writes wait.
+    for i in 0..100 {
+        let data = json!({"room_id": room, "client_msg_id": format!("a{i}"), "body": body});
+        ada.send("message:send", data).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = tokio::spawn(server.stop());
+    // More input while the server is closing, which it will not act on.
+    for i in 0..20 {
+        let data = json!({"room_id": room, "client_msg_id": format!("b{i}"), "body": "late"});
+        ada.send("message:send", data).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let acked = acks_until_going_away(&mut ada).await;
+    assert!(!acked.is_empty(), "no send was acknowledged");
+    let dir = stopping.await.expect("stop task").expect("run returns Ok");
+    assert_acks_are_the_stored_messages(dir, &room, acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,17 +161,7 @@ async fn acknowledged_messages_survive_kill_9() {
     let process = ServerProcess::start(&db, dir.path().join("second.log"), &[]).await;
     let mut ada = Client::open(process.addr, "/v1/ws", &bearer()).await.expect("upgrade");
     ada.wait_ready().await;
-    let mut stored = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = ada.ok("room:history", json!({"room_id": room, "after_seq": after, "limit": 100})).await;
-        let messages = page["messages"].as_array().expect("messages").clone();
-        after = messages.last().map_or(after, |m| m["seq"].as_u64().expect("seq"));
-        stored.extend(messages);
-        if page["has_more"] == false {
-            break;
-        }
-    }
+    let stored = support::all_history(&mut ada, &room).await;
     let seqs = support::seqs(&stored);
     assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<u64>>(), "no gap after recovery");
     for message in &acked {
@@ -250,16 +275,7 @@ async fn a_full_disk_fails_sends_as_unavailable_and_loses_nothing() {
         .ok("message:send", json!({"room_id": room, "client_msg_id": format!("m{}", acked.len()), "body": "fits now"}))
         .await;
     assert_eq!(retried["message"]["seq"], acked.len() as u64 + 1, "the failed send left no gap");
-    let mut stored = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = bob.ok("room:history", json!({"room_id": room, "after_seq": after, "limit": 100})).await;
-        stored.extend(support::seqs(page["messages"].as_array().expect("messages")));
-        after = *stored.last().unwrap_or(&0);
-        if page["has_more"] != true {
-            break;
-        }
-    }
+    let stored = support::seqs(&support::all_history(&mut bob, &room).await);
     assert_eq!(stored, (1..=acked.len() as u64 + 1).collect::<Vec<_>>(), "every acknowledged message is stored");
     server.stop().await.expect("a clean stop");
 }

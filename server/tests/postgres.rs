@@ -35,21 +35,6 @@ async fn pipeline(client: &mut Client, room: &str, prefix: &str, n: usize) -> Ve
     acked
 }
 
-/// Every message of a room, read in pages through `client`.
-async fn whole_history(client: &mut Client, room: &str) -> Vec<Value> {
-    let mut out: Vec<Value> = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = client.ok("room:history", json!({"room_id": room, "after_seq": after, "limit": 100})).await;
-        let messages = page["messages"].as_array().expect("messages").clone();
-        out.extend(messages);
-        after = out.last().map_or(0, |m| m["seq"].as_u64().expect("seq"));
-        if page["has_more"] != true {
-            return out;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_server_processes_on_one_database_store_one_gapless_room() {
     let Some(schema) = TempSchema::create("two_server_processes_on_one_database_store_one_gapless_room").await else {
@@ -101,7 +86,7 @@ async fn two_server_processes_on_one_database_store_one_gapless_room() {
     assert_eq!(first, again, "the retry answers with the stored message");
 
     for client in &mut clients[..2] {
-        let history = whole_history(client, &room).await;
+        let history = support::all_history(client, &room).await;
         assert_eq!(support::seqs(&history), (1..=total + 1).collect::<Vec<_>>(), "no gap, no duplicate");
         let keys: HashSet<(String, String)> = history
             .iter()
@@ -203,7 +188,7 @@ async fn outage(test: &str, mode: Mode) {
     let after = pipeline(&mut ada, &room, "during", 5).await;
     let retried = pipeline(&mut ada, &room, "during", 5).await;
     assert_eq!(after, retried, "a second retry returns the same messages");
-    let history = whole_history(&mut bob, &room).await;
+    let history = support::all_history(&mut bob, &room).await;
     let n = history.len() as u64;
     assert_eq!(n, 25, "20 before, 5 retried, nothing doubled: {history:?}");
     assert_eq!(support::seqs(&history), (1..=n).collect::<Vec<_>>());

@@ -25,6 +25,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 /// The HS256 secret every test server verifies with.
@@ -499,10 +501,21 @@ impl Client {
         self.ws.send(Message::binary(data)).await.expect("send");
     }
 
-    /// Sends a close frame and waits briefly for the server to end the connection.
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
-        let _ = tokio::time::timeout(WAIT, async { while self.ws.next().await.is_some() {} }).await;
+    /// Sends a close frame (1000) and waits briefly for the server to end the
+    /// connection; returns the code of the close frame the server answered
+    /// with, `None` when it answered with none.
+    pub async fn close(mut self) -> Option<u16> {
+        let normal = CloseFrame { code: CloseCode::Normal, reason: "".into() };
+        let _ = self.ws.close(Some(normal)).await;
+        let answer = async {
+            while let Some(Ok(message)) = self.ws.next().await {
+                if let Message::Close(frame) = message {
+                    return frame.map(|f| u16::from(f.code));
+                }
+            }
+            None
+        };
+        tokio::time::timeout(WAIT, answer).await.ok().flatten()
     }
 }
 
@@ -530,6 +543,19 @@ pub async fn send_message(client: &mut Client, room: &str, client_msg_id: &str, 
 /// The seqs of `message:new` frames (or of messages), as numbers.
 pub fn seqs(messages: &[Value]) -> Vec<u64> {
     messages.iter().map(|m| m["seq"].as_u64().expect("seq")).collect()
+}
+
+/// Every message of `room`, oldest first, read page by page over the socket.
+pub async fn all_history(client: &mut Client, room: &str) -> Vec<Value> {
+    let mut stored: Vec<Value> = Vec::new();
+    loop {
+        let after = stored.last().map_or(0, |m| m["seq"].as_u64().expect("seq"));
+        let page = client.ok("room:history", json!({"room_id": room, "after_seq": after, "limit": 100})).await;
+        stored.extend(page["messages"].as_array().expect("messages").iter().cloned());
+        if page["has_more"] == false {
+            return stored;
+        }
+    }
 }
 
 /// The compiled `chat-server` binary, serving on a free port of 127.0.0.1
