@@ -552,7 +552,8 @@ pub async fn all_history(client: &mut Client, room: &str) -> Vec<Value> {
         let after = stored.last().map_or(0, |m| m["seq"].as_u64().expect("seq"));
         let page = client.ok("room:history", json!({"room_id": room, "after_seq": after, "limit": 100})).await;
         stored.extend(page["messages"].as_array().expect("messages").iter().cloned());
-        if page["has_more"] == false {
+        // Stops on anything but `true`, so a page without the field cannot loop.
+        if page["has_more"] != true {
             return stored;
         }
     }
