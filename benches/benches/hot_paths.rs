@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use chat_core::command::{CreateRoom, JoinRoom, SendMessage};
 use chat_core::{
-    Command, Engine, EngineConfig, Identity, MemberRole, MemoryStore, MessageId, NewMessage, NewRoom, Output, Reply,
-    RoomId, RoomKind, Session, Store, Timestamp, UserId, Visibility,
+    Command, Engine, EngineConfig, Identity, MemberLimits, MemberRole, MemoryStore, MessageId, NewMessage, NewRoom,
+    Output, Reply, RoomId, RoomKind, Session, Store, Timestamp, UserId, Visibility,
 };
 use chat_store_sql::{SqliteConfig, SqliteStore, Synchronous};
 use chat_transport_ws::wire::{JsonCodec, decode};
@@ -131,15 +131,18 @@ fn store_append(c: &mut Criterion) {
         let store = rt.block_on(SqliteStore::connect(config)).expect("store");
         let room = RoomId::generate();
         let ada = uid("ada");
-        rt.block_on(store.create_room(NewRoom {
-            id: room,
-            kind: RoomKind::Group,
-            name: Some("bench".into()),
-            visibility: Visibility::Public,
-            created_by: ada.clone(),
-            created_at: Timestamp::now(),
-            members: vec![(ada.clone(), MemberRole::Owner)],
-        }))
+        rt.block_on(store.create_room(
+            NewRoom {
+                id: room,
+                kind: RoomKind::Group,
+                name: Some("bench".into()),
+                visibility: Visibility::Public,
+                created_by: ada.clone(),
+                created_at: Timestamp::now(),
+                members: vec![(ada.clone(), MemberRole::Owner)],
+            },
+            MemberLimits::NONE,
+        ))
         .expect("room");
         let mut k = 0u64;
         group.throughput(Throughput::Elements(batch as u64));

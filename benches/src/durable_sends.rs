@@ -31,8 +31,8 @@ use anyhow::Context;
 use chat_benches::{BenchSchema, ms, percentile, postgres_url};
 use chat_core::command::{CreateRoom, JoinRoom, SendMessage};
 use chat_core::{
-    Command, Engine, EngineConfig, Identity, MemberRole, MessageId, NewMessage, NewRoom, Output, Reply, RoomId,
-    RoomKind, Store, Timestamp, UserId, Visibility,
+    Command, Engine, EngineConfig, Identity, MemberLimits, MemberRole, MessageId, NewMessage, NewRoom, Output, Reply,
+    RoomId, RoomKind, Store, Timestamp, UserId, Visibility,
 };
 use chat_store_sql::{PostgresConfig, PostgresStore, SqliteConfig, SqliteStore, Synchronous};
 use clap::{Parser, ValueEnum};
@@ -296,7 +296,7 @@ async fn store_run(store: Arc<dyn Store>, senders: usize, per_sender: usize, roo
             created_at: Timestamp::now(),
             members,
         };
-        room_ids.push(store.create_room(new).await?.0.id);
+        room_ids.push(store.create_room(new, MemberLimits::NONE).await?.0.id);
     }
 
     let start = Instant::now();
@@ -319,7 +319,9 @@ async fn store_run(store: Arc<dyn Store>, senders: usize, per_sender: usize, roo
                     reply_to: None,
                     created_at: Timestamp::now(),
                 };
-                store.append_messages(vec![new]).await?;
+                for answer in store.append_messages(vec![new]).await? {
+                    answer?;
+                }
                 latencies.push(sent.elapsed());
             }
             anyhow::Ok(latencies)

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chat_benches::{BenchSchema, ms, percentile, postgres_url};
-use chat_core::{HistoryQuery, MemberRole, NewRoom, RoomId, RoomKind, Store, Timestamp, UserId, Visibility};
+use chat_core::{
+    HistoryQuery, MemberLimits, MemberRole, NewRoom, RoomId, RoomKind, Store, Timestamp, UserId, Visibility,
+};
 use chat_store_sql::{PostgresConfig, PostgresStore, SqliteConfig, SqliteStore, Synchronous};
 use clap::{Parser, ValueEnum};
 use sqlx::{Connection, Row};
@@ -121,7 +123,7 @@ async fn setup(
             created_at: Timestamp::now(),
             members: vec![(owner.clone(), MemberRole::Owner), (reader.clone(), MemberRole::Member)],
         };
-        let (room, _) = store.create_room(new).await?;
+        let (room, _) = store.create_room(new, MemberLimits::NONE).await?;
         big.get_or_insert(room.id);
     }
     let big = big.context("no room made")?;

@@ -15,8 +15,14 @@ pub struct Limits {
     pub max_history_page: u32,
     /// History page when the client gives no limit.
     pub default_history_page: u32,
-    /// Most rooms one user may belong to.
+    /// Most rooms one user may have created or joined by themselves. Rooms
+    /// others added them to do not count (nobody can fill another's quota),
+    /// nor, for a support agent, the support rooms they answer.
     pub max_rooms_per_user: u64,
+    /// Rooms one user may create, plus users they may invite, per minute
+    /// (all their sessions on one process together); 0 is no limit. Bounds
+    /// how fast anyone can add others to rooms.
+    pub room_actions_per_minute: u32,
     /// Most members one room may have.
     pub max_members_per_room: u64,
     /// Most members `room:create` may name at once.
@@ -34,7 +40,7 @@ pub struct Limits {
     /// Largest `users:search` result.
     pub max_search_results: u32,
     /// Support rooms a support agent's room list shows besides their own
-    /// rooms: the newest of the support queue.
+    /// rooms: the first page of the support queue (longest waiting first).
     pub support_queue: u32,
     /// Bad frames tolerated within [`Limits::bad_frame_window`] before the session is closed.
     pub max_bad_frames: u32,
@@ -50,6 +56,7 @@ impl Default for Limits {
             max_history_page: 100,
             default_history_page: 50,
             max_rooms_per_user: 1000,
+            room_actions_per_minute: 30,
             max_members_per_room: 10_000,
             max_initial_members: 100,
             max_connections_per_user: 16,

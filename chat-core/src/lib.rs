@@ -77,13 +77,15 @@ pub use bridge::{Bridge, BridgeEvent, BridgeHealth, BridgeStore, Job, JobCounts,
 pub use broker::{Audience, Broker, Fanout, FanoutSink, LocalBroker};
 pub use command::{Command, CommandKind, Reply};
 pub use config::{EngineConfig, Limits};
-pub use engine::{CloseReason, CloseSignal, Engine, EngineBuilder, Output, Ready, Ref, Session, SupportAvailability};
+pub use engine::{
+    CloseReason, CloseSignal, Engine, EngineBuilder, Output, Ready, Ref, Session, SupportAvailability, SupportQueuePage,
+};
 pub use error::{BoxError, Error, ErrorCode, Result};
 pub use event::{Delivery, Event, EventCodec};
 pub use id::{MessageId, RoomId, SessionId, UserId};
 pub use message::{Appended, Attachment, HistoryPage, HistoryQuery, Message, NewMessage};
 pub use presence::{OnlineUser, PresenceStatus};
 pub use room::{Member, MemberReceipts, MemberRole, NewRoom, ReceiptKind, Room, RoomKind, RoomSummary, Visibility};
-pub use store::{MemoryStore, Store};
+pub use store::{Joining, MemberLimits, MemoryStore, QueueCursor, QueuedRoom, Store};
 pub use time::Timestamp;
 pub use user::{Identity, User};

@@ -34,7 +34,7 @@ use crate::error::Result;
 use crate::id::{MessageId, RoomId, UserId};
 use crate::message::{Appended, Attachment, HistoryQuery, Message, NewMessage};
 use crate::room::{MemberRole, NewRoom, ReceiptKind, Room, RoomKind, Visibility};
-use crate::store::Store;
+use crate::store::{Joining, MemberLimits, QueueCursor, QueuedRoom, Store};
 use crate::time::Timestamp;
 use crate::user::User;
 
@@ -142,12 +142,18 @@ macro_rules! store_conformance {
                 members_are_listed_in_joining_order,
                 add_member_returns_false_for_an_existing_member,
                 add_member_to_a_missing_room_is_not_found,
+                own_room_quota_counts_only_rooms_joined_by_oneself,
+                room_capacity_is_checked_when_adding,
+                existing_direct_and_support_rooms_are_returned_when_the_quota_is_full,
+                a_creator_has_one_open_support_room,
                 remove_member_reports_whether_it_removed,
                 member_and_counts_follow_membership,
                 co_members_are_distinct_and_exclude_the_user,
                 rooms_of_user_lists_newest_activity_first,
                 rooms_of_user_reports_read_cursor_and_unread,
-                support_rooms_are_listed_newest_activity_first,
+                support_queue_lists_open_rooms_with_messages_longest_waiting_first,
+                support_rooms_are_listed_newest_activity_first_closed_ones_too,
+                support_queue_pages_visit_every_room_once,
                 claim_room_records_the_latest_agent,
                 close_room_closes_once,
                 seq_starts_at_one_and_follows_batch_order,
@@ -157,7 +163,8 @@ macro_rules! store_conformance {
                 duplicate_across_batches_returns_the_first_message,
                 duplicate_inside_one_batch_returns_the_first_message,
                 idempotency_key_is_per_room_and_sender,
-                append_to_a_missing_room_stores_nothing,
+                append_refuses_each_message_alone,
+                a_removed_member_is_refused_at_the_next_append,
                 message_is_found_only_in_its_room,
                 edit_message_replaces_the_body,
                 delete_message_clears_content_and_keeps_the_seq,
@@ -174,6 +181,10 @@ macro_rules! store_conformance {
                 shared:
                 concurrent_appends_are_gapless,
                 concurrent_duplicates_store_one_message,
+                own_room_quota_holds_under_concurrent_creates,
+                own_room_quota_holds_under_concurrent_self_joins,
+                room_capacity_holds_under_concurrent_adds,
+                concurrent_support_room_creations_make_one_room,
             }
         }
     };
@@ -255,7 +266,7 @@ fn new_room(kind: RoomKind, members: &[&str], created: i64) -> NewRoom {
 
 /// Creates a group room whose first member is the owner.
 async fn group(store: &dyn Store, members: &[&str], created: i64) -> Room {
-    let (room, created) = ok(store.create_room(new_room(RoomKind::Group, members, created)).await, "create_room");
+    let (room, created) = ok(store.create_room(new_room(RoomKind::Group, members, created), NONE).await, "create_room");
     assert!(created, "create_room of a new group room must report created = true");
     room
 }
@@ -273,11 +284,69 @@ fn msg(room: RoomId, sender: &str, client_msg_id: &str, created: i64) -> NewMess
     }
 }
 
-async fn append(store: &dyn Store, batch: Vec<NewMessage>) -> Vec<Appended> {
+/// No limit on memberships.
+const NONE: MemberLimits = MemberLimits::NONE;
+
+/// Limits of `own` own rooms per user and `members` members per room.
+fn limits(own: u64, members: u64) -> MemberLimits {
+    MemberLimits { max_own_rooms: own, max_members: members }
+}
+
+/// A membership someone else adds.
+fn added(role: MemberRole, at: Timestamp) -> Joining {
+    Joining { role, at, self_joined: false }
+}
+
+/// A membership the user takes by themselves.
+fn joins(at: Timestamp) -> Joining {
+    Joining { role: MemberRole::Member, at, self_joined: true }
+}
+
+/// Appends a batch and returns every answer, refusals included.
+async fn answers(store: &dyn Store, batch: Vec<NewMessage>) -> Vec<Result<Appended>> {
     let n = batch.len();
     let out = ok(store.append_messages(batch).await, "append_messages");
-    assert_eq!(out.len(), n, "append_messages must return one Appended per input");
+    assert_eq!(out.len(), n, "append_messages must return one answer per input");
     out
+}
+
+/// Appends a batch whose every message must be accepted.
+async fn append(store: &dyn Store, batch: Vec<NewMessage>) -> Vec<Appended> {
+    answers(store, batch)
+        .await
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| ok(a, &format!("message {i} of the batch")))
+        .collect()
+}
+
+/// The error code of each answer, `"ok"` for a stored message.
+fn codes(answers: &[Result<Appended>]) -> Vec<&'static str> {
+    answers.iter().map(|a| a.as_ref().map_or_else(|e| e.code().as_str(), |_| "ok")).collect()
+}
+
+/// A support room of `visitor`, made at `created`.
+async fn support_room(store: &dyn Store, visitor: &str, created: i64) -> Room {
+    let new = new_room(RoomKind::Support, &[visitor], created);
+    let (room, created) = ok(store.create_room(new, NONE).await, "create_room");
+    assert!(created, "{visitor}'s first support room must be created");
+    room
+}
+
+/// The whole support queue, one page of `page` rooms at a time.
+async fn whole_queue(store: &dyn Store, page: u32) -> Vec<QueuedRoom> {
+    let mut all: Vec<QueuedRoom> = Vec::new();
+    loop {
+        let after = all.last().map(|q| QueueCursor { waiting_since: q.waiting_since, room_id: q.room.id });
+        let got = ok(store.support_queue(after, page).await, "support_queue");
+        assert!(got.len() <= page as usize, "support_queue returned more than its limit");
+        let done = got.len() < page as usize;
+        all.extend(got);
+        assert!(all.len() < 100_000, "support_queue paging does not end");
+        if done {
+            return all;
+        }
+    }
 }
 
 /// Appends `n` messages from `sender`, one batch, and returns their seqs.
@@ -419,8 +488,9 @@ pub async fn search_users_orders_by_name_then_id_and_limits(store: &dyn Store) {
 /// `claim_room` keeps the latest claimer, reports whether it changed, and
 /// shows in every read of the room, the room lists included.
 pub async fn claim_room_records_the_latest_agent(store: &dyn Store) {
-    let (room, _) = ok(store.create_room(new_room(RoomKind::Support, &["vera"], 1)).await, "create_room");
+    let room = support_room(store, "vera", 1).await;
     assert_eq!(room.claimed_by, None, "a new room is unclaimed");
+    append(store, vec![msg(room.id, "vera", "help", 2)]).await;
     let table = [("alice", true), ("alice", false), ("bob", true)];
     for (agent, changed) in table {
         let got = ok(store.claim_room(room.id, &uid(agent)).await, "claim_room");
@@ -431,16 +501,16 @@ pub async fn claim_room_records_the_latest_agent(store: &dyn Store) {
     assert_eq!(stored, Some(Some(uid("bob"))), "room() shows the latest claim");
     let listed = ok(store.rooms_of_user(&uid("vera")).await, "rooms_of_user");
     assert_eq!(listed.first().and_then(|s| s.room.claimed_by.clone()), Some(uid("bob")), "rooms_of_user too");
-    let queue = ok(store.support_rooms(10).await, "support_rooms");
-    assert_eq!(queue.first().and_then(|r| r.claimed_by.clone()), Some(uid("bob")), "support_rooms too");
-    assert!(!queue[0].closed, "claiming does not close");
+    let queue = ok(store.support_queue(None, 10).await, "support_queue");
+    assert_eq!(queue.first().and_then(|q| q.room.claimed_by.clone()), Some(uid("bob")), "support_queue too");
+    assert!(!queue[0].room.closed, "claiming does not close");
     assert_eq!(ok(store.claim_room(RoomId::generate(), &uid("bob")).await, "claim_room"), None, "unknown room");
 }
 
 /// `close_room` closes a room once: the first call reports the change, later
 /// ones do not, and every read of the room shows it closed.
 pub async fn close_room_closes_once(store: &dyn Store) {
-    let (room, _) = ok(store.create_room(new_room(RoomKind::Support, &["vera"], 1)).await, "create_room");
+    let (room, _) = ok(store.create_room(new_room(RoomKind::Support, &["vera"], 1), NONE).await, "create_room");
     assert!(!room.closed, "a new room is open");
     for (attempt, changed) in [(1, true), (2, false)] {
         let got = ok(store.close_room(room.id).await, "close_room");
@@ -456,7 +526,7 @@ pub async fn close_room_closes_once(store: &dyn Store) {
 /// `create_room` stores the room with `last_seq` 0 and its members with their roles.
 pub async fn create_room_stores_the_room_and_its_members(store: &dyn Store) {
     let new = new_room(RoomKind::Group, &["zoe", "adam", "mia"], 5);
-    let (room, created) = ok(store.create_room(new.clone()).await, "create_room");
+    let (room, created) = ok(store.create_room(new.clone(), NONE).await, "create_room");
     assert!(created);
     let want = Room {
         id: new.id,
@@ -490,7 +560,7 @@ pub async fn create_room_stores_the_room_and_its_members(store: &dyn Store) {
     // Public visibility and a missing name come back as given too.
     let mut public = new_room(RoomKind::Support, &["visitor"], 6);
     public.visibility = Visibility::Public;
-    let (room, _) = ok(store.create_room(public.clone()).await, "create_room");
+    let (room, _) = ok(store.create_room(public.clone(), NONE).await, "create_room");
     assert_eq!((room.kind, room.visibility, room.name), (RoomKind::Support, Visibility::Public, None));
     let stored = ok(store.room(public.id).await, "room").expect("the support room exists");
     assert_eq!((stored.kind, stored.visibility, stored.name), (RoomKind::Support, Visibility::Public, None));
@@ -499,10 +569,10 @@ pub async fn create_room_stores_the_room_and_its_members(store: &dyn Store) {
 /// A room id can only be used once.
 pub async fn create_room_rejects_a_taken_id(store: &dyn Store) {
     let first = new_room(RoomKind::Group, &["a"], 0);
-    ok(store.create_room(first.clone()).await, "create_room");
+    ok(store.create_room(first.clone(), NONE).await, "create_room");
     let mut again = new_room(RoomKind::Group, &["b"], 1);
     again.id = first.id;
-    let err = store.create_room(again).await.expect_err("a taken room id must be refused");
+    let err = store.create_room(again, NONE).await.expect_err("a taken room id must be refused");
     assert_eq!(err.code().as_str(), "conflict", "a taken room id is a conflict, got {err:?}");
     let members = ok(store.members(first.id).await, "members");
     assert_eq!(members.len(), 1, "the refused room must not add members");
@@ -511,13 +581,13 @@ pub async fn create_room_rejects_a_taken_id(store: &dyn Store) {
 /// A second direct room for the same pair returns the first, in either member order.
 pub async fn direct_rooms_are_deduplicated_whatever_the_member_order(store: &dyn Store) {
     let first = new_room(RoomKind::Direct, &["ann", "ben"], 0);
-    let (room, created) = ok(store.create_room(first.clone()).await, "create_room");
+    let (room, created) = ok(store.create_room(first.clone(), NONE).await, "create_room");
     assert!(created, "the first direct room of a pair is created");
     assert_eq!(room.id, first.id);
 
     for (members, t) in [(["ben", "ann"], 1), (["ann", "ben"], 2)] {
         let again = new_room(RoomKind::Direct, &members, t);
-        let (room, created) = ok(store.create_room(again.clone()).await, "create_room");
+        let (room, created) = ok(store.create_room(again.clone(), NONE).await, "create_room");
         assert!(!created, "direct room {members:?} already exists: created must be false");
         assert_eq!(room.id, first.id, "the existing direct room must come back");
         assert_eq!(room.created_at, at(0), "the existing room must come back unchanged");
@@ -527,9 +597,10 @@ pub async fn direct_rooms_are_deduplicated_whatever_the_member_order(store: &dyn
     assert_eq!(ok(store.member_count(first.id).await, "member_count"), 2);
 
     // Another pair gets its own room, and so does a group of the same two users.
-    let (other, created) = ok(store.create_room(new_room(RoomKind::Direct, &["ann", "cat"], 3)).await, "create_room");
+    let (other, created) =
+        ok(store.create_room(new_room(RoomKind::Direct, &["ann", "cat"], 3), NONE).await, "create_room");
     assert!(created && other.id != first.id, "a different pair gets a new direct room");
-    let (_, created) = ok(store.create_room(new_room(RoomKind::Group, &["ann", "ben"], 4)).await, "create_room");
+    let (_, created) = ok(store.create_room(new_room(RoomKind::Group, &["ann", "ben"], 4), NONE).await, "create_room");
     assert!(created, "a group room of the same pair is not a direct room");
 }
 
@@ -537,7 +608,7 @@ pub async fn direct_rooms_are_deduplicated_whatever_the_member_order(store: &dyn
 pub async fn direct_room_needs_exactly_two_members(store: &dyn Store) {
     for members in [&["solo"][..], &["a", "b", "c"][..], &[][..]] {
         let new = new_room(RoomKind::Direct, members, 0);
-        let err = store.create_room(new.clone()).await.expect_err("a direct room needs two members");
+        let err = store.create_room(new.clone(), NONE).await.expect_err("a direct room needs two members");
         assert_eq!(err.code().as_str(), "invalid", "direct room with {members:?}: got {err:?}");
         assert_eq!(ok(store.room(new.id).await, "room"), None, "the refused room must not be stored");
     }
@@ -551,13 +622,13 @@ pub async fn direct_room_needs_exactly_two_members(store: &dyn Store) {
 pub async fn members_are_listed_in_joining_order(store: &dyn Store) {
     let room = group(store, &["zed", "amy"], 0).await;
     for (u, t) in [("mo", 1), ("bea", 2), ("cy", 3)] {
-        assert!(ok(store.add_member(room.id, &uid(u), MemberRole::Member, at(t)).await, "add_member"));
+        assert!(ok(store.add_member(room.id, &uid(u), added(MemberRole::Member, at(t)), NONE).await, "add_member"));
     }
     let names = |ms: Vec<crate::room::Member>| ms.into_iter().map(|m| m.user_id.to_string()).collect::<Vec<_>>();
     assert_eq!(names(ok(store.members(room.id).await, "members")), ["zed", "amy", "mo", "bea", "cy"]);
 
     assert!(ok(store.remove_member(room.id, &uid("amy")).await, "remove_member"));
-    assert!(ok(store.add_member(room.id, &uid("amy"), MemberRole::Admin, at(9)).await, "add_member"));
+    assert!(ok(store.add_member(room.id, &uid("amy"), added(MemberRole::Admin, at(9)), NONE).await, "add_member"));
     assert_eq!(
         names(ok(store.members(room.id).await, "members")),
         ["zed", "mo", "bea", "cy", "amy"],
@@ -573,11 +644,11 @@ pub async fn add_member_returns_false_for_an_existing_member(store: &dyn Store) 
     let room = group(store, &["own", "mem"], 0).await;
     fill(store, room.id, "mem", 2).await;
     let before = ok(store.member(room.id, &uid("mem")).await, "member");
-    let added = ok(store.add_member(room.id, &uid("mem"), MemberRole::Admin, at(50)).await, "add_member");
-    assert!(!added, "adding an existing member must return false");
+    let again = ok(store.add_member(room.id, &uid("mem"), added(MemberRole::Admin, at(50)), NONE).await, "add_member");
+    assert!(!again, "adding an existing member must return false");
     assert_eq!(ok(store.member(room.id, &uid("mem")).await, "member"), before, "the membership must not change");
     assert_eq!(ok(store.member_count(room.id).await, "member_count"), 2);
-    assert!(!ok(store.add_member(room.id, &uid("own"), MemberRole::Member, at(51)).await, "add_member"));
+    assert!(!ok(store.add_member(room.id, &uid("own"), added(MemberRole::Member, at(51)), NONE).await, "add_member"));
     let own = ok(store.member(room.id, &uid("own")).await, "member").expect("own is a member");
     assert_eq!(own.role, MemberRole::Owner, "the owner keeps the role");
 }
@@ -585,9 +656,118 @@ pub async fn add_member_returns_false_for_an_existing_member(store: &dyn Store) 
 /// `add_member` to a room that does not exist is `not_found`.
 pub async fn add_member_to_a_missing_room_is_not_found(store: &dyn Store) {
     let missing = RoomId::generate();
-    let err = store.add_member(missing, &uid("u"), MemberRole::Member, at(0)).await.expect_err("no such room");
+    let err =
+        store.add_member(missing, &uid("u"), added(MemberRole::Member, at(0)), NONE).await.expect_err("no such room");
     assert_eq!(err.code().as_str(), "not_found", "got {err:?}");
     assert_eq!(ok(store.room_count_of_user(&uid("u")).await, "room_count_of_user"), 0);
+}
+
+/// Only rooms a user created or joined by themselves count towards their
+/// quota: being added to rooms by others fills nobody's quota.
+pub async fn own_room_quota_counts_only_rooms_joined_by_oneself(store: &dyn Store) {
+    let two = limits(2, u64::MAX);
+    for i in 0..50 {
+        group(store, &["boss", "u"], i).await;
+    }
+    let shared = group(store, &["boss"], 50).await;
+    assert_eq!(ok(store.room_count_of_user(&uid("u")).await, "room_count_of_user"), 50, "u is in 50 rooms");
+    let (mine, created) = ok(store.create_room(new_room(RoomKind::Group, &["u"], 51), two).await, "create_room");
+    assert!(created, "rooms others added u to do not count");
+    let (direct, _) = ok(store.create_room(new_room(RoomKind::Direct, &["u", "v"], 52), two).await, "create_room");
+    let err = store.create_room(new_room(RoomKind::Group, &["u"], 53), two).await.expect_err("u's quota is full");
+    assert_eq!(err.code().as_str(), "forbidden", "got {err:?}");
+    assert!(err.to_string().contains("(2)"), "the message names the limit: {err}");
+    let err = store.add_member(shared.id, &uid("u"), joins(at(54)), two).await.expect_err("joining counts too");
+    assert_eq!(err.code().as_str(), "forbidden", "got {err:?}");
+    assert_eq!(ok(store.member(shared.id, &uid("u")).await, "member"), None, "a refused join adds nothing");
+    // Being added by someone else is not limited by the quota.
+    assert!(ok(store.add_member(shared.id, &uid("u"), added(MemberRole::Member, at(55)), two).await, "add_member"));
+    assert_eq!(ok(store.room_count_of_user(&uid("u")).await, "room_count_of_user"), 53, "every membership counts here");
+    // v was added to the direct room by u: v's quota is untouched.
+    let (_, created) =
+        ok(store.create_room(new_room(RoomKind::Group, &["v"], 56), limits(1, u64::MAX)).await, "create_room");
+    assert!(created, "v was added to u's direct room, which is not v's own");
+    // Leaving an own room frees its place.
+    assert!(ok(store.remove_member(mine.id, &uid("u")).await, "remove_member"));
+    let other = group(store, &["boss"], 57).await;
+    assert!(ok(store.add_member(other.id, &uid("u"), joins(at(58)), two).await, "add_member"), "a place was freed");
+    let err = store.create_room(new_room(RoomKind::Group, &["u"], 59), two).await.expect_err("full again");
+    assert_eq!(err.code().as_str(), "forbidden", "got {err:?}");
+    assert!(ok(store.member(direct.id, &uid("u")).await, "member").is_some());
+    // A limit of 0 refuses every own room; an existing member is no new one.
+    let err = store.create_room(new_room(RoomKind::Group, &["w"], 60), limits(0, u64::MAX)).await.expect_err("0");
+    assert_eq!(err.code().as_str(), "forbidden", "got {err:?}");
+    assert!(!ok(store.add_member(other.id, &uid("u"), joins(at(61)), limits(0, 0)).await, "add_member"));
+}
+
+/// A room with `max_members` members takes no more, by whatever way; an
+/// existing member is answered `false` first, a missing room `not_found`.
+pub async fn room_capacity_is_checked_when_adding(store: &dyn Store) {
+    let three = limits(u64::MAX, 3);
+    let room = group(store, &["o", "a"], 0).await;
+    assert!(ok(store.add_member(room.id, &uid("b"), added(MemberRole::Member, at(1)), three).await, "add_member"));
+    for joining in [added(MemberRole::Member, at(2)), joins(at(2))] {
+        let err = store.add_member(room.id, &uid("c"), joining, three).await.expect_err("the room is full");
+        assert_eq!(err.code().as_str(), "forbidden", "got {err:?}");
+        assert!(err.to_string().contains("full"), "{err}");
+    }
+    assert!(!ok(store.add_member(room.id, &uid("a"), added(MemberRole::Admin, at(3)), three).await, "add_member"));
+    assert_eq!(ok(store.member_count(room.id).await, "member_count"), 3);
+    let err = store.add_member(RoomId::generate(), &uid("c"), joins(at(4)), limits(0, 0)).await.expect_err("missing");
+    assert_eq!(err.code().as_str(), "not_found", "got {err:?}");
+    assert!(ok(store.remove_member(room.id, &uid("b")).await, "remove_member"));
+    assert!(ok(store.add_member(room.id, &uid("c"), joins(at(5)), three).await, "add_member"), "a place was freed");
+    let c = ok(store.member(room.id, &uid("c")).await, "member").expect("c is a member");
+    assert_eq!((c.role, c.joined_at), (MemberRole::Member, at(5)));
+}
+
+/// A direct room of the pair, and the creator's open support room, come
+/// back even when the creator's quota is full; another room does not.
+pub async fn existing_direct_and_support_rooms_are_returned_when_the_quota_is_full(store: &dyn Store) {
+    let (direct, _) = ok(store.create_room(new_room(RoomKind::Direct, &["v", "u"], 0), NONE).await, "create_room");
+    let support = support_room(store, "u", 1).await;
+    group(store, &["u"], 2).await;
+    let full = limits(1, u64::MAX);
+    let (again, created) =
+        ok(store.create_room(new_room(RoomKind::Direct, &["u", "v"], 3), full).await, "create_room of a direct room");
+    assert_eq!((again.id, created), (direct.id, false));
+    let (again, created) =
+        ok(store.create_room(new_room(RoomKind::Support, &["u"], 4), full).await, "create_room of a support room");
+    assert_eq!((again.id, created), (support.id, false));
+    for kind in [RoomKind::Group, RoomKind::Direct] {
+        let members: &[&str] = if kind == RoomKind::Direct { &["u", "w"] } else { &["u"] };
+        let err = store.create_room(new_room(kind, members, 5), full).await.expect_err("a new room is over the quota");
+        assert_eq!(err.code().as_str(), "forbidden", "{kind:?}: got {err:?}");
+    }
+    ok(store.close_room(support.id).await, "close_room");
+    let err = store.create_room(new_room(RoomKind::Support, &["u"], 6), full).await.expect_err("no open support room");
+    assert_eq!(err.code().as_str(), "forbidden", "got {err:?}");
+    assert_eq!(ok(store.room_count_of_user(&uid("u")).await, "room_count_of_user"), 3);
+}
+
+/// A creator has at most one open support room: asking again returns it;
+/// once it is closed, the next request makes a new one. Others have theirs.
+pub async fn a_creator_has_one_open_support_room(store: &dyn Store) {
+    let first = support_room(store, "vis", 0).await;
+    let second = new_room(RoomKind::Support, &["vis"], 1);
+    let (room, created) = ok(store.create_room(second.clone(), NONE).await, "create_room");
+    assert_eq!((room.id, created, room.created_at), (first.id, false, at(0)), "the open room comes back unchanged");
+    assert_eq!(ok(store.room(second.id).await, "room"), None, "no second room is stored");
+    let other = support_room(store, "someone-else", 2).await;
+    assert_ne!(other.id, first.id);
+    ok(store.claim_room(first.id, &uid("agent")).await, "claim_room");
+    let (room, created) = ok(store.create_room(new_room(RoomKind::Support, &["vis"], 3), NONE).await, "create_room");
+    assert_eq!((room.id, created, room.claimed_by), (first.id, false, Some(uid("agent"))), "claimed is still open");
+
+    ok(store.close_room(first.id).await, "close_room");
+    let third = support_room(store, "vis", 4).await;
+    assert_ne!(third.id, first.id, "a closed room is not returned");
+    let (room, created) = ok(store.create_room(new_room(RoomKind::Support, &["vis"], 5), NONE).await, "create_room");
+    assert_eq!((room.id, created), (third.id, false));
+    assert_eq!(ok(store.room_count_of_user(&uid("vis")).await, "room_count_of_user"), 2);
+    // Group rooms are not limited to one.
+    group(store, &["vis"], 6).await;
+    group(store, &["vis"], 7).await;
 }
 
 /// `remove_member` returns whether the user was a member, and every view follows.
@@ -629,7 +809,7 @@ pub async fn member_and_counts_follow_membership(store: &dyn Store) {
     assert_eq!(ok(store.room_count_of_user(&uid("a")).await, "room_count_of_user"), 2);
     assert_eq!(ok(store.room_count_of_user(&uid("b")).await, "room_count_of_user"), 1);
     assert_eq!(ok(store.room_count_of_user(&uid("nobody")).await, "room_count_of_user"), 0);
-    assert!(ok(store.add_member(r2.id, &uid("b"), MemberRole::Member, at(2)).await, "add_member"));
+    assert!(ok(store.add_member(r2.id, &uid("b"), added(MemberRole::Member, at(2)), NONE).await, "add_member"));
     assert_eq!(ok(store.room_count_of_user(&uid("b")).await, "room_count_of_user"), 2);
     assert_eq!(ok(store.member_count(r2.id).await, "member_count"), 2);
 }
@@ -677,15 +857,13 @@ pub async fn rooms_of_user_lists_newest_activity_first(store: &dyn Store) {
     assert!(ok(store.rooms_of_user(&uid("nobody")).await, "rooms_of_user").is_empty());
 }
 
-/// `support_rooms` lists support rooms only, newest activity first, up to the limit.
-pub async fn support_rooms_are_listed_newest_activity_first(store: &dyn Store) {
-    let support = |visitor: &'static str, created: i64| async move {
-        ok(store.create_room(new_room(RoomKind::Support, &[visitor], created)).await, "create_room").0
-    };
-    let s1 = support("v1", 10).await;
+/// `support_rooms` lists support rooms only, closed ones too, newest
+/// activity first, up to the limit: what bridges catch up from.
+pub async fn support_rooms_are_listed_newest_activity_first_closed_ones_too(store: &dyn Store) {
+    let s1 = support_room(store, "v1", 10).await;
     group(store, &["x"], 15).await;
-    let s2 = support("v2", 20).await;
-    let s3 = support("v3", 30).await;
+    let s2 = support_room(store, "v2", 20).await;
+    let s3 = support_room(store, "v3", 30).await;
     let ids = |rooms: Vec<Room>| rooms.into_iter().map(|r| r.id).collect::<Vec<_>>();
     assert_eq!(ids(ok(store.support_rooms(10).await, "support_rooms")), [s3.id, s2.id, s1.id], "groups are left out");
     append(store, vec![msg(s1.id, "v1", "hello", 40)]).await;
@@ -694,9 +872,85 @@ pub async fn support_rooms_are_listed_newest_activity_first(store: &dyn Store) {
         [s1.id, s3.id, s2.id],
         "a new message puts its room first"
     );
-    assert_eq!(ids(ok(store.support_rooms(2).await, "support_rooms")), [s1.id, s3.id], "the limit holds");
+    ok(store.close_room(s1.id).await, "close_room");
+    assert_eq!(
+        ids(ok(store.support_rooms(2).await, "support_rooms")),
+        [s1.id, s3.id],
+        "closed rooms stay; the limit holds"
+    );
     let first = &ok(store.support_rooms(1).await, "support_rooms")[0];
-    assert_eq!((first.kind, first.last_seq), (RoomKind::Support, 1), "rooms come whole");
+    assert_eq!((first.kind, first.last_seq, first.closed), (RoomKind::Support, 1, true), "rooms come whole");
+}
+
+/// `support_queue` lists open support rooms that have a message, by the time
+/// of their first message (then id), with that time; empty, closed and other
+/// rooms never show, and later messages do not move a room.
+pub async fn support_queue_lists_open_rooms_with_messages_longest_waiting_first(store: &dyn Store) {
+    let empty = support_room(store, "v0", 0).await;
+    let s1 = support_room(store, "v1", 1).await;
+    let s2 = support_room(store, "v2", 2).await;
+    let s3 = support_room(store, "v3", 3).await;
+    let s4 = support_room(store, "v4", 4).await;
+    let closed = support_room(store, "v5", 5).await;
+    let group_room = group(store, &["g"], 6).await;
+    let queue = |after: Option<QueueCursor>, limit: u32| async move {
+        let got = ok(store.support_queue(after, limit).await, "support_queue");
+        got.into_iter().map(|q| (q.room.id, q.waiting_since)).collect::<Vec<_>>()
+    };
+    assert!(queue(None, 10).await.is_empty(), "rooms without messages never show: {:?}", empty.id);
+
+    append(store, vec![msg(s1.id, "v1", "a", 50), msg(group_room.id, "g", "a", 10), msg(closed.id, "v5", "a", 5)])
+        .await;
+    append(store, vec![msg(s2.id, "v2", "a", 30)]).await;
+    append(store, vec![msg(s3.id, "v3", "a", 30)]).await;
+    // A batch's first message to a room is its first message, whatever the
+    // times of the ones after it.
+    append(store, vec![msg(s4.id, "v4", "a", 70), msg(s4.id, "v4", "b", 20)]).await;
+    ok(store.close_room(closed.id).await, "close_room");
+    // Later messages, even stamped earlier, leave the waiting time alone.
+    append(store, vec![msg(s2.id, "v2", "b", 90), msg(s1.id, "v1", "b", 1)]).await;
+
+    let mut tied = [(s2.id, at(30)), (s3.id, at(30))];
+    tied.sort();
+    let want = vec![tied[0], tied[1], (s1.id, at(50)), (s4.id, at(70))];
+    assert_eq!(queue(None, 10).await, want, "by first message, then room id; group and closed rooms left out");
+    assert_eq!(queue(None, 2).await, want[..2], "the limit holds");
+    let after = |i: usize| Some(QueueCursor { waiting_since: want[i].1, room_id: want[i].0 });
+    assert_eq!(queue(after(0), 10).await, want[1..], "strictly after the cursor, ties by id");
+    assert_eq!(queue(after(1), 1).await, want[2..3]);
+    assert!(queue(after(3), 10).await.is_empty());
+    let first = ok(store.support_queue(None, 1).await, "support_queue").remove(0);
+    assert_eq!(
+        (first.room.kind, first.room.last_seq, first.room.closed),
+        (RoomKind::Support, 2, false),
+        "rooms come whole"
+    );
+
+    ok(store.close_room(s1.id).await, "close_room");
+    let left: Vec<RoomId> = queue(None, 10).await.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(left, [want[0].0, want[1].0, s4.id], "a closed room leaves the queue");
+}
+
+/// Paging through the queue with the cursor of each page's last room visits
+/// every waiting room once, in order, however many support rooms are empty.
+pub async fn support_queue_pages_visit_every_room_once(store: &dyn Store) {
+    for i in 0..120 {
+        support_room(store, &format!("idle-{i}"), i).await;
+    }
+    let mut want = Vec::new();
+    for i in 0..7_i64 {
+        let room = support_room(store, &format!("waiting-{i}"), 200 + i).await;
+        // Pairs of rooms wait since the same millisecond.
+        let first = 1_000 + (i / 2) * 10;
+        append(store, vec![msg(room.id, &format!("waiting-{i}"), "hello", first)]).await;
+        want.push((at(first), room.id));
+    }
+    want.sort();
+    for page in [3, 1, 7, 100] {
+        let got: Vec<(Timestamp, RoomId)> =
+            whole_queue(store, page).await.into_iter().map(|q| (q.waiting_since, q.room.id)).collect();
+        assert_eq!(got, want, "pages of {page}");
+    }
 }
 
 /// `rooms_of_user` carries the read cursor and `unread = last_seq - read_seq`.
@@ -879,19 +1133,68 @@ pub async fn idempotency_key_is_per_room_and_sender(store: &dyn Store) {
     assert_eq!((again.message.id, again.created), (out[1].message.id, false));
 }
 
-/// A batch naming a room that does not exist fails as a whole and stores nothing.
-pub async fn append_to_a_missing_room_stores_nothing(store: &dyn Store) {
-    let room = group(store, &["s"], 0).await;
-    let batch =
-        vec![msg(room.id, "s", "ok-1", 1), msg(RoomId::generate(), "s", "lost", 2), msg(room.id, "s", "ok-2", 3)];
-    let err = store.append_messages(batch).await.expect_err("a batch with a missing room must fail");
-    assert_eq!(err.code().as_str(), "not_found", "got {err:?}");
-    assert_eq!(last_seq(store, room.id).await, 0, "nothing of the failed batch may be stored");
-    assert!(ok(store.history(room.id, q(None, None, 10)).await, "history").messages.is_empty());
-    assert_eq!(cursors(store, room.id, "s").await, (0, 0));
-    // The keys of the failed batch are still free.
-    let out = append(store, vec![msg(room.id, "s", "ok-1", 4)]).await;
-    assert_eq!((out[0].message.seq, out[0].created), (1, true));
+/// A message to a missing or closed room, or from a sender who is not a
+/// member, is refused alone: it takes no seq, stores nothing and moves no
+/// cursor, and the rest of its batch is stored and numbered without gaps.
+pub async fn append_refuses_each_message_alone(store: &dyn Store) {
+    let open = group(store, &["a", "b"], 0).await;
+    let closed = group(store, &["a"], 1).await;
+    append(store, vec![msg(closed.id, "a", "before", 2)]).await;
+    ok(store.close_room(closed.id).await, "close_room");
+    let missing = RoomId::generate();
+    let batch = vec![
+        msg(open.id, "a", "a-1", 3),
+        msg(open.id, "eve", "eve-1", 4),
+        msg(closed.id, "a", "a-2", 5),
+        msg(missing, "a", "a-3", 6),
+        msg(open.id, "b", "b-1", 7),
+        msg(open.id, "eve", "eve-1", 8),
+    ];
+    let out = answers(store, batch).await;
+    assert_eq!(codes(&out), ["ok", "not_member", "forbidden", "not_found", "ok", "not_member"]);
+    let seqs_of: Vec<u64> = out.iter().flatten().map(|a| a.message.seq).collect();
+    assert_eq!(seqs_of, [1, 2], "the stored messages are numbered without gaps");
+    assert!(out.iter().flatten().all(|a| a.created));
+    assert_eq!(last_seq(store, open.id).await, 2);
+    assert_eq!(last_seq(store, closed.id).await, 1, "a closed room takes no message");
+    let page = ok(store.history(open.id, q(None, None, 10)).await, "history");
+    let stored: Vec<(&str, &str)> =
+        page.messages.iter().map(|m| (m.sender_id.as_str(), m.client_msg_id.as_str())).collect();
+    assert_eq!(stored, [("a", "a-1"), ("b", "b-1")], "nothing of the refused messages is stored");
+    assert_eq!(seqs(&ok(store.history(closed.id, q(None, None, 10)).await, "history").messages), [1]);
+    assert!(ok(store.history(missing, q(None, None, 10)).await, "history").messages.is_empty());
+    assert_eq!(ok(store.room(missing).await, "room"), None, "a refused message makes no room");
+    assert_eq!((cursors(store, open.id, "a").await, cursors(store, open.id, "b").await), ((1, 1), (2, 2)));
+    assert_eq!(
+        ok(store.member(open.id, &uid("eve")).await, "member"),
+        None,
+        "a refused sender does not become a member"
+    );
+
+    // A batch refused whole stores nothing and fails nothing.
+    let out = answers(store, vec![msg(missing, "a", "x", 9), msg(closed.id, "a", "y", 9)]).await;
+    assert_eq!(codes(&out), ["not_found", "forbidden"]);
+    // The refused keys are still free once the sender may write.
+    assert!(ok(store.add_member(open.id, &uid("eve"), added(MemberRole::Member, at(10)), NONE).await, "add_member"));
+    let out = append(store, vec![msg(open.id, "eve", "eve-1", 11)]).await;
+    assert_eq!((out[0].message.seq, out[0].created), (3, true));
+    assert_eq!(last_seq(store, open.id).await, 3);
+}
+
+/// A member removed from a room is refused at their next append, also for
+/// a retry of a message they stored while a member; the others go on.
+pub async fn a_removed_member_is_refused_at_the_next_append(store: &dyn Store) {
+    let room = group(store, &["a", "b"], 0).await;
+    let first = append(store, vec![msg(room.id, "b", "b-1", 1)]).await.remove(0);
+    assert!(ok(store.remove_member(room.id, &uid("b")).await, "remove_member"));
+    let out =
+        answers(store, vec![msg(room.id, "b", "b-2", 2), msg(room.id, "b", "b-1", 3), msg(room.id, "a", "a-1", 4)])
+            .await;
+    assert_eq!(codes(&out), ["not_member", "not_member", "ok"]);
+    assert_eq!(out[2].as_ref().map(|a| a.message.seq).ok(), Some(2));
+    let page = ok(store.history(room.id, q(None, None, 10)).await, "history");
+    assert_eq!(page.messages[0].id, first.message.id, "what b stored while a member stays");
+    assert_eq!(seqs(&page.messages), [1, 2]);
 }
 
 // ---------------------------------------------------------------------------
@@ -1213,7 +1516,8 @@ pub async fn concurrent_appends_are_gapless(store: Arc<dyn Store>) {
                     batch.push(msg(other, &sender, &format!("o-{i}"), i as i64));
                 }
                 let out = ok(store.append_messages(batch).await, "append_messages");
-                for a in out.into_iter().filter(|a| a.message.room_id == room) {
+                let out = out.into_iter().map(|a| ok(a, "a member's message"));
+                for a in out.filter(|a| a.message.room_id == room) {
                     assert!(a.created, "{sender}: a fresh message must be created");
                     mine.push(a.message.seq);
                 }
@@ -1278,6 +1582,7 @@ pub async fn concurrent_duplicates_store_one_message(store: Arc<dyn Store>) {
                     msg(room, "dup", "shared", 0),
                 ];
                 let out = ok(store.append_messages(batch).await, "append_messages");
+                let out: Vec<Appended> = out.into_iter().map(|a| ok(a, "a member's message")).collect();
                 assert_eq!(out.len(), 3);
                 assert!(!out[2].created, "a repeat inside the batch is never created");
                 assert_eq!(out[2].message, out[0].message, "the repeat returns the same message");
@@ -1311,6 +1616,92 @@ pub async fn concurrent_duplicates_store_one_message(store: Arc<dyn Store>) {
     assert_eq!(last_seq(&*store, room).await, total, "duplicates must not use up seqs");
     let page = ok(store.history(room, q(None, None, 100)).await, "history");
     assert_eq!(seqs(&page.messages), (1..=total).collect::<Vec<_>>());
+}
+
+/// Racing requests.
+const RACERS: usize = 20;
+
+/// Runs `RACERS` calls of `call` at once, each on its own task, and returns
+/// their answers.
+async fn race<T: Send + 'static, F: std::future::Future<Output = Result<T>> + Send + 'static>(
+    store: &Arc<dyn Store>,
+    call: impl Fn(Arc<dyn Store>, usize) -> F,
+) -> Vec<Result<T>> {
+    let tasks: Vec<_> = (0..RACERS).map(|i| tokio::spawn(call(Arc::clone(store), i))).collect();
+    let mut out = Vec::with_capacity(RACERS);
+    for task in tasks {
+        out.push(task.await.expect("a racing task panicked"));
+    }
+    out
+}
+
+/// Tells accepted answers from refusals, failing on any other error.
+fn accepted<T>(answers: Vec<Result<T>>) -> Vec<T> {
+    let mut ok_answers = Vec::new();
+    for answer in answers {
+        match answer {
+            Ok(value) => ok_answers.push(value),
+            Err(e) => assert_eq!(e.code().as_str(), "forbidden", "a racer may only be refused: {e} ({e:?})"),
+        }
+    }
+    ok_answers
+}
+
+/// `RACERS` rooms created at once by one user whose quota is 5: exactly 5
+/// are made.
+pub async fn own_room_quota_holds_under_concurrent_creates(store: Arc<dyn Store>) {
+    let out = race(&store, |store, i| async move {
+        store.create_room(new_room(RoomKind::Group, &["u"], i as i64), limits(5, u64::MAX)).await
+    })
+    .await;
+    let made = accepted(out);
+    assert_eq!(made.len(), 5, "exactly the quota is created");
+    assert!(made.iter().all(|(_, created)| *created));
+    let listed = ok(store.rooms_of_user(&uid("u")).await, "rooms_of_user");
+    assert_eq!(listed.len(), 5, "exactly the quota is stored");
+}
+
+/// One user joining `RACERS` rooms at once with a quota of 5: exactly 5 joins.
+pub async fn own_room_quota_holds_under_concurrent_self_joins(store: Arc<dyn Store>) {
+    let mut rooms = Vec::new();
+    for i in 0..RACERS {
+        rooms.push(group(&*store, &["boss"], i as i64).await.id);
+    }
+    let rooms = Arc::new(rooms);
+    let out = race(&store, move |store, i| {
+        let rooms = Arc::clone(&rooms);
+        async move { store.add_member(rooms[i], &uid("u"), joins(at(100)), limits(5, u64::MAX)).await }
+    })
+    .await;
+    let joined = accepted(out);
+    assert_eq!(joined, [true; 5], "exactly the quota is joined");
+    assert_eq!(ok(store.room_count_of_user(&uid("u")).await, "room_count_of_user"), 5);
+}
+
+/// `RACERS` users added at once to a room of one member that holds 5: exactly 4 join.
+pub async fn room_capacity_holds_under_concurrent_adds(store: Arc<dyn Store>) {
+    let room = group(&*store, &["owner"], 0).await.id;
+    let out = race(&store, move |store, i| async move {
+        store.add_member(room, &uid(&format!("guest-{i}")), added(MemberRole::Member, at(1)), limits(u64::MAX, 5)).await
+    })
+    .await;
+    let added_ones = accepted(out);
+    assert_eq!(added_ones, [true; 4], "exactly the room's free places are taken");
+    assert_eq!(ok(store.member_count(room).await, "member_count"), 5);
+}
+
+/// `RACERS` support rooms requested at once by one creator: one is made and
+/// every request gets it.
+pub async fn concurrent_support_room_creations_make_one_room(store: Arc<dyn Store>) {
+    let out = race(&store, |store, i| async move {
+        store.create_room(new_room(RoomKind::Support, &["vis"], i as i64), NONE).await
+    })
+    .await;
+    let rooms: Vec<(Room, bool)> = out.into_iter().map(|r| ok(r, "create_room")).collect();
+    assert_eq!(rooms.iter().filter(|(_, created)| *created).count(), 1, "one request creates the room");
+    let ids: HashSet<RoomId> = rooms.iter().map(|(room, _)| room.id).collect();
+    assert_eq!(ids.len(), 1, "every request gets the one room: {ids:?}");
+    assert_eq!(ok(store.rooms_of_user(&uid("vis")).await, "rooms_of_user").len(), 1);
 }
 
 // ---------------------------------------------------------------------------

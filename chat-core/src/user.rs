@@ -9,6 +9,13 @@ use crate::time::Timestamp;
 /// The role that lets a user see and answer `support` rooms.
 pub const SUPPORT_ROLE: &str = "support";
 
+/// The role of anonymous website visitors (`POST /v1/visitor-sessions`), whom
+/// the engine keeps to their own support rooms.
+pub const VISITOR_ROLE: &str = "visitor";
+
+/// The prefix of the ids of anonymous website visitors.
+pub const VISITOR_ID_PREFIX: &str = "visitor:";
+
 /// The longest display name accepted, in characters.
 pub const MAX_NAME_CHARS: usize = 100;
 /// The most roles one user may hold.
@@ -49,6 +56,13 @@ impl User {
         self.has_role(SUPPORT_ROLE)
     }
 
+    /// Whether the user is an anonymous visitor: the `visitor` role or a
+    /// `visitor:` id, either of which is enough, so that a token minted
+    /// elsewhere cannot give a visitor's id more than a visitor's rights.
+    pub fn is_visitor(&self) -> bool {
+        self.has_role(VISITOR_ROLE) || self.id.as_str().starts_with(VISITOR_ID_PREFIX)
+    }
+
     /// Checks the sizes of every field.
     pub fn validate(&self) -> Result<()> {
         validate_name(&self.name)?;
@@ -64,7 +78,8 @@ impl User {
     }
 }
 
-/// Checks a display name: 1..=100 characters, no control characters.
+/// Checks a display name: 1..=100 characters, none of them a control
+/// character or an invisible formatting one (see [`is_hidden_char`]).
 pub fn validate_name(name: &str) -> Result<()> {
     let chars = name.chars().count();
     if name.trim().is_empty() {
@@ -73,10 +88,49 @@ pub fn validate_name(name: &str) -> Result<()> {
     if chars > MAX_NAME_CHARS {
         return Err(Error::too_large("name is longer than 100 characters"));
     }
-    if name.chars().any(char::is_control) {
-        return Err(Error::invalid("name must not contain control characters"));
+    check_visible("name", name)
+}
+
+/// Refuses text with a character that [`is_hidden_char`] names: a name that
+/// reverses or hides part of itself can pass for another user's or room's.
+pub fn check_visible(field: &str, text: &str) -> Result<()> {
+    match text.chars().find(|&c| is_hidden_char(c)) {
+        Some(c) => Err(Error::invalid(format!(
+            "{field} must not contain control, direction-changing or invisible characters (found U+{:04X})",
+            u32::from(c)
+        ))),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Whether a character is refused in names: control characters, the
+/// bidirectional controls (embeddings, overrides, isolates and marks, which
+/// reorder the text around them), line and paragraph separators, and the
+/// invisible formatting characters (zero-width space, word joiner, invisible
+/// operators, the byte-order mark, interlinear annotations, tags). Zero-width
+/// joiner and non-joiner stay allowed: emoji sequences and several scripts
+/// need them.
+pub fn is_hidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{180E}'
+                | '\u{200B}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E007F}'
+        )
 }
 
 /// Checks a list of roles.
@@ -137,5 +191,36 @@ mod tests {
         assert!(u.is_support());
         u.avatar_url = Some("javascript:alert(1)".into());
         assert!(u.validate().is_err());
+    }
+
+    /// Names that reorder or hide part of themselves are refused with
+    /// `invalid`; the scripts and emoji that need joiners are not.
+    #[test]
+    fn names_with_direction_changing_or_invisible_characters_are_refused() {
+        let refused = [
+            "admin\u{202E}gnp.exe",
+            "\u{202D}Ada",
+            "Ada\u{2066}x\u{2069}",
+            "Ada\u{200F}",
+            "A\u{200B}da",
+            "Ada\u{2060}",
+            "\u{FEFF}Ada",
+            "Ada\u{2028}Bob",
+            "\u{3164}",
+            "Ada\u{E0041}",
+            "Ada\u{0007}",
+        ];
+        for name in refused {
+            let err = validate_name(name).expect_err(name);
+            assert_eq!(err.code(), crate::ErrorCode::Invalid, "{name:?}");
+        }
+        for name in [
+            "Ada Lovelace",
+            "\u{0645}\u{062D}\u{0645}\u{062F}",
+            "\u{1F469}\u{200D}\u{1F4BB} dev",
+            "\u{0645}\u{06CC}\u{200C}\u{062E}\u{0648}\u{0627}\u{0647}\u{0645}",
+        ] {
+            assert!(validate_name(name).is_ok(), "{name:?}");
+        }
     }
 }

@@ -467,8 +467,8 @@ async fn a_mapped_group_room_crosses_to_its_text_channel() {
         created_at: chat_core::Timestamp::now(),
         members: vec![(gina.clone(), MemberRole::Owner)],
     };
-    let (mapped, _) = store.create_room(new_room("team")).await.expect("room");
-    let (local, _) = store.create_room(new_room("local")).await.expect("room");
+    let (mapped, _) = store.create_room(new_room("team"), chat_core::MemberLimits::NONE).await.expect("room");
+    let (local, _) = store.create_room(new_room("local"), chat_core::MemberLimits::NONE).await.expect("room");
     let mut config = discord.config();
     config.channels = vec![(mapped.id, CHANNEL)];
     let bridge = std::sync::Arc::new(chat_discord::DiscordBridge::new(config).expect("a valid config"));

@@ -285,7 +285,7 @@ async fn a_mapped_channel_is_caught_up_after_a_restart() {
         created_at: Timestamp::now(),
         members: vec![(gina.clone(), MemberRole::Owner)],
     };
-    let (room, _) = store.create_room(new_room).await.expect("room");
+    let (room, _) = store.create_room(new_room, chat_core::MemberLimits::NONE).await.expect("room");
     discord.human_writes(CHANNEL, 81, "Hana", "before the mapping", false);
     // Discord ids grow with time: the mapping's cursor must come after this one.
     tokio::time::sleep(Duration::from_millis(5)).await;

@@ -21,8 +21,17 @@
 //! - **Group commit**: [`append_messages`](chat_core::Store::append_messages)
 //!   writes its whole batch in one transaction, so one durable commit, and
 //!   nothing of it when any part fails.
+//! - **Who may write** is read by the append's first statement, the one that
+//!   reads the counters under the rooms' write lock: whether each room exists
+//!   and is open, and one index lookup per (room, sender) of the batch. A
+//!   refused message takes no seq; the rest of the batch is stored.
 //! - **Direct rooms** are unique per pair of users through a UNIQUE
-//!   `direct_key` column, not a check before the insert.
+//!   `direct_key` column, and a creator's open support room through a UNIQUE
+//!   `open_support_of` column, not a check before the insert.
+//! - **Limits** on memberships are counted in the transaction that inserts:
+//!   under SQLite's write lock, and under PostgreSQL advisory locks on the
+//!   user and the room (always in that order). A user's own rooms are the
+//!   memberships marked `self_joined`, counted from a partial index.
 //! - **Errors** are classified by [`Error`]: a database that cannot be reached,
 //!   is busy, read-only or full is [`Error::Unavailable`]; a broken uniqueness
 //!   rule is [`Error::Conflict`]. Converted into [`chat_core::Error`], no
@@ -40,7 +49,7 @@
 //! # #[cfg(feature = "sqlite")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use chat_core::{HistoryQuery, MemberRole, MessageId, NewMessage, NewRoom, RoomId, RoomKind};
+//! use chat_core::{HistoryQuery, MemberLimits, MemberRole, MessageId, NewMessage, NewRoom, RoomId, RoomKind};
 //! use chat_core::{Store, Timestamp, UserId, Visibility};
 //! use chat_store_sql::{SqliteConfig, SqliteStore};
 //!
@@ -57,24 +66,28 @@
 //!         created_by: ada.clone(),
 //!         created_at: Timestamp::now(),
 //!         members: vec![(ada.clone(), MemberRole::Owner)],
-//!     })
+//!     }, MemberLimits::NONE)
 //!     .await?;
 //! assert!(created);
 //!
-//! let send = |client_msg_id: &str| NewMessage {
+//! let send_as = |sender: &UserId, client_msg_id: &str| NewMessage {
 //!     id: MessageId::generate(),
 //!     room_id: room.id,
-//!     sender_id: ada.clone(),
+//!     sender_id: sender.clone(),
 //!     client_msg_id: client_msg_id.into(),
 //!     body: "hello".into(),
 //!     attachments: vec![],
 //!     reply_to: None,
 //!     created_at: Timestamp::now(),
 //! };
-//! // One batch, one commit; the retried "m1" is not stored twice.
-//! let appended = store.append_messages(vec![send("m1"), send("m2"), send("m1")]).await?;
-//! let seqs: Vec<(u64, bool)> = appended.iter().map(|a| (a.message.seq, a.created)).collect();
-//! assert_eq!(seqs, [(1, true), (2, true), (1, false)]);
+//! let bob = UserId::new("bob")?;
+//! // One batch, one commit; the retried "m1" is not stored twice, and bob,
+//! // who is not a member, is refused alone.
+//! let batch = vec![send_as(&ada, "m1"), send_as(&bob, "b1"), send_as(&ada, "m2"), send_as(&ada, "m1")];
+//! let answers = store.append_messages(batch).await?;
+//! let seqs: Vec<Option<(u64, bool)>> =
+//!     answers.iter().map(|a| a.as_ref().ok().map(|a| (a.message.seq, a.created))).collect();
+//! assert_eq!(seqs, [Some((1, true)), None, Some((2, true)), Some((1, false))]);
 //!
 //! let page = store.history(room.id, HistoryQuery { limit: 50, ..Default::default() }).await?;
 //! assert_eq!(page.messages.len(), 2);

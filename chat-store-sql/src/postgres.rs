@@ -14,11 +14,20 @@
 //!   room locks, so nothing else can interleave).
 //! - **Group commit**: a whole batch is one transaction of a fixed number of
 //!   statements (arrays bound through `unnest`), whatever its size.
+//! - **Who may write**: the statement that locks the rooms also returns
+//!   their closed flags and, by one primary-key probe per (room, sender), the
+//!   senders who are members, whose rows it locks `FOR KEY SHARE` so that a
+//!   removal either came first or waits for the commit.
+//! - **Limits**: whoever counts memberships against a limit first takes
+//!   transaction-long advisory locks, the user's then the room's, so that
+//!   counts and inserts of racing processes do not interleave. One open
+//!   support room per creator and one direct room per pair are UNIQUE columns.
 //! - **Updates in place**: every send moves its room's counter and its
-//!   sender's cursors, so no index holds those columns (nor `last_activity`,
-//!   whose order for the support queue lives in `support_queue`), and both
-//!   tables leave a fifth of each page free. PostgreSQL can then make these
-//!   updates HOT: no new index entries and no dead rows left for vacuum.
+//!   sender's cursors, so no index holds those columns (nor `last_activity`;
+//!   the support rooms' orders, by activity and by the time of their first
+//!   message, live in `support_queue`), and both tables leave a fifth
+//!   of each page free. PostgreSQL can then make these updates HOT: no new
+//!   index entries and no dead rows left for vacuum.
 //! - **Bounded waits**: a pool that cannot hand out a connection within
 //!   [`PostgresConfig::acquire_timeout`] fails the call as unavailable, the
 //!   server cancels any statement running past
@@ -36,15 +45,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_core::{
-    Appended, HistoryPage, HistoryQuery, Member, MemberRole, Message, MessageId, NewMessage, NewRoom, ReceiptKind,
-    Room, RoomId, RoomKind, RoomSummary, Store, Timestamp, User, UserId,
+    Appended, HistoryPage, HistoryQuery, Joining, Member, MemberLimits, Message, MessageId, NewMessage, NewRoom,
+    QueueCursor, QueuedRoom, ReceiptKind, Room, RoomId, RoomKind, RoomSummary, Store, Timestamp, User, UserId,
 };
 use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::batch::{Key, Moves, Outcome, answers, moves, new_count, plan};
-use crate::common::{Db, finish, history_page};
+use crate::batch::{Found, Key, Moves, Outcome, RoomState, answers, moves, new_count, plan, rooms_of, senders_of};
+use crate::common::{Db, finish, history_page, limit_to_db, quota_error, room_full_error};
 use crate::error::{Error, Result};
 use crate::{codec, migrate};
 
@@ -58,6 +67,7 @@ const MIGRATIONS: &[migrate::Embedded] = &[
     (4, "room claim and close", include_str!("../migrations/postgres/0004_room_claim_close.sql")),
     (5, "bridge lease", include_str!("../migrations/postgres/0005_bridge_lease.sql")),
     (6, "hot updates", include_str!("../migrations/postgres/0006_hot_updates.sql")),
+    (7, "limits and queue", include_str!("../migrations/postgres/0007_limits_and_queue.sql")),
 ];
 
 /// Settings of a [`PostgresStore`]. Start from [`PostgresConfig::from_url`] and
@@ -221,6 +231,20 @@ macro_rules! room_cols {
         "id, kind, name, visibility, created_by, created_at, last_seq, claimed_by, closed"
     };
 }
+/// The support queue after `($1, $2)`, at most `$3` rooms: a range of the
+/// partial index `support_queue_waiting`, then each room by its key. Closed
+/// rooms left the table when they closed.
+macro_rules! support_queue_sql {
+    () => {
+        concat!(
+            "SELECT ",
+            room_cols!(),
+            ", q.waiting_since FROM support_queue q JOIN rooms ON rooms.id = q.room_id
+             WHERE q.waiting_since IS NOT NULL AND (q.waiting_since, q.room_id) > ($1, $2) AND NOT rooms.closed
+             ORDER BY q.waiting_since, q.room_id LIMIT $3"
+        )
+    };
+}
 macro_rules! member_cols {
     () => {
         "room_id, user_id, role, joined_at, delivered_seq, read_seq"
@@ -289,48 +313,111 @@ fn message_from_row(row: &PgRow) -> Result<Message> {
     })
 }
 
-/// The body of [`Store::create_room`], inside a transaction.
-async fn create_room_in(conn: &mut PgConnection, new: NewRoom, direct_key: Option<String>) -> Result<(Room, bool)> {
+/// Inserts a room; `$7` is its `direct_key`, `$8` its `open_support_of`.
+macro_rules! insert_room {
+    () => {
+        "INSERT INTO rooms (id, kind, name, visibility, created_by, created_at, last_seq, last_activity, direct_key,
+                           open_support_of)
+         VALUES ($1, $2, $3, $4, $5, $6, 0, $6, $7, $8)"
+    };
+}
+
+/// Takes the transaction-long advisory lock on `$1`'s own rooms. Whoever
+/// counts a user's own rooms against a limit holds it, so that of racing
+/// processes one counts, inserts and commits before the next counts. Taken
+/// before a room's lock ([`LOCK_ROOM`]) when both are needed, never after.
+const LOCK_OWN_ROOMS: &str = "SELECT pg_advisory_xact_lock(hashtextextended('chat:own:' || $1, 0))";
+
+/// Takes the transaction-long advisory lock on room `$1`'s members, held by
+/// whoever counts them against a limit.
+const LOCK_ROOM: &str = "SELECT pg_advisory_xact_lock(hashtextextended('chat:room:' || $1::text, 0))";
+
+/// Counts the rooms user `$1` joined by themselves, from their entries in
+/// `members_own_by_user` alone. No LIMIT: with one, PostgreSQL's planner
+/// reads the table instead for a user who is a member of many rooms (a
+/// support agent), expecting to meet enough own rooms soon.
+const COUNT_OWN_ROOMS: &str = "SELECT COUNT(*) FROM members WHERE user_id = $1 AND self_joined";
+
+/// How many rooms `user` joined by themselves.
+async fn own_rooms(conn: &mut PgConnection, user: &UserId) -> Result<u64> {
+    let n: i64 = sqlx::query_scalar(COUNT_OWN_ROOMS).bind(user.as_str()).fetch_one(&mut *conn).await?;
+    codec::count_from_db(n)
+}
+
+/// The body of [`Store::create_room`], inside a transaction: the outer error
+/// is the database's, the inner one the answer to the caller.
+async fn create_room_in(
+    conn: &mut PgConnection,
+    new: NewRoom,
+    direct_key: Option<String>,
+    limits: MemberLimits,
+) -> Result<chat_core::Result<(Room, bool)>> {
     let created_at = new.created_at.as_millis();
-    // A direct room whose pair already has one inserts nothing; the UNIQUE
-    // index on `direct_key` decides, and a racing insert of the same pair
-    // waits for the first to commit, then skips.
-    let inserted = sqlx::query(
-        "INSERT INTO rooms (id, kind, name, visibility, created_by, created_at, last_seq, last_activity, direct_key)
-         VALUES ($1, $2, $3, $4, $5, $6, 0, $6, $7)
-         ON CONFLICT (direct_key) DO NOTHING",
-    )
-    .bind(new.id.as_uuid())
-    .bind(new.kind.as_str())
-    .bind(new.name.as_deref())
-    .bind(new.visibility.as_str())
-    .bind(new.created_by.as_str())
-    .bind(created_at)
-    .bind(direct_key.as_deref())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    let open_support_of = (new.kind == RoomKind::Support).then(|| new.created_by.as_str());
+    // Statements see what was committed when they start, so everything
+    // counted below comes after the lock.
+    sqlx::query(LOCK_OWN_ROOMS).bind(new.created_by.as_str()).execute(&mut *conn).await?;
+    // An existing direct room of the pair, or open support room of the
+    // creator, is the answer whatever the creator's quota.
+    let (existing, insert) = match (&direct_key, open_support_of) {
+        (Some(key), _) => (
+            Some((concat!("SELECT ", room_cols!(), " FROM rooms WHERE direct_key = $1"), key.as_str())),
+            concat!(insert_room!(), " ON CONFLICT (direct_key) DO NOTHING"),
+        ),
+        (None, Some(creator)) => (
+            Some((concat!("SELECT ", room_cols!(), " FROM rooms WHERE open_support_of = $1"), creator)),
+            concat!(insert_room!(), " ON CONFLICT (open_support_of) DO NOTHING"),
+        ),
+        (None, None) => (None, insert_room!()),
+    };
+    if let Some((sql, key)) = existing {
+        if let Some(row) = sqlx::query(sql).bind(key).fetch_optional(&mut *conn).await? {
+            return Ok(Ok((room_from_row(&row)?, false)));
+        }
+    }
+    if own_rooms(conn, &new.created_by).await? >= limits.max_own_rooms {
+        return Ok(Err(quota_error(limits.max_own_rooms)));
+    }
+    // The UNIQUE indexes decide, not the lookup above: the other member of a
+    // direct pair may be making the same room, and a racing insert of the
+    // same key waits for the first to commit, then skips.
+    let inserted = sqlx::query(insert)
+        .bind(new.id.as_uuid())
+        .bind(new.kind.as_str())
+        .bind(new.name.as_deref())
+        .bind(new.visibility.as_str())
+        .bind(new.created_by.as_str())
+        .bind(created_at)
+        .bind(direct_key.as_deref())
+        .bind(open_support_of)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
     if inserted == 0 {
-        let row = sqlx::query(concat!("SELECT ", room_cols!(), " FROM rooms WHERE direct_key = $1"))
-            .bind(direct_key.as_deref())
+        let (sql, key) =
+            existing.ok_or_else(|| Error::Database("a room insert was skipped with no unique key".into()))?;
+        let row = sqlx::query(sql)
+            .bind(key)
             .fetch_optional(&mut *conn)
             .await?
-            .ok_or_else(|| Error::Database("a room insert was skipped with no direct room to return".into()))?;
-        return Ok((room_from_row(&row)?, false));
+            .ok_or_else(|| Error::Database("a room insert was skipped with no room to return".into()))?;
+        return Ok(Ok((room_from_row(&row)?, false)));
     }
     if new.kind == RoomKind::Support {
+        // In the queue from its first message on (`waiting_since`).
         sqlx::query("INSERT INTO support_queue (room_id, last_activity) VALUES ($1, $2)")
             .bind(new.id.as_uuid())
-            .bind(created_at)
+            .bind(new.created_at.as_millis())
             .execute(&mut *conn)
             .await?;
     }
     let users: Vec<&str> = new.members.iter().map(|(user, _)| user.as_str()).collect();
     let roles: Vec<&str> = new.members.iter().map(|(_, role)| role.as_str()).collect();
-    // WITH ORDINALITY keeps the list's order, so `pos` follows it.
+    // WITH ORDINALITY keeps the list's order, so `pos` follows it. The
+    // creator joins by themselves; the others were added by them.
     sqlx::query(
-        "INSERT INTO members (room_id, user_id, role, joined_at)
-         SELECT $1, u.user_id, u.role, $4
+        "INSERT INTO members (room_id, user_id, role, joined_at, self_joined)
+         SELECT $1, u.user_id, u.role, $4, u.user_id = $5
          FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(user_id, role, n)
          ORDER BY u.n
          ON CONFLICT (room_id, user_id) DO NOTHING",
@@ -339,9 +426,10 @@ async fn create_room_in(conn: &mut PgConnection, new: NewRoom, direct_key: Optio
     .bind(&users)
     .bind(&roles)
     .bind(created_at)
+    .bind(new.created_by.as_str())
     .execute(&mut *conn)
     .await?;
-    Ok((new.room(), true))
+    Ok(Ok((new.room(), true)))
 }
 
 /// Inserts the new messages of a planned batch in one statement and returns
@@ -436,30 +524,56 @@ async fn stored_copies<'a>(conn: &mut PgConnection, batch: &'a [NewMessage]) -> 
     Ok(stored)
 }
 
+/// The first statement of an append: locks the rooms of `$1` in id order
+/// (`FOR NO KEY UPDATE`: the counter is what serialises writers) and returns
+/// each with its counter, its closed flag and the senders among the (room,
+/// sender) pairs of `$2`/`$3` who are its members. Each pair is one probe of
+/// the members' primary key, and the found memberships are locked `FOR KEY
+/// SHARE` until the commit: a concurrent removal either committed before (the
+/// row is skipped, the sender refused) or waits for this batch to commit,
+/// so no former member writes. A missing room returns no row.
+const LOCK_AND_ADMIT: &str = "WITH locked AS MATERIALIZED (
+         SELECT id, last_seq, closed FROM rooms WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE),
+     admitted AS MATERIALIZED (
+         SELECT m.room_id, m.user_id FROM unnest($2::uuid[], $3::text[]) AS p(room_id, user_id)
+         JOIN members m ON m.room_id = p.room_id AND m.user_id = p.user_id
+         FOR KEY SHARE OF m)
+     SELECT l.id, l.last_seq, l.closed,
+            ARRAY(SELECT a.user_id FROM admitted a WHERE a.room_id = l.id) AS senders
+     FROM locked l ORDER BY l.id";
+
 /// The body of [`Store::append_messages`], inside one transaction.
-async fn append_in(conn: &mut PgConnection, batch: Vec<NewMessage>) -> Result<Vec<Appended>> {
-    // Lock every room of the batch, in id order, and read its counter.
-    let mut room_ids: Vec<Uuid> = batch.iter().map(|m| *m.room_id.as_uuid()).collect();
-    room_ids.sort_unstable();
-    room_ids.dedup();
-    let locked: Vec<(Uuid, i64)> =
-        sqlx::query_as("SELECT id, last_seq FROM rooms WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
-            .bind(&room_ids)
-            .fetch_all(&mut *conn)
-            .await?;
-    if locked.len() != room_ids.len() {
-        return Err(Error::NotFound("room"));
+async fn append_in(conn: &mut PgConnection, batch: Vec<NewMessage>) -> Result<Vec<chat_core::Result<Appended>>> {
+    // Lock every room of the batch, in id order, read its counter, and find
+    // who may write there, in the statement that reads the counters.
+    let room_ids: Vec<Uuid> = rooms_of(&batch).iter().map(|id| *id.as_uuid()).collect();
+    let senders = senders_of(&batch);
+    let (pair_rooms, pair_users): (Vec<Uuid>, Vec<&str>) =
+        senders.iter().map(|(room, user)| (*room.as_uuid(), *user)).unzip();
+    let locked: Vec<(Uuid, i64, bool, Vec<String>)> = sqlx::query_as(LOCK_AND_ADMIT)
+        .bind(&room_ids)
+        .bind(&pair_rooms)
+        .bind(&pair_users)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut found = Found::default();
+    for (id, last_seq, closed, members) in &locked {
+        let room = RoomId::from_uuid(*id);
+        found.rooms.insert(room, RoomState { last_seq: *last_seq, closed: *closed });
+        // Borrow the sender from the batch, which outlives the plan.
+        found
+            .members
+            .extend(senders.iter().filter(|(r, user)| *r == room && members.iter().any(|m| m == user)).copied());
     }
-    let last_seqs: HashMap<RoomId, i64> = locked.iter().map(|&(id, seq)| (RoomId::from_uuid(id), seq)).collect();
 
     // Most batches hold no retry: insert them as numbered. When the unique
     // index skips a row, take this batch's rows back out (the room locks mean
     // every row past the old counters is ours) and renumber around the stored
     // copies.
-    let mut outcomes = plan(&batch, &last_seqs, &HashMap::new());
+    let mut outcomes = plan(&batch, &found, &HashMap::new());
     let expected = new_count(&outcomes) as u64;
     if insert_planned(conn, &batch, &outcomes, true).await? != expected {
-        let (rooms, lasts): (Vec<Uuid>, Vec<i64>) = locked.iter().copied().unzip();
+        let (rooms, lasts): (Vec<Uuid>, Vec<i64>) = locked.iter().map(|(id, last_seq, ..)| (*id, *last_seq)).unzip();
         sqlx::query(
             "DELETE FROM messages m USING unnest($1::uuid[], $2::int8[]) AS r(id, last)
              WHERE m.room_id = r.id AND m.seq > r.last",
@@ -469,7 +583,7 @@ async fn append_in(conn: &mut PgConnection, batch: Vec<NewMessage>) -> Result<Ve
         .execute(&mut *conn)
         .await?;
         let stored = stored_copies(conn, &batch).await?;
-        outcomes = plan(&batch, &last_seqs, &stored);
+        outcomes = plan(&batch, &found, &stored);
         let expected = new_count(&outcomes) as u64;
         let inserted = insert_planned(conn, &batch, &outcomes, false).await?;
         if inserted != expected {
@@ -478,22 +592,29 @@ async fn append_in(conn: &mut PgConnection, batch: Vec<NewMessage>) -> Result<Ve
     }
 
     // Counters, activity times and the senders' cursors, one statement each.
+    // A support room's first message puts it in the queue (`waiting_since`),
+    // which later ones leave alone; each moves its activity time, which
+    // orders the rooms bridges catch up from.
     let Moves { rooms, cursors } = moves(&batch, &outcomes);
     if !rooms.is_empty() {
-        let ids: Vec<Uuid> = rooms.iter().map(|r| *r.0.as_uuid()).collect();
-        let seqs: Vec<i64> = rooms.iter().map(|r| r.1).collect();
-        let times: Vec<i64> = rooms.iter().map(|r| r.2).collect();
+        let ids: Vec<Uuid> = rooms.iter().map(|r| *r.id.as_uuid()).collect();
+        let seqs: Vec<i64> = rooms.iter().map(|r| r.last_seq).collect();
+        let times: Vec<i64> = rooms.iter().map(|r| r.last_activity).collect();
+        let firsts: Vec<i64> = rooms.iter().map(|r| r.first_at).collect();
         sqlx::query(
             "WITH r AS (
                  UPDATE rooms SET last_seq = u.seq, last_activity = GREATEST(rooms.last_activity, u.at)
-                 FROM unnest($1::uuid[], $2::int8[], $3::int8[]) AS u(id, seq, at) WHERE rooms.id = u.id
-                 RETURNING rooms.id, rooms.kind, rooms.last_activity)
-             UPDATE support_queue q SET last_activity = r.last_activity FROM r
+                 FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[]) AS u(id, seq, at, first_at)
+                 WHERE rooms.id = u.id
+                 RETURNING rooms.id, rooms.kind, rooms.last_activity, u.first_at)
+             UPDATE support_queue q
+             SET last_activity = r.last_activity, waiting_since = COALESCE(q.waiting_since, r.first_at) FROM r
              WHERE q.room_id = r.id AND r.kind = 'support'",
         )
         .bind(&ids)
         .bind(&seqs)
         .bind(&times)
+        .bind(&firsts)
         .execute(&mut *conn)
         .await?;
 
@@ -513,6 +634,62 @@ async fn append_in(conn: &mut PgConnection, batch: Vec<NewMessage>) -> Result<Ve
         .await?;
     }
     answers(batch, outcomes)
+}
+
+/// The body of [`Store::add_member`], inside a transaction: the outer error
+/// is the database's, the inner one the answer to the caller.
+async fn add_member_in(
+    conn: &mut PgConnection,
+    room: RoomId,
+    user: &UserId,
+    joining: Joining,
+    limits: MemberLimits,
+) -> Result<chat_core::Result<bool>> {
+    // The user's lock first (only a user joining by themselves is counted),
+    // then the room's, as every writer takes them. The statement after the
+    // locks sees every membership committed before them, and inserts only
+    // when the limits allow; it returns what it found either way.
+    if joining.self_joined {
+        sqlx::query(LOCK_OWN_ROOMS).bind(user.as_str()).execute(&mut *conn).await?;
+    }
+    sqlx::query(LOCK_ROOM).bind(room.as_uuid()).execute(&mut *conn).await?;
+    let (exists, member, members, own, inserted): (bool, bool, i64, i64, bool) = sqlx::query_as(
+        "WITH found AS (
+             SELECT EXISTS (SELECT 1 FROM rooms WHERE id = $1) AS room_exists,
+                    EXISTS (SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2) AS is_member,
+                    (SELECT COUNT(*) FROM members WHERE room_id = $1) AS members,
+                    CASE WHEN $5 THEN (SELECT COUNT(*) FROM members WHERE user_id = $2 AND self_joined)
+                         ELSE 0 END AS own),
+         inserted AS (
+             INSERT INTO members (room_id, user_id, role, joined_at, self_joined)
+             SELECT $1, $2, $3, $4, $5 FROM found
+             WHERE room_exists AND NOT is_member AND members < $6 AND (NOT $5 OR own < $7)
+             ON CONFLICT (room_id, user_id) DO NOTHING
+             RETURNING 1)
+         SELECT room_exists, is_member, members, own, EXISTS (SELECT 1 FROM inserted) FROM found",
+    )
+    .bind(room.as_uuid())
+    .bind(user.as_str())
+    .bind(joining.role.as_str())
+    .bind(joining.at.as_millis())
+    .bind(joining.self_joined)
+    .bind(limit_to_db(limits.max_members))
+    .bind(limit_to_db(limits.max_own_rooms))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(if !exists {
+        Err(chat_core::Error::NotFound("room"))
+    } else if member {
+        Ok(false)
+    } else if codec::count_from_db(members)? >= limits.max_members {
+        Err(room_full_error())
+    } else if joining.self_joined && codec::count_from_db(own)? >= limits.max_own_rooms {
+        Err(quota_error(limits.max_own_rooms))
+    } else {
+        // Every writer of this room's memberships holds its lock, so the
+        // insert skips only what `is_member` saw.
+        Ok(inserted)
+    })
 }
 
 impl PostgresStore {
@@ -603,7 +780,7 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn create_room(&self, new: NewRoom) -> chat_core::Result<(Room, bool)> {
+    async fn create_room(&self, new: NewRoom, limits: MemberLimits) -> chat_core::Result<(Room, bool)> {
         let direct_key = match (new.kind, new.members.as_slice()) {
             (RoomKind::Direct, [(a, _), (b, _)]) => Some(NewRoom::direct_key(a, b)),
             (RoomKind::Direct, _) => {
@@ -613,9 +790,9 @@ impl Store for PostgresStore {
         };
         self.bounded(async {
             let mut tx = self.begin().await?;
-            let result = create_room_in(&mut tx, new, direct_key).await;
+            let result = create_room_in(&mut tx, new, direct_key, limits).await;
             match finish(tx, result).await {
-                Ok(created) => Ok(created),
+                Ok(answer) => answer,
                 Err(Error::Conflict(source)) => {
                     tracing::debug!(error = %source, "room id already taken");
                     Err(chat_core::Error::conflict("room id already taken"))
@@ -656,9 +833,15 @@ impl Store for PostgresStore {
 
     async fn close_room(&self, id: RoomId) -> chat_core::Result<Option<(Room, bool)>> {
         self.bounded(async {
+            // The room leaves the support queue, and its creator may open
+            // another support room.
             let changed = sqlx::query(concat!(
-                "UPDATE rooms SET closed = true WHERE id = $1 AND NOT closed RETURNING ",
-                room_cols!()
+                "WITH closed AS (
+                     UPDATE rooms SET closed = true, open_support_of = NULL WHERE id = $1 AND NOT closed
+                     RETURNING ",
+                room_cols!(),
+                "), dequeued AS (UPDATE support_queue SET waiting_since = NULL WHERE room_id IN (SELECT id FROM closed))
+                 SELECT * FROM closed"
             ))
             .bind(id.as_uuid())
             .fetch_optional(&self.pool)
@@ -706,6 +889,28 @@ impl Store for PostgresStore {
             .await
             .db()?;
             Ok(rows.iter().map(room_from_row).collect::<Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn support_queue(&self, after: Option<QueueCursor>, limit: u32) -> chat_core::Result<Vec<QueuedRoom>> {
+        // Without a cursor, start before every room.
+        let (after_at, after_id) =
+            after.map_or((i64::MIN, Uuid::nil()), |c| (c.waiting_since.as_millis(), *c.room_id.as_uuid()));
+        self.bounded(async {
+            let rows = sqlx::query(support_queue_sql!())
+                .bind(after_at)
+                .bind(after_id)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .db()?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let waiting_since = codec::time_from_db(row.try_get("waiting_since").db()?);
+                out.push(QueuedRoom { room: room_from_row(row)?, waiting_since });
+            }
+            Ok(out)
         })
         .await
     }
@@ -764,35 +969,13 @@ impl Store for PostgresStore {
         &self,
         room: RoomId,
         user: &UserId,
-        role: MemberRole,
-        at: Timestamp,
+        joining: Joining,
+        limits: MemberLimits,
     ) -> chat_core::Result<bool> {
         self.bounded(async {
-            // The WHERE makes a missing room insert nothing instead of failing
-            // the foreign key. Rooms are never deleted, so when nothing was
-            // inserted and the room exists, the user was a member already.
-            let inserted = sqlx::query(
-                "INSERT INTO members (room_id, user_id, role, joined_at)
-                 SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM rooms WHERE id = $1)
-                 ON CONFLICT (room_id, user_id) DO NOTHING",
-            )
-            .bind(room.as_uuid())
-            .bind(user.as_str())
-            .bind(role.as_str())
-            .bind(at.as_millis())
-            .execute(&self.pool)
-            .await
-            .db()?
-            .rows_affected();
-            if inserted > 0 {
-                return Ok(true);
-            }
-            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM rooms WHERE id = $1)")
-                .bind(room.as_uuid())
-                .fetch_one(&self.pool)
-                .await
-                .db()?;
-            if exists { Ok(false) } else { Err(chat_core::Error::NotFound("room")) }
+            let mut tx = self.begin().await?;
+            let result = add_member_in(&mut tx, room, user, joining, limits).await;
+            finish(tx, result).await?
         })
         .await
     }
@@ -826,7 +1009,7 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn append_messages(&self, batch: Vec<NewMessage>) -> chat_core::Result<Vec<Appended>> {
+    async fn append_messages(&self, batch: Vec<NewMessage>) -> chat_core::Result<Vec<chat_core::Result<Appended>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -1040,5 +1223,78 @@ mod tests {
         assert!(config.statement_timeout <= Duration::from_secs(30));
         assert!(config.connect_options().is_ok());
         assert!(PostgresConfig::from_url("mysql://nope").connect_options().is_err());
+    }
+
+    /// The plan of one of this store's statements, for the given parameters.
+    async fn plan_of<'q>(
+        conn: &mut PgConnection,
+        sql: &str,
+        bind: impl FnOnce(
+            sqlx::query::QueryScalar<'q, sqlx::Postgres, String, sqlx::postgres::PgArguments>,
+        ) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, String, sqlx::postgres::PgArguments>,
+    ) -> String {
+        let query = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")));
+        let lines: Vec<String> = bind(query).fetch_all(&mut *conn).await.expect("explain");
+        lines.join("\n")
+    }
+
+    /// Among 20,000 rooms, most of them support rooms that never got a
+    /// message: the support queue is a range of `support_queue_waiting` from
+    /// the cursor on, in its order (no sort), each room then read by its key;
+    /// an append's first statement locks its rooms by key and probes each
+    /// (room, sender) in the members' primary key; a user's own rooms are
+    /// counted from their partial index.
+    #[tokio::test]
+    async fn the_queue_the_membership_probe_and_the_quota_use_their_indexes() {
+        use sqlx::Connection;
+        let Some(schema) = crate::testing::TempSchema::create("postgres plans").await else {
+            return;
+        };
+        let store = PostgresStore::connect(PostgresConfig::from_url(schema.url())).await.expect("connect");
+        let mut conn = PgConnection::connect(&schema.url()).await.expect("a raw connection");
+        for sql in [
+            "INSERT INTO rooms (id, kind, visibility, created_by, created_at, last_activity, closed)
+             SELECT ('00000000-0000-7000-8000-' || lpad(n::text, 12, '0'))::uuid,
+                    CASE WHEN n % 4 = 0 THEN 'group' ELSE 'support' END, 'private', 'v' || n, n, n, n % 3 = 0
+             FROM generate_series(1, 20000) AS n",
+            "INSERT INTO support_queue (room_id, last_activity, waiting_since)
+             SELECT id, created_at, CASE WHEN created_at % 40 = 1 AND NOT closed THEN created_at END FROM rooms
+             WHERE kind = 'support'",
+            "INSERT INTO members (room_id, user_id, role, joined_at, self_joined)
+             SELECT id, created_by, 'owner', 0, true FROM rooms
+             UNION ALL SELECT id, 'agent', 'member', 0, false FROM rooms",
+            "ANALYZE",
+        ] {
+            sqlx::query(sql).execute(&mut conn).await.expect(sql);
+        }
+
+        for (at, id) in [(i64::MIN, Uuid::nil()), (4_001, Uuid::max())] {
+            let plan = plan_of(&mut conn, support_queue_sql!(), |q| q.bind(at).bind(id).bind(50_i64)).await;
+            // An index (only) scan, the cursor its start.
+            assert!(plan.contains("Scan using support_queue_waiting on support_queue"), "{plan}");
+            assert!(plan.contains("Index Cond: (ROW(waiting_since, room_id) > ROW("), "{plan}");
+            assert!(plan.contains("rooms_pkey"), "{plan}");
+            assert!(!plan.contains("Seq Scan") && !plan.contains("Sort"), "{plan}");
+        }
+        let rooms: Vec<Uuid> =
+            (1..=3).map(|n| Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_0000 + n)).collect();
+        let plan = plan_of(&mut conn, LOCK_AND_ADMIT, |q| {
+            q.bind(rooms.clone()).bind(rooms.clone()).bind(vec!["v1", "agent", "x"])
+        })
+        .await;
+        assert!(
+            plan.contains("Index Scan using members_pkey") && plan.contains("Index Scan using rooms_pkey"),
+            "{plan}"
+        );
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+        let plan =
+            plan_of(&mut conn, &COUNT_OWN_ROOMS.replace("COUNT(*)", "COUNT(*)::text"), |q| q.bind("agent")).await;
+        assert!(plan.contains("members_own_by_user"), "{plan}");
+
+        // And the answers over those rooms: the waiting ones that are open, in order.
+        let all = store.support_queue(None, 1000).await.expect("support_queue");
+        let want: Vec<i64> = (1..=20_000).filter(|i| i % 4 != 0 && i % 3 != 0 && i % 40 == 1).collect();
+        assert_eq!(all.iter().map(|q| q.waiting_since.as_millis()).collect::<Vec<_>>(), want);
+        store.close().await;
     }
 }

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_core::{
-    Appended, HistoryPage, HistoryQuery, Member, MemberRole, Message, MessageId, NewMessage, NewRoom, ReceiptKind,
-    Room, RoomId, RoomKind, RoomSummary, Store, Timestamp, User, UserId,
+    Appended, HistoryPage, HistoryQuery, Joining, Member, MemberLimits, Message, MessageId, NewMessage, NewRoom,
+    QueueCursor, QueuedRoom, ReceiptKind, Room, RoomId, RoomKind, RoomSummary, Store, Timestamp, User, UserId,
 };
 use sqlx::error::DatabaseError;
 use sqlx::sqlite::{
@@ -29,8 +29,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
-use crate::batch::{Key, Moves, Outcome, answers, moves, new_count, plan};
-use crate::common::{Db, history_page};
+use crate::batch::{Found, Key, Moves, Outcome, RoomState, answers, moves, new_count, plan, rooms_of, senders_of};
+use crate::common::{Db, history_page, quota_error, room_full_error};
 use crate::error::{Error, Result};
 use crate::{codec, migrate};
 
@@ -44,6 +44,7 @@ const MIGRATIONS: &[migrate::Embedded] = &[
     (3, "support queue", include_str!("../migrations/sqlite/0003_support_queue.sql")),
     (4, "room claim and close", include_str!("../migrations/sqlite/0004_room_claim_close.sql")),
     (5, "bridge lease", include_str!("../migrations/sqlite/0005_bridge_lease.sql")),
+    (6, "limits and queue", include_str!("../migrations/sqlite/0006_limits_and_queue.sql")),
 ];
 
 /// How hard SQLite works to make a commit survive a power cut.
@@ -346,6 +347,21 @@ macro_rules! room_cols {
         "id, kind, name, visibility, created_by, created_at, last_seq, claimed_by, closed"
     };
 }
+/// The support queue after `(?1, ?2)`, at most `?3` rooms: a range of the
+/// partial index `rooms_support_queue`, whose WHERE the query repeats word
+/// for word so that SQLite may use it.
+macro_rules! support_queue_sql {
+    () => {
+        concat!(
+            "SELECT ",
+            room_cols!(),
+            ", first_message_at FROM rooms
+             WHERE kind = 'support' AND closed = 0 AND first_message_at IS NOT NULL
+               AND (first_message_at, id) > (?1, ?2)
+             ORDER BY first_message_at, id LIMIT ?3"
+        )
+    };
+}
 macro_rules! member_cols {
     () => {
         "room_id, user_id, role, joined_at, delivered_seq, read_seq"
@@ -413,48 +429,98 @@ fn message_from_row(row: &SqliteRow) -> Result<Message> {
     })
 }
 
-/// The body of [`Store::create_room`], inside a write transaction.
-async fn create_room_in(conn: &mut SqliteConnection, new: NewRoom, direct_key: Option<String>) -> Result<(Room, bool)> {
+/// Inserts a room; `?7` is its `direct_key`, `?8` its `open_support_of`.
+macro_rules! insert_room {
+    () => {
+        "INSERT INTO rooms (id, kind, name, visibility, created_by, created_at, last_seq, last_activity, direct_key,
+                           open_support_of)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?6, ?7, ?8)"
+    };
+}
+
+/// The body of [`Store::create_room`], inside a write transaction: the
+/// outer error is the database's, the inner one the answer to the caller.
+/// The transaction holds SQLite's write lock from its first statement, so
+/// the lookups and the count below stay true until the commit.
+async fn create_room_in(
+    conn: &mut SqliteConnection,
+    new: NewRoom,
+    direct_key: Option<String>,
+    limits: MemberLimits,
+) -> Result<chat_core::Result<(Room, bool)>> {
     let id = new.id.to_string();
     let created_at = new.created_at.as_millis();
-    // A direct room whose pair already has one inserts nothing; the UNIQUE
-    // index on `direct_key` decides, so two racing writers cannot both win.
-    let inserted = sqlx::query(
-        "INSERT INTO rooms (id, kind, name, visibility, created_by, created_at, last_seq, last_activity, direct_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?6, ?7)
-         ON CONFLICT (direct_key) DO NOTHING",
-    )
-    .bind(&id)
-    .bind(new.kind.as_str())
-    .bind(new.name.as_deref())
-    .bind(new.visibility.as_str())
-    .bind(new.created_by.as_str())
-    .bind(created_at)
-    .bind(direct_key.as_deref())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    let open_support_of = (new.kind == RoomKind::Support).then(|| new.created_by.as_str());
+    // An existing direct room of the pair, or open support room of the
+    // creator, is the answer whatever the creator's quota.
+    let (existing, insert) = match (&direct_key, open_support_of) {
+        (Some(key), _) => (
+            Some((concat!("SELECT ", room_cols!(), " FROM rooms WHERE direct_key = ?1"), key.as_str())),
+            concat!(insert_room!(), " ON CONFLICT (direct_key) DO NOTHING"),
+        ),
+        (None, Some(creator)) => (
+            Some((concat!("SELECT ", room_cols!(), " FROM rooms WHERE open_support_of = ?1"), creator)),
+            concat!(insert_room!(), " ON CONFLICT (open_support_of) DO NOTHING"),
+        ),
+        (None, None) => (None, insert_room!()),
+    };
+    if let Some((sql, key)) = existing {
+        if let Some(row) = sqlx::query(sql).bind(key).fetch_optional(&mut *conn).await? {
+            return Ok(Ok((room_from_row(&row)?, false)));
+        }
+    }
+    if own_rooms(conn, &new.created_by).await? >= limits.max_own_rooms {
+        return Ok(Err(quota_error(limits.max_own_rooms)));
+    }
+    // The UNIQUE indexes decide, not the lookup above; with the write lock
+    // held they never skip, but a skipped insert still returns the room.
+    let inserted = sqlx::query(insert)
+        .bind(&id)
+        .bind(new.kind.as_str())
+        .bind(new.name.as_deref())
+        .bind(new.visibility.as_str())
+        .bind(new.created_by.as_str())
+        .bind(created_at)
+        .bind(direct_key.as_deref())
+        .bind(open_support_of)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
     if inserted == 0 {
-        let row = sqlx::query(concat!("SELECT ", room_cols!(), " FROM rooms WHERE direct_key = ?1"))
-            .bind(direct_key.as_deref())
+        let (sql, key) =
+            existing.ok_or_else(|| Error::Database("a room insert was skipped with no unique key".into()))?;
+        let row = sqlx::query(sql)
+            .bind(key)
             .fetch_optional(&mut *conn)
             .await?
-            .ok_or_else(|| Error::Database("a room insert was skipped with no direct room to return".into()))?;
-        return Ok((room_from_row(&row)?, false));
+            .ok_or_else(|| Error::Database("a room insert was skipped with no room to return".into()))?;
+        return Ok(Ok((room_from_row(&row)?, false)));
     }
     for (user, role) in &new.members {
         sqlx::query(
-            "INSERT INTO members (room_id, user_id, role, joined_at) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO members (room_id, user_id, role, joined_at, self_joined) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (room_id, user_id) DO NOTHING",
         )
         .bind(&id)
         .bind(user.as_str())
         .bind(role.as_str())
         .bind(created_at)
+        // The creator joins by themselves; the others were added by them.
+        .bind(*user == new.created_by)
         .execute(&mut *conn)
         .await?;
     }
-    Ok((new.room(), true))
+    Ok(Ok((new.room(), true)))
+}
+
+/// Counts the rooms user `?1` joined by themselves, from their entries in
+/// `members_own_by_user` alone (the quota bounds how many there are).
+const COUNT_OWN_ROOMS: &str = "SELECT COUNT(*) FROM members WHERE user_id = ?1 AND self_joined";
+
+/// How many rooms `user` joined by themselves.
+async fn own_rooms(conn: &mut SqliteConnection, user: &UserId) -> Result<u64> {
+    let n: i64 = sqlx::query_scalar(COUNT_OWN_ROOMS).bind(user.as_str()).fetch_one(&mut *conn).await?;
+    codec::count_from_db(n)
 }
 
 /// A list as one JSON text, bound as a single parameter and read back with
@@ -505,10 +571,12 @@ macro_rules! insert_skipping_stored {
 }
 
 /// Moves the room counters and activity times to `?2`'s, and the senders'
-/// cursors to `?3`'s (see [`moves_json`]).
+/// cursors to `?3`'s (see [`moves_json`]). A room's first message sets its
+/// `first_message_at`, which later ones keep.
 macro_rules! apply_moves {
     () => {
-        "UPDATE rooms SET last_seq = (u.value ->> 1), last_activity = MAX(last_activity, u.value ->> 2)
+        "UPDATE rooms SET last_seq = (u.value ->> 1), last_activity = MAX(last_activity, u.value ->> 2),
+                          first_message_at = COALESCE(first_message_at, u.value ->> 3)
          FROM json_each(?2) AS u WHERE rooms.id = (u.value ->> 0);
          UPDATE members SET read_seq = MAX(read_seq, u.value ->> 2), delivered_seq = MAX(delivered_seq, u.value ->> 2)
          FROM json_each(?3) AS u WHERE members.room_id = (u.value ->> 0) AND members.user_id = (u.value ->> 1)"
@@ -519,7 +587,8 @@ macro_rules! apply_moves {
 /// [`apply_moves!`] reads.
 fn moves_json(batch: &[NewMessage], plan: &[Outcome]) -> Result<(String, String)> {
     let Moves { rooms, cursors } = moves(batch, plan);
-    let rooms: Vec<(String, i64, i64)> = rooms.into_iter().map(|(id, seq, at)| (id.to_string(), seq, at)).collect();
+    let rooms: Vec<(String, i64, i64, i64)> =
+        rooms.into_iter().map(|r| (r.id.to_string(), r.last_seq, r.last_activity, r.first_at)).collect();
     let cursors: Vec<(String, &str, i64)> =
         cursors.into_iter().map(|(room, user, seq)| (room.to_string(), user, seq)).collect();
     Ok((json(&rooms)?, json(&cursors)?))
@@ -551,34 +620,55 @@ async fn stored_copies<'a>(conn: &mut SqliteConnection, batch: &'a [NewMessage])
     Ok(stored)
 }
 
+/// The first read of an append, for the rooms of `?1` and the (room,
+/// sender) pairs of `?2`: one row of two JSON arrays, the rooms that exist
+/// as `[id, last_seq, closed]` and the positions in `?2` of the pairs that
+/// are memberships. The CROSS JOIN keeps `?2` the outer loop, so that each
+/// pair is one point lookup of `(room_id, user_id)` in an index of members.
+macro_rules! first_read {
+    () => {
+        "SELECT (SELECT json_group_array(json_array(id, last_seq, closed)) FROM rooms
+                 WHERE id IN (SELECT value FROM json_each(?1))) AS rooms,
+                (SELECT json_group_array(p.key) FROM json_each(?2) AS p CROSS JOIN members AS m
+                 WHERE m.room_id = (p.value ->> 0) AND m.user_id = (p.value ->> 1)) AS members"
+    };
+}
+
 /// The body of [`Store::append_messages`]: one write transaction, which
-/// holds SQLite's write lock, so nothing else moves the counters meanwhile. It
-/// is begun with the first read and committed with the insert: two calls to
-/// SQLite's worker thread for a batch without retries (each call is a
-/// hand-off between threads, which costs more than the statements), and a
-/// fixed number of statements whatever the batch's size. Run by
-/// [`SqliteStore::write_tx_begun`], which rolls back what a failure leaves
-/// open.
-async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Result<Vec<Appended>> {
-    let mut room_ids: Vec<String> = batch.iter().map(|m| m.room_id.to_string()).collect();
-    room_ids.sort_unstable();
-    room_ids.dedup();
-    // One row holding every counter: sqlx's SQLite worker hands each row
-    // over to this task separately, and a batch over hundreds of rooms would
-    // otherwise switch threads hundreds of times before its first insert.
-    let counters: String = sqlx::query_scalar(concat!(
-        "BEGIN IMMEDIATE; ",
-        "SELECT json_group_array(json_array(id, last_seq)) FROM rooms WHERE id IN (SELECT value FROM json_each(?1))"
-    ))
-    .bind(json(&room_ids)?)
-    .fetch_one(&mut *conn)
-    .await?;
-    let counters: Vec<(String, i64)> = serde_json::from_str(&counters).map_err(|_| Error::Corrupt("rooms.last_seq"))?;
-    if counters.len() != room_ids.len() {
-        return Err(Error::NotFound("room"));
-    }
-    let last_seqs: HashMap<RoomId, i64> =
-        counters.iter().map(|(id, seq)| Ok((codec::room_id(id, "rooms.id")?, *seq))).collect::<Result<_>>()?;
+/// holds SQLite's write lock, so nothing else moves the counters or the
+/// memberships meanwhile. It is begun with the first read and committed with
+/// the insert: two calls to SQLite's worker thread for a batch without
+/// retries (each call is a hand-off between threads, which costs more than
+/// the statements), and a fixed number of statements whatever the batch's
+/// size. Run by [`SqliteStore::write_tx_begun`], which rolls back what a
+/// failure leaves open.
+async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Result<Vec<chat_core::Result<Appended>>> {
+    let room_ids: Vec<String> = rooms_of(&batch).iter().map(RoomId::to_string).collect();
+    let senders = senders_of(&batch);
+    let pairs: Vec<(String, &str)> = senders.iter().map(|(room, user)| (room.to_string(), *user)).collect();
+    // One row holding every counter and closed flag, and which (room,
+    // sender) pairs are memberships (their positions in `?2`, each found by
+    // one index lookup): sqlx's SQLite worker hands each row over to this
+    // task separately, and a batch over hundreds of rooms would otherwise
+    // switch threads hundreds of times before its first insert. Reading the
+    // memberships here, under the write lock, refuses a sender removed a
+    // moment ago without a call of its own.
+    let (rooms, members): (String, String) = sqlx::query_as(concat!("BEGIN IMMEDIATE; ", first_read!()))
+        .bind(json(&room_ids)?)
+        .bind(json(&pairs)?)
+        .fetch_one(&mut *conn)
+        .await?;
+    let rooms: Vec<(String, i64, i64)> = serde_json::from_str(&rooms).map_err(|_| Error::Corrupt("rooms.last_seq"))?;
+    let members: Vec<usize> = serde_json::from_str(&members).map_err(|_| Error::Corrupt("members"))?;
+    let found = Found {
+        rooms: rooms
+            .iter()
+            .map(|(id, last_seq, closed)| {
+                Ok((codec::room_id(id, "rooms.id")?, RoomState { last_seq: *last_seq, closed: *closed != 0 }))
+            })
+            .collect::<Result<_>>()?,
+        members: members.iter().filter_map(|&i| senders.get(i).copied()).collect(),
+    };
 
     // Most batches hold no retry: they are inserted as numbered, the counters
     // and cursors moved and the transaction committed, in one call. A retry
@@ -586,7 +676,7 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
     // SQLite undoes that statement alone and the rest of the call does not
     // run, so the batch is renumbered around the stored copies in the same
     // transaction.
-    let mut outcomes = plan(&batch, &last_seqs, &HashMap::new());
+    let mut outcomes = plan(&batch, &found, &HashMap::new());
     let (rooms, cursors) = moves_json(&batch, &outcomes)?;
     const PLANNED: &str = concat!(insert_rows!(), "; ", apply_moves!(), "; COMMIT");
     let planned =
@@ -597,7 +687,7 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
         Err(err) => return Err(err),
     }
     let stored = stored_copies(conn, &batch).await?;
-    outcomes = plan(&batch, &last_seqs, &stored);
+    outcomes = plan(&batch, &found, &stored);
     let (rooms, cursors) = moves_json(&batch, &outcomes)?;
     const RENUMBERED: &str = concat!(insert_skipping_stored!(), "; SELECT changes(); ", apply_moves!());
     let inserted: Vec<i64> = sqlx::query_scalar(RENUMBERED)
@@ -686,7 +776,7 @@ impl Store for SqliteStore {
         Ok(rows.iter().map(user_from_row).collect::<Result<_>>()?)
     }
 
-    async fn create_room(&self, new: NewRoom) -> chat_core::Result<(Room, bool)> {
+    async fn create_room(&self, new: NewRoom, limits: MemberLimits) -> chat_core::Result<(Room, bool)> {
         let direct_key = match (new.kind, new.members.as_slice()) {
             (RoomKind::Direct, [(a, _), (b, _)]) => Some(NewRoom::direct_key(a, b)),
             (RoomKind::Direct, _) => {
@@ -694,9 +784,10 @@ impl Store for SqliteStore {
             }
             _ => None,
         };
-        match self.write_tx(async move |conn: &mut SqliteConnection| create_room_in(conn, new, direct_key).await).await
-        {
-            Ok(created) => Ok(created),
+        let created =
+            self.write_tx(async move |conn: &mut SqliteConnection| create_room_in(conn, new, direct_key, limits).await);
+        match created.await {
+            Ok(answer) => answer,
             Err(Error::Conflict(source)) => {
                 tracing::debug!(error = %source, "room id already taken");
                 Err(chat_core::Error::conflict("room id already taken"))
@@ -728,12 +819,16 @@ impl Store for SqliteStore {
     }
 
     async fn close_room(&self, id: RoomId) -> chat_core::Result<Option<(Room, bool)>> {
-        let changed =
-            sqlx::query(concat!("UPDATE rooms SET closed = 1 WHERE id = ?1 AND closed = 0 RETURNING ", room_cols!()))
-                .bind(id.to_string())
-                .fetch_optional(&self.writer)
-                .await
-                .db()?;
+        // The room leaves the support queue's index, and its creator may
+        // open another support room.
+        let changed = sqlx::query(concat!(
+            "UPDATE rooms SET closed = 1, open_support_of = NULL WHERE id = ?1 AND closed = 0 RETURNING ",
+            room_cols!()
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.writer)
+        .await
+        .db()?;
         self.updated_room(id, changed).await
     }
 
@@ -768,6 +863,25 @@ impl Store for SqliteStore {
         .await
         .db()?;
         Ok(rows.iter().map(room_from_row).collect::<Result<_>>()?)
+    }
+
+    async fn support_queue(&self, after: Option<QueueCursor>, limit: u32) -> chat_core::Result<Vec<QueuedRoom>> {
+        // Without a cursor, start before every room: no id sorts before ''.
+        let (after_at, after_id) =
+            after.map_or((i64::MIN, String::new()), |c| (c.waiting_since.as_millis(), c.room_id.to_string()));
+        let rows = sqlx::query(support_queue_sql!())
+            .bind(after_at)
+            .bind(after_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .db()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let waiting_since = codec::time_from_db(row.try_get("first_message_at").db()?);
+            out.push(QueuedRoom { room: room_from_row(row)?, waiting_since });
+        }
+        Ok(out)
     }
 
     async fn room_count_of_user(&self, user: &UserId) -> chat_core::Result<u64> {
@@ -811,35 +925,57 @@ impl Store for SqliteStore {
         &self,
         room: RoomId,
         user: &UserId,
-        role: MemberRole,
-        at: Timestamp,
+        joining: Joining,
+        limits: MemberLimits,
     ) -> chat_core::Result<bool> {
         let room = room.to_string();
-        // The WHERE makes a missing room insert nothing instead of failing the
-        // foreign key; the writer connection is ours alone, so the follow-up
-        // check cannot race with this process's writes.
-        let inserted = sqlx::query(
-            "INSERT INTO members (room_id, user_id, role, joined_at)
-             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM rooms WHERE id = ?1)
-             ON CONFLICT (room_id, user_id) DO NOTHING",
-        )
-        .bind(&room)
-        .bind(user.as_str())
-        .bind(role.as_str())
-        .bind(at.as_millis())
-        .execute(&self.writer)
-        .await
-        .db()?
-        .rows_affected();
-        if inserted > 0 {
-            return Ok(true);
-        }
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM rooms WHERE id = ?1)")
+        let user = user.as_str();
+        // Two calls: the write lock and what the limits need, then the insert
+        // (when the answer is yes) and the commit. The lock holds from the
+        // first statement, so the counts stay true until the insert.
+        self.write_tx_begun(async move |conn: &mut SqliteConnection| {
+            let (exists, member, members, own): (bool, bool, i64, i64) = sqlx::query_as(concat!(
+                "BEGIN IMMEDIATE; ",
+                "SELECT EXISTS (SELECT 1 FROM rooms WHERE id = ?1),
+                        EXISTS (SELECT 1 FROM members WHERE room_id = ?1 AND user_id = ?2),
+                        (SELECT COUNT(*) FROM members WHERE room_id = ?1),
+                        CASE WHEN ?3 THEN (SELECT COUNT(*) FROM members WHERE user_id = ?2 AND self_joined)
+                             ELSE 0 END"
+            ))
             .bind(&room)
-            .fetch_one(&self.writer)
-            .await
-            .db()?;
-        if exists { Ok(false) } else { Err(chat_core::Error::NotFound("room")) }
+            .bind(user)
+            .bind(joining.self_joined)
+            .fetch_one(&mut *conn)
+            .await?;
+            let answer = if !exists {
+                Err(chat_core::Error::NotFound("room"))
+            } else if member {
+                Ok(false)
+            } else if codec::count_from_db(members)? >= limits.max_members {
+                Err(room_full_error())
+            } else if joining.self_joined && codec::count_from_db(own)? >= limits.max_own_rooms {
+                Err(quota_error(limits.max_own_rooms))
+            } else {
+                Ok(true)
+            };
+            if matches!(answer, Ok(true)) {
+                sqlx::query(
+                    "INSERT INTO members (room_id, user_id, role, joined_at, self_joined) VALUES (?1, ?2, ?3, ?4, ?5);
+                     COMMIT",
+                )
+                .bind(&room)
+                .bind(user)
+                .bind(joining.role.as_str())
+                .bind(joining.at.as_millis())
+                .bind(joining.self_joined)
+                .execute(&mut *conn)
+                .await?;
+            } else {
+                sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+            }
+            Ok(answer)
+        })
+        .await?
     }
 
     async fn remove_member(&self, room: RoomId, user: &UserId) -> chat_core::Result<bool> {
@@ -865,12 +1001,13 @@ impl Store for SqliteStore {
         Ok(ids.into_iter().map(|id| codec::user_id(id, "members.user_id")).collect::<Result<_>>()?)
     }
 
-    async fn append_messages(&self, batch: Vec<NewMessage>) -> chat_core::Result<Vec<Appended>> {
+    async fn append_messages(&self, batch: Vec<NewMessage>) -> chat_core::Result<Vec<chat_core::Result<Appended>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         // One transaction, so one commit (and one fsync) for the whole batch,
-        // and nothing of it stored when any part fails.
+        // and nothing of it stored when any part fails. A refused message is
+        // an answer of its own, not a failure.
         Ok(self.write_tx_begun(async move |conn: &mut SqliteConnection| append_in(conn, batch).await).await?)
     }
 
@@ -1074,6 +1211,83 @@ mod tests {
         // every commit anyway.
         let temp: i64 = sqlx::query_scalar("PRAGMA temp_store").fetch_one(&store.reader).await?;
         assert_eq!(temp, 0);
+        store.close().await;
+        Ok(())
+    }
+
+    /// The plan of one of this store's statements, its parameters bound.
+    async fn plan_of(conn: &mut SqliteConnection, sql: &str, binds: (&str, &str, i64)) -> String {
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .bind(binds.0)
+                .bind(binds.1)
+                .bind(binds.2)
+                .fetch_all(&mut *conn)
+                .await
+                .expect("explain");
+        rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The support queue is a range of its partial index, from the cursor
+    /// on, in the index's order (no sort), however many support rooms are
+    /// empty or closed; an append's first read looks each membership up in
+    /// an index of members; a user's own rooms are counted from their partial
+    /// index.
+    #[tokio::test]
+    async fn the_queue_the_membership_probe_and_the_quota_use_their_indexes()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store =
+            SqliteStore::connect(SqliteConfig::from_url(format!("sqlite://{}", dir.path().join("p.db").display())))
+                .await?;
+        let mut conn = store.writer.acquire().await?;
+        // 20,000 rooms, most of them support rooms, a few hundred waiting, a
+        // member or two each, so that reading everything would be the wrong plan.
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+             INSERT INTO rooms (id, kind, visibility, created_by, created_at, last_activity, closed, first_message_at)
+             SELECT printf('00000000-0000-7000-8000-%012d', i), CASE WHEN i % 4 = 0 THEN 'group' ELSE 'support' END,
+                    'private', 'v' || i, i, i, i % 3 = 0, CASE WHEN i % 40 = 1 THEN i END FROM n",
+        )
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO members (room_id, user_id, role, joined_at, self_joined)
+             SELECT id, created_by, 'owner', 0, 1 FROM rooms UNION ALL SELECT id, 'agent', 'member', 0, 0 FROM rooms",
+        )
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("ANALYZE").execute(&mut *conn).await?;
+
+        for (at, id) in [("-9223372036854775808", ""), ("4001", "00000000-0000-7000-8000-000000004001")] {
+            let plan = plan_of(&mut conn, support_queue_sql!(), (at, id, 50)).await;
+            assert!(
+                plan.contains("SEARCH rooms USING INDEX rooms_support_queue ((first_message_at,id)>(?,?))"),
+                "{plan}"
+            );
+            assert!(!plan.contains("SCAN") && !plan.contains("TEMP B-TREE"), "{plan}");
+        }
+        let rooms = r#"["00000000-0000-7000-8000-000000000001","00000000-0000-7000-8000-000000000002"]"#;
+        let pairs = r#"[["00000000-0000-7000-8000-000000000001","v1"],["00000000-0000-7000-8000-000000000002","x"]]"#;
+        let plan = plan_of(&mut conn, first_read!(), (rooms, pairs, 0)).await;
+        // A point lookup of both columns, in the UNIQUE index or in
+        // members_by_user (user_id, room_id), whichever the planner picks.
+        assert!(
+            plan.contains("SEARCH m USING COVERING INDEX sqlite_autoindex_members_1 (room_id=? AND user_id=?)")
+                || plan.contains("SEARCH m USING COVERING INDEX members_by_user (user_id=? AND room_id=?)"),
+            "{plan}"
+        );
+        assert!(plan.contains("SEARCH rooms USING INDEX sqlite_autoindex_rooms_1 (id=?)"), "{plan}");
+        assert!(!plan.contains("SCAN rooms") && !plan.contains("SCAN m ") && !plan.ends_with("SCAN m"), "{plan}");
+        let sql = format!("{COUNT_OWN_ROOMS} AND ?2 IS NOT NULL AND ?3 IS NOT NULL");
+        let plan = plan_of(&mut conn, &sql, ("agent", "", 0)).await;
+        assert!(plan.contains("members_own_by_user (user_id=?)"), "{plan}");
+
+        // And the answers over those rooms: the waiting ones that are open, in order.
+        drop(conn);
+        let all = store.support_queue(None, 1000).await?;
+        let want: Vec<i64> = (1..=20_000).filter(|i| i % 4 != 0 && i % 3 != 0 && i % 40 == 1).collect();
+        assert_eq!(all.iter().map(|q| q.waiting_since.as_millis()).collect::<Vec<_>>(), want);
         store.close().await;
         Ok(())
     }

@@ -8,18 +8,18 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_core::{HistoryQuery, Room, RoomId, Store};
+use chat_core::{HistoryQuery, MemberLimits, Room, RoomId, Store};
 use chat_store_sql::testing::TempSchema;
 use chat_store_sql::{Error, PostgresConfig, PostgresStore};
 use sqlx::{Connection, PgConnection};
-use support::{group, msg, uid};
+use support::{accepted, group, msg, uid};
 
 async fn connect(schema: &TempSchema) -> PostgresStore {
     PostgresStore::connect(PostgresConfig::from_url(schema.url())).await.expect("connect")
 }
 
 async fn make_room(store: &PostgresStore, members: &[&str]) -> Room {
-    store.create_room(group(members)).await.expect("create_room").0
+    store.create_room(group(members), MemberLimits::NONE).await.expect("create_room").0
 }
 
 async fn raw(schema: &TempSchema) -> PgConnection {
@@ -144,8 +144,8 @@ async fn two_processes_writing_one_room_keep_seqs_gapless() {
     let b: Arc<dyn Store> = Arc::new(connect(&schema).await);
     let senders: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
     let names: Vec<&str> = senders.iter().map(String::as_str).collect();
-    let room = a.create_room(group(&names)).await.expect("create_room").0.id;
-    let other = a.create_room(group(&names)).await.expect("create_room").0.id;
+    let room = a.create_room(group(&names), MemberLimits::NONE).await.expect("create_room").0.id;
+    let other = a.create_room(group(&names), MemberLimits::NONE).await.expect("create_room").0.id;
     const PER_TASK: usize = 40;
 
     let mut tasks = Vec::new();
@@ -163,7 +163,7 @@ async fn two_processes_writing_one_room_keep_seqs_gapless() {
                 } else {
                     batch.push(extra)
                 }
-                let out = store.append_messages(batch).await.expect("append");
+                let out = accepted(store.append_messages(batch).await.expect("append"));
                 seqs.extend(out.iter().filter(|x| x.message.room_id == room).map(|x| x.message.seq));
             }
             seqs
@@ -199,15 +199,15 @@ async fn a_send_racing_itself_through_two_processes_is_stored_once() {
     };
     let a: Arc<dyn Store> = Arc::new(connect(&schema).await);
     let b: Arc<dyn Store> = Arc::new(connect(&schema).await);
-    let room = a.create_room(group(&["ada"])).await.expect("create_room").0.id;
+    let room = a.create_room(group(&["ada"]), MemberLimits::NONE).await.expect("create_room").0.id;
     for round in 0..20 {
         let key = format!("retry-{round}");
         let (x, y) = tokio::join!(
             a.append_messages(vec![msg(room, "ada", &key)]),
             b.append_messages(vec![msg(room, "ada", &format!("fresh-{round}")), msg(room, "ada", &key)]),
         );
-        let x = x.expect("append through a").remove(0);
-        let y = y.expect("append through b").remove(1);
+        let x = accepted(x.expect("append through a")).remove(0);
+        let y = accepted(y.expect("append through b")).remove(1);
         assert_eq!(x.message, y.message, "round {round}: both answers are the one stored message");
         assert!(x.created != y.created, "round {round}: exactly one of them created it");
     }
@@ -260,7 +260,7 @@ async fn a_room_locked_by_a_stuck_writer_fails_the_append_in_bounded_time() {
     assert_eq!(store.room(room.id).await.expect("room").map(|r| r.last_seq), Some(0));
 
     sqlx::query("ROLLBACK").execute(&mut stuck).await.expect("release");
-    let out = store.append_messages(vec![msg(room.id, "ada", "m1")]).await.expect("append after release");
+    let out = accepted(store.append_messages(vec![msg(room.id, "ada", "m1")]).await.expect("append after release"));
     assert_eq!((out[0].message.seq, out[0].created), (1, true), "the failed attempt left no trace");
     store.close().await;
 }
@@ -380,8 +380,25 @@ async fn no_index_holds_a_column_that_sends_move() {
     assert_eq!(options, ["fillfactor=80", "fillfactor=80"], "pages keep room for updated rows");
 }
 
+/// Takes a migrated schema back to version 6, as a database made before
+/// migration 7 was.
+const BACK_TO_VERSION_6: &[&str] = &[
+    "DROP INDEX support_queue_waiting",
+    "ALTER TABLE support_queue DROP COLUMN waiting_since",
+    "ALTER TABLE rooms DROP COLUMN open_support_of",
+    "ALTER TABLE members DROP COLUMN self_joined",
+    "DELETE FROM _sqlx_migrations WHERE version = 7",
+];
+
+async fn run_all(conn: &mut PgConnection, statements: &[&str]) {
+    for sql in statements {
+        sqlx::query(sqlx::AssertSqlSafe(*sql)).execute(&mut *conn).await.expect(sql);
+    }
+}
+
 /// Migration 6 moved the support queue's order out of `rooms`: a database
-/// made before it keeps its support rooms in the queue, newest activity first.
+/// made before it keeps its waiting support rooms in the queue, through
+/// migration 7 too, and a send puts a room that had none there.
 #[tokio::test]
 async fn the_support_queue_survives_the_upgrade_that_moved_it() {
     use chat_core::{RoomKind, Timestamp};
@@ -390,38 +407,147 @@ async fn the_support_queue_survives_the_upgrade_that_moved_it() {
     };
     let store = connect(&schema).await;
     let mut support = Vec::new();
-    for at in [1_000, 3_000, 2_000] {
-        let mut new = group(&["visitor"]);
+    for (i, at) in [1_000, 3_000, 2_000, 4_000].into_iter().enumerate() {
+        let visitor = format!("visitor-{i}");
+        let mut new = group(&[&visitor]);
         (new.kind, new.name, new.created_at) = (RoomKind::Support, None, Timestamp::from_millis(at));
-        let (room, _) = store.create_room(new).await.expect("create a support room");
+        let (room, _) = store.create_room(new, MemberLimits::NONE).await.expect("create a support room");
+        if i < 3 {
+            let mut hello = msg(room.id, &visitor, "hello");
+            hello.created_at = Timestamp::from_millis(at + 1);
+            accepted(store.append_messages(vec![hello]).await.expect("append"));
+        }
         support.push(room.id);
     }
     make_room(&store, &["ada"]).await;
     store.close().await;
 
-    // Back to the schema of version 5, as a database made before it was.
+    // Back to the schema of version 5, as a database made before 6 was.
     let mut conn = raw(&schema).await;
-    for sql in [
-        "DROP TABLE support_queue",
-        "CREATE INDEX rooms_support_by_activity ON rooms (last_activity DESC, id DESC) WHERE kind = 'support'",
-        "DROP INDEX members_by_user",
-        "CREATE INDEX members_by_user ON members (user_id) INCLUDE (room_id, read_seq)",
-        "ALTER TABLE members RESET (fillfactor)",
-        "ALTER TABLE rooms RESET (fillfactor)",
-        "DELETE FROM _sqlx_migrations WHERE version = 6",
+    run_all(&mut conn, BACK_TO_VERSION_6).await;
+    run_all(
+        &mut conn,
+        &[
+            "DROP TABLE support_queue",
+            "CREATE INDEX rooms_support_by_activity ON rooms (last_activity DESC, id DESC) WHERE kind = 'support'",
+            "DROP INDEX members_by_user",
+            "CREATE INDEX members_by_user ON members (user_id) INCLUDE (room_id, read_seq)",
+            "ALTER TABLE members RESET (fillfactor)",
+            "ALTER TABLE rooms RESET (fillfactor)",
+            "DELETE FROM _sqlx_migrations WHERE version = 6",
+        ],
+    )
+    .await;
+
+    let store = connect(&schema).await;
+    assert_eq!(store.schema_version().await.expect("version"), Some(PostgresStore::SCHEMA_VERSION));
+    let queue = |store: &PostgresStore| {
+        let store = store.clone();
+        async move {
+            let queue = store.support_queue(None, 10).await.expect("support_queue");
+            queue.iter().map(|q| (q.room.id, q.waiting_since.as_millis())).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        queue(&store).await,
+        [(support[0], 1_001), (support[2], 2_001), (support[1], 3_001)],
+        "waiting support rooms only, by their first message"
+    );
+    // A first send puts the empty room at its place; a later one moves nothing.
+    let mut late = msg(support[3], "visitor-3", "late");
+    late.created_at = Timestamp::from_millis(2_500);
+    let mut again = msg(support[0], "visitor-0", "again");
+    again.created_at = Timestamp::from_millis(9_000);
+    accepted(store.append_messages(vec![late, again]).await.expect("append"));
+    assert_eq!(
+        queue(&store).await,
+        [(support[0], 1_001), (support[2], 2_001), (support[3], 2_500), (support[1], 3_001)]
+    );
+    store.close().await;
+}
+
+/// Migration 7 on a database of version 6: the owners' memberships become
+/// their own rooms, the newest open support room of each creator becomes
+/// their one open support room (older duplicates stay, unmarked, so that the
+/// migration cannot fail on them), and the queue keeps the open support rooms
+/// that have a message, by their first one.
+#[tokio::test]
+async fn the_upgrade_to_version_7_fills_in_what_it_adds() {
+    use chat_core::{RoomKind, Timestamp};
+    let Some(schema) = TempSchema::create("the_upgrade_to_version_7_fills_in_what_it_adds").await else {
+        return;
+    };
+    connect(&schema).await.close().await;
+    let mut conn = raw(&schema).await;
+    run_all(&mut conn, BACK_TO_VERSION_6).await;
+    // What version 6 allowed: three support rooms of one visitor, one closed.
+    let [closed, waiting, newest, other, team] = [(); 5].map(|()| *RoomId::generate().as_uuid());
+    // $1..$5 in the statements below, in this order.
+    let rooms = [closed, waiting, newest, other, team];
+    for (sql, binds) in [
+        (
+            "INSERT INTO rooms (id, kind, visibility, created_by, created_at, last_seq, last_activity, closed)
+             VALUES ($1, 'support', 'public', 'vis', 1000, 1, 1100, true),
+                    ($2, 'support', 'public', 'vis', 2000, 2, 2600, false),
+                    ($3, 'support', 'public', 'vis', 3000, 0, 3000, false),
+                    ($4, 'support', 'public', 'w', 1500, 2, 5000, false),
+                    ($5, 'group', 'private', 'vis', 500, 0, 500, false)",
+            5,
+        ),
+        (
+            "INSERT INTO support_queue (room_id, last_activity) SELECT id, last_activity FROM rooms WHERE kind = 'support'",
+            0,
+        ),
+        (
+            "INSERT INTO members (room_id, user_id, role, joined_at)
+             VALUES ($1, 'vis', 'owner', 0), ($2, 'vis', 'owner', 0), ($3, 'vis', 'owner', 0), ($4, 'w', 'owner', 0),
+                    ($5, 'vis', 'owner', 0), ($5, 'x', 'member', 0)",
+            5,
+        ),
+        (
+            "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, created_at)
+             VALUES ($1, 1, gen_random_uuid(), 'vis', 'a', 'a', 1100),
+                    ($2, 1, gen_random_uuid(), 'vis', 'a', 'a', 2500),
+                    ($2, 2, gen_random_uuid(), 'vis', 'b', 'b', 2600),
+                    ($4, 1, gen_random_uuid(), 'w', 'a', 'a', 1600),
+                    ($4, 2, gen_random_uuid(), 'w', 'b', 'b', 5000)",
+            4,
+        ),
     ] {
-        sqlx::query(sql).execute(&mut conn).await.expect(sql);
+        let mut query = sqlx::query(sql);
+        for id in &rooms[..binds] {
+            query = query.bind(*id);
+        }
+        query.execute(&mut conn).await.expect(sql);
     }
 
     let store = connect(&schema).await;
-    assert_eq!(store.schema_version().await.expect("version"), Some(6));
-    let queue: Vec<RoomId> = store.support_rooms(10).await.expect("support_rooms").iter().map(|r| r.id).collect();
-    assert_eq!(queue, [support[1], support[2], support[0]], "support rooms only, newest activity first");
-    // A send moves its room to the front, through the new table.
-    let mut late = msg(support[0], "visitor", "late");
-    late.created_at = Timestamp::from_millis(9_000);
-    store.append_messages(vec![late]).await.expect("append");
-    let queue: Vec<RoomId> = store.support_rooms(10).await.expect("support_rooms").iter().map(|r| r.id).collect();
-    assert_eq!(queue, [support[0], support[1], support[2]]);
+    assert_eq!(store.schema_version().await.expect("version"), Some(7));
+    let queue: Vec<(uuid::Uuid, i64)> = store
+        .support_queue(None, 10)
+        .await
+        .expect("support_queue")
+        .iter()
+        .map(|q| (*q.room.id.as_uuid(), q.waiting_since.as_millis()))
+        .collect();
+    assert_eq!(queue, [(other, 1_600), (waiting, 2_500)], "open support rooms with a message, by the first one");
+
+    let support = |visitor: &str| {
+        let mut new = group(&[visitor]);
+        (new.kind, new.name, new.created_at) = (RoomKind::Support, None, Timestamp::from_millis(9_000));
+        new
+    };
+    let (room, created) = store.create_room(support("vis"), MemberLimits::NONE).await.expect("create_room");
+    assert_eq!((*room.id.as_uuid(), created), (newest, false), "the newest open support room is the creator's one");
+    store.close_room(room.id).await.expect("close_room");
+    let (room, created) = store.create_room(support("vis"), MemberLimits::NONE).await.expect("create_room");
+    assert!(created && *room.id.as_uuid() != waiting, "an older duplicate is left as it was, unmarked");
+
+    // Owners' memberships are their own rooms; being a member is not.
+    let limits = chat_core::MemberLimits { max_own_rooms: 5, max_members: u64::MAX };
+    let err = store.create_room(group(&["vis"]), limits).await.expect_err("vis has 5 own rooms now");
+    assert_eq!(err.code().as_str(), "forbidden", "{err:?}");
+    let one = chat_core::MemberLimits { max_own_rooms: 1, max_members: u64::MAX };
+    store.create_room(group(&["x"]), one).await.expect("x was added to the team room, it is not their own");
     store.close().await;
 }

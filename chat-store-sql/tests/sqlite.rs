@@ -6,17 +6,17 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_core::{HistoryQuery, NewMessage, NewRoom, Room, RoomId, RoomKind, Store, User};
+use chat_core::{HistoryQuery, MemberLimits, NewMessage, NewRoom, Room, RoomId, RoomKind, Store, User};
 use chat_store_sql::{Error, SqliteConfig, SqliteStore};
 use sqlx::{Connection, SqliteConnection};
-use support::{group, msg, uid};
+use support::{accepted, group, msg, uid};
 
 async fn connect(url: &str) -> SqliteStore {
     SqliteStore::connect(SqliteConfig::from_url(url)).await.expect("connect")
 }
 
 async fn make_room(store: &SqliteStore, members: &[&str]) -> Room {
-    store.create_room(group(members)).await.expect("create_room").0
+    store.create_room(group(members), MemberLimits::NONE).await.expect("create_room").0
 }
 
 async fn seqs(store: &SqliteStore, room: RoomId) -> Vec<u64> {
@@ -60,11 +60,13 @@ async fn reopening_keeps_data_and_continues_seqs() {
     store.upsert_user(&User::new(uid("ada"), "Ada")).await.expect("upsert_user");
     let room = make_room(&store, &["ada", "bob"]).await;
     let direct = NewRoom { kind: RoomKind::Direct, name: None, ..group(&["ada", "bob"]) };
-    let (direct_room, _) = store.create_room(direct).await.expect("create direct room");
-    let first = store
-        .append_messages(vec![msg(room.id, "ada", "a"), msg(room.id, "bob", "b"), msg(room.id, "ada", "c")])
-        .await
-        .expect("append");
+    let (direct_room, _) = store.create_room(direct, MemberLimits::NONE).await.expect("create direct room");
+    let first = accepted(
+        store
+            .append_messages(vec![msg(room.id, "ada", "a"), msg(room.id, "bob", "b"), msg(room.id, "ada", "c")])
+            .await
+            .expect("append"),
+    );
     store.advance_cursor(room.id, &uid("bob"), chat_core::ReceiptKind::Read, 3).await.expect("advance_cursor");
     store.close().await;
 
@@ -76,16 +78,18 @@ async fn reopening_keeps_data_and_continues_seqs() {
     let member = store.member(room.id, &uid("bob")).await.expect("member").expect("bob is a member");
     assert_eq!((member.read_seq, member.delivered_seq), (3, 3));
 
-    let out = store
-        .append_messages(vec![msg(room.id, "bob", "d"), msg(room.id, "ada", "a")])
-        .await
-        .expect("append after reopening");
+    let out = accepted(
+        store
+            .append_messages(vec![msg(room.id, "bob", "d"), msg(room.id, "ada", "a")])
+            .await
+            .expect("append after reopening"),
+    );
     assert_eq!((out[0].message.seq, out[0].created), (4, true), "seqs continue after reopening");
     assert_eq!(out[1].message, first[0].message, "idempotency survives reopening");
     assert!(!out[1].created);
 
     let again = NewRoom { kind: RoomKind::Direct, name: None, ..group(&["bob", "ada"]) };
-    let (found, created) = store.create_room(again).await.expect("create direct room again");
+    let (found, created) = store.create_room(again, MemberLimits::NONE).await.expect("create direct room again");
     assert_eq!((found.id, created), (direct_room.id, false), "direct rooms stay unique after reopening");
     store.close().await;
 }
@@ -201,7 +205,8 @@ async fn a_database_locked_by_another_process_is_unavailable() {
     assert_eq!(err.code().as_str(), "unavailable", "got {err:?}");
     sqlx::query("ROLLBACK").execute(&mut other).await.expect("release the write lock");
 
-    let out = store.append_messages(vec![msg(room.id, "ada", "a")]).await.expect("append once the lock is gone");
+    let out =
+        accepted(store.append_messages(vec![msg(room.id, "ada", "a")]).await.expect("append once the lock is gone"));
     assert_eq!((out[0].message.seq, out[0].created), (1, true), "the failed attempt used up nothing");
     store.close().await;
 }
@@ -308,4 +313,85 @@ async fn query_plan(conn: &mut SqliteConnection, sql: &str) -> String {
         .await
         .expect("explain");
     rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
+}
+
+/// Migration 6 on a database of version 5: the owners' memberships become
+/// their own rooms, the newest open support room of each creator becomes
+/// their one open support room (older duplicates stay, unmarked, so that the
+/// migration cannot fail on them), and the queue holds the open support rooms
+/// that have a message, by their first one.
+#[tokio::test]
+async fn the_upgrade_to_version_6_fills_in_what_it_adds() {
+    use chat_core::{MemberLimits, Timestamp};
+    let (_dir, _, url) = support::temp_db();
+    connect(&url).await.close().await;
+    let mut conn = raw(&url).await;
+    // Back to version 5, then what version 5 allowed: three support rooms of
+    // one visitor, one of them closed.
+    let [closed, waiting, newest, other, team] = [(); 5].map(|()| RoomId::generate().to_string());
+    for sql in [
+        "DROP INDEX rooms_support_queue",
+        "ALTER TABLE rooms DROP COLUMN first_message_at",
+        "DROP INDEX rooms_open_support_of",
+        "ALTER TABLE rooms DROP COLUMN open_support_of",
+        "DROP INDEX members_own_by_user",
+        "ALTER TABLE members DROP COLUMN self_joined",
+        "DELETE FROM _sqlx_migrations WHERE version = 6",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    }
+    for sql in [
+        "INSERT INTO rooms (id, kind, visibility, created_by, created_at, last_seq, last_activity, closed)
+         VALUES (?1, 'support', 'public', 'vis', 1000, 1, 1100, 1), (?2, 'support', 'public', 'vis', 2000, 2, 2600, 0),
+                (?3, 'support', 'public', 'vis', 3000, 0, 3000, 0), (?4, 'support', 'public', 'w', 1500, 2, 5000, 0),
+                (?5, 'group', 'private', 'vis', 500, 0, 500, 0)",
+        "INSERT INTO members (room_id, user_id, role, joined_at)
+         VALUES (?1, 'vis', 'owner', 0), (?2, 'vis', 'owner', 0), (?3, 'vis', 'owner', 0), (?4, 'w', 'owner', 0),
+                (?5, 'vis', 'owner', 0), (?5, 'x', 'member', 0)",
+        "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, created_at)
+         VALUES (?1, 1, 'm1', 'vis', 'a', 'a', 1100), (?2, 1, 'm2', 'vis', 'a', 'a', 2500),
+                (?2, 2, 'm3', 'vis', 'b', 'b', 2600), (?4, 1, 'm4', 'w', 'a', 'a', 1600),
+                (?4, 2, 'm5', 'w', 'b', 'b', 5000)",
+    ] {
+        let mut query = sqlx::query(sql);
+        for id in [&closed, &waiting, &newest, &other, &team] {
+            query = query.bind(id.as_str());
+        }
+        query.execute(&mut conn).await.expect(sql);
+    }
+    conn.close().await.expect("close the raw connection");
+
+    let store = connect(&url).await;
+    let queue: Vec<(String, i64)> = store
+        .support_queue(None, 10)
+        .await
+        .expect("support_queue")
+        .iter()
+        .map(|q| (q.room.id.to_string(), q.waiting_since.as_millis()))
+        .collect();
+    assert_eq!(
+        queue,
+        [(other, 1_600), (waiting.clone(), 2_500)],
+        "open support rooms with a message, by the first one"
+    );
+
+    let support = || NewRoom {
+        kind: RoomKind::Support,
+        name: None,
+        created_at: Timestamp::from_millis(9_000),
+        ..group(&["vis"])
+    };
+    let (room, created) = store.create_room(support(), MemberLimits::NONE).await.expect("create_room");
+    assert_eq!((room.id.to_string(), created), (newest, false), "the newest open support room is the creator's one");
+    store.close_room(room.id).await.expect("close_room");
+    let (room, created) = store.create_room(support(), MemberLimits::NONE).await.expect("create_room");
+    assert!(created && room.id.to_string() != waiting, "an older duplicate is left as it was, unmarked");
+
+    // Owners' memberships are their own rooms; being a member is not.
+    let five = MemberLimits { max_own_rooms: 5, max_members: u64::MAX };
+    let err = store.create_room(group(&["vis"]), five).await.expect_err("vis has 5 own rooms now");
+    assert_eq!(err.code().as_str(), "forbidden", "{err:?}");
+    let one = MemberLimits { max_own_rooms: 1, max_members: u64::MAX };
+    store.create_room(group(&["x"]), one).await.expect("x was added to the team room, it is not their own");
+    store.close().await;
 }

@@ -10,6 +10,7 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use chat_core::user::VISITOR_ROLE;
 use chat_core::{ErrorCode, HistoryQuery, Identity, JobStatus, RoomId, Timestamp, User, UserId};
 use serde::Deserialize;
 use serde_json::json;
@@ -107,8 +108,29 @@ pub(crate) async fn support_availability(State(app): State<AppState>) -> Respons
 }
 
 pub(crate) async fn users_online(State(app): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    authenticate(&app, &headers).await?;
-    Ok(Json(json!({ "users": app.engine.online_users() })).into_response())
+    let identity = authenticate(&app, &headers).await?;
+    Ok(Json(json!({ "users": app.engine.online_users_for(&identity).await? })).into_response())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct QueueParams {
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/support/queue?cursor=&limit=`: the support queue for agents, a
+/// page at a time, longest waiting first.
+pub(crate) async fn support_queue(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    params: Result<Query<QueueParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let identity = authenticate(&app, &headers).await?;
+    let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::Invalid, e.body_text()))?;
+    let page = app.engine.support_queue(&identity, params.cursor.as_deref(), params.limit).await?;
+    let rooms: Vec<_> =
+        page.rooms.iter().map(|q| json!({ "room": q.room, "waiting_since": q.waiting_since })).collect();
+    Ok(Json(json!({ "rooms": rooms, "next": page.next })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -210,7 +232,8 @@ pub(crate) async fn visitor_session(
     let user_id = UserId::new(format!("visitor:{id}"))?;
     let name = request.name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
     let name = name.unwrap_or_else(|| format!("Visitor {}", &id[id.len() - 4..]));
-    let user = app.engine.upsert_user(User::new(user_id, name)).await?;
+    let user = User { roles: vec![VISITOR_ROLE.to_owned()], ..User::new(user_id, name) };
+    let user = app.engine.upsert_user(user).await?;
     let (token, expires_at) = issuer.issue(&user, app.config.visitor_token_ttl)?;
     Ok((StatusCode::CREATED, Json(json!({ "token": token, "user": user, "expires_at": expires_at }))).into_response())
 }

@@ -135,6 +135,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(http::health))
         .route("/metrics", get(http::metrics))
         .route("/v1/support/availability", get(http::support_availability))
+        .route("/v1/support/queue", get(http::support_queue))
         .route("/v1/users/online", get(http::users_online))
         .route("/v1/rooms/{id}/messages", get(http::room_messages))
         .route("/v1/visitor-sessions", post(http::visitor_session))

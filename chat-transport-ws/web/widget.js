@@ -363,9 +363,6 @@
         const { available } = await lib.supportAvailability(server);
         availability.dataset.available = String(available);
         availability.lastChild.textContent = available ? t('online') : t('offline');
-        // An agent came online after the visitor wrote: bring them in.
-        const hasAgent = [...members.values()].some((u) => u.roles && u.roles.includes('support'));
-        if (available && roomId && client && client.state === 'open' && !hasAgent) inviteAgents();
       } catch {
         availability.dataset.available = 'false';
         availability.lastChild.textContent = t('unavailable');
@@ -491,28 +488,9 @@
       log.scrollTop = log.scrollHeight - keep;
     }
 
-    // Support agents join support rooms by role; this room is brought to the
-    // attention of those online by inviting them (see docs/web-client.md).
-    let inviting = null;
-    function inviteAgents() {
-      if (!inviting) inviting = inviteOnlineAgents().finally(() => (inviting = null));
-      return inviting;
-    }
-
-    async function inviteOnlineAgents() {
-      if (!client || !roomId) return;
-      try {
-        const online = await client.onlineUsers();
-        for (const { user } of online) {
-          if (user.roles.includes('support') && !members.has(user.id)) {
-            members.set(user.id, user);
-            await client.invite(roomId, user.id).catch(() => members.delete(user.id));
-          }
-        }
-      } catch {
-        // Tried again on the next send or reconnect.
-      }
-    }
+    // Support agents join support rooms by role. The server tells the agents
+    // online when this room gets its first message, and lists it in every
+    // agent's queue: the widget has nobody to invite (a visitor may not).
 
     async function openRoom(id) {
       roomId = id;
@@ -526,7 +504,6 @@
       }
       render();
       markRead();
-      inviteAgents();
     }
 
     function ensureRoom() {
@@ -581,10 +558,7 @@
         showError('');
         // Availability was blanked while connecting; ask again now.
         if (isOpen()) refreshAvailability();
-        if (resumed) {
-          inviteAgents();
-          return;
-        }
+        if (resumed) return;
         const known = roomId && rooms.some((r) => r.id === roomId);
         if (!known && roomId) {
           // The server no longer has the saved room (a new database): the
@@ -694,7 +668,6 @@
         const id = await ensureRoom();
         const sent = client.send(id, body);
         render();
-        inviteAgents();
         await sent;
       } catch (err) {
         if (!textarea.value) textarea.value = body;

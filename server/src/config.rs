@@ -116,8 +116,12 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Largest history page.
     pub max_history_page: u32,
-    /// Most rooms per user.
+    /// Most rooms a user may have created or joined themselves (rooms others
+    /// added them to do not count).
     pub max_rooms_per_user: u64,
+    /// Rooms a user may create plus users they may invite, per minute; 0 is
+    /// no limit.
+    pub room_actions_per_minute: u32,
     /// Most members per room.
     pub max_members_per_room: u64,
     /// Most simultaneous connections per user.
@@ -272,6 +276,7 @@ impl Default for Config {
             max_frame_bytes: ws.max_frame_bytes,
             max_history_page: limits.max_history_page,
             max_rooms_per_user: limits.max_rooms_per_user,
+            room_actions_per_minute: limits.room_actions_per_minute,
             max_members_per_room: limits.max_members_per_room,
             max_connections_per_user: limits.max_connections_per_user,
             commands_per_second: limits.commands_per_second,
@@ -381,6 +386,7 @@ impl Config {
         limits.max_history_page = self.max_history_page;
         limits.default_history_page = limits.default_history_page.min(self.max_history_page);
         limits.max_rooms_per_user = self.max_rooms_per_user;
+        limits.room_actions_per_minute = self.room_actions_per_minute;
         limits.max_members_per_room = self.max_members_per_room;
         limits.max_connections_per_user = self.max_connections_per_user;
         limits.commands_per_second = self.commands_per_second;

@@ -246,3 +246,42 @@ async fn migrate_subcommand_prepares_a_database_and_refuses_a_newer_one() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("newer than this build supports"), "{log}");
 }
+
+/// A user who left a private room through one process cannot post into it
+/// through a session on another, whose own record still lists them as
+/// joined: the store refuses the append in the transaction that would store
+/// it, and the room's seqs stay gapless (issue #21, defect 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_left_through_one_process_cannot_post_through_another() {
+    let Some(schema) = TempSchema::create("a_user_who_left_through_one_process_cannot_post_through_another").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = schema.url();
+    let (a, b) = tokio::join!(
+        ServerProcess::start_url(&url, dir.path().join("a.log"), &[]),
+        ServerProcess::start_url(&url, dir.path().join("b.log"), &[]),
+    );
+    let mut ada = a.connect("ada").await;
+    let room = group_with(&mut ada, "private", &["mallory"]).await;
+    let mut mallory_on_b = b.connect("mallory").await;
+    mallory_on_b.ok("room:join", json!({"room_id": room})).await;
+    let sent = mallory_on_b.ok("message:send", send_data(&room, "m-1", "while a member")).await;
+    assert_eq!(sent["message"]["seq"], 1);
+
+    let mut mallory_on_a = a.connect("mallory").await;
+    mallory_on_a.ok("room:leave", json!({"room_id": room})).await;
+
+    // B never heard of the leave: its session is still subscribed.
+    for i in 0..5 {
+        let code = mallory_on_b.fail("message:send", send_data(&room, &format!("m-late-{i}"), "after leaving")).await;
+        assert_eq!(code, "not_member", "send {i} after leaving");
+    }
+    assert_eq!(mallory_on_b.fail("room:history", json!({"room_id": room})).await, "not_member");
+    let after = ada.ok("message:send", send_data(&room, "a-1", "still gapless")).await;
+    assert_eq!(after["message"]["seq"], 2, "nothing of the refused sends was stored");
+    let history = support::all_history(&mut ada, &room).await;
+    assert_eq!(support::seqs(&history), [1, 2]);
+    assert!(history.iter().all(|m| m["body"] != "after leaving"));
+}

@@ -89,13 +89,15 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<CommitJob>) {
             let result = inner.store.append_messages(messages).await;
             inner.metrics.commit(count, started.elapsed(), result.is_ok());
             match result {
-                Ok(appended) if appended.len() == count => {
-                    for ((session, bridge, reply), appended) in waiting.into_iter().zip(appended) {
-                        if appended.created {
-                            after_commit(&inner, &appended, session, bridge.as_deref()).await;
+                Ok(answers) if answers.len() == count => {
+                    for ((session, bridge, reply), answer) in waiting.into_iter().zip(answers) {
+                        if let Ok(appended) = &answer {
+                            if appended.created {
+                                after_commit(&inner, appended, session, bridge.as_deref()).await;
+                            }
                         }
                         // The sender may have gone; the message is stored either way.
-                        let _ = reply.send(Ok(appended));
+                        let _ = reply.send(answer);
                     }
                 }
                 Ok(appended) => {
@@ -127,4 +129,7 @@ async fn after_commit(inner: &Inner, appended: &Appended, session: Option<Sessio
     let audience = Audience::Room { room_id, except_session: session, except_user: None };
     inner.publish(audience, Event::MessageNew(MessageEvent { message: message.clone() })).await;
     inner.notify_bridges(BridgeEvent::MessageCreated(message.clone()), bridge);
+    if message.seq == 1 {
+        inner.announce_queued(room_id).await;
+    }
 }

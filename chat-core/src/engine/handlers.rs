@@ -22,16 +22,71 @@ use crate::id::{RoomId, SessionId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, NewMessage, validate_body, validate_client_msg_id};
 use crate::presence::PresenceStatus;
 use crate::room::{Member, MemberReceipts, MemberRole, NewRoom, ReceiptKind, Room, RoomKind, RoomSummary, Visibility};
+use crate::store::{Joining, MemberLimits, QueueCursor, QueuedRoom};
 use crate::time::Timestamp;
-use crate::user::{Identity, User};
+use crate::user::{Identity, User, check_visible};
 
 /// Whether a user who is not a member may join a room by themselves.
 pub(crate) fn may_self_join(room: &Room, user: &User) -> bool {
     match room.kind {
-        RoomKind::Group => room.visibility == Visibility::Public,
-        RoomKind::Support => room.created_by == user.id || user.is_support(),
+        // Visitors are kept to their own support rooms.
+        RoomKind::Group => room.visibility == Visibility::Public && !user.is_visitor(),
+        RoomKind::Support => room.created_by == user.id || (user.is_support() && !user.is_visitor()),
         RoomKind::Direct => false,
     }
+}
+
+/// Whether a membership counts towards the user's own-room quota. A support
+/// agent's support rooms do not: visitors open them, one each, and an agent
+/// who answers thousands over the months must not be locked out by that.
+fn counts_as_own(room: &Room, user: &User) -> bool {
+    !(room.kind == RoomKind::Support && user.is_support() && room.created_by != user.id)
+}
+
+/// The commands an anonymous visitor may send: their own support room's
+/// life, and nothing that reaches other users or reveals them. Every other
+/// command, present or future, answers `forbidden`.
+pub(crate) fn visitor_may(kind: crate::command::CommandKind) -> bool {
+    use crate::command::CommandKind as K;
+    matches!(
+        kind,
+        K::RoomCreate
+            | K::RoomJoin
+            | K::RoomLeave
+            | K::RoomList
+            | K::RoomHistory
+            | K::MessageSend
+            | K::MessageEdit
+            | K::MessageDelete
+            | K::TypingStart
+            | K::TypingStop
+            | K::MessageDelivered
+            | K::MessageRead
+            | K::Ping
+    )
+}
+
+/// One page of the support queue, for `GET /v1/support/queue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupportQueuePage {
+    /// The rooms, longest waiting first.
+    pub rooms: Vec<QueuedRoom>,
+    /// The cursor of the next page, when there may be one.
+    pub next: Option<String>,
+}
+
+/// Writes a queue cursor as the opaque text clients pass back.
+pub(crate) fn encode_queue_cursor(cursor: QueueCursor) -> String {
+    format!("{}.{}", cursor.waiting_since.as_millis(), cursor.room_id)
+}
+
+/// Reads a cursor made by [`encode_queue_cursor`].
+pub(crate) fn decode_queue_cursor(text: &str) -> Result<QueueCursor> {
+    let bad = || Error::invalid("cursor is not one this server gave");
+    let (millis, room) = text.split_once('.').ok_or_else(bad)?;
+    let millis: i64 = millis.parse().map_err(|_| bad())?;
+    let room_id: RoomId = room.parse().map_err(|_| bad())?;
+    Ok(QueueCursor { waiting_since: Timestamp::from_millis(millis), room_id })
 }
 
 impl Inner {
@@ -81,15 +136,29 @@ impl Inner {
     }
 
     /// Fails with `not_found` when the room does not exist and `not_member`
-    /// when the user is not in it. A session that joined the room in the hub
-    /// needs no store round trip.
-    pub(crate) async fn require_member(&self, ctx: &Ctx, room: RoomId) -> Result<Option<Member>> {
-        if let Some(session) = ctx.session {
-            if self.hub.is_subscribed(session, room) {
-                return Ok(None);
-            }
+    /// when the user is not in it, as the store has it: the hub's record of
+    /// the session's rooms could be stale when another process changed the
+    /// membership.
+    pub(crate) async fn require_member(&self, ctx: &Ctx, room: RoomId) -> Result<Member> {
+        self.member_or_error(&ctx.user.id, room).await
+    }
+
+    /// The limits every new membership keeps, checked by the store.
+    fn member_limits(&self) -> MemberLimits {
+        let limits = &self.config.limits;
+        MemberLimits { max_own_rooms: limits.max_rooms_per_user, max_members: limits.max_members_per_room }
+    }
+
+    /// Counts a room creation or invitation against the user's allowance.
+    /// Bridges act for people of another platform, whose own limits apply there.
+    fn take_room_action(&self, ctx: &Ctx) -> Result<()> {
+        let per_minute = self.config.limits.room_actions_per_minute;
+        if ctx.bridge.is_none() && !self.room_actions.take(&ctx.user.id, per_minute) {
+            return Err(Error::RateLimited(format!(
+                "at most {per_minute} room creations and invitations a minute; try again shortly"
+            )));
         }
-        self.member_or_error(&ctx.user.id, room).await.map(Some)
+        Ok(())
     }
 
     async fn member_or_error(&self, user: &UserId, room: RoomId) -> Result<Member> {
@@ -106,26 +175,17 @@ impl Inner {
         self.store.room(room).await?.ok_or(Error::NotFound("room"))
     }
 
-    async fn check_room_quota(&self, user: &UserId) -> Result<()> {
-        if self.store.room_count_of_user(user).await? >= self.config.limits.max_rooms_per_user {
-            return Err(Error::forbidden(format!("{user} is in the maximum number of rooms")));
-        }
-        Ok(())
-    }
-
-    async fn check_room_capacity(&self, room: RoomId) -> Result<()> {
-        if self.store.member_count(room).await? >= self.config.limits.max_members_per_room {
-            return Err(Error::forbidden("the room is full"));
-        }
-        Ok(())
-    }
-
     /// Adds a member and announces it; `false` when they already were one.
-    /// `origin` is the bridge acting, if one is, so that it can skip the echo.
-    async fn add_member(&self, room: &Room, user: &User, role: MemberRole, origin: Option<&str>) -> Result<bool> {
-        self.check_room_quota(&user.id).await?;
-        self.check_room_capacity(room.id).await?;
-        let added = self.store.add_member(room.id, &user.id, role, Timestamp::now()).await?;
+    /// `self_joined` says whether the user joins by themselves (which counts
+    /// towards their quota) or is added by someone else. `origin` is the
+    /// bridge acting, if one is, so that it can skip the echo.
+    async fn add_member(&self, room: &Room, user: &User, self_joined: bool, origin: Option<&str>) -> Result<bool> {
+        let joining = Joining {
+            role: MemberRole::Member,
+            at: Timestamp::now(),
+            self_joined: self_joined && counts_as_own(room, user),
+        };
+        let added = self.store.add_member(room.id, &user.id, joining, self.member_limits()).await?;
         if added {
             let audience =
                 Audience::Room { room_id: room.id, except_session: None, except_user: Some(user.id.clone()) };
@@ -148,13 +208,16 @@ impl Inner {
                 RoomKind::Group => "this room is private: a member must add you",
             }));
         }
-        self.add_member(&room, &ctx.user, MemberRole::Member, ctx.bridge.as_deref()).await?;
+        self.add_member(&room, &ctx.user, true, ctx.bridge.as_deref()).await?;
         let member = self.store.member(room_id, &ctx.user.id).await?.ok_or(Error::NotMember)?;
         Ok((room, member))
     }
 
     pub(crate) async fn create_room(&self, ctx: &Ctx, req: CreateRoom) -> Result<Reply> {
         let limits = &self.config.limits;
+        if ctx.user.is_visitor() && req.kind != RoomKind::Support {
+            return Err(Error::forbidden("visitors may only open a support room"));
+        }
         let name = match req.name {
             Some(name) => {
                 // Not `validate_name`: its fixed cap for user names would
@@ -165,9 +228,10 @@ impl Inner {
                         limits.max_room_name_chars
                     )));
                 }
-                if name.trim().is_empty() || name.chars().any(char::is_control) {
-                    return Err(Error::invalid("name must not be blank or contain control characters"));
+                if name.trim().is_empty() {
+                    return Err(Error::invalid("name must not be blank"));
                 }
+                check_visible("name", &name)?;
                 Some(name)
             }
             None => None,
@@ -181,6 +245,9 @@ impl Inner {
         let known = self.store.users(&others).await?;
         if known.len() != others.len() {
             return Err(Error::NotFound("user"));
+        }
+        if known.iter().any(User::is_visitor) {
+            return Err(Error::forbidden("visitors can only be in their own support room"));
         }
         let visibility = match (req.kind, req.visibility) {
             (RoomKind::Group, v) => v.unwrap_or(Visibility::Private),
@@ -198,23 +265,7 @@ impl Inner {
             }
             _ => {}
         }
-        let quota = async {
-            self.check_room_quota(&ctx.user.id).await?;
-            for other in &others {
-                self.check_room_quota(other).await?;
-            }
-            Ok::<(), Error>(())
-        };
-        if let Err(err) = quota.await {
-            // Asking for an existing direct room creates nothing, so a full
-            // quota must not hide it.
-            if req.kind == RoomKind::Direct {
-                if let Some(room) = self.existing_direct_room(&ctx.user.id, &others[0]).await? {
-                    return Ok(Reply::Room { room });
-                }
-            }
-            return Err(err);
-        }
+        self.take_room_action(ctx)?;
         let mut members = vec![(ctx.user.id.clone(), MemberRole::Owner)];
         members.extend(others.iter().map(|u| (u.clone(), MemberRole::Member)));
         let new = NewRoom {
@@ -226,7 +277,10 @@ impl Inner {
             created_at: Timestamp::now(),
             members,
         };
-        let (room, created) = self.store.create_room(new).await?;
+        // The store returns an existing direct room of the pair, or the
+        // creator's open support room, and checks the creator's quota, all in
+        // one transaction. Rooms others add a user to do not count.
+        let (room, created) = self.store.create_room(new, self.member_limits()).await?;
         if created {
             self.notify_bridges(BridgeEvent::RoomCreated(room.clone()), ctx.bridge.as_deref());
             let added = Event::RoomAdded(RoomAdded { room: room.clone() });
@@ -235,18 +289,6 @@ impl Inner {
                 .await;
         }
         Ok(Reply::Room { room })
-    }
-
-    /// The direct room of two users, if they have one. Only used on the rare
-    /// path where the quota refuses a `room:create`, so a scan of one user's
-    /// rooms is acceptable.
-    async fn existing_direct_room(&self, user: &UserId, other: &UserId) -> Result<Option<Room>> {
-        for summary in self.store.rooms_of_user(user).await? {
-            if summary.room.kind == RoomKind::Direct && self.store.member(summary.room.id, other).await?.is_some() {
-                return Ok(Some(summary.room));
-            }
-        }
-        Ok(None)
     }
 
     /// Joins a room (becoming a member when allowed) and subscribes the
@@ -296,6 +338,9 @@ impl Inner {
         self.member_or_error(&ctx.user.id, req.room_id).await?;
         let room = self.room_or_404(req.room_id).await?;
         let user = self.store.user(&req.user_id).await?.ok_or(Error::NotFound("user"))?;
+        if user.is_visitor() {
+            return Err(Error::forbidden("visitors can only be in their own support room"));
+        }
         match room.kind {
             RoomKind::Direct => return Err(Error::forbidden("direct rooms have exactly two members")),
             RoomKind::Support if !user.is_support() => {
@@ -303,7 +348,11 @@ impl Inner {
             }
             _ => {}
         }
-        if self.add_member(&room, &user, MemberRole::Member, ctx.bridge.as_deref()).await? {
+        if self.store.member(room.id, &user.id).await?.is_some() {
+            return Ok(Reply::empty());
+        }
+        self.take_room_action(ctx)?;
+        if self.add_member(&room, &user, false, ctx.bridge.as_deref()).await? {
             let audience = Audience::Users { users: vec![user.id.clone()], except_session: None };
             self.publish(audience, Event::RoomAdded(RoomAdded { room })).await;
         }
@@ -355,21 +404,72 @@ impl Inner {
         self.notify_bridges(BridgeEvent::RoomUpdated(room.clone()), ctx.bridge.as_deref());
     }
 
+    /// Tells the support agents connected here that a support room has
+    /// entered the queue (its first message is stored), with `room:added`, so
+    /// that their lists show it at once. They are not made members: an agent
+    /// joins the rooms they answer, and spam cannot fill their rooms.
+    pub(crate) async fn announce_queued(&self, room_id: RoomId) {
+        let room = match self.store.room(room_id).await {
+            Ok(Some(room)) if room.kind == RoomKind::Support && !room.closed => room,
+            Ok(_) => return,
+            Err(err) => {
+                // The queue in each agent's room list still shows the room.
+                tracing::warn!(room = %room_id, error = %err, "could not announce a queued support room");
+                return;
+            }
+        };
+        let agents = self.presence.support_agents_connected();
+        if !agents.is_empty() {
+            let audience = Audience::Users { users: agents, except_session: None };
+            self.publish(audience, Event::RoomAdded(RoomAdded { room })).await;
+        }
+    }
+
     pub(crate) async fn list_rooms(&self, ctx: &Ctx) -> Result<Reply> {
         Ok(Reply::Rooms { rooms: self.room_list(&ctx.user).await? })
     }
 
     /// A user's rooms, newest activity first; for a support agent, followed
-    /// by the support rooms of the queue they have not joined yet (with a
-    /// read cursor of 0), so that an agent who was away sees who waits.
+    /// by the first page of the support queue (longest waiting first) without
+    /// the rooms they have joined (with a read cursor of 0), so that an agent
+    /// who was away sees who waits. The rest of the queue is paged through
+    /// [`Inner::support_queue`].
     async fn room_list(&self, user: &User) -> Result<Vec<RoomSummary>> {
         let mut rooms = self.store.rooms_of_user(&user.id).await?;
-        if user.is_support() {
+        if user.is_support() && !user.is_visitor() {
             let known: HashSet<RoomId> = rooms.iter().map(|s| s.room.id).collect();
-            let queue = self.store.support_rooms(self.config.limits.support_queue).await?;
-            rooms.extend(queue.into_iter().filter(|r| !known.contains(&r.id)).map(|r| RoomSummary::new(r, 0)));
+            let queue = self.store.support_queue(None, self.config.limits.support_queue).await?;
+            rooms
+                .extend(queue.into_iter().filter(|q| !known.contains(&q.room.id)).map(|q| RoomSummary::new(q.room, 0)));
         }
         Ok(rooms)
+    }
+
+    /// One page of the support queue, for support agents: open support
+    /// rooms with at least one message, longest waiting first.
+    pub(crate) async fn support_queue(
+        &self,
+        user: &User,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<SupportQueuePage> {
+        if !user.is_support() || user.is_visitor() {
+            return Err(Error::forbidden("only support agents see the support queue"));
+        }
+        let after = cursor.map(decode_queue_cursor).transpose()?;
+        let limit = match limit {
+            Some(0) => return Err(Error::invalid("limit must be at least 1")),
+            Some(n) => n.min(self.config.limits.max_history_page),
+            None => self.config.limits.support_queue,
+        };
+        let rooms = self.store.support_queue(after, limit).await?;
+        let next = match rooms.last() {
+            Some(last) if rooms.len() as u32 == limit => {
+                Some(encode_queue_cursor(QueueCursor { waiting_since: last.waiting_since, room_id: last.room.id }))
+            }
+            _ => None,
+        };
+        Ok(SupportQueuePage { rooms, next })
     }
 
     pub(crate) async fn history(
@@ -398,11 +498,17 @@ impl Inner {
         if !req.attachments.is_empty() {
             return Err(Error::invalid("this server does not accept attachments"));
         }
-        // A joined session learns of a close from the hub, like it skips the
-        // membership read; other senders read the room.
-        let closed = match self.require_member(ctx, req.room_id).await? {
-            None => self.hub.is_closed(req.room_id),
-            Some(_) => self.room_or_404(req.room_id).await?.closed,
+        // The store refuses a non-member, a closed room and a missing one in
+        // the commit itself, so these reads only answer early. A session
+        // joined to the room skips them: the hub's view of it could be stale
+        // (another process may have changed the membership), but the commit's
+        // cannot.
+        let joined = ctx.session.is_some_and(|session| self.hub.is_subscribed(session, req.room_id));
+        let closed = if joined {
+            self.hub.is_closed(req.room_id)
+        } else {
+            self.member_or_error(&ctx.user.id, req.room_id).await?;
+            self.room_or_404(req.room_id).await?.closed
         };
         if closed {
             return Err(Error::forbidden("the room is closed"));
@@ -462,7 +568,8 @@ impl Inner {
     pub(crate) async fn delete(&self, ctx: &Ctx, req: DeleteMessage) -> Result<Reply> {
         let member = self.member_or_error(&ctx.user.id, req.room_id).await?;
         let msg = self.store.message(req.room_id, req.message_id).await?.ok_or(Error::NotFound("message"))?;
-        if msg.sender_id != ctx.user.id && !member.role.is_admin() {
+        // A visitor owns their support room, but the agents' answers are not theirs to remove.
+        if msg.sender_id != ctx.user.id && (!member.role.is_admin() || ctx.user.is_visitor()) {
             return Err(Error::forbidden("only the sender or a room admin may delete a message"));
         }
         if msg.deleted {
@@ -516,6 +623,7 @@ impl Inner {
     }
 
     pub(crate) async fn search_users(&self, req: SearchUsers) -> Result<Reply> {
+        // Visitors are refused before this, by `visitor_may`.
         let q = req.q.trim();
         if q.is_empty() {
             return Err(Error::invalid("q must not be empty"));

@@ -12,6 +12,7 @@ mod handlers;
 mod hub;
 mod keepalive;
 mod presence;
+mod room_actions;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -26,6 +27,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+pub use handlers::SupportQueuePage;
 pub use hub::CloseReason;
 pub use session::{CloseSignal, Output, Ready, Ref, Session};
 
@@ -93,6 +95,7 @@ impl EngineBuilder {
         let (commit_tx, commit_rx) = mpsc::channel(committer::batch_limit(&self.config) * 4);
         let inner = Arc::new(Inner {
             typing: TypingTracker::new(self.config.typing_timeout),
+            room_actions: room_actions::RoomActionLimiter::default(),
             keepalives: KeepaliveQueue::new(self.config.keepalive_interval),
             store: self.store,
             broker,
@@ -145,6 +148,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) presence: PresenceTracker,
     pub(crate) typing: TypingTracker,
+    /// Each user's allowance of room creations and invites.
+    pub(crate) room_actions: room_actions::RoomActionLimiter,
     /// When each session's credentials run out (plus the leeway).
     pub(crate) expiries: ExpiryQueue,
     /// Each session's keepalive beat.
@@ -219,6 +224,39 @@ impl Engine {
     /// Connected, visible users of this node.
     pub fn online_users(&self) -> Vec<OnlineUser> {
         self.inner.presence.online_users()
+    }
+
+    /// The user an HTTP request acts as: as stored, with the roles of the
+    /// credentials when they name any (as a session's opening does).
+    async fn acting_user(&self, identity: &Identity) -> Result<User> {
+        let stored = self.inner.store.user(&identity.user_id).await?;
+        let mut user = stored.unwrap_or_else(|| User::new(identity.user_id.clone(), identity.user_id.to_string()));
+        if let Some(roles) = &identity.roles {
+            user.roles.clone_from(roles);
+        }
+        Ok(user)
+    }
+
+    /// [`Engine::online_users`], for the holder of `identity`: visitors are
+    /// refused, as they are `users:online`.
+    pub async fn online_users_for(&self, identity: &Identity) -> Result<Vec<OnlineUser>> {
+        if self.acting_user(identity).await?.is_visitor() {
+            return Err(Error::forbidden("visitors may not list who is online"));
+        }
+        Ok(self.inner.presence.online_users())
+    }
+
+    /// One page of the support queue for a support agent: open support rooms
+    /// with at least one message, longest waiting first, after the opaque
+    /// `cursor` of the previous page.
+    pub async fn support_queue(
+        &self,
+        identity: &Identity,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<SupportQueuePage> {
+        let user = self.acting_user(identity).await?;
+        self.inner.support_queue(&user, cursor, limit).await
     }
 
     /// Support agents online here and on bridged platforms.

@@ -112,6 +112,13 @@ impl PresenceTracker {
         out
     }
 
+    /// The ids of the users holding the support role who have a session
+    /// here, whatever their status: an agent who shows as away or invisible
+    /// still works the queue.
+    pub(crate) fn support_agents_connected(&self) -> Vec<crate::id::UserId> {
+        lock(&self.entries).values().filter(|e| e.user.is_support()).map(|e| e.user.id.clone()).collect()
+    }
+
     /// Visible users holding the support role.
     pub(crate) fn online_support_agents(&self) -> u32 {
         lock(&self.entries).values().filter(|e| e.current().is_visible_online() && e.user.is_support()).count() as u32

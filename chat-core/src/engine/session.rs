@@ -279,6 +279,11 @@ impl Session {
             self.answer(reference, Err(Error::RateLimited("too many commands; slow down".into())));
             return;
         }
+        if self.user().is_visitor() && !super::handlers::visitor_may(command.kind()) {
+            self.inner.metrics.command(kind, "forbidden");
+            self.answer(reference, Err(Error::forbidden(format!("visitors may not use {kind}"))));
+            return;
+        }
         let inner = self.inner.clone();
         let ctx = self.ctx();
         let result = match command {

@@ -26,8 +26,8 @@ use crate::event::Event;
 use crate::id::{MessageId, RoomId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, Message, NewMessage};
 use crate::presence::{OnlineUser, PresenceStatus};
-use crate::room::{Member, MemberRole, NewRoom, ReceiptKind, Room, RoomKind, RoomSummary, Visibility};
-use crate::store::{MemoryStore, Store};
+use crate::room::{Member, NewRoom, ReceiptKind, Room, RoomKind, RoomSummary, Visibility};
+use crate::store::{Joining, MemberLimits, MemoryStore, QueueCursor, QueuedRoom, Store};
 use crate::time::Timestamp;
 use crate::user::{Identity, User};
 
@@ -772,8 +772,8 @@ impl Store for Laggy {
     async fn search_users(&self, query: &str, limit: u32) -> Result<Vec<User>> {
         self.inner.search_users(query, limit).await
     }
-    async fn create_room(&self, room: NewRoom) -> Result<(Room, bool)> {
-        self.inner.create_room(room).await
+    async fn create_room(&self, room: NewRoom, limits: MemberLimits) -> Result<(Room, bool)> {
+        self.inner.create_room(room, limits).await
     }
     async fn room(&self, id: RoomId) -> Result<Option<Room>> {
         self.inner.room(id).await
@@ -786,6 +786,9 @@ impl Store for Laggy {
     }
     async fn rooms_of_user(&self, user: &UserId) -> Result<Vec<RoomSummary>> {
         self.inner.rooms_of_user(user).await
+    }
+    async fn support_queue(&self, after: Option<QueueCursor>, limit: u32) -> Result<Vec<QueuedRoom>> {
+        self.inner.support_queue(after, limit).await
     }
     async fn support_rooms(&self, limit: u32) -> Result<Vec<Room>> {
         self.inner.support_rooms(limit).await
@@ -803,8 +806,8 @@ impl Store for Laggy {
     async fn member_count(&self, room: RoomId) -> Result<u64> {
         self.inner.member_count(room).await
     }
-    async fn add_member(&self, room: RoomId, user: &UserId, role: MemberRole, at: Timestamp) -> Result<bool> {
-        self.inner.add_member(room, user, role, at).await
+    async fn add_member(&self, room: RoomId, user: &UserId, joining: Joining, limits: MemberLimits) -> Result<bool> {
+        self.inner.add_member(room, user, joining, limits).await
     }
     async fn remove_member(&self, room: RoomId, user: &UserId) -> Result<bool> {
         self.inner.remove_member(room, user).await
@@ -812,7 +815,7 @@ impl Store for Laggy {
     async fn co_members(&self, user: &UserId) -> Result<Vec<UserId>> {
         self.inner.co_members(user).await
     }
-    async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>> {
+    async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Appended>>> {
         self.inner.append_messages(batch).await
     }
     async fn message(&self, room: RoomId, id: MessageId) -> Result<Option<Message>> {
@@ -2061,4 +2064,223 @@ async fn an_agent_claims_and_closes_a_support_room_for_a_bridge() {
     let group = alice.group(Visibility::Public, &[]).await;
     let err = engine.close_room_as("rec", agent_user("agent"), group.id).await.expect_err("a group room");
     assert_eq!(err.code().as_str(), "invalid");
+}
+
+// ---------------------------------------------------------------------------
+// Hardening (issue #21): quotas, visitors, the support queue, who may write
+// ---------------------------------------------------------------------------
+
+fn visitor(id: &str) -> Identity {
+    Identity { roles: Some(vec!["visitor".into()]), ..Identity::new(uid(&format!("visitor:{id}"))) }
+}
+
+fn group_with(name: &str, members: &[UserId]) -> Command {
+    Command::RoomCreate(CreateRoom {
+        kind: RoomKind::Group,
+        name: Some(name.into()),
+        visibility: Some(Visibility::Private),
+        members: members.to_vec(),
+    })
+}
+
+/// Others adding a user to rooms never fills that user's quota: the agent
+/// below is in many rooms others made and still creates and joins rooms.
+#[tokio::test(start_paused = true)]
+async fn rooms_others_add_a_user_to_never_lock_them_out() {
+    let engine = engine_with(limits(Limits { max_rooms_per_user: 3, ..Limits::default() })).await;
+    let mut agent = connect_as(&engine, support("agent")).await;
+    for n in 0..4 {
+        let mut attacker = connect(&engine, &format!("attacker{n}")).await;
+        for i in 0..3 {
+            attacker.ok(group_with(&format!("spam {i}"), &[agent.id()])).await;
+        }
+        assert_eq!(attacker.err(group_with("one more", &[agent.id()])).await, "forbidden", "their own quota holds");
+    }
+    assert_eq!(engine.store().room_count_of_user(&agent.id()).await.expect("store answers"), 12);
+    let mut customer = connect(&engine, "customer").await;
+    let support_room = room_of(customer.ok(create(RoomKind::Support, None, &[])).await);
+    customer.join(support_room.id).await;
+    customer.say(support_room.id, "hello?").await;
+    agent.drain().await;
+    agent.join(support_room.id).await;
+    for i in 0..3 {
+        agent.ok(group_with(&format!("mine {i}"), &[])).await;
+    }
+    assert_eq!(agent.err(group_with("mine 3", &[])).await, "forbidden", "what they did themselves counts");
+}
+
+/// Room creations and invitations are limited per user, across sessions.
+#[tokio::test(start_paused = true)]
+async fn adding_others_is_rate_limited_per_user() {
+    let engine = engine_with(limits(Limits { room_actions_per_minute: 4, ..Limits::default() })).await;
+    let mut a1 = connect(&engine, "alice").await;
+    let mut a2 = connect(&engine, "alice").await;
+    let bob = connect(&engine, "bob").await;
+    let room = a1.group(Visibility::Private, &[]).await;
+    a2.ok(group_with("two", &[bob.id()])).await;
+    a1.ok(invite(room.id, &bob.id())).await;
+    a2.ok(group_with("four", &[])).await;
+    assert_eq!(a1.err(group_with("five", &[])).await, "rate_limited");
+    let carol = connect(&engine, "carol").await;
+    assert_eq!(a2.err(invite(room.id, &carol.id())).await, "rate_limited", "the other session shares the allowance");
+    let mut other = connect(&engine, "dave").await;
+    other.ok(group_with("unaffected", &[])).await;
+    tokio::time::advance(Duration::from_secs(16)).await;
+    a1.ok(invite(room.id, &carol.id())).await;
+}
+
+/// A visitor may open their support room and talk in it, and nothing else.
+#[tokio::test(start_paused = true)]
+async fn visitors_are_kept_to_their_own_support_room() {
+    let engine = engine().await;
+    let mut v = connect_as(&engine, visitor("v1")).await;
+    let mut agent = connect_as(&engine, support("agent")).await;
+    let mut alice = connect(&engine, "alice").await;
+    let public = alice.group(Visibility::Public, &[]).await;
+    let room = room_of(v.ok(create(RoomKind::Support, None, &[])).await);
+    v.join(room.id).await;
+    v.say(room.id, "hi").await;
+    agent.drain().await;
+    agent.join(room.id).await;
+    let answer = agent.say(room.id, "hello, how can I help?").await;
+
+    let refused: Vec<(&str, Command)> = vec![
+        ("a direct room", create(RoomKind::Direct, None, &[alice.id()])),
+        ("a group room", create(RoomKind::Group, None, &[])),
+        ("joining a public room", join(public.id)),
+        ("inviting", invite(room.id, &alice.id())),
+        ("searching users", search("a", None)),
+        ("listing who is online", Command::UsersOnline),
+        ("setting a status", presence(PresenceStatus::Away)),
+        ("deleting the agent's message", delete(room.id, answer.id)),
+    ];
+    for (what, command) in refused {
+        assert_eq!(v.err(command).await, "forbidden", "{what}");
+    }
+    assert!(!engine.store().message(room.id, answer.id).await.expect("store answers").expect("kept").deleted);
+    assert_eq!(engine.online_users_for(&visitor("v1")).await.expect_err("refused").code(), crate::ErrorCode::Forbidden);
+    // Others cannot pull a visitor into their rooms either.
+    let direct = create(RoomKind::Direct, None, &[v.id()]);
+    assert_eq!(alice.err(direct).await, "forbidden");
+    assert_eq!(alice.err(invite(public.id, &v.id())).await, "forbidden");
+    // What a visitor may do.
+    let own = v.say(room.id, "typo").await;
+    v.ok(edit(room.id, own.id, "fixed")).await;
+    v.ok(delete(room.id, own.id)).await;
+    v.ok(typing_start(room.id)).await;
+    v.ok(read(room.id, 2)).await;
+    v.ok(history(room.id, None, None, None)).await;
+    v.ok(Command::Ping).await;
+}
+
+/// A visitor has one open support room: asking again returns it, also when
+/// the requests race; once it is closed, the next request opens a new one.
+#[tokio::test(start_paused = true)]
+async fn a_visitor_has_one_open_support_room() {
+    let engine = engine().await;
+    let mut v = connect_as(&engine, visitor("v1")).await;
+    let first = room_of(v.ok(create(RoomKind::Support, None, &[])).await);
+    let again = room_of(v.ok(create(RoomKind::Support, None, &[])).await);
+    assert_eq!(again.id, first.id);
+    let agent = User { roles: vec!["support".into()], ..User::new(uid("agent"), "Agent") };
+    engine.close_room_as("test", agent, first.id).await.expect("closed");
+    let next = room_of(v.ok(create(RoomKind::Support, None, &[])).await);
+    assert_ne!(next.id, first.id);
+}
+
+/// However many empty support rooms exist, agents see every room with a
+/// message, longest waiting first, in `ready` and page by page.
+#[tokio::test(start_paused = true)]
+async fn agents_see_every_waiting_customer_however_much_spam() {
+    let engine = engine_with(limits(Limits { support_queue: 5, ..Limits::default() })).await;
+    let mut customers = Vec::new();
+    for n in 0..7 {
+        let mut c = connect_as(&engine, visitor(&format!("c{n}"))).await;
+        let room = room_of(c.ok(create(RoomKind::Support, None, &[])).await);
+        c.join(room.id).await;
+        c.say(room.id, "help").await;
+        customers.push(room.id);
+        tokio::time::advance(Duration::from_millis(5)).await;
+        for s in 0..20 {
+            let mut spam = connect_as(&engine, visitor(&format!("s{n}-{s}"))).await;
+            spam.ok(create(RoomKind::Support, None, &[])).await;
+        }
+    }
+    let agent = connect_as(&engine, support("agent")).await;
+    let listed: Vec<RoomId> = agent.ready.rooms.iter().map(|s| s.room.id).collect();
+    assert_eq!(listed, customers[..5], "the first page of the queue, longest waiting first, no empty room");
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = engine.support_queue(&support("agent"), cursor.as_deref(), Some(3)).await.expect("a page");
+        seen.extend(page.rooms.iter().map(|q| q.room.id));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, customers, "paging visits every waiting room once, in order");
+    let stranger = connect(&engine, "stranger").await;
+    let refused = engine.support_queue(&Identity::new(stranger.id()), None, None).await.expect_err("agents only");
+    assert_eq!(refused.code(), crate::ErrorCode::Forbidden);
+    let bad = engine.support_queue(&support("agent"), Some("nonsense"), None).await.expect_err("a bad cursor");
+    assert_eq!(bad.code(), crate::ErrorCode::Invalid);
+}
+
+/// A support room that gets its first message is announced to the agents
+/// connected, without making them members.
+#[tokio::test(start_paused = true)]
+async fn agents_hear_of_a_room_entering_the_queue() {
+    let engine = engine().await;
+    let mut agent = connect_as(&engine, support("agent")).await;
+    let mut v = connect_as(&engine, visitor("v1")).await;
+    let room = room_of(v.ok(create(RoomKind::Support, None, &[])).await);
+    v.join(room.id).await;
+    agent.quiet().await;
+    v.say(room.id, "first").await;
+    assert_eq!(room_added(agent.event().await).id, room.id);
+    v.say(room.id, "second").await;
+    agent.quiet().await;
+    assert!(engine.store().member(room.id, &agent.id()).await.expect("store answers").is_none());
+}
+
+/// The store decides who may write: a session whose hub still lists a room
+/// (as another process's leave would leave it) cannot post once the
+/// membership is gone, and nothing is stored.
+#[tokio::test(start_paused = true)]
+async fn a_former_member_cannot_post_through_a_stale_session() {
+    let engine = engine().await;
+    let mut alice = connect(&engine, "alice").await;
+    let mut bob = connect(&engine, "bob").await;
+    let room = alice.group(Visibility::Private, &[bob.id()]).await;
+    bob.join(room.id).await;
+    bob.say(room.id, "still here").await;
+    // Another process removed bob: this process's hub never heard of it.
+    assert!(engine.store().remove_member(room.id, &bob.id()).await.expect("store answers"));
+    assert_eq!(bob.err(send(room.id, "c-late", "sneaky")).await, "not_member");
+    assert_eq!(bob.err(history(room.id, None, None, None)).await, "not_member");
+    assert_eq!(bob.err(typing_start(room.id)).await, "not_member");
+    assert_eq!(last_seq(&engine, room.id).await, 1, "nothing was stored");
+    alice.say(room.id, "next").await;
+    assert_eq!(last_seq(&engine, room.id).await, 2, "the seq stays gapless");
+}
+
+/// Room names that reorder or hide part of themselves are refused.
+#[tokio::test(start_paused = true)]
+async fn room_names_with_direction_overrides_are_refused() {
+    let engine = engine().await;
+    let mut alice = connect(&engine, "alice").await;
+    for name in ["Team\u{202E}txt.exe", "\u{2067}admins", "a\u{200B}b"] {
+        let command = Command::RoomCreate(CreateRoom {
+            kind: RoomKind::Group,
+            name: Some(name.into()),
+            visibility: None,
+            members: vec![],
+        });
+        assert_eq!(alice.err(command).await, "invalid", "{name:?}");
+    }
+    let bad = Identity { name: Some("Ada\u{202E}".into()), ..Identity::new(uid("mallory")) };
+    let err = engine.open_session(bad).await.expect_err("a spoofing display name");
+    assert_eq!(err.code(), crate::ErrorCode::Invalid);
 }

@@ -6,12 +6,12 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::Store;
+use super::{Joining, MemberLimits, QueueCursor, QueuedRoom, Store};
 use crate::bridge::{BridgeStore, Job, JobCounts, JobStatus, NewJob};
 use crate::error::{Error, Result};
 use crate::id::{MessageId, RoomId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, Message, NewMessage};
-use crate::room::{Member, MemberRole, NewRoom, ReceiptKind, Room, RoomKind, RoomSummary};
+use crate::room::{Member, NewRoom, ReceiptKind, Room, RoomKind, RoomSummary};
 use crate::time::Timestamp;
 use crate::user::User;
 
@@ -28,6 +28,10 @@ struct State {
     rooms: HashMap<RoomId, RoomState>,
     direct: HashMap<String, RoomId>,
     memberships: HashMap<UserId, HashSet<RoomId>>,
+    /// How many rooms each user created or joined by themselves.
+    own_rooms: HashMap<UserId, u64>,
+    /// Each creator's open support room.
+    open_support: HashMap<UserId, RoomId>,
     /// Bridge jobs by id; ids only grow, so the map is in enqueue order.
     jobs: BTreeMap<i64, Job>,
     last_job_id: i64,
@@ -41,6 +45,10 @@ struct State {
 struct RoomState {
     room: Room,
     last_activity: Timestamp,
+    /// When the first message was stored.
+    first_message_at: Option<Timestamp>,
+    /// The members who joined by themselves.
+    self_joined: HashSet<UserId>,
     /// Members in joining order, each with a monotonically growing position.
     members: BTreeMap<u64, Member>,
     member_pos: HashMap<UserId, u64>,
@@ -50,7 +58,15 @@ struct RoomState {
     idempotency: HashMap<(UserId, String), usize>,
 }
 
+fn quota_error(limits: MemberLimits) -> Error {
+    Error::forbidden(format!("you have created or joined the maximum number of rooms ({})", limits.max_own_rooms))
+}
+
 impl State {
+    fn own_room_count(&self, user: &UserId) -> u64 {
+        self.own_rooms.get(user).copied().unwrap_or(0)
+    }
+
     fn message_mut(&mut self, room: RoomId, id: MessageId) -> Option<&mut Message> {
         let rs = self.rooms.get_mut(&room)?;
         let idx = *rs.by_id.get(&id)?;
@@ -121,7 +137,7 @@ impl Store for MemoryStore {
         Ok(found)
     }
 
-    async fn create_room(&self, new: NewRoom) -> Result<(Room, bool)> {
+    async fn create_room(&self, new: NewRoom, limits: MemberLimits) -> Result<(Room, bool)> {
         let mut state = self.lock();
         let direct_key = match (new.kind, new.members.as_slice()) {
             (RoomKind::Direct, [(a, _), (b, _)]) => Some(NewRoom::direct_key(a, b)),
@@ -133,6 +149,14 @@ impl Store for MemoryStore {
                 return Ok((existing.room.clone(), false));
             }
         }
+        if new.kind == RoomKind::Support {
+            if let Some(existing) = state.open_support.get(&new.created_by).and_then(|id| state.rooms.get(id)) {
+                return Ok((existing.room.clone(), false));
+            }
+        }
+        if state.own_room_count(&new.created_by) >= limits.max_own_rooms {
+            return Err(quota_error(limits));
+        }
         if state.rooms.contains_key(&new.id) {
             return Err(Error::conflict("room id already taken"));
         }
@@ -140,6 +164,8 @@ impl Store for MemoryStore {
         let mut rs = RoomState {
             room: room.clone(),
             last_activity: new.created_at,
+            first_message_at: None,
+            self_joined: HashSet::from([new.created_by.clone()]),
             members: BTreeMap::new(),
             member_pos: HashMap::new(),
             next_pos: 0,
@@ -161,6 +187,10 @@ impl Store for MemoryStore {
         if let Some(key) = direct_key {
             state.direct.insert(key, room.id);
         }
+        if room.kind == RoomKind::Support {
+            state.open_support.insert(room.created_by.clone(), room.id);
+        }
+        *state.own_rooms.entry(room.created_by.clone()).or_default() += 1;
         state.rooms.insert(room.id, rs);
         Ok((room, true))
     }
@@ -182,7 +212,11 @@ impl Store for MemoryStore {
         let Some(rs) = state.rooms.get_mut(&id) else { return Ok(None) };
         let changed = !rs.room.closed;
         rs.room.closed = true;
-        Ok(Some((rs.room.clone(), changed)))
+        let room = rs.room.clone();
+        if state.open_support.get(&room.created_by) == Some(&room.id) {
+            state.open_support.remove(&room.created_by);
+        }
+        Ok(Some((room, changed)))
     }
 
     async fn rooms_of_user(&self, user: &UserId) -> Result<Vec<RoomSummary>> {
@@ -200,6 +234,23 @@ impl Store for MemoryStore {
             .collect();
         rooms.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.room.id.cmp(&a.1.room.id)));
         Ok(rooms.into_iter().map(|(_, s)| s).collect())
+    }
+
+    async fn support_queue(&self, after: Option<QueueCursor>, limit: u32) -> Result<Vec<QueuedRoom>> {
+        let state = self.lock();
+        let mut rooms: Vec<(Timestamp, RoomId, &Room)> = state
+            .rooms
+            .values()
+            .filter(|rs| rs.room.kind == RoomKind::Support && !rs.room.closed)
+            .filter_map(|rs| Some((rs.first_message_at?, rs.room.id, &rs.room)))
+            .filter(|(at, id, _)| after.is_none_or(|c| (*at, *id) > (c.waiting_since, c.room_id)))
+            .collect();
+        rooms.sort_by_key(|r| (r.0, r.1));
+        Ok(rooms
+            .into_iter()
+            .take(limit as usize)
+            .map(|(waiting_since, _, room)| QueuedRoom { room: room.clone(), waiting_since })
+            .collect())
     }
 
     async fn support_rooms(&self, limit: u32) -> Result<Vec<Room>> {
@@ -232,17 +283,29 @@ impl Store for MemoryStore {
         Ok(self.lock().rooms.get(&room).map_or(0, |rs| rs.members.len() as u64))
     }
 
-    async fn add_member(&self, room: RoomId, user: &UserId, role: MemberRole, at: Timestamp) -> Result<bool> {
+    async fn add_member(&self, room: RoomId, user: &UserId, joining: Joining, limits: MemberLimits) -> Result<bool> {
         let mut state = self.lock();
+        let own = state.own_room_count(user);
         let Some(rs) = state.rooms.get_mut(&room) else {
             return Err(Error::NotFound("room"));
         };
-        let added =
-            rs.add(Member { room_id: room, user_id: user.clone(), role, joined_at: at, delivered_seq: 0, read_seq: 0 });
-        if added {
-            state.memberships.entry(user.clone()).or_default().insert(room);
+        if rs.member_pos.contains_key(user) {
+            return Ok(false);
         }
-        Ok(added)
+        if rs.members.len() as u64 >= limits.max_members {
+            return Err(Error::forbidden("the room is full"));
+        }
+        if joining.self_joined && own >= limits.max_own_rooms {
+            return Err(quota_error(limits));
+        }
+        let Joining { role, at, self_joined } = joining;
+        rs.add(Member { room_id: room, user_id: user.clone(), role, joined_at: at, delivered_seq: 0, read_seq: 0 });
+        if self_joined {
+            rs.self_joined.insert(user.clone());
+            *state.own_rooms.entry(user.clone()).or_default() += 1;
+        }
+        state.memberships.entry(user.clone()).or_default().insert(room);
+        Ok(true)
     }
 
     async fn remove_member(&self, room: RoomId, user: &UserId) -> Result<bool> {
@@ -254,6 +317,14 @@ impl Store for MemoryStore {
             return Ok(false);
         };
         rs.members.remove(&pos);
+        if rs.self_joined.remove(user) {
+            if let Some(n) = state.own_rooms.get_mut(user) {
+                *n -= 1;
+                if *n == 0 {
+                    state.own_rooms.remove(user);
+                }
+            }
+        }
         if let Some(set) = state.memberships.get_mut(user) {
             set.remove(&room);
             if set.is_empty() {
@@ -274,20 +345,25 @@ impl Store for MemoryStore {
         Ok(out.into_iter().collect())
     }
 
-    async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>> {
+    async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Appended>>> {
         let mut state = self.lock();
-        // Check every room first so that a bad batch changes nothing.
-        if batch.iter().any(|m| !state.rooms.contains_key(&m.room_id)) {
-            return Err(Error::NotFound("room"));
-        }
         let mut out = Vec::with_capacity(batch.len());
         for new in batch {
             let Some(rs) = state.rooms.get_mut(&new.room_id) else {
-                return Err(Error::NotFound("room"));
+                out.push(Err(Error::NotFound("room")));
+                continue;
             };
+            if rs.room.closed {
+                out.push(Err(Error::forbidden("the room is closed")));
+                continue;
+            }
+            if !rs.member_pos.contains_key(&new.sender_id) {
+                out.push(Err(Error::NotMember));
+                continue;
+            }
             let key = (new.sender_id.clone(), new.client_msg_id.clone());
             if let Some(&idx) = rs.idempotency.get(&key) {
-                out.push(Appended { message: rs.messages[idx].clone(), created: false });
+                out.push(Ok(Appended { message: rs.messages[idx].clone(), created: false }));
                 continue;
             }
             let seq = rs.room.last_seq + 1;
@@ -295,6 +371,7 @@ impl Store for MemoryStore {
             rs.room.last_seq = seq;
             // The newest time seen: a message stamped earlier must not make the room look older.
             rs.last_activity = rs.last_activity.max(message.created_at);
+            rs.first_message_at.get_or_insert(message.created_at);
             let idx = rs.messages.len();
             rs.messages.push(message.clone());
             rs.by_id.insert(message.id, idx);
@@ -303,7 +380,7 @@ impl Store for MemoryStore {
                 m.read_seq = m.read_seq.max(seq);
                 m.delivered_seq = m.delivered_seq.max(seq);
             }
-            out.push(Appended { message, created: true });
+            out.push(Ok(Appended { message, created: true }));
         }
         Ok(out)
     }

@@ -15,6 +15,16 @@
 //!   committed. The engine acknowledges sends only after that, and batches
 //!   concurrent sends itself (group commit), so an implementation should make one
 //!   durable commit per call, not one per message.
+//! - **Who may write.** `append_messages` refuses, message by message, a
+//!   sender who is not a member of the room, a closed room and a missing room,
+//!   in the transaction that stores the batch: no cache of another process can
+//!   let a former member write.
+//! - **Limits** on memberships ([`MemberLimits`]) are checked in the
+//!   transaction that inserts the membership, so that they hold exactly under
+//!   concurrent requests from any number of processes. A membership records
+//!   whether the user joined by themselves (created or joined the room) or was
+//!   added by someone else; only the former count towards a user's quota, so
+//!   nobody can fill another user's quota.
 //! - **Cursors** only move forward; reading implies delivery.
 //! - **Errors** are classified: an unreachable backend is
 //!   [`Error::Unavailable`](crate::Error::Unavailable), never a panic, and no
@@ -31,6 +41,52 @@ use crate::error::Result;
 use crate::id::{MessageId, RoomId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, Message, NewMessage};
 use crate::room::{Member, MemberRole, NewRoom, ReceiptKind, Room, RoomSummary};
+
+/// The limits a new membership must keep. A store checks them in the
+/// transaction that inserts the membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberLimits {
+    /// Most rooms a user may have created or joined by themselves. Rooms that
+    /// others added the user to do not count.
+    pub max_own_rooms: u64,
+    /// Most members one room may have.
+    pub max_members: u64,
+}
+
+impl MemberLimits {
+    /// No limit at all (for tools and tests).
+    pub const NONE: MemberLimits = MemberLimits { max_own_rooms: u64::MAX, max_members: u64::MAX };
+}
+
+/// How a user becomes a member of a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joining {
+    /// The role they get.
+    pub role: MemberRole,
+    /// When.
+    pub at: Timestamp,
+    /// `true` when the user joins by themselves (counts towards
+    /// [`MemberLimits::max_own_rooms`]); `false` when someone else adds them.
+    pub self_joined: bool,
+}
+
+/// Where a page of the support queue starts: after this room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QueueCursor {
+    /// The room's [`QueuedRoom::waiting_since`].
+    pub waiting_since: Timestamp,
+    /// The room's id, which orders rooms waiting since the same millisecond.
+    pub room_id: RoomId,
+}
+
+/// A room of the support queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedRoom {
+    /// The room.
+    pub room: Room,
+    /// When its first message was stored: how long the visitor has waited.
+    pub waiting_since: Timestamp,
+}
 use crate::time::Timestamp;
 use crate::user::User;
 
@@ -51,9 +107,17 @@ pub trait Store: Send + Sync + 'static {
     /// name then id, at most `limit`.
     async fn search_users(&self, query: &str, limit: u32) -> Result<Vec<User>>;
 
-    /// Makes a room with its initial members. For a `direct` room whose pair of
-    /// members already has one, returns that room and `false` instead.
-    async fn create_room(&self, room: NewRoom) -> Result<(Room, bool)>;
+    /// Makes a room with its initial members: the first, its creator
+    /// (`created_by`), joins by themselves; the others are added by the
+    /// creator. Returns an existing room and `false` instead for a `direct`
+    /// room whose pair of members already has one, and for a `support` room
+    /// whose creator has one that is not closed (a creator has at most one
+    /// open support room, also when two requests race).
+    ///
+    /// Fails with [`Error::Forbidden`](crate::Error::Forbidden) when the
+    /// creator already has [`MemberLimits::max_own_rooms`] rooms of their own,
+    /// counted in the same transaction; an existing room is returned all the same.
+    async fn create_room(&self, room: NewRoom, limits: MemberLimits) -> Result<(Room, bool)>;
 
     /// One room, if it exists.
     async fn room(&self, id: RoomId) -> Result<Option<Room>>;
@@ -73,11 +137,19 @@ pub trait Store: Send + Sync + 'static {
     /// activity first.
     async fn rooms_of_user(&self, user: &UserId) -> Result<Vec<RoomSummary>>;
 
-    /// The support queue: support rooms, newest activity first (ties by room
-    /// id, descending), at most `limit`. Agents' room lists show these.
+    /// The support queue: support rooms that are not closed and have at least
+    /// one message, longest waiting first (by [`QueuedRoom::waiting_since`],
+    /// then room id), starting after `after`, at most `limit`. Empty support
+    /// rooms never show, however many there are.
+    async fn support_queue(&self, after: Option<QueueCursor>, limit: u32) -> Result<Vec<QueuedRoom>>;
+
+    /// Support rooms, closed ones included, newest activity first (ties by
+    /// room id, descending), at most `limit`. Bridges catch up from these:
+    /// what happened lately, a close included, is what a lost event could
+    /// have kept from them.
     async fn support_rooms(&self, limit: u32) -> Result<Vec<Room>>;
 
-    /// How many rooms the user is a member of.
+    /// How many rooms the user is a member of (however they became one).
     async fn room_count_of_user(&self, user: &UserId) -> Result<u64>;
 
     /// One membership, if the user is a member.
@@ -90,8 +162,12 @@ pub trait Store: Send + Sync + 'static {
     async fn member_count(&self, room: RoomId) -> Result<u64>;
 
     /// Adds a member with cursors at 0. Returns `false` (and changes nothing)
-    /// when the user already is one.
-    async fn add_member(&self, room: RoomId, user: &UserId, role: MemberRole, at: Timestamp) -> Result<bool>;
+    /// when the user already is one, [`Error::NotFound`](crate::Error::NotFound)
+    /// when the room does not exist, and [`Error::Forbidden`](crate::Error::Forbidden)
+    /// when the room has [`MemberLimits::max_members`] members or, for a user
+    /// joining by themselves, when they have [`MemberLimits::max_own_rooms`]
+    /// rooms of their own; both counted in the inserting transaction.
+    async fn add_member(&self, room: RoomId, user: &UserId, joining: Joining, limits: MemberLimits) -> Result<bool>;
 
     /// Removes a member. Returns `false` when the user was not one.
     async fn remove_member(&self, room: RoomId, user: &UserId) -> Result<bool>;
@@ -99,12 +175,18 @@ pub trait Store: Send + Sync + 'static {
     /// The distinct users who share at least one room with `user`, without `user`.
     async fn co_members(&self, user: &UserId) -> Result<Vec<UserId>>;
 
-    /// Stores a batch of messages in one durable commit and returns one
-    /// [`Appended`] per input, in input order. Each new message gets the next
-    /// seq of its room; its sender's read and delivered cursors move up to it.
-    /// A duplicate (same room, sender and `client_msg_id` as a stored message or
+    /// Stores a batch of messages in one durable commit and returns one answer
+    /// per input, in input order. Each new message gets the next seq of its
+    /// room; its sender's read and delivered cursors move up to it. A
+    /// duplicate (same room, sender and `client_msg_id` as a stored message or
     /// an earlier one in the batch) stores nothing and returns the first message.
-    async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>>;
+    ///
+    /// A message is refused, alone, when at the commit its room does not exist
+    /// ([`Error::NotFound`](crate::Error::NotFound)), is closed
+    /// ([`Error::Forbidden`](crate::Error::Forbidden)) or its sender is not a
+    /// member ([`Error::NotMember`](crate::Error::NotMember)); the rest of the
+    /// batch is stored. The outer error is for a batch that failed whole.
+    async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Result<Appended>>>;
 
     /// One message of a room, if it exists.
     async fn message(&self, room: RoomId, id: MessageId) -> Result<Option<Message>>;

@@ -24,6 +24,11 @@ pub(crate) fn group(members: &[&str]) -> chat_core::NewRoom {
     }
 }
 
+/// The answers of an append whose every message must be accepted.
+pub(crate) fn accepted(answers: Vec<chat_core::Result<chat_core::Appended>>) -> Vec<chat_core::Appended> {
+    answers.into_iter().map(|a| a.expect("a member's message to an open room is accepted")).collect()
+}
+
 /// A message from `sender` into `room` with its idempotency key.
 pub(crate) fn msg(room: chat_core::RoomId, sender: &str, client_msg_id: &str) -> chat_core::NewMessage {
     use chat_core::{MessageId, NewMessage, Timestamp};
