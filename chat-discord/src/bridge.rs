@@ -15,7 +15,10 @@
 //! - the **worker** runs due jobs, one queue (room) at a time in order, and
 //!   stores every id Discord hands back before the job counts as done;
 //! - the **gateway** keeps serenity's shard connected and feeds what agents
-//!   write into the **inbound** task, which posts it into rooms in order.
+//!   write into the **inbound** task, which posts it into rooms in order;
+//! - the **watcher** looks at the shard every quarter second, so that a
+//!   lost gateway shows in `/health` and no agent counts while it is gone
+//!   (serenity tells handlers nothing when a resume or a restart fails).
 //!
 //! Who the agents are and who of them is online (the [`Roster`]) is built
 //! by a collector on the shard, which sees the gateway's events in the
@@ -43,7 +46,7 @@ use serenity::all::{
     Attachment, ChannelId, ChunkGuildFilter, ClientBuilder, ComponentInteraction, ConnectionStage, Context,
     EventHandler, GatewayIntents, Guild, GuildId, GuildMemberUpdateEvent, GuildMembersChunkEvent, Interaction,
     InteractionId, Member, Message, MessageId as DiscordMessageId, MessageUpdateEvent, OnlineStatus, Presence, Ready,
-    RoleId, ShardStageUpdateEvent, TypingStartEvent, User as DiscordUser, WebhookId,
+    ResumedEvent, RoleId, TypingStartEvent, User as DiscordUser, WebhookId,
 };
 use serenity::gateway::{CollectorCallback, ShardManager};
 use serenity::http::{LightMethod, Route};
@@ -161,7 +164,9 @@ struct State {
     /// What the lease holder counted as online agents, while its word holds:
     /// a process on standby has no gateway and shows this instead.
     published_agents: Option<usize>,
-    connected: bool,
+    /// Whether serenity's shard runner was connected when the gateway
+    /// watcher last looked ([`watch_gateway`]).
+    shard_up: bool,
     pending: u64,
     failed: u64,
     last_error: Option<String>,
@@ -182,10 +187,11 @@ struct State {
 }
 
 impl State {
-    /// Whether the gateway is connected with a whole roster: until its
-    /// snapshot came, who is online is not known.
+    /// Whether the gateway is connected with a roster that holds now: the
+    /// shard runner is connected, and since the roster's snapshot came (or
+    /// the session resumed) the watcher never saw it otherwise.
     fn connected(&self) -> bool {
-        self.active && self.connected && self.roster.complete
+        self.active && self.shard_up && self.roster.current
     }
 
     /// Agents available now. Presences are only known while the gateway is
@@ -199,6 +205,25 @@ impl State {
             return 0;
         }
         self.roster.online()
+    }
+
+    /// What the watcher saw of the shard runner. Serenity emits no stage
+    /// update when a resume or a restart fails, so this is how a lost
+    /// gateway shows: the roster stops counting until a RESUMED (the
+    /// session goes on, missed events replayed) or a fresh snapshot.
+    fn shard_seen(&mut self, up: bool) {
+        self.shard_up = up;
+        if !up {
+            self.roster.current = false;
+        }
+    }
+
+    /// RESUMED: the session goes on, and Discord replays what it missed,
+    /// so a complete roster holds again.
+    fn resumed(&mut self) {
+        if self.roster.complete {
+            self.roster.current = true;
+        }
     }
 }
 
@@ -217,6 +242,9 @@ struct Roster {
     chunks: HashSet<u32>,
     /// Whether every chunk of the answer came.
     complete: bool,
+    /// Whether it holds now: complete, and the gateway not seen lost since
+    /// (see [`State::shard_seen`]).
+    current: bool,
     /// Members holding the support role.
     agents: HashSet<u64>,
     /// Whether each member is online, idle or dnd.
@@ -274,6 +302,7 @@ impl Roster {
                 self.chunks.insert(index);
                 if self.chunks.len() >= usize::try_from(count).unwrap_or(usize::MAX) {
                     self.complete = true;
+                    self.current = true;
                 }
             }
             Seen::Chunk { .. } => {}
@@ -708,8 +737,11 @@ async fn step_up(shared: &Arc<Shared>) {
     let stop = Arc::new(AtomicBool::new(false));
     let (inbound_tx, inbound_rx) = mpsc::channel(1024);
     let worker = tokio::spawn(work(shared.clone(), stop.clone()));
-    let others =
-        vec![tokio::spawn(receive(shared.clone(), inbound_rx)), tokio::spawn(gateway(shared.clone(), inbound_tx))];
+    let others = vec![
+        tokio::spawn(receive(shared.clone(), inbound_rx)),
+        tokio::spawn(gateway(shared.clone(), inbound_tx)),
+        tokio::spawn(watch_gateway(shared.clone())),
+    ];
     *leading = Some(Leading { stop, worker, others });
     shared.state().active = true;
     // Whatever the last holder left unenqueued is found now.
@@ -725,7 +757,7 @@ async fn step_down(shared: &Shared) -> bool {
     {
         let mut state = shared.state();
         state.active = false;
-        state.connected = false;
+        state.shard_up = false;
         // Requests made so far are answered to a gateway that stops now.
         state.roster = Roster { request: state.requests, ..Roster::default() };
     }
@@ -761,6 +793,13 @@ async fn publish_agents(shared: &Shared, until: Timestamp) -> Result<()> {
     let value = format!("{count}@{}", until.as_millis());
     shared.outbox()?.set_link(NAME, LINK_STATUS, "online_agents", &value).await?;
     Ok(())
+}
+
+/// When the lease runs out, as this process last renewed it; `None` when
+/// it does not hold it.
+fn lease_until(shared: &Shared) -> Option<Timestamp> {
+    let renewed_at = *shared.renewed_at.lock().unwrap_or_else(|e| e.into_inner());
+    renewed_at.map(|at| from_now(shared.config.lease_ttl.saturating_sub(at.elapsed())))
 }
 
 async fn read_published_agents(shared: &Shared) -> Result<()> {
@@ -1495,9 +1534,49 @@ async fn gateway(shared: Arc<Shared>, inbound: mpsc::Sender<Inbound>) {
                 shared.record_error(&err);
             }
         }
-        shared.state().connected = false;
+        // The client is gone, and its shards with it.
+        *shared.shards.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        shared.state().shard_seen(false);
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// How often the gateway watcher looks at the shard.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// Looks at serenity's shard runner every [`WATCH_EVERY`]: whether it is
+/// connected ([`State::shard_seen`]), since serenity tells handlers nothing
+/// when a resume or a restart fails. When the count of online agents
+/// changes, processes on standby are told at once rather than at the next
+/// renewal of the lease, so that none of them counts agents of a gateway
+/// that is gone.
+async fn watch_gateway(shared: Arc<Shared>) {
+    let mut published = None;
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let shards = shared.shards.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match shards {
+            Some(shards) => {
+                // Applied with the runners locked: serenity records a
+                // runner's stage (there) before it hands the event that
+                // changed it (READY, RESUMED) to collectors and handlers, so
+                // no older look can undo what such an event set.
+                let runners = shards.runners.lock().await;
+                let up = runners.values().any(|runner| runner.stage == ConnectionStage::Connected);
+                shared.state().shard_seen(up);
+                drop(runners);
+            }
+            None => shared.state().shard_seen(false),
+        }
+        let count = shared.state().online_agents();
+        if published != Some(count) && lease_fresh(&shared) {
+            let Some(until) = lease_until(&shared) else { continue };
+            match publish_agents(&shared, until).await {
+                Ok(()) => published = Some(count),
+                Err(err) => tracing::debug!(error = %err, "discord bridge: cannot share the count of online agents"),
+            }
+        }
     }
 }
 
@@ -1570,7 +1649,6 @@ impl EventHandler for Handler {
         }
         {
             let mut state = self.shared.state();
-            state.connected = true;
             state.bot_user = Some(ready.user.id.get());
             // A new gateway session: member events heard before it are
             // stale. The roster is left alone: this handler may run after
@@ -1585,8 +1663,9 @@ impl EventHandler for Handler {
         let _ = self.inbound.send(Inbound::CatchUp).await;
     }
 
-    async fn shard_stage_update(&self, _ctx: Context, event: ShardStageUpdateEvent) {
-        self.shared.state().connected = event.new == ConnectionStage::Connected;
+    /// The session resumed: it goes on, so does the roster.
+    async fn resume(&self, _ctx: Context, _event: ResumedEvent) {
+        self.shared.state().resumed();
     }
 
     async fn message(&self, _ctx: Context, message: Message) {
@@ -2276,6 +2355,29 @@ mod tests {
             assert_eq!(roster.online(), want_online, "{what}");
             assert_eq!(roster.complete, want_complete, "{what}");
         }
+    }
+
+    /// Only a connected gateway counts: a lost one stops the count until it
+    /// resumes or a fresh answer comes.
+    #[test]
+    fn only_a_connected_gateway_counts_its_agents() {
+        let mut state = State { active: true, shard_up: true, ..State::default() };
+        assert_eq!((state.connected(), state.online_agents()), (false, 0), "no roster yet");
+        state.roster.apply(1, chunk(1, 0, 1, &[(1, true)], &[(1, true)]));
+        assert_eq!((state.connected(), state.online_agents()), (true, 1));
+        state.shard_seen(false);
+        assert_eq!((state.connected(), state.online_agents()), (false, 0), "lost");
+        state.shard_seen(true);
+        assert_eq!((state.connected(), state.online_agents()), (false, 0), "a new session, not yet its roster");
+        state.resumed();
+        assert_eq!((state.connected(), state.online_agents()), (true, 1), "resumed: the roster holds again");
+        state.shard_seen(false);
+        state.shard_seen(true);
+        state.roster.apply(2, chunk(2, 0, 1, &[(1, true), (2, true)], &[(1, true), (2, true)]));
+        assert_eq!((state.connected(), state.online_agents()), (true, 2), "a fresh answer");
+        state.active = false;
+        state.published_agents = Some(5);
+        assert_eq!((state.connected(), state.online_agents()), (false, 5), "on standby: the holder's word");
     }
 
     #[test]

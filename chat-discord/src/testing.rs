@@ -86,6 +86,9 @@ pub struct Discord {
     chunk_size: usize,
     /// Whether the guild is large: its GUILD_CREATE carries no members.
     large: bool,
+    /// Whether the gateway refuses connections (HTTP 503 on the upgrade),
+    /// set by [`StandIn::gateway_down`].
+    gateway_refused: bool,
     /// The `d` of every REQUEST_GUILD_MEMBERS received, in order.
     pub member_requests: Vec<Value>,
     /// The GUILD_MEMBERS_CHUNK dispatches sent, in order.
@@ -113,6 +116,8 @@ pub struct StandIn {
     pub addr: SocketAddr,
     /// What it holds.
     pub state: Arc<Mutex<Discord>>,
+    /// Tells every open gateway connection to drop.
+    drop_shards: tokio::sync::broadcast::Sender<()>,
 }
 
 /// A message as Discord's API shows it.
@@ -132,7 +137,8 @@ impl StandIn {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the stand-in");
         let addr = listener.local_addr().expect("address");
         let state = Arc::new(Mutex::new(Discord::default()));
-        let stand_in = StandIn { addr, state };
+        let (drop_shards, _) = tokio::sync::broadcast::channel(4);
+        let stand_in = StandIn { addr, state, drop_shards };
         let api = Router::new()
             .route(
                 "/users/@me",
@@ -193,6 +199,17 @@ impl StandIn {
     /// Whether a shard is connected and identified.
     pub fn gateway_connected(&self) -> bool {
         self.lock().gateway.as_ref().is_some_and(|tx| !tx.is_closed())
+    }
+
+    /// Takes the gateway down (`true`): open connections drop without a
+    /// close frame, as on a lost network, and new ones are refused (HTTP 503
+    /// on the upgrade), so resumes and restarts fail; REST goes on. `false`
+    /// lets shards connect again.
+    pub fn gateway_down(&self, down: bool) {
+        self.lock().gateway_refused = down;
+        if down {
+            let _ = self.drop_shards.send(());
+        }
     }
 
     /// A person writing in a channel, as Discord would store and dispatch it.
@@ -718,13 +735,20 @@ async fn list_messages(
 }
 
 async fn gateway_socket(State(s): State<StandIn>, ws: WebSocketUpgrade) -> Response {
+    if s.lock().gateway_refused {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the gateway is down").into_response();
+    }
     ws.on_upgrade(move |socket| shard(s, socket))
 }
 
 /// One shard connection: HELLO, then READY and the guild's GUILD_CREATE
 /// after IDENTIFY (or an invalid session after RESUME), heartbeat ACKs, and
-/// whatever the test dispatches.
+/// whatever the test dispatches. It drops when the gateway goes down.
 async fn shard(s: StandIn, socket: WebSocket) {
+    let mut dropped = s.drop_shards.subscribe();
+    if s.lock().gateway_refused {
+        return;
+    }
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
     let hello = json!({"op": 10, "d": {"heartbeat_interval": 41_250}});
@@ -759,6 +783,8 @@ async fn shard(s: StandIn, socket: WebSocket) {
                     break;
                 }
             }
+            // Dropped as a lost network drops it: no close frame.
+            _ = dropped.recv() => return,
         }
     }
 }
