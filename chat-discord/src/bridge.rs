@@ -15,7 +15,15 @@
 //! - the **worker** runs due jobs, one queue (room) at a time in order, and
 //!   stores every id Discord hands back before the job counts as done;
 //! - the **gateway** keeps serenity's shard connected and feeds what agents
-//!   write into the **inbound** task, which posts it into rooms in order.
+//!   write into the **inbound** task, which posts it into rooms in order;
+//! - the **watcher** looks at the shard every quarter second, so that a
+//!   lost gateway shows in `/health` and no agent counts while it is gone
+//!   (serenity tells handlers nothing when a resume or a restart fails).
+//!
+//! Who the agents are and who of them is online (the [`Roster`]) is built
+//! by a collector on the shard, which sees the gateway's events in the
+//! order they came; serenity runs each event's handler in a task of its
+//! own, in no order.
 //!
 //! A post job mirrors every message of its room up to its own that is not in
 //! Discord yet, oldest first, and moves the room's `posted` cursor: so the
@@ -24,7 +32,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,10 +46,11 @@ use serenity::all::{
     Attachment, ChannelId, ChunkGuildFilter, ClientBuilder, ComponentInteraction, ConnectionStage, Context,
     EventHandler, GatewayIntents, Guild, GuildId, GuildMemberUpdateEvent, GuildMembersChunkEvent, Interaction,
     InteractionId, Member, Message, MessageId as DiscordMessageId, MessageUpdateEvent, OnlineStatus, Presence, Ready,
-    RoleId, ShardStageUpdateEvent, TypingStartEvent, User as DiscordUser, WebhookId,
+    ResumedEvent, RoleId, TypingStartEvent, User as DiscordUser, WebhookId,
 };
-use serenity::gateway::ShardManager;
+use serenity::gateway::{CollectorCallback, ShardManager};
 use serenity::http::{LightMethod, Route};
+use serenity::model::event::Event as GatewayEvent;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
@@ -133,6 +142,10 @@ struct Shared {
     dropped: AtomicU64,
     /// Wakes the catch-up.
     catch_up: Notify,
+    /// How long the READY handler waits before it runs, so that tests can
+    /// make it run after the handlers of the events that followed READY.
+    #[cfg(feature = "test-support")]
+    ready_delay: Mutex<Duration>,
 }
 
 /// What runs while the lease is held.
@@ -151,26 +164,36 @@ struct State {
     /// What the lease holder counted as online agents, while its word holds:
     /// a process on standby has no gateway and shows this instead.
     published_agents: Option<usize>,
-    connected: bool,
+    /// Whether serenity's shard runner was connected when the gateway
+    /// watcher last looked ([`watch_gateway`]).
+    shard_up: bool,
     pending: u64,
     failed: u64,
     last_error: Option<String>,
     bot_user: Option<u64>,
     /// Our webhook of each channel (the forum, mapped text channels).
     webhooks: HashMap<u64, (u64, String)>,
-    /// Members of the guild holding the support role, from GUILD_CREATE,
-    /// member chunks and member events.
-    agents: HashSet<u64>,
     /// Members whose join, update or leave was handled in this gateway
-    /// session. Serenity runs every event's handler in a task of its own, so
-    /// such an event may be handled before the GUILD_CREATE (or member
-    /// chunk) it followed; what it said is newer than that snapshot and wins.
+    /// session, for their chat roles. Serenity runs every event's handler in
+    /// a task of its own, so such an event may be handled before the
+    /// GUILD_CREATE (or member chunk) it followed; what it said is newer
+    /// than that snapshot and wins.
     members_heard: HashSet<u64>,
-    /// Whether each member whose presence we heard of is online, idle or dnd.
-    available: HashMap<u64, bool>,
+    /// The agents and their presence, from the gateway's events in order.
+    roster: Roster,
+    /// The number of the last member request (a GUILD_CREATE's), for the
+    /// nonce that its chunks carry back.
+    requests: u64,
 }
 
 impl State {
+    /// Whether the gateway is connected with a roster that holds now: the
+    /// shard runner is connected, and since the roster's snapshot came (or
+    /// the session resumed) the watcher never saw it otherwise.
+    fn connected(&self) -> bool {
+        self.active && self.shard_up && self.roster.current
+    }
+
     /// Agents available now. Presences are only known while the gateway is
     /// connected; a stale count would promise visitors an answer, so none
     /// count while it is away.
@@ -178,59 +201,138 @@ impl State {
         if !self.active {
             return self.published_agents.unwrap_or(0);
         }
-        if !self.connected {
+        if !self.connected() {
             return 0;
         }
-        self.agents.iter().filter(|a| self.available.get(a).copied().unwrap_or(false)).count()
+        self.roster.online()
     }
 
-    /// A new gateway session (READY): presences and member events heard
-    /// before it are stale; GUILD_CREATE, chunks and later events refill them.
-    fn new_session(&mut self) {
-        self.available.clear();
-        self.members_heard.clear();
-    }
-
-    /// GUILD_CREATE: its members replace the agents known so far, except
-    /// members whose own event was handled already, and its presences fill
-    /// in those not heard of yet (a PRESENCE_UPDATE handled first is newer).
-    fn guild_snapshot(&mut self, agents: HashSet<u64>, presences: impl IntoIterator<Item = (u64, bool)>) {
-        let heard = &self.members_heard;
-        let mut next: HashSet<u64> = agents.into_iter().filter(|a| !heard.contains(a)).collect();
-        next.extend(self.agents.iter().filter(|a| heard.contains(a)));
-        self.agents = next;
-        for (user, available) in presences {
-            self.available.entry(user).or_insert(available);
+    /// What the watcher saw of the shard runner. Serenity emits no stage
+    /// update when a resume or a restart fails, so this is how a lost
+    /// gateway shows: the roster stops counting until a RESUMED (the
+    /// session goes on, missed events replayed) or a fresh snapshot.
+    fn shard_seen(&mut self, up: bool) {
+        self.shard_up = up;
+        if !up {
+            self.roster.current = false;
         }
     }
 
-    /// A GUILD_MEMBERS_CHUNK: members (and whether each holds the support
-    /// role) beyond those GUILD_CREATE carried, with the same precedence as
-    /// [`State::guild_snapshot`].
-    fn member_chunk(
-        &mut self,
-        members: impl IntoIterator<Item = (u64, bool)>,
-        presences: impl IntoIterator<Item = (u64, bool)>,
-    ) {
-        for (user, holds) in members {
-            if !self.members_heard.contains(&user) {
+    /// RESUMED: the session goes on, and Discord replays what it missed,
+    /// so a complete roster holds again.
+    fn resumed(&mut self) {
+        if self.roster.complete {
+            self.roster.current = true;
+        }
+    }
+}
+
+/// Who the agents are and whether each is available. Serenity runs every
+/// event's handler in a task of its own, so handlers see events in any
+/// order (READY's handler may run after GUILD_CREATE's). The roster is built
+/// instead by collectors ([`roster_collector`]), which the shard calls for
+/// each event in the order it came: from the answer to a member request
+/// made after the guild's GUILD_CREATE (a snapshot newer than any event the
+/// collector was not there for), then every later event, in order.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Roster {
+    /// The member request whose answer this roster started from (0: none yet).
+    request: u64,
+    /// The chunks of that answer received so far.
+    chunks: HashSet<u32>,
+    /// Whether every chunk of the answer came.
+    complete: bool,
+    /// Whether it holds now: complete, and the gateway not seen lost since
+    /// (see [`State::shard_seen`]).
+    current: bool,
+    /// Members holding the support role.
+    agents: HashSet<u64>,
+    /// Whether each member is online, idle or dnd.
+    available: HashMap<u64, bool>,
+    /// Members whose role, and members whose presence, an event after the
+    /// answer's first chunk told: newer than what later chunks of the
+    /// answer say of them.
+    heard_roles: HashSet<u64>,
+    heard_presences: HashSet<u64>,
+}
+
+/// What a collector saw that changes the roster, of the configured guild.
+#[derive(Debug, Clone)]
+enum Seen {
+    /// A chunk answering the member request `nonce`: members (and whether
+    /// each holds the support role) and the presences of those not offline.
+    Chunk { nonce: u64, index: u32, count: u32, members: Vec<(u64, bool)>, presences: Vec<(u64, bool)> },
+    /// GUILD_CREATE: the members and presences it carries, which are all of
+    /// them (`whole`) unless the guild is large.
+    Guild { members: Vec<(u64, bool)>, presences: Vec<(u64, bool)>, whole: bool },
+    /// PRESENCE_UPDATE: whether the member is available now.
+    Presence(u64, bool),
+    /// A member joined, changed or left: whether they hold the support role now.
+    Member(u64, bool),
+}
+
+impl Roster {
+    /// Applies what the collector of member request `request` saw, in the
+    /// order the shard received it. The answer's first chunk starts a new
+    /// roster; other events count only for the roster of their own
+    /// collector's request (earlier ones are older than its answer).
+    fn apply(&mut self, request: u64, seen: Seen) {
+        if request < self.request {
+            return;
+        }
+        match seen {
+            Seen::Chunk { nonce, index, count, members, presences } if nonce == request => {
+                if request > self.request {
+                    *self = Roster { request, ..Roster::default() };
+                }
+                for (user, holds) in members {
+                    if !self.heard_roles.contains(&user) {
+                        self.set_agent(user, holds);
+                    }
+                    // Asked with presences: a member listed without one is offline.
+                    if !self.heard_presences.contains(&user) {
+                        self.available.insert(user, false);
+                    }
+                }
+                for (user, available) in presences {
+                    if !self.heard_presences.contains(&user) {
+                        self.available.insert(user, available);
+                    }
+                }
+                self.chunks.insert(index);
+                if self.chunks.len() >= usize::try_from(count).unwrap_or(usize::MAX) {
+                    self.complete = true;
+                    self.current = true;
+                }
+            }
+            Seen::Chunk { .. } => {}
+            _ if request != self.request => {}
+            Seen::Guild { members, presences, whole } => {
+                if whole {
+                    self.agents.retain(|a| members.iter().any(|(m, _)| m == a));
+                }
+                for (user, holds) in members {
+                    self.heard_roles.insert(user);
+                    self.set_agent(user, holds);
+                    if whole {
+                        self.heard_presences.insert(user);
+                        self.available.insert(user, false);
+                    }
+                }
+                for (user, available) in presences {
+                    self.heard_presences.insert(user);
+                    self.available.insert(user, available);
+                }
+            }
+            Seen::Presence(user, available) => {
+                self.heard_presences.insert(user);
+                self.available.insert(user, available);
+            }
+            Seen::Member(user, holds) => {
+                self.heard_roles.insert(user);
                 self.set_agent(user, holds);
             }
         }
-        for (user, available) in presences {
-            self.available.entry(user).or_insert(available);
-        }
-    }
-
-    /// A PRESENCE_UPDATE: newer than any snapshot.
-    fn presence_seen(&mut self, user: u64, available: bool) {
-        self.available.insert(user, available);
-    }
-
-    /// A member joined, changed or left: newer than any snapshot.
-    fn member_event(&mut self, user: u64, holds_role: bool) {
-        self.members_heard.insert(user);
-        self.set_agent(user, holds_role);
     }
 
     fn set_agent(&mut self, user: u64, holds_role: bool) {
@@ -240,7 +342,76 @@ impl State {
             self.agents.remove(&user);
         }
     }
+
+    /// Agents online, idle or dnd.
+    fn online(&self) -> usize {
+        self.agents.iter().filter(|a| self.available.get(a).copied().unwrap_or(false)).count()
+    }
 }
+
+/// What a gateway event changes in the roster, if it concerns the guild.
+fn seen(config: &DiscordConfig, event: &GatewayEvent) -> Option<Seen> {
+    let guild = config.guild_id;
+    let presence = |p: &Presence| (p.user.id.get(), is_available(p.status));
+    match event {
+        GatewayEvent::GuildMembersChunk(chunk) if chunk.guild_id.get() == guild => {
+            let nonce = chunk.nonce.as_deref()?.strip_prefix(NONCE_PREFIX)?.parse().ok()?;
+            Some(Seen::Chunk {
+                nonce,
+                index: chunk.chunk_index,
+                count: chunk.chunk_count,
+                members: chunk.members.values().map(|m| (m.user.id.get(), holds_support(config, &m.roles))).collect(),
+                presences: chunk.presences.iter().flatten().map(presence).collect(),
+            })
+        }
+        GatewayEvent::GuildCreate(event) if event.guild.id.get() == guild => {
+            let g = &event.guild;
+            let carried = u64::try_from(g.members.len()).unwrap_or(u64::MAX);
+            Some(Seen::Guild {
+                members: g.members.values().map(|m| (m.user.id.get(), holds_support(config, &m.roles))).collect(),
+                presences: g.presences.values().map(presence).collect(),
+                whole: !g.large && carried >= g.member_count,
+            })
+        }
+        GatewayEvent::PresenceUpdate(event) if event.presence.guild_id.map(GuildId::get) == Some(guild) => {
+            let (user, available) = presence(&event.presence);
+            Some(Seen::Presence(user, available))
+        }
+        GatewayEvent::GuildMemberAdd(event) if event.member.guild_id.get() == guild => {
+            Some(Seen::Member(event.member.user.id.get(), holds_support(config, &event.member.roles)))
+        }
+        GatewayEvent::GuildMemberUpdate(event) if event.guild_id.get() == guild => {
+            Some(Seen::Member(event.user.id.get(), holds_support(config, &event.roles)))
+        }
+        GatewayEvent::GuildMemberRemove(event) if event.guild_id.get() == guild => {
+            Some(Seen::Member(event.user.id.get(), false))
+        }
+        _ => None,
+    }
+}
+
+/// The collector of member request `request`: applies the shard's events to
+/// the roster as they come, until a newer request's answer replaced it (or
+/// the bridge is gone). Called by serenity's shard runner for each event
+/// before any handler runs, with the runner's list of collectors locked: it
+/// only takes the state's lock.
+fn roster_collector(shared: Weak<Shared>, request: u64) -> CollectorCallback {
+    CollectorCallback(Box::new(move |event| {
+        let Some(shared) = shared.upgrade() else { return false };
+        let seen = seen(&shared.config, event);
+        let mut state = shared.state();
+        if request < state.roster.request {
+            return false;
+        }
+        if let Some(seen) = seen {
+            state.roster.apply(request, seen);
+        }
+        true
+    }))
+}
+
+/// The prefix of the nonce of our member requests; the request's number follows.
+const NONCE_PREFIX: &str = "chat-bridge:";
 
 fn is_available(status: OnlineStatus) -> bool {
     matches!(status, OnlineStatus::Online | OnlineStatus::Idle | OnlineStatus::DoNotDisturb)
@@ -296,8 +467,19 @@ impl DiscordBridge {
             overflowed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             catch_up: Notify::new(),
+            #[cfg(feature = "test-support")]
+            ready_delay: Mutex::new(Duration::ZERO),
         };
         Ok(DiscordBridge { shared: Arc::new(shared) })
+    }
+
+    /// Makes the handler of every later READY wait `delay` before it runs
+    /// (feature `test-support`): serenity runs each event's handler in a
+    /// task of its own, and this makes READY's run after those of the
+    /// events that followed it, as happens now and then in production.
+    #[cfg(feature = "test-support")]
+    pub fn delay_ready_handler(&self, delay: Duration) {
+        *self.shared.ready_delay.lock().unwrap_or_else(|e| e.into_inner()) = delay;
     }
 }
 
@@ -393,7 +575,7 @@ impl Bridge for DiscordBridge {
         let state = self.shared.state();
         let started = self.shared.engine.get().is_some();
         BridgeHealth {
-            connected: state.connected,
+            connected: state.connected(),
             standby: started && !state.active,
             pending: state.pending,
             failed: state.failed,
@@ -555,8 +737,11 @@ async fn step_up(shared: &Arc<Shared>) {
     let stop = Arc::new(AtomicBool::new(false));
     let (inbound_tx, inbound_rx) = mpsc::channel(1024);
     let worker = tokio::spawn(work(shared.clone(), stop.clone()));
-    let others =
-        vec![tokio::spawn(receive(shared.clone(), inbound_rx)), tokio::spawn(gateway(shared.clone(), inbound_tx))];
+    let others = vec![
+        tokio::spawn(receive(shared.clone(), inbound_rx)),
+        tokio::spawn(gateway(shared.clone(), inbound_tx)),
+        tokio::spawn(watch_gateway(shared.clone())),
+    ];
     *leading = Some(Leading { stop, worker, others });
     shared.state().active = true;
     // Whatever the last holder left unenqueued is found now.
@@ -572,8 +757,9 @@ async fn step_down(shared: &Shared) -> bool {
     {
         let mut state = shared.state();
         state.active = false;
-        state.connected = false;
-        state.available.clear();
+        state.shard_up = false;
+        // Requests made so far are answered to a gateway that stops now.
+        state.roster = Roster { request: state.requests, ..Roster::default() };
     }
     leading.stop.store(true, Ordering::SeqCst);
     shared.wake.notify_one();
@@ -607,6 +793,13 @@ async fn publish_agents(shared: &Shared, until: Timestamp) -> Result<()> {
     let value = format!("{count}@{}", until.as_millis());
     shared.outbox()?.set_link(NAME, LINK_STATUS, "online_agents", &value).await?;
     Ok(())
+}
+
+/// When the lease runs out, as this process last renewed it; `None` when
+/// it does not hold it.
+fn lease_until(shared: &Shared) -> Option<Timestamp> {
+    let renewed_at = *shared.renewed_at.lock().unwrap_or_else(|e| e.into_inner());
+    renewed_at.map(|at| from_now(shared.config.lease_ttl.saturating_sub(at.elapsed())))
 }
 
 async fn read_published_agents(shared: &Shared) -> Result<()> {
@@ -1341,9 +1534,49 @@ async fn gateway(shared: Arc<Shared>, inbound: mpsc::Sender<Inbound>) {
                 shared.record_error(&err);
             }
         }
-        shared.state().connected = false;
+        // The client is gone, and its shards with it.
+        *shared.shards.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        shared.state().shard_seen(false);
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// How often the gateway watcher looks at the shard.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// Looks at serenity's shard runner every [`WATCH_EVERY`]: whether it is
+/// connected ([`State::shard_seen`]), since serenity tells handlers nothing
+/// when a resume or a restart fails. When the count of online agents
+/// changes, processes on standby are told at once rather than at the next
+/// renewal of the lease, so that none of them counts agents of a gateway
+/// that is gone.
+async fn watch_gateway(shared: Arc<Shared>) {
+    let mut published = None;
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let shards = shared.shards.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match shards {
+            Some(shards) => {
+                // Applied with the runners locked: serenity records a
+                // runner's stage (there) before it hands the event that
+                // changed it (READY, RESUMED) to collectors and handlers, so
+                // no older look can undo what such an event set.
+                let runners = shards.runners.lock().await;
+                let up = runners.values().any(|runner| runner.stage == ConnectionStage::Connected);
+                shared.state().shard_seen(up);
+                drop(runners);
+            }
+            None => shared.state().shard_seen(false),
+        }
+        let count = shared.state().online_agents();
+        if published != Some(count) && lease_fresh(&shared) {
+            let Some(until) = lease_until(&shared) else { continue };
+            match publish_agents(&shared, until).await {
+                Ok(()) => published = Some(count),
+                Err(err) => tracing::debug!(error = %err, "discord bridge: cannot share the count of online agents"),
+            }
+        }
     }
 }
 
@@ -1382,12 +1615,12 @@ struct Handler {
 }
 
 impl Handler {
-    /// A member joined, changed or left (`roles` is `None`): availability
-    /// changes now, and so do the roles of their chat user, through the
-    /// inbound task so that it is ordered with their messages.
+    /// A member joined, changed or left (`roles` is `None`): the roles of
+    /// their chat user change, through the inbound task so that it is
+    /// ordered with their messages. (Whether they count as an agent is the
+    /// roster's, which its collector keeps.)
     async fn member_changed(&self, user: &DiscordUser, nick: Option<&str>, roles: Option<&[RoleId]>) {
-        let holds = roles.is_some_and(|held| held.iter().any(|r| r.get() == self.shared.config.support_role_id));
-        self.shared.state().member_event(user.id.get(), holds);
+        self.shared.state().members_heard.insert(user.id.get());
         let name = nick.map(str::to_owned).or_else(|| user.global_name.clone()).unwrap_or_else(|| user.name.clone());
         let now = roles.map(|held| (name, held.to_vec()));
         let _ = self.inbound.send(Inbound::Member(user.id.get(), now)).await;
@@ -1409,13 +1642,20 @@ fn holds_support(config: &DiscordConfig, held: &[RoleId]) -> bool {
 #[async_trait]
 impl EventHandler for Handler {
     async fn ready(&self, _ctx: Context, ready: Ready) {
+        #[cfg(feature = "test-support")]
+        {
+            let delay = *self.shared.ready_delay.lock().unwrap_or_else(|e| e.into_inner());
+            tokio::time::sleep(delay).await;
+        }
         {
             let mut state = self.shared.state();
-            state.connected = true;
             state.bot_user = Some(ready.user.id.get());
-            // A new gateway session: presences and member events heard
-            // before it are stale.
-            state.new_session();
+            // A new gateway session: member events heard before it are
+            // stale. The roster is left alone: this handler may run after
+            // those of the events that followed READY, and the roster is
+            // replaced, in order, by the answer to the member request that
+            // the session's GUILD_CREATE makes.
+            state.members_heard.clear();
         }
         // Whether the shard resumed or identified anew, what was written
         // while it was away is fetched: serenity often re-identifies, and
@@ -1423,8 +1663,9 @@ impl EventHandler for Handler {
         let _ = self.inbound.send(Inbound::CatchUp).await;
     }
 
-    async fn shard_stage_update(&self, _ctx: Context, event: ShardStageUpdateEvent) {
-        self.shared.state().connected = event.new == ConnectionStage::Connected;
+    /// The session resumed: it goes on, so does the roster.
+    async fn resume(&self, _ctx: Context, _event: ResumedEvent) {
+        self.shared.state().resumed();
     }
 
     async fn message(&self, _ctx: Context, message: Message) {
@@ -1457,46 +1698,38 @@ impl EventHandler for Handler {
         }
     }
 
-    /// The guild's members and presences, at every (re)connection: the
-    /// agents and who of them is available start from here. A large guild
-    /// (over serenity's `large_threshold` of 250 members, or fewer members
-    /// sent than it has) carries only some of its members: the rest, with their
-    /// presences, are requested in chunks (REQUEST_GUILD_MEMBERS, which the
-    /// GUILD_MEMBERS intent allows; presences need GUILD_PRESENCES).
+    /// The guild is available, at every (re)connection: its members and
+    /// presences are asked for (REQUEST_GUILD_MEMBERS, which the
+    /// GUILD_MEMBERS intent allows, with presences, which GUILD_PRESENCES
+    /// does), and a collector is put on the shard first that builds the
+    /// roster from the answer and every event after it, in order (see
+    /// [`Roster`]). This handler may run after those of later events; the
+    /// answer is newer than all of them. A large guild (over serenity's
+    /// `large_threshold` of 250 members) carries only some of its members
+    /// here, so it needs the request anyway. The members carried here keep
+    /// their chat users' roles current.
     async fn guild_create(&self, ctx: Context, guild: Guild, _is_new: Option<bool>) {
         if guild.id.get() != self.shared.config.guild_id {
             return;
         }
-        let config = &self.shared.config;
-        let agents =
-            guild.members.values().filter(|m| holds_support(config, &m.roles)).map(|m| m.user.id.get()).collect();
-        let presences = guild.presences.values().map(|p| (p.user.id.get(), is_available(p.status)));
-        // The snapshot is applied before the chunks are requested, so that
-        // no chunk can be handled before it.
-        self.shared.state().guild_snapshot(agents, presences);
-        let carried = u64::try_from(guild.members.len()).unwrap_or(u64::MAX);
-        if guild.large || carried < guild.member_count {
-            ctx.shard.chunk_guild(guild.id, None, true, ChunkGuildFilter::None, None);
-        }
+        let request = {
+            let mut state = self.shared.state();
+            state.requests += 1;
+            state.requests
+        };
+        ctx.shard.add_collector(roster_collector(Arc::downgrade(&self.shared), request));
+        let nonce = format!("{NONCE_PREFIX}{request}");
+        ctx.shard.chunk_guild(guild.id, None, true, ChunkGuildFilter::None, Some(nonce));
         self.snapshot(guild.members.values()).await;
     }
 
-    /// Members requested after a large guild's GUILD_CREATE, up to 1000 a chunk.
+    /// Members asked for after a GUILD_CREATE, up to 1000 a chunk: their
+    /// chat users' roles. (The roster's collector counts them.)
     async fn guild_members_chunk(&self, _ctx: Context, chunk: GuildMembersChunkEvent) {
         if chunk.guild_id.get() != self.shared.config.guild_id {
             return;
         }
-        let config = &self.shared.config;
-        let members = chunk.members.values().map(|m| (m.user.id.get(), holds_support(config, &m.roles)));
-        let presences = chunk.presences.iter().flatten().map(|p| (p.user.id.get(), is_available(p.status)));
-        self.shared.state().member_chunk(members, presences);
         self.snapshot(chunk.members.values()).await;
-    }
-
-    async fn presence_update(&self, _ctx: Context, presence: Presence) {
-        if presence.guild_id.map(GuildId::get) == Some(self.shared.config.guild_id) {
-            self.shared.state().presence_seen(presence.user.id.get(), is_available(presence.status));
-        }
     }
 
     async fn guild_member_addition(&self, _ctx: Context, member: Member) {
@@ -2018,34 +2251,133 @@ fn deleted_meanwhile(remote: u64, window: &[u64]) -> bool {
 mod tests {
     use super::*;
 
-    fn agents(state: &State) -> Vec<u64> {
-        let mut agents: Vec<u64> = state.agents.iter().copied().collect();
+    fn agents(roster: &Roster) -> Vec<u64> {
+        let mut agents: Vec<u64> = roster.agents.iter().copied().collect();
         agents.sort_unstable();
         agents
     }
 
-    /// Serenity handles each event in a task of its own: a member event
-    /// handled before the snapshot it followed is newer, and stays.
+    fn chunk(nonce: u64, index: u32, count: u32, members: &[(u64, bool)], presences: &[(u64, bool)]) -> Seen {
+        Seen::Chunk { nonce, index, count, members: members.to_vec(), presences: presences.to_vec() }
+    }
+
+    /// The roster follows the shard's events in order: the answer to a
+    /// member request starts it, events after its first chunk win over its
+    /// later chunks, events its collector saw before the answer are older
+    /// than it, and an older request's collector changes nothing.
     #[test]
-    fn member_events_win_over_an_older_snapshot() {
-        // (what, events handled before the snapshot, snapshot agents, agents after)
-        type Case<'a> = (&'a str, &'a [(u64, bool)], &'a [u64], &'a [u64]);
-        let table: [Case<'_>; 5] = [
-            ("no events: the snapshot", &[], &[1, 2], &[1, 2]),
-            ("a promotion handled first stays", &[(3, true)], &[1], &[1, 3]),
-            ("a demotion handled first stays", &[(1, false)], &[1, 2], &[2]),
-            ("a leave handled first stays", &[(2, false)], &[1, 2], &[1]),
-            ("a re-promotion handled first stays", &[(2, false), (2, true)], &[1], &[1, 2]),
+    fn the_roster_follows_the_events_in_order() {
+        // (what, events as (collector's request, event), agents after, online after, complete)
+        type Case = (&'static str, Vec<(u64, Seen)>, &'static [u64], usize, bool);
+        let table: Vec<Case> = vec![
+            ("no answer yet", vec![(1, Seen::Presence(1, true)), (1, Seen::Member(1, true))], &[], 0, false),
+            (
+                "one chunk: members without a presence are offline",
+                vec![(1, chunk(1, 0, 1, &[(1, true), (2, true), (3, false)], &[(1, true), (3, true)]))],
+                &[1, 2],
+                1,
+                true,
+            ),
+            (
+                "later events apply in order",
+                vec![
+                    (1, chunk(1, 0, 1, &[(1, true), (2, true)], &[(1, true)])),
+                    (1, Seen::Presence(2, true)),
+                    (1, Seen::Presence(1, false)),
+                    (1, Seen::Member(3, true)),
+                    (1, Seen::Presence(3, true)),
+                    (1, Seen::Member(2, false)),
+                ],
+                &[1, 3],
+                1,
+                true,
+            ),
+            (
+                "events after the first chunk win over later chunks",
+                vec![
+                    (1, chunk(1, 0, 2, &[(1, true)], &[(1, true)])),
+                    (1, Seen::Member(2, false)),
+                    (1, Seen::Presence(3, false)),
+                    (1, chunk(1, 1, 2, &[(2, true), (3, true)], &[(2, true), (3, true)])),
+                ],
+                &[1, 3],
+                1,
+                true,
+            ),
+            ("an answer not yet whole", vec![(1, chunk(1, 0, 2, &[(1, true)], &[(1, true)]))], &[1], 1, false),
+            (
+                "a newer answer replaces the roster; its collector ignores what came before it",
+                vec![
+                    (1, chunk(1, 0, 1, &[(1, true), (2, true)], &[(1, true), (2, true)])),
+                    (2, Seen::Presence(3, true)),
+                    (2, chunk(2, 0, 1, &[(2, true)], &[])),
+                    (1, Seen::Presence(2, true)),
+                    (1, Seen::Member(4, true)),
+                ],
+                &[2],
+                0,
+                true,
+            ),
+            (
+                "a chunk answering another request is not this collector's",
+                vec![(2, chunk(1, 0, 1, &[(1, true)], &[(1, true)]))],
+                &[],
+                0,
+                false,
+            ),
+            (
+                "a whole GUILD_CREATE after the answer replaces members and presences",
+                vec![
+                    (1, chunk(1, 0, 1, &[(1, true), (2, true)], &[(1, true), (2, true)])),
+                    (1, Seen::Guild { members: vec![(2, true), (3, true)], presences: vec![(3, true)], whole: true }),
+                ],
+                &[2, 3],
+                1,
+                true,
+            ),
+            (
+                "a large one changes only whom it carries",
+                vec![
+                    (1, chunk(1, 0, 1, &[(1, true), (2, true)], &[(1, true), (2, true)])),
+                    (1, Seen::Guild { members: vec![(3, true)], presences: vec![(3, true)], whole: false }),
+                ],
+                &[1, 2, 3],
+                3,
+                true,
+            ),
         ];
-        for (what, events, snapshot, want) in table {
-            let mut state = State { agents: [9].into(), ..State::default() };
-            state.new_session();
-            for &(user, holds) in events {
-                state.member_event(user, holds);
+        for (what, events, want_agents, want_online, want_complete) in table {
+            let mut roster = Roster::default();
+            for (request, seen) in events {
+                roster.apply(request, seen);
             }
-            state.guild_snapshot(snapshot.iter().copied().collect(), []);
-            assert_eq!(agents(&state), want, "{what}");
+            assert_eq!(agents(&roster), want_agents, "{what}");
+            assert_eq!(roster.online(), want_online, "{what}");
+            assert_eq!(roster.complete, want_complete, "{what}");
         }
+    }
+
+    /// Only a connected gateway counts: a lost one stops the count until it
+    /// resumes or a fresh answer comes.
+    #[test]
+    fn only_a_connected_gateway_counts_its_agents() {
+        let mut state = State { active: true, shard_up: true, ..State::default() };
+        assert_eq!((state.connected(), state.online_agents()), (false, 0), "no roster yet");
+        state.roster.apply(1, chunk(1, 0, 1, &[(1, true)], &[(1, true)]));
+        assert_eq!((state.connected(), state.online_agents()), (true, 1));
+        state.shard_seen(false);
+        assert_eq!((state.connected(), state.online_agents()), (false, 0), "lost");
+        state.shard_seen(true);
+        assert_eq!((state.connected(), state.online_agents()), (false, 0), "a new session, not yet its roster");
+        state.resumed();
+        assert_eq!((state.connected(), state.online_agents()), (true, 1), "resumed: the roster holds again");
+        state.shard_seen(false);
+        state.shard_seen(true);
+        state.roster.apply(2, chunk(2, 0, 1, &[(1, true), (2, true)], &[(1, true), (2, true)]));
+        assert_eq!((state.connected(), state.online_agents()), (true, 2), "a fresh answer");
+        state.active = false;
+        state.published_agents = Some(5);
+        assert_eq!((state.connected(), state.online_agents()), (false, 5), "on standby: the holder's word");
     }
 
     #[test]
@@ -2064,25 +2396,5 @@ mod tests {
         for (what, remote, window, deleted) in table {
             assert_eq!(deleted_meanwhile(remote, window), deleted, "{what}");
         }
-    }
-
-    #[test]
-    fn chunks_add_members_without_undoing_newer_events() {
-        let mut state = State::default();
-        state.new_session();
-        state.guild_snapshot([1].into(), [(1, true)]);
-        state.member_event(4, false);
-        state.presence_seen(2, false);
-        state.member_chunk([(2, true), (3, true), (4, true)], [(2, true), (3, true)]);
-        state.member_chunk([(5, true), (1, false)], [(5, false)]);
-        assert_eq!(agents(&state), [2, 3, 5], "4 was demoted after the chunk's snapshot; 1 changed in a chunk");
-        // The lease holder, connected: it counts from its own gateway state.
-        state.active = true;
-        state.connected = true;
-        assert_eq!(state.online_agents(), 1, "3 is online; 2's newer presence says offline; 5 is offline");
-        // A new session forgets what was heard, so its snapshot counts again.
-        state.new_session();
-        state.guild_snapshot([4].into(), []);
-        assert_eq!(agents(&state), [4]);
     }
 }

@@ -75,11 +75,20 @@ pub struct Discord {
     pub down: bool,
     gateway: Option<mpsc::UnboundedSender<Value>>,
     seq: u64,
-    /// What REQUEST_GUILD_MEMBERS (op 8) answers with, set by
-    /// [`StandIn::guild_members`]: members, presences, members per chunk.
+    /// The guild's members and presences as they are now: what the
+    /// GUILD_CREATE sent after every READY and REQUEST_GUILD_MEMBERS (op 8)
+    /// answer with. Set by [`StandIn::guild_create`] and
+    /// [`StandIn::large_guild`], kept current by the member and presence
+    /// events the tests dispatch.
     members: Vec<Value>,
     presences: Vec<Value>,
+    /// Members per GUILD_MEMBERS_CHUNK (Discord's 1000 when 0).
     chunk_size: usize,
+    /// Whether the guild is large: its GUILD_CREATE carries no members.
+    large: bool,
+    /// Whether the gateway refuses connections (HTTP 503 on the upgrade),
+    /// set by [`StandIn::gateway_down`].
+    gateway_refused: bool,
     /// The `d` of every REQUEST_GUILD_MEMBERS received, in order.
     pub member_requests: Vec<Value>,
     /// The GUILD_MEMBERS_CHUNK dispatches sent, in order.
@@ -107,6 +116,8 @@ pub struct StandIn {
     pub addr: SocketAddr,
     /// What it holds.
     pub state: Arc<Mutex<Discord>>,
+    /// Tells every open gateway connection to drop.
+    drop_shards: tokio::sync::broadcast::Sender<()>,
 }
 
 /// A message as Discord's API shows it.
@@ -126,7 +137,8 @@ impl StandIn {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the stand-in");
         let addr = listener.local_addr().expect("address");
         let state = Arc::new(Mutex::new(Discord::default()));
-        let stand_in = StandIn { addr, state };
+        let (drop_shards, _) = tokio::sync::broadcast::channel(4);
+        let stand_in = StandIn { addr, state, drop_shards };
         let api = Router::new()
             .route(
                 "/users/@me",
@@ -189,6 +201,17 @@ impl StandIn {
         self.lock().gateway.as_ref().is_some_and(|tx| !tx.is_closed())
     }
 
+    /// Takes the gateway down (`true`): open connections drop without a
+    /// close frame, as on a lost network, and new ones are refused (HTTP 503
+    /// on the upgrade), so resumes and restarts fail; REST goes on. `false`
+    /// lets shards connect again.
+    pub fn gateway_down(&self, down: bool) {
+        self.lock().gateway_refused = down;
+        if down {
+            let _ = self.drop_shards.send(());
+        }
+    }
+
     /// A person writing in a channel, as Discord would store and dispatch it.
     pub fn human_writes(&self, channel: u64, user: u64, name: &str, content: &str, live: bool) -> u64 {
         let message = {
@@ -246,42 +269,72 @@ impl StandIn {
     /// Dispatches GUILD_CREATE for [`GUILD`] with these members (id, name,
     /// roles) and presences (id, `online`/`idle`/`dnd`/`offline`), as
     /// Discord does after READY with the members and presences intents.
+    /// The guild keeps these members and presences: the GUILD_CREATE
+    /// after the next READY and member requests answer with them.
     pub fn guild_create(&self, members: &[(u64, &str, &[u64])], presences: &[(u64, &str)]) {
         let members = members_json(members);
+        let presences = presences_json(presences);
         let count = members.len();
-        self.dispatch("GUILD_CREATE", guild_json(members, presences_json(presences), false, count));
+        {
+            let mut d = self.lock();
+            d.members = members.clone();
+            d.presences = presences.clone();
+            d.large = false;
+        }
+        self.dispatch("GUILD_CREATE", guild_json(members, presences, false, count));
     }
 
     /// Dispatches GUILD_CREATE for a large [`GUILD`] of `member_count`
     /// members, as Discord does past the large threshold: marked `large`,
     /// without members or presences. The members come from
-    /// REQUEST_GUILD_MEMBERS, answered from [`StandIn::guild_members`].
+    /// REQUEST_GUILD_MEMBERS, answered from [`StandIn::large_guild`].
     pub fn large_guild_create(&self, member_count: usize) {
         self.dispatch("GUILD_CREATE", guild_json(Vec::new(), Vec::new(), true, member_count));
     }
 
-    /// The guild's members (id, name, roles) and presences that
-    /// REQUEST_GUILD_MEMBERS answers with, `chunk_size` members per
+    /// Sets the guild's members (id, name, roles) and presences without
+    /// dispatching anything: the GUILD_CREATE after each READY carries them,
+    /// as Discord's does, and member requests answer with them.
+    pub fn guild(&self, members: &[(u64, &str, &[u64])], presences: &[(u64, &str)]) {
+        let mut d = self.lock();
+        d.members = members_json(members);
+        d.presences = presences_json(presences);
+        d.large = false;
+    }
+
+    /// Makes the guild large: the GUILD_CREATE after each READY carries no
+    /// members, and REQUEST_GUILD_MEMBERS answers with these members (id,
+    /// name, roles) and presences, `chunk_size` members per
     /// GUILD_MEMBERS_CHUNK (Discord sends up to 1000).
-    pub fn guild_members(&self, members: &[(u64, &str, &[u64])], presences: &[(u64, &str)], chunk_size: usize) {
+    pub fn large_guild(&self, members: &[(u64, &str, &[u64])], presences: &[(u64, &str)], chunk_size: usize) {
         let mut d = self.lock();
         d.members = members_json(members);
         d.presences = presences_json(presences);
         d.chunk_size = chunk_size.max(1);
+        d.large = true;
     }
 
     /// Dispatches GUILD_MEMBER_ADD: someone joined [`GUILD`] with `roles`.
     pub fn member_joins(&self, user: u64, name: &str, roles: &[u64]) {
         let mut member = members_json(&[(user, name, roles)]).remove(0);
+        keep_member(&mut self.lock(), user, Some(member.clone()));
         member["guild_id"] = json!(GUILD.to_string());
         self.dispatch("GUILD_MEMBER_ADD", member);
     }
 
     /// Dispatches GUILD_MEMBER_REMOVE: someone left [`GUILD`].
-    pub fn member_leaves(&self, user: u64, name: &str) {
-        let user = json!({"id": user.to_string(), "username": name.to_lowercase(), "global_name": name});
+    pub fn member_leaves(&self, user_id: u64, name: &str) {
+        keep_member(&mut self.lock(), user_id, None);
+        let user = json!({"id": user_id.to_string(), "username": name.to_lowercase(), "global_name": name});
         self.dispatch("GUILD_MEMBER_REMOVE", json!({"guild_id": GUILD.to_string(), "user": user}));
     }
+}
+
+/// Records that a member is now `member` (`None`: left the guild).
+fn keep_member(d: &mut Discord, user: u64, member: Option<Value>) {
+    let id = user.to_string();
+    d.members.retain(|m| m["user"]["id"].as_str() != Some(id.as_str()));
+    d.members.extend(member);
 }
 
 /// Member objects as Discord sends them in a guild.
@@ -319,6 +372,12 @@ fn guild_json(members: Vec<Value>, presences: Vec<Value>, large: bool, member_co
 impl StandIn {
     /// Dispatches PRESENCE_UPDATE for a member of [`GUILD`].
     pub fn presence(&self, user: u64, status: &str) {
+        {
+            let mut d = self.lock();
+            let id = user.to_string();
+            d.presences.retain(|p| p["user"]["id"].as_str() != Some(id.as_str()));
+            d.presences.extend(presences_json(&[(user, status)]));
+        }
         let presence = json!({"user": {"id": user.to_string()}, "guild_id": GUILD.to_string(), "status": status,
             "activities": [], "client_status": {}});
         self.dispatch("PRESENCE_UPDATE", presence);
@@ -326,6 +385,7 @@ impl StandIn {
 
     /// Dispatches GUILD_MEMBER_UPDATE: the member's roles are now `roles`.
     pub fn member_roles(&self, user: u64, name: &str, roles: &[u64]) {
+        keep_member(&mut self.lock(), user, members_json(&[(user, name, roles)]).pop());
         let member = json!({
             "guild_id": GUILD.to_string(),
             "user": {"id": user.to_string(), "username": name.to_lowercase(), "global_name": name},
@@ -675,12 +735,20 @@ async fn list_messages(
 }
 
 async fn gateway_socket(State(s): State<StandIn>, ws: WebSocketUpgrade) -> Response {
+    if s.lock().gateway_refused {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the gateway is down").into_response();
+    }
     ws.on_upgrade(move |socket| shard(s, socket))
 }
 
-/// One shard connection: HELLO, then READY after IDENTIFY (or RESUMED after
-/// RESUME), heartbeat ACKs, and whatever the test dispatches.
+/// One shard connection: HELLO, then READY and the guild's GUILD_CREATE
+/// after IDENTIFY (or an invalid session after RESUME), heartbeat ACKs, and
+/// whatever the test dispatches. It drops when the gateway goes down.
 async fn shard(s: StandIn, socket: WebSocket) {
+    let mut dropped = s.drop_shards.subscribe();
+    if s.lock().gateway_refused {
+        return;
+    }
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
     let hello = json!({"op": 10, "d": {"heartbeat_interval": 41_250}});
@@ -692,35 +760,21 @@ async fn shard(s: StandIn, socket: WebSocket) {
             frame = stream.next() => {
                 let Some(Ok(WsMessage::Text(text))) = frame else { break };
                 let Ok(payload) = serde_json::from_str::<Value>(&text) else { continue };
-                let reply = match payload["op"].as_u64() {
-                    Some(1) => Some(json!({"op": 11})),
-                    Some(8) => {
-                        for chunk in member_chunks(&s, &payload["d"]) {
-                            if sink.send(WsMessage::Text(chunk.to_string().into())).await.is_err() {
-                                return;
-                            }
-                        }
-                        None
-                    }
+                let replies = match payload["op"].as_u64() {
+                    Some(1) => vec![json!({"op": 11})],
+                    Some(8) => member_chunks(&s, &payload["d"]),
                     Some(2) => {
-                        s.lock().gateway = Some(tx.clone());
-                        let resume = format!("ws://{}/gateway", s.addr);
                         let mut d = s.lock();
-                        d.seq += 1;
-                        Some(json!({"op": 0, "t": "READY", "s": d.seq, "d": {
-                            "v": 10, "user": {"id": BOT.to_string(), "username": "bridge", "bot": true},
-                            "guilds": [{"id": GUILD.to_string(), "unavailable": true}],
-                            "session_id": "session-1", "resume_gateway_url": resume,
-                            "application": {"id": BOT.to_string(), "flags": 0},
-                        }}))
+                        d.gateway = Some(tx.clone());
+                        ready_and_guild(&mut d, s.addr)
                     }
                     // No resumable sessions here: invalid session, not resumable.
-                    Some(6) => Some(json!({"op": 9, "d": false})),
-                    _ => None,
+                    Some(6) => vec![json!({"op": 9, "d": false})],
+                    _ => Vec::new(),
                 };
-                if let Some(reply) = reply {
+                for reply in replies {
                     if sink.send(WsMessage::Text(reply.to_string().into())).await.is_err() {
-                        break;
+                        return;
                     }
                 }
             }
@@ -729,8 +783,29 @@ async fn shard(s: StandIn, socket: WebSocket) {
                     break;
                 }
             }
+            // Dropped as a lost network drops it: no close frame.
+            _ = dropped.recv() => return,
         }
     }
+}
+
+/// READY, then the guild's GUILD_CREATE, as Discord sends them after an
+/// IDENTIFY (with the guild members and presences intents).
+fn ready_and_guild(d: &mut Discord, addr: SocketAddr) -> Vec<Value> {
+    d.seq += 1;
+    let ready = json!({"op": 0, "t": "READY", "s": d.seq, "d": {
+        "v": 10, "user": {"id": BOT.to_string(), "username": "bridge", "bot": true},
+        "guilds": [{"id": GUILD.to_string(), "unavailable": true}],
+        "session_id": format!("session-{}", d.seq), "resume_gateway_url": format!("ws://{addr}/gateway"),
+        "application": {"id": BOT.to_string(), "flags": 0},
+    }});
+    let guild = if d.large {
+        guild_json(Vec::new(), Vec::new(), true, d.members.len())
+    } else {
+        guild_json(d.members.clone(), d.presences.clone(), false, d.members.len())
+    };
+    d.seq += 1;
+    vec![ready, json!({"op": 0, "t": "GUILD_CREATE", "s": d.seq, "d": guild})]
 }
 
 /// Answers REQUEST_GUILD_MEMBERS for [`GUILD`] (everyone: an empty query,
@@ -742,7 +817,7 @@ fn member_chunks(s: &StandIn, request: &Value) -> Vec<Value> {
         return Vec::new();
     }
     let with_presences = request["presences"] == json!(true);
-    let size = d.chunk_size.max(1);
+    let size = if d.chunk_size == 0 { 1000 } else { d.chunk_size };
     let members = d.members.clone();
     let count = members.len().div_ceil(size).max(1);
     let mut frames = Vec::new();

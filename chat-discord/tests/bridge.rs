@@ -2,6 +2,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use axum::http::Method;
 use chat_core::{Bridge, Event};
 use serde_json::{Value, json};
@@ -280,6 +282,28 @@ async fn support_role_presences_make_agents_available() {
     engine.shutdown().await;
 }
 
+/// Serenity runs each event's handler in a task of its own, so READY's may
+/// run after GUILD_CREATE's (issue #21, defect 9: 6 of 20 fresh starts
+/// counted no agent). Made certain here by delaying READY's handler: the
+/// guild's agents count from the moment the bridge reports connected, and
+/// still once READY's handler has run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_count_at_connect_when_the_ready_handler_runs_last() {
+    let discord = StandIn::start().await;
+    let role: &[u64] = &[SUPPORT_ROLE];
+    let members = [(77, "Alice", role), (78, "Bob", role), (79, "Carol", &[][..]), (80, "Dan", role)];
+    discord.guild(&members, &[(77, "online"), (78, "idle"), (79, "online"), (80, "offline")]);
+    let bridge = bridge_for(&discord);
+    bridge.delay_ready_handler(Duration::from_millis(300));
+    let engine = engine_with(memory_store(), bridge.clone()).await;
+    eventually("the bridge connected", || bridge.health().connected).await;
+    assert_eq!(engine.support_availability().online_agents, 2, "Alice and Bob, right after connecting");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(engine.support_availability().online_agents, 2, "Alice and Bob, after READY's handler ran");
+    assert_eq!(bridge.health().details.get("online_agents").map(String::as_str), Some("2"));
+    engine.shutdown().await;
+}
+
 /// The next `room:updated` a session gets, skipping other events.
 async fn next_room_update(session: &mut chat_core::Session) -> chat_core::Room {
     loop {
@@ -532,12 +556,9 @@ async fn a_large_guild_is_known_through_member_chunks() {
         (83, "Gus", role),
     ];
     let presences = [(77, "online"), (78, "offline"), (79, "online"), (80, "dnd"), (83, "idle")];
-    discord.guild_members(&members, &presences, 3);
+    discord.large_guild(&members, &presences, 3);
     let bridge = bridge_for(&discord);
     let engine = engine_with(memory_store(), bridge.clone()).await;
-    eventually("the bridge connected", || bridge.health().connected).await;
-
-    discord.large_guild_create(members.len());
     let agents = || engine.support_availability().online_agents;
     eventually("Alice, Dan and Gus available", || agents() == 3).await;
     let (requests, chunks) = {
@@ -575,7 +596,8 @@ async fn member_events_change_chat_roles_at_once() {
     eventually("the thread", || discord.lock().threads.len() == 1).await;
     let thread = discord.lock().threads[0].0;
     eventually("the bridge reports connected", || bridge.health().connected).await;
-    discord.guild_create(&[(77, "Alice", &[SUPPORT_ROLE, ADMINS])], &[(77, "online"), (78, "online")]);
+    discord
+        .guild_create(&[(77, "Alice", &[SUPPORT_ROLE, ADMINS]), (78, "Bob", &[])], &[(77, "online"), (78, "online")]);
     discord.member_writes(thread, 77, "Alice", &[SUPPORT_ROLE, ADMINS], "Alice here");
     assert_eq!(next_message(&mut vera).await.sender_id.as_str(), "discord:77");
     let user = |id: u64| {

@@ -186,6 +186,44 @@ fn role(bridge: &DiscordBridge) -> String {
     bridge.health().details.get("role").cloned().unwrap_or_default()
 }
 
+/// The gateway lost, every resume and restart refused (issue #21, defect
+/// 8): within seconds the lease holder reports itself disconnected and
+/// counts no agent, and so does the process on standby that shows its
+/// count; once the gateway is back, both count the agents again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_gateway_counts_no_agent_in_any_process_until_it_is_back() {
+    let discord = StandIn::start().await;
+    discord.guild(&[(77, "Alice", &[SUPPORT_ROLE][..]), (78, "Bob", &[SUPPORT_ROLE][..])], &[(77, "online")]);
+    let store = memory_store();
+    let first = bridge_with(short_lease(&discord));
+    let engine_a = engine_with(store.clone(), first.clone()).await;
+    let second = bridge_with(short_lease(&discord));
+    let engine_b = engine_with(store.clone(), second.clone()).await;
+    eventually("the holder connected", || first.health().connected && first.online_agents() == 1).await;
+    eventually("the standby shows the holder's count", || second.online_agents() == 1).await;
+
+    discord.gateway_down(true);
+    let seconds = Duration::from_secs(5);
+    within(seconds, "the holder disconnected", || !first.health().connected).await;
+    assert_eq!(first.online_agents(), 0, "{:?}", first.health());
+    assert_eq!(engine_a.support_availability().online_agents, 0);
+    within(seconds, "the standby counts no agent", || second.online_agents() == 0).await;
+    assert_eq!(engine_b.support_availability().online_agents, 0);
+    // Still so a while later: serenity's restarts keep failing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!first.health().connected && first.online_agents() == 0, "{:?}", first.health());
+    assert_eq!(role(&first), "active", "the holder keeps its lease");
+
+    discord.gateway_down(false);
+    discord.presence(78, "online");
+    let back = Duration::from_secs(30);
+    within(back, "the holder connected again", || first.health().connected).await;
+    assert_eq!(first.online_agents(), 2, "a fresh snapshot: Alice, and Bob who came online meanwhile");
+    within(seconds, "the standby shows it", || second.online_agents() == 2).await;
+    engine_a.shutdown().await;
+    engine_b.shutdown().await;
+}
+
 /// Two processes with the bridge on one store: only the lease holder posts
 /// and holds the gateway, the other stands by (and says so in `/health`,
 /// with the holder's count of online agents) while its messages still

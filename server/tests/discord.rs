@@ -13,13 +13,18 @@ use serde_json::{Value, json};
 use support::*;
 
 /// Polls `check` until it gives a value, for up to ten seconds.
-async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, check: impl FnMut() -> F) -> T {
+    within(Duration::from_secs(10), what, check).await
+}
+
+/// Polls `check` until it gives a value, for up to `bound`.
+async fn within<T, F: Future<Output = Option<T>>>(bound: Duration, what: &str, mut check: impl FnMut() -> F) -> T {
+    let deadline = tokio::time::Instant::now() + bound;
     loop {
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(tokio::time::Instant::now() < deadline, "not within {bound:?}: {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -201,6 +206,62 @@ async fn agents_present_in_discord_count_in_availability_and_health() {
         (body["online_agents"] == 3).then_some(())
     })
     .await;
+    server.stop().await.expect("a clean stop");
+}
+
+/// The Discord gateway refuses connections for a while, so serenity's
+/// resume and every restart fail (issue #21, defect 8): within seconds
+/// `/health` shows the bridge disconnected (degraded) and availability
+/// counts no Discord agent; once the gateway is back, the bridge is
+/// connected again with a fresh snapshot of who is online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_gateway_shows_in_health_and_availability_until_it_is_back() {
+    let discord = StandIn::start().await;
+    let role: &[u64] = &[SUPPORT_ROLE];
+    discord.guild(&[(77, "Alice", role), (78, "Bob", role)], &[(77, "online")]);
+    let server = server_for(&discord).await;
+    let health_and_availability = || async {
+        let (_, health) = server.get("/health", None).await;
+        let (_, availability) = server.get("/v1/support/availability", None).await;
+        (health, availability)
+    };
+    within(Duration::from_secs(10), "connected, Alice available", || async {
+        let (health, availability) = health_and_availability().await;
+        (health["bridges"]["discord"]["connected"] == true && availability["online_agents"] == 1).then_some(())
+    })
+    .await;
+
+    discord.gateway_down(true);
+    let (health, availability) = within(Duration::from_secs(5), "the bridge disconnected", || async {
+        let (health, availability) = health_and_availability().await;
+        (health["bridges"]["discord"]["connected"] == false).then_some((health, availability))
+    })
+    .await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["support"], json!({"available": false, "online_agents": 0}), "{health}");
+    assert_eq!(health["bridges"]["discord"]["details"]["online_agents"], "0", "{health}");
+    assert_eq!(availability, json!({"available": false, "online_agents": 0}));
+    // Still so while serenity's restarts keep failing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (health, availability) = health_and_availability().await;
+    assert_eq!(
+        (&health["bridges"]["discord"]["connected"], &availability["online_agents"]),
+        (&json!(false), &json!(0))
+    );
+
+    discord.gateway_down(false);
+    discord.presence(78, "online");
+    let (health, availability) = within(Duration::from_secs(30), "connected again", || async {
+        let (health, availability) = health_and_availability().await;
+        (health["bridges"]["discord"]["connected"] == true).then_some((health, availability))
+    })
+    .await;
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(
+        availability,
+        json!({"available": true, "online_agents": 2}),
+        "Alice, and Bob who came online meanwhile"
+    );
     server.stop().await.expect("a clean stop");
 }
 

@@ -90,10 +90,15 @@ pub async fn next_event(session: &mut Session) -> Event {
 }
 
 /// Waits until `check` holds, for up to ten seconds.
-pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+pub async fn eventually(what: &str, check: impl FnMut() -> bool) {
+    within(Duration::from_secs(10), what, check).await;
+}
+
+/// Waits until `check` holds, for up to `bound`.
+pub async fn within(bound: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + bound;
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(tokio::time::Instant::now() < deadline, "not within {bound:?}: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
