@@ -62,6 +62,8 @@ pub mod engine;
 pub mod error;
 pub mod event;
 pub mod id;
+#[cfg(feature = "testing")]
+pub mod invariants;
 pub mod message;
 mod metrics;
 pub mod presence;

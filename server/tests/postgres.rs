@@ -263,9 +263,9 @@ async fn a_user_who_left_through_one_process_cannot_post_through_another() {
         ServerProcess::start_url(&url, dir.path().join("a.log"), &[]),
         ServerProcess::start_url(&url, dir.path().join("b.log"), &[]),
     );
+    let mut mallory_on_b = b.connect("mallory").await;
     let mut ada = a.connect("ada").await;
     let room = group_with(&mut ada, "private", &["mallory"]).await;
-    let mut mallory_on_b = b.connect("mallory").await;
     mallory_on_b.ok("room:join", json!({"room_id": room})).await;
     let sent = mallory_on_b.ok("message:send", send_data(&room, "m-1", "while a member")).await;
     assert_eq!(sent["message"]["seq"], 1);

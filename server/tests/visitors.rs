@@ -32,7 +32,7 @@ async fn a_visitor_may_only_talk_in_its_own_support_room() {
     let mut alice = server.connect("alice").await;
     let public = support::group_with(&mut alice, "public", &[]).await;
     let (mut vic, vic_token) = visitor(&server).await;
-    assert_eq!(vic.wait_ready().await["user"]["roles"], json!(["visitor"]));
+    assert_eq!(vic.ready["user"]["roles"], json!(["visitor"]));
     let vic_id = vic.user_id();
 
     let room = open_support_room(&mut vic).await;
@@ -88,7 +88,7 @@ async fn agents_see_every_waiting_customer_however_many_empty_rooms_exist() {
 
     let agent_token = token_with_roles("agent", &["support"]);
     let mut agent = server.connect_token(&agent_token).await;
-    let ready_rooms: Vec<Value> = agent.wait_ready().await["rooms"].as_array().expect("rooms").clone();
+    let ready_rooms: Vec<Value> = agent.ready["rooms"].as_array().expect("rooms").clone();
     assert_eq!(ready_rooms.len(), 1, "only the room with a message waits: {ready_rooms:?}");
     assert_eq!(ready_rooms[0]["id"], waiting.as_str());
     let listed = agent.ok("room:list", json!({})).await;

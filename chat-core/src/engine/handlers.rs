@@ -588,7 +588,14 @@ impl Inner {
     }
 
     pub(crate) async fn typing(&self, ctx: &Ctx, room: RoomId, typing: bool) -> Result<Reply> {
-        self.require_member(ctx, room).await?;
+        // Typing stores nothing and shows nothing of the room, so a session
+        // joined to it goes by the hub, which keeps typing alive while the
+        // database is down. (A membership ended on another process reaches
+        // this hub with the cluster's membership messages.)
+        let joined = ctx.session.is_some_and(|session| self.hub.is_subscribed(session, room));
+        if !joined {
+            self.require_member(ctx, room).await?;
+        }
         let changed = if typing { self.typing.start(room, &ctx.user.id) } else { self.typing.stop(room, &ctx.user.id) };
         if changed {
             self.publish_typing(room, ctx.user.id.clone(), typing).await;
