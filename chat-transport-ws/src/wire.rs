@@ -24,8 +24,9 @@ pub struct BadFrame {
 pub enum Frame {
     /// A command.
     Command(Option<Ref>, Command),
-    /// `{"type":"auth","data":{"token"}}`
-    Auth(String),
+    /// `{"type":"auth","data":{"token"}}`, with its `ref` if it had one (an
+    /// auth frame after authentication is answered with an error to it).
+    Auth(Option<Ref>, String),
 }
 
 #[derive(Deserialize)]
@@ -38,38 +39,87 @@ struct Envelope<'a> {
     data: Option<&'a RawValue>,
 }
 
+/// The `ref` of a frame that is not a valid envelope, when it can still be
+/// read: unknown keys, and a `type` of any kind, are ignored.
+#[derive(Deserialize)]
+struct RefOnly<'a> {
+    #[serde(rename = "ref", default, borrow)]
+    reference: Option<&'a RawValue>,
+}
+
 #[derive(Deserialize)]
 struct AuthData {
     token: String,
 }
 
-fn read_ref(raw: Option<&RawValue>) -> Result<Option<Ref>, Error> {
-    let Some(raw) = raw else { return Ok(None) };
+/// Longest string `ref`, in Unicode scalar values after JSON unescaping.
+pub const MAX_REF_CHARS: usize = 128;
+
+/// Longest numeric `ref`, in bytes of JSON.
+pub const MAX_REF_NUMBER_BYTES: usize = 32;
+
+/// A `ref` as the client wrote it, and whether it is a valid one. A string
+/// or a number can be read, and is echoed in the error even when too long;
+/// anything else cannot.
+fn read_ref(raw: Option<&RawValue>) -> (Option<Ref>, Result<(), Error>) {
+    let invalid =
+        || Err(Error::invalid(format!("ref must be a number or a string of at most {MAX_REF_CHARS} characters")));
+    let Some(raw) = raw else { return (None, Ok(())) };
     let text = raw.get();
     match text.as_bytes().first() {
-        Some(b'"') if text.len() <= 130 => Ok(Some(Ref(text.into()))),
-        Some(b'-' | b'0'..=b'9') if text.len() <= 32 => Ok(Some(Ref(text.into()))),
-        Some(b'n') if text == "null" => Ok(None),
-        _ => Err(Error::invalid("ref must be a number or a string of at most 128 characters")),
+        Some(b'"') => {
+            let fits = string_chars(text).is_some_and(|n| n <= MAX_REF_CHARS);
+            (Some(Ref(text.into())), if fits { Ok(()) } else { invalid() })
+        }
+        Some(b'-' | b'0'..=b'9') => {
+            (Some(Ref(text.into())), if text.len() <= MAX_REF_NUMBER_BYTES { Ok(()) } else { invalid() })
+        }
+        Some(b'n') if text == "null" => (None, Ok(())),
+        _ => (None, invalid()),
     }
+}
+
+/// The length in Unicode scalar values of the JSON string literal `literal`
+/// once unescaped; `None` when it is not one. Without escapes (the common
+/// case) it is counted in place; a literal too long to fit even if every
+/// character were a 12-byte escaped surrogate pair is not parsed at all.
+fn string_chars(literal: &str) -> Option<usize> {
+    let inner = literal.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(inner.chars().count());
+    }
+    if inner.len() > MAX_REF_CHARS * 12 {
+        return Some(usize::MAX);
+    }
+    serde_json::from_str::<String>(literal).ok().map(|s| s.chars().count())
 }
 
 /// Decodes one text frame.
 pub fn decode(text: &str) -> Result<Frame, BadFrame> {
-    let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| BadFrame {
-        reference: None,
-        error: Error::invalid(if e.is_syntax() || e.is_eof() {
-            "frame is not valid JSON".to_owned()
-        } else {
-            "frame must be a JSON object with a string \"type\"".to_owned()
-        }),
+    let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
+        // The ref of a frame that is an object, but no envelope, is still
+        // worth echoing: the client can match the error to what it sent.
+        let object = text.trim_start().starts_with('{');
+        let reference = match serde_json::from_str::<RefOnly<'_>>(text) {
+            Ok(only) if object => read_ref(only.reference).0,
+            _ => None,
+        };
+        BadFrame {
+            reference,
+            error: Error::invalid(if e.is_syntax() || e.is_eof() {
+                "frame is not valid JSON".to_owned()
+            } else {
+                "frame must be a JSON object with a string \"type\"".to_owned()
+            }),
+        }
     })?;
-    let reference = read_ref(envelope.reference).map_err(|error| BadFrame { reference: None, error })?;
+    let (reference, valid) = read_ref(envelope.reference);
+    valid.map_err(|error| BadFrame { reference: reference.clone(), error })?;
     let data = envelope.data.map_or("{}", RawValue::get);
     if envelope.kind == "auth" {
         let auth: AuthData = serde_json::from_str(data)
             .map_err(|_| BadFrame { reference: reference.clone(), error: Error::invalid("auth needs data.token") })?;
-        return Ok(Frame::Auth(auth.token));
+        return Ok(Frame::Auth(reference, auth.token));
     }
     let Some(kind) = CommandKind::from_name(&envelope.kind) else {
         let mut name: String = envelope.kind.chars().take(64).collect();
@@ -229,13 +279,65 @@ mod tests {
     }
 
     #[test]
+    fn string_refs_are_counted_in_characters_after_unescaping() {
+        let ping = |literal: &str| decode(&format!(r#"{{"type":"ping","ref":{literal}}}"#));
+        let accepted = [
+            format!("\"{}\"", "x".repeat(128)),
+            format!("\"{}\"", "é".repeat(128)),
+            format!("\"{}\"", "\\u00e9".repeat(128)),
+            format!("\"{}\"", "\\ud83d\\ude00".repeat(128)),
+            format!("\"{}\"", "\\\"".repeat(128)),
+            "1".repeat(32),
+        ];
+        for literal in accepted {
+            match ping(&literal) {
+                Ok(Frame::Command(Some(r), Command::Ping)) => assert_eq!(&*r.0, literal.as_str(), "echoed verbatim"),
+                other => panic!("{literal}: {other:?}"),
+            }
+        }
+        let refused = [
+            format!("\"{}\"", "x".repeat(129)),
+            format!("\"{}\"", "é".repeat(129)),
+            format!("\"{}\"", "\\u00e9".repeat(129)),
+            format!("\"{}\"", "\\u00e9".repeat(1000)),
+            "1".repeat(33),
+        ];
+        for literal in refused {
+            match ping(&literal) {
+                Err(bad) => {
+                    assert_eq!(bad.error.code().as_str(), "invalid", "{literal}");
+                    assert_eq!(bad.reference.map(|r| r.0), Some(literal.as_str().into()), "the error echoes the ref");
+                }
+                Ok(frame) => panic!("{literal} accepted: {frame:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn errors_carry_a_ref_that_can_be_read() {
+        let table = [
+            (r#"{"ref":"a","data":{}}"#, Some("\"a\"")),
+            (r#"{"type":7,"ref":12}"#, Some("12")),
+            (r#"{"type":"auth","ref":"a"}"#, Some("\"a\"")),
+            (r#"{"type":"ping","ref":{"a":1}}"#, None),
+            (r#"{"type":"ping","ref":true}"#, None),
+            (r#"["a"]"#, None),
+            (r#"{"ref":"a""#, None),
+        ];
+        for (text, reference) in table {
+            let bad = bad(text);
+            assert_eq!(bad.reference.as_ref().map(|r| &*r.0), reference, "{text}");
+        }
+    }
+
+    #[test]
     fn commands_and_refs_decode() {
         match decode(r#"{"type":"ping","ref":7}"#) {
             Ok(Frame::Command(Some(r), Command::Ping)) => assert_eq!(&*r.0, "7"),
             other => panic!("{other:?}"),
         }
         match decode(r#"{"type":"auth","data":{"token":"abc"}}"#) {
-            Ok(Frame::Auth(t)) => assert_eq!(t, "abc"),
+            Ok(Frame::Auth(None, t)) => assert_eq!(t, "abc"),
             other => panic!("{other:?}"),
         }
     }
