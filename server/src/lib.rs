@@ -31,13 +31,11 @@
 mod config;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use axum::serve::ListenerExt;
 use chat_core::{Authenticator, Engine, Store};
 use chat_transport_ws::{AppState, JwtAuthenticator, JwtConfig, SignKey, TokenIssuer, VerifyKey};
 use tokio::net::TcpListener;
@@ -233,21 +231,18 @@ pub async fn run(
     if config.dev_login {
         tracing::warn!("dev_login is on: anyone who can reach this server can sign in as any user by name");
     }
-    let state = AppState::new(engine.clone(), verifier, issuer, config.ws_config());
-    let app = chat_transport_ws::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let ws_config = config.ws_config();
+    let state = AppState::new(engine.clone(), verifier, issuer, ws_config.clone());
+    let app = chat_transport_ws::router(state);
     let stopping = engine.clone();
-    // Frames are small and latency matters more than packet count.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "TCP_NODELAY not set");
-        }
-    });
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+    // Connections are still accepted while the engine shuts down; the accept
+    // loop stops once it has.
+    let shutdown = async move {
         shutdown.await;
         tracing::info!("shutting down: closing sessions and committing pending sends");
         stopping.shutdown().await;
-    });
-    serve.await.context("serving")?;
+    };
+    chat_transport_ws::serve(listener, app, &ws_config, shutdown).await.context("serving")?;
     // Upgraded connections outlive the HTTP server; give them a moment to
     // send their close frames.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
