@@ -95,7 +95,9 @@ pub struct WsConfig {
     /// 429 (a WebSocket before its upgrade) and closed.
     pub max_connections_per_ip: usize,
     /// Most connections open at once in all; past it, new ones are answered
-    /// 503 and closed. Keep it below the process's open-file limit.
+    /// 503 and closed. Keep it below the process's open-file limit (the
+    /// server lowers it to fit at start), or connections past that limit
+    /// fail at accept instead.
     pub max_connections: usize,
     /// The version shown by `/health`.
     pub version: String,
