@@ -76,8 +76,9 @@ pub async fn serve(
     let limits = Arc::new(ConnectionLimits::new(config.max_connections_per_ip, config.max_connections));
     let timers = Timers { header: config.header_timeout, idle: config.http_idle_timeout };
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
-    // Connections watch `stop` to shut down gracefully; `run` waits until
-    // every connection task has dropped its clone of `running`.
+    // Connections watch `stop` to shut down gracefully; the end of this
+    // function waits until every connection task has dropped its clone of
+    // `running`.
     let (stop, stopping) = watch::channel(false);
     let (done, running) = watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
