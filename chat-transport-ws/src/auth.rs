@@ -414,4 +414,168 @@ mod tests {
         assert!(JwtAuthenticator::new(&JwtConfig::hs256(b"short".to_vec())).is_err());
         assert_eq!(generate_secret().expect("random").len(), 64);
     }
+
+    /// Properties of token checking over generated tokens and claims: no
+    /// input makes it panic; unsigned, forged, expired, tampered and
+    /// other-algorithm tokens are refused; valid ones are accepted with
+    /// their claims.
+    ///
+    /// Each property runs 256 cases; for a long run set `PROPTEST_CASES`,
+    /// which proptest's default configuration reads:
+    /// `PROPTEST_CASES=20000 cargo test --release -p chat-transport-ws --lib auth::tests::properties`.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+
+        fn now() -> u64 {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs()
+        }
+
+        fn auth() -> JwtAuthenticator {
+            JwtAuthenticator::new(&JwtConfig::hs256(SECRET)).expect("auth")
+        }
+
+        fn block_on<F: std::future::Future>(future: F) -> F::Output {
+            tokio::runtime::Builder::new_current_thread().build().expect("a runtime").block_on(future)
+        }
+
+        fn sign(claims: &Value, alg: Algorithm, key: &[u8]) -> String {
+            jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(key)).expect("encodes")
+        }
+
+        /// Valid claims: a user id, maybe a name and roles, and how long
+        /// the token has left.
+        #[derive(Debug, Clone)]
+        struct Valid {
+            sub: String,
+            name: Option<String>,
+            roles: Option<Vec<String>>,
+            ttl: u64,
+        }
+
+        impl Valid {
+            fn claims(&self, exp: u64) -> Value {
+                let mut claims = json!({"sub": self.sub, "exp": exp});
+                if let Some(name) = &self.name {
+                    claims["name"] = json!(name);
+                }
+                if let Some(roles) = &self.roles {
+                    claims["roles"] = json!(roles);
+                }
+                claims
+            }
+        }
+
+        fn valid() -> impl Strategy<Value = Valid> {
+            (
+                "[A-Za-z0-9:_.@-]{1,128}",
+                prop::option::of("[A-Za-z][A-Za-z0-9 .'-]{0,60}"),
+                prop::option::of(prop::collection::vec("[a-z][a-z0-9:_-]{0,15}", 0..4)),
+                60u64..10_000_000,
+            )
+                .prop_map(|(sub, name, roles, ttl)| Valid { sub, name, roles, ttl })
+        }
+
+        fn b64_json(value: &Value) -> String {
+            b64(value.to_string().as_bytes())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::default())]
+
+            #[test]
+            fn any_token_string_is_refused(token in any::<String>()) {
+                prop_assert!(auth().verify(&token).is_err());
+            }
+
+            #[test]
+            fn dotted_base64_is_refused(parts in prop::collection::vec("[A-Za-z0-9_-]{0,80}", 1..5)) {
+                prop_assert!(auth().verify(&parts.join(".")).is_err());
+            }
+
+            #[test]
+            fn valid_tokens_are_accepted_with_their_claims(claims in valid()) {
+                let exp = now() + claims.ttl;
+                let token = sign(&claims.claims(exp), Algorithm::HS256, SECRET);
+                let identity = block_on(auth().authenticate(&token));
+                let identity = identity.map_err(|e| TestCaseError::fail(format!("refused: {e}")))?;
+                prop_assert_eq!(identity.user_id.as_str(), claims.sub.as_str());
+                prop_assert_eq!(identity.name, claims.name);
+                prop_assert_eq!(identity.roles, claims.roles);
+                prop_assert_eq!(identity.expires_at, Some(Timestamp::from_secs(exp as i64)));
+            }
+
+            #[test]
+            fn unsigned_tokens_are_refused(
+                claims in valid(),
+                alg in prop::sample::select(vec!["none", "None", "NONE", "nOnE", ""]),
+                signature in "[A-Za-z0-9_-]{0,64}",
+            ) {
+                let header = b64_json(&json!({"alg": alg, "typ": "JWT"}));
+                let payload = b64_json(&claims.claims(now() + claims.ttl));
+                let signed = format!("{header}.{payload}.{signature}");
+                let bare = format!("{header}.{payload}");
+                prop_assert!(auth().verify(&signed).is_err());
+                prop_assert!(auth().verify(&bare).is_err());
+            }
+
+            #[test]
+            fn tokens_signed_with_another_key_are_refused(
+                claims in valid(),
+                key in prop::collection::vec(any::<u8>(), 32..64),
+            ) {
+                prop_assume!(key.as_slice() != SECRET);
+                let token = sign(&claims.claims(now() + claims.ttl), Algorithm::HS256, &key);
+                let err = auth().verify(&token).map(|_| ()).expect_err("forged");
+                prop_assert_eq!(err.to_string(), "invalid token signature");
+            }
+
+            #[test]
+            fn tokens_of_another_algorithm_are_refused(
+                claims in valid(),
+                alg in prop::sample::select(vec![Algorithm::HS384, Algorithm::HS512]),
+            ) {
+                let token = sign(&claims.claims(now() + claims.ttl), alg, SECRET);
+                let err = auth().verify(&token).map(|_| ()).expect_err("another algorithm");
+                prop_assert_eq!(err.to_string(), "token algorithm not allowed");
+            }
+
+            #[test]
+            fn expired_tokens_are_refused(claims in valid(), ago in 10u64..1_000_000_000) {
+                // Past the 5 s leeway by a few seconds at least.
+                let exp = now().saturating_sub(ago).max(1);
+                let token = sign(&claims.claims(exp), Algorithm::HS256, SECRET);
+                let err = auth().verify(&token).map(|_| ()).expect_err("expired");
+                prop_assert_eq!(err.to_string(), "token expired");
+            }
+
+            #[test]
+            fn a_token_changed_anywhere_is_refused(
+                claims in valid(),
+                at in any::<prop::sample::Index>(),
+                replacement in "[A-Za-z0-9_.=+/-]",
+            ) {
+                let token = sign(&claims.claims(now() + claims.ttl), Algorithm::HS256, SECRET);
+                let i = at.index(token.len());
+                prop_assume!(token[i..=i] != replacement);
+                let tampered = format!("{}{replacement}{}", &token[..i], &token[i + 1..]);
+                prop_assert!(auth().verify(&tampered).is_err(), "{} accepted", tampered);
+            }
+
+            #[test]
+            fn claims_swapped_under_a_valid_signature_are_refused(claims in valid(), other in "[A-Za-z0-9]{1,32}") {
+                prop_assume!(other != claims.sub);
+                let exp = now() + claims.ttl;
+                let token = sign(&claims.claims(exp), Algorithm::HS256, SECRET);
+                let mut parts = token.split('.');
+                let (header, _, signature) = (parts.next(), parts.next(), parts.next());
+                let forged = Valid { sub: other, ..claims };
+                let payload = b64_json(&forged.claims(exp));
+                let swapped = format!("{}.{payload}.{}", header.unwrap_or_default(), signature.unwrap_or_default());
+                let err = auth().verify(&swapped).map(|_| ()).expect_err("swapped claims");
+                prop_assert_eq!(err.to_string(), "invalid token signature");
+            }
+        }
+    }
 }

@@ -62,6 +62,8 @@ pub struct WsConfig {
     /// Default lifetime of tokens made by the admin API.
     pub user_token_ttl: Duration,
     /// Take the client address from `X-Forwarded-For` (behind a trusted proxy only).
+    /// Per-request limits (visitor sessions) then count the forwarded address;
+    /// the connection caps below never do, see [`WsConfig::max_connections_per_ip`].
     pub trust_forwarded_for: bool,
     /// A connection that sends nothing (not even a pong) for this long is
     /// closed. Checked, and the client pinged, at each keepalive beat of the
@@ -72,6 +74,31 @@ pub struct WsConfig {
     pub write_timeout: Duration,
     /// Largest HTTP request body.
     pub max_http_body_bytes: usize,
+    /// How long a client has to send a request's headers, from the moment the
+    /// connection is accepted or the first byte of a later request arrives.
+    /// Slower connections are closed; the timer is the connection's, so a
+    /// header trickled a line at a time does not restart it.
+    pub header_timeout: Duration,
+    /// How long a keep-alive connection may wait between requests (and a
+    /// request in progress may go without reading or writing a byte) before it
+    /// is closed. Not applied after an upgrade: a WebSocket has
+    /// [`WsConfig::idle_timeout`].
+    pub http_idle_timeout: Duration,
+    /// How long a request body may take to arrive in full, from the end of
+    /// its headers; a slower one is answered 408 and its connection closed.
+    pub body_timeout: Duration,
+    /// Most connections open at once from one client address (HTTP and
+    /// WebSocket together; IPv6 addresses are counted per /64). Counted when
+    /// a connection is accepted, by its TCP peer address: a forwarded header
+    /// cannot be trusted before the request is read, so behind a proxy this
+    /// caps the proxy's connections. Past it, new connections are answered
+    /// 429 (a WebSocket before its upgrade) and closed.
+    pub max_connections_per_ip: usize,
+    /// Most connections open at once in all; past it, new ones are answered
+    /// 503 and closed. Keep it below the process's open-file limit (the
+    /// server lowers it to fit at start), or connections past that limit
+    /// fail at accept instead.
+    pub max_connections: usize,
     /// The version shown by `/health`.
     pub version: String,
     /// Serve `/v1/dev-login`, which gives anyone a token for any name they
@@ -95,6 +122,11 @@ impl Default for WsConfig {
             idle_timeout: Duration::from_secs(75),
             write_timeout: Duration::from_secs(10),
             max_http_body_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            max_connections_per_ip: 256,
+            max_connections: 100_000,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             dev_login: false,
         }

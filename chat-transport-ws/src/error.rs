@@ -41,12 +41,27 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
 pub struct ApiError {
     code: ErrorCode,
     message: String,
+    /// The status, when not the one that fits the code ([`status_for`]).
+    status: Option<StatusCode>,
+    /// Ends the connection after the answer (`Connection: close`).
+    close: bool,
 }
 
 impl ApiError {
     /// An error with a code and a message for humans.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into() }
+        ApiError { code, message: message.into(), status: None, close: false }
+    }
+
+    /// 408: the request body did not arrive in time. The connection is
+    /// closed after the answer, since the rest of the body may still come.
+    pub(crate) fn body_timeout() -> Self {
+        ApiError {
+            code: ErrorCode::Invalid,
+            message: "the request body did not arrive in time".into(),
+            status: Some(StatusCode::REQUEST_TIMEOUT),
+            close: true,
+        }
     }
 }
 
@@ -56,13 +71,19 @@ impl From<chat_core::Error> for ApiError {
             tracing::warn!(error = %err, source = ?std::error::Error::source(&err), "request failed");
         }
         // The Display text of core errors never carries backend details.
-        ApiError { code: err.code(), message: err.to_string() }
+        ApiError::new(err.code(), err.to_string())
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code.as_str(), "message": self.message } });
-        (status_for(self.code), Json(body)).into_response()
+        let mut response = (self.status.unwrap_or(status_for(self.code)), Json(body)).into_response();
+        if self.close {
+            response
+                .headers_mut()
+                .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        }
+        response
     }
 }

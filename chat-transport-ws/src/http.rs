@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody, JsonRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,9 +23,19 @@ type ApiResult<T> = Result<T, ApiError>;
 /// Parses a JSON body, answering a bad one in the contract's error format.
 fn body<T>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
     payload.map(|Json(v)| v).map_err(|rejection| match rejection {
-        JsonRejection::BytesRejection(_) => ApiError::new(ErrorCode::TooLarge, "request body too large"),
+        JsonRejection::BytesRejection(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
+            ApiError::new(ErrorCode::TooLarge, "request body too large")
+        }
+        JsonRejection::BytesRejection(ref failed) if timed_out(failed) => ApiError::body_timeout(),
+        JsonRejection::BytesRejection(_) => ApiError::new(ErrorCode::Invalid, "the request body could not be read"),
         other => ApiError::new(ErrorCode::Invalid, other.body_text()),
     })
+}
+
+/// Whether the body deadline (the router's `RequestBodyDeadlineLayer`) is
+/// among the causes of `err`.
+fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |e| e.source()).any(|e| e.is::<tower_http::timeout::TimeoutError>())
 }
 
 /// Parses an optional JSON body: no body at all means the defaults.

@@ -7,7 +7,9 @@
 //! `/chat-client.js` (see [`web`]). Each WebSocket drives one [`chat_core::Session`]; this
 //! crate adds only what is WebSocket- or HTTP-specific: the three ways to
 //! present a token, origin checks, close codes, frame limits, keep-alive pings,
-//! and the JSON envelope (in [`wire`]).
+//! and the JSON envelope (in [`wire`]). [`serve`] is the accept loop to serve
+//! the router with: it caps connections per client address and in all, and
+//! times out slow headers, idle keep-alives and slow bodies.
 //!
 //! # Example
 //!
@@ -26,8 +28,8 @@
 //!     WsConfig::default(),
 //! );
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-//! axum::serve(listener, app).await?;
+//! let config = WsConfig::default();
+//! chat_transport_ws::serve(listener, router(state), &config, std::future::pending()).await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -36,6 +38,7 @@ pub mod auth;
 mod config;
 pub mod error;
 mod http;
+mod serve;
 pub mod web;
 pub mod wire;
 pub mod ws;
@@ -51,10 +54,12 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use chat_core::{Authenticator, Engine};
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::RequestBodyDeadlineLayer;
 
 pub use auth::{Claims, JwtAuthenticator, JwtConfig, SignKey, TokenIssuer, VerifyKey, generate_secret};
 pub use config::{OriginPolicy, WsConfig};
 pub use error::{ApiError, Error, Result};
+pub use serve::serve;
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
@@ -117,10 +122,13 @@ fn cors(policy: &OriginPolicy) -> CorsLayer {
 }
 
 /// The WebSocket endpoint and the HTTP API, ready to serve. Serve it with
-/// `into_make_service_with_connect_info::<SocketAddr>()` so that per-address
-/// limits see client addresses.
+/// [`serve`] (or, without its connection limits and timers, with
+/// `into_make_service_with_connect_info::<SocketAddr>()`) so that
+/// per-address limits see client addresses. A request body must arrive
+/// within [`WsConfig::body_timeout`]; a slower one is answered 408.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.max_http_body_bytes;
+    let body_deadline = RequestBodyDeadlineLayer::new(state.config.body_timeout);
     let cors = cors(&state.config.origins);
     let mut router = Router::new();
     for asset in web::ASSETS {
@@ -145,6 +153,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/bridges/{bridge}/jobs/{id}/retry", post(http::admin_retry_bridge_job))
         .fallback(http::not_found)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(body_deadline)
         .layer(cors)
         .layer(middleware::from_fn(log_request))
         .with_state(state)

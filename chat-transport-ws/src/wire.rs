@@ -24,8 +24,9 @@ pub struct BadFrame {
 pub enum Frame {
     /// A command.
     Command(Option<Ref>, Command),
-    /// `{"type":"auth","data":{"token"}}`
-    Auth(String),
+    /// `{"type":"auth","data":{"token"}}`, with its `ref` if it had one (an
+    /// auth frame after authentication is answered with an error to it).
+    Auth(Option<Ref>, String),
 }
 
 #[derive(Deserialize)]
@@ -38,38 +39,87 @@ struct Envelope<'a> {
     data: Option<&'a RawValue>,
 }
 
+/// The `ref` of a frame that is not a valid envelope, when it can still be
+/// read: unknown keys, and a `type` of any kind, are ignored.
+#[derive(Deserialize)]
+struct RefOnly<'a> {
+    #[serde(rename = "ref", default, borrow)]
+    reference: Option<&'a RawValue>,
+}
+
 #[derive(Deserialize)]
 struct AuthData {
     token: String,
 }
 
-fn read_ref(raw: Option<&RawValue>) -> Result<Option<Ref>, Error> {
-    let Some(raw) = raw else { return Ok(None) };
+/// Longest string `ref`, in Unicode scalar values after JSON unescaping.
+pub const MAX_REF_CHARS: usize = 128;
+
+/// Longest numeric `ref`, in bytes of JSON.
+pub const MAX_REF_NUMBER_BYTES: usize = 32;
+
+/// A `ref` as the client wrote it, and whether it is a valid one. A string
+/// or a number can be read, and is echoed in the error even when too long;
+/// anything else cannot.
+fn read_ref(raw: Option<&RawValue>) -> (Option<Ref>, Result<(), Error>) {
+    let invalid =
+        || Err(Error::invalid(format!("ref must be a number or a string of at most {MAX_REF_CHARS} characters")));
+    let Some(raw) = raw else { return (None, Ok(())) };
     let text = raw.get();
     match text.as_bytes().first() {
-        Some(b'"') if text.len() <= 130 => Ok(Some(Ref(text.into()))),
-        Some(b'-' | b'0'..=b'9') if text.len() <= 32 => Ok(Some(Ref(text.into()))),
-        Some(b'n') if text == "null" => Ok(None),
-        _ => Err(Error::invalid("ref must be a number or a string of at most 128 characters")),
+        Some(b'"') => {
+            let fits = string_chars(text).is_some_and(|n| n <= MAX_REF_CHARS);
+            (Some(Ref(text.into())), if fits { Ok(()) } else { invalid() })
+        }
+        Some(b'-' | b'0'..=b'9') => {
+            (Some(Ref(text.into())), if text.len() <= MAX_REF_NUMBER_BYTES { Ok(()) } else { invalid() })
+        }
+        Some(b'n') if text == "null" => (None, Ok(())),
+        _ => (None, invalid()),
     }
+}
+
+/// The length in Unicode scalar values of the JSON string literal `literal`
+/// once unescaped; `None` when it is not one. Without escapes (the common
+/// case) it is counted in place; a literal too long to fit even if every
+/// character were a 12-byte escaped surrogate pair is not parsed at all.
+fn string_chars(literal: &str) -> Option<usize> {
+    let inner = literal.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(inner.chars().count());
+    }
+    if inner.len() > MAX_REF_CHARS * 12 {
+        return Some(usize::MAX);
+    }
+    serde_json::from_str::<String>(literal).ok().map(|s| s.chars().count())
 }
 
 /// Decodes one text frame.
 pub fn decode(text: &str) -> Result<Frame, BadFrame> {
-    let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| BadFrame {
-        reference: None,
-        error: Error::invalid(if e.is_syntax() || e.is_eof() {
-            "frame is not valid JSON".to_owned()
-        } else {
-            "frame must be a JSON object with a string \"type\"".to_owned()
-        }),
+    let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
+        // The ref of a frame that is an object, but no envelope, is still
+        // worth echoing: the client can match the error to what it sent.
+        let object = text.trim_start().starts_with('{');
+        let reference = match serde_json::from_str::<RefOnly<'_>>(text) {
+            Ok(only) if object => read_ref(only.reference).0,
+            _ => None,
+        };
+        BadFrame {
+            reference,
+            error: Error::invalid(if e.is_syntax() || e.is_eof() {
+                "frame is not valid JSON".to_owned()
+            } else {
+                "frame must be a JSON object with a string \"type\"".to_owned()
+            }),
+        }
     })?;
-    let reference = read_ref(envelope.reference).map_err(|error| BadFrame { reference: None, error })?;
+    let (reference, valid) = read_ref(envelope.reference);
+    valid.map_err(|error| BadFrame { reference: reference.clone(), error })?;
     let data = envelope.data.map_or("{}", RawValue::get);
     if envelope.kind == "auth" {
         let auth: AuthData = serde_json::from_str(data)
             .map_err(|_| BadFrame { reference: reference.clone(), error: Error::invalid("auth needs data.token") })?;
-        return Ok(Frame::Auth(auth.token));
+        return Ok(Frame::Auth(reference, auth.token));
     }
     let Some(kind) = CommandKind::from_name(&envelope.kind) else {
         let mut name: String = envelope.kind.chars().take(64).collect();
@@ -229,13 +279,65 @@ mod tests {
     }
 
     #[test]
+    fn string_refs_are_counted_in_characters_after_unescaping() {
+        let ping = |literal: &str| decode(&format!(r#"{{"type":"ping","ref":{literal}}}"#));
+        let accepted = [
+            format!("\"{}\"", "x".repeat(128)),
+            format!("\"{}\"", "é".repeat(128)),
+            format!("\"{}\"", "\\u00e9".repeat(128)),
+            format!("\"{}\"", "\\ud83d\\ude00".repeat(128)),
+            format!("\"{}\"", "\\\"".repeat(128)),
+            "1".repeat(32),
+        ];
+        for literal in accepted {
+            match ping(&literal) {
+                Ok(Frame::Command(Some(r), Command::Ping)) => assert_eq!(&*r.0, literal.as_str(), "echoed verbatim"),
+                other => panic!("{literal}: {other:?}"),
+            }
+        }
+        let refused = [
+            format!("\"{}\"", "x".repeat(129)),
+            format!("\"{}\"", "é".repeat(129)),
+            format!("\"{}\"", "\\u00e9".repeat(129)),
+            format!("\"{}\"", "\\u00e9".repeat(1000)),
+            "1".repeat(33),
+        ];
+        for literal in refused {
+            match ping(&literal) {
+                Err(bad) => {
+                    assert_eq!(bad.error.code().as_str(), "invalid", "{literal}");
+                    assert_eq!(bad.reference.map(|r| r.0), Some(literal.as_str().into()), "the error echoes the ref");
+                }
+                Ok(frame) => panic!("{literal} accepted: {frame:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn errors_carry_a_ref_that_can_be_read() {
+        let table = [
+            (r#"{"ref":"a","data":{}}"#, Some("\"a\"")),
+            (r#"{"type":7,"ref":12}"#, Some("12")),
+            (r#"{"type":"auth","ref":"a"}"#, Some("\"a\"")),
+            (r#"{"type":"ping","ref":{"a":1}}"#, None),
+            (r#"{"type":"ping","ref":true}"#, None),
+            (r#"["a"]"#, None),
+            (r#"{"ref":"a""#, None),
+        ];
+        for (text, reference) in table {
+            let bad = bad(text);
+            assert_eq!(bad.reference.as_ref().map(|r| &*r.0), reference, "{text}");
+        }
+    }
+
+    #[test]
     fn commands_and_refs_decode() {
         match decode(r#"{"type":"ping","ref":7}"#) {
             Ok(Frame::Command(Some(r), Command::Ping)) => assert_eq!(&*r.0, "7"),
             other => panic!("{other:?}"),
         }
         match decode(r#"{"type":"auth","data":{"token":"abc"}}"#) {
-            Ok(Frame::Auth(t)) => assert_eq!(t, "abc"),
+            Ok(Frame::Auth(None, t)) => assert_eq!(t, "abc"),
             other => panic!("{other:?}"),
         }
     }
@@ -254,5 +356,197 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(encode_reply(None, &Err(Error::NotMember)).expect("a frame").as_str()).expect("json");
         assert_eq!(v["type"], "error");
+    }
+
+    /// Properties of the decoder over generated input: it never panics,
+    /// every frame decodes or fails with a contract error, refs come back as
+    /// they were sent, and the ref limit holds.
+    ///
+    /// Each property runs 256 cases; for a long run set `PROPTEST_CASES`,
+    /// which proptest's default configuration reads:
+    /// `PROPTEST_CASES=100000 cargo test --release -p chat-transport-ws --lib wire::tests::properties`.
+    mod properties {
+        use super::*;
+        use chat_core::ErrorCode;
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+
+        /// Keys that make a generated object look like an envelope or like
+        /// command data, besides arbitrary ones.
+        const KEYS: &[&str] = &[
+            "type",
+            "ref",
+            "data",
+            "token",
+            "room_id",
+            "client_msg_id",
+            "body",
+            "message_id",
+            "user_id",
+            "since_seq",
+            "before_seq",
+            "after_seq",
+            "limit",
+            "kind",
+            "name",
+            "visibility",
+            "members",
+            "status",
+            "q",
+            "up_to_seq",
+            "reply_to",
+            "media",
+            "call_id",
+            "to",
+            "payload",
+        ];
+
+        fn scalar() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>().prop_filter("JSON numbers are finite", |f| f.is_finite()).prop_map(Value::from),
+                any::<String>().prop_map(Value::String),
+                Just(json!("0192f0c4-6f0e-7c3a-9c1e-3b1d2a4f5e6d")),
+                prop::sample::select(CommandKind::ALL.to_vec()).prop_map(|k| json!(k.name())),
+                Just(json!("auth")),
+            ]
+        }
+
+        /// Any JSON value, with objects keyed mostly like frames.
+        fn json_value() -> impl Strategy<Value = Value> {
+            scalar().prop_recursive(4, 48, 8, |inner| {
+                let key = prop_oneof![prop::sample::select(KEYS).prop_map(str::to_owned), any::<String>()];
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map(key, inner, 0..6)
+                        .prop_map(|map| Value::Object(map.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// A well-formed command frame: a known type, generated data, and
+        /// maybe a ref of any kind.
+        fn command_frame() -> impl Strategy<Value = Value> {
+            (prop::sample::select(CommandKind::ALL.to_vec()), json_value(), prop::option::of(scalar())).prop_map(
+                |(kind, data, reference)| {
+                    let mut frame = json!({"type": kind.name(), "data": data});
+                    if let Some(reference) = reference {
+                        frame["ref"] = reference;
+                    }
+                    frame
+                },
+            )
+        }
+
+        /// The `ref` of a frame as the JSON text it is written as (floats
+        /// would not survive a parse exactly; the ref is echoed verbatim).
+        fn ref_text(frame: &str) -> Option<String> {
+            let map: std::collections::HashMap<String, Box<RawValue>> = serde_json::from_str(frame).ok()?;
+            map.get("ref").map(|raw| raw.get().to_owned())
+        }
+
+        /// Checks what any decode must give: a frame, or a contract error
+        /// with a message, echoing the ref when it is a string or a number.
+        fn check(text: &str, sent_ref: Option<&Value>) -> Result<(), TestCaseError> {
+            let sent_text = sent_ref.map(|_| ref_text(text).expect("the frame has its ref"));
+            match decode(text) {
+                Ok(Frame::Command(reference, _) | Frame::Auth(reference, _)) => {
+                    if sent_ref.is_some_and(|r| !r.is_null()) {
+                        prop_assert_eq!(reference.map(|r| r.0.to_string()), sent_text);
+                    }
+                }
+                Err(bad) => {
+                    let code = bad.error.code();
+                    prop_assert!(
+                        matches!(code, ErrorCode::Invalid | ErrorCode::UnknownCommand),
+                        "unexpected code {:?}",
+                        code
+                    );
+                    prop_assert!(!bad.error.to_string().is_empty());
+                    if sent_ref.is_some_and(|r| r.is_string() || r.is_number()) {
+                        let echoed = bad.reference.map(|r| r.0.to_string());
+                        prop_assert_eq!(echoed, sent_text, "the error carries the ref");
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::default())]
+
+            #[test]
+            fn any_text_decodes_or_is_a_contract_error(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                if let Ok(text) = std::str::from_utf8(&bytes) {
+                    check(text, None)?;
+                }
+            }
+
+            #[test]
+            fn any_string_decodes_or_is_a_contract_error(text in any::<String>()) {
+                check(&text, None)?;
+            }
+
+            #[test]
+            fn any_json_value_decodes_or_is_a_contract_error(value in json_value()) {
+                check(&value.to_string(), value.get("ref"))?;
+            }
+
+            #[test]
+            fn command_frames_decode_or_fail_with_their_ref(frame in command_frame()) {
+                check(&frame.to_string(), frame.get("ref"))?;
+            }
+
+            #[test]
+            fn string_refs_up_to_the_limit_round_trip(reference in ".{0,128}") {
+                let frame = json!({"type": "ping", "ref": reference});
+                let Ok(Frame::Command(Some(r), Command::Ping)) = decode(&frame.to_string()) else {
+                    return Err(TestCaseError::fail(format!("{frame} was not a ping with its ref")));
+                };
+                let reply = encode_reply(Some(&r), &Ok(Reply::empty())).expect("a reply");
+                let reply: Value = serde_json::from_str(reply.as_str()).expect("JSON");
+                prop_assert_eq!(&reply["ref"], &json!(reference));
+            }
+
+            #[test]
+            fn numeric_refs_round_trip(reference in prop_oneof![
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            ]) {
+                let frame = json!({"type": "ping", "ref": reference});
+                let Ok(Frame::Command(Some(r), Command::Ping)) = decode(&frame.to_string()) else {
+                    return Err(TestCaseError::fail(format!("{frame} was not a ping with its ref")));
+                };
+                let reply = encode_reply(Some(&r), &Ok(Reply::empty())).expect("a reply");
+                prop_assert_eq!(ref_text(reply.as_str()), Some(reference.to_string()), "echoed verbatim");
+            }
+
+            #[test]
+            fn string_refs_over_the_limit_are_refused_with_the_ref(reference in ".{129,400}") {
+                let frame = json!({"type": "ping", "ref": reference});
+                let Err(bad) = decode(&frame.to_string()) else {
+                    return Err(TestCaseError::fail("a ref over 128 characters was accepted"));
+                };
+                prop_assert_eq!(bad.error.code(), ErrorCode::Invalid);
+                let echoed = bad.reference.map(|r| serde_json::from_str::<Value>(&r.0).expect("JSON"));
+                prop_assert_eq!(echoed, Some(json!(reference)));
+            }
+
+            /// The count is of characters after unescaping, however the
+            /// client escaped them.
+            #[test]
+            fn escaping_does_not_change_a_refs_length(reference in ".{120,136}") {
+                let escaped: String = reference
+                    .encode_utf16()
+                    .map(|unit| format!("\\u{unit:04x}"))
+                    .collect();
+                let text = format!(r#"{{"type":"ping","ref":"{escaped}"}}"#);
+                let fits = reference.chars().count() <= MAX_REF_CHARS;
+                prop_assert_eq!(decode(&text).is_ok(), fits);
+            }
+        }
     }
 }

@@ -20,7 +20,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::frame::Frame as WsFrame;
@@ -37,6 +37,11 @@ use crate::wire::{self, Frame, JsonCodec};
 pub mod close_code {
     /// The server is shutting down; reconnect and resume.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke RFC 6455 (reserved bits, an unknown opcode, an
+    /// unmasked frame, a fragmented control frame…).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// A frame was larger than the configured limit.
     pub const TOO_BIG: u16 = 1009;
     /// An unexpected server error.
@@ -240,6 +245,53 @@ fn is_too_big(err: &tungstenite::Error) -> bool {
     matches!(err, tungstenite::Error::Capacity(_))
 }
 
+/// The close frame owed to a client whose frame could not be read, other
+/// than an oversized one: 1007 for text that is not UTF-8, 1002 for a
+/// violation of RFC 6455. `None` when the socket itself failed or ended,
+/// and there is nobody to tell.
+fn violation(err: &tungstenite::Error) -> Option<(u16, &'static str)> {
+    use tungstenite::error::ProtocolError;
+    match err {
+        tungstenite::Error::Utf8(_) => Some((close_code::INVALID_DATA, "text frames must be UTF-8")),
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        tungstenite::Error::Protocol(e) => Some((close_code::PROTOCOL_ERROR, protocol_reason(e))),
+        _ => None,
+    }
+}
+
+/// A close reason for a protocol violation (at most 123 bytes, as a close
+/// frame allows).
+fn protocol_reason(err: &tungstenite::error::ProtocolError) -> &'static str {
+    use tungstenite::error::ProtocolError;
+    match err {
+        ProtocolError::NonZeroReservedBits => "reserved bits are set",
+        ProtocolError::UnmaskedFrameFromClient => "client frames must be masked",
+        ProtocolError::UnknownDataFrameType(_) | ProtocolError::UnknownControlFrameType(_) => "unknown opcode",
+        ProtocolError::FragmentedControlFrame => "control frames must not be fragmented",
+        ProtocolError::ControlFrameTooBig => "control frames carry at most 125 bytes",
+        ProtocolError::UnexpectedContinueFrame | ProtocolError::ExpectedFragment(_) => "bad fragmentation",
+        _ => "protocol error",
+    }
+}
+
+/// Fails the connection (RFC 6455, section 7.1.7) after a frame that could
+/// not be read: sends the close frame, then, since what follows cannot be
+/// read as frames, ends the sending side and drops raw input until the
+/// client closes, for at most [`CLOSE_HANDSHAKE_WAIT`]. Unread input would
+/// make the kernel reset the connection and discard the close frame.
+async fn fail(socket: &mut Socket, code: u16, reason: &str, wait: Duration) {
+    if !send_close(socket, code, reason, wait).await {
+        return;
+    }
+    let io = socket.get_mut();
+    let linger = async {
+        let _ = io.shutdown().await;
+        let mut buf = [0u8; 512];
+        while let Ok(1..) = io.read(&mut buf).await {}
+    };
+    let _ = timeout(CLOSE_HANDSHAKE_WAIT, linger).await;
+}
+
 enum Auth {
     Token(String),
     Closed,
@@ -260,7 +312,7 @@ async fn auth_frame(app: &AppState, socket: &mut Socket) -> Auth {
         match next {
             Some(Ok(Message::Text(text))) => {
                 return match wire::decode(text.as_str()) {
-                    Ok(Frame::Auth(token)) => Auth::Token(token),
+                    Ok(Frame::Auth(_, token)) => Auth::Token(token),
                     _ => {
                         let why = "the first frame must be {\"type\":\"auth\",\"data\":{\"token\":…}}";
                         close(socket, close_code::AUTH_FAILED, why, Duration::from_secs(2)).await;
@@ -287,7 +339,13 @@ async fn auth_frame(app: &AppState, socket: &mut Socket) -> Auth {
                 let _ = timeout(Duration::from_secs(2), socket.flush()).await;
                 return Auth::Closed;
             }
-            Some(Err(_)) | None => return Auth::Closed,
+            Some(Err(e)) => {
+                if let Some((code, reason)) = violation(&e) {
+                    fail(socket, code, reason, Duration::from_secs(2)).await;
+                }
+                return Auth::Closed;
+            }
+            None => return Auth::Closed,
         }
     }
 }
@@ -643,10 +701,17 @@ impl Conn {
                     self.session.submit(reference, command).await;
                     true
                 }
-                Ok(Frame::Auth(_)) => {
-                    let err = Error::invalid("already authenticated");
-                    let _ = self.write_one(Message::Text(wire::encode_error(&err))).await;
-                    true
+                Ok(Frame::Auth(reference, _)) => {
+                    // Answered like any frame that breaks the protocol, and
+                    // counted like one: otherwise a client could send them
+                    // forever, each costing a parse and an answer.
+                    let err = Err(Error::invalid("already authenticated"));
+                    if let Some(frame) = wire::encode_reply(reference.as_ref(), &err) {
+                        if self.write_one(Message::Text(frame)).await.is_err() {
+                            return false;
+                        }
+                    }
+                    self.bad_frame().await
                 }
                 Err(bad) => {
                     let frame = wire::encode_reply(bad.reference.as_ref(), &Err(bad.error));
@@ -676,7 +741,13 @@ impl Conn {
                 let _ = timeout(self.config.write_timeout, self.socket.flush()).await;
                 false
             }
-            Some(Err(_)) | None => false,
+            Some(Err(e)) => {
+                if let Some((code, reason)) = violation(&e) {
+                    fail(&mut self.socket, code, reason, self.config.write_timeout).await;
+                }
+                false
+            }
+            None => false,
         }
     }
 

@@ -1,6 +1,9 @@
 // app.js — the chat page served at `/`. Built on chat-client.js only; every
 // piece of user text reaches the page through textContent or attribute
-// values, never as HTML.
+// values, never as HTML, and is shown bidi-isolated: names in <bdi> (never in
+// one text node with other text), bodies in elements with dir="auto", so
+// that right-to-left text or a direction override (U+202E) in one cannot
+// reorder what is around it.
 
 import { ChatClient, devLogin, devLoginEnabled } from '/chat-client.js';
 
@@ -72,6 +75,14 @@ function roomState(id) {
   return state;
 }
 
+// A name (or another piece of user text shown inline) as its own bidi isolate.
+const isolated = (text) => h('bdi', { text });
+
+// `items` with `separator` between them, for replaceChildren/append.
+function joined(items, separator) {
+  return items.flatMap((item, i) => (i === 0 ? [item] : [separator, item]));
+}
+
 function userName(id, room) {
   const user = (room && rooms.get(room) && rooms.get(room).members.get(id)) || findUser(id);
   return user ? user.name : id;
@@ -86,14 +97,25 @@ function findUser(id) {
   return seen ? seen.user : null;
 }
 
-function roomTitle(summary) {
+// A room's title as the words around it and the user text in it.
+function roomTitleParts(summary) {
   const state = rooms.get(summary.id);
   if (summary.kind === 'direct') {
     const other = state ? [...state.members.values()].find((u) => u.id !== client.user.id) : null;
-    return other ? other.name : summary.name || 'Direct conversation';
+    return { prefix: '', name: other ? other.name : summary.name || 'Direct conversation' };
   }
-  if (summary.kind === 'support') return `Support: ${userName(summary.created_by, summary.id)}`;
-  return summary.name || 'Group';
+  if (summary.kind === 'support') return { prefix: 'Support: ', name: userName(summary.created_by, summary.id) };
+  return { prefix: '', name: summary.name || 'Group' };
+}
+
+function roomTitle(summary) {
+  const { prefix, name } = roomTitleParts(summary);
+  return prefix + name;
+}
+
+function roomTitleNodes(summary) {
+  const { prefix, name } = roomTitleParts(summary);
+  return prefix ? [prefix, isolated(name)] : [isolated(name)];
 }
 
 // ---- sign-in -----------------------------------------------------------------
@@ -257,7 +279,7 @@ function renderRooms() {
               'aria-label': unread ? `${title}, ${unread} unread` : title,
               onclick: () => openRoom(summary.id),
             },
-            h('span', { class: 'room-name', text: title }),
+            h('span', { class: 'room-name' }, ...roomTitleNodes(summary)),
             summary.kind === 'group' ? null : h('span', { class: `kind ${summary.kind}`, text: summary.kind }),
             h('span', { class: 'unread', 'aria-hidden': 'true', text: unread ? String(unread) : '' }),
           ),
@@ -265,7 +287,7 @@ function renderRooms() {
     };
   });
   reconcile($('rooms'), roomNodes, items);
-  if (current) $('room-title').textContent = roomTitle(client.rooms.get(current) || { id: current });
+  if (current) $('room-title').replaceChildren(...roomTitleNodes(client.rooms.get(current) || { id: current }));
 }
 
 async function openRoom(id) {
@@ -307,16 +329,19 @@ $('back').addEventListener('click', () => {
 function renderHeader() {
   if (!current) return;
   const summary = client.rooms.get(current) || { id: current };
-  $('room-title').textContent = roomTitle(summary);
-  const members = [...roomState(current).members.values()].map((u) => u.name);
-  $('room-members').textContent = members.length ? `${members.length} members: ${members.join(', ')}` : '';
+  $('room-title').replaceChildren(...roomTitleNodes(summary));
+  const members = [...roomState(current).members.values()].map((u) => isolated(u.name));
+  $('room-members').replaceChildren(
+    ...(members.length ? [`${members.length} members: `, ...joined(members, ', ')] : []),
+  );
 }
 
 function renderTyping() {
   const users = current ? client.typingUsers(current).filter((id) => id !== client.user.id) : [];
-  const names = users.map((id) => userName(id, current));
-  $('typing').textContent =
-    names.length === 0 ? '' : names.length === 1 ? `${names[0]} is typing…` : `${names.join(', ')} are typing…`;
+  const names = users.map((id) => isolated(userName(id, current)));
+  $('typing').replaceChildren(
+    ...(names.length === 0 ? [] : [...joined(names, ', '), names.length === 1 ? ' is typing…' : ' are typing…']),
+  );
 }
 
 function markRead() {
@@ -353,9 +378,9 @@ function messageItem(m) {
         'data-seq': m.seq,
         'data-id': m.id,
       });
-      li.append(h('div', { class: 'who', text: mine ? 'You' : userName(m.sender_id, m.room_id) }));
+      li.append(h('div', { class: 'who' }, mine ? 'You' : isolated(userName(m.sender_id, m.room_id))));
       if (isEditing) {
-        const box = h('textarea', { 'aria-label': 'Edit message', rows: 2 });
+        const box = h('textarea', { 'aria-label': 'Edit message', rows: 2, dir: 'auto' });
         box.value = m.body;
         const save = async () => {
           const body = box.value.trim();
@@ -404,7 +429,7 @@ function messageItem(m) {
         queueMicrotask(() => box.focus());
         return li;
       }
-      li.append(h('div', { class: 'text', text: m.deleted ? 'Message deleted' : m.body }));
+      li.append(h('div', { class: 'text', dir: 'auto', text: m.deleted ? 'Message deleted' : m.body }));
       const meta = h('div', { class: 'meta' }, h('time', { datetime: m.created_at, text: formatTime(m.created_at) }));
       if (m.edited_at && !m.deleted) meta.append(h('span', { class: 'edited', text: 'edited' }));
       if (mine && !m.deleted) {
@@ -498,7 +523,7 @@ function renderMessages(stickToBottom = false) {
           'li',
           { class: 'msg mine pending', 'data-pending': entry.client_msg_id },
           h('div', { class: 'who', text: 'You' }),
-          h('div', { class: 'text', text: entry.body }),
+          h('div', { class: 'text', dir: 'auto', text: entry.body }),
           h('div', { class: 'meta' }, h('span', { class: 'tick', 'data-status': 'sending', text: 'Sending…' })),
         ),
     });
@@ -603,7 +628,7 @@ function renderOnline() {
         'li',
         { 'data-user': user.id },
         h('span', { class: 'dot', 'data-status': status, 'aria-hidden': 'true' }),
-        h('span', { text: user.id === client.user.id ? `${user.name} (you)` : user.name }),
+        h('span', {}, isolated(user.name), user.id === client.user.id ? ' (you)' : null),
         h('span', { class: 'muted', text: status }),
         user.roles.includes('support') ? h('span', { class: 'kind support', text: 'support' }) : null,
       ),
@@ -657,7 +682,7 @@ function renderResults(users) {
       return h(
         'li',
         {},
-        h('label', {}, box, h('span', { text: user.name }), h('span', { class: 'muted', text: user.id })),
+        h('label', {}, box, isolated(user.name), h('bdi', { class: 'muted', text: user.id })),
       );
     }),
   );

@@ -16,6 +16,9 @@
 // the widget loads /chat-client.js as a module, asks for a visitor session
 // and opens a WebSocket, all cross-origin. Everything lives in a shadow root,
 // so the page's styles do not reach the widget and the widget's do not leak.
+// User text is shown as text, never parsed as HTML, and bidi-isolated: names
+// in <bdi>, bodies with dir="auto", so a direction override in one cannot
+// reorder what is around it.
 // The visitor's session and room are kept in the page origin's localStorage,
 // so a reload keeps the conversation.
 (function () {
@@ -137,6 +140,17 @@
   const lang = STRINGS[(dataset.lang || '').toLowerCase()] ? dataset.lang.toLowerCase() : STRINGS[pageLang] ? pageLang : 'en';
   const strings = STRINGS[lang];
   const t = (key, values = {}) => strings[key].replace(/\{(\w+)\}/g, (_, k) => String(values[k] ?? ''));
+  // The same with each value as its own bidi isolate (<bdi>), as nodes: a
+  // name in right-to-left script or with a direction override cannot
+  // reorder the words around it.
+  const tNodes = (key, values = {}) =>
+    strings[key]
+      .split(/(\{\w+\})/)
+      .filter((part) => part !== '')
+      .map((part) => {
+        const name = /^\{(\w+)\}$/.exec(part);
+        return name ? h('bdi', { text: String(values[name[1]] ?? '') }) : part;
+      });
 
   let server;
   try {
@@ -194,6 +208,8 @@
     .msg .who { display: block; font-size: 12px; font-weight: 600; color: #4b5563; margin-bottom: 2px; }
     .msg .meta { display: block; font-size: 11px; opacity: .8; margin-top: 3px; text-align: right; }
     .msg.deleted .text { font-style: italic; opacity: .75; }
+    bdi { unicode-bidi: isolate; }
+    .msg .text { unicode-bidi: plaintext; }
     .tick[data-status="read"] { color: #bbf7d0; font-weight: 700; }
     .msg.pending { opacity: .75; }
     .typing { min-height: 22px; padding: 2px 14px; font-size: 13px; color: #4b5563; font-style: italic; background: #f9fafb; }
@@ -302,6 +318,7 @@
       placeholder: t('placeholder'),
       maxlength: 4000,
       autocomplete: 'off',
+      dir: 'auto',
     });
     const sendButton = h('button', { class: 'send', type: 'submit', text: t('send') });
     const form = h(
@@ -387,8 +404,8 @@
         'data-seq': message.seq,
         'data-id': message.id,
       });
-      if (!mine) li.append(h('span', { class: 'who', text: nameOf(message.sender_id) }));
-      li.append(h('span', { class: 'text', text: message.deleted ? t('deleted') : message.body }));
+      if (!mine) li.append(h('span', { class: 'who' }, h('bdi', { text: nameOf(message.sender_id) })));
+      li.append(h('span', { class: 'text', dir: 'auto', text: message.deleted ? t('deleted') : message.body }));
       const meta = h('span', { class: 'meta' });
       const time = new Date(message.created_at);
       meta.append(time.toLocaleTimeString(lang, { hour: '2-digit', minute: '2-digit' }));
@@ -453,7 +470,7 @@
               h(
                 'li',
                 { class: 'msg mine pending', 'data-pending': entry.client_msg_id },
-                h('span', { class: 'text', text: entry.body }),
+                h('span', { class: 'text', dir: 'auto', text: entry.body }),
                 h(
                   'span',
                   { class: 'meta' },
@@ -599,7 +616,7 @@
       client.on('typing', ({ room_id, users }) => {
         if (room_id !== roomId) return;
         const others = users.filter((u) => !client.user || u !== client.user.id);
-        typingLine.textContent = others.length ? t('typing', { name: nameOf(others[0]) }) : '';
+        typingLine.replaceChildren(...(others.length ? tNodes('typing', { name: nameOf(others[0]) }) : []));
       });
       const rerender = ({ room_id }) => {
         if (room_id === roomId) render();

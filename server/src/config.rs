@@ -145,6 +145,20 @@ pub struct Config {
     /// Seconds a WebSocket may stay silent (no frame, no pong) before it is
     /// closed with 1001; checked at each keepalive, so longer than it.
     pub idle_timeout_s: u64,
+    /// Seconds a client has to send a request's headers (from the accept, or
+    /// from the first byte of a later request on a keep-alive connection).
+    pub header_timeout_s: u64,
+    /// Seconds a keep-alive HTTP connection may wait for its next request
+    /// (or a request in progress may move no byte) before it is closed.
+    pub http_idle_timeout_s: u64,
+    /// Seconds a request body may take to arrive in full; slower ones get 408.
+    pub body_timeout_s: u64,
+    /// Most connections open at once from one client address (HTTP and
+    /// WebSocket together; IPv6 per /64), by TCP peer address: behind a
+    /// proxy, the proxy's. Past it: 429, before any upgrade.
+    pub max_connections_per_ip: usize,
+    /// Most connections open at once in all; past it: 503.
+    pub max_connections: usize,
     /// Let anyone sign in to the chat page with just a name (`/v1/dev-login`).
     /// For development machines only; off by default.
     pub dev_login: bool,
@@ -287,6 +301,11 @@ impl Default for Config {
             auth_timeout_s: ws.auth_timeout.as_secs(),
             keepalive_s: engine.keepalive_interval.as_secs(),
             idle_timeout_s: ws.idle_timeout.as_secs(),
+            header_timeout_s: ws.header_timeout.as_secs(),
+            http_idle_timeout_s: ws.http_idle_timeout.as_secs(),
+            body_timeout_s: ws.body_timeout.as_secs(),
+            max_connections_per_ip: ws.max_connections_per_ip,
+            max_connections: ws.max_connections,
             dev_login: false,
             discord: DiscordSettings::default(),
         }
@@ -351,6 +370,12 @@ impl Config {
                 self.keepalive_s
             );
         }
+        if self.header_timeout_s == 0 || self.http_idle_timeout_s == 0 || self.body_timeout_s == 0 {
+            bail!("header_timeout_s, http_idle_timeout_s and body_timeout_s must be positive");
+        }
+        if self.max_connections_per_ip == 0 || self.max_connections == 0 {
+            bail!("max_connections_per_ip and max_connections must be positive");
+        }
         if self.discord.enabled() {
             self.discord.ids()?;
             if !cfg!(feature = "discord") {
@@ -408,6 +433,11 @@ impl Config {
         ws.visitor_window = Duration::from_secs(60);
         ws.auth_timeout = Duration::from_secs(self.auth_timeout_s.max(1));
         ws.idle_timeout = Duration::from_secs(self.idle_timeout_s);
+        ws.header_timeout = Duration::from_secs(self.header_timeout_s);
+        ws.http_idle_timeout = Duration::from_secs(self.http_idle_timeout_s);
+        ws.body_timeout = Duration::from_secs(self.body_timeout_s);
+        ws.max_connections_per_ip = self.max_connections_per_ip;
+        ws.max_connections = self.max_connections;
         ws.version = env!("CARGO_PKG_VERSION").to_owned();
         ws.dev_login = self.dev_login;
         ws
@@ -533,6 +563,37 @@ mod tests {
             assert!(!c.discord.enabled(), "the bridge is off without a token");
             jail.create_file("bad.toml", "lisen = \"x\"")?;
             assert!(Config::load(Some(Path::new("bad.toml"))).is_err(), "unknown keys are refused");
+            Ok(())
+        });
+    }
+
+    // figment's test jail returns its own large error type.
+    #[allow(clippy::result_large_err)]
+    #[test]
+    fn connection_limits_and_timers_reach_the_transport() {
+        figment::Jail::expect_with(|jail| {
+            let ws = Config::load(None).map_err(|e| e.to_string())?.ws_config();
+            assert_eq!(
+                (ws.header_timeout, ws.http_idle_timeout, ws.body_timeout),
+                (Duration::from_secs(10), Duration::from_secs(60), Duration::from_secs(30))
+            );
+            assert_eq!((ws.max_connections_per_ip, ws.max_connections), (256, 100_000));
+            jail.set_env("CHAT_HEADER_TIMEOUT_S", "3");
+            jail.set_env("CHAT_HTTP_IDLE_TIMEOUT_S", "4");
+            jail.set_env("CHAT_BODY_TIMEOUT_S", "5");
+            jail.set_env("CHAT_MAX_CONNECTIONS_PER_IP", "7");
+            jail.set_env("CHAT_MAX_CONNECTIONS", "8");
+            let ws = Config::load(None).map_err(|e| e.to_string())?.ws_config();
+            assert_eq!(
+                (ws.header_timeout, ws.http_idle_timeout, ws.body_timeout),
+                (Duration::from_secs(3), Duration::from_secs(4), Duration::from_secs(5))
+            );
+            assert_eq!((ws.max_connections_per_ip, ws.max_connections), (7, 8));
+            for var in ["CHAT_HEADER_TIMEOUT_S", "CHAT_MAX_CONNECTIONS_PER_IP", "CHAT_MAX_CONNECTIONS"] {
+                jail.set_env(var, "0");
+                assert!(Config::load(None).is_err(), "{var}=0 is refused");
+                jail.set_env(var, "9");
+            }
             Ok(())
         });
     }

@@ -31,13 +31,11 @@
 mod config;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use axum::serve::ListenerExt;
 use chat_core::{Authenticator, Engine, Store};
 use chat_transport_ws::{AppState, JwtAuthenticator, JwtConfig, SignKey, TokenIssuer, VerifyKey};
 use tokio::net::TcpListener;
@@ -212,6 +210,28 @@ pub fn auth_from(config: &Config) -> anyhow::Result<Auth> {
     Ok(Auth { verifier: Arc::new(auth), issuer: issuer.map(Arc::new) })
 }
 
+/// The process's soft limit on open files, where the system tells it
+/// (Linux's `/proc/self/limits`); `None` when unlimited or unknown.
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_files_limit(&limits)
+}
+
+fn parse_open_files_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find_map(|line| line.strip_prefix("Max open files"))?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
+/// How many connections fit within an open-file limit: the limit less room
+/// for the database's connections and files, the listener, logs, and the
+/// connections being refused (up to 64 at once). Without this, connections
+/// past the limit fail at accept, unanswered, rather than getting 503.
+fn connections_within(open_files: Option<u64>, config: &Config) -> Option<usize> {
+    let reserve = 128 + u64::from(config.database_max_connections) * 2;
+    let fit = open_files?.saturating_sub(reserve).max(1);
+    Some(usize::try_from(fit).unwrap_or(usize::MAX))
+}
+
 /// Serves until `shutdown` resolves, then stops accepting, closes every
 /// session with 1001, waits for accepted sends to be committed, and returns.
 pub async fn run(
@@ -233,21 +253,29 @@ pub async fn run(
     if config.dev_login {
         tracing::warn!("dev_login is on: anyone who can reach this server can sign in as any user by name");
     }
-    let state = AppState::new(engine.clone(), verifier, issuer, config.ws_config());
-    let app = chat_transport_ws::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let stopping = engine.clone();
-    // Frames are small and latency matters more than packet count.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "TCP_NODELAY not set");
+    let mut ws_config = config.ws_config();
+    if let Some(fit) = connections_within(open_files_limit(), &config) {
+        if fit < ws_config.max_connections {
+            tracing::info!(
+                max_connections = ws_config.max_connections,
+                using = fit,
+                "max_connections is above what the open-file limit leaves for connections; using {fit}, so that \
+                 connections past it get 503 instead of failing at accept (raise `ulimit -n` for more)"
+            );
+            ws_config.max_connections = fit;
         }
-    });
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+    }
+    let state = AppState::new(engine.clone(), verifier, issuer, ws_config.clone());
+    let app = chat_transport_ws::router(state);
+    let stopping = engine.clone();
+    // Connections are still accepted while the engine shuts down; the accept
+    // loop stops once it has.
+    let shutdown = async move {
         shutdown.await;
         tracing::info!("shutting down: closing sessions and committing pending sends");
         stopping.shutdown().await;
-    });
-    serve.await.context("serving")?;
+    };
+    chat_transport_ws::serve(listener, app, &ws_config, shutdown).await.context("serving")?;
     // Upgraded connections outlive the HTTP server; give them a moment to
     // send their close frames.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -256,4 +284,23 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_limit_caps_connections() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             63536                63536                processes \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(parse_open_files_limit(limits), Some(1024));
+        assert_eq!(parse_open_files_limit("Max open files  unlimited  unlimited  files"), None);
+        assert_eq!(parse_open_files_limit(""), None);
+        let config = Config { database_max_connections: 10, ..Config::default() };
+        assert_eq!(connections_within(Some(1024), &config), Some(1024 - 148));
+        assert_eq!(connections_within(Some(100), &config), Some(1), "never zero");
+        assert_eq!(connections_within(None, &config), None);
+    }
 }

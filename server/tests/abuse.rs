@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Client, TestServer, group_with, send_message, seqs, token, unthrottle};
+use support::{Client, RawWs, TestServer, group_with, send_message, seqs, token, unthrottle};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_get_invalid_and_the_connection_stays_open() {
@@ -263,4 +263,105 @@ async fn a_client_that_answers_no_ping_is_closed_after_the_idle_timeout() {
     let reason = silent.expect_close_within(1001, Duration::from_secs(2)).await;
     assert_eq!(reason, "idle timeout");
     awake.ok("ping", json!({})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_frames_after_authentication_count_towards_4400() {
+    let server = TestServer::start().await;
+    let mut client = server.connect("ada").await;
+    let auth = json!({"type": "auth", "data": {"token": token("ada")}});
+    client.send_text(auth.to_string()).await;
+    let frame = client.expect_frame("error").await;
+    assert_eq!(frame["error"]["code"], "invalid", "{frame}");
+    // With a ref, the error is the reply to it.
+    for i in 0..19 {
+        let reference = json!(format!("again-{i}"));
+        client.send_text(json!({"type": "auth", "ref": reference, "data": {"token": token("ada")}}).to_string()).await;
+        let reply = client.reply(&reference).await;
+        assert_eq!((reply["ok"].clone(), reply["error"]["code"].clone()), (json!(false), json!("invalid")), "{reply}");
+    }
+    client.ok("ping", json!({})).await;
+    client.send_text(auth.to_string()).await;
+    client.expect_close(4400).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refs_are_measured_in_characters_and_errors_carry_them() {
+    let server = TestServer::start().await;
+    let mut client = server.connect("ada").await;
+    // 128 characters of two and four bytes, written as they are or escaped,
+    // are accepted and echoed.
+    let table = [
+        ("é".repeat(128), json!("é".repeat(128)).to_string()),
+        ("é".repeat(128), format!("\"{}\"", "\\u00e9".repeat(128))),
+        ("\u{1F600}".repeat(128), format!("\"{}\"", "\\ud83d\\ude00".repeat(128))),
+    ];
+    for (expected, written) in table {
+        client.send_text(format!(r#"{{"type":"ping","ref":{written},"data":{{}}}}"#)).await;
+        let frame = client.next_frame().await;
+        assert_eq!((frame["type"].as_str(), frame["ok"].as_bool()), (Some("reply"), Some(true)), "{written}: {frame}");
+        assert_eq!(frame["ref"], json!(expected));
+    }
+    // A character more is refused, in a reply to that ref.
+    for long in ["é".repeat(129), "x".repeat(129)] {
+        client.send_text(json!({"type": "ping", "ref": long, "data": {}}).to_string()).await;
+        let frame = client.next_frame().await;
+        assert_eq!(frame["type"], "reply", "{frame}");
+        assert_eq!(frame["ref"], json!(long));
+        assert_eq!((frame["ok"].clone(), frame["error"]["code"].clone()), (json!(false), json!("invalid")));
+    }
+    // Whatever else is wrong with a frame, an error for it carries a ref that
+    // can be read.
+    for text in [
+        r#"{"ref":"r1","data":{}}"#,
+        r#"{"type":7,"ref":"r1"}"#,
+        r#"{"type":null,"ref":"r1","data":{}}"#,
+        r#"{"type":"room:join","ref":"r1","data":5}"#,
+        r#"{"type":"auth","ref":"r1","data":{}}"#,
+    ] {
+        client.send_text(text).await;
+        let frame = client.next_frame().await;
+        assert_eq!(frame["type"], "reply", "{text}: {frame}");
+        assert_eq!(frame["ref"], "r1", "{text}: {frame}");
+        assert_eq!(frame["error"]["code"], "invalid", "{text}: {frame}");
+    }
+    client.ok("ping", json!({})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_that_is_not_utf8_closes_1007() {
+    let server = TestServer::start().await;
+    let mut ws = RawWs::connect(server.addr, Some(&token("ada"))).await;
+    assert_eq!(ws.next_json().await["type"], "ready");
+    ws.send_frame(0x81, true, &[b'{', 0xff, 0xfe, b'}']).await;
+    assert_eq!(ws.close_code().await, Some(1007));
+    // In the auth frame's place too.
+    let mut ws = RawWs::connect(server.addr, None).await;
+    ws.send_frame(0x81, true, &[0xc3, 0x28]).await;
+    assert_eq!(ws.close_code().await, Some(1007));
+    server.connect("ada").await.ok("ping", json!({})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_violations_close_1002() {
+    let server = TestServer::start().await;
+    let ping = br#"{"type":"ping","data":{}}"#;
+    let table: [(&str, u8, bool, &[u8]); 5] = [
+        ("an unmasked frame", 0x81, false, ping),
+        ("a reserved bit", 0x81 | 0x40, true, ping),
+        ("an unknown opcode", 0x83, true, ping),
+        ("a fragmented control frame", 0x09, true, b"x"),
+        ("a continuation of nothing", 0x80, true, ping),
+    ];
+    for (what, first, masked, payload) in table {
+        let mut ws = RawWs::connect(server.addr, Some(&token("ada"))).await;
+        assert_eq!(ws.next_json().await["type"], "ready");
+        ws.send_frame(first, masked, payload).await;
+        assert_eq!(ws.close_code().await, Some(1002), "{what}");
+    }
+    // Before authentication too.
+    let mut ws = RawWs::connect(server.addr, None).await;
+    ws.send_frame(0x81, false, ping).await;
+    assert_eq!(ws.close_code().await, Some(1002));
+    server.connect("ada").await.ok("ping", json!({})).await;
 }

@@ -299,6 +299,51 @@ export function widgetBodies(page) {
   return page.locator('.log .msg:not(.greeting):not(.pending) .text').allTextContents();
 }
 
+/** A display name made to reorder the text around it, and a token for
+ * `user` that carries it: with a right-to-left override (U+202E) where the
+ * server accepts one; a server that refuses bidirectional controls in names
+ * gets right-to-left letters instead, which reorder the neutral text around
+ * them just the same unless they are isolated. */
+export async function spoofingName(server, user, { roles = [] } = {}) {
+  const override = 'Eve \u202Egnp.exe';
+  try {
+    const token = await server.token(user, { name: override, roles });
+    const answer = await fetch(`${server.url}/v1/users/online`, { headers: { authorization: `Bearer ${token}` } });
+    if (answer.status === 200) return { name: override, token };
+  } catch {
+    // Refused when the token is made: the fallback below.
+  }
+  const rtl = '\u05D0\u05D1\u05D9 (Eve)';
+  return { name: rtl, token: await server.token(user, { name: rtl, roles }) };
+}
+
+/** How `text` is shown under the element `root` locates (in a shadow root
+ * too): for each text node that holds it, whether it holds nothing else,
+ * and its element's tag, `dir` and computed `unicode-bidi`. */
+export function shownText(root, text) {
+  return root.evaluate((el, wanted) => {
+    const found = [];
+    const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      if (!node.data.includes(wanted)) continue;
+      const parent = node.parentElement;
+      found.push({
+        alone: node.data === wanted,
+        tag: parent.tagName.toLowerCase(),
+        dir: parent.getAttribute('dir'),
+        bidi: getComputedStyle(parent).unicodeBidi,
+      });
+    }
+    return found;
+  }, text);
+}
+
+/** Whether a `shownText` entry is a bidi isolate of its own: nothing around
+ * it in its text node, and an element that isolates it. */
+export function isIsolated(shown) {
+  return shown.alone && ['isolate', 'isolate-override', 'plaintext'].includes(shown.bidi);
+}
+
 /** Polls `fn` until it returns a truthy value or `timeout` passes. */
 export async function eventually(fn, { timeout = 15000, interval = 100, message = 'condition', describe } = {}) {
   const deadline = Date.now() + timeout;

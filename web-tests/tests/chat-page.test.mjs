@@ -1,17 +1,20 @@
 // The chat page (`/`) in two browser contexts: live chat with typing and
 // read ticks, edits and deletes, groups, presence, history scroll-back,
-// escaping of user text, and a phone-sized viewport.
+// escaping and bidi isolation of user text, and a phone-sized viewport.
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   ChatServer,
   eventually,
+  isIsolated,
   launchBrowser,
   newPage,
   pageBodies,
   screenshot,
+  shownText,
   signIn,
+  spoofingName,
 } from '../lib/harness.mjs';
 
 describe('chat page', () => {
@@ -108,6 +111,56 @@ describe('chat page', () => {
     assert.equal(await shown.textContent(), payload);
     assert.equal(await bob.locator('#messages img, #messages b').count(), 0);
     assert.equal(await bob.evaluate(() => window.__pwned), undefined);
+  });
+
+  test('names and bodies are bidi-isolated, so an override cannot reorder what is around it', async () => {
+    const { name, token } = await spoofingName(server, 'eve');
+    const finn = await newPage(browser);
+    await signIn(finn, server, await server.token('finn', { name: 'Finn' }));
+    const eve = await newPage(browser);
+    await signIn(eve, server, token);
+    await eve.locator('#search').fill('fin');
+    await eve.locator('#results label', { hasText: 'Finn' }).locator('input').check();
+    await eve.locator('#start-direct').click();
+    await eve.locator('#room-title', { hasText: 'Finn' }).waitFor();
+    const room = finn.locator('#rooms button', { hasText: 'gnp.exe' }).or(finn.locator('#rooms button', { hasText: 'Eve' }));
+    await room.first().waitFor();
+    await room.first().click();
+    await finn.locator('#room-members', { hasText: '2 members' }).waitFor();
+
+    await eve.locator('#input').pressSequentially('Hi', { delay: 20 });
+    await finn.locator('#typing', { hasText: 'is typing' }).waitFor();
+    const body = 'Invoice \u202Eexe.fdp\u202C attached, 3 pages';
+    await eve.locator('#input').fill(body);
+    await eve.locator('#input').press('Enter');
+    const text = finn.locator('#messages .msg .text', { hasText: 'Invoice' });
+    await text.waitFor();
+    assert.equal(await text.textContent(), body);
+
+    const bodyShown = await shownText(finn.locator('#messages'), body);
+    assert.equal(bodyShown.length, 1);
+    assert.ok(isIsolated(bodyShown[0]) && bodyShown[0].dir === 'auto', `the body: ${JSON.stringify(bodyShown)}`);
+    const places = [
+      [finn, '#rooms', 'the rooms list'],
+      [finn, '#room-title', 'the room title'],
+      [finn, '#room-members', 'the member list'],
+      [finn, '#messages', 'the sender of a message'],
+      [eve, '#me', 'the top bar'],
+    ];
+    for (const [page, selector, where] of places) {
+      const shown = await shownText(page.locator(selector), name);
+      assert.ok(shown.length > 0 && shown.every(isIsolated), `the name in ${where}: ${JSON.stringify(shown)}`);
+    }
+    // The typing line, while it shows.
+    await eve.locator('#input').pressSequentially('more', { delay: 20 });
+    await finn.locator('#typing', { hasText: 'is typing' }).waitFor();
+    const typing = await shownText(finn.locator('#typing'), name);
+    assert.ok(typing.length === 1 && isIsolated(typing[0]), `the name in the typing line: ${JSON.stringify(typing)}`);
+    await screenshot(finn, 'chat-page-bidi');
+    assert.deepEqual(finn.errors, []);
+    assert.deepEqual(eve.errors, []);
+    await finn.context().close();
+    await eve.context().close();
   });
 
   test('unread counts, presence with the status picker, and a group of several members', async () => {

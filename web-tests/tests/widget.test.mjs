@@ -1,7 +1,7 @@
 // The support widget on a sample website served from another origin,
 // answered by an agent on the chat page; its history across a reload; its
-// isolation from the host page's styles; keyboard use; and an origin the
-// server does not allow.
+// isolation from the host page's styles; keyboard use; bidi isolation of
+// names and bodies; and an origin the server does not allow.
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -9,12 +9,15 @@ import {
   ChatServer,
   eventually,
   hostSite,
+  isIsolated,
   launchBrowser,
   newPage,
   pageBodies,
   screenshot,
   shopPage,
+  shownText,
   signIn,
+  spoofingName,
   widgetBodies,
 } from '../lib/harness.mjs';
 
@@ -32,6 +35,7 @@ describe('support widget', () => {
     server = await ChatServer.start({ env: { CHAT_ALLOWED_ORIGINS: shop.origin } });
     pages['/'] = () => shopPage(server, 'data-color="#7c3aed" data-greeting="Welcome to the shop! Ask away."');
     pages['/fr'] = () => shopPage(server, 'data-lang="fr" data-position="left"');
+    pages['/zed'] = () => shopPage(server, 'data-name="Zed"');
     // A site with a strict policy of its own: the chat server allowed for
     // scripts and connections, nothing inline.
     pages['/strict'] = () => ({
@@ -237,5 +241,38 @@ describe('support widget', () => {
       await other.close();
     }
   });
-});
 
+  test("an agent's name and bodies are bidi-isolated in the widget", async () => {
+    const { name, token } = await spoofingName(server, 'mallory', { roles: ['support'] });
+    const spoofer = await newPage(browser);
+    await signIn(spoofer, server, token);
+    const page = await newPage(browser);
+    await page.goto(`${shop.origin}/zed`);
+    await page.locator('.launcher').click();
+    await page.locator('textarea').fill('Is my refund on its way?');
+    await page.locator('textarea').press('Enter');
+    const room = spoofer.locator('#rooms button', { hasText: 'Support: Zed' });
+    await room.waitFor();
+    await room.click();
+    await spoofer.locator('#messages .msg .text', { hasText: 'refund' }).waitFor();
+
+    await spoofer.locator('#input').pressSequentially('Yes', { delay: 20 });
+    await page.locator('.typing', { hasText: '…' }).waitFor();
+    const typing = await shownText(page.locator('.typing'), name);
+    assert.ok(typing.length === 1 && isIsolated(typing[0]), `the name in the typing line: ${JSON.stringify(typing)}`);
+    const body = 'Refund of \u202E00.001$\u202C sent';
+    await spoofer.locator('#input').fill(body);
+    await spoofer.locator('#input').press('Enter');
+    await page.locator('.log .msg:not(.mine) .text', { hasText: 'Refund of' }).waitFor();
+
+    const bodyShown = await shownText(page.locator('.log'), body);
+    assert.equal(bodyShown.length, 1);
+    assert.ok(isIsolated(bodyShown[0]) && bodyShown[0].dir === 'auto', `the body: ${JSON.stringify(bodyShown)}`);
+    const who = await shownText(page.locator('.log'), name);
+    assert.ok(who.length > 0 && who.every(isIsolated), `the name of the sender: ${JSON.stringify(who)}`);
+    assert.deepEqual(page.errors, []);
+    assert.deepEqual(spoofer.errors, []);
+    await page.context().close();
+    await spoofer.context().close();
+  });
+});

@@ -674,3 +674,186 @@ impl TestServer {
         response.text().await.expect("metrics body")
     }
 }
+
+/// A TCP connection to `addr` leaving from `source` (another loopback
+/// address such as 127.0.0.2 is another client address).
+pub async fn tcp_from(source: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::new(source, 0)).expect("bind the source address");
+    socket.connect(addr).await.expect("TCP connect")
+}
+
+/// An HTTP client whose requests leave from `source` and that keeps no
+/// connection open after a response.
+pub fn http_client_from(source: std::net::IpAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(WAIT)
+        .local_address(source)
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("HTTP client")
+}
+
+/// Reads and drops whatever arrives until the peer closes the connection
+/// (end of stream or reset): how long that took, or `None` when it was still
+/// open after `within`.
+pub async fn wait_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin), within: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, read_all).await.ok().map(|()| started.elapsed())
+}
+
+/// One HTTP/1.1 response read off a raw connection: its status, headers
+/// (names in lower case) and body (by `Content-Length`; none without it).
+pub async fn read_response(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut data = Vec::new();
+    let head_end = loop {
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf)).await.expect("a response in time").expect("read");
+        assert!(n > 0, "the connection closed before a response: {:?}", String::from_utf8_lossy(&data));
+        data.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8(data[..head_end].to_vec()).expect("an ASCII head");
+    let mut lines = head.split("\r\n");
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("a status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    let length: usize =
+        headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+    let mut body = data[head_end + 4..].to_vec();
+    while body.len() < length {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf)).await.expect("a body in time").expect("read");
+        assert!(n > 0, "the connection closed within the body");
+        body.extend_from_slice(&buf[..n]);
+    }
+    (status, headers, body)
+}
+
+/// A WebSocket client that writes its frames by hand, for frames that
+/// tungstenite's client refuses to send (bad UTF-8, reserved bits, unmasked).
+pub struct RawWs {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Upgrades `/v1/ws` by hand, with a bearer token when given.
+    pub async fn connect(addr: SocketAddr, token: Option<&str>) -> RawWs {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = TcpStream::connect(addr).await.expect("TCP connect");
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let request = format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{auth}\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("write the upgrade");
+        let (status, _, _) = read_response(&mut stream).await;
+        assert_eq!(status, 101, "the upgrade");
+        RawWs { stream, buf: Vec::new() }
+    }
+
+    /// Writes one frame: `first` is the first header byte (FIN, RSV1-3,
+    /// opcode); the payload is masked when `masked` (as a client must).
+    pub async fn send_frame(&mut self, first: u8, masked: bool, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut frame = vec![first];
+        let bit = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => frame.push(bit | n as u8),
+            n if n <= 0xffff => {
+                frame.push(bit | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(bit | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            frame.extend_from_slice(&mask);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        } else {
+            frame.extend_from_slice(payload);
+        }
+        // The server may already have closed: what it answered is what counts.
+        let _ = self.stream.write_all(&frame).await;
+    }
+
+    /// Sends a final, masked text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.send_frame(0x81, true, text.as_bytes()).await;
+    }
+
+    /// The next frame from the server, as (opcode, payload); `None` when the
+    /// connection ended (or nothing came within [`WAIT`]).
+    pub async fn next_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if self.buf.len() >= 2 {
+                let (len, start) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => (usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])), 4),
+                    127 if self.buf.len() >= 10 => {
+                        let bytes: [u8; 8] = self.buf[2..10].try_into().expect("eight bytes");
+                        (u64::from_be_bytes(bytes) as usize, 10)
+                    }
+                    126 | 127 => (usize::MAX, 0),
+                    n => (usize::from(n), 2),
+                };
+                if len != usize::MAX && self.buf.len() >= start + len {
+                    let opcode = self.buf[0] & 0x0f;
+                    let payload = self.buf[start..start + len].to_vec();
+                    self.buf.drain(..start + len);
+                    return Some((opcode, payload));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next text frame as JSON, skipping pings.
+    pub async fn next_json(&mut self) -> Value {
+        loop {
+            match self.next_frame().await {
+                Some((0x1, payload)) => return serde_json::from_slice(&payload).expect("the server sends JSON"),
+                Some((0x9 | 0xa, _)) => {}
+                other => panic!("waiting for a text frame: {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server's close frame and returns its code; `None`
+    /// when the connection ended without one.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match self.next_frame().await? {
+                (0x8, payload) if payload.len() >= 2 => return Some(u16::from_be_bytes([payload[0], payload[1]])),
+                (0x8, _) => return Some(1005),
+                _ => {}
+            }
+        }
+    }
+}
