@@ -112,7 +112,7 @@ server_cmd() { # server scenario db
         native)
             echo "env CHAT_LISTEN=$NATIVE_ADDR CHAT_DATABASE_URL=$db CHAT_JWT_SECRET=$SECRET" \
                 "CHAT_COMMANDS_PER_SECOND=1000000 CHAT_COMMAND_BURST=1000000 CHAT_MAX_CONNECTIONS_PER_USER=16" \
-                "CHAT_MAX_ROOMS_PER_USER=100000 CHAT_ROOM_ACTIONS_PER_MINUTE=0 RUST_LOG=warn ${NATIVE_ENV:-} $PIN_SERVER $ROOT/target/release/chat-server" ;;
+                "CHAT_MAX_ROOMS_PER_USER=100000 CHAT_ROOM_ACTIONS_PER_MINUTE=0 CHAT_MAX_CONNECTIONS_PER_IP=100000 RUST_LOG=warn ${NATIVE_ENV:-} $PIN_SERVER $ROOT/target/release/chat-server" ;;
         socketio)
             # The durable and reconnect scenarios need messages to outlive
             # the process: one better-sqlite3 (or PostgreSQL) commit per message.
