@@ -265,6 +265,47 @@ async fn a_room_locked_by_a_stuck_writer_fails_the_append_in_bounded_time() {
     store.close().await;
 }
 
+/// A membership removed by another process while a batch of its member's
+/// messages is being written: the removal holds the membership row when the
+/// append probes it (still there, uncommitted), then commits while the append
+/// waits to move the sender's cursor. The append must not store the message:
+/// it starts over and refuses the former member, and the seq stays unused.
+#[tokio::test]
+async fn a_member_removed_while_their_batch_is_written_is_refused() {
+    let Some(schema) = TempSchema::create("a_member_removed_while_their_batch_is_written_is_refused").await else {
+        return;
+    };
+    let store = connect(&schema).await;
+    let room = make_room(&store, &["ada", "bob"]).await;
+    accepted(store.append_messages(vec![msg(room.id, "bob", "b0")]).await.expect("append"));
+
+    let mut remover = raw(&schema).await;
+    sqlx::query("BEGIN").execute(&mut remover).await.expect("begin");
+    let removed = sqlx::query("DELETE FROM members WHERE room_id = $1 AND user_id = 'bob'")
+        .bind(room.id.as_uuid())
+        .execute(&mut remover)
+        .await
+        .expect("remove bob")
+        .rows_affected();
+    assert_eq!(removed, 1);
+
+    let append = tokio::spawn({
+        let store = store.clone();
+        async move { store.append_messages(vec![msg(room.id, "bob", "b1"), msg(room.id, "ada", "a1")]).await }
+    });
+    // Let the append pass its probe and wait on bob's row.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("COMMIT").execute(&mut remover).await.expect("commit the removal");
+
+    let answers = append.await.expect("the append task").expect("the batch is answered");
+    assert_eq!(answers[0].as_ref().map(|_| ()).map_err(|e| e.code().as_str()), Err("not_member"), "{answers:?}");
+    let ada = answers[1].as_ref().expect("ada's message is stored");
+    assert_eq!(ada.message.seq, 2, "bob's refused message took no seq");
+    let stored: Vec<_> = all_messages(&store, room.id).await.into_iter().map(|m| (m.seq, m.client_msg_id)).collect();
+    assert_eq!(stored, [(1, "b0".to_owned()), (2, "a1".to_owned())]);
+    store.close().await;
+}
+
 /// The plans, not only the timings: with a big room in the tables, history
 /// pages are range scans of the primary key, and a user's rooms start from
 /// the user's index entries. Nothing reads a whole table or sorts a room.
