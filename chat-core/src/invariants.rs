@@ -316,6 +316,72 @@ pub fn config() -> EngineConfig {
     }
 }
 
+/// The property tests' settings: proptest's defaults, which read
+/// `PROPTEST_*` from the environment, with `default_cases` cases unless
+/// `PROPTEST_CASES` says how many. Failing cases are kept in
+/// `proptest-regressions/engine_invariants.txt` of the crate under test (an
+/// integration test has no `lib.rs` for proptest's default location to be
+/// found from).
+pub fn proptest_config(default_cases: u32) -> proptest::test_runner::Config {
+    let mut config = proptest::test_runner::Config::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = default_cases;
+    }
+    config.failure_persistence = Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+        "proptest-regressions/engine_invariants.txt",
+    )));
+    config
+}
+
+/// Random op sequences of 1 to `max_ops` ops; shrinking moves towards
+/// shorter sequences of simpler ops.
+pub fn ops(max_ops: usize) -> impl proptest::strategy::Strategy<Value = Vec<Op>> {
+    use proptest::prelude::*;
+    proptest::collection::vec(any::<[u8; 4]>().prop_map(Op::from_bytes), 1..=max_ops)
+}
+
+/// Runs [`check`] on the store `make` gives, on a runtime of its own (one
+/// per case), as a proptest case's result.
+pub fn run_case<S, F>(make: impl FnOnce() -> F, ops: &[Op]) -> Result<(), proptest::test_runner::TestCaseError>
+where
+    F: Future<Output = S>,
+    S: StoreHandle,
+{
+    use proptest::test_runner::TestCaseError;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| TestCaseError::fail(format!("no Tokio runtime: {e}")))?;
+    runtime
+        .block_on(async {
+            let handle = make().await;
+            let result = check(handle.store(), ops).await;
+            // The engine closes the store when it shuts down; whatever the
+            // handle keeps (a temporary file) goes after that.
+            drop(handle);
+            result
+        })
+        .map_err(TestCaseError::fail)
+}
+
+/// A store for [`run_case`], with whatever must outlive the run beside it.
+pub trait StoreHandle {
+    /// The store to run the engine on.
+    fn store(&self) -> Arc<dyn Store>;
+}
+
+impl StoreHandle for Arc<dyn Store> {
+    fn store(&self) -> Arc<dyn Store> {
+        self.clone()
+    }
+}
+
+impl StoreHandle for crate::testing::TestStore {
+    fn store(&self) -> Arc<dyn Store> {
+        self.shared()
+    }
+}
+
 /// Runs `ops` on an engine over `store` and checks the invariants of the
 /// [module docs](self) after each one and at the end. The engine is shut down
 /// (which closes the store) before this returns. The error names the op

@@ -8,47 +8,25 @@
 
 use std::sync::Arc;
 
-use chat_core::MemoryStore;
-use chat_core::invariants::{Op, check};
+use chat_core::invariants::{Op, ops, proptest_config, run_case};
+use chat_core::{MemoryStore, Store};
 use proptest::prelude::*;
-use proptest::test_runner::{FileFailurePersistence, TestCaseError};
+use proptest::test_runner::TestCaseError;
 
 /// Cases when `PROPTEST_CASES` is not set: a few seconds on a slow machine.
 const CASES: u32 = 256;
 /// The longest sequence of one case.
 const MAX_OPS: usize = 40;
 
-/// proptest's defaults, which read `PROPTEST_*` from the environment, with
-/// fewer cases unless `PROPTEST_CASES` says how many. Failing cases are kept
-/// in `proptest-regressions/` (an integration test has no `lib.rs` for
-/// proptest's default location to be found from).
-fn config() -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = CASES;
-    }
-    config.failure_persistence =
-        Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/engine_invariants.txt")));
-    config
-}
-
-fn ops() -> impl Strategy<Value = Vec<Op>> {
-    proptest::collection::vec(any::<[u8; 4]>().prop_map(Op::from_bytes), 1..=MAX_OPS)
-}
-
 fn run(ops: &[Op]) -> Result<(), TestCaseError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| TestCaseError::fail(format!("no Tokio runtime: {e}")))?;
-    runtime.block_on(check(Arc::new(MemoryStore::new()), ops)).map_err(TestCaseError::fail)
+    run_case(|| async { Arc::new(MemoryStore::new()) as Arc<dyn Store> }, ops)
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(proptest_config(CASES))]
 
     #[test]
-    fn the_engine_keeps_its_invariants_on_the_memory_store(ops in ops()) {
+    fn the_engine_keeps_its_invariants_on_the_memory_store(ops in ops(MAX_OPS)) {
         run(&ops)?;
     }
 }

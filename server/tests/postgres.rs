@@ -35,18 +35,24 @@ async fn pipeline(client: &mut Client, room: &str, prefix: &str, n: usize) -> Ve
     acked
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_server_processes_on_one_database_store_one_gapless_room() {
-    let Some(schema) = TempSchema::create("two_server_processes_on_one_database_store_one_gapless_room").await else {
-        return;
-    };
+/// Two `chat-server` processes on the schema, started together: both run
+/// the migrations, one of them does the work. The directory holds their logs.
+async fn two_processes(schema: &TempSchema) -> (tempfile::TempDir, ServerProcess, ServerProcess) {
     let dir = tempfile::tempdir().expect("temp dir");
-    // Started together: both run the migrations, one of them does the work.
     let url = schema.url();
     let (a, b) = tokio::join!(
         ServerProcess::start_url(&url, dir.path().join("a.log"), &[]),
         ServerProcess::start_url(&url, dir.path().join("b.log"), &[]),
     );
+    (dir, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_server_processes_on_one_database_store_one_gapless_room() {
+    let Some(schema) = TempSchema::create("two_server_processes_on_one_database_store_one_gapless_room").await else {
+        return;
+    };
+    let (_dir, a, b) = two_processes(&schema).await;
     let mut bob = b.connect("bob").await;
     let mut ada = a.connect("ada").await;
     let room = group_with(&mut ada, "private", &["bob"]).await;
@@ -257,12 +263,7 @@ async fn a_user_who_left_through_one_process_cannot_post_through_another() {
     else {
         return;
     };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = schema.url();
-    let (a, b) = tokio::join!(
-        ServerProcess::start_url(&url, dir.path().join("a.log"), &[]),
-        ServerProcess::start_url(&url, dir.path().join("b.log"), &[]),
-    );
+    let (_dir, a, b) = two_processes(&schema).await;
     let mut mallory_on_b = b.connect("mallory").await;
     let mut ada = a.connect("ada").await;
     let room = group_with(&mut ada, "private", &["mallory"]).await;
