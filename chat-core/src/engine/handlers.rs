@@ -140,7 +140,20 @@ impl Inner {
     /// the session's rooms could be stale when another process changed the
     /// membership.
     pub(crate) async fn require_member(&self, ctx: &Ctx, room: RoomId) -> Result<Member> {
-        self.member_or_error(&ctx.user.id, room).await
+        match self.store.member(room, &ctx.user.id).await? {
+            Some(m) => Ok(m),
+            None => match self.store.room(room).await? {
+                Some(_) => Err(Error::NotMember),
+                None => Err(Error::NotFound("room")),
+            },
+        }
+    }
+
+    /// Whether the asking session joined the room here, as this process's
+    /// hub remembers it: enough for what stores nothing (typing) or what the
+    /// store checks again (a send's commit), never for a permission.
+    fn joined_here(&self, ctx: &Ctx, room: RoomId) -> bool {
+        ctx.session.is_some_and(|session| self.hub.is_subscribed(session, room))
     }
 
     /// The limits every new membership keeps, checked by the store.
@@ -159,16 +172,6 @@ impl Inner {
             )));
         }
         Ok(())
-    }
-
-    async fn member_or_error(&self, user: &UserId, room: RoomId) -> Result<Member> {
-        match self.store.member(room, user).await? {
-            Some(m) => Ok(m),
-            None => match self.store.room(room).await? {
-                Some(_) => Err(Error::NotMember),
-                None => Err(Error::NotFound("room")),
-            },
-        }
     }
 
     async fn room_or_404(&self, room: RoomId) -> Result<Room> {
@@ -335,7 +338,7 @@ impl Inner {
     }
 
     pub(crate) async fn invite(&self, ctx: &Ctx, req: Invite) -> Result<Reply> {
-        self.member_or_error(&ctx.user.id, req.room_id).await?;
+        self.require_member(ctx, req.room_id).await?;
         let room = self.room_or_404(req.room_id).await?;
         let user = self.store.user(&req.user_id).await?.ok_or(Error::NotFound("user"))?;
         if user.is_visitor() {
@@ -409,6 +412,12 @@ impl Inner {
     /// that their lists show it at once. They are not made members: an agent
     /// joins the rooms they answer, and spam cannot fill their rooms.
     pub(crate) async fn announce_queued(&self, room_id: RoomId) {
+        // Every room's first message comes here; with no agent to tell, the
+        // room is not even read.
+        let agents = self.presence.support_agents_connected();
+        if agents.is_empty() {
+            return;
+        }
         let room = match self.store.room(room_id).await {
             Ok(Some(room)) if room.kind == RoomKind::Support && !room.closed => room,
             Ok(_) => return,
@@ -418,11 +427,8 @@ impl Inner {
                 return;
             }
         };
-        let agents = self.presence.support_agents_connected();
-        if !agents.is_empty() {
-            let audience = Audience::Users { users: agents, except_session: None };
-            self.publish(audience, Event::RoomAdded(RoomAdded { room })).await;
-        }
+        let audience = Audience::Users { users: agents, except_session: None };
+        self.publish(audience, Event::RoomAdded(RoomAdded { room })).await;
     }
 
     pub(crate) async fn list_rooms(&self, ctx: &Ctx) -> Result<Reply> {
@@ -503,11 +509,10 @@ impl Inner {
         // joined to the room skips them: the hub's view of it could be stale
         // (another process may have changed the membership), but the commit's
         // cannot.
-        let joined = ctx.session.is_some_and(|session| self.hub.is_subscribed(session, req.room_id));
-        let closed = if joined {
+        let closed = if self.joined_here(ctx, req.room_id) {
             self.hub.is_closed(req.room_id)
         } else {
-            self.member_or_error(&ctx.user.id, req.room_id).await?;
+            self.require_member(ctx, req.room_id).await?;
             self.room_or_404(req.room_id).await?.closed
         };
         if closed {
@@ -566,7 +571,7 @@ impl Inner {
     }
 
     pub(crate) async fn delete(&self, ctx: &Ctx, req: DeleteMessage) -> Result<Reply> {
-        let member = self.member_or_error(&ctx.user.id, req.room_id).await?;
+        let member = self.require_member(ctx, req.room_id).await?;
         let msg = self.store.message(req.room_id, req.message_id).await?.ok_or(Error::NotFound("message"))?;
         // A visitor owns their support room, but the agents' answers are not theirs to remove.
         if msg.sender_id != ctx.user.id && (!member.role.is_admin() || ctx.user.is_visitor()) {
@@ -592,8 +597,7 @@ impl Inner {
         // joined to it goes by the hub, which keeps typing alive while the
         // database is down. (A membership ended on another process reaches
         // this hub with the cluster's membership messages.)
-        let joined = ctx.session.is_some_and(|session| self.hub.is_subscribed(session, room));
-        if !joined {
+        if !self.joined_here(ctx, room) {
             self.require_member(ctx, room).await?;
         }
         let changed = if typing { self.typing.start(room, &ctx.user.id) } else { self.typing.stop(room, &ctx.user.id) };
