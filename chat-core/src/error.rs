@@ -133,6 +133,12 @@ impl Error {
         Error::Forbidden(msg.into())
     }
 
+    /// The refusal of a message to a closed room, from the engine and the
+    /// stores alike.
+    pub fn room_closed() -> Self {
+        Error::Forbidden("the room is closed".into())
+    }
+
     /// Shorthand for [`Error::Conflict`].
     pub fn conflict(msg: impl Into<String>) -> Self {
         Error::Conflict(msg.into())

@@ -28,7 +28,7 @@ impl Refusal {
     pub(crate) fn error(self) -> chat_core::Error {
         match self {
             Refusal::MissingRoom => chat_core::Error::NotFound("room"),
-            Refusal::Closed => chat_core::Error::forbidden("the room is closed"),
+            Refusal::Closed => chat_core::Error::room_closed(),
             Refusal::NotMember => chat_core::Error::NotMember,
         }
     }

@@ -53,18 +53,6 @@ pub(crate) fn history_page<R>(
     Ok(HistoryPage { messages, has_more })
 }
 
-/// The refusal of a membership beyond [`MemberLimits::max_own_rooms`](chat_core::MemberLimits).
-#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
-pub(crate) fn quota_error(max_own_rooms: u64) -> chat_core::Error {
-    chat_core::Error::forbidden(format!("you have created or joined the maximum number of rooms ({max_own_rooms})"))
-}
-
-/// The refusal of a member beyond [`MemberLimits::max_members`](chat_core::MemberLimits).
-#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
-pub(crate) fn room_full_error() -> chat_core::Error {
-    chat_core::Error::forbidden("the room is full")
-}
-
 /// A limit as a SQL `bigint`, to compare counts with: `u64::MAX` (no limit)
 /// and anything above `i64::MAX` become `i64::MAX`.
 #[cfg(feature = "postgres")]

@@ -57,7 +57,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::batch::{Found, Key, Moves, Outcome, RoomState, answers, moves, new_count, plan, rooms_of, senders_of};
-use crate::common::{Db, finish, history_page, limit_to_db, quota_error, room_full_error};
+use crate::common::{Db, finish, history_page, limit_to_db};
 use crate::error::{Error, Result};
 use crate::{codec, migrate};
 
@@ -380,7 +380,7 @@ async fn create_room_in(
         }
     }
     if own_rooms(conn, &new.created_by).await? >= limits.max_own_rooms {
-        return Ok(Err(quota_error(limits.max_own_rooms)));
+        return Ok(Err(limits.own_rooms_error()));
     }
     // The UNIQUE indexes decide, not the lookup above: the other member of a
     // direct pair may be making the same room, and a racing insert of the
@@ -703,14 +703,12 @@ async fn add_member_in(
         Err(chat_core::Error::NotFound("room"))
     } else if member {
         Ok(false)
-    } else if codec::count_from_db(members)? >= limits.max_members {
-        Err(room_full_error())
-    } else if joining.self_joined && codec::count_from_db(own)? >= limits.max_own_rooms {
-        Err(quota_error(limits.max_own_rooms))
     } else {
         // Every writer of this room's memberships holds its lock, so the
         // insert skips only what `is_member` saw.
-        Ok(inserted)
+        limits
+            .check_join(codec::count_from_db(members)?, codec::count_from_db(own)?, joining.self_joined)
+            .map(|()| inserted)
     })
 }
 

@@ -30,7 +30,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use crate::batch::{Found, Key, Moves, Outcome, RoomState, answers, moves, new_count, plan, rooms_of, senders_of};
-use crate::common::{Db, history_page, quota_error, room_full_error};
+use crate::common::{Db, history_page};
 use crate::error::{Error, Result};
 use crate::{codec, migrate};
 
@@ -470,7 +470,7 @@ async fn create_room_in(
         }
     }
     if own_rooms(conn, &new.created_by).await? >= limits.max_own_rooms {
-        return Ok(Err(quota_error(limits.max_own_rooms)));
+        return Ok(Err(limits.own_rooms_error()));
     }
     // The UNIQUE indexes decide, not the lookup above; with the write lock
     // held they never skip, but a skipped insert still returns the room.
@@ -951,12 +951,10 @@ impl Store for SqliteStore {
                 Err(chat_core::Error::NotFound("room"))
             } else if member {
                 Ok(false)
-            } else if codec::count_from_db(members)? >= limits.max_members {
-                Err(room_full_error())
-            } else if joining.self_joined && codec::count_from_db(own)? >= limits.max_own_rooms {
-                Err(quota_error(limits.max_own_rooms))
             } else {
-                Ok(true)
+                limits
+                    .check_join(codec::count_from_db(members)?, codec::count_from_db(own)?, joining.self_joined)
+                    .map(|()| true)
             };
             if matches!(answer, Ok(true)) {
                 sqlx::query(

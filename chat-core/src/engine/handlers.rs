@@ -368,7 +368,7 @@ impl Inner {
     pub(crate) async fn claim_room(&self, ctx: &Ctx, room_id: RoomId) -> Result<Room> {
         let room = self.support_room_for_agent(ctx, room_id).await?;
         if room.closed {
-            return Err(Error::forbidden("the room is closed"));
+            return Err(Error::room_closed());
         }
         self.ensure_member(ctx, room_id).await?;
         let (room, changed) = self.store.claim_room(room_id, &ctx.user.id).await?.ok_or(Error::NotFound("room"))?;
@@ -516,7 +516,7 @@ impl Inner {
             self.room_or_404(req.room_id).await?.closed
         };
         if closed {
-            return Err(Error::forbidden("the room is closed"));
+            return Err(Error::room_closed());
         }
         if let Some(reply_to) = req.reply_to {
             if self.store.message(req.room_id, reply_to).await?.is_none() {

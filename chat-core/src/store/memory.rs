@@ -58,10 +58,6 @@ struct RoomState {
     idempotency: HashMap<(UserId, String), usize>,
 }
 
-fn quota_error(limits: MemberLimits) -> Error {
-    Error::forbidden(format!("you have created or joined the maximum number of rooms ({})", limits.max_own_rooms))
-}
-
 impl State {
     fn own_room_count(&self, user: &UserId) -> u64 {
         self.own_rooms.get(user).copied().unwrap_or(0)
@@ -155,7 +151,7 @@ impl Store for MemoryStore {
             }
         }
         if state.own_room_count(&new.created_by) >= limits.max_own_rooms {
-            return Err(quota_error(limits));
+            return Err(limits.own_rooms_error());
         }
         if state.rooms.contains_key(&new.id) {
             return Err(Error::conflict("room id already taken"));
@@ -292,12 +288,7 @@ impl Store for MemoryStore {
         if rs.member_pos.contains_key(user) {
             return Ok(false);
         }
-        if rs.members.len() as u64 >= limits.max_members {
-            return Err(Error::forbidden("the room is full"));
-        }
-        if joining.self_joined && own >= limits.max_own_rooms {
-            return Err(quota_error(limits));
-        }
+        limits.check_join(rs.members.len() as u64, own, joining.self_joined)?;
         let Joining { role, at, self_joined } = joining;
         rs.add(Member { room_id: room, user_id: user.clone(), role, joined_at: at, delivered_seq: 0, read_seq: 0 });
         if self_joined {
@@ -354,7 +345,7 @@ impl Store for MemoryStore {
                 continue;
             };
             if rs.room.closed {
-                out.push(Err(Error::forbidden("the room is closed")));
+                out.push(Err(Error::room_closed()));
                 continue;
             }
             if !rs.member_pos.contains_key(&new.sender_id) {

@@ -56,6 +56,36 @@ pub struct MemberLimits {
 impl MemberLimits {
     /// No limit at all (for tools and tests).
     pub const NONE: MemberLimits = MemberLimits { max_own_rooms: u64::MAX, max_members: u64::MAX };
+
+    /// What a store answers when a user already has
+    /// [`MemberLimits::max_own_rooms`] rooms of their own, so that every
+    /// store says it alike.
+    pub fn own_rooms_error(&self) -> crate::Error {
+        crate::Error::forbidden(format!(
+            "you have created or joined the maximum number of rooms ({})",
+            self.max_own_rooms
+        ))
+    }
+
+    /// What a store answers when a room already has
+    /// [`MemberLimits::max_members`] members.
+    pub fn room_full_error(&self) -> crate::Error {
+        crate::Error::forbidden("the room is full")
+    }
+
+    /// Whether a new membership fits, given the room's member count and the
+    /// user's own rooms, both counted in the transaction that would insert
+    /// it: the room's capacity first, then, for a user joining by
+    /// themselves, their own rooms.
+    pub fn check_join(&self, members: u64, own_rooms: u64, self_joined: bool) -> Result<()> {
+        if members >= self.max_members {
+            return Err(self.room_full_error());
+        }
+        if self_joined && own_rooms >= self.max_own_rooms {
+            return Err(self.own_rooms_error());
+        }
+        Ok(())
+    }
 }
 
 /// How a user becomes a member of a room.
