@@ -10,7 +10,7 @@
 //! | a database backend | [`Store`] | run the conformance suite (`testing` feature) against it |
 //! | a transport (WebSocket, TCP, …) | nothing: drive a [`Session`] | decode commands with [`Command::decode`], encode [`Output`]s |
 //! | credentials | [`Authenticator`] | hand the [`Identity`] to [`Engine::open_session`] |
-//! | multi-node fan-out | [`Broker`] | deliver every [`Fanout`] to each node's [`FanoutSink`] |
+//! | many server processes | [`Broker`] | move each publication to the processes subscribed to its [`Topic`]; run the broker suite (`testing` feature) |
 //! | a bridge to another platform | [`Bridge`] | post back with [`Engine::post_as`]; keep its outbox in [`BridgeStore`] |
 //! | a store that bridges can use | [`BridgeStore`] too | return it from [`Store::bridge_store`]; run `bridge_store_conformance!` |
 //!
@@ -76,7 +76,7 @@ pub mod user;
 
 pub use auth::{Authenticator, StaticTokens};
 pub use bridge::{Bridge, BridgeEvent, BridgeHealth, BridgeStore, Job, JobCounts, JobStatus, NewJob};
-pub use broker::{Audience, Broker, Fanout, FanoutSink, LocalBroker};
+pub use broker::{Audience, Broker, BrokerSink, Fanout, LocalBroker, LocalBus, Topic};
 pub use command::{Command, CommandKind, Reply};
 pub use config::{EngineConfig, Limits};
 pub use engine::{

@@ -10,7 +10,7 @@ use std::time::Instant;
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
-use crate::broker::{Audience, Fanout, FanoutSink};
+use crate::broker::{Audience, Fanout};
 use crate::event::{Delivery, Event};
 use crate::id::{RoomId, SessionId, UserId};
 use crate::metrics::Metrics;
@@ -420,14 +420,5 @@ impl Hub {
                 }
             }
         }
-    }
-}
-
-/// The hub as the broker's delivery target.
-pub(crate) struct HubSink(pub(crate) Arc<Hub>);
-
-impl FanoutSink for HubSink {
-    fn deliver(&self, fanout: Fanout) {
-        self.0.deliver(fanout);
     }
 }

@@ -33,12 +33,12 @@ pub use session::{CloseSignal, Output, Ready, Ref, Session};
 
 use self::committer::CommitJob;
 use self::expiry::ExpiryQueue;
-use self::hub::{Hub, HubSink, SessionShared};
+use self::hub::{Hub, SessionShared};
 use self::keepalive::KeepaliveQueue;
 use self::presence::PresenceTracker;
 use self::typing::TypingTracker;
 use crate::bridge::{Bridge, BridgeEvent, BridgeHealth, Job, JobStatus};
-use crate::broker::{Audience, Broker, Fanout, LocalBroker};
+use crate::broker::{Audience, Broker, Fanout};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::event::{Event, Typing};
@@ -65,7 +65,9 @@ impl std::fmt::Debug for EngineBuilder {
 }
 
 impl EngineBuilder {
-    /// Uses a broker other than the single-node [`LocalBroker`].
+    /// Makes the engine one process of a cluster: events also reach the
+    /// sessions of the other processes on `broker`, and presence counts
+    /// theirs. Without a broker the engine is a single process.
     pub fn broker(mut self, broker: Arc<dyn Broker>) -> Self {
         self.broker = Some(broker);
         self
@@ -86,10 +88,9 @@ impl EngineBuilder {
     /// Starts the engine's tasks (the committer, presence and typing timers),
     /// the broker and the bridges. Must be called inside a Tokio runtime.
     pub async fn start(self) -> Result<Engine> {
-        let broker = self.broker.unwrap_or_else(|| Arc::new(LocalBroker::new()));
+        let broker = self.broker;
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone()));
-        broker.start(Arc::new(HubSink(hub.clone()))).await?;
         // Sends wait for room in this queue, which bounds the memory that
         // pending sends can take when the store is slower than the clients.
         let (commit_tx, commit_rx) = mpsc::channel(committer::batch_limit(&self.config) * 4);
@@ -140,7 +141,7 @@ impl std::fmt::Debug for Engine {
 
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) broker: Option<Arc<dyn Broker>>,
     pub(crate) bridges: Vec<Arc<dyn Bridge>>,
     pub(crate) config: EngineConfig,
     pub(crate) hub: Arc<Hub>,
@@ -435,7 +436,9 @@ impl Engine {
         for bridge in &self.inner.bridges {
             bridge.stop().await;
         }
-        self.inner.broker.stop().await;
+        if let Some(broker) = &self.inner.broker {
+            broker.stop().await;
+        }
         self.inner.store.close().await;
         let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for task in tasks {
@@ -448,9 +451,7 @@ impl Inner {
     /// Publishes a fan-out; a broker failure is logged, not returned, because
     /// the change it announces is already committed.
     pub(crate) async fn publish(&self, audience: Audience, event: Event) {
-        if let Err(err) = self.broker.publish(Fanout { audience, event }).await {
-            tracing::warn!(error = %err, source = ?std::error::Error::source(&err), "publishing an event failed");
-        }
+        self.hub.deliver(Fanout { audience, event });
     }
 
     pub(crate) async fn publish_typing(&self, room_id: RoomId, user_id: UserId, typing: bool) {
