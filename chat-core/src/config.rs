@@ -98,6 +98,43 @@ pub struct EngineConfig {
     /// pings, and closes a connection that stayed silent past its idle
     /// timeout). Zero turns it off.
     pub keepalive_interval: Duration,
+    /// How processes of a cluster keep in step (used only with a broker).
+    pub cluster: ClusterConfig,
+}
+
+/// The timings of a cluster of processes (an engine with a broker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterConfig {
+    /// How often a process tells the others it is alive (and its presence
+    /// version, so that a lost update shows).
+    pub heartbeat: Duration,
+    /// A process not heard from for this long is taken for dead: its users'
+    /// sessions no longer count as online. Several heartbeats, so that one
+    /// lost heartbeat is not a death.
+    pub node_timeout: Duration,
+    /// How long a message that arrived ahead of its predecessor waits for it
+    /// before the gap is filled from the store.
+    pub gap_hold: Duration,
+    /// How often a process compares each room it serves with the store, to
+    /// find messages that were stored but never published (their process
+    /// died in between) or lost on the way.
+    pub audit_interval: Duration,
+    /// How long an operation that must reach the other processes before it
+    /// is answered (leaving a room) waits for the broker.
+    pub flush_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            heartbeat: Duration::from_secs(2),
+            node_timeout: Duration::from_secs(10),
+            gap_hold: Duration::from_millis(200),
+            audit_interval: Duration::from_secs(5),
+            flush_timeout: Duration::from_secs(3),
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -110,6 +147,7 @@ impl Default for EngineConfig {
             commit_window: Duration::ZERO,
             backlog_chunk: 500,
             keepalive_interval: Duration::from_secs(30),
+            cluster: ClusterConfig::default(),
         }
     }
 }

@@ -97,6 +97,15 @@ pub struct RoomUpdated {
     pub room: Room,
 }
 
+/// `room:removed`: the user is no longer a member of the room (they left
+/// it, on any of their sessions, or were removed); nothing more of it reaches
+/// their sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomRemoved {
+    /// The room.
+    pub room_id: RoomId,
+}
+
 /// An event for sessions. Serde derives give the tagged form used between
 /// processes (by brokers); [`Event::data`] gives the protocol's `data` object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +142,9 @@ pub enum Event {
     /// `room:updated`
     #[serde(rename = "room:updated")]
     RoomUpdated(RoomUpdated),
+    /// `room:removed`
+    #[serde(rename = "room:removed")]
+    RoomRemoved(RoomRemoved),
 }
 
 impl Event {
@@ -149,6 +161,7 @@ impl Event {
             Event::PresenceChanged(_) => "presence:changed",
             Event::RoomAdded(_) => "room:added",
             Event::RoomUpdated(_) => "room:updated",
+            Event::RoomRemoved(_) => "room:removed",
         }
     }
 
@@ -164,6 +177,7 @@ impl Event {
             Event::PresenceChanged(_) => None,
             Event::RoomAdded(e) => Some(e.room.id),
             Event::RoomUpdated(e) => Some(e.room.id),
+            Event::RoomRemoved(e) => Some(e.room_id),
         }
     }
 
@@ -189,6 +203,7 @@ impl Serialize for EventData<'_> {
             Event::PresenceChanged(e) => e.serialize(s),
             Event::RoomAdded(e) => e.serialize(s),
             Event::RoomUpdated(e) => e.serialize(s),
+            Event::RoomRemoved(e) => e.serialize(s),
         }
     }
 }

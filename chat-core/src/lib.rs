@@ -78,7 +78,7 @@ pub use auth::{Authenticator, StaticTokens};
 pub use bridge::{Bridge, BridgeEvent, BridgeHealth, BridgeStore, Job, JobCounts, JobStatus, NewJob};
 pub use broker::{Audience, Broker, BrokerSink, Fanout, LocalBroker, LocalBus, Topic};
 pub use command::{Command, CommandKind, Reply};
-pub use config::{EngineConfig, Limits};
+pub use config::{ClusterConfig, EngineConfig, Limits};
 pub use engine::{
     CloseReason, CloseSignal, Engine, EngineBuilder, Output, Ready, Ref, Session, SupportAvailability, SupportQueuePage,
 };

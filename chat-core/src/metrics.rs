@@ -44,6 +44,7 @@ pub(crate) struct Metrics {
     commit_batch: Histogram,
     commit_failures: Counter,
     slow_consumers: Counter,
+    gap_filled: Counter,
 }
 
 impl Metrics {
@@ -91,7 +92,14 @@ impl Metrics {
             "Sessions closed because their outbound queue was full (close code 4429)",
             slow_consumers.clone(),
         );
+        let gap_filled = Counter::default();
+        registry.register(
+            "cluster_gap_filled_messages",
+            "Messages of other processes read from the store because they did not arrive through the broker in time",
+            gap_filled.clone(),
+        );
         Metrics {
+            gap_filled,
             registry,
             connections,
             commands,
@@ -132,6 +140,10 @@ impl Metrics {
 
     pub(crate) fn slow_consumer(&self) {
         self.slow_consumers.inc();
+    }
+
+    pub(crate) fn gap_filled(&self, messages: u64) {
+        self.gap_filled.inc_by(messages);
     }
 
     /// The text exposition, with the connection gauge set to `connections`.

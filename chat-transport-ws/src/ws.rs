@@ -63,7 +63,7 @@ pub fn code_for(reason: CloseReason) -> u16 {
     match reason {
         CloseReason::Shutdown => close_code::GOING_AWAY,
         CloseReason::SlowConsumer => close_code::RATE_LIMITED,
-        CloseReason::TokenExpired => close_code::AUTH_FAILED,
+        CloseReason::TokenExpired | CloseReason::Revoked => close_code::AUTH_FAILED,
         CloseReason::Abuse => close_code::PROTOCOL_ABUSE,
         _ => close_code::INTERNAL,
     }

@@ -7,12 +7,13 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::oneshot;
 
+use super::cluster::Control;
 use super::committer::{CommitJob, CommitRequest};
 use super::hub::SessionShared;
 use super::session::{Ready, Session};
 use super::{Ctx, Inner};
 use crate::bridge::BridgeEvent;
-use crate::broker::Audience;
+use crate::broker::{Audience, Topic};
 use crate::command::{
     CreateRoom, DeleteMessage, EditMessage, Invite, Receipt, Reply, SearchUsers, SendMessage, UpdatePresence,
 };
@@ -130,6 +131,11 @@ impl Inner {
         }
         self.presence.connect(&user);
         self.keepalives.add(shared.id);
+        if let Some(cluster) = &self.cluster {
+            // Events for the user from other processes (`room:added`, a
+            // removal) reach this session from the `ready` frame on.
+            cluster.interest_changed(crate::broker::Topic::User(user.id.clone())).await;
+        }
         let ready = Ready { session_id: shared.id, user: User::clone(&user), rooms, server_time: Timestamp::now() };
         let session = Session::new(self.clone(), shared, identity.expires_at);
         Ok((session, ready))
@@ -300,6 +306,13 @@ impl Inner {
         let (room, member) = self.ensure_member(ctx, room_id).await?;
         if let Some(session) = ctx.session {
             self.hub.subscribe(session, room_id);
+            if let Some(cluster) = &self.cluster {
+                // Once this returns, the room's messages from every process
+                // reach this one, and its position here is read: whatever
+                // is posted after the reading below is delivered.
+                cluster.order.open(room_id);
+                cluster.interest_changed(crate::broker::Topic::Room(room_id)).await;
+            }
         }
         let members = self.store.members(room_id).await?;
         let ids: Vec<UserId> = members.iter().map(|m| m.user_id.clone()).collect();
@@ -324,7 +337,7 @@ impl Inner {
         if !self.store.remove_member(room_id, &ctx.user.id).await? {
             return Err(Error::NotMember);
         }
-        self.hub.unsubscribe_user(&ctx.user.id, room_id);
+        self.member_removed(room_id, &ctx.user.id).await;
         if self.typing.stop(room_id, &ctx.user.id) {
             self.publish_typing(room_id, ctx.user.id.clone(), false).await;
         }
@@ -335,6 +348,26 @@ impl Inner {
             ctx.bridge.as_deref(),
         );
         Ok(Reply::empty())
+    }
+
+    /// After the store removed a member: their sessions here and on every
+    /// other process leave the room's stream and get `room:removed`. Waits
+    /// until the broker has the news, so that nothing posted after the
+    /// caller's reply can reach those sessions: it is published to the
+    /// room's topic after this.
+    pub(crate) async fn member_removed(&self, room_id: RoomId, user_id: &UserId) {
+        let control = Control::MemberRemoved { room_id, user_id: user_id.clone(), notify: true };
+        if let Some(cluster) = &self.cluster {
+            let on_room = Control::MemberRemoved { room_id, user_id: user_id.clone(), notify: false };
+            cluster.publish_control(Topic::Room(room_id), &on_room);
+            cluster.publish_control(Topic::User(user_id.clone()), &control);
+            if let Err(err) = cluster.flush(self.config.cluster.flush_timeout).await {
+                // The store refuses the user's sends and reads already; only
+                // their sessions elsewhere may see the room a little longer.
+                tracing::warn!(room = %room_id, user = %user_id, error = %err, "a removal may reach other processes late");
+            }
+        }
+        self.apply_control(control);
     }
 
     pub(crate) async fn invite(&self, ctx: &Ctx, req: Invite) -> Result<Reply> {
@@ -385,6 +418,11 @@ impl Inner {
         self.support_room_for_agent(ctx, room_id).await?;
         let (room, changed) = self.store.close_room(room_id).await?.ok_or(Error::NotFound("room"))?;
         if changed {
+            let control = Control::RoomClosed { room_id };
+            if let Some(cluster) = &self.cluster {
+                cluster.publish_control(Topic::Room(room_id), &control);
+            }
+            self.apply_control(control);
             self.announce_room_update(ctx, &room).await;
         }
         Ok(room)

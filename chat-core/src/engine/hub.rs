@@ -28,6 +28,9 @@ pub enum CloseReason {
     TokenExpired,
     /// The client kept sending frames that are not valid commands.
     Abuse,
+    /// The user's access was ended (deactivated, or their tokens revoked),
+    /// on this process or another.
+    Revoked,
 }
 
 impl CloseReason {
@@ -38,6 +41,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow consumer: events could not be delivered fast enough",
             CloseReason::TokenExpired => "token expired",
             CloseReason::Abuse => "too many invalid frames",
+            CloseReason::Revoked => "access revoked",
         }
     }
 }
@@ -203,15 +207,17 @@ struct State {
     rooms: HashMap<RoomId, HashSet<SessionId>>,
     /// Closed rooms among those with local subscribers. A session joined to
     /// a room sends without a store read, so this is how such a send learns
-    /// that the room was closed: marked when a join reads a closed room and
-    /// when the `room:updated` announcing the close passes through here.
-    /// Forgotten with the room's last subscriber, so it stays as small as
-    /// `rooms`.
+    /// early that the room was closed (the commit checks again): marked when
+    /// a join reads a closed room and when a close is applied, here or on
+    /// another process. Forgotten with the room's last subscriber, so it
+    /// stays as small as `rooms`.
     closed: HashSet<RoomId>,
 }
 
 impl State {
-    fn unsubscribe(&mut self, session: SessionId, room: RoomId) {
+    /// Unsubscribes one session from a room; whether that was the room's
+    /// last local subscriber.
+    fn unsubscribe(&mut self, session: SessionId, room: RoomId) -> bool {
         if let Some(rooms) = self.sessions.get_mut(&session).and_then(|e| e.rooms.as_mut()) {
             rooms.remove(&room);
         }
@@ -220,8 +226,21 @@ impl State {
             if set.is_empty() {
                 self.rooms.remove(&room);
                 self.closed.remove(&room);
+                return true;
             }
         }
+        false
+    }
+
+    /// Unsubscribes every session of a user from a room; whether that left
+    /// the room with no local subscriber.
+    fn unsubscribe_user(&mut self, user: &UserId, room: RoomId) -> bool {
+        let Some(ids) = self.users.get(user).cloned() else { return false };
+        let mut emptied = false;
+        for id in ids {
+            emptied |= self.unsubscribe(id, room);
+        }
+        emptied
     }
 }
 
@@ -270,14 +289,18 @@ impl Hub {
         Ok(first)
     }
 
-    /// Forgets a session. Returns whether it was the user's last one here.
-    pub(crate) fn unregister(&self, id: SessionId) -> bool {
+    /// Forgets a session. Returns whether it was the user's last one here,
+    /// and the rooms it was the last local subscriber of.
+    pub(crate) fn unregister(&self, id: SessionId) -> (bool, Vec<RoomId>) {
         let mut state = self.write();
         let Some(entry) = state.sessions.remove(&id) else {
-            return false;
+            return (false, Vec::new());
         };
+        let mut emptied = Vec::new();
         for room in entry.rooms() {
-            state.unsubscribe(id, *room);
+            if state.unsubscribe(id, *room) {
+                emptied.push(*room);
+            }
         }
         let user = entry.shared.user_id();
         let mut last = false;
@@ -288,29 +311,57 @@ impl Hub {
                 last = true;
             }
         }
-        last
+        (last, emptied)
     }
 
-    pub(crate) fn subscribe(&self, session: SessionId, room: RoomId) {
+    /// Subscribes a session to a room's events; whether it is the room's
+    /// first local subscriber.
+    pub(crate) fn subscribe(&self, session: SessionId, room: RoomId) -> bool {
         let mut state = self.write();
-        if let Some(entry) = state.sessions.get_mut(&session) {
-            entry.rooms.get_or_insert_with(Box::default).insert(room);
-            state.rooms.entry(room).or_default().insert(session);
+        let State { sessions, rooms, .. } = &mut *state;
+        let Some(entry) = sessions.get_mut(&session) else { return false };
+        entry.rooms.get_or_insert_with(Box::default).insert(room);
+        let subscribers = rooms.entry(room).or_default();
+        subscribers.insert(session);
+        subscribers.len() == 1
+    }
+
+    /// Unsubscribes every session of a user from a room (they left it);
+    /// whether that left the room with no local subscriber.
+    pub(crate) fn unsubscribe_user(&self, user: &UserId, room: RoomId) -> bool {
+        self.write().unsubscribe_user(user, room)
+    }
+
+    /// The user is no longer a member of the room: every session of theirs
+    /// here is unsubscribed from it and gets `room:removed`. Returns whether
+    /// the room was left with no local subscriber.
+    pub(crate) fn remove_member(&self, user: &UserId, room: RoomId) -> bool {
+        let emptied = self.write().unsubscribe_user(user, room);
+        let event = Event::RoomRemoved(crate::event::RoomRemoved { room_id: room });
+        self.deliver(Fanout { audience: Audience::Users { users: vec![user.clone()], except_session: None }, event });
+        emptied
+    }
+
+    /// Unsubscribes one session from a room; whether that left the room
+    /// with no local subscriber.
+    pub(crate) fn unsubscribe_session(&self, session: SessionId, room: RoomId) -> bool {
+        self.write().unsubscribe(session, room)
+    }
+
+    /// Whether any session here needs a topic's publications.
+    pub(crate) fn wants(&self, topic: &crate::broker::Topic) -> bool {
+        use crate::broker::Topic;
+        let state = self.read();
+        match topic {
+            Topic::Room(room) => state.rooms.contains_key(room),
+            Topic::User(user) => state.users.contains_key(user),
+            _ => true,
         }
     }
 
-    /// Unsubscribes every session of a user from a room (they left it).
-    pub(crate) fn unsubscribe_user(&self, user: &UserId, room: RoomId) {
-        let mut state = self.write();
-        let ids = state.users.get(user).cloned().unwrap_or_default();
-        for id in ids {
-            state.unsubscribe(id, room);
-        }
-    }
-
-    /// Unsubscribes one session from a room.
-    pub(crate) fn unsubscribe_session(&self, session: SessionId, room: RoomId) {
-        self.write().unsubscribe(session, room);
+    /// Whether any session here joined the room.
+    pub(crate) fn serves_room(&self, room: RoomId) -> bool {
+        self.read().rooms.contains_key(&room)
     }
 
     /// Remembers that a room with local subscribers is closed.
@@ -356,6 +407,16 @@ impl Hub {
         }
     }
 
+    /// Ends every session of a user here.
+    pub(crate) fn kill_user(&self, user: &UserId, reason: CloseReason) {
+        let state = self.read();
+        for id in state.users.get(user).into_iter().flatten() {
+            if let Some(entry) = state.sessions.get(id) {
+                entry.shared.kill(reason);
+            }
+        }
+    }
+
     pub(crate) fn kill_all(&self, reason: CloseReason) {
         for entry in self.read().sessions.values() {
             entry.shared.kill(reason);
@@ -379,11 +440,6 @@ impl Hub {
     /// and shared by every recipient.
     pub(crate) fn deliver(&self, fanout: Fanout) {
         let started = Instant::now();
-        if let Event::RoomUpdated(e) = &fanout.event {
-            if e.room.closed {
-                self.mark_closed(e.room.id);
-            }
-        }
         let name = fanout.event.name();
         let delivery = Arc::new(Delivery::new(fanout.event));
         let mut queued = 0u64;

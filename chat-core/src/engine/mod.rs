@@ -6,6 +6,7 @@
 //! the engine's other methods directly. Cloning an `Engine` is cheap (it is an
 //! `Arc`).
 
+mod cluster;
 mod committer;
 mod expiry;
 mod handlers;
@@ -88,9 +89,15 @@ impl EngineBuilder {
     /// Starts the engine's tasks (the committer, presence and typing timers),
     /// the broker and the bridges. Must be called inside a Tokio runtime.
     pub async fn start(self) -> Result<Engine> {
-        let broker = self.broker;
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone()));
+        let (cluster, queues) = match self.broker {
+            Some(broker) => {
+                let (cluster, queues) = cluster::Cluster::new(broker);
+                (Some(cluster), Some(queues))
+            }
+            None => (None, None),
+        };
         // Sends wait for room in this queue, which bounds the memory that
         // pending sends can take when the store is slower than the clients.
         let (commit_tx, commit_rx) = mpsc::channel(committer::batch_limit(&self.config) * 4);
@@ -99,7 +106,7 @@ impl EngineBuilder {
             room_actions: room_actions::RoomActionLimiter::default(),
             keepalives: KeepaliveQueue::new(self.config.keepalive_interval),
             store: self.store,
-            broker,
+            cluster,
             bridges: self.bridges,
             config: self.config,
             hub,
@@ -111,13 +118,23 @@ impl EngineBuilder {
             started: Instant::now(),
             tasks: Mutex::new(Vec::new()),
         });
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(committer::run(inner.clone(), commit_rx)),
             tokio::spawn(announce_presence(inner.clone())),
             tokio::spawn(expire_typing(inner.clone())),
             tokio::spawn(expire_sessions(inner.clone())),
             tokio::spawn(keep_sessions_alive(inner.clone())),
         ];
+        if let (Some(cluster), Some(queues)) = (&inner.cluster, queues) {
+            let sink = Arc::new(cluster::ClusterSink { inner: Arc::downgrade(&inner) });
+            cluster.broker.start(sink).await?;
+            let weak = Arc::downgrade(&inner);
+            let (outgoing, interest) = queues.split();
+            tasks.push(tokio::spawn(cluster::publish(cluster.broker.clone(), outgoing)));
+            tasks.push(tokio::spawn(cluster::follow_interest(weak.clone(), interest)));
+            tasks.push(tokio::spawn(cluster::repair(weak.clone())));
+            tasks.push(tokio::spawn(cluster::heartbeat(weak)));
+        }
         *inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         let engine = Engine { inner };
         for bridge in &engine.inner.bridges {
@@ -141,7 +158,8 @@ impl std::fmt::Debug for Engine {
 
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) broker: Option<Arc<dyn Broker>>,
+    /// This process's part in a cluster, when the engine has a broker.
+    pub(crate) cluster: Option<cluster::Cluster>,
     pub(crate) bridges: Vec<Arc<dyn Bridge>>,
     pub(crate) config: EngineConfig,
     pub(crate) hub: Arc<Hub>,
@@ -266,6 +284,32 @@ impl Engine {
         let bridged: u32 = self.inner.bridges.iter().map(|b| b.online_agents()).sum();
         let online_agents = local.saturating_add(bridged);
         SupportAvailability { available: online_agents > 0, online_agents }
+    }
+
+    /// Whether the broker is reachable with every subscription active;
+    /// `None` for an engine without a broker (a single process).
+    pub fn broker_connected(&self) -> Option<bool> {
+        self.inner.cluster.as_ref().map(|c| c.broker.is_connected())
+    }
+
+    /// Other server processes this one has heard from recently (zero
+    /// without a broker).
+    pub fn peer_processes(&self) -> usize {
+        if self.inner.cluster.is_some() { self.inner.presence.node_count() } else { 0 }
+    }
+
+    /// Ends every session of a user, on this process and, through the
+    /// broker, on every other (the user was deactivated, or their tokens
+    /// revoked). The sessions close with [`CloseReason::Revoked`].
+    pub async fn end_sessions(&self, user: &UserId) {
+        let control = cluster::Control::EndSessions { user_id: user.clone() };
+        if let Some(cluster) = &self.inner.cluster {
+            cluster.publish_control(crate::broker::Topic::User(user.clone()), &control);
+            if let Err(err) = cluster.flush(self.inner.config.cluster.flush_timeout).await {
+                tracing::warn!(%user, error = %err, "ending a user's sessions on other processes may be late");
+            }
+        }
+        self.inner.apply_control(control);
     }
 
     /// Open sessions on this node.
@@ -436,8 +480,9 @@ impl Engine {
         for bridge in &self.inner.bridges {
             bridge.stop().await;
         }
-        if let Some(broker) = &self.inner.broker {
-            broker.stop().await;
+        if let Some(cluster) = &self.inner.cluster {
+            cluster::goodbye(cluster, self.inner.config.cluster.flush_timeout).await;
+            cluster.broker.stop().await;
         }
         self.inner.store.close().await;
         let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
@@ -448,15 +493,47 @@ impl Engine {
 }
 
 impl Inner {
-    /// Publishes a fan-out; a broker failure is logged, not returned, because
-    /// the change it announces is already committed.
+    /// Publishes a fan-out: to this process's sessions at once, and to
+    /// the other processes' through the broker. A broker failure is logged,
+    /// not returned, because the change it announces is already committed
+    /// (and a message lost on the way is read back from the store).
     pub(crate) async fn publish(&self, audience: Audience, event: Event) {
-        self.hub.deliver(Fanout { audience, event });
+        self.publish_now(audience, event);
+    }
+
+    /// [`Inner::publish`] for callers that cannot wait: it does not.
+    pub(crate) fn publish_now(&self, audience: Audience, event: Event) {
+        let fanout = Fanout { audience, event };
+        let Some(cluster) = &self.cluster else {
+            self.hub.deliver(fanout);
+            return;
+        };
+        cluster.publish_fanout(&fanout);
+        match &fanout.event {
+            Event::MessageNew(e) => {
+                let (room, seq) = (e.message.room_id, e.message.seq);
+                cluster.order.offer(room, seq, fanout, &self.hub);
+            }
+            _ => self.hub.deliver(fanout),
+        }
+    }
+
+    pub(crate) fn publish_typing_now(&self, room_id: RoomId, user_id: UserId, typing: bool) {
+        let audience = Audience::Room { room_id, except_session: None, except_user: Some(user_id.clone()) };
+        self.publish_now(audience, Event::Typing(Typing { room_id, user_id, typing }));
     }
 
     pub(crate) async fn publish_typing(&self, room_id: RoomId, user_id: UserId, typing: bool) {
-        let audience = Audience::Room { room_id, except_session: None, except_user: Some(user_id.clone()) };
-        self.publish(audience, Event::Typing(Typing { room_id, user_id, typing })).await;
+        self.publish_typing_now(room_id, user_id, typing);
+    }
+
+    /// A room lost its last subscriber here.
+    pub(crate) fn rooms_emptied(&self, rooms: &[RoomId]) {
+        if let Some(cluster) = &self.cluster {
+            for room in rooms {
+                cluster.room_emptied(*room, &self.hub);
+            }
+        }
     }
 
     pub(crate) fn notify_bridges(&self, event: BridgeEvent, origin: Option<&str>) {
@@ -467,9 +544,13 @@ impl Inner {
 
     /// Called when a session ends, from its `Drop`.
     pub(crate) fn session_closed(self: &Arc<Self>, shared: &SessionShared) {
-        let last = self.hub.unregister(shared.id);
+        let (last, emptied) = self.hub.unregister(shared.id);
         self.presence.disconnect(shared.user_id());
+        self.rooms_emptied(&emptied);
         if last {
+            if let Some(cluster) = &self.cluster {
+                cluster.interest_note(crate::broker::Topic::User(shared.user_id().clone()));
+            }
             let rooms = self.typing.stop_user(shared.user_id());
             if !rooms.is_empty() {
                 let inner = self.clone();
@@ -486,10 +567,16 @@ impl Inner {
     }
 }
 
-/// Announces presence changes; see `presence.rs` for why this is one task.
+/// Announces presence changes, and in a cluster tells the other processes
+/// of this one's; see `presence.rs` for why this is one task.
 async fn announce_presence(inner: Arc<Inner>) {
     loop {
         inner.presence.wake.notified().await;
+        if let Some(cluster) = &inner.cluster {
+            if let Some(delta) = inner.presence.take_delta() {
+                cluster.publish_gossip(&delta);
+            }
+        }
         for (user_id, status, last_seen) in inner.presence.take_changes() {
             let users = match inner.store.co_members(&user_id).await {
                 Ok(users) => users,
@@ -507,8 +594,10 @@ async fn announce_presence(inner: Arc<Inner>) {
             if users.is_empty() {
                 continue;
             }
+            // Every process announces to its own sessions from its view of
+            // the whole cluster, so this never goes through the broker.
             let event = Event::PresenceChanged(crate::event::PresenceChanged { user_id, status, last_seen });
-            inner.publish(Audience::Users { users, except_session: None }, event).await;
+            inner.hub.deliver(Fanout { audience: Audience::Users { users, except_session: None }, event });
         }
     }
 }

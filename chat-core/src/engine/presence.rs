@@ -1,38 +1,146 @@
-//! Presence aggregated over each user's sessions on this node.
+//! Presence: who is connected, aggregated over each user's sessions on this
+//! process and, in a cluster, on every other.
+//!
+//! This is presence's one home. Each process counts its own sessions per
+//! user; in a cluster it also keeps a view of every other process's counts,
+//! learnt from their gossip on [`Topic::Cluster`](crate::broker::Topic):
+//! deltas as they happen, a heartbeat every [`ClusterConfig::heartbeat`]
+//! carrying the sender's version (so that a lost delta shows and a snapshot
+//! is asked for), snapshots on request, and a goodbye at shutdown. A process
+//! not heard from for [`ClusterConfig::node_timeout`] is dropped with all its
+//! sessions, which is how a process killed with `-9` takes its users offline
+//! everywhere. Nothing here needs more of the broker than publish/subscribe:
+//! no key expiry, no stored state.
 //!
 //! Changes are not broadcast inline: each change marks the user dirty, and one
 //! task announces the *current* visible status of dirty users whenever it
 //! differs from the last one announced. Quick connect/disconnect flaps thus
 //! collapse into at most one event, and announcements can never arrive in an
-//! order that leaves observers with a stale status.
+//! order that leaves observers with a stale status. Every process announces
+//! to its own sessions only, from its view of the whole cluster, so a
+//! `presence:changed` never crosses the network and is never doubled.
+//!
+//! [`ClusterConfig::heartbeat`]: crate::ClusterConfig::heartbeat
+//! [`ClusterConfig::node_timeout`]: crate::ClusterConfig::node_timeout
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+use tokio::time::Instant;
+use uuid::Uuid;
 
 use crate::id::UserId;
 use crate::presence::{OnlineUser, PresenceStatus};
 use crate::time::Timestamp;
 use crate::user::User;
 
+/// Users per snapshot part: a part stays well under a broker's payload limit
+/// (NATS: 1 MiB by default).
+const SNAPSHOT_PART: usize = 500;
+
+/// A chosen status and when it was chosen (milliseconds since the epoch):
+/// across processes, the latest choice wins.
+type Chosen = (PresenceStatus, i64);
+
 struct Entry {
-    /// Shared with the user's newest session.
+    /// Shared with the user's newest session here, or as last heard.
     user: Arc<User>,
-    /// Open sessions. At zero the user is offline, and the entry stays only
-    /// until that is announced.
+    /// Open sessions on this process.
     sessions: u32,
-    status: PresenceStatus,
+    /// The status chosen on this process, while it has sessions.
+    status: Option<Chosen>,
+    /// Other processes listing the user.
+    remote: u32,
     /// The visible status last announced for the user.
     announced: PresenceStatus,
 }
 
+/// A user's sessions on another process.
+#[derive(Debug, Clone, Copy)]
+struct Remote {
+    sessions: u32,
+    status: Option<Chosen>,
+}
+
+/// What this process knows of another one.
+struct NodeView {
+    /// The version of its last delta or complete snapshot.
+    version: u64,
+    last_heard: Instant,
+    users: HashMap<UserId, Remote>,
+    /// A snapshot being received, part by part.
+    staging: Option<HashMap<UserId, (User, Remote)>>,
+    /// When a snapshot was last asked of it.
+    asked: Option<Instant>,
+}
+
+impl NodeView {
+    fn new(now: Instant) -> Self {
+        NodeView { version: 0, last_heard: now, users: HashMap::new(), staging: None, asked: None }
+    }
+}
+
+/// One user's sessions on the sending process, as gossip carries them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Announce {
+    user: User,
+    /// Zero: the user has no session there any more.
+    sessions: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<PresenceStatus>,
+    #[serde(default)]
+    status_at: i64,
+}
+
+/// Presence news between processes, on the cluster topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "g", rename_all = "snake_case")]
+pub(crate) enum Gossip {
+    /// Users whose sessions on the sender changed.
+    Delta { version: u64, users: Vec<Announce> },
+    /// The sender is alive, at this version.
+    Heartbeat { version: u64 },
+    /// All of the sender's users, in parts.
+    Snapshot { version: u64, part: u32, last: bool, users: Vec<Announce> },
+    /// Asks one process (or, with no `of`, every one) for its snapshot.
+    Sync {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        of: Option<Uuid>,
+    },
+    /// The sender is shutting down: its sessions are gone.
+    Goodbye,
+}
+
+/// What receiving gossip asks of this process.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Followup {
+    /// Ask this process for its snapshot.
+    pub(crate) ask: Option<Uuid>,
+    /// Send our snapshot.
+    pub(crate) send_snapshot: bool,
+}
+
+#[derive(Default)]
+struct State {
+    /// Users connected here or elsewhere, or whose going offline is not
+    /// announced yet.
+    entries: HashMap<UserId, Entry>,
+    /// Users whose status may have changed since it was last announced.
+    dirty: HashSet<UserId>,
+    /// Other processes, by node id.
+    nodes: HashMap<Uuid, NodeView>,
+    /// Users whose sessions here changed since the last delta.
+    changed_here: HashSet<UserId>,
+    /// This process's presence version: one more per delta sent.
+    version: u64,
+}
+
 #[derive(Default)]
 pub(crate) struct PresenceTracker {
-    /// Users who are connected, or whose going offline is not announced yet.
-    entries: Mutex<HashMap<UserId, Entry>>,
-    /// Users whose status may have changed since it was last announced.
-    dirty: Mutex<HashSet<UserId>>,
+    state: Mutex<State>,
     pub(crate) wake: Notify,
 }
 
@@ -42,108 +150,215 @@ impl std::fmt::Debug for PresenceTracker {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+impl State {
+    /// The user's status over every process.
+    fn current(&self, id: &UserId, entry: &Entry) -> PresenceStatus {
+        let mut sessions = entry.sessions;
+        let mut latest = if entry.sessions > 0 { entry.status } else { None };
+        if entry.remote > 0 {
+            for node in self.nodes.values() {
+                if let Some(r) = node.users.get(id) {
+                    sessions += r.sessions;
+                    if let Some(s) = r.status {
+                        if latest.is_none_or(|l| s.1 > l.1) {
+                            latest = Some(s);
+                        }
+                    }
+                }
+            }
+        }
+        if sessions == 0 {
+            PresenceStatus::Offline
+        } else {
+            latest.map_or(PresenceStatus::Online, |(s, _)| s)
+        }
+    }
+
+    fn mark(&mut self, user: &UserId) {
+        self.dirty.insert(user.clone());
+    }
+
+    fn entry_for(&mut self, user: &User) -> &mut Entry {
+        self.entries.entry(user.id.clone()).or_insert_with(|| Entry {
+            user: Arc::new(user.clone()),
+            sessions: 0,
+            status: None,
+            remote: 0,
+            announced: PresenceStatus::Offline,
+        })
+    }
+
+    /// Puts a remote user into a node's map (`None` removes it), keeping the
+    /// entry's count of listing nodes right.
+    fn set_remote(&mut self, node: Uuid, user: &User, remote: Option<Remote>) {
+        let Some(view) = self.nodes.get_mut(&node) else { return };
+        let before = match remote {
+            Some(r) => view.users.insert(user.id.clone(), r),
+            None => view.users.remove(&user.id),
+        };
+        let delta: i64 = i64::from(remote.is_some()) - i64::from(before.is_some());
+        if delta == 0 && remote.is_none() {
+            return;
+        }
+        let entry = self.entry_for(user);
+        if remote.is_some() {
+            // The newest word on the user's name and roles.
+            entry.user = Arc::new(user.clone());
+        }
+        entry.remote = (i64::from(entry.remote) + delta).max(0) as u32;
+        self.forget_if_gone(&user.id);
+        self.mark(&user.id);
+    }
+
+    /// Drops a node's whole map (it died, left, or sent a full snapshot).
+    fn drop_node_users(&mut self, users: HashMap<UserId, Remote>) {
+        for id in users.into_keys() {
+            if let Some(entry) = self.entries.get_mut(&id) {
+                entry.remote = entry.remote.saturating_sub(1);
+            }
+            self.forget_if_gone(&id);
+            self.mark(&id);
+        }
+    }
+
+    /// Forgets an entry nobody lists any more, unless its going offline is
+    /// still to be announced.
+    fn forget_if_gone(&mut self, id: &UserId) {
+        if let Some(e) = self.entries.get(id) {
+            if e.sessions == 0 && e.remote == 0 && e.announced == PresenceStatus::Offline {
+                self.entries.remove(id);
+            }
+        }
+    }
+
+    fn announce_here(&self, id: &UserId) -> Option<Announce> {
+        let e = self.entries.get(id)?;
+        let (status, status_at) = match e.status {
+            Some((s, at)) if e.sessions > 0 => (Some(s), at),
+            _ => (None, 0),
+        };
+        Some(Announce { user: User::clone(&e.user), sessions: e.sessions, status, status_at })
+    }
+}
+
+fn remote_of(a: &Announce) -> Remote {
+    Remote { sessions: a.sessions, status: a.status.map(|s| (s, a.status_at)) }
 }
 
 impl PresenceTracker {
-    fn mark(&self, user: &UserId) {
-        lock(&self.dirty).insert(user.clone());
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn changed(&self, state: &mut State, user: &UserId) {
+        state.mark(user);
+        state.changed_here.insert(user.clone());
         self.wake.notify_one();
     }
 
     /// A session of `user` opened. The first one makes the user online.
     pub(crate) fn connect(&self, user: &Arc<User>) {
-        {
-            let mut entries = lock(&self.entries);
-            let entry = entries.entry(user.id.clone()).or_insert_with(|| Entry {
-                user: user.clone(),
-                sessions: 0,
-                status: PresenceStatus::Online,
-                announced: PresenceStatus::Offline,
-            });
-            if entry.sessions == 0 {
-                // Back before going offline was announced: a fresh start.
-                entry.status = PresenceStatus::Online;
-            }
-            entry.sessions += 1;
-            entry.user = user.clone();
+        let mut state = self.lock();
+        let entry = state.entries.entry(user.id.clone()).or_insert_with(|| Entry {
+            user: user.clone(),
+            sessions: 0,
+            status: None,
+            remote: 0,
+            announced: PresenceStatus::Offline,
+        });
+        if entry.sessions == 0 {
+            // Back before going offline was announced: a fresh start.
+            entry.status = None;
         }
-        self.mark(&user.id);
+        entry.sessions += 1;
+        entry.user = user.clone();
+        self.changed(&mut state, &user.id);
     }
 
-    /// A session of `user` closed. The last one makes the user offline.
+    /// A session of `user` closed. The last one here ends their status here.
     pub(crate) fn disconnect(&self, user: &UserId) {
-        {
-            let mut entries = lock(&self.entries);
-            if let Some(entry) = entries.get_mut(user) {
-                entry.sessions = entry.sessions.saturating_sub(1);
-                if entry.sessions == 0 && entry.announced == PresenceStatus::Offline {
-                    entries.remove(user);
-                }
+        let mut state = self.lock();
+        if let Some(entry) = state.entries.get_mut(user) {
+            entry.sessions = entry.sessions.saturating_sub(1);
+            if entry.sessions == 0 {
+                entry.status = None;
             }
         }
-        self.mark(user);
+        state.forget_if_gone(user);
+        self.changed(&mut state, user);
     }
 
-    /// The user chose a status (for all their sessions).
+    /// The user chose a status (for all their sessions, on every process).
     pub(crate) fn set_status(&self, user: &UserId, status: PresenceStatus) {
-        if let Some(entry) = lock(&self.entries).get_mut(user).filter(|e| e.sessions > 0) {
-            entry.status = status;
+        let mut state = self.lock();
+        if let Some(entry) = state.entries.get_mut(user).filter(|e| e.sessions > 0) {
+            entry.status = Some((status, Timestamp::now().as_millis()));
         }
-        self.mark(user);
+        self.changed(&mut state, user);
     }
 
-    /// The status the user chose, `offline` when not connected.
+    /// The user's status over every process, `offline` when not connected.
     #[cfg(test)]
     pub(crate) fn status(&self, user: &UserId) -> PresenceStatus {
-        lock(&self.entries).get(user).map_or(PresenceStatus::Offline, Entry::current)
+        let state = self.lock();
+        state.entries.get(user).map_or(PresenceStatus::Offline, |e| state.current(user, e))
     }
 
-    /// Connected users who are visible, with their visible status.
+    /// Connected users who are visible, with their visible status, on every process.
     pub(crate) fn online_users(&self) -> Vec<OnlineUser> {
-        let entries = lock(&self.entries);
-        let mut out: Vec<OnlineUser> = entries
-            .values()
-            .filter(|e| e.current().is_visible_online())
-            .map(|e| OnlineUser { user: User::clone(&e.user), status: e.status.visible() })
+        let state = self.lock();
+        let mut out: Vec<OnlineUser> = state
+            .entries
+            .iter()
+            .filter_map(|(id, e)| {
+                let now = state.current(id, e).visible();
+                now.is_visible_online().then(|| OnlineUser { user: User::clone(&e.user), status: now })
+            })
             .collect();
         out.sort_by(|a, b| a.user.name.cmp(&b.user.name).then_with(|| a.user.id.cmp(&b.user.id)));
         out
     }
 
     /// The ids of the users holding the support role who have a session
-    /// here, whatever their status: an agent who shows as away or invisible
-    /// still works the queue.
-    pub(crate) fn support_agents_connected(&self) -> Vec<crate::id::UserId> {
-        lock(&self.entries).values().filter(|e| e.user.is_support()).map(|e| e.user.id.clone()).collect()
+    /// on any process, whatever their status: an agent who shows as away or
+    /// invisible still works the queue.
+    pub(crate) fn support_agents_connected(&self) -> Vec<UserId> {
+        let state = self.lock();
+        state
+            .entries
+            .iter()
+            .filter(|(id, e)| e.user.is_support() && state.current(id, e) != PresenceStatus::Offline)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
-    /// Visible users holding the support role.
+    /// Visible users holding the support role, on every process.
     pub(crate) fn online_support_agents(&self) -> u32 {
-        lock(&self.entries).values().filter(|e| e.current().is_visible_online() && e.user.is_support()).count() as u32
+        let state = self.lock();
+        state.entries.iter().filter(|(id, e)| e.user.is_support() && state.current(id, e).is_visible_online()).count()
+            as u32
     }
 
     /// Takes the dirty users and returns, for each whose visible status differs
     /// from what was last announced, the status to announce now (with a
     /// last-seen time when it is offline). Records them as announced.
     pub(crate) fn take_changes(&self) -> Vec<(UserId, PresenceStatus, Option<Timestamp>)> {
+        let mut state = self.lock();
         // Taken whole, so that a burst of connections leaves no large empty
         // set behind.
-        let dirty = std::mem::take(&mut *lock(&self.dirty));
+        let dirty = std::mem::take(&mut state.dirty);
         let mut out = Vec::new();
-        let mut entries = lock(&self.entries);
         for user in dirty {
-            let Some(entry) = entries.get_mut(&user) else { continue };
-            let now = entry.current().visible();
+            let Some(entry) = state.entries.get(&user) else { continue };
+            let now = state.current(&user, entry).visible();
             if now == entry.announced {
                 continue;
             }
-            entry.announced = now;
+            if let Some(entry) = state.entries.get_mut(&user) {
+                entry.announced = now;
+            }
             if now == PresenceStatus::Offline {
-                if entry.sessions == 0 {
-                    entries.remove(&user);
-                }
+                state.forget_if_gone(&user);
                 out.push((user, now, Some(Timestamp::now())));
             } else {
                 out.push((user, now, None));
@@ -151,12 +366,171 @@ impl PresenceTracker {
         }
         out
     }
-}
 
-impl Entry {
-    /// The status the user chose, `offline` once no session is open.
-    fn current(&self) -> PresenceStatus {
-        if self.sessions == 0 { PresenceStatus::Offline } else { self.status }
+    // --- the cluster ---
+
+    /// The changes of this process's sessions since the last delta, for the
+    /// other processes; `None` when nothing changed.
+    pub(crate) fn take_delta(&self) -> Option<Gossip> {
+        let mut state = self.lock();
+        if state.changed_here.is_empty() {
+            return None;
+        }
+        let changed = std::mem::take(&mut state.changed_here);
+        let users: Vec<Announce> = changed
+            .iter()
+            .map(|id| {
+                state.announce_here(id).unwrap_or_else(|| Announce {
+                    // Gone here and forgotten: only the id matters to the others.
+                    user: User::new(id.clone(), id.as_str()),
+                    sessions: 0,
+                    status: None,
+                    status_at: 0,
+                })
+            })
+            .collect();
+        state.version += 1;
+        Some(Gossip::Delta { version: state.version, users })
+    }
+
+    /// This process's heartbeat.
+    pub(crate) fn heartbeat(&self) -> Gossip {
+        Gossip::Heartbeat { version: self.lock().version }
+    }
+
+    /// Every user with a session here, in snapshot parts (at least one).
+    pub(crate) fn snapshot(&self) -> Vec<Gossip> {
+        let state = self.lock();
+        let users: Vec<Announce> = state
+            .entries
+            .iter()
+            .filter(|(_, e)| e.sessions > 0)
+            .filter_map(|(id, _)| state.announce_here(id))
+            .collect();
+        let version = state.version;
+        let mut parts: Vec<Gossip> = users
+            .chunks(SNAPSHOT_PART)
+            .enumerate()
+            .map(|(i, chunk)| Gossip::Snapshot { version, part: i as u32, last: false, users: chunk.to_vec() })
+            .collect();
+        if parts.is_empty() {
+            parts.push(Gossip::Snapshot { version, part: 0, last: true, users: Vec::new() });
+        }
+        if let Some(Gossip::Snapshot { last, .. }) = parts.last_mut() {
+            *last = true;
+        }
+        parts
+    }
+
+    /// Applies gossip from process `node` (never this one).
+    pub(crate) fn receive(&self, me: Uuid, node: Uuid, gossip: Gossip, now: Instant, ask_every: Duration) -> Followup {
+        let mut follow = Followup::default();
+        let mut state = self.lock();
+        let known = state.nodes.contains_key(&node);
+        if !known && !matches!(gossip, Gossip::Goodbye) {
+            state.nodes.insert(node, NodeView::new(now));
+        }
+        if let Some(view) = state.nodes.get_mut(&node) {
+            view.last_heard = now;
+        }
+        // Asks for the node's snapshot, at most once per `ask_every`.
+        let mut ask = |state: &mut State| {
+            if let Some(view) = state.nodes.get_mut(&node) {
+                if view.asked.is_none_or(|at| now.duration_since(at) >= ask_every) {
+                    view.asked = Some(now);
+                    follow.ask = Some(node);
+                }
+            }
+        };
+        match gossip {
+            Gossip::Delta { version, users } => {
+                let expected = state.nodes.get(&node).map(|v| v.version + 1);
+                for a in &users {
+                    let remote = (a.sessions > 0).then(|| remote_of(a));
+                    state.set_remote(node, &a.user, remote);
+                }
+                if let Some(view) = state.nodes.get_mut(&node) {
+                    view.version = version;
+                }
+                if !known || expected != Some(version) {
+                    ask(&mut state);
+                }
+            }
+            Gossip::Heartbeat { version } => {
+                if !known || state.nodes.get(&node).is_some_and(|v| v.version != version) {
+                    ask(&mut state);
+                }
+            }
+            Gossip::Snapshot { version, part, last, users } => {
+                let Some(view) = state.nodes.get_mut(&node) else { return follow };
+                if part == 0 {
+                    view.staging = Some(HashMap::new());
+                }
+                let Some(staging) = view.staging.as_mut() else {
+                    // The start was missed; the next heartbeat asks again.
+                    return follow;
+                };
+                for a in users {
+                    if a.sessions > 0 {
+                        let remote = remote_of(&a);
+                        staging.insert(a.user.id.clone(), (a.user, remote));
+                    }
+                }
+                if last {
+                    let fresh = view.staging.take().unwrap_or_default();
+                    view.version = version;
+                    let old = std::mem::take(&mut view.users);
+                    state.drop_node_users(old);
+                    let mut users = HashMap::with_capacity(fresh.len());
+                    for (id, (user, remote)) in fresh {
+                        let entry = state.entry_for(&user);
+                        entry.user = Arc::new(user);
+                        entry.remote += 1;
+                        state.mark(&id);
+                        users.insert(id, remote);
+                    }
+                    if let Some(view) = state.nodes.get_mut(&node) {
+                        view.users = users;
+                    }
+                }
+            }
+            Gossip::Sync { of } => {
+                if of.is_none_or(|of| of == me) {
+                    follow.send_snapshot = true;
+                }
+            }
+            Gossip::Goodbye => {
+                if let Some(view) = state.nodes.remove(&node) {
+                    state.drop_node_users(view.users);
+                }
+            }
+        }
+        if !state.dirty.is_empty() {
+            self.wake.notify_one();
+        }
+        follow
+    }
+
+    /// Drops the processes not heard from within `timeout`; how many.
+    pub(crate) fn expire_nodes(&self, now: Instant, timeout: Duration) -> usize {
+        let mut state = self.lock();
+        let dead: Vec<Uuid> =
+            state.nodes.iter().filter(|(_, v)| now.duration_since(v.last_heard) > timeout).map(|(id, _)| *id).collect();
+        for id in &dead {
+            if let Some(view) = state.nodes.remove(id) {
+                tracing::info!(node = %id, users = view.users.len(), "a server process went silent; its sessions are offline");
+                state.drop_node_users(view.users);
+            }
+        }
+        if !dead.is_empty() {
+            self.wake.notify_one();
+        }
+        dead.len()
+    }
+
+    /// Other processes heard from recently.
+    pub(crate) fn node_count(&self) -> usize {
+        self.lock().nodes.len()
     }
 }
 
@@ -168,6 +542,10 @@ mod tests {
         let mut u = User::new(UserId::new(id).expect("valid"), id);
         u.roles = roles.iter().map(|r| r.to_string()).collect();
         Arc::new(u)
+    }
+
+    fn entries(p: &PresenceTracker) -> usize {
+        p.lock().entries.len()
     }
 
     #[test]
@@ -224,16 +602,110 @@ mod tests {
         p.take_changes();
         p.disconnect(&a.id);
         p.disconnect(&b.id);
-        assert_eq!(lock(&p.entries).len(), 2, "kept until the offline is announced");
+        assert_eq!(entries(&p), 2, "kept until the offline is announced");
         assert_eq!(p.status(&a.id), PresenceStatus::Offline);
         assert!(p.online_users().is_empty());
         assert_eq!(p.take_changes().len(), 2);
-        assert_eq!(lock(&p.entries).len(), 0);
+        assert_eq!(entries(&p), 0);
         // Gone before coming online was announced: nothing to say, nothing kept.
         p.connect(&a);
         p.disconnect(&a.id);
         assert!(p.take_changes().is_empty());
-        assert_eq!(lock(&p.entries).len(), 0);
-        assert_eq!(lock(&p.dirty).capacity(), 0, "the dirty set is given back");
+        assert_eq!(entries(&p), 0);
+        assert_eq!(p.lock().dirty.capacity(), 0, "the dirty set is given back");
+    }
+
+    /// Two trackers that gossip by hand.
+    fn pass(from: &PresenceTracker, from_id: Uuid, to: &PresenceTracker, to_id: Uuid, now: Instant) -> Followup {
+        let mut follow = Followup::default();
+        if let Some(delta) = from.take_delta() {
+            follow = to.receive(to_id, from_id, delta, now, Duration::ZERO);
+        }
+        follow
+    }
+
+    #[test]
+    fn a_user_is_online_while_a_session_is_open_on_any_process() {
+        let (p, q) = (PresenceTracker::default(), PresenceTracker::default());
+        let (pid, qid) = (Uuid::now_v7(), Uuid::now_v7());
+        let now = Instant::now();
+        let a = user("a", &["support"]);
+        p.connect(&a);
+        q.connect(&a);
+        pass(&p, pid, &q, qid, now);
+        pass(&q, qid, &p, pid, now);
+        assert_eq!(p.take_changes().len(), 1);
+        assert_eq!(q.take_changes().len(), 1);
+        p.disconnect(&a.id);
+        pass(&p, pid, &q, qid, now);
+        assert_eq!(p.status(&a.id), PresenceStatus::Online, "still connected on q");
+        assert!(p.take_changes().is_empty() && q.take_changes().is_empty());
+        assert_eq!(p.online_support_agents(), 1);
+        // Away chosen on q shows on p.
+        q.set_status(&a.id, PresenceStatus::Away);
+        pass(&q, qid, &p, pid, now);
+        assert_eq!(p.take_changes(), vec![(a.id.clone(), PresenceStatus::Away, None)]);
+        q.disconnect(&a.id);
+        pass(&q, qid, &p, pid, now);
+        assert_eq!(p.take_changes()[0].1, PresenceStatus::Offline);
+        assert_eq!(entries(&p), 0, "nothing kept once offline is announced");
+    }
+
+    #[test]
+    fn a_silent_process_takes_its_users_offline() {
+        let (p, q) = (PresenceTracker::default(), PresenceTracker::default());
+        let (pid, qid) = (Uuid::now_v7(), Uuid::now_v7());
+        let start = Instant::now();
+        let a = user("a", &[]);
+        q.connect(&a);
+        pass(&q, qid, &p, pid, start);
+        assert_eq!(p.take_changes()[0].1, PresenceStatus::Online);
+        assert_eq!(p.expire_nodes(start + Duration::from_secs(5), Duration::from_secs(10)), 0);
+        assert_eq!(p.expire_nodes(start + Duration::from_secs(11), Duration::from_secs(10)), 1);
+        assert_eq!(p.take_changes()[0].1, PresenceStatus::Offline);
+        assert!(p.online_users().is_empty());
+    }
+
+    #[test]
+    fn a_lost_delta_is_noticed_and_a_snapshot_repairs_it() {
+        let (p, q) = (PresenceTracker::default(), PresenceTracker::default());
+        let (pid, qid) = (Uuid::now_v7(), Uuid::now_v7());
+        let now = Instant::now();
+        let (a, b) = (user("a", &[]), user("b", &[]));
+        q.connect(&a);
+        pass(&q, qid, &p, pid, now);
+        // Lost on the way:
+        q.connect(&b);
+        q.disconnect(&a.id);
+        q.take_delta();
+        let follow = p.receive(pid, qid, q.heartbeat(), now, Duration::ZERO);
+        assert_eq!(follow.ask, Some(qid), "the heartbeat's version shows the loss");
+        let follow = q.receive(qid, pid, Gossip::Sync { of: Some(qid) }, now, Duration::ZERO);
+        assert!(follow.send_snapshot);
+        for part in q.snapshot() {
+            p.receive(pid, qid, part, now, Duration::ZERO);
+        }
+        let online: Vec<String> = p.online_users().into_iter().map(|u| u.user.id.to_string()).collect();
+        assert_eq!(online, vec!["b".to_owned()]);
+        assert_eq!(p.receive(pid, qid, q.heartbeat(), now, Duration::ZERO), Followup::default());
+    }
+
+    #[test]
+    fn large_snapshots_come_in_parts() {
+        let (p, q) = (PresenceTracker::default(), PresenceTracker::default());
+        let (pid, qid) = (Uuid::now_v7(), Uuid::now_v7());
+        for i in 0..1_234 {
+            q.connect(&user(&format!("u{i}"), &[]));
+        }
+        let parts = q.snapshot();
+        assert_eq!(parts.len(), 3);
+        for part in parts {
+            p.receive(pid, qid, part, Instant::now(), Duration::ZERO);
+        }
+        assert_eq!(p.online_users().len(), 1_234);
+        assert_eq!(p.node_count(), 1);
+        p.receive(pid, qid, Gossip::Goodbye, Instant::now(), Duration::ZERO);
+        assert!(p.online_users().is_empty());
+        assert_eq!(p.node_count(), 0);
     }
 }

@@ -420,7 +420,9 @@ impl Session {
                 let reply = Error::unavailable(format!("replaying room {room} failed"));
                 resume.out.push_back(Output::Reply { reference: None, result: Err(reply) });
                 tracing::warn!(session = %self.shared.id, %room, error = %err, "replaying a room failed");
-                self.inner.hub.unsubscribe_session(self.shared.id, room);
+                if self.inner.hub.unsubscribe_session(self.shared.id, room) {
+                    self.inner.rooms_emptied(&[room]);
+                }
             }
         }
     }

@@ -948,6 +948,13 @@ async fn leaving_is_announced_and_stops_the_room_events() {
         Event::UserLeft(e) => assert_eq!((e.room_id, e.user_id), (room.id, bob1.id())),
         other => panic!("expected user:left, got {other:?}"),
     }
+    // Every session of the user hears that the room is gone, then nothing of it.
+    for bob in [&mut bob1, &mut bob2] {
+        match bob.event().await {
+            Event::RoomRemoved(e) => assert_eq!(e.room_id, room.id),
+            other => panic!("expected room:removed, got {other:?}"),
+        }
+    }
     alice.say(room.id, "after").await;
     bob1.quiet().await;
     bob2.quiet().await;

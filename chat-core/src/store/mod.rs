@@ -152,6 +152,20 @@ pub trait Store: Send + Sync + 'static {
     /// One room, if it exists.
     async fn room(&self, id: RoomId) -> Result<Option<Room>>;
 
+    /// The `last_seq` of each of these rooms that exists, in any order. A
+    /// cluster compares the rooms it serves with this after a broker outage
+    /// and every few seconds, so stores should answer it in one query; the
+    /// default reads the rooms one by one.
+    async fn last_seqs(&self, rooms: &[RoomId]) -> Result<Vec<(RoomId, u64)>> {
+        let mut out = Vec::with_capacity(rooms.len());
+        for id in rooms {
+            if let Some(room) = self.room(*id).await? {
+                out.push((room.id, room.last_seq));
+            }
+        }
+        Ok(out)
+    }
+
     /// Records `user` as the agent who took the room (`claimed_by`), the
     /// latest claim winning. Returns the room as it is now and whether this
     /// call changed it (`false` when `user` held the claim already); `None`
