@@ -207,6 +207,7 @@ impl State {
         }
         entry.remote = (i64::from(entry.remote) + delta).max(0) as u32;
         self.forget_if_gone(&user.id);
+        self.adopt(&user.id);
         self.mark(&user.id);
     }
 
@@ -227,6 +228,29 @@ impl State {
         if let Some(e) = self.entries.get(id) {
             if e.sessions == 0 && e.remote == 0 && e.announced == PresenceStatus::Offline {
                 self.entries.remove(id);
+            }
+        }
+    }
+
+    /// The newest status chosen for the user on another process.
+    fn newest_remote(&self, id: &UserId) -> Option<Chosen> {
+        self.nodes.values().filter_map(|n| n.users.get(id)?.status).max_by_key(|c| c.1)
+    }
+
+    /// A status chosen elsewhere, newer than the one here, becomes this
+    /// process's too (and is told to the others), so that it outlives the
+    /// sessions it was chosen on, as on one process: the choice is for all
+    /// the user's sessions.
+    fn adopt(&mut self, id: &UserId) {
+        let newest = self.newest_remote(id);
+        let Some(entry) = self.entries.get_mut(id) else { return };
+        if entry.sessions == 0 {
+            return;
+        }
+        if let Some(newest) = newest {
+            if entry.status.is_none_or(|mine| newest.1 > mine.1) {
+                entry.status = Some(newest);
+                self.changed_here.insert(id.clone());
             }
         }
     }
@@ -272,6 +296,8 @@ impl PresenceTracker {
         }
         entry.sessions += 1;
         entry.user = user.clone();
+        // A status chosen on the user's sessions elsewhere is theirs here too.
+        state.adopt(&user.id);
         self.changed(&mut state, &user.id);
     }
 
@@ -489,8 +515,12 @@ impl PresenceTracker {
                         state.mark(&id);
                         users.insert(id, remote);
                     }
+                    let ids: Vec<UserId> = users.keys().cloned().collect();
                     if let Some(view) = state.nodes.get_mut(&node) {
                         view.users = users;
+                    }
+                    for id in ids {
+                        state.adopt(&id);
                     }
                 }
             }

@@ -31,6 +31,8 @@ use crate::store::{Joining, MemberLimits, MemoryStore, QueueCursor, QueuedRoom, 
 use crate::time::Timestamp;
 use crate::user::{Identity, User};
 
+mod cluster;
+
 /// How long to wait for something that should come.
 const WAIT: Duration = Duration::from_secs(5);
 /// How long to listen when nothing should come.
