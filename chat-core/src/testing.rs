@@ -158,6 +158,7 @@ macro_rules! store_conformance {
                 close_room_closes_once,
                 seq_starts_at_one_and_follows_batch_order,
                 seq_is_independent_per_room,
+                last_seqs_names_each_existing_room_once,
                 appended_message_keeps_its_fields,
                 append_advances_the_senders_cursors,
                 duplicate_across_batches_returns_the_first_message,
@@ -1020,6 +1021,27 @@ pub async fn seq_is_independent_per_room(store: &dyn Store) {
     assert_eq!(got, [(r1.id, 1), (r2.id, 3), (r1.id, 2), (r2.id, 4), (r2.id, 5)]);
     assert_eq!(last_seq(store, r1.id).await, 2);
     assert_eq!(last_seq(store, r2.id).await, 5);
+}
+
+/// `last_seqs` answers for every existing room asked about, once, and
+/// leaves out rooms that do not exist.
+pub async fn last_seqs_names_each_existing_room_once(store: &dyn Store) {
+    let r1 = group(store, &["s"], 0).await;
+    let r2 = group(store, &["s"], 1).await;
+    let empty = group(store, &["s"], 2).await;
+    fill(store, r1.id, "s", 3).await;
+    fill(store, r2.id, "s", 1).await;
+    let missing = RoomId::generate();
+    let mut got = ok(store.last_seqs(&[r1.id, missing, r2.id, empty.id]).await, "last_seqs");
+    got.sort();
+    let mut want = vec![(r1.id, 3), (r2.id, 1), (empty.id, 0)];
+    want.sort();
+    assert_eq!(got, want);
+    assert!(ok(store.last_seqs(&[]).await, "last_seqs of nothing").is_empty());
+    // Many at once (a process serving many rooms asks in chunks of 500).
+    let mut many = vec![r1.id; 1];
+    many.extend((0..600).map(|_| RoomId::generate()));
+    assert_eq!(ok(store.last_seqs(&many).await, "last_seqs of 601").len(), 1);
 }
 
 /// A stored message keeps every field of the input and starts unedited.

@@ -835,6 +835,22 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn last_seqs(&self, rooms: &[RoomId]) -> chat_core::Result<Vec<(RoomId, u64)>> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<uuid::Uuid> = rooms.iter().map(|r| *r.as_uuid()).collect();
+        self.bounded(async {
+            let rows: Vec<(uuid::Uuid, i64)> = sqlx::query_as("SELECT id, last_seq FROM rooms WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&self.pool)
+                .await
+                .db()?;
+            Ok(rows.into_iter().map(|(id, seq)| (RoomId::from_uuid(id), seq.max(0) as u64)).collect())
+        })
+        .await
+    }
+
     async fn claim_room(&self, id: RoomId, user: &UserId) -> chat_core::Result<Option<(Room, bool)>> {
         self.bounded(async {
             let changed = sqlx::query(concat!(

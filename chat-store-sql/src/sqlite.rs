@@ -805,6 +805,34 @@ impl Store for SqliteStore {
         Ok(row.as_ref().map(room_from_row).transpose()?)
     }
 
+    async fn last_seqs(&self, rooms: &[RoomId]) -> chat_core::Result<Vec<(RoomId, u64)>> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One row of JSON rather than a row per room: see `ARCHITECTURE.md`.
+        let ids: Vec<String> = rooms.iter().map(RoomId::to_string).collect();
+        let ids = serde_json::to_string(&ids).map_err(|e| chat_core::Error::internal(e.to_string()))?;
+        let (found,): (Option<String>,) = sqlx::query_as(
+            "SELECT json_group_array(json_array(id, last_seq)) FROM rooms \
+             WHERE id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(ids)
+        .fetch_one(&self.reader)
+        .await
+        .db()?;
+        let pairs: Vec<(String, u64)> = match found {
+            Some(text) => serde_json::from_str(&text).map_err(|e| chat_core::Error::internal(e.to_string()))?,
+            None => Vec::new(),
+        };
+        pairs
+            .into_iter()
+            .map(|(id, seq)| {
+                let id = id.parse().map_err(|_| chat_core::Error::internal(format!("bad room id {id:?} in the store")))?;
+                Ok((id, seq))
+            })
+            .collect()
+    }
+
     async fn claim_room(&self, id: RoomId, user: &UserId) -> chat_core::Result<Option<(Room, bool)>> {
         let changed = sqlx::query(concat!(
             "UPDATE rooms SET claimed_by = ?2 WHERE id = ?1 AND claimed_by IS NOT ?2 RETURNING ",

@@ -99,8 +99,11 @@ pub(crate) async fn health(State(app): State<AppState>) -> Response {
     let bridges = app.engine.bridge_health();
     // A bridge on standby leaves the connection to the process holding its lease.
     let bridges_ok = bridges.values().all(|b| b.connected || b.standby);
-    let status = if store.is_ok() && bridges_ok { "ok" } else { "degraded" };
-    let body = json!({
+    // Without its broker a process still serves its own clients, so it stays
+    // in the load balancer: degraded, not down.
+    let broker = app.engine.broker_connected();
+    let status = if store.is_ok() && bridges_ok && broker != Some(false) { "ok" } else { "degraded" };
+    let mut body = json!({
         "status": status,
         "version": app.config.version,
         "uptime_s": app.engine.uptime().as_secs(),
@@ -109,6 +112,10 @@ pub(crate) async fn health(State(app): State<AppState>) -> Response {
         "bridges": bridges,
         "support": app.engine.support_availability(),
     });
+    if let Some(connected) = broker {
+        body["broker"] = json!(if connected { "ok" } else { "unavailable" });
+        body["peers"] = json!(app.engine.peer_processes());
+    }
     let code = if store.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body)).into_response()
 }
