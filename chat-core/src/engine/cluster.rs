@@ -695,7 +695,14 @@ pub(crate) async fn heartbeat(inner: Weak<Inner>) {
     loop {
         ticks.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        inner.cluster().publish_gossip(&inner.presence.heartbeat());
+        // A bridge on standby here leaves the count to the process doing its work.
+        let bridges = inner
+            .bridges
+            .iter()
+            .filter(|b| !b.health().standby)
+            .map(|b| (b.name().to_owned(), b.online_agents()))
+            .collect();
+        inner.cluster().publish_gossip(&inner.presence.heartbeat(bridges));
         inner.presence.expire_nodes(Instant::now(), settings.node_timeout);
     }
 }

@@ -197,7 +197,8 @@ pub(crate) struct Ctx {
 pub struct SupportAvailability {
     /// Whether at least one agent is online.
     pub available: bool,
-    /// Support-role users online here plus agents online on bridged platforms.
+    /// Support-role users online on any server process, plus agents online
+    /// on bridged platforms.
     pub online_agents: u32,
 }
 
@@ -281,7 +282,17 @@ impl Engine {
     /// Support agents online here and on bridged platforms.
     pub fn support_availability(&self) -> SupportAvailability {
         let local = self.inner.presence.online_support_agents();
-        let bridged: u32 = self.inner.bridges.iter().map(|b| b.online_agents()).sum();
+        // A bridge on standby here counts what the process doing its work
+        // says in its heartbeats, when there is a cluster to hear it from.
+        let bridged: u32 = self
+            .inner
+            .bridges
+            .iter()
+            .map(|b| match self.inner.presence.bridge_agents(b.name()) {
+                Some(count) if self.inner.cluster.is_some() && b.health().standby => count,
+                _ => b.online_agents(),
+            })
+            .sum();
         let online_agents = local.saturating_add(bridged);
         SupportAvailability { available: online_agents > 0, online_agents }
     }

@@ -23,7 +23,7 @@
 //! [`ClusterConfig::heartbeat`]: crate::ClusterConfig::heartbeat
 //! [`ClusterConfig::node_timeout`]: crate::ClusterConfig::node_timeout
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,11 +75,20 @@ struct NodeView {
     staging: Option<HashMap<UserId, (User, Remote)>>,
     /// When a snapshot was last asked of it.
     asked: Option<Instant>,
+    /// Agents online on the platforms it bridges, by bridge.
+    bridges: BTreeMap<String, u32>,
 }
 
 impl NodeView {
     fn new(now: Instant) -> Self {
-        NodeView { version: 0, last_heard: now, users: HashMap::new(), staging: None, asked: None }
+        NodeView {
+            version: 0,
+            last_heard: now,
+            users: HashMap::new(),
+            staging: None,
+            asked: None,
+            bridges: BTreeMap::new(),
+        }
     }
 }
 
@@ -101,8 +110,14 @@ pub(crate) struct Announce {
 pub(crate) enum Gossip {
     /// Users whose sessions on the sender changed.
     Delta { version: u64, users: Vec<Announce> },
-    /// The sender is alive, at this version.
-    Heartbeat { version: u64 },
+    /// The sender is alive, at this version; with the agents online on
+    /// bridged platforms, for the bridges whose work it does (the others
+    /// are on standby there).
+    Heartbeat {
+        version: u64,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        bridges: BTreeMap<String, u32>,
+    },
     /// All of the sender's users, in parts.
     Snapshot { version: u64, part: u32, last: bool, users: Vec<Announce> },
     /// Asks one process (or, with no `of`, every one) for its snapshot.
@@ -419,9 +434,16 @@ impl PresenceTracker {
         Some(Gossip::Delta { version: state.version, users })
     }
 
-    /// This process's heartbeat.
-    pub(crate) fn heartbeat(&self) -> Gossip {
-        Gossip::Heartbeat { version: self.lock().version }
+    /// This process's heartbeat, with the agents online on the platforms
+    /// whose bridges work here.
+    pub(crate) fn heartbeat(&self, bridges: BTreeMap<String, u32>) -> Gossip {
+        Gossip::Heartbeat { version: self.lock().version, bridges }
+    }
+
+    /// The agents online on a bridged platform, as the process doing the
+    /// bridge's work last said; `None` when no process says.
+    pub(crate) fn bridge_agents(&self, bridge: &str) -> Option<u32> {
+        self.lock().nodes.values().filter_map(|n| n.bridges.get(bridge).copied()).max()
     }
 
     /// Every user with a session here, in snapshot parts (at least one).
@@ -482,7 +504,10 @@ impl PresenceTracker {
                     ask(&mut state);
                 }
             }
-            Gossip::Heartbeat { version } => {
+            Gossip::Heartbeat { version, bridges } => {
+                if let Some(view) = state.nodes.get_mut(&node) {
+                    view.bridges = bridges;
+                }
                 if !known || state.nodes.get(&node).is_some_and(|v| v.version != version) {
                     ask(&mut state);
                 }
@@ -708,7 +733,7 @@ mod tests {
         q.connect(&b);
         q.disconnect(&a.id);
         q.take_delta();
-        let follow = p.receive(pid, qid, q.heartbeat(), now, Duration::ZERO);
+        let follow = p.receive(pid, qid, q.heartbeat(BTreeMap::new()), now, Duration::ZERO);
         assert_eq!(follow.ask, Some(qid), "the heartbeat's version shows the loss");
         let follow = q.receive(qid, pid, Gossip::Sync { of: Some(qid) }, now, Duration::ZERO);
         assert!(follow.send_snapshot);
@@ -717,7 +742,7 @@ mod tests {
         }
         let online: Vec<String> = p.online_users().into_iter().map(|u| u.user.id.to_string()).collect();
         assert_eq!(online, vec!["b".to_owned()]);
-        assert_eq!(p.receive(pid, qid, q.heartbeat(), now, Duration::ZERO), Followup::default());
+        assert_eq!(p.receive(pid, qid, q.heartbeat(BTreeMap::new()), now, Duration::ZERO), Followup::default());
     }
 
     #[test]
