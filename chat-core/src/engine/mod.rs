@@ -279,7 +279,7 @@ impl Engine {
         self.inner.support_queue(&user, cursor, limit).await
     }
 
-    /// Support agents online here and on bridged platforms.
+    /// Support agents online on every server process and on bridged platforms.
     pub fn support_availability(&self) -> SupportAvailability {
         let local = self.inner.presence.online_support_agents();
         // A bridge on standby here counts what the process doing its work
