@@ -388,6 +388,11 @@ impl Sequencer {
         out
     }
 
+    /// A served room's position, when known.
+    fn position(&self, room: RoomId) -> Option<u64> {
+        self.shard(room).get(&room).and_then(|order| order.delivered)
+    }
+
     fn is_holding(&self) -> bool {
         self.holding.load(Ordering::Acquire)
     }
@@ -548,6 +553,7 @@ impl Inner {
         }
         let known: HashMap<RoomId, u64> = positions.into_iter().filter_map(|(room, at)| Some((room, at?))).collect();
         let rooms: Vec<RoomId> = known.keys().copied().collect();
+        let mut behind = Vec::new();
         for chunk in rooms.chunks(AUDIT_CHUNK) {
             let found = match self.store.last_seqs(chunk).await {
                 Ok(found) => found,
@@ -559,9 +565,23 @@ impl Inner {
             for (room, last_seq) in found {
                 let at = known.get(&room).copied().unwrap_or(last_seq);
                 if last_seq > at {
-                    if let Err(err) = self.fill(room, at, last_seq).await {
-                        tracing::warn!(%room, error = %err, "could not fill a room's messages from the store");
-                    }
+                    behind.push((room, last_seq));
+                }
+            }
+        }
+        if behind.is_empty() {
+            return;
+        }
+        // A message this process stored a moment ago may not have gone out
+        // through its own fan-out yet; reading it from the store first would
+        // show it to its sender as an event besides the reply. So the rooms
+        // behind get a moment to catch up by themselves first.
+        tokio::time::sleep(self.config.cluster.gap_hold * 5).await;
+        for (room, last_seq) in behind {
+            let Some(at) = cluster.order.position(room) else { continue };
+            if last_seq > at {
+                if let Err(err) = self.fill(room, at, last_seq).await {
+                    tracing::warn!(%room, error = %err, "could not fill a room's messages from the store");
                 }
             }
         }
