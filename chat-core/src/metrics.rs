@@ -45,6 +45,9 @@ pub(crate) struct Metrics {
     commit_failures: Counter,
     slow_consumers: Counter,
     gap_filled: Counter,
+    published: Counter,
+    received: Counter,
+    dropped: Counter,
 }
 
 impl Metrics {
@@ -98,7 +101,28 @@ impl Metrics {
             "Messages of other processes read from the store because they did not arrive through the broker in time",
             gap_filled.clone(),
         );
+        let published = Counter::default();
+        registry.register(
+            "cluster_publications_sent",
+            "Publications this process handed to the broker (events, control messages, presence)",
+            published.clone(),
+        );
+        let received = Counter::default();
+        registry.register(
+            "cluster_publications_received",
+            "Publications of other processes this process received from the broker",
+            received.clone(),
+        );
+        let dropped = Counter::default();
+        registry.register(
+            "cluster_publications_dropped",
+            "Publications dropped because the broker did not keep up or was unreachable",
+            dropped.clone(),
+        );
         Metrics {
+            published,
+            received,
+            dropped,
             gap_filled,
             registry,
             connections,
@@ -140,6 +164,18 @@ impl Metrics {
 
     pub(crate) fn slow_consumer(&self) {
         self.slow_consumers.inc();
+    }
+
+    pub(crate) fn cluster_sent(&self, publications: u64) {
+        self.published.inc_by(publications);
+    }
+
+    pub(crate) fn cluster_received(&self) {
+        self.received.inc();
+    }
+
+    pub(crate) fn cluster_dropped(&self, publications: u64) {
+        self.dropped.inc_by(publications);
     }
 
     pub(crate) fn gap_filled(&self, messages: u64) {

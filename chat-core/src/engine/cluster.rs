@@ -45,6 +45,7 @@ use crate::error::{Error, Result};
 use crate::event::{Event, MessageEvent};
 use crate::id::{RoomId, UserId};
 use crate::message::HistoryQuery;
+use crate::metrics::Metrics;
 
 /// Publications waiting for the broker, at most. Past it new ones are
 /// dropped (and counted): rooms' messages come back from the store, and
@@ -81,7 +82,7 @@ pub(crate) enum Control {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "k", content = "v", rename_all = "snake_case")]
 enum Body {
-    Event(Fanout),
+    Event(Box<Fanout>),
     Control(Control),
     Presence(Gossip),
 }
@@ -128,6 +129,7 @@ pub(crate) struct Cluster {
     pub(crate) audit: Notify,
     /// Publications dropped because the queue to the broker was full.
     dropped: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -149,7 +151,7 @@ impl ClusterQueues {
 }
 
 impl Cluster {
-    pub(crate) fn new(broker: Arc<dyn Broker>) -> (Self, ClusterQueues) {
+    pub(crate) fn new(broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> (Self, ClusterQueues) {
         let (out_tx, out_rx) = mpsc::channel(OUTGOING_LIMIT);
         let (int_tx, int_rx) = mpsc::unbounded_channel();
         let cluster = Cluster {
@@ -160,6 +162,7 @@ impl Cluster {
             order: Sequencer::default(),
             audit: Notify::new(),
             dropped: AtomicU64::new(0),
+            metrics,
         };
         (cluster, ClusterQueues { outgoing: out_rx, interest: int_rx })
     }
@@ -176,6 +179,7 @@ impl Cluster {
 
     fn queue(&self, topic: Topic, payload: Bytes) {
         if self.outgoing.try_send(Outgoing::Publish(topic, payload)).is_err() {
+            self.metrics.cluster_dropped(1);
             let before = self.dropped.fetch_add(1, Ordering::Relaxed);
             if before % 10_000 == 0 {
                 tracing::warn!(dropped = before + 1, "the broker is not keeping up; publications are dropped");
@@ -418,8 +422,9 @@ impl BrokerSink for ClusterSink {
         if envelope.node == cluster.node {
             return;
         }
+        inner.metrics.cluster_received();
         match envelope.body {
-            Body::Event(fanout) => inner.receive_event(fanout),
+            Body::Event(fanout) => inner.receive_event(*fanout),
             Body::Control(control) => inner.apply_control(control),
             Body::Presence(gossip) => inner.receive_gossip(envelope.node, gossip),
         }
@@ -589,7 +594,7 @@ impl Inner {
 }
 
 /// Sends what the engine queued to the broker, in batches, in order.
-pub(crate) async fn publish(broker: Arc<dyn Broker>, mut queue: mpsc::Receiver<Outgoing>) {
+pub(crate) async fn publish(broker: Arc<dyn Broker>, metrics: Arc<Metrics>, mut queue: mpsc::Receiver<Outgoing>) {
     let mut taken = Vec::with_capacity(PUBLISH_BATCH);
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     let mut flushes = Vec::new();
@@ -602,6 +607,10 @@ pub(crate) async fn publish(broker: Arc<dyn Broker>, mut queue: mpsc::Receiver<O
             }
         }
         let result = if batch.is_empty() { Ok(()) } else { broker.publish(&batch).await };
+        match &result {
+            Ok(()) => metrics.cluster_sent(batch.len() as u64),
+            Err(_) => metrics.cluster_dropped(batch.len() as u64),
+        }
         match &result {
             Ok(()) if failing => {
                 failing = false;
@@ -752,7 +761,7 @@ mod tests {
         let bytes = serde_json::to_vec(&EnvelopeRef { node, body: BodyRef::Event(&fanout) }).expect("encodes");
         let back: Envelope = serde_json::from_slice(&bytes).expect("decodes");
         assert_eq!(back.node, node);
-        assert!(matches!(back.body, Body::Event(f) if f == fanout));
+        assert!(matches!(back.body, Body::Event(f) if *f == fanout));
         let control = Control::MemberRemoved { room_id: room, user_id: UserId::new("u").expect("valid"), notify: true };
         let bytes = serde_json::to_vec(&EnvelopeRef { node, body: BodyRef::Control(&control) }).expect("encodes");
         let back: Envelope = serde_json::from_slice(&bytes).expect("decodes");

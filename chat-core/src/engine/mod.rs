@@ -93,7 +93,7 @@ impl EngineBuilder {
         let hub = Arc::new(Hub::new(metrics.clone()));
         let (cluster, queues) = match self.broker {
             Some(broker) => {
-                let (cluster, queues) = cluster::Cluster::new(broker);
+                let (cluster, queues) = cluster::Cluster::new(broker, metrics.clone());
                 (Some(cluster), Some(queues))
             }
             None => (None, None),
@@ -130,7 +130,7 @@ impl EngineBuilder {
             cluster.broker.start(sink).await?;
             let weak = Arc::downgrade(&inner);
             let (outgoing, interest) = queues.split();
-            tasks.push(tokio::spawn(cluster::publish(cluster.broker.clone(), outgoing)));
+            tasks.push(tokio::spawn(cluster::publish(cluster.broker.clone(), inner.metrics.clone(), outgoing)));
             tasks.push(tokio::spawn(cluster::follow_interest(weak.clone(), interest)));
             tasks.push(tokio::spawn(cluster::repair(weak.clone())));
             tasks.push(tokio::spawn(cluster::heartbeat(weak)));
