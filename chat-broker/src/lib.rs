@@ -42,7 +42,9 @@
 //!
 //! # What the adapters promise, and how
 //!
-//! Both adapters keep the promises of the `Broker` docs: no echo, interest, order per publisher, `subscribe` active on
+//! Both adapters pass the conformance suite of `chat_core::testing::broker`
+//! against a real server (`tests/conformance.rs`, which kills and restarts
+//! it): no echo, interest, order per publisher, `subscribe` active on
 //! return, outages reported within seconds and recovered without a new
 //! subscribe call. Every call is bounded by [`Options::timeout`]; while the
 //! server is away, `publish` and `subscribe` fail at once as `unavailable`
@@ -143,6 +145,12 @@
 //! [redis-rs#1408]: https://github.com/redis-rs/redis-rs/pull/1408
 //! [redis-rs#1541]: https://github.com/redis-rs/redis-rs/issues/1541
 //! [fred.rs#367]: https://github.com/aembke/fred.rs/issues/367
+//!
+//! # Tests
+//!
+//! The feature `test-support` adds [`testing`]: `nats-server` and
+//! `redis-server` processes on loopback ports of their own, which tests stop
+//! and restart to play an outage.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,6 +170,8 @@ mod error;
 mod nats;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 /// Settings shared by both adapters.
 #[derive(Debug, Clone, PartialEq, Eq)]
