@@ -24,6 +24,10 @@
 //!
 //! The checks use fixed timestamps and ids built from short strings, so a
 //! failure message can be read without a debugger.
+//!
+//! The [`broker`] module is the same for [`Broker`](crate::Broker)
+//! implementations: `broker_conformance!` runs it on a harness that makes
+//! brokers on one server and can take that server down.
 
 use std::any::Any;
 use std::collections::{BTreeSet, HashSet};
@@ -37,6 +41,8 @@ use crate::room::{MemberRole, NewRoom, ReceiptKind, Room, RoomKind, Visibility};
 use crate::store::{Joining, MemberLimits, QueueCursor, QueuedRoom, Store};
 use crate::time::Timestamp;
 use crate::user::User;
+
+pub mod broker;
 
 /// A store under test, with whatever must outlive it (a temporary directory,
 /// a database handle) dropped only after the store is closed.
