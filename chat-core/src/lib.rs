@@ -11,7 +11,7 @@
 //! | a transport (WebSocket, TCP, …) | nothing: drive a [`Session`] | decode commands with [`Command::decode`], encode [`Output`]s |
 //! | credentials | [`Authenticator`] | hand the [`Identity`] to [`Engine::open_session`] |
 //! | many server processes | [`Broker`] | move each publication to the processes subscribed to its [`Topic`]; run the broker suite (`testing` feature) |
-//! | a bridge to another platform | [`Bridge`] | post back with [`Engine::post_as`]; keep its outbox in [`BridgeStore`] |
+//! | a bridge to another platform | [`Bridge`] | act through the [`BridgeHost`] it is started with; keep its outbox in [`BridgeStore`] |
 //! | a store that bridges can use | [`BridgeStore`] too | return it from [`Store::bridge_store`]; run `bridge_store_conformance!` |
 //!
 //! The engine does no I/O of its own beyond calling these traits and Tokio
@@ -75,7 +75,7 @@ pub mod time;
 pub mod user;
 
 pub use auth::{Authenticator, StaticTokens};
-pub use bridge::{Bridge, BridgeEvent, BridgeHealth, BridgeStore, Job, JobCounts, JobStatus, NewJob};
+pub use bridge::{Bridge, BridgeEvent, BridgeHealth, BridgeHost, BridgeStore, Job, JobCounts, JobStatus, NewJob};
 pub use broker::{Audience, Broker, BrokerSink, Fanout, LocalBroker, LocalBus, Topic};
 pub use command::{Command, CommandKind, Reply};
 pub use config::{ClusterConfig, EngineConfig, Limits};

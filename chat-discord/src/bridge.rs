@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_core::{
-    Bridge, BridgeEvent, BridgeHealth, BridgeStore, Engine, HistoryQuery, Job, MessageId, NewJob, Room, RoomId,
+    Bridge, BridgeEvent, BridgeHealth, BridgeHost, BridgeStore, HistoryQuery, Job, MessageId, NewJob, Room, RoomId,
     RoomKind, Timestamp, User, UserId,
 };
 use serde::{Deserialize, Serialize};
@@ -120,7 +120,8 @@ struct Shared {
     events: mpsc::Sender<BridgeEvent>,
     /// Taken by the enqueuer when the bridge starts.
     events_rx: Mutex<Option<mpsc::Receiver<BridgeEvent>>>,
-    engine: OnceLock<Engine>,
+    /// What the bridge may do to the engine; set once, when it starts.
+    host: OnceLock<Arc<dyn BridgeHost>>,
     /// Wakes the worker when jobs were enqueued or a job was retried by hand.
     wake: Notify,
     state: Mutex<State>,
@@ -456,7 +457,7 @@ impl DiscordBridge {
             rest,
             events,
             events_rx: Mutex::new(Some(events_rx)),
-            engine: OnceLock::new(),
+            host: OnceLock::new(),
             wake: Notify::new(),
             state: Mutex::new(State::default()),
             tasks: Mutex::new(Vec::new()),
@@ -484,12 +485,12 @@ impl DiscordBridge {
 }
 
 impl Shared {
-    fn engine(&self) -> Result<&Engine> {
-        self.engine.get().ok_or_else(|| Error::Config("the bridge has not been started".into()))
+    fn host(&self) -> Result<&dyn BridgeHost> {
+        self.host.get().map(|host| &**host).ok_or_else(|| Error::Config("the bridge has not been started".into()))
     }
 
     fn outbox(&self) -> Result<&dyn BridgeStore> {
-        self.engine()?
+        self.host()?
             .store()
             .bridge_store()
             .ok_or_else(|| Error::Config("the store cannot keep the bridge's outbox".into()))
@@ -518,11 +519,11 @@ impl Bridge for DiscordBridge {
         NAME
     }
 
-    async fn start(&self, engine: Engine) -> chat_core::Result<()> {
-        if engine.store().bridge_store().is_none() {
+    async fn start(&self, host: Arc<dyn BridgeHost>) -> chat_core::Result<()> {
+        if host.store().bridge_store().is_none() {
             return Err(chat_core::Error::internal("the discord bridge needs a store that keeps bridge jobs"));
         }
-        if self.shared.engine.set(engine).is_err() {
+        if self.shared.host.set(host).is_err() {
             return Err(chat_core::Error::internal("the discord bridge was started twice"));
         }
         let events = self.shared.events_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -573,7 +574,7 @@ impl Bridge for DiscordBridge {
 
     fn health(&self) -> BridgeHealth {
         let state = self.shared.state();
-        let started = self.shared.engine.get().is_some();
+        let started = self.shared.host.get().is_some();
         BridgeHealth {
             connected: state.connected(),
             standby: started && !state.active,
@@ -638,7 +639,7 @@ async fn link_channels(shared: &Shared) -> Result<()> {
         // catch-up posts only what comes after this.
         let room_key = room.to_string();
         if outbox.remote_of(NAME, LINK_POSTED, &room_key).await?.is_none() {
-            let last_seq = shared.engine()?.store().room(*room).await?.map_or(0, |r| r.last_seq);
+            let last_seq = shared.host()?.store().room(*room).await?.map_or(0, |r| r.last_seq);
             outbox.set_link(NAME, LINK_POSTED, &room_key, &last_seq.to_string()).await?;
         }
     }
@@ -869,7 +870,7 @@ async fn enqueue(shared: Arc<Shared>, mut events: mpsc::Receiver<BridgeEvent>) {
 /// The job mirroring a change of a support room's message. Jobs of a room
 /// share its queue, so an edit or a delete runs after the post it changes.
 async fn job_for(shared: &Shared, kind: &str, message: &chat_core::Message) -> Result<Option<NewJob>> {
-    match shared.engine()?.store().room(message.room_id).await? {
+    match shared.host()?.store().room(message.room_id).await? {
         Some(room) => job_for_room(&room, shared, kind, message),
         None => Ok(None),
     }
@@ -930,7 +931,7 @@ async fn catch_up_loop(shared: Arc<Shared>) {
 /// enqueued twice, and a job that finds nothing to do sends nothing, so a
 /// catch-up may repeat what the enqueuer did.
 async fn catch_up_outbound(shared: &Shared) -> Result<()> {
-    let store = shared.engine()?.store();
+    let store = shared.host()?.store();
     let outbox = shared.outbox()?;
     let mut rooms = store.support_rooms(CATCH_UP_ROOMS).await?;
     for (room, _) in &shared.config.channels {
@@ -968,7 +969,7 @@ async fn catch_up_outbound(shared: &Shared) -> Result<()> {
 /// The edit and delete jobs of a room's posted messages whose last change
 /// Discord does not show, and moves the room's change cursor.
 async fn missed_changes(shared: &Shared, room: &Room) -> Result<Vec<NewJob>> {
-    let store = shared.engine()?.store();
+    let store = shared.host()?.store();
     let outbox = shared.outbox()?;
     let key = room.id.to_string();
     let cursor = stored_number(outbox, LINK_CHANGES, &key).await?;
@@ -1187,7 +1188,7 @@ async fn change_message(shared: &Shared, job: &PostJob, change: Change) -> Resul
     let Some(thread) = outbox.remote_of(NAME, LINK_THREAD, &job.room_id.to_string()).await? else {
         return Ok(());
     };
-    let Some(message) = shared.engine()?.store().message(job.room_id, job.message_id).await? else {
+    let Some(message) = shared.host()?.store().message(job.room_id, job.message_id).await? else {
         return Ok(());
     };
     if change == Change::Edit && message.deleted {
@@ -1237,7 +1238,7 @@ async fn change_message(shared: &Shared, job: &PostJob, change: Change) -> Resul
 /// Discord is checked before posting.
 async fn post_message(shared: &Shared, post: &PostJob, retried: bool) -> Result<()> {
     let outbox = shared.outbox()?;
-    let store = shared.engine()?.store();
+    let store = shared.host()?.store();
     let Some(target) = store.message(post.room_id, post.message_id).await? else {
         return Ok(());
     };
@@ -1266,7 +1267,7 @@ async fn post_message(shared: &Shared, post: &PostJob, retried: bool) -> Result<
 /// it (retried by hand, it posts its own message, late).
 async fn give_up_post(shared: &Shared, post: &PostJob) -> Result<()> {
     let outbox = shared.outbox()?;
-    let Some(message) = shared.engine()?.store().message(post.room_id, post.message_id).await? else {
+    let Some(message) = shared.host()?.store().message(post.room_id, post.message_id).await? else {
         return Ok(());
     };
     let room_key = post.room_id.to_string();
@@ -1281,7 +1282,7 @@ async fn give_up_post(shared: &Shared, post: &PostJob) -> Result<()> {
 /// or came from Discord.
 async fn post_one(shared: &Shared, message: &chat_core::Message, retried: bool) -> Result<()> {
     let outbox = shared.outbox()?;
-    let store = shared.engine()?.store();
+    let store = shared.host()?.store();
     let message_key = message.id.to_string();
     if message.deleted || from_discord(message) {
         return Ok(());
@@ -1828,12 +1829,12 @@ async fn press(shared: &Shared, click: &ComponentInteraction) -> Result<String> 
         member.nick.clone().or_else(|| member.user.global_name.clone()).unwrap_or_else(|| member.user.name.clone());
     let mut user = User::new(agent_user_id(member.user.id.get())?, name);
     user.roles = chat_roles(&shared.config, &member.roles, true);
-    let engine = shared.engine()?;
+    let host = shared.host()?;
     if claim {
-        engine.claim_room_as(NAME, user, room).await?;
+        host.claim_room_as(NAME, user, room).await?;
         Ok("You took this conversation; the visitor sees it.".into())
     } else {
-        engine.close_room_as(NAME, user, room).await?;
+        host.close_room_as(NAME, user, room).await?;
         Ok("The conversation is closed; the visitor was told, and this thread is archived.".into())
     }
 }
@@ -1912,13 +1913,13 @@ async fn deliver(shared: &Shared, message: &Message) -> Result<()> {
             chat_roles(&shared.config, &member.roles, support)
         }
         // Fetched messages carry no member: the roles last seen stay.
-        None => match shared.engine()?.store().user(&user.id).await? {
+        None => match shared.host()?.store().user(&user.id).await? {
             Some(known) if !known.roles.is_empty() => known.roles,
             _ => chat_roles(&shared.config, &[], support),
         },
     };
     let client_msg_id = format!("discord:{}", message.id.get());
-    let posted = shared.engine()?.post_as(NAME, user, room, client_msg_id, body).await?;
+    let posted = shared.host()?.post_as(NAME, user, room, client_msg_id, body).await?;
     outbox.set_link(NAME, LINK_MESSAGE, &posted.id.to_string(), &message.id.get().to_string()).await?;
     Ok(())
 }
@@ -1940,7 +1941,7 @@ async fn agent_message(
     };
     let room: RoomId = room.parse()?;
     let local: MessageId = local.parse()?;
-    let found = shared.engine()?.store().message(room, local).await?;
+    let found = shared.host()?.store().message(room, local).await?;
     Ok(found.filter(|m| m.sender_id.as_str().starts_with("discord:") && !m.deleted))
 }
 
@@ -1951,14 +1952,14 @@ async fn agent_message(
 /// server keeps their name and loses every role. Members who never wrote in
 /// a mapped thread or channel are not made chat users.
 async fn member_roles(shared: &Shared, user: u64, now: Option<(String, Vec<RoleId>)>) -> Result<()> {
-    let engine = shared.engine()?;
+    let host = shared.host()?;
     let id = agent_user_id(user)?;
-    let Some(known) = engine.store().user(&id).await? else {
+    let Some(known) = host.store().user(&id).await? else {
         return Ok(());
     };
     let next = as_member_now(&shared.config, &known, now);
     if next != known {
-        engine.upsert_user(next).await?;
+        host.upsert_user(next).await?;
     }
     Ok(())
 }
@@ -1970,10 +1971,9 @@ async fn member_roles(shared: &Shared, user: u64, now: Option<(String, Vec<RoleI
 /// newer, and is applied already or queued behind this. One store read per
 /// snapshot or chunk.
 async fn snapshot_roles(shared: &Shared, members: Vec<(u64, String, Vec<RoleId>)>) -> Result<()> {
-    let engine = shared.engine()?;
+    let host = shared.host()?;
     let ids: Vec<UserId> = members.iter().filter_map(|(user, _, _)| agent_user_id(*user).ok()).collect();
-    let known: HashMap<UserId, User> =
-        engine.store().users(&ids).await?.into_iter().map(|u| (u.id.clone(), u)).collect();
+    let known: HashMap<UserId, User> = host.store().users(&ids).await?.into_iter().map(|u| (u.id.clone(), u)).collect();
     for (user, name, held) in members {
         let Some(known) = agent_user_id(user).ok().and_then(|id| known.get(&id)) else { continue };
         if shared.state().members_heard.contains(&user) {
@@ -1981,7 +1981,7 @@ async fn snapshot_roles(shared: &Shared, members: Vec<(u64, String, Vec<RoleId>)
         }
         let next = as_member_now(&shared.config, known, Some((name, held)));
         if &next != known {
-            engine.upsert_user(next).await?;
+            host.upsert_user(next).await?;
         }
     }
     Ok(())
@@ -2039,7 +2039,7 @@ async fn apply_edit(
     if body.trim().is_empty() || body == message.body {
         return Ok(());
     }
-    shared.engine()?.edit_as(NAME, &message.sender_id, message.room_id, message.id, body).await?;
+    shared.host()?.edit_as(NAME, &message.sender_id, message.room_id, message.id, body).await?;
     Ok(())
 }
 
@@ -2048,7 +2048,7 @@ async fn remove(shared: &Shared, channel: ChannelId, id: DiscordMessageId) -> Re
     let Some(message) = agent_message(shared, channel, id).await? else {
         return Ok(());
     };
-    shared.engine()?.delete_as(NAME, &message.sender_id, message.room_id, message.id).await?;
+    shared.host()?.delete_as(NAME, &message.sender_id, message.room_id, message.id).await?;
     Ok(())
 }
 
@@ -2070,7 +2070,7 @@ async fn typing(shared: &Shared, event: &TypingStartEvent) -> Result<()> {
         return Ok(());
     }
     let room: RoomId = room.parse()?;
-    shared.engine()?.set_typing_as(&agent_user_id(event.user_id.get())?, room, true).await?;
+    shared.host()?.set_typing_as(&agent_user_id(event.user_id.get())?, room, true).await?;
     Ok(())
 }
 
@@ -2109,7 +2109,7 @@ async fn catch_up(shared: &Shared) -> Result<()> {
 /// no call. A transient failure leaves the room for the next READY.
 async fn add_missing_buttons(shared: &Shared) -> Result<()> {
     let outbox = shared.outbox()?;
-    let store = shared.engine()?.store();
+    let store = shared.host()?.store();
     let mut failure = None;
     for (room_key, thread) in outbox.links(NAME, LINK_THREAD).await? {
         if outbox.remote_of(NAME, LINK_BUTTONS, &room_key).await?.is_some() {
@@ -2198,11 +2198,11 @@ async fn fetch_missed(shared: &Shared, thread: &str) -> Result<()> {
 /// hold it is deleted. Threads whose recent room messages include no
 /// agent's cost no call to Discord.
 async fn recheck_recent(shared: &Shared, room: &str, thread: &str) -> Result<()> {
-    let engine = shared.engine()?;
+    let host = shared.host()?;
     let outbox = shared.outbox()?;
     let room: RoomId = room.parse()?;
     let query = chat_core::HistoryQuery { limit: RECHECK_WINDOW as u32, ..Default::default() };
-    let recent = engine.store().history(room, query).await?;
+    let recent = host.store().history(room, query).await?;
     let mut linked = Vec::new();
     for message in recent.messages {
         if !message.sender_id.as_str().starts_with("discord:") || message.deleted {
@@ -2228,7 +2228,7 @@ async fn recheck_recent(shared: &Shared, room: &str, thread: &str) -> Result<()>
             Some(now) if now.edited_timestamp.is_none() => {}
             Some(now) => apply_edit(shared, &message, &now.content, &now.attachments).await?,
             None if deleted_meanwhile(remote, &ids) => {
-                engine.delete_as(NAME, &message.sender_id, room, message.id).await?;
+                host.delete_as(NAME, &message.sender_id, room, message.id).await?;
             }
             None => {}
         }

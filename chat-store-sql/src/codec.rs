@@ -1,6 +1,8 @@
-//! Conversions between domain values and the column values every SQL backend
-//! stores: ids as text, times as integer milliseconds, seqs as signed 64-bit
-//! integers, lists as JSON text.
+//! Conversions between domain values and column values: ids as text, times
+//! as integer milliseconds, seqs as signed 64-bit integers, lists as JSON
+//! text. SQLite stores every value so; PostgreSQL too, except room and
+//! message ids (`UUID`), roles (`TEXT[]`) and attachments (`JSONB`, which its
+//! queries cast from and to JSON text).
 //!
 //! Decoding never trusts the database: a value that does not parse is
 //! [`Error::Corrupt`], naming the column, not the value.

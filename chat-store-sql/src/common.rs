@@ -2,25 +2,19 @@
 
 use chat_core::{HistoryPage, HistoryQuery, Message};
 
-use crate::error::{Error, Result};
-
-/// Turns a sqlx result into this crate's, classifying the error.
-pub(crate) trait Db<T> {
-    fn db(self) -> Result<T>;
-}
-
-impl<T> Db<T> for std::result::Result<T, sqlx::Error> {
-    fn db(self) -> Result<T> {
-        self.map_err(Error::from)
-    }
-}
+use crate::error::Result;
+#[cfg(feature = "postgres")]
+use crate::error::{Backend, Error};
 
 /// Commits `tx` when `result` is `Ok`, rolls it back otherwise.
 #[cfg(feature = "postgres")]
-pub(crate) async fn finish<DB: sqlx::Database, T>(tx: sqlx::Transaction<'static, DB>, result: Result<T>) -> Result<T> {
+pub(crate) async fn finish<DB: sqlx::Database + Backend, T>(
+    tx: sqlx::Transaction<'static, DB>,
+    result: Result<T>,
+) -> Result<T> {
     match result {
         Ok(value) => {
-            tx.commit().await?;
+            tx.commit().await.map_err(Error::from_sqlx::<DB>)?;
             Ok(value)
         }
         Err(err) => {

@@ -4,8 +4,14 @@
 //! logs; no variant's `Display` contains it. Converting into
 //! [`chat_core::Error`] keeps that promise for clients: `Unavailable` and
 //! `Internal` hide their source, and a `Conflict` gets a fixed text.
+//!
+//! The classification is shared and names no backend: each backend says which
+//! of its database's own errors mean "not now" (a `Backend` implementation in
+//! its module) and converts its sqlx errors through it, so that a backend
+//! builds alone and this module depends on none.
 
 use chat_core::BoxError;
+use sqlx::error::DatabaseError;
 
 /// Result with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -61,9 +67,28 @@ impl Error {
     }
 }
 
-impl From<sqlx::Error> for Error {
-    fn from(err: sqlx::Error) -> Self {
-        if is_unavailable(&err) {
+/// What a backend knows of its database's errors, and all that the shared
+/// classification needs of it.
+///
+/// Connection, pool and uniqueness failures look alike on every database and
+/// are classified here; which of a database's own error codes mean "not now"
+/// only its backend knows. Each backend implements this for its sqlx database
+/// type and converts its errors with [`Error::from_sqlx`] and
+/// [`Error::from_migrate`], so that this module names no backend and each
+/// backend builds alone.
+pub(crate) trait Backend {
+    /// The error type of the database's own failures.
+    type DatabaseError: DatabaseError;
+
+    /// Whether the database's own error means "not now" rather than "never":
+    /// busy, locked, read-only, full, shutting down, out of connections.
+    fn is_transient(err: &Self::DatabaseError) -> bool;
+}
+
+impl Error {
+    /// A sqlx failure of backend `B`, classified.
+    pub(crate) fn from_sqlx<B: Backend>(err: sqlx::Error) -> Self {
+        if is_unavailable::<B>(&err) {
             return Error::Unavailable(Box::new(err));
         }
         match &err {
@@ -73,15 +98,14 @@ impl From<sqlx::Error> for Error {
             _ => Error::Database(Box::new(err)),
         }
     }
-}
 
-impl From<sqlx::migrate::MigrateError> for Error {
-    fn from(err: sqlx::migrate::MigrateError) -> Self {
+    /// A failed migration of backend `B`, classified.
+    pub(crate) fn from_migrate<B: Backend>(err: sqlx::migrate::MigrateError) -> Self {
         use sqlx::migrate::MigrateError;
         // A migration that could not run because the database is busy, read-only
         // or unreachable is as unavailable as any other write.
         let transient = match &err {
-            MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => is_unavailable(e),
+            MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => is_unavailable::<B>(e),
             _ => false,
         };
         if transient { Error::Unavailable(Box::new(err)) } else { Error::Migrate(Box::new(err)) }
@@ -104,8 +128,10 @@ impl From<Error> for chat_core::Error {
     }
 }
 
-/// Whether an error means "not now" rather than "never".
-fn is_unavailable(err: &sqlx::Error) -> bool {
+/// Whether an error of backend `B` means "not now" rather than "never". A
+/// database error of another type than `B`'s (there is none in practice) is
+/// never transient.
+fn is_unavailable<B: Backend>(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
@@ -113,29 +139,91 @@ fn is_unavailable(err: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::BeginFailed => true,
-        sqlx::Error::Database(db) => is_transient(db.as_ref()),
+        sqlx::Error::Database(db) => db.try_downcast_ref::<B::DatabaseError>().is_some_and(B::is_transient),
         _ => false,
     }
 }
 
-/// Whether a database's own error means "not now" rather than "never": each
-/// backend knows its codes.
-#[allow(unused_variables)] // With no backend feature, nothing looks at `err`.
-fn is_transient(err: &dyn sqlx::error::DatabaseError) -> bool {
-    #[cfg(feature = "sqlite")]
-    if let Some(e) = err.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
-        return crate::sqlite::is_transient(e);
-    }
-    #[cfg(feature = "postgres")]
-    if let Some(e) = err.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-        return crate::postgres::is_transient(e);
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+    use std::error::Error as StdError;
+
+    use sqlx::error::ErrorKind;
+
     use super::*;
+
+    /// A backend of the tests' own: its database's errors carry a code, and
+    /// it knows one of them to be transient, as a real backend knows its own.
+    struct Fake;
+
+    #[derive(Debug)]
+    struct FakeError {
+        code: &'static str,
+    }
+
+    impl std::fmt::Display for FakeError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error {} in /var/lib/secret.db", self.code)
+        }
+    }
+
+    impl StdError for FakeError {}
+
+    impl DatabaseError for FakeError {
+        fn message(&self) -> &str {
+            "in /var/lib/secret.db"
+        }
+
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.code))
+        }
+
+        fn as_error(&self) -> &(dyn StdError + Send + Sync + 'static) {
+            self
+        }
+
+        fn as_error_mut(&mut self) -> &mut (dyn StdError + Send + Sync + 'static) {
+            self
+        }
+
+        fn into_error(self: Box<Self>) -> Box<dyn StdError + Send + Sync + 'static> {
+            self
+        }
+
+        fn kind(&self) -> ErrorKind {
+            if self.code == "unique" { ErrorKind::UniqueViolation } else { ErrorKind::Other }
+        }
+    }
+
+    impl Backend for Fake {
+        type DatabaseError = FakeError;
+
+        fn is_transient(err: &FakeError) -> bool {
+            err.code == "busy"
+        }
+    }
+
+    fn database(code: &'static str) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(FakeError { code }))
+    }
+
+    #[test]
+    fn a_database_error_is_unavailable_when_its_backend_says_so() {
+        let busy = Error::from_sqlx::<Fake>(database("busy"));
+        assert!(busy.is_unavailable(), "{busy:?}");
+        assert_eq!(busy.to_string(), "database unavailable");
+        let unique = Error::from_sqlx::<Fake>(database("unique"));
+        assert!(matches!(unique, Error::Conflict(_)), "{unique:?}");
+        let other = Error::from_sqlx::<Fake>(database("syntax"));
+        assert!(matches!(other, Error::Database(_)), "{other:?}");
+        assert!(!other.to_string().contains("secret"), "no database text in {other}");
+
+        let migration = sqlx::migrate::MigrateError::Execute(database("busy"));
+        assert!(Error::from_migrate::<Fake>(migration).is_unavailable());
+        let migration = sqlx::migrate::MigrateError::Execute(database("syntax"));
+        assert!(matches!(Error::from_migrate::<Fake>(migration), Error::Migrate(_)));
+    }
 
     #[test]
     fn connection_failures_are_unavailable_and_hide_their_text() {
@@ -146,7 +234,7 @@ mod tests {
             sqlx::Error::Io(std::io::Error::other("disk on fire at /var/lib/chat.db")),
         ];
         for err in table {
-            let err = Error::from(err);
+            let err = Error::from_sqlx::<Fake>(err);
             assert!(err.is_unavailable(), "{err:?}");
             assert_eq!(err.to_string(), "database unavailable");
             let core = chat_core::Error::from(err);
@@ -157,7 +245,7 @@ mod tests {
 
     #[test]
     fn other_failures_are_internal_and_hide_their_text() {
-        let err = Error::from(sqlx::Error::ColumnNotFound("secret_column".into()));
+        let err = Error::from_sqlx::<Fake>(sqlx::Error::ColumnNotFound("secret_column".into()));
         assert!(matches!(err, Error::Database(_)));
         assert!(!err.to_string().contains("secret_column"));
         let core = chat_core::Error::from(err);

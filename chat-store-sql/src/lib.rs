@@ -40,8 +40,10 @@
 //!   migrated by a newer build is refused ([`Error::SchemaTooNew`]) rather than
 //!   used with a schema this build does not know.
 //!
-//! Values are stored portably: ids as text, times as integer milliseconds
-//! since the epoch, roles and attachments as JSON text.
+//! Both backends hand out identical values: user ids are text and times
+//! integer milliseconds since the epoch on both. SQLite keeps room and message
+//! ids as text and roles and attachments as JSON text; PostgreSQL keeps them
+//! as `UUID`, `TEXT[]` and `JSONB`.
 //!
 //! # Example
 //!

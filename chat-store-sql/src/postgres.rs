@@ -57,8 +57,8 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::batch::{Found, Key, Moves, Outcome, RoomState, answers, moves, new_count, plan, rooms_of, senders_of};
-use crate::common::{Db, finish, history_page, limit_to_db};
-use crate::error::{Error, Result};
+use crate::common::{finish, history_page, limit_to_db};
+use crate::error::{Backend, Error, Result};
 use crate::{codec, migrate};
 
 mod outbox;
@@ -116,7 +116,8 @@ impl PostgresConfig {
             return Err(Error::Config("a PostgreSQL URL starts with postgres:// or postgresql://".into()));
         }
         let statement_timeout = format!("{}ms", self.statement_timeout.as_millis().max(1));
-        Ok(PgConnectOptions::from_str(&self.url)?
+        Ok(PgConnectOptions::from_str(&self.url)
+            .db()?
             // Notices such as "relation already exists, skipping" are not worth a log line.
             .options([("statement_timeout", statement_timeout.as_str()), ("client_min_messages", "warning")])
             .application_name("chat-server"))
@@ -152,7 +153,7 @@ impl PostgresStore {
     /// [`Error::Config`] for a malformed URL. Several processes may start at
     /// once: migrations take an advisory lock and run once.
     pub async fn connect(config: PostgresConfig) -> Result<Self> {
-        let pool = config.pool_options().connect_with(config.connect_options()?).await?;
+        let pool = config.pool_options().connect_with(config.connect_options()?).await.db()?;
         if let Err(err) = migrate_pool(&pool).await {
             pool.close().await;
             return Err(err);
@@ -163,7 +164,7 @@ impl PostgresStore {
     /// Brings the schema up to date without keeping a store open: for a
     /// `migrate` command run before starting servers.
     pub async fn migrate(config: PostgresConfig) -> Result<()> {
-        let pool = config.pool_options().max_connections(1).connect_with(config.connect_options()?).await?;
+        let pool = config.pool_options().max_connections(1).connect_with(config.connect_options()?).await.db()?;
         let result = migrate_pool(&pool).await;
         pool.close().await;
         result
@@ -184,7 +185,7 @@ impl PostgresStore {
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-        Ok(self.pool.begin().await?)
+        self.pool.begin().await.db()
     }
 }
 
@@ -192,26 +193,48 @@ impl PostgresStore {
 async fn recorded_version(pool: &PgPool) -> Result<Option<i64>> {
     // to_regclass follows the search_path, as sqlx's own migration table does.
     let tracked: bool =
-        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await.db()?;
     if !tracked {
         return Ok(None);
     }
-    Ok(sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations").fetch_one(pool).await?)
+    sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations").fetch_one(pool).await.db()
 }
 
 /// Refuses a database migrated by a newer build, then applies what is missing.
 async fn migrate_pool(pool: &PgPool) -> Result<()> {
     migrate::check_not_newer(recorded_version(pool).await?, PostgresStore::SCHEMA_VERSION)?;
-    migrate::migrator(MIGRATIONS).run(pool).await?;
+    migrate::migrator(MIGRATIONS).run(pool).await.db()?;
     Ok(())
 }
 
-/// Whether a PostgreSQL error means the database cannot be used right now.
-pub(crate) fn is_transient(err: &PgDatabaseError) -> bool {
-    is_transient_code(err.code())
+/// Turns a sqlx result into this crate's, classified by what this backend
+/// knows of PostgreSQL's errors.
+trait Db<T> {
+    fn db(self) -> Result<T>;
 }
 
-/// [`is_transient`] on an SQLSTATE code.
+impl<T> Db<T> for std::result::Result<T, sqlx::Error> {
+    fn db(self) -> Result<T> {
+        self.map_err(Error::from_sqlx::<sqlx::Postgres>)
+    }
+}
+
+impl<T> Db<T> for std::result::Result<T, sqlx::migrate::MigrateError> {
+    fn db(self) -> Result<T> {
+        self.map_err(Error::from_migrate::<sqlx::Postgres>)
+    }
+}
+
+impl Backend for sqlx::Postgres {
+    type DatabaseError = PgDatabaseError;
+
+    fn is_transient(err: &PgDatabaseError) -> bool {
+        is_transient_code(err.code())
+    }
+}
+
+/// Whether a PostgreSQL error's SQLSTATE code means the database cannot be
+/// used right now.
 fn is_transient_code(code: &str) -> bool {
     // Class 08: connection exception; 53: insufficient resources (disk full,
     // too many connections); 57: operator intervention (shutdown, canceled by
@@ -344,7 +367,7 @@ const COUNT_OWN_ROOMS: &str = "SELECT COUNT(*) FROM members WHERE user_id = $1 A
 
 /// How many rooms `user` joined by themselves.
 async fn own_rooms(conn: &mut PgConnection, user: &UserId) -> Result<u64> {
-    let n: i64 = sqlx::query_scalar(COUNT_OWN_ROOMS).bind(user.as_str()).fetch_one(&mut *conn).await?;
+    let n: i64 = sqlx::query_scalar(COUNT_OWN_ROOMS).bind(user.as_str()).fetch_one(&mut *conn).await.db()?;
     codec::count_from_db(n)
 }
 
@@ -360,7 +383,7 @@ async fn create_room_in(
     let open_support_of = (new.kind == RoomKind::Support).then(|| new.created_by.as_str());
     // Statements see what was committed when they start, so everything
     // counted below comes after the lock.
-    sqlx::query(LOCK_OWN_ROOMS).bind(new.created_by.as_str()).execute(&mut *conn).await?;
+    sqlx::query(LOCK_OWN_ROOMS).bind(new.created_by.as_str()).execute(&mut *conn).await.db()?;
     // An existing direct room of the pair, or open support room of the
     // creator, is the answer whatever the creator's quota.
     let (existing, insert) = match (&direct_key, open_support_of) {
@@ -375,7 +398,7 @@ async fn create_room_in(
         (None, None) => (None, insert_room!()),
     };
     if let Some((sql, key)) = existing {
-        if let Some(row) = sqlx::query(sql).bind(key).fetch_optional(&mut *conn).await? {
+        if let Some(row) = sqlx::query(sql).bind(key).fetch_optional(&mut *conn).await.db()? {
             return Ok(Ok((room_from_row(&row)?, false)));
         }
     }
@@ -395,7 +418,8 @@ async fn create_room_in(
         .bind(direct_key.as_deref())
         .bind(open_support_of)
         .execute(&mut *conn)
-        .await?
+        .await
+        .db()?
         .rows_affected();
     if inserted == 0 {
         let (sql, key) =
@@ -403,7 +427,8 @@ async fn create_room_in(
         let row = sqlx::query(sql)
             .bind(key)
             .fetch_optional(&mut *conn)
-            .await?
+            .await
+            .db()?
             .ok_or_else(|| Error::Database("a room insert was skipped with no room to return".into()))?;
         return Ok(Ok((room_from_row(&row)?, false)));
     }
@@ -413,7 +438,8 @@ async fn create_room_in(
             .bind(new.id.as_uuid())
             .bind(new.created_at.as_millis())
             .execute(&mut *conn)
-            .await?;
+            .await
+            .db()?;
     }
     let users: Vec<&str> = new.members.iter().map(|(user, _)| user.as_str()).collect();
     let roles: Vec<&str> = new.members.iter().map(|(_, role)| role.as_str()).collect();
@@ -432,7 +458,8 @@ async fn create_room_in(
     .bind(created_at)
     .bind(new.created_by.as_str())
     .execute(&mut *conn)
-    .await?;
+    .await
+    .db()?;
     Ok(Ok((new.room(), true)))
 }
 
@@ -495,7 +522,8 @@ async fn insert_planned(
         .bind(&replies)
         .bind(&times)
         .execute(&mut *conn)
-        .await?
+        .await
+        .db()?
         .rows_affected())
 }
 
@@ -514,7 +542,8 @@ async fn stored_copies<'a>(conn: &mut PgConnection, batch: &'a [NewMessage]) -> 
     .bind(&senders)
     .bind(&client_ids)
     .fetch_all(&mut *conn)
-    .await?;
+    .await
+    .db()?;
     let mut stored = HashMap::with_capacity(rows.len());
     for row in &rows {
         let message = message_from_row(row)?;
@@ -569,7 +598,8 @@ async fn append_in(conn: &mut PgConnection, batch: Vec<NewMessage>) -> Result<At
         .bind(&pair_rooms)
         .bind(&pair_users)
         .fetch_all(&mut *conn)
-        .await?;
+        .await
+        .db()?;
     let mut found = Found::default();
     for (id, last_seq, closed, members) in &locked {
         let room = RoomId::from_uuid(*id);
@@ -595,7 +625,8 @@ async fn append_in(conn: &mut PgConnection, batch: Vec<NewMessage>) -> Result<At
         .bind(&rooms)
         .bind(&lasts)
         .execute(&mut *conn)
-        .await?;
+        .await
+        .db()?;
         let stored = stored_copies(conn, &batch).await?;
         outcomes = plan(&batch, &found, &stored);
         let expected = new_count(&outcomes) as u64;
@@ -630,7 +661,8 @@ async fn append_in(conn: &mut PgConnection, batch: Vec<NewMessage>) -> Result<At
         .bind(&times)
         .bind(&firsts)
         .execute(&mut *conn)
-        .await?;
+        .await
+        .db()?;
 
         let rooms: Vec<Uuid> = cursors.iter().map(|c| *c.0.as_uuid()).collect();
         let users: Vec<&str> = cursors.iter().map(|c| c.1).collect();
@@ -649,7 +681,8 @@ async fn append_in(conn: &mut PgConnection, batch: Vec<NewMessage>) -> Result<At
         .bind(&users)
         .bind(&seqs)
         .execute(&mut *conn)
-        .await?
+        .await
+        .db()?
         .rows_affected();
         if moved != cursors.len() as u64 {
             return Ok(Attempt::Raced(batch));
@@ -672,9 +705,9 @@ async fn add_member_in(
     // locks sees every membership committed before them, and inserts only
     // when the limits allow; it returns what it found either way.
     if joining.self_joined {
-        sqlx::query(LOCK_OWN_ROOMS).bind(user.as_str()).execute(&mut *conn).await?;
+        sqlx::query(LOCK_OWN_ROOMS).bind(user.as_str()).execute(&mut *conn).await.db()?;
     }
-    sqlx::query(LOCK_ROOM).bind(room.as_uuid()).execute(&mut *conn).await?;
+    sqlx::query(LOCK_ROOM).bind(room.as_uuid()).execute(&mut *conn).await.db()?;
     let (exists, member, members, own, inserted): (bool, bool, i64, i64, bool) = sqlx::query_as(
         "WITH found AS (
              SELECT EXISTS (SELECT 1 FROM rooms WHERE id = $1) AS room_exists,
@@ -698,7 +731,8 @@ async fn add_member_in(
     .bind(limit_to_db(limits.max_members))
     .bind(limit_to_db(limits.max_own_rooms))
     .fetch_one(&mut *conn)
-    .await?;
+    .await
+    .db()?;
     Ok(if !exists {
         Err(chat_core::Error::NotFound("room"))
     } else if member {
@@ -1061,7 +1095,7 @@ impl Store for PostgresStore {
                     Ok(Attempt::Done(answers)) => return Ok(finish(tx, Ok(answers)).await?),
                     Ok(Attempt::Raced(again)) => {
                         tracing::debug!("a sender left while their batch was written; writing it again");
-                        tx.rollback().await.map_err(Error::from)?;
+                        tx.rollback().await.db()?;
                         batch = again;
                     }
                     Err(err) => return Ok(finish(tx, Err(err)).await?),

@@ -30,8 +30,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use crate::batch::{Found, Key, Moves, Outcome, RoomState, answers, moves, new_count, plan, rooms_of, senders_of};
-use crate::common::{Db, history_page};
-use crate::error::{Error, Result};
+use crate::common::history_page;
+use crate::error::{Backend, Error, Result};
 use crate::{codec, migrate};
 
 mod outbox;
@@ -191,7 +191,8 @@ impl SqliteStore {
             // does; a ping before every write would only add a round trip.
             .test_before_acquire(false)
             .connect_with(writer_options.create_if_missing(true))
-            .await?;
+            .await
+            .db()?;
         if memory {
             if let Err(err) = migrate_pool(&writer).await {
                 writer.close().await;
@@ -207,7 +208,8 @@ impl SqliteStore {
                 // Read-only connections: a write sent to the wrong pool fails
                 // instead of taking the write lock beside the writer.
                 .connect_with(base.read_only(true))
-                .await?
+                .await
+                .db()?
         };
         Ok(SqliteStore { writer, reader })
     }
@@ -219,7 +221,8 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(wal_options(base_options(&config)?, &config).create_if_missing(true))
-            .await?;
+            .await
+            .db()?;
         let result = migrate_pool(&writer).await;
         writer.close().await;
         result
@@ -237,9 +240,9 @@ impl SqliteStore {
     /// refuse every later write on that connection.
     async fn write_tx<T>(&self, body: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T>) -> Result<T> {
         self.write_tx_begun(async move |conn: &mut SqliteConnection| {
-            sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+            sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await.db()?;
             let value = body(conn).await?;
-            sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+            sqlx::raw_sql("COMMIT").execute(&mut *conn).await.db()?;
             Ok(value)
         })
         .await
@@ -250,7 +253,7 @@ impl SqliteStore {
     /// own calls: each call is a hand-off to SQLite's thread and back), and
     /// rolls back whatever is open when it fails.
     async fn write_tx_begun<T>(&self, body: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T>) -> Result<T> {
-        let mut conn = self.writer.acquire().await?;
+        let mut conn = self.writer.acquire().await.db()?;
         let result = body(&mut conn).await;
         if result.is_err() {
             // Whatever state the failure left, end it; "no transaction is
@@ -269,7 +272,8 @@ impl SqliteStore {
 
 /// Options shared by the writer and the readers.
 fn base_options(config: &SqliteConfig) -> Result<SqliteConnectOptions> {
-    Ok(SqliteConnectOptions::from_str(&config.url)?
+    Ok(SqliteConnectOptions::from_str(&config.url)
+        .db()?
         .foreign_keys(true)
         .busy_timeout(config.busy_timeout)
         .synchronous(config.synchronous.to_sqlx()))
@@ -309,31 +313,54 @@ async fn migrate_pool(pool: &SqlitePool) -> Result<()> {
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
     )
     .fetch_one(pool)
-    .await?;
+    .await
+    .db()?;
     if tracked {
         let found: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations").fetch_one(pool).await?;
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations").fetch_one(pool).await.db()?;
         migrate::check_not_newer(found, SqliteStore::SCHEMA_VERSION)?;
     }
-    migrate::migrator(MIGRATIONS).run(pool).await?;
+    migrate::migrator(MIGRATIONS).run(pool).await.db()?;
     Ok(())
 }
 
-/// Whether a SQLite error code means the database cannot be used right now.
-pub(crate) fn is_transient(err: &SqliteError) -> bool {
-    const BUSY: i32 = 5;
-    const LOCKED: i32 = 6;
-    const NOMEM: i32 = 7;
-    const READONLY: i32 = 8;
-    const IOERR: i32 = 10;
-    const FULL: i32 = 13;
-    const CANTOPEN: i32 = 14;
-    const PROTOCOL: i32 = 15;
-    // `code()` is the extended result code; its low byte is the primary code.
-    let Some(code) = err.code().and_then(|c| c.parse::<i32>().ok()) else {
-        return false;
-    };
-    matches!(code & 0xff, BUSY | LOCKED | NOMEM | READONLY | IOERR | FULL | CANTOPEN | PROTOCOL)
+/// Turns a sqlx result into this crate's, classified by what this backend
+/// knows of SQLite's errors.
+trait Db<T> {
+    fn db(self) -> Result<T>;
+}
+
+impl<T> Db<T> for std::result::Result<T, sqlx::Error> {
+    fn db(self) -> Result<T> {
+        self.map_err(Error::from_sqlx::<sqlx::Sqlite>)
+    }
+}
+
+impl<T> Db<T> for std::result::Result<T, sqlx::migrate::MigrateError> {
+    fn db(self) -> Result<T> {
+        self.map_err(Error::from_migrate::<sqlx::Sqlite>)
+    }
+}
+
+impl Backend for sqlx::Sqlite {
+    type DatabaseError = SqliteError;
+
+    /// Whether a SQLite error code means the database cannot be used right now.
+    fn is_transient(err: &SqliteError) -> bool {
+        const BUSY: i32 = 5;
+        const LOCKED: i32 = 6;
+        const NOMEM: i32 = 7;
+        const READONLY: i32 = 8;
+        const IOERR: i32 = 10;
+        const FULL: i32 = 13;
+        const CANTOPEN: i32 = 14;
+        const PROTOCOL: i32 = 15;
+        // `code()` is the extended result code; its low byte is the primary code.
+        let Some(code) = err.code().and_then(|c| c.parse::<i32>().ok()) else {
+            return false;
+        };
+        matches!(code & 0xff, BUSY | LOCKED | NOMEM | READONLY | IOERR | FULL | CANTOPEN | PROTOCOL)
+    }
 }
 
 // Column lists, as macros so that `concat!` can build `&'static str` queries.
@@ -465,7 +492,7 @@ async fn create_room_in(
         (None, None) => (None, insert_room!()),
     };
     if let Some((sql, key)) = existing {
-        if let Some(row) = sqlx::query(sql).bind(key).fetch_optional(&mut *conn).await? {
+        if let Some(row) = sqlx::query(sql).bind(key).fetch_optional(&mut *conn).await.db()? {
             return Ok(Ok((room_from_row(&row)?, false)));
         }
     }
@@ -484,7 +511,8 @@ async fn create_room_in(
         .bind(direct_key.as_deref())
         .bind(open_support_of)
         .execute(&mut *conn)
-        .await?
+        .await
+        .db()?
         .rows_affected();
     if inserted == 0 {
         let (sql, key) =
@@ -492,7 +520,8 @@ async fn create_room_in(
         let row = sqlx::query(sql)
             .bind(key)
             .fetch_optional(&mut *conn)
-            .await?
+            .await
+            .db()?
             .ok_or_else(|| Error::Database("a room insert was skipped with no room to return".into()))?;
         return Ok(Ok((room_from_row(&row)?, false)));
     }
@@ -508,7 +537,8 @@ async fn create_room_in(
         // The creator joins by themselves; the others were added by them.
         .bind(*user == new.created_by)
         .execute(&mut *conn)
-        .await?;
+        .await
+        .db()?;
     }
     Ok(Ok((new.room(), true)))
 }
@@ -519,7 +549,7 @@ const COUNT_OWN_ROOMS: &str = "SELECT COUNT(*) FROM members WHERE user_id = ?1 A
 
 /// How many rooms `user` joined by themselves.
 async fn own_rooms(conn: &mut SqliteConnection, user: &UserId) -> Result<u64> {
-    let n: i64 = sqlx::query_scalar(COUNT_OWN_ROOMS).bind(user.as_str()).fetch_one(&mut *conn).await?;
+    let n: i64 = sqlx::query_scalar(COUNT_OWN_ROOMS).bind(user.as_str()).fetch_one(&mut *conn).await.db()?;
     codec::count_from_db(n)
 }
 
@@ -606,7 +636,8 @@ async fn stored_copies<'a>(conn: &mut SqliteConnection, batch: &'a [NewMessage])
     ))
     .bind(json(&keys)?)
     .fetch_all(&mut *conn)
-    .await?;
+    .await
+    .db()?;
     let mut stored = HashMap::with_capacity(rows.len());
     for row in &rows {
         let message = message_from_row(row)?;
@@ -657,7 +688,8 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
         .bind(json(&room_ids)?)
         .bind(json(&pairs)?)
         .fetch_one(&mut *conn)
-        .await?;
+        .await
+        .db()?;
     let rooms: Vec<(String, i64, i64)> = serde_json::from_str(&rooms).map_err(|_| Error::Corrupt("rooms.last_seq"))?;
     let members: Vec<usize> = serde_json::from_str(&members).map_err(|_| Error::Corrupt("members"))?;
     let found = Found {
@@ -681,7 +713,7 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
     const PLANNED: &str = concat!(insert_rows!(), "; ", apply_moves!(), "; COMMIT");
     let planned =
         sqlx::query(PLANNED).bind(planned_rows(&batch, &outcomes)?).bind(rooms).bind(cursors).execute(&mut *conn).await;
-    match planned.map_err(Error::from) {
+    match planned.db() {
         Ok(_) => return answers(batch, outcomes),
         Err(Error::Conflict(_)) => {}
         Err(err) => return Err(err),
@@ -695,11 +727,12 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
         .bind(rooms)
         .bind(cursors)
         .fetch_all(&mut *conn)
-        .await?;
+        .await
+        .db()?;
     if inserted.first().copied() != Some(new_count(&outcomes) as i64) {
         return Err(Error::Database("a renumbered batch did not insert every new message".into()));
     }
-    sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+    sqlx::raw_sql("COMMIT").execute(&mut *conn).await.db()?;
     answers(batch, outcomes)
 }
 
@@ -827,7 +860,8 @@ impl Store for SqliteStore {
         pairs
             .into_iter()
             .map(|(id, seq)| {
-                let id = id.parse().map_err(|_| chat_core::Error::internal(format!("bad room id {id:?} in the store")))?;
+                let id =
+                    id.parse().map_err(|_| chat_core::Error::internal(format!("bad room id {id:?} in the store")))?;
                 Ok((id, seq))
             })
             .collect()
@@ -974,7 +1008,8 @@ impl Store for SqliteStore {
             .bind(user)
             .bind(joining.self_joined)
             .fetch_one(&mut *conn)
-            .await?;
+            .await
+            .db()?;
             let answer = if !exists {
                 Err(chat_core::Error::NotFound("room"))
             } else if member {
@@ -995,9 +1030,10 @@ impl Store for SqliteStore {
                 .bind(joining.at.as_millis())
                 .bind(joining.self_joined)
                 .execute(&mut *conn)
-                .await?;
+                .await
+                .db()?;
             } else {
-                sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+                sqlx::raw_sql("COMMIT").execute(&mut *conn).await.db()?;
             }
             Ok(answer)
         })

@@ -138,7 +138,7 @@ impl EngineBuilder {
         *inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         let engine = Engine { inner };
         for bridge in &engine.inner.bridges {
-            bridge.start(engine.clone()).await?;
+            bridge.start(Arc::new(engine.clone())).await?;
         }
         Ok(engine)
     }

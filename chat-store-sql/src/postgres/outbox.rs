@@ -7,9 +7,9 @@ use chat_core::{BridgeStore, Job, JobCounts, JobStatus, NewJob, Timestamp};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
-use super::PostgresStore;
+use super::{Db, PostgresStore};
 use crate::codec;
-use crate::common::{Db, finish};
+use crate::common::finish;
 use crate::error::{Error, Result};
 
 macro_rules! job_cols {
@@ -57,7 +57,7 @@ impl BridgeStore for PostgresStore {
                         .bind(&job.payload)
                         .bind(job.created_at.as_millis())
                         .execute(&mut *tx)
-                        .await?
+                        .await.db()?
                         .rows_affected();
                     }
                     Ok::<u64, Error>(added)

@@ -7,9 +7,8 @@ use chat_core::{BridgeStore, Job, JobCounts, JobStatus, NewJob, Timestamp};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
-use super::SqliteStore;
+use super::{Db, SqliteStore};
 use crate::codec;
-use crate::common::Db;
 use crate::error::{Error, Result};
 
 macro_rules! job_cols {
@@ -55,7 +54,8 @@ impl BridgeStore for SqliteStore {
                     .bind(&job.payload)
                     .bind(job.created_at.as_millis())
                     .execute(&mut *conn)
-                    .await?
+                    .await
+                    .db()?
                     .rows_affected();
                 }
                 Ok(added)
