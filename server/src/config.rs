@@ -162,6 +162,13 @@ pub struct Config {
     /// Let anyone sign in to the chat page with just a name (`/v1/dev-login`).
     /// For development machines only; off by default.
     pub dev_login: bool,
+    /// The broker that makes several server processes one server:
+    /// `nats://host:4222` or `redis://host:6379` (plain publish/subscribe is
+    /// enough). Unset: this process is the whole server.
+    pub broker_url: Option<String>,
+    /// What the broker's subjects or channels start with, so that several
+    /// deployments can share one broker.
+    pub broker_prefix: String,
     /// The Discord bridge, on when a token is set (`[discord]`, `DISCORD_*`).
     pub discord: DiscordSettings,
 }
@@ -307,6 +314,8 @@ impl Default for Config {
             max_connections_per_ip: ws.max_connections_per_ip,
             max_connections: ws.max_connections,
             dev_login: false,
+            broker_url: None,
+            broker_prefix: "chat".into(),
             discord: DiscordSettings::default(),
         }
     }
@@ -343,6 +352,30 @@ impl Config {
         self.backend()?;
         if self.database_max_connections == 0 {
             bail!("database_max_connections must be at least 1");
+        }
+        if let Some(url) = self.broker() {
+            let scheme = url.split_once("://").map(|(scheme, _)| scheme).unwrap_or_default();
+            let built = match scheme {
+                "nats" => cfg!(feature = "nats"),
+                "redis" => cfg!(feature = "redis"),
+                _ => bail!("broker_url must start with nats:// or redis://"),
+            };
+            if !built {
+                bail!(
+                    "broker_url names {scheme}, which this build leaves out (build chat-server with the {scheme:?} feature)"
+                );
+            }
+            if self.sqlite_path().is_none() && self.backend()? == Backend::Sqlite {
+                bail!(
+                    "broker_url is set, but the database is in memory: processes of one server must share their database (PostgreSQL)"
+                );
+            }
+            let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+            if self.broker_prefix.is_empty()
+                || !self.broker_prefix.split('.').all(|p| !p.is_empty() && p.chars().all(valid))
+            {
+                bail!("broker_prefix must be dot-separated words of letters, digits, '-' and '_'");
+            }
         }
         if self.database_statement_timeout_ms == 0 || self.database_acquire_timeout_ms == 0 {
             bail!("database_statement_timeout_ms and database_acquire_timeout_ms must be positive");
@@ -441,6 +474,11 @@ impl Config {
         ws.version = env!("CARGO_PKG_VERSION").to_owned();
         ws.dev_login = self.dev_login;
         ws
+    }
+
+    /// The broker's URL, when one is set (an empty one is none).
+    pub fn broker(&self) -> Option<&str> {
+        self.broker_url.as_deref().map(str::trim).filter(|u| !u.is_empty())
     }
 
     /// Which store `database_url` names, by its scheme.

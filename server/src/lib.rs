@@ -232,6 +232,18 @@ fn connections_within(open_files: Option<u64>, config: &Config) -> Option<usize>
     Some(usize::try_from(fit).unwrap_or(usize::MAX))
 }
 
+/// A URL without its password, for logs.
+#[cfg(any(feature = "nats", feature = "redis"))]
+fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://…@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
 /// Serves until `shutdown` resolves, then stops accepting, closes every
 /// session with 1001, waits for accepted sends to be committed, and returns.
 pub async fn run(
@@ -241,8 +253,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     let Auth { verifier, issuer } = auth_from(&config)?;
-    #[cfg_attr(not(feature = "discord"), allow(unused_mut))]
+    #[cfg_attr(not(any(feature = "discord", feature = "nats", feature = "redis")), allow(unused_mut))]
     let mut engine = Engine::builder(store).config(config.engine_config());
+    #[cfg(any(feature = "nats", feature = "redis"))]
+    if let Some(url) = config.broker() {
+        let options = chat_broker::Options { prefix: config.broker_prefix.clone(), ..chat_broker::Options::default() };
+        let broker = chat_broker::connect(url, options).await.context("setting up the broker")?;
+        tracing::info!(broker = %redact_url(url), prefix = %config.broker_prefix, "one server with the other processes on the broker");
+        engine = engine.broker(broker);
+    }
     #[cfg(feature = "discord")]
     if let Some(discord) = config.discord_config()? {
         let bridge = chat_discord::DiscordBridge::new(discord).context("setting up the Discord bridge")?;

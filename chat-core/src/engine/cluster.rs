@@ -181,7 +181,7 @@ impl Cluster {
         if self.outgoing.try_send(Outgoing::Publish(topic, payload)).is_err() {
             self.metrics.cluster_dropped(1);
             let before = self.dropped.fetch_add(1, Ordering::Relaxed);
-            if before % 10_000 == 0 {
+            if before.is_multiple_of(10_000) {
                 tracing::warn!(dropped = before + 1, "the broker is not keeping up; publications are dropped");
             }
         }
@@ -530,7 +530,8 @@ impl Inner {
         let cluster = self.cluster();
         while after < until {
             let limit = (until - after).min(FILL_PAGE) as u32;
-            let page = self.store.history(room, HistoryQuery { before_seq: None, after_seq: Some(after), limit }).await?;
+            let page =
+                self.store.history(room, HistoryQuery { before_seq: None, after_seq: Some(after), limit }).await?;
             let Some(last) = page.messages.last().map(|m| m.seq) else { break };
             for message in page.messages {
                 let seq = message.seq;

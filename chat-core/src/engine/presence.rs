@@ -182,11 +182,7 @@ impl State {
                 }
             }
         }
-        if sessions == 0 {
-            PresenceStatus::Offline
-        } else {
-            latest.map_or(PresenceStatus::Online, |(s, _)| s)
-        }
+        if sessions == 0 { PresenceStatus::Offline } else { latest.map_or(PresenceStatus::Online, |(s, _)| s) }
     }
 
     fn mark(&mut self, user: &UserId) {

@@ -20,11 +20,7 @@ async fn cluster(processes: usize) -> Cluster {
     let mut brokers = Vec::new();
     for _ in 0..processes {
         let broker = Arc::new(bus.broker());
-        let engine = Engine::builder(store.clone())
-            .broker(broker.clone())
-            .start()
-            .await
-            .expect("the engine starts");
+        let engine = Engine::builder(store.clone()).broker(broker.clone()).start().await.expect("the engine starts");
         engines.push(engine);
         brokers.push(broker);
     }
