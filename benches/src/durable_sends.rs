@@ -383,11 +383,11 @@ async fn main() -> anyhow::Result<()> {
     if matches!(args.backend, Which::Sqlite | Which::All) {
         backends.push(Backend::Sqlite);
     }
-    if matches!(args.backend, Which::Postgres | Which::All) {
-        if let Some(base_url) = postgres_url() {
-            describe_postgres(&base_url).await?;
-            backends.push(Backend::Postgres { base_url });
-        }
+    if matches!(args.backend, Which::Postgres | Which::All)
+        && let Some(base_url) = postgres_url()
+    {
+        describe_postgres(&base_url).await?;
+        backends.push(Backend::Postgres { base_url });
     }
     let mut scenarios = Vec::new();
     if matches!(args.scenario, Scenario::OneRoom | Scenario::All) {

@@ -406,10 +406,10 @@ async fn main() -> anyhow::Result<()> {
     if matches!(args.backend, Which::Sqlite | Which::All) {
         rows.extend(bench(Which::Sqlite, None, &args).await?);
     }
-    if matches!(args.backend, Which::Postgres | Which::All) {
-        if let Some(base_url) = postgres_url() {
-            rows.extend(bench(Which::Postgres, Some(&base_url), &args).await?);
-        }
+    if matches!(args.backend, Which::Postgres | Which::All)
+        && let Some(base_url) = postgres_url()
+    {
+        rows.extend(bench(Which::Postgres, Some(&base_url), &args).await?);
     }
     println!();
     println!("| store | call | p50 | p99 | first call |");

@@ -565,10 +565,10 @@ impl Client {
                 .map_err(|_| format!("no reply to {what} within {REPLY_WAIT:?}"))?;
             match out {
                 Output::Reply { reference: Some(r), result } if r == reference => {
-                    if let Err(e) = &result {
-                        if matches!(e.code(), ErrorCode::Internal | ErrorCode::Unavailable) {
-                            return Err(format!("{what} answered {} ({e})", e.code()));
-                        }
+                    if let Err(e) = &result
+                        && matches!(e.code(), ErrorCode::Internal | ErrorCode::Unavailable)
+                    {
+                        return Err(format!("{what} answered {} ({e})", e.code()));
                     }
                     return Ok(result);
                 }
@@ -606,10 +606,10 @@ impl Client {
                 }
                 Seen::Message { room, seq, id } => (room, seq, id),
             };
-            if let Some(last) = self.last_seen.insert(room, seq) {
-                if seq <= last {
-                    return Err(format!("message:new seq {seq} of room {room} came after seq {last}"));
-                }
+            if let Some(last) = self.last_seen.insert(room, seq)
+                && seq <= last
+            {
+                return Err(format!("message:new seq {seq} of room {room} came after seq {last}"));
             }
             let acked = model.rooms.iter().find(|r| r.id == room).and_then(|r| r.message(seq));
             if acked.is_none_or(|m| m.id != id) {
@@ -1410,13 +1410,11 @@ impl Checker {
                 .await?
                 .ok_or_else(|| format!("Store::member has no u{u} in room {room_id}, but members lists them"))?;
             let (read, delivered) = (member.read_seq, member.delivered_seq);
-            if let Some(&(was_read, was_delivered)) = self.cursors.get(&key) {
-                if read < was_read || delivered < was_delivered {
-                    let (was, now) = ((was_read, was_delivered), (read, delivered));
-                    return Err(format!(
-                        "u{u}'s (read, delivered) in room {room_id} went back from {was:?} to {now:?}"
-                    ));
-                }
+            if let Some(&(was_read, was_delivered)) = self.cursors.get(&key)
+                && (read < was_read || delivered < was_delivered)
+            {
+                let (was, now) = ((was_read, was_delivered), (read, delivered));
+                return Err(format!("u{u}'s (read, delivered) in room {room_id} went back from {was:?} to {now:?}"));
             }
             self.cursors.insert(key, (read, delivered));
             if read > delivered || delivered > last_seq {

@@ -612,12 +612,11 @@ impl Bridge for DiscordBridge {
             task.abort();
         }
         let was_active = step_down(&self.shared).await;
-        if was_active {
-            if let Ok(outbox) = self.shared.outbox() {
-                if let Err(err) = outbox.release_lease(NAME, &self.shared.holder).await {
-                    tracing::warn!(error = %err, "discord bridge: cannot release the lease; it runs out by itself");
-                }
-            }
+        if was_active
+            && let Ok(outbox) = self.shared.outbox()
+            && let Err(err) = outbox.release_lease(NAME, &self.shared.holder).await
+        {
+            tracing::warn!(error = %err, "discord bridge: cannot release the lease; it runs out by itself");
         }
     }
 }
@@ -935,10 +934,10 @@ async fn catch_up_outbound(shared: &Shared) -> Result<()> {
     let outbox = shared.outbox()?;
     let mut rooms = store.support_rooms(CATCH_UP_ROOMS).await?;
     for (room, _) in &shared.config.channels {
-        if let Some(room) = store.room(*room).await? {
-            if room.kind == RoomKind::Group {
-                rooms.push(room);
-            }
+        if let Some(room) = store.room(*room).await?
+            && room.kind == RoomKind::Group
+        {
+            rooms.push(room);
         }
     }
     let mut jobs = Vec::new();

@@ -109,10 +109,10 @@ impl DiscordConfig {
         if self.guild_id == 0 || self.forum_channel_id == 0 || self.support_role_id == 0 {
             return Err(Error::Config("the guild, forum channel and support role ids must be set".into()));
         }
-        if let Some(proxy) = &self.proxy_url {
-            if !(proxy.starts_with("http://") || proxy.starts_with("https://")) {
-                return Err(Error::Config("the proxy URL must start with http:// or https://".into()));
-            }
+        if let Some(proxy) = &self.proxy_url
+            && !(proxy.starts_with("http://") || proxy.starts_with("https://"))
+        {
+            return Err(Error::Config("the proxy URL must start with http:// or https://".into()));
         }
         for (role, name) in &self.role_map {
             if *role == 0 {

@@ -397,10 +397,10 @@ async fn create_room_in(
         ),
         (None, None) => (None, insert_room!()),
     };
-    if let Some((sql, key)) = existing {
-        if let Some(row) = sqlx::query(sql).bind(key).fetch_optional(&mut *conn).await.db()? {
-            return Ok(Ok((room_from_row(&row)?, false)));
-        }
+    if let Some((sql, key)) = existing
+        && let Some(row) = sqlx::query(sql).bind(key).fetch_optional(&mut *conn).await.db()?
+    {
+        return Ok(Ok((room_from_row(&row)?, false)));
     }
     if own_rooms(conn, &new.created_by).await? >= limits.max_own_rooms {
         return Ok(Err(limits.own_rooms_error()));

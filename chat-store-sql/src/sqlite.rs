@@ -193,11 +193,9 @@ impl SqliteStore {
             .connect_with(writer_options.create_if_missing(true))
             .await
             .db()?;
-        if memory {
-            if let Err(err) = migrate_pool(&writer).await {
-                writer.close().await;
-                return Err(err);
-            }
+        if memory && let Err(err) = migrate_pool(&writer).await {
+            writer.close().await;
+            return Err(err);
         }
         let reader = if memory {
             writer.clone()
@@ -259,11 +257,11 @@ impl SqliteStore {
             // Whatever state the failure left, end it; "no transaction is
             // active" is fine. A connection that cannot even roll back is not
             // trusted again: the pool opens a fresh one for the next write.
-            if let Err(rollback) = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await {
-                if !rollback.to_string().contains("no transaction is active") {
-                    tracing::warn!(error = %rollback, "rolling back a failed write failed; reopening the connection");
-                    conn.close_on_drop();
-                }
+            if let Err(rollback) = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await
+                && !rollback.to_string().contains("no transaction is active")
+            {
+                tracing::warn!(error = %rollback, "rolling back a failed write failed; reopening the connection");
+                conn.close_on_drop();
             }
         }
         result
@@ -491,10 +489,10 @@ async fn create_room_in(
         ),
         (None, None) => (None, insert_room!()),
     };
-    if let Some((sql, key)) = existing {
-        if let Some(row) = sqlx::query(sql).bind(key).fetch_optional(&mut *conn).await.db()? {
-            return Ok(Ok((room_from_row(&row)?, false)));
-        }
+    if let Some((sql, key)) = existing
+        && let Some(row) = sqlx::query(sql).bind(key).fetch_optional(&mut *conn).await.db()?
+    {
+        return Ok(Ok((room_from_row(&row)?, false)));
     }
     if own_rooms(conn, &new.created_by).await? >= limits.max_own_rooms {
         return Ok(Err(limits.own_rooms_error()));

@@ -238,10 +238,10 @@ pub(crate) async fn visitor_session(
     payload: Result<Json<VisitorRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
     let ip = client_ip(&app, &headers, peer.map(|Extension(ConnectInfo(a))| a));
-    if let Some(ip) = ip {
-        if !app.visitors.allow(ip) {
-            return Err(ApiError::new(ErrorCode::RateLimited, "too many visitor sessions from this address"));
-        }
+    if let Some(ip) = ip
+        && !app.visitors.allow(ip)
+    {
+        return Err(ApiError::new(ErrorCode::RateLimited, "too many visitor sessions from this address"));
     }
     let request = optional_body(payload)?;
     let issuer = issuer(&app)?;

@@ -556,10 +556,10 @@ impl Conn {
     fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
         loop {
             self.input_first = !self.input_first;
-            if self.input_first {
-                if let Poll::Ready(incoming) = self.poll_input(cx) {
-                    return Poll::Ready(Wake::Incoming(incoming));
-                }
+            if self.input_first
+                && let Poll::Ready(incoming) = self.poll_input(cx)
+            {
+                return Poll::Ready(Wake::Incoming(incoming));
             }
             if let Poll::Ready(output) = self.session.poll_next_output(cx) {
                 let (mut frames, ending) = self.batch(output, cx);
@@ -575,10 +575,10 @@ impl Conn {
                     Poll::Pending => return Poll::Ready(Wake::Write(frames, None)),
                 }
             }
-            if !self.input_first {
-                if let Poll::Ready(incoming) = self.poll_input(cx) {
-                    return Poll::Ready(Wake::Incoming(incoming));
-                }
+            if !self.input_first
+                && let Poll::Ready(incoming) = self.poll_input(cx)
+            {
+                return Poll::Ready(Wake::Incoming(incoming));
             }
             return Poll::Pending;
         }
@@ -706,19 +706,19 @@ impl Conn {
                     // counted like one: otherwise a client could send them
                     // forever, each costing a parse and an answer.
                     let err = Err(Error::invalid("already authenticated"));
-                    if let Some(frame) = wire::encode_reply(reference.as_ref(), &err) {
-                        if self.write_one(Message::Text(frame)).await.is_err() {
-                            return false;
-                        }
+                    if let Some(frame) = wire::encode_reply(reference.as_ref(), &err)
+                        && self.write_one(Message::Text(frame)).await.is_err()
+                    {
+                        return false;
                     }
                     self.bad_frame().await
                 }
                 Err(bad) => {
                     let frame = wire::encode_reply(bad.reference.as_ref(), &Err(bad.error));
-                    if let Some(frame) = frame {
-                        if self.write_one(Message::Text(frame)).await.is_err() {
-                            return false;
-                        }
+                    if let Some(frame) = frame
+                        && self.write_one(Message::Text(frame)).await.is_err()
+                    {
+                        return false;
                     }
                     self.bad_frame().await
                 }

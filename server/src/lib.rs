@@ -273,16 +273,16 @@ pub async fn run(
         tracing::warn!("dev_login is on: anyone who can reach this server can sign in as any user by name");
     }
     let mut ws_config = config.ws_config();
-    if let Some(fit) = connections_within(open_files_limit(), &config) {
-        if fit < ws_config.max_connections {
-            tracing::info!(
-                max_connections = ws_config.max_connections,
-                using = fit,
-                "max_connections is above what the open-file limit leaves for connections; using {fit}, so that \
+    if let Some(fit) = connections_within(open_files_limit(), &config)
+        && fit < ws_config.max_connections
+    {
+        tracing::info!(
+            max_connections = ws_config.max_connections,
+            using = fit,
+            "max_connections is above what the open-file limit leaves for connections; using {fit}, so that \
                  connections past it get 503 instead of failing at accept (raise `ulimit -n` for more)"
-            );
-            ws_config.max_connections = fit;
-        }
+        );
+        ws_config.max_connections = fit;
     }
     let state = AppState::new(engine.clone(), verifier, issuer, ws_config.clone());
     let app = chat_transport_ws::router(state);

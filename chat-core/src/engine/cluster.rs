@@ -322,11 +322,11 @@ impl Sequencer {
     /// Sets a room's position when it is not known yet (read from the
     /// store once the room's subscription was active).
     fn set_position(&self, room: RoomId, last_seq: u64, hub: &Hub) {
-        if let Some(order) = self.shard(room).get_mut(&room) {
-            if order.delivered.is_none() {
-                order.delivered = Some(last_seq);
-                order.drain(hub);
-            }
+        if let Some(order) = self.shard(room).get_mut(&room)
+            && order.delivered.is_none()
+        {
+            order.delivered = Some(last_seq);
+            order.drain(hub);
         }
     }
 
@@ -482,10 +482,8 @@ impl Inner {
                 } else {
                     self.hub.unsubscribe_user(&user_id, room_id)
                 };
-                if emptied {
-                    if let Some(cluster) = &self.cluster {
-                        cluster.room_emptied(room_id, &self.hub);
-                    }
+                if emptied && let Some(cluster) = &self.cluster {
+                    cluster.room_emptied(room_id, &self.hub);
                 }
             }
             Control::RoomClosed { room_id } => self.hub.mark_closed(room_id),
@@ -585,10 +583,10 @@ impl Inner {
         tokio::time::sleep(self.config.cluster.gap_hold * 5).await;
         for (room, last_seq) in behind {
             let Some(at) = cluster.order.position(room) else { continue };
-            if last_seq > at {
-                if let Err(err) = self.fill(room, at, last_seq).await {
-                    tracing::warn!(%room, error = %err, "could not fill a room's messages from the store");
-                }
+            if last_seq > at
+                && let Err(err) = self.fill(room, at, last_seq).await
+            {
+                tracing::warn!(%room, error = %err, "could not fill a room's messages from the store");
             }
         }
     }
@@ -654,10 +652,10 @@ pub(crate) async fn follow_interest(inner: Weak<Inner>, mut queue: mpsc::Unbound
                 unsubscribe.push(topic);
             }
         }
-        if !unsubscribe.is_empty() {
-            if let Err(err) = cluster.broker.unsubscribe(&unsubscribe).await {
-                tracing::debug!(error = %err, "unsubscribing failed");
-            }
+        if !unsubscribe.is_empty()
+            && let Err(err) = cluster.broker.unsubscribe(&unsubscribe).await
+        {
+            tracing::debug!(error = %err, "unsubscribing failed");
         }
         if !subscribe.is_empty() {
             // While the broker is away the subscriptions are remembered and

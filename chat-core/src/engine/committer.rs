@@ -91,10 +91,10 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<CommitJob>) {
             match result {
                 Ok(answers) if answers.len() == count => {
                     for ((session, bridge, reply), answer) in waiting.into_iter().zip(answers) {
-                        if let Ok(appended) = &answer {
-                            if appended.created {
-                                after_commit(&inner, appended, session, bridge.as_deref()).await;
-                            }
+                        if let Ok(appended) = &answer
+                            && appended.created
+                        {
+                            after_commit(&inner, appended, session, bridge.as_deref()).await;
                         }
                         // The sender may have gone; the message is stored either way.
                         let _ = reply.send(answer);

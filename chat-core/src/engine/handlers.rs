@@ -556,10 +556,10 @@ impl Inner {
         if closed {
             return Err(Error::room_closed());
         }
-        if let Some(reply_to) = req.reply_to {
-            if self.store.message(req.room_id, reply_to).await?.is_none() {
-                return Err(Error::NotFound("reply_to message"));
-            }
+        if let Some(reply_to) = req.reply_to
+            && self.store.message(req.room_id, reply_to).await?.is_none()
+        {
+            return Err(Error::NotFound("reply_to message"));
         }
         if !self.accepting.load(Ordering::SeqCst) {
             return Err(Error::unavailable("the server is shutting down"));

@@ -583,10 +583,10 @@ impl Inner {
 async fn announce_presence(inner: Arc<Inner>) {
     loop {
         inner.presence.wake.notified().await;
-        if let Some(cluster) = &inner.cluster {
-            if let Some(delta) = inner.presence.take_delta() {
-                cluster.publish_gossip(&delta);
-            }
+        if let Some(cluster) = &inner.cluster
+            && let Some(delta) = inner.presence.take_delta()
+        {
+            cluster.publish_gossip(&delta);
         }
         for (user_id, status, last_seen) in inner.presence.take_changes() {
             let users = match inner.store.co_members(&user_id).await {

@@ -174,10 +174,10 @@ impl State {
             for node in self.nodes.values() {
                 if let Some(r) = node.users.get(id) {
                     sessions += r.sessions;
-                    if let Some(s) = r.status {
-                        if latest.is_none_or(|l| s.1 > l.1) {
-                            latest = Some(s);
-                        }
+                    if let Some(s) = r.status
+                        && latest.is_none_or(|l| s.1 > l.1)
+                    {
+                        latest = Some(s);
                     }
                 }
             }
@@ -236,10 +236,12 @@ impl State {
     /// Forgets an entry nobody lists any more, unless its going offline is
     /// still to be announced.
     fn forget_if_gone(&mut self, id: &UserId) {
-        if let Some(e) = self.entries.get(id) {
-            if e.sessions == 0 && e.remote == 0 && e.announced == PresenceStatus::Offline {
-                self.entries.remove(id);
-            }
+        if let Some(e) = self.entries.get(id)
+            && e.sessions == 0
+            && e.remote == 0
+            && e.announced == PresenceStatus::Offline
+        {
+            self.entries.remove(id);
         }
     }
 
@@ -258,11 +260,11 @@ impl State {
         if entry.sessions == 0 {
             return;
         }
-        if let Some(newest) = newest {
-            if entry.status.is_none_or(|mine| newest.1 > mine.1) {
-                entry.status = Some(newest);
-                self.changed_here.insert(id.clone());
-            }
+        if let Some(newest) = newest
+            && entry.status.is_none_or(|mine| newest.1 > mine.1)
+        {
+            entry.status = Some(newest);
+            self.changed_here.insert(id.clone());
         }
     }
 
@@ -479,11 +481,11 @@ impl PresenceTracker {
         }
         // Asks for the node's snapshot, at most once per `ask_every`.
         let mut ask = |state: &mut State| {
-            if let Some(view) = state.nodes.get_mut(&node) {
-                if view.asked.is_none_or(|at| now.duration_since(at) >= ask_every) {
-                    view.asked = Some(now);
-                    follow.ask = Some(node);
-                }
+            if let Some(view) = state.nodes.get_mut(&node)
+                && view.asked.is_none_or(|at| now.duration_since(at) >= ask_every)
+            {
+                view.asked = Some(now);
+                follow.ask = Some(node);
             }
         };
         match gossip {

@@ -347,10 +347,10 @@ impl Session {
             Command::Ping => Ok(Reply::Pong { server_time: Timestamp::now() }),
         };
         self.inner.metrics.command(kind, outcome(&result));
-        if let Err(err) = &result {
-            if err.is_backend() {
-                tracing::warn!(session = %self.shared.id, error = %err, source = ?std::error::Error::source(err), "command failed");
-            }
+        if let Err(err) = &result
+            && err.is_backend()
+        {
+            tracing::warn!(session = %self.shared.id, error = %err, source = ?std::error::Error::source(err), "command failed");
         }
         self.answer(reference, result);
     }
@@ -486,16 +486,16 @@ impl Session {
                 return Poll::Ready(out);
             }
             self.start_backlog_fetch();
-            if let Some(fetch) = self.resume.as_mut().and_then(|r| r.fetch.as_mut()) {
-                if let Poll::Ready((room, after, result)) = fetch.as_mut().poll(cx) {
-                    self.backlog_fetched(room, after, result);
-                    continue;
-                }
+            if let Some(fetch) = self.resume.as_mut().and_then(|r| r.fetch.as_mut())
+                && let Poll::Ready((room, after, result)) = fetch.as_mut().poll(cx)
+            {
+                self.backlog_fetched(room, after, result);
+                continue;
             }
-            if let Some(in_flight) = self.in_flight.as_mut().filter(|f| !f.is_empty()) {
-                if let Poll::Ready(Some(out)) = in_flight.poll_next_unpin(cx) {
-                    return Poll::Ready(out);
-                }
+            if let Some(in_flight) = self.in_flight.as_mut().filter(|f| !f.is_empty())
+                && let Poll::Ready(Some(out)) = in_flight.poll_next_unpin(cx)
+            {
+                return Poll::Ready(out);
             }
             if self.shared.take_keepalive() {
                 return Poll::Ready(Output::Keepalive);

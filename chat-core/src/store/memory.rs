@@ -140,15 +140,15 @@ impl Store for MemoryStore {
             (RoomKind::Direct, _) => return Err(Error::invalid("a direct room has exactly two members")),
             _ => None,
         };
-        if let Some(key) = &direct_key {
-            if let Some(existing) = state.direct.get(key).and_then(|id| state.rooms.get(id)) {
-                return Ok((existing.room.clone(), false));
-            }
+        if let Some(key) = &direct_key
+            && let Some(existing) = state.direct.get(key).and_then(|id| state.rooms.get(id))
+        {
+            return Ok((existing.room.clone(), false));
         }
-        if new.kind == RoomKind::Support {
-            if let Some(existing) = state.open_support.get(&new.created_by).and_then(|id| state.rooms.get(id)) {
-                return Ok((existing.room.clone(), false));
-            }
+        if new.kind == RoomKind::Support
+            && let Some(existing) = state.open_support.get(&new.created_by).and_then(|id| state.rooms.get(id))
+        {
+            return Ok((existing.room.clone(), false));
         }
         if state.own_room_count(&new.created_by) >= limits.max_own_rooms {
             return Err(limits.own_rooms_error());
@@ -308,12 +308,12 @@ impl Store for MemoryStore {
             return Ok(false);
         };
         rs.members.remove(&pos);
-        if rs.self_joined.remove(user) {
-            if let Some(n) = state.own_rooms.get_mut(user) {
-                *n -= 1;
-                if *n == 0 {
-                    state.own_rooms.remove(user);
-                }
+        if rs.self_joined.remove(user)
+            && let Some(n) = state.own_rooms.get_mut(user)
+        {
+            *n -= 1;
+            if *n == 0 {
+                state.own_rooms.remove(user);
             }
         }
         if let Some(set) = state.memberships.get_mut(user) {

@@ -26,10 +26,10 @@ async fn reply(session: &mut Session) -> chat_core::Result<Reply> {
 async fn next_message(session: &mut Session) -> Option<Message> {
     let wait = async {
         loop {
-            if let Output::Event(delivery) = session.next_output().await {
-                if let Event::MessageNew(e) = delivery.event() {
-                    return e.message.clone();
-                }
+            if let Output::Event(delivery) = session.next_output().await
+                && let Event::MessageNew(e) = delivery.event()
+            {
+                return e.message.clone();
             }
         }
     };

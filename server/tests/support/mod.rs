@@ -612,10 +612,10 @@ impl ServerProcess {
         let http = http_client();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(response) = http.get(format!("http://{}/health", self.addr)).send().await {
-                if response.status().is_success() {
-                    return;
-                }
+            if let Ok(response) = http.get(format!("http://{}/health", self.addr)).send().await
+                && response.status().is_success()
+            {
+                return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("chat-server exited with {status}: {}", self.logs());
