@@ -44,7 +44,10 @@ binary_of() { # binary-or-revision name
     sha=$(git -C "$ROOT" rev-parse --verify --quiet "$1^{commit}") \
         || { echo "$1 is neither a chat-server binary nor a git revision" >&2; return 1; }
     mkdir -p "$WORK/src-$2"
-    git -C "$ROOT" archive "$sha" | tar -x -C "$WORK/src-$2"
+    # Extracted files get the time of extraction (-m), not the commit's: with
+    # older times, cargo would take artifacts built from another revision's
+    # sources of the same crate for up to date.
+    git -C "$ROOT" archive "$sha" | tar -x -m -C "$WORK/src-$2"
     echo "== building chat-server at $sha ($1) as the $2 build" >&2
     (cd "$WORK/src-$2" && CARGO_TARGET_DIR=$TARGET cargo build --release -q -p chat-server --bin chat-server) >&2
     cp "$TARGET/release/chat-server" "$WORK/chat-server-$2"
