@@ -10,7 +10,7 @@
 # benches/results/<date>-cluster.json, and the tables for docs/BENCHMARKS.md
 # ("Many processes") are printed.
 #
-#   benches/cluster.sh                 the three runs (about ten minutes)
+#   benches/cluster.sh                 the three runs (about six minutes)
 #   benches/cluster.sh --quick         small counts, a few seconds each (CI,
 #                                      through benches/run.sh --quick)
 #   benches/cluster.sh --only nats,redis    some of single, nats, redis
