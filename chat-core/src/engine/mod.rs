@@ -12,7 +12,9 @@ mod expiry;
 mod handlers;
 mod hub;
 mod keepalive;
+mod membership;
 mod presence;
+mod receipts;
 mod room_actions;
 mod session;
 #[cfg(test)]
