@@ -428,3 +428,61 @@ async fn the_nats_server_restarted_mid_stream_leaves_no_gap_and_no_double() {
 async fn the_redis_server_restarted_mid_stream_leaves_no_gap_and_no_double() {
     broker_restart("the_redis_server_restarted_mid_stream_leaves_no_gap_and_no_double", Kind::Redis).await;
 }
+
+// ---------------------------------------------------------------------------
+
+async fn broker_comes_later(test: &str, kind: Kind) {
+    let Some(schema) = TempSchema::create(test).await else { return };
+    let Some(broker) = BrokerServer::start(kind).await else { return };
+    broker.stop().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let env = [("CHAT_BROKER_URL", broker.url()), ("CHAT_BROKER_PREFIX", format!("late{}", std::process::id()))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let url = schema.url();
+    let (a, b) = tokio::join!(
+        ServerProcess::start_url(&url, dir.path().join("a.log"), &env),
+        ServerProcess::start_url(&url, dir.path().join("b.log"), &env),
+    );
+    // Started without their broker: degraded, serving their own clients.
+    for process in [&a, &b] {
+        let body = health(process).await;
+        assert_eq!(
+            (body["status"].as_str(), body["broker"].as_str()),
+            (Some("degraded"), Some("unavailable")),
+            "{body}"
+        );
+    }
+    let mut alice = a.connect("alice").await;
+    let mut bob = b.connect("bob").await;
+    let room = group_with(&mut alice, "public", &[]).await;
+    alice.ok("room:join", json!({"room_id": room})).await;
+    bob.ok("room:join", json!({"room_id": room})).await;
+    alice.ok("message:send", send_data(&room, "early", "before the broker")).await;
+
+    broker.start_again().await;
+    for process in [&a, &b] {
+        eventually(Duration::from_secs(10), || async {
+            let body = health(process).await;
+            body["broker"] == "ok" && body["status"] == "ok" && body["peers"] == 1
+        })
+        .await;
+    }
+    // What was sent before the broker came reaches bob by the comparison
+    // with the store, and what is sent after, live.
+    let early = messages(&mut bob, 1, Duration::from_secs(10)).await;
+    assert_eq!(early[0]["client_msg_id"], "early");
+    alice.ok("message:send", send_data(&room, "late", "after the broker")).await;
+    let late = messages(&mut bob, 1, Duration::from_secs(5)).await;
+    assert_eq!(late[0]["client_msg_id"], "late");
+    bob.expect_no_event("message:new", Duration::from_millis(500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_started_before_nats_join_when_it_comes() {
+    broker_comes_later("processes_started_before_nats_join_when_it_comes", Kind::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_started_before_redis_join_when_it_comes() {
+    broker_comes_later("processes_started_before_redis_join_when_it_comes", Kind::Redis).await;
+}
