@@ -7,9 +7,9 @@
 //! ```no_run
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! use chat_broker::testing::NatsServer;
+//! use chat_broker::testing::BrokerServer;
 //!
-//! let Some(server) = NatsServer::start().await else { return }; // skipped: no nats-server
+//! let Some(server) = BrokerServer::nats().await else { return }; // skipped: no nats-server
 //! let broker = chat_broker::connect(&server.url(), chat_broker::Options::default()).await.unwrap();
 //! server.stop().await; // the outage
 //! server.restart().await; // back on the same port, answering
@@ -37,58 +37,32 @@ use tokio::net::TcpStream;
 /// How long a server may take to answer after it was started.
 const READY_WITHIN: Duration = Duration::from_secs(10);
 
-/// A `nats-server` of the test's own, core NATS only (no JetStream), on
-/// `127.0.0.1`.
+/// A broker server of the test's own on `127.0.0.1`: a `nats-server` (core
+/// NATS only, no JetStream) or a `redis-server` (keeping nothing on disk).
 #[derive(Debug)]
-pub struct NatsServer {
+pub struct BrokerServer {
     process: ServerProcess,
 }
 
-impl NatsServer {
-    /// Starts one on a free port and returns once it answers; `None` when
-    /// `nats-server` is not installed (see the [module docs](self)).
-    pub async fn start() -> Option<NatsServer> {
-        Some(NatsServer { process: ServerProcess::start(Kind::Nats).await? })
+impl BrokerServer {
+    /// Starts a `nats-server` on a free port and returns once it answers;
+    /// `None` when it is not installed (see the [module docs](self)).
+    pub async fn nats() -> Option<BrokerServer> {
+        Some(BrokerServer { process: ServerProcess::start(Kind::Nats).await? })
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// Starts a `redis-server` on a free port and returns once it answers;
+    /// `None` when it is not installed (see the [module docs](self)).
+    pub async fn redis() -> Option<BrokerServer> {
+        Some(BrokerServer { process: ServerProcess::start(Kind::Redis).await? })
+    }
+
+    /// `nats://127.0.0.1:<port>` or `redis://127.0.0.1:<port>/`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.process.port)
-    }
-
-    /// The port it listens on, the same across restarts.
-    pub fn port(&self) -> u16 {
-        self.process.port
-    }
-
-    /// Kills it (an outage: connections drop, the port refuses).
-    pub async fn stop(&self) {
-        self.process.stop();
-    }
-
-    /// Starts it again on the same port, killing it first if it runs, and
-    /// returns once it answers.
-    pub async fn restart(&self) {
-        self.process.restart().await;
-    }
-}
-
-/// A `redis-server` of the test's own on `127.0.0.1`, keeping nothing on disk.
-#[derive(Debug)]
-pub struct RedisServer {
-    process: ServerProcess,
-}
-
-impl RedisServer {
-    /// Starts one on a free port and returns once it answers; `None` when
-    /// `redis-server` is not installed (see the [module docs](self)).
-    pub async fn start() -> Option<RedisServer> {
-        Some(RedisServer { process: ServerProcess::start(Kind::Redis).await? })
-    }
-
-    /// `redis://127.0.0.1:<port>/`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.process.port)
+        match self.process.kind {
+            Kind::Nats => format!("nats://127.0.0.1:{}", self.process.port),
+            Kind::Redis => format!("redis://127.0.0.1:{}/", self.process.port),
+        }
     }
 
     /// The port it listens on, the same across restarts.

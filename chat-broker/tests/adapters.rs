@@ -11,12 +11,12 @@ use bytes::Bytes;
 use chat_broker::Options;
 use chat_core::testing::broker::{BrokerHarness, RecordingSink};
 use chat_core::{BrokerSink, RoomId, Topic};
-use support::{Harness, Server};
+use support::Harness;
 
 /// A broker started while its server is down returns at once, degraded, and
 /// comes up by itself when the server does, with what it was asked to
 /// subscribe meanwhile.
-async fn starts_degraded_and_recovers<S: Server>(harness: Harness<S>) {
+async fn starts_degraded_and_recovers(harness: Harness) {
     let room = Topic::Room(RoomId::generate());
     let (up, _) = (harness.broker().await, ());
     up.start(RecordingSink::new()).await.expect("start");
@@ -51,7 +51,7 @@ async fn starts_degraded_and_recovers<S: Server>(harness: Harness<S>) {
 }
 
 /// Brokers with different prefixes on one server do not hear each other.
-async fn prefixes_keep_servers_apart<S: Server>(harness: Harness<S>) {
+async fn prefixes_keep_servers_apart(harness: Harness) {
     let a = harness.broker_with(Options { prefix: "one".into(), ..Options::default() }).await;
     let b = harness.broker_with(Options { prefix: "two".into(), ..Options::default() }).await;
     let c = harness.broker_with(Options { prefix: "two".into(), ..Options::default() }).await;
