@@ -48,20 +48,39 @@ impl BrokerServer {
     /// Starts a `nats-server` on a free port and returns once it answers;
     /// `None` when it is not installed (see the [module docs](self)).
     pub async fn nats() -> Option<BrokerServer> {
-        Some(BrokerServer { process: ServerProcess::start(Kind::Nats).await? })
+        Some(BrokerServer { process: ServerProcess::start(Kind::Nats, None).await? })
+    }
+
+    /// [`BrokerServer::nats`] that admits only user `chat` with `password`.
+    pub async fn nats_with_password(password: &str) -> Option<BrokerServer> {
+        Some(BrokerServer { process: ServerProcess::start(Kind::Nats, Some(password.to_owned())).await? })
     }
 
     /// Starts a `redis-server` on a free port and returns once it answers;
     /// `None` when it is not installed (see the [module docs](self)).
     pub async fn redis() -> Option<BrokerServer> {
-        Some(BrokerServer { process: ServerProcess::start(Kind::Redis).await? })
+        Some(BrokerServer { process: ServerProcess::start(Kind::Redis, None).await? })
     }
 
-    /// `nats://127.0.0.1:<port>` or `redis://127.0.0.1:<port>/`.
+    /// [`BrokerServer::redis`] that admits only clients giving `password`.
+    pub async fn redis_with_password(password: &str) -> Option<BrokerServer> {
+        Some(BrokerServer { process: ServerProcess::start(Kind::Redis, Some(password.to_owned())).await? })
+    }
+
+    /// `nats://127.0.0.1:<port>` or `redis://127.0.0.1:<port>/`, with the
+    /// credentials when it wants them.
     pub fn url(&self) -> String {
-        match self.process.kind {
-            Kind::Nats => format!("nats://127.0.0.1:{}", self.process.port),
-            Kind::Redis => format!("redis://127.0.0.1:{}/", self.process.port),
+        self.url_with(self.process.password.as_deref())
+    }
+
+    /// The URL with other credentials (`None`: none), to try wrong ones.
+    pub fn url_with(&self, password: Option<&str>) -> String {
+        let port = self.process.port;
+        match (self.process.kind, password) {
+            (Kind::Nats, None) => format!("nats://127.0.0.1:{port}"),
+            (Kind::Nats, Some(p)) => format!("nats://chat:{p}@127.0.0.1:{port}"),
+            (Kind::Redis, None) => format!("redis://127.0.0.1:{port}/"),
+            (Kind::Redis, Some(p)) => format!("redis://:{p}@127.0.0.1:{port}/"),
         }
     }
 
@@ -110,9 +129,14 @@ impl Kind {
         }
     }
 
-    fn command(self, program: &Path, port: u16) -> Command {
+    fn command(self, program: &Path, port: u16, password: Option<&str>) -> Command {
         let mut command = Command::new(program);
         let port = port.to_string();
+        match (self, password) {
+            (Kind::Nats, Some(p)) => command.args(["--user", "chat", "--pass", p]),
+            (Kind::Redis, Some(p)) => command.args(["--requirepass", p]),
+            (_, None) => &mut command,
+        };
         match self {
             Kind::Nats => command.args(["-a", "127.0.0.1", "-p", &port]),
             Kind::Redis => command.args([
@@ -146,7 +170,8 @@ impl Kind {
                 Kind::Redis => {
                     stream.write_all(b"PING\r\n").await.ok()?;
                     let n = stream.read(&mut buf).await.ok()?;
-                    buf[..n].starts_with(b"+PONG").then_some(())
+                    // One that wants a password answers NOAUTH.
+                    (buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH")).then_some(())
                 }
             }
         };
@@ -159,11 +184,12 @@ struct ServerProcess {
     kind: Kind,
     program: PathBuf,
     port: u16,
+    password: Option<String>,
     child: Mutex<Option<Child>>,
 }
 
 impl ServerProcess {
-    async fn start(kind: Kind) -> Option<ServerProcess> {
+    async fn start(kind: Kind, password: Option<String>) -> Option<ServerProcess> {
         let Some(program) = find(kind) else {
             let what = match std::env::var_os(kind.env()).filter(|p| !p.is_empty()) {
                 Some(path) => format!("{} not found at {} ({})", kind.binary(), path.to_string_lossy(), kind.env()),
@@ -187,7 +213,13 @@ impl ServerProcess {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
-            let server = ServerProcess { kind, program: program.clone(), port, child: Mutex::new(None) };
+            let server = ServerProcess {
+                kind,
+                program: program.clone(),
+                port,
+                password: password.clone(),
+                child: Mutex::new(None),
+            };
             match server.launch().await {
                 Ok(()) => return Some(server),
                 Err(e) => last = e,
@@ -204,7 +236,7 @@ impl ServerProcess {
     async fn launch(&self) -> Result<(), String> {
         let child = self
             .kind
-            .command(&self.program, self.port)
+            .command(&self.program, self.port, self.password.as_deref())
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", self.program.display()))?;
         *self.child() = Some(child);
