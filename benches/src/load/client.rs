@@ -59,7 +59,9 @@ pub(crate) struct Phase {
 #[derive(Debug)]
 pub(crate) struct Ctx {
     pub(crate) proto: Arc<dyn Protocol>,
-    pub(crate) addr: SocketAddr,
+    /// The server's processes; client `i` connects to the `i mod n`th, so
+    /// that consecutive clients (the members of a room) are spread evenly.
+    pub(crate) addrs: Vec<SocketAddr>,
     pub(crate) src_ips: u8,
     pub(crate) rooms: Vec<Room>,
     pub(crate) body_len: usize,
@@ -75,6 +77,13 @@ pub(crate) struct Ctx {
     pub(crate) ledgers: Mutex<Vec<(usize, RoomLedger)>>,
     /// Bounds the clients connecting at once at the start (not in the storm).
     pub(crate) connect_gate: Semaphore,
+}
+
+impl Ctx {
+    /// The server process client `index` connects to.
+    pub(crate) fn addr_of(&self, index: usize) -> SocketAddr {
+        self.addrs[index % self.addrs.len()]
+    }
 }
 
 impl std::fmt::Debug for dyn Protocol {
@@ -174,7 +183,7 @@ impl Client {
             let src = source_ip(self.index, ctx.src_ips);
             let ws = if first {
                 let permit = ctx.connect_gate.acquire().await;
-                let ws = connect(&*ctx.proto, ctx.addr, src, &self.token).await;
+                let ws = connect(&*ctx.proto, ctx.addr_of(self.index), src, &self.token).await;
                 drop(permit);
                 match ws {
                     Ok(ws) => ws,
@@ -189,7 +198,7 @@ impl Client {
                 let deadline = Instant::now() + Duration::from_secs(120);
                 let mut delay = Duration::from_millis(20);
                 loop {
-                    match connect(&*ctx.proto, ctx.addr, src, &self.token).await {
+                    match connect(&*ctx.proto, ctx.addr_of(self.index), src, &self.token).await {
                         Ok(ws) => break ws,
                         Err(e) if Instant::now() > deadline => {
                             eprintln!("client {} gave up reconnecting: {e:#}", self.index);

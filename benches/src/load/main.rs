@@ -14,8 +14,18 @@
 //! chat-load run --proto native --scenario fanout --addr 127.0.0.1:18080 \
 //!     --secret "$SECRET" --server-cmd "env CHAT_LISTEN=127.0.0.1:18080 … chat-server" --quick
 //! ```
+//!
+//! A server may be several `chat-server` processes that are one server
+//! through a broker: `--addr` and `--server-cmd` are then given once per
+//! process, in matching order. Client `i` connects to process `i mod n`, so
+//! that every room (of at least `n` members) has members on every process
+//! and its fan-out crosses the broker; CPU time and memory are summed over
+//! the processes, and each process's `/metrics` is read before and after
+//! the measurement for what it published to the broker and received from
+//! it (`benches/cluster.sh`).
 
 mod client;
+mod metrics;
 mod proto;
 mod report;
 mod server;
@@ -37,7 +47,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use client::{Client, Ctx, Phase, Room, connect, source_ip};
 use proto::{Event, Native, Protocol, SocketIo};
-use server::ServerProcess;
+use server::Servers;
 use stats::{Counters, round2};
 
 #[derive(Parser, Debug)]
@@ -83,6 +93,10 @@ enum Cmd {
     /// Exit non-zero when a results file shows a lost, duplicated or
     /// out-of-order message, or a failed connection.
     Check { results: String },
+    /// Print the Markdown tables of fan-out runs on one or more processes
+    /// (`benches/cluster.sh`), from their JSON files or a results file of
+    /// several, in the order given.
+    ClusterTable { files: Vec<String> },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,18 +130,34 @@ struct RunArgs {
     proto: ProtoName,
     #[arg(long, value_enum)]
     scenario: Scenario,
-    /// Where the server listens; must be a 127.0.0.x address.
-    #[arg(long)]
-    addr: SocketAddr,
+    /// Where the server listens; must be a 127.0.0.x address. Repeated for
+    /// a server of several processes, one per `--server-cmd`, in the same
+    /// order; client `i` connects to the `i mod n`th.
+    #[arg(long, required = true)]
+    addr: Vec<SocketAddr>,
     /// The HS256 secret the server verifies tokens with.
     #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
     secret: String,
-    /// Shell command starting the server (run with `exec`, so its pid is the server's).
-    #[arg(long)]
-    server_cmd: String,
-    /// File the server's output is appended to.
+    /// Shell command starting the server (run with `exec`, so its pid is the
+    /// server's). Repeated, one per `--addr`: the processes of one server
+    /// (same database, same broker).
+    #[arg(long, required = true)]
+    server_cmd: Vec<String>,
+    /// File the server's output is appended to; with several processes the
+    /// second one's goes to `<file>.1`, and so on.
     #[arg(long, default_value = "/tmp/chat-load-server.log")]
     server_log: String,
+    /// The key the server's `/metrics` asks for as a bearer token, if any.
+    #[arg(long, env = "CHAT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Another process whose CPU time the fan-out reports per step, as
+    /// `name=pid` (a broker, say). Repeatable.
+    #[arg(long)]
+    watch_pid: Vec<String>,
+    /// A name for this run in the results (`benches/cluster.sh` names its
+    /// variants).
+    #[arg(long)]
+    label: Option<String>,
     /// Small counts and a few seconds, for CI.
     #[arg(long)]
     quick: bool,
@@ -226,10 +256,36 @@ fn main() -> anyhow::Result<()> {
             let run: Value = serde_json::from_str(&std::fs::read_to_string(&results)?)?;
             report::check(&run)
         }
+        Cmd::ClusterTable { files } => {
+            let mut runs = Vec::new();
+            for f in &files {
+                let text = std::fs::read_to_string(f).with_context(|| format!("reading {f}"))?;
+                let value = serde_json::from_str::<Value>(&text).with_context(|| format!("parsing {f}"))?;
+                // A results file of several runs, or one run's JSON.
+                match value.get("runs").and_then(Value::as_array) {
+                    Some(all) => runs.extend(all.iter().cloned()),
+                    None => runs.push(value),
+                }
+            }
+            print!("{}", report::cluster_table(&runs)?);
+            Ok(())
+        }
         Cmd::Run(args) => {
-            let ip = args.addr.ip();
-            if !matches!(ip, std::net::IpAddr::V4(v4) if v4.octets()[0] == 127) {
-                bail!("--addr must be a 127.0.0.x address, not {ip}");
+            for addr in &args.addr {
+                let ip = addr.ip();
+                if !matches!(ip, std::net::IpAddr::V4(v4) if v4.octets()[0] == 127) {
+                    bail!("--addr must be a 127.0.0.x address, not {ip}");
+                }
+            }
+            if args.addr.len() != args.server_cmd.len() {
+                bail!(
+                    "{} --addr for {} --server-cmd: give one address per server process, in the same order",
+                    args.addr.len(),
+                    args.server_cmd.len()
+                );
+            }
+            if args.addr.len() > 1 && matches!(args.scenario, Scenario::Idle | Scenario::Reconnect) {
+                bail!("the {} scenario measures one server process; give one --addr", args.scenario.name());
             }
             let strict = args.strict;
             let out = args.out.clone();
@@ -250,7 +306,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<Value> {
-    let mut server = ServerProcess::start(&args.server_cmd, &args.server_log, args.addr).await?;
+    let logs: Vec<String> = (0..args.server_cmd.len())
+        .map(|i| if i == 0 { args.server_log.clone() } else { format!("{}.{i}", args.server_log) })
+        .collect();
+    let mut server = Servers::start(&args.server_cmd, &logs, &args.addr).await?;
     let proto = protocol(args.proto);
     let started = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     // The machine may be shared: say how busy it was around the run.
@@ -269,6 +328,8 @@ async fn run(args: RunArgs) -> anyhow::Result<Value> {
         "loadavg_before": load_before,
         "loadavg_after": load_after,
         "server": proto.name(),
+        "label": args.label,
+        "server_processes": args.addr.len(),
         "scenario": args.scenario.name(),
         "quick": args.quick,
         "started_unix": started,
@@ -300,11 +361,14 @@ async fn populate(
     reconnect: bool,
 ) -> anyhow::Result<Population> {
     let clients = rooms * members;
+    if members < args.addr.len() {
+        bail!("rooms of {members} cannot have members on each of {} server processes", args.addr.len());
+    }
     let ids = create_rooms(args, &*proto, rooms).await?;
     let (phase, _) = watch::channel(Phase::default());
     let ctx = Arc::new(Ctx {
         proto,
-        addr: args.addr,
+        addrs: args.addr.clone(),
         src_ips: 4,
         rooms: ids.into_iter().map(|id| Room { id, members: members as u64, last_seq: AtomicU64::new(0) }).collect(),
         body_len: 200,
@@ -349,7 +413,7 @@ async fn create_rooms(args: &RunArgs, proto: &dyn Protocol, rooms: usize) -> any
         return Ok((0..rooms).map(|i| format!("r{i}")).collect());
     }
     let owner = token(&args.secret, 9_999_999)?;
-    let mut ws = connect(proto, args.addr, source_ip(0, 1), &owner).await?;
+    let mut ws = connect(proto, args.addr[0], source_ip(0, 1), &owner).await?;
     let mut ids = vec![String::new(); rooms];
     let mut missing = rooms;
     use futures_util::SinkExt;
@@ -440,16 +504,64 @@ impl Population {
 /// Waits (up to 60 s) until the server has been nearly idle for a second:
 /// after thousands of joins it may still be sending their events or
 /// checkpointing, and a measurement should not start on that tail.
-async fn settle(server: &ServerProcess) -> anyhow::Result<f64> {
+async fn settle(server: &Servers) -> anyhow::Result<f64> {
     let t0 = Instant::now();
     loop {
         let before = server.cpu_seconds()?;
         sleep(Duration::from_secs(1)).await;
         let busy = server.cpu_seconds()? - before;
-        if busy < 0.05 || t0.elapsed() > Duration::from_secs(60) {
+        if busy < 0.05 * server.len() as f64 || t0.elapsed() > Duration::from_secs(60) {
             return Ok(round2(t0.elapsed().as_secs_f64()));
         }
     }
+}
+
+/// The start of a measured window: every process's counters (on our
+/// server, which has `/metrics`) and the sends acknowledged so far.
+struct Window {
+    before: Vec<anyhow::Result<metrics::Scrape>>,
+    acked: u64,
+}
+
+impl Window {
+    async fn start(args: &RunArgs, c: &Counters) -> Option<Window> {
+        if args.proto != ProtoName::Native {
+            return None;
+        }
+        let acked = Counters::get(&c.acked);
+        Some(Window { before: metrics::scrape_all(&args.addr, args.api_key.as_deref()).await, acked })
+    }
+
+    /// What the processes published to the broker and received from it
+    /// since the start, per message acknowledged since (null on Socket.IO).
+    async fn end(window: Option<Window>, args: &RunArgs, c: &Counters) -> Value {
+        let Some(w) = window else { return Value::Null };
+        let messages = Counters::get(&c.acked) - w.acked;
+        let after = metrics::scrape_all(&args.addr, args.api_key.as_deref()).await;
+        metrics::cluster_report(&args.addr, &w.before, &after, messages)
+    }
+}
+
+/// The processes named by `--watch-pid`, as (name, pid).
+fn watched(args: &RunArgs) -> anyhow::Result<Vec<(String, String)>> {
+    args.watch_pid
+        .iter()
+        .map(|w| match w.split_once('=') {
+            Some((name, pid)) if !name.is_empty() && pid.parse::<u32>().is_ok() => {
+                Ok((name.to_owned(), pid.to_owned()))
+            }
+            _ => bail!("--watch-pid takes name=pid, not {w:?}"),
+        })
+        .collect()
+}
+
+/// The CPU seconds each watched process has used so far.
+fn watched_cpu(list: &[(String, String)]) -> anyhow::Result<Vec<f64>> {
+    list.iter()
+        .map(|(name, pid)| {
+            server::cpu_seconds_of(pid).with_context(|| format!("reading the CPU time of {name} ({pid})"))
+        })
+        .collect()
 }
 
 /// Fan-out steps run between the last passing and first failing rate.
@@ -458,7 +570,7 @@ const REFINE_STEPS: usize = 2;
 /// Scenario 2: rooms × members, publish rate raised stepwise until a step
 /// loses a message or its delivery p99 passes 100 ms, then narrowed down by
 /// [`REFINE_STEPS`] bisection steps.
-async fn fanout(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerProcess) -> anyhow::Result<Outcome> {
+async fn fanout(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut Servers) -> anyhow::Result<Outcome> {
     let rooms = args.rooms.unwrap_or(if args.quick { 10 } else { 100 });
     let members = args.members.unwrap_or(if args.quick { 10 } else { 100 });
     let step_secs = args.seconds.unwrap_or(if args.quick { 1.5 } else { 5.0 });
@@ -474,6 +586,12 @@ async fn fanout(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerPro
     let mut rate = start_rate;
     let mut stop_reason = "step limit".to_owned();
     let settled_s = settle(server).await?;
+    // Memory with every client joined and nothing queued, comparable
+    // between runs; the figure at the end also holds what the last steps'
+    // queues left behind.
+    let rss_settled = server.rss_kib_each()?;
+    let watch = watched(args)?;
+    let window = Window::start(args, c).await;
     // A warm-up at the first rate, not recorded.
     pop.set_phase(|p| p.send_every = Some(Duration::from_secs_f64(publishers / rate)));
     sleep(Duration::from_secs_f64(step_secs.min(3.0))).await;
@@ -491,7 +609,8 @@ async fn fanout(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerPro
             Counters::get(&c.acked),
             Counters::get(&c.disconnects),
         );
-        let cpu0 = server.cpu_seconds()?;
+        let cpu0 = server.cpu_seconds_each()?;
+        let watched0 = watched_cpu(&watch)?;
         let load_cpu0 = server::cpu_seconds_of("self")?;
         let every = Duration::from_secs_f64(publishers / rate);
         pop.set_phase(|p| p.send_every = Some(every));
@@ -500,7 +619,13 @@ async fn fanout(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerPro
         pop.set_phase(|p| p.send_every = None);
         let elapsed = t0.elapsed().as_secs_f64();
         let drained = pop.drain(Duration::from_secs(5)).await;
-        let cpu = server.cpu_seconds()? - cpu0;
+        let cpu_each: Vec<f64> = server.cpu_seconds_each()?.iter().zip(&cpu0).map(|(b, a)| round2(b - a)).collect();
+        let cpu: f64 = cpu_each.iter().sum();
+        let watched_s: serde_json::Map<String, Value> = watch
+            .iter()
+            .zip(watched_cpu(&watch)?.iter().zip(&watched0))
+            .map(|((name, _), (b, a))| (name.clone(), json!(round2(b - a))))
+            .collect();
         let load_cpu = server::cpu_seconds_of("self")? - load_cpu0;
         let delivered = Counters::get(&c.delivered) - d0;
         let expected = Counters::get(&c.expected) - e0;
@@ -517,6 +642,8 @@ async fn fanout(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerPro
             "lost": lost,
             "disconnects": disconnects,
             "server_cpu_s": round2(cpu),
+            "server_cpu_s_by_process": cpu_each,
+            "watched_cpu_s": watched_s,
             "load_cpu_s": round2(load_cpu),
             "seconds": round2(elapsed),
         });
@@ -562,6 +689,8 @@ async fn fanout(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerPro
             _ => break,
         };
     }
+    let cluster = Window::end(window, args, c).await;
+    let rss_each = server.rss_kib_each()?;
     let checks = pop.finish().await?;
     let params = json!({"rooms": rooms, "members": members, "body_bytes": 200, "step_seconds": step_secs,
         "settled_s": settled_s,
@@ -570,14 +699,17 @@ async fn fanout(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerPro
     let best_rate = best.as_ref().map(|b| b["deliveries_per_s"].clone()).unwrap_or(json!(0));
     Ok((
         params,
-        json!({"max_zero_loss_deliveries_per_s": best_rate, "best_step": best, "stop_reason": stop_reason, "steps": steps}),
+        json!({"max_zero_loss_deliveries_per_s": best_rate, "best_step": best, "stop_reason": stop_reason, "steps": steps,
+            "server_rss_kib_settled": rss_settled.iter().sum::<u64>(), "server_rss_kib_settled_by_process": rss_settled,
+            "server_rss_kib": rss_each.iter().sum::<u64>(), "server_rss_kib_by_process": rss_each,
+            "cluster": cluster}),
         checks,
     ))
 }
 
 /// Scenario 3: clients in rooms of six, a message per client every
 /// `interval`, typing at a total rate; latency and server CPU per delivery.
-async fn mix(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerProcess) -> anyhow::Result<Outcome> {
+async fn mix(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut Servers) -> anyhow::Result<Outcome> {
     let clients = args.clients.unwrap_or(if args.quick { 120 } else { 5000 });
     let room_size = 6;
     let rooms = clients / room_size;
@@ -597,6 +729,7 @@ async fn mix(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerProces
     let c = &pop.ctx.counters;
     c.delivery.reset();
     c.ack.reset();
+    let window = Window::start(args, c).await;
     let (d0, a0, t0c) = (Counters::get(&c.delivered), Counters::get(&c.acked), Counters::get(&c.typing));
     let (user0, sys0) = server.cpu_split()?;
     let load_cpu0 = server::cpu_seconds_of("self")?;
@@ -610,7 +743,7 @@ async fn mix(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerProces
     let delivered = Counters::get(&c.delivered) - d0;
     let acked = Counters::get(&c.acked) - a0;
     let typing = Counters::get(&c.typing) - t0c;
-    let rss = server.rss_kib()?;
+    let rss = server.rss_kib_each()?;
     let delivery = c.delivery.summary();
     let ack = c.ack.summary();
     pop.set_phase(|p| {
@@ -618,6 +751,7 @@ async fn mix(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerProces
         p.typing_every = None;
     });
     pop.drain(Duration::from_secs(10)).await;
+    let cluster = Window::end(window, args, c).await;
     let checks = pop.finish().await?;
     let per_million = if delivered > 0 { cpu / (delivered as f64 / 1e6) } else { 0.0 };
     Ok((
@@ -634,7 +768,9 @@ async fn mix(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerProces
             "server_system_cpu_s": round2(sys),
             "load_cpu_s": round2(load_cpu),
             "cpu_s_per_million_deliveries": round2(per_million),
-            "server_rss_kib": rss,
+            "server_rss_kib": rss.iter().sum::<u64>(),
+            "server_rss_kib_by_process": rss,
+            "cluster": cluster,
         }),
         checks,
     ))
@@ -642,7 +778,7 @@ async fn mix(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerProces
 
 /// Scenario 4: every client keeps one send in flight; a send counts once
 /// the server acked it, which both servers do only after the commit.
-async fn durable(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerProcess) -> anyhow::Result<Outcome> {
+async fn durable(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut Servers) -> anyhow::Result<Outcome> {
     let clients = args.clients.unwrap_or(if args.quick { 20 } else { 400 });
     let room_size = 2;
     let seconds = args.seconds.unwrap_or(if args.quick { 2.0 } else { 10.0 });
@@ -651,6 +787,7 @@ async fn durable(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerPr
     settle(server).await?;
     let c = &pop.ctx.counters;
     c.ack.reset();
+    let window = Window::start(args, c).await;
     let a0 = Counters::get(&c.acked);
     pop.set_phase(|p| p.closed_loop = true);
     let t0 = Instant::now();
@@ -660,11 +797,12 @@ async fn durable(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerPr
     let ack = c.ack.summary();
     pop.set_phase(|p| p.closed_loop = false);
     pop.drain(Duration::from_secs(10)).await;
+    let cluster = Window::end(window, args, c).await;
     let checks = pop.finish().await?;
     Ok((
         json!({"clients": pop_clients(clients, room_size), "room_size": room_size, "in_flight_per_client": 1,
             "seconds": seconds, "body_bytes": 200}),
-        json!({"acked_per_s": round2(acked as f64 / elapsed), "ack_latency": ack, "fsync": fsync}),
+        json!({"acked_per_s": round2(acked as f64 / elapsed), "ack_latency": ack, "fsync": fsync, "cluster": cluster}),
         checks,
     ))
 }
@@ -699,7 +837,7 @@ fn measure_fsync(dir: &str, samples: usize) -> anyhow::Result<Value> {
 /// moment the last client has caught up. Then as many storms without a
 /// restart (every client drops its socket at once), for the server's RSS
 /// after each.
-async fn reconnect(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut ServerProcess) -> anyhow::Result<Outcome> {
+async fn reconnect(args: &RunArgs, proto: Arc<dyn Protocol>, server: &mut Servers) -> anyhow::Result<Outcome> {
     let clients = args.clients.unwrap_or(if args.quick { 200 } else { 10_000 });
     let room_size = 10;
     let cycles = args.cycles.unwrap_or(if args.quick { 2 } else { 10 });
@@ -810,7 +948,7 @@ const PER_WORKER: usize = 9_000;
 /// Scenario 1: idle authenticated connections held by worker processes;
 /// the server's RSS growth divided by the connections. Each count runs on a
 /// fresh server process.
-async fn idle(args: &RunArgs, server: &mut ServerProcess) -> anyhow::Result<Outcome> {
+async fn idle(args: &RunArgs, server: &mut Servers) -> anyhow::Result<Outcome> {
     let counts = args.counts.clone().unwrap_or(if args.quick { vec![200] } else { vec![5_000, 10_000, 19_000] });
     let exe = std::env::current_exe()?;
     let proto_name = format!("{:?}", args.proto).to_lowercase();
@@ -831,7 +969,7 @@ async fn idle(args: &RunArgs, server: &mut ServerProcess) -> anyhow::Result<Outc
             let first = w * PER_WORKER;
             let n = PER_WORKER.min(count - first);
             let mut child = tokio::process::Command::new(&exe)
-                .args(["idle-worker", "--proto", &proto_name, "--addr", &args.addr.to_string()])
+                .args(["idle-worker", "--proto", &proto_name, "--addr", &args.addr[0].to_string()])
                 .args(["--first", &first.to_string(), "--count", &n.to_string(), "--src-ips", &src_ips.to_string()])
                 .env("CHAT_JWT_SECRET", &args.secret)
                 .stdin(std::process::Stdio::piped())

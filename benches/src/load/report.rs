@@ -17,9 +17,15 @@ pub(crate) fn check(run: &Value) -> anyhow::Result<()> {
     for r in runs(run)? {
         let bad = problems(&r["checks"]);
         let state = if bad.is_empty() { "ok".to_owned() } else { bad.join(", ") };
-        println!("{:<10} {:<9} {state}", r["scenario"].as_str().unwrap_or("?"), r["server"].as_str().unwrap_or("?"));
+        // Runs of one server in several ways (benches/cluster.sh) are told
+        // apart by their labels.
+        let server = match r["label"].as_str() {
+            Some(label) => format!("{} ({label})", r["server"].as_str().unwrap_or("?")),
+            None => r["server"].as_str().unwrap_or("?").to_owned(),
+        };
+        println!("{:<10} {:<9} {state}", r["scenario"].as_str().unwrap_or("?"), server);
         if !bad.is_empty() {
-            failures.push(format!("{} on {}: {}", r["scenario"], r["server"], bad.join(", ")));
+            failures.push(format!("{} on {server}: {}", r["scenario"], bad.join(", ")));
         }
     }
     if !failures.is_empty() {
@@ -483,6 +489,106 @@ pub(crate) fn svg(run: &Value) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// CPU µs of `cpu` (seconds) per delivery made in a fan-out step.
+fn per_delivery_us(step: &Value, cpu: Option<f64>) -> Option<f64> {
+    match (cpu, num(&step["deliveries_per_s"]), num(&step["seconds"])) {
+        (Some(cpu), Some(rate), Some(secs)) if rate > 0.0 => Some(cpu / (rate * secs) * 1e6),
+        _ => None,
+    }
+}
+
+/// A fan-out step that lost nothing and kept its p99 within 100 ms.
+fn step_passed(step: &Value) -> bool {
+    step["lost"].as_u64() == Some(0)
+        && step["disconnects"].as_u64() == Some(0)
+        && num(&step["delivery_latency"]["p99_ms"]).is_some_and(|p| p <= 100.0)
+}
+
+/// The passing step of a run at `rate` messages/s (the ladder's rates are
+/// the same in every run; bisected ones may not be).
+fn step_at(run: &Value, rate: f64) -> Option<&Value> {
+    run["result"]["steps"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|s| step_passed(s) && num(&s["target_messages_per_s"]).is_some_and(|r| (r - rate).abs() <= rate * 0.005))
+}
+
+/// The Markdown tables of fan-out runs on one or more server processes
+/// (`benches/cluster.sh`), one row per run in the order given: throughput
+/// and CPU at each run's highest passing step and at the highest rate every
+/// run passed, then what crossed the broker and the checks.
+pub(crate) fn cluster_table(runs: &[Value]) -> anyhow::Result<String> {
+    let mut m = String::new();
+    let name = |r: &Value| {
+        r["label"].as_str().map(str::to_owned).unwrap_or_else(|| format!("{} process(es)", r["server_processes"]))
+    };
+    // The highest ladder rate that every run passed.
+    let common = runs
+        .first()
+        .and_then(|r| r["result"]["steps"].as_array())
+        .into_iter()
+        .flatten()
+        .filter(|s| step_passed(s))
+        .filter_map(|s| num(&s["target_messages_per_s"]))
+        .filter(|&rate| runs.iter().all(|r| step_at(r, rate).is_some()))
+        .fold(None, |best: Option<f64>, rate| Some(best.map_or(rate, |b| b.max(rate))));
+    let at = common.map(|r| format!("{r:.0} messages/s")).unwrap_or_else(|| "—".into());
+    writeln!(
+        m,
+        "| run | processes | highest zero-loss deliveries/s | at messages/s | p99 there | server CPU µs per delivery there | server CPU µs per delivery at {at} | broker CPU µs per delivery at {at} | server RSS, clients joined | at the end |"
+    )?;
+    writeln!(m, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    for r in runs {
+        let res = &r["result"];
+        let best = &res["best_step"];
+        let step = common.and_then(|rate| step_at(r, rate));
+        let broker_cpu = step.and_then(|s| {
+            let w = s["watched_cpu_s"].as_object()?;
+            if w.is_empty() { None } else { Some(w.values().filter_map(Value::as_f64).sum::<f64>()) }
+        });
+        writeln!(
+            m,
+            "| {} | {} | {} | {} | {} ms | {} | {} | {} | {} MiB | {} MiB |",
+            name(r),
+            r["server_processes"],
+            fmt(num(&res["max_zero_loss_deliveries_per_s"]), 0),
+            fmt(num(&best["messages_per_s"]), 0),
+            fmt(num(&best["delivery_latency"]["p99_ms"]), 1),
+            fmt(per_delivery_us(best, num(&best["server_cpu_s"])), 2),
+            fmt(step.and_then(|s| per_delivery_us(s, num(&s["server_cpu_s"]))), 2),
+            fmt(step.and_then(|s| per_delivery_us(s, broker_cpu)), 2),
+            fmt(num(&res["server_rss_kib_settled"]).map(|k| k / 1024.0), 1),
+            fmt(num(&res["server_rss_kib"]).map(|k| k / 1024.0), 1),
+        )?;
+    }
+    writeln!(
+        m,
+        "\n| run | messages (measured window) | broker publications sent per message | received per message | processes delivering each message | gap-filled messages (whole run) | publications dropped | lost | duplicated | out of order |"
+    )?;
+    writeln!(m, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    for r in runs {
+        let c = &r["result"]["cluster"];
+        let checks = &r["checks"];
+        let total = |k: &str| fmt(num(&c["totals"][k]), 0);
+        writeln!(
+            m,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            name(r),
+            c["messages"],
+            fmt(num(&c["publications_sent_per_message"]), 2),
+            fmt(num(&c["publications_received_per_message"]), 2),
+            fmt(num(&c["message_events_per_message"]), 2),
+            total("gap_filled_messages_since_start"),
+            total("publications_dropped"),
+            checks["lost"],
+            checks["duplicated"],
+            checks["out_of_order"],
+        )?;
+    }
+    Ok(m)
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
-//! The server under test as a child process: started from a shell command
-//! (`exec`ed, so its pid is the server's own), restarted for the reconnect
-//! storm, and read from `/proc` for memory and CPU time.
+//! The server under test as child processes: each started from a shell
+//! command (`exec`ed, so its pid is the server's own), restarted for the
+//! reconnect storm, and read from `/proc` for memory and CPU time. A server
+//! may be several processes that are one server through a broker
+//! ([`Servers`]); its memory and CPU time are then their sums.
 
 use std::fs::OpenOptions;
 use std::net::SocketAddr;
@@ -71,14 +73,6 @@ impl ServerProcess {
         }
     }
 
-    /// Stops the server and starts it again on the same command (and so the
-    /// same database), returning once it listens.
-    pub(crate) async fn restart(&mut self) -> anyhow::Result<()> {
-        self.stop().await?;
-        self.child = spawn(&self.command, &self.log)?;
-        self.wait_listening().await
-    }
-
     /// Resident memory in KiB (`VmRSS`).
     pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
@@ -115,6 +109,82 @@ pub(crate) fn cpu_split_of(pid: &str) -> anyhow::Result<(f64, f64)> {
     // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) as f64 / clock_ticks();
     Ok((ticks(11), ticks(12)))
+}
+
+/// The server under test: one process, or several that are one server
+/// through a broker, each listening on its own address.
+#[derive(Debug)]
+pub(crate) struct Servers {
+    procs: Vec<ServerProcess>,
+}
+
+impl Servers {
+    /// Starts one process per (command, log, address), in that order, each
+    /// listening before the next starts.
+    pub(crate) async fn start(commands: &[String], logs: &[String], addrs: &[SocketAddr]) -> anyhow::Result<Servers> {
+        let mut procs = Vec::with_capacity(commands.len());
+        for ((command, log), addr) in commands.iter().zip(logs).zip(addrs) {
+            procs.push(ServerProcess::start(command, log, *addr).await?);
+        }
+        Ok(Servers { procs })
+    }
+
+    /// How many processes the server is.
+    pub(crate) fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Stops every process.
+    pub(crate) async fn stop(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.procs {
+            p.stop().await?;
+        }
+        Ok(())
+    }
+
+    /// Stops every process, then starts each again on its command (and so
+    /// the same database), returning once all listen.
+    pub(crate) async fn restart(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.procs {
+            p.stop().await?;
+        }
+        for p in &mut self.procs {
+            p.child = spawn(&p.command, &p.log)?;
+            p.wait_listening().await?;
+        }
+        Ok(())
+    }
+
+    /// Resident memory of all processes together, in KiB.
+    pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
+        self.procs.iter().map(ServerProcess::rss_kib).sum()
+    }
+
+    /// Resident memory of each process, in KiB.
+    pub(crate) fn rss_kib_each(&self) -> anyhow::Result<Vec<u64>> {
+        self.procs.iter().map(ServerProcess::rss_kib).collect()
+    }
+
+    /// User plus system CPU time of all processes together, in seconds.
+    pub(crate) fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        self.procs.iter().map(ServerProcess::cpu_seconds).sum()
+    }
+
+    /// User plus system CPU time of each process, in seconds.
+    pub(crate) fn cpu_seconds_each(&self) -> anyhow::Result<Vec<f64>> {
+        self.procs.iter().map(ServerProcess::cpu_seconds).collect()
+    }
+
+    /// User and system CPU time of all processes together, in seconds.
+    pub(crate) fn cpu_split(&self) -> anyhow::Result<(f64, f64)> {
+        let mut total = (0.0, 0.0);
+        for p in &self.procs {
+            let (user, system) = p.cpu_split()?;
+            total.0 += user;
+            total.1 += system;
+        }
+        Ok(total)
+    }
 }
 
 impl Drop for ServerProcess {
