@@ -12,6 +12,7 @@
 #                                  out-of-order message (CI runs this)
 #   benches/run.sh --only fanout,mix     some scenarios only
 #   benches/run.sh --render FILE   re-render the docs from a results file
+#   benches/run.sh --only cluster  the many-processes runs alone
 #
 #   NATIVE_ENV="CHAT_COMMIT_WINDOW_US=2000" benches/run.sh --only mix
 #                                  adds settings to our server's environment
@@ -23,13 +24,18 @@
 # PostgreSQL cannot be reached the scenario is skipped with a warning, unless
 # CI=true, where that is an error.
 #
+# The cluster scenario is ours alone and is not part of the comparison: it
+# runs benches/cluster.sh (fan-out on one process, on two through NATS and on
+# two through Redis, all on PostgreSQL; strict on loss; --quick passed on),
+# after the comparison's scenarios, with its own results file and tables.
+#
 # Every server listens on 127.0.0.1; clients connect from 127.0.0.1-4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 MODE=full
-ALL_SCENARIOS="fanout mix durable durable-pg idle reconnect"
+ALL_SCENARIOS="fanout mix durable durable-pg idle reconnect cluster"
 SCENARIOS=$ALL_SCENARIOS
 RENDER_ONLY=""
 while [ $# -gt 0 ]; do
@@ -37,7 +43,7 @@ while [ $# -gt 0 ]; do
         --quick) MODE=quick ;;
         --only) SCENARIOS=$(echo "$2" | tr ',' ' '); shift ;;
         --render) RENDER_ONLY="$2"; shift ;;
-        *) echo "usage: $0 [--quick] [--only idle,fanout,mix,durable,durable-pg,reconnect] [--render results.json]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--quick] [--only idle,fanout,mix,durable,durable-pg,reconnect,cluster] [--render results.json]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -51,6 +57,22 @@ cargo build --release -q -p chat-server -p chat-benches --bin chat-server --bin 
 if [ -n "$RENDER_ONLY" ]; then
     "$LOAD" report "$RENDER_ONLY" --doc "$DOC" --svg "$SVG"
     echo "rendered $DOC and $SVG from $RENDER_ONLY"
+    exit 0
+fi
+# The cluster runs are benches/cluster.sh's; the rest is the comparison.
+CLUSTER=no
+[[ " $SCENARIOS " == *" cluster "* ]] && CLUSTER=yes
+SCENARIOS=$(echo " $SCENARIOS " | sed 's/ cluster / /; s/^ *//; s/ *$//')
+QUICK_FLAGS=()
+[ "$MODE" = quick ] && QUICK_FLAGS=(--quick)
+run_cluster() {
+    if [ "$CLUSTER" = yes ]; then
+        echo "== cluster (benches/cluster.sh ${QUICK_FLAGS[*]})"
+        benches/cluster.sh "${QUICK_FLAGS[@]}"
+    fi
+}
+if [ -z "$SCENARIOS" ]; then
+    run_cluster
     exit 0
 fi
 (
@@ -77,8 +99,6 @@ SECRET=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
 export CHAT_JWT_SECRET="$SECRET"
 NATIVE_ADDR=127.0.0.1:18080
 SIO_PORT=19090
-QUICK_FLAGS=()
-[ "$MODE" = quick ] && QUICK_FLAGS=(--quick)
 
 PG_URL=${CHAT_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 # The URL of another database on the same PostgreSQL server.
@@ -157,7 +177,7 @@ MACHINE=$(printf '{"nproc":%s,"cpu":"%s","mem_mib":%s,"kernel":"%s","node":"%s",
     "$SERVER_CORE" "$LOAD_CORE")
 COMMAND="benches/run.sh"
 [ "$MODE" = quick ] && COMMAND="benches/run.sh --quick"
-[ "$SCENARIOS" != "$ALL_SCENARIOS" ] && COMMAND="$COMMAND --only $(echo $SCENARIOS | tr ' ' ',')"
+[ "$SCENARIOS" != "${ALL_SCENARIOS% cluster}" ] && COMMAND="$COMMAND --only $(echo $SCENARIOS | tr ' ' ',')"
 "$LOAD" combine --out "$RESULTS" --machine "$MACHINE" --mode "$MODE" --command "$COMMAND" --date "$DATE" "${FILES[@]}"
 
 if [ "$MODE" = full ]; then
@@ -166,3 +186,4 @@ if [ "$MODE" = full ]; then
 fi
 echo "== checks"
 "$LOAD" check "$RESULTS"
+run_cluster
