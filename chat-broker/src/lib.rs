@@ -91,6 +91,13 @@
 //!   client is not connected instead, so a failed publish is lost rather
 //!   than late, and the channel (bounded) never fills with stale events.
 //!
+//! - **Credentials in the URL are parsed, not sent**: async-nats reads
+//!   `nats://user:password@host` into its server address but builds CONNECT
+//!   from the options alone, so a server that wants a password would refuse
+//!   us forever. The adapter reads them from the URL and sets them
+//!   (`user:password`, or a lone `token@`), tested against a server that
+//!   wants one.
+//!
 //! Settings: `no_echo` (our publications never come back to us),
 //! `retry_on_initial_connect` (connecting and `start` work with the server
 //! down), a ping interval of [`Options::keepalive`] (async-nats closes the

@@ -190,9 +190,10 @@ impl NatsBroker {
             changes: watch::Sender::new(0),
         });
         let events = shared.clone();
+        let credentials = credentials(url)?;
         let client = async_nats::connect_with_options(
             url,
-            connect_options(&options, &format!("{}-{id}", options.name))
+            connect_options(&options, &format!("{}-{id}", options.name), &credentials)
                 .event_callback(move |event| {
                     events.on_event(event);
                     std::future::ready(())
@@ -203,7 +204,7 @@ impl NatsBroker {
         .map_err(|e| Error::Config(format!("invalid NATS URL: {e}")))?;
         let responder = async_nats::connect_with_options(
             url,
-            connect_options(&options, &format!("{}-{id}-sync", options.name)).subscription_capacity(64),
+            connect_options(&options, &format!("{}-{id}-sync", options.name), &credentials).subscription_capacity(64),
         )
         .await
         .map_err(|e| Error::Config(format!("invalid NATS URL: {e}")))?;
@@ -225,10 +226,39 @@ impl NatsBroker {
     }
 }
 
+/// What the URL says about authenticating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Credentials {
+    None,
+    /// `nats://user:password@host`
+    UserPassword(String, String),
+    /// `nats://token@host`
+    Token(String),
+}
+
+/// Reads the credentials of a NATS URL. async-nats parses them but does not
+/// send them by itself (they must be given as options), so without this a
+/// server that wants a password would refuse the broker forever.
+fn credentials(url: &str) -> Result<Credentials> {
+    let addr: async_nats::ServerAddr = url.parse().map_err(|e| Error::Config(format!("invalid NATS URL: {e}")))?;
+    Ok(match (addr.username(), addr.password()) {
+        (Some(user), Some(password)) => Credentials::UserPassword(user.to_owned(), password.to_owned()),
+        (Some(token), None) => Credentials::Token(token.to_owned()),
+        _ => Credentials::None,
+    })
+}
+
 /// The options both connections share.
-fn connect_options(options: &Options, name: &str) -> ConnectOptions {
+fn connect_options(options: &Options, name: &str, credentials: &Credentials) -> ConnectOptions {
     let max_delay = options.max_reconnect_delay;
-    ConnectOptions::new()
+    let connect = match credentials {
+        Credentials::None => ConnectOptions::new(),
+        Credentials::UserPassword(user, password) => {
+            ConnectOptions::with_user_and_password(user.clone(), password.clone())
+        }
+        Credentials::Token(token) => ConnectOptions::with_token(token.clone()),
+    };
+    connect
         .name(name)
         // Our own publications never come back to us.
         .no_echo()

@@ -7,9 +7,9 @@
 //! ```no_run
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! use chat_broker::testing::NatsServer;
+//! use chat_broker::testing::BrokerServer;
 //!
-//! let Some(server) = NatsServer::start().await else { return }; // skipped: no nats-server
+//! let Some(server) = BrokerServer::nats().await else { return }; // skipped: no nats-server
 //! let broker = chat_broker::connect(&server.url(), chat_broker::Options::default()).await.unwrap();
 //! server.stop().await; // the outage
 //! server.restart().await; // back on the same port, answering
@@ -37,58 +37,51 @@ use tokio::net::TcpStream;
 /// How long a server may take to answer after it was started.
 const READY_WITHIN: Duration = Duration::from_secs(10);
 
-/// A `nats-server` of the test's own, core NATS only (no JetStream), on
-/// `127.0.0.1`.
+/// A broker server of the test's own on `127.0.0.1`: a `nats-server` (core
+/// NATS only, no JetStream) or a `redis-server` (keeping nothing on disk).
 #[derive(Debug)]
-pub struct NatsServer {
+pub struct BrokerServer {
     process: ServerProcess,
 }
 
-impl NatsServer {
-    /// Starts one on a free port and returns once it answers; `None` when
-    /// `nats-server` is not installed (see the [module docs](self)).
-    pub async fn start() -> Option<NatsServer> {
-        Some(NatsServer { process: ServerProcess::start(Kind::Nats).await? })
+impl BrokerServer {
+    /// Starts a `nats-server` on a free port and returns once it answers;
+    /// `None` when it is not installed (see the [module docs](self)).
+    pub async fn nats() -> Option<BrokerServer> {
+        Some(BrokerServer { process: ServerProcess::start(Kind::Nats, None).await? })
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// [`BrokerServer::nats`] that admits only user `chat` with `password`.
+    pub async fn nats_with_password(password: &str) -> Option<BrokerServer> {
+        Some(BrokerServer { process: ServerProcess::start(Kind::Nats, Some(password.to_owned())).await? })
+    }
+
+    /// Starts a `redis-server` on a free port and returns once it answers;
+    /// `None` when it is not installed (see the [module docs](self)).
+    pub async fn redis() -> Option<BrokerServer> {
+        Some(BrokerServer { process: ServerProcess::start(Kind::Redis, None).await? })
+    }
+
+    /// [`BrokerServer::redis`] that admits only clients giving `password`.
+    pub async fn redis_with_password(password: &str) -> Option<BrokerServer> {
+        Some(BrokerServer { process: ServerProcess::start(Kind::Redis, Some(password.to_owned())).await? })
+    }
+
+    /// `nats://127.0.0.1:<port>` or `redis://127.0.0.1:<port>/`, with the
+    /// credentials when it wants them.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.process.port)
+        self.url_with(self.process.password.as_deref())
     }
 
-    /// The port it listens on, the same across restarts.
-    pub fn port(&self) -> u16 {
-        self.process.port
-    }
-
-    /// Kills it (an outage: connections drop, the port refuses).
-    pub async fn stop(&self) {
-        self.process.stop();
-    }
-
-    /// Starts it again on the same port, killing it first if it runs, and
-    /// returns once it answers.
-    pub async fn restart(&self) {
-        self.process.restart().await;
-    }
-}
-
-/// A `redis-server` of the test's own on `127.0.0.1`, keeping nothing on disk.
-#[derive(Debug)]
-pub struct RedisServer {
-    process: ServerProcess,
-}
-
-impl RedisServer {
-    /// Starts one on a free port and returns once it answers; `None` when
-    /// `redis-server` is not installed (see the [module docs](self)).
-    pub async fn start() -> Option<RedisServer> {
-        Some(RedisServer { process: ServerProcess::start(Kind::Redis).await? })
-    }
-
-    /// `redis://127.0.0.1:<port>/`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.process.port)
+    /// The URL with other credentials (`None`: none), to try wrong ones.
+    pub fn url_with(&self, password: Option<&str>) -> String {
+        let port = self.process.port;
+        match (self.process.kind, password) {
+            (Kind::Nats, None) => format!("nats://127.0.0.1:{port}"),
+            (Kind::Nats, Some(p)) => format!("nats://chat:{p}@127.0.0.1:{port}"),
+            (Kind::Redis, None) => format!("redis://127.0.0.1:{port}/"),
+            (Kind::Redis, Some(p)) => format!("redis://:{p}@127.0.0.1:{port}/"),
+        }
     }
 
     /// The port it listens on, the same across restarts.
@@ -136,9 +129,14 @@ impl Kind {
         }
     }
 
-    fn command(self, program: &Path, port: u16) -> Command {
+    fn command(self, program: &Path, port: u16, password: Option<&str>) -> Command {
         let mut command = Command::new(program);
         let port = port.to_string();
+        match (self, password) {
+            (Kind::Nats, Some(p)) => command.args(["--user", "chat", "--pass", p]),
+            (Kind::Redis, Some(p)) => command.args(["--requirepass", p]),
+            (_, None) => &mut command,
+        };
         match self {
             Kind::Nats => command.args(["-a", "127.0.0.1", "-p", &port]),
             Kind::Redis => command.args([
@@ -172,7 +170,8 @@ impl Kind {
                 Kind::Redis => {
                     stream.write_all(b"PING\r\n").await.ok()?;
                     let n = stream.read(&mut buf).await.ok()?;
-                    buf[..n].starts_with(b"+PONG").then_some(())
+                    // One that wants a password answers NOAUTH.
+                    (buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH")).then_some(())
                 }
             }
         };
@@ -185,11 +184,12 @@ struct ServerProcess {
     kind: Kind,
     program: PathBuf,
     port: u16,
+    password: Option<String>,
     child: Mutex<Option<Child>>,
 }
 
 impl ServerProcess {
-    async fn start(kind: Kind) -> Option<ServerProcess> {
+    async fn start(kind: Kind, password: Option<String>) -> Option<ServerProcess> {
         let Some(program) = find(kind) else {
             let what = match std::env::var_os(kind.env()).filter(|p| !p.is_empty()) {
                 Some(path) => format!("{} not found at {} ({})", kind.binary(), path.to_string_lossy(), kind.env()),
@@ -213,7 +213,13 @@ impl ServerProcess {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
-            let server = ServerProcess { kind, program: program.clone(), port, child: Mutex::new(None) };
+            let server = ServerProcess {
+                kind,
+                program: program.clone(),
+                port,
+                password: password.clone(),
+                child: Mutex::new(None),
+            };
             match server.launch().await {
                 Ok(()) => return Some(server),
                 Err(e) => last = e,
@@ -230,7 +236,7 @@ impl ServerProcess {
     async fn launch(&self) -> Result<(), String> {
         let child = self
             .kind
-            .command(&self.program, self.port)
+            .command(&self.program, self.port, self.password.as_deref())
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", self.program.display()))?;
         *self.child() = Some(child);

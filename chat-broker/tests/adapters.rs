@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chat_broker::Options;
+use chat_broker::testing::BrokerServer;
 use chat_core::testing::broker::{BrokerHarness, RecordingSink};
 use chat_core::{BrokerSink, RoomId, Topic};
-use support::{Harness, Server};
+use support::Harness;
 
 /// A broker started while its server is down returns at once, degraded, and
 /// comes up by itself when the server does, with what it was asked to
 /// subscribe meanwhile.
-async fn starts_degraded_and_recovers<S: Server>(harness: Harness<S>) {
+async fn starts_degraded_and_recovers(harness: Harness) {
     let room = Topic::Room(RoomId::generate());
     let (up, _) = (harness.broker().await, ());
     up.start(RecordingSink::new()).await.expect("start");
@@ -51,7 +52,7 @@ async fn starts_degraded_and_recovers<S: Server>(harness: Harness<S>) {
 }
 
 /// Brokers with different prefixes on one server do not hear each other.
-async fn prefixes_keep_servers_apart<S: Server>(harness: Harness<S>) {
+async fn prefixes_keep_servers_apart(harness: Harness) {
     let a = harness.broker_with(Options { prefix: "one".into(), ..Options::default() }).await;
     let b = harness.broker_with(Options { prefix: "two".into(), ..Options::default() }).await;
     let c = harness.broker_with(Options { prefix: "two".into(), ..Options::default() }).await;
@@ -112,6 +113,47 @@ async fn nats_slow_consumer_is_reported_as_lost() {
     assert!(slow.is_connected(), "a slow consumer keeps its subscriptions");
     slow.stop().await;
     publisher.stop().await;
+}
+
+/// A server that wants a password is reached with the one in the URL, and
+/// a wrong one leaves the broker degraded rather than hanging or panicking.
+async fn credentials_in_the_url_are_used(server: BrokerServer) {
+    let room = Topic::Room(RoomId::generate());
+    let connect = |url: String| async move {
+        chat_broker::connect(&url, Options::default()).await.unwrap_or_else(|e| panic!("connect: {e}"))
+    };
+    let (a, b) = (connect(server.url()).await, connect(server.url()).await);
+    let sink = RecordingSink::new();
+    a.start(RecordingSink::new()).await.expect("start");
+    b.start(sink.clone()).await.expect("start");
+    b.subscribe(std::slice::from_ref(&room)).await.expect("subscribe with the right password");
+    a.publish(&[(room.clone(), Bytes::from_static(b"signed in"))]).await.expect("publish");
+    sink.expect_text("signed in", Duration::from_secs(5), "a publication between authenticated brokers").await;
+
+    let wrong = connect(server.url_with(Some("not-the-password"))).await;
+    wrong.start(RecordingSink::new()).await.expect("start is not refused: the broker stays degraded");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!wrong.is_connected(), "a wrong password must not look connected");
+    let began = Instant::now();
+    assert!(wrong.publish(&[(room, Bytes::from_static(b"intruder"))]).await.is_err());
+    assert!(began.elapsed() < Duration::from_secs(5), "a refused publish fails in bounded time");
+    for broker in [a, b, wrong] {
+        broker.stop().await;
+    }
+}
+
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_credentials_in_the_url_are_used() {
+    let Some(server) = BrokerServer::nats_with_password("s3cret-nats").await else { return };
+    credentials_in_the_url_are_used(server).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_credentials_in_the_url_are_used() {
+    let Some(server) = BrokerServer::redis_with_password("s3cret-redis").await else { return };
+    credentials_in_the_url_are_used(server).await;
 }
 
 macro_rules! on_both {

@@ -27,7 +27,7 @@ pub struct Limits {
     pub max_members_per_room: u64,
     /// Most members `room:create` may name at once.
     pub max_initial_members: usize,
-    /// Most sessions one user may have open on one node.
+    /// Most sessions one user may have open on one server process.
     pub max_connections_per_user: usize,
     /// Sustained commands per second per session.
     pub commands_per_second: u32,

@@ -43,6 +43,7 @@ use crate::time::Timestamp;
 use crate::user::User;
 
 pub mod broker;
+pub mod cluster;
 
 /// A store under test, with whatever must outlive it (a temporary directory,
 /// a database handle) dropped only after the store is closed.

@@ -201,6 +201,16 @@ function start(token) {
     renderRooms();
     if (room_id === current) renderHeader();
   });
+  client.on('room:removed', ({ room_id }) => {
+    if (room_id === current) {
+      current = null;
+      $('main').classList.remove('in-room');
+      $('composer').hidden = true;
+      $('messages').replaceChildren();
+      $('room-title').textContent = 'Pick a conversation';
+    }
+    renderRooms();
+  });
   client.on('user:left', ({ room_id, user_id }) => {
     roomState(room_id).members.delete(user_id);
     if (room_id === current) renderHeader();

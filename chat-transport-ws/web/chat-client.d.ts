@@ -133,6 +133,9 @@ export interface ChatEvents {
   'room:added': { room: Room };
   /** A support room was claimed or closed. */
   'room:updated': { room: Room };
+  /** The user is no longer a member (they left, in any tab or on any
+   * device); the room is no longer followed or in `rooms`. */
+  'room:removed': { room_id: string };
   /** Receipts of a room changed wholesale (after a join). */
   receipts: { room_id: string };
   /** A `room:join` reply, also after the automatic re-joins of a reconnect. */

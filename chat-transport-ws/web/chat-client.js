@@ -477,6 +477,15 @@ export class ChatClient {
       case 'room:added':
         if (!this.rooms.has(data.room.id)) this.rooms.set(data.room.id, { ...data.room, unread: 0, read_seq: 0 });
         break;
+      case 'room:removed': {
+        // The user left the room (maybe in another tab or on another
+        // device): it is not followed or listed any more.
+        const room = this._rooms.get(data.room_id);
+        if (room) room.wanted = false;
+        this._rooms.delete(data.room_id);
+        this.rooms.delete(data.room_id);
+        break;
+      }
       case 'room:updated': {
         const known = this.rooms.get(data.room.id);
         if (known) this.rooms.set(data.room.id, { ...known, ...data.room, last_seq: Math.max(known.last_seq, data.room.last_seq) });

@@ -133,6 +133,25 @@ async function joinedRoom(ws, client, lastSeq) {
 }
 
 describe('chat-client.js', () => {
+  test('room:removed (a leave in another tab or process) stops following the room, also after a reconnect', async () => {
+    const { client, ws } = await connected();
+    await joinedRoom(ws, client, 3);
+    ws.push({ type: 'room:added', data: { room: joined(3).room } });
+    assert.ok(client.rooms.has(ROOM));
+    const removed = [];
+    client.on('room:removed', (data) => removed.push(data.room_id));
+    ws.push({ type: 'room:removed', data: { room_id: ROOM } });
+    assert.deepEqual(removed, [ROOM]);
+    assert.ok(!client.rooms.has(ROOM), 'no longer listed');
+    ws.drop();
+    const again = await until(() => FakeSocket.all[1], 'a new socket');
+    again.open();
+    again.push(ready());
+    await tick(20);
+    assert.equal(again.last('room:join'), undefined, 'a room left elsewhere is not joined again');
+    client.close();
+  });
+
   test('the token goes in the first frame, not the URL', async () => {
     const { client, ws } = await connected();
     assert.deepEqual(ws.sent[0], { type: 'auth', data: { token: 't1' } });

@@ -6,52 +6,18 @@
 use std::sync::Arc;
 
 use chat_broker::Options;
-use chat_broker::testing::{NatsServer, RedisServer};
+use chat_broker::testing::BrokerServer;
 use chat_core::Broker;
 use chat_core::testing::broker::BrokerHarness;
 
-/// A broker server process the harness can stop and restart.
-#[async_trait::async_trait]
-pub trait Server: Send + Sync + 'static {
-    fn url(&self) -> String;
-    async fn stop(&self);
-    async fn restart(&self);
-}
-
-#[async_trait::async_trait]
-impl Server for NatsServer {
-    fn url(&self) -> String {
-        NatsServer::url(self)
-    }
-    async fn stop(&self) {
-        NatsServer::stop(self).await;
-    }
-    async fn restart(&self) {
-        NatsServer::restart(self).await;
-    }
-}
-
-#[async_trait::async_trait]
-impl Server for RedisServer {
-    fn url(&self) -> String {
-        RedisServer::url(self)
-    }
-    async fn stop(&self) {
-        RedisServer::stop(self).await;
-    }
-    async fn restart(&self) {
-        RedisServer::restart(self).await;
-    }
-}
-
 /// Brokers made by [`chat_broker::connect`] on one server of the test's own.
-pub struct Harness<S> {
-    pub server: S,
+pub struct Harness {
+    pub server: BrokerServer,
     pub options: Options,
 }
 
-impl<S: Server> Harness<S> {
-    pub fn new(server: S) -> Self {
+impl Harness {
+    pub fn new(server: BrokerServer) -> Self {
         Harness { server, options: Options::default() }
     }
 
@@ -62,7 +28,7 @@ impl<S: Server> Harness<S> {
 }
 
 #[async_trait::async_trait]
-impl<S: Server> BrokerHarness for Harness<S> {
+impl BrokerHarness for Harness {
     async fn broker(&self) -> Arc<dyn Broker> {
         self.broker_with(self.options.clone()).await
     }
@@ -76,10 +42,10 @@ impl<S: Server> BrokerHarness for Harness<S> {
     }
 }
 
-pub async fn nats() -> Option<Harness<NatsServer>> {
-    Some(Harness::new(NatsServer::start().await?))
+pub async fn nats() -> Option<Harness> {
+    Some(Harness::new(BrokerServer::nats().await?))
 }
 
-pub async fn redis() -> Option<Harness<RedisServer>> {
-    Some(Harness::new(RedisServer::start().await?))
+pub async fn redis() -> Option<Harness> {
+    Some(Harness::new(BrokerServer::redis().await?))
 }

@@ -439,7 +439,12 @@ impl BrokerSink for ClusterSink {
     fn lost(&self) {
         let Some(inner) = self.inner.upgrade() else { return };
         tracing::warn!("the broker dropped publications to this process: comparing every served room with the store");
-        inner.cluster_caught_up_needed();
+        // Presence finds its own losses by the heartbeats' versions and asks
+        // only the process concerned; asking everyone here would add load to
+        // a process that is already behind.
+        if let Some(cluster) = &inner.cluster {
+            cluster.audit.notify_one();
+        }
     }
 }
 
@@ -682,6 +687,11 @@ pub(crate) async fn repair(inner: Weak<Inner>) {
     let settings = strong.config.cluster.clone();
     drop(strong);
     let tick = (settings.gap_hold / 2).max(std::time::Duration::from_millis(10));
+    // Audits asked for (reconnects, losses) come at most this often, so that
+    // a broker reporting losses again and again does not turn into a storm
+    // of store reads.
+    let min_gap = std::time::Duration::from_secs(1).min(settings.audit_interval);
+    let mut last_audit = Instant::now();
     let mut next_audit = Instant::now() + settings.audit_interval;
     loop {
         let holding = match inner.upgrade() {
@@ -705,8 +715,13 @@ pub(crate) async fn repair(inner: Weak<Inner>) {
             }
         }
         if audit_now || Instant::now() >= next_audit {
+            let since = last_audit.elapsed();
+            if since < min_gap {
+                tokio::time::sleep(min_gap - since).await;
+            }
             inner.audit().await;
-            next_audit = Instant::now() + settings.audit_interval;
+            last_audit = Instant::now();
+            next_audit = last_audit + settings.audit_interval;
         }
     }
 }

@@ -1,10 +1,12 @@
 //! The engine: routes commands, enforces the rules, commits sends in batches and
 //! fans events out.
 //!
-//! One [`Engine`] serves a node. Transports open a [`Session`] per connection
-//! with [`Engine::open_session`] and drive it; HTTP handlers and bridges call
-//! the engine's other methods directly. Cloning an `Engine` is cheap (it is an
-//! `Arc`).
+//! One [`Engine`] serves one server process. Transports open a [`Session`]
+//! per connection with [`Engine::open_session`] and drive it; HTTP handlers
+//! call the engine's other methods directly, and bridges the ones of
+//! [`BridgeHost`](crate::BridgeHost). Given a [`Broker`], engines on one
+//! store are one server (see `cluster.rs`). Cloning an `Engine` is cheap (it
+//! is an `Arc`).
 
 mod cluster;
 mod committer;
@@ -12,7 +14,9 @@ mod expiry;
 mod handlers;
 mod hub;
 mod keepalive;
+mod membership;
 mod presence;
+mod receipts;
 mod room_actions;
 mod session;
 #[cfg(test)]
@@ -144,7 +148,7 @@ impl EngineBuilder {
     }
 }
 
-/// The chat engine of one node. See the [module docs](self).
+/// The chat engine of one server process. See the [module docs](self).
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
@@ -241,7 +245,7 @@ impl Engine {
         self.inner.history(&ctx, room, query.before_seq, query.after_seq, Some(query.limit)).await
     }
 
-    /// Connected, visible users of this node.
+    /// Connected, visible users, on every server process of the cluster.
     pub fn online_users(&self) -> Vec<OnlineUser> {
         self.inner.presence.online_users()
     }
@@ -323,7 +327,7 @@ impl Engine {
         self.inner.apply_control(control);
     }
 
-    /// Open sessions on this node.
+    /// Open sessions on this process.
     pub fn connections(&self) -> usize {
         self.inner.hub.session_count()
     }

@@ -32,6 +32,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::Ctx;
+use crate::command::{Reply, UpdatePresence};
+use crate::error::{Error, Result};
 use crate::id::UserId;
 use crate::presence::{OnlineUser, PresenceStatus};
 use crate::time::Timestamp;
@@ -584,6 +587,16 @@ impl PresenceTracker {
     /// Other processes heard from recently.
     pub(crate) fn node_count(&self) -> usize {
         self.lock().nodes.len()
+    }
+}
+
+impl super::Inner {
+    pub(crate) fn update_presence(&self, ctx: &Ctx, req: UpdatePresence) -> Result<Reply> {
+        if req.status == PresenceStatus::Offline {
+            return Err(Error::invalid("status must be online, away, busy or invisible"));
+        }
+        self.presence.set_status(&ctx.user.id, req.status);
+        Ok(Reply::empty())
     }
 }
 

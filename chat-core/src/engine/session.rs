@@ -381,6 +381,17 @@ impl Session {
         if resume.fetch.is_some() {
             return;
         }
+        // A room the session no longer follows (its user left it, maybe
+        // through another session or process) is not replayed any further.
+        while let Some(job) = resume.backlog.front() {
+            if self.inner.hub.is_subscribed(self.shared.id, job.room) {
+                break;
+            }
+            let room = job.room;
+            resume.backlog.retain(|b| b.room != room);
+            resume.floors.remove(&room);
+            resume.out.retain(|out| !matches!(out, Output::Event(d) if d.event().room_id() == Some(room)));
+        }
         let Some(job) = resume.backlog.front() else { return };
         let store = self.inner.store.clone();
         let (room, after) = (job.room, job.after);
@@ -483,6 +494,11 @@ impl Session {
                 return Poll::Ready(out);
             }
             if let Some(out) = self.resume.as_mut().and_then(|r| r.out.pop_front()) {
+                let left = matches!(&out, Output::Event(d)
+                    if d.event().room_id().is_some_and(|room| !self.inner.hub.is_subscribed(self.shared.id, room)));
+                if left {
+                    continue;
+                }
                 return Poll::Ready(out);
             }
             self.start_backlog_fetch();

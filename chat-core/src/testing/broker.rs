@@ -5,7 +5,9 @@
 //! never back to the publisher, [`Topic::Cluster`] without subscribing,
 //! `subscribe` that returns only once active, `unsubscribe`, per-publisher
 //! order without duplicates, awkward user ids, large payloads, an outage and
-//! the return from it, and `stop`. Each check is a `pub async fn` that takes a
+//! the return from it, and `stop`; and, with engines on the broker (see
+//! [`cluster`](super::cluster)), the engine's own promises across processes.
+//! Each check is a `pub async fn` that takes a
 //! [`BrokerHarness`] (which makes brokers connected to one broker server and
 //! can take that server down and bring it back) and panics with a message
 //! naming the broken promise. A broker crate runs them all from its own tests
@@ -116,6 +118,11 @@ macro_rules! broker_conformance {
                 large_payload_arrives_intact,
                 outage_is_reported_and_recovered,
                 stop_ends_delivery_and_publishing,
+                // The engine's promises across processes on this broker.
+                engines_deliver_every_message_once_in_seq_order,
+                engines_end_a_left_room_on_every_process_before_the_reply,
+                engines_end_a_users_sessions_everywhere,
+                engines_fill_what_an_outage_lost,
             }
         }
     };
@@ -341,6 +348,11 @@ async fn stop_all(brokers: &[&Arc<dyn Broker>]) {
 
 // ---------------------------------------------------------------------------
 // The checks
+
+pub use super::cluster::{
+    engines_deliver_every_message_once_in_seq_order, engines_end_a_left_room_on_every_process_before_the_reply,
+    engines_end_a_users_sessions_everywhere, engines_fill_what_an_outage_lost,
+};
 
 /// A publication reaches every other started broker subscribed to its topic,
 /// not the publisher (no echo) and not a broker that did not subscribe

@@ -14,13 +14,22 @@ struct Cluster {
 }
 
 async fn cluster(processes: usize) -> Cluster {
+    cluster_with(processes, EngineConfig::default()).await
+}
+
+async fn cluster_with(processes: usize, config: EngineConfig) -> Cluster {
     let bus = LocalBus::new();
     let store = Arc::new(MemoryStore::new());
     let mut engines = Vec::new();
     let mut brokers = Vec::new();
     for _ in 0..processes {
         let broker = Arc::new(bus.broker());
-        let engine = Engine::builder(store.clone()).broker(broker.clone()).start().await.expect("the engine starts");
+        let engine = Engine::builder(store.clone())
+            .config(config.clone())
+            .broker(broker.clone())
+            .start()
+            .await
+            .expect("the engine starts");
         engines.push(engine);
         brokers.push(broker);
     }
@@ -317,4 +326,27 @@ async fn a_closed_room_is_known_closed_on_every_process() {
         other => panic!("expected room:updated, got {other:?}"),
     }
     assert_eq!(visitor.err(send(room.id, "late", "x")).await, "forbidden");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_stops_when_the_user_leaves_through_another_process() {
+    let config = EngineConfig { backlog_chunk: 2, ..EngineConfig::default() };
+    let c = cluster_with(2, config).await;
+    let mut alice = connect(&c.engines[0], "alice").await;
+    let room = alice.group(Visibility::Public, &[]).await;
+    alice.join(room.id).await;
+    for i in 0..6 {
+        alice.say(room.id, &format!("m{i}")).await;
+    }
+    let mut bob_here = connect(&c.engines[0], "bob").await;
+    let mut bob_there = connect(&c.engines[1], "bob").await;
+    bob_here.join(room.id).await;
+    // The replay is answered, not yet read; bob leaves through the other process.
+    bob_there.ok(join_since(room.id, 0)).await;
+    bob_here.ok(leave(room.id)).await;
+    match bob_there.event().await {
+        Event::RoomRemoved(e) => assert_eq!(e.room_id, room.id),
+        other => panic!("expected room:removed and no more of the room, got {other:?}"),
+    }
+    bob_there.quiet().await;
 }
