@@ -57,22 +57,10 @@ SERVER="$TARGET/release/chat-server"
 echo "== build"
 cargo build --release -q -p chat-server -p chat-benches --bin chat-server --bin chat-load
 
-PG_URL=${CHAT_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+# PG_URL, pg_db_url, pg_drop_db, pg_fresh_db
+source "$ROOT/benches/pg.sh"
 NATS_URL=${CHAT_BENCH_NATS_URL:-nats://127.0.0.1:4222}
 REDIS_URL=${CHAT_BENCH_REDIS_URL:-redis://127.0.0.1:6379}
-# The URL of another database on the same PostgreSQL server.
-pg_db_url() { # name
-    local base=${PG_URL%%\?*} query=""
-    [ "$base" != "$PG_URL" ] && query="?${PG_URL#*\?}"
-    echo "${base%/*}/$1$query"
-}
-pg_drop_db() { # name
-    PGOPTIONS="-c client_min_messages=warning" psql "$PG_URL" -qAtX -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" >/dev/null
-}
-pg_fresh_db() { # name
-    pg_drop_db "$1"
-    psql "$PG_URL" -qAtX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $1" >/dev/null
-}
 # host and port of a nats:// or redis:// URL (no credentials expected here).
 host_port() { # url
     local hp=${1#*://}

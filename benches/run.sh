@@ -100,22 +100,8 @@ export CHAT_JWT_SECRET="$SECRET"
 NATIVE_ADDR=127.0.0.1:18080
 SIO_PORT=19090
 
-PG_URL=${CHAT_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-# The URL of another database on the same PostgreSQL server.
-pg_db_url() { # name
-    local base=${PG_URL%%\?*} query=""
-    [ "$base" != "$PG_URL" ] && query="?${PG_URL#*\?}"
-    echo "${base%/*}/$1$query"
-}
-# Drops a database if it exists, even with sessions still on it.
-pg_drop_db() { # name
-    PGOPTIONS="-c client_min_messages=warning" psql "$PG_URL" -qAtX -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" >/dev/null
-}
-# Drops and creates a database, so that each run starts empty.
-pg_fresh_db() { # name
-    pg_drop_db "$1"
-    psql "$PG_URL" -qAtX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $1" >/dev/null
-}
+# PG_URL, pg_db_url, pg_drop_db, pg_fresh_db
+source "$ROOT/benches/pg.sh"
 if [[ " $SCENARIOS " == *" durable-pg "* ]] && ! psql "$PG_URL" -qAtX -c "SELECT 1" >/dev/null 2>&1; then
     if [ "${CI:-}" = true ]; then
         echo "error: PostgreSQL is not reachable at $PG_URL, and the durable-pg scenario needs it" >&2
