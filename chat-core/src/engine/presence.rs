@@ -61,6 +61,13 @@ struct Entry {
     announced: PresenceStatus,
 }
 
+impl Entry {
+    /// A user nobody announced yet.
+    fn new(user: Arc<User>) -> Self {
+        Entry { user, sessions: 0, status: None, remote: 0, announced: PresenceStatus::Offline }
+    }
+}
+
 /// A user's sessions on another process.
 #[derive(Debug, Clone, Copy)]
 struct Remote {
@@ -193,13 +200,7 @@ impl State {
     }
 
     fn entry_for(&mut self, user: &User) -> &mut Entry {
-        self.entries.entry(user.id.clone()).or_insert_with(|| Entry {
-            user: Arc::new(user.clone()),
-            sessions: 0,
-            status: None,
-            remote: 0,
-            announced: PresenceStatus::Offline,
-        })
+        self.entries.entry(user.id.clone()).or_insert_with(|| Entry::new(Arc::new(user.clone())))
     }
 
     /// Puts a remote user into a node's map (`None` removes it), keeping the
@@ -299,13 +300,7 @@ impl PresenceTracker {
     /// A session of `user` opened. The first one makes the user online.
     pub(crate) fn connect(&self, user: &Arc<User>) {
         let mut state = self.lock();
-        let entry = state.entries.entry(user.id.clone()).or_insert_with(|| Entry {
-            user: user.clone(),
-            sessions: 0,
-            status: None,
-            remote: 0,
-            announced: PresenceStatus::Offline,
-        });
+        let entry = state.entries.entry(user.id.clone()).or_insert_with(|| Entry::new(user.clone()));
         if entry.sessions == 0 {
             // Back before going offline was announced: a fresh start.
             entry.status = None;
