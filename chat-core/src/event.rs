@@ -80,6 +80,11 @@ pub struct PresenceChanged {
     /// When they were last connected, once they are offline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Timestamp>,
+    /// The status shown before this change, for transports that announce
+    /// comings and goings (Socket.IO's `user:online` / `user:offline`). Not
+    /// part of the event's data.
+    #[serde(skip)]
+    pub previous: PresenceStatus,
 }
 
 /// `room:added`
@@ -222,8 +227,15 @@ pub trait EventCodec: Send + Sync + 'static {
 /// other session reuses those bytes.
 pub struct Delivery {
     event: Event,
-    encoded: OnceLock<(TypeId, Box<dyn Any + Send + Sync>)>,
+    /// One frame per codec, for up to [`CODECS`] codecs (a process runs a
+    /// transport or two: native and Socket.IO clients in one room each get
+    /// bytes encoded once).
+    encoded: [OnceLock<(TypeId, Box<dyn Any + Send + Sync>)>; CODECS],
 }
+
+/// How many codecs' frames a [`Delivery`] keeps; a further codec encodes
+/// for every session.
+const CODECS: usize = 2;
 
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -234,7 +246,7 @@ impl std::fmt::Debug for Delivery {
 impl Delivery {
     /// Wraps an event.
     pub fn new(event: Event) -> Self {
-        Delivery { event, encoded: OnceLock::new() }
+        Delivery { event, encoded: Default::default() }
     }
 
     /// The event.
@@ -242,17 +254,22 @@ impl Delivery {
         &self.event
     }
 
-    /// The event's frame under `codec`, encoding it on first use. A second
-    /// codec (two transports on one node) encodes without caching.
+    /// The event's frame under `codec`, encoding it on first use. Frames of
+    /// two codecs are kept (two transports on one node); a third codec
+    /// encodes without caching.
     pub fn encoded<C: EventCodec>(&self, codec: &C) -> C::Frame {
         // Keyed by the codec's type, not the frame's: two codecs may share a
         // frame type and still encode differently.
         let key = TypeId::of::<C>();
-        let (cached_key, cached) = self.encoded.get_or_init(|| (key, Box::new(codec.encode(&self.event))));
-        match cached.downcast_ref::<C::Frame>() {
-            Some(frame) if *cached_key == key => frame.clone(),
-            _ => codec.encode(&self.event),
+        for slot in &self.encoded {
+            let (cached_key, cached) = slot.get_or_init(|| (key, Box::new(codec.encode(&self.event))));
+            if *cached_key == key
+                && let Some(frame) = cached.downcast_ref::<C::Frame>()
+            {
+                return frame.clone();
+            }
         }
+        codec.encode(&self.event)
     }
 }
 
@@ -286,6 +303,28 @@ mod tests {
             assert_eq!(d.encoded(&codec), first);
         }
         assert_eq!(codec.0.load(Ordering::SeqCst), 1);
+    }
+
+    struct Other(AtomicUsize);
+
+    impl EventCodec for Other {
+        type Frame = std::sync::Arc<str>;
+
+        fn encode(&self, event: &Event) -> Self::Frame {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            format!("other {}", event.name()).into()
+        }
+    }
+
+    #[test]
+    fn two_codecs_are_each_encoded_once() {
+        let (a, b) = (Counting(AtomicUsize::new(0)), Other(AtomicUsize::new(0)));
+        let d = Delivery::new(typing());
+        for _ in 0..10 {
+            assert_eq!(&*d.encoded(&b), "other typing:user");
+            assert!(d.encoded(&a).contains("typing"));
+        }
+        assert_eq!((a.0.load(Ordering::SeqCst), b.0.load(Ordering::SeqCst)), (1, 1));
     }
 
     #[test]

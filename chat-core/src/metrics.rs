@@ -6,6 +6,7 @@
 //! rendering the text exposition happens only when someone scrapes it
 //! ([`Engine::encode_metrics`](crate::Engine::encode_metrics)).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -19,6 +20,8 @@ use prometheus_client::registry::Registry;
 type CommandLabels = [(&'static str, &'static str); 2];
 /// Labels of an event count: its type.
 type EventLabels = [(&'static str, &'static str); 1];
+/// Labels of a transport's connection count: its name.
+type TransportLabels = [(&'static str, &'static str); 1];
 
 fn latency_histogram() -> Histogram {
     // 100 µs to about 6.5 s, doubling.
@@ -34,6 +37,9 @@ fn size_histogram() -> Histogram {
 pub(crate) struct Metrics {
     registry: Registry,
     connections: Gauge,
+    transport_connections: Family<TransportLabels, Gauge>,
+    /// Every transport that ever had a session, so that its gauge drops to 0.
+    seen_transports: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
     commands: Family<CommandLabels, Counter>,
     events: Family<EventLabels, Counter>,
     deliveries: Counter,
@@ -55,6 +61,12 @@ impl Metrics {
         let mut registry = Registry::with_prefix("chat");
         let connections = Gauge::default();
         registry.register("connections", "Open sessions on this node", connections.clone());
+        let transport_connections = Family::<TransportLabels, Gauge>::default();
+        registry.register(
+            "transport_connections",
+            "Open sessions on this node, by transport (websocket, socketio…)",
+            transport_connections.clone(),
+        );
         let commands = Family::<CommandLabels, Counter>::default();
         registry.register("commands", "Commands handled, by type and result (ok or error code)", commands.clone());
         let events = Family::<EventLabels, Counter>::default();
@@ -126,6 +138,8 @@ impl Metrics {
             gap_filled,
             registry,
             connections,
+            transport_connections,
+            seen_transports: Default::default(),
             commands,
             events,
             deliveries,
@@ -182,9 +196,25 @@ impl Metrics {
         self.gap_filled.inc_by(messages);
     }
 
-    /// The text exposition, with the connection gauge set to `connections`.
-    pub(crate) fn encode(&self, connections: usize) -> String {
+    /// The text exposition, with the connection gauges set to `connections`
+    /// and, per transport, `transports` (a transport no longer listed reads 0).
+    pub(crate) fn encode(&self, connections: usize, transports: &BTreeMap<&'static str, usize>) -> String {
         self.connections.set(i64::try_from(connections).unwrap_or(i64::MAX));
+        // Transports seen before but without sessions now go to 0; a
+        // process has a handful of transports, so this stays small.
+        for (name, count) in transports {
+            self.transport_connections
+                .get_or_create(&[("transport", name)])
+                .set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
+        let mut seen = self.seen_transports.lock().unwrap_or_else(|e| e.into_inner());
+        for name in seen.iter() {
+            if !transports.contains_key(name) {
+                self.transport_connections.get_or_create(&[("transport", name)]).set(0);
+            }
+        }
+        seen.extend(transports.keys().copied());
+        drop(seen);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -213,9 +243,11 @@ mod tests {
         metrics.commit(5, Duration::from_millis(2), true);
         metrics.commit(1, Duration::from_millis(2), false);
         metrics.slow_consumer();
-        let text = metrics.encode(7);
+        let text = metrics.encode(7, &BTreeMap::from([("websocket", 5), ("socketio", 2)]));
         for line in [
             "chat_connections 7",
+            r#"chat_transport_connections{transport="websocket"} 5"#,
+            r#"chat_transport_connections{transport="socketio"} 2"#,
             r#"chat_commands_total{type="message:send",result="ok"} 2"#,
             r#"chat_commands_total{type="room:join",result="not_found"} 1"#,
             r#"chat_events_total{type="message:new"} 1"#,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::user::User;
 
 /// A user's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PresenceStatus {
     /// Connected and available.
@@ -17,6 +17,7 @@ pub enum PresenceStatus {
     /// Connected, but shown to others as offline.
     Invisible,
     /// No session open.
+    #[default]
     Offline,
 }
 

@@ -108,6 +108,7 @@ pub(crate) async fn health(State(app): State<AppState>) -> Response {
         "version": app.config.version,
         "uptime_s": app.engine.uptime().as_secs(),
         "connections": app.engine.connections(),
+        "transports": app.engine.connections_by_transport(),
         "store": if store.is_ok() { "ok" } else { "unavailable" },
         "bridges": bridges,
         "support": app.engine.support_availability(),

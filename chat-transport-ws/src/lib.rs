@@ -48,7 +48,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -94,6 +94,32 @@ impl AppState {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+
+    /// The authenticator every transport on this listener checks tokens with.
+    pub fn authenticator(&self) -> &Arc<dyn Authenticator> {
+        &self.auth
+    }
+
+    /// The listener's settings: origins and limits, which other transports
+    /// mounted beside this one apply too.
+    pub fn config(&self) -> &WsConfig {
+        &self.config
+    }
+
+    /// Whether a request's `Origin` (if it sent one) is allowed by
+    /// [`WsConfig::origins`]. Requests without one (not from a browser) are.
+    pub fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN) else { return true };
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        origin.to_str().is_ok_and(|o| self.config.origins.allows(o, host))
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header, if there is one.
+pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
 }
 
 /// Logs each request's method, path (never the query, which may carry a
@@ -127,6 +153,13 @@ fn cors(policy: &OriginPolicy) -> CorsLayer {
 /// per-address limits see client addresses. A request body must arrive
 /// within [`WsConfig::body_timeout`]; a slower one is answered 408.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// [`router`] with more routes beside the built-in ones, such as another
+/// transport's (`chat-transport-socketio` mounts `/socket.io/` this way).
+/// They share the listener's CORS, request logging, body limits and deadline.
+pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let limit = state.config.max_http_body_bytes;
     let body_deadline = RequestBodyDeadlineLayer::new(state.config.body_timeout);
     let cors = cors(&state.config.origins);
@@ -151,6 +184,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/users/{id}/tokens", post(http::admin_token))
         .route("/v1/admin/bridges/{bridge}/jobs", get(http::admin_bridge_jobs))
         .route("/v1/admin/bridges/{bridge}/jobs/{id}/retry", post(http::admin_retry_bridge_job))
+        .merge(extra)
         .fallback(http::not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(body_deadline)

@@ -158,7 +158,9 @@ impl Serialize for Raw<'_> {
     }
 }
 
-struct ErrorBody<'a>(&'a Error);
+/// Serializes an error as the protocol's `{"code","message"}` object.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorBody<'a>(pub &'a Error);
 
 impl Serialize for ErrorBody<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

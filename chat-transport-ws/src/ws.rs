@@ -162,12 +162,6 @@ pub(crate) struct TokenQuery {
     token: Option<String>,
 }
 
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
-}
-
 pub(crate) async fn upgrade(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -175,20 +169,15 @@ pub(crate) async fn upgrade(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     handshake: Result<Handshake, HandshakeRejection>,
 ) -> Response {
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        let allowed = origin.to_str().is_ok_and(|o| app.config.origins.allows(o, host));
-        if !allowed {
-            let body = json!({"error": {"code": "forbidden", "message": "origin not allowed"}});
-            return (StatusCode::FORBIDDEN, Json(body)).into_response();
-        }
+    if !app.origin_allowed(&headers) {
+        return ApiError::new(ErrorCode::Forbidden, "origin not allowed").into_response();
     }
     let handshake = match handshake {
         Ok(handshake) => handshake,
         Err(rejection) => return rejection.into_response(),
     };
     // The query may carry the token: it is read here and never logged.
-    let token = bearer(&headers).or_else(|| query.ok().and_then(|q| q.0.token));
+    let token = crate::bearer_token(&headers).or_else(|| query.ok().and_then(|q| q.0.token));
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
     let limit = app.config.max_frame_bytes;
     let socket_config = WebSocketConfig::default()
@@ -408,7 +397,7 @@ async fn open(
         }
     };
     drop(token);
-    let (session, ready) = match app.engine.open_session(identity).await {
+    let (session, ready) = match app.engine.open_session_on("websocket", identity).await {
         Ok(opened) => opened,
         Err(err) => {
             let (code, reason) = match &err {

@@ -162,6 +162,9 @@ pub struct Config {
     /// Let anyone sign in to the chat page with just a name (`/v1/dev-login`).
     /// For development machines only; off by default.
     pub dev_login: bool,
+    /// Serve Socket.IO clients at `/socket.io/` beside the native
+    /// WebSocket (needs the `socketio` feature, on by default).
+    pub socketio: bool,
     /// The broker that makes several server processes one server:
     /// `nats://host:4222` or `redis://host:6379` (plain publish/subscribe is
     /// enough). Unset: this process is the whole server.
@@ -314,6 +317,7 @@ impl Default for Config {
             max_connections_per_ip: ws.max_connections_per_ip,
             max_connections: ws.max_connections,
             dev_login: false,
+            socketio: true,
             broker_url: None,
             broker_prefix: "chat".into(),
             discord: DiscordSettings::default(),

@@ -244,6 +244,22 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// The routes of every transport the configuration asks for, on one router.
+fn transports(state: AppState, config: &Config) -> anyhow::Result<axum::Router> {
+    #[cfg(feature = "socketio")]
+    if config.socketio {
+        let socketio = chat_transport_socketio::routes(&state);
+        return Ok(chat_transport_ws::router_with(state, socketio));
+    }
+    #[cfg(not(feature = "socketio"))]
+    if config.socketio {
+        anyhow::bail!(
+            "socketio is on, but this build has no Socket.IO transport (cargo feature `socketio`); set CHAT_SOCKETIO=false"
+        );
+    }
+    Ok(chat_transport_ws::router(state))
+}
+
 /// Serves until `shutdown` resolves, then stops accepting, closes every
 /// session with 1001, waits for accepted sends to be committed, and returns.
 pub async fn run(
@@ -285,7 +301,7 @@ pub async fn run(
         ws_config.max_connections = fit;
     }
     let state = AppState::new(engine.clone(), verifier, issuer, ws_config.clone());
-    let app = chat_transport_ws::router(state);
+    let app = transports(state, &config)?;
     let stopping = engine.clone();
     // Connections are still accepted while the engine shuts down; the accept
     // loop stops once it has.

@@ -75,7 +75,11 @@ pub(crate) fn decode_queue_cursor(text: &str) -> Result<QueueCursor> {
 }
 
 impl Inner {
-    pub(crate) async fn open_session(self: &Arc<Self>, identity: Identity) -> Result<(Session, Ready)> {
+    pub(crate) async fn open_session(
+        self: &Arc<Self>,
+        identity: Identity,
+        transport: &'static str,
+    ) -> Result<(Session, Ready)> {
         if !self.accepting.load(Ordering::SeqCst) {
             return Err(Error::unavailable("the server is shutting down"));
         }
@@ -121,7 +125,7 @@ impl Inner {
             cluster.interest_changed(crate::broker::Topic::User(user.id.clone())).await;
         }
         let ready = Ready { session_id: shared.id, user: User::clone(&user), rooms, server_time: Timestamp::now() };
-        let session = Session::new(self.clone(), shared, identity.expires_at);
+        let session = Session::new(self.clone(), shared, identity.expires_at, transport);
         Ok((session, ready))
     }
 

@@ -41,6 +41,7 @@ use self::expiry::ExpiryQueue;
 use self::hub::{Hub, SessionShared};
 use self::keepalive::KeepaliveQueue;
 use self::presence::PresenceTracker;
+use self::session::TransportCounts;
 use self::typing::TypingTracker;
 use crate::bridge::{Bridge, BridgeEvent, BridgeHealth, Job, JobStatus};
 use crate::broker::{Audience, Broker, Fanout};
@@ -109,6 +110,7 @@ impl EngineBuilder {
             typing: TypingTracker::new(self.config.typing_timeout),
             room_actions: room_actions::RoomActionLimiter::default(),
             keepalives: KeepaliveQueue::new(self.config.keepalive_interval),
+            transports: TransportCounts::default(),
             store: self.store,
             cluster,
             bridges: self.bridges,
@@ -177,6 +179,8 @@ pub(crate) struct Inner {
     pub(crate) expiries: ExpiryQueue,
     /// Each session's keepalive beat.
     pub(crate) keepalives: KeepaliveQueue,
+    /// Open sessions by transport.
+    pub(crate) transports: TransportCounts,
     /// The group committer's queue. Every send goes through it, so sends are
     /// committed in batches and fanned out in commit order.
     pub(crate) commits: mpsc::Sender<CommitJob>,
@@ -226,8 +230,20 @@ impl Engine {
     /// and roles from the credentials win over stored ones), registers the
     /// session and marks the user online. Returns the session and the data of
     /// its `ready` frame.
+    ///
+    /// The session is counted under the transport `"other"`; a transport
+    /// that wants its own line in the metrics and `/health` uses
+    /// [`Engine::open_session_on`].
     pub async fn open_session(&self, identity: Identity) -> Result<(Session, Ready)> {
-        self.inner.open_session(identity).await
+        self.open_session_on("other", identity).await
+    }
+
+    /// [`Engine::open_session`] for a session of the named transport
+    /// (`"websocket"`, `"socketio"`…), counted under that name by
+    /// [`Engine::connections_by_transport`] and the metric
+    /// `chat_transport_connections`.
+    pub async fn open_session_on(&self, transport: &'static str, identity: Identity) -> Result<(Session, Ready)> {
+        self.inner.open_session(identity, transport).await
     }
 
     /// Creates or updates a user (the admin API).
@@ -332,12 +348,18 @@ impl Engine {
         self.inner.hub.session_count()
     }
 
+    /// Open sessions on this process by transport name (see
+    /// [`Engine::open_session_on`]); transports with none open are left out.
+    pub fn connections_by_transport(&self) -> BTreeMap<&'static str, usize> {
+        self.inner.transports.snapshot()
+    }
+
     /// The engine's metrics in the Prometheus text format (OpenMetrics):
     /// connections, commands by type and result, events and deliveries,
     /// fan-out and ack latency, store commit latency and batch size, failed
     /// commits and slow-consumer closes. All names start with `chat_`.
     pub fn encode_metrics(&self) -> String {
-        self.inner.metrics.encode(self.inner.hub.session_count())
+        self.inner.metrics.encode(self.inner.hub.session_count(), &self.inner.transports.snapshot())
     }
 
     /// How long the engine has been running.
@@ -592,7 +614,7 @@ async fn announce_presence(inner: Arc<Inner>) {
         {
             cluster.publish_gossip(&delta);
         }
-        for (user_id, status, last_seen) in inner.presence.take_changes() {
+        for (user_id, status, last_seen, previous) in inner.presence.take_changes() {
             let users = match inner.store.co_members(&user_id).await {
                 Ok(users) => users,
                 // During shutdown the store closes while the last sessions
@@ -611,7 +633,7 @@ async fn announce_presence(inner: Arc<Inner>) {
             }
             // Every process announces to its own sessions from its view of
             // the whole cluster, so this never goes through the broker.
-            let event = Event::PresenceChanged(crate::event::PresenceChanged { user_id, status, last_seen });
+            let event = Event::PresenceChanged(crate::event::PresenceChanged { user_id, status, last_seen, previous });
             inner.hub.deliver(Fanout { audience: Audience::Users { users, except_session: None }, event });
         }
     }

@@ -379,7 +379,10 @@ impl PresenceTracker {
     /// Takes the dirty users and returns, for each whose visible status differs
     /// from what was last announced, the status to announce now (with a
     /// last-seen time when it is offline). Records them as announced.
-    pub(crate) fn take_changes(&self) -> Vec<(UserId, PresenceStatus, Option<Timestamp>)> {
+    /// Each user whose visible status changed since the last call: the user,
+    /// the status now, when they were last seen (once offline) and the
+    /// status announced before.
+    pub(crate) fn take_changes(&self) -> Vec<(UserId, PresenceStatus, Option<Timestamp>, PresenceStatus)> {
         let mut state = self.lock();
         // Taken whole, so that a burst of connections leaves no large empty
         // set behind.
@@ -388,7 +391,8 @@ impl PresenceTracker {
         for user in dirty {
             let Some(entry) = state.entries.get(&user) else { continue };
             let now = state.current(&user, entry).visible();
-            if now == entry.announced {
+            let before = entry.announced;
+            if now == before {
                 continue;
             }
             if let Some(entry) = state.entries.get_mut(&user) {
@@ -396,9 +400,9 @@ impl PresenceTracker {
             }
             if now == PresenceStatus::Offline {
                 state.forget_if_gone(&user);
-                out.push((user, now, Some(Timestamp::now())));
+                out.push((user, now, Some(Timestamp::now()), before));
             } else {
-                out.push((user, now, None));
+                out.push((user, now, None, before));
             }
         }
         out
@@ -615,7 +619,7 @@ mod tests {
         let a = user("a", &[]);
         p.connect(&a);
         p.connect(&a);
-        assert_eq!(p.take_changes(), vec![(a.id.clone(), PresenceStatus::Online, None)]);
+        assert_eq!(p.take_changes(), vec![(a.id.clone(), PresenceStatus::Online, None, PresenceStatus::Offline)]);
         p.disconnect(&a.id);
         assert_eq!(p.status(&a.id), PresenceStatus::Online);
         assert!(p.take_changes().is_empty(), "one session closing of two changes nothing");
@@ -705,7 +709,7 @@ mod tests {
         // Away chosen on q shows on p.
         q.set_status(&a.id, PresenceStatus::Away);
         pass(&q, qid, &p, pid, now);
-        assert_eq!(p.take_changes(), vec![(a.id.clone(), PresenceStatus::Away, None)]);
+        assert_eq!(p.take_changes(), vec![(a.id.clone(), PresenceStatus::Away, None, PresenceStatus::Online)]);
         q.disconnect(&a.id);
         pass(&q, qid, &p, pid, now);
         assert_eq!(p.take_changes()[0].1, PresenceStatus::Offline);

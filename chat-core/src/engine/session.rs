@@ -189,6 +189,38 @@ pub struct Session {
     /// At shutdown, how long pending sends may still take to be acked.
     shutdown_wait: Option<Pin<Box<Sleep>>>,
     closed: bool,
+    /// The transport's name, for [`TransportCounts`].
+    transport: &'static str,
+}
+
+/// How many sessions each transport has open, for `/health` and the
+/// metrics. Counted when a session opens and when it is dropped, never per
+/// event.
+#[derive(Debug, Default)]
+pub(crate) struct TransportCounts(std::sync::Mutex<std::collections::BTreeMap<&'static str, usize>>);
+
+impl TransportCounts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<&'static str, usize>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn opened(&self, transport: &'static str) {
+        *self.lock().entry(transport).or_default() += 1;
+    }
+
+    fn closed(&self, transport: &'static str) {
+        let mut counts = self.lock();
+        if let Some(n) = counts.get_mut(transport) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(transport);
+            }
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        self.lock().clone()
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -202,7 +234,12 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    pub(crate) fn new(inner: Arc<Inner>, shared: Arc<SessionShared>, expires_at: Option<Timestamp>) -> Self {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        shared: Arc<SessionShared>,
+        expires_at: Option<Timestamp>,
+        transport: &'static str,
+    ) -> Self {
         let limits = &inner.config.limits;
         let rate = RateLimit::new(limits);
         let expires = expires_at.map(|at| {
@@ -210,6 +247,7 @@ impl Session {
             inner.expiries.add(deadline, shared.id);
             deadline
         });
+        inner.transports.opened(transport);
         Session {
             inner,
             shared,
@@ -221,6 +259,7 @@ impl Session {
             expires,
             shutdown_wait: None,
             closed: false,
+            transport,
         }
     }
 
@@ -552,6 +591,7 @@ impl Drop for Session {
         if let Some(at) = self.expires {
             self.inner.expiries.remove(at, self.shared.id);
         }
+        self.inner.transports.closed(self.transport);
         self.inner.session_closed(&self.shared);
     }
 }

@@ -139,7 +139,7 @@ async fn connection(engine: Engine, auth: Arc<dyn Authenticator>, stream: TcpStr
         None => Err(chat_core::Error::Unauthorized("the first line must be {\"token\":…}".into())),
     };
     let opened = match identity {
-        Ok(identity) => engine.open_session(identity).await,
+        Ok(identity) => engine.open_session_on("json-lines", identity).await,
         Err(err) => Err(err),
     };
     let (session, ready) = match opened {
