@@ -38,8 +38,6 @@ pub(crate) struct Metrics {
     registry: Registry,
     connections: Gauge,
     transport_connections: Family<TransportLabels, Gauge>,
-    /// Every transport that ever had a session, so that its gauge drops to 0.
-    seen_transports: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
     commands: Family<CommandLabels, Counter>,
     events: Family<EventLabels, Counter>,
     deliveries: Counter,
@@ -139,7 +137,6 @@ impl Metrics {
             registry,
             connections,
             transport_connections,
-            seen_transports: Default::default(),
             commands,
             events,
             deliveries,
@@ -197,24 +194,14 @@ impl Metrics {
     }
 
     /// The text exposition, with the connection gauges set to `connections`
-    /// and, per transport, `transports` (a transport no longer listed reads 0).
+    /// and, per transport, `transports`.
     pub(crate) fn encode(&self, connections: usize, transports: &BTreeMap<&'static str, usize>) -> String {
         self.connections.set(i64::try_from(connections).unwrap_or(i64::MAX));
-        // Transports seen before but without sessions now go to 0; a
-        // process has a handful of transports, so this stays small.
         for (name, count) in transports {
             self.transport_connections
                 .get_or_create(&[("transport", name)])
                 .set(i64::try_from(*count).unwrap_or(i64::MAX));
         }
-        let mut seen = self.seen_transports.lock().unwrap_or_else(|e| e.into_inner());
-        for name in seen.iter() {
-            if !transports.contains_key(name) {
-                self.transport_connections.get_or_create(&[("transport", name)]).set(0);
-            }
-        }
-        seen.extend(transports.keys().copied());
-        drop(seen);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

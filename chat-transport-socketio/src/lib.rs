@@ -554,6 +554,7 @@ impl Driver {
             Ok(()) => Flow::Continue,
             Err(SendError::Socket(SocketError::InternalChannelFull)) => {
                 tracing::info!(session = %self.session.id(), user = %self.session.user().id, "socket.io slow consumer closed");
+                self.session.fell_behind();
                 end(self.socket.clone(), CloseReason::SlowConsumer);
                 Flow::Stop
             }
@@ -578,6 +579,7 @@ impl Driver {
         match ack.send(body) {
             Ok(()) => Flow::Continue,
             Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                self.session.fell_behind();
                 end(self.socket.clone(), CloseReason::SlowConsumer);
                 Flow::Stop
             }

@@ -349,7 +349,8 @@ impl Engine {
     }
 
     /// Open sessions on this process by transport name (see
-    /// [`Engine::open_session_on`]); transports with none open are left out.
+    /// [`Engine::open_session_on`]), for every transport that has had a
+    /// session since the engine started.
     pub fn connections_by_transport(&self) -> BTreeMap<&'static str, usize> {
         self.inner.transports.snapshot()
     }

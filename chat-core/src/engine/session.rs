@@ -209,12 +209,11 @@ impl TransportCounts {
     }
 
     fn closed(&self, transport: &'static str) {
-        let mut counts = self.lock();
-        if let Some(n) = counts.get_mut(transport) {
+        // Kept at zero: the metric of a transport whose sessions all closed
+        // reads 0 rather than its last count. A process has a handful of
+        // transports, so the map stays small.
+        if let Some(n) = self.lock().get_mut(transport) {
             *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(transport);
-            }
         }
     }
 
@@ -299,6 +298,16 @@ impl Session {
     /// Why the engine ended the session, once it has.
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.shared.close_reason()
+    }
+
+    /// Ends the session as a slow consumer on the transport's word: its own
+    /// buffer for the client is full (the client stopped reading). Counted
+    /// with the slow consumers the engine finds itself.
+    pub fn fell_behind(&self) {
+        if self.shared.close_reason().is_none() {
+            self.inner.metrics.slow_consumer();
+        }
+        self.shared.kill(CloseReason::SlowConsumer);
     }
 
     fn ctx(&self) -> Ctx {

@@ -1735,6 +1735,38 @@ async fn connections_per_user_are_limited() {
     let _third = connect(&engine, "alice").await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn sessions_are_counted_by_transport() {
+    let engine = engine_with(EngineConfig::default()).await;
+    let (ws, _) = engine.open_session_on("websocket", Identity::new(uid("ada"))).await.expect("opens");
+    let (sio, _) = engine.open_session_on("socketio", Identity::new(uid("bob"))).await.expect("opens");
+    let (sio2, _) = engine.open_session_on("socketio", Identity::new(uid("cy"))).await.expect("opens");
+    let _other = connect(&engine, "dee").await;
+    let counts = engine.connections_by_transport();
+    assert_eq!(counts.get("websocket"), Some(&1));
+    assert_eq!(counts.get("socketio"), Some(&2));
+    assert_eq!(counts.get("other"), Some(&1));
+    assert_eq!(engine.connections(), 4);
+    drop((sio, sio2));
+    let counts = engine.connections_by_transport();
+    assert_eq!(counts.get("socketio"), Some(&0), "a transport whose sessions closed reads 0");
+    let metrics = engine.encode_metrics();
+    assert!(metrics.contains(r#"chat_transport_connections{transport="socketio"} 0"#), "{metrics}");
+    assert!(metrics.contains(r#"chat_transport_connections{transport="websocket"} 1"#), "{metrics}");
+    drop(ws);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transport_can_end_a_session_as_a_slow_consumer() {
+    let engine = engine_with(EngineConfig::default()).await;
+    let mut ada = connect(&engine, "ada").await;
+    ada.session.fell_behind();
+    assert_eq!(ada.session.close_reason(), Some(CloseReason::SlowConsumer));
+    let out = tokio::time::timeout(Duration::from_secs(1), ada.session.next_output()).await;
+    assert!(matches!(out, Ok(Output::Close(CloseReason::SlowConsumer))), "{out:?}");
+    assert!(engine.encode_metrics().contains("chat_slow_consumer_closes_total 1"));
+}
+
 // ---------------------------------------------------------------------------
 // Shutdown
 // ---------------------------------------------------------------------------
