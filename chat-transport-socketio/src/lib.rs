@@ -458,6 +458,9 @@ struct Widget {
     joined: bool,
     /// A `room:create` for it is under way.
     opening: bool,
+    /// A room that could not be joined was replaced since the last join:
+    /// a second failure fails the waiting texts instead of trying again.
+    reopened: bool,
     /// Texts waiting for the room, with their acks.
     waiting: VecDeque<(String, Option<AckSender>)>,
     /// The room's members, to say who wrote.
@@ -818,6 +821,7 @@ impl Driver {
         match result {
             Ok(Reply::Joined { room, members, .. }) => {
                 widget.joined = true;
+                widget.reopened = false;
                 widget.members = members.into_iter().map(|u| (u.id.clone(), u)).collect();
                 let waiting = std::mem::take(&mut widget.waiting);
                 for (text, ack) in waiting {
@@ -827,11 +831,19 @@ impl Driver {
             }
             Ok(_) => self.widget_fail(&Error::Internal("room:join answered without a room".into())),
             Err(err) => {
-                // The room cannot be followed (closed meanwhile): the next
-                // text opens another.
+                // The room cannot be followed (closed meanwhile): texts that
+                // wait for it open another, once; a later text does too.
                 widget.room = None;
                 widget.joined = false;
-                self.widget_fail(&err)
+                if widget.waiting.is_empty() || widget.opening || widget.reopened || err.code() != ErrorCode::Forbidden
+                {
+                    return self.widget_fail(&err);
+                }
+                widget.opening = true;
+                widget.reopened = true;
+                let create = CreateRoom { kind: RoomKind::Support, name: None, visibility: None, members: Vec::new() };
+                self.submit(Command::RoomCreate(create), None, Then::WidgetCreated).await;
+                Flow::Continue
             }
         }
     }
