@@ -174,6 +174,10 @@ pub struct Config {
     pub broker_prefix: String,
     /// The Discord bridge, on when a token is set (`[discord]`, `DISCORD_*`).
     pub discord: DiscordSettings,
+    /// `CHAT_*` variables of the environment that name no setting and were
+    /// ignored, for `main` to warn about once logging is set up.
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
 }
 
 /// The Discord bridge's settings: the `[discord]` table of the file, or the
@@ -321,8 +325,77 @@ impl Default for Config {
             broker_url: None,
             broker_prefix: "chat".into(),
             discord: DiscordSettings::default(),
+            ignored_env: Vec::new(),
         }
     }
+}
+
+/// Sorts the `CHAT_*` variables of an environment: those that name a
+/// setting in `known` are read; `CHAT_CONFIG` (the file, read by the CLI) and
+/// `CHAT_TEST_*` (the test suites') are left alone; one that looks like a
+/// mistyped setting (`CHAT_MAX_BODY_CHAR`, `CHAT_LISTEN_ADDR`…) is an error
+/// naming the setting it probably meant, since a typo silently ignored is a
+/// setting silently not applied; the rest belong to the deployment and are
+/// returned to be warned about.
+fn check_environment(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    known: &std::collections::BTreeSet<String>,
+) -> anyhow::Result<Vec<String>> {
+    let mut ignored = Vec::new();
+    for (name, _) in vars {
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.get(..5).filter(|p| p.eq_ignore_ascii_case("CHAT_")).map(|_| &name[5..]) else {
+            continue;
+        };
+        let key = rest.to_ascii_lowercase();
+        if known.contains(&key) || key == "config" || key.starts_with("test_") {
+            continue;
+        }
+        if let Some(meant) = likely_meant(&key, known) {
+            bail!(
+                "{name} is not a setting; did you mean CHAT_{}? (unset it, or rename it if it is your own variable)",
+                meant.to_ascii_uppercase()
+            );
+        }
+        ignored.push(name.to_owned());
+    }
+    ignored.sort();
+    Ok(ignored)
+}
+
+/// The setting `key` is probably a typo of: one or two letters off (one for
+/// short names), the same but for underscores, or a known name with a word
+/// added or dropped at either end (`listen_addr`, `max_body`).
+fn likely_meant<'a>(key: &str, known: &'a std::collections::BTreeSet<String>) -> Option<&'a str> {
+    let squash = |s: &str| s.replace('_', "");
+    let allowed = if key.len() >= 8 { 2 } else { 1 };
+    known
+        .iter()
+        .map(|k| (k, edit_distance(key, k)))
+        .filter(|(k, d)| {
+            *d <= allowed
+                || squash(key) == squash(k)
+                || (k.len() >= 6 && (key.starts_with(&format!("{k}_")) || key.ends_with(&format!("_{k}"))))
+                || (key.len() >= 6 && (k.starts_with(&format!("{key}_")) || k.ends_with(&format!("_{key}"))))
+        })
+        .min_by_key(|(_, d)| *d)
+        .map(|(k, _)| k.as_str())
+}
+
+/// Levenshtein distance, for short names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 impl Config {
@@ -336,20 +409,30 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         // `CHAT_LISTEN` sets `listen`; values parse like TOML (`CHAT_MAX_BODY_CHARS=100`).
-        // `CHAT_TEST_*` variables belong to the test suites (the PostgreSQL URL
-        // they may use), not to the server.
-        figment = figment.merge(
-            Env::prefixed("CHAT_")
-                .ignore(&["CONFIG"])
-                .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_")),
-        );
+        // Only variables that name a setting are read: a deployment's own
+        // `CHAT_*` variables (a front end's `CHAT_URL`) are its business, and
+        // only a likely typo of a setting is refused (see `check_environment`).
+        let known = Self::keys();
+        let ignored = check_environment(std::env::vars_os(), &known)?;
+        figment =
+            figment.merge(Env::prefixed("CHAT_").filter(move |key| known.contains(&key.as_str().to_ascii_lowercase())));
         // `DISCORD_TOKEN` sets `discord.token`. Only the bridge's own keys are
         // read, so other `DISCORD_*` variables of the environment do no harm.
         figment =
             figment.merge(Env::prefixed("DISCORD_").only(&DISCORD_KEYS).map(|key| format!("discord.{key}").into()));
-        let config: Config = figment.extract().context("invalid configuration")?;
+        let mut config: Config = figment.extract().context("invalid configuration")?;
         config.validate()?;
+        config.ignored_env = ignored;
         Ok(config)
+    }
+
+    /// The top-level settings, as written in a file (and, upper-cased after
+    /// `CHAT_`, in the environment). `discord` is a table, set by `DISCORD_*`.
+    fn keys() -> std::collections::BTreeSet<String> {
+        match serde_json::to_value(Config::default()) {
+            Ok(serde_json::Value::Object(map)) => map.into_iter().map(|(k, _)| k).filter(|k| k != "discord").collect(),
+            _ => std::collections::BTreeSet::new(),
+        }
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -605,6 +688,55 @@ mod tests {
             assert!(!c.discord.enabled(), "the bridge is off without a token");
             jail.create_file("bad.toml", "lisen = \"x\"")?;
             assert!(Config::load(Some(Path::new("bad.toml"))).is_err(), "unknown keys are refused");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_environment_is_forgiven_all_but_typos() {
+        let known = Config::keys();
+        assert!(known.contains("max_body_chars") && known.contains("socketio") && !known.contains("discord"));
+        let env = |vars: &[&str]| {
+            check_environment(
+                vars.iter().map(|v| (std::ffi::OsString::from(*v), std::ffi::OsString::from("x"))),
+                &known,
+            )
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            env(&["CHAT_URL", "CHAT_LISTEN", "CHAT_TEST_POSTGRES_URL", "CHAT_CONFIG", "PATH", "CHAT_FRONTEND_THEME"]),
+            Ok(vec!["CHAT_FRONTEND_THEME".to_owned(), "CHAT_URL".to_owned()]),
+            "settings are read, the rest ignored"
+        );
+        assert_eq!(env(&["chat_api_key", "Chat_Listen"]), Ok(vec![]), "in any case, as figment reads them");
+        assert_eq!(env(&[]), Ok(vec![]), "settings are read, the rest ignored");
+        for (typo, meant) in [
+            ("CHAT_MAX_BODY_CHAR", "CHAT_MAX_BODY_CHARS"),
+            ("CHAT_LISTN", "CHAT_LISTEN"),
+            ("CHAT_DATABASEURL", "CHAT_DATABASE_URL"),
+            ("CHAT_LISTEN_ADDR", "CHAT_LISTEN"),
+            ("CHAT_JWT_SECRETS", "CHAT_JWT_SECRET"),
+            ("CHAT_BROKER", "CHAT_BROKER_URL"),
+            ("CHAT_API_KEYS", "CHAT_API_KEY"),
+        ] {
+            let err = env(&[typo]).expect_err(typo);
+            assert!(err.contains(meant) && err.contains(typo), "{typo}: {err}");
+        }
+    }
+
+    // figment's test jail returns its own large error type.
+    #[allow(clippy::result_large_err)]
+    #[test]
+    fn unknown_variables_are_ignored_and_typos_refused_on_load() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CHAT_URL", "https://chat.example.com");
+            jail.set_env("CHAT_MAX_BODY_CHARS", "20");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.max_body_chars, 20);
+            assert_eq!(c.ignored_env, ["CHAT_URL"]);
+            jail.set_env("CHAT_MAX_BODY_CHAR", "30");
+            let err = Config::load(None).expect_err("a typo is refused").to_string();
+            assert!(err.contains("did you mean CHAT_MAX_BODY_CHARS"), "{err}");
             Ok(())
         });
     }

@@ -134,6 +134,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
     init_logging(config.log_format);
+    for variable in &config.ignored_env {
+        tracing::warn!(%variable, "not a chat-server setting; ignored");
+    }
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let listener = tokio::net::TcpListener::bind(config.listen)
