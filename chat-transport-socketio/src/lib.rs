@@ -552,17 +552,23 @@ impl Driver {
     fn emit<T: Serialize + ?Sized>(&mut self, name: &str, data: &T) -> Flow {
         match self.socket.emit(name, data) {
             Ok(()) => Flow::Continue,
-            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
-                tracing::info!(session = %self.session.id(), user = %self.session.user().id, "socket.io slow consumer closed");
-                end(self.socket.clone(), CloseReason::SlowConsumer);
-                Flow::Stop
-            }
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => self.slow_consumer(),
             Err(SendError::Socket(SocketError::Closed)) => Flow::Stop,
             Err(err) => {
                 tracing::error!(error = %err, event = name, "emitting an event failed");
                 Flow::Continue
             }
         }
+    }
+
+    /// Cuts off a client whose socket's buffer is full: the session ends
+    /// (counted as the engine's own slow-consumer closes are), and the
+    /// socket is told why and disconnected.
+    fn slow_consumer(&mut self) -> Flow {
+        tracing::info!(session = %self.session.id(), user = %self.session.user().id, "socket.io slow consumer closed");
+        self.session.close_slow_consumer();
+        end(self.socket.clone(), CloseReason::SlowConsumer);
+        Flow::Stop
     }
 
     fn ack<T: Serialize>(&mut self, ack: Option<AckSender>, result: &Result<T, Error>) -> Flow {
@@ -577,10 +583,7 @@ impl Driver {
     fn send_ack<T: Serialize + ?Sized>(&mut self, ack: AckSender, body: &T) -> Flow {
         match ack.send(body) {
             Ok(()) => Flow::Continue,
-            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
-                end(self.socket.clone(), CloseReason::SlowConsumer);
-                Flow::Stop
-            }
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => self.slow_consumer(),
             Err(SendError::Socket(SocketError::Closed)) => Flow::Stop,
             Err(err) => {
                 tracing::error!(error = %err, "sending an ack failed");

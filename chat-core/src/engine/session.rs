@@ -407,6 +407,17 @@ impl Session {
         (bad_frames.len() as u32 > limits.max_bad_frames).then_some(CloseReason::Abuse)
     }
 
+    /// Ends the session as a slow consumer, for a transport whose own buffer
+    /// toward the client filled up before the session's outbound queue did
+    /// (Socket.IO's). Counted in `chat_slow_consumer_closes_total` as the
+    /// engine's own slow-consumer closes are; the transport tells the client.
+    pub fn close_slow_consumer(&mut self) {
+        if self.shared.close_reason().is_none() {
+            self.inner.metrics.slow_consumer();
+        }
+        self.shared.kill(CloseReason::SlowConsumer);
+    }
+
     /// Drops a room's replay, including replayed messages not handed out yet:
     /// the room was left, or is joined again from another `since_seq`.
     fn forget_replay(&mut self, room: RoomId) {
