@@ -57,8 +57,8 @@
 //!   expired token, abuse, revocation) is told why with a `close` event
 //!   `{"code","reason"}` (the native close code) and disconnected; a client
 //!   that stops reading fills its socket's buffer (as long as the engine's
-//!   outbound queue) and is cut off as a slow consumer, without holding up
-//!   anyone else.
+//!   outbound queue) and is cut off as a slow consumer (`close` 4429 once
+//!   it reads again), without holding up anyone else.
 //!
 //! socketioxide has no connection-state recovery; resuming is `room:join`
 //! with `since_seq`, as natively, which loses nothing even across server
@@ -107,8 +107,8 @@ const MAX_QUEUED: usize = 256;
 const MAX_WIDGET_PENDING: usize = 32;
 
 /// How long a slow consumer's socket is given to drain far enough to take
-/// its disconnect packet, after its session has already ended; its
-/// heartbeat ends it in any case.
+/// its `close` and disconnect packets, after its session has already ended;
+/// its heartbeat ends it in any case.
 const DISCONNECT_RETRY: Duration = Duration::from_millis(100);
 const DISCONNECT_TRIES: u32 = 100;
 
@@ -555,18 +555,23 @@ impl Driver {
     fn emit<T: Serialize + ?Sized>(&mut self, name: &str, data: &T) -> Flow {
         match self.socket.emit(name, data) {
             Ok(()) => Flow::Continue,
-            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
-                tracing::info!(session = %self.session.id(), user = %self.session.user().id, "socket.io slow consumer closed");
-                self.session.fell_behind();
-                end(self.socket.clone(), CloseReason::SlowConsumer);
-                Flow::Stop
-            }
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => self.slow_consumer(),
             Err(SendError::Socket(SocketError::Closed)) => Flow::Stop,
             Err(err) => {
                 tracing::error!(error = %err, event = name, "emitting an event failed");
                 Flow::Continue
             }
         }
+    }
+
+    /// Cuts off a client whose socket's buffer is full: the session ends
+    /// (counted as the engine's own slow-consumer closes are), and the
+    /// socket is told why and disconnected.
+    fn slow_consumer(&mut self) -> Flow {
+        tracing::info!(session = %self.session.id(), user = %self.session.user().id, "socket.io slow consumer closed");
+        self.session.fell_behind();
+        end(self.socket.clone(), CloseReason::SlowConsumer);
+        Flow::Stop
     }
 
     fn ack<T: Serialize>(&mut self, ack: Option<AckSender>, result: &Result<T, Error>) -> Flow {
@@ -581,11 +586,7 @@ impl Driver {
     fn send_ack<T: Serialize + ?Sized>(&mut self, ack: AckSender, body: &T) -> Flow {
         match ack.send(body) {
             Ok(()) => Flow::Continue,
-            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
-                self.session.fell_behind();
-                end(self.socket.clone(), CloseReason::SlowConsumer);
-                Flow::Stop
-            }
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => self.slow_consumer(),
             Err(SendError::Socket(SocketError::Closed)) => Flow::Stop,
             Err(err) => {
                 tracing::error!(error = %err, "sending an ack failed");
@@ -889,24 +890,33 @@ impl Driver {
     }
 }
 
-/// Ends a socket the engine is done with: tells it why, then disconnects
-/// it. A socket whose buffer is full (a slow consumer) cannot take the
-/// disconnect packet yet; it is tried again while the buffer drains, and
-/// the socket's heartbeat ends it if it never does. Its session is already
-/// gone either way.
+/// Ends a socket the engine is done with: tells it why (`close`), then
+/// disconnects it. A socket whose buffer is full (a slow consumer) cannot
+/// take either packet yet; they are tried again, in that order, while the
+/// buffer drains, so that a client that reads again learns why it was cut
+/// off, and the socket's heartbeat ends it if it never does. Its session is
+/// already gone either way.
 fn end(socket: SocketRef, reason: CloseReason) {
-    let code = chat_transport_ws::ws::code_for(reason);
-    let _ = socket.emit("close", &CloseInfo { code, reason: reason.message() });
-    if let Err(SocketError::InternalChannelFull) = socket.clone().disconnect() {
-        tokio::spawn(async move {
-            for _ in 0..DISCONNECT_TRIES {
-                tokio::time::sleep(DISCONNECT_RETRY).await;
-                if !matches!(socket.clone().disconnect(), Err(SocketError::InternalChannelFull)) {
-                    return;
+    let close = CloseInfo { code: chat_transport_ws::ws::code_for(reason), reason: reason.message() };
+    let full = |sent: Result<(), SendError>| matches!(sent, Err(SendError::Socket(SocketError::InternalChannelFull)));
+    let mut told = !full(socket.emit("close", &close));
+    if told && !matches!(socket.clone().disconnect(), Err(SocketError::InternalChannelFull)) {
+        return;
+    }
+    tokio::spawn(async move {
+        for _ in 0..DISCONNECT_TRIES {
+            tokio::time::sleep(DISCONNECT_RETRY).await;
+            if !told {
+                told = !full(socket.emit("close", &close));
+                if !told {
+                    continue;
                 }
             }
-        });
-    }
+            if !matches!(socket.clone().disconnect(), Err(SocketError::InternalChannelFull)) {
+                return;
+            }
+        }
+    });
 }
 
 #[cfg(test)]
