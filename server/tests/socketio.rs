@@ -488,3 +488,107 @@ async fn a_slow_socketio_consumer_is_cut_without_hurting_others() {
     assert_eq!(close["code"], 4429, "{close}");
     assert!(close["reason"].as_str().is_some_and(|r| r.contains("slow")), "{close}");
 }
+
+/// Opens an Engine.IO long-polling session by hand: its `sid`.
+async fn polling_handshake(server: &TestServer, origin: Option<&str>) -> (u16, Option<String>) {
+    let mut request = support::http_client().get(server.url("/socket.io/?EIO=4&transport=polling"));
+    if let Some(origin) = origin {
+        request = request.header("origin", origin);
+    }
+    let response = request.send().await.expect("the handshake is answered");
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap_or_default();
+    // `0{"sid":"…","upgrades":["websocket"],…}`
+    let sid = body
+        .strip_prefix('0')
+        .and_then(|open| serde_json::from_str::<Value>(open).ok())
+        .and_then(|open| open["sid"].as_str().map(str::to_owned));
+    (status, sid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_origins_follow_the_listeners_allow_list() {
+    let server = TestServer::start_with(|c| c.allowed_origins = "https://app.example".into()).await;
+    for (origin, allowed) in [
+        (Some("https://evil.example"), false),
+        (Some("https://app.example.evil"), false),
+        (Some("null"), false),
+        (Some("https://app.example"), true),
+        (None, true),
+    ] {
+        let (status, sid) = polling_handshake(&server, origin).await;
+        if allowed {
+            assert_eq!(status, 200, "{origin:?} may open a polling session");
+            assert!(sid.is_some(), "{origin:?}: an open packet with a sid");
+        } else {
+            assert_eq!(status, 403, "{origin:?} is refused before Socket.IO");
+            assert!(sid.is_none());
+        }
+    }
+    // The WebSocket upgrade is refused the same way.
+    let refused = tokio_tungstenite::connect_async(
+        tokio_tungstenite::tungstenite::http::Request::builder()
+            .uri(format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr))
+            .header("host", server.addr.to_string())
+            .header("origin", "https://evil.example")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", tokio_tungstenite::tungstenite::handshake::client::generate_key())
+            .body(())
+            .expect("a request"),
+    )
+    .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+    server.stop().await.expect("stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_payload_over_the_frame_limit_ends_only_that_session() {
+    let server = TestServer::start_with(|c| c.max_frame_bytes = 4096).await;
+    let (_, sid) = polling_handshake(&server, None).await;
+    let sid = sid.expect("a polling session");
+    let url = server.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
+    let client = support::http_client();
+    // Authenticate the session: `40{"token"}` is the Socket.IO connect packet.
+    let connect = format!("40{}", json!({ "token": token("ada") }));
+    let posted = client.post(&url).body(connect).send().await.expect("answered");
+    assert_eq!(posted.status().as_u16(), 200);
+    // Packets come `\x1e`-separated; a ping (`2`) is answered with a pong (`3`).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let polled = client.get(&url).send().await.expect("answered").text().await.unwrap_or_default();
+        let packets: Vec<&str> = polled.split('\u{1e}').collect();
+        if packets.iter().any(|p| p.starts_with("40")) {
+            break;
+        }
+        if packets.contains(&"2") {
+            client.post(&url).body("3").send().await.expect("answered");
+        }
+        assert!(Instant::now() < deadline, "no connect packet: {polled}");
+    }
+    // A payload larger than the limit is refused and ends the session.
+    let big = format!("42{}", json!(["ping", { "pad": "x".repeat(8 * 1024) }]));
+    let posted = client.post(&url).body(big).send().await.expect("answered");
+    assert!(!posted.status().is_success(), "an oversized payload is refused: {}", posted.status());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let after = client.get(&url).send().await.expect("answered");
+        if !after.status().is_success() {
+            break;
+        }
+        let text = after.text().await.unwrap_or_default();
+        // The close packet (`1`) may come first.
+        if text.contains('\u{1e}') && text.split('\u{1e}').any(|p| p == "1") || text == "1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the session outlived an oversized payload: {text}");
+    }
+    // Others go on: a new session works.
+    let (status, sid) = polling_handshake(&server, None).await;
+    assert_eq!((status, sid.is_some()), (200, true));
+    server.stop().await.expect("stops cleanly");
+}
