@@ -134,7 +134,7 @@ pub fn routes(app: &AppState) -> Router<AppState> {
     Router::new()
         .route_service("/socket.io/", service.clone())
         .route_service("/socket.io", service)
-        .layer(middleware::from_fn_with_state(app.clone(), check_origin))
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
 }
 
 /// What every socket's handlers share.
@@ -142,12 +142,43 @@ struct Shared {
     app: AppState,
 }
 
-async fn check_origin(State(app): State<AppState>, request: Request, next: Next) -> Response {
+/// What every request to `/socket.io/` passes before socketioxide: the
+/// origin check, then the headers are cut down to those Socket.IO and the
+/// authentication read. socketioxide keeps the request's head for the
+/// socket's whole life, and a browser's cookies, user agent and `Accept-*`
+/// headers would otherwise cost every idle connection a kilobyte or more.
+async fn guard(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
     if !app.origin_allowed(request.headers()) {
         return ApiError::new(ErrorCode::Forbidden, "origin not allowed").into_response();
     }
+    let headers = request.headers_mut();
+    let mut kept = axum::http::HeaderMap::with_capacity(KEPT_HEADERS.len());
+    for name in KEPT_HEADERS {
+        for value in headers.get_all(&name) {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    *headers = kept;
     next.run(request).await
 }
+
+/// The request headers that reach socketioxide: the WebSocket handshake's,
+/// the body's framing, and the token's.
+const KEPT_HEADERS: [axum::http::HeaderName; 10] = {
+    use axum::http::header;
+    [
+        header::HOST,
+        header::CONNECTION,
+        header::UPGRADE,
+        header::SEC_WEBSOCKET_KEY,
+        header::SEC_WEBSOCKET_VERSION,
+        header::SEC_WEBSOCKET_PROTOCOL,
+        header::CONTENT_TYPE,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::AUTHORIZATION,
+    ]
+};
 
 /// Why a connection was refused: the `connect_error` message, which starts
 /// with the error code.
