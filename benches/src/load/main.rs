@@ -60,7 +60,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Start the server, run one scenario against it, print the result as JSON.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Hold idle connections for the `idle` scenario (started by it).
     IdleWorker(WorkerArgs),
     /// Merge the JSON of each scenario run into one results file.
@@ -294,7 +294,7 @@ fn main() -> anyhow::Result<()> {
             }
             let strict = args.strict;
             let out = args.out.clone();
-            let result = rt.block_on(run(args))?;
+            let result = rt.block_on(run(*args))?;
             let text = serde_json::to_string_pretty(&result)?;
             println!("{text}");
             if let Some(path) = out {

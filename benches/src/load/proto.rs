@@ -273,9 +273,7 @@ impl Protocol for SocketIo {
     }
 
     fn send(&self, room_id: &str, client_msg_id: &str, body: &str, id: u64) -> String {
-        format!(
-            r#"42{id}["message:send",{{"room_id":"{room_id}","client_msg_id":"{client_msg_id}","body":"{body}"}}]"#
-        )
+        format!(r#"42{id}["message:send",{{"room_id":"{room_id}","client_msg_id":"{client_msg_id}","body":"{body}"}}]"#)
     }
 
     fn typing(&self, room_id: &str) -> String {
@@ -368,9 +366,8 @@ mod tests {
             panic!()
         };
         assert!(e.contains("not_member"));
-        let Event::Message(m) = p
-            .decode(r#"42["message:new",{"message":{"seq":3,"body":"4:99:xx","room_id":"r4"}}]"#)
-            .expect("decodes")
+        let Event::Message(m) =
+            p.decode(r#"42["message:new",{"message":{"seq":3,"body":"4:99:xx","room_id":"r4"}}]"#).expect("decodes")
         else {
             panic!()
         };
