@@ -142,11 +142,32 @@ struct Shared {
     app: AppState,
 }
 
-async fn check_origin(State(app): State<AppState>, request: Request, next: Next) -> Response {
+async fn check_origin(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
     if !app.origin_allowed(request.headers()) {
         return ApiError::new(ErrorCode::Forbidden, "origin not allowed").into_response();
     }
+    detach_head(&mut request);
     next.run(request).await
+}
+
+/// engineioxide keeps every connection's request head (its URI and headers)
+/// for the socket's life. hyper parses them without copying: each header
+/// value and the URI are slices of the connection's 8 KiB read buffer,
+/// which they would keep alive as long. Copies hold only their own bytes
+/// (a few hundred).
+fn detach_head(request: &mut Request) {
+    use axum::http::{HeaderMap, HeaderValue, Uri};
+    if let Ok(uri) = Uri::try_from(request.uri().to_string()) {
+        *request.uri_mut() = uri;
+    }
+    let headers = std::mem::take(request.headers_mut());
+    let mut copies = HeaderMap::with_capacity(headers.len());
+    for (name, value) in &headers {
+        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        copies.append(name.clone(), copy);
+    }
+    *request.headers_mut() = copies;
 }
 
 /// Why a connection was refused: the `connect_error` message, which starts
