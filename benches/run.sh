@@ -167,7 +167,8 @@ for scenario in $SCENARIOS; do
             --server-cmd "$(server_cmd "$server" "$scenario" "$WORK/$scenario-$server.db")" \
             --server-log "$WORK/$scenario-$server.log" --fsync-dir "$WORK" \
             --out "$out" "${QUICK_FLAGS[@]}" > /dev/null \
-            || { echo "chat-load failed; server log:" >&2; tail -20 "$WORK/$scenario-$server.log" >&2; exit 1; }
+            || { echo "chat-load failed; server log:" >&2; tail -20 "$WORK/$scenario-$server.log" >&2
+                 trap - EXIT; echo "the runs so far are kept in $WORK" >&2; exit 1; }
         FILES+=("$out")
         [ "$scenario" = durable-pg ] && pg_drop_db "$(pg_name "$server")"
     done
