@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# Runs every scenario of the Socket.IO comparison against both servers in one
-# run: chat-server (ours) and the reference Socket.IO server in
-# benches/socketio-ref, each pinned to one core with the load generator
-# (chat-load) on the other. Results go to benches/results/<date>.json; a full
-# run also renders the comparison part of docs/BENCHMARKS.md and
-# docs/benchmarks-socketio.svg from that file.
+# Runs every scenario of the Socket.IO comparison against three servers in one
+# run, each pinned to one core with the load generator (chat-load) on the
+# other:
+#   native         chat-server over its native WebSocket protocol (/v1/ws);
+#   ours-socketio  the same chat-server, started the same way, over its
+#                  Socket.IO transport (/socket.io/), driven with
+#                  chat-load --proto socketio;
+#   socketio       the reference Socket.IO server on Node in
+#                  benches/socketio-ref, driven with the same Socket.IO
+#                  client code (chat-load --proto socketio).
+# Results go to benches/results/<date>.json; a full run also renders the
+# comparison part of docs/BENCHMARKS.md and docs/benchmarks-socketio.svg from
+# that file.
 #
 #   benches/run.sh                 the full comparison (about half an hour)
 #   benches/run.sh --quick         small counts, a few seconds per scenario;
@@ -16,11 +23,15 @@
 #
 #   NATIVE_ENV="CHAT_COMMIT_WINDOW_US=2000" benches/run.sh --only mix
 #                                  adds settings to our server's environment
+#                                  (native and ours-socketio)
+#   SERVERS="ours-socketio socketio" benches/run.sh --only idle
+#                                  some servers only (default all three)
 #
 # The durable-pg scenario runs both servers on PostgreSQL, at
 # CHAT_BENCH_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/postgres;
 # the role must be allowed to create databases). Each server gets a fresh
-# database, chat_bench_native or chat_bench_socketio, dropped afterwards. When
+# database, chat_bench_native, chat_bench_ours_socketio or chat_bench_socketio,
+# dropped afterwards. When
 # PostgreSQL cannot be reached the scenario is skipped with a warning, unless
 # CI=true, where that is an error.
 #
@@ -46,6 +57,11 @@ while [ $# -gt 0 ]; do
         *) echo "usage: $0 [--quick] [--only idle,fanout,mix,durable,durable-pg,reconnect,cluster] [--render results.json]" >&2; exit 2 ;;
     esac
     shift
+done
+ALL_SERVERS="native ours-socketio socketio"
+SERVERS=${SERVERS:-$ALL_SERVERS}
+for server in $SERVERS; do
+    [[ " $ALL_SERVERS " == *" $server "* ]] || { echo "unknown server $server in SERVERS (known: $ALL_SERVERS)" >&2; exit 2; }
 done
 
 LOAD="$ROOT/target/release/chat-load"
@@ -111,11 +127,15 @@ if [[ " $SCENARIOS " == *" durable-pg "* ]] && ! psql "$PG_URL" -qAtX -c "SELECT
     SCENARIOS=$(echo " $SCENARIOS " | sed 's/ durable-pg / /; s/^ *//; s/ *$//')
 fi
 
+# The PostgreSQL database of a server's durable-pg run.
+pg_name() { echo "chat_bench_${1//-/_}"; }
+
 server_cmd() { # server scenario db
     local db="sqlite://$3"
-    if [ "$2" = durable-pg ]; then db=$(pg_db_url "chat_bench_$1"); fi
+    if [ "$2" = durable-pg ]; then db=$(pg_db_url "$(pg_name "$1")"); fi
     case "$1" in
-        native)
+        native|ours-socketio)
+            # One chat-server, whichever protocol the load speaks to it.
             echo "env CHAT_LISTEN=$NATIVE_ADDR CHAT_DATABASE_URL=$db CHAT_JWT_SECRET=$SECRET" \
                 "CHAT_COMMANDS_PER_SECOND=1000000 CHAT_COMMAND_BURST=1000000 CHAT_MAX_CONNECTIONS_PER_USER=16" \
                 "CHAT_MAX_ROOMS_PER_USER=100000 CHAT_ROOM_ACTIONS_PER_MINUTE=0 CHAT_MAX_CONNECTIONS_PER_IP=100000 RUST_LOG=warn ${NATIVE_ENV:-} $PIN_SERVER $ROOT/target/release/chat-server" ;;
@@ -134,18 +154,23 @@ server_cmd() { # server scenario db
 
 FILES=()
 for scenario in $SCENARIOS; do
-    for server in native socketio; do
-        if [ "$server" = native ]; then addr=$NATIVE_ADDR; else addr=127.0.0.1:$SIO_PORT; fi
+    for server in $SERVERS; do
+        case "$server" in
+            native) addr=$NATIVE_ADDR proto=native ;;
+            ours-socketio) addr=$NATIVE_ADDR proto=socketio ;;
+            socketio) addr=127.0.0.1:$SIO_PORT proto=socketio ;;
+        esac
         out="$WORK/$scenario-$server.json"
         echo "== $scenario on $server"
-        [ "$scenario" = durable-pg ] && pg_fresh_db "chat_bench_$server"
-        $PIN_LOAD "$LOAD" run --proto "$server" --scenario "$scenario" --addr "$addr" \
+        [ "$scenario" = durable-pg ] && pg_fresh_db "$(pg_name "$server")"
+        $PIN_LOAD "$LOAD" run --proto "$proto" --server-name "$server" --scenario "$scenario" --addr "$addr" \
             --server-cmd "$(server_cmd "$server" "$scenario" "$WORK/$scenario-$server.db")" \
             --server-log "$WORK/$scenario-$server.log" --fsync-dir "$WORK" \
             --out "$out" "${QUICK_FLAGS[@]}" > /dev/null \
-            || { echo "chat-load failed; server log:" >&2; tail -20 "$WORK/$scenario-$server.log" >&2; exit 1; }
+            || { echo "chat-load failed; server log:" >&2; tail -20 "$WORK/$scenario-$server.log" >&2
+                 trap - EXIT; echo "the runs so far are kept in $WORK" >&2; exit 1; }
         FILES+=("$out")
-        [ "$scenario" = durable-pg ] && pg_drop_db "chat_bench_$server"
+        [ "$scenario" = durable-pg ] && pg_drop_db "$(pg_name "$server")"
     done
 done
 
@@ -164,6 +189,7 @@ MACHINE=$(printf '{"nproc":%s,"cpu":"%s","mem_mib":%s,"kernel":"%s","node":"%s",
 COMMAND="benches/run.sh"
 [ "$MODE" = quick ] && COMMAND="benches/run.sh --quick"
 [ "$SCENARIOS" != "${ALL_SCENARIOS% cluster}" ] && COMMAND="$COMMAND --only $(echo $SCENARIOS | tr ' ' ',')"
+[ "$SERVERS" != "$ALL_SERVERS" ] && COMMAND="SERVERS=\"$SERVERS\" $COMMAND"
 "$LOAD" combine --out "$RESULTS" --machine "$MACHINE" --mode "$MODE" --command "$COMMAND" --date "$DATE" "${FILES[@]}"
 
 if [ "$MODE" = full ]; then

@@ -143,19 +143,27 @@ struct Shared {
 }
 
 /// What every request to `/socket.io/` passes before socketioxide: the
-/// origin check, then the headers are cut down to those Socket.IO and the
-/// authentication read. socketioxide keeps the request's head for the
-/// socket's whole life, and a browser's cookies, user agent and `Accept-*`
-/// headers would otherwise cost every idle connection a kilobyte or more.
+/// origin check, then the request head is cut down and detached. socketioxide
+/// (engineioxide) keeps the head for the socket's whole life, so only the
+/// headers it and the authentication read are kept, and they and the URI
+/// are copied: hyper parses them as slices of the connection's 8 KiB read
+/// buffer, which they would otherwise keep alive, and a browser's cookies
+/// and `Accept-*` headers would cost every connection a kilobyte more.
 async fn guard(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+    use axum::http::{HeaderMap, HeaderValue, Uri};
     if !app.origin_allowed(request.headers()) {
         return ApiError::new(ErrorCode::Forbidden, "origin not allowed").into_response();
     }
+    if let Ok(uri) = Uri::try_from(request.uri().to_string()) {
+        *request.uri_mut() = uri;
+    }
     let headers = request.headers_mut();
-    let mut kept = axum::http::HeaderMap::with_capacity(KEPT_HEADERS.len());
+    let mut kept = HeaderMap::with_capacity(KEPT_HEADERS.len());
     for name in KEPT_HEADERS {
         for value in headers.get_all(&name) {
-            kept.append(name.clone(), value.clone());
+            let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+            copy.set_sensitive(value.is_sensitive());
+            kept.append(name.clone(), copy);
         }
     }
     *headers = kept;

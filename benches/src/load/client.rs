@@ -142,7 +142,6 @@ pub(crate) struct Client {
 enum Pending {
     Send(u64),
     Join,
-    History,
 }
 
 /// The state a client keeps across reconnects.
@@ -342,24 +341,11 @@ impl Client {
                                     }
                                 }
                                 if since.is_some() {
+                                    // The replay of what followed `since`
+                                    // comes next, as `message:new` events.
                                     let target = reply.last_seq.unwrap_or(0);
                                     state.resume_target = Some(target);
                                     state.replay_upto = state.replay_upto.max(target);
-                                    self.continue_resume(ctx, &mut ws, state).await?;
-                                }
-                            }
-                            (Some(Pending::History), Ok(reply)) => {
-                                let last = reply.messages.last().map(|m| m.seq);
-                                for m in reply.messages {
-                                    self.on_message(ctx, state, m);
-                                }
-                                if let (true, Some(after)) = (reply.has_more, last) {
-                                    let id = Self::id(state);
-                                    if let Some(text) = ctx.proto.history(&room.id, after, id) {
-                                        state.pending.insert(id, Pending::History);
-                                        ws.send(Message::text(text)).await?;
-                                    }
-                                } else {
                                     self.check_resumed(ctx, state);
                                 }
                             }
@@ -421,21 +407,6 @@ impl Client {
             c.out_of_order.fetch_add(1, Relaxed);
         }
         self.check_resumed(ctx, state);
-    }
-
-    async fn continue_resume(&self, ctx: &Ctx, ws: &mut Ws, state: &mut State) -> anyhow::Result<()> {
-        let target = state.resume_target.unwrap_or(0);
-        let prefix = state.ledger.prefix();
-        if prefix < target {
-            let id = Self::id(state);
-            if let Some(text) = ctx.proto.history(&ctx.rooms[self.room].id, prefix, id) {
-                state.pending.insert(id, Pending::History);
-                ws.send(Message::text(text)).await?;
-                return Ok(());
-            }
-        }
-        self.check_resumed(ctx, state);
-        Ok(())
     }
 
     fn check_resumed(&self, ctx: &Ctx, state: &mut State) {

@@ -1,6 +1,8 @@
 //! The two wire protocols behind one trait: the native JSON envelope of
 //! `chat-server` (`docs/protocol.md`) and Socket.IO v5 over Engine.IO v4 on
-//! the WebSocket transport, as `benches/socketio-ref` speaks it.
+//! the WebSocket transport, as section 10 of the wire contract has it, which
+//! both chat-server's `/socket.io/` and `benches/socketio-ref` speak. The
+//! commands, their data and their replies' data are the same in both.
 //!
 //! Scenario code never sees a frame: it asks a [`Protocol`] for the text of a
 //! command and gets [`Event`]s back from [`Protocol::decode`].
@@ -51,31 +53,25 @@ pub(crate) struct ReplyData {
     pub(crate) last_seq: Option<u64>,
     /// The id of a room just created.
     pub(crate) room_id: Option<String>,
-    /// A history page.
-    pub(crate) messages: Vec<Msg>,
-    pub(crate) has_more: bool,
 }
 
 /// One chat protocol as the load generator speaks it.
 pub(crate) trait Protocol: Send + Sync + 'static {
-    /// Short name used in reports: `native` or `socketio`.
+    /// The protocol's name on the command line: `native` or `socketio`.
     fn name(&self) -> &'static str;
     /// The path and query of the WebSocket URL for a client holding `token`.
     fn path(&self, token: &str) -> String;
     /// The frame answering [`Event::Open`], if the protocol authenticates in band.
     fn auth_frame(&self, token: &str) -> String;
-    /// The command creating a room named `name`, or `None` when rooms exist
-    /// by being joined (Socket.IO), in which case the room's id is its name.
-    fn create_room(&self, name: &str, id: u64) -> Option<String>;
-    /// Subscribe to a room; with `since`, the native server replays what follows.
+    /// The command creating a public group room named `name`.
+    fn create_room(&self, name: &str, id: u64) -> String;
+    /// Subscribe to a room; with `since`, the server replays what follows
+    /// (as `message:new` events, after the reply).
     fn join(&self, room_id: &str, since: Option<u64>, id: u64) -> String;
     /// Send a message; the reply carries its seq.
     fn send(&self, room_id: &str, client_msg_id: &str, body: &str, id: u64) -> String;
     /// Start typing in a room.
     fn typing(&self, room_id: &str) -> String;
-    /// The page of history after `after_seq`, for a protocol whose join does
-    /// not replay (Socket.IO); `None` when the join already replays.
-    fn history(&self, room_id: &str, after_seq: u64, id: u64) -> Option<String>;
     /// Decodes one text frame.
     fn decode(&self, text: &str) -> anyhow::Result<Event>;
 }
@@ -123,33 +119,23 @@ struct WireRoom<'a> {
 struct WireReply<'a> {
     #[serde(borrow)]
     message: Option<WireMessage<'a>>,
-    seq: Option<u64>,
     last_seq: Option<u64>,
     #[serde(borrow)]
     room: Option<WireRoom<'a>>,
-    #[serde(borrow)]
-    messages: Vec<WireMessage<'a>>,
-    has_more: bool,
-    #[serde(borrow)]
-    error: Option<&'a RawValue>,
 }
 
 impl WireReply<'_> {
-    fn into_data(self) -> anyhow::Result<Result<ReplyData, String>> {
-        if let Some(error) = self.error {
-            return Ok(Err(error.get().to_owned()));
-        }
-        let mut messages = Vec::with_capacity(self.messages.len());
-        for m in &self.messages {
-            messages.push(m.msg()?);
-        }
-        Ok(Ok(ReplyData {
-            seq: self.seq.or(self.message.as_ref().map(|m| m.seq)),
-            last_seq: self.last_seq,
-            room_id: self.room.map(|r| r.id.into_owned()),
-            messages,
-            has_more: self.has_more,
-        }))
+    /// The reply data of an `ok` reply, from its `data` (if any).
+    fn parse(data: Option<&RawValue>) -> anyhow::Result<ReplyData> {
+        let reply: WireReply<'_> = match data {
+            Some(d) => serde_json::from_str(d.get()).context("reply data")?,
+            None => WireReply::default(),
+        };
+        Ok(ReplyData {
+            seq: reply.message.as_ref().map(|m| m.seq),
+            last_seq: reply.last_seq,
+            room_id: reply.room.map(|r| r.id.into_owned()),
+        })
     }
 }
 
@@ -194,11 +180,11 @@ impl Protocol for Native {
         format!(r#"{{"type":"auth","data":{{"token":{}}}}}"#, js(token))
     }
 
-    fn create_room(&self, name: &str, id: u64) -> Option<String> {
-        Some(format!(
+    fn create_room(&self, name: &str, id: u64) -> String {
+        format!(
             r#"{{"type":"room:create","ref":{id},"data":{{"kind":"group","name":{},"visibility":"public"}}}}"#,
             js(name)
-        ))
+        )
     }
 
     fn join(&self, room_id: &str, since: Option<u64>, id: u64) -> String {
@@ -218,10 +204,6 @@ impl Protocol for Native {
         format!(r#"{{"type":"typing:start","data":{{"room_id":"{room_id}"}}}}"#)
     }
 
-    fn history(&self, _room_id: &str, _after_seq: u64, _id: u64) -> Option<String> {
-        None
-    }
-
     fn decode(&self, text: &str) -> anyhow::Result<Event> {
         let frame: NativeFrame<'_> = serde_json::from_str(text).context("native frame")?;
         Ok(match frame.kind.as_ref() {
@@ -233,11 +215,7 @@ impl Protocol for Native {
             "reply" => {
                 let id = frame.reference.context("reply without a numeric ref")?;
                 if frame.ok == Some(true) {
-                    let reply: WireReply<'_> = match frame.data {
-                        Some(d) => serde_json::from_str(d.get())?,
-                        None => WireReply::default(),
-                    };
-                    Event::Reply { id, result: reply.into_data()? }
+                    Event::Reply { id, result: Ok(WireReply::parse(frame.data)?) }
                 } else {
                     Event::Reply { id, result: Err(frame.error.map(|e| e.get().to_owned()).unwrap_or_default()) }
                 }
@@ -250,9 +228,25 @@ impl Protocol for Native {
     }
 }
 
-/// Socket.IO v5 on Engine.IO v4, WebSocket transport only, default namespace.
+/// Socket.IO v5 on Engine.IO v4, WebSocket transport only, default
+/// namespace, speaking section 10 of the wire contract: every command is
+/// an event of the same name with its `data` as the first argument, acked
+/// with `{"ok":true,"data"}` or `{"ok":false,"error"}`; server events come
+/// under their own names with their `data`; `ready` follows the connect.
+/// chat-server's `/socket.io/` and `benches/socketio-ref` both speak it, so
+/// one client drives both.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SocketIo;
+
+/// An ack's only argument.
+#[derive(Deserialize)]
+struct SocketIoAck<'a> {
+    ok: bool,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+}
 
 impl Protocol for SocketIo {
     fn name(&self) -> &'static str {
@@ -267,27 +261,23 @@ impl Protocol for SocketIo {
         format!(r#"40{{"token":{}}}"#, js(token))
     }
 
-    fn create_room(&self, _name: &str, _id: u64) -> Option<String> {
-        None
+    fn create_room(&self, name: &str, id: u64) -> String {
+        format!(r#"42{id}["room:create",{{"kind":"group","name":{},"visibility":"public"}}]"#, js(name))
     }
 
     fn join(&self, room_id: &str, since: Option<u64>, id: u64) -> String {
         match since {
-            Some(s) => format!(r#"42{id}["join",{{"room":"{room_id}","since_seq":{s}}}]"#),
-            None => format!(r#"42{id}["join",{{"room":"{room_id}"}}]"#),
+            Some(s) => format!(r#"42{id}["room:join",{{"room_id":"{room_id}","since_seq":{s}}}]"#),
+            None => format!(r#"42{id}["room:join",{{"room_id":"{room_id}"}}]"#),
         }
     }
 
     fn send(&self, room_id: &str, client_msg_id: &str, body: &str, id: u64) -> String {
-        format!(r#"42{id}["send",{{"room":"{room_id}","client_msg_id":"{client_msg_id}","body":"{body}"}}]"#)
+        format!(r#"42{id}["message:send",{{"room_id":"{room_id}","client_msg_id":"{client_msg_id}","body":"{body}"}}]"#)
     }
 
     fn typing(&self, room_id: &str) -> String {
-        format!(r#"42["typing",{{"room":"{room_id}","typing":true}}]"#)
-    }
-
-    fn history(&self, room_id: &str, after_seq: u64, id: u64) -> Option<String> {
-        Some(format!(r#"42{id}["history",{{"room":"{room_id}","after_seq":{after_seq},"limit":100}}]"#))
+        format!(r#"42["typing:start",{{"room_id":"{room_id}"}}]"#)
     }
 
     fn decode(&self, text: &str) -> anyhow::Result<Event> {
@@ -296,16 +286,23 @@ impl Protocol for SocketIo {
             Some(b'0') => Event::Open,
             Some(b'2') => Event::Ping("3"),
             Some(b'4') => match bytes.get(1) {
-                Some(b'0') => Event::Ready,
+                // CONNECT: the session is ready once `ready` arrives.
+                Some(b'0') => Event::Other,
                 Some(b'4') => Event::Refused(text[2..].to_owned()),
                 Some(b'2') => {
                     let rest = &text[2..];
                     let start = rest.find('[').context("event without arguments")?;
-                    let (name, data): (Cow<'_, str>, &RawValue) =
+                    let (name, data): (Cow<'_, str>, Option<&RawValue>) =
                         serde_json::from_str(&rest[start..]).with_context(|| format!("socket.io event: {text}"))?;
                     match name.as_ref() {
-                        "message" => Event::Message(serde_json::from_str::<WireMessage<'_>>(data.get())?.msg()?),
-                        "typing" => Event::Typing,
+                        "message:new" => {
+                            let data = data.context("message:new without data")?;
+                            let m: NativeMessageNew<'_> = serde_json::from_str(data.get())?;
+                            Event::Message(m.message.msg()?)
+                        }
+                        "typing:user" => Event::Typing,
+                        "ready" => Event::Ready,
+                        "error" => bail!("server error event: {text}"),
                         _ => Event::Other,
                     }
                 }
@@ -313,9 +310,13 @@ impl Protocol for SocketIo {
                     let rest = &text[2..];
                     let start = rest.find('[').context("ack without arguments")?;
                     let id = rest[..start].parse().context("ack id")?;
-                    let (reply,): (WireReply<'_>,) =
+                    let (ack,): (SocketIoAck<'_>,) =
                         serde_json::from_str(&rest[start..]).with_context(|| format!("socket.io ack: {text}"))?;
-                    Event::Reply { id, result: reply.into_data()? }
+                    if ack.ok {
+                        Event::Reply { id, result: Ok(WireReply::parse(ack.data)?) }
+                    } else {
+                        Event::Reply { id, result: Err(ack.error.map(|e| e.get().to_owned()).unwrap_or_default()) }
+                    }
                 }
                 Some(b'1') => Event::Refused("disconnected by the server".to_owned()),
                 _ => Event::Other,
@@ -333,18 +334,74 @@ mod tests {
     fn socketio_frames_decode() {
         let p = SocketIo;
         assert!(matches!(p.decode(r#"0{"sid":"a","pingInterval":25000}"#).expect("decodes"), Event::Open));
-        assert!(matches!(p.decode(r#"40{"sid":"b"}"#).expect("decodes"), Event::Ready));
+        // Connected, but ready only with the `ready` event.
+        assert!(matches!(p.decode(r#"40{"sid":"b"}"#).expect("decodes"), Event::Other));
+        assert!(matches!(
+            p.decode(r#"42["ready",{"session_id":"s","user":{"id":"u1"},"rooms":[]}]"#).expect("decodes"),
+            Event::Ready
+        ));
+        assert!(matches!(p.decode(r#"44{"message":"unauthorized"}"#).expect("decodes"), Event::Refused(_)));
         assert!(matches!(p.decode("2").expect("decodes"), Event::Ping("3")));
-        let Event::Reply { id, result: Ok(r) } = p.decode(r#"437[{"seq":12,"id":"x"}]"#).expect("decodes") else {
+        let Event::Reply { id, result: Ok(r) } =
+            p.decode(r#"437[{"ok":true,"data":{"message":{"seq":12,"id":"x","body":"1:2:x"}}}]"#).expect("decodes")
+        else {
             panic!()
         };
         assert_eq!((id, r.seq), (7, Some(12)));
+        let Event::Reply { id, result: Ok(r) } =
+            p.decode(r#"431[{"ok":true,"data":{"room":{"id":"9f2c","kind":"group"}}}]"#).expect("decodes")
+        else {
+            panic!()
+        };
+        assert_eq!((id, r.room_id.as_deref()), (1, Some("9f2c")));
+        let Event::Reply { id, result: Ok(r) } =
+            p.decode(r#"432[{"ok":true,"data":{"room":{"id":"r"},"members":[],"last_seq":4}}]"#).expect("decodes")
+        else {
+            panic!()
+        };
+        assert_eq!((id, r.last_seq), (2, Some(4)));
+        let Event::Reply { id: 8, result: Err(e) } =
+            p.decode(r#"438[{"ok":false,"error":{"code":"not_member","message":"no"}}]"#).expect("decodes")
+        else {
+            panic!()
+        };
+        assert!(e.contains("not_member"));
         let Event::Message(m) =
-            p.decode(r#"42["message",{"seq":3,"body":"4:99:xx","room_id":"r4"}]"#).expect("decodes")
+            p.decode(r#"42["message:new",{"message":{"seq":3,"body":"4:99:xx","room_id":"r4"}}]"#).expect("decodes")
         else {
             panic!()
         };
         assert_eq!(m, Msg { room: 4, seq: 3, sent_us: 99 });
+        assert!(matches!(
+            p.decode(r#"42["typing:user",{"room_id":"r","user_id":"u","typing":true}]"#).expect("decodes"),
+            Event::Typing
+        ));
+        // Aliases and other events are not the scenarios' business.
+        assert!(matches!(p.decode(r#"42["message:ack",{"client_msg_id":"c"}]"#).expect("decodes"), Event::Other));
+        assert!(p.decode(r#"42["error",{"code":"invalid","message":"x"}]"#).is_err());
+    }
+
+    #[test]
+    fn socketio_commands_are_the_native_ones_as_events() {
+        let p = SocketIo;
+        assert_eq!(p.join("r1", None, 3), r#"423["room:join",{"room_id":"r1"}]"#);
+        assert_eq!(p.join("r1", Some(7), 4), r#"424["room:join",{"room_id":"r1","since_seq":7}]"#);
+        assert_eq!(
+            p.send("r1", "c1-1", "1:2:x", 5),
+            r#"425["message:send",{"room_id":"r1","client_msg_id":"c1-1","body":"1:2:x"}]"#
+        );
+        assert_eq!(p.typing("r1"), r#"42["typing:start",{"room_id":"r1"}]"#);
+        assert_eq!(
+            p.create_room("bench-0", 1),
+            r#"421["room:create",{"kind":"group","name":"bench-0","visibility":"public"}]"#
+        );
+        assert_eq!(p.auth_frame("t"), r#"40{"token":"t"}"#);
+        // The same data as the native commands.
+        let native: serde_json::Value =
+            serde_json::from_str(&Native.send("r1", "c1-1", "1:2:x", 5)).expect("native json");
+        let sio: serde_json::Value =
+            serde_json::from_str(&p.send("r1", "c1-1", "1:2:x", 5)[3..]).expect("socket.io json");
+        assert_eq!(native["data"], sio[1]);
     }
 
     #[test]
