@@ -562,7 +562,8 @@ impl Driver {
             widget.room = open;
             self.widget = Some(widget);
             if let Some(room_id) = open {
-                self.submit(Command::RoomJoin(JoinRoom { room_id, since_seq: None }), None, Then::WidgetJoined).await;
+                let join = Command::RoomJoin(JoinRoom { room_id, since_seq: None });
+                Box::pin(self.submit(join, None, Then::WidgetJoined)).await;
             }
         }
         drop(ready);
@@ -577,10 +578,13 @@ impl Driver {
                 output = self.session.next_output() => Step::Out(output),
                 inbound = link.next(), if self.session.accepts_input() => Step::In(inbound),
             };
+            // Boxed, so that the task's future (the socket's whole idle
+            // state) holds only the wait, not the state of every await on
+            // the command and output paths (about 4.7 KB inline).
             let flow = match step {
-                Step::Out(output) => self.output(output).await,
+                Step::Out(output) => Box::pin(self.output(output)).await,
                 Step::In(Inbound::Gone) => Flow::Stop,
-                Step::In(Inbound::Packet(value, ack)) => self.packet(&value, ack).await,
+                Step::In(Inbound::Packet(value, ack)) => Box::pin(self.packet(&value, ack)).await,
             };
             if flow == Flow::Stop {
                 break;
