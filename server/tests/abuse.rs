@@ -222,19 +222,7 @@ async fn a_slow_consumer_is_closed_4429_and_others_get_everything() {
     // At most four sends in flight: a commit fans out at most four events at
     // once, which a reading client's queue of 16 absorbs. (A burst larger than
     // the queue closes even a client that reads as fast as it can.)
-    let mut in_flight = std::collections::VecDeque::new();
-    for i in 0..COUNT {
-        if in_flight.len() == 4 {
-            let reply = sender.reply(&in_flight.pop_front().expect("in flight")).await;
-            assert_eq!(reply["ok"], true, "{reply}");
-        }
-        let data = json!({"room_id": room, "client_msg_id": format!("m{i}"), "body": body});
-        in_flight.push_back(sender.send("message:send", data).await);
-    }
-    for r in &in_flight {
-        let reply = sender.reply(r).await;
-        assert_eq!(reply["ok"], true, "{reply}");
-    }
+    support::send_pipelined(&mut sender, &room, COUNT, &body, 4).await;
     // The server waits (up to its write timeout) to send the close frame, so
     // reading resumes at once.
     let reason = stalled.expect_close_within(4429, Duration::from_secs(8)).await;

@@ -435,19 +435,7 @@ async fn a_slow_socketio_consumer_is_cut_without_hurting_others() {
     });
     // At most four sends in flight, so that a reading client's queue of 16
     // absorbs what one commit fans out.
-    let mut in_flight = VecDeque::new();
-    for i in 0..COUNT {
-        if in_flight.len() == 4 {
-            let reply = sender.reply(&in_flight.pop_front().expect("in flight")).await;
-            assert_eq!(reply["ok"], true, "{reply}");
-        }
-        let data = json!({"room_id": room, "client_msg_id": format!("m{i}"), "body": body});
-        in_flight.push_back(sender.send("message:send", data).await);
-    }
-    for r in &in_flight {
-        let reply = sender.reply(r).await;
-        assert_eq!(reply["ok"], true, "{reply}");
-    }
+    support::send_pipelined(&mut sender, &room, COUNT, &body, 4).await;
 
     let (mut native, native_got) = listen_native.await.expect("the native listener");
     let (mut reader, reader_got) = listen_socketio.await.expect("the Socket.IO listener");

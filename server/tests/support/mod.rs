@@ -524,6 +524,25 @@ pub async fn create_room(client: &mut Client, data: Value) -> Value {
     client.ok("room:create", data).await["room"].clone()
 }
 
+/// Sends `count` messages `m0`, `m1`… with `body` to `room`, at most
+/// `window` in flight, and asserts every one is acknowledged. A small
+/// window keeps what one commit fans out within a reading client's queue.
+pub async fn send_pipelined(client: &mut Client, room: &str, count: u64, body: &str, window: usize) {
+    let mut in_flight = std::collections::VecDeque::new();
+    for i in 0..count {
+        if in_flight.len() == window {
+            let reply = client.reply(&in_flight.pop_front().expect("in flight")).await;
+            assert_eq!(reply["ok"], true, "{reply}");
+        }
+        let data = json!({"room_id": room, "client_msg_id": format!("m{i}"), "body": body});
+        in_flight.push_back(client.send("message:send", data).await);
+    }
+    for r in &in_flight {
+        let reply = client.reply(r).await;
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+}
+
 /// Creates a group room with `members` and joins it; returns its id.
 pub async fn group_with(client: &mut Client, visibility: &str, members: &[&str]) -> String {
     let room =
