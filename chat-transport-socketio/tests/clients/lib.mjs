@@ -18,10 +18,11 @@ if (!URL || !SECRET) {
 /** How long anything that should happen at once may take. */
 export const WAIT = 5000;
 
-/** The two ways a socket.io-client gets to the server. */
+/** The ways a socket.io-client gets to the server. */
 export const TRANSPORTS = [
   { label: "websocket only", options: { transports: ["websocket"] } },
   { label: "polling then upgrade", options: {} },
+  { label: "polling only", options: { transports: ["polling"] } },
 ];
 
 const b64url = (data) => Buffer.from(data).toString("base64url");
