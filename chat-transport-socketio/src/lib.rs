@@ -125,21 +125,15 @@ pub fn routes(app: &AppState) -> Router<AppState> {
         .ws_read_buffer_size(READ_BUFFER_BYTES)
         .max_buffer_size(app.engine().config().limits.outbound_queue)
         .build_svc();
-    let shared = Arc::new(Shared { app: app.clone() });
-    let auth = shared.clone();
-    let connect = move |socket: SocketRef| connected(shared.clone(), socket);
+    let (for_connect, for_auth) = (app.clone(), app.clone());
+    let connect = move |socket: SocketRef| connected(for_connect.clone(), socket);
     let middleware =
-        move |socket: SocketRef, data: TryData<serde_json::Value>| authenticate(auth.clone(), socket, data);
+        move |socket: SocketRef, data: TryData<serde_json::Value>| authenticate(for_auth.clone(), socket, data);
     io.ns("/", connect.with(middleware));
     Router::new()
         .route_service("/socket.io/", service.clone())
         .route_service("/socket.io", service)
         .layer(middleware::from_fn_with_state(app.clone(), guard))
-}
-
-/// What every socket's handlers share.
-struct Shared {
-    app: AppState,
 }
 
 /// What every request to `/socket.io/` passes before socketioxide: the
@@ -212,14 +206,14 @@ impl fmt::Display for Refusal {
 struct Opened(Arc<Mutex<Option<(Session, Ready)>>>);
 
 /// The connect middleware: authenticates the handshake and opens the session.
-async fn authenticate(shared: Arc<Shared>, socket: SocketRef, data: TryData<serde_json::Value>) -> Result<(), Refusal> {
+async fn authenticate(app: AppState, socket: SocketRef, data: TryData<serde_json::Value>) -> Result<(), Refusal> {
     let from_auth = data.0.ok().and_then(|auth| auth.get("token").and_then(|t| t.as_str()).map(str::to_owned));
     let Some(token) = from_auth.or_else(|| chat_transport_ws::bearer_token(&socket.req_parts().headers)) else {
         return Err(Refusal::new(&Error::Unauthorized("missing token: connect with auth: {token}".into())));
     };
-    let identity = shared.app.authenticator().authenticate(&token).await.map_err(|e| Refusal::new(&e))?;
+    let identity = app.authenticator().authenticate(&token).await.map_err(|e| Refusal::new(&e))?;
     drop(token);
-    let (session, ready) = match shared.app.engine().open_session_on(TRANSPORT, identity).await {
+    let (session, ready) = match app.engine().open_session_on(TRANSPORT, identity).await {
         Ok(opened) => opened,
         Err(err) => {
             tracing::warn!(error = %err, "opening a Socket.IO session failed");
@@ -235,7 +229,7 @@ async fn authenticate(shared: Arc<Shared>, socket: SocketRef, data: TryData<serd
 /// connect, before any event of the socket can be dispatched: the socket's
 /// queue and handlers are in place before the first event. The returned
 /// future (spawned by socketioxide) is the socket's driver.
-fn connected(shared: Arc<Shared>, socket: SocketRef) -> impl Future<Output = ()> + Send {
+fn connected(app: AppState, socket: SocketRef) -> impl Future<Output = ()> + Send {
     let opened = socket.extensions.remove::<Opened>().and_then(|o| o.0.lock().ok().and_then(|mut slot| slot.take()));
     let link = Arc::new(Link::default());
     socket.extensions.insert(link.clone());
@@ -250,7 +244,7 @@ fn connected(shared: Arc<Shared>, socket: SocketRef) -> impl Future<Output = ()>
             let _ = socket.disconnect();
             return;
         };
-        Driver::new(shared, socket, session, link).run(ready).await;
+        Driver::new(app, socket, session, link).run(ready).await;
     }
 }
 
@@ -277,7 +271,7 @@ impl Link {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues an event; `false` when the queue is full.
+    /// Queues an event; when the queue is full, hands the ack back.
     fn push_packet(&self, value: Value, ack: Option<AckSender>) -> Result<(), Option<AckSender>> {
         let mut queue = self.lock();
         if queue.len() >= MAX_QUEUED {
@@ -470,16 +464,16 @@ enum Then {
     Plain,
     /// `room:joined` with the reply's data.
     Joined,
-    /// `message:ack` `{"client_msg_id","message"}`.
-    Sent(String),
+    /// `event` `{"client_msg_id","message"}` once the message is stored:
+    /// `message:ack` for `message:send`, `message_received` for the
+    /// dialect's `chat message`.
+    Stored { client_msg_id: String, event: &'static str },
     /// The ping ack's special shape, and a `pong` event.
     Pong,
     /// The visitor's support room was opened (or found): join it.
     WidgetCreated,
     /// The visitor's support room was joined: post what waits.
     WidgetJoined,
-    /// A `chat message` was stored: `message_received`.
-    WidgetSent(String),
 }
 
 /// A command waiting for its answer.
@@ -516,7 +510,7 @@ enum Flow {
 /// One socket's task: feeds its commands to its session and writes the
 /// session's output to it.
 struct Driver {
-    shared: Arc<Shared>,
+    app: AppState,
     socket: SocketRef,
     session: Session,
     link: Arc<Link>,
@@ -528,15 +522,15 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(shared: Arc<Shared>, socket: SocketRef, session: Session, link: Arc<Link>) -> Self {
-        Driver { shared, socket, session, link, next_ref: 0, pending: HashMap::new(), widget: None }
+    fn new(app: AppState, socket: SocketRef, session: Session, link: Arc<Link>) -> Self {
+        Driver { app, socket, session, link, next_ref: 0, pending: HashMap::new(), widget: None }
     }
 
     async fn run(mut self, ready: Ready) {
         if self.emit("ready", &ready) == Flow::Stop {
             return;
         }
-        let support = self.shared.app.engine().support_availability();
+        let support = self.app.engine().support_availability();
         #[derive(Serialize)]
         struct Status {
             status: &'static str,
@@ -562,8 +556,7 @@ impl Driver {
             widget.room = open;
             self.widget = Some(widget);
             if let Some(room_id) = open {
-                let join = Command::RoomJoin(JoinRoom { room_id, since_seq: None });
-                Box::pin(self.submit(join, None, Then::WidgetJoined)).await;
+                Box::pin(self.widget_follow(room_id)).await;
             }
         }
         drop(ready);
@@ -670,7 +663,9 @@ impl Driver {
         };
         let then = match &command {
             Command::RoomJoin(_) => Then::Joined,
-            Command::MessageSend(send) => Then::Sent(send.client_msg_id.clone()),
+            Command::MessageSend(send) => {
+                Then::Stored { client_msg_id: send.client_msg_id.clone(), event: "message:ack" }
+            }
             Command::Ping => Then::Pong,
             _ => Then::Plain,
         };
@@ -724,9 +719,8 @@ impl Driver {
                 }
                 self.ack(ack, &Ok(reply))
             }
-            (Then::Sent(client_msg_id), Ok(Reply::Message { message })) => {
-                if self.emit("message:ack", &Stored { client_msg_id: &client_msg_id, message: &message }) == Flow::Stop
-                {
+            (Then::Stored { client_msg_id, event }, Ok(Reply::Message { message })) => {
+                if self.emit(event, &Stored { client_msg_id: &client_msg_id, message: &message }) == Flow::Stop {
                     return Flow::Stop;
                 }
                 self.ack(ack, &Ok(Reply::Message { message }))
@@ -742,14 +736,6 @@ impl Driver {
             }
             (Then::WidgetCreated, result) => self.widget_created(result).await,
             (Then::WidgetJoined, result) => self.widget_joined(result).await,
-            (Then::WidgetSent(client_msg_id), Ok(Reply::Message { message })) => {
-                if self.emit("message_received", &Stored { client_msg_id: &client_msg_id, message: &message })
-                    == Flow::Stop
-                {
-                    return Flow::Stop;
-                }
-                self.ack(ack, &Ok(Reply::Message { message }))
-            }
             (_, result) => self.ack(ack, &result),
         }
     }
@@ -797,14 +783,26 @@ impl Driver {
             None => {
                 widget.waiting.push_back((text, ack));
                 if !widget.opening {
-                    widget.opening = true;
-                    let create =
-                        CreateRoom { kind: RoomKind::Support, name: None, visibility: None, members: Vec::new() };
-                    self.submit(Command::RoomCreate(create), None, Then::WidgetCreated).await;
+                    self.widget_open().await;
                 }
             }
         }
         Flow::Continue
+    }
+
+    /// Opens the visitor's support room (`room:create` answers the open one
+    /// if there is one).
+    async fn widget_open(&mut self) {
+        if let Some(widget) = self.widget.as_mut() {
+            widget.opening = true;
+        }
+        let create = CreateRoom { kind: RoomKind::Support, name: None, visibility: None, members: Vec::new() };
+        self.submit(Command::RoomCreate(create), None, Then::WidgetCreated).await;
+    }
+
+    /// Follows the visitor's support room, for its messages and members.
+    async fn widget_follow(&mut self, room_id: RoomId) {
+        self.submit(Command::RoomJoin(JoinRoom { room_id, since_seq: None }), None, Then::WidgetJoined).await;
     }
 
     async fn widget_send(&mut self, room_id: RoomId, body: String, ack: Option<AckSender>) {
@@ -816,7 +814,8 @@ impl Driver {
             attachments: Vec::new(),
             reply_to: None,
         };
-        self.submit(Command::MessageSend(send), ack, Then::WidgetSent(client_msg_id)).await;
+        let then = Then::Stored { client_msg_id, event: "message_received" };
+        self.submit(Command::MessageSend(send), ack, then).await;
     }
 
     /// Fails every waiting text with `err`.
@@ -847,12 +846,7 @@ impl Driver {
             Ok(Reply::Room { room }) => {
                 widget.room = Some(room.id);
                 widget.joined = false;
-                self.submit(
-                    Command::RoomJoin(JoinRoom { room_id: room.id, since_seq: None }),
-                    None,
-                    Then::WidgetJoined,
-                )
-                .await;
+                self.widget_follow(room.id).await;
                 Flow::Continue
             }
             Ok(_) => self.widget_fail(&Error::Internal("room:create answered without a room".into())),
@@ -883,10 +877,8 @@ impl Driver {
                 {
                     return self.widget_fail(&err);
                 }
-                widget.opening = true;
                 widget.reopened = true;
-                let create = CreateRoom { kind: RoomKind::Support, name: None, visibility: None, members: Vec::new() };
-                self.submit(Command::RoomCreate(create), None, Then::WidgetCreated).await;
+                self.widget_open().await;
                 Flow::Continue
             }
         }
@@ -902,7 +894,7 @@ impl Driver {
             Event::MessageNew(e) if e.message.room_id == room && e.message.sender_id != me => {
                 let sender = e.message.sender_id.clone();
                 if !widget.members.contains_key(&sender) {
-                    let found = self.shared.app.engine().store().user(&sender).await.ok().flatten();
+                    let found = self.app.engine().store().user(&sender).await.ok().flatten();
                     let user = found.unwrap_or_else(|| User::new(sender.clone(), sender.to_string()));
                     if let Some(widget) = self.widget.as_mut() {
                         widget.members.insert(sender.clone(), user);
