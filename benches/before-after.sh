@@ -60,8 +60,8 @@ echo "== old: $OLD_ARG, new: $NEW_ARG" >&2
 
 CHAT_JWT_SECRET=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
 export CHAT_JWT_SECRET
-PIN_SERVER="" PIN_LOAD=""
-if [ "$(nproc)" -ge 2 ]; then PIN_SERVER="taskset -c 0" PIN_LOAD="taskset -c 1"; fi
+# SERVER_CORE, LOAD_CORE, PIN_SERVER, PIN_LOAD
+source "$ROOT/benches/pin.sh"
 for round in $(seq 1 "$ROUNDS"); do
     for scenario in $SCENARIOS; do
         for which in new old; do

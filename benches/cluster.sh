@@ -106,13 +106,8 @@ if [ -z "$WANTED" ]; then
     exit 0
 fi
 
-if [ "$(nproc)" -ge 2 ]; then
-    SERVER_CORE=0 LOAD_CORE=1
-    PIN_SERVER="taskset -c $SERVER_CORE" PIN_LOAD="taskset -c $LOAD_CORE"
-else
-    echo "warning: one CPU; servers and load share it" >&2
-    SERVER_CORE=0 LOAD_CORE=0 PIN_SERVER="" PIN_LOAD=""
-fi
+# SERVER_CORE, LOAD_CORE, PIN_SERVER, PIN_LOAD
+source "$ROOT/benches/pin.sh"
 
 WORK=$(mktemp -d /tmp/chat-cluster.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT

@@ -99,15 +99,8 @@ fi
     node -e 'require("better-sqlite3"); require("bufferutil")'
 )
 
-if [ "$(nproc)" -ge 2 ]; then
-    SERVER_CORE=0
-    LOAD_CORE=1
-    PIN_SERVER="taskset -c $SERVER_CORE"
-    PIN_LOAD="taskset -c $LOAD_CORE"
-else
-    echo "warning: one CPU; server and load share it" >&2
-    SERVER_CORE=0 LOAD_CORE=0 PIN_SERVER="" PIN_LOAD=""
-fi
+# SERVER_CORE, LOAD_CORE, PIN_SERVER, PIN_LOAD
+source "$ROOT/benches/pin.sh"
 
 WORK=$(mktemp -d /tmp/chat-bench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
