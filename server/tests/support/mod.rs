@@ -784,9 +784,11 @@ impl RawWs {
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{auth}\r\n"
         );
         stream.write_all(request.as_bytes()).await.expect("write the upgrade");
-        let (status, _, _) = read_response(&mut stream).await;
+        // Whatever came after the head is already the first frame (the
+        // server writes `ready` right behind the 101): keep it.
+        let (status, _, after_head) = read_response(&mut stream).await;
         assert_eq!(status, 101, "the upgrade");
-        RawWs { stream, buf: Vec::new() }
+        RawWs { stream, buf: after_head }
     }
 
     /// Writes one frame: `first` is the first header byte (FIN, RSV1-3,
