@@ -1,5 +1,15 @@
 //! `GET /v1/ws`: the upgrade, authentication, and the loop that drives one
 //! engine session over one WebSocket.
+//!
+//! The building blocks are public for transports that speak another
+//! protocol over WebSocket on the same listener (`chat-transport-socketio`
+//! runs Engine.IO on them): [`Handshake`] takes the upgrade request apart
+//! without spawning anything, [`Handshake::response`] and
+//! [`Handshake::socket`] answer it and give the socket, configured with the
+//! listener's limits, and [`poll_send`], [`write_frames`], [`close`],
+//! [`send_close`] and [`fail`] write to it, end it, and fail it after a
+//! violation of RFC 6455 ([`violation`], [`is_too_big`]) as this transport
+//! does.
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
@@ -78,7 +88,7 @@ pub fn code_for(reason: CloseReason) -> u16 {
 const READ_BUFFER_BYTES: usize = 512;
 
 /// One upgraded connection.
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// The parts of a WebSocket upgrade request (RFC 6455, section 4.2.1) that
 /// the answer and the upgrade need.
@@ -86,9 +96,15 @@ type Socket = WebSocketStream<TokioIo<Upgraded>>;
 /// Done here rather than with axum's `WebSocketUpgrade`, which spawns the
 /// connection's task itself: that task also holds the future that builds the
 /// socket, about 0.4 KiB more for every connection for as long as it is open.
-pub(crate) struct Handshake {
+pub struct Handshake {
     key: HeaderValue,
     on_upgrade: OnUpgrade,
+}
+
+impl std::fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handshake").finish_non_exhaustive()
+    }
 }
 
 /// Whether a comma-separated header holds `token`, in any case.
@@ -102,7 +118,8 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 }
 
 /// Why a request to the WebSocket endpoint was not upgraded.
-pub(crate) enum HandshakeRejection {
+#[derive(Debug)]
+pub enum HandshakeRejection {
     /// Not a WebSocket upgrade, or one of another version: answered 426 with
     /// the header that says what would be accepted.
     UpgradeRequired(&'static str, header::HeaderName, &'static str),
@@ -157,6 +174,51 @@ impl<S: Send + Sync> FromRequestParts<S> for Handshake {
     }
 }
 
+impl Handshake {
+    /// The `101 Switching Protocols` answer; the connection is upgraded once
+    /// it has been sent.
+    pub fn response(&self) -> Response {
+        let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+            .body(Body::empty())
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    }
+
+    /// The upgraded socket, once [`Handshake::response`] has gone out, with
+    /// the listener's frame limit and buffer sizes ([`socket_config`]);
+    /// `None` when the upgrade failed.
+    pub async fn socket(self, config: WebSocketConfig) -> Option<Socket> {
+        match self.on_upgrade.await {
+            Ok(upgraded) => {
+                Some(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await)
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "the WebSocket upgrade failed");
+                None
+            }
+        }
+    }
+}
+
+/// The socket settings of this listener: frames and messages up to
+/// [`WsConfig::max_frame_bytes`], and small buffers.
+pub fn socket_config(config: &WsConfig) -> WebSocketConfig {
+    let limit = config.max_frame_bytes;
+    WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
+        // Small buffers keep idle connections cheap. Frames fed in one batch
+        // collect in the write buffer and leave in as few writes as its size
+        // allows, then the flush sends the rest.
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(8 * 1024)
+        .max_write_buffer_size(limit.max(1024 * 1024) * 4)
+}
+
 #[derive(Deserialize)]
 pub(crate) struct TokenQuery {
     token: Option<String>,
@@ -179,37 +241,21 @@ pub(crate) async fn upgrade(
     // The query may carry the token: it is read here and never logged.
     let token = crate::bearer_token(&headers).or_else(|| query.ok().and_then(|q| q.0.token));
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
-    let limit = app.config.max_frame_bytes;
-    let socket_config = WebSocketConfig::default()
-        .max_message_size(Some(limit))
-        .max_frame_size(Some(limit))
-        // Small buffers keep idle connections cheap. Frames fed in one batch
-        // collect in the write buffer and leave in as few writes as its size
-        // allows, then the flush sends the rest.
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(8 * 1024)
-        .max_write_buffer_size(limit.max(1024 * 1024) * 4);
-    let accept = tungstenite::handshake::derive_accept_key(handshake.key.as_bytes());
-    tokio::spawn(connection(app, handshake.on_upgrade, socket_config, token, peer));
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .body(Body::empty())
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    let response = handshake.response();
+    tokio::spawn(connection(app, handshake, token, peer));
+    response
 }
 
 /// How long a closing connection reads on, waiting for the client's close
 /// frame, after sending its own.
-const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
+pub const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
 
 /// Sends a close frame, waiting at most `wait`, then reads (and drops) what
 /// the client sent until its answering close frame, for at most
 /// [`CLOSE_HANDSHAKE_WAIT`]. Dropping a socket with unread input makes the
 /// kernel reset the connection, and a reset throws away whatever was still
 /// queued to go out: the last acks, and the close frame itself.
-async fn close(socket: &mut Socket, code: u16, reason: &str, wait: Duration) {
+pub async fn close(socket: &mut Socket, code: u16, reason: &str, wait: Duration) {
     if send_close(socket, code, reason, wait).await {
         let drain = async {
             while let Some(Ok(message)) = socket.next().await {
@@ -225,12 +271,14 @@ async fn close(socket: &mut Socket, code: u16, reason: &str, wait: Duration) {
 /// Sends a close frame, waiting at most `wait`, and reads nothing more: for
 /// a client whose input the server will not read, such as a frame over the
 /// size limit. `true` once the frame is out.
-async fn send_close(socket: &mut Socket, code: u16, reason: &str, wait: Duration) -> bool {
+pub async fn send_close(socket: &mut Socket, code: u16, reason: &str, wait: Duration) -> bool {
     let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) };
     matches!(timeout(wait, socket.send(Message::Close(Some(frame)))).await, Ok(Ok(())))
 }
 
-fn is_too_big(err: &tungstenite::Error) -> bool {
+/// Whether a read failed on a frame or message over the size limit (answered
+/// with a close 1009, and nothing more read).
+pub fn is_too_big(err: &tungstenite::Error) -> bool {
     matches!(err, tungstenite::Error::Capacity(_))
 }
 
@@ -238,7 +286,7 @@ fn is_too_big(err: &tungstenite::Error) -> bool {
 /// than an oversized one: 1007 for text that is not UTF-8, 1002 for a
 /// violation of RFC 6455. `None` when the socket itself failed or ended,
 /// and there is nobody to tell.
-fn violation(err: &tungstenite::Error) -> Option<(u16, &'static str)> {
+pub fn violation(err: &tungstenite::Error) -> Option<(u16, &'static str)> {
     use tungstenite::error::ProtocolError;
     match err {
         tungstenite::Error::Utf8(_) => Some((close_code::INVALID_DATA, "text frames must be UTF-8")),
@@ -268,7 +316,7 @@ fn protocol_reason(err: &tungstenite::error::ProtocolError) -> &'static str {
 /// read as frames, ends the sending side and drops raw input until the
 /// client closes, for at most [`CLOSE_HANDSHAKE_WAIT`]. Unread input would
 /// make the kernel reset the connection and discard the close frame.
-async fn fail(socket: &mut Socket, code: u16, reason: &str, wait: Duration) {
+pub async fn fail(socket: &mut Socket, code: u16, reason: &str, wait: Duration) {
     if !send_close(socket, code, reason, wait).await {
         return;
     }
@@ -346,13 +394,12 @@ async fn auth_frame(app: &AppState, socket: &mut Socket) -> Auth {
 /// more than a pointer.
 fn connection(
     app: AppState,
-    on_upgrade: OnUpgrade,
-    socket_config: WebSocketConfig,
+    handshake: Handshake,
     token: Option<String>,
     peer: Option<SocketAddr>,
 ) -> impl Future<Output = ()> + Send {
     // Made here, so that the task keeps only the box and not these arguments.
-    let opening = Box::pin(open(app, on_upgrade, socket_config, token, peer));
+    let opening = Box::pin(open(app, handshake, token, peer));
     async move {
         let Some(conn) = opening.await else { return };
         conn.run().await;
@@ -363,19 +410,11 @@ fn connection(
 /// connection was closed instead.
 async fn open(
     app: AppState,
-    on_upgrade: OnUpgrade,
-    socket_config: WebSocketConfig,
+    handshake: Handshake,
     token: Option<String>,
     peer: Option<SocketAddr>,
 ) -> Option<Box<Conn>> {
-    let upgraded = match on_upgrade.await {
-        Ok(upgraded) => upgraded,
-        Err(err) => {
-            tracing::debug!(?peer, error = %err, "the WebSocket upgrade failed");
-            return None;
-        }
-    };
-    let mut socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(socket_config)).await;
+    let mut socket = handshake.socket(socket_config(&app.config)).await?;
     let token = match token {
         Some(token) => token,
         None => match auth_frame(&app, &mut socket).await {
@@ -429,7 +468,7 @@ async fn open(
 /// the buffer, it leaves the buffer empty. Whatever tungstenite holds (a pong
 /// answered during the auth frame's wait) is flushed first, so frames never
 /// interleave.
-async fn write_beside(socket: &mut Socket, text: Utf8Bytes) -> Result<(), tungstenite::Error> {
+pub async fn write_beside(socket: &mut Socket, text: Utf8Bytes) -> Result<(), tungstenite::Error> {
     socket.flush().await?;
     let frame = WsFrame::message(Bytes::from(text), OpCode::Data(Data::Text), true);
     let mut bytes = Vec::with_capacity(frame.len());
@@ -441,7 +480,8 @@ async fn write_beside(socket: &mut Socket, text: Utf8Bytes) -> Result<(), tungst
 }
 
 /// Why a write stopped.
-enum WriteEnd {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteEnd {
     /// The engine ended the session while the write was blocked.
     Killed,
     /// The socket failed or stayed blocked past the write timeout.
@@ -472,12 +512,12 @@ const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(2);
 
 /// Most frames written before one flush; batching saves a syscall per frame
 /// when events come in bursts.
-const MAX_BATCH: usize = 64;
+pub const MAX_BATCH: usize = 64;
 
 /// Feeds the frames to the socket and flushes it. Resumable: a frame leaves
 /// `frames` once the socket has taken it, so after `Pending` the next call
 /// goes on where this one stopped.
-fn poll_send(
+pub fn poll_send(
     socket: &mut Socket,
     frames: &mut VecDeque<Message>,
     cx: &mut Context<'_>,
@@ -489,6 +529,41 @@ fn poll_send(
         }
     }
     socket.poll_flush_unpin(cx)
+}
+
+/// Writes frames for a session (`closed` is its [`Session::close_signal`]):
+/// at once when the socket has room, which needs no timer; otherwise giving
+/// up when the engine ends the session ([`WriteEnd::Killed`], with the frames
+/// not yet taken left in `frames`) or the client stops reading for longer
+/// than `write_timeout`.
+pub async fn write_frames(
+    socket: &mut Socket,
+    frames: &mut VecDeque<Message>,
+    closed: chat_core::CloseSignal,
+    write_timeout: Duration,
+) -> Result<(), WriteEnd> {
+    if let Poll::Ready(res) = poll_once(|cx| poll_send(socket, frames, cx)).await {
+        return res.map_err(|_| WriteEnd::Dead);
+    }
+    let work = poll_fn(|cx| poll_send(socket, frames, cx));
+    tokio::pin!(work);
+    tokio::select! {
+        biased;
+        res = timeout(write_timeout, &mut work) => return match res {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(WriteEnd::Dead),
+        },
+        _ = closed.closed() => {}
+    }
+    // The engine ended the session while the write waited. A slow consumer
+    // is cut off at once; at shutdown the write may finish within a grace.
+    if closed.reason() != Some(CloseReason::Shutdown) {
+        return Err(WriteEnd::Killed);
+    }
+    match timeout(SHUTDOWN_WRITE_GRACE, work).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(WriteEnd::Killed),
+    }
 }
 
 /// Polls once: `Ready` with the poll's result, registering the task's waker
@@ -605,34 +680,8 @@ impl Conn {
         (frames, None)
     }
 
-    /// Writes frames: at once when the socket has room, which needs no
-    /// timer; otherwise giving up when the engine ends the session or the
-    /// client stops reading for longer than the write timeout.
     async fn write(&mut self, mut frames: VecDeque<Message>) -> Result<(), WriteEnd> {
-        if let Poll::Ready(res) = poll_once(|cx| poll_send(&mut self.socket, &mut frames, cx)).await {
-            return res.map_err(|_| WriteEnd::Dead);
-        }
-        let closed = self.session.close_signal();
-        let socket = &mut self.socket;
-        let work = poll_fn(|cx| poll_send(socket, &mut frames, cx));
-        tokio::pin!(work);
-        tokio::select! {
-            biased;
-            res = timeout(self.config.write_timeout, &mut work) => return match res {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) | Err(_) => Err(WriteEnd::Dead),
-            },
-            _ = closed.closed() => {}
-        }
-        // The engine ended the session while the write waited. A slow consumer
-        // is cut off at once; at shutdown the write may finish within a grace.
-        if closed.reason() != Some(CloseReason::Shutdown) {
-            return Err(WriteEnd::Killed);
-        }
-        match timeout(SHUTDOWN_WRITE_GRACE, work).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) | Err(_) => Err(WriteEnd::Killed),
-        }
+        write_frames(&mut self.socket, &mut frames, self.session.close_signal(), self.config.write_timeout).await
     }
 
     async fn write_one(&mut self, frame: Message) -> Result<(), WriteEnd> {

@@ -247,6 +247,17 @@ impl Eio {
     /// Connects with `token` in the handshake's `auth` and waits for `ready`;
     /// with a small socket receive buffer when asked.
     async fn connect(addr: SocketAddr, token: &str, recv_buffer: Option<u32>) -> Eio {
+        let (mut eio, handshake) = Eio::open(addr, recv_buffer).await;
+        assert!(handshake["sid"].is_string(), "{handshake}");
+        eio.send(format!("40{}", json!({ "token": token }))).await;
+        let connected = eio.packet().await;
+        assert!(connected.starts_with("40{"), "the namespace connect: {connected}");
+        eio.ready = eio.expect_event("ready").await;
+        eio
+    }
+
+    /// Opens the WebSocket and reads the Engine.IO open packet: its JSON.
+    async fn open(addr: SocketAddr, recv_buffer: Option<u32>) -> (Eio, Value) {
         let socket = TcpSocket::new_v4().expect("socket");
         if let Some(size) = recv_buffer {
             socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
@@ -259,12 +270,20 @@ impl Eio {
         let open = eio.packet().await;
         let handshake: Value = serde_json::from_str(open.strip_prefix('0').expect("the open packet: 0{…}"))
             .expect("the open packet's JSON");
-        assert!(handshake["sid"].is_string(), "{handshake}");
-        eio.send(format!("40{}", json!({ "token": token }))).await;
-        let connected = eio.packet().await;
-        assert!(connected.starts_with("40{"), "the namespace connect: {connected}");
-        eio.ready = eio.expect_event("ready").await;
-        eio
+        (eio, handshake)
+    }
+
+    /// Reads until the server's close frame: its code (`None` when the
+    /// connection ended without one), answering nothing.
+    async fn close_code(&mut self, wait: Duration) -> Option<u16> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await.expect("the connection ends in time") {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
     }
 
     async fn send(&mut self, packet: String) {
@@ -534,30 +553,43 @@ async fn browser_origins_follow_the_listeners_allow_list() {
     server.stop().await.expect("stops cleanly");
 }
 
+/// Connects a polling session (`sid`) to the namespace with `user`'s token:
+/// the HTTP client and the session's URL.
+async fn polling_connect(sid: String, server: &TestServer, user: &str) -> (reqwest::Client, String) {
+    let url = server.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
+    let client = support::http_client();
+    // Authenticate the session: `40{"token"}` is the Socket.IO connect packet.
+    let connect = format!("40{}", json!({ "token": token(user) }));
+    let posted = client.post(&url).body(connect).send().await.expect("answered");
+    assert_eq!(posted.status().as_u16(), 200);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let packets = poll(&client, &url).await;
+        if packets.iter().any(|p| p.starts_with("40")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no connect packet: {packets:?}");
+    }
+    (client, url)
+}
+
+/// One poll: its packets (they come `\x1e`-separated); a ping (`2`) is
+/// answered with a pong (`3`).
+async fn poll(client: &reqwest::Client, url: &str) -> Vec<String> {
+    let polled = client.get(url).send().await.expect("answered").text().await.unwrap_or_default();
+    let packets: Vec<String> = polled.split('\u{1e}').map(str::to_owned).collect();
+    if packets.iter().any(|p| p == "2") {
+        client.post(url).body("3").send().await.expect("answered");
+    }
+    packets
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_polling_payload_over_the_frame_limit_ends_only_that_session() {
     let server = TestServer::start_with(|c| c.max_frame_bytes = 4096).await;
     let (_, sid) = polling_handshake(&server, None).await;
     let sid = sid.expect("a polling session");
-    let url = server.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
-    let client = support::http_client();
-    // Authenticate the session: `40{"token"}` is the Socket.IO connect packet.
-    let connect = format!("40{}", json!({ "token": token("ada") }));
-    let posted = client.post(&url).body(connect).send().await.expect("answered");
-    assert_eq!(posted.status().as_u16(), 200);
-    // Packets come `\x1e`-separated; a ping (`2`) is answered with a pong (`3`).
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let polled = client.get(&url).send().await.expect("answered").text().await.unwrap_or_default();
-        let packets: Vec<&str> = polled.split('\u{1e}').collect();
-        if packets.iter().any(|p| p.starts_with("40")) {
-            break;
-        }
-        if packets.contains(&"2") {
-            client.post(&url).body("3").send().await.expect("answered");
-        }
-        assert!(Instant::now() < deadline, "no connect packet: {polled}");
-    }
+    let (client, url) = polling_connect(sid, &server, "ada").await;
     // A payload larger than the limit is refused and ends the session.
     let big = format!("42{}", json!(["ping", { "pad": "x".repeat(8 * 1024) }]));
     let posted = client.post(&url).body(big).send().await.expect("answered");
@@ -578,5 +610,204 @@ async fn a_polling_payload_over_the_frame_limit_ends_only_that_session() {
     // Others go on: a new session works.
     let (status, sid) = polling_handshake(&server, None).await;
     assert_eq!((status, sid.is_some()), (200, true));
+    server.stop().await.expect("stops cleanly");
+}
+
+/// The Engine.IO handshake of a WebSocket opened straight to `/socket.io/`
+/// (no polling first), and the Socket.IO connect: the open packet states the
+/// server's heartbeat and frame limit; a connect to another namespace, a
+/// forged token or none is refused with a `connect_error` (`44`) and may be
+/// tried again on the same connection, up to three refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_connect_is_refused_and_tried_again_on_the_same_connection() {
+    let server = TestServer::start_with(|c| {
+        c.keepalive_s = 20;
+        c.idle_timeout_s = 50;
+        c.max_frame_bytes = 8192;
+    })
+    .await;
+    let (mut eio, open) = Eio::open(server.addr, None).await;
+    assert!(open["sid"].as_str().is_some_and(|s| !s.is_empty()), "{open}");
+    assert_eq!(open["upgrades"], json!([]), "nothing to upgrade to from WebSocket");
+    assert_eq!(open["pingInterval"], 20_000, "the keepalive beat is the ping");
+    assert_eq!(open["pingTimeout"], 30_000, "ping interval + timeout = the idle timeout");
+    assert_eq!(open["maxPayload"], 8192);
+
+    eio.send(r#"40/admin,{"token":"x"}"#.to_owned()).await;
+    assert_eq!(eio.packet().await, r#"44/admin,{"message":"Invalid namespace"}"#);
+    eio.send(format!("40{}", json!({"token": "forged.token.here"}))).await;
+    let refused = eio.packet().await;
+    let refusal: Value = serde_json::from_str(refused.strip_prefix("44").expect("a connect_error")).expect("JSON");
+    assert!(refusal["message"].as_str().is_some_and(|m| m.starts_with("unauthorized")), "{refusal}");
+    // An event before the connect is ignored, as Socket.IO does.
+    eio.send(r#"421["ping",{}]"#.to_owned()).await;
+    eio.send("40".to_owned()).await;
+    let refused = eio.packet().await;
+    assert!(refused.starts_with(r#"44{"message":"unauthorized: missing token"#), "{refused}");
+    eio.send(format!("40{}", json!({"token": token("ada")}))).await;
+    let connected = eio.packet().await;
+    let connected: Value = serde_json::from_str(connected.strip_prefix("40").expect("a connect")).expect("JSON");
+    assert!(connected["sid"].is_string(), "{connected}");
+    assert_eq!(eio.expect_event("ready").await["user"]["id"], "ada");
+    assert_eq!(eio.expect_event("connection_status").await["status"], "connected");
+    assert!(eio.ok("ping", json!({})).await["server_time"].is_string());
+
+    // Three refusals end the connection.
+    let (mut eio, _) = Eio::open(server.addr, None).await;
+    for _ in 0..3 {
+        eio.send(format!("40{}", json!({"token": "forged"}))).await;
+        assert!(eio.packet().await.starts_with("44{"));
+    }
+    assert_eq!(eio.close_code(WAIT).await, Some(4401));
+    server.stop().await.expect("stops cleanly");
+}
+
+/// Packets that are not commands over a WebSocket opened straight to
+/// `/socket.io/`: each is answered (an `error` event, or the ack the client
+/// asked for) and the connection goes on, until too many in a row, which
+/// end it as natively (`close` 4400, then the server's disconnect); a
+/// frame over the limit ends it with 1009.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_packets_over_websocket_are_answered_and_counted() {
+    let server = TestServer::start_with(|c| c.max_frame_bytes = 4096).await;
+    let mut eio = Eio::connect(server.addr, &token("ada"), None).await;
+    let ack = eio.call("no:such", json!({})).await;
+    assert_eq!((ack["ok"].clone(), ack["error"]["code"].clone()), (json!(false), json!("unknown_command")), "{ack}");
+    let ack = eio.call("room:join", json!({"room_id": 12})).await;
+    assert_eq!(ack["error"]["code"], "invalid", "{ack}");
+    for (packet, what) in [
+        (r#"42["no:such"]"#, "an unknown event without an ack"),
+        ("42not json", "an event that is not JSON"),
+        (r#"42{"a":1}"#, "an event that is not an array"),
+        ("42[]", "an event without a name"),
+        (r#"451-["x",{"_placeholder":true,"num":0}]"#, "a binary event"),
+        ("4x", "an unknown Socket.IO packet"),
+        ("9", "an unknown Engine.IO packet"),
+        ("42123456789012345678901234567890[\"ping\"]", "an ack id past 64 bits"),
+    ] {
+        eio.send(packet.to_owned()).await;
+        let error = eio.expect_event("error").await;
+        assert!(matches!(error["code"].as_str(), Some("invalid" | "unknown_command")), "{what}: {error}");
+    }
+    eio.ws.send(Message::binary(vec![1u8, 2, 3])).await.expect("send");
+    assert_eq!(eio.expect_event("error").await["code"], "invalid", "a binary frame");
+    // Still there: pong, no-op and a client's ping are fine.
+    eio.send("6".to_owned()).await;
+    eio.send("2".to_owned()).await;
+    assert_eq!(eio.packet().await, "3", "a client's ping is answered");
+    assert!(eio.ok("ping", json!({})).await["server_time"].is_string());
+    // 11 bad packets so far; more than 20 within 10 s end the session.
+    for _ in 0..10 {
+        eio.send("4x".to_owned()).await;
+    }
+    let mut close = None;
+    loop {
+        match eio.read().await {
+            Ok((name, data)) if name == "close" => close = Some(data),
+            Ok(_) => {}
+            Err(ack) => panic!("an ack nobody asked for: {ack:?}"),
+        }
+        if close.is_some() {
+            break;
+        }
+    }
+    let close = close.expect("a close event");
+    assert_eq!(close["code"], 4400, "{close}");
+    assert_eq!(eio.packet().await, "41", "then the server's disconnect");
+    assert_eq!(eio.close_code(WAIT).await, Some(4400));
+
+    // A frame over the limit: 1009, and only that connection ends.
+    let mut other = Eio::connect(server.addr, &token("bob"), None).await;
+    let mut big = Eio::connect(server.addr, &token("cy"), None).await;
+    big.send(format!("42{}", json!(["ping", {"pad": "x".repeat(5000)}]))).await;
+    assert_eq!(big.close_code(WAIT).await, Some(1009));
+    other.ok("ping", json!({})).await;
+    server.stop().await.expect("stops cleanly");
+}
+
+/// The engine's keepalive beat is the Engine.IO ping over a WebSocket opened
+/// straight to `/socket.io/`: a client that answers (`3`) stays, one that
+/// does not is closed after the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socketio_client_that_answers_no_ping_is_closed_after_the_idle_timeout() {
+    let server = TestServer::start_with(|c| {
+        c.keepalive_s = 1;
+        c.idle_timeout_s = 2;
+    })
+    .await;
+    let started = Instant::now();
+    let mut silent = Eio::connect(server.addr, &token("ada"), None).await;
+    let mut awake = Eio::connect(server.addr, &token("bob"), None).await;
+    // Bob answers every ping for 4 s (`packet` does); Ada answers none.
+    let listen = tokio::spawn(async move {
+        while started.elapsed() < Duration::from_secs(4) {
+            let _ = tokio::time::timeout(Duration::from_millis(500), awake.packet()).await;
+        }
+        awake
+    });
+    assert_eq!(silent.close_code(Duration::from_secs(6)).await, Some(1001));
+    assert!(started.elapsed() >= Duration::from_secs(2), "closed before the idle timeout: {:?}", started.elapsed());
+    let mut awake = listen.await.expect("the awake client");
+    awake.ok("ping", json!({})).await;
+    server.stop().await.expect("stops cleanly");
+}
+
+/// A long-polling client that stops polling fills its socket's buffer (as
+/// long as the engine's outbound queue) and is cut off as a slow consumer:
+/// its session ends at once and is counted; when it polls again it gets what
+/// was buffered, in order, then `close` 4429 and the server's disconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_client_that_stops_polling_is_cut_as_a_slow_consumer() {
+    let server = TestServer::start_with(|c| {
+        c.outbound_queue = 16;
+        unthrottle(c);
+    })
+    .await;
+    let mut sender = server.connect("sam").await;
+    let room = support::group_with(&mut sender, "public", &[]).await;
+    let (_, sid) = polling_handshake(&server, None).await;
+    let (client, url) = polling_connect(sid.expect("a polling session"), &server, "pat").await;
+    let join = format!("421{}", json!(["room:join", {"room_id": room}]));
+    client.post(&url).body(join).send().await.expect("answered");
+    let deadline = Instant::now() + WAIT;
+    while !poll(&client, &url).await.iter().any(|p| p.starts_with("431[")) {
+        assert!(Instant::now() < deadline, "no ack of the join");
+    }
+    assert_eq!(socketio_sessions(&server).await, 1);
+
+    // From here on nothing is polled.
+    const COUNT: u64 = 40;
+    support::send_pipelined(&mut sender, &room, COUNT, "hello", 4).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while socketio_sessions(&server).await != 0 {
+        assert!(Instant::now() < deadline, "the slow consumer's session is still counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = server.metrics().await;
+    assert_eq!(support::metric(&metrics, "chat_slow_consumer_closes_total"), 1.0, "the cut is counted once");
+
+    let (mut seqs, mut close) = (Vec::new(), None);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    'polling: loop {
+        for packet in poll(&client, &url).await {
+            if packet == "41" {
+                break 'polling;
+            }
+            let Some(event) = packet.strip_prefix("42") else { continue };
+            let args: Value = serde_json::from_str(event).expect("an event");
+            assert!(close.is_none(), "an event after close: {args:.100}");
+            match args[0].as_str() {
+                Some("message:new") => seqs.push(args[1]["message"]["seq"].as_u64().expect("seq")),
+                Some("close") => close = Some(args[1].clone()),
+                _ => {}
+            }
+        }
+        assert!(Instant::now() < deadline, "no disconnect packet after {} messages (close: {close:?})", seqs.len());
+    }
+    assert!(!seqs.is_empty() && seqs.len() < COUNT as usize, "got {} of {COUNT}", seqs.len());
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "what it got is in order");
+    let close = close.expect("a close event before the disconnect");
+    assert_eq!(close["code"], 4429, "{close}");
+    sender.ok("ping", json!({})).await;
     server.stop().await.expect("stops cleanly");
 }
