@@ -1,9 +1,9 @@
 //! Socket.IO for the chat toolkit: Socket.IO v5 on Engine.IO v4, over
-//! WebSocket and HTTP long-polling, on [socketioxide], so that
-//! `socket.io-client` 4.x (and python-socketio, and the other client
-//! libraries) talk to the same engine as native clients with nothing changed
-//! but the URL. The contract is section 10 of the wire contract; the
-//! project's `docs/socketio.md` has it in short, with a migration guide.
+//! WebSocket and HTTP long-polling, so that `socket.io-client` 4.x (and
+//! python-socketio, and the other client libraries) talk to the same engine
+//! as native clients with nothing changed but the URL. The contract is
+//! section 10 of the wire contract; the project's `docs/socketio.md` has it
+//! in short, with a migration guide.
 //!
 //! [`routes`] gives the `/socket.io/` endpoint, to be mounted beside the
 //! native transport with [`chat_transport_ws::router_with`], so that it shares
@@ -20,31 +20,36 @@
 //! # How a socket meets the engine
 //!
 //! One Socket.IO socket is one engine [`Session`], exactly as a native
-//! WebSocket is. socketioxide speaks the protocols (handshakes, heartbeats,
-//! packets, acks, the upgrade from polling); everything chat-specific comes
-//! from the engine, which is the only path between clients: socketioxide's
-//! rooms, broadcasts and adapter are never used, so native and Socket.IO
-//! clients share rooms and nothing reaches anyone twice.
+//! WebSocket is, whichever way its packets travel:
 //!
-//! - **Connect.** The namespace's middleware authenticates the handshake's
-//!   `auth.token` (or an `Authorization: Bearer` header) with the listener's
-//!   authenticator and opens the session; a refusal is a `connect_error`
-//!   whose message starts with the error code (`unauthorized: token
-//!   expired`). The server then emits `ready` (the native `ready`'s data) and
-//!   `connection_status`.
-//! - **Commands in.** Every event is taken, in the order it arrived, into the
-//!   socket's bounded queue by an extractor that runs inside socketioxide's
-//!   dispatch (a handler proper would be spawned as a task per event, and
-//!   tasks may run out of order). One task per socket, the driver, submits
-//!   them to the session while it accepts input, so a client that sends
-//!   faster than its commands complete is pushed back as natively; past the
-//!   queue's bound a command is refused `rate_limited` at once.
-//! - **Answers and events out.** The driver writes the session's output: an
-//!   ack `{"ok":true,"data"}` or `{"ok":false,"error"}` for a command that
-//!   asked for one, an `error` event for a failure without one, and each
-//!   event under its own name. An event's payload is encoded once for every
-//!   Socket.IO session it goes to ([`chat_core::Delivery`] caches it per
-//!   codec); socketioxide frames it per socket.
+//! - **A WebSocket opened straight to `/socket.io/`** (`transports:
+//!   ["websocket"]`) runs on the native transport's connection loop and
+//!   building blocks ([`chat_transport_ws::ws`]), with Engine.IO and
+//!   Socket.IO framing on top: one task and one allocation per connection,
+//!   events written as one shared packet without waiting, the engine's
+//!   keepalive beat as the Engine.IO ping, and a client that stops reading
+//!   cut off by the engine as a slow consumer, as natively.
+//! - **Long-polling, and the WebSocket a polling client upgrades to,** are
+//!   served by [socketioxide], which speaks those protocols (handshakes,
+//!   heartbeats, the upgrade). Its namespace middleware opens the session;
+//!   an extractor inside its dispatch queues every event in arrival order;
+//!   one task per socket drives the session.
+//!
+//! Everything chat-specific comes from the engine, which is the only path
+//! between clients: socketioxide's rooms, broadcasts and adapter are never
+//! used, so native and Socket.IO clients share rooms and nothing reaches
+//! anyone twice. Both paths share the driver:
+//!
+//! - **Connect.** The handshake's `auth.token` (or an `Authorization:
+//!   Bearer` header) is checked by the listener's authenticator and the
+//!   session opened; a refusal is a `connect_error` whose message starts
+//!   with the error code (`unauthorized: token expired`). The server then
+//!   emits `ready` (the native `ready`'s data) and `connection_status`.
+//! - **Answers and events out.** An ack `{"ok":true,"data"}` or
+//!   `{"ok":false,"error"}` for a command that asked for one, an `error`
+//!   event for a failure without one, and each event under its own name. An
+//!   event is encoded once for every Socket.IO session it goes to
+//!   ([`chat_core::Delivery`] caches it per codec).
 //! - **Aliases** of common Socket.IO chat servers: `room:joined` and
 //!   `message:ack` after a successful join or send, `user:online` /
 //!   `user:offline` beside `presence:changed`, `pong` after `ping`.
@@ -53,16 +58,13 @@
 //!   the visitor gets `message_received` when it is stored, and other
 //!   members' messages as `chat message` `{"text","from","message"}`.
 //! - **Limits.** A packet larger than the listener's frame limit ends the
-//!   connection (socketioxide's `max_payload`); a session the engine ends (an
-//!   expired token, abuse, revocation) is told why with a `close` event
-//!   `{"code","reason"}` (the native close code) and disconnected; a client
-//!   that stops reading fills its socket's buffer (as long as the engine's
-//!   outbound queue) and is cut off as a slow consumer (`close` 4429 once
-//!   it reads again), without holding up anyone else.
+//!   connection; a session the engine ends (an expired token, abuse,
+//!   revocation, a slow consumer) is told why with a `close` event
+//!   `{"code","reason"}` (the native close code) and disconnected.
 //!
-//! socketioxide has no connection-state recovery; resuming is `room:join`
-//! with `since_seq`, as natively, which loses nothing even across server
-//! restarts and processes.
+//! Socket.IO's connection-state recovery is not offered; resuming is
+//! `room:join` with `since_seq`, as natively, which loses nothing even
+//! across server restarts and processes.
 
 mod driver;
 mod polling;
