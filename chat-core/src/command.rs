@@ -13,6 +13,7 @@ use crate::id::{MessageId, RoomId, UserId};
 use crate::message::{HistoryPage, Message};
 use crate::presence::{OnlineUser, PresenceStatus};
 use crate::room::{MemberReceipts, Room, RoomKind, RoomSummary, Visibility};
+use crate::search::SearchPage;
 use crate::time::Timestamp;
 use crate::user::User;
 
@@ -137,6 +138,22 @@ pub struct SearchUsers {
     pub limit: Option<u32>,
 }
 
+/// `messages:search`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SearchMessages {
+    /// The words to find, all of them ([`crate::search`]).
+    pub q: String,
+    /// Only this room.
+    #[serde(default)]
+    pub room_id: Option<RoomId>,
+    /// Result count; capped at [`crate::search::MAX_LIMIT`].
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// The `next` of the previous page.
+    #[serde(default)]
+    pub before: Option<String>,
+}
+
 /// The name of a command, as clients spell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -173,13 +190,15 @@ pub enum CommandKind {
     UsersOnline,
     /// `users:search`
     UsersSearch,
+    /// `messages:search`
+    MessagesSearch,
     /// `ping`
     Ping,
 }
 
 impl CommandKind {
     /// Every command, for tables and docs.
-    pub const ALL: [CommandKind; 17] = [
+    pub const ALL: [CommandKind; 18] = [
         CommandKind::RoomCreate,
         CommandKind::RoomJoin,
         CommandKind::RoomLeave,
@@ -196,6 +215,7 @@ impl CommandKind {
         CommandKind::PresenceUpdate,
         CommandKind::UsersOnline,
         CommandKind::UsersSearch,
+        CommandKind::MessagesSearch,
         CommandKind::Ping,
     ];
 
@@ -218,6 +238,7 @@ impl CommandKind {
             CommandKind::PresenceUpdate => "presence:update",
             CommandKind::UsersOnline => "users:online",
             CommandKind::UsersSearch => "users:search",
+            CommandKind::MessagesSearch => "messages:search",
             CommandKind::Ping => "ping",
         }
     }
@@ -264,6 +285,8 @@ pub enum Command {
     UsersOnline,
     /// `users:search`
     UsersSearch(SearchUsers),
+    /// `messages:search`
+    MessagesSearch(SearchMessages),
     /// `ping`
     Ping,
 }
@@ -296,6 +319,7 @@ impl Command {
                 Command::UsersOnline
             }
             CommandKind::UsersSearch => Command::UsersSearch(SearchUsers::deserialize(data)?),
+            CommandKind::MessagesSearch => Command::MessagesSearch(SearchMessages::deserialize(data)?),
             CommandKind::Ping => {
                 IgnoredAny::deserialize(data)?;
                 Command::Ping
@@ -322,6 +346,7 @@ impl Command {
             Command::PresenceUpdate(_) => CommandKind::PresenceUpdate,
             Command::UsersOnline => CommandKind::UsersOnline,
             Command::UsersSearch(_) => CommandKind::UsersSearch,
+            Command::MessagesSearch(_) => CommandKind::MessagesSearch,
             Command::Ping => CommandKind::Ping,
         }
     }
@@ -375,6 +400,8 @@ pub enum Reply {
         /// Connected, visible users.
         users: Vec<OnlineUser>,
     },
+    /// `{"results","next"?}` of `messages:search`
+    Search(SearchPage),
     /// `{"server_time"}`
     Pong {
         /// The server's clock.

@@ -68,6 +68,7 @@ pub mod message;
 mod metrics;
 pub mod presence;
 pub mod room;
+pub mod search;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -88,6 +89,7 @@ pub use id::{MessageId, RoomId, SessionId, UserId};
 pub use message::{Appended, Attachment, HistoryPage, HistoryQuery, Message, NewMessage};
 pub use presence::{OnlineUser, PresenceStatus};
 pub use room::{Member, MemberReceipts, MemberRole, NewRoom, ReceiptKind, Room, RoomKind, RoomSummary, Visibility};
+pub use search::{SearchHit, SearchPage, SearchQuery};
 pub use store::{Joining, MemberLimits, MemoryStore, QueueCursor, QueuedRoom, Store};
 pub use time::Timestamp;
 pub use user::{Identity, User};

@@ -38,6 +38,7 @@ use crate::error::Result;
 use crate::id::{MessageId, RoomId, UserId};
 use crate::message::{Appended, Attachment, HistoryQuery, Message, NewMessage};
 use crate::room::{MemberRole, NewRoom, ReceiptKind, Room, RoomKind, Visibility};
+use crate::search::{SearchPage, SearchQuery, words};
 use crate::store::{Joining, MemberLimits, QueueCursor, QueuedRoom, Store};
 use crate::time::Timestamp;
 use crate::user::User;
@@ -185,7 +186,10 @@ macro_rules! store_conformance {
                 history_of_an_empty_or_unknown_room_is_empty,
                 advance_cursor_only_moves_forward,
                 read_cursor_implies_delivered,
-                advance_cursor_for_a_non_member_is_none;
+                advance_cursor_for_a_non_member_is_none,
+                search_finds_whole_words_folded_in_the_users_rooms,
+                search_follows_edits_deletes_and_membership,
+                search_pages_newest_first;
                 shared:
                 concurrent_appends_are_gapless,
                 concurrent_duplicates_store_one_message,
@@ -1972,4 +1976,126 @@ pub async fn bridge_lease_goes_to_one_of_racing_holders(store: Arc<dyn Store>) {
         }
         assert_eq!(winners, 1, "round {round}: one holder wins");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Search
+
+/// A message with this body.
+fn said(room: RoomId, sender: &str, client_msg_id: &str, created: i64, body: &str) -> NewMessage {
+    NewMessage { body: body.to_owned(), ..msg(room, sender, client_msg_id, created) }
+}
+
+/// `user`'s search for `q`, in `room` only when given.
+fn search_for(user: &str, q: &str, room: Option<RoomId>, limit: u32, before: Option<String>) -> SearchQuery {
+    SearchQuery { user: uid(user), words: words(q), room, limit, before }
+}
+
+async fn search(store: &dyn Store, query: SearchQuery) -> SearchPage {
+    let what = format!("search_messages({query:?})");
+    let page = ok(store.search_messages(&query).await, &what);
+    assert!(page.results.len() <= query.limit as usize, "{what} returned more than its limit");
+    for hit in &page.results {
+        assert_eq!(hit.room.id, hit.message.room_id, "{what}: a result's room is its message's");
+    }
+    page
+}
+
+/// The bodies found, in order.
+fn bodies(page: &SearchPage) -> Vec<&str> {
+    page.results.iter().map(|h| h.message.body.as_str()).collect()
+}
+
+/// `search_messages` finds messages holding every word of the query as whole
+/// words, case and accents folded, in the rooms the user is a member of (or
+/// the one named), newest first.
+pub async fn search_finds_whole_words_folded_in_the_users_rooms(store: &dyn Store) {
+    let shared = group(store, &["ada", "bob"], 0).await;
+    let own = group(store, &["ada"], 1).await;
+    let elsewhere = group(store, &["cy"], 2).await;
+    append(store, vec![said(shared.id, "bob", "m1", 10, "Élan vital, said Bob")]).await;
+    append(store, vec![said(shared.id, "ada", "m2", 11, "the elans are fine")]).await;
+    append(store, vec![said(elsewhere.id, "cy", "m3", 12, "elan elsewhere")]).await;
+    append(store, vec![said(own.id, "ada", "m4", 13, "ÉLAN in room two!")]).await;
+    append(store, vec![said(shared.id, "bob", "m5", 14, "nothing to see")]).await;
+
+    let page = search(store, search_for("ada", "elan", None, 10, None)).await;
+    assert_eq!(bodies(&page), ["ÉLAN in room two!", "Élan vital, said Bob"], "whole words, folded, newest first");
+    assert_eq!(page.next, None, "one page");
+    assert_eq!(page.results[0].room.id, own.id);
+    let page = search(store, search_for("ada", "ÉLAN Vital", None, 10, None)).await;
+    assert_eq!(bodies(&page), ["Élan vital, said Bob"], "every word must match");
+    let page = search(store, search_for("ada", "elan", Some(shared.id), 10, None)).await;
+    assert_eq!(bodies(&page), ["Élan vital, said Bob"], "only the room asked for");
+    let page = search(store, search_for("cy", "elan", None, 10, None)).await;
+    assert_eq!(bodies(&page), ["elan elsewhere"], "only the searcher's rooms");
+    let page = search(store, search_for("ada", "elan", Some(elsewhere.id), 10, None)).await;
+    assert!(page.results.is_empty(), "never a room the searcher is not in, even when named");
+    assert!(search(store, search_for("nobody", "elan", None, 10, None)).await.results.is_empty());
+    assert!(search(store, search_for("ada", "ela", None, 10, None)).await.results.is_empty(), "not prefixes");
+    let page = search(store, search_for("bob", "\"said* (bob^ -", None, 10, None)).await;
+    assert_eq!(bodies(&page), ["Élan vital, said Bob"], "punctuation is no query syntax");
+}
+
+/// Only current text is found: an edit changes what matches, a deleted
+/// message is never found, and a member who left no longer finds the room's
+/// messages.
+pub async fn search_follows_edits_deletes_and_membership(store: &dyn Store) {
+    let room = group(store, &["ada", "bob"], 0).await;
+    let out = append(store, vec![said(room.id, "ada", "m1", 10, "apple pie")]).await;
+    let id = out[0].message.id;
+    let found = |q: &'static str, user: &'static str| async move {
+        search(store, search_for(user, q, None, 10, None))
+            .await
+            .results
+            .iter()
+            .map(|h| h.message.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(found("apple", "bob").await, [id]);
+    ok(store.edit_message(room.id, id, "banana split", at(11)).await, "edit_message");
+    assert!(found("apple", "bob").await.is_empty(), "words an edit removed are not found");
+    assert_eq!(found("banana", "bob").await, [id], "the edited text is");
+    let page = search(store, search_for("bob", "banana", None, 10, None)).await;
+    assert_eq!(page.results[0].message.body, "banana split", "the message as it is now");
+    ok(store.delete_message(room.id, id, at(12)).await, "delete_message");
+    assert!(found("banana", "bob").await.is_empty(), "a deleted message is not found");
+
+    append(store, vec![said(room.id, "ada", "m2", 13, "cherry tart")]).await;
+    assert_eq!(found("cherry", "bob").await.len(), 1);
+    assert!(ok(store.remove_member(room.id, &uid("bob")).await, "remove_member"));
+    assert!(found("cherry", "bob").await.is_empty(), "a member who left no longer finds the room");
+    assert_eq!(found("cherry", "ada").await.len(), 1, "the others still do");
+}
+
+/// Results come newest first in pages of `limit`; each page's `next` leads
+/// to the next older one, until a page without `next`; every result once.
+pub async fn search_pages_newest_first(store: &dyn Store) {
+    let r1 = group(store, &["ada"], 0).await;
+    let r2 = group(store, &["ada"], 1).await;
+    let mut want = Vec::new();
+    for i in 0..7 {
+        let room = if i % 2 == 0 { r1.id } else { r2.id };
+        let out = append(store, vec![said(room, "ada", &format!("m{i}"), 10 + i, &format!("note number {i}"))]).await;
+        want.push(out[0].message.id);
+        append(store, vec![said(room, "ada", &format!("other{i}"), 10 + i, "unrelated")]).await;
+    }
+    want.reverse();
+    let mut got = Vec::new();
+    let mut before = None;
+    let mut pages = 0;
+    loop {
+        let page = search(store, search_for("ada", "NOTE", None, 3, before.take())).await;
+        pages += 1;
+        got.extend(page.results.iter().map(|h| h.message.id));
+        match page.next {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    assert_eq!(got, want, "every result once, newest first");
+    assert_eq!(pages, 3, "pages of 3, 3 and 1");
+    let bad = store.search_messages(&search_for("ada", "note", None, 3, Some("not a cursor".into()))).await;
+    assert_eq!(bad.map(|p| p.results.len()).map_err(|e| e.code().as_str()), Err("invalid"), "a cursor it did not make");
 }

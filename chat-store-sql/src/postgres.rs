@@ -50,7 +50,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chat_core::{
     Appended, HistoryPage, HistoryQuery, Joining, Member, MemberLimits, Message, MessageId, NewMessage, NewRoom,
-    QueueCursor, QueuedRoom, ReceiptKind, Room, RoomId, RoomKind, RoomSummary, Store, Timestamp, User, UserId,
+    QueueCursor, QueuedRoom, ReceiptKind, Room, RoomId, RoomKind, RoomSummary, SearchHit, SearchPage, SearchQuery,
+    Store, Timestamp, User, UserId,
 };
 use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
@@ -72,6 +73,7 @@ const MIGRATIONS: &[migrate::Embedded] = &[
     (5, "bridge lease", include_str!("../migrations/postgres/0005_bridge_lease.sql")),
     (6, "hot updates", include_str!("../migrations/postgres/0006_hot_updates.sql")),
     (7, "limits and queue", include_str!("../migrations/postgres/0007_limits_and_queue.sql")),
+    (8, "message search", include_str!("../migrations/postgres/0008_message_search.sql")),
 ];
 
 /// Settings of a [`PostgresStore`]. Start from [`PostgresConfig::from_url`] and
@@ -204,7 +206,71 @@ async fn recorded_version(pool: &PgPool) -> Result<Option<i64>> {
 async fn migrate_pool(pool: &PgPool) -> Result<()> {
     migrate::check_not_newer(recorded_version(pool).await?, PostgresStore::SCHEMA_VERSION)?;
     migrate::migrator(MIGRATIONS).run(pool).await.db()?;
+    index_unsearched(pool).await
+}
+
+/// Messages indexed for search per statement of [`index_unsearched`].
+const SEARCH_BACKFILL_BATCH: i64 = 1000;
+
+/// Gives the messages stored before search existed their words (migration
+/// 8 cannot: the folding is the server's), a batch at a time through the
+/// partial index of those without. Idempotent, and harmless when several
+/// processes start at once: they write the same words.
+async fn index_unsearched(pool: &PgPool) -> Result<()> {
+    let mut total = 0u64;
+    loop {
+        let rows = sqlx::query(
+            "SELECT room_id, seq, body FROM messages WHERE search IS NULL AND NOT deleted ORDER BY room_id, seq LIMIT $1",
+        )
+        .bind(SEARCH_BACKFILL_BATCH)
+        .fetch_all(pool)
+        .await
+        .db()?;
+        if rows.is_empty() {
+            break;
+        }
+        let mut rooms: Vec<Uuid> = Vec::with_capacity(rows.len());
+        let mut seqs: Vec<i64> = Vec::with_capacity(rows.len());
+        let mut words: Vec<String> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            rooms.push(row.try_get("room_id").db()?);
+            seqs.push(row.try_get("seq").db()?);
+            words.push(search_words(row.try_get("body").db()?));
+        }
+        sqlx::query(
+            "UPDATE messages m SET search = array_to_tsvector(string_to_array(u.w, ' '))
+             FROM unnest($1::uuid[], $2::int8[], $3::text[]) AS u(r, s, w)
+             WHERE m.room_id = u.r AND m.seq = u.s",
+        )
+        .bind(&rooms)
+        .bind(&seqs)
+        .bind(&words)
+        .execute(pool)
+        .await
+        .db()?;
+        total += rows.len() as u64;
+    }
+    if total > 0 {
+        tracing::info!(messages = total, "indexed stored messages for search");
+    }
     Ok(())
+}
+
+/// What a message's `search` column is made of: its words, folded, one
+/// space apart; the column is `array_to_tsvector(string_to_array(…, ' '))`
+/// of this, the words as they are (no parser, no dictionary: the server
+/// folded them already, and skipping PostgreSQL's parser halves the cost of
+/// an insert's vector).
+fn search_words(body: &str) -> String {
+    chat_core::search::words(body).join(" ")
+}
+
+/// A `tsquery` that matches every one of `words` exactly, as lexemes of
+/// [`search_words`]: `'w1' & 'w2'`.
+fn words_query(words: &[String]) -> String {
+    let quoted: Vec<String> =
+        words.iter().map(|w| format!("'{}'", w.replace('\\', "\\\\").replace('\'', "''"))).collect();
+    quoted.join(" & ")
 }
 
 /// Turns a sqlx result into this crate's, classified by what this backend
@@ -283,6 +349,22 @@ macro_rules! message_cols {
          edited_at, deleted"
     };
 }
+
+/// The statement of [`Store::search_messages`]: $1 the query, every word
+/// as a quoted lexeme ([`words_query`]), $2 the searcher, $3 the one room or NULL, $4 and $5 the
+/// (created_at, id) the page starts below, $6 the rows to read. Public for
+/// the tests that check its plan.
+#[doc(hidden)]
+pub const SEARCH_MESSAGES_SQL: &str = concat!(
+    "SELECT ",
+    message_cols!(),
+    " FROM messages
+      WHERE search @@ $1::tsquery AND NOT deleted
+        AND room_id IN (SELECT room_id FROM members WHERE user_id = $2)
+        AND ($3::uuid IS NULL OR room_id = $3)
+        AND (created_at, id) < ($4, $5)
+      ORDER BY created_at DESC, id DESC LIMIT $6"
+);
 
 fn user_from_row(row: &PgRow) -> Result<User> {
     Ok(User {
@@ -482,6 +564,7 @@ async fn insert_planned(
     let mut attachments = Vec::with_capacity(n);
     let mut replies = Vec::with_capacity(n);
     let mut times = Vec::with_capacity(n);
+    let mut words = Vec::with_capacity(n);
     for (new, outcome) in batch.iter().zip(plan) {
         let Outcome::New(seq) = *outcome else { continue };
         rooms.push(*new.room_id.as_uuid());
@@ -493,23 +576,26 @@ async fn insert_planned(
         attachments.push(codec::attachments_to_db(&new.attachments)?);
         replies.push(new.reply_to.map(|id| *id.as_uuid()));
         times.push(new.created_at.as_millis());
+        words.push(search_words(&new.body));
     }
     if n == 0 {
         return Ok(0);
     }
     let sql = if skip_stored {
         concat!(
-            "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at)
-             SELECT r, s, i, se, c, b, a::jsonb, rt, t
+            "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at,
+                                   search)
+             SELECT r, s, i, se, c, b, a::jsonb, rt, t, array_to_tsvector(string_to_array(w, ' '))
              FROM unnest($1::uuid[], $2::int8[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
-                         $8::uuid[], $9::int8[]) AS u(r, s, i, se, c, b, a, rt, t)",
+                         $8::uuid[], $9::int8[], $10::text[]) AS u(r, s, i, se, c, b, a, rt, t, w)",
             " ON CONFLICT (room_id, sender_id, client_msg_id) DO NOTHING"
         )
     } else {
-        "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at)
-         SELECT r, s, i, se, c, b, a::jsonb, rt, t
+        "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at,
+                               search)
+         SELECT r, s, i, se, c, b, a::jsonb, rt, t, array_to_tsvector(string_to_array(w, ' '))
          FROM unnest($1::uuid[], $2::int8[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
-                     $8::uuid[], $9::int8[]) AS u(r, s, i, se, c, b, a, rt, t)"
+                     $8::uuid[], $9::int8[], $10::text[]) AS u(r, s, i, se, c, b, a, rt, t, w)"
     };
     Ok(sqlx::query(sql)
         .bind(&rooms)
@@ -521,6 +607,7 @@ async fn insert_planned(
         .bind(&attachments)
         .bind(&replies)
         .bind(&times)
+        .bind(&words)
         .execute(&mut *conn)
         .await
         .db()?
@@ -1128,13 +1215,15 @@ impl Store for PostgresStore {
     ) -> chat_core::Result<Option<Message>> {
         self.bounded(async {
             let row = sqlx::query(concat!(
-                "UPDATE messages SET body = $3, edited_at = $4 WHERE id = $2 AND room_id = $1 RETURNING ",
+                "UPDATE messages SET body = $3, edited_at = $4, search = array_to_tsvector(string_to_array($5, ' '))
+                 WHERE id = $2 AND room_id = $1 RETURNING ",
                 message_cols!()
             ))
             .bind(room.as_uuid())
             .bind(id.as_uuid())
             .bind(body)
             .bind(at.as_millis())
+            .bind(search_words(body))
             .fetch_optional(&self.pool)
             .await
             .db()?;
@@ -1146,7 +1235,7 @@ impl Store for PostgresStore {
     async fn delete_message(&self, room: RoomId, id: MessageId, at: Timestamp) -> chat_core::Result<Option<Message>> {
         self.bounded(async {
             let row = sqlx::query(concat!(
-                "UPDATE messages SET body = '', attachments = '[]', deleted = TRUE, edited_at = $3
+                "UPDATE messages SET body = '', attachments = '[]', deleted = TRUE, edited_at = $3, search = NULL
                  WHERE id = $2 AND room_id = $1 RETURNING ",
                 message_cols!()
             ))
@@ -1177,6 +1266,54 @@ impl Store for PostgresStore {
             .await
             .db()?;
             Ok(rows.iter().map(message_from_row).collect::<Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn search_messages(&self, query: &SearchQuery) -> chat_core::Result<SearchPage> {
+        // The GIN index finds the matching messages; those of the searcher's
+        // rooms are sorted newest first. The cursor is the last result's
+        // (created_at, id).
+        let (before_at, before_id) = match &query.before {
+            Some(text) => {
+                let bad = || chat_core::Error::invalid("cursor is not one this server gave");
+                let (at, id) = text.split_once('.').ok_or_else(bad)?;
+                (at.parse::<i64>().map_err(|_| bad())?, Uuid::parse_str(id).map_err(|_| bad())?)
+            }
+            None => (i64::MAX, Uuid::max()),
+        };
+        let limit = i64::from(query.limit);
+        self.bounded(async {
+            let rows = sqlx::query(SEARCH_MESSAGES_SQL)
+                .bind(words_query(&query.words))
+                .bind(query.user.as_str())
+                .bind(query.room.map(|r| *r.as_uuid()))
+                .bind(before_at)
+                .bind(before_id)
+                .bind(limit + 1)
+                .fetch_all(&self.pool)
+                .await
+                .db()?;
+            let more = rows.len() > query.limit as usize;
+            let messages: Vec<Message> =
+                rows.iter().take(query.limit as usize).map(message_from_row).collect::<Result<_>>()?;
+            let next =
+                if more { messages.last().map(|m| format!("{}.{}", m.created_at.as_millis(), m.id)) } else { None };
+            let mut room_ids: Vec<Uuid> = messages.iter().map(|m| *m.room_id.as_uuid()).collect();
+            room_ids.sort_unstable();
+            room_ids.dedup();
+            let rooms = sqlx::query(concat!("SELECT ", room_cols!(), " FROM rooms WHERE id = ANY($1)"))
+                .bind(&room_ids)
+                .fetch_all(&self.pool)
+                .await
+                .db()?;
+            let rooms: HashMap<RoomId, Room> =
+                rooms.iter().map(room_from_row).map(|r| r.map(|r| (r.id, r))).collect::<Result<_>>()?;
+            let results = messages
+                .into_iter()
+                .filter_map(|message| rooms.get(&message.room_id).cloned().map(|room| SearchHit { message, room }))
+                .collect();
+            Ok(SearchPage { results, next })
         })
         .await
     }

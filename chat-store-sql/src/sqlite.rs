@@ -21,7 +21,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chat_core::{
     Appended, HistoryPage, HistoryQuery, Joining, Member, MemberLimits, Message, MessageId, NewMessage, NewRoom,
-    QueueCursor, QueuedRoom, ReceiptKind, Room, RoomId, RoomKind, RoomSummary, Store, Timestamp, User, UserId,
+    QueueCursor, QueuedRoom, ReceiptKind, Room, RoomId, RoomKind, RoomSummary, SearchHit, SearchPage, SearchQuery,
+    Store, Timestamp, User, UserId,
 };
 use sqlx::error::DatabaseError;
 use sqlx::sqlite::{
@@ -45,6 +46,7 @@ const MIGRATIONS: &[migrate::Embedded] = &[
     (4, "room claim and close", include_str!("../migrations/sqlite/0004_room_claim_close.sql")),
     (5, "bridge lease", include_str!("../migrations/sqlite/0005_bridge_lease.sql")),
     (6, "limits and queue", include_str!("../migrations/sqlite/0006_limits_and_queue.sql")),
+    (7, "message search", include_str!("../migrations/sqlite/0007_message_search.sql")),
 ];
 
 /// How hard SQLite works to make a commit survive a power cut.
@@ -396,6 +398,35 @@ macro_rules! message_cols {
     () => {
         "room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at, edited_at, deleted"
     };
+}
+
+/// [`message_cols!`] of a table alias, for queries that join messages.
+macro_rules! message_cols_of {
+    ("m") => {
+        "m.room_id AS room_id, m.seq AS seq, m.id AS id, m.sender_id AS sender_id, \
+         m.client_msg_id AS client_msg_id, m.body AS body, m.attachments AS attachments, m.reply_to AS reply_to, \
+         m.created_at AS created_at, m.edited_at AS edited_at, m.deleted AS deleted"
+    };
+}
+
+/// `search_messages`: ?1 the FTS5 query, ?2 the searcher, ?3 the rowid the
+/// page starts below, ?4 the one room or NULL, ?5 the rows to read.
+const SEARCH_MESSAGES: &str = concat!(
+    "SELECT m.rowid AS found_at, ",
+    message_cols_of!("m"),
+    " FROM messages_fts f
+      JOIN messages m ON m.rowid = f.rowid
+      JOIN members mb ON mb.room_id = m.room_id AND mb.user_id = ?2
+      WHERE messages_fts MATCH ?1 AND f.rowid < ?3 AND m.deleted = 0 AND (?4 IS NULL OR m.room_id = ?4)
+      ORDER BY f.rowid DESC LIMIT ?5"
+);
+
+/// An FTS5 query that matches every one of `words` (made by
+/// `chat_core::search::words`): each a quoted string, so that nothing in it
+/// is read as FTS5 syntax.
+fn fts_query(words: &[String]) -> String {
+    let quoted: Vec<String> = words.iter().map(|w| format!("\"{}\"", w.replace('"', "\"\""))).collect();
+    quoted.join(" ")
 }
 
 fn user_from_row(row: &SqliteRow) -> Result<User> {
@@ -1177,6 +1208,52 @@ impl Store for SqliteStore {
         Ok(history_page(rows, &q, message_from_row)?)
     }
 
+    async fn search_messages(&self, query: &SearchQuery) -> chat_core::Result<SearchPage> {
+        // The FTS index is walked newest first (by rowid, which grows with
+        // every insert), each hit checked against the searcher's membership
+        // by primary key, until the page is full: no sort, and no more rows
+        // read than the page needs past the ones the user may not see. The
+        // cursor is the last rowid given.
+        let before = match &query.before {
+            Some(text) => {
+                text.parse::<i64>().map_err(|_| chat_core::Error::invalid("cursor is not one this server gave"))?
+            }
+            None => i64::MAX,
+        };
+        let rows = sqlx::query(SEARCH_MESSAGES)
+            .bind(fts_query(&query.words))
+            .bind(query.user.as_str())
+            .bind(before)
+            .bind(query.room.map(|r| r.to_string()))
+            .bind(i64::from(query.limit) + 1)
+            .fetch_all(&self.reader)
+            .await
+            .db()?;
+        let more = rows.len() > query.limit as usize;
+        let mut found = Vec::with_capacity(rows.len().min(query.limit as usize));
+        for row in rows.iter().take(query.limit as usize) {
+            let at: i64 = row.try_get("found_at").db()?;
+            found.push((at, message_from_row(row)?));
+        }
+        let next = if more { found.last().map(|(at, _)| at.to_string()) } else { None };
+        let mut room_ids: Vec<RoomId> = found.iter().map(|(_, m)| m.room_id).collect();
+        room_ids.sort_unstable();
+        room_ids.dedup();
+        let rooms =
+            sqlx::query(concat!("SELECT ", room_cols!(), " FROM rooms WHERE id IN (SELECT value FROM json_each(?1))"))
+                .bind(json(&room_ids)?)
+                .fetch_all(&self.reader)
+                .await
+                .db()?;
+        let rooms: HashMap<RoomId, Room> =
+            rooms.iter().map(room_from_row).map(|r| r.map(|r| (r.id, r))).collect::<Result<_>>()?;
+        let results = found
+            .into_iter()
+            .filter_map(|(_, message)| rooms.get(&message.room_id).cloned().map(|room| SearchHit { message, room }))
+            .collect();
+        Ok(SearchPage { results, next })
+    }
+
     async fn advance_cursor(
         &self,
         room: RoomId,
@@ -1271,6 +1348,72 @@ mod tests {
         // every commit anyway.
         let temp: i64 = sqlx::query_scalar("PRAGMA temp_store").fetch_one(&store.reader).await?;
         assert_eq!(temp, 0);
+        store.close().await;
+        Ok(())
+    }
+
+    /// A search walks the FTS index newest first and looks each hit's
+    /// message and the searcher's membership up by key: no sort, no scan of
+    /// messages or members, however many rooms and messages there are.
+    #[tokio::test]
+    async fn a_search_walks_the_index_newest_first() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store =
+            SqliteStore::connect(SqliteConfig::from_url(format!("sqlite://{}", dir.path().join("s.db").display())))
+                .await?;
+        let mut conn = store.writer.acquire().await?;
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+             INSERT INTO rooms (id, kind, visibility, created_by, created_at, last_activity)
+             SELECT printf('00000000-0000-7000-8000-%012d', i), 'group', 'private', 'x', i, i FROM n",
+        )
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO members (room_id, user_id, role, joined_at)
+             SELECT r.id, 'user-' || u.value, 'member', 0 FROM rooms r, json_each('[1,2,3]') u",
+        )
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+             INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, created_at)
+             SELECT printf('00000000-0000-7000-8000-%012d', i % 2000 + 1), i, printf('%08d-0000-7000-8000-000000000000', i),
+                    'user-1', 'c' || i, 'note number ' || i, i FROM n",
+        )
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("ANALYZE").execute(&mut *conn).await?;
+        for room in [None, Some("00000000-0000-7000-8000-000000000007")] {
+            let rows: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {SEARCH_MESSAGES}")))
+                    .bind(fts_query(&["note".to_owned()]))
+                    .bind("user-2")
+                    .bind(i64::MAX)
+                    .bind(room)
+                    .bind(21i64)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            let plan = rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n");
+            assert!(plan.contains("SCAN f VIRTUAL TABLE INDEX"), "{plan}");
+            assert!(plan.contains("SEARCH m USING INTEGER PRIMARY KEY (rowid=?)"), "{plan}");
+            assert!(plan.contains("SEARCH mb USING"), "{plan}");
+            assert!(!plan.contains("TEMP B-TREE") && !plan.contains("SCAN m") && !plan.contains("SCAN mb"), "{plan}");
+        }
+        drop(conn);
+        // And the answer over those rows: the newest 20 of user-2's.
+        let query = chat_core::SearchQuery {
+            user: UserId::new("user-2")?,
+            words: vec!["note".into()],
+            room: None,
+            limit: 20,
+            before: None,
+        };
+        let page = store.search_messages(&query).await?;
+        let bodies: Vec<&str> = page.results.iter().map(|h| h.message.body.as_str()).collect();
+        assert_eq!(bodies.first().copied(), Some("note number 20000"));
+        assert_eq!(bodies.len(), 20);
+        assert!(page.next.is_some());
         store.close().await;
         Ok(())
     }

@@ -380,6 +380,115 @@ async fn history_and_room_lists_use_their_indexes() {
     store.close().await;
 }
 
+/// A search finds its candidates in the GIN index of the words, and the
+/// searcher's rooms from members_by_user: it never reads the messages table
+/// whole, however big, and answers newest first across pages.
+#[tokio::test]
+async fn a_search_uses_the_word_index() {
+    let Some(schema) = TempSchema::create("a_search_uses_the_word_index").await else {
+        return;
+    };
+    let store = connect(&schema).await;
+    let room = make_room(&store, &["ada", "bob"]).await;
+    let mut conn = raw(&schema).await;
+    // 50,000 messages, one in a thousand about "zebra", written directly
+    // with their words, and 2,500 other rooms, then analysed.
+    sqlx::query(
+        "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, created_at, search)
+         SELECT $1, n, gen_random_uuid(), 'ada', 'c' || n, b, n, to_tsvector('simple', b)
+         FROM generate_series(1, 50000) AS n,
+              LATERAL (SELECT CASE WHEN n % 1000 = 0 THEN 'a zebra ' || n ELSE 'message ' || n END AS b) AS t",
+    )
+    .bind(room.id.as_uuid())
+    .execute(&mut conn)
+    .await
+    .expect("fill the room");
+    sqlx::query("UPDATE rooms SET last_seq = 50000 WHERE id = $1")
+        .bind(room.id.as_uuid())
+        .execute(&mut conn)
+        .await
+        .expect("move the counter");
+    sqlx::query(
+        "WITH r AS (INSERT INTO rooms (id, kind, visibility, created_by, created_at, last_activity)
+                    SELECT gen_random_uuid(), 'group', 'private', 'x', n, n FROM generate_series(1, 2500) AS n
+                    RETURNING id)
+         INSERT INTO members (room_id, user_id, role, joined_at)
+         SELECT r.id, 'user-' || u, 'member', 0 FROM r, generate_series(1, 2) AS u",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("other rooms");
+    sqlx::query("ANALYZE").execute(&mut conn).await.expect("analyze");
+
+    let sql = chat_store_sql::postgres::SEARCH_MESSAGES_SQL
+        .replace("$1", "'zebra'")
+        .replace("$2", "'bob'")
+        .replace("$3", "NULL")
+        .replace("$4", "9223372036854775807")
+        .replace("$5", "'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid")
+        .replace("$6", "21");
+    let plan = explain(&mut conn, &sql).await;
+    assert!(plan.contains("Bitmap Index Scan on messages_search"), "{plan}");
+    assert!(plan.contains("members_by_user") || plan.contains("members_pkey"), "{plan}");
+    assert!(!plan.contains("Seq Scan on messages") && !plan.contains("Seq Scan on members"), "{plan}");
+
+    let mut query = chat_core::SearchQuery {
+        user: uid("bob"),
+        words: chat_core::search::words("ZEBRA"),
+        room: None,
+        limit: 20,
+        before: None,
+    };
+    let mut seqs = Vec::new();
+    loop {
+        let page = store.search_messages(&query).await.expect("search");
+        seqs.extend(page.results.iter().map(|h| h.message.seq));
+        match page.next {
+            Some(next) => query.before = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seqs, (1..=50).rev().map(|n| n * 1000).collect::<Vec<u64>>(), "all 50, newest first, in pages");
+    store.close().await;
+}
+
+/// Messages stored before search existed get their words when a server
+/// starts (migration 8 cannot fold them), and are found from then on.
+#[tokio::test]
+async fn messages_stored_before_search_are_indexed_at_start() {
+    let Some(schema) = TempSchema::create("messages_stored_before_search_are_indexed_at_start").await else {
+        return;
+    };
+    let store = connect(&schema).await;
+    let room = make_room(&store, &["ada", "bob"]).await;
+    store.close().await;
+    let mut conn = raw(&schema).await;
+    sqlx::query(
+        "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, created_at)
+         SELECT $1, n, gen_random_uuid(), 'ada', 'c' || n, 'Crème brûlée ' || n, n FROM generate_series(1, 2500) AS n",
+    )
+    .bind(room.id.as_uuid())
+    .execute(&mut conn)
+    .await
+    .expect("messages without words");
+    let store = connect(&schema).await;
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE search IS NULL")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "every stored message was indexed at start");
+    let query = chat_core::SearchQuery {
+        user: uid("bob"),
+        words: chat_core::search::words("creme 2500"),
+        room: Some(room.id),
+        limit: 5,
+        before: None,
+    };
+    let page = store.search_messages(&query).await.expect("search");
+    assert_eq!(page.results.iter().map(|h| h.message.seq).collect::<Vec<_>>(), [2500], "accents folded");
+    store.close().await;
+}
+
 async fn explain(conn: &mut PgConnection, sql: &str) -> String {
     let lines: Vec<String> =
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}"))).fetch_all(&mut *conn).await.expect("explain");
@@ -563,7 +672,7 @@ async fn the_upgrade_to_version_7_fills_in_what_it_adds() {
     }
 
     let store = connect(&schema).await;
-    assert_eq!(store.schema_version().await.expect("version"), Some(7));
+    assert_eq!(store.schema_version().await.expect("version"), Some(PostgresStore::SCHEMA_VERSION));
     let queue: Vec<(uuid::Uuid, i64)> = store
         .support_queue(None, 10)
         .await

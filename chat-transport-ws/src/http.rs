@@ -10,6 +10,7 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use chat_core::command::SearchMessages;
 use chat_core::user::VISITOR_ROLE;
 use chat_core::{ErrorCode, HistoryQuery, Identity, JobStatus, RoomId, Timestamp, User, UserId};
 use serde::Deserialize;
@@ -175,6 +176,19 @@ pub(crate) async fn room_messages(
     };
     let query = HistoryQuery { before_seq: params.before_seq, after_seq: params.after_seq, limit };
     let page = app.engine.history(&identity.user_id, room, query).await?;
+    Ok(Json(page).into_response())
+}
+
+/// `GET /v1/search/messages?q=&room_id=&limit=&before=`: `messages:search`
+/// over HTTP.
+pub(crate) async fn search_messages(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    params: Result<Query<SearchMessages>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let identity = authenticate(&app, &headers).await?;
+    let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::Invalid, e.body_text()))?;
+    let page = app.engine.search_messages(&identity, params).await?;
     Ok(Json(page).into_response())
 }
 

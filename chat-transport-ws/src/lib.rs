@@ -179,6 +179,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .route("/v1/support/queue", get(http::support_queue))
         .route("/v1/users/online", get(http::users_online))
         .route("/v1/rooms/{id}/messages", get(http::room_messages))
+        .route("/v1/search/messages", get(http::search_messages))
         .route("/v1/visitor-sessions", post(http::visitor_session))
         .route("/v1/admin/users", post(http::admin_upsert_user))
         .route("/v1/admin/users/{id}/tokens", post(http::admin_token))

@@ -740,6 +740,99 @@ function resetNewConversation() {
   renderResults([]);
 }
 
+// ---- message search ---------------------------------------------------------------
+
+// Folds text as the server does for search: compatibility forms decomposed,
+// accents dropped, lower case.
+const fold = (text) => text.normalize('NFKD').replace(/\p{M}/gu, '').toLowerCase();
+let messageSearch = { q: '', next: null, seen: 0 };
+
+$('msg-search-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  searchMessages(false);
+});
+$('msg-more').addEventListener('click', () => searchMessages(true));
+
+async function searchMessages(more) {
+  const q = more ? messageSearch.q : $('msg-search').value.trim();
+  $('msg-search-error').textContent = '';
+  if (!q) {
+    $('msg-results').replaceChildren();
+    $('msg-more').hidden = true;
+    $('msg-none').hidden = true;
+    return;
+  }
+  try {
+    const page = await client.searchMessages(q, { limit: 20, before: more ? messageSearch.next : undefined });
+    if (!more) {
+      messageSearch = { q, next: null, seen: 0 };
+      $('msg-results').replaceChildren();
+    }
+    messageSearch.next = page.next ?? null;
+    messageSearch.seen += page.results.length;
+    const words = new Set((fold(q).match(/[\p{L}\p{N}]+/gu) || []));
+    $('msg-results').append(...page.results.map((hit) => searchResult(hit, words)));
+    $('msg-more').hidden = !page.next;
+    $('msg-none').hidden = messageSearch.seen > 0;
+  } catch (err) {
+    $('msg-search-error').textContent = `Search failed: ${err.message}`;
+  }
+}
+
+// One result: where and when, then the text with the words found marked.
+function searchResult({ message, room }, words) {
+  const summary = client.rooms.get(room.id) || room;
+  const excerpt = h('span', { class: 'excerpt', dir: 'auto' });
+  for (const part of message.body.split(/([\p{L}\p{N}]+)/u)) {
+    if (!part) continue;
+    excerpt.append(words.has(fold(part)) ? h('mark', { text: part }) : document.createTextNode(part));
+  }
+  const who = message.sender_id === client.user.id ? 'You' : userName(message.sender_id, room.id);
+  return h(
+    'li',
+    {},
+    h(
+      'button',
+      { type: 'button', 'data-message': message.id, onclick: () => jumpTo(room.id, message.seq) },
+      h('span', { class: 'where' }, ...roomTitleNodes(summary), ' · ', isolated(who), ` · ${formatTime(message.created_at)}`),
+      excerpt,
+    ),
+  );
+}
+
+// Most history loaded backwards to reach a message found by search.
+const JUMP_PAGES = 20;
+
+// Opens the message's room, loads history back to the message, and shows it.
+async function jumpTo(roomId, seq) {
+  await openRoom(roomId);
+  if (current !== roomId) return;
+  const state = roomState(roomId);
+  try {
+    for (let i = 0; i < JUMP_PAGES && !state.messages.has(seq) && state.hasMore; i++) {
+      const first = Math.min(...state.messages.keys());
+      const page = await client.history(roomId, { beforeSeq: first, limit: 100 });
+      for (const m of page.messages) state.messages.set(m.seq, m);
+      state.hasMore = page.has_more;
+    }
+  } catch (err) {
+    $('send-error').textContent = `Could not load the message: ${err.message}`;
+    return;
+  }
+  if (current !== roomId) return;
+  renderMessages();
+  const item = $('messages').querySelector(`[data-seq="${seq}"]`);
+  if (!item) {
+    $('send-error').textContent = 'That message is further back than the page loads at once; load older messages to reach it.';
+    return;
+  }
+  for (const old of $('messages').querySelectorAll('.msg.found')) old.classList.remove('found');
+  item.classList.add('found');
+  item.tabIndex = -1;
+  item.scrollIntoView({ block: 'center' });
+  item.focus({ preventScroll: true });
+}
+
 // ---- start -----------------------------------------------------------------------
 
 const saved = localStorage.getItem(TOKEN_KEY);

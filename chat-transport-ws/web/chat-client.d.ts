@@ -101,6 +101,12 @@ export interface Joined {
   receipts?: MemberReceipts[];
 }
 
+/** One page of `searchMessages`; `next` is the `before` of the page after. */
+export interface SearchPage {
+  results: { message: Message; room: Room }[];
+  next?: string;
+}
+
 export interface HistoryPage {
   messages: Message[];
   has_more: boolean;
@@ -232,6 +238,8 @@ export class ChatClient {
   presenceOf(userId: string): PresenceStatus | Status | undefined;
   onlineUsers(): Promise<Array<{ user: User; status: PresenceStatus }>>;
   searchUsers(q: string, options?: { limit?: number }): Promise<User[]>;
+  /** Messages holding every word of `q` in the user's rooms (or `roomId`), newest first. */
+  searchMessages(q: string, options?: { roomId?: string; limit?: number; before?: string }): Promise<SearchPage>;
 }
 
 export function serverBase(server?: string): string;

@@ -977,4 +977,16 @@ export class ChatClient {
     const { users } = await this.request('users:search', data);
     return users;
   }
+
+  /** Messages holding every word of `q` (whole words, case and accents
+   * folded) in the user's rooms, or in `roomId` only, newest first:
+   * `{results: [{message, room}], next?}`; pass `next` as `before` for the
+   * page after. */
+  searchMessages(q, { roomId, limit, before } = {}) {
+    const data = { q };
+    if (roomId !== undefined) data.room_id = roomId;
+    if (limit !== undefined) data.limit = limit;
+    if (before !== undefined) data.before = before;
+    return this.request('messages:search', data);
+  }
 }

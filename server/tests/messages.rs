@@ -458,3 +458,72 @@ async fn typing_ends_when_the_typist_leaves_or_closes_the_last_session() {
     assert_eq!(ada.expect_event_within("typing:user", Duration::from_secs(2)).await, typing(false));
     assert_eq!(ada.expect_event("user:left").await["user_id"], "bob");
 }
+
+/// `messages:search` over the socket and `GET /v1/search/messages` over
+/// HTTP, on the server's store: whole words with case and accents folded, in
+/// the rooms the user is a member of now, newest first and paged; edits,
+/// deletes and leaving a room change what is found at once; visitors and
+/// rooms of others are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_searched_over_the_socket_and_http() {
+    let server = TestServer::start().await;
+    let (mut ada, _, mut bob, room) = ada_on_two_devices_and_bob(&server).await;
+    let mut cy = server.connect("cy").await;
+    let elsewhere = group_with(&mut cy, "private", &[]).await;
+    let first = send_message(&mut ada, &room, "c-1", "Crème brûlée at noon?").await;
+    let second = send_message(&mut bob, &room, "c-2", "creme brulee, yes").await;
+    send_message(&mut ada, &room, "c-3", "the cremes are gone").await;
+    send_message(&mut cy, &elsewhere, "c-4", "creme elsewhere").await;
+
+    let id = |message: &Value| message["id"].as_str().expect("a message id").to_owned();
+    let found = |reply: &Value| -> Vec<String> {
+        reply["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .map(|h| h["message"]["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    let reply = bob.ok("messages:search", json!({"q": "CRÈME Brulee"})).await;
+    assert_eq!(found(&reply), [id(&second), id(&first)], "{reply}");
+    assert_eq!(reply["results"][0]["room"]["id"], room.as_str());
+    assert!(reply.get("next").is_none(), "one page: {reply}");
+    let page = bob.ok("messages:search", json!({"q": "creme", "limit": 1})).await;
+    assert_eq!(found(&page), [id(&second)]);
+    let next = page["next"].as_str().expect("a next page").to_owned();
+    let page = bob.ok("messages:search", json!({"q": "creme", "limit": 1, "before": next})).await;
+    assert_eq!(found(&page), [id(&first)], "older");
+
+    // The same over HTTP.
+    let (status, body) = server.get("/v1/search/messages?q=creme%20brulee&limit=5", Some(&support::token("bob"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(found(&body).len(), 2);
+    let (status, body) =
+        server.get(&format!("/v1/search/messages?q=creme&room_id={elsewhere}"), Some(&support::token("bob"))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    let (status, _) = server.get("/v1/search/messages?q=creme", None).await;
+    assert_eq!(status, 401);
+    let (status, body) = server.post("/v1/visitor-sessions", &json!({"name": "Vic"}), None).await;
+    assert_eq!(status, 201, "{body}");
+    let visitor = body["token"].as_str().expect("a visitor token").to_owned();
+    let (status, _) = server.get("/v1/search/messages?q=creme", Some(&visitor)).await;
+    assert_eq!(status, 403, "visitors may not search");
+
+    // Rules and errors.
+    assert_eq!(bob.fail("messages:search", json!({"q": "  !? "})).await, "invalid");
+    assert_eq!(bob.fail("messages:search", json!({"q": "x".repeat(201)})).await, "too_large");
+    assert_eq!(bob.fail("messages:search", json!({"q": "creme", "room_id": elsewhere})).await, "forbidden");
+    assert_eq!(bob.fail("messages:search", json!({"q": "creme", "before": "nope"})).await, "invalid");
+
+    // An edit, a delete and leaving change what is found at once.
+    let first_id = id(&first);
+    ada.ok("message:edit", json!({"room_id": room, "message_id": first_id.as_str(), "body": "tiramisu then"})).await;
+    let reply = bob.ok("messages:search", json!({"q": "tiramisu"})).await;
+    assert_eq!(found(&reply), [first_id.as_str()]);
+    assert_eq!(found(&bob.ok("messages:search", json!({"q": "noon"})).await).len(), 0, "the old words are gone");
+    bob.ok("message:delete", json!({"room_id": room, "message_id": second["id"]})).await;
+    assert_eq!(found(&bob.ok("messages:search", json!({"q": "brulee"})).await).len(), 0, "deleted");
+    bob.ok("room:leave", json!({"room_id": room})).await;
+    assert_eq!(found(&bob.ok("messages:search", json!({"q": "tiramisu"})).await).len(), 0, "left");
+    assert_eq!(found(&ada.ok("messages:search", json!({"q": "tiramisu"})).await).len(), 1, "the others still find it");
+}

@@ -237,6 +237,65 @@ describe('chat page', () => {
     await fresh.context().close();
   });
 
+  test('search finds whole words, accents folded, and jumps to a message far back', async () => {
+    const roomId = await ada.evaluate(() => document.querySelector('#rooms button[aria-current="true"]').dataset.room);
+    await carol.evaluate(async (room) => {
+      const { ChatClient } = await import('/chat-client.js');
+      const client = new ChatClient({ token: localStorage.getItem('chat-page:token') });
+      await client.connect();
+      await client.send(room, 'Crème Brûlée tonight?');
+      client.close();
+    }, roomId);
+    const page = await newPage(browser);
+    await signIn(page, server, await server.token('bob', { name: 'Bob' }));
+    await page.locator('#rooms button', { hasText: 'Launch <team>' }).waitFor();
+
+    // Accents and case folded; the words found are marked.
+    await page.locator('#msg-search').fill('creme BRULEE');
+    await page.locator('#msg-search').press('Enter');
+    const found = page.locator('#msg-results button');
+    await found.first().waitFor();
+    assert.equal(await found.count(), 1);
+    assert.match(await found.textContent(), /^Launch <team> · (Carol|carol) · .*Crème Brûlée tonight\?$/);
+    assert.deepEqual(await found.locator('mark').allTextContents(), ['Crème', 'Brûlée']);
+
+    // Whole words: "history 7" is one message of 130, which the room's
+    // first page (the newest 50) does not hold: the jump loads back to it.
+    await page.locator('#msg-search').fill('history 7');
+    await page.locator('#msg-search').press('Enter');
+    await eventually(async () => (await found.count()) === 1 && /history 7$/.test(await found.textContent()), {
+      message: 'one result, history 7',
+    });
+    await found.click();
+    const target = page.locator('#messages .msg.found');
+    await target.waitFor();
+    assert.equal(await target.locator('.text').textContent(), 'history 7');
+    await eventually(
+      () =>
+        target.evaluate((el) => {
+          const box = el.getBoundingClientRect();
+          const list = document.getElementById('messages').getBoundingClientRect();
+          return box.top >= list.top && box.bottom <= list.bottom;
+        }),
+      { message: 'the message found to be scrolled into view' },
+    );
+    assert.equal(await page.locator('#room-title').textContent(), 'Launch <team>');
+
+    // Nothing found says so; someone outside the room finds nothing of it.
+    await page.locator('#msg-search').fill('zebra');
+    await page.locator('#msg-search').press('Enter');
+    await page.locator('#msg-none').waitFor();
+    const outsider = await newPage(browser);
+    await signIn(outsider, server, await server.token('dan', { name: 'Dan' }));
+    await outsider.locator('#msg-search').fill('history');
+    await outsider.locator('#msg-search').press('Enter');
+    await outsider.locator('#msg-none').waitFor();
+    assert.equal(await outsider.locator('#msg-results li').count(), 0);
+    await screenshot(page, 'chat-page-search');
+    await outsider.context().close();
+    await page.context().close();
+  });
+
   test('sign-in by name is offered only when the server has dev_login on', async () => {
     const page = await newPage(browser);
     await page.goto(`${server.url}/`);

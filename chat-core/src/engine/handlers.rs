@@ -1,6 +1,6 @@
 //! The commands that have no home of their own: sessions opening, rooms
 //! (creating, listing, claiming, closing, the support queue), history,
-//! messages (send, edit, delete), typing and user search. Each validates its
+//! messages (send, edit, delete), typing, and user and message search. Each validates its
 //! input, checks permissions, then changes the store and publishes the
 //! resulting events. Membership (`membership.rs`), receipts (`receipts.rs`)
 //! and presence (`presence.rs`) each live in their own module.
@@ -18,12 +18,13 @@ use super::session::{Ready, Session};
 use super::{Ctx, Inner};
 use crate::bridge::BridgeEvent;
 use crate::broker::{Audience, Topic};
-use crate::command::{CreateRoom, DeleteMessage, EditMessage, Reply, SearchUsers, SendMessage};
+use crate::command::{CreateRoom, DeleteMessage, EditMessage, Reply, SearchMessages, SearchUsers, SendMessage};
 use crate::error::{Error, Result};
 use crate::event::{Event, MessageDeleted, MessageEvent, RoomAdded, RoomUpdated};
 use crate::id::{RoomId, SessionId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, NewMessage, validate_body, validate_client_msg_id};
 use crate::room::{MemberRole, NewRoom, Room, RoomKind, RoomSummary, Visibility};
+use crate::search::{self, SearchPage, SearchQuery};
 use crate::store::{QueueCursor, QueuedRoom};
 use crate::time::Timestamp;
 use crate::user::{Identity, User, check_visible};
@@ -471,6 +472,42 @@ impl Inner {
             self.publish_typing(room, ctx.user.id.clone(), typing).await;
         }
         Ok(Reply::empty())
+    }
+
+    /// `messages:search`: the checks of section 5, then the store's search.
+    pub(crate) async fn search_messages(&self, ctx: &Ctx, req: SearchMessages) -> Result<SearchPage> {
+        // Visitors are refused before this, by `visitor_may`.
+        if req.q.chars().count() > search::MAX_QUERY_CHARS {
+            return Err(Error::too_large(format!("q is longer than {} characters", search::MAX_QUERY_CHARS)));
+        }
+        let words = search::words(&req.q);
+        if words.is_empty() {
+            return Err(Error::invalid("q has no word to search for"));
+        }
+        if words.len() > search::MAX_WORDS {
+            return Err(Error::invalid(format!("q has more than {} words", search::MAX_WORDS)));
+        }
+        let limit = match req.limit {
+            Some(0) => return Err(Error::invalid("limit must be at least 1")),
+            Some(n) => n.min(search::MAX_LIMIT),
+            None => search::DEFAULT_LIMIT,
+        };
+        if req.before.as_ref().is_some_and(|b| b.len() > 200) {
+            return Err(Error::invalid("cursor is not one this server gave"));
+        }
+        if let Some(room) = req.room_id {
+            match self.require_member(ctx, room).await {
+                Ok(_) => {}
+                // Section 12: a room the user is not a member of is
+                // `forbidden`, whether or not it exists.
+                Err(Error::NotMember | Error::NotFound(_)) => {
+                    return Err(Error::forbidden("you are not a member of this room"));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        let query = SearchQuery { user: ctx.user.id.clone(), words, room: req.room_id, limit, before: req.before };
+        self.store.search_messages(&query).await
     }
 
     pub(crate) async fn search_users(&self, req: SearchUsers) -> Result<Reply> {

@@ -45,6 +45,7 @@ use self::session::TransportCounts;
 use self::typing::TypingTracker;
 use crate::bridge::{Bridge, BridgeEvent, BridgeHealth, Job, JobStatus};
 use crate::broker::{Audience, Broker, Fanout};
+use crate::command::SearchMessages;
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::event::{Event, Typing};
@@ -52,6 +53,7 @@ use crate::id::{MessageId, RoomId, SessionId, UserId};
 use crate::message::{HistoryPage, HistoryQuery};
 use crate::metrics::Metrics;
 use crate::presence::OnlineUser;
+use crate::search::SearchPage;
 use crate::store::Store;
 use crate::user::{Identity, User};
 
@@ -259,6 +261,17 @@ impl Engine {
         // simply not a member rather than an error of its own.
         let ctx = Ctx { session: None, user: User::new(user.clone(), user.as_str()), bridge: None };
         self.inner.history(&ctx, room, query.before_seq, query.after_seq, Some(query.limit)).await
+    }
+
+    /// `messages:search` for the holder of `identity` (the HTTP route):
+    /// the same checks and answer as the command; visitors are refused.
+    pub async fn search_messages(&self, identity: &Identity, request: SearchMessages) -> Result<SearchPage> {
+        let user = self.acting_user(identity).await?;
+        if user.is_visitor() {
+            return Err(Error::forbidden("visitors may not search messages"));
+        }
+        let ctx = Ctx { session: None, user, bridge: None };
+        self.inner.search_messages(&ctx, request).await
     }
 
     /// Connected, visible users, on every server process of the cluster.

@@ -392,6 +392,7 @@ impl Session {
             Command::PresenceUpdate(req) => inner.update_presence(&ctx, req),
             Command::UsersOnline => Ok(Reply::Online { users: inner.presence.online_users() }),
             Command::UsersSearch(req) => inner.search_users(req).await,
+            Command::MessagesSearch(req) => inner.search_messages(&ctx, req).await.map(Reply::Search),
             Command::Ping => Ok(Reply::Pong { server_time: Timestamp::now() }),
         };
         self.inner.metrics.command(kind, outcome(&result));

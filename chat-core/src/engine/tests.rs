@@ -281,6 +281,10 @@ fn search(q: &str, limit: Option<u32>) -> Command {
     Command::UsersSearch(SearchUsers { q: q.into(), limit })
 }
 
+fn find(q: &str, room_id: Option<RoomId>, limit: Option<u32>, before: Option<String>) -> Command {
+    Command::MessagesSearch(crate::command::SearchMessages { q: q.into(), room_id, limit, before })
+}
+
 // Replies.
 
 #[derive(Debug)]
@@ -1537,6 +1541,59 @@ async fn users_search_matches_ids_and_names() {
     assert_eq!(ann.err(search(&"q".repeat(101), None)).await, "too_large");
 }
 
+/// `messages:search` through a session: the store's results in the reply
+/// `{"results","next"?}`, and the rules of section 12 checked before the
+/// store is asked.
+#[tokio::test(start_paused = true)]
+async fn messages_search_checks_its_input_and_the_membership() {
+    let engine = engine().await;
+    let mut alice = connect(&engine, "alice").await;
+    let mut bob = connect(&engine, "bob").await;
+    let room = alice.group(Visibility::Private, &[]).await;
+    let theirs = bob.group(Visibility::Private, &[]).await;
+    let first = alice.say(room.id, "Crème brûlée for dessert").await;
+    alice.say(room.id, "creme of the crop").await;
+    bob.say(theirs.id, "brulee too").await;
+
+    let page = |reply: Reply| match reply {
+        Reply::Search(page) => page,
+        other => panic!("expected search results, got {other:?}"),
+    };
+    let found = page(alice.ok(find("BRULEE", None, None, None)).await);
+    assert_eq!(found.results.iter().map(|h| h.message.id).collect::<Vec<_>>(), [first.id]);
+    assert_eq!(found.results[0].room.id, room.id);
+    let json = serde_json::to_value(Reply::Search(found)).expect("serializes");
+    assert!(json["results"][0]["message"]["body"].is_string() && json.get("next").is_none(), "{json}");
+    let two = page(alice.ok(find("creme", Some(room.id), Some(1), None)).await);
+    assert_eq!(two.results.len(), 1);
+    let rest = page(alice.ok(find("creme", Some(room.id), Some(1), two.next.clone())).await);
+    assert_eq!(rest.results[0].message.id, first.id, "the next page is older");
+    assert!(two.next.is_some() && rest.next.is_none());
+    assert_eq!(page(alice.ok(find("creme", None, Some(500), None)).await).results.len(), 2, "a large limit is capped");
+
+    for (what, command, code) in [
+        ("a room of others", find("brulee", Some(theirs.id), None, None), "forbidden"),
+        ("a room that does not exist", find("brulee", Some(RoomId::generate()), None, None), "forbidden"),
+        ("no word", find(" ?! ", None, None, None), "invalid"),
+        (
+            "too many words",
+            find(&(0..17).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" "), None, None, None),
+            "invalid",
+        ),
+        ("a long query", find(&"q".repeat(201), None, None, None), "too_large"),
+        ("limit 0", find("creme", None, Some(0), None), "invalid"),
+        ("a made-up cursor", find("creme", None, None, Some("zzz".into())), "invalid"),
+    ] {
+        assert_eq!(alice.err(command).await, code, "{what}");
+    }
+    // The same over the engine's HTTP entry point; visitors are refused.
+    let request = crate::command::SearchMessages { q: "brulee".into(), room_id: None, limit: None, before: None };
+    let over_http = engine.search_messages(&Identity::new(uid("bob")), request.clone()).await.expect("searches");
+    assert_eq!(over_http.results.len(), 1);
+    let refused = engine.search_messages(&visitor("v9"), request).await.expect_err("visitors may not");
+    assert_eq!(refused.code(), crate::ErrorCode::Forbidden);
+}
+
 #[tokio::test]
 async fn ping_answers_with_the_server_time() {
     let engine = engine().await;
@@ -2193,6 +2250,7 @@ async fn visitors_are_kept_to_their_own_support_room() {
         ("joining a public room", join(public.id)),
         ("inviting", invite(room.id, &alice.id())),
         ("searching users", search("a", None)),
+        ("searching messages", find("hi", None, None, None)),
         ("listing who is online", Command::UsersOnline),
         ("setting a status", presence(PresenceStatus::Away)),
         ("deleting the agent's message", delete(room.id, answer.id)),

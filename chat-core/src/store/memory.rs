@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::id::{MessageId, RoomId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, Message, NewMessage};
 use crate::room::{Member, NewRoom, ReceiptKind, Room, RoomKind, RoomSummary};
+use crate::search::{SearchHit, SearchPage, SearchQuery};
 use crate::time::Timestamp;
 use crate::user::User;
 
@@ -424,6 +425,36 @@ impl Store for MemoryStore {
             (start, hi, start > lo)
         };
         Ok(HistoryPage { messages: rs.messages[start as usize..end as usize].to_vec(), has_more })
+    }
+
+    async fn search_messages(&self, query: &SearchQuery) -> Result<SearchPage> {
+        // Newest first by id (ids are time-ordered); the cursor is the id of
+        // the last result given.
+        let before = match &query.before {
+            Some(text) => {
+                Some(text.parse::<MessageId>().map_err(|_| Error::invalid("cursor is not one this server gave"))?)
+            }
+            None => None,
+        };
+        let state = self.lock();
+        let Some(rooms) = state.memberships.get(&query.user) else {
+            return Ok(SearchPage { results: Vec::new(), next: None });
+        };
+        let mut hits: Vec<(&Message, &Room)> = rooms
+            .iter()
+            .filter(|id| query.room.is_none_or(|only| only == **id))
+            .filter_map(|id| state.rooms.get(id))
+            .flat_map(|rs| rs.messages.iter().map(move |m| (m, &rs.room)))
+            .filter(|(m, _)| !m.deleted && before.is_none_or(|b| m.id < b))
+            .filter(|(m, _)| crate::search::matches(&m.body, &query.words))
+            .collect();
+        hits.sort_by_key(|(m, _)| std::cmp::Reverse(m.id));
+        let limit = query.limit as usize;
+        let more = hits.len() > limit;
+        hits.truncate(limit);
+        let next = more.then(|| hits.last().map(|(m, _)| m.id.to_string())).flatten();
+        let results = hits.into_iter().map(|(m, r)| SearchHit { message: m.clone(), room: r.clone() }).collect();
+        Ok(SearchPage { results, next })
     }
 
     async fn advance_cursor(&self, room: RoomId, user: &UserId, kind: ReceiptKind, up_to: u64) -> Result<Option<u64>> {

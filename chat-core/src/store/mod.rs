@@ -26,6 +26,8 @@
 //!   added by someone else; only the former count towards a user's quota, so
 //!   nobody can fill another user's quota.
 //! - **Cursors** only move forward; reading implies delivery.
+//! - **Search** ([`Store::search_messages`]) finds current text only: an
+//!   edit or a delete changes what matches in the transaction that makes it.
 //! - **Errors** are classified: an unreachable backend is
 //!   [`Error::Unavailable`](crate::Error::Unavailable), never a panic, and no
 //!   backend text reaches a client through `Display`.
@@ -41,6 +43,7 @@ use crate::error::Result;
 use crate::id::{MessageId, RoomId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, Message, NewMessage};
 use crate::room::{Member, MemberRole, NewRoom, ReceiptKind, Room, RoomSummary};
+use crate::search::{SearchPage, SearchQuery};
 
 /// The limits a new membership must keep. A store checks them in the
 /// transaction that inserts the membership.
@@ -275,6 +278,21 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// Deleted messages are included (with `deleted: true`), so seqs have no gaps.
     async fn history(&self, room: RoomId, query: HistoryQuery) -> Result<HistoryPage>;
+
+    /// Full-text search ([`crate::search`]): the messages that hold every
+    /// word of the query, in the rooms `query.user` is a member of now (or in
+    /// `query.room` only), newest first, at most `query.limit`, older than
+    /// `query.before` (a `next` this store gave). Deleted messages are never
+    /// found, and an edited one only by its current text. `next` is set when
+    /// older results may exist. A cursor this store did not make is
+    /// [`Error::Invalid`](crate::Error::Invalid).
+    ///
+    /// The default answers [`Error::Unavailable`](crate::Error::Unavailable):
+    /// a store that cannot search says so instead of finding nothing.
+    async fn search_messages(&self, query: &SearchQuery) -> Result<SearchPage> {
+        let _ = query;
+        Err(crate::Error::unavailable("this store cannot search messages"))
+    }
 
     /// Moves a member's cursor forward to `up_to` (a read moves the delivered
     /// cursor too). Returns the new value when it moved, `None` when it was
