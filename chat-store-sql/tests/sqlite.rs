@@ -395,3 +395,48 @@ async fn the_upgrade_to_version_6_fills_in_what_it_adds() {
     store.create_room(group(&["x"]), one).await.expect("x was added to the team room, it is not their own");
     store.close().await;
 }
+
+/// Migration 7 on a database of version 6: the messages already stored
+/// (not the deleted ones) are indexed for search, and the triggers keep the
+/// index in step from then on.
+#[tokio::test]
+async fn the_upgrade_to_version_7_indexes_the_stored_messages() {
+    use chat_core::{MessageId, SearchQuery, search};
+    let (_dir, _, url) = support::temp_db();
+    let store = connect(&url).await;
+    let room = make_room(&store, &["ada", "bob"]).await;
+    store.close().await;
+    let mut conn = raw(&url).await;
+    for sql in [
+        "DROP TRIGGER messages_fts_insert",
+        "DROP TRIGGER messages_fts_delete",
+        "DROP TRIGGER messages_fts_update",
+        "DROP TABLE messages_fts",
+        "DELETE FROM _sqlx_migrations WHERE version = 7",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    }
+    let (kept, gone) = (MessageId::generate().to_string(), MessageId::generate().to_string());
+    sqlx::query(
+        "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, created_at, deleted)
+         VALUES (?1, 1, ?2, 'ada', 'a', 'Crème brûlée', 1000, 0), (?1, 2, ?3, 'ada', 'b', '', 1001, 1)",
+    )
+    .bind(room.id.to_string())
+    .bind(&kept)
+    .bind(&gone)
+    .execute(&mut conn)
+    .await
+    .expect("messages of version 6");
+    conn.close().await.expect("close the raw connection");
+
+    let store = connect(&url).await;
+    let query =
+        |q: &str| SearchQuery { user: uid("bob"), words: search::words(q), room: None, limit: 10, before: None };
+    let page = store.search_messages(&query("CREME")).await.expect("search");
+    assert_eq!(page.results.iter().map(|h| h.message.id.to_string()).collect::<Vec<_>>(), [kept.clone()]);
+    let kept_id: MessageId = kept.parse().expect("an id");
+    store.edit_message(room.id, kept_id, "tiramisu", chat_core::Timestamp::from_millis(2000)).await.expect("edit");
+    assert!(store.search_messages(&query("creme")).await.expect("search").results.is_empty(), "the triggers are back");
+    assert_eq!(store.search_messages(&query("tiramisu")).await.expect("search").results.len(), 1);
+    store.close().await;
+}
