@@ -433,7 +433,7 @@ async fn the_upgrade_to_version_7_indexes_the_stored_messages() {
     let query =
         |q: &str| SearchQuery { user: uid("bob"), words: search::words(q), room: None, limit: 10, before: None };
     let page = store.search_messages(&query("CREME")).await.expect("search");
-    assert_eq!(page.results.iter().map(|h| h.message.id.to_string()).collect::<Vec<_>>(), [kept.clone()]);
+    assert_eq!(page.results.iter().map(|h| h.message.id.to_string()).collect::<Vec<_>>(), [kept.as_str()]);
     let kept_id: MessageId = kept.parse().expect("an id");
     store.edit_message(room.id, kept_id, "tiramisu", chat_core::Timestamp::from_millis(2000)).await.expect("edit");
     assert!(store.search_messages(&query("creme")).await.expect("search").results.is_empty(), "the triggers are back");
