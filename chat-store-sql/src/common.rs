@@ -1,6 +1,8 @@
 //! Small pieces every backend uses around sqlx calls.
 
-use chat_core::{HistoryPage, HistoryQuery, Message};
+use std::collections::HashMap;
+
+use chat_core::{HistoryPage, HistoryQuery, Message, Room, RoomId, SearchHit};
 
 use crate::error::Result;
 #[cfg(feature = "postgres")]
@@ -52,4 +54,25 @@ pub(crate) fn history_page<R>(
 #[cfg(feature = "postgres")]
 pub(crate) fn limit_to_db(limit: u64) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// The distinct rooms of a page of search results, sorted: the second
+/// query of a search reads them all at once.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) fn distinct_rooms(messages: &[Message]) -> Vec<RoomId> {
+    let mut rooms: Vec<RoomId> = messages.iter().map(|m| m.room_id).collect();
+    rooms.sort_unstable();
+    rooms.dedup();
+    rooms
+}
+
+/// Each message with its room, in the messages' order; a message whose room
+/// is gone by the time the rooms were read is left out.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) fn search_hits(messages: Vec<Message>, rooms: Vec<Room>) -> Vec<SearchHit> {
+    let rooms: HashMap<RoomId, Room> = rooms.into_iter().map(|r| (r.id, r)).collect();
+    messages
+        .into_iter()
+        .filter_map(|message| rooms.get(&message.room_id).cloned().map(|room| SearchHit { message, room }))
+        .collect()
 }

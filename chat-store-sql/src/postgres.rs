@@ -50,15 +50,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chat_core::{
     Appended, HistoryPage, HistoryQuery, Joining, Member, MemberLimits, Message, MessageId, NewMessage, NewRoom,
-    QueueCursor, QueuedRoom, ReceiptKind, Room, RoomId, RoomKind, RoomSummary, SearchHit, SearchPage, SearchQuery,
-    Store, Timestamp, User, UserId,
+    QueueCursor, QueuedRoom, ReceiptKind, Room, RoomId, RoomKind, RoomSummary, SearchPage, SearchQuery, Store,
+    Timestamp, User, UserId,
 };
 use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::batch::{Found, Key, Moves, Outcome, RoomState, answers, moves, new_count, plan, rooms_of, senders_of};
-use crate::common::{finish, history_page, limit_to_db};
+use crate::common::{distinct_rooms, finish, history_page, limit_to_db, search_hits};
 use crate::error::{Backend, Error, Result};
 use crate::{codec, migrate};
 
@@ -1299,20 +1299,14 @@ impl Store for PostgresStore {
                 rows.iter().take(query.limit as usize).map(message_from_row).collect::<Result<_>>()?;
             let next =
                 if more { messages.last().map(|m| format!("{}.{}", m.created_at.as_millis(), m.id)) } else { None };
-            let mut room_ids: Vec<Uuid> = messages.iter().map(|m| *m.room_id.as_uuid()).collect();
-            room_ids.sort_unstable();
-            room_ids.dedup();
+            let room_ids: Vec<Uuid> = distinct_rooms(&messages).iter().map(|r| *r.as_uuid()).collect();
             let rooms = sqlx::query(concat!("SELECT ", room_cols!(), " FROM rooms WHERE id = ANY($1)"))
                 .bind(&room_ids)
                 .fetch_all(&self.pool)
                 .await
                 .db()?;
-            let rooms: HashMap<RoomId, Room> =
-                rooms.iter().map(room_from_row).map(|r| r.map(|r| (r.id, r))).collect::<Result<_>>()?;
-            let results = messages
-                .into_iter()
-                .filter_map(|message| rooms.get(&message.room_id).cloned().map(|room| SearchHit { message, room }))
-                .collect();
+            let rooms = rooms.iter().map(room_from_row).collect::<Result<_>>()?;
+            let results = search_hits(messages, rooms);
             Ok(SearchPage { results, next })
         })
         .await

@@ -21,8 +21,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chat_core::{
     Appended, HistoryPage, HistoryQuery, Joining, Member, MemberLimits, Message, MessageId, NewMessage, NewRoom,
-    QueueCursor, QueuedRoom, ReceiptKind, Room, RoomId, RoomKind, RoomSummary, SearchHit, SearchPage, SearchQuery,
-    Store, Timestamp, User, UserId,
+    QueueCursor, QueuedRoom, ReceiptKind, Room, RoomId, RoomKind, RoomSummary, SearchPage, SearchQuery, Store,
+    Timestamp, User, UserId,
 };
 use sqlx::error::DatabaseError;
 use sqlx::sqlite::{
@@ -31,7 +31,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use crate::batch::{Found, Key, Moves, Outcome, RoomState, answers, moves, new_count, plan, rooms_of, senders_of};
-use crate::common::history_page;
+use crate::common::{distinct_rooms, history_page, search_hits};
 use crate::error::{Backend, Error, Result};
 use crate::{codec, migrate};
 
@@ -1230,27 +1230,21 @@ impl Store for SqliteStore {
             .await
             .db()?;
         let more = rows.len() > query.limit as usize;
-        let mut found = Vec::with_capacity(rows.len().min(query.limit as usize));
+        let mut messages = Vec::with_capacity(rows.len().min(query.limit as usize));
+        let mut last_at = None;
         for row in rows.iter().take(query.limit as usize) {
-            let at: i64 = row.try_get("found_at").db()?;
-            found.push((at, message_from_row(row)?));
+            last_at = Some(row.try_get::<i64, _>("found_at").db()?);
+            messages.push(message_from_row(row)?);
         }
-        let next = if more { found.last().map(|(at, _)| at.to_string()) } else { None };
-        let mut room_ids: Vec<RoomId> = found.iter().map(|(_, m)| m.room_id).collect();
-        room_ids.sort_unstable();
-        room_ids.dedup();
+        let next = if more { last_at.map(|at| at.to_string()) } else { None };
         let rooms =
             sqlx::query(concat!("SELECT ", room_cols!(), " FROM rooms WHERE id IN (SELECT value FROM json_each(?1))"))
-                .bind(json(&room_ids)?)
+                .bind(json(&distinct_rooms(&messages))?)
                 .fetch_all(&self.reader)
                 .await
                 .db()?;
-        let rooms: HashMap<RoomId, Room> =
-            rooms.iter().map(room_from_row).map(|r| r.map(|r| (r.id, r))).collect::<Result<_>>()?;
-        let results = found
-            .into_iter()
-            .filter_map(|(_, message)| rooms.get(&message.room_id).cloned().map(|room| SearchHit { message, room }))
-            .collect();
+        let rooms = rooms.iter().map(room_from_row).collect::<Result<_>>()?;
+        let results = search_hits(messages, rooms);
         Ok(SearchPage { results, next })
     }
 

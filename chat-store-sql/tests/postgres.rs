@@ -327,22 +327,7 @@ async fn history_and_room_lists_use_their_indexes() {
     .execute(&mut conn)
     .await
     .expect("fill the room");
-    sqlx::query("UPDATE rooms SET last_seq = 50000 WHERE id = $1")
-        .bind(room.id.as_uuid())
-        .execute(&mut conn)
-        .await
-        .expect("move the counter");
-    sqlx::query(
-        "WITH r AS (INSERT INTO rooms (id, kind, visibility, created_by, created_at, last_activity)
-                    SELECT gen_random_uuid(), 'group', 'private', 'x', n, n FROM generate_series(1, 2500) AS n
-                    RETURNING id)
-         INSERT INTO members (room_id, user_id, role, joined_at)
-         SELECT r.id, 'user-' || u, 'member', 0 FROM r, generate_series(1, 2) AS u",
-    )
-    .execute(&mut conn)
-    .await
-    .expect("other rooms");
-    sqlx::query("ANALYZE").execute(&mut conn).await.expect("analyze");
+    crowd(&mut conn, &room).await;
 
     let id = room.id.to_string();
     let plans = [
@@ -403,22 +388,7 @@ async fn a_search_uses_the_word_index() {
     .execute(&mut conn)
     .await
     .expect("fill the room");
-    sqlx::query("UPDATE rooms SET last_seq = 50000 WHERE id = $1")
-        .bind(room.id.as_uuid())
-        .execute(&mut conn)
-        .await
-        .expect("move the counter");
-    sqlx::query(
-        "WITH r AS (INSERT INTO rooms (id, kind, visibility, created_by, created_at, last_activity)
-                    SELECT gen_random_uuid(), 'group', 'private', 'x', n, n FROM generate_series(1, 2500) AS n
-                    RETURNING id)
-         INSERT INTO members (room_id, user_id, role, joined_at)
-         SELECT r.id, 'user-' || u, 'member', 0 FROM r, generate_series(1, 2) AS u",
-    )
-    .execute(&mut conn)
-    .await
-    .expect("other rooms");
-    sqlx::query("ANALYZE").execute(&mut conn).await.expect("analyze");
+    crowd(&mut conn, &room).await;
 
     let sql = chat_store_sql::postgres::SEARCH_MESSAGES_SQL
         .replace("$1", "'zebra'")
@@ -487,6 +457,29 @@ async fn messages_stored_before_search_are_indexed_at_start() {
     let page = store.search_messages(&query).await.expect("search");
     assert_eq!(page.results.iter().map(|h| h.message.seq).collect::<Vec<_>>(), [2500], "accents folded");
     store.close().await;
+}
+
+/// After a test wrote `room`'s 50,000 messages directly: moves its counter
+/// to them, adds 2,500 other rooms of two members each, and analyses the
+/// tables as autovacuum would, so that a plan that reads a whole table
+/// would be the wrong one.
+async fn crowd(conn: &mut PgConnection, room: &Room) {
+    sqlx::query("UPDATE rooms SET last_seq = 50000 WHERE id = $1")
+        .bind(room.id.as_uuid())
+        .execute(&mut *conn)
+        .await
+        .expect("move the counter");
+    sqlx::query(
+        "WITH r AS (INSERT INTO rooms (id, kind, visibility, created_by, created_at, last_activity)
+                    SELECT gen_random_uuid(), 'group', 'private', 'x', n, n FROM generate_series(1, 2500) AS n
+                    RETURNING id)
+         INSERT INTO members (room_id, user_id, role, joined_at)
+         SELECT r.id, 'user-' || u, 'member', 0 FROM r, generate_series(1, 2) AS u",
+    )
+    .execute(&mut *conn)
+    .await
+    .expect("other rooms");
+    sqlx::query("ANALYZE").execute(&mut *conn).await.expect("analyze");
 }
 
 async fn explain(conn: &mut PgConnection, sql: &str) -> String {
