@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::id::{MessageId, RoomId, UserId};
 use crate::message::{HistoryPage, Message};
 use crate::presence::{OnlineUser, PresenceStatus};
-use crate::room::{MemberReceipts, Room, RoomKind, RoomSummary, Visibility};
+use crate::room::{MemberReceipts, MemberRole, Room, RoomKind, RoomSummary, Visibility};
 use crate::search::SearchPage;
 use crate::time::Timestamp;
 use crate::user::User;
@@ -57,6 +57,61 @@ pub struct Invite {
     pub room_id: RoomId,
     /// Who to add.
     pub user_id: UserId,
+}
+
+/// `room:update`: a field absent (or `null`) is kept; an empty string clears it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct UpdateRoom {
+    /// The room.
+    pub room_id: RoomId,
+    /// The new display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The new topic.
+    #[serde(default)]
+    pub topic: Option<String>,
+}
+
+/// `room:remove`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RemoveMember {
+    /// The room.
+    pub room_id: RoomId,
+    /// The member to remove.
+    pub user_id: UserId,
+    /// Also bar them from joining or being added until `room:unban`.
+    #[serde(default)]
+    pub ban: bool,
+}
+
+/// A command that names a room and a user (`room:unban`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct MemberRef {
+    /// The room.
+    pub room_id: RoomId,
+    /// The user.
+    pub user_id: UserId,
+}
+
+/// `room:set_role`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SetRole {
+    /// The room.
+    pub room_id: RoomId,
+    /// The member.
+    pub user_id: UserId,
+    /// `admin` or `member`.
+    pub role: MemberRole,
+}
+
+/// `room:mute`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct MuteRoom {
+    /// The room.
+    pub room_id: RoomId,
+    /// When the mute ends; absent or `null`: until `room:unmute`.
+    #[serde(default)]
+    pub until: Option<Timestamp>,
 }
 
 /// `room:history`
@@ -170,6 +225,20 @@ pub enum CommandKind {
     RoomList,
     /// `room:history`
     RoomHistory,
+    /// `room:update`
+    RoomUpdate,
+    /// `room:remove`
+    RoomRemove,
+    /// `room:unban`
+    RoomUnban,
+    /// `room:bans`
+    RoomBans,
+    /// `room:set_role`
+    RoomSetRole,
+    /// `room:mute`
+    RoomMute,
+    /// `room:unmute`
+    RoomUnmute,
     /// `message:send`
     MessageSend,
     /// `message:edit`
@@ -198,13 +267,20 @@ pub enum CommandKind {
 
 impl CommandKind {
     /// Every command, for tables and docs.
-    pub const ALL: [CommandKind; 18] = [
+    pub const ALL: [CommandKind; 25] = [
         CommandKind::RoomCreate,
         CommandKind::RoomJoin,
         CommandKind::RoomLeave,
         CommandKind::RoomInvite,
         CommandKind::RoomList,
         CommandKind::RoomHistory,
+        CommandKind::RoomUpdate,
+        CommandKind::RoomRemove,
+        CommandKind::RoomUnban,
+        CommandKind::RoomBans,
+        CommandKind::RoomSetRole,
+        CommandKind::RoomMute,
+        CommandKind::RoomUnmute,
         CommandKind::MessageSend,
         CommandKind::MessageEdit,
         CommandKind::MessageDelete,
@@ -228,6 +304,13 @@ impl CommandKind {
             CommandKind::RoomInvite => "room:invite",
             CommandKind::RoomList => "room:list",
             CommandKind::RoomHistory => "room:history",
+            CommandKind::RoomUpdate => "room:update",
+            CommandKind::RoomRemove => "room:remove",
+            CommandKind::RoomUnban => "room:unban",
+            CommandKind::RoomBans => "room:bans",
+            CommandKind::RoomSetRole => "room:set_role",
+            CommandKind::RoomMute => "room:mute",
+            CommandKind::RoomUnmute => "room:unmute",
             CommandKind::MessageSend => "message:send",
             CommandKind::MessageEdit => "message:edit",
             CommandKind::MessageDelete => "message:delete",
@@ -265,6 +348,20 @@ pub enum Command {
     RoomList,
     /// `room:history`
     RoomHistory(HistoryRequest),
+    /// `room:update`
+    RoomUpdate(UpdateRoom),
+    /// `room:remove`
+    RoomRemove(RemoveMember),
+    /// `room:unban`
+    RoomUnban(MemberRef),
+    /// `room:bans`
+    RoomBans(RoomRef),
+    /// `room:set_role`
+    RoomSetRole(SetRole),
+    /// `room:mute`
+    RoomMute(MuteRoom),
+    /// `room:unmute`
+    RoomUnmute(RoomRef),
     /// `message:send`
     MessageSend(SendMessage),
     /// `message:edit`
@@ -306,6 +403,13 @@ impl Command {
                 Command::RoomList
             }
             CommandKind::RoomHistory => Command::RoomHistory(HistoryRequest::deserialize(data)?),
+            CommandKind::RoomUpdate => Command::RoomUpdate(UpdateRoom::deserialize(data)?),
+            CommandKind::RoomRemove => Command::RoomRemove(RemoveMember::deserialize(data)?),
+            CommandKind::RoomUnban => Command::RoomUnban(MemberRef::deserialize(data)?),
+            CommandKind::RoomBans => Command::RoomBans(RoomRef::deserialize(data)?),
+            CommandKind::RoomSetRole => Command::RoomSetRole(SetRole::deserialize(data)?),
+            CommandKind::RoomMute => Command::RoomMute(MuteRoom::deserialize(data)?),
+            CommandKind::RoomUnmute => Command::RoomUnmute(RoomRef::deserialize(data)?),
             CommandKind::MessageSend => Command::MessageSend(SendMessage::deserialize(data)?),
             CommandKind::MessageEdit => Command::MessageEdit(EditMessage::deserialize(data)?),
             CommandKind::MessageDelete => Command::MessageDelete(DeleteMessage::deserialize(data)?),
@@ -336,6 +440,13 @@ impl Command {
             Command::RoomInvite(_) => CommandKind::RoomInvite,
             Command::RoomList => CommandKind::RoomList,
             Command::RoomHistory(_) => CommandKind::RoomHistory,
+            Command::RoomUpdate(_) => CommandKind::RoomUpdate,
+            Command::RoomRemove(_) => CommandKind::RoomRemove,
+            Command::RoomUnban(_) => CommandKind::RoomUnban,
+            Command::RoomBans(_) => CommandKind::RoomBans,
+            Command::RoomSetRole(_) => CommandKind::RoomSetRole,
+            Command::RoomMute(_) => CommandKind::RoomMute,
+            Command::RoomUnmute(_) => CommandKind::RoomUnmute,
             Command::MessageSend(_) => CommandKind::MessageSend,
             Command::MessageEdit(_) => CommandKind::MessageEdit,
             Command::MessageDelete(_) => CommandKind::MessageDelete,
@@ -377,6 +488,8 @@ pub enum Reply {
         read_seq: u64,
         /// Every member's delivered and read cursors, in joining order.
         receipts: Vec<MemberReceipts>,
+        /// Every member's role in the room, by user id.
+        roles: std::collections::BTreeMap<UserId, MemberRole>,
     },
     /// `{"rooms"}`
     Rooms {
@@ -400,6 +513,11 @@ pub enum Reply {
         /// Connected, visible users.
         users: Vec<OnlineUser>,
     },
+    /// `{"bans"}` of `room:bans`
+    Bans {
+        /// The room's bans, newest first.
+        bans: Vec<BanEntry>,
+    },
     /// `{"results","next"?}` of `messages:search`
     Search(SearchPage),
     /// `{"server_time"}`
@@ -407,6 +525,17 @@ pub enum Reply {
         /// The server's clock.
         server_time: Timestamp,
     },
+}
+
+/// One ban as `room:bans` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BanEntry {
+    /// The banned user (as far as the server knows them).
+    pub user: User,
+    /// Who banned them.
+    pub banned_by: UserId,
+    /// When.
+    pub banned_at: Timestamp,
 }
 
 impl Reply {

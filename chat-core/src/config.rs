@@ -11,6 +11,8 @@ pub struct Limits {
     pub max_body_chars: usize,
     /// Longest room name, in characters.
     pub max_room_name_chars: usize,
+    /// Longest room topic (`room:update`), in characters.
+    pub max_room_topic_chars: usize,
     /// Largest history page.
     pub max_history_page: u32,
     /// History page when the client gives no limit.
@@ -53,6 +55,7 @@ impl Default for Limits {
         Limits {
             max_body_chars: 4000,
             max_room_name_chars: 100,
+            max_room_topic_chars: 500,
             max_history_page: 100,
             default_history_page: 50,
             max_rooms_per_user: 1000,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::id::{MessageId, RoomId, UserId};
 use crate::message::Message;
 use crate::presence::PresenceStatus;
-use crate::room::{ReceiptKind, Room};
+use crate::room::{MemberRole, ReceiptKind, Room};
 use crate::time::Timestamp;
 use crate::user::User;
 
@@ -94,8 +94,8 @@ pub struct RoomAdded {
     pub room: Room,
 }
 
-/// `room:updated`: a room's claim or state changed (an agent took it, it was
-/// closed).
+/// `room:updated`: a room's settings (`room:update`), claim or state changed
+/// (an agent took it, it was closed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomUpdated {
     /// The room as it is now.
@@ -109,6 +109,30 @@ pub struct RoomUpdated {
 pub struct RoomRemoved {
     /// The room.
     pub room_id: RoomId,
+}
+
+/// `room:member_updated`: a member's role in a room changed (`room:set_role`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberUpdated {
+    /// The room.
+    pub room_id: RoomId,
+    /// The member.
+    pub user_id: UserId,
+    /// Their role now.
+    pub role: MemberRole,
+}
+
+/// `room:muted`: the user muted or unmuted a room on another of their
+/// sessions (`room:mute`, `room:unmute`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomMuted {
+    /// The room.
+    pub room_id: RoomId,
+    /// Whether it is muted now.
+    pub muted: bool,
+    /// When the mute ends; absent for a mute until `room:unmute`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muted_until: Option<Timestamp>,
 }
 
 /// An event for sessions. Serde derives give the tagged form used between
@@ -150,6 +174,12 @@ pub enum Event {
     /// `room:removed`
     #[serde(rename = "room:removed")]
     RoomRemoved(RoomRemoved),
+    /// `room:member_updated`
+    #[serde(rename = "room:member_updated")]
+    MemberUpdated(MemberUpdated),
+    /// `room:muted`
+    #[serde(rename = "room:muted")]
+    RoomMuted(RoomMuted),
 }
 
 impl Event {
@@ -167,6 +197,8 @@ impl Event {
             Event::RoomAdded(_) => "room:added",
             Event::RoomUpdated(_) => "room:updated",
             Event::RoomRemoved(_) => "room:removed",
+            Event::MemberUpdated(_) => "room:member_updated",
+            Event::RoomMuted(_) => "room:muted",
         }
     }
 
@@ -183,6 +215,8 @@ impl Event {
             Event::RoomAdded(e) => Some(e.room.id),
             Event::RoomUpdated(e) => Some(e.room.id),
             Event::RoomRemoved(e) => Some(e.room_id),
+            Event::MemberUpdated(e) => Some(e.room_id),
+            Event::RoomMuted(e) => Some(e.room_id),
         }
     }
 
@@ -209,6 +243,8 @@ impl Serialize for EventData<'_> {
             Event::RoomAdded(e) => e.serialize(s),
             Event::RoomUpdated(e) => e.serialize(s),
             Event::RoomRemoved(e) => e.serialize(s),
+            Event::MemberUpdated(e) => e.serialize(s),
+            Event::RoomMuted(e) => e.serialize(s),
         }
     }
 }

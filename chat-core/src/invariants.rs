@@ -1136,7 +1136,7 @@ impl Checker {
         }
         let room = &self.model.rooms[i];
         match expect_ok(got)? {
-            Reply::Joined { room: joined, members, last_seq, read_seq, receipts } => {
+            Reply::Joined { room: joined, members, last_seq, read_seq, receipts, .. } => {
                 let me = room.members.get(&user).copied().unwrap_or(MemberModel::new(false));
                 if joined.id != room.id || last_seq != room.last_seq() || read_seq != me.read {
                     return Err(format!(

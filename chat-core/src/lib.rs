@@ -88,7 +88,9 @@ pub use event::{Delivery, Event, EventCodec};
 pub use id::{MessageId, RoomId, SessionId, UserId};
 pub use message::{Appended, Attachment, HistoryPage, HistoryQuery, Message, NewMessage};
 pub use presence::{OnlineUser, PresenceStatus};
-pub use room::{Member, MemberReceipts, MemberRole, NewRoom, ReceiptKind, Room, RoomKind, RoomSummary, Visibility};
+pub use room::{
+    Ban, Member, MemberReceipts, MemberRole, NewRoom, ReceiptKind, Room, RoomChanges, RoomKind, RoomSummary, Visibility,
+};
 pub use search::{SearchHit, SearchPage, SearchQuery};
 pub use store::{Joining, MemberLimits, MemoryStore, QueueCursor, QueuedRoom, Store};
 pub use time::Timestamp;

@@ -115,6 +115,9 @@ pub struct Room {
     /// Optional display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// What the room is about, as its owner or an admin set it (`room:update`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
     /// Public or private.
     pub visibility: Visibility,
     /// The user who made it (for a support room: the visitor).
@@ -143,13 +146,43 @@ pub struct RoomSummary {
     pub unread: u64,
     /// The user's read cursor.
     pub read_seq: u64,
+    /// Whether the user muted the room (`room:mute`) and the mute holds now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub muted: bool,
+    /// When a mute with an end ends; absent for a mute until `room:unmute`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muted_until: Option<Timestamp>,
 }
 
 impl RoomSummary {
     /// Builds a summary from a room and the user's read cursor.
     pub fn new(room: Room, read_seq: u64) -> Self {
         let unread = room.last_seq.saturating_sub(read_seq);
-        RoomSummary { room, unread, read_seq }
+        RoomSummary { room, unread, read_seq, muted: false, muted_until: None }
+    }
+
+    /// The same, with the user's mute as the store keeps it
+    /// ([`Member::muted_until`]), judged at `now`.
+    pub fn with_mute(mut self, muted_until: Option<Timestamp>, now: Timestamp) -> Self {
+        let mute = mute_at(muted_until, now);
+        self.muted = mute.is_some();
+        self.muted_until = mute.flatten();
+        self
+    }
+}
+
+/// The stored end of a mute that lasts until `room:unmute`: far beyond any
+/// real date, so that "muted at `t`" is one comparison for every mute.
+pub const MUTED_FOREVER: Timestamp = Timestamp::from_millis(253_402_300_799_999);
+
+/// How a stored `muted_until` reads at `now`: `None`, not muted (never, or
+/// the mute ended); `Some(None)`, muted until `room:unmute`; `Some(Some(t))`,
+/// muted until `t`.
+pub fn mute_at(muted_until: Option<Timestamp>, now: Timestamp) -> Option<Option<Timestamp>> {
+    match muted_until {
+        Some(t) if t >= MUTED_FOREVER => Some(None),
+        Some(t) if t > now => Some(Some(t)),
+        _ => None,
     }
 }
 
@@ -181,6 +214,54 @@ pub struct Member {
     pub delivered_seq: u64,
     /// Highest seq they have read.
     pub read_seq: u64,
+    /// Until when they muted the room ([`MUTED_FOREVER`] for a mute until
+    /// `room:unmute`); a past time is no mute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muted_until: Option<Timestamp>,
+}
+
+impl Member {
+    /// Whether the member's mute holds at `now`.
+    pub fn is_muted(&self, now: Timestamp) -> bool {
+        mute_at(self.muted_until, now).is_some()
+    }
+}
+
+/// A user barred from a room (`room:remove` with `ban`) until `room:unban`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ban {
+    /// The banned user.
+    pub user_id: UserId,
+    /// The owner or admin who banned them.
+    pub banned_by: UserId,
+    /// When.
+    pub banned_at: Timestamp,
+}
+
+/// What `room:update` changes: `None` keeps a field, `Some(None)` clears it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomChanges {
+    /// The new name.
+    pub name: Option<Option<String>>,
+    /// The new topic.
+    pub topic: Option<Option<String>>,
+}
+
+impl RoomChanges {
+    /// Whether nothing would change.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none() && self.topic.is_none()
+    }
+
+    /// Applies the changes to a room.
+    pub fn apply(&self, room: &mut Room) {
+        if let Some(name) = &self.name {
+            room.name.clone_from(name);
+        }
+        if let Some(topic) = &self.topic {
+            room.topic.clone_from(topic);
+        }
+    }
 }
 
 /// Everything needed to make a room.
@@ -209,6 +290,7 @@ impl NewRoom {
             id: self.id,
             kind: self.kind,
             name: self.name.clone(),
+            topic: None,
             visibility: self.visibility,
             created_by: self.created_by.clone(),
             created_at: self.created_at,
@@ -266,6 +348,7 @@ mod tests {
             id: RoomId::generate(),
             kind: RoomKind::Group,
             name: None,
+            topic: None,
             visibility: Visibility::Public,
             created_by: UserId::new("u").expect("valid"),
             created_at: Timestamp::now(),

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::id::{MessageId, RoomId, UserId};
 use crate::message::{Appended, Attachment, HistoryQuery, Message, NewMessage};
-use crate::room::{MemberRole, NewRoom, ReceiptKind, Room, RoomKind, Visibility};
+use crate::room::{Ban, MUTED_FOREVER, MemberRole, NewRoom, ReceiptKind, Room, RoomChanges, RoomKind, Visibility};
 use crate::search::{SearchPage, SearchQuery, words};
 use crate::store::{Joining, MemberLimits, QueueCursor, QueuedRoom, Store};
 use crate::time::Timestamp;
@@ -189,7 +189,10 @@ macro_rules! store_conformance {
                 advance_cursor_for_a_non_member_is_none,
                 search_finds_whole_words_folded_in_the_users_rooms,
                 search_follows_edits_deletes_and_membership,
-                search_pages_newest_first;
+                search_pages_newest_first,
+                update_room_sets_and_clears_name_and_topic,
+                a_ban_removes_and_bars_until_unbanned,
+                roles_and_mutes_follow_the_member;
                 shared:
                 concurrent_appends_are_gapless,
                 concurrent_duplicates_store_one_message,
@@ -197,6 +200,7 @@ macro_rules! store_conformance {
                 own_room_quota_holds_under_concurrent_self_joins,
                 room_capacity_holds_under_concurrent_adds,
                 concurrent_support_room_creations_make_one_room,
+                a_ban_holds_against_racing_joins,
             }
         }
     };
@@ -544,6 +548,7 @@ pub async fn create_room_stores_the_room_and_its_members(store: &dyn Store) {
         id: new.id,
         kind: RoomKind::Group,
         name: new.name.clone(),
+        topic: None,
         visibility: Visibility::Private,
         created_by: uid("zoe"),
         created_at: at(5),
@@ -990,6 +995,96 @@ pub async fn rooms_of_user_reports_read_cursor_and_unread(store: &dyn Store) {
         "sending reads everything up to the sent message"
     );
     assert_eq!(summary(ok(store.rooms_of_user(&uid("writer")).await, "rooms_of_user")), (6, 5, 1));
+}
+
+// ---------------------------------------------------------------------------
+// Moderation
+
+/// `update_room` sets or clears each field it names and keeps the others.
+pub async fn update_room_sets_and_clears_name_and_topic(store: &dyn Store) {
+    let room = group(store, &["o"], 0).await;
+    assert_eq!(room.topic, None);
+    let set = RoomChanges { name: None, topic: Some(Some("Release planning".into())) };
+    let after = ok(store.update_room(room.id, &set).await, "update_room").expect("the room exists");
+    assert_eq!((after.name.as_deref(), after.topic.as_deref()), (Some("a room"), Some("Release planning")));
+    let stored = ok(store.room(room.id).await, "room").expect("the room exists");
+    assert_eq!(stored, after, "the stored room is the one returned");
+    let both = RoomChanges { name: Some(Some("Renamed".into())), topic: Some(None) };
+    let after = ok(store.update_room(room.id, &both).await, "update_room").expect("the room exists");
+    assert_eq!((after.name.as_deref(), after.topic), (Some("Renamed"), None));
+    let cleared = RoomChanges { name: Some(None), topic: None };
+    let after = ok(store.update_room(room.id, &cleared).await, "update_room").expect("the room exists");
+    assert_eq!(after.name, None);
+    assert_eq!(after.last_seq, room.last_seq);
+    let listed = ok(store.rooms_of_user(&uid("o")).await, "rooms_of_user");
+    assert_eq!(listed[0].room, after, "rooms_of_user shows the settings");
+    assert_eq!(ok(store.update_room(RoomId::generate(), &set).await, "update_room"), None);
+}
+
+/// `ban_member` removes the member and bars them (and pre-emptively a
+/// non-member) from joining and being added until `unban_member`.
+pub async fn a_ban_removes_and_bars_until_unbanned(store: &dyn Store) {
+    let room = group(store, &["o", "troll", "bystander"], 0).await;
+    let ban = |who: &str, t: i64| Ban { user_id: uid(who), banned_by: uid("o"), banned_at: at(t) };
+    assert!(ok(store.ban_member(room.id, &ban("troll", 10)).await, "ban_member"), "troll was a member");
+    assert_eq!(ok(store.member(room.id, &uid("troll")).await, "member"), None, "the ban removes");
+    assert_eq!(ok(store.room_count_of_user(&uid("troll")).await, "room_count_of_user"), 0);
+    for joining in [joins(at(11)), added(MemberRole::Member, at(11))] {
+        let err = store.add_member(room.id, &uid("troll"), joining, NONE).await.expect_err("banned");
+        assert_eq!(err.code().as_str(), "forbidden", "{err}");
+    }
+    assert_eq!(ok(store.member(room.id, &uid("troll")).await, "member"), None);
+    // A non-member may be banned ahead; a second ban keeps the first.
+    assert!(!ok(store.ban_member(room.id, &ban("stranger", 20)).await, "ban_member"), "not a member");
+    assert!(!ok(store.ban_member(room.id, &ban("troll", 30)).await, "ban_member"), "banned again");
+    let bans = ok(store.bans(room.id, 10).await, "bans");
+    assert_eq!(bans, [ban("stranger", 20), ban("troll", 10)], "newest first, the first ban kept");
+    assert_eq!(ok(store.bans(room.id, 1).await, "bans"), [ban("stranger", 20)], "limited");
+    assert!(ok(store.bans(RoomId::generate(), 10).await, "bans").is_empty());
+    let err = store.add_member(room.id, &uid("stranger"), joins(at(21)), NONE).await.expect_err("banned ahead");
+    assert_eq!(err.code().as_str(), "forbidden", "{err}");
+    let err = store.ban_member(RoomId::generate(), &ban("troll", 40)).await.expect_err("no room");
+    assert_eq!(err.code().as_str(), "not_found", "{err}");
+    // A ban is per room.
+    let other = group(store, &["o"], 1).await;
+    assert!(ok(store.add_member(other.id, &uid("troll"), joins(at(41)), NONE).await, "add_member"));
+
+    assert!(ok(store.unban_member(room.id, &uid("troll")).await, "unban_member"));
+    assert!(!ok(store.unban_member(room.id, &uid("troll")).await, "unban_member"), "no ban left");
+    assert!(ok(store.add_member(room.id, &uid("troll"), joins(at(50)), NONE).await, "add_member"));
+    assert_eq!(ok(store.bans(room.id, 10).await, "bans"), [ban("stranger", 20)]);
+    assert!(ok(store.member(room.id, &uid("bystander")).await, "member").is_some(), "others stay");
+}
+
+/// `set_member_role` and `set_muted` change one membership, which `member`,
+/// `members` and `rooms_of_user` show.
+pub async fn roles_and_mutes_follow_the_member(store: &dyn Store) {
+    let room = group(store, &["o", "m"], 0).await;
+    assert!(ok(store.set_member_role(room.id, &uid("m"), MemberRole::Admin).await, "set_member_role"));
+    let m = ok(store.member(room.id, &uid("m")).await, "member").expect("a member");
+    assert_eq!((m.role, m.muted_until), (MemberRole::Admin, None));
+    let roles: Vec<MemberRole> = ok(store.members(room.id).await, "members").iter().map(|m| m.role).collect();
+    assert_eq!(roles, [MemberRole::Owner, MemberRole::Admin]);
+    assert!(!ok(store.set_member_role(room.id, &uid("x"), MemberRole::Admin).await, "set_member_role"));
+    assert!(ok(store.set_member_role(room.id, &uid("m"), MemberRole::Member).await, "set_member_role"));
+
+    let summary = |list: Vec<crate::room::RoomSummary>| {
+        let s = list.into_iter().next().expect("one room");
+        (s.muted, s.muted_until)
+    };
+    assert_eq!(summary(ok(store.rooms_of_user(&uid("m")).await, "rooms_of_user")), (false, None));
+    let later = Timestamp::now().plus(std::time::Duration::from_secs(3600));
+    assert!(ok(store.set_muted(room.id, &uid("m"), Some(later)).await, "set_muted"));
+    assert_eq!(ok(store.member(room.id, &uid("m")).await, "member").and_then(|m| m.muted_until), Some(later));
+    assert_eq!(summary(ok(store.rooms_of_user(&uid("m")).await, "rooms_of_user")), (true, Some(later)));
+    assert_eq!(summary(ok(store.rooms_of_user(&uid("o")).await, "rooms_of_user")), (false, None), "per member");
+    assert!(ok(store.set_muted(room.id, &uid("m"), Some(MUTED_FOREVER)).await, "set_muted"));
+    assert_eq!(summary(ok(store.rooms_of_user(&uid("m")).await, "rooms_of_user")), (true, None));
+    assert!(ok(store.set_muted(room.id, &uid("m"), Some(at(1))).await, "set_muted"));
+    assert_eq!(summary(ok(store.rooms_of_user(&uid("m")).await, "rooms_of_user")), (false, None), "ended");
+    assert!(ok(store.set_muted(room.id, &uid("m"), None).await, "set_muted"));
+    assert_eq!(ok(store.member(room.id, &uid("m")).await, "member").and_then(|m| m.muted_until), None);
+    assert!(!ok(store.set_muted(room.id, &uid("x"), None).await, "set_muted"), "not a member");
 }
 
 // ---------------------------------------------------------------------------
@@ -1735,6 +1830,40 @@ pub async fn concurrent_support_room_creations_make_one_room(store: Arc<dyn Stor
     let ids: HashSet<RoomId> = rooms.iter().map(|(room, _)| room.id).collect();
     assert_eq!(ids.len(), 1, "every request gets the one room: {ids:?}");
     assert_eq!(ok(store.rooms_of_user(&uid("vis")).await, "rooms_of_user").len(), 1);
+}
+
+/// A user joining `RACERS` rooms while each of them bans the user at the
+/// same time: whichever comes first, the user ends up in none of them.
+pub async fn a_ban_holds_against_racing_joins(store: Arc<dyn Store>) {
+    let mut rooms = Vec::with_capacity(RACERS);
+    for i in 0..RACERS {
+        rooms.push(group(&*store, &["owner"], i as i64).await.id);
+    }
+    let rooms = Arc::new(rooms);
+    let joined = {
+        let rooms = Arc::clone(&rooms);
+        race(&store, move |store, i| {
+            let room = rooms[i];
+            async move { store.add_member(room, &uid("troll"), joins(at(100)), NONE).await }
+        })
+    };
+    let banned = {
+        let rooms = Arc::clone(&rooms);
+        race(&store, move |store, i| {
+            let room = rooms[i];
+            let ban = Ban { user_id: uid("troll"), banned_by: uid("owner"), banned_at: at(100) };
+            async move { store.ban_member(room, &ban).await }
+        })
+    };
+    let (joined, banned) = tokio::join!(joined, banned);
+    accepted(joined);
+    for ban in banned {
+        ok(ban, "ban_member");
+    }
+    for room in rooms.iter() {
+        assert_eq!(ok(store.member(*room, &uid("troll")).await, "member"), None, "a banned user stays out");
+    }
+    assert_eq!(ok(store.room_count_of_user(&uid("troll")).await, "room_count_of_user"), 0);
 }
 
 // ---------------------------------------------------------------------------

@@ -115,3 +115,12 @@ mod tests {
         Ok(())
     }
 }
+
+/// A row of `room_bans`: user, banned by, banned at.
+pub(crate) fn ban_from_db((banned, by, at): (String, String, i64)) -> Result<chat_core::Ban> {
+    Ok(chat_core::Ban {
+        user_id: user_id(banned, "room_bans.user_id")?,
+        banned_by: user_id(by, "room_bans.banned_by")?,
+        banned_at: time_from_db(at),
+    })
+}

@@ -49,9 +49,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_core::{
-    Appended, HistoryPage, HistoryQuery, Joining, Member, MemberLimits, Message, MessageId, NewMessage, NewRoom,
-    QueueCursor, QueuedRoom, ReceiptKind, Room, RoomId, RoomKind, RoomSummary, SearchPage, SearchQuery, Store,
-    Timestamp, User, UserId,
+    Appended, Ban, HistoryPage, HistoryQuery, Joining, Member, MemberLimits, MemberRole, Message, MessageId,
+    NewMessage, NewRoom, QueueCursor, QueuedRoom, ReceiptKind, Room, RoomChanges, RoomId, RoomKind, RoomSummary,
+    SearchPage, SearchQuery, Store, Timestamp, User, UserId,
 };
 use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
@@ -74,6 +74,7 @@ const MIGRATIONS: &[migrate::Embedded] = &[
     (6, "hot updates", include_str!("../migrations/postgres/0006_hot_updates.sql")),
     (7, "limits and queue", include_str!("../migrations/postgres/0007_limits_and_queue.sql")),
     (8, "message search", include_str!("../migrations/postgres/0008_message_search.sql")),
+    (9, "moderation", include_str!("../migrations/postgres/0009_moderation.sql")),
 ];
 
 /// Settings of a [`PostgresStore`]. Start from [`PostgresConfig::from_url`] and
@@ -321,7 +322,7 @@ macro_rules! user_cols {
 }
 macro_rules! room_cols {
     () => {
-        "id, kind, name, visibility, created_by, created_at, last_seq, claimed_by, closed"
+        "id, kind, name, topic, visibility, created_by, created_at, last_seq, claimed_by, closed"
     };
 }
 /// The support queue after `($1, $2)`, at most `$3` rooms: a range of the
@@ -340,7 +341,7 @@ macro_rules! support_queue_sql {
 }
 macro_rules! member_cols {
     () => {
-        "room_id, user_id, role, joined_at, delivered_seq, read_seq"
+        "room_id, user_id, role, joined_at, delivered_seq, read_seq, muted_until"
     };
 }
 macro_rules! message_cols {
@@ -380,6 +381,7 @@ fn room_from_row(row: &PgRow) -> Result<Room> {
         id: RoomId::from_uuid(row.try_get("id").db()?),
         kind: codec::room_kind(row.try_get("kind").db()?)?,
         name: row.try_get("name").db()?,
+        topic: row.try_get("topic").db()?,
         visibility: codec::visibility(row.try_get("visibility").db()?)?,
         created_by: codec::user_id(row.try_get("created_by").db()?, "rooms.created_by")?,
         created_at: codec::time_from_db(row.try_get("created_at").db()?),
@@ -401,6 +403,7 @@ fn member_from_row(row: &PgRow) -> Result<Member> {
         joined_at: codec::time_from_db(row.try_get("joined_at").db()?),
         delivered_seq: codec::seq_from_db(row.try_get("delivered_seq").db()?, "members.delivered_seq")?,
         read_seq: codec::seq_from_db(row.try_get("read_seq").db()?, "members.read_seq")?,
+        muted_until: row.try_get::<Option<i64>, _>("muted_until").db()?.map(codec::time_from_db),
     })
 }
 
@@ -795,20 +798,21 @@ async fn add_member_in(
         sqlx::query(LOCK_OWN_ROOMS).bind(user.as_str()).execute(&mut *conn).await.db()?;
     }
     sqlx::query(LOCK_ROOM).bind(room.as_uuid()).execute(&mut *conn).await.db()?;
-    let (exists, member, members, own, inserted): (bool, bool, i64, i64, bool) = sqlx::query_as(
+    let (exists, member, banned, members, own, inserted): (bool, bool, bool, i64, i64, bool) = sqlx::query_as(
         "WITH found AS (
              SELECT EXISTS (SELECT 1 FROM rooms WHERE id = $1) AS room_exists,
                     EXISTS (SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2) AS is_member,
+                    EXISTS (SELECT 1 FROM room_bans WHERE room_id = $1 AND user_id = $2) AS is_banned,
                     (SELECT COUNT(*) FROM members WHERE room_id = $1) AS members,
                     CASE WHEN $5 THEN (SELECT COUNT(*) FROM members WHERE user_id = $2 AND self_joined)
                          ELSE 0 END AS own),
          inserted AS (
              INSERT INTO members (room_id, user_id, role, joined_at, self_joined)
              SELECT $1, $2, $3, $4, $5 FROM found
-             WHERE room_exists AND NOT is_member AND members < $6 AND (NOT $5 OR own < $7)
+             WHERE room_exists AND NOT is_member AND NOT is_banned AND members < $6 AND (NOT $5 OR own < $7)
              ON CONFLICT (room_id, user_id) DO NOTHING
              RETURNING 1)
-         SELECT room_exists, is_member, members, own, EXISTS (SELECT 1 FROM inserted) FROM found",
+         SELECT room_exists, is_member, is_banned, members, own, EXISTS (SELECT 1 FROM inserted) FROM found",
     )
     .bind(room.as_uuid())
     .bind(user.as_str())
@@ -824,6 +828,8 @@ async fn add_member_in(
         Err(chat_core::Error::NotFound("room"))
     } else if member {
         Ok(false)
+    } else if banned {
+        Err(chat_core::store::banned_error())
     } else {
         // Every writer of this room's memberships holds its lock, so the
         // insert skips only what `is_member` saw.
@@ -831,6 +837,30 @@ async fn add_member_in(
             .check_join(codec::count_from_db(members)?, codec::count_from_db(own)?, joining.self_joined)
             .map(|()| inserted)
     })
+}
+
+/// Records a ban and removes the membership, under the room's lock that
+/// [`add_member_in`] takes too, so that a join racing the ban either
+/// commits before it (and is removed here) or sees it.
+async fn ban_member_in(conn: &mut PgConnection, room: RoomId, ban: &Ban) -> Result<chat_core::Result<bool>> {
+    sqlx::query(LOCK_ROOM).bind(room.as_uuid()).execute(&mut *conn).await.db()?;
+    let (exists, removed): (bool, bool) = sqlx::query_as(
+        "WITH found AS (SELECT EXISTS (SELECT 1 FROM rooms WHERE id = $1) AS room_exists),
+         banned AS (
+             INSERT INTO room_bans (room_id, user_id, banned_by, banned_at)
+             SELECT $1, $2, $3, $4 FROM found WHERE room_exists
+             ON CONFLICT (room_id, user_id) DO NOTHING),
+         removed AS (DELETE FROM members WHERE room_id = $1 AND user_id = $2 RETURNING 1)
+         SELECT room_exists, EXISTS (SELECT 1 FROM removed) FROM found",
+    )
+    .bind(room.as_uuid())
+    .bind(ban.user_id.as_str())
+    .bind(ban.banned_by.as_str())
+    .bind(ban.banned_at.as_millis())
+    .fetch_one(&mut *conn)
+    .await
+    .db()?;
+    Ok(if exists { Ok(removed) } else { Err(chat_core::Error::NotFound("room")) })
 }
 
 impl PostgresStore {
@@ -1012,8 +1042,8 @@ impl Store for PostgresStore {
     async fn rooms_of_user(&self, user: &UserId) -> chat_core::Result<Vec<RoomSummary>> {
         self.bounded(async {
             let rows = sqlx::query(
-                "SELECT r.id, r.kind, r.name, r.visibility, r.created_by, r.created_at, r.last_seq, r.claimed_by, r.closed,
-                    m.read_seq
+                "SELECT r.id, r.kind, r.name, r.topic, r.visibility, r.created_by, r.created_at, r.last_seq,
+                    r.claimed_by, r.closed, m.read_seq, m.muted_until
                  FROM members m JOIN rooms r ON r.id = m.room_id
                  WHERE m.user_id = $1
                  ORDER BY r.last_activity DESC, r.id DESC",
@@ -1022,12 +1052,35 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .db()?;
+            let now = Timestamp::now();
             let mut out = Vec::with_capacity(rows.len());
             for row in &rows {
                 let read_seq = codec::seq_from_db(row.try_get("read_seq").db()?, "members.read_seq")?;
-                out.push(RoomSummary::new(room_from_row(row)?, read_seq));
+                let muted_until = row.try_get::<Option<i64>, _>("muted_until").db()?.map(codec::time_from_db);
+                out.push(RoomSummary::new(room_from_row(row)?, read_seq).with_mute(muted_until, now));
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn update_room(&self, id: RoomId, changes: &RoomChanges) -> chat_core::Result<Option<Room>> {
+        self.bounded(async {
+            let row = sqlx::query(concat!(
+                "UPDATE rooms SET name = CASE WHEN $2 THEN $3 ELSE name END,
+                                  topic = CASE WHEN $4 THEN $5 ELSE topic END
+                 WHERE id = $1 RETURNING ",
+                room_cols!()
+            ))
+            .bind(id.as_uuid())
+            .bind(changes.name.is_some())
+            .bind(changes.name.clone().flatten())
+            .bind(changes.topic.is_some())
+            .bind(changes.topic.clone().flatten())
+            .fetch_optional(&self.pool)
+            .await
+            .db()?;
+            Ok(row.as_ref().map(room_from_row).transpose()?)
         })
         .await
     }
@@ -1147,6 +1200,75 @@ impl Store for PostgresStore {
                 .db()?
                 .rows_affected();
             Ok(removed > 0)
+        })
+        .await
+    }
+
+    async fn ban_member(&self, room: RoomId, ban: &Ban) -> chat_core::Result<bool> {
+        self.bounded(async {
+            let mut tx = self.begin().await?;
+            let result = ban_member_in(&mut tx, room, ban).await;
+            finish(tx, result).await?
+        })
+        .await
+    }
+
+    async fn unban_member(&self, room: RoomId, user: &UserId) -> chat_core::Result<bool> {
+        self.bounded(async {
+            let removed = sqlx::query("DELETE FROM room_bans WHERE room_id = $1 AND user_id = $2")
+                .bind(room.as_uuid())
+                .bind(user.as_str())
+                .execute(&self.pool)
+                .await
+                .db()?
+                .rows_affected();
+            Ok(removed > 0)
+        })
+        .await
+    }
+
+    async fn bans(&self, room: RoomId, limit: u32) -> chat_core::Result<Vec<Ban>> {
+        self.bounded(async {
+            let rows: Vec<(String, String, i64)> = sqlx::query_as(
+                "SELECT user_id, banned_by, banned_at FROM room_bans WHERE room_id = $1
+                 ORDER BY banned_at DESC, user_id LIMIT $2",
+            )
+            .bind(room.as_uuid())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .db()?;
+            Ok(rows.into_iter().map(codec::ban_from_db).collect::<Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn set_member_role(&self, room: RoomId, user: &UserId, role: MemberRole) -> chat_core::Result<bool> {
+        self.bounded(async {
+            let changed = sqlx::query("UPDATE members SET role = $3 WHERE room_id = $1 AND user_id = $2")
+                .bind(room.as_uuid())
+                .bind(user.as_str())
+                .bind(role.as_str())
+                .execute(&self.pool)
+                .await
+                .db()?
+                .rows_affected();
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn set_muted(&self, room: RoomId, user: &UserId, until: Option<Timestamp>) -> chat_core::Result<bool> {
+        self.bounded(async {
+            let changed = sqlx::query("UPDATE members SET muted_until = $3 WHERE room_id = $1 AND user_id = $2")
+                .bind(room.as_uuid())
+                .bind(user.as_str())
+                .bind(until.map(Timestamp::as_millis))
+                .execute(&self.pool)
+                .await
+                .db()?
+                .rows_affected();
+            Ok(changed > 0)
         })
         .await
     }

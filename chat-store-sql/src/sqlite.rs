@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_core::{
-    Appended, HistoryPage, HistoryQuery, Joining, Member, MemberLimits, Message, MessageId, NewMessage, NewRoom,
-    QueueCursor, QueuedRoom, ReceiptKind, Room, RoomId, RoomKind, RoomSummary, SearchPage, SearchQuery, Store,
-    Timestamp, User, UserId,
+    Appended, Ban, HistoryPage, HistoryQuery, Joining, Member, MemberLimits, MemberRole, Message, MessageId,
+    NewMessage, NewRoom, QueueCursor, QueuedRoom, ReceiptKind, Room, RoomChanges, RoomId, RoomKind, RoomSummary,
+    SearchPage, SearchQuery, Store, Timestamp, User, UserId,
 };
 use sqlx::error::DatabaseError;
 use sqlx::sqlite::{
@@ -47,6 +47,7 @@ const MIGRATIONS: &[migrate::Embedded] = &[
     (5, "bridge lease", include_str!("../migrations/sqlite/0005_bridge_lease.sql")),
     (6, "limits and queue", include_str!("../migrations/sqlite/0006_limits_and_queue.sql")),
     (7, "message search", include_str!("../migrations/sqlite/0007_message_search.sql")),
+    (8, "moderation", include_str!("../migrations/sqlite/0008_moderation.sql")),
 ];
 
 /// How hard SQLite works to make a commit survive a power cut.
@@ -371,7 +372,7 @@ macro_rules! user_cols {
 }
 macro_rules! room_cols {
     () => {
-        "id, kind, name, visibility, created_by, created_at, last_seq, claimed_by, closed"
+        "id, kind, name, topic, visibility, created_by, created_at, last_seq, claimed_by, closed"
     };
 }
 /// The support queue after `(?1, ?2)`, at most `?3` rooms: a range of the
@@ -391,7 +392,7 @@ macro_rules! support_queue_sql {
 }
 macro_rules! member_cols {
     () => {
-        "room_id, user_id, role, joined_at, delivered_seq, read_seq"
+        "room_id, user_id, role, joined_at, delivered_seq, read_seq, muted_until"
     };
 }
 macro_rules! message_cols {
@@ -443,6 +444,7 @@ fn room_from_row(row: &SqliteRow) -> Result<Room> {
         id: codec::room_id(row.try_get("id").db()?, "rooms.id")?,
         kind: codec::room_kind(row.try_get("kind").db()?)?,
         name: row.try_get("name").db()?,
+        topic: row.try_get("topic").db()?,
         visibility: codec::visibility(row.try_get("visibility").db()?)?,
         created_by: codec::user_id(row.try_get("created_by").db()?, "rooms.created_by")?,
         created_at: codec::time_from_db(row.try_get("created_at").db()?),
@@ -464,6 +466,7 @@ fn member_from_row(row: &SqliteRow) -> Result<Member> {
         joined_at: codec::time_from_db(row.try_get("joined_at").db()?),
         delivered_seq: codec::seq_from_db(row.try_get("delivered_seq").db()?, "members.delivered_seq")?,
         read_seq: codec::seq_from_db(row.try_get("read_seq").db()?, "members.read_seq")?,
+        muted_until: row.try_get::<Option<i64>, _>("muted_until").db()?.map(codec::time_from_db),
     })
 }
 
@@ -925,8 +928,8 @@ impl Store for SqliteStore {
 
     async fn rooms_of_user(&self, user: &UserId) -> chat_core::Result<Vec<RoomSummary>> {
         let rows = sqlx::query(
-            "SELECT r.id, r.kind, r.name, r.visibility, r.created_by, r.created_at, r.last_seq, r.claimed_by, r.closed,
-                    m.read_seq
+            "SELECT r.id, r.kind, r.name, r.topic, r.visibility, r.created_by, r.created_at, r.last_seq, r.claimed_by,
+                    r.closed, m.read_seq, m.muted_until
              FROM members m JOIN rooms r ON r.id = m.room_id
              WHERE m.user_id = ?1
              ORDER BY r.last_activity DESC, r.id DESC",
@@ -935,12 +938,31 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .db()?;
+        let now = Timestamp::now();
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let read_seq = codec::seq_from_db(row.try_get("read_seq").db()?, "members.read_seq")?;
-            out.push(RoomSummary::new(room_from_row(row)?, read_seq));
+            let muted_until = row.try_get::<Option<i64>, _>("muted_until").db()?.map(codec::time_from_db);
+            out.push(RoomSummary::new(room_from_row(row)?, read_seq).with_mute(muted_until, now));
         }
         Ok(out)
+    }
+
+    async fn update_room(&self, id: RoomId, changes: &RoomChanges) -> chat_core::Result<Option<Room>> {
+        let row = sqlx::query(concat!(
+            "UPDATE rooms SET name = CASE WHEN ?2 THEN ?3 ELSE name END, topic = CASE WHEN ?4 THEN ?5 ELSE topic END
+             WHERE id = ?1 RETURNING ",
+            room_cols!()
+        ))
+        .bind(id.to_string())
+        .bind(changes.name.is_some())
+        .bind(changes.name.clone().flatten())
+        .bind(changes.topic.is_some())
+        .bind(changes.topic.clone().flatten())
+        .fetch_optional(&self.writer)
+        .await
+        .db()?;
+        Ok(row.as_ref().map(room_from_row).transpose()?)
     }
 
     async fn support_rooms(&self, limit: u32) -> chat_core::Result<Vec<Room>> {
@@ -1025,10 +1047,11 @@ impl Store for SqliteStore {
         // (when the answer is yes) and the commit. The lock holds from the
         // first statement, so the counts stay true until the insert.
         self.write_tx_begun(async move |conn: &mut SqliteConnection| {
-            let (exists, member, members, own): (bool, bool, i64, i64) = sqlx::query_as(concat!(
+            let (exists, member, banned, members, own): (bool, bool, bool, i64, i64) = sqlx::query_as(concat!(
                 "BEGIN IMMEDIATE; ",
                 "SELECT EXISTS (SELECT 1 FROM rooms WHERE id = ?1),
                         EXISTS (SELECT 1 FROM members WHERE room_id = ?1 AND user_id = ?2),
+                        EXISTS (SELECT 1 FROM room_bans WHERE room_id = ?1 AND user_id = ?2),
                         (SELECT COUNT(*) FROM members WHERE room_id = ?1),
                         CASE WHEN ?3 THEN (SELECT COUNT(*) FROM members WHERE user_id = ?2 AND self_joined)
                              ELSE 0 END"
@@ -1043,6 +1066,8 @@ impl Store for SqliteStore {
                 Err(chat_core::Error::NotFound("room"))
             } else if member {
                 Ok(false)
+            } else if banned {
+                Err(chat_core::store::banned_error())
             } else {
                 limits
                     .check_join(codec::count_from_db(members)?, codec::count_from_db(own)?, joining.self_joined)
@@ -1078,6 +1103,90 @@ impl Store for SqliteStore {
             .db()?
             .rows_affected();
         Ok(removed > 0)
+    }
+
+    async fn ban_member(&self, room: RoomId, ban: &Ban) -> chat_core::Result<bool> {
+        let room = room.to_string();
+        let ban = ban.clone();
+        self.write_tx_begun(async move |conn: &mut SqliteConnection| {
+            let (exists, member): (bool, bool) = sqlx::query_as(concat!(
+                "BEGIN IMMEDIATE; ",
+                "SELECT EXISTS (SELECT 1 FROM rooms WHERE id = ?1),
+                        EXISTS (SELECT 1 FROM members WHERE room_id = ?1 AND user_id = ?2)"
+            ))
+            .bind(&room)
+            .bind(ban.user_id.as_str())
+            .fetch_one(&mut *conn)
+            .await
+            .db()?;
+            if !exists {
+                sqlx::raw_sql("COMMIT").execute(&mut *conn).await.db()?;
+                return Ok(Err(chat_core::Error::NotFound("room")));
+            }
+            sqlx::query(
+                "INSERT INTO room_bans (room_id, user_id, banned_by, banned_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (room_id, user_id) DO NOTHING;
+                 DELETE FROM members WHERE room_id = ?1 AND user_id = ?2;
+                 COMMIT",
+            )
+            .bind(&room)
+            .bind(ban.user_id.as_str())
+            .bind(ban.banned_by.as_str())
+            .bind(ban.banned_at.as_millis())
+            .execute(&mut *conn)
+            .await
+            .db()?;
+            Ok(Ok(member))
+        })
+        .await?
+    }
+
+    async fn unban_member(&self, room: RoomId, user: &UserId) -> chat_core::Result<bool> {
+        let removed = sqlx::query("DELETE FROM room_bans WHERE room_id = ?1 AND user_id = ?2")
+            .bind(room.to_string())
+            .bind(user.as_str())
+            .execute(&self.writer)
+            .await
+            .db()?
+            .rows_affected();
+        Ok(removed > 0)
+    }
+
+    async fn bans(&self, room: RoomId, limit: u32) -> chat_core::Result<Vec<Ban>> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT user_id, banned_by, banned_at FROM room_bans WHERE room_id = ?1
+             ORDER BY banned_at DESC, user_id LIMIT ?2",
+        )
+        .bind(room.to_string())
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .db()?;
+        Ok(rows.into_iter().map(codec::ban_from_db).collect::<Result<_>>()?)
+    }
+
+    async fn set_member_role(&self, room: RoomId, user: &UserId, role: MemberRole) -> chat_core::Result<bool> {
+        let changed = sqlx::query("UPDATE members SET role = ?3 WHERE room_id = ?1 AND user_id = ?2")
+            .bind(room.to_string())
+            .bind(user.as_str())
+            .bind(role.as_str())
+            .execute(&self.writer)
+            .await
+            .db()?
+            .rows_affected();
+        Ok(changed > 0)
+    }
+
+    async fn set_muted(&self, room: RoomId, user: &UserId, until: Option<Timestamp>) -> chat_core::Result<bool> {
+        let changed = sqlx::query("UPDATE members SET muted_until = ?3 WHERE room_id = ?1 AND user_id = ?2")
+            .bind(room.to_string())
+            .bind(user.as_str())
+            .bind(until.map(Timestamp::as_millis))
+            .execute(&self.writer)
+            .await
+            .db()?
+            .rows_affected();
+        Ok(changed > 0)
     }
 
     async fn co_members(&self, user: &UserId) -> chat_core::Result<Vec<UserId>> {

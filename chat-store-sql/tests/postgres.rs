@@ -77,6 +77,7 @@ async fn a_fresh_schema_is_migrated_once_even_by_racing_processes() {
             "bridge_links",
             "members",
             "messages",
+            "room_bans",
             "rooms",
             "support_queue",
             "users"

@@ -27,7 +27,7 @@ use crate::room::{MemberRole, NewRoom, Room, RoomKind, RoomSummary, Visibility};
 use crate::search::{self, SearchPage, SearchQuery};
 use crate::store::{QueueCursor, QueuedRoom};
 use crate::time::Timestamp;
-use crate::user::{Identity, User, check_visible};
+use crate::user::{Identity, User};
 
 /// The commands an anonymous visitor may send: their own support room's
 /// life, and nothing that reaches other users or reveals them. Every other
@@ -151,24 +151,10 @@ impl Inner {
         if ctx.user.is_visitor() && req.kind != RoomKind::Support {
             return Err(Error::forbidden("visitors may only open a support room"));
         }
-        let name = match req.name {
-            Some(name) => {
-                // Not `validate_name`: its fixed cap for user names would
-                // override the configured limit and turn `too_large` into `invalid`.
-                if name.chars().count() > limits.max_room_name_chars {
-                    return Err(Error::too_large(format!(
-                        "name is longer than {} characters",
-                        limits.max_room_name_chars
-                    )));
-                }
-                if name.trim().is_empty() {
-                    return Err(Error::invalid("name must not be blank"));
-                }
-                check_visible("name", &name)?;
-                Some(name)
-            }
-            None => None,
-        };
+        if let Some(name) = &req.name {
+            super::moderation::check_room_name(limits, name)?;
+        }
+        let name = req.name;
         if req.members.len() > limits.max_initial_members {
             return Err(Error::too_large(format!("at most {} members at creation", limits.max_initial_members)));
         }
@@ -235,7 +221,7 @@ impl Inner {
         self.ensure_member(ctx, room_id).await?;
         let (room, changed) = self.store.claim_room(room_id, &ctx.user.id).await?.ok_or(Error::NotFound("room"))?;
         if changed {
-            self.announce_room_update(ctx, &room).await;
+            self.announce_room_update(ctx, &room, None).await;
         }
         Ok(room)
     }
@@ -252,7 +238,7 @@ impl Inner {
                 cluster.publish_control(Topic::Room(room_id), &control);
             }
             self.apply_control(control);
-            self.announce_room_update(ctx, &room).await;
+            self.announce_room_update(ctx, &room, None).await;
         }
         Ok(room)
     }
@@ -268,8 +254,10 @@ impl Inner {
         Ok(room)
     }
 
-    async fn announce_room_update(&self, ctx: &Ctx, room: &Room) {
-        let audience = Audience::Room { room_id: room.id, except_session: None, except_user: None };
+    /// `room:updated` to the room (but the session in `except_session`,
+    /// which has the room in its reply) and the bridges.
+    pub(crate) async fn announce_room_update(&self, ctx: &Ctx, room: &Room, except_session: Option<SessionId>) {
+        let audience = Audience::Room { room_id: room.id, except_session, except_user: None };
         self.publish(audience, Event::RoomUpdated(RoomUpdated { room: room.clone() })).await;
         self.notify_bridges(BridgeEvent::RoomUpdated(room.clone()), ctx.bridge.as_deref());
     }

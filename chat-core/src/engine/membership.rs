@@ -124,6 +124,7 @@ impl Inner {
         let members = self.store.members(room_id).await?;
         let ids: Vec<UserId> = members.iter().map(|m| m.user_id.clone()).collect();
         let users = self.store.users(&ids).await?;
+        let roles = members.iter().map(|m| (m.user_id.clone(), m.role)).collect();
         let receipts = members
             .into_iter()
             .map(|m| MemberReceipts { user_id: m.user_id, delivered_seq: m.delivered_seq, read_seq: m.read_seq })
@@ -133,7 +134,7 @@ impl Inner {
         if room.closed {
             self.hub.mark_closed(room_id);
         }
-        Ok(Reply::Joined { last_seq: room.last_seq, read_seq: member.read_seq, members: users, receipts, room })
+        Ok(Reply::Joined { last_seq: room.last_seq, read_seq: member.read_seq, members: users, receipts, roles, room })
     }
 
     pub(crate) async fn leave_room(&self, ctx: &Ctx, room_id: RoomId) -> Result<Reply> {
@@ -144,17 +145,21 @@ impl Inner {
         if !self.store.remove_member(room_id, &ctx.user.id).await? {
             return Err(Error::NotMember);
         }
-        self.member_removed(room_id, &ctx.user.id).await;
-        if self.typing.stop(room_id, &ctx.user.id) {
-            self.publish_typing(room_id, ctx.user.id.clone(), false).await;
-        }
-        let audience = Audience::Room { room_id, except_session: None, except_user: Some(ctx.user.id.clone()) };
-        self.publish(audience, Event::UserLeft(UserLeft { room_id, user_id: ctx.user.id.clone() })).await;
-        self.notify_bridges(
-            BridgeEvent::MemberRemoved { room_id, user_id: ctx.user.id.clone() },
-            ctx.bridge.as_deref(),
-        );
+        self.member_gone(ctx, room_id, &ctx.user.id).await;
         Ok(Reply::empty())
+    }
+
+    /// After the store removed `user_id` from a room (they left, or
+    /// `ctx.user` removed them): their sessions everywhere leave it, their
+    /// typing ends, and the others and the bridges hear `user:left`.
+    pub(crate) async fn member_gone(&self, ctx: &Ctx, room_id: RoomId, user_id: &UserId) {
+        self.member_removed(room_id, user_id).await;
+        if self.typing.stop(room_id, user_id) {
+            self.publish_typing(room_id, user_id.clone(), false).await;
+        }
+        let audience = Audience::Room { room_id, except_session: None, except_user: Some(user_id.clone()) };
+        self.publish(audience, Event::UserLeft(UserLeft { room_id, user_id: user_id.clone() })).await;
+        self.notify_bridges(BridgeEvent::MemberRemoved { room_id, user_id: user_id.clone() }, ctx.bridge.as_deref());
     }
 
     /// After the store removed a member: their sessions here and on every

@@ -15,6 +15,7 @@ mod handlers;
 mod hub;
 mod keepalive;
 mod membership;
+mod moderation;
 mod presence;
 mod receipts;
 mod room_actions;

@@ -379,6 +379,13 @@ impl Session {
                 result
             }
             Command::RoomInvite(req) => inner.invite(&ctx, req).await,
+            Command::RoomUpdate(req) => inner.update_room(&ctx, req).await,
+            Command::RoomRemove(req) => inner.remove_member_by(&ctx, req).await,
+            Command::RoomUnban(req) => inner.unban(&ctx, req).await,
+            Command::RoomBans(req) => inner.list_bans(&ctx, req.room_id).await,
+            Command::RoomSetRole(req) => inner.set_role(&ctx, req).await,
+            Command::RoomMute(req) => inner.mute(&ctx, req).await,
+            Command::RoomUnmute(req) => inner.unmute(&ctx, req.room_id).await,
             Command::RoomList => inner.list_rooms(&ctx).await,
             Command::RoomHistory(req) => {
                 inner.history(&ctx, req.room_id, req.before_seq, req.after_seq, req.limit).await.map(Reply::History)

@@ -26,12 +26,13 @@ use crate::event::Event;
 use crate::id::{MessageId, RoomId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, Message, NewMessage};
 use crate::presence::{OnlineUser, PresenceStatus};
-use crate::room::{Member, NewRoom, ReceiptKind, Room, RoomKind, RoomSummary, Visibility};
+use crate::room::{Member, MemberRole, NewRoom, ReceiptKind, Room, RoomKind, RoomSummary, Visibility};
 use crate::store::{Joining, MemberLimits, MemoryStore, QueueCursor, QueuedRoom, Store};
 use crate::time::Timestamp;
 use crate::user::{Identity, User};
 
 mod cluster;
+mod moderation;
 
 /// How long to wait for something that should come.
 const WAIT: Duration = Duration::from_secs(5);
@@ -817,6 +818,24 @@ impl Store for Laggy {
     }
     async fn remove_member(&self, room: RoomId, user: &UserId) -> Result<bool> {
         self.inner.remove_member(room, user).await
+    }
+    async fn update_room(&self, id: RoomId, changes: &crate::room::RoomChanges) -> Result<Option<Room>> {
+        self.inner.update_room(id, changes).await
+    }
+    async fn ban_member(&self, room: RoomId, ban: &crate::room::Ban) -> Result<bool> {
+        self.inner.ban_member(room, ban).await
+    }
+    async fn unban_member(&self, room: RoomId, user: &UserId) -> Result<bool> {
+        self.inner.unban_member(room, user).await
+    }
+    async fn bans(&self, room: RoomId, limit: u32) -> Result<Vec<crate::room::Ban>> {
+        self.inner.bans(room, limit).await
+    }
+    async fn set_member_role(&self, room: RoomId, user: &UserId, role: MemberRole) -> Result<bool> {
+        self.inner.set_member_role(room, user, role).await
+    }
+    async fn set_muted(&self, room: RoomId, user: &UserId, until: Option<Timestamp>) -> Result<bool> {
+        self.inner.set_muted(room, user, until).await
     }
     async fn co_members(&self, user: &UserId) -> Result<Vec<UserId>> {
         self.inner.co_members(user).await

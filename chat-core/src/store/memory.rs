@@ -6,12 +6,12 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Joining, MemberLimits, QueueCursor, QueuedRoom, Store};
+use super::{Joining, MemberLimits, QueueCursor, QueuedRoom, Store, banned_error};
 use crate::bridge::{BridgeStore, Job, JobCounts, JobStatus, NewJob};
 use crate::error::{Error, Result};
 use crate::id::{MessageId, RoomId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, Message, NewMessage};
-use crate::room::{Member, NewRoom, ReceiptKind, Room, RoomKind, RoomSummary};
+use crate::room::{Ban, Member, MemberRole, NewRoom, ReceiptKind, Room, RoomChanges, RoomKind, RoomSummary};
 use crate::search::{SearchHit, SearchPage, SearchQuery};
 use crate::time::Timestamp;
 use crate::user::User;
@@ -57,9 +57,37 @@ struct RoomState {
     messages: Vec<Message>,
     by_id: HashMap<MessageId, usize>,
     idempotency: HashMap<(UserId, String), usize>,
+    bans: HashMap<UserId, Ban>,
 }
 
 impl State {
+    /// Removes a membership and what counts it; `false` when there was none.
+    fn remove_member(&mut self, room: RoomId, user: &UserId) -> bool {
+        let state = self;
+        let Some(rs) = state.rooms.get_mut(&room) else {
+            return false;
+        };
+        let Some(pos) = rs.member_pos.remove(user) else {
+            return false;
+        };
+        rs.members.remove(&pos);
+        if rs.self_joined.remove(user)
+            && let Some(n) = state.own_rooms.get_mut(user)
+        {
+            *n -= 1;
+            if *n == 0 {
+                state.own_rooms.remove(user);
+            }
+        }
+        if let Some(set) = state.memberships.get_mut(user) {
+            set.remove(&room);
+            if set.is_empty() {
+                state.memberships.remove(user);
+            }
+        }
+        true
+    }
+
     fn own_room_count(&self, user: &UserId) -> u64 {
         self.own_rooms.get(user).copied().unwrap_or(0)
     }
@@ -169,6 +197,7 @@ impl Store for MemoryStore {
             messages: Vec::new(),
             by_id: HashMap::new(),
             idempotency: HashMap::new(),
+            bans: HashMap::new(),
         };
         for (user_id, role) in new.members {
             state.memberships.entry(user_id.clone()).or_default().insert(room.id);
@@ -179,6 +208,7 @@ impl Store for MemoryStore {
                 joined_at: new.created_at,
                 delivered_seq: 0,
                 read_seq: 0,
+                muted_until: None,
             });
         }
         if let Some(key) = direct_key {
@@ -216,7 +246,15 @@ impl Store for MemoryStore {
         Ok(Some((room, changed)))
     }
 
+    async fn update_room(&self, id: RoomId, changes: &RoomChanges) -> Result<Option<Room>> {
+        let mut state = self.lock();
+        let Some(rs) = state.rooms.get_mut(&id) else { return Ok(None) };
+        changes.apply(&mut rs.room);
+        Ok(Some(rs.room.clone()))
+    }
+
     async fn rooms_of_user(&self, user: &UserId) -> Result<Vec<RoomSummary>> {
+        let now = Timestamp::now();
         let state = self.lock();
         let Some(ids) = state.memberships.get(user) else {
             return Ok(Vec::new());
@@ -226,7 +264,8 @@ impl Store for MemoryStore {
             .filter_map(|id| state.rooms.get(id))
             .filter_map(|rs| {
                 let m = rs.member_pos.get(user).and_then(|p| rs.members.get(p))?;
-                Some((rs.last_activity, RoomSummary::new(rs.room.clone(), m.read_seq)))
+                let summary = RoomSummary::new(rs.room.clone(), m.read_seq).with_mute(m.muted_until, now);
+                Some((rs.last_activity, summary))
             })
             .collect();
         rooms.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.room.id.cmp(&a.1.room.id)));
@@ -289,9 +328,20 @@ impl Store for MemoryStore {
         if rs.member_pos.contains_key(user) {
             return Ok(false);
         }
+        if rs.bans.contains_key(user) {
+            return Err(banned_error());
+        }
         limits.check_join(rs.members.len() as u64, own, joining.self_joined)?;
         let Joining { role, at, self_joined } = joining;
-        rs.add(Member { room_id: room, user_id: user.clone(), role, joined_at: at, delivered_seq: 0, read_seq: 0 });
+        rs.add(Member {
+            room_id: room,
+            user_id: user.clone(),
+            role,
+            joined_at: at,
+            delivered_seq: 0,
+            read_seq: 0,
+            muted_until: None,
+        });
         if self_joined {
             rs.self_joined.insert(user.clone());
             *state.own_rooms.entry(user.clone()).or_default() += 1;
@@ -301,28 +351,46 @@ impl Store for MemoryStore {
     }
 
     async fn remove_member(&self, room: RoomId, user: &UserId) -> Result<bool> {
+        Ok(self.lock().remove_member(room, user))
+    }
+
+    async fn ban_member(&self, room: RoomId, ban: &Ban) -> Result<bool> {
         let mut state = self.lock();
         let Some(rs) = state.rooms.get_mut(&room) else {
+            return Err(Error::NotFound("room"));
+        };
+        rs.bans.entry(ban.user_id.clone()).or_insert_with(|| ban.clone());
+        Ok(state.remove_member(room, &ban.user_id))
+    }
+
+    async fn unban_member(&self, room: RoomId, user: &UserId) -> Result<bool> {
+        Ok(self.lock().rooms.get_mut(&room).is_some_and(|rs| rs.bans.remove(user).is_some()))
+    }
+
+    async fn bans(&self, room: RoomId, limit: u32) -> Result<Vec<Ban>> {
+        let state = self.lock();
+        let mut bans: Vec<Ban> =
+            state.rooms.get(&room).map(|rs| rs.bans.values().cloned().collect()).unwrap_or_default();
+        bans.sort_by(|a, b| b.banned_at.cmp(&a.banned_at).then_with(|| a.user_id.cmp(&b.user_id)));
+        bans.truncate(limit as usize);
+        Ok(bans)
+    }
+
+    async fn set_member_role(&self, room: RoomId, user: &UserId, role: MemberRole) -> Result<bool> {
+        let mut state = self.lock();
+        let Some(member) = state.rooms.get_mut(&room).and_then(|rs| rs.member_mut(user)) else {
             return Ok(false);
         };
-        let Some(pos) = rs.member_pos.remove(user) else {
+        member.role = role;
+        Ok(true)
+    }
+
+    async fn set_muted(&self, room: RoomId, user: &UserId, until: Option<Timestamp>) -> Result<bool> {
+        let mut state = self.lock();
+        let Some(member) = state.rooms.get_mut(&room).and_then(|rs| rs.member_mut(user)) else {
             return Ok(false);
         };
-        rs.members.remove(&pos);
-        if rs.self_joined.remove(user)
-            && let Some(n) = state.own_rooms.get_mut(user)
-        {
-            *n -= 1;
-            if *n == 0 {
-                state.own_rooms.remove(user);
-            }
-        }
-        if let Some(set) = state.memberships.get_mut(user) {
-            set.remove(&room);
-            if set.is_empty() {
-                state.memberships.remove(user);
-            }
-        }
+        member.muted_until = until;
         Ok(true)
     }
 

@@ -25,6 +25,10 @@
 //!   whether the user joined by themselves (created or joined the room) or was
 //!   added by someone else; only the former count towards a user's quota, so
 //!   nobody can fill another user's quota.
+//! - **Bans** ([`Store::ban_member`]) remove the member and bar them in one
+//!   transaction, and [`Store::add_member`] refuses a banned user in the
+//!   transaction that would insert them: a ban holds against a join racing
+//!   it on another process.
 //! - **Cursors** only move forward; reading implies delivery.
 //! - **Search** ([`Store::search_messages`]) finds current text only: an
 //!   edit or a delete changes what matches in the transaction that makes it.
@@ -42,7 +46,7 @@ use crate::bridge::BridgeStore;
 use crate::error::Result;
 use crate::id::{MessageId, RoomId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, Message, NewMessage};
-use crate::room::{Member, MemberRole, NewRoom, ReceiptKind, Room, RoomSummary};
+use crate::room::{Ban, Member, MemberRole, NewRoom, ReceiptKind, Room, RoomChanges, RoomSummary};
 use crate::search::{SearchPage, SearchQuery};
 
 /// The limits a new membership must keep. A store checks them in the
@@ -89,6 +93,12 @@ impl MemberLimits {
         }
         Ok(())
     }
+}
+
+/// What a store answers when [`Store::add_member`] meets a ban, so that
+/// every store says it alike.
+pub fn banned_error() -> crate::Error {
+    crate::Error::forbidden("banned from this room")
 }
 
 /// How a user becomes a member of a room.
@@ -180,8 +190,12 @@ pub trait Store: Send + Sync + 'static {
     /// callers sees; `None` when the room does not exist.
     async fn close_room(&self, id: RoomId) -> Result<Option<(Room, bool)>>;
 
-    /// Every room the user is a member of, with their read cursor, newest
-    /// activity first.
+    /// Sets a room's name and topic (`room:update`). Returns the room as it
+    /// is now; `None` when it does not exist.
+    async fn update_room(&self, id: RoomId, changes: &RoomChanges) -> Result<Option<Room>>;
+
+    /// Every room the user is a member of, with their read cursor and their
+    /// mute ([`RoomSummary::with_mute`]), newest activity first.
     async fn rooms_of_user(&self, user: &UserId) -> Result<Vec<RoomSummary>>;
 
     /// The support queue: support rooms that are not closed and have at least
@@ -211,13 +225,35 @@ pub trait Store: Send + Sync + 'static {
     /// Adds a member with cursors at 0. Returns `false` (and changes nothing)
     /// when the user already is one, [`Error::NotFound`](crate::Error::NotFound)
     /// when the room does not exist, and [`Error::Forbidden`](crate::Error::Forbidden)
-    /// when the room has [`MemberLimits::max_members`] members or, for a user
-    /// joining by themselves, when they have [`MemberLimits::max_own_rooms`]
-    /// rooms of their own; both counted in the inserting transaction.
+    /// when the user is banned from the room ([`banned_error`]), when the room
+    /// has [`MemberLimits::max_members`] members or, for a user joining by
+    /// themselves, when they have [`MemberLimits::max_own_rooms`] rooms of
+    /// their own; all of it read in the inserting transaction.
     async fn add_member(&self, room: RoomId, user: &UserId, joining: Joining, limits: MemberLimits) -> Result<bool>;
 
     /// Removes a member. Returns `false` when the user was not one.
     async fn remove_member(&self, room: RoomId, user: &UserId) -> Result<bool>;
+
+    /// Bars `ban.user_id` from the room and removes them if they are a
+    /// member, in one transaction that a racing [`Store::add_member`] cannot
+    /// slip between. Banning someone who is not a member is allowed; banning
+    /// again keeps the first ban. Returns whether they were a member;
+    /// [`Error::NotFound`](crate::Error::NotFound) when the room does not exist.
+    async fn ban_member(&self, room: RoomId, ban: &Ban) -> Result<bool>;
+
+    /// Lifts a ban. Returns `false` when there was none.
+    async fn unban_member(&self, room: RoomId, user: &UserId) -> Result<bool>;
+
+    /// The room's bans, newest first, at most `limit`.
+    async fn bans(&self, room: RoomId, limit: u32) -> Result<Vec<Ban>>;
+
+    /// Sets a member's role. Returns `false` when the user is not a member.
+    async fn set_member_role(&self, room: RoomId, user: &UserId, role: MemberRole) -> Result<bool>;
+
+    /// Sets until when a member muted the room (`None`: not muted;
+    /// [`MUTED_FOREVER`](crate::room::MUTED_FOREVER): until unmuted).
+    /// Returns `false` when the user is not a member.
+    async fn set_muted(&self, room: RoomId, user: &UserId, until: Option<Timestamp>) -> Result<bool>;
 
     /// The distinct users who share at least one room with `user`, without `user`.
     async fn co_members(&self, user: &UserId) -> Result<Vec<UserId>>;

@@ -168,6 +168,38 @@ async fn leaving_on_one_process_ends_the_room_on_all_of_the_users_sessions() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_member_removed_and_banned_on_one_process_is_out_on_every_process() {
+    let c = cluster(2).await;
+    let mut alice = connect(&c.engines[0], "alice").await;
+    let mut bob = connect(&c.engines[1], "bob").await;
+    let mut troll = connect(&c.engines[1], "troll").await;
+    let room = alice.group(Visibility::Public, &[]).await;
+    for client in [&mut alice, &mut bob, &mut troll] {
+        client.join(room.id).await;
+    }
+    for client in [&mut alice, &mut bob, &mut troll] {
+        client.drain().await;
+    }
+    alice
+        .ok(Command::RoomRemove(crate::command::RemoveMember { room_id: room.id, user_id: troll.id(), ban: true }))
+        .await;
+    // After the reply, the troll's session on the other process is out.
+    match troll.event().await {
+        Event::RoomRemoved(e) => assert_eq!(e.room_id, room.id),
+        other => panic!("expected room:removed, got {other:?}"),
+    }
+    match bob.event().await {
+        Event::UserLeft(e) => assert_eq!((e.room_id, e.user_id.as_str()), (room.id, "troll")),
+        other => panic!("expected user:left, got {other:?}"),
+    }
+    alice.say(room.id, "after").await;
+    assert_eq!(bob.event().await.name(), "message:new");
+    troll.quiet_for(Duration::from_secs(1)).await;
+    assert_eq!(troll.err(send(room.id, "t1", "x")).await, "not_member");
+    assert_eq!(troll.err(join(room.id)).await, "forbidden", "the ban holds on the other process");
+}
+
+#[tokio::test(start_paused = true)]
 async fn presence_and_support_availability_count_every_process() {
     let c = cluster(2).await;
     let mut alice = connect(&c.engines[0], "alice").await;
