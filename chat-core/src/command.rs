@@ -476,21 +476,8 @@ pub enum Reply {
         /// The room.
         room: Room,
     },
-    /// The answer to `room:join`.
-    Joined {
-        /// The room.
-        room: Room,
-        /// Its members.
-        members: Vec<User>,
-        /// Newest seq.
-        last_seq: u64,
-        /// The joining user's read cursor.
-        read_seq: u64,
-        /// Every member's delivered and read cursors, in joining order.
-        receipts: Vec<MemberReceipts>,
-        /// Every member's role in the room, by user id.
-        roles: std::collections::BTreeMap<UserId, MemberRole>,
-    },
+    /// The answer to `room:join` (boxed: it is the largest answer by far).
+    Joined(Box<Joined>),
     /// `{"rooms"}`
     Rooms {
         /// The user's rooms.
@@ -525,6 +512,23 @@ pub enum Reply {
         /// The server's clock.
         server_time: Timestamp,
     },
+}
+
+/// The answer to `room:join`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Joined {
+    /// The room.
+    pub room: Room,
+    /// Its members.
+    pub members: Vec<User>,
+    /// Newest seq.
+    pub last_seq: u64,
+    /// The joining user's read cursor.
+    pub read_seq: u64,
+    /// Every member's delivered and read cursors, in joining order.
+    pub receipts: Vec<MemberReceipts>,
+    /// Every member's role in the room, by user id.
+    pub roles: std::collections::BTreeMap<UserId, MemberRole>,
 }
 
 /// One ban as `room:bans` shows it.

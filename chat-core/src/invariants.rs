@@ -1008,7 +1008,7 @@ impl Checker {
         for got in replies {
             match got? {
                 Ok(Reply::Room { room }) => made.push(room.id),
-                Ok(Reply::Joined { room, .. }) => joined.push(room.id),
+                Ok(Reply::Joined(reply)) => joined.push(reply.room.id),
                 Ok(other) => return Err(format!("a create or join answered {other:?}")),
                 Err(e) if e.code() == ErrorCode::Forbidden => {}
                 Err(e) => return Err(format!("a concurrent create or join got {} ({e})", e.code())),
@@ -1136,7 +1136,8 @@ impl Checker {
         }
         let room = &self.model.rooms[i];
         match expect_ok(got)? {
-            Reply::Joined { room: joined, members, last_seq, read_seq, receipts, .. } => {
+            Reply::Joined(reply) => {
+                let crate::command::Joined { room: joined, members, last_seq, read_seq, receipts, .. } = *reply;
                 let me = room.members.get(&user).copied().unwrap_or(MemberModel::new(false));
                 if joined.id != room.id || last_seq != room.last_seq() || read_seq != me.read {
                     return Err(format!(

@@ -83,6 +83,15 @@ pub(crate) fn user_ids_to_db(ids: &[UserId]) -> Result<String> {
     serde_json::to_string(&ids).map_err(|e| Error::Database(Box::new(e)))
 }
 
+/// A row of `room_bans`: user, banned by, banned at.
+pub(crate) fn ban_from_db((banned, by, at): (String, String, i64)) -> Result<chat_core::Ban> {
+    Ok(chat_core::Ban {
+        user_id: user_id(banned, "room_bans.user_id")?,
+        banned_by: user_id(by, "room_bans.banned_by")?,
+        banned_at: time_from_db(at),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,13 +123,4 @@ mod tests {
         assert_eq!(user_ids_to_db(&ids)?, r#"["a"]"#);
         Ok(())
     }
-}
-
-/// A row of `room_bans`: user, banned by, banned at.
-pub(crate) fn ban_from_db((banned, by, at): (String, String, i64)) -> Result<chat_core::Ban> {
-    Ok(chat_core::Ban {
-        user_id: user_id(banned, "room_bans.user_id")?,
-        banned_by: user_id(by, "room_bans.banned_by")?,
-        banned_at: time_from_db(at),
-    })
 }

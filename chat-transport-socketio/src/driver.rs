@@ -594,7 +594,8 @@ impl<O: Outlet> Driver<O> {
     async fn widget_joined(&mut self, result: Result<Reply, Error>) -> Flow {
         let Some(widget) = self.widget.as_mut() else { return Flow::Continue };
         match result {
-            Ok(Reply::Joined { room, members, .. }) => {
+            Ok(Reply::Joined(joined)) => {
+                let chat_core::command::Joined { room, members, .. } = *joined;
                 widget.joined = true;
                 widget.reopened = false;
                 widget.members = members.into_iter().map(|u| (u.id.clone(), u)).collect();

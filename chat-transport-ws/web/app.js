@@ -202,14 +202,30 @@ function start(token) {
     if (room_id === current) renderHeader();
   });
   client.on('room:removed', ({ room_id }) => {
+    roomState(room_id).joined = false;
     if (room_id === current) {
       current = null;
       $('main').classList.remove('in-room');
       $('composer').hidden = true;
       $('messages').replaceChildren();
       $('room-title').textContent = 'Pick a conversation';
+      $('room-topic').hidden = true;
+      $('room-members').replaceChildren();
+      showPanel(false);
+      $('room-settings-toggle').hidden = true;
     }
     renderRooms();
+  });
+  client.on('room:updated', ({ room }) => {
+    renderRooms();
+    if (room.id === current) renderHeader();
+  });
+  client.on('room:member_updated', ({ room_id }) => {
+    if (room_id === current) renderHeader();
+  });
+  client.on('room:muted', ({ room_id }) => {
+    renderRooms();
+    if (room_id === current) renderPanel();
   });
   client.on('user:left', ({ room_id, user_id }) => {
     roomState(room_id).members.delete(user_id);
@@ -273,9 +289,10 @@ function renderRooms() {
   const items = list.map((summary) => {
     const title = roomTitle(summary);
     const unread = summary.id === current ? 0 : summary.unread || 0;
+    const muted = !!summary.muted;
     return {
       key: summary.id,
-      sig: `${title}|${unread}|${summary.id === current}|${summary.kind}`,
+      sig: `${title}|${unread}|${summary.id === current}|${summary.kind}|${muted}`,
       make: () =>
         h(
           'li',
@@ -286,11 +303,12 @@ function renderRooms() {
               type: 'button',
               'data-room': summary.id,
               'aria-current': summary.id === current ? 'true' : 'false',
-              'aria-label': unread ? `${title}, ${unread} unread` : title,
+              'aria-label': `${title}${unread ? `, ${unread} unread` : ''}${muted ? ', muted' : ''}`,
               onclick: () => openRoom(summary.id),
             },
             h('span', { class: 'room-name' }, ...roomTitleNodes(summary)),
             summary.kind === 'group' ? null : h('span', { class: `kind ${summary.kind}`, text: summary.kind }),
+            muted ? h('span', { class: 'kind muted-icon', title: 'Notifications muted', text: 'muted' }) : null,
             h('span', { class: 'unread', 'aria-hidden': 'true', text: unread ? String(unread) : '' }),
           ),
         ),
@@ -301,6 +319,7 @@ function renderRooms() {
 }
 
 async function openRoom(id) {
+  if (current !== id) showPanel(false);
   current = id;
   editing = null;
   messageNodes.clear();
@@ -340,9 +359,171 @@ function renderHeader() {
   if (!current) return;
   const summary = client.rooms.get(current) || { id: current };
   $('room-title').replaceChildren(...roomTitleNodes(summary));
+  $('room-topic').textContent = summary.topic || '';
+  $('room-topic').hidden = !summary.topic;
   const members = [...roomState(current).members.values()].map((u) => isolated(u.name));
   $('room-members').replaceChildren(
     ...(members.length ? [`${members.length} members: `, ...joined(members, ', ')] : []),
+  );
+  $('room-settings-toggle').hidden = false;
+  renderPanel();
+}
+
+// ---- room settings, members and moderation ---------------------------------------
+
+let panelRoom = null;
+
+function showPanel(open) {
+  $('room-panel').hidden = !open;
+  $('room-settings-toggle').setAttribute('aria-expanded', String(open));
+  $('room-panel-error').textContent = '';
+  panelRoom = open ? current : null;
+  if (open) {
+    const summary = client.rooms.get(current) || {};
+    $('room-name-input').value = summary.name || '';
+    $('room-topic-input').value = summary.topic || '';
+    renderPanel();
+    loadBans();
+  }
+}
+
+$('room-settings-toggle').addEventListener('click', () => showPanel($('room-panel').hidden));
+
+const ROLE_TEXT = { owner: 'owner', admin: 'admin' };
+
+function renderPanel() {
+  if (!current || $('room-panel').hidden) return;
+  if (panelRoom !== current) {
+    showPanel(false);
+    return;
+  }
+  const summary = client.rooms.get(current) || { id: current };
+  const moderator = client.canModerate(current);
+  const iOwn = client.roleOf(current, client.user.id) === 'owner';
+  $('room-settings-form').hidden = !moderator;
+  $('room-bans-box').hidden = !moderator;
+  renderMute(summary);
+  const items = [...roomState(current).members.values()].map((user) => {
+    const role = client.roleOf(current, user.id) || 'member';
+    const actions = [];
+    const mayRemove = moderator && user.id !== client.user.id && role !== 'owner' && (role !== 'admin' || iOwn);
+    if (iOwn && role !== 'owner' && summary.kind === 'group') {
+      const next = role === 'admin' ? 'member' : 'admin';
+      actions.push(
+        h('button', {
+          type: 'button',
+          class: 'link',
+          'aria-label': next === 'admin' ? `Make ${user.name} an admin` : `Make ${user.name} a member`,
+          text: next === 'admin' ? 'Make admin' : 'Remove admin',
+          onclick: () => moderate(() => client.setRole(current, user.id, next)),
+        }),
+      );
+    }
+    if (mayRemove) {
+      actions.push(
+        h('button', {
+          type: 'button',
+          class: 'link',
+          'aria-label': `Remove ${user.name}`,
+          text: 'Remove',
+          onclick: () => moderate(() => client.removeMember(current, user.id)),
+        }),
+        h('button', {
+          type: 'button',
+          class: 'link',
+          'aria-label': `Ban ${user.name}`,
+          text: 'Ban',
+          onclick: () => moderate(() => client.removeMember(current, user.id, { ban: true })),
+        }),
+      );
+    }
+    return h(
+      'li',
+      { 'data-user': user.id },
+      isolated(user.name),
+      ROLE_TEXT[role] ? h('span', { class: 'role', text: ROLE_TEXT[role] }) : null,
+      actions.length ? h('span', { class: 'actions' }, ...actions) : null,
+    );
+  });
+  $('room-member-list').replaceChildren(...items);
+}
+
+function renderMute(summary) {
+  const select = $('room-mute');
+  for (const option of [...select.options]) if (option.value === 'until') option.remove();
+  if (!summary.muted) select.value = '';
+  else if (!summary.muted_until) select.value = 'forever';
+  else {
+    const until = new Date(summary.muted_until);
+    const text = `Muted until ${until.toLocaleString([], { dateStyle: 'short', timeStyle: 'short' })}`;
+    select.append(h('option', { value: 'until', text }));
+    select.value = 'until';
+  }
+}
+
+const MUTE_FOR = { '1h': 3600e3, '8h': 8 * 3600e3, '7d': 7 * 24 * 3600e3 };
+
+$('room-mute').addEventListener('change', () => {
+  const choice = $('room-mute').value;
+  if (choice === 'until') return;
+  moderate(() => {
+    if (choice === '') return client.unmute(current);
+    if (choice === 'forever') return client.mute(current);
+    return client.mute(current, { until: new Date(Date.now() + MUTE_FOR[choice]) });
+  });
+});
+
+$('room-settings-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  moderate(() => client.updateRoom(current, { name: $('room-name-input').value, topic: $('room-topic-input').value }));
+});
+
+// Runs a moderation or settings call, shows its failure, and redraws.
+async function moderate(call) {
+  const room = current;
+  $('room-panel-error').textContent = '';
+  try {
+    await call();
+  } catch (err) {
+    $('room-panel-error').textContent = `Not done: ${err.message}`;
+  }
+  if (room !== current) return;
+  renderRooms();
+  renderHeader();
+  loadBans();
+}
+
+async function loadBans() {
+  const room = current;
+  if (!room || $('room-panel').hidden || !client.canModerate(room)) return;
+  let bans;
+  try {
+    bans = await client.bans(room);
+  } catch (err) {
+    $('room-panel-error').textContent = `Could not list bans: ${err.message}`;
+    return;
+  }
+  if (room !== current) return;
+  $('room-bans-empty').hidden = bans.length > 0;
+  $('room-bans').replaceChildren(
+    ...bans.map(({ user }) =>
+      h(
+        'li',
+        { 'data-user': user.id },
+        isolated(user.name),
+        h(
+          'span',
+          { class: 'actions' },
+          h('button', {
+            type: 'button',
+            class: 'link',
+            'aria-label': `Unban ${user.name}`,
+            text: 'Unban',
+            onclick: () => moderate(() => client.unban(room, user.id)),
+          }),
+        ),
+      ),
+    ),
   );
 }
 

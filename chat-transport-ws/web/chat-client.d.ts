@@ -46,11 +46,25 @@ export interface Room {
   claimed_by?: string;
   /** Support rooms: closed to new messages (sends fail with `forbidden`). */
   closed?: boolean;
+  /** What the room is about (`updateRoom`). */
+  topic?: string;
 }
 
 export interface RoomSummary extends Room {
   unread: number;
   read_seq: number;
+  /** The user muted the room (no push for it). */
+  muted?: boolean;
+  /** When the mute ends; absent for a mute until `unmute`. */
+  muted_until?: string;
+}
+
+export type MemberRole = 'owner' | 'admin' | 'member';
+
+export interface BanEntry {
+  user: User;
+  banned_by: string;
+  banned_at: string;
 }
 
 export interface Attachment {
@@ -99,6 +113,8 @@ export interface Joined {
   last_seq: number;
   read_seq: number;
   receipts?: MemberReceipts[];
+  /** Every member's role, by user id. */
+  roles?: Record<string, MemberRole>;
 }
 
 /** One page of `searchMessages`; `next` is the `before` of the page after. */
@@ -137,8 +153,12 @@ export interface ChatEvents {
   'user:left': { room_id: string; user_id: string };
   'presence:changed': { user_id: string; status: PresenceStatus; last_seen?: string };
   'room:added': { room: Room };
-  /** A support room was claimed or closed. */
+  /** A room's name or topic changed, or a support room was claimed or closed. */
   'room:updated': { room: Room };
+  /** A member's role changed. */
+  'room:member_updated': { room_id: string; user_id: string; role: MemberRole };
+  /** The user muted or unmuted a room in another tab or on another device. */
+  'room:muted': { room_id: string; muted: boolean; muted_until?: string };
   /** The user is no longer a member (they left, in any tab or on any
    * device); the room is no longer followed or in `rooms`. */
   'room:removed': { room_id: string };
@@ -222,6 +242,18 @@ export class ChatClient {
   directRoom(userId: string): Promise<Room>;
   invite(roomId: string, userId: string): Promise<Record<string, never>>;
   history(roomId: string, options?: { beforeSeq?: number; afterSeq?: number; limit?: number }): Promise<HistoryPage>;
+
+  /** A member's role in a joined room. */
+  roleOf(roomId: string, userId: string): MemberRole | undefined;
+  /** Whether the user owns or administers a joined group room. */
+  canModerate(roomId: string): boolean;
+  updateRoom(roomId: string, changes: { name?: string; topic?: string }): Promise<Room>;
+  removeMember(roomId: string, userId: string, options?: { ban?: boolean }): Promise<Record<string, never>>;
+  unban(roomId: string, userId: string): Promise<Record<string, never>>;
+  bans(roomId: string): Promise<BanEntry[]>;
+  setRole(roomId: string, userId: string, role: 'admin' | 'member'): Promise<void>;
+  mute(roomId: string, options?: { until?: Date | string }): Promise<void>;
+  unmute(roomId: string): Promise<void>;
 
   send(roomId: string, body: string, options?: { replyTo?: string; clientMsgId?: string }): Promise<Message>;
   edit(roomId: string, messageId: string, body: string): Promise<Message>;

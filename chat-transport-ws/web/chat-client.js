@@ -116,6 +116,8 @@ class RoomTrack {
     this.joined = false;
     this.wanted = false;
     this.receipts = new Map();
+    // Member id → role in the room ('owner' | 'admin' | 'member').
+    this.roles = new Map();
     this.readSent = 0;
     this.deliveredSent = 0;
     this.deliverTimer = null;
@@ -486,15 +488,40 @@ export class ChatClient {
         this.rooms.delete(data.room_id);
         break;
       }
-      case 'room:updated': {
-        const known = this.rooms.get(data.room.id);
-        if (known) this.rooms.set(data.room.id, { ...known, ...data.room, last_seq: Math.max(known.last_seq, data.room.last_seq) });
+      case 'room:updated':
+        this._updateRoom(data.room);
         break;
-      }
+      case 'room:member_updated':
+        this._room(data.room_id).roles.set(data.user_id, data.role);
+        break;
+      case 'user:joined':
+        this._room(data.room_id).roles.set(data.user.id, 'member');
+        break;
+      case 'user:left':
+        this._room(data.room_id).roles.delete(data.user_id);
+        break;
+      case 'room:muted':
+        this._setMuted(data.room_id, data.muted, data.muted_until);
+        break;
       default:
         break;
     }
     this._emit(type, data);
+  }
+
+  _updateRoom(room) {
+    const known = this.rooms.get(room.id);
+    if (!known) return;
+    // Fields a room may drop (a cleared name or topic) must not linger.
+    const { name: _name, topic: _topic, ...rest } = known;
+    this.rooms.set(room.id, { ...rest, ...room, last_seq: Math.max(known.last_seq, room.last_seq) });
+  }
+
+  _setMuted(roomId, muted, mutedUntil) {
+    const known = this.rooms.get(roomId);
+    if (!known) return;
+    const { muted_until: _until, ...rest } = known;
+    this.rooms.set(roomId, muted ? { ...rest, muted: true, ...(mutedUntil ? { muted_until: mutedUntil } : {}) } : { ...rest, muted: false });
   }
 
   _startHeartbeat() {
@@ -627,6 +654,7 @@ export class ChatClient {
         this._pumpOutbox();
       }, 5000);
     }
+    if (reply.roles) room.roles = new Map(Object.entries(reply.roles));
     for (const r of reply.receipts || []) {
       const cursor = room.receipts.get(r.user_id) || { delivered_seq: 0, read_seq: 0 };
       cursor.delivered_seq = Math.max(cursor.delivered_seq, r.delivered_seq);
@@ -684,6 +712,68 @@ export class ChatClient {
 
   invite(roomId, userId) {
     return this.request('room:invite', { room_id: roomId, user_id: userId });
+  }
+
+  /** A member's role in a joined room: 'owner', 'admin' or 'member'
+   * (undefined when not known). */
+  roleOf(roomId, userId) {
+    const room = this._rooms.get(roomId);
+    return room ? room.roles.get(userId) : undefined;
+  }
+
+  /** Whether the signed-in user may moderate a joined room (owner or admin
+   * of a group room); the server checks again. */
+  canModerate(roomId) {
+    const summary = this.rooms.get(roomId);
+    const role = this.user ? this.roleOf(roomId, this.user.id) : undefined;
+    return !!summary && summary.kind === 'group' && (role === 'owner' || role === 'admin');
+  }
+
+  /** Changes a room's `name` and/or `topic` (owner or admin); an empty
+   * string clears one. Resolves with the room. */
+  async updateRoom(roomId, { name, topic } = {}) {
+    const data = { room_id: roomId };
+    if (name !== undefined) data.name = name;
+    if (topic !== undefined) data.topic = topic;
+    const { room } = await this.request('room:update', data);
+    this._updateRoom(room);
+    return room;
+  }
+
+  /** Removes a member (owner or admin); with `ban`, they cannot come back
+   * until `unban`. */
+  removeMember(roomId, userId, { ban = false } = {}) {
+    return this.request('room:remove', { room_id: roomId, user_id: userId, ban });
+  }
+
+  unban(roomId, userId) {
+    return this.request('room:unban', { room_id: roomId, user_id: userId });
+  }
+
+  /** The room's bans, newest first: `[{user, banned_by, banned_at}]`. */
+  async bans(roomId) {
+    const { bans } = await this.request('room:bans', { room_id: roomId });
+    return bans;
+  }
+
+  /** Makes a member an admin or a member again (the owner only). */
+  async setRole(roomId, userId, role) {
+    await this.request('room:set_role', { room_id: roomId, user_id: userId, role });
+    this._room(roomId).roles.set(userId, role);
+  }
+
+  /** Mutes a room for this user (no push for it) until `until` (a Date or
+   * RFC 3339 text), or until `unmute` when it is not given. */
+  async mute(roomId, { until } = {}) {
+    const data = { room_id: roomId };
+    if (until !== undefined && until !== null) data.until = until instanceof Date ? until.toISOString() : until;
+    await this.request('room:mute', data);
+    this._setMuted(roomId, true, data.until);
+  }
+
+  async unmute(roomId) {
+    await this.request('room:unmute', { room_id: roomId });
+    this._setMuted(roomId, false);
   }
 
   /** One page of history, ascending; messages of it are also recorded as

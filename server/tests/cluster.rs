@@ -254,6 +254,26 @@ async fn one_server(test: &str, kind: Kind) {
     assert_eq!(replayed[0]["client_msg_id"], "while-away");
     dave.expect_no_event("message:new", Duration::from_millis(500)).await;
 
+    // Moderation holds on every process at once: a member removed and
+    // banned through one process is out on another before the reply, and
+    // cannot join back through a third; settings reach every process.
+    let mut erin = c.connect("erin").await;
+    let mut fay = b.connect("fay").await;
+    for client in [&mut erin, &mut fay] {
+        client.ok("room:join", json!({"room_id": room})).await;
+    }
+    alice.ok("room:remove", json!({"room_id": room, "user_id": "erin", "ban": true})).await;
+    assert_eq!(erin.expect_event("room:removed").await["room_id"], room.as_str());
+    let left = fay.expect_event_where("user:left", |d| d["user_id"] == "erin").await;
+    assert_eq!(left["room_id"], room.as_str());
+    assert_eq!(erin.fail("message:send", send_data(&room, "banned", "let me in")).await, "not_member");
+    let mut erin_on_b = b.connect("erin").await;
+    assert_eq!(erin_on_b.fail("room:join", json!({"room_id": room})).await, "forbidden");
+    let updated = alice.ok("room:update", json!({"room_id": room, "topic": "one server"})).await;
+    assert_eq!(updated["room"]["topic"], "one server");
+    let seen = fay.expect_event("room:updated").await;
+    assert_eq!(seen["room"]["topic"], "one server");
+
     for process in &cluster.processes {
         assert!(!process.logs().contains("ERROR"), "a process logged an error:\n{}", cluster.logs());
     }

@@ -283,3 +283,95 @@ async fn room_and_member_limits_are_forbidden() {
     create_room(&mut ada, json!({"kind": "group"})).await;
     assert_eq!(ada.fail("room:create", json!({"kind": "group"})).await, "forbidden", "two rooms at most");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_and_admins_moderate_rooms_over_the_socket() {
+    let server = TestServer::start().await;
+    let mut owner = server.connect("owner").await;
+    let mut admin = server.connect("admin").await;
+    let mut troll = server.connect("troll").await;
+    let mut troll_phone = server.connect("troll").await;
+    let room = group_with(&mut owner, "public", &["admin"]).await;
+    for client in [&mut admin, &mut troll, &mut troll_phone] {
+        client.ok("room:join", json!({"room_id": room})).await;
+    }
+
+    // Roles come with the join; the owner names an admin, and every member hears it.
+    let joined = owner.ok("room:join", json!({"room_id": room})).await;
+    assert_eq!(joined["roles"], json!({"owner": "owner", "admin": "member", "troll": "member"}), "{joined}");
+    assert_eq!(
+        owner.ok("room:set_role", json!({"room_id": room, "user_id": "admin", "role": "admin"})).await,
+        json!({})
+    );
+    let updated = troll.expect_event("room:member_updated").await;
+    assert_eq!(updated, json!({"room_id": room, "user_id": "admin", "role": "admin"}));
+    assert_eq!(
+        admin.fail("room:set_role", json!({"room_id": room, "user_id": "troll", "role": "admin"})).await,
+        "forbidden"
+    );
+    assert_eq!(
+        owner.fail("room:set_role", json!({"room_id": room, "user_id": "troll", "role": "owner"})).await,
+        "invalid"
+    );
+    assert_eq!(
+        owner.fail("room:set_role", json!({"room_id": room, "user_id": "troll", "role": "king"})).await,
+        "invalid"
+    );
+
+    // Settings: the admin sets a topic; the others get room:updated, the
+    // sender only the reply.
+    let reply = admin.ok("room:update", json!({"room_id": room, "topic": "Be kind"})).await;
+    assert_eq!(reply["room"]["topic"], "Be kind");
+    assert_eq!(reply["room"]["name"], "team", "the name is kept");
+    let seen = owner.expect_event("room:updated").await;
+    assert_eq!(seen["room"], reply["room"]);
+    admin.expect_no_event("room:updated", Duration::from_millis(200)).await;
+    assert_eq!(troll.fail("room:update", json!({"room_id": room, "name": "troll land"})).await, "forbidden");
+    assert_eq!(admin.fail("room:update", json!({"room_id": room, "topic": 7})).await, "invalid");
+    assert_eq!(admin.fail("room:update", json!({"room_id": room, "topic": "x".repeat(501)})).await, "too_large");
+    let rooms = troll.ok("room:list", json!({})).await;
+    assert_eq!(rooms["rooms"][0]["topic"], "Be kind", "{rooms}");
+
+    // Removal with a ban: every session of the troll is out at once.
+    assert_eq!(admin.fail("room:remove", json!({"room_id": room, "user_id": "owner"})).await, "forbidden");
+    assert_eq!(admin.ok("room:remove", json!({"room_id": room, "user_id": "troll", "ban": true})).await, json!({}));
+    for client in [&mut troll, &mut troll_phone] {
+        assert_eq!(client.expect_event("room:removed").await, json!({"room_id": room}));
+    }
+    assert_eq!(owner.expect_event("user:left").await, json!({"room_id": room, "user_id": "troll"}));
+    send_message(&mut owner, &room, "after-ban", "the troll is gone").await;
+    troll_phone.expect_no_event("message:new", Duration::from_millis(300)).await;
+    assert_eq!(
+        troll.fail("message:send", json!({"room_id": room, "client_msg_id": "t", "body": "hi"})).await,
+        "not_member"
+    );
+    assert_eq!(troll.fail("room:join", json!({"room_id": room})).await, "forbidden");
+    assert_eq!(admin.fail("room:invite", json!({"room_id": room, "user_id": "troll"})).await, "forbidden");
+    let bans = owner.ok("room:bans", json!({"room_id": room})).await;
+    assert_eq!(bans["bans"][0]["user"]["id"], "troll", "{bans}");
+    assert_eq!(bans["bans"][0]["banned_by"], "admin", "{bans}");
+    assert!(bans["bans"][0]["banned_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{bans}");
+    assert_eq!(troll.fail("room:bans", json!({"room_id": room})).await, "not_member");
+    assert_eq!(owner.ok("room:unban", json!({"room_id": room, "user_id": "troll"})).await, json!({}));
+    troll.ok("room:join", json!({"room_id": room})).await;
+
+    // A mute is the member's own, shown in their list and told to their other sessions.
+    let until = "2999-01-01T00:00:00.000Z";
+    assert_eq!(troll.ok("room:mute", json!({"room_id": room, "until": until})).await, json!({}));
+    let muted = troll_phone.expect_event("room:muted").await;
+    assert_eq!(muted, json!({"room_id": room, "muted": true, "muted_until": until}));
+    let rooms = troll.ok("room:list", json!({})).await;
+    assert_eq!((&rooms["rooms"][0]["muted"], &rooms["rooms"][0]["muted_until"]), (&json!(true), &json!(until)));
+    let rooms = owner.ok("room:list", json!({})).await;
+    assert!(rooms["rooms"][0].get("muted").is_none(), "{rooms}");
+    assert_eq!(troll.fail("room:mute", json!({"room_id": room, "until": "tomorrow"})).await, "invalid");
+    assert_eq!(troll.fail("room:mute", json!({"room_id": room, "until": "2001-01-01T00:00:00Z"})).await, "invalid");
+    troll.ok("room:mute", json!({"room_id": room, "until": null})).await;
+    let rooms = troll.ok("room:list", json!({})).await;
+    assert_eq!(rooms["rooms"][0]["muted"], true);
+    assert!(rooms["rooms"][0].get("muted_until").is_none(), "{rooms}");
+    troll.ok("room:unmute", json!({"room_id": room})).await;
+    let rooms = troll.ok("room:list", json!({})).await;
+    assert!(rooms["rooms"][0].get("muted").is_none(), "{rooms}");
+    assert_eq!(server.connect("nobody").await.fail("room:mute", json!({"room_id": room})).await, "not_member");
+}

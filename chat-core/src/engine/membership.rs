@@ -9,7 +9,7 @@ use super::cluster::Control;
 use super::{Ctx, Inner};
 use crate::bridge::BridgeEvent;
 use crate::broker::{Audience, Topic};
-use crate::command::{Invite, Reply};
+use crate::command::{Invite, Joined, Reply};
 use crate::error::{Error, Result};
 use crate::event::{Event, RoomAdded, UserJoined, UserLeft};
 use crate::id::{RoomId, UserId};
@@ -134,7 +134,14 @@ impl Inner {
         if room.closed {
             self.hub.mark_closed(room_id);
         }
-        Ok(Reply::Joined { last_seq: room.last_seq, read_seq: member.read_seq, members: users, receipts, roles, room })
+        Ok(Reply::Joined(Box::new(Joined {
+            last_seq: room.last_seq,
+            read_seq: member.read_seq,
+            members: users,
+            receipts,
+            roles,
+            room,
+        })))
     }
 
     pub(crate) async fn leave_room(&self, ctx: &Ctx, room_id: RoomId) -> Result<Reply> {

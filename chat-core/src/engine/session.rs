@@ -357,7 +357,7 @@ impl Session {
                     // A `since_seq` beyond the room's newest message (a stale
                     // or foreign cursor) must not hide the live messages to come.
                     let since = match reply {
-                        Reply::Joined { last_seq, .. } => since.min(*last_seq),
+                        Reply::Joined(joined) => since.min(joined.last_seq),
                         _ => since,
                     };
                     self.forget_replay(req.room_id);

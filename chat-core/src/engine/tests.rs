@@ -305,7 +305,7 @@ fn room_of(reply: Reply) -> Room {
 
 fn joined_of(reply: Reply) -> Joined {
     match reply {
-        Reply::Joined { room, members, last_seq, read_seq, .. } => Joined { room, members, last_seq, read_seq },
+        Reply::Joined(j) => Joined { room: j.room, members: j.members, last_seq: j.last_seq, read_seq: j.read_seq },
         other => panic!("expected a join reply, got {other:?}"),
     }
 }
@@ -655,7 +655,7 @@ async fn join_reply_carries_last_seq_and_the_read_cursor() {
 /// `message:new` events; returns their seqs up to and including `until`.
 async fn resumed(client: &mut Client, reference: &Ref, until: u64) -> Vec<u64> {
     match client.next_within(WAIT).await {
-        Some(Output::Reply { reference: Some(r), result: Ok(Reply::Joined { .. }) }) if r == *reference => {}
+        Some(Output::Reply { reference: Some(r), result: Ok(Reply::Joined(_)) }) if r == *reference => {}
         other => panic!("{}: expected the join reply first, got {other:?}", client.id()),
     }
     let mut got = Vec::new();

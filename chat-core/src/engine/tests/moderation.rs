@@ -48,7 +48,7 @@ fn left(ev: Event) -> (RoomId, UserId) {
 
 fn roles_of(reply: Reply) -> Vec<(String, MemberRole)> {
     match reply {
-        Reply::Joined { roles, .. } => roles.into_iter().map(|(u, r)| (u.to_string(), r)).collect(),
+        Reply::Joined(joined) => joined.roles.into_iter().map(|(u, r)| (u.to_string(), r)).collect(),
         other => panic!("expected a join reply, got {other:?}"),
     }
 }
