@@ -69,6 +69,7 @@ pub struct AppState {
     issuer: Option<Arc<TokenIssuer>>,
     config: Arc<WsConfig>,
     visitors: Arc<http::IpLimiter>,
+    page_headers: Arc<web::PageHeaders>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -87,7 +88,8 @@ impl AppState {
         config: WsConfig,
     ) -> Self {
         let visitors = Arc::new(http::IpLimiter::new(config.visitor_sessions_per_ip, config.visitor_window));
-        AppState { engine, auth, issuer, config: Arc::new(config), visitors }
+        let page_headers = Arc::new(web::PageHeaders::new(&config.origins));
+        AppState { engine, auth, issuer, config: Arc::new(config), visitors, page_headers }
     }
 
     /// The engine behind the routes.

@@ -8,11 +8,14 @@
 //! and `Cache-Control: no-cache`: browsers keep a copy but ask each time
 //! whether it is still current, so an upgraded server is picked up at once and
 //! an unchanged file costs a 304. The page gets a Content-Security-Policy that
-//! allows scripts, styles and connections to its own origin only.
+//! allows scripts, styles and connections to its own origin only, and lets
+//! only the allowed origins (`CHAT_ALLOWED_ORIGINS`) frame it ([`PageHeaders`]).
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+
+use crate::config::OriginPolicy;
 
 /// One embedded file and how it is served.
 #[derive(Debug)]
@@ -28,7 +31,7 @@ pub(crate) struct Asset {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// The chat page: framed by no one, scripts from this origin only.
+    /// The chat page: scripts from this origin only, framed by the allowed origins only.
     Page,
     /// Scripts and styles of the page and the widget. The widget's files are
     /// loaded by other sites' pages, so they may be read cross-origin
@@ -66,9 +69,56 @@ pub(crate) static ASSETS: &[Asset] = &[
 ];
 
 /// The page may load scripts, styles and images from its own origin and open
-/// WebSockets and HTTP calls to it; nothing inline, no plugins, no framing.
+/// WebSockets and HTTP calls to it; nothing inline, no plugins. Who may frame
+/// it is appended ([`PageHeaders`]).
 pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-     connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+     connect-src 'self'; base-uri 'none'; form-action 'none'";
+
+/// The chat page's framing headers, made once from the allowed origins: with
+/// none listed, no one may frame the page (`frame-ancestors 'none'` and
+/// `X-Frame-Options: DENY`); with a list, the page itself and those origins
+/// may (`frame-ancestors 'self' <origins>`), so that a product can embed it
+/// for its signed-in users; with `*`, any page may.
+#[derive(Debug, Clone)]
+pub(crate) struct PageHeaders {
+    csp: HeaderValue,
+    deny_framing: bool,
+}
+
+impl PageHeaders {
+    pub(crate) fn new(origins: &OriginPolicy) -> Self {
+        let (ancestors, deny_framing) = match origins {
+            OriginPolicy::Any => ("*".to_owned(), false),
+            OriginPolicy::List(list) => {
+                let sources: Vec<&str> = list.iter().map(String::as_str).filter(|o| is_origin_source(o)).collect();
+                if sources.is_empty() {
+                    ("'none'".to_owned(), true)
+                } else {
+                    (format!("'self' {}", sources.join(" ")), false)
+                }
+            }
+        };
+        let csp = format!("{PAGE_CSP}; frame-ancestors {ancestors}");
+        let csp = HeaderValue::from_str(&csp).unwrap_or_else(|_| {
+            HeaderValue::from_static(concat!(
+                "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; ",
+                "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+            ))
+        });
+        PageHeaders { csp, deny_framing }
+    }
+}
+
+/// Whether an allowed origin can stand in a CSP source list as it is: a
+/// scheme, `://` and a host with an optional port, nothing that could end the
+/// directive or the header.
+fn is_origin_source(origin: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else { return false };
+    !scheme.is_empty()
+        && scheme.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+.-".contains(&b))
+        && !authority.is_empty()
+        && authority.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+}
 
 fn static_header(name: &'static str, value: &'static str) -> (HeaderName, HeaderValue) {
     (HeaderName::from_static(name), HeaderValue::from_static(value))
@@ -90,7 +140,7 @@ impl Asset {
             .any(|tag| tag == "*" || tag == etag)
     }
 
-    fn respond(&self, request: &Request) -> Response {
+    fn respond(&self, request: &Request, page: &PageHeaders) -> Response {
         let mut headers = HeaderMap::new();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         if let Ok(etag) = HeaderValue::from_str(&self.etag()) {
@@ -99,9 +149,11 @@ impl Asset {
         headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
         match self.kind {
             Kind::Page => {
+                headers.insert(header::CONTENT_SECURITY_POLICY, page.csp.clone());
+                if page.deny_framing {
+                    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+                }
                 for (name, value) in [
-                    static_header("content-security-policy", PAGE_CSP),
-                    static_header("x-frame-options", "DENY"),
                     static_header("referrer-policy", "no-referrer"),
                     static_header("cross-origin-opener-policy", "same-origin"),
                 ] {
@@ -130,9 +182,9 @@ pub(crate) fn find(path: &str) -> Option<&'static Asset> {
 }
 
 /// Serves the embedded file the request's path names.
-pub(crate) async fn serve(request: Request) -> Response {
+pub(crate) async fn serve(State(state): State<crate::AppState>, request: Request) -> Response {
     match find(request.uri().path()) {
-        Some(asset) => asset.respond(&request),
+        Some(asset) => asset.respond(&request, &state.page_headers),
         None => crate::http::not_found().await.into_response(),
     }
 }
@@ -140,6 +192,25 @@ pub(crate) async fn serve(request: Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_allowed_origins_may_frame_the_page() {
+        let csp = |policy: &OriginPolicy| {
+            let headers = PageHeaders::new(policy);
+            (headers.csp.to_str().expect("ascii").to_owned(), headers.deny_framing)
+        };
+        let (none, deny) = csp(&OriginPolicy::List(Vec::new()));
+        assert!(none.ends_with("frame-ancestors 'none'") && deny, "{none}");
+        let list = OriginPolicy::parse("https://shop.example, http://localhost:3000");
+        let (listed, deny) = csp(&list);
+        assert!(listed.ends_with("frame-ancestors 'self' https://shop.example http://localhost:3000"), "{listed}");
+        assert!(!deny);
+        assert!(csp(&OriginPolicy::Any).0.ends_with("frame-ancestors *"));
+        // Nothing that could end the directive gets in.
+        let hostile = OriginPolicy::List(vec!["https://a.example; script-src *".into(), "javascript:alert(1)".into()]);
+        let (safe, deny) = csp(&hostile);
+        assert!(safe.ends_with("frame-ancestors 'none'") && deny, "{safe}");
+    }
 
     #[test]
     fn every_asset_is_found_and_distinct() {

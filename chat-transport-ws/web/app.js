@@ -130,7 +130,7 @@ async function showSignIn(error) {
 $('token-form').addEventListener('submit', (event) => {
   event.preventDefault();
   const token = $('token').value.trim();
-  if (token) start(token);
+  if (token) start({ token });
 });
 
 $('dev-form').addEventListener('submit', async (event) => {
@@ -138,7 +138,7 @@ $('dev-form').addEventListener('submit', async (event) => {
   try {
     const roles = $('dev-agent').checked ? ['support'] : [];
     const { token } = await devLogin(undefined, $('dev-name').value, { roles });
-    start(token);
+    start({ token });
   } catch (err) {
     $('signin-error').textContent = `Sign-in failed: ${err.message}`;
   }
@@ -151,8 +151,10 @@ $('signout').addEventListener('click', () => {
 
 // ---- connection ----------------------------------------------------------------
 
-function start(token) {
-  client = new ChatClient({ token });
+// `auth` is `{token}` (typed in, or kept from last time) or, when the page
+// is embedded in a product's page, `{getToken}`, which asks that page.
+function start(auth) {
+  client = new ChatClient(auth);
   client.on('state', ({ state }) => {
     const text = { connecting: 'Connecting…', reconnecting: 'Reconnecting…', open: '', closed: 'Offline' }[state];
     $('conn').textContent = text ?? '';
@@ -251,7 +253,10 @@ function start(token) {
     $('send-error').textContent = `Not sent: ${error.message}`;
   });
   client.connect().then(
-    () => localStorage.setItem(TOKEN_KEY, token),
+    () => {
+      // An embedded page's token belongs to the embedding page, not here.
+      if (auth.token) localStorage.setItem(TOKEN_KEY, auth.token);
+    },
     () => {},
   );
 }
@@ -1016,6 +1021,57 @@ async function jumpTo(roomId, seq) {
 
 // ---- start -----------------------------------------------------------------------
 
+// ---- embedded in a product's page ---------------------------------------------------
+//
+// A product may show this page to its signed-in users in an <iframe> (its
+// origin must be in CHAT_ALLOWED_ORIGINS, which the page's frame-ancestors
+// follows). It gives the user's token in the URL's fragment
+// (`/#token=<jwt>`, never sent to any server), or answers the page's
+// `{type: 'chat:token-needed', reason}` message with
+// `postMessage({type: 'chat:token', token}, chatOrigin)`; the page asks
+// again whenever the server refuses the token it has (expired, revoked).
+
+const framed = window.parent !== window;
+
+function tokenFromFragment() {
+  const match = /(?:^|&)token=([^&]+)/.exec(location.hash.slice(1));
+  if (!match) return null;
+  history.replaceState(null, '', location.pathname + location.search);
+  try {
+    return decodeURIComponent(match[1]);
+  } catch {
+    return null;
+  }
+}
+
+function tokenFromParent(reason) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      window.removeEventListener('message', onMessage);
+      reject(new Error('the embedding page gave no token'));
+    }, 10000);
+    function onMessage(event) {
+      const data = event.data;
+      if (event.source !== window.parent || !data || data.type !== 'chat:token' || typeof data.token !== 'string') return;
+      clearTimeout(timer);
+      window.removeEventListener('message', onMessage);
+      resolve(data.token);
+    }
+    window.addEventListener('message', onMessage);
+    window.parent.postMessage({ type: 'chat:token-needed', reason }, '*');
+  });
+}
+
+const given = tokenFromFragment();
 const saved = localStorage.getItem(TOKEN_KEY);
-if (saved) start(saved);
+if (framed && (given || !saved)) {
+  let token = given;
+  start({
+    getToken: async ({ reason }) => {
+      if (!token || reason === 'rejected') token = await tokenFromParent(reason);
+      return token;
+    },
+  });
+} else if (given) start({ token: given });
+else if (saved) start({ token: saved });
 else showSignIn();

@@ -11,6 +11,11 @@
 //   data-title     the panel's title
 //   data-lang      en, fr, de or es (default: the page's language, else en)
 //   data-name      the visitor's display name, when the site knows it
+//   data-token     a token (JWT) of the site's signed-in user: the widget then
+//                  opens that user's own support conversation, not a visitor's
+//   data-get-token the name of a global function returning such a token (or a
+//                  promise of one), called before each connection and when the
+//                  server refused the last one: `({reason}) => token`
 //
 // The page's origin must be allowed by the server (CHAT_ALLOWED_ORIGINS):
 // the widget loads /chat-client.js as a module, asks for a visitor session
@@ -164,7 +169,23 @@
   const side = dataset.position === 'left' ? 'left' : 'right';
   const title = dataset.title || t('title');
   const greeting = dataset.greeting || t('greeting');
-  const STORE_KEY = `chat-widget:${server}`;
+  // A signed-in user of the site (data-token or data-get-token) chats as
+  // themselves; everyone else as an anonymous visitor.
+  const tokenProvider = (() => {
+    if (dataset.getToken) {
+      return (info) => {
+        const fn = window[dataset.getToken];
+        if (typeof fn !== 'function') throw new Error(`data-get-token: ${dataset.getToken} is not a function`);
+        return fn(info);
+      };
+    }
+    if (dataset.token) return () => dataset.token;
+    return null;
+  })();
+  const signedIn = tokenProvider !== null;
+  // Signed-in users keep nothing but their unsent messages here, per token
+  // holder: the site owns their session.
+  const STORE_KEY = signedIn ? `chat-widget:${server}:signed-in` : `chat-widget:${server}`;
 
   const STYLE = `
     :host { all: initial; }
@@ -349,7 +370,7 @@
     shadow.append(root);
     document.body.append(host);
 
-    let session = loadSaved();
+    let session = signedIn ? null : loadSaved();
     let client = null;
     let roomId = session ? session.room_id || null : null;
     let roomPromise = null;
@@ -511,8 +532,10 @@
 
     async function openRoom(id) {
       roomId = id;
-      session.room_id = id;
-      save(session);
+      if (session) {
+        session.room_id = id;
+        save(session);
+      }
       const joined = await client.join(id);
       for (const user of joined.members) members.set(user.id, user);
       if (!historyLoaded) {
@@ -554,6 +577,7 @@
         storage: localStorage,
         storageKey: STORE_KEY,
         getToken: async ({ reason }) => {
+          if (signedIn) return tokenProvider({ reason });
           // A refused token (the server's secret or database changed) means
           // this visitor is unknown there now: start a new conversation.
           if (!session || reason === 'rejected') await newSession();
@@ -582,10 +606,15 @@
           // next message starts a new conversation.
           client.unfollow(roomId);
           roomId = null;
-          session.room_id = null;
-          save(session);
+          if (session) {
+            session.room_id = null;
+            save(session);
+          }
         }
-        const support = known ? roomId : (rooms.find((r) => r.kind === 'support') || {}).id;
+        // A signed-in user's own open support conversation (they may be in
+        // other rooms too, which the widget leaves to the site's chat page).
+        const mine = (r) => r.kind === 'support' && (!signedIn || (!r.closed && r.created_by === client.user.id));
+        const support = known ? roomId : (rooms.find(mine) || {}).id;
         if (support) openRoom(support).catch((err) => showError(t('failed', { reason: err.message })));
         else render();
       });
@@ -654,7 +683,7 @@
       if (client) return Promise.resolve();
       if (!starting) {
         starting = (async () => {
-          if (!session) await newSession();
+          if (!session && !signedIn) await newSession();
           start();
         })().finally(() => {
           starting = null;
@@ -717,8 +746,9 @@
       if (client && roomId) client.stopTyping(roomId);
     });
 
-    // A returning visitor reconnects at once, so new answers show as unread.
-    if (session) start();
+    // A returning visitor, or a signed-in user, connects at once, so new
+    // answers show as unread.
+    if (session || signedIn) start();
   }
 
   function boot() {

@@ -64,6 +64,20 @@ async fn every_asset_has_its_type_and_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_origins_may_frame_the_page() {
+    let server =
+        TestServer::start_with(|c| c.allowed_origins = "https://app.example, http://localhost:3000".into()).await;
+    let response = server.http.get(server.url("/")).send().await.expect("GET");
+    let headers = response.headers();
+    let csp = header(headers, "content-security-policy");
+    assert!(csp.ends_with("frame-ancestors 'self' https://app.example http://localhost:3000"), "{csp}");
+    assert!(headers.get("x-frame-options").is_none(), "X-Frame-Options cannot list origins; the CSP decides");
+    // Scripts are never framed, so they carry no framing headers either way.
+    let script = server.http.get(server.url("/app.js")).send().await.expect("GET");
+    assert!(script.headers().get("content-security-policy").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_loads_only_files_the_server_has() {
     let server = TestServer::start().await;
     let page = server.http.get(server.url("/")).send().await.expect("GET").text().await.expect("body");
