@@ -81,7 +81,8 @@ pub use broker::{Audience, Broker, BrokerSink, Fanout, LocalBroker, LocalBus, To
 pub use command::{Command, CommandKind, Reply};
 pub use config::{ClusterConfig, EngineConfig, Limits};
 pub use engine::{
-    CloseReason, CloseSignal, Engine, EngineBuilder, Output, Ready, Ref, Session, SupportAvailability, SupportQueuePage,
+    AccountPage, CloseReason, CloseSignal, Engine, EngineBuilder, Output, Ready, Ref, Session, SupportAvailability,
+    SupportQueuePage,
 };
 pub use error::{BoxError, Error, ErrorCode, Result};
 pub use event::{Delivery, Event, EventCodec};
@@ -92,4 +93,4 @@ pub use room::{Member, MemberReceipts, MemberRole, NewRoom, ReceiptKind, Room, R
 pub use search::{SearchHit, SearchPage, SearchQuery};
 pub use store::{Joining, MemberLimits, MemoryStore, QueueCursor, QueuedRoom, Store};
 pub use time::Timestamp;
-pub use user::{Identity, User};
+pub use user::{Identity, User, UserAccount, UserListQuery, UserPatch};

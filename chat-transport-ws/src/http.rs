@@ -52,6 +52,9 @@ fn issuer(app: &AppState) -> ApiResult<&crate::TokenIssuer> {
     app.issuer.as_deref().ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "this server does not issue tokens"))
 }
 
+/// The identity of a request's bearer token, once the engine has checked
+/// that the store still accepts it (the user is not deleted or deactivated,
+/// the token not revoked): every route that takes a token comes here.
 async fn authenticate(app: &AppState, headers: &HeaderMap) -> ApiResult<Identity> {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -60,7 +63,9 @@ async fn authenticate(app: &AppState, headers: &HeaderMap) -> ApiResult<Identity
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim())
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing bearer token"))?;
-    Ok(app.auth.authenticate(token).await?)
+    let identity = app.auth.authenticate(token).await?;
+    app.engine.authorize(&identity).await?;
+    Ok(identity)
 }
 
 fn require_api_key(app: &AppState, headers: &HeaderMap) -> ApiResult<()> {
@@ -315,6 +320,7 @@ pub(crate) async fn dev_login(
     user.roles = request.roles;
     user.validate()?;
     let user = app.engine.upsert_user(user).await?;
+    let user = app.engine.token_subject(&user.id).await?;
     let (token, expires_at) = issuer.issue(&user, app.config.user_token_ttl)?;
     tracing::info!(user = %user.id, "dev login");
     Ok((StatusCode::CREATED, Json(json!({ "token": token, "user": user, "expires_at": expires_at }))).into_response())
@@ -336,8 +342,8 @@ pub(crate) async fn admin_upsert_user(
 ) -> ApiResult<Response> {
     require_api_key(&app, &headers)?;
     let req = body(payload)?;
-    let user = User { id: req.id, name: req.name, avatar_url: req.avatar_url, roles: req.roles };
-    let user = app.engine.upsert_user(user).await?;
+    let user = User { avatar_url: req.avatar_url, roles: req.roles, ..User::new(req.id, req.name) };
+    let user = app.engine.put_user(user).await?;
     Ok(Json(json!({ "user": user })).into_response())
 }
 
@@ -356,7 +362,7 @@ pub(crate) async fn admin_token(
     let request = optional_body(payload)?;
     let issuer = issuer(&app)?;
     let id = UserId::new(id)?;
-    let user = app.engine.store().user(&id).await?.ok_or(chat_core::Error::NotFound("user"))?;
+    let user = app.engine.token_subject(&id).await?;
     let ttl = match request.ttl_s {
         Some(0) => return Err(ApiError::new(ErrorCode::Invalid, "ttl_s must be at least 1")),
         Some(s) if s > 366 * 24 * 3600 => {
