@@ -340,7 +340,8 @@ function renderHeader() {
   if (!current) return;
   const summary = client.rooms.get(current) || { id: current };
   $('room-title').replaceChildren(...roomTitleNodes(summary));
-  const members = [...roomState(current).members.values()].map((u) => isolated(u.name));
+  // Deleted users are listed only to name the messages they left.
+  const members = [...roomState(current).members.values()].filter((u) => !u.deleted).map((u) => isolated(u.name));
   $('room-members').replaceChildren(
     ...(members.length ? [`${members.length} members: `, ...joined(members, ', ')] : []),
   );
