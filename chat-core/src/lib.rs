@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | a database backend | [`Store`] | run the conformance suite (`testing` feature) against it |
 //! | a transport (WebSocket, TCP, …) | nothing: drive a [`Session`] | decode commands with [`Command::decode`], encode [`Output`]s |
-//! | credentials | [`Authenticator`] | hand the [`Identity`] to [`Engine::open_session`] |
+//! | credentials | [`Authenticator`] | hand the [`Identity`] (with `issued_at`, so that revocations can tell tokens apart) to [`Engine::open_session`], or to [`Engine::authorize`] for a request without a session |
 //! | many server processes | [`Broker`] | move each publication to the processes subscribed to its [`Topic`]; run the broker suite (`testing` feature) |
 //! | a bridge to another platform | [`Bridge`] | act through the [`BridgeHost`] it is started with; keep its outbox in [`BridgeStore`] |
 //! | a store that bridges can use | [`BridgeStore`] too | return it from [`Store::bridge_store`]; run `bridge_store_conformance!` |
