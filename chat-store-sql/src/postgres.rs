@@ -386,6 +386,17 @@ pub const SEARCH_MESSAGES_SQL: &str = concat!(
       ORDER BY created_at DESC, id DESC LIMIT $6"
 );
 
+/// `list_accounts`: the users after `$1` whose id or name contains `$2` (any
+/// when NULL), at most `$3`: a range of the partial index `users_listed`,
+/// in byte order. No id sorts before '', so that is where a first page starts.
+const LIST_ACCOUNTS: &str = concat!(
+    "SELECT ",
+    account_cols!(),
+    " FROM users WHERE deleted_at IS NULL AND id COLLATE \"C\" > $1 AND ($2::text IS NULL OR ",
+    user_text_matches!("$2"),
+    ") ORDER BY id COLLATE \"C\" LIMIT $3"
+);
+
 fn user_from_row(row: &PgRow) -> Result<User> {
     let id = codec::user_id(row.try_get("id").db()?, "users.id")?;
     if row.try_get::<Option<i64>, _>("deleted_at").db()?.is_some() {
@@ -976,23 +987,14 @@ impl Store for PostgresStore {
     }
 
     async fn list_accounts(&self, query: &UserListQuery) -> chat_core::Result<Vec<UserAccount>> {
-        // A range of the partial index `users_listed`, in byte order; no id
-        // sorts before '', so that is where a first page starts.
         self.bounded(async {
-            let rows = sqlx::query(concat!(
-                "SELECT ",
-                account_cols!(),
-                " FROM users WHERE deleted_at IS NULL AND id COLLATE \"C\" > $1
-                    AND ($2::text IS NULL OR ",
-                user_text_matches!("$2"),
-                ") ORDER BY id COLLATE \"C\" LIMIT $3"
-            ))
-            .bind(query.after.as_ref().map_or("", UserId::as_str))
-            .bind(query.text.as_deref().map(str::to_ascii_lowercase))
-            .bind(i64::from(query.limit))
-            .fetch_all(&self.pool)
-            .await
-            .db()?;
+            let rows = sqlx::query(LIST_ACCOUNTS)
+                .bind(query.after.as_ref().map_or("", UserId::as_str))
+                .bind(query.text.as_deref().map(str::to_ascii_lowercase))
+                .bind(i64::from(query.limit))
+                .fetch_all(&self.pool)
+                .await
+                .db()?;
             Ok(rows.iter().map(account_from_row).collect::<Result<_>>()?)
         })
         .await
@@ -1712,6 +1714,37 @@ mod tests {
         let all = store.support_queue(None, 1000).await.expect("support_queue");
         let want: Vec<i64> = (1..=20_000).filter(|i| i % 4 != 0 && i % 3 != 0 && i % 40 == 1).collect();
         assert_eq!(all.iter().map(|q| q.waiting_since.as_millis()).collect::<Vec<_>>(), want);
+        store.close().await;
+    }
+
+    /// The user list pages through its partial index from the cursor on,
+    /// skipping deleted users without reading them, and never sorts.
+    #[tokio::test]
+    async fn the_user_list_walks_its_index() {
+        use sqlx::Connection;
+        let Some(schema) = crate::testing::TempSchema::create("postgres user list plan").await else {
+            return;
+        };
+        let store = PostgresStore::connect(PostgresConfig::from_url(schema.url())).await.expect("connect");
+        let mut conn = PgConnection::connect(&schema.url()).await.expect("a raw connection");
+        for sql in [
+            "INSERT INTO users (id, name) SELECT 'u' || n, 'User ' || n FROM generate_series(1, 20000) AS n",
+            "UPDATE users SET deleted_at = 1 WHERE id LIKE 'u1%'",
+            "ANALYZE",
+        ] {
+            sqlx::query(sql).execute(&mut conn).await.expect(sql);
+        }
+        for after in ["", "u5"] {
+            let plan = plan_of(&mut conn, LIST_ACCOUNTS, |q| q.bind(after).bind(None::<String>).bind(51_i64)).await;
+            assert!(plan.contains("using users_listed on users"), "{plan}");
+            assert!(!plan.contains("Seq Scan") && !plan.contains("Sort"), "{plan}");
+        }
+        let query = chat_core::UserListQuery { after: Some(UserId::new("u5").expect("id")), text: None, limit: 3 };
+        let page = store.list_accounts(&query).await.expect("list_accounts");
+        assert_eq!(page.iter().map(|a| a.user.id.as_str()).collect::<Vec<_>>(), ["u50", "u500", "u5000"]);
+        let first = chat_core::UserListQuery { after: None, text: None, limit: 2 };
+        let page = store.list_accounts(&first).await.expect("list_accounts");
+        assert_eq!(page.iter().map(|a| a.user.id.as_str()).collect::<Vec<_>>(), ["u2", "u20"], "u1… are deleted");
         store.close().await;
     }
 }
