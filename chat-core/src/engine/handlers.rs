@@ -61,6 +61,15 @@ pub struct SupportQueuePage {
     pub next: Option<String>,
 }
 
+/// The store refuses to write a deleted user (`conflict`): for a session
+/// opening, that is a user deleted since their account was read.
+fn deleted_meanwhile(err: Error) -> Error {
+    match err {
+        Error::Conflict(_) => Error::Unauthorized("the user was deleted".into()),
+        other => other,
+    }
+}
+
 /// Writes a queue cursor as the opaque text clients pass back.
 pub(crate) fn encode_queue_cursor(cursor: QueueCursor) -> String {
     format!("{}.{}", cursor.waiting_since.as_millis(), cursor.room_id)
@@ -103,7 +112,7 @@ impl Inner {
                 }
                 if changed {
                     user.validate()?;
-                    self.store.upsert_user(&user).await?;
+                    self.store.upsert_user(&user).await.map_err(deleted_meanwhile)?;
                 }
                 user
             }
@@ -112,7 +121,7 @@ impl Inner {
                 let mut user = User::new(identity.user_id.clone(), name);
                 user.roles = identity.roles.clone().unwrap_or_default();
                 user.validate()?;
-                self.store.upsert_user(&user).await?;
+                self.store.upsert_user(&user).await.map_err(deleted_meanwhile)?;
                 user
             }
         };

@@ -134,6 +134,10 @@ impl Engine {
     pub async fn update_user(&self, id: &UserId, patch: UserPatch) -> Result<User> {
         patch.validate()?;
         let before = self.account(id).await?;
+        if patch == UserPatch::default() {
+            // Nothing to change, and nothing to record as an operator's change.
+            return Ok(before.user);
+        }
         let user = self.inner.store.update_user(id, &patch, Timestamp::now()).await?.ok_or(Error::NotFound("user"))?;
         if before.user.roles != user.roles {
             self.end_sessions(id).await;

@@ -125,6 +125,10 @@ async fn an_operators_profile_wins_over_the_claims_of_older_credentials() {
     let claims = Identity { name: Some("Ada".into()), roles: Some(vec!["support".into()]), ..issued("ada", -5) };
     let mut ada = connect_as(&engine, claims.clone()).await;
     assert!(ada.ready.user.is_support());
+    // An empty change changes nothing, and is no operator's change.
+    let same = engine.update_user(&uid("ada"), crate::user::UserPatch::default()).await.expect("nothing to do");
+    assert_eq!(same.name, "Ada");
+    assert_eq!(engine.account(&uid("ada")).await.expect("ada").profile_set_at, None);
 
     // A new name alone leaves the session be; new roles end it.
     let renamed = crate::user::UserPatch { name: Some("Ada L.".into()), ..Default::default() };
