@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | a database backend | [`Store`] | run the conformance suite (`testing` feature) against it |
 //! | a transport (WebSocket, TCP, …) | nothing: drive a [`Session`] | decode commands with [`Command::decode`], encode [`Output`]s |
-//! | credentials | [`Authenticator`] | hand the [`Identity`] to [`Engine::open_session`] |
+//! | credentials | [`Authenticator`] | hand the [`Identity`] (with `issued_at`, so that revocations can tell tokens apart) to [`Engine::open_session`], or to [`Engine::authorize`] for a request without a session |
 //! | many server processes | [`Broker`] | move each publication to the processes subscribed to its [`Topic`]; run the broker suite (`testing` feature) |
 //! | a bridge to another platform | [`Bridge`] | act through the [`BridgeHost`] it is started with; keep its outbox in [`BridgeStore`] |
 //! | a store that bridges can use | [`BridgeStore`] too | return it from [`Store::bridge_store`]; run `bridge_store_conformance!` |
@@ -81,7 +81,8 @@ pub use broker::{Audience, Broker, BrokerSink, Fanout, LocalBroker, LocalBus, To
 pub use command::{Command, CommandKind, Reply};
 pub use config::{ClusterConfig, EngineConfig, Limits};
 pub use engine::{
-    CloseReason, CloseSignal, Engine, EngineBuilder, Output, Ready, Ref, Session, SupportAvailability, SupportQueuePage,
+    AccountPage, CloseReason, CloseSignal, Engine, EngineBuilder, Output, Ready, Ref, Session, SupportAvailability,
+    SupportQueuePage,
 };
 pub use error::{BoxError, Error, ErrorCode, Result};
 pub use event::{Delivery, Event, EventCodec};
@@ -94,4 +95,4 @@ pub use room::{
 pub use search::{SearchHit, SearchPage, SearchQuery};
 pub use store::{Joining, MemberLimits, MemoryStore, QueueCursor, QueuedRoom, Store};
 pub use time::Timestamp;
-pub use user::{Identity, User};
+pub use user::{Identity, User, UserAccount, UserListQuery, UserPatch};

@@ -41,7 +41,7 @@ use crate::room::{Ban, MUTED_FOREVER, MemberRole, NewRoom, ReceiptKind, Room, Ro
 use crate::search::{SearchPage, SearchQuery, words};
 use crate::store::{Joining, MemberLimits, QueueCursor, QueuedRoom, Store};
 use crate::time::Timestamp;
-use crate::user::User;
+use crate::user::{User, UserAccount, UserListQuery, UserPatch};
 
 pub mod broker;
 pub mod cluster;
@@ -192,7 +192,17 @@ macro_rules! store_conformance {
                 search_pages_newest_first,
                 update_room_sets_and_clears_name_and_topic,
                 a_ban_removes_and_bars_until_unbanned,
-                roles_and_mutes_follow_the_member;
+                roles_and_mutes_follow_the_member,
+
+                accounts_start_active_and_keep_when_they_were_made,
+                update_user_applies_the_patch_and_records_when,
+                deactivation_and_revocation_are_recorded,
+                revocation_never_moves_back,
+                touch_user_records_when_the_user_was_last_seen,
+                a_deleted_user_leaves_every_room_and_stays_deleted,
+                account_changes_of_unknown_users_change_nothing,
+                list_accounts_pages_by_id_in_byte_order,
+                list_accounts_filters_by_id_or_name_literally;
                 shared:
                 concurrent_appends_are_gapless,
                 concurrent_duplicates_store_one_message,
@@ -495,6 +505,234 @@ pub async fn search_users_orders_by_name_then_id_and_limits(store: &dyn Store) {
     for (limit, want) in table {
         let found = ok(store.search_users("m-", *limit).await, "search_users");
         assert_eq!(ids(&found), *want, "search_users(\"m-\", {limit})");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Accounts
+
+async fn account_of(store: &dyn Store, id: &str) -> UserAccount {
+    ok(store.account(&uid(id)).await, "account").unwrap_or_else(|| panic!("{id} has an account"))
+}
+
+/// Every page of `list_accounts` of `page` accounts, with `text`.
+async fn all_accounts(store: &dyn Store, text: Option<&str>, page: u32) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    loop {
+        let query = UserListQuery { after: all.last().map(|id| uid(id)), text: text.map(str::to_owned), limit: page };
+        let got = ok(store.list_accounts(&query).await, "list_accounts");
+        assert!(got.len() <= page as usize, "list_accounts returned more than its limit");
+        let done = got.len() < page as usize;
+        all.extend(got.into_iter().map(|a| a.user.id.to_string()));
+        assert!(all.len() < 10_000, "list_accounts paging does not end");
+        if done {
+            return all;
+        }
+    }
+}
+
+/// A new user is active, was made when first stored (the store's clock),
+/// has not been seen, nor had tokens revoked or a profile set; replacing
+/// them keeps when they were made.
+pub async fn accounts_start_active_and_keep_when_they_were_made(store: &dyn Store) {
+    assert_eq!(ok(store.account(&uid("ada")).await, "account"), None, "an unknown user has no account");
+    let before = Timestamp::now();
+    ok(store.upsert_user(&user("ada", "Ada")).await, "upsert_user");
+    let after = Timestamp::now();
+    let account = account_of(store, "ada").await;
+    assert_eq!(account.user, user("ada", "Ada"));
+    assert!(account.active, "a new user is active");
+    assert!(
+        before <= account.created_at && account.created_at <= after,
+        "created_at {:?} must be when the user was stored, between {before:?} and {after:?}",
+        account.created_at
+    );
+    assert_eq!((account.last_seen, account.tokens_revoked_at, account.profile_set_at), (None, None, None));
+    ok(store.upsert_user(&user("ada", "Ada L.")).await, "upsert_user");
+    let again = account_of(store, "ada").await;
+    assert_eq!(again.created_at, account.created_at, "replacing a user keeps when they were made");
+    assert_eq!(again.user.name, "Ada L.");
+}
+
+/// `update_user` changes only the fields its patch sets (an avatar of
+/// `Some(None)` is removed), records when, and returns the user as stored.
+pub async fn update_user_applies_the_patch_and_records_when(store: &dyn Store) {
+    let ada = User {
+        avatar_url: Some("https://example.invalid/ada.png".into()),
+        roles: vec!["support".into()],
+        ..user("ada", "Ada")
+    };
+    ok(store.upsert_user(&ada).await, "upsert_user");
+    let rename = UserPatch { name: Some("Ada Lovelace".into()), ..UserPatch::default() };
+    let got = ok(store.update_user(&uid("ada"), &rename, at(5)).await, "update_user");
+    let renamed = User { name: "Ada Lovelace".into(), ..ada.clone() };
+    assert_eq!(got, Some(renamed.clone()), "a patch of the name keeps the avatar and roles");
+    assert_eq!(ok(store.user(&uid("ada")).await, "user"), Some(renamed.clone()));
+    assert_eq!(account_of(store, "ada").await.profile_set_at, Some(at(5)));
+
+    let strip = UserPatch { avatar_url: Some(None), roles: Some(Vec::new()), ..UserPatch::default() };
+    let got = ok(store.update_user(&uid("ada"), &strip, at(9)).await, "update_user");
+    let stripped = User { avatar_url: None, roles: Vec::new(), ..renamed };
+    assert_eq!(got, Some(stripped.clone()), "avatar_url Some(None) removes the avatar, roles are replaced");
+    let account = account_of(store, "ada").await;
+    assert_eq!((account.user, account.profile_set_at), (stripped, Some(at(9))));
+    // Upserts (a token's claims, a bridge) do not count as an operator's change.
+    ok(store.upsert_user(&user("ada", "Ada")).await, "upsert_user");
+    assert_eq!(account_of(store, "ada").await.profile_set_at, Some(at(9)));
+}
+
+/// `set_user_active` and `revoke_tokens` are recorded in the account.
+pub async fn deactivation_and_revocation_are_recorded(store: &dyn Store) {
+    ok(store.upsert_user(&user("ada", "Ada")).await, "upsert_user");
+    assert!(ok(store.set_user_active(&uid("ada"), false).await, "set_user_active"));
+    assert!(!account_of(store, "ada").await.active, "deactivated");
+    assert!(ok(store.set_user_active(&uid("ada"), false).await, "set_user_active"), "deactivating twice is fine");
+    assert!(ok(store.set_user_active(&uid("ada"), true).await, "set_user_active"));
+    assert!(account_of(store, "ada").await.active, "reactivated");
+    assert!(ok(store.revoke_tokens(&uid("ada"), at(7)).await, "revoke_tokens"));
+    assert_eq!(account_of(store, "ada").await.tokens_revoked_at, Some(at(7)));
+    ok(store.upsert_user(&user("ada", "Ada")).await, "upsert_user");
+    let account = account_of(store, "ada").await;
+    assert!(account.active && account.tokens_revoked_at == Some(at(7)), "an upsert keeps both: {account:?}");
+}
+
+/// A revocation older than the recorded one (a process whose clock is
+/// behind) does not let older tokens in again.
+pub async fn revocation_never_moves_back(store: &dyn Store) {
+    ok(store.upsert_user(&user("ada", "Ada")).await, "upsert_user");
+    assert!(ok(store.revoke_tokens(&uid("ada"), at(5_000)).await, "revoke_tokens"));
+    assert!(ok(store.revoke_tokens(&uid("ada"), at(3_000)).await, "revoke_tokens"));
+    assert_eq!(account_of(store, "ada").await.tokens_revoked_at, Some(at(5_000)));
+    assert!(ok(store.revoke_tokens(&uid("ada"), at(6_000)).await, "revoke_tokens"));
+    assert_eq!(account_of(store, "ada").await.tokens_revoked_at, Some(at(6_000)));
+}
+
+/// `touch_user` records when the user was last seen and answers the
+/// account as it is after that, deactivation included.
+pub async fn touch_user_records_when_the_user_was_last_seen(store: &dyn Store) {
+    assert_eq!(ok(store.touch_user(&uid("ada"), at(1)).await, "touch_user"), None, "an unknown user");
+    ok(store.upsert_user(&user("ada", "Ada")).await, "upsert_user");
+    let touched = ok(store.touch_user(&uid("ada"), at(3)).await, "touch_user").expect("ada is known");
+    assert_eq!(touched.last_seen, Some(at(3)));
+    assert_eq!(touched, account_of(store, "ada").await, "touch_user answers the account as stored");
+    assert!(ok(store.set_user_active(&uid("ada"), false).await, "set_user_active"));
+    let touched = ok(store.touch_user(&uid("ada"), at(4)).await, "touch_user").expect("ada is known");
+    assert!(!touched.active, "touch_user shows a deactivation made before it");
+    assert_eq!(touched.last_seen, Some(at(4)));
+}
+
+/// `delete_user` removes every membership and forgets the profile in one
+/// go; the user is then shown as deleted, found nowhere, never made again,
+/// and their messages stay.
+pub async fn a_deleted_user_leaves_every_room_and_stays_deleted(store: &dyn Store) {
+    let ada = User { avatar_url: Some("https://example.invalid/a.png".into()), ..user("ada", "Ada") };
+    for u in [ada.clone(), user("bob", "Bob"), user("cy", "Cy")] {
+        ok(store.upsert_user(&u).await, "upsert_user");
+    }
+    let team = group(store, &["bob", "ada", "cy"], 0).await;
+    let own = group(store, &["ada", "bob"], 1).await;
+    let (direct, _) = ok(store.create_room(new_room(RoomKind::Direct, &["ada", "cy"], 2), NONE).await, "create_room");
+    let sent = append(store, vec![msg(team.id, "ada", "a-1", 3)]).await;
+    let mut rooms = ok(store.delete_user(&uid("ada"), at(10)).await, "delete_user").expect("ada existed");
+    rooms.sort();
+    let mut want = vec![team.id, own.id, direct.id];
+    want.sort();
+    assert_eq!(rooms, want, "delete_user answers every room the user was removed from");
+
+    for room in &want {
+        assert_eq!(ok(store.member(*room, &uid("ada")).await, "member"), None, "ada is no member of {room}");
+        let members = ok(store.members(*room).await, "members");
+        assert!(members.iter().all(|m| m.user_id.as_str() != "ada"), "ada is not listed in {room}");
+    }
+    assert!(ok(store.rooms_of_user(&uid("ada")).await, "rooms_of_user").is_empty());
+    for room in &want {
+        let named = ok(store.deleted_members(*room).await, "deleted_members");
+        assert_eq!(named, [uid("ada")], "{room} names the deleted user");
+    }
+    let other = group(store, &["bob", "cy"], 4).await;
+    assert!(ok(store.deleted_members(other.id).await, "deleted_members").is_empty(), "only her rooms name her");
+    ok(store.add_member(team.id, &uid("dee"), added(MemberRole::Member, at(5)), NONE).await, "add_member");
+    assert!(ok(store.delete_user(&uid("cy"), at(11)).await, "delete_user").is_some());
+    assert!(ok(store.delete_user(&uid("dee"), at(11)).await, "delete_user").is_none(), "dee was never stored");
+    let named = ok(store.deleted_members(team.id).await, "deleted_members");
+    assert_eq!(named, [uid("ada"), uid("cy")], "deleted members by the time of their deletion");
+    assert!(!ok(store.co_members(&uid("bob")).await, "co_members").iter().any(|u| u.as_str() == "ada"));
+    let kept = ok(store.message(team.id, sent[0].message.id).await, "message").expect("the message stays");
+    assert_eq!(kept.sender_id.as_str(), "ada", "a deleted user's messages keep their sender");
+    assert!(!kept.deleted);
+    let refused = answers(store, vec![msg(team.id, "ada", "a-2", 11)]).await;
+    assert_eq!(codes(&refused), ["not_member"], "a deleted user cannot post");
+
+    let gone = User::deleted(uid("ada"));
+    assert_eq!(ok(store.user(&uid("ada")).await, "user"), Some(gone.clone()), "user() shows the deleted shape");
+    let found = ok(store.users(&[uid("ada"), uid("bob")]).await, "users");
+    assert!(found.contains(&gone), "users() shows the deleted shape: {found:?}");
+    assert!(ok(store.search_users("ada", 10).await, "search_users").is_empty(), "search never finds them");
+    assert_eq!(all_accounts(store, None, 10).await, ["bob"], "the user list skips them");
+    let account = account_of(store, "ada").await;
+    assert_eq!(account.user, gone, "the account keeps nothing of who they were");
+
+    let again = store.upsert_user(&ada).await;
+    assert_eq!(again.map_err(|e| e.code().as_str()), Err("conflict"), "a deleted user is not made again");
+    assert_eq!(ok(store.user(&uid("ada")).await, "user"), Some(gone), "a refused upsert changes nothing");
+    let patch = UserPatch { name: Some("Back".into()), ..UserPatch::default() };
+    assert_eq!(ok(store.update_user(&uid("ada"), &patch, at(12)).await, "update_user"), None);
+    assert!(!ok(store.set_user_active(&uid("ada"), true).await, "set_user_active"));
+    assert!(!ok(store.revoke_tokens(&uid("ada"), at(12)).await, "revoke_tokens"));
+    assert_eq!(ok(store.delete_user(&uid("ada"), at(13)).await, "delete_user"), None, "deleting twice");
+    let joined = ok(store.add_member(own.id, &uid("eve"), added(MemberRole::Member, at(14)), NONE).await, "add_member");
+    assert!(joined, "the rooms of a deleted user go on for the others");
+}
+
+/// Account changes of an unknown user change nothing and say so.
+pub async fn account_changes_of_unknown_users_change_nothing(store: &dyn Store) {
+    let nobody = uid("nobody");
+    let patch = UserPatch { name: Some("X".into()), ..UserPatch::default() };
+    assert_eq!(ok(store.update_user(&nobody, &patch, at(1)).await, "update_user"), None);
+    assert!(!ok(store.set_user_active(&nobody, false).await, "set_user_active"));
+    assert!(!ok(store.revoke_tokens(&nobody, at(1)).await, "revoke_tokens"));
+    assert_eq!(ok(store.delete_user(&nobody, at(1)).await, "delete_user"), None);
+    assert_eq!(ok(store.account(&nobody).await, "account"), None, "nothing was made");
+}
+
+/// `list_accounts` walks the users by id in byte order (upper case before
+/// lower), from after a cursor, whatever the page size.
+pub async fn list_accounts_pages_by_id_in_byte_order(store: &dyn Store) {
+    for id in ["b", "a", "Zed", "A", "a-2", "c", "_x", "é"] {
+        ok(store.upsert_user(&user(id, "Someone")).await, "upsert_user");
+    }
+    let want = ["A", "Zed", "_x", "a", "a-2", "b", "c", "é"];
+    for page in [1, 2, 3, 8, 50] {
+        assert_eq!(all_accounts(store, None, page).await, want, "pages of {page}");
+    }
+    let query = UserListQuery { after: Some(uid("a")), text: None, limit: 2 };
+    let got: Vec<String> =
+        ok(store.list_accounts(&query).await, "list_accounts").into_iter().map(|a| a.user.id.to_string()).collect();
+    assert_eq!(got, ["a-2", "b"], "the page after a");
+    let query = UserListQuery { after: Some(uid("é")), text: None, limit: 2 };
+    assert!(ok(store.list_accounts(&query).await, "list_accounts").is_empty(), "nothing after the last");
+    let first = ok(store.list_accounts(&UserListQuery { after: None, text: None, limit: 1 }).await, "list_accounts");
+    assert_eq!(first.first().map(|a| a.active), Some(true), "accounts come whole");
+}
+
+/// `list_accounts` with a text keeps the users whose id or name contains
+/// it, ignoring ASCII case, with `%`, `_` and `\` as ordinary characters.
+pub async fn list_accounts_filters_by_id_or_name_literally(store: &dyn Store) {
+    for (id, name) in [("alice", "Alice Smith"), ("BOB", "Bobby"), ("carol", "ALICIA"), ("a_b", "100% sure")] {
+        ok(store.upsert_user(&user(id, name)).await, "upsert_user");
+    }
+    let table: &[(&str, &[&str])] = &[
+        ("ALI", &["alice", "carol"]),
+        ("bob", &["BOB"]),
+        ("ice s", &["alice"]),
+        ("_", &["a_b"]),
+        ("%", &["a_b"]),
+        ("xyz", &[]),
+    ];
+    for (text, want) in table {
+        for page in [1, 10] {
+            assert_eq!(all_accounts(store, Some(text), page).await, *want, "list_accounts({text:?}), pages of {page}");
+        }
     }
 }
 

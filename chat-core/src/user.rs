@@ -25,8 +25,14 @@ pub const MAX_ROLE_CHARS: usize = 32;
 /// The longest avatar URL, in bytes.
 pub const MAX_AVATAR_URL_BYTES: usize = 2048;
 
+/// The name every deleted user is shown with.
+pub const DELETED_USER_NAME: &str = "Deleted user";
+
 /// A user as other users see them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// A deleted user keeps only their id: [`User::deleted`] is how every store
+/// hands them out, and their JSON is `{"id","name":"Deleted user","deleted":true}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct User {
     /// The stable id (a token's `sub`).
     pub id: UserId,
@@ -38,12 +44,41 @@ pub struct User {
     /// Global roles, such as [`SUPPORT_ROLE`].
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Whether an operator deleted the user (`DELETE /v1/admin/users/{id}`).
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+impl Serialize for User {
+    /// `{"id","name","avatar_url"?,"roles"}`, or for a deleted user
+    /// `{"id","name","deleted":true}`: nothing of who they were is shown.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("id", &self.id)?;
+        map.serialize_entry("name", &self.name)?;
+        if self.deleted {
+            map.serialize_entry("deleted", &true)?;
+        } else {
+            if let Some(url) = &self.avatar_url {
+                map.serialize_entry("avatar_url", url)?;
+            }
+            map.serialize_entry("roles", &self.roles)?;
+        }
+        map.end()
+    }
 }
 
 impl User {
     /// A user with a name and no roles.
     pub fn new(id: UserId, name: impl Into<String>) -> Self {
-        User { id, name: name.into(), avatar_url: None, roles: Vec::new() }
+        User { id, name: name.into(), avatar_url: None, roles: Vec::new(), deleted: false }
+    }
+
+    /// What is left of a deleted user: the id, [`DELETED_USER_NAME`], no
+    /// avatar, no roles.
+    pub fn deleted(id: UserId) -> Self {
+        User { deleted: true, ..User::new(id, DELETED_USER_NAME) }
     }
 
     /// Whether the user holds a role.
@@ -67,15 +102,21 @@ impl User {
     pub fn validate(&self) -> Result<()> {
         validate_name(&self.name)?;
         if let Some(url) = &self.avatar_url {
-            if url.len() > MAX_AVATAR_URL_BYTES {
-                return Err(Error::too_large("avatar_url is longer than 2048 bytes"));
-            }
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(Error::invalid("avatar_url must be an http(s) URL"));
-            }
+            validate_avatar_url(url)?;
         }
         validate_roles(&self.roles)
     }
+}
+
+/// Checks an avatar URL: http(s), at most [`MAX_AVATAR_URL_BYTES`].
+pub fn validate_avatar_url(url: &str) -> Result<()> {
+    if url.len() > MAX_AVATAR_URL_BYTES {
+        return Err(Error::too_large("avatar_url is longer than 2048 bytes"));
+    }
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(Error::invalid("avatar_url must be an http(s) URL"));
+    }
+    Ok(())
 }
 
 /// Checks a display name: 1..=100 characters, none of them a control
@@ -162,13 +203,138 @@ pub struct Identity {
     pub roles: Option<Vec<String>>,
     /// When the credentials stop being valid. The engine closes the session then.
     pub expires_at: Option<Timestamp>,
+    /// When the credentials were issued (a JWT's `iat`), if they say. Tokens
+    /// issued at or before the second of a user's last revocation, and tokens
+    /// that do not say once a user's tokens were ever revoked, are refused
+    /// (see [`UserAccount::admits`]).
+    pub issued_at: Option<Timestamp>,
 }
 
 impl Identity {
     /// An identity with only a user id, which never expires.
     pub fn new(user_id: UserId) -> Self {
-        Identity { user_id, name: None, roles: None, expires_at: None }
+        Identity { user_id, name: None, roles: None, expires_at: None, issued_at: None }
     }
+
+    /// Whether these credentials were issued in a later second than `at`.
+    /// Token times have whole seconds, so anything issued in the same second
+    /// as `at` may have come before it and does not count as later.
+    pub fn issued_after(&self, at: Timestamp) -> bool {
+        self.issued_at.is_some_and(|iat| iat.as_secs() > at.as_secs())
+    }
+}
+
+/// A user as operators see them: the [`User`], and what the admin API keeps
+/// about their account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserAccount {
+    /// The user; for a deleted one, [`User::deleted`].
+    pub user: User,
+    /// `false` while deactivated: none of their credentials are accepted.
+    pub active: bool,
+    /// When the user was first stored.
+    pub created_at: Timestamp,
+    /// When a session of theirs last opened, or their last session on a
+    /// server process closed.
+    pub last_seen: Option<Timestamp>,
+    /// When their tokens were last revoked: credentials issued at or before
+    /// that second, or without an issue time, are refused.
+    pub tokens_revoked_at: Option<Timestamp>,
+    /// When an operator last set their name, avatar or roles. Credentials
+    /// issued before that second no longer change them (see
+    /// [`UserAccount::claims_apply`]).
+    pub profile_set_at: Option<Timestamp>,
+}
+
+impl UserAccount {
+    /// Whether the user's credentials in `identity` are accepted, as this
+    /// account has it: refused for a deleted or deactivated user, and for
+    /// credentials issued before their tokens were revoked.
+    pub fn admits(&self, identity: &Identity) -> Result<()> {
+        if self.user.deleted {
+            return Err(Error::Unauthorized("the user was deleted".into()));
+        }
+        if !self.active {
+            return Err(Error::Unauthorized("the user is deactivated".into()));
+        }
+        if let Some(revoked) = self.tokens_revoked_at
+            && !identity.issued_after(revoked)
+        {
+            return Err(Error::Unauthorized("token revoked".into()));
+        }
+        Ok(())
+    }
+
+    /// Whether the name and roles that `identity` carries should replace the
+    /// stored ones: always, until an operator set the user's profile; after
+    /// that, only from credentials issued in a later second. Tokens the
+    /// server made before an operator's change carry the old name and roles,
+    /// and must not undo it; one made after it carries the new ones.
+    pub fn claims_apply(&self, identity: &Identity) -> bool {
+        self.profile_set_at.is_none_or(|at| identity.issued_after(at))
+    }
+}
+
+/// A change an operator makes to a user (`PATCH /v1/admin/users/{id}`):
+/// each field that is `Some` replaces the stored one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserPatch {
+    /// A new display name.
+    pub name: Option<String>,
+    /// A new avatar URL; `Some(None)` removes it.
+    pub avatar_url: Option<Option<String>>,
+    /// New global roles.
+    pub roles: Option<Vec<String>>,
+}
+
+impl UserPatch {
+    /// A patch that sets every field to `user`'s.
+    pub fn from_user(user: &User) -> Self {
+        UserPatch {
+            name: Some(user.name.clone()),
+            avatar_url: Some(user.avatar_url.clone()),
+            roles: Some(user.roles.clone()),
+        }
+    }
+
+    /// Checks each field it sets, as [`User::validate`] does.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(name) = &self.name {
+            validate_name(name)?;
+        }
+        if let Some(Some(url)) = &self.avatar_url {
+            validate_avatar_url(url)?;
+        }
+        if let Some(roles) = &self.roles {
+            validate_roles(roles)?;
+        }
+        Ok(())
+    }
+
+    /// `user` with this patch applied.
+    pub fn apply(&self, mut user: User) -> User {
+        if let Some(name) = &self.name {
+            user.name.clone_from(name);
+        }
+        if let Some(url) = &self.avatar_url {
+            user.avatar_url.clone_from(url);
+        }
+        if let Some(roles) = &self.roles {
+            user.roles.clone_from(roles);
+        }
+        user
+    }
+}
+
+/// One page of the user list an operator reads (`GET /v1/admin/users`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserListQuery {
+    /// Only users whose id sorts after this one (byte order).
+    pub after: Option<UserId>,
+    /// Only users whose id or name contains this text, ignoring ASCII case.
+    pub text: Option<String>,
+    /// At most this many users.
+    pub limit: u32,
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ use async_trait::async_trait;
 use chat_core::{
     Appended, Ban, HistoryPage, HistoryQuery, Joining, Member, MemberLimits, MemberRole, Message, MessageId,
     NewMessage, NewRoom, QueueCursor, QueuedRoom, ReceiptKind, Room, RoomChanges, RoomId, RoomKind, RoomSummary,
-    SearchPage, SearchQuery, Store, Timestamp, User, UserId,
+    SearchPage, SearchQuery, Store, Timestamp, User, UserAccount, UserId, UserListQuery, UserPatch,
 };
 use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
@@ -75,6 +75,7 @@ const MIGRATIONS: &[migrate::Embedded] = &[
     (7, "limits and queue", include_str!("../migrations/postgres/0007_limits_and_queue.sql")),
     (8, "message search", include_str!("../migrations/postgres/0008_message_search.sql")),
     (9, "moderation", include_str!("../migrations/postgres/0009_moderation.sql")),
+    (10, "user admin", include_str!("../migrations/postgres/0010_user_admin.sql")),
 ];
 
 /// Settings of a [`PostgresStore`]. Start from [`PostgresConfig::from_url`] and
@@ -317,7 +318,26 @@ fn is_transient_code(code: &str) -> bool {
 // Column lists, as macros so that `concat!` can build `&'static str` queries.
 macro_rules! user_cols {
     () => {
-        "id, name, avatar_url, roles"
+        "id, name, avatar_url, roles, deleted_at"
+    };
+}
+macro_rules! account_cols {
+    () => {
+        concat!(user_cols!(), ", active, created_at, last_seen, tokens_revoked_at, profile_set_at")
+    };
+}
+/// Matches users whose id or name contains `$n` (in lower case), folding
+/// ASCII case only, as every store does (PostgreSQL's lower() would fold by
+/// locale); strpos has no wildcards to escape.
+macro_rules! user_text_matches {
+    ($n:literal) => {
+        concat!(
+            "(strpos(translate(id, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz'), ",
+            $n,
+            ") > 0 OR strpos(translate(name, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz'), ",
+            $n,
+            ") > 0)"
+        )
     };
 }
 macro_rules! room_cols {
@@ -367,12 +387,41 @@ pub const SEARCH_MESSAGES_SQL: &str = concat!(
       ORDER BY created_at DESC, id DESC LIMIT $6"
 );
 
+/// `list_accounts`: the users after `$1` whose id or name contains `$2` (any
+/// when NULL), at most `$3`: a range of the partial index `users_listed`,
+/// in byte order. No id sorts before '', so that is where a first page starts.
+const LIST_ACCOUNTS: &str = concat!(
+    "SELECT ",
+    account_cols!(),
+    " FROM users WHERE deleted_at IS NULL AND id COLLATE \"C\" > $1 AND ($2::text IS NULL OR ",
+    user_text_matches!("$2"),
+    ") ORDER BY id COLLATE \"C\" LIMIT $3"
+);
+
 fn user_from_row(row: &PgRow) -> Result<User> {
+    let id = codec::user_id(row.try_get("id").db()?, "users.id")?;
+    if row.try_get::<Option<i64>, _>("deleted_at").db()?.is_some() {
+        return Ok(User::deleted(id));
+    }
     Ok(User {
-        id: codec::user_id(row.try_get("id").db()?, "users.id")?,
         name: row.try_get("name").db()?,
         avatar_url: row.try_get("avatar_url").db()?,
         roles: row.try_get("roles").db()?,
+        ..User::new(id, "")
+    })
+}
+
+fn account_from_row(row: &PgRow) -> Result<UserAccount> {
+    let time = |column: &str| -> Result<Option<Timestamp>> {
+        Ok(row.try_get::<Option<i64>, _>(column).db()?.map(codec::time_from_db))
+    };
+    Ok(UserAccount {
+        user: user_from_row(row)?,
+        active: row.try_get("active").db()?,
+        created_at: codec::time_from_db(row.try_get("created_at").db()?),
+        last_seen: time("last_seen")?,
+        tokens_revoked_at: time("tokens_revoked_at")?,
+        profile_set_at: time("profile_set_at")?,
     })
 }
 
@@ -883,18 +932,25 @@ impl PostgresStore {
 impl Store for PostgresStore {
     async fn upsert_user(&self, user: &User) -> chat_core::Result<()> {
         self.bounded(async {
-            sqlx::query(
-                "INSERT INTO users (id, name, avatar_url, roles) VALUES ($1, $2, $3, $4)
+            // A deleted user's row stays, and the WHERE leaves it as it is.
+            let written = sqlx::query(
+                "INSERT INTO users (id, name, avatar_url, roles, created_at) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (id) DO UPDATE
-                 SET name = excluded.name, avatar_url = excluded.avatar_url, roles = excluded.roles",
+                 SET name = excluded.name, avatar_url = excluded.avatar_url, roles = excluded.roles
+                 WHERE users.deleted_at IS NULL",
             )
             .bind(user.id.as_str())
             .bind(&user.name)
             .bind(user.avatar_url.as_deref())
             .bind(&user.roles)
+            .bind(Timestamp::now().as_millis())
             .execute(&self.pool)
             .await
-            .db()?;
+            .db()?
+            .rows_affected();
+            if written == 0 {
+                return Err(chat_core::Error::conflict("the user was deleted"));
+            }
             Ok(())
         })
         .await
@@ -929,17 +985,14 @@ impl Store for PostgresStore {
     }
 
     async fn search_users(&self, query: &str, limit: u32) -> chat_core::Result<Vec<User>> {
-        // Case folding is ASCII only, as in every store (PostgreSQL's lower()
-        // would fold by locale); strpos has no wildcards to escape; COLLATE "C"
-        // orders by bytes, as Rust compares strings.
+        // COLLATE "C" orders by bytes, as Rust compares strings.
         self.bounded(async {
             let rows = sqlx::query(concat!(
                 "SELECT ",
                 user_cols!(),
-                " FROM users
-                  WHERE strpos(translate(id, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz'), $1) > 0
-                     OR strpos(translate(name, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz'), $1) > 0
-                  ORDER BY name COLLATE \"C\", id COLLATE \"C\" LIMIT $2"
+                " FROM users WHERE deleted_at IS NULL AND ",
+                user_text_matches!("$1"),
+                " ORDER BY name COLLATE \"C\", id COLLATE \"C\" LIMIT $2"
             ))
             .bind(query.to_ascii_lowercase())
             .bind(i64::from(limit))
@@ -947,6 +1000,156 @@ impl Store for PostgresStore {
             .await
             .db()?;
             Ok(rows.iter().map(user_from_row).collect::<Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn account(&self, id: &UserId) -> chat_core::Result<Option<UserAccount>> {
+        self.bounded(async {
+            let row = sqlx::query(concat!("SELECT ", account_cols!(), " FROM users WHERE id = $1"))
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .db()?;
+            Ok(row.as_ref().map(account_from_row).transpose()?)
+        })
+        .await
+    }
+
+    async fn list_accounts(&self, query: &UserListQuery) -> chat_core::Result<Vec<UserAccount>> {
+        self.bounded(async {
+            let rows = sqlx::query(LIST_ACCOUNTS)
+                .bind(query.after.as_ref().map_or("", UserId::as_str))
+                .bind(query.text.as_deref().map(str::to_ascii_lowercase))
+                .bind(i64::from(query.limit))
+                .fetch_all(&self.pool)
+                .await
+                .db()?;
+            Ok(rows.iter().map(account_from_row).collect::<Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn update_user(&self, id: &UserId, patch: &UserPatch, at: Timestamp) -> chat_core::Result<Option<User>> {
+        self.bounded(async {
+            let row = sqlx::query(concat!(
+                "UPDATE users SET name = coalesce($2, name),
+                                  avatar_url = CASE WHEN $3 THEN $4 ELSE avatar_url END,
+                                  roles = coalesce($5, roles),
+                                  profile_set_at = $6
+                 WHERE id = $1 AND deleted_at IS NULL RETURNING ",
+                user_cols!()
+            ))
+            .bind(id.as_str())
+            .bind(patch.name.as_deref())
+            .bind(patch.avatar_url.is_some())
+            .bind(patch.avatar_url.as_ref().and_then(Option::as_deref))
+            .bind(patch.roles.as_deref())
+            .bind(at.as_millis())
+            .fetch_optional(&self.pool)
+            .await
+            .db()?;
+            Ok(row.as_ref().map(user_from_row).transpose()?)
+        })
+        .await
+    }
+
+    async fn set_user_active(&self, id: &UserId, active: bool) -> chat_core::Result<bool> {
+        self.bounded(async {
+            let changed = sqlx::query("UPDATE users SET active = $2 WHERE id = $1 AND deleted_at IS NULL")
+                .bind(id.as_str())
+                .bind(active)
+                .execute(&self.pool)
+                .await
+                .db()?
+                .rows_affected();
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn revoke_tokens(&self, id: &UserId, at: Timestamp) -> chat_core::Result<bool> {
+        // Never back: a process whose clock is behind cannot let older
+        // tokens in again.
+        self.bounded(async {
+            let changed = sqlx::query(
+                "UPDATE users SET tokens_revoked_at = GREATEST(tokens_revoked_at, $2)
+                 WHERE id = $1 AND deleted_at IS NULL",
+            )
+            .bind(id.as_str())
+            .bind(at.as_millis())
+            .execute(&self.pool)
+            .await
+            .db()?
+            .rows_affected();
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn delete_user(&self, id: &UserId, at: Timestamp) -> chat_core::Result<Option<Vec<RoomId>>> {
+        self.bounded(async {
+            let mut tx = self.begin().await?;
+            let deleted = sqlx::query(
+                "UPDATE users SET deleted_at = $2, name = $3, avatar_url = NULL, roles = '{}'
+                 WHERE id = $1 AND deleted_at IS NULL",
+            )
+            .bind(id.as_str())
+            .bind(at.as_millis())
+            .bind(chat_core::user::DELETED_USER_NAME)
+            .execute(&mut *tx)
+            .await
+            .db()?
+            .rows_affected();
+            if deleted == 0 {
+                return Ok(None);
+            }
+            sqlx::query(
+                "INSERT INTO deleted_members (room_id, user_id, deleted_at)
+                 SELECT room_id, user_id, $2 FROM members WHERE user_id = $1
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(id.as_str())
+            .bind(at.as_millis())
+            .execute(&mut *tx)
+            .await
+            .db()?;
+            // An append racing this either committed first or starts over
+            // and finds the memberships gone (see the module docs).
+            let rooms: Vec<Uuid> = sqlx::query_scalar("DELETE FROM members WHERE user_id = $1 RETURNING room_id")
+                .bind(id.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .db()?;
+            tx.commit().await.db()?;
+            Ok(Some(rooms.into_iter().map(RoomId::from_uuid).collect()))
+        })
+        .await
+    }
+
+    async fn deleted_members(&self, room: RoomId) -> chat_core::Result<Vec<UserId>> {
+        self.bounded(async {
+            let ids: Vec<String> = sqlx::query_scalar(
+                "SELECT user_id FROM deleted_members WHERE room_id = $1 ORDER BY deleted_at, user_id COLLATE \"C\"",
+            )
+            .bind(room.as_uuid())
+            .fetch_all(&self.pool)
+            .await
+            .db()?;
+            Ok(ids.into_iter().map(|id| codec::user_id(id, "deleted_members.user_id")).collect::<Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn touch_user(&self, id: &UserId, at: Timestamp) -> chat_core::Result<Option<UserAccount>> {
+        self.bounded(async {
+            let row = sqlx::query(concat!("UPDATE users SET last_seen = $2 WHERE id = $1 RETURNING ", account_cols!()))
+                .bind(id.as_str())
+                .bind(at.as_millis())
+                .fetch_optional(&self.pool)
+                .await
+                .db()?;
+            Ok(row.as_ref().map(account_from_row).transpose()?)
         })
         .await
     }
@@ -1633,6 +1836,37 @@ mod tests {
         let all = store.support_queue(None, 1000).await.expect("support_queue");
         let want: Vec<i64> = (1..=20_000).filter(|i| i % 4 != 0 && i % 3 != 0 && i % 40 == 1).collect();
         assert_eq!(all.iter().map(|q| q.waiting_since.as_millis()).collect::<Vec<_>>(), want);
+        store.close().await;
+    }
+
+    /// The user list pages through its partial index from the cursor on,
+    /// skipping deleted users without reading them, and never sorts.
+    #[tokio::test]
+    async fn the_user_list_walks_its_index() {
+        use sqlx::Connection;
+        let Some(schema) = crate::testing::TempSchema::create("postgres user list plan").await else {
+            return;
+        };
+        let store = PostgresStore::connect(PostgresConfig::from_url(schema.url())).await.expect("connect");
+        let mut conn = PgConnection::connect(&schema.url()).await.expect("a raw connection");
+        for sql in [
+            "INSERT INTO users (id, name) SELECT 'u' || n, 'User ' || n FROM generate_series(1, 20000) AS n",
+            "UPDATE users SET deleted_at = 1 WHERE id LIKE 'u1%'",
+            "ANALYZE",
+        ] {
+            sqlx::query(sql).execute(&mut conn).await.expect(sql);
+        }
+        for after in ["", "u5"] {
+            let plan = plan_of(&mut conn, LIST_ACCOUNTS, |q| q.bind(after).bind(None::<String>).bind(51_i64)).await;
+            assert!(plan.contains("using users_listed on users"), "{plan}");
+            assert!(!plan.contains("Seq Scan") && !plan.contains("Sort"), "{plan}");
+        }
+        let query = chat_core::UserListQuery { after: Some(UserId::new("u5").expect("id")), text: None, limit: 3 };
+        let page = store.list_accounts(&query).await.expect("list_accounts");
+        assert_eq!(page.iter().map(|a| a.user.id.as_str()).collect::<Vec<_>>(), ["u50", "u500", "u5000"]);
+        let first = chat_core::UserListQuery { after: None, text: None, limit: 2 };
+        let page = store.list_accounts(&first).await.expect("list_accounts");
+        assert_eq!(page.iter().map(|a| a.user.id.as_str()).collect::<Vec<_>>(), ["u2", "u20"], "u1… are deleted");
         store.close().await;
     }
 }

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use chat_core::{
     Appended, Ban, HistoryPage, HistoryQuery, Joining, Member, MemberLimits, MemberRole, Message, MessageId,
     NewMessage, NewRoom, QueueCursor, QueuedRoom, ReceiptKind, Room, RoomChanges, RoomId, RoomKind, RoomSummary,
-    SearchPage, SearchQuery, Store, Timestamp, User, UserId,
+    SearchPage, SearchQuery, Store, Timestamp, User, UserAccount, UserId, UserListQuery, UserPatch,
 };
 use sqlx::error::DatabaseError;
 use sqlx::sqlite::{
@@ -48,6 +48,7 @@ const MIGRATIONS: &[migrate::Embedded] = &[
     (6, "limits and queue", include_str!("../migrations/sqlite/0006_limits_and_queue.sql")),
     (7, "message search", include_str!("../migrations/sqlite/0007_message_search.sql")),
     (8, "moderation", include_str!("../migrations/sqlite/0008_moderation.sql")),
+    (9, "user admin", include_str!("../migrations/sqlite/0009_user_admin.sql")),
 ];
 
 /// How hard SQLite works to make a commit survive a power cut.
@@ -367,7 +368,12 @@ impl Backend for sqlx::Sqlite {
 // Column lists, as macros so that `concat!` can build `&'static str` queries.
 macro_rules! user_cols {
     () => {
-        "id, name, avatar_url, roles"
+        "id, name, avatar_url, roles, deleted_at"
+    };
+}
+macro_rules! account_cols {
+    () => {
+        concat!(user_cols!(), ", active, created_at, last_seen, tokens_revoked_at, profile_set_at")
     };
 }
 macro_rules! room_cols {
@@ -431,11 +437,29 @@ fn fts_query(words: &[String]) -> String {
 }
 
 fn user_from_row(row: &SqliteRow) -> Result<User> {
+    let id = codec::user_id(row.try_get("id").db()?, "users.id")?;
+    if row.try_get::<Option<i64>, _>("deleted_at").db()?.is_some() {
+        return Ok(User::deleted(id));
+    }
     Ok(User {
-        id: codec::user_id(row.try_get("id").db()?, "users.id")?,
         name: row.try_get("name").db()?,
         avatar_url: row.try_get("avatar_url").db()?,
         roles: codec::roles_from_db(row.try_get("roles").db()?)?,
+        ..User::new(id, "")
+    })
+}
+
+fn account_from_row(row: &SqliteRow) -> Result<UserAccount> {
+    let time = |column: &str| -> Result<Option<Timestamp>> {
+        Ok(row.try_get::<Option<i64>, _>(column).db()?.map(codec::time_from_db))
+    };
+    Ok(UserAccount {
+        user: user_from_row(row)?,
+        active: row.try_get("active").db()?,
+        created_at: codec::time_from_db(row.try_get("created_at").db()?),
+        last_seen: time("last_seen")?,
+        tokens_revoked_at: time("tokens_revoked_at")?,
+        profile_set_at: time("profile_set_at")?,
     })
 }
 
@@ -787,17 +811,24 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn upsert_user(&self, user: &User) -> chat_core::Result<()> {
-        sqlx::query(
-            "INSERT INTO users (id, name, avatar_url, roles) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (id) DO UPDATE SET name = excluded.name, avatar_url = excluded.avatar_url, roles = excluded.roles",
+        // A deleted user's row stays, and the WHERE leaves it as it is.
+        let written = sqlx::query(
+            "INSERT INTO users (id, name, avatar_url, roles, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, avatar_url = excluded.avatar_url, roles = excluded.roles
+             WHERE users.deleted_at IS NULL",
         )
         .bind(user.id.as_str())
         .bind(&user.name)
         .bind(user.avatar_url.as_deref())
         .bind(codec::roles_to_db(&user.roles)?)
+        .bind(Timestamp::now().as_millis())
         .execute(&self.writer)
         .await
-        .db()?;
+        .db()?
+        .rows_affected();
+        if written == 0 {
+            return Err(chat_core::Error::conflict("the user was deleted"));
+        }
         Ok(())
     }
 
@@ -830,7 +861,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query(concat!(
             "SELECT ",
             user_cols!(),
-            " FROM users WHERE instr(lower(id), ?1) > 0 OR instr(lower(name), ?1) > 0
+            " FROM users WHERE deleted_at IS NULL AND (instr(lower(id), ?1) > 0 OR instr(lower(name), ?1) > 0)
               ORDER BY name, id LIMIT ?2"
         ))
         .bind(query.to_ascii_lowercase())
@@ -839,6 +870,141 @@ impl Store for SqliteStore {
         .await
         .db()?;
         Ok(rows.iter().map(user_from_row).collect::<Result<_>>()?)
+    }
+
+    async fn account(&self, id: &UserId) -> chat_core::Result<Option<UserAccount>> {
+        let row = sqlx::query(concat!("SELECT ", account_cols!(), " FROM users WHERE id = ?1"))
+            .bind(id.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .db()?;
+        Ok(row.as_ref().map(account_from_row).transpose()?)
+    }
+
+    async fn list_accounts(&self, query: &UserListQuery) -> chat_core::Result<Vec<UserAccount>> {
+        // Ids are compared as bytes (BINARY), the primary key's order. No id
+        // sorts before '', so that is where a first page starts.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            account_cols!(),
+            " FROM users
+              WHERE deleted_at IS NULL AND id > ?1
+                AND (?2 IS NULL OR instr(lower(id), ?2) > 0 OR instr(lower(name), ?2) > 0)
+              ORDER BY id LIMIT ?3"
+        ))
+        .bind(query.after.as_ref().map_or("", UserId::as_str))
+        .bind(query.text.as_deref().map(str::to_ascii_lowercase))
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.reader)
+        .await
+        .db()?;
+        Ok(rows.iter().map(account_from_row).collect::<Result<_>>()?)
+    }
+
+    async fn update_user(&self, id: &UserId, patch: &UserPatch, at: Timestamp) -> chat_core::Result<Option<User>> {
+        let roles = patch.roles.as_deref().map(codec::roles_to_db).transpose()?;
+        let row = sqlx::query(concat!(
+            "UPDATE users SET name = coalesce(?2, name),
+                              avatar_url = CASE WHEN ?3 THEN ?4 ELSE avatar_url END,
+                              roles = coalesce(?5, roles),
+                              profile_set_at = ?6
+             WHERE id = ?1 AND deleted_at IS NULL RETURNING ",
+            user_cols!()
+        ))
+        .bind(id.as_str())
+        .bind(patch.name.as_deref())
+        .bind(patch.avatar_url.is_some())
+        .bind(patch.avatar_url.as_ref().and_then(Option::as_deref))
+        .bind(roles)
+        .bind(at.as_millis())
+        .fetch_optional(&self.writer)
+        .await
+        .db()?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn set_user_active(&self, id: &UserId, active: bool) -> chat_core::Result<bool> {
+        let changed = sqlx::query("UPDATE users SET active = ?2 WHERE id = ?1 AND deleted_at IS NULL")
+            .bind(id.as_str())
+            .bind(active)
+            .execute(&self.writer)
+            .await
+            .db()?
+            .rows_affected();
+        Ok(changed > 0)
+    }
+
+    async fn revoke_tokens(&self, id: &UserId, at: Timestamp) -> chat_core::Result<bool> {
+        // Never back: a process whose clock is behind cannot let older
+        // tokens in again.
+        let changed = sqlx::query(
+            "UPDATE users SET tokens_revoked_at = max(coalesce(tokens_revoked_at, ?2), ?2)
+             WHERE id = ?1 AND deleted_at IS NULL",
+        )
+        .bind(id.as_str())
+        .bind(at.as_millis())
+        .execute(&self.writer)
+        .await
+        .db()?
+        .rows_affected();
+        Ok(changed > 0)
+    }
+
+    async fn delete_user(&self, id: &UserId, at: Timestamp) -> chat_core::Result<Option<Vec<RoomId>>> {
+        let id = id.as_str();
+        let rooms = self.write_tx(async move |conn: &mut SqliteConnection| {
+            let deleted = sqlx::query(
+                "UPDATE users SET deleted_at = ?2, name = ?3, avatar_url = NULL, roles = '[]'
+                 WHERE id = ?1 AND deleted_at IS NULL",
+            )
+            .bind(id)
+            .bind(at.as_millis())
+            .bind(chat_core::user::DELETED_USER_NAME)
+            .execute(&mut *conn)
+            .await
+            .db()?
+            .rows_affected();
+            if deleted == 0 {
+                return Ok(None);
+            }
+            sqlx::query(
+                "INSERT OR IGNORE INTO deleted_members (room_id, user_id, deleted_at)
+                 SELECT room_id, user_id, ?2 FROM members WHERE user_id = ?1",
+            )
+            .bind(id)
+            .bind(at.as_millis())
+            .execute(&mut *conn)
+            .await
+            .db()?;
+            let rooms: Vec<String> = sqlx::query_scalar("DELETE FROM members WHERE user_id = ?1 RETURNING room_id")
+                .bind(id)
+                .fetch_all(&mut *conn)
+                .await
+                .db()?;
+            Ok(Some(rooms))
+        });
+        let Some(rooms) = rooms.await? else { return Ok(None) };
+        Ok(Some(rooms.iter().map(|r| codec::room_id(r, "members.room_id")).collect::<Result<_>>()?))
+    }
+
+    async fn deleted_members(&self, room: RoomId) -> chat_core::Result<Vec<UserId>> {
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT user_id FROM deleted_members WHERE room_id = ?1 ORDER BY deleted_at, user_id")
+                .bind(room.to_string())
+                .fetch_all(&self.reader)
+                .await
+                .db()?;
+        Ok(ids.into_iter().map(|id| codec::user_id(id, "deleted_members.user_id")).collect::<Result<_>>()?)
+    }
+
+    async fn touch_user(&self, id: &UserId, at: Timestamp) -> chat_core::Result<Option<UserAccount>> {
+        let row = sqlx::query(concat!("UPDATE users SET last_seen = ?2 WHERE id = ?1 RETURNING ", account_cols!()))
+            .bind(id.as_str())
+            .bind(at.as_millis())
+            .fetch_optional(&self.writer)
+            .await
+            .db()?;
+        Ok(row.as_ref().map(account_from_row).transpose()?)
     }
 
     async fn create_room(&self, new: NewRoom, limits: MemberLimits) -> chat_core::Result<(Room, bool)> {

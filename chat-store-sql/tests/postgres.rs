@@ -75,6 +75,7 @@ async fn a_fresh_schema_is_migrated_once_even_by_racing_processes() {
             "bridge_jobs",
             "bridge_leases",
             "bridge_links",
+            "deleted_members",
             "members",
             "messages",
             "room_bans",
@@ -693,5 +694,47 @@ async fn the_upgrade_to_version_7_fills_in_what_it_adds() {
     assert_eq!(err.code().as_str(), "forbidden", "{err:?}");
     let one = chat_core::MemberLimits { max_own_rooms: 1, max_members: u64::MAX };
     store.create_room(group(&["x"]), one).await.expect("x was added to the team room, it is not their own");
+    store.close().await;
+}
+
+/// Migration 10 on a database without it (version 8, or 9 when the
+/// migration numbered before it is there): the users stored before are
+/// active, made at the upgrade, never seen, and listed by the new index.
+#[tokio::test]
+async fn the_upgrade_to_user_accounts_keeps_every_user_active() {
+    use chat_core::{Timestamp, UserListQuery};
+    let Some(schema) = TempSchema::create("the_upgrade_to_user_accounts_keeps_every_user_active").await else {
+        return;
+    };
+    let store = connect(&schema).await;
+    store.close().await;
+    let mut conn = raw(&schema).await;
+    run_all(
+        &mut conn,
+        &[
+            "DROP TABLE deleted_members",
+            "DROP INDEX users_listed",
+            "ALTER TABLE users DROP COLUMN created_at, DROP COLUMN last_seen, DROP COLUMN active,
+             DROP COLUMN tokens_revoked_at, DROP COLUMN profile_set_at, DROP COLUMN deleted_at",
+            "DELETE FROM _sqlx_migrations WHERE version = 10",
+            "INSERT INTO users (id, name, roles) VALUES ('ada', 'Ada', '{support}'), ('bob', 'Bob', '{}')",
+        ],
+    )
+    .await;
+    conn.close().await.expect("close the raw connection");
+
+    let before = Timestamp::now();
+    let store = connect(&schema).await;
+    let after = Timestamp::now();
+    assert_eq!(store.schema_version().await.expect("version"), Some(PostgresStore::SCHEMA_VERSION));
+    let ada = store.account(&uid("ada")).await.expect("account").expect("ada is kept");
+    assert_eq!(
+        (ada.user.name.as_str(), ada.user.roles.as_slice(), ada.active),
+        ("Ada", &["support".to_owned()][..], true)
+    );
+    assert!(before.as_secs() <= ada.created_at.as_secs() && ada.created_at <= after, "{ada:?}");
+    assert_eq!((ada.last_seen, ada.tokens_revoked_at, ada.profile_set_at), (None, None, None));
+    let all = store.list_accounts(&UserListQuery { after: None, text: None, limit: 10 }).await.expect("list");
+    assert_eq!(all.iter().map(|a| a.user.id.as_str()).collect::<Vec<_>>(), ["ada", "bob"]);
     store.close().await;
 }

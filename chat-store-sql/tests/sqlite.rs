@@ -440,3 +440,45 @@ async fn the_upgrade_to_version_7_indexes_the_stored_messages() {
     assert_eq!(store.search_messages(&query("tiramisu")).await.expect("search").results.len(), 1);
     store.close().await;
 }
+
+/// Migration 9 on a database without it (version 7, or 8 when the migration
+/// numbered before it is there): the users stored before are active, made
+/// at the upgrade, never seen, and go on being found and changed.
+#[tokio::test]
+async fn the_upgrade_to_user_accounts_keeps_every_user_active() {
+    use chat_core::{Timestamp, UserListQuery};
+    let (_dir, _, url) = support::temp_db();
+    let store = connect(&url).await;
+    store.close().await;
+    let mut conn = raw(&url).await;
+    for sql in [
+        "DROP TABLE deleted_members",
+        "ALTER TABLE users DROP COLUMN created_at",
+        "ALTER TABLE users DROP COLUMN last_seen",
+        "ALTER TABLE users DROP COLUMN active",
+        "ALTER TABLE users DROP COLUMN tokens_revoked_at",
+        "ALTER TABLE users DROP COLUMN profile_set_at",
+        "ALTER TABLE users DROP COLUMN deleted_at",
+        "DELETE FROM _sqlx_migrations WHERE version = 9",
+        "INSERT INTO users (id, name, roles) VALUES ('ada', 'Ada', '[\"support\"]'), ('bob', 'Bob', '[]')",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    }
+    conn.close().await.expect("close the raw connection");
+
+    let before = Timestamp::now();
+    let store = connect(&url).await;
+    let after = Timestamp::now();
+    let ada = store.account(&uid("ada")).await.expect("account").expect("ada is kept");
+    assert_eq!(
+        (ada.user.name.as_str(), ada.user.roles.as_slice(), ada.active),
+        ("Ada", &["support".to_owned()][..], true)
+    );
+    assert!(before.as_secs() <= ada.created_at.as_secs() && ada.created_at <= after, "{ada:?}");
+    assert_eq!((ada.last_seen, ada.tokens_revoked_at, ada.profile_set_at), (None, None, None));
+    let all = store.list_accounts(&UserListQuery { after: None, text: None, limit: 10 }).await.expect("list");
+    assert_eq!(all.iter().map(|a| a.user.id.as_str()).collect::<Vec<_>>(), ["ada", "bob"]);
+    assert!(store.delete_user(&uid("bob"), Timestamp::now()).await.expect("delete").is_some());
+    assert_eq!(store.search_users("b", 10).await.expect("search").len(), 0);
+    store.close().await;
+}

@@ -191,7 +191,8 @@ impl Authenticator for JwtAuthenticator {
             validate_roles(roles).map_err(|e| bad(&format!("roles: {e}")))?;
         }
         let expires_at = i64::try_from(claims.exp).ok().map(Timestamp::from_secs);
-        Ok(Identity { user_id, name: claims.name, roles: claims.roles, expires_at })
+        let issued_at = claims.iat.and_then(|iat| i64::try_from(iat).ok()).map(Timestamp::from_secs);
+        Ok(Identity { user_id, name: claims.name, roles: claims.roles, expires_at, issued_at })
     }
 }
 

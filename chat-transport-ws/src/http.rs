@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chat_core::command::SearchMessages;
 use chat_core::user::VISITOR_ROLE;
-use chat_core::{ErrorCode, HistoryQuery, Identity, JobStatus, RoomId, Timestamp, User, UserId};
+use chat_core::{ErrorCode, HistoryQuery, Identity, RoomId, User, UserId};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -22,7 +22,7 @@ use crate::error::ApiError;
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Parses a JSON body, answering a bad one in the contract's error format.
-fn body<T>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+pub(crate) fn body<T>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
     payload.map(|Json(v)| v).map_err(|rejection| match rejection {
         JsonRejection::BytesRejection(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
             ApiError::new(ErrorCode::TooLarge, "request body too large")
@@ -40,7 +40,7 @@ fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Parses an optional JSON body: no body at all means the defaults.
-fn optional_body<T: Default>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+pub(crate) fn optional_body<T: Default>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
     match payload {
         Err(JsonRejection::MissingJsonContentType(_)) => Ok(T::default()),
         other => body(other),
@@ -48,10 +48,13 @@ fn optional_body<T: Default>(payload: Result<Json<T>, JsonRejection>) -> ApiResu
 }
 
 /// The token issuer, or 503 when the server has no signing key.
-fn issuer(app: &AppState) -> ApiResult<&crate::TokenIssuer> {
+pub(crate) fn issuer(app: &AppState) -> ApiResult<&crate::TokenIssuer> {
     app.issuer.as_deref().ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "this server does not issue tokens"))
 }
 
+/// The identity of a request's bearer token, once the engine has checked
+/// that the store still accepts it (the user is not deleted or deactivated,
+/// the token not revoked): every route that takes a token comes here.
 async fn authenticate(app: &AppState, headers: &HeaderMap) -> ApiResult<Identity> {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -60,10 +63,12 @@ async fn authenticate(app: &AppState, headers: &HeaderMap) -> ApiResult<Identity
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim())
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing bearer token"))?;
-    Ok(app.auth.authenticate(token).await?)
+    let identity = app.auth.authenticate(token).await?;
+    app.engine.authorize(&identity).await?;
+    Ok(identity)
 }
 
-fn require_api_key(app: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+pub(crate) fn require_api_key(app: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     let Some(expected) = &app.config.api_key else {
         return Err(ApiError::new(ErrorCode::Unauthorized, "the admin API is disabled: set CHAT_API_KEY"));
     };
@@ -315,107 +320,10 @@ pub(crate) async fn dev_login(
     user.roles = request.roles;
     user.validate()?;
     let user = app.engine.upsert_user(user).await?;
+    let user = app.engine.token_subject(&user.id).await?;
     let (token, expires_at) = issuer.issue(&user, app.config.user_token_ttl)?;
     tracing::info!(user = %user.id, "dev login");
     Ok((StatusCode::CREATED, Json(json!({ "token": token, "user": user, "expires_at": expires_at }))).into_response())
-}
-
-#[derive(Deserialize)]
-pub(crate) struct AdminUser {
-    id: UserId,
-    name: String,
-    avatar_url: Option<String>,
-    #[serde(default)]
-    roles: Vec<String>,
-}
-
-pub(crate) async fn admin_upsert_user(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    payload: Result<Json<AdminUser>, JsonRejection>,
-) -> ApiResult<Response> {
-    require_api_key(&app, &headers)?;
-    let req = body(payload)?;
-    let user = User { id: req.id, name: req.name, avatar_url: req.avatar_url, roles: req.roles };
-    let user = app.engine.upsert_user(user).await?;
-    Ok(Json(json!({ "user": user })).into_response())
-}
-
-#[derive(Deserialize, Default)]
-pub(crate) struct TokenRequest {
-    ttl_s: Option<u64>,
-}
-
-pub(crate) async fn admin_token(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    payload: Result<Json<TokenRequest>, JsonRejection>,
-) -> ApiResult<Response> {
-    require_api_key(&app, &headers)?;
-    let request = optional_body(payload)?;
-    let issuer = issuer(&app)?;
-    let id = UserId::new(id)?;
-    let user = app.engine.store().user(&id).await?.ok_or(chat_core::Error::NotFound("user"))?;
-    let ttl = match request.ttl_s {
-        Some(0) => return Err(ApiError::new(ErrorCode::Invalid, "ttl_s must be at least 1")),
-        Some(s) if s > 366 * 24 * 3600 => {
-            return Err(ApiError::new(ErrorCode::Invalid, "ttl_s must be at most a year"));
-        }
-        Some(s) => Duration::from_secs(s),
-        None => app.config.user_token_ttl,
-    };
-    let (token, expires_at): (String, Timestamp) = issuer.issue(&user, ttl)?;
-    Ok(Json(json!({ "token": token, "expires_at": expires_at })).into_response())
-}
-
-#[derive(Deserialize)]
-pub(crate) struct JobsParams {
-    status: Option<String>,
-    limit: Option<u32>,
-}
-
-/// Most jobs one listing returns.
-const MAX_JOBS_PAGE: u32 = 1000;
-
-/// `GET /v1/admin/bridges/{bridge}/jobs?status=failed|pending&limit=N`: a
-/// bridge's outbox jobs, oldest first (failed ones unless asked otherwise).
-pub(crate) async fn admin_bridge_jobs(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(bridge): Path<String>,
-    params: Result<Query<JobsParams>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Response> {
-    require_api_key(&app, &headers)?;
-    let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::Invalid, e.body_text()))?;
-    let status = match params.status.as_deref() {
-        None => JobStatus::Failed,
-        Some(s) => {
-            JobStatus::parse(s).ok_or_else(|| ApiError::new(ErrorCode::Invalid, "status must be failed or pending"))?
-        }
-    };
-    let limit = match params.limit {
-        Some(0) => return Err(ApiError::new(ErrorCode::Invalid, "limit must be at least 1")),
-        Some(n) => n.min(MAX_JOBS_PAGE),
-        None => 100,
-    };
-    let jobs = app.engine.bridge_jobs(&bridge, status, limit).await?;
-    Ok(Json(json!({ "jobs": jobs })).into_response())
-}
-
-/// `POST /v1/admin/bridges/{bridge}/jobs/{id}/retry`: runs a failed job
-/// again, at once. 404 when the bridge has no failed job with that id.
-pub(crate) async fn admin_retry_bridge_job(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path((bridge, id)): Path<(String, String)>,
-) -> ApiResult<Response> {
-    require_api_key(&app, &headers)?;
-    let id: i64 = id.parse().map_err(|_| ApiError::new(ErrorCode::Invalid, "the job id must be a number"))?;
-    if !app.engine.retry_bridge_job(&bridge, id).await? {
-        return Err(ApiError::new(ErrorCode::NotFound, "no failed job with that id"));
-    }
-    Ok(Json(json!({ "retried": true, "id": id })).into_response())
 }
 
 pub(crate) async fn not_found() -> ApiError {

@@ -34,6 +34,7 @@
 //! # }
 //! ```
 
+mod admin;
 pub mod auth;
 mod config;
 pub mod error;
@@ -183,10 +184,14 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .route("/v1/rooms/{id}/messages", get(http::room_messages))
         .route("/v1/search/messages", get(http::search_messages))
         .route("/v1/visitor-sessions", post(http::visitor_session))
-        .route("/v1/admin/users", post(http::admin_upsert_user))
-        .route("/v1/admin/users/{id}/tokens", post(http::admin_token))
-        .route("/v1/admin/bridges/{bridge}/jobs", get(http::admin_bridge_jobs))
-        .route("/v1/admin/bridges/{bridge}/jobs/{id}/retry", post(http::admin_retry_bridge_job))
+        .route("/v1/admin/users", get(admin::list_users).post(admin::upsert_user))
+        .route("/v1/admin/users/{id}", get(admin::get_user).patch(admin::patch_user).delete(admin::delete_user))
+        .route("/v1/admin/users/{id}/deactivate", post(admin::deactivate_user))
+        .route("/v1/admin/users/{id}/reactivate", post(admin::reactivate_user))
+        .route("/v1/admin/users/{id}/revoke-tokens", post(admin::revoke_tokens))
+        .route("/v1/admin/users/{id}/tokens", post(admin::make_token))
+        .route("/v1/admin/bridges/{bridge}/jobs", get(admin::bridge_jobs))
+        .route("/v1/admin/bridges/{bridge}/jobs/{id}/retry", post(admin::retry_bridge_job))
         .merge(extra)
         .fallback(http::not_found)
         .layer(DefaultBodyLimit::max(limit))

@@ -440,6 +440,8 @@ async fn open(
         Ok(opened) => opened,
         Err(err) => {
             let (code, reason) = match &err {
+                // Deleted, deactivated or revoked, as the store has it.
+                Error::Unauthorized(msg) => (close_code::AUTH_FAILED, msg.clone()),
                 Error::RateLimited(msg) => (close_code::RATE_LIMITED, msg.clone()),
                 Error::Unavailable(_) => (close_code::TRY_AGAIN_LATER, "service temporarily unavailable".to_owned()),
                 other => (close_code::INTERNAL, other.to_string()),

@@ -366,7 +366,8 @@ function renderHeader() {
   $('room-title').replaceChildren(...roomTitleNodes(summary));
   $('room-topic').textContent = summary.topic || '';
   $('room-topic').hidden = !summary.topic;
-  const members = [...roomState(current).members.values()].map((u) => isolated(u.name));
+  // Deleted users are listed only to name the messages they left.
+  const members = [...roomState(current).members.values()].filter((u) => !u.deleted).map((u) => isolated(u.name));
   $('room-members').replaceChildren(
     ...(members.length ? [`${members.length} members: `, ...joined(members, ', ')] : []),
   );

@@ -28,7 +28,13 @@ export interface User {
   id: string;
   name: string;
   avatar_url?: string;
-  roles: string[];
+  /** Absent for a deleted user. */
+  roles?: string[];
+  /**
+   * `true` for a user an operator deleted: `{"id","name":"Deleted user","deleted":true}`.
+   * `room:join` lists them after the members, to name the messages they left.
+   */
+  deleted?: true;
 }
 
 export type RoomKind = 'direct' | 'group' | 'support';

@@ -481,3 +481,44 @@ async fn processes_started_before_nats_join_when_it_comes() {
 async fn processes_started_before_redis_join_when_it_comes() {
     broker_comes_later("processes_started_before_redis_join_when_it_comes", Kind::Redis).await;
 }
+
+/// An admin call with the test API key to one process: its status.
+async fn admin_post(process: &ServerProcess, path: &str) -> u16 {
+    let response = http_client()
+        .post(format!("http://{}{path}", process.addr))
+        .header("x-api-key", support::API_KEY)
+        .send()
+        .await
+        .expect("POST");
+    response.status().as_u16()
+}
+
+/// Whether `process` refuses a session of `user` with 4401.
+async fn refuses(process: &ServerProcess, user: &str) -> bool {
+    let headers = [("authorization", format!("Bearer {}", support::token(user)))];
+    let mut client = Client::open(process.addr, "/v1/ws", &headers).await.expect("the upgrade");
+    matches!(client.read(Instant::now() + support::WAIT).await, support::Read::Closed(Some((4401, _))))
+}
+
+/// A deactivation through one process closes the user's session on another
+/// at once, and every process refuses them until a reactivation through a
+/// third (section 9 with section 11: the store is where it is decided, the
+/// broker tells the sessions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deactivation_on_one_process_closes_a_session_on_another() {
+    let Some(cluster) = Cluster::start("a_deactivation_on_one_process_closes", Kind::Nats).await else { return };
+    let [a, b, c] = [&cluster.processes[0], &cluster.processes[1], &cluster.processes[2]];
+    let mut mallory = b.connect("mallory").await;
+    let mut alice = b.connect("alice").await;
+    let started = Instant::now();
+    assert_eq!(admin_post(a, "/v1/admin/users/mallory/deactivate").await, 204);
+    mallory.expect_close_within(4401, Duration::from_secs(2)).await;
+    assert!(started.elapsed() < Duration::from_secs(2), "closed within {:?}", started.elapsed());
+    alice.ok("ping", json!({})).await;
+    for process in [a, b, c] {
+        assert!(refuses(process, "mallory").await, "{} lets mallory in:\n{}", process.addr, cluster.logs());
+    }
+    assert_eq!(admin_post(c, "/v1/admin/users/mallory/reactivate").await, 204);
+    let mut back = b.connect("mallory").await;
+    back.ok("ping", json!({})).await;
+}

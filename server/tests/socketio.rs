@@ -811,3 +811,30 @@ async fn a_polling_client_that_stops_polling_is_cut_as_a_slow_consumer() {
     sender.ok("ping", json!({})).await;
     server.stop().await.expect("stops cleanly");
 }
+
+/// A Socket.IO client whose tokens are revoked through the admin API is
+/// disconnected as a native one is (4401), and its next connect with the
+/// same token is refused with a `connect_error` saying why; a token made
+/// afterwards connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socketio_client_is_refused_after_its_tokens_are_revoked() {
+    let server = TestServer::start().await;
+    let old = token("ada");
+    let mut eio = Eio::connect(server.addr, &old, None).await;
+    assert_eq!(eio.ready["user"]["id"], "ada");
+    let (status, body) = server.post("/v1/admin/users/ada/revoke-tokens", &json!({}), Some(API_KEY)).await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(eio.close_code(WAIT).await, Some(4401));
+
+    let (mut eio, _) = Eio::open(server.addr, None).await;
+    eio.send(format!("40{}", json!({ "token": old }))).await;
+    let refused = eio.packet().await;
+    assert_eq!(refused, r#"44{"message":"unauthorized: token revoked"}"#);
+    let (status, body) = server.post("/v1/admin/users/ada/tokens", &json!({}), Some(API_KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    let fresh = body["token"].as_str().expect("token");
+    eio.send(format!("40{}", json!({ "token": fresh }))).await;
+    assert!(eio.packet().await.starts_with("40{"), "a token made after the revocation connects");
+    assert_eq!(eio.expect_event("ready").await["user"]["id"], "ada");
+    server.stop().await.expect("stops cleanly");
+}

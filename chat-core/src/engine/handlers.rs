@@ -61,6 +61,15 @@ pub struct SupportQueuePage {
     pub next: Option<String>,
 }
 
+/// The store refuses to write a deleted user (`conflict`): for a session
+/// opening, that is a user deleted since their account was read.
+fn deleted_meanwhile(err: Error) -> Error {
+    match err {
+        Error::Conflict(_) => Error::Unauthorized("the user was deleted".into()),
+        other => other,
+    }
+}
+
 /// Writes a queue cursor as the opaque text clients pass back.
 pub(crate) fn encode_queue_cursor(cursor: QueueCursor) -> String {
     format!("{}.{}", cursor.waiting_since.as_millis(), cursor.room_id)
@@ -84,30 +93,35 @@ impl Inner {
         if !self.accepting.load(Ordering::SeqCst) {
             return Err(Error::unavailable("the server is shutting down"));
         }
-        let stored = self.store.user(&identity.user_id).await?;
-        let user = match stored {
-            Some(mut user) => {
+        // The store's word on these credentials, and the user as stored.
+        let user = match self.store.account(&identity.user_id).await? {
+            Some(account) => {
+                account.admits(&identity)?;
+                let claims_apply = account.claims_apply(&identity);
+                let mut user = account.user;
                 let mut changed = false;
-                if let Some(name) = identity.name.filter(|n| *n != user.name) {
-                    user.name = name;
-                    changed = true;
-                }
-                if let Some(roles) = identity.roles.filter(|r| *r != user.roles) {
-                    user.roles = roles;
-                    changed = true;
+                if claims_apply {
+                    if let Some(name) = identity.name.as_ref().filter(|n| **n != user.name) {
+                        user.name.clone_from(name);
+                        changed = true;
+                    }
+                    if let Some(roles) = identity.roles.as_ref().filter(|r| **r != user.roles) {
+                        user.roles.clone_from(roles);
+                        changed = true;
+                    }
                 }
                 if changed {
                     user.validate()?;
-                    self.store.upsert_user(&user).await?;
+                    self.store.upsert_user(&user).await.map_err(deleted_meanwhile)?;
                 }
                 user
             }
             None => {
-                let name = identity.name.unwrap_or_else(|| identity.user_id.to_string());
+                let name = identity.name.clone().unwrap_or_else(|| identity.user_id.to_string());
                 let mut user = User::new(identity.user_id.clone(), name);
-                user.roles = identity.roles.unwrap_or_default();
+                user.roles = identity.roles.clone().unwrap_or_default();
                 user.validate()?;
-                self.store.upsert_user(&user).await?;
+                self.store.upsert_user(&user).await.map_err(deleted_meanwhile)?;
                 user
             }
         };
@@ -118,16 +132,41 @@ impl Inner {
         if self.hub.register(shared.clone(), limits.max_connections_per_user).is_err() {
             return Err(Error::RateLimited("too many open connections for this user".into()));
         }
-        self.presence.connect(&user);
-        self.keepalives.add(shared.id);
         if let Some(cluster) = &self.cluster {
             // Events for the user from other processes (`room:added`, a
-            // removal) reach this session from the `ready` frame on.
+            // removal, the end of their sessions) reach this session from
+            // here on.
             cluster.interest_changed(crate::broker::Topic::User(user.id.clone())).await;
         }
+        // Asked again now that the session can be ended from anywhere: a
+        // deactivation, revocation or deletion committed after the read
+        // above either shows here, or ends this session through
+        // `Engine::end_sessions` once it is registered. The same write
+        // records when the user was last seen.
+        let refused = match self.store.touch_user(&user.id, Timestamp::now()).await {
+            Ok(Some(account)) => account.admits(&identity).err(),
+            Ok(None) => Some(Error::Unauthorized("the user was deleted".into())),
+            Err(err) => Some(err),
+        };
+        if let Some(err) = refused {
+            self.forget_session(&shared);
+            return Err(err);
+        }
+        self.presence.connect(&user);
+        self.keepalives.add(shared.id);
         let ready = Ready { session_id: shared.id, user: User::clone(&user), rooms, server_time: Timestamp::now() };
         let session = Session::new(self.clone(), shared, identity.expires_at, transport);
         Ok((session, ready))
+    }
+
+    /// Undoes the registration of a session that is refused before it
+    /// opened (it was never counted online, nor joined a room).
+    fn forget_session(&self, shared: &SessionShared) {
+        let (last, emptied) = self.hub.unregister(shared.id);
+        self.rooms_emptied(&emptied);
+        if last && let Some(cluster) = &self.cluster {
+            cluster.interest_note(crate::broker::Topic::User(shared.user_id().clone()));
+        }
     }
 
     /// Counts a room creation or invitation against the user's allowance.
@@ -161,7 +200,9 @@ impl Inner {
         let mut seen = HashSet::new();
         let others: Vec<UserId> =
             req.members.into_iter().filter(|u| *u != ctx.user.id && seen.insert(u.clone())).collect();
-        let known = self.store.users(&others).await?;
+        let mut known = self.store.users(&others).await?;
+        // A deleted user is known no more.
+        known.retain(|u| !u.deleted);
         if known.len() != others.len() {
             return Err(Error::NotFound("user"));
         }

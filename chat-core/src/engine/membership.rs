@@ -123,7 +123,10 @@ impl Inner {
         }
         let members = self.store.members(room_id).await?;
         let ids: Vec<UserId> = members.iter().map(|m| m.user_id.clone()).collect();
-        let users = self.store.users(&ids).await?;
+        let mut users = self.store.users(&ids).await?;
+        // Deleted users are no members, but their messages stay: the list
+        // names them, as deleted, so that a client can show who wrote those.
+        users.extend(self.store.deleted_members(room_id).await?.into_iter().map(User::deleted));
         let roles = members.iter().map(|m| (m.user_id.clone(), m.role)).collect();
         let receipts = members
             .into_iter()
@@ -152,21 +155,21 @@ impl Inner {
         if !self.store.remove_member(room_id, &ctx.user.id).await? {
             return Err(Error::NotMember);
         }
-        self.member_gone(ctx, room_id, &ctx.user.id).await;
+        self.member_removed(room_id, &ctx.user.id).await;
+        self.announce_left(room_id, &ctx.user.id, ctx.bridge.as_deref()).await;
         Ok(Reply::empty())
     }
 
-    /// After the store removed `user_id` from a room (they left, or
-    /// `ctx.user` removed them): their sessions everywhere leave it, their
-    /// typing ends, and the others and the bridges hear `user:left`.
-    pub(crate) async fn member_gone(&self, ctx: &Ctx, room_id: RoomId, user_id: &UserId) {
-        self.member_removed(room_id, user_id).await;
+    /// After a user left or was removed from a room (and
+    /// [`Inner::member_removed`]): their typing there ends, the other members
+    /// get `user:left`, bridges `MemberRemoved`.
+    pub(crate) async fn announce_left(&self, room_id: RoomId, user_id: &UserId, origin: Option<&str>) {
         if self.typing.stop(room_id, user_id) {
             self.publish_typing(room_id, user_id.clone(), false).await;
         }
         let audience = Audience::Room { room_id, except_session: None, except_user: Some(user_id.clone()) };
         self.publish(audience, Event::UserLeft(UserLeft { room_id, user_id: user_id.clone() })).await;
-        self.notify_bridges(BridgeEvent::MemberRemoved { room_id, user_id: user_id.clone() }, ctx.bridge.as_deref());
+        self.notify_bridges(BridgeEvent::MemberRemoved { room_id, user_id: user_id.clone() }, origin);
     }
 
     /// After the store removed a member: their sessions here and on every
@@ -175,24 +178,33 @@ impl Inner {
     /// caller's reply can reach those sessions: it is published to the
     /// room's topic after this.
     pub(crate) async fn member_removed(&self, room_id: RoomId, user_id: &UserId) {
-        let control = Control::MemberRemoved { room_id, user_id: user_id.clone(), notify: true };
+        self.removed_from_rooms(user_id, &[room_id]).await;
+    }
+
+    /// [`Inner::member_removed`] for several rooms at once (a deleted user
+    /// leaves all of theirs), waiting for the broker once.
+    pub(crate) async fn removed_from_rooms(&self, user_id: &UserId, rooms: &[RoomId]) {
+        let control = |room_id, notify| Control::MemberRemoved { room_id, user_id: user_id.clone(), notify };
         if let Some(cluster) = &self.cluster {
-            let on_room = Control::MemberRemoved { room_id, user_id: user_id.clone(), notify: false };
-            cluster.publish_control(Topic::Room(room_id), &on_room);
-            cluster.publish_control(Topic::User(user_id.clone()), &control);
+            for &room_id in rooms {
+                cluster.publish_control(Topic::Room(room_id), &control(room_id, false));
+                cluster.publish_control(Topic::User(user_id.clone()), &control(room_id, true));
+            }
             if let Err(err) = cluster.flush(self.config.cluster.flush_timeout).await {
                 // The store refuses the user's sends and reads already; only
                 // their sessions elsewhere may see the room a little longer.
-                tracing::warn!(room = %room_id, user = %user_id, error = %err, "a removal may reach other processes late");
+                tracing::warn!(rooms = rooms.len(), user = %user_id, error = %err, "a removal may reach other processes late");
             }
         }
-        self.apply_control(control);
+        for &room_id in rooms {
+            self.apply_control(control(room_id, true));
+        }
     }
 
     pub(crate) async fn invite(&self, ctx: &Ctx, req: Invite) -> Result<Reply> {
         self.require_member(ctx, req.room_id).await?;
         let room = self.room_or_404(req.room_id).await?;
-        let user = self.store.user(&req.user_id).await?.ok_or(Error::NotFound("user"))?;
+        let user = self.store.user(&req.user_id).await?.filter(|u| !u.deleted).ok_or(Error::NotFound("user"))?;
         if user.is_visitor() {
             return Err(Error::forbidden("visitors can only be in their own support room"));
         }

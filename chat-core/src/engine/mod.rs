@@ -23,6 +23,7 @@ mod session;
 #[cfg(test)]
 mod tests;
 mod typing;
+mod users;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,7 @@ use tokio::task::JoinHandle;
 pub use handlers::SupportQueuePage;
 pub use hub::CloseReason;
 pub use session::{CloseSignal, Output, Ready, Ref, Session};
+pub use users::{AccountPage, DEFAULT_USER_PAGE, MAX_USER_PAGE};
 
 use self::committer::CommitJob;
 use self::expiry::ExpiryQueue;
@@ -229,10 +231,13 @@ impl Engine {
         &self.inner.config
     }
 
-    /// Opens a session for an authenticated identity: records the user (name
-    /// and roles from the credentials win over stored ones), registers the
-    /// session and marks the user online. Returns the session and the data of
-    /// its `ready` frame.
+    /// Opens a session for an authenticated identity: checks that the store
+    /// still accepts the credentials (`unauthorized` for a deleted or
+    /// deactivated user, or a revoked token; see `users.rs`), records the
+    /// user (name and roles from the credentials win over stored ones,
+    /// unless an operator set the user's profile after the credentials were
+    /// issued), registers the session and marks the user online. Returns the
+    /// session and the data of its `ready` frame.
     ///
     /// The session is counted under the transport `"other"`; a transport
     /// that wants its own line in the metrics and `/health` uses
@@ -249,7 +254,8 @@ impl Engine {
         self.inner.open_session(identity, transport).await
     }
 
-    /// Creates or updates a user (the admin API).
+    /// Creates or updates a user (visitors, dev login). `conflict` for a
+    /// deleted user. The admin API uses [`Engine::put_user`].
     pub async fn upsert_user(&self, user: User) -> Result<User> {
         user.validate()?;
         self.inner.store.upsert_user(&user).await?;
@@ -280,15 +286,9 @@ impl Engine {
         self.inner.presence.online_users()
     }
 
-    /// The user an HTTP request acts as: as stored, with the roles of the
-    /// credentials when they name any (as a session's opening does).
+    /// The user an HTTP request acts as: [`Engine::authorize`].
     async fn acting_user(&self, identity: &Identity) -> Result<User> {
-        let stored = self.inner.store.user(&identity.user_id).await?;
-        let mut user = stored.unwrap_or_else(|| User::new(identity.user_id.clone(), identity.user_id.to_string()));
-        if let Some(roles) = &identity.roles {
-            user.roles.clone_from(roles);
-        }
-        Ok(user)
+        self.authorize(identity).await
     }
 
     /// [`Engine::online_users`], for the holder of `identity`: visitors are
@@ -603,6 +603,7 @@ impl Inner {
             if let Some(cluster) = &self.cluster {
                 cluster.interest_note(crate::broker::Topic::User(shared.user_id().clone()));
             }
+            self.record_last_seen(shared.user_id());
             let rooms = self.typing.stop_user(shared.user_id());
             if !rooms.is_empty() {
                 let inner = self.clone();
@@ -616,6 +617,25 @@ impl Inner {
                 }
             }
         }
+    }
+}
+
+impl Inner {
+    /// Records when a user's last session here closed, in the background (a
+    /// session ends in its `Drop`). Skipped at shutdown, when the store is
+    /// closing: the time of their last connect stays.
+    fn record_last_seen(self: &Arc<Self>, user: &UserId) {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let inner = self.clone();
+        let user = user.clone();
+        rt.spawn(async move {
+            if let Err(err) = inner.store.touch_user(&user, crate::time::Timestamp::now()).await {
+                tracing::debug!(%user, error = %err, "last seen not recorded");
+            }
+        });
     }
 }
 

@@ -122,7 +122,8 @@ impl Inner {
             self.store.remove_member(room.id, &req.user_id).await?
         };
         if removed {
-            self.member_gone(ctx, room.id, &req.user_id).await;
+            self.member_removed(room.id, &req.user_id).await;
+            self.announce_left(room.id, &req.user_id, ctx.bridge.as_deref()).await;
         } else if !req.ban {
             // Someone else removed them in the meantime.
             return Err(Error::NotFound("member"));

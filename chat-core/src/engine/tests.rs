@@ -29,10 +29,11 @@ use crate::presence::{OnlineUser, PresenceStatus};
 use crate::room::{Member, MemberRole, NewRoom, ReceiptKind, Room, RoomKind, RoomSummary, Visibility};
 use crate::store::{Joining, MemberLimits, MemoryStore, QueueCursor, QueuedRoom, Store};
 use crate::time::Timestamp;
-use crate::user::{Identity, User};
+use crate::user::{Identity, User, UserAccount, UserListQuery, UserPatch};
 
 mod cluster;
 mod moderation;
+mod users;
 
 /// How long to wait for something that should come.
 const WAIT: Duration = Duration::from_secs(5);
@@ -778,6 +779,30 @@ impl Store for Laggy {
     }
     async fn search_users(&self, query: &str, limit: u32) -> Result<Vec<User>> {
         self.inner.search_users(query, limit).await
+    }
+    async fn account(&self, id: &UserId) -> Result<Option<UserAccount>> {
+        self.inner.account(id).await
+    }
+    async fn list_accounts(&self, query: &UserListQuery) -> Result<Vec<UserAccount>> {
+        self.inner.list_accounts(query).await
+    }
+    async fn update_user(&self, id: &UserId, patch: &UserPatch, at: Timestamp) -> Result<Option<User>> {
+        self.inner.update_user(id, patch, at).await
+    }
+    async fn set_user_active(&self, id: &UserId, active: bool) -> Result<bool> {
+        self.inner.set_user_active(id, active).await
+    }
+    async fn revoke_tokens(&self, id: &UserId, at: Timestamp) -> Result<bool> {
+        self.inner.revoke_tokens(id, at).await
+    }
+    async fn delete_user(&self, id: &UserId, at: Timestamp) -> Result<Option<Vec<RoomId>>> {
+        self.inner.delete_user(id, at).await
+    }
+    async fn deleted_members(&self, room: RoomId) -> Result<Vec<UserId>> {
+        self.inner.deleted_members(room).await
+    }
+    async fn touch_user(&self, id: &UserId, at: Timestamp) -> Result<Option<UserAccount>> {
+        self.inner.touch_user(id, at).await
     }
     async fn create_room(&self, room: NewRoom, limits: MemberLimits) -> Result<(Room, bool)> {
         self.inner.create_room(room, limits).await

@@ -14,7 +14,7 @@ use crate::message::{Appended, HistoryPage, HistoryQuery, Message, NewMessage};
 use crate::room::{Ban, Member, MemberRole, NewRoom, ReceiptKind, Room, RoomChanges, RoomKind, RoomSummary};
 use crate::search::{SearchHit, SearchPage, SearchQuery};
 use crate::time::Timestamp;
-use crate::user::User;
+use crate::user::{User, UserAccount, UserListQuery, UserPatch};
 
 /// Keeps everything in one mutex-guarded map set. Every method holds the lock
 /// only for in-memory work, never across an await.
@@ -25,7 +25,8 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct State {
-    users: HashMap<UserId, User>,
+    /// Every user ever stored, deleted ones as [`User::deleted`].
+    users: HashMap<UserId, UserAccount>,
     rooms: HashMap<RoomId, RoomState>,
     direct: HashMap<String, RoomId>,
     memberships: HashMap<UserId, HashSet<RoomId>>,
@@ -33,6 +34,8 @@ struct State {
     own_rooms: HashMap<UserId, u64>,
     /// Each creator's open support room.
     open_support: HashMap<UserId, RoomId>,
+    /// Per room, the users deleted while they were members, in deletion order.
+    deleted_members: HashMap<RoomId, Vec<UserId>>,
     /// Bridge jobs by id; ids only grow, so the map is in enqueue order.
     jobs: BTreeMap<i64, Job>,
     last_job_id: i64,
@@ -88,6 +91,11 @@ impl State {
         true
     }
 
+    /// A user who is not deleted, to change.
+    fn live_user_mut(&mut self, id: &UserId) -> Option<&mut UserAccount> {
+        self.users.get_mut(id).filter(|a| !a.user.deleted)
+    }
+
     fn own_room_count(&self, user: &UserId) -> u64 {
         self.own_rooms.get(user).copied().unwrap_or(0)
     }
@@ -133,33 +141,118 @@ impl MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn upsert_user(&self, user: &User) -> Result<()> {
-        self.lock().users.insert(user.id.clone(), user.clone());
-        Ok(())
+        let mut state = self.lock();
+        match state.users.get_mut(&user.id) {
+            Some(account) if account.user.deleted => Err(Error::conflict("the user was deleted")),
+            Some(account) => {
+                account.user = User { deleted: false, ..user.clone() };
+                Ok(())
+            }
+            None => {
+                let account = UserAccount {
+                    user: User { deleted: false, ..user.clone() },
+                    active: true,
+                    created_at: Timestamp::now(),
+                    last_seen: None,
+                    tokens_revoked_at: None,
+                    profile_set_at: None,
+                };
+                state.users.insert(user.id.clone(), account);
+                Ok(())
+            }
+        }
     }
 
     async fn user(&self, id: &UserId) -> Result<Option<User>> {
-        Ok(self.lock().users.get(id).cloned())
+        Ok(self.lock().users.get(id).map(|a| a.user.clone()))
     }
 
     async fn users(&self, ids: &[UserId]) -> Result<Vec<User>> {
         let state = self.lock();
-        Ok(ids.iter().filter_map(|id| state.users.get(id).cloned()).collect())
+        Ok(ids.iter().filter_map(|id| state.users.get(id).map(|a| a.user.clone())).collect())
     }
 
     async fn search_users(&self, query: &str, limit: u32) -> Result<Vec<User>> {
         let needle = query.to_ascii_lowercase();
         let state = self.lock();
-        let mut found: Vec<User> = state
-            .users
-            .values()
-            .filter(|u| {
-                u.id.as_str().to_ascii_lowercase().contains(&needle) || u.name.to_ascii_lowercase().contains(&needle)
-            })
-            .cloned()
-            .collect();
+        let mut found: Vec<User> =
+            state.users.values().map(|a| &a.user).filter(|u| !u.deleted && user_matches(u, &needle)).cloned().collect();
         found.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
         found.truncate(limit as usize);
         Ok(found)
+    }
+
+    async fn account(&self, id: &UserId) -> Result<Option<UserAccount>> {
+        Ok(self.lock().users.get(id).cloned())
+    }
+
+    async fn list_accounts(&self, query: &UserListQuery) -> Result<Vec<UserAccount>> {
+        let needle = query.text.as_deref().map(str::to_ascii_lowercase);
+        let state = self.lock();
+        let mut found: Vec<&UserAccount> = state
+            .users
+            .values()
+            .filter(|a| !a.user.deleted)
+            .filter(|a| query.after.as_ref().is_none_or(|after| a.user.id.as_str() > after.as_str()))
+            .filter(|a| needle.as_deref().is_none_or(|n| user_matches(&a.user, n)))
+            .collect();
+        found.sort_by(|a, b| a.user.id.as_str().cmp(b.user.id.as_str()));
+        Ok(found.into_iter().take(query.limit as usize).cloned().collect())
+    }
+
+    async fn update_user(&self, id: &UserId, patch: &UserPatch, at: Timestamp) -> Result<Option<User>> {
+        let mut state = self.lock();
+        let Some(account) = state.live_user_mut(id) else { return Ok(None) };
+        account.user = patch.apply(account.user.clone());
+        account.profile_set_at = Some(at);
+        Ok(Some(account.user.clone()))
+    }
+
+    async fn set_user_active(&self, id: &UserId, active: bool) -> Result<bool> {
+        let mut state = self.lock();
+        let Some(account) = state.live_user_mut(id) else { return Ok(false) };
+        account.active = active;
+        Ok(true)
+    }
+
+    async fn revoke_tokens(&self, id: &UserId, at: Timestamp) -> Result<bool> {
+        let mut state = self.lock();
+        let Some(account) = state.live_user_mut(id) else { return Ok(false) };
+        // Never back: a process whose clock is behind cannot let older
+        // tokens in again.
+        account.tokens_revoked_at = account.tokens_revoked_at.max(Some(at));
+        Ok(true)
+    }
+
+    async fn delete_user(&self, id: &UserId, at: Timestamp) -> Result<Option<Vec<RoomId>>> {
+        // The order of deletions is the order of calls; `at` is not kept.
+        let _ = at;
+        let mut state = self.lock();
+        let Some(account) = state.live_user_mut(id) else { return Ok(None) };
+        account.user = User::deleted(id.clone());
+        let rooms: Vec<RoomId> = state.memberships.remove(id).map(|set| set.into_iter().collect()).unwrap_or_default();
+        for room in &rooms {
+            if let Some(rs) = state.rooms.get_mut(room)
+                && let Some(pos) = rs.member_pos.remove(id)
+            {
+                rs.members.remove(&pos);
+                rs.self_joined.remove(id);
+            }
+            state.deleted_members.entry(*room).or_default().push(id.clone());
+        }
+        state.own_rooms.remove(id);
+        Ok(Some(rooms))
+    }
+
+    async fn deleted_members(&self, room: RoomId) -> Result<Vec<UserId>> {
+        Ok(self.lock().deleted_members.get(&room).cloned().unwrap_or_default())
+    }
+
+    async fn touch_user(&self, id: &UserId, at: Timestamp) -> Result<Option<UserAccount>> {
+        let mut state = self.lock();
+        let Some(account) = state.users.get_mut(id) else { return Ok(None) };
+        account.last_seen = Some(at);
+        Ok(Some(account.clone()))
     }
 
     async fn create_room(&self, new: NewRoom, limits: MemberLimits) -> Result<(Room, bool)> {
@@ -553,6 +646,12 @@ impl Store for MemoryStore {
     async fn ping(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// Whether a user's id or name contains `needle` (already in ASCII lower
+/// case), ignoring ASCII case.
+fn user_matches(user: &User, needle: &str) -> bool {
+    user.id.as_str().to_ascii_lowercase().contains(needle) || user.name.to_ascii_lowercase().contains(needle)
 }
 
 impl State {

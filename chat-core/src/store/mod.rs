@@ -32,6 +32,13 @@
 //! - **Cursors** only move forward; reading implies delivery.
 //! - **Search** ([`Store::search_messages`]) finds current text only: an
 //!   edit or a delete changes what matches in the transaction that makes it.
+//! - **Accounts** ([`UserAccount`]) are the store's word on whose
+//!   credentials are accepted; the engine reads them when a session opens
+//!   and again, with [`Store::touch_user`], once the session is registered,
+//!   so that no process trusts what it remembers. A deleted user stays
+//!   deleted: [`Store::upsert_user`] refuses them, [`Store::delete_user`]
+//!   forgets their profile and removes every membership in one transaction,
+//!   and every read hands them out as [`User::deleted`].
 //! - **Errors** are classified: an unreachable backend is
 //!   [`Error::Unavailable`](crate::Error::Unavailable), never a panic, and no
 //!   backend text reaches a client through `Display`.
@@ -131,24 +138,70 @@ pub struct QueuedRoom {
     pub waiting_since: Timestamp,
 }
 use crate::time::Timestamp;
-use crate::user::User;
+use crate::user::{User, UserAccount, UserListQuery, UserPatch};
 
 /// Persistence for everything the engine knows. See the [module docs](self) for
 /// the rules an implementation must keep.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Creates a user or replaces the name, avatar and roles of an existing one.
+    /// Creates a user (active, created now) or replaces the name, avatar and
+    /// roles of an existing one. A deleted user is
+    /// [`Error::Conflict`](crate::Error::Conflict): nothing brings them back.
     async fn upsert_user(&self, user: &User) -> Result<()>;
 
-    /// One user, if known.
+    /// One user, if known; a deleted one as [`User::deleted`].
     async fn user(&self, id: &UserId) -> Result<Option<User>>;
 
-    /// The known users among `ids`, in any order; unknown ids are skipped.
+    /// The known users among `ids`, in any order, deleted ones as
+    /// [`User::deleted`]; unknown ids are skipped.
     async fn users(&self, ids: &[UserId]) -> Result<Vec<User>>;
 
     /// Users whose id or name contains `query`, ignoring ASCII case, ordered by
-    /// name then id, at most `limit`.
+    /// name then id, at most `limit`. Deleted users are never found.
     async fn search_users(&self, query: &str, limit: u32) -> Result<Vec<User>>;
+
+    /// A user's account, a deleted user's included (with [`User::deleted`]);
+    /// `None` for an id never stored.
+    async fn account(&self, id: &UserId) -> Result<Option<UserAccount>>;
+
+    /// The accounts of users who are not deleted, by id in byte order:
+    /// those after `query.after` whose id or name contains `query.text`
+    /// (ignoring ASCII case, the text taken literally), at most `query.limit`.
+    async fn list_accounts(&self, query: &UserListQuery) -> Result<Vec<UserAccount>>;
+
+    /// An operator's change of a user who is not deleted, applied in one
+    /// write with `at` recorded as [`UserAccount::profile_set_at`]. Returns
+    /// the user as they are now; `None` for an unknown or deleted user.
+    async fn update_user(&self, id: &UserId, patch: &UserPatch, at: Timestamp) -> Result<Option<User>>;
+
+    /// Deactivates (`false`) or reactivates (`true`) a user. Returns `false`
+    /// for an unknown or deleted user.
+    async fn set_user_active(&self, id: &UserId, active: bool) -> Result<bool>;
+
+    /// Records `at` as when the user's tokens were revoked
+    /// ([`UserAccount::tokens_revoked_at`]). Returns `false` for an unknown
+    /// or deleted user.
+    async fn revoke_tokens(&self, id: &UserId, at: Timestamp) -> Result<bool>;
+
+    /// Deletes a user, in one transaction: marks them deleted at `at`,
+    /// forgets their name, avatar and roles, and removes every membership
+    /// of theirs (their messages stay), remembering those rooms for
+    /// [`Store::deleted_members`]. Returns the rooms they were removed from;
+    /// `None` for an unknown or already deleted user.
+    async fn delete_user(&self, id: &UserId, at: Timestamp) -> Result<Option<Vec<RoomId>>>;
+
+    /// The users who were members of the room when they were deleted, by
+    /// the time of their deletion (then id). They are no members; a room's
+    /// member list names them, as deleted, so that their messages can be
+    /// shown as a deleted user's.
+    async fn deleted_members(&self, room: RoomId) -> Result<Vec<UserId>>;
+
+    /// Records `at` as when the user was last seen and returns their account
+    /// as it is after that write; `None` for an unknown user. The engine
+    /// calls it once when a session opens (after registering it, so that
+    /// the answer also settles a race with a deactivation) and once when a
+    /// user's last session on a process closes.
+    async fn touch_user(&self, id: &UserId, at: Timestamp) -> Result<Option<UserAccount>>;
 
     /// Makes a room with its initial members: the first, its creator
     /// (`created_by`), joins by themselves; the others are added by the
