@@ -80,6 +80,7 @@ pub enum BridgeEvent {
 
 /// How a bridge is doing, for `/health`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BridgeHealth {
     /// Whether the bridge is connected to its platform.
     pub connected: bool,

@@ -195,6 +195,7 @@ pub struct SearchUsers {
 
 /// `messages:search`
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 pub struct SearchMessages {
     /// The words to find, all of them ([`crate::search`]).
     pub q: String,

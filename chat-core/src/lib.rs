@@ -66,6 +66,8 @@ pub mod id;
 pub mod invariants;
 pub mod message;
 mod metrics;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod presence;
 pub mod room;
 pub mod search;

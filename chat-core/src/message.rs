@@ -11,6 +11,7 @@ pub const MAX_CLIENT_MSG_ID_BYTES: usize = 128;
 
 /// A file attached to a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Attachment {
     /// Server-made id.
     pub id: String,
@@ -26,6 +27,7 @@ pub struct Attachment {
 
 /// A stored message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Message {
     /// Server-made, time-sortable id.
     pub id: MessageId,
@@ -117,6 +119,7 @@ pub struct HistoryQuery {
 
 /// One page of history, ascending by seq.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryPage {
     /// The messages, oldest first.
     pub messages: Vec<Message>,

@@ -6,6 +6,7 @@ use crate::user::User;
 
 /// A user's status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum PresenceStatus {
     /// Connected and available.
@@ -49,6 +50,7 @@ impl PresenceStatus {
 
 /// A connected user and their visible status, as `users:online` lists them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OnlineUser {
     /// The user.
     pub user: User,

@@ -7,6 +7,7 @@ use crate::time::Timestamp;
 
 /// What a room is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RoomKind {
     /// Two users; made once per pair.
@@ -40,6 +41,7 @@ impl RoomKind {
 
 /// Who may join a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Visibility {
     /// Any user may join (group rooms only).
@@ -69,6 +71,7 @@ impl Visibility {
 
 /// A member's role inside one room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum MemberRole {
     /// An ordinary member.
@@ -107,6 +110,7 @@ impl MemberRole {
 
 /// A room.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Room {
     /// Server-made id.
     pub id: RoomId,
@@ -138,6 +142,7 @@ pub struct Room {
 
 /// A room as one user sees it in their list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RoomSummary {
     /// The room.
     #[serde(flatten)]

@@ -70,6 +70,7 @@ pub struct SearchQuery {
 
 /// One result: the message and its room.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SearchHit {
     /// The message as it is now.
     pub message: Message,
@@ -79,6 +80,7 @@ pub struct SearchHit {
 
 /// One page of results, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SearchPage {
     /// The results.
     pub results: Vec<SearchHit>,

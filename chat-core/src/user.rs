@@ -33,6 +33,7 @@ pub const DELETED_USER_NAME: &str = "Deleted user";
 /// A deleted user keeps only their id: [`User::deleted`] is how every store
 /// hands them out, and their JSON is `{"id","name":"Deleted user","deleted":true}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct User {
     /// The stable id (a token's `sub`).
     pub id: UserId,

@@ -81,6 +81,7 @@ use chat_transport_ws::{ApiError, AppState};
 use socketioxide::SocketIo;
 use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
+use utoipa_axum::router::OpenApiRouter;
 
 /// The name sessions of this transport are counted under
 /// ([`chat_core::Engine::open_session_on`]).
@@ -97,11 +98,40 @@ const MAX_QUEUED: usize = 256;
 /// Most `chat message` texts held while the visitor's support room opens.
 const MAX_WIDGET_PENDING: usize = 32;
 
+/// The Socket.IO endpoint, as `/v1/openapi.json` describes it: the routes
+/// are socketioxide's service and the native loop, not handlers, so this
+/// function only carries their description.
+#[utoipa::path(
+    get, path = "/socket.io/", tag = "connect",
+    params(
+        ("EIO" = String, Query, description = "The Engine.IO version: 4"),
+        ("transport" = String, Query, description = "`websocket` or `polling`"),
+        ("sid" = Option<String>, Query, description = "A long-polling session, once open"),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol (`transport=websocket`)"),
+        (status = 200, description = "Engine.IO packets (`transport=polling`)", content_type = "text/plain", body = String),
+        (status = 400, description = "Not an Engine.IO v4 request, or an unknown session"),
+        (status = 403, description = "A browser origin not in CHAT_ALLOWED_ORIGINS"),
+    )
+)]
+#[allow(dead_code)]
+fn socket_io() {}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(socket_io))]
+struct SocketIoApi;
+
 /// The `/socket.io/` endpoint for the engine, authenticator and limits of
-/// `app`, to mount with [`chat_transport_ws::router_with`]. A browser
-/// request from an origin the listener does not allow is answered 403
-/// before it reaches Socket.IO.
-pub fn routes(app: &AppState) -> Router<AppState> {
+/// `app`, to mount with [`chat_transport_ws::router_with`], with its
+/// description for `/v1/openapi.json`. A browser request from an origin the
+/// listener does not allow is answered 403 before it reaches Socket.IO.
+pub fn routes(app: &AppState) -> OpenApiRouter<AppState> {
+    use utoipa::OpenApi as _;
+    OpenApiRouter::with_openapi(SocketIoApi::openapi()).merge(OpenApiRouter::from(service_routes(app)))
+}
+
+fn service_routes(app: &AppState) -> Router<AppState> {
     let limit = app.config().max_frame_bytes;
     let (service, io) = SocketIo::builder()
         .max_payload(u64::try_from(limit).unwrap_or(u64::MAX))

@@ -4,7 +4,6 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chat_core::ErrorCode;
-use serde_json::json;
 
 /// Result with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -77,7 +76,9 @@ impl From<chat_core::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code.as_str(), "message": self.message } });
+        let body = crate::openapi::ErrorBody {
+            error: crate::openapi::ErrorDetail { code: self.code.as_str(), message: self.message },
+        };
         let mut response = (self.status.unwrap_or(status_for(self.code)), Json(body)).into_response();
         if self.close {
             response

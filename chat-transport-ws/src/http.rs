@@ -14,10 +14,11 @@ use chat_core::command::SearchMessages;
 use chat_core::user::VISITOR_ROLE;
 use chat_core::{ErrorCode, HistoryQuery, Identity, RoomId, User, UserId};
 use serde::Deserialize;
-use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::openapi::{DevLoginEnabled, ErrorBody, Health, OnlineUsers, QueuePage, QueuedRoomBody, Session};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -83,6 +84,14 @@ pub(crate) fn require_api_key(app: &AppState, headers: &HeaderMap) -> ApiResult<
 /// The engine's metrics for Prometheus. Open while no API key is configured;
 /// with one, the scraper sends it as `x-api-key` or as a bearer token
 /// (Prometheus: `authorization: { credentials: <key> }`).
+#[utoipa::path(
+    get, path = "/metrics", tag = "service",
+    security((), ("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String),
+        (status = 401, description = "An API key is configured and was not given", body = ErrorBody),
+    )
+)]
 pub(crate) async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     if let Some(expected) = &app.config.api_key {
         let bearer = headers
@@ -100,6 +109,15 @@ pub(crate) async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> 
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response())
 }
 
+/// The process's health: 200 while it can serve (`degraded` when a bridge
+/// or the broker is down), 503 when its store is.
+#[utoipa::path(
+    get, path = "/health", tag = "service",
+    responses(
+        (status = 200, description = "Serving", body = Health),
+        (status = 503, description = "The store does not answer", body = Health),
+    )
+)]
 pub(crate) async fn health(State(app): State<AppState>) -> Response {
     let store = app.engine.store_health(Duration::from_secs(1)).await;
     let bridges = app.engine.bridge_health();
@@ -109,41 +127,65 @@ pub(crate) async fn health(State(app): State<AppState>) -> Response {
     // in the load balancer: degraded, not down.
     let broker = app.engine.broker_connected();
     let status = if store.is_ok() && bridges_ok && broker != Some(false) { "ok" } else { "degraded" };
-    let mut body = json!({
-        "status": status,
-        "version": app.config.version,
-        "uptime_s": app.engine.uptime().as_secs(),
-        "connections": app.engine.connections(),
-        "transports": app.engine.connections_by_transport(),
-        "store": if store.is_ok() { "ok" } else { "unavailable" },
-        "bridges": bridges,
-        "support": app.engine.support_availability(),
-    });
-    if let Some(connected) = broker {
-        body["broker"] = json!(if connected { "ok" } else { "unavailable" });
-        body["peers"] = json!(app.engine.peer_processes());
-    }
+    let body = Health {
+        status,
+        version: app.config.version.clone(),
+        uptime_s: app.engine.uptime().as_secs(),
+        connections: app.engine.connections(),
+        transports: app.engine.connections_by_transport(),
+        store: if store.is_ok() { "ok" } else { "unavailable" },
+        bridges,
+        support: app.engine.support_availability(),
+        broker: broker.map(|connected| if connected { "ok" } else { "unavailable" }),
+        peers: broker.map(|_| app.engine.peer_processes()),
+    };
     let code = if store.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body)).into_response()
 }
 
+/// Whether support agents are online, here or on a bridged platform.
+#[utoipa::path(
+    get, path = "/v1/support/availability", tag = "visitors",
+    responses((status = 200, description = "Support agents online", body = chat_core::SupportAvailability))
+)]
 pub(crate) async fn support_availability(State(app): State<AppState>) -> Response {
     Json(app.engine.support_availability()).into_response()
 }
 
+/// As `users:online`: the users connected, by name; invisible ones are left out.
+#[utoipa::path(
+    get, path = "/v1/users/online", tag = "chat", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Online users", body = OnlineUsers),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Visitors may not list users", body = ErrorBody),
+    )
+)]
 pub(crate) async fn users_online(State(app): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     let identity = authenticate(&app, &headers).await?;
-    Ok(Json(json!({ "users": app.engine.online_users_for(&identity).await? })).into_response())
+    Ok(Json(OnlineUsers { users: app.engine.online_users_for(&identity).await? }).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct QueueParams {
+    /// The `next` of the previous page.
     cursor: Option<String>,
+    /// Rooms per page (at most 100).
     limit: Option<u32>,
 }
 
 /// `GET /v1/support/queue?cursor=&limit=`: the support queue for agents, a
 /// page at a time, longest waiting first.
+#[utoipa::path(
+    get, path = "/v1/support/queue", tag = "chat", security(("bearer" = [])), params(QueueParams),
+    responses(
+        (status = 200, description = "Open support rooms with a message, longest waiting first", body = QueuePage),
+        (status = 400, description = "A bad cursor or limit", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Only support agents", body = ErrorBody),
+    )
+)]
 pub(crate) async fn support_queue(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -152,18 +194,34 @@ pub(crate) async fn support_queue(
     let identity = authenticate(&app, &headers).await?;
     let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::Invalid, e.body_text()))?;
     let page = app.engine.support_queue(&identity, params.cursor.as_deref(), params.limit).await?;
-    let rooms: Vec<_> =
-        page.rooms.iter().map(|q| json!({ "room": q.room, "waiting_since": q.waiting_since })).collect();
-    Ok(Json(json!({ "rooms": rooms, "next": page.next })).into_response())
+    let rooms =
+        page.rooms.into_iter().map(|q| QueuedRoomBody { room: q.room, waiting_since: q.waiting_since }).collect();
+    Ok(Json(QueuePage { rooms, next: page.next }).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct HistoryParams {
+    /// Only messages below this seq.
     before_seq: Option<u64>,
+    /// Only messages above this seq.
     after_seq: Option<u64>,
+    /// Page size: 1 to 100 (larger is capped), 50 by default.
     limit: Option<u32>,
 }
 
+/// As `room:history`: a page of a room's messages, ascending by seq.
+#[utoipa::path(
+    get, path = "/v1/rooms/{id}/messages", tag = "chat", security(("bearer" = [])),
+    params(("id" = chat_core::RoomId, Path, description = "The room"), HistoryParams),
+    responses(
+        (status = 200, description = "A page of history", body = chat_core::HistoryPage),
+        (status = 400, description = "A bad id, cursor or limit", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not a member", body = ErrorBody),
+        (status = 404, description = "No such room", body = ErrorBody),
+    )
+)]
 pub(crate) async fn room_messages(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -186,6 +244,16 @@ pub(crate) async fn room_messages(
 
 /// `GET /v1/search/messages?q=&room_id=&limit=&before=`: `messages:search`
 /// over HTTP.
+#[utoipa::path(
+    get, path = "/v1/search/messages", tag = "chat", security(("bearer" = [])), params(SearchMessages),
+    responses(
+        (status = 200, description = "Messages holding every word, newest first", body = chat_core::SearchPage),
+        (status = 400, description = "No word to look for, or a bad cursor or limit", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "A room_id you are not a member of; visitors may not search", body = ErrorBody),
+        (status = 413, description = "A query over 200 characters", body = ErrorBody),
+    )
+)]
 pub(crate) async fn search_messages(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -246,11 +314,23 @@ fn client_ip(app: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>) -> O
     peer.map(|p| p.ip())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 pub(crate) struct VisitorRequest {
+    /// The visitor's display name, when the site knows it.
     name: Option<String>,
 }
 
+/// A session for an anonymous website visitor (the support widget's).
+#[utoipa::path(
+    post, path = "/v1/visitor-sessions", tag = "visitors",
+    request_body(content = Option<VisitorRequest>, description = "Optional; no body is no name"),
+    responses(
+        (status = 201, description = "A visitor and their token", body = Session),
+        (status = 400, description = "A bad name", body = ErrorBody),
+        (status = 429, description = "Too many visitor sessions from this address", body = ErrorBody),
+        (status = 503, description = "This server makes no tokens", body = ErrorBody),
+    )
+)]
 pub(crate) async fn visitor_session(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -272,11 +352,12 @@ pub(crate) async fn visitor_session(
     let user = User { roles: vec![VISITOR_ROLE.to_owned()], ..User::new(user_id, name) };
     let user = app.engine.upsert_user(user).await?;
     let (token, expires_at) = issuer.issue(&user, app.config.visitor_token_ttl)?;
-    Ok((StatusCode::CREATED, Json(json!({ "token": token, "user": user, "expires_at": expires_at }))).into_response())
+    Ok((StatusCode::CREATED, Json(Session { token, user, expires_at })).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub(crate) struct DevLoginRequest {
+    /// Any name; the user id is made from it.
     name: String,
     #[serde(default)]
     roles: Vec<String>,
@@ -284,8 +365,12 @@ pub(crate) struct DevLoginRequest {
 
 /// `GET /v1/dev-login`: tells the chat page to offer signing in by name. The
 /// route exists only while `dev_login` is on.
+#[utoipa::path(
+    get, path = "/v1/dev-login", tag = "development",
+    responses((status = 200, description = "Signing in by name is on", body = DevLoginEnabled))
+)]
 pub(crate) async fn dev_login_enabled() -> Response {
-    Json(json!({ "enabled": true })).into_response()
+    Json(DevLoginEnabled { enabled: true }).into_response()
 }
 
 /// The user id a dev-login name stands for: its letters and digits in lower
@@ -305,6 +390,13 @@ fn dev_user_id(name: &str) -> String {
 
 /// `POST /v1/dev-login` `{"name","roles"?}`: a token for the user that name
 /// stands for, with no password. Only routed while `dev_login` is on.
+#[utoipa::path(
+    post, path = "/v1/dev-login", tag = "development", request_body = DevLoginRequest,
+    responses(
+        (status = 201, description = "The user and a token", body = Session),
+        (status = 400, description = "A name without a letter or digit, or bad roles", body = ErrorBody),
+    )
+)]
 pub(crate) async fn dev_login(
     State(app): State<AppState>,
     payload: Result<Json<DevLoginRequest>, JsonRejection>,
@@ -323,7 +415,7 @@ pub(crate) async fn dev_login(
     let user = app.engine.token_subject(&user.id).await?;
     let (token, expires_at) = issuer.issue(&user, app.config.user_token_ttl)?;
     tracing::info!(user = %user.id, "dev login");
-    Ok((StatusCode::CREATED, Json(json!({ "token": token, "user": user, "expires_at": expires_at }))).into_response())
+    Ok((StatusCode::CREATED, Json(Session { token, user, expires_at })).into_response())
 }
 
 pub(crate) async fn not_found() -> ApiError {

@@ -39,6 +39,7 @@ pub mod auth;
 mod config;
 pub mod error;
 mod http;
+mod openapi;
 mod serve;
 pub mod web;
 pub mod wire;
@@ -52,15 +53,20 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::get;
 use chat_core::{Authenticator, Engine};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::RequestBodyDeadlineLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use auth::{Claims, JwtAuthenticator, JwtConfig, SignKey, TokenIssuer, VerifyKey, generate_secret};
 pub use config::{OriginPolicy, WsConfig};
 pub use error::{ApiError, Error, Result};
 pub use serve::serve;
+/// The OpenAPI crates the router is built with, for transports that add
+/// routes ([`router_with`]) to describe them with the same versions.
+pub use {utoipa, utoipa_axum};
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
@@ -156,47 +162,60 @@ fn cors(policy: &OriginPolicy) -> CorsLayer {
 /// per-address limits see client addresses. A request body must arrive
 /// within [`WsConfig::body_timeout`]; a slower one is answered 408.
 pub fn router(state: AppState) -> Router {
-    router_with(state, Router::new())
+    router_with(state, OpenApiRouter::new())
 }
 
 /// [`router`] with more routes beside the built-in ones, such as another
 /// transport's (`chat-transport-socketio` mounts `/socket.io/` this way).
-/// They share the listener's CORS, request logging, body limits and deadline.
-pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
+/// They share the listener's CORS, request logging, body limits and deadline,
+/// and their descriptions join the built-in ones in `/v1/openapi.json`.
+pub fn router_with(state: AppState, extra: OpenApiRouter<AppState>) -> Router {
     let limit = state.config.max_http_body_bytes;
     let body_deadline = RequestBodyDeadlineLayer::new(state.config.body_timeout);
     let cors = cors(&state.config.origins);
+    let (api_routes, api) = api_router(state.config.dev_login).merge(extra).split_for_parts();
+    let document = openapi::Document::new(api);
     let mut router = Router::new();
     for asset in web::ASSETS {
         router = router.route(asset.path, get(web::serve));
     }
-    if state.config.dev_login {
-        router = router.route("/v1/dev-login", get(http::dev_login_enabled).post(http::dev_login));
-    }
     router
         .route("/index.html", get(web::serve))
-        .route("/v1/ws", get(ws::upgrade))
-        .route("/health", get(http::health))
-        .route("/metrics", get(http::metrics))
-        .route("/v1/support/availability", get(http::support_availability))
-        .route("/v1/support/queue", get(http::support_queue))
-        .route("/v1/users/online", get(http::users_online))
-        .route("/v1/rooms/{id}/messages", get(http::room_messages))
-        .route("/v1/search/messages", get(http::search_messages))
-        .route("/v1/visitor-sessions", post(http::visitor_session))
-        .route("/v1/admin/users", get(admin::list_users).post(admin::upsert_user))
-        .route("/v1/admin/users/{id}", get(admin::get_user).patch(admin::patch_user).delete(admin::delete_user))
-        .route("/v1/admin/users/{id}/deactivate", post(admin::deactivate_user))
-        .route("/v1/admin/users/{id}/reactivate", post(admin::reactivate_user))
-        .route("/v1/admin/users/{id}/revoke-tokens", post(admin::revoke_tokens))
-        .route("/v1/admin/users/{id}/tokens", post(admin::make_token))
-        .route("/v1/admin/bridges/{bridge}/jobs", get(admin::bridge_jobs))
-        .route("/v1/admin/bridges/{bridge}/jobs/{id}/retry", post(admin::retry_bridge_job))
-        .merge(extra)
+        .merge(api_routes)
         .fallback(http::not_found)
+        .layer(axum::Extension(document))
         .layer(DefaultBodyLimit::max(limit))
         .layer(body_deadline)
         .layer(cors)
         .layer(middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// Every route of the HTTP API, each registered with its description: a
+/// route cannot be added here without one.
+fn api_router(dev_login: bool) -> OpenApiRouter<AppState> {
+    use utoipa::OpenApi as _;
+    let mut api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(openapi::serve))
+        .routes(routes!(ws::upgrade))
+        .routes(routes!(http::health))
+        .routes(routes!(http::metrics))
+        .routes(routes!(http::support_availability))
+        .routes(routes!(http::support_queue))
+        .routes(routes!(http::users_online))
+        .routes(routes!(http::room_messages))
+        .routes(routes!(http::search_messages))
+        .routes(routes!(http::visitor_session))
+        .routes(routes!(admin::list_users, admin::upsert_user))
+        .routes(routes!(admin::get_user, admin::patch_user, admin::delete_user))
+        .routes(routes!(admin::deactivate_user))
+        .routes(routes!(admin::reactivate_user))
+        .routes(routes!(admin::revoke_tokens))
+        .routes(routes!(admin::make_token))
+        .routes(routes!(admin::bridge_jobs))
+        .routes(routes!(admin::retry_bridge_job));
+    if dev_login {
+        api = api.routes(routes!(http::dev_login_enabled, http::dev_login));
+    }
+    api
 }

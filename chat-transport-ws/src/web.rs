@@ -9,7 +9,7 @@
 //! whether it is still current, so an upgraded server is picked up at once and
 //! an unchanged file costs a 304. The page gets a Content-Security-Policy that
 //! allows scripts, styles and connections to its own origin only, and lets
-//! only the allowed origins (`CHAT_ALLOWED_ORIGINS`) frame it ([`PageHeaders`]).
+//! only the allowed origins (`CHAT_ALLOWED_ORIGINS`) frame it.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -70,7 +70,7 @@ pub(crate) static ASSETS: &[Asset] = &[
 
 /// The page may load scripts, styles and images from its own origin and open
 /// WebSockets and HTTP calls to it; nothing inline, no plugins. Who may frame
-/// it is appended ([`PageHeaders`]).
+/// it is appended from the allowed origins.
 pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
      connect-src 'self'; base-uri 'none'; form-action 'none'";
 

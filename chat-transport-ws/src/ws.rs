@@ -219,11 +219,28 @@ pub fn socket_config(config: &WsConfig) -> WebSocketConfig {
         .max_write_buffer_size(limit.max(1024 * 1024) * 4)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct TokenQuery {
+    /// The token, for clients that cannot set headers (browsers); it may
+    /// also come as `Authorization: Bearer` or in the first frame.
     token: Option<String>,
 }
 
+/// The native WebSocket transport (docs/protocol.md): JSON frames, after a
+/// token in the header, the query or the first frame.
+#[utoipa::path(
+    get, path = "/v1/ws", tag = "connect", params(TokenQuery),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "An upgrade without Sec-WebSocket-Key", body = crate::openapi::ErrorBody),
+        (status = 403, description = "A browser origin not in CHAT_ALLOWED_ORIGINS", body = crate::openapi::ErrorBody),
+        (status = 426, description = "Not a WebSocket upgrade, or another WebSocket version", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Too many connections from this address", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The server is full", body = crate::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn upgrade(
     State(app): State<AppState>,
     headers: HeaderMap,

@@ -91,10 +91,7 @@ async fn every_user_route_needs_the_api_key() {
     }
     // Nothing of it happened.
     let (status, body) = call(&server, "GET", "/v1/admin/users/ada", None).await;
-    assert_eq!(
-        (status, body["user"]["name"].as_str(), body["user"]["active"].as_bool()),
-        (200, Some("ada"), Some(true))
-    );
+    assert_eq!((status, body["name"].as_str(), body["active"].as_bool()), (200, Some("ada"), Some(true)));
     // Unknown users are 404 on every route, ids that cannot be ids 400.
     for (method, path, body) in routes.iter().skip(1) {
         let path = path.replace("/ada", "/nobody");
@@ -159,7 +156,7 @@ async fn the_user_list_pages_by_id_filters_and_caps_its_limit() {
     // Connecting makes a user, and sets last_seen.
     let _ada = server.connect("ada").await;
     let (_, ada) = call(&server, "GET", "/v1/admin/users/ada", None).await;
-    assert!(ada["user"]["last_seen"].is_string(), "{ada}");
+    assert!(ada["last_seen"].is_string(), "{ada}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,20 +168,20 @@ async fn patch_changes_a_user_and_wins_over_older_tokens() {
 
     let (status, body) = call(&server, "PATCH", "/v1/admin/users/ada", Some(json!({"name": "Ada Lovelace"}))).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["user"]["name"], "Ada Lovelace");
-    assert_eq!(body["user"]["roles"], json!(["support"]), "fields not named are kept");
-    assert_eq!(body["user"]["active"], true);
+    assert_eq!(body["name"], "Ada Lovelace");
+    assert_eq!(body["roles"], json!(["support"]), "fields not named are kept");
+    assert_eq!(body["active"], true);
     session.ok("ping", json!({})).await;
 
     let avatar = "https://example.invalid/ada.png";
     let (status, body) = call(&server, "PATCH", "/v1/admin/users/ada", Some(json!({"avatar_url": avatar}))).await;
-    assert_eq!((status, body["user"]["avatar_url"].as_str()), (200, Some(avatar)), "{body}");
+    assert_eq!((status, body["avatar_url"].as_str()), (200, Some(avatar)), "{body}");
     let (_, body) = call(&server, "PATCH", "/v1/admin/users/ada", Some(json!({"avatar_url": null}))).await;
-    assert!(body["user"].get("avatar_url").is_none(), "null removes the avatar: {body}");
+    assert!(body.get("avatar_url").is_none(), "null removes the avatar: {body}");
 
     // New roles end the sessions, so that none goes on with the old ones.
     let (status, body) = call(&server, "PATCH", "/v1/admin/users/ada", Some(json!({"roles": []}))).await;
-    assert_eq!((status, &body["user"]["roles"]), (200, &json!([])), "{body}");
+    assert_eq!((status, &body["roles"]), (200, &json!([])), "{body}");
     session.expect_close(4401).await;
     // The old token's claims no longer undo the change...
     let again = server.connect_token(&old).await;
@@ -242,7 +239,7 @@ async fn deactivation_closes_sessions_and_refuses_tokens_until_reactivated() {
         assert_eq!(http_with(&server, &token).await, (401, json!("unauthorized")));
     }
     let (_, listed) = call(&server, "GET", "/v1/admin/users/ada", None).await;
-    assert_eq!(listed["user"]["active"], false, "{listed}");
+    assert_eq!(listed["active"], false, "{listed}");
     let (status, body) = call(&server, "POST", "/v1/admin/users/ada/tokens", Some(json!({}))).await;
     assert_eq!((status, &body["error"]["code"]), (409, &json!("conflict")), "no tokens for a deactivated user");
 
@@ -276,7 +273,7 @@ async fn revoking_refuses_older_tokens_and_accepts_newer_ones() {
     back.ok("ping", json!({})).await;
     assert_eq!(http_with(&server, &fresh).await.0, 200);
     let (_, account) = call(&server, "GET", "/v1/admin/users/ada", None).await;
-    assert_eq!(account["user"]["active"], true, "revoking is not deactivating: {account}");
+    assert_eq!(account["active"], true, "revoking is not deactivating: {account}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,6 +37,7 @@ use crate::time::Timestamp;
 
 /// Whether a job is still to run or has given up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     /// Waiting for its turn or for its next attempt.
@@ -83,6 +84,7 @@ pub struct NewJob {
 
 /// A job in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Job {
     /// Store-made, growing with every enqueue.
     pub id: i64,

@@ -207,6 +207,7 @@ pub(crate) struct Ctx {
 
 /// Support availability, for `/v1/support/availability`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SupportAvailability {
     /// Whether at least one agent is online.
     pub available: bool,
