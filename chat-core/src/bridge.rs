@@ -46,7 +46,7 @@ use crate::room::Room;
 use crate::store::Store;
 use crate::user::User;
 
-pub use outbox::{BridgeStore, Job, JobCounts, JobStatus, NewJob};
+pub use outbox::{BridgeStore, Job, JobCounts, JobStatus, NewJob, NewLink};
 
 /// Something a bridge may want to mirror.
 #[derive(Debug, Clone, PartialEq, Eq)]
