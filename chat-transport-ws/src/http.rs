@@ -22,7 +22,7 @@ use crate::error::ApiError;
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Parses a JSON body, answering a bad one in the contract's error format.
-fn body<T>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+pub(crate) fn body<T>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
     payload.map(|Json(v)| v).map_err(|rejection| match rejection {
         JsonRejection::BytesRejection(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
             ApiError::new(ErrorCode::TooLarge, "request body too large")
@@ -63,7 +63,7 @@ async fn authenticate(app: &AppState, headers: &HeaderMap) -> ApiResult<Identity
     Ok(app.auth.authenticate(token).await?)
 }
 
-fn require_api_key(app: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+pub(crate) fn require_api_key(app: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     let Some(expected) = &app.config.api_key else {
         return Err(ApiError::new(ErrorCode::Unauthorized, "the admin API is disabled: set CHAT_API_KEY"));
     };

@@ -115,6 +115,20 @@ impl AppState {
     }
 }
 
+/// For admin routes of other crates (mounted with [`router_with`]): checks
+/// the request's `x-api-key` against [`WsConfig::api_key`] as the built-in
+/// admin routes do; 401 when it is missing or wrong, or no key is configured.
+pub fn require_api_key(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    http::require_api_key(app, headers)
+}
+
+/// For routes of other crates: a JSON body, or the error the built-in
+/// routes answer a bad one with (400, 413 past the body limit, 408 when it
+/// came too slowly).
+pub fn json_body<T>(payload: Result<axum::Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
+    http::body(payload)
+}
+
 /// The token of an `Authorization: Bearer <token>` header, if there is one.
 pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
