@@ -49,7 +49,7 @@ use crate::room::Room;
 use crate::store::Store;
 use crate::user::User;
 
-pub use lease::Lease;
+pub use lease::{Leader, Lease};
 pub use outbox::{BridgeStore, Job, JobCounts, JobStatus, NewJob, NewLink};
 
 /// Something a bridge may want to mirror.

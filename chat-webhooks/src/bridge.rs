@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chat_core::bridge::Lease;
+use chat_core::bridge::{Leader, Lease};
 use chat_core::{
     Bridge, BridgeEvent, BridgeHealth, BridgeHost, BridgeStore, HistoryQuery, Job, JobStatus, Message, NewJob, NewLink,
     Room, RoomId, RoomKind, Store, Timestamp, User,
@@ -505,31 +505,33 @@ async fn hold_lease(shared: &Arc<Shared>) -> Result<bool> {
 }
 
 /// Renews the lease, or waits for it, until the bridge stops.
-async fn lead(shared: Arc<Shared>, mut held: bool) {
-    loop {
-        tokio::time::sleep(shared.lease.renew_every()).await;
-        match hold_lease(&shared).await {
-            Ok(now_held) => {
-                if now_held != held {
-                    tracing::info!(holder = %shared.lease.holder(), active = now_held, "webhooks: the lease changed hands");
-                }
-                held = now_held;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "webhooks: cannot renew the lease");
-                shared.record_error(&err);
-                // Unrenewed, the lease runs out and another process may take
-                // it: stop before that can happen.
-                if held && shared.lease.lapsing() {
-                    tracing::warn!("webhooks: the lease may have run out; standing by");
-                    step_down(&shared).await;
-                    held = false;
-                }
-            }
-        }
+async fn lead(shared: Arc<Shared>, held: bool) {
+    shared.lease.keep(&Holder(shared.clone()), held).await;
+}
+
+/// This process as a candidate for the lease.
+struct Holder(Arc<Shared>);
+
+#[async_trait]
+impl Leader for Holder {
+    type Error = Error;
+
+    async fn hold(&self) -> Result<bool> {
+        hold_lease(&self.0).await
+    }
+
+    async fn stand_down(&self) {
+        step_down(&self.0).await;
+    }
+
+    fn failed(&self, err: &Error) {
+        self.0.record_error(err);
+    }
+
+    async fn tried(&self, held: bool) {
         if !held {
             // No worker refreshes the counts here.
-            shared.refresh_counts().await;
+            self.0.refresh_counts().await;
         }
     }
 }

@@ -7,15 +7,44 @@
 //! over: it counts the lease as running out `renew_every` before its end,
 //! measured from when it last asked, so that a process that stalls (a paused
 //! VM, a lost database) never acts on a lease another holds.
+//! [`Lease::keep`] is that loop, for a bridge's [`Leader`].
 
 use std::sync::Mutex;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::BridgeStore;
 use crate::error::Result;
 use crate::time::Timestamp;
+
+/// The work a bridge does only while it holds its lease, as
+/// [`Lease::keep`] drives it.
+#[async_trait]
+pub trait Leader: Send + Sync {
+    /// What asking for the lease may fail with.
+    type Error: std::fmt::Display + Send + Sync;
+
+    /// Asks for the lease once ([`Lease::acquire`]; a renewal while held)
+    /// and starts or stops the work to match. Returns whether this process
+    /// holds the lease now.
+    async fn hold(&self) -> std::result::Result<bool, Self::Error>;
+
+    /// Stops the work at once: asking failed, and the lease may run out
+    /// before the next try, when another process may take it.
+    async fn stand_down(&self);
+
+    /// Records a failed try (for `/health`).
+    fn failed(&self, err: &Self::Error) {
+        let _ = err;
+    }
+
+    /// Called after each try, with whether this process holds the lease.
+    async fn tried(&self, held: bool) {
+        let _ = held;
+    }
+}
 
 /// A bridge's lease as one process holds it, or waits for it.
 #[derive(Debug)]
@@ -84,6 +113,35 @@ impl Lease {
     /// when it does not hold it.
     pub fn until(&self) -> Option<Timestamp> {
         self.renewed_at().map(|at| Timestamp::now().plus(self.ttl.saturating_sub(at.elapsed())))
+    }
+
+    /// Asks for the lease every [`Lease::renew_every`] through `leader`,
+    /// forever (the task running it is aborted when the bridge stops).
+    /// `held` says whether the first try, made before, got it. When a try
+    /// fails and the lease may run out before the next, the leader stands
+    /// down.
+    pub async fn keep<L: Leader>(&self, leader: &L, mut held: bool) {
+        loop {
+            tokio::time::sleep(self.renew).await;
+            match leader.hold().await {
+                Ok(now_held) => {
+                    if now_held != held {
+                        tracing::info!(bridge = %self.bridge, holder = %self.holder, active = now_held, "a bridge's lease changed hands");
+                    }
+                    held = now_held;
+                }
+                Err(err) => {
+                    tracing::warn!(bridge = %self.bridge, error = %err, "cannot renew a bridge's lease");
+                    leader.failed(&err);
+                    if held && self.lapsing() {
+                        tracing::warn!(bridge = %self.bridge, "a bridge's lease may have run out; standing by");
+                        leader.stand_down().await;
+                        held = false;
+                    }
+                }
+            }
+            leader.tried(held).await;
+        }
     }
 
     /// Hands the lease back so that another process takes it at once.
