@@ -369,14 +369,37 @@ pub(crate) async fn admin_token(
     Ok(Json(json!({ "token": token, "expires_at": expires_at })).into_response())
 }
 
-#[derive(Deserialize)]
-pub(crate) struct JobsParams {
-    status: Option<String>,
-    limit: Option<u32>,
+/// The query of an outbox listing, `?status=failed|pending&limit=N`: the
+/// bridges' jobs here, and other crates' listings of the same (webhook
+/// deliveries).
+#[derive(Debug, Default, Deserialize)]
+pub struct JobQuery {
+    /// `failed` (the default) or `pending`.
+    pub status: Option<String>,
+    /// How many, oldest first: 100 unless asked, at most [`MAX_JOBS_PAGE`].
+    pub limit: Option<u32>,
 }
 
 /// Most jobs one listing returns.
-const MAX_JOBS_PAGE: u32 = 1000;
+pub const MAX_JOBS_PAGE: u32 = 1000;
+
+impl JobQuery {
+    /// The status and the limit asked for; 400 for another status or a
+    /// limit of 0. A limit above [`MAX_JOBS_PAGE`] is capped.
+    pub fn read(&self) -> ApiResult<(JobStatus, u32)> {
+        let status = match self.status.as_deref() {
+            None => JobStatus::Failed,
+            Some(s) => JobStatus::parse(s)
+                .ok_or_else(|| ApiError::new(ErrorCode::Invalid, "status must be failed or pending"))?,
+        };
+        let limit = match self.limit {
+            Some(0) => return Err(ApiError::new(ErrorCode::Invalid, "limit must be at least 1")),
+            Some(n) => n.min(MAX_JOBS_PAGE),
+            None => 100,
+        };
+        Ok((status, limit))
+    }
+}
 
 /// `GET /v1/admin/bridges/{bridge}/jobs?status=failed|pending&limit=N`: a
 /// bridge's outbox jobs, oldest first (failed ones unless asked otherwise).
@@ -384,21 +407,11 @@ pub(crate) async fn admin_bridge_jobs(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(bridge): Path<String>,
-    params: Result<Query<JobsParams>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<JobQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     require_api_key(&app, &headers)?;
     let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::Invalid, e.body_text()))?;
-    let status = match params.status.as_deref() {
-        None => JobStatus::Failed,
-        Some(s) => {
-            JobStatus::parse(s).ok_or_else(|| ApiError::new(ErrorCode::Invalid, "status must be failed or pending"))?
-        }
-    };
-    let limit = match params.limit {
-        Some(0) => return Err(ApiError::new(ErrorCode::Invalid, "limit must be at least 1")),
-        Some(n) => n.min(MAX_JOBS_PAGE),
-        None => 100,
-    };
+    let (status, limit) = params.read()?;
     let jobs = app.engine.bridge_jobs(&bridge, status, limit).await?;
     Ok(Json(json!({ "jobs": jobs })).into_response())
 }

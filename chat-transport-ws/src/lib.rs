@@ -59,6 +59,7 @@ use tower_http::timeout::RequestBodyDeadlineLayer;
 pub use auth::{Claims, JwtAuthenticator, JwtConfig, SignKey, TokenIssuer, VerifyKey, generate_secret};
 pub use config::{OriginPolicy, WsConfig};
 pub use error::{ApiError, Error, Result};
+pub use http::{JobQuery, MAX_JOBS_PAGE};
 pub use serve::serve;
 
 /// What every handler shares. Cheap to clone.

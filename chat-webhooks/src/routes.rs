@@ -16,17 +16,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use chat_core::{ErrorCode, JobStatus};
-use chat_transport_ws::{ApiError, AppState, json_body, require_api_key};
-use serde::Deserialize;
+use chat_core::ErrorCode;
+use chat_transport_ws::{ApiError, AppState, JobQuery, json_body, require_api_key};
 use serde_json::json;
 
 use crate::bridge::WebhookBridge;
 use crate::endpoint::NewEndpoint;
 use crate::error::Error;
-
-/// Most deliveries one listing returns.
-const MAX_DELIVERIES_PAGE: u32 = 1000;
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -85,32 +81,16 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize)]
-struct DeliveriesParams {
-    status: Option<String>,
-    limit: Option<u32>,
-}
-
 async fn deliveries(
     State(app): State<AppState>,
     Extension(bridge): Extension<WebhookBridge>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    params: Result<Query<DeliveriesParams>, QueryRejection>,
+    params: Result<Query<JobQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     require_api_key(&app, &headers)?;
     let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::Invalid, e.body_text()))?;
-    let status = match params.status.as_deref() {
-        None => JobStatus::Failed,
-        Some(s) => {
-            JobStatus::parse(s).ok_or_else(|| ApiError::new(ErrorCode::Invalid, "status must be failed or pending"))?
-        }
-    };
-    let limit = match params.limit {
-        Some(0) => return Err(ApiError::new(ErrorCode::Invalid, "limit must be at least 1")),
-        Some(n) => n.min(MAX_DELIVERIES_PAGE),
-        None => 100,
-    };
+    let (status, limit) = params.read()?;
     let Some(deliveries) = bridge.deliveries(&id, status, limit).await? else {
         return Err(ApiError::new(ErrorCode::NotFound, "no webhook endpoint with that id"));
     };
