@@ -17,8 +17,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chat_discord::testing::{FORUM, GUILD, SUPPORT_ROLE, StandIn};
-use chat_server::{Config, DiscordSettings};
+use chat_discord::testing::{SUPPORT_ROLE, StandIn};
+use chat_server::Config;
 use chat_store_sql::testing::TempSchema;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -341,15 +341,7 @@ async fn every_event_is_signed_and_carries_the_documented_data() {
 async fn support_rooms_are_claimed_and_closed_by_agents_of_a_bridge() {
     let receiver = Receiver::start().await;
     let discord = StandIn::start().await;
-    let settings = DiscordSettings {
-        token: Some("stand-in-token".into()),
-        guild_id: Some(GUILD),
-        forum_channel_id: Some(FORUM),
-        support_role_id: Some(SUPPORT_ROLE),
-        proxy_url: Some(discord.url()),
-        role_map: None,
-        channel_map: None,
-    };
+    let settings = discord_settings(&discord);
     let server = server_for(&receiver, move |config| config.discord = settings).await;
     let (status, visitor) = server.post("/v1/visitor-sessions", &json!({"name": "Vera"}), None).await;
     assert_eq!(status, 201, "{visitor}");
