@@ -99,6 +99,9 @@ struct Shared {
     host: OnceLock<Arc<dyn BridgeHost>>,
     /// The endpoints as last read, and when: see [`ENDPOINTS_MAX_AGE`].
     endpoints: Mutex<Option<(Instant, Arc<Vec<Endpoint>>)>>,
+    /// Whether there was an endpoint when they were last read: without
+    /// one, `on_event` queues nothing.
+    any_endpoint: AtomicBool,
     /// Wakes the worker: deliveries were enqueued here, or one was retried by hand.
     wake: Notify,
     /// Wakes the enqueuer for a catch-up.
@@ -201,6 +204,7 @@ impl WebhookBridge {
             events_rx: Mutex::new(Some(events_rx)),
             host: OnceLock::new(),
             endpoints: Mutex::new(None),
+            any_endpoint: AtomicBool::new(true),
             wake: Notify::new(),
             catch_up: Notify::new(),
             lease,
@@ -337,6 +341,7 @@ impl Shared {
         }
         let endpoints = Arc::new(endpoints);
         self.state().endpoints = endpoints.len();
+        self.any_endpoint.store(!endpoints.is_empty(), Ordering::SeqCst);
         *self.endpoints.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), endpoints.clone()));
         Ok(endpoints)
     }
@@ -424,9 +429,18 @@ impl Bridge for WebhookBridge {
     }
 
     fn on_event(&self, event: &BridgeEvent, _origin: Option<&str>) {
+        // Without endpoints, there is no one to tell. An endpoint added
+        // through another process is seen within a second (the enqueuer
+        // reads them that often), and gets what is committed from then on.
+        if !self.shared.any_endpoint.load(Ordering::Relaxed) {
+            return;
+        }
         // Changes made by bridges are changes like any other here.
-        if let Err(err) = self.shared.events.try_send(event.clone()) {
-            tracing::warn!(error = %err, "webhooks: event queue full; catching up from the store");
+        if self.shared.events.try_send(event.clone()).is_err() {
+            // Said once until the catch-up that finds them has run.
+            if !self.shared.overflowed.load(Ordering::SeqCst) {
+                tracing::warn!("webhooks: event queue full; catching up from the store");
+            }
             self.shared.lost_event();
         }
     }
@@ -601,6 +615,9 @@ struct Checkpoints {
 struct Batch {
     events: Vec<Event>,
     moved: HashMap<RoomId, Checkpoint>,
+    /// Found by a catch-up: an endpoint of the admin API gets none of
+    /// these from before it was added.
+    found_later: bool,
 }
 
 impl Batch {
@@ -619,7 +636,9 @@ impl Batch {
         let mut jobs = Vec::new();
         for event in &self.events {
             let body = event.body();
-            for endpoint in endpoints.iter().filter(|e| e.wants(event.kind)) {
+            let since_added =
+                |e: &&Endpoint| !self.found_later || e.id == CONFIGURED_ID || event.created_at >= e.created_at;
+            for endpoint in endpoints.iter().filter(|e| e.wants(event.kind)).filter(since_added) {
                 jobs.push(NewJob {
                     bridge: endpoint.outbox_name(),
                     queue: event.room_id.to_string(),
@@ -654,6 +673,9 @@ async fn enqueue(shared: Arc<Shared>, mut events: mpsc::Receiver<BridgeEvent>) {
     let mut retry_at: Option<Instant> = None;
     let mut timer = tokio::time::interval(shared.config.catch_up_every);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Keeps `any_endpoint` current while no event comes.
+    let mut reread = tokio::time::interval(ENDPOINTS_MAX_AGE);
+    reread.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if catch_up_due && retry_at.is_none_or(|at| at <= Instant::now()) {
             let overflowed = shared.overflowed.swap(false, Ordering::SeqCst);
@@ -688,6 +710,11 @@ async fn enqueue(shared: Arc<Shared>, mut events: mpsc::Receiver<BridgeEvent>) {
             }
             () = shared.catch_up.notified() => catch_up_due = true,
             _ = timer.tick() => catch_up_due |= shared.state().active,
+            _ = reread.tick() => {
+                if let Err(err) = shared.current_endpoints().await {
+                    shared.record_error(&err);
+                }
+            }
             () = retry => {}
         }
     }
@@ -954,11 +981,12 @@ async fn catch_up(shared: &Shared, rooms: &mut Checkpoints) -> Result<()> {
         let (mut from, mut after) = (since, None);
         loop {
             let page = store.rooms_active_since(from, after, CATCH_UP_PAGE).await?;
-            let mut out = Batch::default();
+            let mut out = Batch { found_later: true, ..Batch::default() };
             for active in &page {
                 catch_up_room(shared, rooms, &mut out, &active.room, since).await?;
                 if out.events.len() >= 1000 {
-                    write(shared, rooms, &std::mem::take(&mut out), &endpoints).await?;
+                    let full = std::mem::replace(&mut out, Batch { found_later: true, ..Batch::default() });
+                    write(shared, rooms, &full, &endpoints).await?;
                 }
             }
             write(shared, rooms, &out, &endpoints).await?;

@@ -124,3 +124,54 @@ async fn what_was_committed_without_an_event_is_delivered_by_the_next_process() 
     assert_eq!(bodies.lock().expect("not poisoned").len(), 8, "what was enqueued is not enqueued again");
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_added_later_gets_nothing_from_before_it_was_added() {
+    let (url, bodies) = receiver().await;
+    let store = Arc::new(MemoryStore::new());
+    let plain = || async {
+        let bridge = WebhookBridge::new(WebhookConfig::default()).expect("valid settings");
+        let engine = Engine::builder(store.clone()).bridge(Arc::new(bridge.clone())).start().await.expect("starts");
+        (engine, bridge)
+    };
+    let (engine, _) = plain().await;
+    engine.shutdown().await;
+    store.upsert_user(&User::new(uid("ada"), "Ada")).await.expect("user");
+    let room = NewRoom {
+        id: RoomId::generate(),
+        kind: RoomKind::Group,
+        name: None,
+        visibility: Visibility::Private,
+        created_by: uid("ada"),
+        created_at: Timestamp::now(),
+        members: vec![(uid("ada"), MemberRole::Owner)],
+    };
+    let (room, _) = store.create_room(room, MemberLimits::NONE).await.expect("room");
+    let message = |i: usize| NewMessage {
+        id: MessageId::generate(),
+        room_id: room.id,
+        sender_id: uid("ada"),
+        client_msg_id: format!("c{i}"),
+        body: format!("message {i}"),
+        attachments: Vec::new(),
+        reply_to: None,
+        created_at: Timestamp::now(),
+    };
+    store.append_messages(vec![message(0)]).await.expect("appended before the endpoint");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let (engine, bridge) = plain().await;
+    let new = serde_json::json!({"url": url, "secret": SECRET, "events": ["message.created"]});
+    bridge.add_endpoint(serde_json::from_value(new).expect("an endpoint")).await.expect("added");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    engine.shutdown().await;
+    store.append_messages(vec![message(1)]).await.expect("appended after the endpoint");
+
+    let (engine, _) = plain().await;
+    let got = wait_for(&bodies, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got_now = bodies.lock().expect("not poisoned").clone();
+    assert_eq!(got_now.len(), 1, "{got_now:#?}");
+    assert_eq!(got[0]["data"]["message"]["body"], "message 1", "only what came after the endpoint");
+    engine.shutdown().await;
+}
