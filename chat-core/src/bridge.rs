@@ -24,12 +24,15 @@
 //! of a transport).
 //!
 //! A bridge configured in several processes on one database elects the one
-//! that talks to the remote platform with [`BridgeStore::acquire_lease`];
-//! the others report [`BridgeHealth::standby`]. Events reach a bridge after
-//! the commit, through memory, so one may be lost in a crash: a bridge that
+//! that talks to the remote platform with [`BridgeStore::acquire_lease`]
+//! ([`Lease`] keeps one process's side of it: when to renew, whether it
+//! surely still holds it); the others report [`BridgeHealth::standby`].
+//! Events reach a bridge after the commit, through memory, so one may be
+//! lost in a crash: a bridge that
 //! must not lose any reads back from the store what its outbox does not
 //! reflect (new messages by seq, changes with [`Store::changed_messages`]).
 
+mod lease;
 mod outbox;
 
 use std::collections::BTreeMap;
@@ -46,7 +49,8 @@ use crate::room::Room;
 use crate::store::Store;
 use crate::user::User;
 
-pub use outbox::{BridgeStore, Job, JobCounts, JobStatus, NewJob};
+pub use lease::{Leader, Lease};
+pub use outbox::{BridgeStore, Job, JobCounts, JobStatus, NewJob, NewLink};
 
 /// Something a bridge may want to mirror.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -78,7 +78,9 @@ pub mod time;
 pub mod user;
 
 pub use auth::{Authenticator, StaticTokens};
-pub use bridge::{Bridge, BridgeEvent, BridgeHealth, BridgeHost, BridgeStore, Job, JobCounts, JobStatus, NewJob};
+pub use bridge::{
+    Bridge, BridgeEvent, BridgeHealth, BridgeHost, BridgeStore, Job, JobCounts, JobStatus, NewJob, NewLink,
+};
 pub use broker::{Audience, Broker, BrokerSink, Fanout, LocalBroker, LocalBus, Topic};
 pub use command::{Command, CommandKind, Reply};
 pub use config::{ClusterConfig, EngineConfig, Limits};
@@ -95,6 +97,6 @@ pub use room::{
     Ban, Member, MemberReceipts, MemberRole, NewRoom, ReceiptKind, Room, RoomChanges, RoomKind, RoomSummary, Visibility,
 };
 pub use search::{SearchHit, SearchPage, SearchQuery};
-pub use store::{Joining, MemberLimits, MemoryStore, QueueCursor, QueuedRoom, Store};
+pub use store::{ActiveRoom, Joining, MemberLimits, MemoryStore, QueueCursor, QueuedRoom, Store};
 pub use time::Timestamp;
 pub use user::{Identity, User, UserAccount, UserListQuery, UserPatch};

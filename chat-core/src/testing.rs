@@ -161,6 +161,7 @@ macro_rules! store_conformance {
                 rooms_of_user_reports_read_cursor_and_unread,
                 support_queue_lists_open_rooms_with_messages_longest_waiting_first,
                 support_rooms_are_listed_newest_activity_first_closed_ones_too,
+                rooms_active_since_pages_by_activity,
                 support_queue_pages_visit_every_room_once,
                 claim_room_records_the_latest_agent,
                 close_room_closes_once,
@@ -1135,6 +1136,45 @@ pub async fn support_rooms_are_listed_newest_activity_first_closed_ones_too(stor
     );
     let first = &ok(store.support_rooms(1).await, "support_rooms")[0];
     assert_eq!((first.kind, first.last_seq, first.closed), (RoomKind::Support, 1, true), "rooms come whole");
+}
+
+/// `rooms_active_since` lists rooms of every kind whose newest activity
+/// (creation or message) is at or after the time, oldest activity first
+/// (ties by id), with that activity, a page at a time after the last room.
+pub async fn rooms_active_since_pages_by_activity(store: &dyn Store) {
+    let old = group(store, &["a"], 10).await;
+    let direct = ok(store.create_room(new_room(RoomKind::Direct, &["a", "b"], 20), NONE).await, "create_room").0;
+    let support = support_room(store, "v1", 30).await;
+    let quiet = group(store, &["a"], 40).await;
+    append(store, vec![msg(old.id, "a", "m1", 50)]).await;
+    // Two rooms active in the same millisecond are ordered by id.
+    let (t1, t2) = (group(store, &["a"], 60).await, group(store, &["b"], 60).await);
+    let tied = if t1.id < t2.id { [t1.id, t2.id] } else { [t2.id, t1.id] };
+    let page = |since: i64, after: Option<RoomId>, limit: u32| async move {
+        ok(store.rooms_active_since(at(since), after, limit).await, "rooms_active_since")
+            .into_iter()
+            .map(|a| (a.room.id, a.last_activity))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        page(20, None, 10).await,
+        [
+            (direct.id, at(20)),
+            (support.id, at(30)),
+            (quiet.id, at(40)),
+            (old.id, at(50)),
+            (tied[0], at(60)),
+            (tied[1], at(60))
+        ],
+        "every kind, oldest activity first, a message moves its room, ties by id"
+    );
+    assert_eq!(page(41, None, 10).await.len(), 3, "only rooms active at or after `since`");
+    assert_eq!(page(20, None, 2).await, [(direct.id, at(20)), (support.id, at(30))], "the limit holds");
+    assert_eq!(page(30, Some(support.id), 2).await, [(quiet.id, at(40)), (old.id, at(50))], "the next page");
+    assert_eq!(page(60, Some(tied[0]), 2).await, [(tied[1], at(60))], "a page may start inside a tie");
+    assert!(page(60, Some(tied[1]), 2).await.is_empty(), "the last page ends it");
+    let first = &ok(store.rooms_active_since(at(50), None, 1).await, "rooms_active_since")[0];
+    assert_eq!((first.room.id, first.room.last_seq), (old.id, 1), "rooms come whole");
 }
 
 /// `support_queue` lists open support rooms that have a message, by the time
@@ -2128,6 +2168,9 @@ macro_rules! bridge_store_conformance {
                 bridge_failed_jobs_are_listed_and_requeued,
                 bridge_jobs_are_scoped_by_bridge,
                 bridge_links_read_both_ways,
+                bridge_links_are_deleted_one_at_a_time,
+                bridge_jobs_and_links_are_stored_together,
+                bridge_jobs_are_cleared_per_bridge,
                 bridge_lease_has_one_holder_until_it_runs_out,
                 bridge_lease_is_released_by_its_holder_only;
                 shared:
@@ -2294,6 +2337,64 @@ pub async fn bridge_links_read_both_ways(store: &dyn Store) {
     let links = ok(out.links("b", "thread").await, "links");
     let want = [("room-1".to_owned(), "112".to_owned()), ("room-2".to_owned(), "222".to_owned())];
     assert_eq!(links, want);
+}
+
+/// `delete_link` removes one link, in both directions, and says whether it
+/// was there.
+pub async fn bridge_links_are_deleted_one_at_a_time(store: &dyn Store) {
+    let out = outbox(store);
+    ok(out.set_link("b", "endpoint", "e1", "{\"url\":1}").await, "set_link");
+    ok(out.set_link("b", "endpoint", "e2", "{\"url\":2}").await, "set_link");
+    ok(out.set_link("c", "endpoint", "e1", "other").await, "set_link");
+    assert!(ok(out.delete_link("b", "endpoint", "e1").await, "delete_link"));
+    assert!(!ok(out.delete_link("b", "endpoint", "e1").await, "delete_link"), "deleted already");
+    assert!(!ok(out.delete_link("b", "thread", "e2").await, "delete_link"), "kinds are separate");
+    assert_eq!(ok(out.remote_of("b", "endpoint", "e1").await, "remote_of"), None);
+    assert_eq!(ok(out.local_of("b", "endpoint", "{\"url\":1}").await, "local_of"), None);
+    let links = ok(out.links("b", "endpoint").await, "links");
+    assert_eq!(links, [("e2".to_owned(), "{\"url\":2}".to_owned())]);
+    assert_eq!(ok(out.remote_of("c", "endpoint", "e1").await, "remote_of").as_deref(), Some("other"), "per bridge");
+}
+
+/// `enqueue_and_link` adds the jobs (skipping taken keys) and sets the links,
+/// replacing earlier ones.
+pub async fn bridge_jobs_and_links_are_stored_together(store: &dyn Store) {
+    let out = outbox(store);
+    let link = |local: &str, remote: &str| crate::bridge::NewLink {
+        bridge: "b".into(),
+        kind: "cursor".into(),
+        local: local.into(),
+        remote: remote.into(),
+    };
+    ok(out.enqueue_jobs(vec![job("b", "r1", "a1", 0)]).await, "enqueue_jobs");
+    ok(out.set_link("b", "cursor", "r1", "1").await, "set_link");
+    let jobs = vec![job("b", "r1", "a1", 1), job("b", "r1", "a2", 2), job("b", "r2", "b1", 3)];
+    let added = ok(out.enqueue_and_link(jobs, vec![link("r1", "2"), link("r2", "1")]).await, "enqueue_and_link");
+    assert_eq!(added, 2, "a taken key is skipped");
+    assert_eq!(keys(&ok(out.due_jobs("b", at(10), 10).await, "due_jobs")), ["a1", "b1"], "queues keep their order");
+    assert_eq!(ok(out.remote_of("b", "cursor", "r1").await, "remote_of").as_deref(), Some("2"), "replaced");
+    assert_eq!(ok(out.remote_of("b", "cursor", "r2").await, "remote_of").as_deref(), Some("1"));
+    assert_eq!(ok(out.enqueue_and_link(Vec::new(), Vec::new()).await, "enqueue_and_link"), 0, "nothing at all");
+}
+
+/// `clear_jobs` removes every job of one bridge, pending and failed, and
+/// leaves other bridges' jobs and its own links alone; the keys are free again.
+pub async fn bridge_jobs_are_cleared_per_bridge(store: &dyn Store) {
+    use crate::bridge::JobStatus;
+    let out = outbox(store);
+    let batch = vec![job("b", "r1", "a1", 0), job("b", "r2", "b1", 1), job("c", "r1", "a1", 2)];
+    ok(out.enqueue_jobs(batch).await, "enqueue_jobs");
+    ok(out.set_link("b", "thread", "r1", "1").await, "set_link");
+    let a1 = ok(out.due_jobs("b", at(10), 10).await, "due_jobs")[0].id;
+    ok(out.fail_job("b", a1, "gone").await, "fail_job");
+    assert_eq!(ok(out.clear_jobs("b").await, "clear_jobs"), 2, "the pending and the failed one");
+    let counts = ok(out.job_counts("b").await, "job_counts");
+    assert_eq!((counts.pending, counts.failed), (0, 0));
+    assert!(ok(out.jobs("b", JobStatus::Failed, 10).await, "jobs").is_empty());
+    assert_eq!(ok(out.job_counts("c").await, "job_counts").pending, 1, "another bridge keeps its jobs");
+    assert_eq!(ok(out.remote_of("b", "thread", "r1").await, "remote_of").as_deref(), Some("1"), "links stay");
+    assert_eq!(ok(out.clear_jobs("b").await, "clear_jobs"), 0);
+    assert_eq!(ok(out.enqueue_jobs(vec![job("b", "r1", "a1", 3)]).await, "enqueue_jobs"), 1, "the key is free");
 }
 
 /// A lease has one holder: others are refused while it lasts, its holder

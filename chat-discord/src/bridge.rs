@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chat_core::bridge::{Leader, Lease};
 use chat_core::{
     Bridge, BridgeEvent, BridgeHealth, BridgeHost, BridgeStore, HistoryQuery, Job, MessageId, NewJob, Room, RoomId,
     RoomKind, Timestamp, User, UserId,
@@ -132,11 +133,9 @@ struct Shared {
     leading: tokio::sync::Mutex<Option<Leading>>,
     /// The running shards, for a clean stop.
     shards: Mutex<Option<Arc<ShardManager>>>,
-    /// This bridge's name in the lease: unique per process and start.
-    holder: String,
-    /// When the last granted renewal was asked for: the lease lasts
-    /// `lease_ttl` from then. The worker runs no job when that is near.
-    renewed_at: Mutex<Option<tokio::time::Instant>>,
+    /// The lease that elects the one process of several that runs the
+    /// worker and the gateway. The worker runs no job when its end is near.
+    lease: Lease,
     /// Set when `on_event` dropped an event: the catch-up runs at once.
     overflowed: AtomicBool,
     /// Events dropped so far, for `/health`.
@@ -452,6 +451,7 @@ impl DiscordBridge {
         config.validate()?;
         let rest = Rest::new(&config)?;
         let (events, events_rx) = mpsc::channel(config.event_queue);
+        let lease = Lease::new(NAME, config.lease_ttl, config.lease_renew);
         let shared = Shared {
             config,
             rest,
@@ -463,8 +463,7 @@ impl DiscordBridge {
             tasks: Mutex::new(Vec::new()),
             leading: tokio::sync::Mutex::new(None),
             shards: Mutex::new(None),
-            holder: format!("discord-bridge-{}", MessageId::generate()),
-            renewed_at: Mutex::new(None),
+            lease,
             overflowed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             catch_up: Notify::new(),
@@ -614,7 +613,7 @@ impl Bridge for DiscordBridge {
         let was_active = step_down(&self.shared).await;
         if was_active
             && let Ok(outbox) = self.shared.outbox()
-            && let Err(err) = outbox.release_lease(NAME, &self.shared.holder).await
+            && let Err(err) = self.shared.lease.release(outbox).await
         {
             tracing::warn!(error = %err, "discord bridge: cannot release the lease; it runs out by itself");
         }
@@ -660,12 +659,6 @@ fn into_chat(err: Error) -> chat_core::Error {
     }
 }
 
-/// The time `wait` from now.
-fn from_now(wait: Duration) -> Timestamp {
-    let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-    Timestamp::from_millis(Timestamp::now().as_millis().saturating_add(wait_ms))
-}
-
 // ---------------------------------------------------------------------------
 // The lease: of several processes, one runs the worker and the gateway
 
@@ -673,11 +666,8 @@ fn from_now(wait: Duration) -> Timestamp {
 /// starts or stops this process's worker and gateway to match. Returns
 /// whether this process holds it.
 async fn hold_lease(shared: &Arc<Shared>) -> Result<bool> {
-    let asked_at = tokio::time::Instant::now();
-    let now = Timestamp::now();
-    let until = from_now(shared.config.lease_ttl);
-    let held = shared.outbox()?.acquire_lease(NAME, &shared.holder, now, until).await?;
-    *shared.renewed_at.lock().unwrap_or_else(|e| e.into_inner()) = held.then_some(asked_at);
+    let held = shared.lease.acquire(shared.outbox()?).await?;
+    let until = shared.lease.until().unwrap_or_else(Timestamp::now);
     // The agents' count is a courtesy to processes on standby: failing to
     // share it changes nothing about who holds the lease.
     let shared_count = if held {
@@ -694,36 +684,33 @@ async fn hold_lease(shared: &Arc<Shared>) -> Result<bool> {
 }
 
 /// Renews the lease, or waits for it, until the bridge stops.
-async fn lead(shared: Arc<Shared>, mut held: bool) {
-    let renew = shared.config.lease_renew;
-    let mut renewed_at = tokio::time::Instant::now();
-    loop {
-        tokio::time::sleep(renew).await;
-        match hold_lease(&shared).await {
-            Ok(now_held) => {
-                if now_held != held {
-                    tracing::info!(holder = %shared.holder, active = now_held, "discord bridge: the lease changed hands");
-                }
-                held = now_held;
-                if held {
-                    renewed_at = tokio::time::Instant::now();
-                }
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "discord bridge: cannot renew the lease");
-                shared.record_error(&err);
-                // Unrenewed, the lease runs out and another process may take
-                // it: stop a renewal period before that can happen.
-                if held && renewed_at.elapsed() + renew >= shared.config.lease_ttl {
-                    tracing::warn!("discord bridge: the lease may have run out; standing by");
-                    step_down(&shared).await;
-                    held = false;
-                }
-            }
-        }
+async fn lead(shared: Arc<Shared>, held: bool) {
+    shared.lease.keep(&Holder(shared.clone()), held).await;
+}
+
+/// This process as a candidate for the lease.
+struct Holder(Arc<Shared>);
+
+#[async_trait]
+impl Leader for Holder {
+    type Error = Error;
+
+    async fn hold(&self) -> Result<bool> {
+        hold_lease(&self.0).await
+    }
+
+    async fn stand_down(&self) {
+        step_down(&self.0).await;
+    }
+
+    fn failed(&self, err: &Error) {
+        self.0.record_error(err);
+    }
+
+    async fn tried(&self, held: bool) {
         if !held {
             // No worker refreshes the counts here.
-            shared.refresh_counts().await;
+            self.0.refresh_counts().await;
         }
     }
 }
@@ -778,14 +765,6 @@ async fn step_down(shared: &Shared) -> bool {
     true
 }
 
-/// Whether the lease surely lasts a while yet: not when its last renewal is
-/// older than `lease_ttl - lease_renew`. A process that stalled (a paused
-/// VM, a lost database) must not start a job another holder may run too.
-fn lease_fresh(shared: &Shared) -> bool {
-    let renewed_at = *shared.renewed_at.lock().unwrap_or_else(|e| e.into_inner());
-    renewed_at.is_some_and(|at| at.elapsed() + shared.config.lease_renew < shared.config.lease_ttl)
-}
-
 /// The lease holder tells processes on standby how many agents are online,
 /// for their `/support/availability`; its word holds as long as its lease.
 async fn publish_agents(shared: &Shared, until: Timestamp) -> Result<()> {
@@ -793,13 +772,6 @@ async fn publish_agents(shared: &Shared, until: Timestamp) -> Result<()> {
     let value = format!("{count}@{}", until.as_millis());
     shared.outbox()?.set_link(NAME, LINK_STATUS, "online_agents", &value).await?;
     Ok(())
-}
-
-/// When the lease runs out, as this process last renewed it; `None` when
-/// it does not hold it.
-fn lease_until(shared: &Shared) -> Option<Timestamp> {
-    let renewed_at = *shared.renewed_at.lock().unwrap_or_else(|e| e.into_inner());
-    renewed_at.map(|at| from_now(shared.config.lease_ttl.saturating_sub(at.elapsed())))
 }
 
 async fn read_published_agents(shared: &Shared) -> Result<()> {
@@ -1070,7 +1042,7 @@ async fn work(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
             if stop.load(Ordering::SeqCst) {
                 return;
             }
-            if !lease_fresh(&shared) {
+            if !shared.lease.fresh() {
                 // The leader renews it or stands down; wait for either.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 break;
@@ -1570,8 +1542,8 @@ async fn watch_gateway(shared: Arc<Shared>) {
             None => shared.state().shard_seen(false),
         }
         let count = shared.state().online_agents();
-        if published != Some(count) && lease_fresh(&shared) {
-            let Some(until) = lease_until(&shared) else { continue };
+        if published != Some(count) && shared.lease.fresh() {
+            let Some(until) = shared.lease.until() else { continue };
             match publish_agents(&shared, until).await {
                 Ok(()) => published = Some(count),
                 Err(err) => tracing::debug!(error = %err, "discord bridge: cannot share the count of online agents"),

@@ -49,9 +49,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_core::{
-    Appended, Ban, HistoryPage, HistoryQuery, Joining, Member, MemberLimits, MemberRole, Message, MessageId,
-    NewMessage, NewRoom, QueueCursor, QueuedRoom, ReceiptKind, Room, RoomChanges, RoomId, RoomKind, RoomSummary,
-    SearchPage, SearchQuery, Store, Timestamp, User, UserAccount, UserId, UserListQuery, UserPatch,
+    ActiveRoom, Appended, Ban, HistoryPage, HistoryQuery, Joining, Member, MemberLimits, MemberRole, Message,
+    MessageId, NewMessage, NewRoom, QueueCursor, QueuedRoom, ReceiptKind, Room, RoomChanges, RoomId, RoomKind,
+    RoomSummary, SearchPage, SearchQuery, Store, Timestamp, User, UserAccount, UserId, UserListQuery, UserPatch,
 };
 use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
@@ -1302,6 +1302,38 @@ impl Store for PostgresStore {
             .await
             .db()?;
             Ok(rows.iter().map(room_from_row).collect::<Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn rooms_active_since(
+        &self,
+        since: Timestamp,
+        after: Option<RoomId>,
+        limit: u32,
+    ) -> chat_core::Result<Vec<ActiveRoom>> {
+        // No index covers `last_activity` (sends update it in place, HOT):
+        // a catch-up scans the table. Without `after`, start before every
+        // room: no UUID sorts before the nil one.
+        let after = after.map_or(Uuid::nil(), |id| *id.as_uuid());
+        self.bounded(async {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                room_cols!(),
+                ", last_activity FROM rooms WHERE (last_activity, id) > ($1, $2) ORDER BY last_activity, id LIMIT $3"
+            ))
+            .bind(since.as_millis())
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .db()?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let last_activity = codec::time_from_db(row.try_get("last_activity").db()?);
+                out.push(ActiveRoom { room: room_from_row(row)?, last_activity });
+            }
+            Ok(out)
         })
         .await
     }

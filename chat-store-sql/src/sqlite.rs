@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_core::{
-    Appended, Ban, HistoryPage, HistoryQuery, Joining, Member, MemberLimits, MemberRole, Message, MessageId,
-    NewMessage, NewRoom, QueueCursor, QueuedRoom, ReceiptKind, Room, RoomChanges, RoomId, RoomKind, RoomSummary,
-    SearchPage, SearchQuery, Store, Timestamp, User, UserAccount, UserId, UserListQuery, UserPatch,
+    ActiveRoom, Appended, Ban, HistoryPage, HistoryQuery, Joining, Member, MemberLimits, MemberRole, Message,
+    MessageId, NewMessage, NewRoom, QueueCursor, QueuedRoom, ReceiptKind, Room, RoomChanges, RoomId, RoomKind,
+    RoomSummary, SearchPage, SearchQuery, Store, Timestamp, User, UserAccount, UserId, UserListQuery, UserPatch,
 };
 use sqlx::error::DatabaseError;
 use sqlx::sqlite::{
@@ -1142,6 +1142,35 @@ impl Store for SqliteStore {
         .await
         .db()?;
         Ok(rows.iter().map(room_from_row).collect::<Result<_>>()?)
+    }
+
+    async fn rooms_active_since(
+        &self,
+        since: Timestamp,
+        after: Option<RoomId>,
+        limit: u32,
+    ) -> chat_core::Result<Vec<ActiveRoom>> {
+        // No index orders rooms by activity (each send would update it): a
+        // catch-up scans the table. Without `after`, start before every room:
+        // no id sorts before ''.
+        let after = after.map_or(String::new(), |id| id.to_string());
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            room_cols!(),
+            ", last_activity FROM rooms WHERE (last_activity, id) > (?1, ?2) ORDER BY last_activity, id LIMIT ?3"
+        ))
+        .bind(since.as_millis())
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .db()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let last_activity = codec::time_from_db(row.try_get("last_activity").db()?);
+            out.push(ActiveRoom { room: room_from_row(row)?, last_activity });
+        }
+        Ok(out)
     }
 
     async fn support_queue(&self, after: Option<QueueCursor>, limit: u32) -> chat_core::Result<Vec<QueuedRoom>> {

@@ -333,23 +333,42 @@ pub(crate) async fn make_token(
     Ok(Json(Token { token, expires_at }).into_response())
 }
 
-#[derive(Deserialize, IntoParams)]
+/// The query of an outbox listing, `?status=failed|pending&limit=N`: the
+/// bridges' jobs here, and other crates' listings of the same (webhook
+/// deliveries).
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub(crate) struct JobsParams {
+pub struct JobQuery {
     /// `failed` (the default) or `pending`.
-    status: Option<String>,
-    /// Jobs per answer: 1 to 1000 (larger is capped), 100 by default.
-    limit: Option<u32>,
+    pub status: Option<String>,
+    /// How many, oldest first: 100 unless asked, at most 1000 (larger is capped).
+    pub limit: Option<u32>,
 }
 
 /// Most jobs one listing returns.
-const MAX_JOBS_PAGE: u32 = 1000;
+pub const MAX_JOBS_PAGE: u32 = 1000;
 
-/// `GET /v1/admin/bridges/{bridge}/jobs?status=failed|pending&limit=N`: a
-/// bridge's outbox jobs, oldest first (failed ones unless asked otherwise).
+impl JobQuery {
+    /// The status and the limit asked for; 400 for another status or a
+    /// limit of 0. A limit above [`MAX_JOBS_PAGE`] is capped.
+    pub fn read(&self) -> ApiResult<(JobStatus, u32)> {
+        let status = match self.status.as_deref() {
+            None => JobStatus::Failed,
+            Some(s) => JobStatus::parse(s)
+                .ok_or_else(|| ApiError::new(ErrorCode::Invalid, "status must be failed or pending"))?,
+        };
+        let limit = match self.limit {
+            Some(0) => return Err(ApiError::new(ErrorCode::Invalid, "limit must be at least 1")),
+            Some(n) => n.min(MAX_JOBS_PAGE),
+            None => 100,
+        };
+        Ok((status, limit))
+    }
+}
+
 #[utoipa::path(
     get, path = "/v1/admin/bridges/{bridge}/jobs", tag = "admin", security(("api_key" = [])),
-    params(("bridge" = String, Path, description = "The bridge's name, e.g. discord"), JobsParams),
+    params(("bridge" = String, Path, description = "The bridge's name, e.g. discord"), JobQuery),
     responses(
         (status = 200, description = "The bridge's jobs, oldest first", body = Jobs),
         (status = 400, description = "A bad status or limit", body = ErrorBody),
@@ -361,21 +380,10 @@ pub(crate) async fn bridge_jobs(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(bridge): Path<String>,
-    params: Result<Query<JobsParams>, QueryRejection>,
+    params: Result<Query<JobQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     require_api_key(&app, &headers)?;
-    let params = query(params)?;
-    let status = match params.status.as_deref() {
-        None => JobStatus::Failed,
-        Some(s) => {
-            JobStatus::parse(s).ok_or_else(|| ApiError::new(ErrorCode::Invalid, "status must be failed or pending"))?
-        }
-    };
-    let limit = match params.limit {
-        Some(0) => return Err(ApiError::new(ErrorCode::Invalid, "limit must be at least 1")),
-        Some(n) => n.min(MAX_JOBS_PAGE),
-        None => 100,
-    };
+    let (status, limit) = query(params)?.read()?;
     let jobs = app.engine.bridge_jobs(&bridge, status, limit).await?;
     Ok(Json(Jobs { jobs }).into_response())
 }

@@ -60,9 +60,11 @@ use tower_http::timeout::RequestBodyDeadlineLayer;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use admin::{JobQuery, MAX_JOBS_PAGE};
 pub use auth::{Claims, JwtAuthenticator, JwtConfig, SignKey, TokenIssuer, VerifyKey, generate_secret};
 pub use config::{OriginPolicy, WsConfig};
 pub use error::{ApiError, Error, Result};
+pub use openapi::{ErrorBody, ErrorDetail};
 pub use serve::serve;
 /// The OpenAPI crates the router is built with, for transports that add
 /// routes ([`router_with`]) to describe them with the same versions.
@@ -122,6 +124,20 @@ impl AppState {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
         origin.to_str().is_ok_and(|o| self.config.origins.allows(o, host))
     }
+}
+
+/// For admin routes of other crates (mounted with [`router_with`]): checks
+/// the request's `x-api-key` against [`WsConfig::api_key`] as the built-in
+/// admin routes do; 401 when it is missing or wrong, or no key is configured.
+pub fn require_api_key(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    http::require_api_key(app, headers)
+}
+
+/// For routes of other crates: a JSON body, or the error the built-in
+/// routes answer a bad one with (400, 413 past the body limit, 408 when it
+/// came too slowly).
+pub fn json_body<T>(payload: Result<axum::Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
+    http::body(payload)
 }
 
 /// The token of an `Authorization: Bearer <token>` header, if there is one.

@@ -78,15 +78,16 @@ impl Modify for Security {
     }
 }
 
-/// Every error: `{"error":{"code","message"}}`.
+/// Every error: `{"error":{"code","message"}}`, for the descriptions of
+/// routes (other crates' too).
 #[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct ErrorBody {
+pub struct ErrorBody {
     pub(crate) error: ErrorDetail,
 }
 
 /// An error's code and text.
 #[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct ErrorDetail {
+pub struct ErrorDetail {
     /// `invalid`, `unauthorized`, `forbidden`, `not_found`, `not_member`,
     /// `too_large`, `rate_limited`, `conflict`, `unknown_command`,
     /// `unavailable` or `internal`.

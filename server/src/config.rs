@@ -172,6 +172,18 @@ pub struct Config {
     /// What the broker's subjects or channels start with, so that several
     /// deployments can share one broker.
     pub broker_prefix: String,
+    /// Where committed changes are POSTed as signed webhooks (`https://…`),
+    /// with `webhook_secret`; more endpoints are added through
+    /// `/v1/admin/webhooks` (needs the `webhooks` feature, on by default).
+    pub webhook_url: Option<String>,
+    /// The HMAC key that signs the webhooks of `webhook_url`, 16 to 256 bytes.
+    pub webhook_secret: Option<String>,
+    /// The events sent to `webhook_url`, comma-separated
+    /// (`message.created,support.opened`); empty for all.
+    pub webhook_events: String,
+    /// Seconds a webhook delivery is retried before it is failed (a day);
+    /// shorter for tests, or for receivers that want nothing late.
+    pub webhook_give_up_s: u64,
     /// The Discord bridge, on when a token is set (`[discord]`, `DISCORD_*`).
     pub discord: DiscordSettings,
     /// `CHAT_*` variables of the environment that name no setting and were
@@ -217,6 +229,10 @@ impl std::fmt::Debug for DiscordSettings {
             .finish()
     }
 }
+
+/// Settings whose `CHAT_*` variable is read as written rather than like
+/// TOML (see [`Config::load`]).
+const VERBATIM_ENV: [&str; 1] = ["webhook_secret"];
 
 /// The keys of `[discord]`, which are also the `DISCORD_*` variables.
 const DISCORD_KEYS: [&str; 7] =
@@ -324,6 +340,10 @@ impl Default for Config {
             socketio: true,
             broker_url: None,
             broker_prefix: "chat".into(),
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_events: String::new(),
+            webhook_give_up_s: 24 * 3600,
             discord: DiscordSettings::default(),
             ignored_env: Vec::new(),
         }
@@ -414,8 +434,20 @@ impl Config {
         // only a likely typo of a setting is refused (see `check_environment`).
         let known = Self::keys();
         let ignored = check_environment(std::env::vars_os(), &known)?;
-        figment =
-            figment.merge(Env::prefixed("CHAT_").filter(move |key| known.contains(&key.as_str().to_ascii_lowercase())));
+        figment = figment.merge(Env::prefixed("CHAT_").filter(move |key| {
+            let key = key.as_str().to_ascii_lowercase();
+            known.contains(&key) && !VERBATIM_ENV.contains(&key.as_str())
+        }));
+        // Secrets are taken as written: `CHAT_WEBHOOK_SECRET=0123…` is text,
+        // where parsing it like TOML would make it a number (and drop its
+        // leading zero).
+        for (name, value) in std::env::vars_os() {
+            let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else { continue };
+            let key = name.get(..5).filter(|p| p.eq_ignore_ascii_case("CHAT_")).map(|_| name[5..].to_ascii_lowercase());
+            if let Some(key) = key.filter(|k| VERBATIM_ENV.contains(&k.as_str())) {
+                figment = figment.merge(Serialized::default(&key, value));
+            }
+        }
         // `DISCORD_TOKEN` sets `discord.token`. Only the bridge's own keys are
         // read, so other `DISCORD_*` variables of the environment do no harm.
         figment =
@@ -496,6 +528,7 @@ impl Config {
         if self.max_connections_per_ip == 0 || self.max_connections == 0 {
             bail!("max_connections_per_ip and max_connections must be positive");
         }
+        self.validate_webhooks()?;
         if self.discord.enabled() {
             self.discord.ids()?;
             if !cfg!(feature = "discord") {
@@ -505,6 +538,46 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The webhook endpoint of the configuration: both its URL and its
+    /// secret, or neither; known events; a positive give-up time.
+    fn validate_webhooks(&self) -> anyhow::Result<()> {
+        let url = self.webhook_url.as_deref().map(str::trim).filter(|u| !u.is_empty());
+        let secret = self.webhook_secret.as_deref().filter(|s| !s.is_empty());
+        match (url, secret) {
+            (Some(_), None) => bail!("webhook_url is set but webhook_secret is not: set CHAT_WEBHOOK_SECRET too"),
+            (None, Some(_)) => bail!("webhook_secret is set but webhook_url is not: set CHAT_WEBHOOK_URL too"),
+            _ => {}
+        }
+        if self.webhook_give_up_s == 0 {
+            bail!("webhook_give_up_s must be positive");
+        }
+        #[cfg(feature = "webhooks")]
+        self.webhook_config()?;
+        #[cfg(not(feature = "webhooks"))]
+        if url.is_some() {
+            bail!(
+                "CHAT_WEBHOOK_URL is set, but this build leaves webhooks out (build chat-server with the \"webhooks\" feature)"
+            );
+        }
+        Ok(())
+    }
+
+    /// The webhooks' settings, with the endpoint of the configuration if one is set.
+    #[cfg(feature = "webhooks")]
+    pub fn webhook_config(&self) -> anyhow::Result<chat_webhooks::WebhookConfig> {
+        let mut config = chat_webhooks::WebhookConfig::default();
+        let url = self.webhook_url.as_deref().map(str::trim).filter(|u| !u.is_empty());
+        if let (Some(url), Some(secret)) = (url, self.webhook_secret.as_deref().filter(|s| !s.is_empty())) {
+            let names = self.webhook_events.split(',').map(str::trim).filter(|e| !e.is_empty());
+            let events = chat_webhooks::EventType::parse_list(names).context("webhook_events")?;
+            config.endpoint =
+                Some(chat_webhooks::ConfiguredEndpoint { url: url.to_owned(), secret: secret.to_owned(), events });
+        }
+        config.give_up_after = Duration::from_secs(self.webhook_give_up_s);
+        config.validate().context("invalid webhook settings")?;
+        Ok(config)
     }
 
     /// The Discord bridge's settings, when `DISCORD_TOKEN` is set.
@@ -768,6 +841,50 @@ mod tests {
                 assert!(Config::load(None).is_err(), "{var}=0 is refused");
                 jail.set_env(var, "9");
             }
+            Ok(())
+        });
+    }
+
+    // figment's test jail returns its own large error type.
+    #[allow(clippy::result_large_err)]
+    #[cfg(feature = "webhooks")]
+    #[test]
+    fn the_webhook_endpoint_comes_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            let config = Config::load(None).map_err(|e| e.to_string())?.webhook_config().map_err(|e| e.to_string())?;
+            assert_eq!(config.endpoint, None, "no endpoint unless one is set");
+            assert_eq!(config.give_up_after, Duration::from_secs(86_400), "a day of retries");
+            jail.set_env("CHAT_WEBHOOK_URL", "https://example.com/hooks/chat");
+            let err = Config::load(None).expect_err("a URL needs its secret").to_string();
+            assert!(err.contains("CHAT_WEBHOOK_SECRET"), "{err}");
+            // A secret of digits only is still a string, leading zero included.
+            jail.set_env("CHAT_WEBHOOK_SECRET", "0234567890123456");
+            jail.set_env("CHAT_WEBHOOK_EVENTS", "message.created, support.opened");
+            jail.set_env("CHAT_WEBHOOK_GIVE_UP_S", "2");
+            let config =
+                Config::load(None).map_err(|e| format!("{e:#}"))?.webhook_config().map_err(|e| e.to_string())?;
+            let endpoint = config.endpoint.expect("the configured endpoint");
+            assert_eq!(endpoint.url, "https://example.com/hooks/chat");
+            assert_eq!(endpoint.secret, "0234567890123456");
+            assert_eq!(
+                endpoint.events,
+                [chat_webhooks::EventType::MessageCreated, chat_webhooks::EventType::SupportOpened]
+            );
+            assert_eq!(config.give_up_after, Duration::from_secs(2));
+            for (var, bad) in [
+                ("CHAT_WEBHOOK_EVENTS", "message.created,message.sent"),
+                ("CHAT_WEBHOOK_SECRET", "short"),
+                ("CHAT_WEBHOOK_URL", "ftp://example.com/hook"),
+                ("CHAT_WEBHOOK_GIVE_UP_S", "0"),
+            ] {
+                let good = std::env::var(var).unwrap_or_default();
+                jail.set_env(var, bad);
+                assert!(Config::load(None).is_err(), "{var}={bad} is refused");
+                jail.set_env(var, good);
+            }
+            jail.set_env("CHAT_WEBHOOK_URL", "");
+            let err = Config::load(None).expect_err("a secret needs its URL").to_string();
+            assert!(err.contains("CHAT_WEBHOOK_URL"), "{err}");
             Ok(())
         });
     }

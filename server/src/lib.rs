@@ -1,6 +1,8 @@
 //! The reference chat server: the engine, the WebSocket transport and the SQL
 //! store, wired together from a [`Config`], with the Discord bridge when
-//! `DISCORD_TOKEN` is set (feature `discord`, on by default).
+//! `DISCORD_TOKEN` is set (feature `discord`, on by default) and signed
+//! webhooks (feature `webhooks`, on by default: the endpoint of
+//! `CHAT_WEBHOOK_URL` and those added through `/v1/admin/webhooks`).
 //!
 //! [`run`] serves on a listener until a shutdown future resolves; `main` only
 //! parses the command line, sets up logging, binds and calls it. Tests call
@@ -244,12 +246,17 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-/// The routes of every transport the configuration asks for, on one router.
-fn transports(state: AppState, config: &Config) -> anyhow::Result<axum::Router> {
+/// The routes of every transport the configuration asks for, and `extra`
+/// (other crates' routes, such as the webhooks' admin API), on one router.
+fn transports(
+    state: AppState,
+    config: &Config,
+    extra: chat_transport_ws::utoipa_axum::router::OpenApiRouter<AppState>,
+) -> anyhow::Result<axum::Router> {
     #[cfg(feature = "socketio")]
     if config.socketio {
         let socketio = chat_transport_socketio::routes(&state);
-        return Ok(chat_transport_ws::router_with(state, socketio));
+        return Ok(chat_transport_ws::router_with(state, extra.merge(socketio)));
     }
     #[cfg(not(feature = "socketio"))]
     if config.socketio {
@@ -257,7 +264,7 @@ fn transports(state: AppState, config: &Config) -> anyhow::Result<axum::Router> 
             "socketio is on, but this build has no Socket.IO transport (cargo feature `socketio`); set CHAT_SOCKETIO=false"
         );
     }
-    Ok(chat_transport_ws::router(state))
+    Ok(chat_transport_ws::router_with(state, extra))
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, closes every
@@ -269,8 +276,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     let Auth { verifier, issuer } = auth_from(&config)?;
-    #[cfg_attr(not(any(feature = "discord", feature = "nats", feature = "redis")), allow(unused_mut))]
+    #[cfg_attr(
+        not(any(feature = "discord", feature = "webhooks", feature = "nats", feature = "redis")),
+        allow(unused_mut)
+    )]
     let mut engine = Engine::builder(store).config(config.engine_config());
+    #[cfg_attr(not(feature = "webhooks"), allow(unused_mut))]
+    let mut extra_routes = chat_transport_ws::utoipa_axum::router::OpenApiRouter::new();
     #[cfg(any(feature = "nats", feature = "redis"))]
     if let Some(url) = config.broker() {
         let options = chat_broker::Options { prefix: config.broker_prefix.clone(), ..chat_broker::Options::default() };
@@ -283,6 +295,16 @@ pub async fn run(
         let bridge = chat_discord::DiscordBridge::new(discord).context("setting up the Discord bridge")?;
         tracing::info!(guild = config.discord.guild_id, "the Discord bridge is on");
         engine = engine.bridge(Arc::new(bridge));
+    }
+    #[cfg(feature = "webhooks")]
+    {
+        let settings = config.webhook_config()?;
+        if let Some(endpoint) = &settings.endpoint {
+            tracing::info!(url = %endpoint.url, "webhooks go to the configured endpoint");
+        }
+        let webhooks = chat_webhooks::WebhookBridge::new(settings).context("setting up webhooks")?;
+        engine = engine.bridge(Arc::new(webhooks.clone()));
+        extra_routes = extra_routes.merge(chat_webhooks::routes(webhooks));
     }
     let engine = engine.start().await.context("starting the engine")?;
     if config.dev_login {
@@ -301,7 +323,7 @@ pub async fn run(
         ws_config.max_connections = fit;
     }
     let state = AppState::new(engine.clone(), verifier, issuer, ws_config.clone());
-    let app = transports(state, &config)?;
+    let app = transports(state, &config, extra_routes)?;
     let stopping = engine.clone();
     // Connections are still accepted while the engine shuts down; the accept
     // loop stops once it has.

@@ -29,18 +29,9 @@ async fn within<T, F: Future<Output = Option<T>>>(bound: Duration, what: &str, m
     }
 }
 
-/// A server whose bridge talks to `discord` (through the proxy setting, as a
-/// deployment behind a rate-limit proxy would).
+/// A server whose bridge talks to `discord`.
 async fn server_for(discord: &StandIn) -> TestServer {
-    let settings = DiscordSettings {
-        token: Some("stand-in-token".into()),
-        guild_id: Some(GUILD),
-        forum_channel_id: Some(FORUM),
-        support_role_id: Some(SUPPORT_ROLE),
-        proxy_url: Some(discord.url()),
-        role_map: None,
-        channel_map: None,
-    };
+    let settings = discord_settings(discord);
     TestServer::start_with(move |config| config.discord = settings).await
 }
 
@@ -279,15 +270,7 @@ async fn two_servers_on_one_database_run_the_bridge_once_and_take_over() {
         return;
     };
     let discord = StandIn::start().await;
-    let settings = DiscordSettings {
-        token: Some("stand-in-token".into()),
-        guild_id: Some(GUILD),
-        forum_channel_id: Some(FORUM),
-        support_role_id: Some(SUPPORT_ROLE),
-        proxy_url: Some(discord.url()),
-        role_map: None,
-        channel_map: None,
-    };
+    let settings = discord_settings(&discord);
     let on_the_database = |settings: DiscordSettings| {
         let url = schema.url();
         move |config: &mut chat_server::Config| {

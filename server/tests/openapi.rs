@@ -102,6 +102,11 @@ async fn every_operation_described_is_a_route_and_the_routes_are_described() {
         ("post", "/v1/admin/users/{id}/tokens"),
         ("get", "/v1/dev-login"),
         ("post", "/v1/dev-login"),
+        ("get", "/v1/admin/webhooks"),
+        ("post", "/v1/admin/webhooks"),
+        ("delete", "/v1/admin/webhooks/{id}"),
+        ("get", "/v1/admin/webhooks/{id}/deliveries"),
+        ("post", "/v1/admin/webhooks/{id}/deliveries/{delivery}/retry"),
     ] {
         assert!(ops.contains(&(method.to_owned(), path.to_owned())), "{method} {path} is not described");
     }
@@ -110,7 +115,7 @@ async fn every_operation_described_is_a_route_and_the_routes_are_described() {
         let concrete = path
             .replace("{id}", "00000000-0000-7000-8000-000000000000")
             .replace("{bridge}", "discord")
-            .replace("{delivery_id}", "1");
+            .replace("{delivery}", "1");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("a method");
         let response = server.http.request(method.clone(), server.url(&concrete)).send().await.expect("request");
         let status = response.status().as_u16();

@@ -82,6 +82,19 @@ pub struct NewJob {
     pub created_at: Timestamp,
 }
 
+/// A link on its way into the store, for [`BridgeStore::enqueue_and_link`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewLink {
+    /// The bridge it belongs to.
+    pub bridge: String,
+    /// What it links (`thread`, `cursor`, …); the bridge's own vocabulary.
+    pub kind: String,
+    /// The local id (or key).
+    pub local: String,
+    /// The remote id (or value).
+    pub remote: String,
+}
+
 /// A job in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -127,6 +140,22 @@ pub trait BridgeStore: Send + Sync + 'static {
     /// is pending or failed already is skipped. Returns how many were added.
     async fn enqueue_jobs(&self, jobs: Vec<NewJob>) -> Result<u64>;
 
+    /// Adds jobs as [`enqueue_jobs`](BridgeStore::enqueue_jobs) does and sets
+    /// links as [`set_link`](BridgeStore::set_link) does, in one commit: a
+    /// bridge that records how far it enqueued (a cursor) never finds the
+    /// cursor ahead of its jobs, and pays for one commit instead of several.
+    /// Returns how many jobs were added.
+    ///
+    /// The default enqueues, then sets each link: a crash in between leaves
+    /// the links behind the jobs, never ahead of them.
+    async fn enqueue_and_link(&self, jobs: Vec<NewJob>, links: Vec<NewLink>) -> Result<u64> {
+        let added = self.enqueue_jobs(jobs).await?;
+        for link in links {
+            self.set_link(&link.bridge, &link.kind, &link.local, &link.remote).await?;
+        }
+        Ok(added)
+    }
+
     /// The jobs of `bridge` that may run at `now`: of each queue, its oldest
     /// pending job, if that job's `run_at` has come. Ordered by id, at most `limit`.
     async fn due_jobs(&self, bridge: &str, now: Timestamp, limit: u32) -> Result<Vec<Job>>;
@@ -155,11 +184,18 @@ pub trait BridgeStore: Send + Sync + 'static {
     /// How many jobs of `bridge` are pending and failed.
     async fn job_counts(&self, bridge: &str) -> Result<JobCounts>;
 
+    /// Removes every job of `bridge`, pending and failed (its work is no
+    /// longer wanted: a webhook endpoint was deleted). Returns how many.
+    async fn clear_jobs(&self, bridge: &str) -> Result<u64>;
+
     /// Links `local` to `remote` under `kind`, replacing an earlier link of `local`.
     async fn set_link(&self, bridge: &str, kind: &str, local: &str, remote: &str) -> Result<()>;
 
     /// The remote id linked to `local`, if any.
     async fn remote_of(&self, bridge: &str, kind: &str, local: &str) -> Result<Option<String>>;
+
+    /// Removes the link of `local` under `kind`. Returns whether there was one.
+    async fn delete_link(&self, bridge: &str, kind: &str, local: &str) -> Result<bool>;
 
     /// The local id linked to `remote`, if any (the first, should several be).
     async fn local_of(&self, bridge: &str, kind: &str, remote: &str) -> Result<Option<String>>;

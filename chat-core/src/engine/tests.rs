@@ -825,6 +825,14 @@ impl Store for Laggy {
     async fn support_rooms(&self, limit: u32) -> Result<Vec<Room>> {
         self.inner.support_rooms(limit).await
     }
+    async fn rooms_active_since(
+        &self,
+        since: Timestamp,
+        after: Option<RoomId>,
+        limit: u32,
+    ) -> Result<Vec<crate::store::ActiveRoom>> {
+        self.inner.rooms_active_since(since, after, limit).await
+    }
     async fn room_count_of_user(&self, user: &UserId) -> Result<u64> {
         self.inner.room_count_of_user(user).await
     }

@@ -6,8 +6,8 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Joining, MemberLimits, QueueCursor, QueuedRoom, Store, banned_error};
-use crate::bridge::{BridgeStore, Job, JobCounts, JobStatus, NewJob};
+use super::{ActiveRoom, Joining, MemberLimits, QueueCursor, QueuedRoom, Store, banned_error};
+use crate::bridge::{BridgeStore, Job, JobCounts, JobStatus, NewJob, NewLink};
 use crate::error::{Error, Result};
 use crate::id::{MessageId, RoomId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, Message, NewMessage};
@@ -394,6 +394,25 @@ impl Store for MemoryStore {
         Ok(rooms.into_iter().take(limit as usize).map(|(_, room)| room.clone()).collect())
     }
 
+    async fn rooms_active_since(&self, since: Timestamp, after: Option<RoomId>, limit: u32) -> Result<Vec<ActiveRoom>> {
+        let state = self.lock();
+        let mut rooms: Vec<(Timestamp, RoomId, &Room)> = state
+            .rooms
+            .values()
+            .map(|rs| (rs.last_activity, rs.room.id, &rs.room))
+            .filter(|(at, id, _)| match after {
+                Some(after) => (*at, *id) > (since, after),
+                None => *at >= since,
+            })
+            .collect();
+        rooms.sort_by_key(|r| (r.0, r.1));
+        Ok(rooms
+            .into_iter()
+            .take(limit as usize)
+            .map(|(last_activity, _, room)| ActiveRoom { room: room.clone(), last_activity })
+            .collect())
+    }
+
     async fn room_count_of_user(&self, user: &UserId) -> Result<u64> {
         Ok(self.lock().memberships.get(user).map_or(0, |s| s.len() as u64))
     }
@@ -658,19 +677,16 @@ impl State {
     fn job_mut(&mut self, bridge: &str, id: i64) -> Option<&mut Job> {
         self.jobs.get_mut(&id).filter(|j| j.bridge == bridge)
     }
-}
 
-#[async_trait]
-impl BridgeStore for MemoryStore {
-    async fn enqueue_jobs(&self, jobs: Vec<NewJob>) -> Result<u64> {
-        let mut state = self.lock();
+    /// Adds the jobs whose key is not taken; returns how many.
+    fn enqueue(&mut self, jobs: Vec<NewJob>) -> u64 {
         let mut added = 0;
         for new in jobs {
-            if state.jobs.values().any(|j| j.bridge == new.bridge && j.dedupe_key == new.dedupe_key) {
+            if self.jobs.values().any(|j| j.bridge == new.bridge && j.dedupe_key == new.dedupe_key) {
                 continue;
             }
-            state.last_job_id += 1;
-            let id = state.last_job_id;
+            self.last_job_id += 1;
+            let id = self.last_job_id;
             let job = Job {
                 id,
                 bridge: new.bridge,
@@ -684,8 +700,25 @@ impl BridgeStore for MemoryStore {
                 last_error: None,
                 created_at: new.created_at,
             };
-            state.jobs.insert(id, job);
+            self.jobs.insert(id, job);
             added += 1;
+        }
+        added
+    }
+}
+
+#[async_trait]
+impl BridgeStore for MemoryStore {
+    async fn enqueue_jobs(&self, jobs: Vec<NewJob>) -> Result<u64> {
+        Ok(self.lock().enqueue(jobs))
+    }
+
+    async fn enqueue_and_link(&self, jobs: Vec<NewJob>, links: Vec<NewLink>) -> Result<u64> {
+        // One lock, so that nobody sees the jobs without the links.
+        let mut state = self.lock();
+        let added = state.enqueue(jobs);
+        for link in links {
+            state.links.insert((link.bridge, link.kind, link.local), link.remote);
         }
         Ok(added)
     }
@@ -759,6 +792,13 @@ impl BridgeStore for MemoryStore {
             .collect())
     }
 
+    async fn clear_jobs(&self, bridge: &str) -> Result<u64> {
+        let mut state = self.lock();
+        let before = state.jobs.len();
+        state.jobs.retain(|_, j| j.bridge != bridge);
+        Ok((before - state.jobs.len()) as u64)
+    }
+
     async fn job_counts(&self, bridge: &str) -> Result<JobCounts> {
         let state = self.lock();
         let mut counts = JobCounts::default();
@@ -780,6 +820,11 @@ impl BridgeStore for MemoryStore {
     async fn remote_of(&self, bridge: &str, kind: &str, local: &str) -> Result<Option<String>> {
         let key = (bridge.to_owned(), kind.to_owned(), local.to_owned());
         Ok(self.lock().links.get(&key).cloned())
+    }
+
+    async fn delete_link(&self, bridge: &str, kind: &str, local: &str) -> Result<bool> {
+        let key = (bridge.to_owned(), kind.to_owned(), local.to_owned());
+        Ok(self.lock().links.remove(&key).is_some())
     }
 
     async fn local_of(&self, bridge: &str, kind: &str, remote: &str) -> Result<Option<String>> {

@@ -129,6 +129,16 @@ pub struct QueueCursor {
     pub room_id: RoomId,
 }
 
+/// A room and when it was last active, from [`Store::rooms_active_since`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveRoom {
+    /// The room.
+    pub room: Room,
+    /// The newest of its creation and its messages' `created_at`: what
+    /// orders a user's rooms.
+    pub last_activity: Timestamp,
+}
+
 /// A room of the support queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedRoom {
@@ -262,6 +272,18 @@ pub trait Store: Send + Sync + 'static {
     /// what happened lately, a close included, is what a lost event could
     /// have kept from them.
     async fn support_rooms(&self, limit: u32) -> Result<Vec<Room>>;
+
+    /// Rooms of every kind whose last activity (made, or a message stored)
+    /// is at or after `since`, oldest activity first, ties by room id; with
+    /// `after` (a room of the previous page), only those after it in that
+    /// order, so that `(since, after)` set to the last room's
+    /// `(last_activity, id)` reads the next page. At most `limit`.
+    ///
+    /// Bridges that must see every message catch up from these after a
+    /// crash. It is read rarely (a catch-up, not a send), so a store may
+    /// scan its rooms rather than keep an index that every send would have
+    /// to update.
+    async fn rooms_active_since(&self, since: Timestamp, after: Option<RoomId>, limit: u32) -> Result<Vec<ActiveRoom>>;
 
     /// How many rooms the user is a member of (however they became one).
     async fn room_count_of_user(&self, user: &UserId) -> Result<u64>;

@@ -3,7 +3,7 @@
 //! enqueue of several jobs is one transaction.
 
 use async_trait::async_trait;
-use chat_core::{BridgeStore, Job, JobCounts, JobStatus, NewJob, Timestamp};
+use chat_core::{BridgeStore, Job, JobCounts, JobStatus, NewJob, NewLink, Timestamp};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
@@ -36,9 +36,35 @@ fn job_from_row(row: &PgRow) -> Result<Job> {
     })
 }
 
+/// Sets a link, replacing the earlier one of `local`.
+async fn upsert_link<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    bridge: &str,
+    kind: &str,
+    local: &str,
+    remote: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO bridge_links (bridge, kind, local_id, remote_id) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (bridge, kind, local_id) DO UPDATE SET remote_id = EXCLUDED.remote_id",
+    )
+    .bind(bridge)
+    .bind(kind)
+    .bind(local)
+    .bind(remote)
+    .execute(executor)
+    .await
+    .db()?;
+    Ok(())
+}
+
 #[async_trait]
 impl BridgeStore for PostgresStore {
     async fn enqueue_jobs(&self, jobs: Vec<NewJob>) -> chat_core::Result<u64> {
+        self.enqueue_and_link(jobs, Vec::new()).await
+    }
+
+    async fn enqueue_and_link(&self, jobs: Vec<NewJob>, links: Vec<NewLink>) -> chat_core::Result<u64> {
         let added = self
             .bounded(async {
                 let mut tx = self.begin().await?;
@@ -59,6 +85,9 @@ impl BridgeStore for PostgresStore {
                         .execute(&mut *tx)
                         .await.db()?
                         .rows_affected();
+                    }
+                    for link in &links {
+                        upsert_link(&mut *tx, &link.bridge, &link.kind, &link.local, &link.remote).await?;
                     }
                     Ok::<u64, Error>(added)
                 }
@@ -197,6 +226,15 @@ impl BridgeStore for PostgresStore {
         .await
     }
 
+    async fn clear_jobs(&self, bridge: &str) -> chat_core::Result<u64> {
+        self.bounded(async {
+            let done =
+                sqlx::query("DELETE FROM bridge_jobs WHERE bridge = $1").bind(bridge).execute(&self.pool).await.db()?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+
     async fn job_counts(&self, bridge: &str) -> chat_core::Result<JobCounts> {
         self.bounded(async {
             let (pending, failed): (i64, i64) = sqlx::query_as(
@@ -213,19 +251,19 @@ impl BridgeStore for PostgresStore {
     }
 
     async fn set_link(&self, bridge: &str, kind: &str, local: &str, remote: &str) -> chat_core::Result<()> {
+        self.bounded(async { Ok(upsert_link(&self.pool, bridge, kind, local, remote).await?) }).await
+    }
+
+    async fn delete_link(&self, bridge: &str, kind: &str, local: &str) -> chat_core::Result<bool> {
         self.bounded(async {
-            sqlx::query(
-                "INSERT INTO bridge_links (bridge, kind, local_id, remote_id) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (bridge, kind, local_id) DO UPDATE SET remote_id = EXCLUDED.remote_id",
-            )
-            .bind(bridge)
-            .bind(kind)
-            .bind(local)
-            .bind(remote)
-            .execute(&self.pool)
-            .await
-            .db()?;
-            Ok(())
+            let done = sqlx::query("DELETE FROM bridge_links WHERE bridge = $1 AND kind = $2 AND local_id = $3")
+                .bind(bridge)
+                .bind(kind)
+                .bind(local)
+                .execute(&self.pool)
+                .await
+                .db()?;
+            Ok(done.rows_affected() > 0)
         })
         .await
     }

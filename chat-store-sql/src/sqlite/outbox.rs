@@ -3,9 +3,9 @@
 //! write; an enqueue of several jobs is one transaction.
 
 use async_trait::async_trait;
-use chat_core::{BridgeStore, Job, JobCounts, JobStatus, NewJob, Timestamp};
+use chat_core::{BridgeStore, Job, JobCounts, JobStatus, NewJob, NewLink, Timestamp};
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
 
 use super::{Db, SqliteStore};
 use crate::codec;
@@ -35,28 +35,63 @@ fn job_from_row(row: &SqliteRow) -> Result<Job> {
     })
 }
 
+/// Inserts the jobs whose `(bridge, dedupe_key)` is free, in order; returns how many.
+async fn insert_jobs(conn: &mut SqliteConnection, jobs: &[NewJob]) -> Result<u64> {
+    let mut added = 0;
+    for job in jobs {
+        added += sqlx::query(
+            "INSERT INTO bridge_jobs (bridge, queue, dedupe_key, kind, payload, status, run_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)
+             ON CONFLICT (bridge, dedupe_key) DO NOTHING",
+        )
+        .bind(&job.bridge)
+        .bind(&job.queue)
+        .bind(&job.dedupe_key)
+        .bind(&job.kind)
+        .bind(&job.payload)
+        .bind(job.created_at.as_millis())
+        .execute(&mut *conn)
+        .await
+        .db()?
+        .rows_affected();
+    }
+    Ok(added)
+}
+
+/// Sets a link, replacing the earlier one of `local`.
+async fn upsert_link<'c>(
+    executor: impl sqlx::SqliteExecutor<'c>,
+    bridge: &str,
+    kind: &str,
+    local: &str,
+    remote: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO bridge_links (bridge, kind, local_id, remote_id) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (bridge, kind, local_id) DO UPDATE SET remote_id = excluded.remote_id",
+    )
+    .bind(bridge)
+    .bind(kind)
+    .bind(local)
+    .bind(remote)
+    .execute(executor)
+    .await
+    .db()?;
+    Ok(())
+}
+
 #[async_trait]
 impl BridgeStore for SqliteStore {
     async fn enqueue_jobs(&self, jobs: Vec<NewJob>) -> chat_core::Result<u64> {
+        Ok(self.write_tx(async |conn| insert_jobs(conn, &jobs).await).await?)
+    }
+
+    async fn enqueue_and_link(&self, jobs: Vec<NewJob>, links: Vec<NewLink>) -> chat_core::Result<u64> {
         let added = self
             .write_tx(async |conn| {
-                let mut added = 0;
-                for job in &jobs {
-                    added += sqlx::query(
-                        "INSERT INTO bridge_jobs (bridge, queue, dedupe_key, kind, payload, status, run_at, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)
-                         ON CONFLICT (bridge, dedupe_key) DO NOTHING",
-                    )
-                    .bind(&job.bridge)
-                    .bind(&job.queue)
-                    .bind(&job.dedupe_key)
-                    .bind(&job.kind)
-                    .bind(&job.payload)
-                    .bind(job.created_at.as_millis())
-                    .execute(&mut *conn)
-                    .await
-                    .db()?
-                    .rows_affected();
+                let added = insert_jobs(conn, &jobs).await?;
+                for link in &links {
+                    upsert_link(&mut *conn, &link.bridge, &link.kind, &link.local, &link.remote).await?;
                 }
                 Ok(added)
             })
@@ -171,6 +206,12 @@ impl BridgeStore for SqliteStore {
         Ok(rows.iter().map(job_from_row).collect::<Result<_>>()?)
     }
 
+    async fn clear_jobs(&self, bridge: &str) -> chat_core::Result<u64> {
+        let done =
+            sqlx::query("DELETE FROM bridge_jobs WHERE bridge = ?1").bind(bridge).execute(&self.writer).await.db()?;
+        Ok(done.rows_affected())
+    }
+
     async fn job_counts(&self, bridge: &str) -> chat_core::Result<JobCounts> {
         let (pending, failed): (i64, i64) = sqlx::query_as(
             "SELECT COALESCE(SUM(status = 'pending'), 0), COALESCE(SUM(status = 'failed'), 0)
@@ -184,18 +225,18 @@ impl BridgeStore for SqliteStore {
     }
 
     async fn set_link(&self, bridge: &str, kind: &str, local: &str, remote: &str) -> chat_core::Result<()> {
-        sqlx::query(
-            "INSERT INTO bridge_links (bridge, kind, local_id, remote_id) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (bridge, kind, local_id) DO UPDATE SET remote_id = excluded.remote_id",
-        )
-        .bind(bridge)
-        .bind(kind)
-        .bind(local)
-        .bind(remote)
-        .execute(&self.writer)
-        .await
-        .db()?;
-        Ok(())
+        Ok(upsert_link(&self.writer, bridge, kind, local, remote).await?)
+    }
+
+    async fn delete_link(&self, bridge: &str, kind: &str, local: &str) -> chat_core::Result<bool> {
+        let done = sqlx::query("DELETE FROM bridge_links WHERE bridge = ?1 AND kind = ?2 AND local_id = ?3")
+            .bind(bridge)
+            .bind(kind)
+            .bind(local)
+            .execute(&self.writer)
+            .await
+            .db()?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn remote_of(&self, bridge: &str, kind: &str, local: &str) -> chat_core::Result<Option<String>> {

@@ -93,6 +93,22 @@ pub fn base_config(dir: &Path) -> Config {
     }
 }
 
+/// The Discord settings of a server whose bridge talks to the stand-in
+/// `discord` (through the proxy setting, as a deployment behind a
+/// rate-limit proxy would).
+pub fn discord_settings(discord: &chat_discord::testing::StandIn) -> chat_server::DiscordSettings {
+    use chat_discord::testing::{FORUM, GUILD, SUPPORT_ROLE};
+    chat_server::DiscordSettings {
+        token: Some("stand-in-token".into()),
+        guild_id: Some(GUILD),
+        forum_channel_id: Some(FORUM),
+        support_role_id: Some(SUPPORT_ROLE),
+        proxy_url: Some(discord.url()),
+        role_map: None,
+        channel_map: None,
+    }
+}
+
 /// An HTTP client that ignores proxy settings of the environment.
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().timeout(WAIT).build().expect("HTTP client")

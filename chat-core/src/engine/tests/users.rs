@@ -290,6 +290,14 @@ impl Store for DeactivatedMeanwhile {
     async fn update_room(&self, id: RoomId, changes: &crate::room::RoomChanges) -> Result<Option<Room>> {
         self.0.update_room(id, changes).await
     }
+    async fn rooms_active_since(
+        &self,
+        since: Timestamp,
+        after: Option<RoomId>,
+        limit: u32,
+    ) -> Result<Vec<crate::store::ActiveRoom>> {
+        self.0.rooms_active_since(since, after, limit).await
+    }
     async fn ban_member(&self, room: RoomId, ban: &crate::room::Ban) -> Result<bool> {
         self.0.ban_member(room, ban).await
     }
