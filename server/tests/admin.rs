@@ -155,7 +155,15 @@ async fn the_user_list_pages_by_id_filters_and_caps_its_limit() {
 
     // Connecting makes a user, and sets last_seen.
     let _ada = server.connect("ada").await;
-    let (_, ada) = call(&server, "GET", "/v1/admin/users/ada", None).await;
+    // Written behind the session's opening, within moments.
+    let mut ada = serde_json::Value::Null;
+    for _ in 0..100 {
+        ada = call(&server, "GET", "/v1/admin/users/ada", None).await.1;
+        if ada["last_seen"].is_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert!(ada["last_seen"].is_string(), "{ada}");
 }
 

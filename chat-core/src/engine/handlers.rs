@@ -141,9 +141,9 @@ impl Inner {
         // Asked again now that the session can be ended from anywhere: a
         // deactivation, revocation or deletion committed after the read
         // above either shows here, or ends this session through
-        // `Engine::end_sessions` once it is registered. The same write
-        // records when the user was last seen.
-        let refused = match self.store.touch_user(&user.id, Timestamp::now()).await {
+        // `Engine::end_sessions` once it is registered. A read: when the
+        // user was last seen is written behind the session's opening.
+        let refused = match self.store.account(&user.id).await {
             Ok(Some(account)) => account.admits(&identity).err(),
             Ok(None) => Some(Error::Unauthorized("the user was deleted".into())),
             Err(err) => Some(err),
@@ -152,6 +152,7 @@ impl Inner {
             self.forget_session(&shared);
             return Err(err);
         }
+        self.last_seen.note(user.id.clone(), Timestamp::now());
         self.presence.connect(&user);
         self.keepalives.add(shared.id);
         let ready = Ready { session_id: shared.id, user: User::clone(&user), rooms, server_time: Timestamp::now() };

@@ -25,7 +25,7 @@ mod tests;
 mod typing;
 mod users;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -126,6 +126,7 @@ impl EngineBuilder {
             expiries: ExpiryQueue::default(),
             commits: commit_tx,
             accepting: AtomicBool::new(true),
+            last_seen: LastSeen::default(),
             started: Instant::now(),
             tasks: Mutex::new(Vec::new()),
         });
@@ -135,6 +136,7 @@ impl EngineBuilder {
             tokio::spawn(expire_typing(inner.clone())),
             tokio::spawn(expire_sessions(inner.clone())),
             tokio::spawn(keep_sessions_alive(inner.clone())),
+            tokio::spawn(write_last_seen(inner.clone())),
         ];
         if let (Some(cluster), Some(queues)) = (&inner.cluster, queues) {
             let sink = Arc::new(cluster::ClusterSink { inner: Arc::downgrade(&inner) });
@@ -191,6 +193,8 @@ pub(crate) struct Inner {
     pub(crate) commits: mpsc::Sender<CommitJob>,
     /// Cleared at shutdown: new sessions and sends are refused from then on.
     pub(crate) accepting: AtomicBool,
+    /// When users were last seen, waiting to be written (see [`LastSeen`]).
+    pub(crate) last_seen: LastSeen,
     started: Instant,
     /// The background tasks, aborted at shutdown once the committer is drained.
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -629,14 +633,42 @@ impl Inner {
         if !self.accepting.load(Ordering::SeqCst) {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
-        let inner = self.clone();
-        let user = user.clone();
-        rt.spawn(async move {
-            if let Err(err) = inner.store.touch_user(&user, crate::time::Timestamp::now()).await {
+        self.last_seen.note(user.clone(), crate::time::Timestamp::now());
+    }
+}
+
+/// When users were last seen (a session opened, or their last one here
+/// closed), kept off the path of opening and closing sessions: noted here
+/// and written by one task, one user at a time. A reconnect storm of ten
+/// thousand sessions then costs the store's writer ten thousand small
+/// updates spread behind the storm, not ten thousand writes each session
+/// waits for; a user seen again before their turn is written once. Bounded
+/// by the users with sessions on this process.
+#[derive(Default)]
+pub(crate) struct LastSeen {
+    pending: std::sync::Mutex<HashMap<UserId, crate::time::Timestamp>>,
+    wake: tokio::sync::Notify,
+}
+
+impl LastSeen {
+    pub(crate) fn note(&self, user: UserId, at: crate::time::Timestamp) {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(user, at);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Vec<(UserId, crate::time::Timestamp)> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).drain().collect()
+    }
+}
+
+async fn write_last_seen(inner: Arc<Inner>) {
+    loop {
+        inner.last_seen.wake.notified().await;
+        for (user, at) in inner.last_seen.take() {
+            if let Err(err) = inner.store.touch_user(&user, at).await {
                 tracing::debug!(%user, error = %err, "last seen not recorded");
             }
-        });
+        }
     }
 }
 

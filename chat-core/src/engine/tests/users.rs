@@ -159,7 +159,16 @@ async fn last_seen_follows_connects_and_disconnects() {
     let engine = engine().await;
     let before = Timestamp::now();
     let ada = connect(&engine, "ada").await;
-    let seen = engine.account(&uid("ada")).await.expect("ada").last_seen.expect("seen at the connect");
+    // Written behind the opening, by the engine's last-seen task.
+    let mut seen = None;
+    for _ in 0..100 {
+        seen = engine.account(&uid("ada")).await.expect("ada").last_seen;
+        if seen.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let seen = seen.expect("seen at the connect");
     assert!(seen >= before);
     // Back-date it, to see the close write over it.
     let long_ago = Timestamp::from_millis(1);
@@ -204,8 +213,8 @@ async fn the_user_list_pages_by_id_and_caps_its_limit() {
 
 /// A store that deactivates a user just before the engine asks it the
 /// second time, as an operator on another process might: the session must
-/// not open.
-struct DeactivatedMeanwhile(MemoryStore);
+/// not open. (The flag: whether the victim's account was read once.)
+struct DeactivatedMeanwhile(MemoryStore, std::sync::atomic::AtomicBool);
 
 #[async_trait::async_trait]
 impl Store for DeactivatedMeanwhile {
@@ -222,6 +231,9 @@ impl Store for DeactivatedMeanwhile {
         self.0.search_users(query, limit).await
     }
     async fn account(&self, id: &UserId) -> Result<Option<UserAccount>> {
+        if id.as_str().starts_with("victim") && self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.0.set_user_active(id, false).await?;
+        }
         self.0.account(id).await
     }
     async fn list_accounts(&self, query: &UserListQuery) -> Result<Vec<UserAccount>> {
@@ -243,9 +255,6 @@ impl Store for DeactivatedMeanwhile {
         self.0.deleted_members(room).await
     }
     async fn touch_user(&self, id: &UserId, at: Timestamp) -> Result<Option<UserAccount>> {
-        if id.as_str().starts_with("victim") {
-            self.0.set_user_active(id, false).await?;
-        }
         self.0.touch_user(id, at).await
     }
     async fn create_room(&self, room: NewRoom, limits: MemberLimits) -> Result<(Room, bool)> {
@@ -341,8 +350,10 @@ impl Store for DeactivatedMeanwhile {
 
 #[tokio::test(start_paused = true)]
 async fn a_deactivation_racing_a_connect_refuses_it() {
-    let engine =
-        Engine::builder(Arc::new(DeactivatedMeanwhile(MemoryStore::new()))).start().await.expect("the engine starts");
+    let engine = Engine::builder(Arc::new(DeactivatedMeanwhile(MemoryStore::new(), Default::default())))
+        .start()
+        .await
+        .expect("the engine starts");
     let (code, why) = refused(&engine, Identity::new(uid("victim"))).await;
     assert_eq!((code, why.as_str()), ("unauthorized", "the user is deactivated"));
     assert_eq!(engine.connections(), 0, "the refused session is forgotten");
