@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::http::{body, issuer, optional_body, require_api_key};
+use crate::http::{body, issuer, optional_body, query, require_api_key};
 use crate::openapi::{ErrorBody, Jobs, Retried, Token};
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -66,10 +66,6 @@ pub(crate) struct StoredUser {
 /// The user id of a route's path: 400 for one that cannot be an id.
 fn user_id(id: String) -> ApiResult<UserId> {
     Ok(UserId::new(id)?)
-}
-
-fn query<T>(params: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
-    params.map(|Query(p)| p).map_err(|e| ApiError::new(ErrorCode::Invalid, e.body_text()))
 }
 
 /// 204, for the routes that answer nothing.

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody, JsonRejection};
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody, JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -38,6 +38,11 @@ pub(crate) fn body<T>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
 /// among the causes of `err`.
 fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
     std::iter::successors(Some(err), |e| e.source()).any(|e| e.is::<tower_http::timeout::TimeoutError>())
+}
+
+/// Reads a query string, answering a bad one in the contract's error format (400).
+pub(crate) fn query<T>(params: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    params.map(|Query(p)| p).map_err(|e| ApiError::new(ErrorCode::Invalid, e.body_text()))
 }
 
 /// Parses an optional JSON body: no body at all means the defaults.
@@ -189,10 +194,10 @@ pub(crate) struct QueueParams {
 pub(crate) async fn support_queue(
     State(app): State<AppState>,
     headers: HeaderMap,
-    params: Result<Query<QueueParams>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<QueueParams>, QueryRejection>,
 ) -> ApiResult<Response> {
     let identity = authenticate(&app, &headers).await?;
-    let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::Invalid, e.body_text()))?;
+    let params = query(params)?;
     let page = app.engine.support_queue(&identity, params.cursor.as_deref(), params.limit).await?;
     let rooms =
         page.rooms.into_iter().map(|q| QueuedRoomBody { room: q.room, waiting_since: q.waiting_since }).collect();
@@ -226,11 +231,11 @@ pub(crate) async fn room_messages(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(room): Path<String>,
-    params: Result<Query<HistoryParams>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<HistoryParams>, QueryRejection>,
 ) -> ApiResult<Response> {
     let identity = authenticate(&app, &headers).await?;
     let room: RoomId = room.parse()?;
-    let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::Invalid, e.body_text()))?;
+    let params = query(params)?;
     let limits = &app.engine.config().limits;
     let limit = match params.limit {
         Some(0) => return Err(ApiError::new(ErrorCode::Invalid, "limit must be at least 1")),
@@ -257,10 +262,10 @@ pub(crate) async fn room_messages(
 pub(crate) async fn search_messages(
     State(app): State<AppState>,
     headers: HeaderMap,
-    params: Result<Query<SearchMessages>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<SearchMessages>, QueryRejection>,
 ) -> ApiResult<Response> {
     let identity = authenticate(&app, &headers).await?;
-    let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::Invalid, e.body_text()))?;
+    let params = query(params)?;
     let page = app.engine.search_messages(&identity, params).await?;
     Ok(Json(page).into_response())
 }

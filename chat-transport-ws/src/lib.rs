@@ -140,6 +140,14 @@ pub fn json_body<T>(payload: Result<axum::Json<T>, axum::extract::rejection::Jso
     http::body(payload)
 }
 
+/// For routes of other crates: a query string, or the 400 the built-in
+/// routes answer a bad one with.
+pub fn query_params<T>(
+    params: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    http::query(params)
+}
+
 /// The token of an `Authorization: Bearer <token>` header, if there is one.
 pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;

@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chat_core::{ErrorCode, Timestamp};
-use chat_transport_ws::{ApiError, AppState, ErrorBody, JobQuery, json_body, require_api_key};
+use chat_transport_ws::{ApiError, AppState, ErrorBody, JobQuery, json_body, query_params, require_api_key};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -148,7 +148,7 @@ async fn deliveries(
     params: Result<Query<JobQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     require_api_key(&app, &headers)?;
-    let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::Invalid, e.body_text()))?;
+    let params = query_params(params)?;
     let (status, limit) = params.read()?;
     let Some(deliveries) = bridge.deliveries(&id, status, limit).await? else {
         return Err(ApiError::new(ErrorCode::NotFound, "no webhook endpoint with that id"));
