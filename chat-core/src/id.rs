@@ -124,6 +124,11 @@ uuid_id!(
     "message id"
 );
 uuid_id!(
+    /// An uploaded file's id (UUIDv7, made by the server at upload).
+    AttachmentId,
+    "attachment id"
+);
+uuid_id!(
     /// One connection's id; a user may have several sessions at once.
     SessionId,
     "session id"

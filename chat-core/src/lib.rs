@@ -53,6 +53,7 @@
 //! # }
 //! ```
 
+pub mod attachment;
 pub mod auth;
 pub mod bridge;
 pub mod broker;
@@ -77,6 +78,7 @@ pub mod testing;
 pub mod time;
 pub mod user;
 
+pub use attachment::{AttachmentConfig, BlobStore, StoredAttachment, UrlSigner};
 pub use auth::{Authenticator, StaticTokens};
 pub use bridge::{
     Bridge, BridgeEvent, BridgeHealth, BridgeHost, BridgeStore, Job, JobCounts, JobStatus, NewJob, NewLink,
@@ -90,7 +92,7 @@ pub use engine::{
 };
 pub use error::{BoxError, Error, ErrorCode, Result};
 pub use event::{Delivery, Event, EventCodec};
-pub use id::{MessageId, RoomId, SessionId, UserId};
+pub use id::{AttachmentId, MessageId, RoomId, SessionId, UserId};
 pub use message::{Appended, Attachment, HistoryPage, HistoryQuery, Message, NewMessage};
 pub use presence::{OnlineUser, PresenceStatus};
 pub use room::{

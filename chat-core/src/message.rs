@@ -21,8 +21,18 @@ pub struct Attachment {
     pub content_type: String,
     /// Size in bytes.
     pub size: u64,
-    /// Where to fetch the bytes.
+    /// Where to fetch the bytes: a signed URL, valid for a while (see
+    /// [`UrlSigner`](crate::attachment::UrlSigner)).
     pub url: String,
+    /// Width in pixels, for images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    /// Height in pixels, for images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// A smaller version (longest side 320 px), for images; signed like `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_url: Option<String>,
 }
 
 /// A stored message.

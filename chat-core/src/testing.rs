@@ -34,6 +34,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
+use crate::attachment::StoredAttachment;
 use crate::error::Result;
 use crate::id::{MessageId, RoomId, UserId};
 use crate::message::{Appended, Attachment, HistoryQuery, Message, NewMessage};
@@ -203,7 +204,13 @@ macro_rules! store_conformance {
                 a_deleted_user_leaves_every_room_and_stays_deleted,
                 account_changes_of_unknown_users_change_nothing,
                 list_accounts_pages_by_id_in_byte_order,
-                list_accounts_filters_by_id_or_name_literally;
+                list_accounts_filters_by_id_or_name_literally,
+
+                attachment_records_keep_their_fields,
+                append_posts_an_attachment_once_and_only_the_senders,
+                deleting_a_message_removes_its_attachments,
+                purge_lists_orphans_and_removed_files_only,
+                server_secrets_keep_the_first_value;
                 shared:
                 concurrent_appends_are_gapless,
                 concurrent_duplicates_store_one_message,
@@ -212,6 +219,8 @@ macro_rules! store_conformance {
                 room_capacity_holds_under_concurrent_adds,
                 concurrent_support_room_creations_make_one_room,
                 a_ban_holds_against_racing_joins,
+                attachment_quota_holds_under_concurrent_uploads,
+                an_attachment_is_posted_once_under_racing_sends,
             }
         }
     };
@@ -315,6 +324,35 @@ fn msg(room: RoomId, sender: &str, client_msg_id: &str, created: i64) -> NewMess
 const NONE: MemberLimits = MemberLimits::NONE;
 
 /// Limits of `own` own rooms per user and `members` members per room.
+/// Records an upload of `uploader` and returns it as a message carries it.
+/// Panics for a store without attachment records.
+async fn uploaded(store: &dyn Store, uploader: &str, name: &str, size: u64) -> Attachment {
+    record(store, uploader, name, size, at(0)).await.to_attachment()
+}
+
+fn stored_attachment(uploader: &str, name: &str, size: u64, created: Timestamp) -> StoredAttachment {
+    StoredAttachment {
+        id: crate::AttachmentId::generate(),
+        uploader: uid(uploader),
+        name: name.into(),
+        content_type: "application/octet-stream".into(),
+        size,
+        width: None,
+        height: None,
+        thumbnail: None,
+        created_at: created,
+        posted: None,
+        removed: false,
+    }
+}
+
+async fn record(store: &dyn Store, uploader: &str, name: &str, size: u64, created: Timestamp) -> StoredAttachment {
+    let files = store.attachment_store().expect("this check needs a store that keeps attachment records");
+    let record = stored_attachment(uploader, name, size, created);
+    ok(files.insert_attachment(&record, 0).await, "insert_attachment");
+    record
+}
+
 fn limits(own: u64, members: u64) -> MemberLimits {
     MemberLimits { max_own_rooms: own, max_members: members }
 }
@@ -1435,22 +1473,7 @@ pub async fn appended_message_keeps_its_fields(store: &dyn Store) {
     let mut new = msg(room.id, "s", "with-everything", 2);
     new.body = "héllo \u{1F600} wörld".into();
     new.reply_to = Some(first.id);
-    new.attachments = vec![
-        Attachment {
-            id: "att-1".into(),
-            name: "cat.png".into(),
-            content_type: "image/png".into(),
-            size: 12_345,
-            url: "https://example.invalid/cat.png".into(),
-        },
-        Attachment {
-            id: "att-2".into(),
-            name: "notes.txt".into(),
-            content_type: "text/plain".into(),
-            size: 0,
-            url: "https://example.invalid/notes.txt".into(),
-        },
-    ];
+    new.attachments = vec![uploaded(store, "s", "cat.png", 12_345).await, uploaded(store, "s", "notes.txt", 1).await];
     let want = Message {
         id: new.id,
         room_id: room.id,
@@ -1644,13 +1667,7 @@ pub async fn delete_message_clears_content_and_keeps_the_seq(store: &dyn Store) 
     let r1 = group(store, &["s"], 0).await;
     let r2 = group(store, &["s"], 1).await;
     let mut new = msg(r1.id, "s", "doomed", 2);
-    new.attachments = vec![Attachment {
-        id: "att".into(),
-        name: "a.bin".into(),
-        content_type: "application/octet-stream".into(),
-        size: 3,
-        url: "https://example.invalid/a.bin".into(),
-    }];
+    new.attachments = vec![uploaded(store, "s", "a.bin", 3).await];
     let out = append(store, vec![msg(r1.id, "s", "before", 1), new, msg(r1.id, "s", "after", 3)]).await;
     let m = out[1].message.clone();
 
@@ -2566,4 +2583,188 @@ pub async fn search_pages_newest_first(store: &dyn Store) {
     assert_eq!(pages, 3, "pages of 3, 3 and 1");
     let bad = store.search_messages(&search_for("ada", "note", None, 3, Some("not a cursor".into()))).await;
     assert_eq!(bad.map(|p| p.results.len()).map_err(|e| e.code().as_str()), Err("invalid"), "a cursor it did not make");
+}
+
+// ---------------------------------------------------------------------------
+// Attachments
+
+fn files(store: &dyn Store) -> &dyn crate::store::AttachmentStore {
+    store.attachment_store().expect("this check needs a store that keeps attachment records")
+}
+
+/// A record comes back as it went in, alone and among others, and counts
+/// towards its uploader's usage (at least `MIN_ACCOUNTED_BYTES` each).
+pub async fn attachment_records_keep_their_fields(store: &dyn Store) {
+    let mut image = stored_attachment("ada", "cat.png", 200_000, at(1));
+    image.content_type = "image/png".into();
+    image.width = Some(640);
+    image.height = Some(480);
+    image.thumbnail = Some(crate::attachment::Thumbnail { content_type: "image/jpeg".into(), size: 9_000 });
+    ok(files(store).insert_attachment(&image, 0).await, "insert_attachment");
+    let small = record(store, "ada", "é.txt", 10, at(2)).await;
+    let other = record(store, "bob", "b.bin", 5, at(3)).await;
+    assert_eq!(ok(files(store).attachment(image.id).await, "attachment"), Some(image.clone()));
+    assert_eq!(ok(files(store).attachment(crate::AttachmentId::generate()).await, "attachment"), None);
+    let mut got =
+        ok(files(store).attachments(&[small.id, image.id, crate::AttachmentId::generate()]).await, "attachments");
+    got.sort_by_key(|a| a.id);
+    assert_eq!(got, [image.clone(), small.clone()], "the known ones");
+    let usage = ok(files(store).attachment_usage(&uid("ada")).await, "attachment_usage");
+    assert_eq!(
+        usage,
+        209_000 + crate::attachment::MIN_ACCOUNTED_BYTES,
+        "sizes, thumbnails and the least a file counts"
+    );
+    assert_eq!(ok(files(store).attachment_usage(&uid("bob")).await, "usage"), other.accounted_bytes());
+    assert_eq!(ok(files(store).attachment_usage(&uid("carol")).await, "usage"), 0);
+    // A full quota refuses, and records nothing.
+    let quota = usage + 100_000;
+    let big = stored_attachment("ada", "big", 100_001, at(4));
+    let refused = files(store).insert_attachment(&big, quota).await;
+    assert_eq!(refused.map_err(|e| e.code().as_str()), Err("too_large"), "past the quota");
+    assert_eq!(ok(files(store).attachment(big.id).await, "attachment"), None, "a refused upload is not recorded");
+    let fits = stored_attachment("ada", "fits", 100_000, at(4));
+    ok(files(store).insert_attachment(&fits, quota).await, "an upload that fits exactly");
+}
+
+/// `append_messages` posts the sender's own attachments that were never
+/// posted, binding them to the message; anything else refuses that message
+/// alone with `conflict`.
+pub async fn append_posts_an_attachment_once_and_only_the_senders(store: &dyn Store) {
+    let room = group(store, &["s", "t"], 0).await;
+    let mine = uploaded(store, "s", "mine", 1).await;
+    let theirs = uploaded(store, "t", "theirs", 1).await;
+    let mut first = msg(room.id, "s", "first", 1);
+    first.attachments = vec![mine.clone()];
+    let mut again = msg(room.id, "s", "again", 2);
+    again.attachments = vec![mine.clone()];
+    let mut stolen = msg(room.id, "s", "stolen", 3);
+    stolen.attachments = vec![theirs.clone()];
+    let mut unknown = msg(room.id, "s", "unknown", 4);
+    unknown.attachments = vec![
+        crate::attachment::StoredAttachment {
+            id: crate::AttachmentId::generate(),
+            ..stored_attachment("s", "x", 1, at(0))
+        }
+        .to_attachment(),
+    ];
+    let plain = msg(room.id, "s", "plain", 5);
+    let answers = ok(store.append_messages(vec![first, again, stolen, unknown, plain]).await, "append_messages");
+    assert_eq!(codes(&answers), ["ok", "conflict", "conflict", "conflict", "ok"]);
+    let posted = answers[0].as_ref().map(|a| a.message.clone()).expect("the first post");
+    assert_eq!(posted.attachments, [mine.clone()], "the message carries the file");
+    assert_eq!(seqs(&ok(store.history(room.id, q(None, None, 10)).await, "history").messages), [1, 2], "no gap");
+    let id: crate::AttachmentId = mine.id.parse().expect("an attachment id");
+    let record = ok(files(store).attachment(id).await, "attachment").expect("kept");
+    assert_eq!(record.posted, Some(crate::attachment::Posted { room_id: room.id, message_id: posted.id }));
+    let theirs_id: crate::AttachmentId = theirs.id.parse().expect("an attachment id");
+    assert_eq!(ok(files(store).attachment(theirs_id).await, "attachment").and_then(|r| r.posted), None);
+    // A repeat of the first send answers the stored message, not a conflict.
+    let mut repeat = msg(room.id, "s", "first", 1);
+    repeat.attachments = vec![mine];
+    let answers = ok(store.append_messages(vec![repeat]).await, "append_messages");
+    assert!(matches!(&answers[0], Ok(a) if !a.created && a.message.id == posted.id), "{answers:?}");
+}
+
+/// Deleting a message marks its files removed: no longer counted, listed
+/// for the clean-up.
+pub async fn deleting_a_message_removes_its_attachments(store: &dyn Store) {
+    let room = group(store, &["s"], 0).await;
+    let file = uploaded(store, "s", "f", 70_000).await;
+    let mut new = msg(room.id, "s", "m", 1);
+    new.attachments = vec![file.clone()];
+    let m = append(store, vec![new]).await.remove(0).message;
+    assert_eq!(ok(files(store).attachment_usage(&uid("s")).await, "usage"), 70_000);
+    ok(store.delete_message(room.id, m.id, at(5)).await, "delete_message");
+    let id: crate::AttachmentId = file.id.parse().expect("an attachment id");
+    let record = ok(files(store).attachment(id).await, "attachment").expect("kept until purged");
+    assert!(record.removed, "removed with its message");
+    assert_eq!(ok(files(store).attachment_usage(&uid("s")).await, "usage"), 0, "removed files count for nothing");
+    let purge = ok(files(store).attachments_to_purge(at(0), 10).await, "attachments_to_purge");
+    assert_eq!(purge.iter().map(|a| a.id).collect::<Vec<_>>(), [id]);
+}
+
+/// The clean-up's list: removed files, and files never posted uploaded
+/// before the cut-off; `mark_removed` spares a file posted meanwhile.
+pub async fn purge_lists_orphans_and_removed_files_only(store: &dyn Store) {
+    let room = group(store, &["s"], 0).await;
+    let old = record(store, "s", "old", 1, at(10)).await;
+    let recent = record(store, "s", "recent", 1, at(30)).await;
+    let posted_old = record(store, "s", "posted", 1, at(10)).await;
+    let mut new = msg(room.id, "s", "m", 40);
+    new.attachments = vec![posted_old.to_attachment()];
+    append(store, vec![new]).await;
+    let cutoff = at(20);
+    let listed = ok(files(store).attachments_to_purge(cutoff, 10).await, "attachments_to_purge");
+    assert_eq!(listed.iter().map(|a| a.id).collect::<Vec<_>>(), [old.id], "only the old orphan");
+    assert!(ok(files(store).attachments_to_purge(cutoff, 0).await, "limit 0").is_empty());
+    assert!(!ok(files(store).mark_removed(posted_old.id, cutoff).await, "mark_removed"), "a posted file is kept");
+    assert!(!ok(files(store).mark_removed(recent.id, cutoff).await, "mark_removed"), "a recent upload is kept");
+    assert!(ok(files(store).mark_removed(old.id, cutoff).await, "mark_removed"));
+    // Once marked, no message can take it.
+    let mut late = msg(room.id, "s", "late", 50);
+    late.attachments = vec![old.to_attachment()];
+    let answers = ok(store.append_messages(vec![late]).await, "append_messages");
+    assert_eq!(codes(&answers), ["conflict"]);
+    ok(files(store).forget_attachment(old.id).await, "forget_attachment");
+    assert_eq!(ok(files(store).attachment(old.id).await, "attachment"), None);
+    ok(files(store).forget_attachment(recent.id).await, "forget_attachment of a file not removed");
+    assert!(ok(files(store).attachment(recent.id).await, "attachment").is_some(), "only removed records are forgotten");
+}
+
+/// `server_secret` stores the first candidate and answers it from then on.
+pub async fn server_secrets_keep_the_first_value(store: &dyn Store) {
+    assert_eq!(ok(store.server_secret("k", "one").await, "server_secret"), "one");
+    assert_eq!(ok(store.server_secret("k", "two").await, "server_secret"), "one");
+    assert_eq!(ok(store.server_secret("other", "two").await, "server_secret"), "two");
+}
+
+/// Twenty uploads of one user racing for a quota ten of them fit: exactly ten
+/// are recorded.
+pub async fn attachment_quota_holds_under_concurrent_uploads(store: std::sync::Arc<dyn Store>) {
+    let quota = 10 * 100_000;
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let record = stored_attachment("racer", &format!("f{i}"), 100_000, at(i));
+                files(store.as_ref()).insert_attachment(&record, quota).await
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for task in tasks {
+        match task.await.expect("upload task") {
+            Ok(()) => stored += 1,
+            Err(e) => assert_eq!(e.code().as_str(), "too_large", "{e:?}"),
+        }
+    }
+    assert_eq!(stored, 10, "exactly what the quota holds");
+    assert_eq!(ok(files(store.as_ref()).attachment_usage(&uid("racer")).await, "usage"), quota);
+}
+
+/// Ten sends racing to post one file: exactly one message carries it.
+pub async fn an_attachment_is_posted_once_under_racing_sends(store: std::sync::Arc<dyn Store>) {
+    let room = group(store.as_ref(), &["s"], 0).await;
+    let file = uploaded(store.as_ref(), "s", "f", 1).await;
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let (store, file) = (store.clone(), file.clone());
+            tokio::spawn(async move {
+                let mut new = msg(room.id, "s", &format!("m{i}"), i);
+                new.attachments = vec![file];
+                store.append_messages(vec![new]).await
+            })
+        })
+        .collect();
+    let mut posted = 0;
+    for task in tasks {
+        let answers = ok(task.await.expect("send task"), "append_messages");
+        match &answers[0] {
+            Ok(_) => posted += 1,
+            Err(e) => assert_eq!(e.code().as_str(), "conflict", "{e:?}"),
+        }
+    }
+    assert_eq!(posted, 1, "one message took the file");
+    assert_eq!(seqs(&ok(store.history(room.id, q(None, None, 100)).await, "history").messages), [1], "no gap");
 }

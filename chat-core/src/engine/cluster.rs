@@ -536,7 +536,8 @@ impl Inner {
             let page =
                 self.store.history(room, HistoryQuery { before_seq: None, after_seq: Some(after), limit }).await?;
             let Some(last) = page.messages.last().map(|m| m.seq) else { break };
-            for message in page.messages {
+            for mut message in page.messages {
+                self.sign(&mut message);
                 let seq = message.seq;
                 let audience = Audience::Room { room_id: room, except_session: None, except_user: None };
                 let fanout = Fanout { audience, event: Event::MessageNew(MessageEvent { message }) };

@@ -90,7 +90,10 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<CommitJob>) {
             inner.metrics.commit(count, started.elapsed(), result.is_ok());
             match result {
                 Ok(answers) if answers.len() == count => {
-                    for ((session, bridge, reply), answer) in waiting.into_iter().zip(answers) {
+                    for ((session, bridge, reply), mut answer) in waiting.into_iter().zip(answers) {
+                        if let Ok(appended) = &mut answer {
+                            inner.sign(&mut appended.message);
+                        }
                         if let Ok(appended) = &answer
                             && appended.created
                         {

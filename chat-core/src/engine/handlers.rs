@@ -390,17 +390,18 @@ impl Inner {
             None => limits.default_history_page,
         };
         self.require_member(ctx, room).await?;
-        self.store.history(room, HistoryQuery { before_seq, after_seq, limit }).await
+        let mut page = self.store.history(room, HistoryQuery { before_seq, after_seq, limit }).await?;
+        self.sign_all(&mut page.messages);
+        Ok(page)
     }
 
     /// Validates a send and queues it for the group committer. The returned
     /// receiver answers once the message is durably stored.
     pub(crate) async fn send(&self, ctx: &Ctx, req: SendMessage) -> Result<oneshot::Receiver<Result<Appended>>> {
         validate_client_msg_id(&req.client_msg_id)?;
-        validate_body(&req.body, self.config.limits.max_body_chars, false)?;
-        if !req.attachments.is_empty() {
-            return Err(Error::invalid("this server does not accept attachments"));
-        }
+        // A message may be only files: its body may then be empty.
+        validate_body(&req.body, self.config.limits.max_body_chars, !req.attachments.is_empty())?;
+        let attachments = self.resolve_attachments(&ctx.user.id, &req.attachments).await?;
         // The store refuses a non-member, a closed room and a missing one in
         // the commit itself, so these reads only answer early. A session
         // joined to the room skips them: the hub's view of it could be stale
@@ -431,7 +432,7 @@ impl Inner {
                 sender_id: ctx.user.id.clone(),
                 client_msg_id: req.client_msg_id,
                 body: req.body,
-                attachments: Vec::new(),
+                attachments,
                 reply_to: req.reply_to,
                 created_at: Timestamp::now(),
             },
@@ -456,11 +457,12 @@ impl Inner {
         if msg.deleted {
             return Err(Error::conflict("the message was deleted"));
         }
-        let message = self
+        let mut message = self
             .store
             .edit_message(req.room_id, req.message_id, &req.body, Timestamp::now())
             .await?
             .ok_or(Error::NotFound("message"))?;
+        self.sign(&mut message);
         let audience = Audience::Room { room_id: req.room_id, except_session: ctx.session, except_user: None };
         self.publish(audience, Event::MessageUpdated(MessageEvent { message: message.clone() })).await;
         self.notify_bridges(BridgeEvent::MessageUpdated(message.clone()), ctx.bridge.as_deref());
@@ -537,7 +539,9 @@ impl Inner {
             }
         }
         let query = SearchQuery { user: ctx.user.id.clone(), words, room: req.room_id, limit, before: req.before };
-        self.store.search_messages(&query).await
+        let mut page = self.store.search_messages(&query).await?;
+        self.sign_all(page.results.iter_mut().map(|hit| &mut hit.message));
+        Ok(page)
     }
 
     pub(crate) async fn search_users(&self, req: SearchUsers) -> Result<Reply> {

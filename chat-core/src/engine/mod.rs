@@ -8,6 +8,7 @@
 //! store are one server (see `cluster.rs`). Cloning an `Engine` is cheap (it
 //! is an `Arc`).
 
+mod attachments;
 mod cluster;
 mod committer;
 mod expiry;
@@ -34,6 +35,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+pub use attachments::{AttachmentAccess, OpenedAttachment, UploadLimits};
 pub use handlers::SupportQueuePage;
 pub use hub::CloseReason;
 pub use session::{CloseSignal, Output, Ready, Ref, Session};
@@ -67,6 +69,7 @@ pub struct EngineBuilder {
     broker: Option<Arc<dyn Broker>>,
     bridges: Vec<Arc<dyn Bridge>>,
     config: EngineConfig,
+    attachments: Option<crate::attachment::AttachmentConfig>,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -87,6 +90,14 @@ impl EngineBuilder {
     /// Adds a bridge.
     pub fn bridge(mut self, bridge: Arc<dyn Bridge>) -> Self {
         self.bridges.push(bridge);
+        self
+    }
+
+    /// Accepts attachments, kept as `config` says. Without this, messages
+    /// with attachments are refused (`invalid`). The store must keep
+    /// attachment records ([`Store::attachment_store`]).
+    pub fn attachments(mut self, config: crate::attachment::AttachmentConfig) -> Self {
+        self.attachments = Some(config);
         self
     }
 
@@ -111,7 +122,12 @@ impl EngineBuilder {
         // Sends wait for room in this queue, which bounds the memory that
         // pending sends can take when the store is slower than the clients.
         let (commit_tx, commit_rx) = mpsc::channel(committer::batch_limit(&self.config) * 4);
+        let attachments = match self.attachments {
+            Some(config) => Some(attachments::Attachments::new(config, self.store.as_ref()).await?),
+            None => None,
+        };
         let inner = Arc::new(Inner {
+            attachments,
             typing: TypingTracker::new(self.config.typing_timeout),
             room_actions: room_actions::RoomActionLimiter::default(),
             keepalives: KeepaliveQueue::new(self.config.keepalive_interval),
@@ -137,6 +153,7 @@ impl EngineBuilder {
             tokio::spawn(expire_sessions(inner.clone())),
             tokio::spawn(keep_sessions_alive(inner.clone())),
             tokio::spawn(write_last_seen(inner.clone())),
+            tokio::spawn(attachments::clean_up(inner.clone())),
         ];
         if let (Some(cluster), Some(queues)) = (&inner.cluster, queues) {
             let sink = Arc::new(cluster::ClusterSink { inner: Arc::downgrade(&inner) });
@@ -171,6 +188,9 @@ impl std::fmt::Debug for Engine {
 
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
+    /// Where uploads go and how their URLs are signed, when the engine
+    /// takes attachments.
+    pub(crate) attachments: Option<attachments::Attachments>,
     /// This process's part in a cluster, when the engine has a broker.
     pub(crate) cluster: Option<cluster::Cluster>,
     pub(crate) bridges: Vec<Arc<dyn Bridge>>,
@@ -223,7 +243,7 @@ pub struct SupportAvailability {
 impl Engine {
     /// Starts building an engine on a store.
     pub fn builder(store: Arc<dyn Store>) -> EngineBuilder {
-        EngineBuilder { store, broker: None, bridges: Vec::new(), config: EngineConfig::default() }
+        EngineBuilder { store, broker: None, bridges: Vec::new(), config: EngineConfig::default(), attachments: None }
     }
 
     /// The store the engine uses.

@@ -458,7 +458,10 @@ impl Session {
         }));
     }
 
-    fn backlog_fetched(&mut self, room: RoomId, after: u64, result: Result<HistoryPage>) {
+    fn backlog_fetched(&mut self, room: RoomId, after: u64, mut result: Result<HistoryPage>) {
+        if let Ok(page) = &mut result {
+            self.inner.sign_all(&mut page.messages);
+        }
         let resume = self.resume();
         resume.fetch = None;
         // A page read for another position is stale: the room was left, or

@@ -6,10 +6,14 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{ActiveRoom, Joining, MemberLimits, QueueCursor, QueuedRoom, Store, banned_error};
+use super::{
+    ActiveRoom, AttachmentStore, Joining, MemberLimits, QueueCursor, QueuedRoom, Store, attachment_taken_error,
+    banned_error, quota_error,
+};
+use crate::attachment::{Posted, StoredAttachment};
 use crate::bridge::{BridgeStore, Job, JobCounts, JobStatus, NewJob, NewLink};
 use crate::error::{Error, Result};
-use crate::id::{MessageId, RoomId, UserId};
+use crate::id::{AttachmentId, MessageId, RoomId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, Message, NewMessage};
 use crate::room::{Ban, Member, MemberRole, NewRoom, ReceiptKind, Room, RoomChanges, RoomKind, RoomSummary};
 use crate::search::{SearchHit, SearchPage, SearchQuery};
@@ -43,6 +47,10 @@ struct State {
     links: BTreeMap<(String, String, String), String>,
     /// Bridge leases: the holder and the end of its lease, by bridge.
     leases: HashMap<String, (String, Timestamp)>,
+    /// Upload records by id.
+    attachments: HashMap<AttachmentId, StoredAttachment>,
+    /// Server secrets by name.
+    secrets: HashMap<String, String>,
 }
 
 #[derive(Debug)]
@@ -539,6 +547,27 @@ impl Store for MemoryStore {
                 continue;
             }
             let seq = rs.room.last_seq + 1;
+            let ids: Vec<AttachmentId> = new.attachments.iter().filter_map(|a| a.id.parse().ok()).collect();
+            let postable = ids.len() == new.attachments.len()
+                && ids.iter().all(|id| {
+                    state
+                        .attachments
+                        .get(id)
+                        .is_some_and(|a| a.uploader == new.sender_id && a.posted.is_none() && !a.removed)
+                });
+            if !postable {
+                out.push(Err(attachment_taken_error()));
+                continue;
+            }
+            for id in &ids {
+                if let Some(a) = state.attachments.get_mut(id) {
+                    a.posted = Some(Posted { room_id: new.room_id, message_id: new.id });
+                }
+            }
+            let Some(rs) = state.rooms.get_mut(&new.room_id) else {
+                out.push(Err(Error::NotFound("room")));
+                continue;
+            };
             let message = new.into_message(seq);
             rs.room.last_seq = seq;
             // The newest time seen: a message stamped earlier must not make the room look older.
@@ -578,10 +607,16 @@ impl Store for MemoryStore {
             return Ok(None);
         };
         msg.body.clear();
-        msg.attachments.clear();
+        let files = std::mem::take(&mut msg.attachments);
         msg.deleted = true;
         msg.edited_at = Some(at);
-        Ok(Some(msg.clone()))
+        let msg = msg.clone();
+        for file in files {
+            if let Some(a) = file.id.parse().ok().and_then(|id: AttachmentId| state.attachments.get_mut(&id)) {
+                a.removed = true;
+            }
+        }
+        Ok(Some(msg))
     }
 
     async fn history(&self, room: RoomId, q: HistoryQuery) -> Result<HistoryPage> {
@@ -656,6 +691,14 @@ impl Store for MemoryStore {
             }
         };
         Ok(moved.then_some(up_to))
+    }
+
+    fn attachment_store(&self) -> Option<&dyn AttachmentStore> {
+        Some(self)
+    }
+
+    async fn server_secret(&self, name: &str, candidate: &str) -> Result<String> {
+        Ok(self.lock().secrets.entry(name.to_string()).or_insert_with(|| candidate.to_string()).clone())
     }
 
     fn bridge_store(&self) -> Option<&dyn BridgeStore> {
@@ -866,4 +909,78 @@ impl BridgeStore for MemoryStore {
             .map(|((_, _, local), remote)| (local.clone(), remote.clone()))
             .collect())
     }
+}
+
+#[async_trait]
+impl AttachmentStore for MemoryStore {
+    async fn insert_attachment(&self, attachment: &StoredAttachment, quota: u64) -> Result<()> {
+        let mut state = self.lock();
+        if quota > 0 {
+            let used: u64 = state
+                .attachments
+                .values()
+                .filter(|a| a.uploader == attachment.uploader && !a.removed)
+                .map(StoredAttachment::accounted_bytes)
+                .sum();
+            if used + attachment.accounted_bytes() > quota {
+                return Err(quota_error(quota));
+            }
+        }
+        if state.attachments.contains_key(&attachment.id) {
+            return Err(Error::conflict("the attachment exists"));
+        }
+        state.attachments.insert(attachment.id, attachment.clone());
+        Ok(())
+    }
+
+    async fn attachment(&self, id: AttachmentId) -> Result<Option<StoredAttachment>> {
+        Ok(self.lock().attachments.get(&id).cloned())
+    }
+
+    async fn attachments(&self, ids: &[AttachmentId]) -> Result<Vec<StoredAttachment>> {
+        let state = self.lock();
+        Ok(ids.iter().filter_map(|id| state.attachments.get(id).cloned()).collect())
+    }
+
+    async fn attachment_usage(&self, user: &UserId) -> Result<u64> {
+        let state = self.lock();
+        Ok(state
+            .attachments
+            .values()
+            .filter(|a| &a.uploader == user && !a.removed)
+            .map(StoredAttachment::accounted_bytes)
+            .sum())
+    }
+
+    async fn attachments_to_purge(&self, orphaned_before: Timestamp, limit: u32) -> Result<Vec<StoredAttachment>> {
+        let state = self.lock();
+        let mut out: Vec<StoredAttachment> =
+            state.attachments.values().filter(|a| purgeable(a, orphaned_before)).cloned().collect();
+        out.sort_by_key(|a| a.id);
+        out.truncate(limit as usize);
+        Ok(out)
+    }
+
+    async fn mark_removed(&self, id: AttachmentId, orphaned_before: Timestamp) -> Result<bool> {
+        let mut state = self.lock();
+        match state.attachments.get_mut(&id) {
+            Some(a) if purgeable(a, orphaned_before) => {
+                a.removed = true;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn forget_attachment(&self, id: AttachmentId) -> Result<()> {
+        let mut state = self.lock();
+        if state.attachments.get(&id).is_some_and(|a| a.removed) {
+            state.attachments.remove(&id);
+        }
+        Ok(())
+    }
+}
+
+fn purgeable(a: &StoredAttachment, orphaned_before: Timestamp) -> bool {
+    a.removed || (a.posted.is_none() && a.created_at < orphaned_before)
 }

@@ -39,6 +39,14 @@
 //!   deleted: [`Store::upsert_user`] refuses them, [`Store::delete_user`]
 //!   forgets their profile and removes every membership in one transaction,
 //!   and every read hands them out as [`User::deleted`].
+//! - **Attachments** ([`AttachmentStore`], when the store keeps them):
+//!   `append_messages` binds a message's attachments to it in the commit that
+//!   stores it, only the sender's own and only those never posted (a
+//!   message that would take one already posted is refused alone with
+//!   [`Error::Conflict`](crate::Error::Conflict)); `delete_message` marks
+//!   them removed in its transaction; an upload's record is refused, in the
+//!   transaction that would insert it, when it would take its uploader past
+//!   their quota.
 //! - **Errors** are classified: an unreachable backend is
 //!   [`Error::Unavailable`](crate::Error::Unavailable), never a panic, and no
 //!   backend text reaches a client through `Display`.
@@ -49,9 +57,10 @@ use async_trait::async_trait;
 
 pub use memory::MemoryStore;
 
+use crate::attachment::StoredAttachment;
 use crate::bridge::BridgeStore;
 use crate::error::Result;
-use crate::id::{MessageId, RoomId, UserId};
+use crate::id::{AttachmentId, MessageId, RoomId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, Message, NewMessage};
 use crate::room::{Ban, Member, MemberRole, NewRoom, ReceiptKind, Room, RoomChanges, RoomSummary};
 use crate::search::{SearchPage, SearchQuery};
@@ -416,9 +425,79 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// The records of uploads, when this store can hold them. Without it
+    /// the engine refuses attachments.
+    fn attachment_store(&self) -> Option<&dyn AttachmentStore> {
+        None
+    }
+
+    /// A secret every process of the server shares (the key that signs
+    /// attachment URLs, say): the value stored under `name`, or `candidate`
+    /// once it was stored because there was none. Racing callers all get the
+    /// first value stored.
+    ///
+    /// The default keeps nothing and answers `candidate`, which is right for
+    /// a store only one process uses and is never restarted on (the memory
+    /// store); a store shared by processes must keep it.
+    async fn server_secret(&self, name: &str, candidate: &str) -> Result<String> {
+        let _ = name;
+        Ok(candidate.to_string())
+    }
+
     /// Checks that the backend answers; used by health checks.
     async fn ping(&self) -> Result<()>;
 
     /// Finishes pending work and releases connections. Called once at shutdown.
     async fn close(&self) {}
+}
+
+/// The records of uploads ([`StoredAttachment`]): which file is whose, where
+/// it was posted, and what the clean-up may remove. A store returns it from
+/// [`Store::attachment_store`]; the conformance suite checks it with
+/// `attachment_store_conformance`.
+#[async_trait]
+pub trait AttachmentStore: Send + Sync {
+    /// Records an upload, unless the uploader's attachments that are not
+    /// removed would then account for more than `quota` bytes (see
+    /// [`StoredAttachment::accounted_bytes`]) (0: no quota), which
+    /// is [`Error::TooLarge`](crate::Error::TooLarge) and records nothing.
+    /// The check and the insert are one transaction, so the quota holds
+    /// exactly under concurrent uploads on any number of processes.
+    async fn insert_attachment(&self, attachment: &StoredAttachment, quota: u64) -> Result<()>;
+
+    /// One record, removed or not.
+    async fn attachment(&self, id: AttachmentId) -> Result<Option<StoredAttachment>>;
+
+    /// The records of `ids` that exist, in no particular order.
+    async fn attachments(&self, ids: &[AttachmentId]) -> Result<Vec<StoredAttachment>>;
+
+    /// The bytes a user's attachments that are not removed take, each
+    /// counted as at least [`MIN_ACCOUNTED_BYTES`](crate::attachment::MIN_ACCOUNTED_BYTES)
+    /// (see [`StoredAttachment::accounted_bytes`]).
+    async fn attachment_usage(&self, user: &UserId) -> Result<u64>;
+
+    /// Records the clean-up may remove, at most `limit`: those removed (their
+    /// message was deleted) and those never posted that were uploaded before
+    /// `orphaned_before`.
+    async fn attachments_to_purge(&self, orphaned_before: Timestamp, limit: u32) -> Result<Vec<StoredAttachment>>;
+
+    /// Marks a record removed if [`attachments_to_purge`](Self::attachments_to_purge)
+    /// would list it (removed already, or never posted and uploaded before
+    /// `orphaned_before`), so that no message can take it from then on.
+    /// `false` when it was posted meanwhile or is gone.
+    async fn mark_removed(&self, id: AttachmentId, orphaned_before: Timestamp) -> Result<bool>;
+
+    /// Forgets a removed record, once its bytes are gone.
+    async fn forget_attachment(&self, id: AttachmentId) -> Result<()>;
+}
+
+/// What every store answers when a message would take an attachment that
+/// cannot be posted with it, so that every store says it alike.
+pub fn attachment_taken_error() -> crate::Error {
+    crate::Error::conflict("an attachment was already posted, or is not yours")
+}
+
+/// What every store answers when an upload would exceed its uploader's quota.
+pub fn quota_error(quota: u64) -> crate::Error {
+    crate::Error::too_large(format!("your attachments would take more than your quota of {quota} bytes"))
 }
