@@ -21,6 +21,9 @@ pub(crate) enum Refusal {
     Closed,
     /// Its sender is not a member of its room.
     NotMember,
+    /// One of its attachments is not the sender's, was posted already (or
+    /// earlier in the batch), was removed, or is unknown.
+    AttachmentTaken,
 }
 
 impl Refusal {
@@ -30,6 +33,7 @@ impl Refusal {
             Refusal::MissingRoom => chat_core::Error::NotFound("room"),
             Refusal::Closed => chat_core::Error::room_closed(),
             Refusal::NotMember => chat_core::Error::NotMember,
+            Refusal::AttachmentTaken => chat_core::store::attachment_taken_error(),
         }
     }
 }
@@ -65,6 +69,36 @@ pub(crate) struct RoomState {
 pub(crate) struct Found<'a> {
     pub(crate) rooms: HashMap<RoomId, RoomState>,
     pub(crate) members: HashSet<(RoomId, &'a str)>,
+    /// The attachments the batch names, by id: their uploader, and whether
+    /// they may still be posted (never posted, not removed). Read only for
+    /// a batch that names any.
+    pub(crate) files: HashMap<String, (String, bool)>,
+}
+
+/// Whether any message of a batch carries attachments: such a batch reads
+/// their records and its stored copies before it plans, and binds the
+/// files it posts before it commits.
+pub(crate) fn has_files(batch: &[NewMessage]) -> bool {
+    batch.iter().any(|m| !m.attachments.is_empty())
+}
+
+/// The ids of every attachment a batch names.
+pub(crate) fn file_ids(batch: &[NewMessage]) -> Vec<&str> {
+    batch.iter().flat_map(|m| m.attachments.iter().map(|a| a.id.as_str())).collect()
+}
+
+/// `(attachment id, room id, message id)` of each file a planned batch
+/// posts, to bind in the transaction that stores the messages.
+pub(crate) fn bindings(batch: &[NewMessage], plan: &[Outcome]) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for (new, outcome) in batch.iter().zip(plan) {
+        if matches!(outcome, Outcome::New(_)) {
+            for file in &new.attachments {
+                out.push((file.id.clone(), new.room_id.to_string(), new.id.to_string()));
+            }
+        }
+    }
+    out
 }
 
 /// The distinct rooms of a batch, sorted: the order in which writers lock them.
@@ -90,6 +124,7 @@ pub(crate) fn senders_of(batch: &[NewMessage]) -> Vec<(RoomId, &str)> {
 pub(crate) fn plan(batch: &[NewMessage], found: &Found<'_>, stored: &HashMap<Key<'_>, Message>) -> Vec<Outcome> {
     let mut next: HashMap<RoomId, i64> = found.rooms.iter().map(|(&id, room)| (id, room.last_seq)).collect();
     let mut first: HashMap<Key<'_>, usize> = HashMap::with_capacity(batch.len());
+    let mut taken: HashSet<&str> = HashSet::new();
     let mut out = Vec::with_capacity(batch.len());
     for (i, new) in batch.iter().enumerate() {
         let key = (new.room_id, new.sender_id.as_str(), new.client_msg_id.as_str());
@@ -105,7 +140,14 @@ pub(crate) fn plan(batch: &[NewMessage], found: &Found<'_>, stored: &HashMap<Key
             out.push(Outcome::Stored(message.clone()));
         } else if let Some(&earlier) = first.get(&key) {
             out.push(Outcome::Repeat(earlier));
+        } else if !new.attachments.iter().enumerate().all(|(n, file)| {
+            let id = file.id.as_str();
+            let once = !new.attachments[..n].iter().any(|earlier| earlier.id == id) && !taken.contains(id);
+            once && found.files.get(id).is_some_and(|(uploader, postable)| *postable && uploader == key.1)
+        }) {
+            out.push(Outcome::Refused(Refusal::AttachmentTaken));
         } else {
+            taken.extend(new.attachments.iter().map(|f| f.id.as_str()));
             first.insert(key, i);
             let seq = next.entry(key.0).or_insert(0);
             *seq += 1;
@@ -216,6 +258,7 @@ mod tests {
         Found {
             rooms: rooms.iter().map(|&(id, last_seq)| (id, RoomState { last_seq, closed: false })).collect(),
             members: rooms.iter().flat_map(|&(id, _)| senders.iter().map(move |&s| (id, s))).collect(),
+            files: HashMap::new(),
         }
     }
 

@@ -57,11 +57,15 @@ use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::batch::{Found, Key, Moves, Outcome, RoomState, answers, moves, new_count, plan, rooms_of, senders_of};
+use crate::batch::{
+    Found, Key, Moves, Outcome, RoomState, answers, bindings, file_ids, has_files, moves, new_count, plan, rooms_of,
+    senders_of,
+};
 use crate::common::{distinct_rooms, finish, history_page, limit_to_db, search_hits};
 use crate::error::{Backend, Error, Result};
 use crate::{codec, migrate};
 
+mod attachments;
 mod outbox;
 
 /// The migrations, oldest first. A migration, once released, never changes.
@@ -76,6 +80,7 @@ const MIGRATIONS: &[migrate::Embedded] = &[
     (8, "message search", include_str!("../migrations/postgres/0008_message_search.sql")),
     (9, "moderation", include_str!("../migrations/postgres/0009_moderation.sql")),
     (10, "user admin", include_str!("../migrations/postgres/0010_user_admin.sql")),
+    (11, "attachments", include_str!("../migrations/postgres/0011_attachments.sql")),
 ];
 
 /// Settings of a [`PostgresStore`]. Start from [`PostgresConfig::from_url`] and
@@ -753,7 +758,16 @@ async fn append_in(conn: &mut PgConnection, batch: Vec<NewMessage>) -> Result<At
     // index skips a row, take this batch's rows back out (the room locks mean
     // every row past the old counters is ours) and renumber around the stored
     // copies.
-    let mut outcomes = plan(&batch, &found, &HashMap::new());
+    let files = has_files(&batch);
+    let mut outcomes = if files {
+        // A batch posting files (rare) reads its stored copies first, so that
+        // a retry answers the stored message rather than a taken file.
+        found.files = attachments::lock_files(conn, &file_ids(&batch)).await?.into_iter().collect();
+        let stored = stored_copies(conn, &batch).await?;
+        plan(&batch, &found, &stored)
+    } else {
+        plan(&batch, &found, &HashMap::new())
+    };
     let expected = new_count(&outcomes) as u64;
     if insert_planned(conn, &batch, &outcomes, true).await? != expected {
         let (rooms, lasts): (Vec<Uuid>, Vec<i64>) = locked.iter().map(|(id, last_seq, ..)| (*id, *last_seq)).unzip();
@@ -826,6 +840,9 @@ async fn append_in(conn: &mut PgConnection, batch: Vec<NewMessage>) -> Result<At
         if moved != cursors.len() as u64 {
             return Ok(Attempt::Raced(batch));
         }
+    }
+    if files {
+        attachments::bind_files(conn, &bindings(&batch, &outcomes)).await?;
     }
     answers(batch, outcomes).map(Attempt::Done)
 }
@@ -1591,18 +1608,32 @@ impl Store for PostgresStore {
 
     async fn delete_message(&self, room: RoomId, id: MessageId, at: Timestamp) -> chat_core::Result<Option<Message>> {
         self.bounded(async {
-            let row = sqlx::query(concat!(
-                "UPDATE messages SET body = '', attachments = '[]', deleted = TRUE, edited_at = $3, search = NULL
-                 WHERE id = $2 AND room_id = $1 RETURNING ",
-                message_cols!()
-            ))
-            .bind(room.as_uuid())
-            .bind(id.as_uuid())
-            .bind(at.as_millis())
-            .fetch_optional(&self.pool)
-            .await
-            .db()?;
-            Ok(row.as_ref().map(message_from_row).transpose()?)
+            // The message and its files' records in one transaction: a file
+            // is never served once its message is gone.
+            let mut tx = self.begin().await?;
+            let result = async {
+                let row = sqlx::query(concat!(
+                    "UPDATE messages SET body = '', attachments = '[]', deleted = TRUE, edited_at = $3, search = NULL
+                     WHERE id = $2 AND room_id = $1 RETURNING ",
+                    message_cols!()
+                ))
+                .bind(room.as_uuid())
+                .bind(id.as_uuid())
+                .bind(at.as_millis())
+                .fetch_optional(&mut *tx)
+                .await
+                .db()?;
+                if row.is_some() {
+                    sqlx::query("UPDATE attachments SET removed = TRUE WHERE message_id = $1")
+                        .bind(id.as_uuid())
+                        .execute(&mut *tx)
+                        .await
+                        .db()?;
+                }
+                row.as_ref().map(message_from_row).transpose()
+            }
+            .await;
+            Ok(finish(tx, result).await?)
         })
         .await
     }
@@ -1748,6 +1779,14 @@ impl Store for PostgresStore {
 
     fn bridge_store(&self) -> Option<&dyn chat_core::BridgeStore> {
         Some(self)
+    }
+
+    fn attachment_store(&self) -> Option<&dyn chat_core::store::AttachmentStore> {
+        Some(self)
+    }
+
+    async fn server_secret(&self, name: &str, candidate: &str) -> chat_core::Result<String> {
+        self.secret(name, candidate).await
     }
 
     async fn ping(&self) -> chat_core::Result<()> {

@@ -30,11 +30,15 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
-use crate::batch::{Found, Key, Moves, Outcome, RoomState, answers, moves, new_count, plan, rooms_of, senders_of};
+use crate::batch::{
+    Found, Key, Moves, Outcome, RoomState, answers, bindings, file_ids, has_files, moves, new_count, plan, rooms_of,
+    senders_of,
+};
 use crate::common::{distinct_rooms, history_page, search_hits};
 use crate::error::{Backend, Error, Result};
 use crate::{codec, migrate};
 
+mod attachments;
 mod outbox;
 
 /// The migrations, oldest first. A migration, once released, never changes:
@@ -49,6 +53,7 @@ const MIGRATIONS: &[migrate::Embedded] = &[
     (7, "message search", include_str!("../migrations/sqlite/0007_message_search.sql")),
     (8, "moderation", include_str!("../migrations/sqlite/0008_moderation.sql")),
     (9, "user admin", include_str!("../migrations/sqlite/0009_user_admin.sql")),
+    (10, "attachments", include_str!("../migrations/sqlite/0010_attachments.sql")),
 ];
 
 /// How hard SQLite works to make a commit survive a power cut.
@@ -756,7 +761,12 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
             })
             .collect::<Result<_>>()?,
         members: members.iter().filter_map(|&i| senders.get(i).copied()).collect(),
+        files: HashMap::new(),
     };
+    if has_files(&batch) {
+        let outcomes = append_with_files(conn, &batch, found).await?;
+        return answers(batch, outcomes);
+    }
 
     // Most batches hold no retry: they are inserted as numbered, the counters
     // and cursors moved and the transaction committed, in one call. A retry
@@ -790,6 +800,49 @@ async fn append_in(conn: &mut SqliteConnection, batch: Vec<NewMessage>) -> Resul
     }
     sqlx::raw_sql("COMMIT").execute(&mut *conn).await.db()?;
     answers(batch, outcomes)
+}
+
+/// The rest of [`append_in`] for a batch that posts attachments (rare, so
+/// plainly done): its stored copies and its files' records are read under
+/// the write lock before it is planned, so that a retry answers the stored
+/// message and a file goes to one message only; the files are bound to
+/// their messages in the transaction that stores them.
+async fn append_with_files(
+    conn: &mut SqliteConnection,
+    batch: &[NewMessage],
+    mut found: Found<'_>,
+) -> Result<Vec<Outcome>> {
+    let ids = file_ids(batch);
+    let rows: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT id, uploader, message_id IS NULL AND removed = 0 FROM attachments
+         WHERE id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(json(&ids)?)
+    .fetch_all(&mut *conn)
+    .await
+    .db()?;
+    found.files = rows.into_iter().map(|(id, uploader, postable)| (id, (uploader, postable))).collect();
+    let stored = stored_copies(conn, batch).await?;
+    let outcomes = plan(batch, &found, &stored);
+    let (rooms, cursors) = moves_json(batch, &outcomes)?;
+    const INSERT: &str = concat!(insert_rows!(), "; ", apply_moves!());
+    sqlx::query(INSERT)
+        .bind(planned_rows(batch, &outcomes)?)
+        .bind(rooms)
+        .bind(cursors)
+        .execute(&mut *conn)
+        .await
+        .db()?;
+    sqlx::query(
+        "UPDATE attachments SET room_id = b.value ->> 1, message_id = b.value ->> 2
+         FROM json_each(?1) AS b WHERE attachments.id = b.value ->> 0",
+    )
+    .bind(json(&bindings(batch, &outcomes))?)
+    .execute(&mut *conn)
+    .await
+    .db()?;
+    sqlx::raw_sql("COMMIT").execute(&mut *conn).await.db()?;
+    Ok(outcomes)
 }
 
 impl SqliteStore {
@@ -1438,18 +1491,31 @@ impl Store for SqliteStore {
     }
 
     async fn delete_message(&self, room: RoomId, id: MessageId, at: Timestamp) -> chat_core::Result<Option<Message>> {
-        let row = sqlx::query(concat!(
-            "UPDATE messages SET body = '', attachments = '[]', deleted = 1, edited_at = ?3
-             WHERE id = ?2 AND room_id = ?1 RETURNING ",
-            message_cols!()
-        ))
-        .bind(room.to_string())
-        .bind(id.to_string())
-        .bind(at.as_millis())
-        .fetch_optional(&self.writer)
-        .await
-        .db()?;
-        Ok(row.as_ref().map(message_from_row).transpose()?)
+        // The message and its files' records in one transaction: a file is
+        // never served once its message is gone.
+        Ok(self
+            .write_tx(async move |conn: &mut SqliteConnection| {
+                let row = sqlx::query(concat!(
+                    "UPDATE messages SET body = '', attachments = '[]', deleted = 1, edited_at = ?3
+                     WHERE id = ?2 AND room_id = ?1 RETURNING ",
+                    message_cols!()
+                ))
+                .bind(room.to_string())
+                .bind(id.to_string())
+                .bind(at.as_millis())
+                .fetch_optional(&mut *conn)
+                .await
+                .db()?;
+                if row.is_some() {
+                    sqlx::query("UPDATE attachments SET removed = 1 WHERE message_id = ?1")
+                        .bind(id.to_string())
+                        .execute(&mut *conn)
+                        .await
+                        .db()?;
+                }
+                row.as_ref().map(message_from_row).transpose()
+            })
+            .await?)
     }
 
     async fn changed_messages(&self, room: RoomId, since: Timestamp, limit: u32) -> chat_core::Result<Vec<Message>> {
@@ -1582,6 +1648,14 @@ impl Store for SqliteStore {
 
     fn bridge_store(&self) -> Option<&dyn chat_core::BridgeStore> {
         Some(self)
+    }
+
+    fn attachment_store(&self) -> Option<&dyn chat_core::store::AttachmentStore> {
+        Some(self)
+    }
+
+    async fn server_secret(&self, name: &str, candidate: &str) -> chat_core::Result<String> {
+        Ok(self.secret(name, candidate).await?)
     }
 
     async fn ping(&self) -> chat_core::Result<()> {

@@ -72,6 +72,7 @@ async fn a_fresh_schema_is_migrated_once_even_by_racing_processes() {
         tables,
         [
             "_sqlx_migrations",
+            "attachments",
             "bridge_jobs",
             "bridge_leases",
             "bridge_links",
@@ -80,6 +81,7 @@ async fn a_fresh_schema_is_migrated_once_even_by_racing_processes() {
             "messages",
             "room_bans",
             "rooms",
+            "server_secrets",
             "support_queue",
             "users"
         ]
