@@ -30,13 +30,15 @@
 //! order of a room holds whichever process enqueued which job first, and one
 //! job found by the catch-up stands for every message it missed.
 
+mod lease;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chat_core::bridge::{Leader, Lease};
+use chat_core::bridge::Lease;
 use chat_core::{
     Bridge, BridgeEvent, BridgeHealth, BridgeHost, BridgeStore, HistoryQuery, Job, MessageId, NewJob, Room, RoomId,
     RoomKind, Timestamp, User, UserId,
@@ -58,6 +60,7 @@ use tokio::task::JoinHandle;
 use crate::config::DiscordConfig;
 use crate::error::{Error, Result};
 use crate::rest::Rest;
+use lease::{hold_lease, lead, publish_agents, step_down};
 
 /// The name of this bridge: in `/health`, in the store, as an event's origin.
 pub const NAME: &str = "discord";
@@ -657,132 +660,6 @@ fn into_chat(err: Error) -> chat_core::Error {
         Error::Chat(err) => err,
         other => chat_core::Error::unavailable(other.to_string()),
     }
-}
-
-// ---------------------------------------------------------------------------
-// The lease: of several processes, one runs the worker and the gateway
-
-/// Asks for the lease once (a renewal when this process holds it), and
-/// starts or stops this process's worker and gateway to match. Returns
-/// whether this process holds it.
-async fn hold_lease(shared: &Arc<Shared>) -> Result<bool> {
-    let held = shared.lease.acquire(shared.outbox()?).await?;
-    let until = shared.lease.until().unwrap_or_else(Timestamp::now);
-    // The agents' count is a courtesy to processes on standby: failing to
-    // share it changes nothing about who holds the lease.
-    let shared_count = if held {
-        step_up(shared).await;
-        publish_agents(shared, until).await
-    } else {
-        step_down(shared).await;
-        read_published_agents(shared).await
-    };
-    if let Err(err) = shared_count {
-        tracing::debug!(error = %err, "discord bridge: cannot share the count of online agents");
-    }
-    Ok(held)
-}
-
-/// Renews the lease, or waits for it, until the bridge stops.
-async fn lead(shared: Arc<Shared>, held: bool) {
-    shared.lease.keep(&Holder(shared.clone()), held).await;
-}
-
-/// This process as a candidate for the lease.
-struct Holder(Arc<Shared>);
-
-#[async_trait]
-impl Leader for Holder {
-    type Error = Error;
-
-    async fn hold(&self) -> Result<bool> {
-        hold_lease(&self.0).await
-    }
-
-    async fn stand_down(&self) {
-        step_down(&self.0).await;
-    }
-
-    fn failed(&self, err: &Error) {
-        self.0.record_error(err);
-    }
-
-    async fn tried(&self, held: bool) {
-        if !held {
-            // No worker refreshes the counts here.
-            self.0.refresh_counts().await;
-        }
-    }
-}
-
-/// Starts the worker, the gateway and the inbound task, unless they run.
-async fn step_up(shared: &Arc<Shared>) {
-    let mut leading = shared.leading.lock().await;
-    if leading.is_some() {
-        return;
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let (inbound_tx, inbound_rx) = mpsc::channel(1024);
-    let worker = tokio::spawn(work(shared.clone(), stop.clone()));
-    let others = vec![
-        tokio::spawn(receive(shared.clone(), inbound_rx)),
-        tokio::spawn(gateway(shared.clone(), inbound_tx)),
-        tokio::spawn(watch_gateway(shared.clone())),
-    ];
-    *leading = Some(Leading { stop, worker, others });
-    shared.state().active = true;
-    // Whatever the last holder left unenqueued is found now.
-    shared.catch_up.notify_one();
-}
-
-/// Stops the worker (after the job it is running, within the HTTP timeout),
-/// the gateway and the inbound task. Returns whether they were running.
-async fn step_down(shared: &Shared) -> bool {
-    let Some(leading) = shared.leading.lock().await.take() else {
-        return false;
-    };
-    {
-        let mut state = shared.state();
-        state.active = false;
-        state.shard_up = false;
-        // Requests made so far are answered to a gateway that stops now.
-        state.roster = Roster { request: state.requests, ..Roster::default() };
-    }
-    leading.stop.store(true, Ordering::SeqCst);
-    shared.wake.notify_one();
-    for task in leading.others {
-        task.abort();
-    }
-    let shards = shared.shards.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some(shards) = shards {
-        shards.shutdown_all().await;
-    }
-    let mut worker = leading.worker;
-    let grace = shared.config.http_timeout + Duration::from_secs(1);
-    if tokio::time::timeout(grace, &mut worker).await.is_err() {
-        worker.abort();
-    }
-    true
-}
-
-/// The lease holder tells processes on standby how many agents are online,
-/// for their `/support/availability`; its word holds as long as its lease.
-async fn publish_agents(shared: &Shared, until: Timestamp) -> Result<()> {
-    let count = shared.state().online_agents();
-    let value = format!("{count}@{}", until.as_millis());
-    shared.outbox()?.set_link(NAME, LINK_STATUS, "online_agents", &value).await?;
-    Ok(())
-}
-
-async fn read_published_agents(shared: &Shared) -> Result<()> {
-    let value = shared.outbox()?.remote_of(NAME, LINK_STATUS, "online_agents").await?;
-    let now = Timestamp::now().as_millis();
-    let count = value.as_deref().and_then(|v| {
-        let (count, until) = v.split_once('@')?;
-        (until.parse::<i64>().ok()? > now).then_some(count.parse::<usize>().ok()?)
-    });
-    shared.state().published_agents = count;
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------
