@@ -17,7 +17,8 @@ use chat_core::Timestamp;
 use chat_core::bridge::Leader;
 use tokio::sync::mpsc;
 
-use super::{LINK_STATUS, Leading, NAME, Roster, Shared, gateway, receive, watch_gateway, work};
+use super::outbound::work;
+use super::{LINK_STATUS, Leading, NAME, Roster, Shared, gateway, receive, watch_gateway};
 use crate::error::{Error, Result};
 
 /// Asks for the lease once (a renewal when this process holds it), and
