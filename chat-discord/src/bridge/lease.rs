@@ -17,8 +17,10 @@ use chat_core::Timestamp;
 use chat_core::bridge::Leader;
 use tokio::sync::mpsc;
 
+use super::inbound::roster::Roster;
+use super::inbound::{gateway, receive, watch_gateway};
 use super::outbound::work;
-use super::{LINK_STATUS, Leading, NAME, Roster, Shared, gateway, receive, watch_gateway};
+use super::{LINK_STATUS, Leading, NAME, Shared};
 use crate::error::{Error, Result};
 
 /// Asks for the lease once (a renewal when this process holds it), and
@@ -105,7 +107,7 @@ pub(super) async fn step_down(shared: &Shared) -> bool {
         state.active = false;
         state.shard_up = false;
         // Requests made so far are answered to a gateway that stops now.
-        state.roster = Roster { request: state.requests, ..Roster::default() };
+        state.roster = Roster::new(state.requests);
     }
     leading.stop.store(true, Ordering::SeqCst);
     shared.wake.notify_one();
