@@ -53,7 +53,11 @@ impl S3Blobs {
 
     fn path_of(&self, key: &str) -> Result<ObjectPath> {
         check_key(key)?;
-        Ok(if self.prefix.is_empty() { ObjectPath::from(key) } else { ObjectPath::from(format!("{}/{key}", self.prefix)) })
+        Ok(if self.prefix.is_empty() {
+            ObjectPath::from(key)
+        } else {
+            ObjectPath::from(format!("{}/{key}", self.prefix))
+        })
     }
 }
 

@@ -6,13 +6,13 @@
 //! signed URL, with ranges, an ETag, `nosniff` and a `Content-Disposition`
 //! that lets a browser show inline only what is safe to show.
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::multipart::MultipartRejection;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use axum::extract::rejection::QueryRejection;
 use chat_core::attachment::{ByteRange, Upload, inline_allowed};
 use chat_core::engine::{AttachmentAccess, OpenedAttachment};
 use chat_core::{Attachment, ErrorCode};
@@ -70,8 +70,10 @@ pub(crate) async fn upload(
         // bounded: a field is read at most up to the size limit.
         let mut skipped = 0u64;
         let mut field = field;
-        while let Some(chunk) =
-            field.chunk().await.map_err(|e| ApiError::new(ErrorCode::Invalid, format!("the form could not be read: {e}")))?
+        while let Some(chunk) = field
+            .chunk()
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Invalid, format!("the form could not be read: {e}")))?
         {
             skipped += chunk.len() as u64;
             if skipped > 64 * 1024 {
@@ -160,10 +162,18 @@ pub(crate) async fn thumbnail(
     serve(&app, &headers, &id, query(params)?, true).await
 }
 
-async fn serve(app: &AppState, headers: &HeaderMap, id: &str, params: SignedParams, thumb: bool) -> ApiResult<Response> {
+async fn serve(
+    app: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    params: SignedParams,
+    thumb: bool,
+) -> ApiResult<Response> {
     let access = match (params.exp, params.sig) {
         (Some(exp), Some(sig)) => AttachmentAccess::Signed { exp, sig },
-        _ if headers.contains_key(header::AUTHORIZATION) => AttachmentAccess::User(authenticate_user(app, headers).await?.1),
+        _ if headers.contains_key(header::AUTHORIZATION) => {
+            AttachmentAccess::User(authenticate_user(app, headers).await?.1)
+        }
         _ => return Err(ApiError::new(ErrorCode::Unauthorized, "a bearer token or a signed link is needed")),
     };
     let opened = app.engine.open_attachment(&access, id, thumb).await?;
@@ -191,7 +201,10 @@ async fn serve(app: &AppState, headers: &HeaderMap, id: &str, params: SignedPara
     let (status, range) = match range {
         RangeAsked::Whole => (StatusCode::OK, None),
         RangeAsked::Part(r) => {
-            out.insert(header::CONTENT_RANGE, header_value(&format!("bytes {}-{}/{}", r.start, r.end - 1, opened.size)));
+            out.insert(
+                header::CONTENT_RANGE,
+                header_value(&format!("bytes {}-{}/{}", r.start, r.end - 1, opened.size)),
+            );
             (StatusCode::PARTIAL_CONTENT, Some(r))
         }
         RangeAsked::Unsatisfiable => {

@@ -98,7 +98,8 @@ async fn shared_directory(store: &dyn Store, dir: &std::path::Path) -> anyhow::R
     tokio::fs::write(marker(&candidate), b"attachments of one chat server\n")
         .await
         .with_context(|| format!("writing a marker in the attachment directory {}", dir.display()))?;
-    let named = store.server_secret("attachments-dir-marker", &candidate).await.context("reading the directory marker")?;
+    let named =
+        store.server_secret("attachments-dir-marker", &candidate).await.context("reading the directory marker")?;
     if named != candidate {
         let _ = tokio::fs::remove_file(marker(&candidate)).await;
         if !tokio::fs::try_exists(marker(&named)).await.unwrap_or(false) {
