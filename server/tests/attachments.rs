@@ -346,3 +346,48 @@ async fn files_never_posted_and_deleted_messages_files_are_removed() {
     let kept = files_on_disk(dir.path());
     assert_eq!(kept, [id(&posted), format!("{}.thumb", id(&posted))], "only the posted file and its thumbnail");
 }
+
+/// With a broker, processes on one database must share their attachment
+/// storage: one whose local directory is not the others' refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_with_another_local_directory_than_the_others_refuses_to_start() {
+    let Some(schema) =
+        TempSchema::create("a_process_with_another_local_directory_than_the_others_refuses_to_start").await
+    else {
+        return;
+    };
+    let Some(broker) = chat_broker::testing::BrokerServer::nats().await else { return };
+    let shared = tempfile::tempdir().expect("dir");
+    let other = tempfile::tempdir().expect("dir");
+    let config = |dir: &std::path::Path| {
+        let mut config = support::base_config(dir);
+        config.database_url = schema.url();
+        config.broker_url = Some(broker.url());
+        config.broker_prefix = format!("att{}", std::process::id());
+        config.attachments_url = Some(format!("file://{}", dir.join("files").display()));
+        config
+    };
+    let serve = |config: Config| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(chat_server::run(listener, config, async move {
+            let _ = stopped.await;
+        }));
+        (stop, task)
+    };
+    let (stop_a, a) = serve(config(shared.path())).await;
+    // Give the first process the time to start and leave its marker.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!a.is_finished(), "the first process serves");
+    let (_stop_b, b) = serve(config(other.path())).await;
+    let refused = tokio::time::timeout(Duration::from_secs(20), b).await.expect("refused in time").expect("task");
+    let message = format!("{:#}", refused.expect_err("another directory is refused"));
+    assert!(message.contains("is not the one the other processes"), "{message}");
+    let (stop_c, c) = serve(config(shared.path())).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!c.is_finished(), "a process on the shared directory starts");
+    for (stop, task) in [(stop_a, a), (stop_c, c)] {
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), task).await.expect("stops").expect("task").expect("clean run");
+    }
+}
