@@ -10,7 +10,10 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Multipart, Path, Query, State};
+use std::net::SocketAddr;
+
+use axum::Extension;
+use axum::extract::{ConnectInfo, Multipart, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chat_core::attachment::{ByteRange, Upload, inline_allowed};
@@ -21,7 +24,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::http::{authenticate_user, query};
+use crate::http::{authenticate_user, client_ip, query};
 use crate::openapi::ErrorBody;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -46,16 +49,27 @@ pub(crate) struct UploadForm {
         (status = 400, description = "Not a multipart body with a field `file`, or an empty file", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 413, description = "Larger than the limit, or past the uploader's quota", body = ErrorBody),
+        (status = 429, description = "Visitors from this address uploaded their hourly allowance", body = ErrorBody),
         (status = 503, description = "The storage does not answer", body = ErrorBody),
     )
 )]
 pub(crate) async fn upload(
     State(app): State<AppState>,
     headers: HeaderMap,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     form: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Response> {
     let (_, user) = authenticate_user(&app, &headers).await?;
     let limits = app.engine.upload_limits(&user).await?;
+    // Visitors' uploads are bounded per address too: anyone can make visitors.
+    let budget = match client_ip(&app, &headers, peer.map(|Extension(ConnectInfo(a))| a)) {
+        Some(ip) if user.is_visitor() => Some((ip, app.visitor_uploads.remaining(ip))),
+        _ => None,
+    };
+    if budget.is_some_and(|(_, left)| left == 0) {
+        return Err(visitor_budget_error(&app));
+    }
+    let limit = budget.map_or(limits.max_bytes, |(_, left)| left.min(limits.max_bytes));
     let mut form = form.map_err(|e| ApiError::new(ErrorCode::Invalid, e.body_text()))?;
     let field = loop {
         let field = form
@@ -82,7 +96,8 @@ pub(crate) async fn upload(
         }
     };
     let name = field.file_name().unwrap_or("file").to_string();
-    let spooled = chat_attachments::spool(&limits.spool_dir, field, limits.max_bytes).await.map_err(|e| match e {
+    let spooled = chat_attachments::spool(&limits.spool_dir, field, limit).await.map_err(|e| match e {
+        chat_attachments::SpoolError::TooLarge(_) if limit < limits.max_bytes => visitor_budget_error(&app),
         chat_attachments::SpoolError::TooLarge(limit) => {
             ApiError::new(ErrorCode::TooLarge, format!("a file may have at most {limit} bytes"))
         }
@@ -92,6 +107,9 @@ pub(crate) async fn upload(
             ApiError::new(ErrorCode::Unavailable, "the upload could not be stored")
         }
     })?;
+    if let Some((ip, _)) = budget {
+        app.visitor_uploads.spend(ip, spooled.size);
+    }
     let examined = chat_attachments::examine(&spooled).await;
     let upload = Upload {
         name,
@@ -105,6 +123,16 @@ pub(crate) async fn upload(
     // The spool files (moved away or not) are removed as they drop here.
     drop((spooled, examined));
     Ok((StatusCode::CREATED, Json(attachment)).into_response())
+}
+
+fn visitor_budget_error(app: &AppState) -> ApiError {
+    ApiError::new(
+        ErrorCode::RateLimited,
+        format!(
+            "visitors from this address may upload {} bytes an hour; try again later",
+            app.config.visitor_upload_bytes_per_ip
+        ),
+    )
 }
 
 /// A signed URL's parameters.

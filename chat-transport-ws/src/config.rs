@@ -93,6 +93,10 @@ pub struct WsConfig {
     /// ever. Its size is bounded by the engine's attachment limit, not by
     /// [`WsConfig::max_http_body_bytes`].
     pub upload_timeout: Duration,
+    /// Bytes anonymous visitors may upload from one client address in an
+    /// hour, all their visitor sessions together: each visitor has a quota,
+    /// but anyone can make visitors, so the address is bounded too.
+    pub visitor_upload_bytes_per_ip: u64,
     /// Most connections open at once from one client address (HTTP and
     /// WebSocket together; IPv6 addresses are counted per /64). Counted when
     /// a connection is accepted, by its TCP peer address: a forwarded header
@@ -132,6 +136,7 @@ impl Default for WsConfig {
             http_idle_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(30),
             upload_timeout: Duration::from_secs(300),
+            visitor_upload_bytes_per_ip: 100 * 1024 * 1024,
             max_connections_per_ip: 256,
             max_connections: 100_000,
             version: env!("CARGO_PKG_VERSION").to_owned(),

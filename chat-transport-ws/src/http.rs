@@ -276,42 +276,56 @@ pub(crate) async fn search_messages(
     Ok(Json(page).into_response())
 }
 
-/// Counts requests per client address in fixed windows. The map is pruned of
-/// expired windows when it grows, and refuses new addresses once it holds
-/// `MAX_TRACKED` live ones, so a flood of addresses cannot grow it without bound.
+/// Counts what each client address spends (requests, or bytes) in fixed
+/// windows. The map is pruned of expired windows when it grows, and refuses
+/// new addresses once it holds `MAX_TRACKED` live ones, so a flood of
+/// addresses cannot grow it without bound.
 #[derive(Debug)]
 pub(crate) struct IpLimiter {
-    per_window: u32,
+    per_window: u64,
     window: Duration,
-    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    seen: Mutex<HashMap<IpAddr, (Instant, u64)>>,
 }
 
 const MAX_TRACKED: usize = 100_000;
 
 impl IpLimiter {
-    pub(crate) fn new(per_window: u32, window: Duration) -> Self {
+    pub(crate) fn new(per_window: u64, window: Duration) -> Self {
         IpLimiter { per_window, window, seen: Mutex::new(HashMap::new()) }
     }
 
+    /// Spends one; whether the address is still within its allowance.
     pub(crate) fn allow(&self, ip: IpAddr) -> bool {
+        self.spend(ip, 1).is_some_and(|spent| spent <= self.per_window)
+    }
+
+    /// What the address may still spend in this window (0 for an address
+    /// that cannot be tracked any more).
+    pub(crate) fn remaining(&self, ip: IpAddr) -> u64 {
+        self.spend(ip, 0).map_or(0, |spent| self.per_window.saturating_sub(spent))
+    }
+
+    /// Adds `amount` to what the address spent in this window; the new total,
+    /// or `None` when the address cannot be tracked (the map is full).
+    pub(crate) fn spend(&self, ip: IpAddr, amount: u64) -> Option<u64> {
         let now = Instant::now();
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.len() >= MAX_TRACKED && !seen.contains_key(&ip) {
             seen.retain(|_, (start, _)| now.duration_since(*start) < self.window);
             if seen.len() >= MAX_TRACKED {
-                return false;
+                return None;
             }
         }
         let entry = seen.entry(ip).or_insert((now, 0));
         if now.duration_since(entry.0) >= self.window {
             *entry = (now, 0);
         }
-        entry.1 += 1;
-        entry.1 <= self.per_window
+        entry.1 = entry.1.saturating_add(amount);
+        Some(entry.1)
     }
 }
 
-fn client_ip(app: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<IpAddr> {
+pub(crate) fn client_ip(app: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<IpAddr> {
     if app.config.trust_forwarded_for {
         let forwarded = headers
             .get("x-forwarded-for")

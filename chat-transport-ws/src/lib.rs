@@ -47,7 +47,7 @@ pub mod wire;
 pub mod ws;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -79,6 +79,8 @@ pub struct AppState {
     issuer: Option<Arc<TokenIssuer>>,
     config: Arc<WsConfig>,
     visitors: Arc<http::IpLimiter>,
+    /// Bytes visitors uploaded per client address this hour.
+    visitor_uploads: Arc<http::IpLimiter>,
     page_headers: Arc<web::PageHeaders>,
 }
 
@@ -97,9 +99,11 @@ impl AppState {
         issuer: Option<Arc<TokenIssuer>>,
         config: WsConfig,
     ) -> Self {
-        let visitors = Arc::new(http::IpLimiter::new(config.visitor_sessions_per_ip, config.visitor_window));
+        let visitors = Arc::new(http::IpLimiter::new(config.visitor_sessions_per_ip.into(), config.visitor_window));
+        let visitor_uploads =
+            Arc::new(http::IpLimiter::new(config.visitor_upload_bytes_per_ip, Duration::from_secs(3600)));
         let page_headers = Arc::new(web::PageHeaders::new(&config.origins));
-        AppState { engine, auth, issuer, config: Arc::new(config), visitors, page_headers }
+        AppState { engine, auth, issuer, config: Arc::new(config), visitors, visitor_uploads, page_headers }
     }
 
     /// The engine behind the routes.

@@ -213,6 +213,8 @@ pub struct Config {
     pub attachment_cleanup_s: u64,
     /// Seconds an upload's body may take to arrive.
     pub upload_timeout_s: u64,
+    /// Bytes anonymous visitors may upload from one client address in an hour.
+    pub visitor_upload_bytes_per_hour: u64,
     /// The server's public address (`https://chat.example.com`), put before
     /// attachment URLs so that webhook receivers and widgets on other sites
     /// can fetch them. Unset: URLs are relative to the server.
@@ -390,6 +392,7 @@ impl Default for Config {
             attachment_orphan_after_s: 24 * 3600,
             attachment_cleanup_s: 600,
             upload_timeout_s: ws.upload_timeout.as_secs(),
+            visitor_upload_bytes_per_hour: ws.visitor_upload_bytes_per_ip,
             public_url: None,
             discord: DiscordSettings::default(),
             ignored_env: Vec::new(),
@@ -685,6 +688,7 @@ impl Config {
         ws.http_idle_timeout = Duration::from_secs(self.http_idle_timeout_s);
         ws.body_timeout = Duration::from_secs(self.body_timeout_s);
         ws.upload_timeout = Duration::from_secs(self.upload_timeout_s.max(1));
+        ws.visitor_upload_bytes_per_ip = self.visitor_upload_bytes_per_hour;
         ws.max_connections_per_ip = self.max_connections_per_ip;
         ws.max_connections = self.max_connections;
         ws.version = env!("CARGO_PKG_VERSION").to_owned();

@@ -391,3 +391,30 @@ async fn a_process_with_another_local_directory_than_the_others_refuses_to_start
         tokio::time::timeout(Duration::from_secs(10), task).await.expect("stops").expect("task").expect("clean run");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visitors_from_one_address_share_an_hourly_upload_allowance() {
+    let server = server_on(None, |c| {
+        c.visitor_upload_bytes_per_hour = 150_000;
+        c.visitor_sessions_per_minute = 100;
+    })
+    .await;
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        let (status, visitor) = server.post("/v1/visitor-sessions", &json!({}), None).await;
+        assert_eq!(status, 201, "{visitor}");
+        tokens.push(visitor["token"].as_str().expect("token").to_string());
+    }
+    let (status, _) = upload(&server, &tokens[0], "a.bin", "application/octet-stream", vec![1; 100_000]).await;
+    assert_eq!(status, 201);
+    // Another visitor from the same address: what is left of the allowance.
+    let (status, body) = upload(&server, &tokens[1], "b.bin", "application/octet-stream", vec![1; 60_000]).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("rate_limited")), "{body}");
+    let (status, _) = upload(&server, &tokens[1], "c.bin", "application/octet-stream", vec![1; 50_000]).await;
+    assert_eq!(status, 201, "what is left still fits");
+    let (status, _) = upload(&server, &tokens[2], "d.bin", "application/octet-stream", vec![1; 10]).await;
+    assert_eq!(status, 429, "spent");
+    // Signed-in users are bounded by their quota, not by the address.
+    let (status, _) = upload(&server, &token("ada"), "e.bin", "application/octet-stream", vec![1; 200_000]).await;
+    assert_eq!(status, 201);
+}

@@ -87,6 +87,9 @@ pub fn unsigned_token(user: &str) -> String {
 pub fn base_config(dir: &Path) -> Config {
     Config {
         database_url: format!("sqlite://{}", dir.join("chat.db").display()),
+        // Beside the database whatever the database: a test on PostgreSQL
+        // must not leave files in the working directory.
+        attachments_url: Some(format!("file://{}", dir.join("chat-attachments").display())),
         jwt_secret: Some(SECRET.to_owned()),
         api_key: Some(API_KEY.to_owned()),
         ..Config::default()
