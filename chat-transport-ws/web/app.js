@@ -797,6 +797,10 @@ async function sendCurrent() {
   } catch (err) {
     $('send-error').textContent = `Not sent: ${err.message}`;
     if (!input.value) input.value = body;
+    // The files are still uploaded: they go back to the tray for another try.
+    for (const u of ready) u.sending = false;
+    uploads = [...ready, ...uploads];
+    renderTray();
   }
 }
 

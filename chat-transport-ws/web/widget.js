@@ -916,6 +916,10 @@
       } catch (err) {
         if (!textarea.value) textarea.value = body;
         showError(t('failed', { reason: err.message }));
+        // The files are still uploaded: back to the tray for another try.
+        for (const u of ready) u.sending = false;
+        uploads = [...ready, ...uploads];
+        renderTray();
       }
     }
 
