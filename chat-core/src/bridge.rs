@@ -41,10 +41,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::engine::Engine;
+use crate::attachment::{ByteStream, StoredAttachment, Upload};
+use crate::engine::{Engine, UploadLimits};
 use crate::error::Result;
 use crate::id::{MessageId, RoomId, UserId};
-use crate::message::Message;
+use crate::message::{Attachment, Message};
 use crate::room::Room;
 use crate::store::Store;
 use crate::user::User;
@@ -196,6 +197,32 @@ pub trait BridgeHost: Send + Sync + 'static {
         body: String,
     ) -> Result<Message>;
 
+    /// [`post_as`](BridgeHost::post_as) with files `user` uploaded through
+    /// [`store_upload`](BridgeHost::store_upload); the body may be empty.
+    async fn post_files_as(
+        &self,
+        bridge: &str,
+        user: User,
+        room: RoomId,
+        client_msg_id: String,
+        body: String,
+        attachments: Vec<String>,
+    ) -> Result<Message>;
+
+    /// How large a file `user` may upload and where to spool it
+    /// (`chat_attachments::spool`); `invalid` when the server keeps no
+    /// attachments, `too_large` when the user's quota is used up.
+    async fn upload_limits(&self, user: &User) -> Result<UploadLimits>;
+
+    /// Records a spooled file as uploaded by `user` (an agent's file on the
+    /// other platform, copied in so that it outlives that platform's links).
+    /// The user must be recorded first ([`upsert_user`](BridgeHost::upsert_user)).
+    async fn store_upload(&self, user: &User, upload: Upload) -> Result<Attachment>;
+
+    /// A file posted in a room, record and bytes, to copy to the other
+    /// platform; `not_found` once its message was deleted.
+    async fn attachment(&self, id: &str) -> Result<(StoredAttachment, ByteStream)>;
+
     /// Edits a message as its sender (the bridged user changed what they
     /// wrote), with the rules of a session's `message:edit`: a member, the
     /// sender, not deleted. The room sees `message:updated`.
@@ -252,6 +279,30 @@ impl BridgeHost for Engine {
         body: String,
     ) -> Result<Message> {
         Engine::post_as(self, bridge, user, room, client_msg_id, body).await
+    }
+
+    async fn post_files_as(
+        &self,
+        bridge: &str,
+        user: User,
+        room: RoomId,
+        client_msg_id: String,
+        body: String,
+        attachments: Vec<String>,
+    ) -> Result<Message> {
+        Engine::post_files_as(self, bridge, user, room, client_msg_id, body, attachments).await
+    }
+
+    async fn upload_limits(&self, user: &User) -> Result<UploadLimits> {
+        Engine::upload_limits(self, user).await
+    }
+
+    async fn store_upload(&self, user: &User, upload: Upload) -> Result<Attachment> {
+        Engine::store_upload(self, user, upload).await
+    }
+
+    async fn attachment(&self, id: &str) -> Result<(StoredAttachment, ByteStream)> {
+        Engine::attachment_for_bridge(self, id).await
     }
 
     async fn edit_as(

@@ -87,6 +87,12 @@ pub struct WsConfig {
     /// How long a request body may take to arrive in full, from the end of
     /// its headers; a slower one is answered 408 and its connection closed.
     pub body_timeout: Duration,
+    /// [`WsConfig::body_timeout`] for an upload (`POST /v1/attachments`),
+    /// whose body is as large as the attachment limit: long enough for a
+    /// slow phone, bounded so that a trickle cannot hold a connection for
+    /// ever. Its size is bounded by the engine's attachment limit, not by
+    /// [`WsConfig::max_http_body_bytes`].
+    pub upload_timeout: Duration,
     /// Most connections open at once from one client address (HTTP and
     /// WebSocket together; IPv6 addresses are counted per /64). Counted when
     /// a connection is accepted, by its TCP peer address: a forwarded header
@@ -125,6 +131,7 @@ impl Default for WsConfig {
             header_timeout: Duration::from_secs(10),
             http_idle_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(30),
+            upload_timeout: Duration::from_secs(300),
             max_connections_per_ip: 256,
             max_connections: 100_000,
             version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -62,6 +62,12 @@ pub(crate) fn issuer(app: &AppState) -> ApiResult<&crate::TokenIssuer> {
 /// that the store still accepts it (the user is not deleted or deactivated,
 /// the token not revoked): every route that takes a token comes here.
 async fn authenticate(app: &AppState, headers: &HeaderMap) -> ApiResult<Identity> {
+    Ok(authenticate_user(app, headers).await?.0)
+}
+
+/// [`authenticate`], with the user as the store knows them (their current
+/// roles: a visitor's quota is smaller).
+pub(crate) async fn authenticate_user(app: &AppState, headers: &HeaderMap) -> ApiResult<(Identity, User)> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -70,8 +76,8 @@ async fn authenticate(app: &AppState, headers: &HeaderMap) -> ApiResult<Identity
         .map(|(_, token)| token.trim())
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing bearer token"))?;
     let identity = app.auth.authenticate(token).await?;
-    app.engine.authorize(&identity).await?;
-    Ok(identity)
+    let user = app.engine.authorize(&identity).await?;
+    Ok((identity, user))
 }
 
 pub(crate) fn require_api_key(app: &AppState, headers: &HeaderMap) -> ApiResult<()> {

@@ -35,6 +35,7 @@
 //! ```
 
 mod admin;
+mod attachments;
 pub mod auth;
 mod config;
 pub mod error;
@@ -197,7 +198,15 @@ pub fn router_with(state: AppState, extra: OpenApiRouter<AppState>) -> Router {
     let limit = state.config.max_http_body_bytes;
     let body_deadline = RequestBodyDeadlineLayer::new(state.config.body_timeout);
     let cors = cors(&state.config.origins);
-    let (api_routes, api) = api_router(state.config.dev_login).merge(extra).split_for_parts();
+    let (api_routes, mut api) = api_router(state.config.dev_login).merge(extra).split_for_parts();
+    // Uploads have bodies as large as the attachment limit, which the
+    // upload enforces while it streams, and the time a slow link needs.
+    let (upload_routes, upload_api) =
+        OpenApiRouter::<AppState>::new().routes(utoipa_axum::routes!(attachments::upload)).split_for_parts();
+    api.merge(upload_api);
+    let uploads = upload_routes
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyDeadlineLayer::new(state.config.upload_timeout));
     let document = openapi::Document::new(api);
     let mut router = Router::new();
     for asset in web::ASSETS {
@@ -210,6 +219,7 @@ pub fn router_with(state: AppState, extra: OpenApiRouter<AppState>) -> Router {
         .layer(axum::Extension(document))
         .layer(DefaultBodyLimit::max(limit))
         .layer(body_deadline)
+        .merge(uploads)
         .layer(cors)
         .layer(middleware::from_fn(log_request))
         .with_state(state)
@@ -229,6 +239,8 @@ fn api_router(dev_login: bool) -> OpenApiRouter<AppState> {
         .routes(routes!(http::users_online))
         .routes(routes!(http::room_messages))
         .routes(routes!(http::search_messages))
+        .routes(routes!(attachments::download))
+        .routes(routes!(attachments::thumbnail))
         .routes(routes!(http::visitor_session))
         .routes(routes!(admin::list_users, admin::upsert_user))
         .routes(routes!(admin::get_user, admin::patch_user, admin::delete_user))

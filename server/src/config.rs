@@ -184,6 +184,29 @@ pub struct Config {
     /// Seconds a webhook delivery is retried before it is failed (a day);
     /// shorter for tests, or for receivers that want nothing late.
     pub webhook_give_up_s: u64,
+    /// Where attachments are kept: `file:///dir` (or a path), `s3://bucket/prefix`
+    /// (credentials and endpoint from `AWS_*`), or `off`. Unset: the directory
+    /// `chat-attachments` beside the SQLite database (or in the working
+    /// directory). Several processes need storage they all see.
+    pub attachments_url: Option<String>,
+    /// Largest attachment, in bytes (413 past it).
+    pub max_attachment_bytes: u64,
+    /// Most bytes one user's attachments may take (each counts at least 64 KiB); 0: no quota.
+    pub attachment_quota_bytes: u64,
+    /// The same for anonymous visitors.
+    pub visitor_attachment_quota_bytes: u64,
+    /// Seconds a signed attachment URL stays valid, at least (at most twice that).
+    pub attachment_url_ttl_s: u64,
+    /// Seconds after which an attachment never posted is removed.
+    pub attachment_orphan_after_s: u64,
+    /// Seconds between two rounds of the attachment clean-up.
+    pub attachment_cleanup_s: u64,
+    /// Seconds an upload's body may take to arrive.
+    pub upload_timeout_s: u64,
+    /// The server's public address (`https://chat.example.com`), put before
+    /// attachment URLs so that webhook receivers and widgets on other sites
+    /// can fetch them. Unset: URLs are relative to the server.
+    pub public_url: Option<String>,
     /// The Discord bridge, on when a token is set (`[discord]`, `DISCORD_*`).
     pub discord: DiscordSettings,
     /// `CHAT_*` variables of the environment that name no setting and were
@@ -344,6 +367,15 @@ impl Default for Config {
             webhook_secret: None,
             webhook_events: String::new(),
             webhook_give_up_s: 24 * 3600,
+            attachments_url: None,
+            max_attachment_bytes: 10 * 1024 * 1024,
+            attachment_quota_bytes: 1024 * 1024 * 1024,
+            visitor_attachment_quota_bytes: 50 * 1024 * 1024,
+            attachment_url_ttl_s: 3600,
+            attachment_orphan_after_s: 24 * 3600,
+            attachment_cleanup_s: 600,
+            upload_timeout_s: ws.upload_timeout.as_secs(),
+            public_url: None,
             discord: DiscordSettings::default(),
             ignored_env: Vec::new(),
         }
@@ -528,6 +560,14 @@ impl Config {
         if self.max_connections_per_ip == 0 || self.max_connections == 0 {
             bail!("max_connections_per_ip and max_connections must be positive");
         }
+        if self.max_attachment_bytes == 0 || self.attachment_orphan_after_s == 0 || self.attachment_cleanup_s == 0 {
+            bail!("max_attachment_bytes, attachment_orphan_after_s and attachment_cleanup_s must be positive");
+        }
+        if let Some(url) = self.public_url.as_deref().filter(|u| !u.trim().is_empty())
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            bail!("public_url must start with https:// (or http://), not {url:?}");
+        }
         self.validate_webhooks()?;
         if self.discord.enabled() {
             self.discord.ids()?;
@@ -629,6 +669,7 @@ impl Config {
         ws.header_timeout = Duration::from_secs(self.header_timeout_s);
         ws.http_idle_timeout = Duration::from_secs(self.http_idle_timeout_s);
         ws.body_timeout = Duration::from_secs(self.body_timeout_s);
+        ws.upload_timeout = Duration::from_secs(self.upload_timeout_s.max(1));
         ws.max_connections_per_ip = self.max_connections_per_ip;
         ws.max_connections = self.max_connections;
         ws.version = env!("CARGO_PKG_VERSION").to_owned();
@@ -659,6 +700,27 @@ impl Config {
             );
         }
         Ok(backend)
+    }
+
+    /// Where attachments are kept, as a URL for `chat_attachments::open`;
+    /// `None` when they are off.
+    pub fn attachments_location(&self) -> Option<String> {
+        match self.attachments_url.as_deref().map(str::trim) {
+            Some("off") | Some("none") | Some("false") => None,
+            Some(url) if !url.is_empty() => Some(url.to_string()),
+            _ => {
+                let dir = match self.sqlite_path() {
+                    Some(db) => db.parent().map(|p| p.join("chat-attachments")).unwrap_or("chat-attachments".into()),
+                    // A database in memory keeps nothing: neither do its files.
+                    None if self.database_url.starts_with("sqlite:") => {
+                        std::env::temp_dir().join(format!("chat-attachments-{}", std::process::id()))
+                    }
+                    None => PathBuf::from("chat-attachments"),
+                };
+                let dir = if dir.as_os_str().is_empty() { PathBuf::from("chat-attachments") } else { dir };
+                Some(format!("file://{}", dir.display()))
+            }
+        }
     }
 
     /// The SQLite file, if the database is one (not in memory).

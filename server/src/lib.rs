@@ -62,6 +62,58 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(store)
 }
 
+/// Where attachments go, and their limits; `None` when they are off.
+async fn attachments_from(config: &Config, store: &dyn Store) -> anyhow::Result<Option<chat_core::AttachmentConfig>> {
+    let Some(url) = config.attachments_location() else {
+        tracing::info!("attachments are off");
+        return Ok(None);
+    };
+    let blobs = chat_attachments::open(&url).await.with_context(|| format!("opening the attachment storage {url}"))?;
+    if config.broker().is_some()
+        && let Some(dir) = url.strip_prefix("file://")
+    {
+        shared_directory(store, std::path::Path::new(dir)).await?;
+    }
+    tracing::info!(storage = %blobs.describe(), "attachments are on");
+    let mut attachments = chat_core::AttachmentConfig::new(blobs);
+    attachments.max_bytes = config.max_attachment_bytes;
+    attachments.quota_bytes = config.attachment_quota_bytes;
+    attachments.visitor_quota_bytes = config.visitor_attachment_quota_bytes;
+    attachments.url_ttl = Duration::from_secs(config.attachment_url_ttl_s);
+    attachments.orphan_after = Duration::from_secs(config.attachment_orphan_after_s);
+    attachments.cleanup_interval = Duration::from_secs(config.attachment_cleanup_s);
+    attachments.public_url = config.public_url.clone().unwrap_or_default();
+    Ok(Some(attachments))
+}
+
+/// With several processes, attachments in a local directory work only if
+/// every process sees the same one (a shared mount). The first process to
+/// start leaves a marker file there and names it in the store; a process
+/// that cannot find the named marker in its directory refuses to start,
+/// rather than serve files the others cannot see. What this cannot tell: a
+/// directory copied whole to another machine (marker and all).
+async fn shared_directory(store: &dyn Store, dir: &std::path::Path) -> anyhow::Result<()> {
+    let candidate = chat_core::AttachmentId::generate().to_string();
+    let marker = |name: &str| dir.join(format!(".chat-server-{name}"));
+    tokio::fs::write(marker(&candidate), b"attachments of one chat server\n")
+        .await
+        .with_context(|| format!("writing a marker in the attachment directory {}", dir.display()))?;
+    let named =
+        store.server_secret("attachments-dir-marker", &candidate).await.context("reading the directory marker")?;
+    if named != candidate {
+        let _ = tokio::fs::remove_file(marker(&candidate)).await;
+        if !tokio::fs::try_exists(marker(&named)).await.unwrap_or(false) {
+            anyhow::bail!(
+                "the attachment directory {} is not the one the other processes of this server use (it lacks their \
+                 marker .chat-server-{named}): with CHAT_BROKER_URL, every process needs the same storage — a shared \
+                 mount, or CHAT_ATTACHMENTS_URL=s3://…",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Creates or upgrades the schema of the configured database, without serving.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     let context = || format!("migrating the database {}", redact(&config.database_url));
@@ -280,7 +332,11 @@ pub async fn run(
         not(any(feature = "discord", feature = "webhooks", feature = "nats", feature = "redis")),
         allow(unused_mut)
     )]
+    let attachments = attachments_from(&config, store.as_ref()).await?;
     let mut engine = Engine::builder(store).config(config.engine_config());
+    if let Some(attachments) = attachments {
+        engine = engine.attachments(attachments);
+    }
     #[cfg_attr(not(feature = "webhooks"), allow(unused_mut))]
     let mut extra_routes = chat_transport_ws::utoipa_axum::router::OpenApiRouter::new();
     #[cfg(any(feature = "nats", feature = "redis"))]

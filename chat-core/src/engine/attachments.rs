@@ -272,6 +272,21 @@ impl Engine {
         a.config.blobs.get(&key, range).await?.ok_or(Error::NotFound("attachment"))
     }
 
+    /// A file's record and bytes for a bridge, which mirrors whole rooms and
+    /// so reads any file posted in one (a file never posted, or removed, is
+    /// `not_found`).
+    pub async fn attachment_for_bridge(&self, id: &str) -> Result<(StoredAttachment, ByteStream)> {
+        let (a, store) = self.inner.attachments()?;
+        let id: AttachmentId = id.parse().map_err(|_| Error::NotFound("attachment"))?;
+        let record = store
+            .attachment(id)
+            .await?
+            .filter(|r| !r.removed && r.posted.is_some())
+            .ok_or(Error::NotFound("attachment"))?;
+        let bytes = a.config.blobs.get(&record.key(), None).await?.ok_or(Error::NotFound("attachment"))?;
+        Ok((record, bytes))
+    }
+
     /// Gives a message's files their signed URLs, for messages read from
     /// the store by an embedder or a bridge rather than handed out by the
     /// engine (which signs everything it hands out).

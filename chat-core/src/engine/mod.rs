@@ -449,22 +449,27 @@ impl Engine {
         client_msg_id: String,
         body: String,
     ) -> Result<crate::message::Message> {
+        self.post_files_as(bridge, user, room, client_msg_id, body, Vec::new()).await
+    }
+
+    /// [`Engine::post_as`] with attachments `user` uploaded (through
+    /// [`Engine::store_upload`]); the body may then be empty.
+    pub async fn post_files_as(
+        &self,
+        bridge: &str,
+        user: User,
+        room: RoomId,
+        client_msg_id: String,
+        body: String,
+        attachments: Vec<String>,
+    ) -> Result<crate::message::Message> {
         user.validate()?;
         self.inner.store.upsert_user(&user).await?;
         let ctx = Ctx { session: None, user, bridge: Some(Arc::from(bridge)) };
         self.inner.ensure_member(&ctx, room).await?;
         let pending = self
             .inner
-            .send(
-                &ctx,
-                crate::command::SendMessage {
-                    room_id: room,
-                    client_msg_id,
-                    body,
-                    attachments: Vec::new(),
-                    reply_to: None,
-                },
-            )
+            .send(&ctx, crate::command::SendMessage { room_id: room, client_msg_id, body, attachments, reply_to: None })
             .await?;
         let appended = pending.await.map_err(|_| Error::unavailable("the commit was abandoned"))??;
         Ok(appended.message)
