@@ -853,11 +853,27 @@ function preview(file) {
   return { src, ...sized };
 }
 
+// A sheet of paper, drawn rather than an emoji: every system has it.
+function fileIcon() {
+  const ns = 'http://www.w3.org/2000/svg';
+  const svg = document.createElementNS(ns, 'svg');
+  svg.setAttribute('viewBox', '0 0 24 24');
+  svg.setAttribute('aria-hidden', 'true');
+  svg.setAttribute('class', 'file-icon');
+  const path = document.createElementNS(ns, 'path');
+  path.setAttribute('d', 'M6 2h8l6 6v12a2 2 0 0 1-2 2H6a2 2 0 0 1-2-2V4a2 2 0 0 1 2-2zm7 1.5V9h5.5L13 3.5z');
+  svg.append(path);
+  return svg;
+}
+
+// The server words its limits in bytes; people read 262 kB better.
+const readableSizes = (text) => text.replace(/\b(\d{4,}) bytes\b/g, (_, n) => humanSize(Number(n)));
+
 function fileLink(file) {
   return h(
     'a',
     { class: 'file-link', href: file.url, download: file.name, rel: 'noopener noreferrer', target: '_blank' },
-    h('span', { 'aria-hidden': 'true', text: '📄' }),
+    fileIcon(),
     h('bdi', { class: 'file-name', text: file.name }),
     h('span', { class: 'file-size', text: humanSize(file.size) }),
   );
@@ -955,7 +971,7 @@ function startUpload(file) {
 }
 
 function uploadError(err) {
-  if (err.code === 'too_large') return err.message || 'the file is too large';
+  if (err.code === 'too_large') return readableSizes(err.message || 'the file is too large');
   if (err.code === 'disconnected') return 'the chat server could not be reached';
   return err.message || err.code;
 }
@@ -980,6 +996,9 @@ function showProgress(upload) {
 }
 
 function renderTray() {
+  // The tray takes room from the list: the newest message stays in view.
+  const list = $('messages');
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 60;
   const tray = $('tray');
   tray.hidden = uploads.length === 0;
   const waiting = uploads.some((u) => u.sending && u.state === 'uploading');
@@ -991,6 +1010,7 @@ function renderTray() {
       return upload.el;
     }),
   );
+  if (atBottom) list.scrollTop = list.scrollHeight;
 }
 
 function trayItem(upload) {

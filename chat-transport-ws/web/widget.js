@@ -303,6 +303,7 @@
     .tray li[data-state="failed"] { border-color: #fca5a5; background: #fef2f2; color: #991b1b; }
     .tray .file-name { max-width: 130px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
     .tray progress { width: 60px; height: 8px; accent-color: var(--accent); }
+    .tray .upload-error { font-weight: 700; }
     .tray button { border: none; background: none; color: #4b5563; font-size: 16px; line-height: 1; padding: 2px 6px;
       border-radius: 6px; }
     .tray button:hover { background: #e5e7eb; }
@@ -311,8 +312,9 @@
     .files { list-style: none; margin: 4px 0 2px; padding: 0; display: flex; flex-direction: column; gap: 4px;
       white-space: normal; }
     .files img { display: block; max-width: 100%; height: auto; border-radius: 8px; background: #f3f4f6; }
-    .files .file-link { display: inline-flex; gap: 6px; align-items: baseline; color: inherit;
+    .files .file-link { display: inline-flex; gap: 6px; align-items: center; color: inherit;
       overflow-wrap: anywhere; }
+    .files .file-icon { width: 18px; height: 18px; flex: none; fill: currentColor; }
     .file-size { font-size: 11px; opacity: .8; white-space: nowrap; }
   `;
 
@@ -346,6 +348,7 @@
   const PAPERCLIP =
     'M16.5 6.5v10a4.5 4.5 0 0 1-9 0V5a3 3 0 0 1 6 0v10.5a1.5 1.5 0 0 1-3 0V6.5H9v9a3 3 0 0 0 6 0V5' +
     'a4.5 4.5 0 0 0-9 0v11.5a6 6 0 0 0 12 0v-10z';
+  const DOCUMENT = 'M6 2h8l6 6v12a2 2 0 0 1-2 2H6a2 2 0 0 1-2-2V4a2 2 0 0 1 2-2zm7 1.5V9h5.5L13 3.5z';
 
   const SIZE_UNITS = ['byte', 'kilobyte', 'megabyte', 'gigabyte'];
 
@@ -368,6 +371,9 @@
       return `${Math.round(value)} ${['B', 'kB', 'MB', 'GB'][unit]}`;
     }
   }
+
+  // The server words its limits in bytes; people read 262 kB better.
+  const readableSizes = (text) => text.replace(/\b(\d{4,}) bytes\b/g, (_, n) => humanSize(Number(n)));
 
   // Types the server shows inline; others (SVG among them) are downloads.
   const INLINE_IMAGES = new Set(['image/png', 'image/jpeg', 'image/gif', 'image/webp']);
@@ -393,10 +399,12 @@
   // browsers ignore `download`: the server's Content-Disposition decides,
   // and a new tab keeps the visitor's page where it was.
   function fileLink(file) {
+    const icon = svgIcon(DOCUMENT);
+    icon.setAttribute('class', 'file-icon');
     return h(
       'a',
       { class: 'file-link', href: file.url, download: file.name, target: '_blank', rel: 'noopener noreferrer' },
-      h('span', { 'aria-hidden': 'true', text: '📄' }),
+      icon,
       h('bdi', { class: 'file-name', text: file.name }),
       h('span', { class: 'file-size', text: humanSize(file.size) }),
     );
@@ -986,7 +994,7 @@
               uploads = uploads.filter((u) => u !== upload);
             } else {
               upload.state = 'failed';
-              upload.error = err.code === 'disconnected' ? t('unreachable') : err.message || err.code;
+              upload.error = err.code === 'disconnected' ? t('unreachable') : readableSizes(err.message || err.code);
               showError(t('notAttached', { name: upload.name, reason: upload.error }));
             }
             renderTray();
@@ -1004,6 +1012,8 @@
     }
 
     function renderTray() {
+      // The tray takes room from the log: the newest message stays in view.
+      const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
       tray.hidden = uploads.length === 0;
       uploadStatus.textContent = uploads.some((u) => u.sending && u.state === 'uploading') ? t('waiting') : '';
       tray.replaceChildren(
@@ -1015,6 +1025,7 @@
           return upload.el;
         }),
       );
+      if (atBottom) log.scrollTop = log.scrollHeight;
     }
 
     function trayItem(upload) {
@@ -1025,7 +1036,9 @@
         h('span', { class: 'file-size', text: humanSize(upload.file.size) }),
       );
       if (state === 'failed') {
-        li.append(h('span', { class: 'upload-error', text: upload.error }));
+        // The error line above says why, at full width; here a mark and a tooltip.
+        li.title = upload.error;
+        li.append(h('span', { class: 'upload-error', 'aria-hidden': 'true', text: '!' }));
       } else {
         const bar = h('progress', { 'aria-label': t('upload', { name }) });
         bar.max = upload.total || 1;
