@@ -632,7 +632,7 @@ function messageItem(m) {
       if (m.deleted || m.body || !files.length) {
         li.append(h('div', { class: 'text', dir: 'auto', text: m.deleted ? 'Message deleted' : m.body }));
       }
-      if (files.length) li.append(fileList(files));
+      if (files.length) li.append(fileList(files, (id) => refreshFile(m, id)));
       const meta = h('div', { class: 'meta' }, h('time', { datetime: m.created_at, text: formatTime(m.created_at) }));
       if (m.edited_at && !m.deleted) meta.append(h('span', { class: 'edited', text: 'edited' }));
       if (mine && !m.deleted) {
@@ -833,7 +833,54 @@ function humanSize(bytes) {
   return format.format(value);
 }
 
-const fileKeys = (m) => (m.attachments || []).map((f) => f.id).join(',');
+// A message's files as its bubble shows them: new links draw it again.
+const fileKeys = (m) => (m.attachments || []).map((f) => `${f.id} ${f.url}`).join(',');
+
+// Signed links expire an hour or two after the message was fetched. A page
+// open for longer fetches the message again for fresh ones when an old one
+// is clicked or an old thumbnail fails to load; once a minute at most.
+function expiresSoon(url) {
+  try {
+    const exp = Number(new URL(url).searchParams.get('exp'));
+    return exp > 0 && exp * 1000 < Date.now() + 30000;
+  } catch {
+    return false;
+  }
+}
+
+const refreshing = new Map();
+
+async function refreshFile(m, fileId) {
+  let pending = refreshing.get(m.id);
+  if (!pending) {
+    pending = client
+      .history(m.room_id, { afterSeq: m.seq - 1, limit: 1 })
+      .then((page) => {
+        const fresh = page.messages.find((x) => x.id === m.id);
+        if (fresh) {
+          roomState(m.room_id).messages.set(fresh.seq, fresh);
+          if (m.room_id === current) renderMessages();
+        }
+        return fresh;
+      })
+      .catch(() => null);
+    refreshing.set(m.id, pending);
+    setTimeout(() => refreshing.delete(m.id), 60000);
+  }
+  const fresh = await pending;
+  return (fresh && (fresh.attachments || []).find((f) => f.id === fileId)) || null;
+}
+
+// Opens a link through `refresh` when its signature is about to expire.
+function keepFresh(link, file, refresh) {
+  link.addEventListener('click', async (event) => {
+    if (!expiresSoon(link.href)) return;
+    event.preventDefault();
+    const fresh = await refresh(file.id);
+    if (fresh) window.open(fresh.url, '_blank', 'noopener');
+  });
+  return link;
+}
 
 // Types the server previews inline; others (SVG among them) are downloads.
 const INLINE_IMAGES = new Set(['image/png', 'image/jpeg', 'image/gif', 'image/webp']);
@@ -882,21 +929,30 @@ function fileLink(file) {
 // The files of a message: images as thumbnails linking to the full file,
 // sized from the Attachment so the list does not jump as they load; other
 // files as download links with their name and size.
-function fileList(files) {
+function fileList(files, refresh) {
   return h(
     'ul',
     { class: 'files', 'aria-label': files.length === 1 ? 'Attached file' : `${files.length} attached files` },
     ...files.map((file) => {
       const shown = preview(file);
-      if (!shown) return h('li', { class: 'file', 'data-attachment': file.id }, fileLink(file));
+      const key = { 'data-attachment': file.id };
+      if (!shown) return h('li', { class: 'file', ...key }, keepFresh(fileLink(file), file, refresh));
       const { src, width, height } = shown;
       const img = h('img', { src, width, height, alt: file.name, decoding: 'async' });
       const title = `${file.name}, ${humanSize(file.size)}`;
       const link = h('a', { href: file.url, target: '_blank', rel: 'noopener noreferrer', title }, img);
-      // An image the browser cannot show (an expired link, a blocked
-      // source) is offered as a download instead.
-      img.addEventListener('error', () => link.replaceWith(fileLink(file)), { once: true });
-      return h('li', { class: 'file image', 'data-attachment': file.id }, link);
+      // An expired link is fetched again (the bubble is then drawn anew);
+      // an image the browser cannot show otherwise (a blocked source) is
+      // offered as a download instead.
+      img.addEventListener(
+        'error',
+        () => {
+          if (expiresSoon(src)) refresh(file.id);
+          else link.replaceWith(keepFresh(fileLink(file), file, refresh));
+        },
+        { once: true },
+      );
+      return h('li', { class: 'file image', ...key }, keepFresh(link, file, refresh));
     }),
   );
 }
@@ -1006,7 +1062,8 @@ function renderTray() {
   tray.replaceChildren(
     ...uploads.map((upload) => {
       const shown = upload.el && upload.el.dataset;
-      if (!shown || shown.state !== upload.state || shown.sending !== String(upload.sending)) upload.el = trayItem(upload);
+      const changed = !shown || shown.state !== upload.state || shown.sending !== String(upload.sending);
+      if (changed) upload.el = trayItem(upload);
       return upload.el;
     }),
   );

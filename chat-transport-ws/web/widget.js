@@ -412,20 +412,51 @@
 
   // A message's files: images as thumbnails sized from the Attachment (no
   // jump as they load) linking to the whole file, others as download links.
-  function fileList(files) {
+  // Signed links expire an hour or two after the message was fetched.
+  function expiresSoon(url) {
+    try {
+      const exp = Number(new URL(url).searchParams.get('exp'));
+      return exp > 0 && exp * 1000 < Date.now() + 30000;
+    } catch {
+      return false;
+    }
+  }
+
+  // Opens a link through `refresh` (fresh links) when its signature is
+  // about to expire.
+  function keepFresh(link, file, refresh) {
+    link.addEventListener('click', async (event) => {
+      if (!expiresSoon(link.href)) return;
+      event.preventDefault();
+      const fresh = await refresh(file.id);
+      if (fresh) window.open(fresh.url, '_blank', 'noopener');
+    });
+    return link;
+  }
+
+  function fileList(files, refresh) {
     return h(
       'ul',
       { class: 'files', 'aria-label': t('attached') },
       ...files.map((file) => {
         const shown = preview(file);
-        if (!shown) return h('li', { class: 'file', 'data-attachment': file.id }, fileLink(file));
+        const key = { 'data-attachment': file.id };
+        if (!shown) return h('li', { class: 'file', ...key }, keepFresh(fileLink(file), file, refresh));
         const { src, width, height } = shown;
         const img = h('img', { src, width, height, alt: file.name, decoding: 'async' });
         const title = `${file.name}, ${humanSize(file.size)}`;
         const link = h('a', { href: file.url, target: '_blank', rel: 'noopener noreferrer', title }, img);
-        // Blocked by the site's img-src, or a link that expired: a download.
-        img.addEventListener('error', () => link.replaceWith(fileLink(file)), { once: true });
-        return h('li', { class: 'file image', 'data-attachment': file.id }, link);
+        // An expired link is fetched again (the bubble is then drawn anew);
+        // one blocked by the site's img-src becomes a download link.
+        img.addEventListener(
+          'error',
+          () => {
+            if (expiresSoon(src)) refresh(file.id);
+            else link.replaceWith(keepFresh(fileLink(file), file, refresh));
+          },
+          { once: true },
+        );
+        return h('li', { class: 'file image', ...key }, keepFresh(link, file, refresh));
       }),
     );
   }
@@ -611,7 +642,7 @@
       if (message.deleted || message.body || !files.length) {
         li.append(h('span', { class: 'text', dir: 'auto', text: message.deleted ? t('deleted') : message.body }));
       }
-      if (files.length) li.append(fileList(files));
+      if (files.length) li.append(fileList(files, (id) => refreshFile(message, id)));
       const meta = h('span', { class: 'meta' });
       const time = new Date(message.created_at);
       meta.append(time.toLocaleTimeString(lang, { hour: '2-digit', minute: '2-digit' }));
@@ -663,7 +694,7 @@
         const m = messages.get(seq);
         const mine = client && client.user && m.sender_id === client.user.id;
         const status = mine ? client.statusOf(m.room_id, m.seq) : '';
-        const files = (m.attachments || []).map((f) => f.id).join(',');
+        const files = (m.attachments || []).map((f) => `${f.id} ${f.url}`).join(',');
         const sig = `${m.body}|${m.deleted}|${m.edited_at || ''}|${status}|${nameOf(m.sender_id)}|${files}`;
         items.push({ key: `m:${seq}`, sig, make: () => bubble(m) });
       }
@@ -712,6 +743,30 @@
       const page = await client.history(roomId, { beforeSeq, limit: 50 });
       for (const m of page.messages) messages.set(m.seq, m);
       hasMore = page.has_more;
+    }
+
+    // A page open for hours fetches a message again for fresh file links
+    // when an old one is needed; once a minute at most.
+    const refreshing = new Map();
+    async function refreshFile(message, fileId) {
+      let pending = refreshing.get(message.id);
+      if (!pending) {
+        pending = client
+          .history(message.room_id, { afterSeq: message.seq - 1, limit: 1 })
+          .then((page) => {
+            const fresh = page.messages.find((m) => m.id === message.id);
+            if (fresh && fresh.room_id === roomId) {
+              messages.set(fresh.seq, fresh);
+              render();
+            }
+            return fresh;
+          })
+          .catch(() => null);
+        refreshing.set(message.id, pending);
+        setTimeout(() => refreshing.delete(message.id), 60000);
+      }
+      const fresh = await pending;
+      return (fresh && (fresh.attachments || []).find((f) => f.id === fileId)) || null;
     }
 
     async function loadEarlier() {

@@ -360,4 +360,52 @@ describe('attachments', () => {
     await visitor.context().close();
     await agent.context().close();
   });
+
+  test('a page open past its links\' expiry fetches fresh ones before it opens a file', async () => {
+    // Signed links last an hour or two: rather than wait, the page is told
+    // it is three hours later (the server, which still takes the old link,
+    // answers the same link again: it rounds expiries so that every process
+    // signs alike). What matters here is that the page asks for the message
+    // again before it opens an old link.
+    const ada = await newPage(browser);
+    const asked = [];
+    ada.on('websocket', (ws) =>
+      ws.on('framesent', ({ payload }) => {
+        if (String(payload).includes('"room:history"')) asked.push(JSON.parse(payload).data);
+      }),
+    );
+    await signIn(ada, server, await server.token('ada', { name: 'Ada' }));
+    const roomId = await ada.evaluate(async () => {
+      const { ChatClient } = await import('/chat-client.js');
+      const client = new ChatClient({ token: localStorage.getItem('chat-page:token') });
+      await client.connect();
+      const room = await client.createRoom({ kind: 'group', name: 'Old links', members: [] });
+      client.close();
+      return room.id;
+    });
+    await ada.locator(`#rooms button[data-room="${roomId}"]`).click();
+    const file = { kind: 'bytes', name: 'notes.bin', size: 3000, seed: 5 };
+    await deliver(ada.locator('#messages'), 'drop', [file]);
+    await ada.locator('#tray li[data-state="done"]').waitFor();
+    await ada.locator('#input').press('Enter');
+    const link = ada.locator('#messages .msg.mine a.file-link');
+    await link.waitFor();
+    const seq = Number(await ada.locator('#messages .msg.mine').last().getAttribute('data-seq'));
+    asked.length = 0;
+
+    await ada.evaluate(() => {
+      const realNow = Date.now.bind(Date);
+      Date.now = () => realNow() + 3 * 3600 * 1000;
+    });
+    const opened = ada.context().waitForEvent('request', (r) => r.url().includes('/v1/attachments/'));
+    await link.click();
+    const request = await opened;
+    assert.deepEqual(asked, [{ room_id: roomId, after_seq: seq - 1, limit: 1 }], 'the message was fetched again');
+    assert.match(request.url(), /\/v1\/attachments\/[^/?]+\?exp=\d+&sig=/);
+    const fetched = await linkBytes(link);
+    assert.equal(fetched.status, 200);
+    assert.deepEqual(fetched.bytes, [...testBytes(file.size, file.seed)]);
+    assert.deepEqual(ada.errors, []);
+    await ada.context().close();
+  });
 });
