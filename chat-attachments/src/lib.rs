@@ -44,12 +44,37 @@ pub use spool::{HEAD_BYTES, SpoolError, SpoolFile, Spooled, spool};
 /// (with the `s3` feature; credentials, region and endpoint from the usual
 /// `AWS_*` variables).
 pub async fn open(url: &str) -> Result<Arc<dyn BlobStore>> {
+    open_with(url, &S3Options::default()).await
+}
+
+/// Settings of S3-compatible storage that win over the `AWS_*` variables,
+/// for operators who keep them with the server's other settings (and for
+/// tests, which cannot change the environment of their process).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct S3Options {
+    /// The endpoint of an S3-compatible server (`https://minio.example:9000`).
+    pub endpoint: Option<String>,
+    /// The region.
+    pub region: Option<String>,
+    /// The access key id.
+    pub access_key_id: Option<String>,
+    /// The secret access key.
+    pub secret_access_key: Option<String>,
+    /// Allows an `http://` endpoint.
+    pub allow_http: bool,
+}
+
+/// [`open`], with S3 settings that win over the environment's.
+pub async fn open_with(url: &str, s3: &S3Options) -> Result<Arc<dyn BlobStore>> {
+    #[cfg(not(feature = "s3"))]
+    let _ = s3;
     if let Some(path) = url.strip_prefix("file://") {
         return Ok(Arc::new(LocalBlobs::open(path).await?));
     }
     if url.starts_with("s3://") {
         #[cfg(feature = "s3")]
-        return Ok(Arc::new(S3Blobs::open(url).await?));
+        return Ok(Arc::new(S3Blobs::open(url, s3).await?));
         #[cfg(not(feature = "s3"))]
         return Err(Error::invalid("this build has no S3 support (cargo feature `s3` of chat-attachments)"));
     }

@@ -36,14 +36,27 @@ pub struct S3Blobs {
 impl S3Blobs {
     /// Connects to the bucket `url` names. Nothing is sent until the first
     /// blob is written or read.
-    pub async fn open(url: &str) -> Result<Self> {
+    pub async fn open(url: &str, options: &crate::S3Options) -> Result<Self> {
         let parsed = url::Url::parse(url).map_err(|e| Error::invalid(format!("{url} is not a URL: {e}")))?;
         let bucket = parsed.host_str().filter(|b| !b.is_empty()).ok_or(Error::invalid("s3:// needs a bucket"))?;
         let prefix = parsed.path().trim_matches('/').to_string();
-        let store = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .build()
-            .map_err(|e| Error::invalid(format!("S3 attachment storage: {e}")))?;
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Some(endpoint) = &options.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(region) = &options.region {
+            builder = builder.with_region(region);
+        }
+        if let Some(key) = &options.access_key_id {
+            builder = builder.with_access_key_id(key);
+        }
+        if let Some(secret) = &options.secret_access_key {
+            builder = builder.with_secret_access_key(secret);
+        }
+        if options.allow_http {
+            builder = builder.with_allow_http(true);
+        }
+        let store = builder.build().map_err(|e| Error::invalid(format!("S3 attachment storage: {e}")))?;
         let spool = std::env::temp_dir().join("chat-attachments-spool");
         tokio::fs::create_dir_all(&spool)
             .await

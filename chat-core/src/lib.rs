@@ -13,6 +13,8 @@
 //! | many server processes | [`Broker`] | move each publication to the processes subscribed to its [`Topic`]; run the broker suite (`testing` feature) |
 //! | a bridge to another platform | [`Bridge`] | act through the [`BridgeHost`] it is started with; keep its outbox in [`BridgeStore`] |
 //! | a store that bridges can use | [`BridgeStore`] too | return it from [`Store::bridge_store`]; run `bridge_store_conformance!` |
+//! | a store that keeps uploads' records | [`store::AttachmentStore`] too | return it from [`Store::attachment_store`]; the store conformance suite checks it |
+//! | where attachment bytes go | [`BlobStore`] | hand it to [`EngineBuilder::attachments`] in an [`AttachmentConfig`] (`chat-attachments` has a directory and S3) |
 //!
 //! The engine does no I/O of its own beyond calling these traits and Tokio
 //! timers and channels.

@@ -35,6 +35,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "service", description = "Health, metrics and this document"),
         (name = "connect", description = "The WebSocket and Socket.IO endpoints"),
         (name = "chat", description = "Reading what a signed-in user may read"),
+        (name = "attachments", description = "Uploading files and reading them, by token or signed URL"),
         (name = "visitors", description = "Anonymous website visitors and their support availability"),
         (name = "admin", description = "Operators, with the API key (`x-api-key`)"),
         (name = "development", description = "Only while the server's dev_login is on"),

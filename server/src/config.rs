@@ -189,6 +189,16 @@ pub struct Config {
     /// `chat-attachments` beside the SQLite database (or in the working
     /// directory). Several processes need storage they all see.
     pub attachments_url: Option<String>,
+    /// The endpoint of S3-compatible attachment storage (else `AWS_ENDPOINT_URL`).
+    pub s3_endpoint: Option<String>,
+    /// Its region (else `AWS_REGION`).
+    pub s3_region: Option<String>,
+    /// Its access key id (else `AWS_ACCESS_KEY_ID`).
+    pub s3_access_key_id: Option<String>,
+    /// Its secret access key (else `AWS_SECRET_ACCESS_KEY`).
+    pub s3_secret_access_key: Option<String>,
+    /// Allow an `http://` S3 endpoint (a local MinIO, tests).
+    pub s3_allow_http: bool,
     /// Largest attachment, in bytes (413 past it).
     pub max_attachment_bytes: u64,
     /// Most bytes one user's attachments may take (each counts at least 64 KiB); 0: no quota.
@@ -368,6 +378,11 @@ impl Default for Config {
             webhook_events: String::new(),
             webhook_give_up_s: 24 * 3600,
             attachments_url: None,
+            s3_endpoint: None,
+            s3_region: None,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            s3_allow_http: false,
             max_attachment_bytes: 10 * 1024 * 1024,
             attachment_quota_bytes: 1024 * 1024 * 1024,
             visitor_attachment_quota_bytes: 50 * 1024 * 1024,

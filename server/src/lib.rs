@@ -68,7 +68,15 @@ async fn attachments_from(config: &Config, store: &dyn Store) -> anyhow::Result<
         tracing::info!("attachments are off");
         return Ok(None);
     };
-    let blobs = chat_attachments::open(&url).await.with_context(|| format!("opening the attachment storage {url}"))?;
+    let mut s3 = chat_attachments::S3Options::default();
+    s3.endpoint = config.s3_endpoint.clone();
+    s3.region = config.s3_region.clone();
+    s3.access_key_id = config.s3_access_key_id.clone();
+    s3.secret_access_key = config.s3_secret_access_key.clone();
+    s3.allow_http = config.s3_allow_http;
+    let blobs = chat_attachments::open_with(&url, &s3)
+        .await
+        .with_context(|| format!("opening the attachment storage {url}"))?;
     if config.broker().is_some()
         && let Some(dir) = url.strip_prefix("file://")
     {

@@ -522,3 +522,46 @@ async fn a_deactivation_on_one_process_closes_a_session_on_another() {
     let mut back = b.connect("mallory").await;
     back.ok("ping", json!({})).await;
 }
+
+/// A file uploaded through one process is posted there and read through
+/// another, by the link the other process's client was sent (the signing key
+/// is the store's, the storage shared), and a removal on a third ends a
+/// member's access everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_uploaded_through_one_process_is_read_through_another() {
+    let Some(cluster) = Cluster::start("a_file_uploaded_through_one_process", Kind::Nats).await else { return };
+    let [a, b, c] = [&cluster.processes[0], &cluster.processes[1], &cluster.processes[2]];
+    let mut alice = a.connect("alice").await;
+    let mut bob = b.connect("bob").await;
+    let room = group_with(&mut alice, "private", &["bob"]).await;
+    bob.ok("room:join", json!({"room_id": room})).await;
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(bytes.clone()).file_name("report.bin"));
+    let response = http_client()
+        .post(format!("http://{}/v1/attachments", a.addr))
+        .bearer_auth(support::token("alice"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload");
+    let (status, file) = status_and_json(response).await;
+    assert_eq!(status, 201, "{file}");
+    let data = json!({"room_id": room, "client_msg_id": "f", "body": "the report", "attachments": [file["id"]]});
+    alice.ok("message:send", data).await;
+    let seen = bob.expect_event("message:new").await;
+    let url = seen["message"]["attachments"][0]["url"].as_str().expect("a signed link").to_string();
+    let got = http_client().get(format!("http://{}{url}", b.addr)).send().await.expect("GET on b");
+    assert_eq!(got.status().as_u16(), 200, "{}", cluster.logs());
+    assert_eq!(got.bytes().await.expect("body").to_vec(), bytes);
+    let path = format!("/v1/attachments/{}", file["id"].as_str().expect("id"));
+    let by_token = |process: &ServerProcess| {
+        let url = format!("http://{}{path}", process.addr);
+        async move { http_client().get(url).bearer_auth(support::token("bob")).send().await.expect("GET").status() }
+    };
+    assert_eq!(by_token(c).await.as_u16(), 200, "a member, through a third process");
+    alice.ok("room:remove", json!({"room_id": room, "user_id": "bob"})).await;
+    for process in [a, b, c] {
+        assert_eq!(by_token(process).await.as_u16(), 404, "removed, on {}", process.addr);
+    }
+}

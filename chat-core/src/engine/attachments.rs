@@ -17,7 +17,7 @@ use crate::attachment::{
     clean_name,
 };
 use crate::error::{Error, Result};
-use crate::id::{AttachmentId, UserId};
+use crate::id::{AttachmentId, RoomId, UserId};
 use crate::message::{Attachment, Message};
 use crate::store::AttachmentStore;
 use crate::time::Timestamp;
@@ -117,7 +117,13 @@ impl Inner {
     /// The files a `message:send` names, checked for a clear answer before
     /// the send is queued: known, the sender's, not posted yet, each once.
     /// The store checks the same again in the commit, which decides.
-    pub(crate) async fn resolve_attachments(&self, sender: &UserId, ids: &[String]) -> Result<Vec<Attachment>> {
+    pub(crate) async fn resolve_attachments(
+        &self,
+        sender: &UserId,
+        room: RoomId,
+        client_msg_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<Attachment>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -145,8 +151,18 @@ impl Inner {
             if &record.uploader != sender || record.removed {
                 return Err(Error::NotFound("attachment"));
             }
-            if record.posted.is_some() {
-                return Err(Error::conflict("the attachment was already posted"));
+            if let Some(posted) = record.posted {
+                // A retry of the send that posted it is answered by the store
+                // with the stored message; anything else is a second post.
+                let retry = posted.room_id == room
+                    && self
+                        .store
+                        .message(room, posted.message_id)
+                        .await?
+                        .is_some_and(|m| m.client_msg_id == client_msg_id && &m.sender_id == sender);
+                if !retry {
+                    return Err(Error::conflict("the attachment was already posted"));
+                }
             }
             out.push(record.to_attachment());
         }

@@ -401,7 +401,8 @@ impl Inner {
         validate_client_msg_id(&req.client_msg_id)?;
         // A message may be only files: its body may then be empty.
         validate_body(&req.body, self.config.limits.max_body_chars, !req.attachments.is_empty())?;
-        let attachments = self.resolve_attachments(&ctx.user.id, &req.attachments).await?;
+        let attachments =
+            self.resolve_attachments(&ctx.user.id, req.room_id, &req.client_msg_id, &req.attachments).await?;
         // The store refuses a non-member, a closed room and a missing one in
         // the commit itself, so these reads only answer early. A session
         // joined to the room skips them: the hub's view of it could be stale

@@ -628,9 +628,13 @@ impl ServerProcess {
                 command.env_remove(key);
             }
         }
+        // Attachments beside the log (the processes of one test share it),
+        // not in the working directory; `env` may name other storage.
+        let files = log.parent().unwrap_or(Path::new(".")).join("chat-attachments");
         command
             .env("CHAT_LISTEN", addr.to_string())
             .env("CHAT_DATABASE_URL", url)
+            .env("CHAT_ATTACHMENTS_URL", format!("file://{}", files.display()))
             .env("CHAT_JWT_SECRET", SECRET)
             .env("CHAT_API_KEY", API_KEY)
             .envs(env.iter().copied())
