@@ -361,6 +361,42 @@ describe('attachments', () => {
     await agent.context().close();
   });
 
+  test('past the storage quota, the error line says so', async () => {
+    // Each file counts at least 64 KiB: three fit in 200 KiB, a fourth does not.
+    const small = await ChatServer.start({ env: { CHAT_ATTACHMENT_QUOTA_BYTES: String(200 * 1024) } });
+    try {
+      const ada = await newPage(browser);
+      await signIn(ada, small, await small.token('ada', { name: 'Ada' }));
+      const roomId = await ada.evaluate(async () => {
+        const { ChatClient } = await import('/chat-client.js');
+        const client = new ChatClient({ token: localStorage.getItem('chat-page:token') });
+        await client.connect();
+        const room = await client.createRoom({ kind: 'group', name: 'Quota', members: [] });
+        client.close();
+        return room.id;
+      });
+      await ada.locator(`#rooms button[data-room="${roomId}"]`).click();
+      const files = [1, 2, 3].map((seed) => ({ kind: 'bytes', name: `part${seed}.bin`, size: 1000, seed }));
+      await deliver(ada.locator('#messages'), 'drop', files);
+      await uploaded(ada.locator('#tray'), 3);
+      await deliver(ada.locator('#messages'), 'drop', [{ kind: 'bytes', name: 'one-more.bin', size: 1000, seed: 4 }]);
+      await ada.locator('#tray li[data-state="failed"]', { hasText: 'one-more.bin' }).waitFor();
+      await ada.locator('#send-error', { hasText: 'one-more.bin was not attached' }).waitFor();
+      assert.match(await ada.locator('#send-error').textContent(), /quota of 205 kB/);
+      // The three that fit still go.
+      await ada.locator('#input').fill('Three parts');
+      await ada.locator('#input').press('Enter');
+      const sent = ada.locator('#messages .msg.mine', { hasText: 'Three parts' });
+      await sent.waitFor();
+      assert.equal(await sent.locator('a.file-link').count(), 3);
+      await ada.locator('#tray li[data-state="failed"]').waitFor();
+      assert.deepEqual(ada.errors, []);
+      await ada.context().close();
+    } finally {
+      await small.close();
+    }
+  });
+
   test('a page open past its links\' expiry fetches fresh ones before it opens a file', async () => {
     // Signed links last an hour or two: rather than wait, the page is told
     // it is three hours later (the server, which still takes the old link,
