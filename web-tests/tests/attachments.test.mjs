@@ -191,6 +191,19 @@ describe('attachments', () => {
       env: { CHAT_ALLOWED_ORIGINS: shop.origin, CHAT_MAX_ATTACHMENT_BYTES: String(MAX_BYTES) },
     });
     pages['/'] = () => shopPage(server);
+    // Sites with a policy of their own: one that allows the chat server's
+    // images, one that does not.
+    const strict = (images) => ({
+      html: shopPage(server).replace(/<style>[\s\S]*<\/style>/, ''),
+      headers: {
+        'content-security-policy':
+          `default-src 'self'; script-src 'self' ${server.url}; style-src 'self'; ` +
+          `connect-src ${server.url} ${server.url.replace('http', 'ws')}` +
+          (images ? `; img-src 'self' ${server.url}` : ''),
+      },
+    });
+    pages['/strict-images'] = () => strict(true);
+    pages['/strict'] = () => strict(false);
     browser = await launchBrowser();
   });
 
@@ -359,6 +372,29 @@ describe('attachments', () => {
     assert.deepEqual(agent.errors, []);
     await visitor.context().close();
     await agent.context().close();
+  });
+
+  test('the widget on a site with a Content-Security-Policy: previews where img-src allows them', async () => {
+    for (const [path, previews] of [['/strict-images', true], ['/strict', false]]) {
+      const visitor = await newPage(browser);
+      await visitor.goto(`${shop.origin}${path}`);
+      await visitor.locator('.launcher').click();
+      await visitor.getByRole('button', { name: 'Attach files' }).waitFor();
+      await deliver(visitor.locator('.log'), 'drop', [{ ...PICTURE, name: `shot-${previews}.png` }]);
+      await uploaded(visitor.locator('.tray'), 1);
+      await visitor.locator('textarea').press('Enter');
+      const mine = visitor.locator('.log .msg.mine').filter({ has: visitor.locator('.files') }).last();
+      await mine.waitFor();
+      if (previews) {
+        assert.ok((await imageState(mine.locator('img'))).naturalWidth > 0, 'the thumbnail loaded');
+        assert.deepEqual(visitor.errors, []);
+      } else {
+        // Refused by the site's policy: offered as a download instead.
+        await mine.locator('a.file-link', { hasText: 'shot-false.png' }).waitFor();
+        assert.equal(await mine.locator('img').count(), 0);
+      }
+      await visitor.context().close();
+    }
   });
 
   test('past the storage quota, the error line says so', async () => {
