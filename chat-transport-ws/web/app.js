@@ -732,8 +732,13 @@ function renderMessages(stickToBottom = false) {
                 'ul',
                 { class: 'files' },
                 ...entry.attachments.map((file) =>
-                  h('li', { class: 'file' }, h('bdi', { class: 'file-name', text: file.name || 'file' }), ' ',
-                    h('span', { class: 'file-size', text: file.size ? humanSize(file.size) : '' })),
+                  h(
+                    'li',
+                    { class: 'file' },
+                    h('bdi', { class: 'file-name', text: file.name || 'file' }),
+                    ' ',
+                    h('span', { class: 'file-size', text: file.size ? humanSize(file.size) : '' }),
+                  ),
                 ),
               )
             : null,

@@ -714,8 +714,13 @@
                       'ul',
                       { class: 'files' },
                       ...entry.attachments.map((file) =>
-                        h('li', {}, h('bdi', { text: file.name || '' }), ' ',
-                          h('span', { class: 'file-size', text: file.size ? humanSize(file.size) : '' })),
+                        h(
+                          'li',
+                          {},
+                          h('bdi', { text: file.name || '' }),
+                          ' ',
+                          h('span', { class: 'file-size', text: file.size ? humanSize(file.size) : '' }),
+                        ),
                       ),
                     )
                   : null,
