@@ -71,6 +71,8 @@
       drop: 'Drop files to attach',
       waiting: 'Sending when the files are uploaded…',
       attached: 'Attached files',
+      tooBig: 'the file is too large',
+      overQuota: 'your files would take more than the space allowed',
     },
     fr: {
       title: 'Discutons',
@@ -108,6 +110,8 @@
       drop: 'Déposez les fichiers à joindre',
       waiting: 'Envoi dès que les fichiers sont transférés…',
       attached: 'Fichiers joints',
+      tooBig: 'le fichier est trop volumineux',
+      overQuota: "vos fichiers dépasseraient l'espace autorisé",
     },
     de: {
       title: 'Schreiben Sie uns',
@@ -145,6 +149,8 @@
       drop: 'Dateien zum Anhängen hier ablegen',
       waiting: 'Wird gesendet, sobald die Dateien hochgeladen sind…',
       attached: 'Angehängte Dateien',
+      tooBig: 'die Datei ist zu groß',
+      overQuota: 'Ihre Dateien würden den erlaubten Platz überschreiten',
     },
     es: {
       title: 'Hable con nosotros',
@@ -182,6 +188,8 @@
       drop: 'Suelte los archivos para adjuntarlos',
       waiting: 'Se enviará cuando terminen de subirse los archivos…',
       attached: 'Archivos adjuntos',
+      tooBig: 'el archivo es demasiado grande',
+      overQuota: 'sus archivos superarían el espacio permitido',
     },
   };
 
@@ -1054,13 +1062,22 @@
               uploads = uploads.filter((u) => u !== upload);
             } else {
               upload.state = 'failed';
-              upload.error = err.code === 'disconnected' ? t('unreachable') : readableSizes(err.message || err.code);
+              upload.error = uploadError(err);
               showError(t('notAttached', { name: upload.name, reason: upload.error }));
             }
             renderTray();
           },
         );
       uploads.push(upload);
+    }
+
+    // The server words its errors in English: other languages get their
+    // own words first, the server's detail after.
+    function uploadError(err) {
+      if (err.code === 'disconnected') return t('unreachable');
+      const detail = readableSizes(err.message || err.code);
+      if (err.code !== 'too_large' || lang === 'en') return detail;
+      return `${t(/quota/i.test(detail) ? 'overQuota' : 'tooBig')} (${detail})`;
     }
 
     function removeUpload(upload) {

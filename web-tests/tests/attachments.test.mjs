@@ -7,7 +7,16 @@
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ChatServer, eventually, hostSite, launchBrowser, newPage, screenshot, shopPage, signIn } from '../lib/harness.mjs';
+import {
+  ChatServer,
+  eventually,
+  hostSite,
+  launchBrowser,
+  newPage,
+  screenshot,
+  shopPage,
+  signIn,
+} from '../lib/harness.mjs';
 
 // Small, so that a too-large file is quick to make; the test files fit.
 const MAX_BYTES = 256 * 1024;
@@ -101,6 +110,21 @@ function deliver(target, how, specs) {
       return files.map((f) => ({ name: f.name, size: f.size }));
     },
     { how, specs },
+  );
+}
+
+/** A group room made by the page's signed-in user, with `members`. */
+function createRoom(page, name, members = []) {
+  return page.evaluate(
+    async ([roomName, others]) => {
+      const { ChatClient } = await import('/chat-client.js');
+      const client = new ChatClient({ token: localStorage.getItem('chat-page:token') });
+      await client.connect();
+      const room = await client.createRoom({ kind: 'group', name: roomName, members: others });
+      client.close();
+      return room.id;
+    },
+    [name, members],
   );
 }
 
@@ -203,6 +227,7 @@ describe('attachments', () => {
       },
     });
     pages['/strict-images'] = () => strict(true);
+    pages['/fr'] = () => shopPage(server, 'data-lang="fr"');
     pages['/strict'] = () => strict(false);
     browser = await launchBrowser();
   });
@@ -218,14 +243,7 @@ describe('attachments', () => {
     await signIn(ada, server, await server.token('ada', { name: 'Ada' }));
     const bob = await newPage(browser);
     await signIn(bob, server, await server.token('bob', { name: 'Bob' }));
-    const roomId = await ada.evaluate(async () => {
-      const { ChatClient } = await import('/chat-client.js');
-      const client = new ChatClient({ token: localStorage.getItem('chat-page:token') });
-      await client.connect();
-      const room = await client.createRoom({ kind: 'group', name: 'Files', members: ['bob'] });
-      client.close();
-      return room.id;
-    });
+    const roomId = await createRoom(ada, 'Files', ['bob']);
     for (const page of [ada, bob]) {
       await page.locator(`#rooms button[data-room="${roomId}"]`).click();
       await page.locator('#room-title', { hasText: 'Files' }).waitFor();
@@ -397,20 +415,42 @@ describe('attachments', () => {
     }
   });
 
+  test('the widget in French words the server\'s refusal in French', async () => {
+    const visitor = await newPage(browser);
+    await visitor.goto(`${shop.origin}/fr`);
+    await visitor.locator('.launcher').click();
+    await visitor.getByRole('button', { name: 'Joindre des fichiers' }).waitFor();
+    await deliver(visitor.locator('.log'), 'drop', [TOO_BIG]);
+    await visitor.locator('.error', { hasText: "huge.bin n'a pas été joint : le fichier est trop volumineux (" }).waitFor();
+    assert.equal(await visitor.getByRole('button', { name: 'Retirer huge.bin' }).count(), 1);
+    await visitor.context().close();
+  });
+
+  test('at most ten files per message', async () => {
+    const ada = await newPage(browser);
+    await signIn(ada, server, await server.token('ada', { name: 'Ada' }));
+    const roomId = await createRoom(ada, 'Many files');
+    await ada.locator(`#rooms button[data-room="${roomId}"]`).click();
+    const eleven = Array.from({ length: 11 }, (_, i) => ({ kind: 'bytes', name: `n${i + 1}.bin`, size: 10, seed: i }));
+    await deliver(ada.locator('#messages'), 'drop', eleven);
+    await uploaded(ada.locator('#tray'), 10);
+    await ada.locator('#send-error', { hasText: 'At most 10 files per message: n11.bin not added.' }).waitFor();
+    await ada.locator('#input').press('Enter');
+    const sent = ada.locator('#messages .msg.mine').filter({ has: ada.locator('a.file-link', { hasText: 'n10.bin' }) });
+    await sent.waitFor();
+    assert.equal(await sent.locator('a.file-link').count(), 10);
+    await ada.locator('#tray').waitFor({ state: 'hidden' });
+    assert.deepEqual(ada.errors, []);
+    await ada.context().close();
+  });
+
   test('past the storage quota, the error line says so', async () => {
     // Each file counts at least 64 KiB: three fit in 200 KiB, a fourth does not.
     const small = await ChatServer.start({ env: { CHAT_ATTACHMENT_QUOTA_BYTES: String(200 * 1024) } });
     try {
       const ada = await newPage(browser);
       await signIn(ada, small, await small.token('ada', { name: 'Ada' }));
-      const roomId = await ada.evaluate(async () => {
-        const { ChatClient } = await import('/chat-client.js');
-        const client = new ChatClient({ token: localStorage.getItem('chat-page:token') });
-        await client.connect();
-        const room = await client.createRoom({ kind: 'group', name: 'Quota', members: [] });
-        client.close();
-        return room.id;
-      });
+      const roomId = await createRoom(ada, 'Quota');
       await ada.locator(`#rooms button[data-room="${roomId}"]`).click();
       const files = [1, 2, 3].map((seed) => ({ kind: 'bytes', name: `part${seed}.bin`, size: 1000, seed }));
       await deliver(ada.locator('#messages'), 'drop', files);
@@ -447,14 +487,7 @@ describe('attachments', () => {
       }),
     );
     await signIn(ada, server, await server.token('ada', { name: 'Ada' }));
-    const roomId = await ada.evaluate(async () => {
-      const { ChatClient } = await import('/chat-client.js');
-      const client = new ChatClient({ token: localStorage.getItem('chat-page:token') });
-      await client.connect();
-      const room = await client.createRoom({ kind: 'group', name: 'Old links', members: [] });
-      client.close();
-      return room.id;
-    });
+    const roomId = await createRoom(ada, 'Old links');
     await ada.locator(`#rooms button[data-room="${roomId}"]`).click();
     const file = { kind: 'bytes', name: 'notes.bin', size: 3000, seed: 5 };
     await deliver(ada.locator('#messages'), 'drop', [file]);
