@@ -568,7 +568,8 @@ function messageItem(m) {
   const confirming = confirmingDelete === m.id;
   return {
     key: `m:${m.seq}`,
-    sig: [m.body, m.deleted, m.edited_at, status, isEditing, confirming, userName(m.sender_id, m.room_id)].join('|'),
+    sig: [m.body, m.deleted, m.edited_at, status, isEditing, confirming, userName(m.sender_id, m.room_id), fileKeys(m)]
+      .join('|'),
     make: () => {
       const li = h('li', {
         class: `msg${mine ? ' mine' : ''}${m.deleted ? ' deleted' : ''}`,
@@ -626,7 +627,12 @@ function messageItem(m) {
         queueMicrotask(() => box.focus());
         return li;
       }
-      li.append(h('div', { class: 'text', dir: 'auto', text: m.deleted ? 'Message deleted' : m.body }));
+      const files = m.deleted ? [] : m.attachments || [];
+      // A message of files only has no text line.
+      if (m.deleted || m.body || !files.length) {
+        li.append(h('div', { class: 'text', dir: 'auto', text: m.deleted ? 'Message deleted' : m.body }));
+      }
+      if (files.length) li.append(fileList(files, (id) => refreshFile(m, id)));
       const meta = h('div', { class: 'meta' }, h('time', { datetime: m.created_at, text: formatTime(m.created_at) }));
       if (m.edited_at && !m.deleted) meta.append(h('span', { class: 'edited', text: 'edited' }));
       if (mine && !m.deleted) {
@@ -665,7 +671,7 @@ function messageItem(m) {
               try {
                 await client.delete(m.room_id, m.id);
                 const state = roomState(m.room_id);
-                state.messages.set(m.seq, { ...m, deleted: true, body: '' });
+                state.messages.set(m.seq, { ...m, deleted: true, body: '', attachments: [] });
                 renderMessages();
               } catch (err) {
                 $('send-error').textContent = `Not deleted: ${err.message}`;
@@ -720,7 +726,22 @@ function renderMessages(stickToBottom = false) {
           'li',
           { class: 'msg mine pending', 'data-pending': entry.client_msg_id },
           h('div', { class: 'who', text: 'You' }),
-          h('div', { class: 'text', dir: 'auto', text: entry.body }),
+          entry.body || !entry.attachments ? h('div', { class: 'text', dir: 'auto', text: entry.body }) : null,
+          entry.attachments
+            ? h(
+                'ul',
+                { class: 'files' },
+                ...entry.attachments.map((file) =>
+                  h(
+                    'li',
+                    { class: 'file' },
+                    h('bdi', { class: 'file-name', text: file.name || 'file' }),
+                    ' ',
+                    h('span', { class: 'file-size', text: file.size ? humanSize(file.size) : '' }),
+                  ),
+                ),
+              )
+            : null,
           h('div', { class: 'meta' }, h('span', { class: 'tick', 'data-status': 'sending', text: 'Sending…' })),
         ),
     });
@@ -757,19 +778,374 @@ $('messages').addEventListener('scroll', () => {
 
 // ---- composer --------------------------------------------------------------------
 
+// Sends the typed text with the files of the tray that are uploaded or
+// uploading: the message goes out once their uploads end, with those that
+// succeeded (failed ones stay in the tray with their error).
 async function sendCurrent() {
   const input = $('input');
   const body = input.value.trim();
-  if (!body || !current) return;
+  const files = uploads.filter((u) => !u.sending && u.state !== 'failed');
+  if ((!body && !files.length) || !current) return;
+  const room = current;
   input.value = '';
   $('send-error').textContent = '';
+  for (const u of files) u.sending = true;
+  renderTray();
+  if (files.some((u) => u.state === 'uploading')) client.stopTyping(room);
+  await Promise.all(files.map((u) => u.settled));
+  const ready = files.filter((u) => u.state === 'done');
+  for (const u of ready) forgetUpload(u);
+  renderTray();
+  if (!body && !ready.length) return;
   try {
-    await client.send(current, body);
+    await client.send(room, body, { attachments: ready.map((u) => u.attachment) });
   } catch (err) {
     $('send-error').textContent = `Not sent: ${err.message}`;
     if (!input.value) input.value = body;
+    // The files are still uploaded: they go back to the tray for another try.
+    for (const u of ready) u.sending = false;
+    uploads = [...ready, ...uploads];
+    renderTray();
   }
 }
+
+// ---- attachments -------------------------------------------------------------------
+
+// The server takes at most this many files in one message.
+const MAX_FILES = 10;
+// Files picked, dropped or pasted for the next message, in order:
+// {key, file, name, state: 'uploading'|'done'|'failed', loaded, total,
+//  attachment, error, controller, settled, sending, el}.
+let uploads = [];
+let uploadKeys = 0;
+
+const SIZE_UNITS = ['byte', 'kilobyte', 'megabyte', 'gigabyte'];
+
+/** A size for people: 2.4 MB, 812 kB, 12 bytes. */
+function humanSize(bytes) {
+  let value = Number(bytes) || 0;
+  let unit = 0;
+  while (value >= 1000 && unit < SIZE_UNITS.length - 1) {
+    value /= 1000;
+    unit += 1;
+  }
+  const format = new Intl.NumberFormat(undefined, {
+    style: 'unit',
+    unit: SIZE_UNITS[unit],
+    unitDisplay: unit === 0 ? 'long' : 'short',
+    maximumFractionDigits: unit === 0 || value >= 10 ? 0 : 1,
+  });
+  return format.format(value);
+}
+
+// A message's files as its bubble shows them: new links draw it again.
+const fileKeys = (m) => (m.attachments || []).map((f) => `${f.id} ${f.url}`).join(',');
+
+// Signed links expire an hour or two after the message was fetched. A page
+// open for longer fetches the message again for fresh ones when an old one
+// is clicked or an old thumbnail fails to load; once a minute at most.
+function expiresSoon(url) {
+  try {
+    const exp = Number(new URL(url).searchParams.get('exp'));
+    return exp > 0 && exp * 1000 < Date.now() + 30000;
+  } catch {
+    return false;
+  }
+}
+
+const refreshing = new Map();
+
+async function refreshFile(m, fileId) {
+  let pending = refreshing.get(m.id);
+  if (!pending) {
+    pending = client
+      .history(m.room_id, { afterSeq: m.seq - 1, limit: 1 })
+      .then((page) => {
+        const fresh = page.messages.find((x) => x.id === m.id);
+        if (fresh) {
+          roomState(m.room_id).messages.set(fresh.seq, fresh);
+          if (m.room_id === current) renderMessages();
+        }
+        return fresh;
+      })
+      .catch(() => null);
+    refreshing.set(m.id, pending);
+    setTimeout(() => refreshing.delete(m.id), 60000);
+  }
+  const fresh = await pending;
+  return (fresh && (fresh.attachments || []).find((f) => f.id === fileId)) || null;
+}
+
+// Opens a link through `refresh` when its signature is about to expire.
+function keepFresh(link, file, refresh) {
+  link.addEventListener('click', async (event) => {
+    if (!expiresSoon(link.href)) return;
+    event.preventDefault();
+    const fresh = await refresh(file.id);
+    if (fresh) window.open(fresh.url, '_blank', 'noopener');
+  });
+  return link;
+}
+
+// Types the server previews inline; others (SVG among them) are downloads.
+const INLINE_IMAGES = new Set(['image/png', 'image/jpeg', 'image/gif', 'image/webp']);
+const THUMBNAIL_SIDE = 320;
+
+// What to show an image with: its thumbnail, else the file itself when it
+// is small enough to be its own thumbnail; null for a download link.
+function preview(file) {
+  const src = file.thumbnail_url || (INLINE_IMAGES.has(file.content_type) && file.width ? file.url : null);
+  if (!src) return null;
+  const sized = {};
+  if (file.width > 0 && file.height > 0) {
+    const scale = Math.min(1, THUMBNAIL_SIDE / Math.max(file.width, file.height));
+    sized.width = Math.max(1, Math.round(file.width * scale));
+    sized.height = Math.max(1, Math.round(file.height * scale));
+  }
+  return { src, ...sized };
+}
+
+// A sheet of paper, drawn rather than an emoji: every system has it.
+function fileIcon() {
+  const ns = 'http://www.w3.org/2000/svg';
+  const svg = document.createElementNS(ns, 'svg');
+  svg.setAttribute('viewBox', '0 0 24 24');
+  svg.setAttribute('aria-hidden', 'true');
+  svg.setAttribute('class', 'file-icon');
+  const path = document.createElementNS(ns, 'path');
+  path.setAttribute('d', 'M6 2h8l6 6v12a2 2 0 0 1-2 2H6a2 2 0 0 1-2-2V4a2 2 0 0 1 2-2zm7 1.5V9h5.5L13 3.5z');
+  svg.append(path);
+  return svg;
+}
+
+// The server words its limits in bytes; people read 262 kB better.
+const readableSizes = (text) => text.replace(/\b(\d{4,}) bytes\b/g, (_, n) => humanSize(Number(n)));
+
+function fileLink(file) {
+  return h(
+    'a',
+    { class: 'file-link', href: file.url, download: file.name, rel: 'noopener noreferrer', target: '_blank' },
+    fileIcon(),
+    h('bdi', { class: 'file-name', text: file.name }),
+    h('span', { class: 'file-size', text: humanSize(file.size) }),
+  );
+}
+
+// The files of a message: images as thumbnails linking to the full file,
+// sized from the Attachment so the list does not jump as they load; other
+// files as download links with their name and size.
+function fileList(files, refresh) {
+  return h(
+    'ul',
+    { class: 'files', 'aria-label': files.length === 1 ? 'Attached file' : `${files.length} attached files` },
+    ...files.map((file) => {
+      const shown = preview(file);
+      const key = { 'data-attachment': file.id };
+      if (!shown) return h('li', { class: 'file', ...key }, keepFresh(fileLink(file), file, refresh));
+      const { src, width, height } = shown;
+      const img = h('img', { src, width, height, alt: file.name, decoding: 'async' });
+      const title = `${file.name}, ${humanSize(file.size)}`;
+      const link = h('a', { href: file.url, target: '_blank', rel: 'noopener noreferrer', title }, img);
+      // An expired link is fetched again (the bubble is then drawn anew);
+      // an image the browser cannot show otherwise (a blocked source) is
+      // offered as a download instead.
+      img.addEventListener(
+        'error',
+        () => {
+          if (expiresSoon(src)) refresh(file.id);
+          else link.replaceWith(keepFresh(fileLink(file), file, refresh));
+        },
+        { once: true },
+      );
+      return h('li', { class: 'file image', ...key }, keepFresh(link, file, refresh));
+    }),
+  );
+}
+
+// Clipboard images are all called image.png: give them a name of their own.
+function pastedName(file) {
+  if (!/^image\.\w+$/i.test(file.name || '')) return file;
+  const stamp = new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-');
+  const ext = file.name.split('.').pop();
+  return new File([file], `pasted-${stamp}.${ext}`, { type: file.type, lastModified: file.lastModified });
+}
+
+function addFiles(files) {
+  if (!current || !client) return;
+  const refused = [];
+  for (const file of files) {
+    if (uploads.filter((u) => !u.sending).length >= MAX_FILES) {
+      refused.push(file.name);
+      continue;
+    }
+    startUpload(file);
+  }
+  if (refused.length) {
+    $('send-error').textContent = `At most ${MAX_FILES} files per message: ${refused.join(', ')} not added.`;
+  }
+  renderTray();
+}
+
+function startUpload(file) {
+  const controller = new AbortController();
+  const upload = {
+    key: `u${(uploadKeys += 1)}`,
+    file,
+    name: file.name || 'file',
+    state: 'uploading',
+    loaded: 0,
+    total: file.size || 0,
+    attachment: null,
+    error: '',
+    controller,
+    sending: false,
+    el: null,
+  };
+  upload.settled = client
+    .upload(file, {
+      signal: controller.signal,
+      onProgress: ({ loaded, total }) => {
+        upload.loaded = loaded;
+        upload.total = total;
+        showProgress(upload);
+      },
+    })
+    .then(
+      (attachment) => {
+        upload.state = 'done';
+        upload.attachment = attachment;
+        upload.loaded = upload.total;
+        renderTray();
+      },
+      (err) => {
+        if (err.code === 'aborted') {
+          forgetUpload(upload);
+        } else {
+          upload.state = 'failed';
+          upload.error = uploadError(err);
+          $('send-error').textContent = `${upload.name} was not attached: ${upload.error}`;
+        }
+        renderTray();
+      },
+    );
+  uploads.push(upload);
+}
+
+function uploadError(err) {
+  if (err.code === 'too_large') return readableSizes(err.message || 'the file is too large');
+  if (err.code === 'disconnected') return 'the chat server could not be reached';
+  return err.message || err.code;
+}
+
+function forgetUpload(upload) {
+  uploads = uploads.filter((u) => u !== upload);
+}
+
+function cancelUpload(upload) {
+  if (upload.state === 'uploading') upload.controller.abort();
+  forgetUpload(upload);
+  if (upload.state === 'failed' && !uploads.some((u) => u.state === 'failed')) $('send-error').textContent = '';
+  renderTray();
+  $('input').focus();
+}
+
+function showProgress(upload) {
+  const bar = upload.el && upload.el.querySelector('progress');
+  if (!bar) return;
+  bar.max = upload.total || 1;
+  bar.value = Math.min(upload.loaded, bar.max);
+}
+
+function renderTray() {
+  // The tray takes room from the list: the newest message stays in view.
+  const list = $('messages');
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 60;
+  const tray = $('tray');
+  tray.hidden = uploads.length === 0;
+  const waiting = uploads.some((u) => u.sending && u.state === 'uploading');
+  $('upload-status').textContent = waiting ? 'Sending when the files are uploaded…' : '';
+  tray.replaceChildren(
+    ...uploads.map((upload) => {
+      const shown = upload.el && upload.el.dataset;
+      const changed = !shown || shown.state !== upload.state || shown.sending !== String(upload.sending);
+      if (changed) upload.el = trayItem(upload);
+      return upload.el;
+    }),
+  );
+  if (atBottom) list.scrollTop = list.scrollHeight;
+}
+
+function trayItem(upload) {
+  const { name, state } = upload;
+  const li = h('li', { 'data-state': state, 'data-sending': String(upload.sending), 'data-upload': upload.key });
+  li.append(
+    h('bdi', { class: 'file-name', title: name, text: name }),
+    h('span', { class: 'file-size', text: humanSize(upload.file.size) }),
+  );
+  if (state !== 'failed') {
+    const bar = h('progress', { max: upload.total || 1, value: 0, 'aria-label': `Upload of ${name}` });
+    bar.value = state === 'done' ? bar.max : Math.min(upload.loaded, bar.max);
+    li.append(bar);
+  } else {
+    li.append(h('span', { class: 'upload-error', text: upload.error }));
+  }
+  let label = `Remove ${name}`;
+  if (state === 'uploading') label = `Cancel the upload of ${name}`;
+  const onclick = () => cancelUpload(upload);
+  li.append(h('button', { type: 'button', class: 'quiet', 'aria-label': label, title: label, text: '×', onclick }));
+  return li;
+}
+
+$('attach').addEventListener('click', () => $('file-input').click());
+$('file-input').addEventListener('change', () => {
+  addFiles([...$('file-input').files]);
+  $('file-input').value = '';
+  $('input').focus();
+});
+
+const carriesFiles = (event) => !!event.dataTransfer && [...event.dataTransfer.types].includes('Files');
+let dragDepth = 0;
+
+// Files dropped anywhere on the open conversation are attached; elsewhere
+// on the page a dropped file must not make the browser navigate to it.
+$('conversation').addEventListener('dragenter', (event) => {
+  if (!current || !carriesFiles(event)) return;
+  event.preventDefault();
+  dragDepth += 1;
+  $('conversation').classList.add('dropping');
+});
+$('conversation').addEventListener('dragover', (event) => {
+  if (!current || !carriesFiles(event)) return;
+  event.preventDefault();
+  event.dataTransfer.dropEffect = 'copy';
+});
+$('conversation').addEventListener('dragleave', () => {
+  dragDepth = Math.max(0, dragDepth - 1);
+  if (dragDepth === 0) $('conversation').classList.remove('dropping');
+});
+$('conversation').addEventListener('drop', (event) => {
+  dragDepth = 0;
+  $('conversation').classList.remove('dropping');
+  if (!current || !event.dataTransfer || event.dataTransfer.files.length === 0) return;
+  event.preventDefault();
+  addFiles([...event.dataTransfer.files]);
+  $('input').focus();
+});
+for (const type of ['dragover', 'drop']) {
+  window.addEventListener(type, (event) => {
+    if (carriesFiles(event)) event.preventDefault();
+  });
+}
+
+// Pasted files (a screenshot from the clipboard) are attached; pasted text
+// is pasted as usual.
+$('input').addEventListener('paste', (event) => {
+  const data = event.clipboardData;
+  const files = data ? [...data.files] : [];
+  if (!files.length || !current) return;
+  if (![...data.types].includes('text/plain')) event.preventDefault();
+  addFiles(files.map(pastedName));
+});
 
 $('composer').addEventListener('submit', (event) => {
   event.preventDefault();
@@ -970,6 +1346,9 @@ async function searchMessages(more) {
 function searchResult({ message, room }, words) {
   const summary = client.rooms.get(room.id) || room;
   const excerpt = h('span', { class: 'excerpt', dir: 'auto' });
+  if (!message.body && message.attachments && message.attachments.length) {
+    excerpt.textContent = message.attachments.map((file) => `📎 ${file.name}`).join(', ');
+  }
   for (const part of message.body.split(/([\p{L}\p{N}]+)/u)) {
     if (!part) continue;
     excerpt.append(words.has(fold(part)) ? h('mark', { text: part }) : document.createTextNode(part));

@@ -17,7 +17,9 @@ export type ErrorCode =
   // Made by the client, not the server:
   | 'disconnected'
   | 'timeout'
-  | 'closed';
+  | 'closed'
+  /** An upload cancelled through its AbortSignal. */
+  | 'aborted';
 
 export class ChatError extends Error {
   readonly code: ErrorCode | string;
@@ -73,12 +75,37 @@ export interface BanEntry {
   banned_at: string;
 }
 
+/** An uploaded file. `url` and `thumbnail_url` are signed (valid for an
+ * hour or more, then fetched again with the message) and absolute: the
+ * client resolves them against the chat server. */
 export interface Attachment {
   id: string;
   name: string;
+  /** Taken from the bytes by the server, not from the uploader. */
   content_type: string;
+  /** In bytes. */
   size: number;
   url: string;
+  /** Images: their size in pixels. */
+  width?: number;
+  height?: number;
+  /** Images: a preview, its longest side 320 px. */
+  thumbnail_url?: string;
+}
+
+/** Progress of an upload: bytes of the request body sent, of `total`. */
+export interface UploadProgress {
+  loaded: number;
+  total: number;
+}
+
+export interface UploadOptions {
+  /** Called as the body goes out, and with `loaded === total` at the end. */
+  onProgress?: (progress: UploadProgress) => void;
+  /** Cancels the upload; the promise then rejects with `aborted`. */
+  signal?: AbortSignal;
+  /** The file name to give the server (default: the File's name, else `file`). */
+  name?: string;
 }
 
 export interface Message {
@@ -140,6 +167,8 @@ export interface OutboxEntry {
   body: string;
   reply_to?: string;
   created_at: string;
+  /** The files of the message, as given to `send` (ids given alone as `{id}`). */
+  attachments?: Array<Partial<Attachment> & { id: string }>;
 }
 
 export type ConnectionState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed';
@@ -215,6 +244,8 @@ export interface ChatClientOptions {
   storageKey?: string;
   /** A WebSocket constructor, for runtimes without a global one. */
   WebSocket?: typeof WebSocket;
+  /** An XMLHttpRequest constructor for `upload`, for runtimes without a global one. */
+  XMLHttpRequest?: typeof XMLHttpRequest;
 }
 
 export class ChatClient {
@@ -261,7 +292,14 @@ export class ChatClient {
   mute(roomId: string, options?: { until?: Date | string }): Promise<void>;
   unmute(roomId: string): Promise<void>;
 
-  send(roomId: string, body: string, options?: { replyTo?: string; clientMsgId?: string }): Promise<Message>;
+  /** `attachments`: uploaded files (or their ids); `body` may then be empty. */
+  send(
+    roomId: string,
+    body: string,
+    options?: { replyTo?: string; clientMsgId?: string; attachments?: Array<Attachment | string> },
+  ): Promise<Message>;
+  /** `POST /v1/attachments` with progress; resolves with the Attachment. */
+  upload(file: Blob, options?: UploadOptions): Promise<Attachment>;
   edit(roomId: string, messageId: string, body: string): Promise<Message>;
   delete(roomId: string, messageId: string): Promise<Record<string, never>>;
   markRead(roomId: string, seq: number): Promise<void>;

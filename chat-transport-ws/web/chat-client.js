@@ -11,10 +11,12 @@
 //   a dead network, and resume: every joined room is joined again with the
 //   highest seq below which nothing is missing, so no message is lost;
 // - an outbox: sends wait while offline and are resent after a reconnect
-//   with the same client_msg_id, which the server stores only once.
+//   with the same client_msg_id, which the server stores only once;
+// - uploads of attachments with progress (`upload`), and attachment URLs
+//   made absolute against the chat server, wherever the page runs.
 
 /** An error answered by the server (`code` is one of the protocol's codes)
- * or made by this client: `disconnected`, `timeout`, `closed`. */
+ * or made by this client: `disconnected`, `timeout`, `closed`, `aborted`. */
 export class ChatError extends Error {
   constructor(code, message) {
     super(message || code);
@@ -78,6 +80,33 @@ async function httpJson(server, path, { method = 'GET', body, token } = {}) {
   }
   return data;
 }
+
+// The server's attachment URLs are signed paths (`/v1/attachments/…?exp=…&sig=…`)
+// relative to the server unless its operator set a public URL: a page on
+// another origin (the widget) must resolve them against the chat server,
+// not against itself.
+function resolveAttachment(base, file) {
+  if (!file || typeof file !== 'object') return file;
+  for (const key of ['url', 'thumbnail_url']) {
+    if (typeof file[key] !== 'string' || !file[key]) continue;
+    try {
+      file[key] = new URL(file[key], `${base}/`).href;
+    } catch {
+      // Left as the server wrote it.
+    }
+  }
+  return file;
+}
+
+function resolveMessage(base, message) {
+  if (message && Array.isArray(message.attachments)) {
+    for (const file of message.attachments) resolveAttachment(base, file);
+  }
+  return message;
+}
+
+// The id of an attachment given as an Attachment or as its id.
+const attachmentId = (file) => (typeof file === 'string' ? file : file && file.id);
 
 /** `POST /v1/visitor-sessions`: an anonymous visitor for a support widget.
  * Resolves to `{token, user, expires_at}`. */
@@ -503,6 +532,9 @@ export class ChatClient {
       case 'room:muted':
         this._setMuted(data.room_id, data.muted, data.muted_until);
         break;
+      case 'message:updated':
+        resolveMessage(this.server, data.message);
+        break;
       default:
         break;
     }
@@ -784,6 +816,7 @@ export class ChatClient {
     if (afterSeq !== undefined) data.after_seq = afterSeq;
     if (limit !== undefined) data.limit = limit;
     const page = await this.request('room:history', data);
+    for (const m of page.messages) resolveMessage(this.server, m);
     const room = this._rooms.get(roomId);
     if (room && room.watermark !== null) {
       for (const m of page.messages) if (m.seq > room.watermark) room.admit(m.seq);
@@ -794,6 +827,7 @@ export class ChatClient {
   // ---- messages -----------------------------------------------------------
 
   _acceptMessage(message) {
+    resolveMessage(this.server, message);
     const room = this._room(message.room_id);
     if (!room.admit(message.seq)) return false;
     const mine = Boolean(this.user && message.sender_id === this.user.id);
@@ -838,9 +872,12 @@ export class ChatClient {
 
   /** Sends a message through the outbox: it is kept until the server has
    * stored it, across reconnects, and resent with the same client_msg_id.
-   * Resolves with the stored message; rejects only when the server refuses
-   * it for good (`invalid`, `too_large`, `forbidden`, `not_member`…). */
-  send(roomId, body, { replyTo, clientMsgId } = {}) {
+   * `attachments` are uploaded files (Attachments from `upload`, or their
+   * ids); with some, `body` may be empty. Resolves with the stored message;
+   * rejects only when the server refuses it for good (`invalid`,
+   * `too_large`, `forbidden`, `not_member`, `conflict` for a file posted
+   * already…). */
+  send(roomId, body, { replyTo, clientMsgId, attachments } = {}) {
     return new Promise((resolve, reject) => {
       const entry = {
         room_id: roomId,
@@ -851,6 +888,11 @@ export class ChatClient {
         ref: null,
         waiters: [{ resolve, reject }],
       };
+      // Kept whole (name, size) for the Sending… bubbles; only ids go out.
+      const files = (attachments || [])
+        .filter((file) => attachmentId(file))
+        .map((file) => (typeof file === 'string' ? { id: file } : { ...file }));
+      if (files.length) entry.attachments = files;
       this._outbox.push(entry);
       this._saveOutbox();
       this._emit('outbox', { entries: this.outbox });
@@ -861,12 +903,13 @@ export class ChatClient {
 
   /** Messages sent but not yet stored, oldest first. */
   get outbox() {
-    return this._outbox.map(({ room_id, client_msg_id, body, reply_to, created_at }) => ({
+    return this._outbox.map(({ room_id, client_msg_id, body, reply_to, created_at, attachments }) => ({
       room_id,
       client_msg_id,
       body,
       reply_to,
       created_at,
+      ...(attachments ? { attachments } : {}),
     }));
   }
 
@@ -883,6 +926,7 @@ export class ChatClient {
       if (room && room.wanted && !room.caughtUp) continue;
       const data = { room_id: entry.room_id, client_msg_id: entry.client_msg_id, body: entry.body };
       if (entry.reply_to) data.reply_to = entry.reply_to;
+      if (entry.attachments) data.attachments = entry.attachments.map(attachmentId);
       entry.ref = 'pending';
       this._sendFrame('message:send', data)
         .then(({ message }) => {
@@ -926,7 +970,11 @@ export class ChatClient {
       const saved = JSON.parse(storage.getItem(`${storageKey}:outbox`) || '[]');
       for (const e of saved) {
         if (e && typeof e.room_id === 'string' && typeof e.client_msg_id === 'string' && typeof e.body === 'string') {
-          this._outbox.push({ ...e, ref: null, waiters: [] });
+          const entry = { ...e, ref: null, waiters: [] };
+          if (!Array.isArray(entry.attachments) || !entry.attachments.every((f) => f && typeof f.id === 'string')) {
+            delete entry.attachments;
+          }
+          this._outbox.push(entry);
         }
       }
     } catch {
@@ -945,7 +993,9 @@ export class ChatClient {
   }
 
   edit(roomId, messageId, body) {
-    return this.request('message:edit', { room_id: roomId, message_id: messageId, body }).then((d) => d.message);
+    return this.request('message:edit', { room_id: roomId, message_id: messageId, body }).then((d) =>
+      resolveMessage(this.server, d.message),
+    );
   }
 
   delete(roomId, messageId) {
@@ -1072,11 +1122,96 @@ export class ChatClient {
    * folded) in the user's rooms, or in `roomId` only, newest first:
    * `{results: [{message, room}], next?}`; pass `next` as `before` for the
    * page after. */
-  searchMessages(q, { roomId, limit, before } = {}) {
+  async searchMessages(q, { roomId, limit, before } = {}) {
     const data = { q };
     if (roomId !== undefined) data.room_id = roomId;
     if (limit !== undefined) data.limit = limit;
     if (before !== undefined) data.before = before;
-    return this.request('messages:search', data);
+    const page = await this.request('messages:search', data);
+    for (const hit of page.results || []) resolveMessage(this.server, hit.message);
+    return page;
+  }
+
+  // ---- attachments ----------------------------------------------------------
+
+  /** Uploads a file (a File or Blob) with `POST /v1/attachments`, for a
+   * later `send(roomId, body, {attachments})`. Resolves with the
+   * Attachment, its `url` and `thumbnail_url` absolute.
+   *
+   * `onProgress({loaded, total})` is called as the request body goes out
+   * (it counts the multipart body: the file plus a few hundred bytes), and
+   * once more with `loaded === total` when it is all sent. `signal`, an
+   * AbortSignal, cancels the upload: the promise then rejects with
+   * `aborted`. Failures reject with a ChatError: the server's code and
+   * message (`too_large` for a file over the server's limit or past the
+   * user's storage quota, the message says which; `invalid`;
+   * `unauthorized`), or `disconnected` when the server could not be reached.
+   * Uploads use XMLHttpRequest, which, unlike fetch, reports upload
+   * progress; they need no open connection, only a token. */
+  async upload(file, { onProgress, signal, name } = {}) {
+    if (signal && signal.aborted) throw new ChatError('aborted', 'the upload was cancelled');
+    const XHR = this.options.XMLHttpRequest || globalThis.XMLHttpRequest;
+    if (typeof XHR !== 'function') throw new ChatError('invalid', 'uploads need XMLHttpRequest');
+    const token = this._token || (await this._currentToken());
+    if (signal && signal.aborted) throw new ChatError('aborted', 'the upload was cancelled');
+    const form = new FormData();
+    const fileName = name || (file && file.name) || 'file';
+    form.append('file', file, fileName);
+    return new Promise((resolve, reject) => {
+      const xhr = new XHR();
+      let settled = false;
+      const finish = (fn, value) => {
+        if (settled) return;
+        settled = true;
+        if (signal) signal.removeEventListener('abort', onAbort);
+        fn(value);
+      };
+      const onAbort = () => {
+        xhr.abort();
+        finish(reject, new ChatError('aborted', 'the upload was cancelled'));
+      };
+      if (signal) signal.addEventListener('abort', onAbort);
+      xhr.open('POST', `${this.server}/v1/attachments`);
+      xhr.setRequestHeader('authorization', `Bearer ${token}`);
+      xhr.responseType = 'text';
+      if (typeof onProgress === 'function' && xhr.upload) {
+        const report = (loaded, total) => {
+          try {
+            onProgress({ loaded, total });
+          } catch (err) {
+            setTimeout(() => {
+              throw err;
+            });
+          }
+        };
+        xhr.upload.onprogress = (event) => {
+          if (event.lengthComputable) report(event.loaded, event.total);
+        };
+        xhr.upload.onload = (event) => {
+          const total = event.lengthComputable ? event.total : event.loaded;
+          report(total, total);
+        };
+      }
+      xhr.onload = () => {
+        let data = null;
+        try {
+          data = JSON.parse(xhr.responseText);
+        } catch {
+          data = null;
+        }
+        if (xhr.status >= 200 && xhr.status < 300 && data && typeof data.id === 'string') {
+          finish(resolve, resolveAttachment(this.server, data));
+          return;
+        }
+        const error = (data && data.error) || {};
+        const code = error.code || (xhr.status === 413 ? 'too_large' : `http_${xhr.status}`);
+        finish(reject, new ChatError(code, error.message || xhr.statusText || `the upload failed (${xhr.status})`));
+      };
+      xhr.onerror = () =>
+        finish(reject, new ChatError('disconnected', 'the upload failed: the chat server could not be reached'));
+      xhr.ontimeout = () => finish(reject, new ChatError('timeout', 'the upload took too long'));
+      xhr.onabort = () => finish(reject, new ChatError('aborted', 'the upload was cancelled'));
+      xhr.send(form);
+    });
   }
 }

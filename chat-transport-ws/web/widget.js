@@ -60,6 +60,19 @@
       edited: 'edited',
       you: 'You',
       unavailable: 'The chat is not available right now.',
+      attach: 'Attach files',
+      files: 'Files to send',
+      upload: 'Upload of {name}',
+      cancelUpload: 'Cancel the upload of {name}',
+      remove: 'Remove {name}',
+      notAttached: '{name} was not attached: {reason}',
+      tooMany: 'At most {n} files per message.',
+      unreachable: 'the chat server could not be reached',
+      drop: 'Drop files to attach',
+      waiting: 'Sending when the files are uploaded…',
+      attached: 'Attached files',
+      tooBig: 'the file is too large',
+      overQuota: 'your files would take more than the space allowed',
     },
     fr: {
       title: 'Discutons',
@@ -86,6 +99,19 @@
       edited: 'modifié',
       you: 'Vous',
       unavailable: "Le chat n'est pas disponible pour le moment.",
+      attach: 'Joindre des fichiers',
+      files: 'Fichiers à envoyer',
+      upload: 'Envoi de {name}',
+      cancelUpload: "Annuler l'envoi de {name}",
+      remove: 'Retirer {name}',
+      notAttached: "{name} n'a pas été joint : {reason}",
+      tooMany: 'Au plus {n} fichiers par message.',
+      unreachable: 'le serveur de chat est injoignable',
+      drop: 'Déposez les fichiers à joindre',
+      waiting: 'Envoi dès que les fichiers sont transférés…',
+      attached: 'Fichiers joints',
+      tooBig: 'le fichier est trop volumineux',
+      overQuota: "vos fichiers dépasseraient l'espace autorisé",
     },
     de: {
       title: 'Schreiben Sie uns',
@@ -112,6 +138,19 @@
       edited: 'bearbeitet',
       you: 'Sie',
       unavailable: 'Der Chat ist gerade nicht verfügbar.',
+      attach: 'Dateien anhängen',
+      files: 'Zu sendende Dateien',
+      upload: 'Hochladen von {name}',
+      cancelUpload: 'Hochladen von {name} abbrechen',
+      remove: '{name} entfernen',
+      notAttached: '{name} wurde nicht angehängt: {reason}',
+      tooMany: 'Höchstens {n} Dateien pro Nachricht.',
+      unreachable: 'der Chat-Server ist nicht erreichbar',
+      drop: 'Dateien zum Anhängen hier ablegen',
+      waiting: 'Wird gesendet, sobald die Dateien hochgeladen sind…',
+      attached: 'Angehängte Dateien',
+      tooBig: 'die Datei ist zu groß',
+      overQuota: 'Ihre Dateien würden den erlaubten Platz überschreiten',
     },
     es: {
       title: 'Hable con nosotros',
@@ -138,6 +177,19 @@
       edited: 'editado',
       you: 'Usted',
       unavailable: 'El chat no está disponible ahora.',
+      attach: 'Adjuntar archivos',
+      files: 'Archivos para enviar',
+      upload: 'Subida de {name}',
+      cancelUpload: 'Cancelar la subida de {name}',
+      remove: 'Quitar {name}',
+      notAttached: 'No se adjuntó {name}: {reason}',
+      tooMany: 'Como máximo {n} archivos por mensaje.',
+      unreachable: 'no se puede contactar con el servidor de chat',
+      drop: 'Suelte los archivos para adjuntarlos',
+      waiting: 'Se enviará cuando terminen de subirse los archivos…',
+      attached: 'Archivos adjuntos',
+      tooBig: 'el archivo es demasiado grande',
+      overQuota: 'sus archivos superarían el espacio permitido',
     },
   };
 
@@ -242,6 +294,36 @@
     .send { border: none; border-radius: 10px; background: var(--accent); color: #fff; padding: 0 14px; font-weight: 600; }
     .send:disabled { opacity: .5; cursor: default; }
     .sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
+    .attach { border: 1px solid #d1d5db; border-radius: 10px; background: #fff; color: #4b5563; width: 42px;
+      display: grid; place-items: center; padding: 0; flex: none; }
+    .attach:hover { color: var(--accent); border-color: var(--accent); }
+    .attach svg { width: 20px; height: 20px; fill: currentColor; }
+    .panel { position: relative; }
+    .dropzone { position: absolute; inset: 6px; display: grid; place-items: center; text-align: center; padding: 20px;
+      border: 3px dashed var(--accent); border-radius: 12px; background: rgba(255,255,255,.9); color: #111827;
+      font-weight: 650; pointer-events: none; }
+    .dropzone[hidden] { display: none; }
+    .tray { list-style: none; margin: 0; padding: 8px 10px 0; display: flex; flex-wrap: wrap; gap: 6px;
+      border-top: 1px solid #e5e7eb; background: #fff; }
+    .tray[hidden] { display: none; }
+    .tray li { display: flex; align-items: center; gap: 6px; max-width: 100%; font-size: 12px; padding: 3px 3px 3px 8px;
+      border: 1px solid #e5e7eb; border-radius: 8px; background: #f9fafb; }
+    .tray li[data-state="failed"] { border-color: #fca5a5; background: #fef2f2; color: #991b1b; }
+    .tray .file-name { max-width: 130px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+    .tray progress { width: 60px; height: 8px; accent-color: var(--accent); }
+    .tray .upload-error { font-weight: 700; }
+    .tray button { border: none; background: none; color: #4b5563; font-size: 16px; line-height: 1; padding: 2px 6px;
+      border-radius: 6px; }
+    .tray button:hover { background: #e5e7eb; }
+    .upload-status { font-size: 12px; color: #4b5563; padding: 2px 10px 0; background: #fff; }
+    .upload-status:empty { display: none; }
+    .files { list-style: none; margin: 4px 0 2px; padding: 0; display: flex; flex-direction: column; gap: 4px;
+      white-space: normal; }
+    .files img { display: block; max-width: 100%; height: auto; border-radius: 8px; background: #f3f4f6; }
+    .files .file-link { display: inline-flex; gap: 6px; align-items: center; color: inherit;
+      overflow-wrap: anywhere; }
+    .files .file-icon { width: 18px; height: 18px; flex: none; fill: currentColor; }
+    .file-size { font-size: 11px; opacity: .8; white-space: nowrap; }
   `;
 
   // Builds an element; strings become text nodes, so no text is ever parsed as HTML.
@@ -261,15 +343,138 @@
     return el;
   }
 
-  function svgIcon() {
+  function svgIcon(d = 'M4 3h16a2 2 0 0 1 2 2v11a2 2 0 0 1-2 2H8l-5 4V5a2 2 0 0 1 2-2z') {
     const ns = 'http://www.w3.org/2000/svg';
     const svg = document.createElementNS(ns, 'svg');
     svg.setAttribute('viewBox', '0 0 24 24');
     svg.setAttribute('aria-hidden', 'true');
     const path = document.createElementNS(ns, 'path');
-    path.setAttribute('d', 'M4 3h16a2 2 0 0 1 2 2v11a2 2 0 0 1-2 2H8l-5 4V5a2 2 0 0 1 2-2z');
+    path.setAttribute('d', d);
     svg.append(path);
     return svg;
+  }
+  const PAPERCLIP =
+    'M16.5 6.5v10a4.5 4.5 0 0 1-9 0V5a3 3 0 0 1 6 0v10.5a1.5 1.5 0 0 1-3 0V6.5H9v9a3 3 0 0 0 6 0V5' +
+    'a4.5 4.5 0 0 0-9 0v11.5a6 6 0 0 0 12 0v-10z';
+  const DOCUMENT = 'M6 2h8l6 6v12a2 2 0 0 1-2 2H6a2 2 0 0 1-2-2V4a2 2 0 0 1 2-2zm7 1.5V9h5.5L13 3.5z';
+
+  const SIZE_UNITS = ['byte', 'kilobyte', 'megabyte', 'gigabyte'];
+
+  // A size for people, in the widget's language: 2.4 MB, 812 kB, 12 bytes.
+  function humanSize(bytes) {
+    let value = Number(bytes) || 0;
+    let unit = 0;
+    while (value >= 1000 && unit < SIZE_UNITS.length - 1) {
+      value /= 1000;
+      unit += 1;
+    }
+    try {
+      return new Intl.NumberFormat(lang, {
+        style: 'unit',
+        unit: SIZE_UNITS[unit],
+        unitDisplay: unit === 0 ? 'long' : 'short',
+        maximumFractionDigits: unit === 0 || value >= 10 ? 0 : 1,
+      }).format(value);
+    } catch {
+      return `${Math.round(value)} ${['B', 'kB', 'MB', 'GB'][unit]}`;
+    }
+  }
+
+  // The server words its limits in bytes; people read 262 kB better.
+  const readableSizes = (text) => text.replace(/\b(\d{4,}) bytes\b/g, (_, n) => humanSize(Number(n)));
+
+  // Types the server shows inline; others (SVG among them) are downloads.
+  const INLINE_IMAGES = new Set(['image/png', 'image/jpeg', 'image/gif', 'image/webp']);
+  const THUMBNAIL_SIDE = 320;
+  // The server takes at most this many files in one message.
+  const MAX_FILES = 10;
+
+  // What an image is shown with (its thumbnail, else itself when the server
+  // made none), with the size it will take; null for a download link.
+  function preview(file) {
+    const src = file.thumbnail_url || (INLINE_IMAGES.has(file.content_type) && file.width ? file.url : null);
+    if (!src) return null;
+    const sized = {};
+    if (file.width > 0 && file.height > 0) {
+      const scale = Math.min(1, THUMBNAIL_SIDE / Math.max(file.width, file.height));
+      sized.width = Math.max(1, Math.round(file.width * scale));
+      sized.height = Math.max(1, Math.round(file.height * scale));
+    }
+    return { src, ...sized };
+  }
+
+  // A download link. The page is another origin than the chat server, where
+  // browsers ignore `download`: the server's Content-Disposition decides,
+  // and a new tab keeps the visitor's page where it was.
+  function fileLink(file) {
+    const icon = svgIcon(DOCUMENT);
+    icon.setAttribute('class', 'file-icon');
+    return h(
+      'a',
+      { class: 'file-link', href: file.url, download: file.name, target: '_blank', rel: 'noopener noreferrer' },
+      icon,
+      h('bdi', { class: 'file-name', text: file.name }),
+      h('span', { class: 'file-size', text: humanSize(file.size) }),
+    );
+  }
+
+  // A message's files: images as thumbnails sized from the Attachment (no
+  // jump as they load) linking to the whole file, others as download links.
+  // Signed links expire an hour or two after the message was fetched.
+  function expiresSoon(url) {
+    try {
+      const exp = Number(new URL(url).searchParams.get('exp'));
+      return exp > 0 && exp * 1000 < Date.now() + 30000;
+    } catch {
+      return false;
+    }
+  }
+
+  // Opens a link through `refresh` (fresh links) when its signature is
+  // about to expire.
+  function keepFresh(link, file, refresh) {
+    link.addEventListener('click', async (event) => {
+      if (!expiresSoon(link.href)) return;
+      event.preventDefault();
+      const fresh = await refresh(file.id);
+      if (fresh) window.open(fresh.url, '_blank', 'noopener');
+    });
+    return link;
+  }
+
+  function fileList(files, refresh) {
+    return h(
+      'ul',
+      { class: 'files', 'aria-label': t('attached') },
+      ...files.map((file) => {
+        const shown = preview(file);
+        const key = { 'data-attachment': file.id };
+        if (!shown) return h('li', { class: 'file', ...key }, keepFresh(fileLink(file), file, refresh));
+        const { src, width, height } = shown;
+        const img = h('img', { src, width, height, alt: file.name, decoding: 'async' });
+        const title = `${file.name}, ${humanSize(file.size)}`;
+        const link = h('a', { href: file.url, target: '_blank', rel: 'noopener noreferrer', title }, img);
+        // An expired link is fetched again (the bubble is then drawn anew);
+        // one blocked by the site's img-src becomes a download link.
+        img.addEventListener(
+          'error',
+          () => {
+            if (expiresSoon(src)) refresh(file.id);
+            else link.replaceWith(keepFresh(fileLink(file), file, refresh));
+          },
+          { once: true },
+        );
+        return h('li', { class: 'file image', ...key }, keepFresh(link, file, refresh));
+      }),
+    );
+  }
+
+  // Clipboard images are all called image.png: give them a name of their own.
+  function pastedName(file) {
+    if (!/^image\.\w+$/i.test(file.name || '')) return file;
+    const stamp = new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-');
+    const ext = file.name.split('.').pop();
+    return new File([file], `pasted-${stamp}.${ext}`, { type: file.type, lastModified: file.lastModified });
   }
 
   function loadSaved() {
@@ -342,9 +547,20 @@
       dir: 'auto',
     });
     const sendButton = h('button', { class: 'send', type: 'submit', text: t('send') });
+    const attachButton = h(
+      'button',
+      { class: 'attach', type: 'button', 'aria-label': t('attach'), title: t('attach') },
+      svgIcon(PAPERCLIP),
+    );
+    const fileInput = h('input', { type: 'file', multiple: true, hidden: true, tabindex: '-1', 'aria-hidden': 'true' });
+    const tray = h('ul', { class: 'tray', 'aria-label': t('files'), hidden: true });
+    const uploadStatus = h('div', { class: 'upload-status', role: 'status', 'aria-live': 'polite' });
+    const dropzone = h('div', { class: 'dropzone', hidden: true, text: t('drop') });
     const form = h(
       'form',
       {},
+      attachButton,
+      fileInput,
       h('label', { class: 'sr', for: 'chat-input', text: t('label') }),
       textarea,
       sendButton,
@@ -362,7 +578,10 @@
       log,
       typingLine,
       errorLine,
+      tray,
+      uploadStatus,
       form,
+      dropzone,
     );
     const root = h('div', { class: 'root' }, panel, launcher);
     root.style.setProperty('--accent', accent);
@@ -426,7 +645,12 @@
         'data-id': message.id,
       });
       if (!mine) li.append(h('span', { class: 'who' }, h('bdi', { text: nameOf(message.sender_id) })));
-      li.append(h('span', { class: 'text', dir: 'auto', text: message.deleted ? t('deleted') : message.body }));
+      const files = message.deleted ? [] : message.attachments || [];
+      // A message of files only has no text line.
+      if (message.deleted || message.body || !files.length) {
+        li.append(h('span', { class: 'text', dir: 'auto', text: message.deleted ? t('deleted') : message.body }));
+      }
+      if (files.length) li.append(fileList(files, (id) => refreshFile(message, id)));
       const meta = h('span', { class: 'meta' });
       const time = new Date(message.created_at);
       meta.append(time.toLocaleTimeString(lang, { hour: '2-digit', minute: '2-digit' }));
@@ -478,7 +702,8 @@
         const m = messages.get(seq);
         const mine = client && client.user && m.sender_id === client.user.id;
         const status = mine ? client.statusOf(m.room_id, m.seq) : '';
-        const sig = `${m.body}|${m.deleted}|${m.edited_at || ''}|${status}|${nameOf(m.sender_id)}`;
+        const files = (m.attachments || []).map((f) => `${f.id} ${f.url}`).join(',');
+        const sig = `${m.body}|${m.deleted}|${m.edited_at || ''}|${status}|${nameOf(m.sender_id)}|${files}`;
         items.push({ key: `m:${seq}`, sig, make: () => bubble(m) });
       }
       if (client) {
@@ -491,7 +716,22 @@
               h(
                 'li',
                 { class: 'msg mine pending', 'data-pending': entry.client_msg_id },
-                h('span', { class: 'text', dir: 'auto', text: entry.body }),
+                entry.body || !entry.attachments ? h('span', { class: 'text', dir: 'auto', text: entry.body }) : null,
+                entry.attachments
+                  ? h(
+                      'ul',
+                      { class: 'files' },
+                      ...entry.attachments.map((file) =>
+                        h(
+                          'li',
+                          {},
+                          h('bdi', { text: file.name || '' }),
+                          ' ',
+                          h('span', { class: 'file-size', text: file.size ? humanSize(file.size) : '' }),
+                        ),
+                      ),
+                    )
+                  : null,
                 h(
                   'span',
                   { class: 'meta' },
@@ -516,6 +756,30 @@
       const page = await client.history(roomId, { beforeSeq, limit: 50 });
       for (const m of page.messages) messages.set(m.seq, m);
       hasMore = page.has_more;
+    }
+
+    // A page open for hours fetches a message again for fresh file links
+    // when an old one is needed; once a minute at most.
+    const refreshing = new Map();
+    async function refreshFile(message, fileId) {
+      let pending = refreshing.get(message.id);
+      if (!pending) {
+        pending = client
+          .history(message.room_id, { afterSeq: message.seq - 1, limit: 1 })
+          .then((page) => {
+            const fresh = page.messages.find((m) => m.id === message.id);
+            if (fresh && fresh.room_id === roomId) {
+              messages.set(fresh.seq, fresh);
+              render();
+            }
+            return fresh;
+          })
+          .catch(() => null);
+        refreshing.set(message.id, pending);
+        setTimeout(() => refreshing.delete(message.id), 60000);
+      }
+      const fresh = await pending;
+      return (fresh && (fresh.attachments || []).find((f) => f.id === fileId)) || null;
     }
 
     async function loadEarlier() {
@@ -635,7 +899,7 @@
       client.on('message:deleted', ({ room_id, message_id }) => {
         if (room_id !== roomId) return;
         for (const m of messages.values()) {
-          if (m.id === message_id) messages.set(m.seq, { ...m, deleted: true, body: '' });
+          if (m.id === message_id) messages.set(m.seq, { ...m, deleted: true, body: '', attachments: [] });
         }
         render();
       });
@@ -700,9 +964,12 @@
       launcher.focus();
     }
 
+    // Sends the text with the tray's uploaded and uploading files, once
+    // their uploads end (failed ones stay in the tray with their error).
     async function submit() {
       const body = textarea.value.trim();
-      if (!body) return;
+      const files = uploads.filter((u) => !u.sending && u.state !== 'failed');
+      if (!body && !files.length) return;
       if (!client) {
         if (!isOpen()) await open();
         else await ensureStarted().catch(() => {});
@@ -710,16 +977,199 @@
       }
       textarea.value = '';
       showError('');
+      for (const u of files) u.sending = true;
+      renderTray();
+      await Promise.all(files.map((u) => u.settled));
+      const ready = files.filter((u) => u.state === 'done');
+      uploads = uploads.filter((u) => !ready.includes(u));
+      renderTray();
+      if (!body && !ready.length) return;
       try {
         const id = await ensureRoom();
-        const sent = client.send(id, body);
+        const sent = client.send(id, body, { attachments: ready.map((u) => u.attachment) });
         render();
         await sent;
       } catch (err) {
         if (!textarea.value) textarea.value = body;
         showError(t('failed', { reason: err.message }));
+        // The files are still uploaded: back to the tray for another try.
+        for (const u of ready) u.sending = false;
+        uploads = [...ready, ...uploads];
+        renderTray();
       }
     }
+
+    // ---- attachments: picked, dropped or pasted; uploaded at once ----------
+
+    // {key, file, name, state: 'uploading'|'done'|'failed', loaded, total,
+    //  attachment, error, controller, settled, sending, el}, in order.
+    let uploads = [];
+    let uploadKeys = 0;
+
+    async function addFiles(list) {
+      if (!list.length) return;
+      showError('');
+      try {
+        await ensureStarted();
+      } catch (err) {
+        showError(`${t('unavailable')} (${err.message})`);
+        return;
+      }
+      const refused = [];
+      for (const file of list) {
+        if (uploads.filter((u) => !u.sending).length >= MAX_FILES) refused.push(file);
+        else startUpload(file);
+      }
+      if (refused.length) showError(t('tooMany', { n: MAX_FILES }));
+      renderTray();
+    }
+
+    function startUpload(file) {
+      const upload = {
+        key: `u${(uploadKeys += 1)}`,
+        file,
+        name: file.name || 'file',
+        state: 'uploading',
+        loaded: 0,
+        total: file.size || 0,
+        attachment: null,
+        error: '',
+        controller: new AbortController(),
+        sending: false,
+        el: null,
+      };
+      upload.settled = client
+        .upload(file, {
+          signal: upload.controller.signal,
+          onProgress: ({ loaded, total }) => {
+            upload.loaded = loaded;
+            upload.total = total;
+            const bar = upload.el && upload.el.querySelector('progress');
+            if (bar) {
+              bar.max = total || 1;
+              bar.value = Math.min(loaded, bar.max);
+            }
+          },
+        })
+        .then(
+          (attachment) => {
+            upload.state = 'done';
+            upload.attachment = attachment;
+            renderTray();
+          },
+          (err) => {
+            if (err.code === 'aborted') {
+              uploads = uploads.filter((u) => u !== upload);
+            } else {
+              upload.state = 'failed';
+              upload.error = uploadError(err);
+              showError(t('notAttached', { name: upload.name, reason: upload.error }));
+            }
+            renderTray();
+          },
+        );
+      uploads.push(upload);
+    }
+
+    // The server words its errors in English: other languages get their
+    // own words first, the server's detail after.
+    function uploadError(err) {
+      if (err.code === 'disconnected') return t('unreachable');
+      const detail = readableSizes(err.message || err.code);
+      if (err.code !== 'too_large' || lang === 'en') return detail;
+      return `${t(/quota/i.test(detail) ? 'overQuota' : 'tooBig')} (${detail})`;
+    }
+
+    function removeUpload(upload) {
+      if (upload.state === 'uploading') upload.controller.abort();
+      uploads = uploads.filter((u) => u !== upload);
+      if (upload.state === 'failed' && !uploads.some((u) => u.state === 'failed')) showError('');
+      renderTray();
+      textarea.focus();
+    }
+
+    function renderTray() {
+      // The tray takes room from the log: the newest message stays in view.
+      const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+      tray.hidden = uploads.length === 0;
+      uploadStatus.textContent = uploads.some((u) => u.sending && u.state === 'uploading') ? t('waiting') : '';
+      tray.replaceChildren(
+        ...uploads.map((upload) => {
+          const shown = upload.el && upload.el.dataset;
+          if (!shown || shown.state !== upload.state || shown.sending !== String(upload.sending)) {
+            upload.el = trayItem(upload);
+          }
+          return upload.el;
+        }),
+      );
+      if (atBottom) log.scrollTop = log.scrollHeight;
+    }
+
+    function trayItem(upload) {
+      const { name, state } = upload;
+      const li = h('li', { 'data-state': state, 'data-sending': String(upload.sending), 'data-upload': upload.key });
+      li.append(
+        h('bdi', { class: 'file-name', title: name, text: name }),
+        h('span', { class: 'file-size', text: humanSize(upload.file.size) }),
+      );
+      if (state === 'failed') {
+        // The error line above says why, at full width; here a mark and a tooltip.
+        li.title = upload.error;
+        li.append(h('span', { class: 'upload-error', 'aria-hidden': 'true', text: '!' }));
+      } else {
+        const bar = h('progress', { 'aria-label': t('upload', { name }) });
+        bar.max = upload.total || 1;
+        bar.value = state === 'done' ? bar.max : Math.min(upload.loaded, bar.max);
+        li.append(bar);
+      }
+      const label = state === 'uploading' ? t('cancelUpload', { name }) : t('remove', { name });
+      const onclick = () => removeUpload(upload);
+      li.append(h('button', { type: 'button', 'aria-label': label, title: label, text: '×', onclick }));
+      return li;
+    }
+
+    attachButton.addEventListener('click', () => fileInput.click());
+    fileInput.addEventListener('change', () => {
+      const list = [...fileInput.files];
+      fileInput.value = '';
+      textarea.focus();
+      addFiles(list);
+    });
+    // Files dropped on the open panel are attached; the host page's own
+    // drag and drop is left alone everywhere else.
+    const carriesFiles = (event) => !!event.dataTransfer && [...event.dataTransfer.types].includes('Files');
+    let dragDepth = 0;
+    panel.addEventListener('dragenter', (event) => {
+      if (!carriesFiles(event)) return;
+      event.preventDefault();
+      dragDepth += 1;
+      dropzone.hidden = false;
+    });
+    panel.addEventListener('dragover', (event) => {
+      if (!carriesFiles(event)) return;
+      event.preventDefault();
+      event.dataTransfer.dropEffect = 'copy';
+    });
+    panel.addEventListener('dragleave', () => {
+      dragDepth = Math.max(0, dragDepth - 1);
+      if (dragDepth === 0) dropzone.hidden = true;
+    });
+    panel.addEventListener('drop', (event) => {
+      dragDepth = 0;
+      dropzone.hidden = true;
+      if (!event.dataTransfer || event.dataTransfer.files.length === 0) return;
+      event.preventDefault();
+      addFiles([...event.dataTransfer.files]);
+      textarea.focus();
+    });
+    // A pasted screenshot is attached; pasted text is pasted as usual.
+    textarea.addEventListener('paste', (event) => {
+      const data = event.clipboardData;
+      const list = data ? [...data.files] : [];
+      if (!list.length) return;
+      if (![...data.types].includes('text/plain')) event.preventDefault();
+      addFiles(list.map(pastedName));
+    });
 
     launcher.addEventListener('click', () => (isOpen() ? close() : open()));
     closeButton.addEventListener('click', close);

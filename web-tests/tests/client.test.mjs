@@ -349,3 +349,129 @@ describe('chat-client.js', () => {
     client.close();
   });
 });
+
+/** An XMLHttpRequest the test drives: it records the request, and the test
+ * plays the upload's progress and the server's answer. */
+class FakeXHR {
+  static all = [];
+
+  constructor() {
+    this.headers = {};
+    this.upload = {};
+    this.aborted = false;
+    FakeXHR.all.push(this);
+  }
+
+  open(method, url) {
+    this.method = method;
+    this.url = url;
+  }
+
+  setRequestHeader(name, value) {
+    this.headers[name.toLowerCase()] = value;
+  }
+
+  send(body) {
+    this.body = body;
+  }
+
+  abort() {
+    this.aborted = true;
+    this.onabort?.();
+  }
+
+  // ---- what the network and the server do ----
+  progress(loaded, total) {
+    this.upload.onprogress?.({ lengthComputable: true, loaded, total });
+  }
+
+  answer(status, json) {
+    if (this.upload.onload) this.upload.onload({ lengthComputable: true, loaded: 1000, total: 1000 });
+    this.status = status;
+    this.statusText = '';
+    this.responseText = JSON.stringify(json);
+    this.onload();
+  }
+}
+
+describe('chat-client.js attachments', () => {
+  const file = () => new File([new Uint8Array(900)], 'shot.png', { type: 'image/png' });
+  const uploaded = {
+    id: 'att1',
+    name: 'shot.png',
+    content_type: 'image/png',
+    size: 900,
+    url: '/v1/attachments/att1?exp=9&sig=a',
+    thumbnail_url: '/v1/attachments/att1/thumbnail?exp=9&sig=b',
+    width: 640,
+    height: 480,
+  };
+
+  test('upload posts one multipart field with the token, reports progress, and resolves URLs against the server', async () => {
+    FakeXHR.all = [];
+    const { client } = await connected({ XMLHttpRequest: FakeXHR });
+    const progress = [];
+    const uploading = client.upload(file(), { onProgress: (p) => progress.push(`${p.loaded}/${p.total}`) });
+    const xhr = await until(() => FakeXHR.all[0], 'a request');
+    assert.equal(xhr.method, 'POST');
+    assert.equal(xhr.url, 'http://127.0.0.1:9/v1/attachments');
+    assert.equal(xhr.headers.authorization, 'Bearer t1');
+    assert.deepEqual([...xhr.body.keys()], ['file']);
+    assert.equal(xhr.body.get('file').name, 'shot.png');
+    xhr.progress(400, 1000);
+    xhr.answer(201, uploaded);
+    const attachment = await uploading;
+    assert.deepEqual(progress, ['400/1000', '1000/1000']);
+    assert.equal(attachment.url, 'http://127.0.0.1:9/v1/attachments/att1?exp=9&sig=a');
+    assert.equal(attachment.thumbnail_url, 'http://127.0.0.1:9/v1/attachments/att1/thumbnail?exp=9&sig=b');
+    client.close();
+  });
+
+  test('the server\'s refusal keeps its code and message; an abort rejects with aborted', async () => {
+    FakeXHR.all = [];
+    const { client } = await connected({ XMLHttpRequest: FakeXHR });
+    const big = client.upload(file());
+    const xhr = await until(() => FakeXHR.all[0], 'a request');
+    xhr.answer(413, { error: { code: 'too_large', message: 'the file is over the 1 MiB limit' } });
+    await assert.rejects(big, (err) => err instanceof ChatError && err.code === 'too_large' && /1 MiB/.test(err.message));
+
+    const controller = new AbortController();
+    const cancelled = client.upload(file(), { signal: controller.signal });
+    const second = await until(() => FakeXHR.all[1], 'a second request');
+    controller.abort();
+    await assert.rejects(cancelled, (err) => err.code === 'aborted');
+    assert.equal(second.aborted, true);
+    await assert.rejects(client.upload(file(), { signal: controller.signal }), (err) => err.code === 'aborted');
+    assert.equal(FakeXHR.all.length, 2, 'an aborted signal sends nothing');
+    client.close();
+  });
+
+  test('send carries attachment ids; messages anywhere get absolute URLs', async () => {
+    const { client, ws } = await connected();
+    await joinedRoom(ws, client, 0);
+    const sending = client.send(ROOM, '', { attachments: [{ ...uploaded }, 'att2'] });
+    const frame = await until(() => ws.last('message:send'), 'message:send');
+    assert.deepEqual(frame.data.attachments, ['att1', 'att2']);
+    assert.equal(frame.data.body, '');
+    assert.deepEqual(client.outbox[0].attachments.map((f) => f.id), ['att1', 'att2']);
+    ws.reply(frame, { message: message(1, 'ada', { client_msg_id: frame.data.client_msg_id, body: '', attachments: [{ ...uploaded }] }) });
+    const stored = await sending;
+    assert.equal(stored.attachments[0].url, 'http://127.0.0.1:9/v1/attachments/att1?exp=9&sig=a');
+
+    const live = [];
+    client.on('message', ({ message: m }) => live.push(m));
+    const absolute = { ...uploaded, url: 'https://files.example/v1/attachments/att1?exp=9&sig=a', thumbnail_url: undefined };
+    ws.push({ type: 'message:new', data: { message: message(2, 'bob', { attachments: [{ ...uploaded }, absolute] }) } });
+    assert.equal(live[0].attachments[0].thumbnail_url, 'http://127.0.0.1:9/v1/attachments/att1/thumbnail?exp=9&sig=b');
+    assert.equal(live[0].attachments[1].url, absolute.url, 'an absolute URL (CHAT_PUBLIC_URL) stays as it is');
+
+    const paging = client.history(ROOM, { beforeSeq: 3 });
+    ws.reply(await until(() => ws.last('room:history'), 'history'), {
+      messages: [message(1, 'ada', { attachments: [{ ...uploaded }] })],
+      has_more: false,
+    });
+    const page = await paging;
+    assert.equal(page.messages[0].attachments[0].url, 'http://127.0.0.1:9/v1/attachments/att1?exp=9&sig=a');
+    client.close();
+  });
+});

@@ -32,6 +32,20 @@ export async function demo(server: string): Promise<string[]> {
   } catch (err) {
     if (err instanceof ChatError && err.code === 'too_large') console.log('shorter, please');
   }
+  const controller = new AbortController();
+  const file = new Blob(['log line'], { type: 'text/plain' });
+  try {
+    const attachment = await client.upload(file, {
+      name: 'app.log',
+      signal: controller.signal,
+      onProgress: ({ loaded, total }) => console.log(`${Math.round((100 * loaded) / total)}%`),
+    });
+    const withFile = await client.send(room.id, '', { attachments: [attachment] });
+    const preview: string | undefined = withFile.attachments[0]?.thumbnail_url;
+    console.log(preview ?? attachment.url, attachment.width ?? 0);
+  } catch (err) {
+    if (err instanceof ChatError && (err.code === 'too_large' || err.code === 'aborted')) console.log(err.message);
+  }
   const { available } = await supportAvailability(server);
   await client.setStatus(available ? 'online' : 'away');
   stop();
