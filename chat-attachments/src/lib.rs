@@ -10,6 +10,9 @@
 //!   that no upload is ever held whole in memory.
 //! - [`examine`]: the type of a spooled file read from its bytes (not the
 //!   client's word), and for images their dimensions and a thumbnail.
+//! - [`prepare`]: both, as every way in uses them: a spooled file becomes
+//!   the `Upload` that `Engine::store_upload` takes, and a guard that
+//!   removes its spool files afterwards.
 //!
 //! Pick a store from a URL with [`open`]:
 //!
@@ -24,6 +27,7 @@
 //! ```
 
 mod local;
+mod prepare;
 mod probe;
 #[cfg(feature = "s3")]
 mod s3;
@@ -34,6 +38,7 @@ use std::sync::Arc;
 use chat_core::{BlobStore, Error, Result};
 
 pub use local::LocalBlobs;
+pub use prepare::{SpoolGuard, prepare};
 pub use probe::{Examined, examine};
 #[cfg(feature = "s3")]
 pub use s3::S3Blobs;

@@ -16,7 +16,7 @@ use axum::Extension;
 use axum::extract::{ConnectInfo, Multipart, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chat_core::attachment::{ByteRange, Upload, inline_allowed};
+use chat_core::attachment::{ByteRange, inline_allowed};
 use chat_core::engine::{AttachmentAccess, OpenedAttachment};
 use chat_core::{Attachment, ErrorCode};
 use serde::Deserialize;
@@ -110,18 +110,10 @@ pub(crate) async fn upload(
     if let Some((ip, _)) = budget {
         app.visitor_uploads.spend(ip, spooled.size);
     }
-    let examined = chat_attachments::examine(&spooled).await;
-    let upload = Upload {
-        name,
-        content_type: examined.content_type.clone(),
-        file: spooled.file.path().to_path_buf(),
-        size: spooled.size,
-        dimensions: examined.dimensions,
-        thumbnail: examined.thumbnail.as_ref().map(|(file, thumb)| (file.path().to_path_buf(), thumb.clone())),
-    };
+    let (upload, spool_files) = chat_attachments::prepare(spooled, name).await;
     let attachment = app.engine.store_upload(&user, upload).await?;
     // The spool files (moved away or not) are removed as they drop here.
-    drop((spooled, examined));
+    drop(spool_files);
     Ok((StatusCode::CREATED, Json(attachment)).into_response())
 }
 
