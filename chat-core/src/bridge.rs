@@ -223,6 +223,16 @@ pub trait BridgeHost: Send + Sync + 'static {
     /// platform; `not_found` once its message was deleted.
     async fn attachment(&self, id: &str) -> Result<(StoredAttachment, ByteStream)>;
 
+    /// Gives the files of a message read from [`store`](BridgeHost::store)
+    /// their signed URLs, as sessions get them, for a bridge that links to
+    /// them rather than copying them. They are absolute only when the
+    /// server knows its public address (`AttachmentConfig::public_url`), and
+    /// valid for a while (`AttachmentConfig::url_ttl`). The default leaves
+    /// them as they are.
+    fn sign_attachments(&self, message: &mut Message) {
+        let _ = message;
+    }
+
     /// Edits a message as its sender (the bridged user changed what they
     /// wrote), with the rules of a session's `message:edit`: a member, the
     /// sender, not deleted. The room sees `message:updated`.
@@ -303,6 +313,10 @@ impl BridgeHost for Engine {
 
     async fn attachment(&self, id: &str) -> Result<(StoredAttachment, ByteStream)> {
         Engine::attachment_for_bridge(self, id).await
+    }
+
+    fn sign_attachments(&self, message: &mut Message) {
+        Engine::sign_message(self, message);
     }
 
     async fn edit_as(
