@@ -58,6 +58,20 @@ pub struct DiscordConfig {
     /// Engine events waiting to become outbox jobs. A burst beyond this is
     /// dropped from memory and found again in the store by a catch-up.
     pub event_queue: usize,
+    /// The largest file (and files of one message together) uploaded to
+    /// Discord (`DISCORD_MAX_UPLOAD_BYTES`). Unset, it is the guild's limit
+    /// as Discord tells it (a button press carries it; the guild's boost
+    /// tier gives it at each GUILD_CREATE), else 8 MiB. A larger file
+    /// reaches Discord as a line with its name and size, and a link to it
+    /// when the chat server knows its public URL.
+    pub max_upload_bytes: Option<u64>,
+    /// Where agents' files may be downloaded from: the origins
+    /// (`scheme://host[:port]`) of Discord's CDN. A file's URL comes from the
+    /// gateway's message, never from what someone wrote; anything elsewhere
+    /// is not fetched.
+    pub cdn_origins: Vec<String>,
+    /// The longest the download of one agent's file may take.
+    pub download_timeout: Duration,
 }
 
 impl std::fmt::Debug for DiscordConfig {
@@ -74,6 +88,8 @@ impl std::fmt::Debug for DiscordConfig {
             .field("http_timeout", &self.http_timeout)
             .field("lease_ttl", &self.lease_ttl)
             .field("lease_renew", &self.lease_renew)
+            .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("cdn_origins", &self.cdn_origins)
             .finish_non_exhaustive()
     }
 }
@@ -98,6 +114,9 @@ impl DiscordConfig {
             lease_renew: Duration::from_secs(5),
             catch_up_every: Duration::from_secs(60),
             event_queue: 4096,
+            max_upload_bytes: None,
+            cdn_origins: vec!["https://cdn.discordapp.com".into(), "https://media.discordapp.net".into()],
+            download_timeout: Duration::from_secs(60),
         }
     }
 
@@ -138,7 +157,23 @@ impl DiscordConfig {
         if self.catch_up_every.is_zero() || self.event_queue == 0 {
             return Err(Error::Config("the catch-up interval and the event queue must be positive".into()));
         }
+        if self.max_upload_bytes == Some(0) || self.download_timeout.is_zero() {
+            return Err(Error::Config("the upload limit and the download timeout must be positive".into()));
+        }
+        for origin in &self.cdn_origins {
+            let rest = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+            if rest.is_none_or(|host| host.is_empty() || host.contains('/')) {
+                return Err(Error::Config(format!("a CDN origin is scheme://host[:port], not {origin:?}")));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether a file URL the gateway gave is on one of [`cdn_origins`](Self::cdn_origins).
+    pub(crate) fn on_cdn(&self, url: &str) -> bool {
+        self.cdn_origins
+            .iter()
+            .any(|origin| url.strip_prefix(origin.as_str()).is_some_and(|rest| rest.starts_with('/')))
     }
 
     /// The text channel a group room is mirrored to, if it is.
@@ -200,5 +235,36 @@ mod tests {
         assert!(c.validate().is_err(), "a renewal that may come too late is refused");
         c.lease_renew = Duration::ZERO;
         assert!(c.validate().is_err());
+        let mut c = DiscordConfig::new("t", 1, 2, 3);
+        c.max_upload_bytes = Some(0);
+        assert!(c.validate().is_err(), "no upload limit of zero");
+        for (origin, ok) in [
+            ("http://127.0.0.1:9", true),
+            ("https://cdn.example", true),
+            ("cdn.example", false),
+            ("https://cdn.example/x", false),
+            ("https://", false),
+        ] {
+            let mut c = DiscordConfig::new("t", 1, 2, 3);
+            c.cdn_origins = vec![origin.into()];
+            assert_eq!(c.validate().is_ok(), ok, "{origin}");
+        }
+    }
+
+    #[test]
+    fn files_are_fetched_from_the_cdn_only() {
+        let c = DiscordConfig::new("t", 1, 2, 3);
+        let table = [
+            ("https://cdn.discordapp.com/attachments/1/2/a.png?ex=1", true),
+            ("https://media.discordapp.net/attachments/1/2/a.png", true),
+            ("https://cdn.discordapp.com.evil.example/a.png", false),
+            ("https://cdn.discordapp.com@evil.example/a.png", false),
+            ("http://cdn.discordapp.com/a.png", false),
+            ("https://evil.example/https://cdn.discordapp.com/a.png", false),
+            ("https://cdn.discordapp.com", false),
+        ];
+        for (url, ok) in table {
+            assert_eq!(c.on_cdn(url), ok, "{url}");
+        }
     }
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -93,6 +93,28 @@ pub struct Discord {
     pub member_requests: Vec<Value>,
     /// The GUILD_MEMBERS_CHUNK dispatches sent, in order.
     pub chunks_sent: usize,
+    /// Every file uploaded with a message (multipart `files[n]`), in order.
+    pub uploads: Vec<Uploaded>,
+    /// What the CDN serves, by attachment id: (file name, bytes). Files
+    /// uploaded to the stand-in and agents' files are served until removed.
+    pub cdn: HashMap<u64, (String, Vec<u8>)>,
+    /// How many times the CDN served a file.
+    pub cdn_hits: usize,
+}
+
+/// A file the bridge uploaded with a message.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    /// The message it came with.
+    pub message: u64,
+    /// The channel (thread) of that message.
+    pub channel: u64,
+    /// Its name, as the multipart part gave it.
+    pub filename: String,
+    /// Its type, as the multipart part gave it.
+    pub content_type: Option<String>,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
 }
 
 impl Discord {
@@ -163,6 +185,7 @@ impl StandIn {
         let app = Router::new()
             .nest("/api/v10", api)
             .route("/gateway", get(gateway_socket))
+            .route("/attachments/{channel}/{id}/{name}", get(cdn_file))
             .layer(middleware::from_fn_with_state(stand_in.clone(), faults))
             .with_state(stand_in.clone());
         tokio::spawn(async move {
@@ -249,6 +272,51 @@ impl StandIn {
         message["id"].as_str().and_then(|s| s.parse().ok()).expect("an id")
     }
 
+    /// A member of [`GUILD`] holding `roles` writing in a channel with files
+    /// (name, bytes), seen live: the MESSAGE_CREATE carries the files as
+    /// Discord's attachments, with URLs on this stand-in's CDN, which serves
+    /// them until [`StandIn::cdn_forgets`]. Returns the message id and the
+    /// attachment ids.
+    pub fn member_writes_files(
+        &self,
+        channel: u64,
+        user: u64,
+        name: &str,
+        roles: &[u64],
+        content: &str,
+        files: &[(&str, &[u8])],
+    ) -> (u64, Vec<u64>) {
+        let (message, ids) = {
+            let mut d = self.lock();
+            let id = d.id();
+            let author = json!({"id": user.to_string(), "username": name.to_lowercase(), "global_name": name});
+            let mut message = message_json(id, channel, author, content, None);
+            let mut ids = Vec::new();
+            let mut attachments = Vec::new();
+            for (filename, bytes) in files {
+                let file = d.id();
+                ids.push(file);
+                attachments.push(attachment_json(self.addr, channel, file, filename, bytes.len(), None));
+                d.cdn.insert(file, ((*filename).to_owned(), bytes.to_vec()));
+            }
+            message["attachments"] = json!(attachments);
+            d.messages.entry(channel).or_default().push(message.clone());
+            (message, ids)
+        };
+        let mut live = message.clone();
+        live["member"] = json!({
+            "roles": roles.iter().map(u64::to_string).collect::<Vec<_>>(),
+            "joined_at": "2026-01-01T00:00:00.000000+00:00", "deaf": false, "mute": false, "flags": 0,
+        });
+        self.dispatch("MESSAGE_CREATE", live);
+        (message["id"].as_str().and_then(|s| s.parse().ok()).expect("an id"), ids)
+    }
+
+    /// The CDN stops serving a file (404), as Discord's links expire.
+    pub fn cdn_forgets(&self, attachment: u64) {
+        self.lock().cdn.remove(&attachment);
+    }
+
     /// A person editing their message, as Discord would store and dispatch it.
     pub fn human_edits(&self, channel: u64, message: u64, content: &str) {
         let edited = {
@@ -328,6 +396,99 @@ impl StandIn {
         let user = json!({"id": user_id.to_string(), "username": name.to_lowercase(), "global_name": name});
         self.dispatch("GUILD_MEMBER_REMOVE", json!({"guild_id": GUILD.to_string(), "user": user}));
     }
+}
+
+/// An attachment as Discord's API shows it, served by the stand-in's CDN.
+fn attachment_json(
+    addr: SocketAddr,
+    channel: u64,
+    id: u64,
+    filename: &str,
+    size: usize,
+    content_type: Option<&str>,
+) -> Value {
+    let url = format!("http://{addr}/attachments/{channel}/{id}/{filename}?ex=1&is=1&hm=stand-in");
+    json!({"id": id.to_string(), "filename": filename, "size": size, "url": url, "proxy_url": url,
+        "content_type": content_type})
+}
+
+/// The stand-in's CDN: a file by its attachment id, while it serves it.
+async fn cdn_file(State(s): State<StandIn>, Path((_channel, id, _name)): Path<(u64, u64, String)>) -> Response {
+    let mut d = s.lock();
+    let Some((_, bytes)) = d.cdn.get(&id).cloned() else {
+        return (StatusCode::NOT_FOUND, "expired").into_response();
+    };
+    d.cdn_hits += 1;
+    bytes.into_response()
+}
+
+/// A call's body: JSON, or multipart (Discord's way with files:
+/// `payload_json` and `files[n]`).
+struct Posted {
+    body: Value,
+    files: Vec<(String, Option<String>, Vec<u8>)>,
+}
+
+async fn read_posted(request: Request) -> Result<Posted, Response> {
+    let bad = |what: String| (StatusCode::BAD_REQUEST, axum::Json(json!({"message": what, "code": 50035})));
+    let multipart = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    if !multipart {
+        let axum::Json(body) =
+            axum::Json::<Value>::from_request(request, &()).await.map_err(|e| bad(e.body_text()).into_response())?;
+        return Ok(Posted { body, files: Vec::new() });
+    }
+    let mut form =
+        axum::extract::Multipart::from_request(request, &()).await.map_err(|e| bad(e.body_text()).into_response())?;
+    let mut posted = Posted { body: Value::Null, files: Vec::new() };
+    let mut named = Vec::new();
+    while let Some(field) = form.next_field().await.map_err(|e| bad(e.body_text()).into_response())? {
+        let name = field.name().unwrap_or_default().to_owned();
+        if name == "payload_json" {
+            let text = field.text().await.map_err(|e| bad(e.body_text()).into_response())?;
+            posted.body = serde_json::from_str(&text).map_err(|e| bad(e.to_string()).into_response())?;
+        } else if let Some(n) = name.strip_prefix("files[").and_then(|n| n.strip_suffix(']')) {
+            let filename = field.file_name().unwrap_or_default().to_owned();
+            let content_type = field.content_type().map(str::to_owned);
+            let bytes = field.bytes().await.map_err(|e| bad(e.body_text()).into_response())?;
+            named.push(n.to_owned());
+            posted.files.push((filename, content_type, bytes.to_vec()));
+        } else {
+            return Err(bad(format!("unexpected field {name:?}")).into_response());
+        }
+    }
+    // Discord's rule: `attachments` in the JSON name the files by `n`.
+    let listed: Vec<String> = posted
+        .body
+        .get("attachments")
+        .or_else(|| posted.body.get("message").and_then(|m| m.get("attachments")))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.get("id").map(|id| id.to_string().trim_matches('"').to_owned()))
+        .collect();
+    if listed != named {
+        return Err(bad(format!("attachments {listed:?} do not name the files {named:?}")).into_response());
+    }
+    Ok(posted)
+}
+
+/// Keeps a message's uploaded files, gives them to its JSON as Discord's
+/// attachments, and serves them from the CDN.
+fn keep_files(d: &mut Discord, addr: SocketAddr, message: &mut Value, files: Vec<(String, Option<String>, Vec<u8>)>) {
+    let channel = message["channel_id"].as_str().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let id = message["id"].as_str().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let mut attachments = Vec::new();
+    for (filename, content_type, bytes) in files {
+        let file = d.id();
+        attachments.push(attachment_json(addr, channel, file, &filename, bytes.len(), content_type.as_deref()));
+        d.cdn.insert(file, (filename.clone(), bytes.clone()));
+        d.uploads.push(Uploaded { message: id, channel, filename, content_type, bytes });
+    }
+    message["attachments"] = json!(attachments);
 }
 
 /// Records that a member is now `member` (`None`: left the guild).
@@ -469,11 +630,11 @@ async fn gateway_url(State(s): State<StandIn>) -> axum::Json<Value> {
     axum::Json(json!({"url": format!("ws://{}/gateway", s.addr)}))
 }
 
-async fn create_thread(
-    State(s): State<StandIn>,
-    Path(forum): Path<u64>,
-    axum::Json(body): axum::Json<Value>,
-) -> Response {
+async fn create_thread(State(s): State<StandIn>, Path(forum): Path<u64>, request: Request) -> Response {
+    let Posted { body, files } = match read_posted(request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
+    };
     let mut d = s.lock();
     let id = d.id();
     let name = body["name"].as_str().unwrap_or_default().to_owned();
@@ -482,6 +643,7 @@ async fn create_thread(
     let content = body["message"]["content"].as_str().unwrap_or_default();
     let mut starter = message_json(id, id, author, content, None);
     starter["components"] = body["message"].get("components").cloned().unwrap_or_else(|| json!([]));
+    keep_files(&mut d, s.addr, &mut starter, files);
     d.messages.entry(id).or_default().push(starter.clone());
     let thread =
         json!({"id": id.to_string(), "name": name, "parent_id": forum.to_string(), "type": 11, "message": starter});
@@ -567,8 +729,12 @@ async fn execute_webhook(
     State(s): State<StandIn>,
     Path((hook, token)): Path<(u64, String)>,
     Query(query): Query<HashMap<String, String>>,
-    axum::Json(body): axum::Json<Value>,
+    request: Request,
 ) -> Response {
+    let Posted { body, files } = match read_posted(request).await {
+        Ok(posted) => posted,
+        Err(refused) => return refused,
+    };
     let mut d = s.lock();
     let hook_id = hook.to_string();
     let known = d.webhooks.iter().any(|w| w["id"].as_str() == Some(hook_id.as_str()) && w["token"] == token);
@@ -579,7 +745,15 @@ async fn execute_webhook(
     };
     let id = d.id();
     let author = json!({"id": hook.to_string(), "username": body["username"], "bot": true});
-    let message = message_json(id, thread, author, body["content"].as_str().unwrap_or_default(), Some(hook));
+    let mut message = message_json(id, thread, author, body["content"].as_str().unwrap_or_default(), Some(hook));
+    if message["content"] == json!("") && files.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"message": "Cannot send an empty message", "code": 50006})),
+        )
+            .into_response();
+    }
+    keep_files(&mut d, s.addr, &mut message, files);
     d.messages.entry(thread).or_default().push(message.clone());
     axum::Json(message).into_response()
 }
@@ -847,6 +1021,9 @@ impl StandIn {
         config.min_backoff = Duration::from_millis(50);
         config.max_backoff = Duration::from_millis(400);
         config.http_timeout = Duration::from_secs(5);
+        // Its CDN is itself.
+        config.cdn_origins = vec![self.url()];
+        config.download_timeout = Duration::from_secs(5);
         config
     }
 }

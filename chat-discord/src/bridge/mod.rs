@@ -90,6 +90,18 @@ const LINK_MIRRORED: &str = "mirrored";
 const LINK_ARCHIVED: &str = "archived";
 /// `online_agents` → what the lease holder counts, and until when (ms) that holds.
 const LINK_STATUS: &str = "status";
+/// Message → the ids (JSON) of its files that reached Discord as lines
+/// rather than uploads, so that an edit shows the same lines.
+const LINK_FILE_LINES: &str = "file-lines";
+/// An agent's message → the lines naming its files that could not be
+/// copied in, which its edits keep.
+const LINK_LINES_IN: &str = "lines-in";
+/// A Discord attachment → the chat's copy of it, so that a delivery tried
+/// again (its post failed) does not copy its files twice.
+const LINK_UPLOAD: &str = "upload";
+/// Discord's upload limit when neither the settings nor the guild say
+/// otherwise (below every tier's, which have been 8, 25 and 10 MiB).
+const DEFAULT_UPLOAD_BYTES: u64 = 8 * 1024 * 1024;
 /// Custom ids of the buttons on a thread's first post: the prefix, then the room id.
 const CLAIM_PREFIX: &str = "chat:claim:";
 const CLOSE_PREFIX: &str = "chat:close:";
@@ -177,6 +189,9 @@ struct State {
     /// The number of the last member request (a GUILD_CREATE's), for the
     /// nonce that its chunks carry back.
     requests: u64,
+    /// The largest upload the guild takes, as Discord last said it (a button
+    /// press carries it; a GUILD_CREATE's boost tier implies it).
+    guild_upload_limit: Option<u64>,
 }
 
 impl State {
@@ -272,6 +287,12 @@ impl Shared {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The largest upload to Discord, for one file and for the files of one
+    /// message together: the settings', else the guild's, else 8 MiB.
+    fn upload_limit(&self) -> u64 {
+        self.config.max_upload_bytes.or(self.state().guild_upload_limit).unwrap_or(DEFAULT_UPLOAD_BYTES)
     }
 
     fn record_error(&self, err: &Error) {
@@ -456,6 +477,21 @@ fn buttons(room: RoomId) -> Value {
     }])
 }
 
+/// A size as people read it: `512 B`, `1.5 KiB`, `12.0 MiB`.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 fn parse_snowflake(id: &str) -> Result<u64> {
     id.parse::<u64>()
         .ok()
@@ -482,6 +518,14 @@ mod tests {
 
     /// Only a connected gateway counts: a lost one stops the count until it
     /// resumes or a fresh answer comes.
+    #[test]
+    fn sizes_read_as_people_read_them() {
+        let table = [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"), (8 << 20, "8.0 MiB")];
+        for (bytes, shown) in table {
+            assert_eq!(human_size(bytes), shown);
+        }
+    }
+
     #[test]
     fn only_a_connected_gateway_counts_its_agents() {
         let mut state = State { active: true, shard_up: true, ..State::default() };

@@ -22,6 +22,75 @@ pub async fn engine_with(store: Arc<dyn Store>, bridge: Arc<DiscordBridge>) -> E
     Engine::builder(store).bridge(bridge).start().await.expect("engine")
 }
 
+/// An engine that keeps attachments in `dir`, at most `max_bytes` a file,
+/// with links under `public_url` (empty: relative links).
+pub async fn engine_with_files(
+    store: Arc<dyn Store>,
+    bridge: Arc<DiscordBridge>,
+    dir: &std::path::Path,
+    max_bytes: u64,
+    public_url: &str,
+) -> Engine {
+    let blobs = chat_attachments::open(&format!("file://{}", dir.display())).await.expect("blob store");
+    let mut files = chat_core::attachment::AttachmentConfig::new(blobs);
+    files.max_bytes = max_bytes;
+    files.public_url = public_url.to_owned();
+    Engine::builder(store).attachments(files).bridge(bridge).start().await.expect("engine")
+}
+
+/// Uploads `bytes` as `user`'s file named `name`, as the HTTP route does.
+pub async fn upload(engine: &Engine, user: &str, name: &str, bytes: &[u8]) -> chat_core::Attachment {
+    let user = engine.store().user(&UserId::new(user).expect("id")).await.expect("read").expect("a known user");
+    let limits = engine.upload_limits(&user).await.expect("limits");
+    let body = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(bytes))]);
+    let spooled = chat_attachments::spool(&limits.spool_dir, body, limits.max_bytes).await.expect("spooled");
+    let (upload, guard) = chat_attachments::prepare(spooled, name).await;
+    let stored = engine.store_upload(&user, upload).await.expect("stored");
+    drop(guard);
+    stored
+}
+
+/// Sends a message with files.
+pub async fn send_files(
+    session: &mut Session,
+    room: RoomId,
+    id: &str,
+    body: &str,
+    files: &[&chat_core::Attachment],
+) -> chat_core::Message {
+    session
+        .submit(
+            None,
+            Command::MessageSend(SendMessage {
+                room_id: room,
+                client_msg_id: id.into(),
+                body: body.into(),
+                attachments: files.iter().map(|f| f.id.clone()).collect(),
+                reply_to: None,
+            }),
+        )
+        .await;
+    let Output::Reply { result: Ok(Reply::Message { message }), .. } = session.next_output().await else {
+        panic!("expected the stored message");
+    };
+    message
+}
+
+/// The bytes of a file, read through the engine as `user` (the uploader or
+/// a member of a room it was posted in).
+pub async fn file_bytes(engine: &Engine, user: &str, id: &str) -> Vec<u8> {
+    use futures_util::StreamExt;
+    let user = chat_core::User::new(UserId::new(user).expect("id"), "reader");
+    let access = chat_core::engine::AttachmentAccess::User(user);
+    let opened = engine.open_attachment(&access, id, false).await.expect("may read it");
+    let mut stream = engine.read_attachment(&opened, None).await.expect("bytes");
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.expect("a chunk"));
+    }
+    out
+}
+
 pub fn memory_store() -> Arc<dyn Store> {
     Arc::new(MemoryStore::new())
 }

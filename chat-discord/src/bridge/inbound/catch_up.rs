@@ -171,7 +171,7 @@ async fn recheck_recent(shared: &Shared, room: &str, thread: &str) -> Result<()>
         match window.iter().find(|m| m.id.get() == remote) {
             // Never edited since it was posted: nothing to compare.
             Some(now) if now.edited_timestamp.is_none() => {}
-            Some(now) => apply_edit(shared, &message, &now.content, &now.attachments).await?,
+            Some(now) => apply_edit(shared, &message, &now.content).await?,
             None if deleted_meanwhile(remote, &ids) => {
                 host.delete_as(NAME, &message.sender_id, room, message.id).await?;
             }

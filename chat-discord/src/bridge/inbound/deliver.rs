@@ -11,12 +11,11 @@
 use std::collections::HashMap;
 
 use chat_core::{BridgeStore, MessageId, RoomId, User, UserId};
-use serenity::all::{
-    Attachment, ChannelId, Message, MessageId as DiscordMessageId, MessageUpdateEvent, RoleId, TypingStartEvent,
-};
+use serenity::all::{ChannelId, Message, MessageId as DiscordMessageId, MessageUpdateEvent, RoleId, TypingStartEvent};
 
+use super::files::copy_files;
 use super::{chat_roles, holds_support};
-use crate::bridge::{LINK_CURSOR, LINK_MESSAGE, LINK_THREAD, NAME, Shared, agent_user_id};
+use crate::bridge::{LINK_CURSOR, LINK_LINES_IN, LINK_MESSAGE, LINK_THREAD, NAME, Shared, agent_user_id};
 use crate::config::DiscordConfig;
 use crate::error::Result;
 
@@ -37,14 +36,16 @@ pub(super) async fn deliver(shared: &Shared, message: &Message) -> Result<()> {
     if message.content.trim_start().starts_with(shared.config.note_prefix.as_str()) {
         return Ok(());
     }
-    let mut body = message.content.clone();
-    for file in &message.attachments {
-        body.push_str(&format!("\n[{}]({})", file.filename, file.url));
-    }
-    if body.trim().is_empty() {
+    let room: RoomId = room.parse()?;
+    let discord_id = message.id.get().to_string();
+    // Seen before (live, then by a catch-up): posted already, and its files
+    // are not fetched again.
+    if outbox.local_of(NAME, LINK_MESSAGE, &discord_id).await?.is_some() {
         return Ok(());
     }
-    let room: RoomId = room.parse()?;
+    if message.content.trim().is_empty() && message.attachments.is_empty() {
+        return Ok(());
+    }
     // In a support thread, the people writing are the support team; in a
     // mapped text channel, they are anyone of the server.
     let support = shared.config.channel_of(room).is_none();
@@ -66,10 +67,40 @@ pub(super) async fn deliver(shared: &Shared, message: &Message) -> Result<()> {
             _ => chat_roles(&shared.config, &[], support),
         },
     };
-    let client_msg_id = format!("discord:{}", message.id.get());
-    let posted = shared.host()?.post_as(NAME, user, room, client_msg_id, body).await?;
-    outbox.set_link(NAME, LINK_MESSAGE, &posted.id.to_string(), &message.id.get().to_string()).await?;
+    let copied = copy_files(shared, &user, &message.attachments).await?;
+    let lines = copied.lines.join("\n");
+    let body = with_lines(&message.content, &lines);
+    let client_msg_id = format!("discord:{discord_id}");
+    let host = shared.host()?;
+    let posted = if copied.ids.is_empty() {
+        host.post_as(NAME, user, room, client_msg_id, body).await?
+    } else {
+        match host.post_files_as(NAME, user.clone(), room, client_msg_id.clone(), body.clone(), copied.ids).await {
+            Ok(posted) => posted,
+            // Copies made by an earlier try are posted already when that
+            // try's post went through and only its link was not kept: the
+            // message is stored under its client_msg_id, which answers it.
+            Err(err) if copied.reused && err.code() == chat_core::ErrorCode::Conflict => {
+                host.post_as(NAME, user, room, client_msg_id, body).await?
+            }
+            Err(err) => return Err(err.into()),
+        }
+    };
+    let local = posted.id.to_string();
+    if !lines.is_empty() {
+        outbox.set_link(NAME, LINK_LINES_IN, &local, &lines).await?;
+    }
+    outbox.set_link(NAME, LINK_MESSAGE, &local, &discord_id).await?;
     Ok(())
+}
+
+/// A message's text and the lines naming its files that were not copied.
+fn with_lines(content: &str, lines: &str) -> String {
+    match (content.is_empty(), lines.is_empty()) {
+        (_, true) => content.to_owned(),
+        (true, false) => lines.to_owned(),
+        (false, false) => format!("{content}\n{lines}"),
+    }
 }
 
 /// The room message a Discord message of a mapped thread was delivered as,
@@ -160,25 +191,19 @@ pub(super) async fn update(shared: &Shared, event: &MessageUpdateEvent) -> Resul
     let Some(message) = agent_message(shared, event.channel_id, event.id).await? else {
         return Ok(());
     };
-    apply_edit(shared, &message, content, event.attachments.as_deref().unwrap_or_default()).await
+    apply_edit(shared, &message, content).await
 }
 
 /// Gives an agent's room message the text its Discord message has now,
-/// unless that is the same, empty, or a note.
-pub(super) async fn apply_edit(
-    shared: &Shared,
-    message: &chat_core::Message,
-    content: &str,
-    attachments: &[Attachment],
-) -> Result<()> {
+/// unless that is the same, empty, or a note. Its files stay as they were
+/// copied in, and the lines naming those that were not stay too.
+pub(super) async fn apply_edit(shared: &Shared, message: &chat_core::Message, content: &str) -> Result<()> {
     if content.trim_start().starts_with(shared.config.note_prefix.as_str()) {
         return Ok(());
     }
-    let mut body = content.to_owned();
-    for file in attachments {
-        body.push_str(&format!("\n[{}]({})", file.filename, file.url));
-    }
-    if body.trim().is_empty() || body == message.body {
+    let lines = shared.outbox()?.remote_of(NAME, LINK_LINES_IN, &message.id.to_string()).await?.unwrap_or_default();
+    let body = with_lines(content, &lines);
+    if (body.trim().is_empty() && message.attachments.is_empty()) || body == message.body {
         return Ok(());
     }
     shared.host()?.edit_as(NAME, &message.sender_id, message.room_id, message.id, body).await?;

@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use serenity::all::{
     ChannelId, ChunkGuildFilter, ClientBuilder, ComponentInteraction, ConnectionStage, Context, EventHandler,
     GatewayIntents, Guild, GuildId, GuildMemberUpdateEvent, GuildMembersChunkEvent, Interaction, InteractionId, Member,
-    Message, MessageId as DiscordMessageId, MessageUpdateEvent, Ready, ResumedEvent, RoleId, TypingStartEvent,
-    User as DiscordUser,
+    Message, MessageId as DiscordMessageId, MessageUpdateEvent, PremiumTier, Ready, ResumedEvent, RoleId,
+    TypingStartEvent, User as DiscordUser,
 };
 use serenity::http::{LightMethod, Route};
 use tokio::sync::mpsc;
@@ -228,6 +228,7 @@ impl EventHandler for Handler {
         let request = {
             let mut state = self.shared.state();
             state.requests += 1;
+            state.guild_upload_limit = boosted_upload_limit(guild.premium_tier);
             state.requests
         };
         ctx.shard.add_collector(roster_collector(Arc::downgrade(&self.shared), request));
@@ -276,6 +277,10 @@ impl EventHandler for Handler {
         let Interaction::Component(click) = interaction else { return };
         if click.guild_id.map(GuildId::get) != Some(self.shared.config.guild_id) {
             return;
+        }
+        // Discord's own word on the guild's upload limit, newer than the tier's.
+        if click.attachment_size_limit > 0 {
+            self.shared.state().guild_upload_limit = Some(u64::from(click.attachment_size_limit));
         }
         let (text, outcome) = match press(&self.shared, &click).await {
             Ok(text) => (text, None),
@@ -341,6 +346,16 @@ fn refusal(err: &Error) -> String {
             format!("Not done: {err}.")
         }
         _ => "Not done: the chat cannot do this right now; try again.".into(),
+    }
+}
+
+/// The upload limit a guild's boost tier gives, where it is above the
+/// default (tiers 2 and 3: 50 and 100 MiB).
+fn boosted_upload_limit(tier: PremiumTier) -> Option<u64> {
+    match tier {
+        PremiumTier::Tier2 => Some(50 * 1024 * 1024),
+        PremiumTier::Tier3 => Some(100 * 1024 * 1024),
+        _ => None,
     }
 }
 

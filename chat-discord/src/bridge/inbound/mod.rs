@@ -11,6 +11,8 @@
 //!   collector on the shard from its events in the order they came;
 //! - `deliver`: what agents write, edit, delete and type in a mapped thread
 //!   or channel, and members' names and roles, applied to the chat;
+//! - `files`: agents' files, copied from Discord's CDN into the chat's
+//!   storage before their message is posted;
 //! - `catch_up`: after each READY, what the gateway did not bring meanwhile.
 //!
 //! Serenity runs each event's handler in a task of its own; the handlers
@@ -21,6 +23,7 @@
 
 mod catch_up;
 mod deliver;
+mod files;
 mod gateway;
 pub(super) mod roster;
 

@@ -11,11 +11,14 @@ use serde_json::{Value, json};
 use serenity::all::{ChannelId, GuildId, WebhookId};
 use serenity::http::{LightMethod, Route};
 
-use crate::bridge::{LINK_WEBHOOK, NAME, Shared, buttons, id_of, parse_channel};
+use crate::bridge::{LINK_MESSAGE, LINK_WEBHOOK, NAME, Shared, buttons, human_size, id_of, parse_channel};
 use crate::error::{Error, Result};
+use crate::rest::FilePart;
 
 /// Discord's longest message.
 const MAX_CONTENT_CHARS: usize = 2000;
+/// The most files Discord takes with one message.
+const MAX_FILES: usize = 10;
 
 /// A thread's title: the visitor's name and the end of the room id, which
 /// is random (its start is a timestamp shared by rooms made together).
@@ -26,11 +29,17 @@ pub(super) fn thread_title(visitor: &str, room: RoomId) -> String {
     format!("{name} · {short}")
 }
 
-/// A message as Discord shows it: the body, then each attachment as a link.
-pub(super) fn render(message: &chat_core::Message) -> String {
+/// A message as Discord shows it: the body, then a line for each file that
+/// is not uploaded with it (`lined`, by id): its name and size, and a link
+/// when its URL is absolute (the server knows its public URL). Files
+/// uploaded with it show as Discord's own attachments.
+pub(super) fn render(message: &chat_core::Message, lined: &[String]) -> String {
     let mut text = message.body.clone();
-    for file in &message.attachments {
-        text.push_str(&format!("\n[{}]({})", file.name, file.url));
+    for file in message.attachments.iter().filter(|f| lined.contains(&f.id)) {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&file_line(file));
     }
     if text.chars().count() > MAX_CONTENT_CHARS {
         text = text.chars().take(MAX_CONTENT_CHARS - 1).collect();
@@ -39,11 +48,83 @@ pub(super) fn render(message: &chat_core::Message) -> String {
     text
 }
 
+/// A file that is not uploaded, as a line: `📎 name (size)`, and `: <url>`
+/// when the URL is absolute (in angle brackets, so that Discord shows no
+/// preview of it).
+fn file_line(file: &chat_core::Attachment) -> String {
+    let mut line = format!("📎 {} ({})", file.name, human_size(file.size));
+    if file.url.starts_with("https://") || file.url.starts_with("http://") {
+        line.push_str(&format!(": <{}>", file.url));
+    }
+    line
+}
+
+/// Text with the signatures of our links taken out (`?exp=…` up to the
+/// link's closing `>`): a link signed again on a retry differs in them only.
+fn unsigned(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("?exp=") {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        match rest.find('>') {
+            Some(end) => rest = &rest[end..],
+            None => rest = "",
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The files a post uploads, and those that go as lines instead: over
+/// Discord's limit (for one file, or with the files before it), past ten,
+/// or removed since the message was sent. The files' bytes are opened here
+/// and read as they are sent.
+pub(super) async fn files_of(shared: &Shared, message: &chat_core::Message) -> Result<(Vec<FilePart>, Vec<String>)> {
+    let limit = shared.upload_limit();
+    let host = shared.host()?;
+    let mut upload = Vec::new();
+    let mut lined = Vec::new();
+    let mut total = 0u64;
+    for file in &message.attachments {
+        if upload.len() >= MAX_FILES || total.saturating_add(file.size) > limit {
+            lined.push(file.id.clone());
+            continue;
+        }
+        match host.attachment(&file.id).await {
+            Ok((record, bytes)) => {
+                total = total.saturating_add(record.size);
+                upload.push(FilePart {
+                    name: file.name.clone(),
+                    content_type: record.content_type,
+                    size: record.size,
+                    bytes,
+                });
+            }
+            Err(err) if err.code() == chat_core::ErrorCode::NotFound => lined.push(file.id.clone()),
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok((upload, lined))
+}
+
+/// The `attachments` of a message's JSON body that name its uploads
+/// (`files[n]` by `n`).
+fn attachments_json(files: &[FilePart]) -> Value {
+    files.iter().enumerate().map(|(n, f)| json!({ "id": n, "filename": f.name })).collect()
+}
+
 /// Opens the room's forum post. Its first message carries the Claim and
 /// Close buttons, whose custom ids name the room.
-pub(super) async fn create_thread(shared: &Shared, title: &str, content: &str, room: RoomId) -> Result<String> {
+pub(super) async fn create_thread(
+    shared: &Shared,
+    title: &str,
+    content: &str,
+    room: RoomId,
+    files: Vec<FilePart>,
+) -> Result<String> {
     let channel_id = ChannelId::new(shared.config.forum_channel_id);
-    let body = json!({
+    let mut body = json!({
         "name": title,
         "auto_archive_duration": 10080,
         "message": {
@@ -52,8 +133,13 @@ pub(super) async fn create_thread(shared: &Shared, title: &str, content: &str, r
             "components": buttons(room),
         },
     });
-    let thread =
-        shared.rest.call(LightMethod::Post, Route::ChannelForumPosts { channel_id }, Vec::new(), Some(&body)).await?;
+    let route = Route::ChannelForumPosts { channel_id };
+    let thread = if files.is_empty() {
+        shared.rest.call(LightMethod::Post, route, Vec::new(), Some(&body)).await?
+    } else {
+        body["message"]["attachments"] = attachments_json(&files);
+        shared.rest.call_with_files(LightMethod::Post, route, Vec::new(), &body, files).await?
+    };
     id_of(&thread, "a new thread")
 }
 
@@ -138,8 +224,9 @@ pub(super) async fn execute_webhook(
     target: Vec<(&'static str, String)>,
     name: &str,
     content: &str,
+    files: Vec<FilePart>,
 ) -> Result<String> {
-    let body = json!({
+    let mut body = json!({
         "content": content,
         "username": name,
         "allowed_mentions": { "parse": [] },
@@ -147,28 +234,82 @@ pub(super) async fn execute_webhook(
     let route = Route::WebhookWithToken { webhook_id: WebhookId::new(webhook_id), token };
     let mut params = vec![("wait", "true".to_owned())];
     params.extend(target);
-    let posted = shared.rest.call(LightMethod::Post, route, params, Some(&body)).await?;
+    let posted = if files.is_empty() {
+        shared.rest.call(LightMethod::Post, route, params, Some(&body)).await?
+    } else {
+        body["attachments"] = attachments_json(&files);
+        shared.rest.call_with_files(LightMethod::Post, route, params, &body, files).await?
+    };
     id_of(&posted, "a webhook message")
 }
 
 /// A webhook execution carries no nonce, so after a lost answer the only way
 /// to know whether it was posted is to look: a recent message of the thread
-/// from our webhook with the same name and content.
+/// from our webhook with the same name, the same content (but for our
+/// links' signatures, which a retry may sign anew) and files of the same
+/// sizes (Discord may rename files), that no other room message is linked
+/// to already (a files-only message looks like the one before it).
 pub(super) async fn find_webhook_post(
     shared: &Shared,
     thread: &str,
     webhook_id: u64,
     name: &str,
     content: &str,
+    sizes: &[u64],
 ) -> Result<Option<String>> {
     let channel_id = parse_channel(thread)?;
     let params = vec![("limit", "50".to_owned())];
     let recent = shared.rest.call(LightMethod::Get, Route::ChannelMessages { channel_id }, params, None).await?;
     let hook = webhook_id.to_string();
-    Ok(recent.as_array().into_iter().flatten().find_map(|m| {
-        let ours = m.get("webhook_id").and_then(Value::as_str) == Some(hook.as_str())
-            && m.get("content").and_then(Value::as_str) == Some(content)
-            && m.get("author").and_then(|a| a.get("username")).and_then(Value::as_str) == Some(name);
-        ours.then(|| m.get("id").and_then(Value::as_str).map(str::to_owned)).flatten()
-    }))
+    let content = unsigned(content);
+    let mut sizes = sizes.to_vec();
+    sizes.sort_unstable();
+    let candidates: Vec<String> = recent
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| {
+            let mut theirs: Vec<u64> = m
+                .get("attachments")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.get("size").and_then(Value::as_u64))
+                .collect();
+            theirs.sort_unstable();
+            m.get("webhook_id").and_then(Value::as_str) == Some(hook.as_str())
+                && m.get("content").and_then(Value::as_str).map(unsigned).as_deref() == Some(content.as_str())
+                && m.get("author").and_then(|a| a.get("username")).and_then(Value::as_str) == Some(name)
+                && theirs == sizes
+        })
+        .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    let outbox = shared.outbox()?;
+    for id in candidates {
+        if outbox.local_of(NAME, LINK_MESSAGE, &id).await?.is_none() {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_left_out_when_posts_are_compared() {
+        let table = [
+            ("plain", "plain"),
+            (
+                "📎 a.png (1.0 KiB): <https://chat.example/v1/attachments/x?exp=1&sig=ab>",
+                "📎 a.png (1.0 KiB): <https://chat.example/v1/attachments/x>",
+            ),
+            ("<u?exp=1&sig=a>\n<v?exp=2&sig=b> end", "<u>\n<v> end"),
+            ("cut ?exp=1", "cut "),
+        ];
+        for (text, want) in table {
+            assert_eq!(unsigned(text), want, "{text}");
+        }
+    }
 }

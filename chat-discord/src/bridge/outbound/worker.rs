@@ -19,13 +19,15 @@ use serenity::all::{MessageId as DiscordMessageId, WebhookId};
 use serenity::http::{LightMethod, Route};
 
 use super::render::{
-    create_thread, execute_webhook, find_thread, find_webhook_post, hook_target, render, thread_title, webhook,
+    create_thread, execute_webhook, files_of, find_thread, find_webhook_post, hook_target, render, thread_title,
+    webhook,
 };
 use super::{
     ArchiveJob, JOB_ARCHIVE, JOB_DELETE, JOB_EDIT, JOB_POST, PostJob, from_discord, mirrored_state, stored_number,
 };
 use crate::bridge::{
-    LINK_ARCHIVED, LINK_MESSAGE, LINK_MIRRORED, LINK_POSTED, LINK_THREAD, NAME, Shared, parse_channel, parse_snowflake,
+    LINK_ARCHIVED, LINK_FILE_LINES, LINK_MESSAGE, LINK_MIRRORED, LINK_POSTED, LINK_THREAD, NAME, Shared, parse_channel,
+    parse_snowflake,
 };
 use crate::error::{Error, Result};
 
@@ -182,7 +184,7 @@ async fn change_message(shared: &Shared, job: &PostJob, change: Change) -> Resul
     let Some(thread) = outbox.remote_of(NAME, LINK_THREAD, &job.room_id.to_string()).await? else {
         return Ok(());
     };
-    let Some(message) = shared.host()?.store().message(job.room_id, job.message_id).await? else {
+    let Some(mut message) = shared.host()?.store().message(job.room_id, job.message_id).await? else {
         return Ok(());
     };
     if change == Change::Edit && message.deleted {
@@ -191,7 +193,11 @@ async fn change_message(shared: &Shared, job: &PostJob, change: Change) -> Resul
     let remote_id = parse_snowflake(&remote)?;
     let (method, body) = match change {
         Change::Edit => {
-            let body = json!({ "content": render(&message), "allowed_mentions": { "parse": [] } });
+            // The files uploaded with the post stay on it (an edit without
+            // `attachments` keeps them); those posted as lines keep their lines.
+            let lined = lined_files(shared, &message).await?;
+            shared.host()?.sign_attachments(&mut message);
+            let body = json!({ "content": render(&message, &lined), "allowed_mentions": { "parse": [] } });
             (LightMethod::Patch, Some(body))
         }
         Change::Delete => (LightMethod::Delete, None),
@@ -257,6 +263,12 @@ async fn post_message(shared: &Shared, post: &PostJob, retried: bool) -> Result<
     Ok(())
 }
 
+/// The files of a posted message that reached Discord as lines.
+async fn lined_files(shared: &Shared, message: &chat_core::Message) -> Result<Vec<String>> {
+    let stored = shared.outbox()?.remote_of(NAME, LINK_FILE_LINES, &message.id.to_string()).await?;
+    Ok(stored.and_then(|ids| serde_json::from_str(&ids).ok()).unwrap_or_default())
+}
+
 /// A post job failed for good: the later messages of its room go on without
 /// it (retried by hand, it posts its own message, late).
 async fn give_up_post(shared: &Shared, post: &PostJob) -> Result<()> {
@@ -287,7 +299,23 @@ async fn post_one(shared: &Shared, message: &chat_core::Message, retried: bool) 
     let post = PostJob { room_id: message.room_id, message_id: message.id };
     let sender = store.user(&message.sender_id).await?;
     let name = sender.map_or_else(|| message.sender_id.to_string(), |u| u.name);
-    let content = render(message);
+    // The message's files: uploaded with it within Discord's limit, as
+    // lines (with a link to ours, signed like a session's) otherwise. Which
+    // went as lines is kept for its edits.
+    let mut signed = message.clone();
+    shared.host()?.sign_attachments(&mut signed);
+    let (files, lined) = files_of(shared, &signed).await?;
+    if lined.is_empty() {
+        // An earlier try may have found a file too large for a guild whose
+        // limit has grown since.
+        if !message.attachments.is_empty() {
+            outbox.delete_link(NAME, LINK_FILE_LINES, &message_key).await?;
+        }
+    } else {
+        let ids = serde_json::to_string(&lined).map_err(|e| Error::Unexpected(e.to_string()))?;
+        outbox.set_link(NAME, LINK_FILE_LINES, &message_key, &ids).await?;
+    }
+    let content = render(&signed, &lined);
     let room_key = post.room_id.to_string();
     match outbox.remote_of(NAME, LINK_THREAD, &room_key).await? {
         None => {
@@ -295,7 +323,7 @@ async fn post_one(shared: &Shared, message: &chat_core::Message, retried: bool) 
             let found = if retried { find_thread(shared, &title).await? } else { None };
             let thread = match found {
                 Some(thread) => thread,
-                None => create_thread(shared, &title, &content, post.room_id).await?,
+                None => create_thread(shared, &title, &content, post.room_id, files).await?,
             };
             // The room's thread is stored before anything else happens, so
             // that no later step can make a second one.
@@ -306,11 +334,15 @@ async fn post_one(shared: &Shared, message: &chat_core::Message, retried: bool) 
         Some(thread) => {
             let (hook_channel, params) = hook_target(shared, post.room_id, &thread);
             let (webhook_id, token) = webhook(shared, hook_channel).await?;
-            let found =
-                if retried { find_webhook_post(shared, &thread, webhook_id, &name, &content).await? } else { None };
+            let found = if retried {
+                let sizes: Vec<u64> = files.iter().map(|f| f.size).collect();
+                find_webhook_post(shared, &thread, webhook_id, &name, &content, &sizes).await?
+            } else {
+                None
+            };
             let posted = match found {
                 Some(id) => id,
-                None => execute_webhook(shared, webhook_id, &token, params, &name, &content).await?,
+                None => execute_webhook(shared, webhook_id, &token, params, &name, &content, files).await?,
             };
             outbox.set_link(NAME, LINK_MESSAGE, &message_key, &posted).await?;
         }
