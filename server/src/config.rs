@@ -249,6 +249,15 @@ pub struct DiscordSettings {
     /// Group rooms mirrored to Discord text channels, as `room_id=channel_id`
     /// pairs separated by commas (`DISCORD_CHANNEL_MAP`).
     pub channel_map: Option<String>,
+    /// The largest file uploaded to Discord, in bytes
+    /// (`DISCORD_MAX_UPLOAD_BYTES`); unset, the guild's limit as Discord
+    /// tells it, else 8 MiB. Larger files reach Discord as a line with their
+    /// name and size (and a link, with `CHAT_PUBLIC_URL`).
+    pub max_upload_bytes: Option<u64>,
+    /// Where agents' files may be downloaded from, as origins separated by
+    /// commas (`DISCORD_CDN_ORIGINS`); unset, Discord's CDN
+    /// (`https://cdn.discordapp.com,https://media.discordapp.net`).
+    pub cdn_origins: Option<String>,
 }
 
 impl std::fmt::Debug for DiscordSettings {
@@ -261,6 +270,8 @@ impl std::fmt::Debug for DiscordSettings {
             .field("proxy_url", &self.proxy_url)
             .field("role_map", &self.role_map)
             .field("channel_map", &self.channel_map)
+            .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("cdn_origins", &self.cdn_origins)
             .finish()
     }
 }
@@ -270,8 +281,17 @@ impl std::fmt::Debug for DiscordSettings {
 const VERBATIM_ENV: [&str; 1] = ["webhook_secret"];
 
 /// The keys of `[discord]`, which are also the `DISCORD_*` variables.
-const DISCORD_KEYS: [&str; 7] =
-    ["token", "guild_id", "forum_channel_id", "support_role_id", "proxy_url", "role_map", "channel_map"];
+const DISCORD_KEYS: [&str; 9] = [
+    "token",
+    "guild_id",
+    "forum_channel_id",
+    "support_role_id",
+    "proxy_url",
+    "role_map",
+    "channel_map",
+    "max_upload_bytes",
+    "cdn_origins",
+];
 
 impl DiscordSettings {
     /// Whether the bridge is on: a token is set.
@@ -650,6 +670,14 @@ impl Config {
         config.proxy_url = self.discord.proxy_url.clone().filter(|u| !u.trim().is_empty());
         config.role_map = self.discord.role_pairs()?;
         config.channels = self.discord.channel_pairs()?;
+        config.max_upload_bytes = self.discord.max_upload_bytes;
+        if let Some(origins) = self.discord.cdn_origins.as_deref().filter(|o| !o.trim().is_empty()) {
+            config.cdn_origins = origins
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect();
+        }
         config.validate().context("invalid Discord settings")?;
         Ok(Some(config))
     }
@@ -1019,6 +1047,17 @@ mod tests {
                     assert!(refused, "{bad:?} is refused");
                 }
                 jail.set_env("DISCORD_CHANNEL_MAP", "");
+                assert_eq!(bridge.max_upload_bytes, None, "unset: the guild's limit");
+                jail.set_env("DISCORD_MAX_UPLOAD_BYTES", "26214400");
+                jail.set_env("DISCORD_CDN_ORIGINS", "https://cdn.example/, http://127.0.0.1:9");
+                let c = Config::load(Some(Path::new("chat.toml"))).map_err(|e| format!("{e:#}"))?;
+                let bridge = c.discord_config().map_err(|e| e.to_string())?.expect("the bridge is on");
+                assert_eq!(bridge.max_upload_bytes, Some(25 * 1024 * 1024));
+                assert_eq!(bridge.cdn_origins, ["https://cdn.example", "http://127.0.0.1:9"]);
+                jail.set_env("DISCORD_CDN_ORIGINS", "cdn.example");
+                let refused = Config::load(Some(Path::new("chat.toml"))).map_or(true, |c| c.discord_config().is_err());
+                assert!(refused, "an origin without its scheme is refused");
+                jail.set_env("DISCORD_CDN_ORIGINS", "");
             }
             jail.set_env("DISCORD_GUILD_ID", "0");
             assert!(Config::load(Some(Path::new("chat.toml"))).is_err(), "an id of 0 is refused");

@@ -109,6 +109,9 @@ pub fn discord_settings(discord: &chat_discord::testing::StandIn) -> chat_server
         proxy_url: Some(discord.url()),
         role_map: None,
         channel_map: None,
+        max_upload_bytes: None,
+        // The stand-in serves agents' files itself.
+        cdn_origins: Some(discord.url()),
     }
 }
 
