@@ -343,3 +343,72 @@ async fn two_servers_on_one_database_run_the_bridge_once_and_take_over() {
     vera.close().await;
     second.stop().await.expect("a clean stop");
 }
+
+/// Files end to end: a visitor's upload over HTTP reaches the thread as a
+/// Discord upload with the same bytes, and an agent's Discord file reaches
+/// the visitor as one of ours, served by the server with the same bytes
+/// after Discord's CDN stopped serving it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_cross_both_ways_through_the_http_upload() {
+    let discord = StandIn::start().await;
+    let server = server_for(&discord).await;
+    let (status, session) = server.post("/v1/visitor-sessions", &json!({"name": "Vera"}), None).await;
+    assert_eq!(status, 201, "{session}");
+    let token = session["token"].as_str().expect("token").to_owned();
+    let mut vera = server.connect_token(&token).await;
+    let room = create_room(&mut vera, json!({"kind": "support"})).await;
+    let room = room["id"].as_str().expect("room.id").to_owned();
+    vera.ok("room:join", json!({"room_id": room})).await;
+
+    let receipt: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let boundary = "chat-test-boundary";
+    let mut form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"receipt.bin\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    form.extend_from_slice(&receipt);
+    form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let response = server
+        .http
+        .post(server.url("/v1/attachments"))
+        .bearer_auth(&token)
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(form)
+        .send()
+        .await
+        .expect("upload");
+    let (status, file) = status_and_json(response).await;
+    assert_eq!(status, 201, "{file}");
+    let data = json!({"room_id": room, "client_msg_id": "m1", "body": "my receipt", "attachments": [file["id"]]});
+    vera.ok("message:send", data).await;
+
+    let uploaded = eventually("the upload in the thread", || async {
+        let d = discord.lock();
+        d.uploads.first().map(|u| (u.filename.clone(), u.bytes.clone()))
+    })
+    .await;
+    assert_eq!(uploaded.0, "receipt.bin");
+    assert!(uploaded.1 == receipt, "Discord got the same bytes");
+    let thread = discord.lock().threads[0].0;
+    assert_eq!(contents(&discord.thread_messages(thread)), ["my receipt"]);
+
+    eventually("the gateway", || async { discord.gateway_connected().then_some(()) }).await;
+    let manual = b"%PDF-1.7\n a manual, of sorts\n".repeat(100);
+    let (_, files) =
+        discord.member_writes_files(thread, 77, "Alice", &[SUPPORT_ROLE], "here you go", &[("manual.pdf", &manual)]);
+    let new = vera.expect_event("message:new").await;
+    assert_eq!(new["message"]["body"], "here you go", "{new}");
+    let copy = &new["message"]["attachments"][0];
+    assert_eq!((copy["name"].as_str(), copy["content_type"].as_str()), (Some("manual.pdf"), Some("application/pdf")));
+    let url = copy["url"].as_str().expect("a signed url").to_owned();
+    assert!(url.starts_with("/v1/attachments/"), "ours, not Discord's: {url}");
+    discord.cdn_forgets(files[0]);
+    let response = server.http.get(server.url(&url)).send().await.expect("GET the copy");
+    assert_eq!(response.status().as_u16(), 200);
+    let bytes = response.bytes().await.expect("bytes");
+    assert!(bytes.as_ref() == manual.as_slice(), "the server serves the same bytes, Discord's link gone");
+
+    vera.close().await;
+    server.stop().await.expect("a clean stop");
+}
