@@ -10,6 +10,10 @@
 //! - what a person writes in the thread reaches the room as the user
 //!   `discord:<id>`, with their display name; their typing shows as typing;
 //!   messages starting with the note prefix (`!note`) stay in Discord;
+//! - files cross too: a visitor's are uploaded into the thread within
+//!   Discord's limit ([`DiscordConfig::max_upload_bytes`]; a line with a
+//!   link above it), an agent's are copied from Discord's CDN into the
+//!   chat's storage, so that they outlive Discord's expiring links;
 //! - edits and deletes cross in both directions;
 //! - the thread's first post carries Claim and Close buttons for the support
 //!   team: a claim shows the visitor who took the conversation, a close ends

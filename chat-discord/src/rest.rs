@@ -132,7 +132,8 @@ impl Rest {
         let request = Request::new(route, method).params(params);
         let mut request = request
             .build(&self.client, self.http.token(), self.proxy.as_deref())
-            .and_then(|r| r.build().map_err(Into::into))
+            .map_err(|e| Error::Config(format!("cannot build a request: {e}")))?
+            .build()
             .map_err(|e| Error::Config(format!("cannot build a request: {e}")))?;
         // Serenity marks a call without a JSON body as empty; the form sets its own length.
         request.headers_mut().remove(CONTENT_LENGTH);
