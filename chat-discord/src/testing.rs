@@ -100,6 +100,21 @@ pub struct Discord {
     pub cdn: HashMap<u64, (String, Vec<u8>)>,
     /// How many times the CDN served a file.
     pub cdn_hits: usize,
+    /// The guild's upload limit in bytes (0: 8 MiB): button presses carry
+    /// it, and larger files are refused (413) as Discord refuses them.
+    pub attachment_size_limit: u32,
+}
+
+impl Discord {
+    fn upload_limit(&self) -> u32 {
+        if self.attachment_size_limit == 0 { 8 * 1024 * 1024 } else { self.attachment_size_limit }
+    }
+}
+
+/// Discord's answer to a file above the guild's limit.
+fn too_large() -> Response {
+    (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(json!({"message": "Request entity too large", "code": 40005})))
+        .into_response()
 }
 
 /// A file the bridge uploaded with a message.
@@ -570,7 +585,7 @@ impl StandIn {
                 "id": id.to_string(), "application_id": BOT.to_string(), "type": 3, "token": token,
                 "version": 1, "guild_id": GUILD.to_string(), "channel_id": thread.to_string(),
                 "locale": "en-US", "guild_locale": "en-US", "entitlements": [],
-                "attachment_size_limit": 8_388_608, "app_permissions": "0",
+                "attachment_size_limit": d.upload_limit(), "app_permissions": "0",
                 "data": {"custom_id": custom_id, "component_type": 2},
                 "member": {
                     "user": {"id": user.to_string(), "username": name.to_lowercase(), "global_name": name},
@@ -636,6 +651,9 @@ async fn create_thread(State(s): State<StandIn>, Path(forum): Path<u64>, request
         Err(refused) => return refused,
     };
     let mut d = s.lock();
+    if files.iter().any(|f| f.2.len() > d.upload_limit() as usize) {
+        return too_large();
+    }
     let id = d.id();
     let name = body["name"].as_str().unwrap_or_default().to_owned();
     d.threads.push((id, name.clone(), forum));
@@ -743,6 +761,9 @@ async fn execute_webhook(
         return (StatusCode::BAD_REQUEST, axum::Json(json!({"message": "bad webhook call", "code": 0})))
             .into_response();
     };
+    if files.iter().any(|f| f.2.len() > d.upload_limit() as usize) {
+        return too_large();
+    }
     let id = d.id();
     let author = json!({"id": hook.to_string(), "username": body["username"], "bot": true});
     let mut message = message_json(id, thread, author, body["content"].as_str().unwrap_or_default(), Some(hook));

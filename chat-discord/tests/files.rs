@@ -255,3 +255,31 @@ async fn a_file_that_cannot_be_fetched_becomes_a_line() {
     assert!(m.attachments.is_empty());
     engine.shutdown().await;
 }
+
+/// The guild's upload limit, as a button press tells it, decides what is
+/// uploaded: a file above it is a line, not a call Discord refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guilds_upload_limit_comes_from_discord() {
+    let dir = tempfile::tempdir().expect("dir");
+    let discord = StandIn::start().await;
+    discord.lock().attachment_size_limit = 4096;
+    let bridge = bridge_for(&discord);
+    let engine = engine_with_files(memory_store(), bridge.clone(), dir.path(), 1 << 20, "").await;
+    let (mut vera, room) = visitor(&engine, "visitor-1", "Vera").await;
+    send(&mut vera, room, "m0", "hello").await;
+    eventually("the thread", || discord.lock().threads.len() == 1).await;
+    let thread = discord.lock().threads[0].0;
+    eventually("the gateway connected", || bridge.health().connected).await;
+    let press = discord.press_button(thread, 77, "Alice", &[SUPPORT_ROLE], &format!("chat:claim:{room}"));
+    eventually("the press answered", || discord.interaction_answer(press).is_some()).await;
+
+    let big = upload(&engine, "visitor-1", "photo.jpg", &bytes_of(11, 6000)).await;
+    let small = upload(&engine, "visitor-1", "small.jpg", &bytes_of(12, 3000)).await;
+    send_files(&mut vera, room, "m1", "two photos", &[&big, &small]).await;
+    eventually("the post", || discord.thread_messages(thread).len() == 2).await;
+    let posted = &discord.thread_messages(thread)[1];
+    assert_eq!(content(posted), "two photos\n📎 photo.jpg (5.9 KiB)");
+    assert_eq!(attachment_names(posted), ["small.jpg"]);
+    assert_eq!(bridge.health().failed, 0, "nothing was refused");
+    engine.shutdown().await;
+}

@@ -70,10 +70,14 @@ pub async fn send_files(
             }),
         )
         .await;
-    let Output::Reply { result: Ok(Reply::Message { message }), .. } = session.next_output().await else {
-        panic!("expected the stored message");
-    };
-    message
+    // Events that came before (a claim, say) are skipped.
+    loop {
+        match session.next_output().await {
+            Output::Reply { result: Ok(Reply::Message { message }), .. } => return message,
+            Output::Event(_) => continue,
+            other => panic!("expected the stored message, got {other:?}"),
+        }
+    }
 }
 
 /// The bytes of a file, read through the engine as `user` (the uploader or
