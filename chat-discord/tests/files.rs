@@ -283,3 +283,31 @@ async fn the_guilds_upload_limit_comes_from_discord() {
     assert_eq!(bridge.health().failed, 0, "nothing was refused");
     engine.shutdown().await;
 }
+
+/// A guild whose limit is lower than the bridge knew refuses the upload
+/// (413): the message is posted with its files as lines rather than lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_discord_refuses_as_too_large_become_lines() {
+    let dir = tempfile::tempdir().expect("dir");
+    let discord = StandIn::start().await;
+    discord.lock().attachment_size_limit = 1000;
+    let bridge = bridge_for(&discord);
+    let engine = engine_with_files(memory_store(), bridge.clone(), dir.path(), 1 << 20, "").await;
+    let (mut vera, room) = visitor(&engine, "visitor-1", "Vera").await;
+    let file = upload(&engine, "visitor-1", "photo.jpg", &bytes_of(13, 2000)).await;
+    send_files(&mut vera, room, "m1", "a photo", &[&file]).await;
+    let file = upload(&engine, "visitor-1", "second.jpg", &bytes_of(14, 2000)).await;
+    let sent = send_files(&mut vera, room, "m2", "", &[&file]).await;
+    eventually("both posts", || the_thread(&discord).is_some_and(|t| discord.thread_messages(t).len() == 2)).await;
+    let thread = discord.lock().threads[0].0;
+    let posted = discord.thread_messages(thread);
+    assert_eq!(content(&posted[0]), "a photo\n📎 photo.jpg (2.0 KiB)", "the forum post");
+    assert_eq!(content(&posted[1]), "📎 second.jpg (2.0 KiB)", "a webhook post");
+    assert!(discord.lock().uploads.is_empty());
+    // Its edits keep the line.
+    edit(&mut vera, room, sent.id, "the second").await;
+    eventually("the edit", || content(&discord.thread_messages(thread)[1]) == "the second\n📎 second.jpg (2.0 KiB)")
+        .await;
+    assert_eq!(bridge.health().failed, 0);
+    engine.shutdown().await;
+}

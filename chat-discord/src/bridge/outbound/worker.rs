@@ -263,6 +263,15 @@ async fn post_message(shared: &Shared, post: &PostJob, retried: bool) -> Result<
     Ok(())
 }
 
+/// Discord refused a post's files as too large (its limit is below the one
+/// we knew): the post goes with every file as a line, and so do its edits.
+async fn all_as_lines(shared: &Shared, signed: &chat_core::Message) -> Result<String> {
+    let lined: Vec<String> = signed.attachments.iter().map(|f| f.id.clone()).collect();
+    let ids = serde_json::to_string(&lined).map_err(|e| Error::Unexpected(e.to_string()))?;
+    shared.outbox()?.set_link(NAME, LINK_FILE_LINES, &signed.id.to_string(), &ids).await?;
+    Ok(render(signed, &lined))
+}
+
 /// The files of a posted message that reached Discord as lines.
 async fn lined_files(shared: &Shared, message: &chat_core::Message) -> Result<Vec<String>> {
     let stored = shared.outbox()?.remote_of(NAME, LINK_FILE_LINES, &message.id.to_string()).await?;
@@ -321,9 +330,16 @@ async fn post_one(shared: &Shared, message: &chat_core::Message, retried: bool) 
         None => {
             let title = thread_title(&name, post.room_id);
             let found = if retried { find_thread(shared, &title).await? } else { None };
+            let had_files = !files.is_empty();
             let thread = match found {
                 Some(thread) => thread,
-                None => create_thread(shared, &title, &content, post.room_id, files).await?,
+                None => match create_thread(shared, &title, &content, post.room_id, files).await {
+                    Err(Error::Refused { status: 413, .. }) if had_files => {
+                        let content = all_as_lines(shared, &signed).await?;
+                        create_thread(shared, &title, &content, post.room_id, Vec::new()).await?
+                    }
+                    other => other?,
+                },
             };
             // The room's thread is stored before anything else happens, so
             // that no later step can make a second one.
@@ -340,9 +356,17 @@ async fn post_one(shared: &Shared, message: &chat_core::Message, retried: bool) 
             } else {
                 None
             };
+            let had_files = !files.is_empty();
             let posted = match found {
                 Some(id) => id,
-                None => execute_webhook(shared, webhook_id, &token, params, &name, &content, files).await?,
+                None => match execute_webhook(shared, webhook_id, &token, params.clone(), &name, &content, files).await
+                {
+                    Err(Error::Refused { status: 413, .. }) if had_files => {
+                        let content = all_as_lines(shared, &signed).await?;
+                        execute_webhook(shared, webhook_id, &token, params, &name, &content, Vec::new()).await?
+                    }
+                    other => other?,
+                },
             };
             outbox.set_link(NAME, LINK_MESSAGE, &message_key, &posted).await?;
         }
