@@ -184,6 +184,19 @@ pub struct Config {
     /// Seconds a webhook delivery is retried before it is failed (a day);
     /// shorter for tests, or for receivers that want nothing late.
     pub webhook_give_up_s: u64,
+    /// Seconds a call rings before it ends with `timeout`.
+    pub call_ring_s: u64,
+    /// The ICE servers calls use: a JSON array of RTCIceServer objects
+    /// (`[{"urls":"stun:stun.example.org"},{"urls":"turn:turn.example.org"}]`),
+    /// taken as written from `CHAT_ICE_SERVERS`. Empty: none (peers on one
+    /// network still connect).
+    pub ice_servers: String,
+    /// The secret shared with the TURN server (coturn's
+    /// `static-auth-secret`): `turn:`/`turns:` entries of `ice_servers` then
+    /// get a username and credential made per user that expire.
+    pub turn_secret: Option<String>,
+    /// Seconds the TURN credentials of `turn_secret` stay valid.
+    pub turn_ttl_s: u64,
     /// The Discord bridge, on when a token is set (`[discord]`, `DISCORD_*`).
     pub discord: DiscordSettings,
     /// `CHAT_*` variables of the environment that name no setting and were
@@ -232,7 +245,7 @@ impl std::fmt::Debug for DiscordSettings {
 
 /// Settings whose `CHAT_*` variable is read as written rather than like
 /// TOML (see [`Config::load`]).
-const VERBATIM_ENV: [&str; 1] = ["webhook_secret"];
+const VERBATIM_ENV: [&str; 3] = ["webhook_secret", "ice_servers", "turn_secret"];
 
 /// The keys of `[discord]`, which are also the `DISCORD_*` variables.
 const DISCORD_KEYS: [&str; 7] =
@@ -344,6 +357,10 @@ impl Default for Config {
             webhook_secret: None,
             webhook_events: String::new(),
             webhook_give_up_s: 24 * 3600,
+            call_ring_s: engine.calls.ring_timeout.as_secs(),
+            ice_servers: String::new(),
+            turn_secret: None,
+            turn_ttl_s: 24 * 3600,
             discord: DiscordSettings::default(),
             ignored_env: Vec::new(),
         }
@@ -469,6 +486,13 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         self.backend()?;
+        if self.call_ring_s == 0 {
+            bail!("call_ring_s must be positive");
+        }
+        if self.turn_ttl_s == 0 {
+            bail!("turn_ttl_s must be positive");
+        }
+        self.ice_config()?;
         if self.database_max_connections == 0 {
             bail!("database_max_connections must be at least 1");
         }
@@ -538,6 +562,17 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Where calls get their ICE servers: `ice_servers`, with TURN
+    /// credentials from `turn_secret`.
+    pub fn ice_config(&self) -> anyhow::Result<chat_transport_ws::IceConfig> {
+        chat_transport_ws::IceConfig::new(
+            &self.ice_servers,
+            self.turn_secret.clone().filter(|s| !s.is_empty()),
+            Duration::from_secs(self.turn_ttl_s),
+        )
+        .map_err(|e| anyhow::anyhow!("CHAT_ICE_SERVERS: {e}"))
     }
 
     /// The webhook endpoint of the configuration: both its URL and its
@@ -612,6 +647,7 @@ impl Config {
         limits.outbound_queue = self.outbound_queue;
         config.commit_window = Duration::from_micros(self.commit_window_us);
         config.keepalive_interval = Duration::from_secs(self.keepalive_s);
+        config.calls.ring_timeout = Duration::from_secs(self.call_ring_s.max(1));
         config
     }
 

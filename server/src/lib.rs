@@ -280,7 +280,7 @@ pub async fn run(
         not(any(feature = "discord", feature = "webhooks", feature = "nats", feature = "redis")),
         allow(unused_mut)
     )]
-    let mut engine = Engine::builder(store).config(config.engine_config());
+    let mut engine = Engine::builder(store).config(config.engine_config()).ice_servers(Arc::new(config.ice_config()?));
     #[cfg_attr(not(feature = "webhooks"), allow(unused_mut))]
     let mut extra_routes = chat_transport_ws::utoipa_axum::router::OpenApiRouter::new();
     #[cfg(any(feature = "nats", feature = "redis"))]

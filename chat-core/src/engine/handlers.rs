@@ -434,6 +434,7 @@ impl Inner {
                 attachments: Vec::new(),
                 reply_to: req.reply_to,
                 created_at: Timestamp::now(),
+                call: None,
             },
             session: ctx.session,
             bridge: ctx.bridge.clone(),
