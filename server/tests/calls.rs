@@ -4,15 +4,18 @@
 //! connection coming back within the grace or not, and the line every call
 //! leaves in the room's history. Each scenario runs on SQLite and, with
 //! `CHAT_TEST_POSTGRES_URL`, on PostgreSQL (without it those say that they
-//! skip).
+//! skip). The last tests put the caller and the callee on two processes of
+//! one server, over NATS and over Redis (each needs its server's binary,
+//! and PostgreSQL).
 
 mod support;
 
 use std::time::Duration;
 
+use chat_broker::testing::BrokerServer;
 use chat_store_sql::testing::TempSchema;
 use serde_json::{Value, json};
-use support::{Client, TestServer, all_history, create_room, token};
+use support::{Client, ServerProcess, TestServer, all_history, create_room, token};
 use tokio::time::Instant;
 
 /// The ring time of the servers here, in seconds: short, so that a timeout
@@ -308,3 +311,120 @@ async fn who_may_call(server: &TestServer) {
     assert_eq!(ada.fail("call:invite", json!({"room_id": group, "media": "smell", "to": "bob"})).await, "invalid");
 }
 on_both!(who_may_call);
+
+// ---------------------------------------------------------------------------
+// Across processes
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Nats,
+    Redis,
+}
+
+/// Two processes of one server on PostgreSQL and the broker.
+async fn two_processes(
+    test: &str,
+    kind: Kind,
+) -> Option<(TempSchema, BrokerServer, tempfile::TempDir, ServerProcess, ServerProcess)> {
+    let schema = TempSchema::create(test).await?;
+    let broker = match kind {
+        Kind::Nats => BrokerServer::nats().await?,
+        Kind::Redis => BrokerServer::redis().await?,
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = schema.url();
+    let ring = RING_S.to_string();
+    let env = [
+        ("CHAT_BROKER_URL", broker.url()),
+        ("CHAT_BROKER_PREFIX", format!("c{}", std::process::id())),
+        ("CHAT_CALL_RING_S", ring),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (a, b) = tokio::join!(
+        ServerProcess::start_url(&url, dir.path().join("a.log"), &env),
+        ServerProcess::start_url(&url, dir.path().join("b.log"), &env),
+    );
+    // Until each hears of the other, presence (and so nothing here) is whole.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for process in [&a, &b] {
+        loop {
+            let health: Value = support::http_client()
+                .get(format!("http://{}/health", process.addr))
+                .send()
+                .await
+                .expect("GET /health")
+                .json()
+                .await
+                .expect("health JSON");
+            if health["broker"] == "ok" && health["peers"] == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the processes did not meet: {health}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Some((schema, broker, dir, a, b))
+}
+
+async fn a_call_between_two_processes(kind: Kind) {
+    let test = format!("a_call_between_two_processes over {kind:?}");
+    let Some((_schema, _broker, _dir, a, b)) = two_processes(&test, kind).await else { return };
+    let mut ada = a.connect("ada").await;
+    let mut bob = b.connect("bob").await;
+    let mut bob_on_a = a.connect("bob").await;
+    let mut cat = a.connect("cat").await;
+    let room = direct(&mut ada, "bob").await;
+    let cat_bob = direct(&mut cat, "bob").await;
+
+    let call = call_id(&invite(&mut ada, &room, "video").await);
+    for c in [&mut bob, &mut bob_on_a] {
+        assert_eq!(c.expect_event("call:incoming").await["from"]["id"], "ada");
+    }
+    bob.ok("call:accept", json!({"call_id": call})).await;
+    assert_eq!(ada.expect_event("call:accepted").await["session_id"], bob.ready["session_id"]);
+    assert_eq!(bob_on_a.expect_event("call:ended").await["reason"], "answered_elsewhere");
+
+    let offer = json!({"type": "offer", "sdp": "v=0"});
+    ada.ok("call:signal", json!({"call_id": call, "to": "bob", "payload": offer})).await;
+    assert_eq!(bob.expect_event("call:signal").await["payload"], offer, "the offer crossed to process B");
+    bob.ok("call:signal", json!({"call_id": call, "to": "ada", "payload": {"candidate": "c1"}})).await;
+    assert_eq!(ada.expect_event("call:signal").await["payload"]["candidate"], "c1");
+    bob_on_a.expect_no_event("call:signal", Duration::from_millis(300)).await;
+
+    // Busy is decided by the store, whichever process the callee is on.
+    let busy = call_id(&invite(&mut cat, &cat_bob, "audio").await);
+    let ended = cat.expect_event("call:ended").await;
+    assert_eq!((&ended["call_id"], &ended["reason"]), (&json!(busy), &json!("busy")));
+
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    bob.ok("call:end", json!({"call_id": call})).await;
+    let ended = ada.expect_event_where("call:ended", |e| e["call_id"] == call.as_str()).await;
+    assert_eq!(ended["reason"], "hangup");
+    assert!(ended["duration_s"].as_u64().is_some_and(|d| d >= 1), "{ended}");
+    let lines = call_lines(&mut ada, &room).await;
+    assert_eq!(lines.len(), 1, "one line, whichever process ended the call: {lines:?}");
+    assert_eq!((lines[0].0.as_str(), lines[0].1.as_str()), ("ada", "ended"));
+    assert_eq!(call_lines(&mut cat, &cat_bob).await.len(), 1);
+
+    // A call nobody answers times out, ended by one of the processes.
+    let unanswered = call_id(&invite(&mut ada, &room, "audio").await);
+    let ended = tokio::time::timeout(
+        Duration::from_secs(RING_S + 5),
+        bob.expect_event_where("call:ended", |e| e["call_id"] == unanswered.as_str()),
+    )
+    .await
+    .expect("the call times out");
+    assert_eq!(ended["reason"], "timeout");
+    let lines = call_lines(&mut ada, &room).await;
+    assert_eq!(lines.iter().map(|l| l.1.as_str()).collect::<Vec<_>>(), ["ended", "missed"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_between_two_processes_over_nats() {
+    a_call_between_two_processes(Kind::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_between_two_processes_over_redis() {
+    a_call_between_two_processes(Kind::Redis).await;
+}
