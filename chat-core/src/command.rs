@@ -594,10 +594,10 @@ pub enum Reply {
         /// The server's clock.
         server_time: Timestamp,
     },
-    /// The answer to `call:invite`.
-    CallPlaced(CallPlaced),
+    /// The answer to `call:invite` (boxed, as every answer larger than a few words).
+    CallPlaced(Box<CallPlaced>),
     /// The answer to `call:rejoin`.
-    CallRejoined(CallRejoined),
+    CallRejoined(Box<CallRejoined>),
 }
 
 /// The answer to `call:invite`: `{"call_id","ice_servers","glare"?}`.

@@ -55,9 +55,10 @@ pub struct Message {
     /// Whether it was deleted (the body is then gone).
     pub deleted: bool,
     /// For the line a call leaves in its room's history (sent by the
-    /// caller, with an empty body): how the call went.
+    /// caller, with an empty body): how the call went. Boxed: nearly every
+    /// message has none, and they stay a pointer larger for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub call: Option<CallSummary>,
+    pub call: Option<Box<CallSummary>>,
 }
 
 /// A message on its way to the store: everything but the seq, which the store
@@ -81,7 +82,7 @@ pub struct NewMessage {
     /// Creation time.
     pub created_at: Timestamp,
     /// How a call went, for a call's history line.
-    pub call: Option<CallSummary>,
+    pub call: Option<Box<CallSummary>>,
 }
 
 impl NewMessage {

@@ -2208,12 +2208,12 @@ pub async fn a_call_line_keeps_its_summary(store: &dyn Store) {
         outcome: CallOutcome::Ended,
         duration_s: Some(75),
     };
-    new.call = Some(summary.clone());
+    new.call = Some(Box::new(summary.clone()));
     let stored = append(store, vec![new, msg(room.id, "a", "plain", 2)]).await;
-    assert_eq!(stored[0].message.call, Some(summary.clone()), "append answers the call's summary");
+    assert_eq!(stored[0].message.call.as_deref(), Some(&summary), "append answers the call's summary");
     assert_eq!(stored[1].message.call, None, "a plain message has no call");
     let page = ok(store.history(room.id, q(None, None, 10)).await, "history");
-    assert_eq!(page.messages[0].call, Some(summary), "history keeps the call's summary");
+    assert_eq!(page.messages[0].call.as_deref(), Some(&summary), "history keeps the call's summary");
     assert_eq!(page.messages[0].body, "", "a call's line has an empty body");
     assert_eq!(page.messages[1].call, None);
 }

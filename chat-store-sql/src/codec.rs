@@ -82,7 +82,7 @@ pub(crate) fn call_summary_to_db(call: Option<&chat_core::CallSummary>) -> Resul
     call.map(|c| serde_json::to_string(c).map_err(|e| Error::Database(Box::new(e)))).transpose()
 }
 
-pub(crate) fn call_summary_from_db(json: Option<&str>) -> Result<Option<chat_core::CallSummary>> {
+pub(crate) fn call_summary_from_db(json: Option<&str>) -> Result<Option<Box<chat_core::CallSummary>>> {
     json.map(|j| serde_json::from_str(j).map_err(|_| Error::Corrupt("messages.call"))).transpose()
 }
 

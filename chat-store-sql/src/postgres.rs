@@ -736,7 +736,7 @@ async fn insert_planned(
         replies.push(new.reply_to.map(|id| *id.as_uuid()));
         times.push(new.created_at.as_millis());
         words.push(search_words(&new.body));
-        calls.push(codec::call_summary_to_db(new.call.as_ref())?);
+        calls.push(codec::call_summary_to_db(new.call.as_deref())?);
     }
     if n == 0 {
         return Ok(0);

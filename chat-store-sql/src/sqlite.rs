@@ -707,7 +707,7 @@ fn planned_rows(batch: &[NewMessage], plan: &[Outcome]) -> Result<String> {
             codec::attachments_to_db(&new.attachments)?,
             new.reply_to.map(|id| id.to_string()),
             new.created_at.as_millis(),
-            codec::call_summary_to_db(new.call.as_ref())?,
+            codec::call_summary_to_db(new.call.as_deref())?,
         ));
     }
     json(&rows)

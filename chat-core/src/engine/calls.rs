@@ -183,7 +183,7 @@ impl Inner {
                 {
                     notifier.callee_unreachable(&call, &ctx.user);
                 }
-                Ok(Reply::CallPlaced(CallPlaced { call_id: call.id, ice_servers, glare: false }))
+                Ok(Reply::CallPlaced(Box::new(CallPlaced { call_id: call.id, ice_servers, glare: false })))
             }
             CallStart::Busy(busy) => {
                 // Only the caller hears of it: the callee is busy with another call.
@@ -191,14 +191,14 @@ impl Inner {
                 let ended = CallEnded { call_id: busy.id, reason: EndReason::Busy, duration_s: None };
                 let audience = Audience::Users { users: vec![me.clone()], except_session: None };
                 self.publish(audience, Event::CallEnded(ended)).await;
-                Ok(Reply::CallPlaced(CallPlaced { call_id: busy.id, ice_servers, glare: false }))
+                Ok(Reply::CallPlaced(Box::new(CallPlaced { call_id: busy.id, ice_servers, glare: false })))
             }
             CallStart::CallerBusy(_) => Err(Error::conflict("you are already in a call")),
             CallStart::Glare(older) => {
                 // Both called each other: the older invite is the call, and
                 // this invite answers it.
                 self.accept_as(ctx, session, older.id).await?;
-                Ok(Reply::CallPlaced(CallPlaced { call_id: older.id, ice_servers, glare: true }))
+                Ok(Reply::CallPlaced(Box::new(CallPlaced { call_id: older.id, ice_servers, glare: true })))
             }
         }
     }
@@ -368,7 +368,7 @@ impl Inner {
             None => self.call_of(id, &me).await?,
         };
         let peer = call.peer_of(&me).map(|p| p.user_id.clone()).ok_or(Error::NotFound("call"))?;
-        Ok(Reply::CallRejoined(CallRejoined {
+        Ok(Reply::CallRejoined(Box::new(CallRejoined {
             call_id: call.id,
             room_id: call.room_id,
             media: call.media,
@@ -376,7 +376,7 @@ impl Inner {
             peer,
             caller: call.caller.user_id == me,
             ice_servers: self.ice_servers_for(&me),
-        }))
+        })))
     }
 
     /// Ends a live call for the reason `decide` gives (`None`: leave it).
@@ -436,7 +436,7 @@ impl Inner {
                 attachments: Vec::new(),
                 reply_to: None,
                 created_at: Timestamp::now(),
-                call: Some(summary),
+                call: Some(Box::new(summary)),
             },
             session: None,
             bridge: None,

@@ -33,7 +33,7 @@ fn signal(call_id: CallId, to: &UserId, payload: serde_json::Value) -> Command {
 
 fn placed(reply: Reply) -> CallPlaced {
     match reply {
-        Reply::CallPlaced(placed) => placed,
+        Reply::CallPlaced(placed) => *placed,
         other => panic!("expected the call placed, got {other:?}"),
     }
 }
@@ -78,7 +78,7 @@ async fn pair(engine: &Engine, a: &str, b: &str) -> (Client, Client, RoomId) {
 async fn call_lines(engine: &Engine, user: &UserId, room: RoomId) -> Vec<(UserId, String, CallSummary)> {
     let page =
         engine.history(user, room, HistoryQuery { limit: 100, ..HistoryQuery::default() }).await.expect("history");
-    page.messages.into_iter().filter_map(|m| Some((m.sender_id, m.body, m.call?))).collect()
+    page.messages.into_iter().filter_map(|m| Some((m.sender_id, m.body, *m.call?))).collect()
 }
 
 #[tokio::test(start_paused = true)]
@@ -243,7 +243,7 @@ async fn a_participant_may_come_back_within_the_grace_and_not_after() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut back = connect(&engine, "ada").await;
     let rejoined = match back.ok(rejoin(call)).await {
-        Reply::CallRejoined(r) => r,
+        Reply::CallRejoined(r) => *r,
         other => panic!("expected the rejoined call, got {other:?}"),
     };
     assert_eq!(
