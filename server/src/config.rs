@@ -782,6 +782,46 @@ mod tests {
     // figment's test jail returns its own large error type.
     #[allow(clippy::result_large_err)]
     #[test]
+    fn calls_take_their_ice_servers_and_turn_secret_as_written() {
+        use chat_core::IceServers as _;
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.engine_config().calls.ring_timeout, Duration::from_secs(30));
+            let ada = chat_core::UserId::new("ada").map_err(|e| e.to_string())?;
+            assert!(c.ice_config().map_err(|e| e.to_string())?.ice_servers(&ada).is_empty(), "none by default");
+            jail.set_env(
+                "CHAT_ICE_SERVERS",
+                r#"[{"urls":"stun:s.example.org"},{"urls":["turns:t.example.org:5349"]}]"#,
+            );
+            jail.set_env("CHAT_TURN_SECRET", "0123456789");
+            jail.set_env("CHAT_TURN_TTL_S", "60");
+            jail.set_env("CHAT_CALL_RING_S", "5");
+            let c = Config::load(None).map_err(|e| format!("{e:#}"))?;
+            assert_eq!(c.turn_secret.as_deref(), Some("0123456789"), "a secret of digits stays a string");
+            assert_eq!(c.engine_config().calls.ring_timeout, Duration::from_secs(5));
+            let servers = c.ice_config().map_err(|e| e.to_string())?.ice_servers(&ada);
+            assert_eq!(servers.len(), 2);
+            assert!(servers[0].get("username").is_none());
+            assert!(servers[1]["username"].as_str().is_some_and(|u| u.ends_with(":ada")), "{servers:?}");
+            for (var, bad) in [
+                ("CHAT_ICE_SERVERS", "stun:s.example.org"),
+                ("CHAT_ICE_SERVERS", r#"[{"url":"stun:s.example.org"}]"#),
+                ("CHAT_CALL_RING_S", "0"),
+                ("CHAT_TURN_TTL_S", "0"),
+            ] {
+                let good = std::env::var(var).unwrap_or_default();
+                jail.set_env(var, bad);
+                let err = Config::load(None).expect_err("refused").to_string();
+                assert!(err.to_lowercase().contains(&var[5..].to_lowercase()), "{var}={bad}: {err}");
+                jail.set_env(var, good);
+            }
+            Ok(())
+        });
+    }
+
+    // figment's test jail returns its own large error type.
+    #[allow(clippy::result_large_err)]
+    #[test]
     fn file_then_environment() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("chat.toml", "listen = \"127.0.0.1:9000\"\nmax_body_chars = 10\napi_key = \"k\"")?;
