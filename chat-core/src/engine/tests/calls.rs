@@ -300,3 +300,63 @@ async fn who_may_call_whom() {
     assert_eq!(visitor.err(invite(alone.id, None)).await, "forbidden", "visitors may not call");
     assert_eq!(visitor.err(accept(call)).await, "forbidden");
 }
+
+/// A call whose process died (its sides' leases ran out in the store, and
+/// nobody is left to time anything) is ended by the sweep of another
+/// process, which also writes its line; so is one that rang past its time.
+/// On the real clock: deadlines are wall-clock times in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_ends_the_calls_a_dead_process_left() {
+    use crate::call::{Call, CallParty, CallState};
+    use crate::id::SessionId;
+    let mut config = EngineConfig::default();
+    config.calls.sweep_interval = Duration::from_millis(50);
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::builder(store.clone()).config(config).start().await.expect("the engine starts");
+    let (mut ada, mut bob, room) = pair(&engine, "ada", "bob").await;
+    let now = Timestamp::now();
+    let gone = Timestamp::from_millis(now.as_millis() - 1_000);
+    let party = |user: &str, until| CallParty { user_id: uid(user), session: Some(SessionId::generate()), until };
+    let answered = Call {
+        id: CallId::generate(),
+        room_id: room,
+        media: CallMedia::Audio,
+        caller: party("ada", Some(gone)),
+        callee: party("bob", Some(now.plus(Duration::from_secs(60)))),
+        state: CallState::Accepted,
+        created_at: Timestamp::from_millis(now.as_millis() - 5_000),
+        ring_until: Timestamp::from_millis(now.as_millis() - 4_000),
+        accepted_at: Some(Timestamp::from_millis(now.as_millis() - 4_000)),
+        ended_at: None,
+        end_reason: None,
+        logged: false,
+        version: 0,
+    };
+    assert_eq!(store.start_call(&answered).await.expect("stored"), crate::call::CallStart::Started);
+    for client in [&mut ada, &mut bob] {
+        match long_call_event(client).await {
+            Event::CallEnded(e) => {
+                assert_eq!((e.call_id, e.reason), (answered.id, EndReason::Disconnected));
+                assert!(e.duration_s.is_some_and(|d| d >= 3), "{e:?}");
+            }
+            other => panic!("expected call:ended, got {other:?}"),
+        }
+    }
+    let rang_out = Call {
+        id: CallId::generate(),
+        state: CallState::Ringing,
+        caller: party("bob", Some(now.plus(Duration::from_secs(60)))),
+        callee: CallParty { user_id: uid("ada"), session: None, until: None },
+        accepted_at: None,
+        ..answered.clone()
+    };
+    store.start_call(&rang_out).await.expect("stored");
+    match long_call_event(&mut bob).await {
+        Event::CallEnded(e) => assert_eq!((e.call_id, e.reason), (rang_out.id, EndReason::Timeout)),
+        other => panic!("expected call:ended, got {other:?}"),
+    }
+    let lines = call_lines(&engine, &uid("ada"), room).await;
+    let outcomes: Vec<_> = lines.iter().map(|(sender, _, s)| (sender.as_str(), s.outcome)).collect();
+    assert_eq!(outcomes, [("ada", CallOutcome::Ended), ("bob", CallOutcome::Missed)]);
+    engine.shutdown().await;
+}
