@@ -278,6 +278,9 @@ function onReady({ user, rooms: summaries, resumed }) {
   for (const summary of summaries) follow(summary.id);
   renderRooms();
   refreshOnline();
+  // A reconnect is a new session: a call in progress must be taken over by
+  // it within the server's grace, or the server ends it.
+  if (resumed && call && call.id) rejoinCall();
 }
 
 function follow(roomId) {
@@ -959,12 +962,29 @@ function onCallAccepted(data) {
   if (!call.acceptedAt) talking();
 }
 
+async function rejoinCall() {
+  const id = call.id;
+  try {
+    const rejoined = await client.rejoinCall(id);
+    if (!call || call.id !== id) return;
+    call.iceServers = rejoined.ice_servers;
+    // The media go peer to peer and often outlive a dropped signalling
+    // connection; only a connection that suffered is restarted.
+    if (call.conn && call.role === 'caller' && call.conn.pc.connectionState !== 'connected') {
+      call.conn.offer({ iceRestart: true }).catch(() => {});
+    }
+  } catch (err) {
+    if (call && call.id === id) endCallHere(`Call ended: ${err.message}`);
+  }
+}
+
 function onCallRejoined(data) {
-  // The other side came back on a new connection: it needs a fresh offer.
+  // The other side came back on a new session; the caller restarts ICE if
+  // the media did not survive.
   if (!call || data.call_id !== call.id || !call.conn) return;
-  call.conn.close();
-  connect(call.iceServers || []);
-  if (call.role === 'caller') call.conn.offer().catch(() => {});
+  if (call.role === 'caller' && call.conn.pc.connectionState !== 'connected') {
+    call.conn.offer({ iceRestart: true }).catch(() => {});
+  }
 }
 
 function onCallEnded(data) {

@@ -2,7 +2,8 @@
 // fake camera and microphone, no STUN server (host candidates on loopback,
 // mDNS hiding off), the incoming-call dialog, accept, both
 // RTCPeerConnections reaching `connected`, mute and camera toggles, hang up,
-// and the call's line in both histories.
+// and the call's line in both histories; and a call that outlives a server
+// restart, taken over by both pages' new sessions.
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -102,5 +103,39 @@ describe('calls on the chat page', () => {
     await ada.locator('#messages .msg.call-line[data-outcome="rejected"]').waitFor();
     assert.deepEqual(ada.errors, []);
     assert.deepEqual(bob.errors, []);
+    await ada.context().close();
+    await bob.context().close();
+  });
+
+  test('a call outlives a server restart: both pages take it over on their new sessions', async () => {
+    const permissions = { permissions: ['camera', 'microphone'] };
+    const cat = await newPage(browser, permissions);
+    await signIn(cat, server, await server.token('cat', { name: 'Cat' }));
+    const dan = await newPage(browser, permissions);
+    await signIn(dan, server, await server.token('dan', { name: 'Dan' }));
+    await dan.locator('#search').fill('ca');
+    await dan.locator('#results label', { hasText: 'Cat' }).locator('input').check();
+    await dan.locator('#start-direct').click();
+    await dan.locator('#room-title', { hasText: 'Cat' }).waitFor();
+    await dan.locator('#call-audio').click();
+    await cat.locator('#incoming-accept').click();
+    for (const page of [cat, dan]) await page.locator('#call[data-connection="connected"]').waitFor({ timeout: 20000 });
+
+    // The server restarts: every session closes (1001), the pages reconnect
+    // on new sessions and send call:rejoin within the 10 s grace.
+    await server.restart();
+    for (const page of [cat, dan]) await page.locator('body[data-connection="open"]').waitFor({ timeout: 20000 });
+    await dan.waitForTimeout(12000);
+    for (const page of [cat, dan]) {
+      assert.equal(await page.locator('#call').isVisible(), true, 'the call goes on past the grace');
+      assert.equal(await page.locator('#call-error').textContent(), '');
+    }
+    await dan.locator('#call-hangup').click();
+    await cat.locator('#call-error', { hasText: 'Call ended' }).waitFor();
+    const line = cat.locator('#messages .msg.call-line');
+    await line.waitFor();
+    assert.equal(await line.getAttribute('data-outcome'), 'ended');
+    assert.deepEqual(cat.errors, []);
+    assert.deepEqual(dan.errors, []);
   });
 });
