@@ -163,6 +163,7 @@ fn store_append(c: &mut Criterion) {
                                 attachments: vec![],
                                 reply_to: None,
                                 created_at: Timestamp::now(),
+                                call: None,
                             }
                         })
                         .collect::<Vec<_>>()

@@ -320,6 +320,7 @@ async fn store_run(store: Arc<dyn Store>, senders: usize, per_sender: usize, roo
                     attachments: vec![],
                     reply_to: None,
                     created_at: Timestamp::now(),
+                    call: None,
                 };
                 for answer in store.append_messages(vec![new]).await? {
                     answer?;

@@ -57,6 +57,14 @@ pub enum Audience {
         /// Skip this session.
         except_session: Option<SessionId>,
     },
+    /// One session of a user, wherever it is: published to the user's
+    /// topic, and delivered by the process that has the session.
+    Session {
+        /// The session's user.
+        user_id: UserId,
+        /// The session.
+        session_id: SessionId,
+    },
 }
 
 /// An event and its audience.

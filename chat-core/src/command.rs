@@ -9,7 +9,8 @@
 use serde::de::{Deserializer, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
-use crate::id::{MessageId, RoomId, UserId};
+use crate::call::{CallMedia, CallState};
+use crate::id::{CallId, MessageId, RoomId, UserId};
 use crate::message::{HistoryPage, Message};
 use crate::presence::{OnlineUser, PresenceStatus};
 use crate::room::{MemberReceipts, MemberRole, Room, RoomKind, RoomSummary, Visibility};
@@ -210,6 +211,38 @@ pub struct SearchMessages {
     pub before: Option<String>,
 }
 
+/// `call:invite`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct InviteCall {
+    /// The room the call belongs to (its history gets the call's line).
+    pub room_id: RoomId,
+    /// Audio or video.
+    pub media: CallMedia,
+    /// Who to call: required in a room of more than two members, and then
+    /// a member; in a room of two it may name the other member or be left out.
+    #[serde(default)]
+    pub to: Option<UserId>,
+}
+
+/// A command that names only a call (`call:accept`, `call:reject`,
+/// `call:end`, `call:rejoin`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct CallRef {
+    /// The call.
+    pub call_id: CallId,
+}
+
+/// `call:signal`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SignalCall {
+    /// The call.
+    pub call_id: CallId,
+    /// The other participant.
+    pub to: UserId,
+    /// SDP or ICE, opaque to the server; relayed as it is.
+    pub payload: serde_json::Value,
+}
+
 /// The name of a command, as clients spell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -264,11 +297,23 @@ pub enum CommandKind {
     MessagesSearch,
     /// `ping`
     Ping,
+    /// `call:invite`
+    CallInvite,
+    /// `call:accept`
+    CallAccept,
+    /// `call:reject`
+    CallReject,
+    /// `call:end`
+    CallEnd,
+    /// `call:signal`
+    CallSignal,
+    /// `call:rejoin`
+    CallRejoin,
 }
 
 impl CommandKind {
     /// Every command, for tables and docs.
-    pub const ALL: [CommandKind; 25] = [
+    pub const ALL: [CommandKind; 31] = [
         CommandKind::RoomCreate,
         CommandKind::RoomJoin,
         CommandKind::RoomLeave,
@@ -294,6 +339,12 @@ impl CommandKind {
         CommandKind::UsersSearch,
         CommandKind::MessagesSearch,
         CommandKind::Ping,
+        CommandKind::CallInvite,
+        CommandKind::CallAccept,
+        CommandKind::CallReject,
+        CommandKind::CallEnd,
+        CommandKind::CallSignal,
+        CommandKind::CallRejoin,
     ];
 
     /// The protocol name.
@@ -324,6 +375,12 @@ impl CommandKind {
             CommandKind::UsersSearch => "users:search",
             CommandKind::MessagesSearch => "messages:search",
             CommandKind::Ping => "ping",
+            CommandKind::CallInvite => "call:invite",
+            CommandKind::CallAccept => "call:accept",
+            CommandKind::CallReject => "call:reject",
+            CommandKind::CallEnd => "call:end",
+            CommandKind::CallSignal => "call:signal",
+            CommandKind::CallRejoin => "call:rejoin",
         }
     }
 
@@ -387,6 +444,18 @@ pub enum Command {
     MessagesSearch(SearchMessages),
     /// `ping`
     Ping,
+    /// `call:invite`
+    CallInvite(InviteCall),
+    /// `call:accept`
+    CallAccept(CallRef),
+    /// `call:reject`
+    CallReject(CallRef),
+    /// `call:end`
+    CallEnd(CallRef),
+    /// `call:signal`
+    CallSignal(SignalCall),
+    /// `call:rejoin`
+    CallRejoin(CallRef),
 }
 
 impl Command {
@@ -429,6 +498,12 @@ impl Command {
                 IgnoredAny::deserialize(data)?;
                 Command::Ping
             }
+            CommandKind::CallInvite => Command::CallInvite(InviteCall::deserialize(data)?),
+            CommandKind::CallAccept => Command::CallAccept(CallRef::deserialize(data)?),
+            CommandKind::CallReject => Command::CallReject(CallRef::deserialize(data)?),
+            CommandKind::CallEnd => Command::CallEnd(CallRef::deserialize(data)?),
+            CommandKind::CallSignal => Command::CallSignal(SignalCall::deserialize(data)?),
+            CommandKind::CallRejoin => Command::CallRejoin(CallRef::deserialize(data)?),
         })
     }
 
@@ -460,6 +535,12 @@ impl Command {
             Command::UsersSearch(_) => CommandKind::UsersSearch,
             Command::MessagesSearch(_) => CommandKind::MessagesSearch,
             Command::Ping => CommandKind::Ping,
+            Command::CallInvite(_) => CommandKind::CallInvite,
+            Command::CallAccept(_) => CommandKind::CallAccept,
+            Command::CallReject(_) => CommandKind::CallReject,
+            Command::CallEnd(_) => CommandKind::CallEnd,
+            Command::CallSignal(_) => CommandKind::CallSignal,
+            Command::CallRejoin(_) => CommandKind::CallRejoin,
         }
     }
 }
@@ -513,6 +594,45 @@ pub enum Reply {
         /// The server's clock.
         server_time: Timestamp,
     },
+    /// The answer to `call:invite` (boxed, as every answer larger than a few words).
+    CallPlaced(Box<CallPlaced>),
+    /// The answer to `call:rejoin`.
+    CallRejoined(Box<CallRejoined>),
+}
+
+/// The answer to `call:invite`: `{"call_id","ice_servers","glare"?}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallPlaced {
+    /// The call: the new one, or with `glare`, the callee's own invite to
+    /// the caller, which this invite answered.
+    pub call_id: CallId,
+    /// RTCIceServer objects for the session's `RTCPeerConnection`.
+    pub ice_servers: Vec<serde_json::Value>,
+    /// The callee was calling the caller at the same moment: the older
+    /// invite (theirs) is kept, and this one accepted it for this session,
+    /// which is now the callee of an answered call (the other side makes
+    /// the offer).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub glare: bool,
+}
+
+/// The answer to `call:rejoin`: the call this session now takes part in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallRejoined {
+    /// The call.
+    pub call_id: CallId,
+    /// Its room.
+    pub room_id: RoomId,
+    /// Audio or video.
+    pub media: CallMedia,
+    /// `ringing` or `accepted`.
+    pub state: CallState,
+    /// The other participant.
+    pub peer: UserId,
+    /// Whether this session's user placed the call.
+    pub caller: bool,
+    /// RTCIceServer objects, as `call:invite` gives them.
+    pub ice_servers: Vec<serde_json::Value>,
 }
 
 /// The answer to `room:join`.

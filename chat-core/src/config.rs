@@ -103,6 +103,42 @@ pub struct EngineConfig {
     pub keepalive_interval: Duration,
     /// How processes of a cluster keep in step (used only with a broker).
     pub cluster: ClusterConfig,
+    /// The timings of calls.
+    pub calls: CallConfig,
+}
+
+/// The timings and limits of calls (`engine/calls.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallConfig {
+    /// How long a call rings before it ends with `timeout`.
+    pub ring_timeout: Duration,
+    /// How long a participant whose session closed has to come back
+    /// (`call:rejoin`) before the call ends with `disconnected`.
+    pub disconnect_grace: Duration,
+    /// How long a participant's session counts as present without its
+    /// process saying so again. The process renews it for its open sessions
+    /// every [`CallConfig::sweep_interval`]; a process that died stops, and
+    /// any other ends its calls once the lease has run out.
+    pub lease: Duration,
+    /// How often each process renews its sessions' leases and ends the
+    /// calls whose deadline passed in the store (whichever process placed
+    /// them), and writes the history lines a dead process left unwritten.
+    pub sweep_interval: Duration,
+    /// Largest `call:signal` payload, in bytes of JSON.
+    pub max_signal_bytes: usize,
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        CallConfig {
+            ring_timeout: Duration::from_secs(30),
+            disconnect_grace: Duration::from_secs(10),
+            lease: Duration::from_secs(30),
+            sweep_interval: Duration::from_secs(5),
+            max_signal_bytes: 16 * 1024,
+        }
+    }
 }
 
 /// The timings of a cluster of processes (an engine with a broker).
@@ -151,6 +187,7 @@ impl Default for EngineConfig {
             backlog_chunk: 500,
             keepalive_interval: Duration::from_secs(30),
             cluster: ClusterConfig::default(),
+            calls: CallConfig::default(),
         }
     }
 }

@@ -5,7 +5,8 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::id::{MessageId, RoomId, UserId};
+use crate::call::{CallMedia, EndReason};
+use crate::id::{CallId, MessageId, RoomId, SessionId, UserId};
 use crate::message::Message;
 use crate::presence::PresenceStatus;
 use crate::room::{MemberRole, ReceiptKind, Room};
@@ -135,6 +136,65 @@ pub struct RoomMuted {
     pub muted_until: Option<Timestamp>,
 }
 
+/// `call:incoming`: a call rings for the user (every session of the callee).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallIncoming {
+    /// The call.
+    pub call_id: CallId,
+    /// The room it was placed in.
+    pub room_id: RoomId,
+    /// Who calls.
+    pub from: User,
+    /// Audio or video.
+    pub media: CallMedia,
+}
+
+/// `call:accepted` (every session of both participants) and `call:rejoined`
+/// (the other participant's session): a session of `user_id` now takes part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallJoined {
+    /// The call.
+    pub call_id: CallId,
+    /// Who answered, or came back.
+    pub user_id: UserId,
+    /// Their session that takes part from now on.
+    pub session_id: SessionId,
+}
+
+/// `call:rejected`: the callee declined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallRejected {
+    /// The call.
+    pub call_id: CallId,
+    /// Who declined.
+    pub user_id: UserId,
+}
+
+/// `call:ended`: the call is over (or, with
+/// [`EndReason::AnsweredElsewhere`], over for this session).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallEnded {
+    /// The call.
+    pub call_id: CallId,
+    /// Why.
+    pub reason: EndReason,
+    /// How long the two talked, for an answered call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_s: Option<u64>,
+}
+
+/// `call:signal`: SDP or ICE from the other session of the call, opaque to
+/// the server and never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallSignal {
+    /// The call.
+    pub call_id: CallId,
+    /// The sending participant.
+    pub from: UserId,
+    /// What the other session sent, as it sent it.
+    pub payload: serde_json::Value,
+}
+
 /// An event for sessions. Serde derives give the tagged form used between
 /// processes (by brokers); [`Event::data`] gives the protocol's `data` object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +240,24 @@ pub enum Event {
     /// `room:muted`
     #[serde(rename = "room:muted")]
     RoomMuted(RoomMuted),
+    /// `call:incoming`
+    #[serde(rename = "call:incoming")]
+    CallIncoming(CallIncoming),
+    /// `call:accepted`
+    #[serde(rename = "call:accepted")]
+    CallAccepted(CallJoined),
+    /// `call:rejected`
+    #[serde(rename = "call:rejected")]
+    CallRejected(CallRejected),
+    /// `call:ended`
+    #[serde(rename = "call:ended")]
+    CallEnded(CallEnded),
+    /// `call:signal`
+    #[serde(rename = "call:signal")]
+    CallSignal(CallSignal),
+    /// `call:rejoined`
+    #[serde(rename = "call:rejoined")]
+    CallRejoined(CallJoined),
 }
 
 impl Event {
@@ -199,6 +277,12 @@ impl Event {
             Event::RoomRemoved(_) => "room:removed",
             Event::MemberUpdated(_) => "room:member_updated",
             Event::RoomMuted(_) => "room:muted",
+            Event::CallIncoming(_) => "call:incoming",
+            Event::CallAccepted(_) => "call:accepted",
+            Event::CallRejected(_) => "call:rejected",
+            Event::CallEnded(_) => "call:ended",
+            Event::CallSignal(_) => "call:signal",
+            Event::CallRejoined(_) => "call:rejoined",
         }
     }
 
@@ -217,6 +301,14 @@ impl Event {
             Event::RoomRemoved(e) => Some(e.room_id),
             Event::MemberUpdated(e) => Some(e.room_id),
             Event::RoomMuted(e) => Some(e.room_id),
+            // Calls go to users, not to the sessions joined to a room: a
+            // callee rings whether or not they opened the room.
+            Event::CallIncoming(_)
+            | Event::CallAccepted(_)
+            | Event::CallRejected(_)
+            | Event::CallEnded(_)
+            | Event::CallSignal(_)
+            | Event::CallRejoined(_) => None,
         }
     }
 
@@ -245,6 +337,11 @@ impl Serialize for EventData<'_> {
             Event::RoomRemoved(e) => e.serialize(s),
             Event::MemberUpdated(e) => e.serialize(s),
             Event::RoomMuted(e) => e.serialize(s),
+            Event::CallIncoming(e) => e.serialize(s),
+            Event::CallAccepted(e) | Event::CallRejoined(e) => e.serialize(s),
+            Event::CallRejected(e) => e.serialize(s),
+            Event::CallEnded(e) => e.serialize(s),
+            Event::CallSignal(e) => e.serialize(s),
         }
     }
 }

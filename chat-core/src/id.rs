@@ -133,6 +133,11 @@ uuid_id!(
     SessionId,
     "session id"
 );
+uuid_id!(
+    /// A call's id (UUIDv7, made by the server when the call is placed).
+    CallId,
+    "call id"
+);
 
 #[cfg(test)]
 mod tests {

@@ -59,6 +59,7 @@ pub mod attachment;
 pub mod auth;
 pub mod bridge;
 pub mod broker;
+pub mod call;
 pub mod command;
 pub mod config;
 pub mod engine;
@@ -86,15 +87,18 @@ pub use bridge::{
     Bridge, BridgeEvent, BridgeHealth, BridgeHost, BridgeStore, Job, JobCounts, JobStatus, NewJob, NewLink,
 };
 pub use broker::{Audience, Broker, BrokerSink, Fanout, LocalBroker, LocalBus, Topic};
+pub use call::{
+    Call, CallMedia, CallNotifier, CallOutcome, CallParty, CallStart, CallState, CallSummary, EndReason, IceServers,
+};
 pub use command::{Command, CommandKind, Reply};
-pub use config::{ClusterConfig, EngineConfig, Limits};
+pub use config::{CallConfig, ClusterConfig, EngineConfig, Limits};
 pub use engine::{
     AccountPage, CloseReason, CloseSignal, Engine, EngineBuilder, Output, Ready, Ref, Session, SupportAvailability,
     SupportQueuePage,
 };
 pub use error::{BoxError, Error, ErrorCode, Result};
 pub use event::{Delivery, Event, EventCodec};
-pub use id::{AttachmentId, MessageId, RoomId, SessionId, UserId};
+pub use id::{AttachmentId, CallId, MessageId, RoomId, SessionId, UserId};
 pub use message::{Appended, Attachment, HistoryPage, HistoryQuery, Message, NewMessage};
 pub use presence::{OnlineUser, PresenceStatus};
 pub use room::{

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::call::CallSummary;
 use crate::error::{Error, Result};
 use crate::id::{MessageId, RoomId, UserId};
 use crate::time::Timestamp;
@@ -63,6 +64,11 @@ pub struct Message {
     pub edited_at: Option<Timestamp>,
     /// Whether it was deleted (the body is then gone).
     pub deleted: bool,
+    /// For the line a call leaves in its room's history (sent by the
+    /// caller, with an empty body): how the call went. Boxed: nearly every
+    /// message has none, and they stay a pointer larger for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<Box<CallSummary>>,
 }
 
 /// A message on its way to the store: everything but the seq, which the store
@@ -85,6 +91,8 @@ pub struct NewMessage {
     pub reply_to: Option<MessageId>,
     /// Creation time.
     pub created_at: Timestamp,
+    /// How a call went, for a call's history line.
+    pub call: Option<Box<CallSummary>>,
 }
 
 impl NewMessage {
@@ -102,6 +110,7 @@ impl NewMessage {
             created_at: self.created_at,
             edited_at: None,
             deleted: false,
+            call: self.call,
         }
     }
 }

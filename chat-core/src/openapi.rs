@@ -10,7 +10,7 @@ use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::{PartialSchema, ToSchema};
 
-use crate::id::{MessageId, RoomId, SessionId, UserId};
+use crate::id::{CallId, MessageId, RoomId, SessionId, UserId};
 use crate::time::Timestamp;
 
 macro_rules! uuid_schema {
@@ -33,7 +33,7 @@ macro_rules! uuid_schema {
     )*};
 }
 
-uuid_schema!(RoomId: "room", MessageId: "message", SessionId: "session");
+uuid_schema!(RoomId: "room", MessageId: "message", SessionId: "session", CallId: "call");
 
 impl PartialSchema for UserId {
     fn schema() -> RefOr<Schema> {

@@ -35,8 +35,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::attachment::StoredAttachment;
+use crate::call::{Call, CallMedia, CallOutcome, CallParty, CallStart, CallState, CallSummary, EndReason};
 use crate::error::Result;
-use crate::id::{MessageId, RoomId, UserId};
+use crate::id::{CallId, MessageId, RoomId, SessionId, UserId};
 use crate::message::{Appended, Attachment, HistoryQuery, Message, NewMessage};
 use crate::room::{Ban, MUTED_FOREVER, MemberRole, NewRoom, ReceiptKind, Room, RoomChanges, RoomKind, Visibility};
 use crate::search::{SearchPage, SearchQuery, words};
@@ -210,7 +211,12 @@ macro_rules! store_conformance {
                 append_posts_an_attachment_once_and_only_the_senders,
                 deleting_a_message_removes_its_attachments,
                 purge_lists_orphans_and_removed_files_only,
-                server_secrets_keep_the_first_value;
+                server_secrets_keep_the_first_value,
+                a_call_line_keeps_its_summary,
+                calls_start_unless_someone_is_busy,
+                update_call_is_a_compare_and_set,
+                due_calls_follow_ringing_and_the_sides_leases,
+                unlogged_calls_are_listed_until_marked;
                 shared:
                 concurrent_appends_are_gapless,
                 concurrent_duplicates_store_one_message,
@@ -221,6 +227,8 @@ macro_rules! store_conformance {
                 a_ban_holds_against_racing_joins,
                 attachment_quota_holds_under_concurrent_uploads,
                 an_attachment_is_posted_once_under_racing_sends,
+                racing_invites_of_two_users_make_one_call,
+                racing_accepts_have_one_winner,
             }
         }
     };
@@ -317,6 +325,7 @@ fn msg(room: RoomId, sender: &str, client_msg_id: &str, created: i64) -> NewMess
         attachments: Vec::new(),
         reply_to: None,
         created_at: at(created),
+        call: None,
     }
 }
 
@@ -1486,6 +1495,7 @@ pub async fn appended_message_keeps_its_fields(store: &dyn Store) {
         created_at: at(2),
         edited_at: None,
         deleted: false,
+        call: None,
     };
     let out = append(store, vec![new]).await;
     assert_eq!(out, [Appended { message: want.clone(), created: true }]);
@@ -2159,6 +2169,250 @@ pub async fn a_ban_holds_against_racing_joins(store: Arc<dyn Store>) {
         assert_eq!(ok(store.member(*room, &uid("troll")).await, "member"), None, "a banned user stays out");
     }
     assert_eq!(ok(store.room_count_of_user(&uid("troll")).await, "room_count_of_user"), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Calls
+
+fn ringing(room: RoomId, caller: &str, callee: &str, created: i64) -> Call {
+    Call {
+        id: CallId::generate(),
+        room_id: room,
+        media: CallMedia::Audio,
+        caller: CallParty {
+            user_id: uid(caller),
+            session: Some(SessionId::generate()),
+            until: Some(at(created + 500)),
+        },
+        callee: CallParty { user_id: uid(callee), session: None, until: None },
+        state: CallState::Ringing,
+        created_at: at(created),
+        ring_until: at(created + 300),
+        accepted_at: None,
+        ended_at: None,
+        end_reason: None,
+        logged: false,
+        version: 0,
+    }
+}
+
+async fn start(store: &dyn Store, call: &Call) -> CallStart {
+    ok(store.start_call(call).await, "start_call")
+}
+
+async fn stored_call(store: &dyn Store, id: CallId) -> Call {
+    ok(store.call(id).await, "call").unwrap_or_else(|| panic!("call {id} is stored"))
+}
+
+/// Ends a call through the compare-and-set, as the engine does.
+async fn hang_up(store: &dyn Store, id: CallId, when: i64) -> Call {
+    let mut call = stored_call(store, id).await;
+    call.state = CallState::Ended;
+    call.end_reason = Some(EndReason::Hangup);
+    call.ended_at = Some(at(when));
+    ok(store.update_call(&call).await, "update_call").expect("nobody else changed the call")
+}
+
+/// A call's history line (a message with a `call`) comes back as stored.
+pub async fn a_call_line_keeps_its_summary(store: &dyn Store) {
+    let room = group(store, &["a", "b"], 0).await;
+    let mut new = msg(room.id, "a", "call:1", 1);
+    new.body = String::new();
+    let summary = CallSummary {
+        call_id: CallId::generate(),
+        media: CallMedia::Video,
+        outcome: CallOutcome::Ended,
+        duration_s: Some(75),
+    };
+    new.call = Some(Box::new(summary.clone()));
+    let stored = append(store, vec![new, msg(room.id, "a", "plain", 2)]).await;
+    assert_eq!(stored[0].message.call.as_deref(), Some(&summary), "append answers the call's summary");
+    assert_eq!(stored[1].message.call, None, "a plain message has no call");
+    let page = ok(store.history(room.id, q(None, None, 10)).await, "history");
+    assert_eq!(page.messages[0].call.as_deref(), Some(&summary), "history keeps the call's summary");
+    assert_eq!(page.messages[0].body, "", "a call's line has an empty body");
+    assert_eq!(page.messages[1].call, None);
+}
+
+/// A call rings unless its caller is in a live call (nothing stored) or its
+/// callee is (stored as ended, busy); the callee calling the caller back at
+/// once is glare (the older invite is kept); an ended call busies nobody.
+pub async fn calls_start_unless_someone_is_busy(store: &dyn Store) {
+    let room = group(store, &["a", "b", "c"], 0).await;
+    let first = ringing(room.id, "a", "b", 10);
+    assert_eq!(start(store, &first).await, CallStart::Started);
+    assert_eq!(stored_call(store, first.id).await, first, "the call is stored as given");
+
+    let to_busy = ringing(room.id, "c", "b", 11);
+    let CallStart::Busy(busy) = start(store, &to_busy).await else { panic!("a call to a callee in a call is busy") };
+    assert_eq!((busy.id, busy.state, busy.end_reason), (to_busy.id, CallState::Ended, Some(EndReason::Busy)));
+    assert_eq!(busy.ended_at, Some(at(11)), "a busy call ends when it was placed");
+    assert_eq!(stored_call(store, to_busy.id).await, busy, "the busy call is stored, ended");
+
+    let from_busy = ringing(room.id, "a", "c", 12);
+    assert_eq!(start(store, &from_busy).await, CallStart::CallerBusy(first.clone()));
+    assert_eq!(ok(store.call(from_busy.id).await, "call"), None, "a busy caller's call is not stored");
+
+    let back = ringing(room.id, "b", "a", 13);
+    assert_eq!(start(store, &back).await, CallStart::Glare(first.clone()), "calling back a ringing caller is glare");
+    assert_eq!(ok(store.call(back.id).await, "call"), None, "glare stores nothing");
+
+    hang_up(store, first.id, 20).await;
+    let after = ringing(room.id, "c", "b", 21);
+    assert_eq!(start(store, &after).await, CallStart::Started, "an ended call busies nobody");
+    let taken = Call { id: after.id, ..ringing(room.id, "x", "y", 22) };
+    assert!(store.start_call(&taken).await.is_err(), "a call id is never stored twice");
+}
+
+/// [`Store::update_call`] writes only over the version it read, and bumps it.
+pub async fn update_call_is_a_compare_and_set(store: &dyn Store) {
+    let room = group(store, &["a", "b"], 0).await;
+    let call = ringing(room.id, "a", "b", 10);
+    start(store, &call).await;
+    let mut accepted = call.clone();
+    accepted.state = CallState::Accepted;
+    accepted.accepted_at = Some(at(15));
+    accepted.callee.session = Some(SessionId::generate());
+    accepted.callee.until = Some(at(600));
+    let stored = ok(store.update_call(&accepted).await, "update_call").expect("the first write wins");
+    assert_eq!(stored, Call { version: call.version + 1, ..accepted.clone() });
+    assert_eq!(stored_call(store, call.id).await, stored);
+
+    let mut stale = call.clone();
+    stale.state = CallState::Ended;
+    stale.end_reason = Some(EndReason::Timeout);
+    assert_eq!(ok(store.update_call(&stale).await, "update_call"), None, "a write over an old version is refused");
+    assert_eq!(stored_call(store, call.id).await, stored, "and changes nothing");
+
+    let mut ended = stored.clone();
+    ended.state = CallState::Ended;
+    ended.end_reason = Some(EndReason::Hangup);
+    ended.ended_at = Some(at(80));
+    ended.logged = true;
+    let last = ok(store.update_call(&ended).await, "update_call").expect("the current version is written");
+    assert_eq!(last, Call { version: stored.version + 1, ..ended });
+    let unknown = ringing(room.id, "a", "b", 90);
+    assert_eq!(ok(store.update_call(&unknown).await, "update_call"), None, "an unknown call is not written");
+}
+
+/// Due calls: ringing past its end, or a side past its `until`; renewals
+/// move the `until` of the sides whose session they name, in live calls only.
+pub async fn due_calls_follow_ringing_and_the_sides_leases(store: &dyn Store) {
+    let room = group(store, &["a", "b", "c", "d"], 0).await;
+    let call = ringing(room.id, "a", "b", 0); // rings until 300, caller's lease until 500
+    let other = ringing(room.id, "c", "d", 50); // rings until 350
+    start(store, &call).await;
+    start(store, &other).await;
+    let due = |now| async move {
+        let calls = ok(store.due_calls(at(now), 100).await, "due_calls");
+        calls.into_iter().map(|c| c.id).collect::<Vec<_>>()
+    };
+    assert_eq!(due(299).await, [], "nothing is due before its deadline");
+    assert_eq!(due(300).await, [call.id], "a call is due when ringing ends");
+    assert_eq!(due(400).await, [call.id, other.id], "oldest first");
+
+    let mut accepted = call.clone();
+    accepted.state = CallState::Accepted;
+    accepted.accepted_at = Some(at(100));
+    let callee_session = SessionId::generate();
+    accepted.callee.session = Some(callee_session);
+    accepted.callee.until = Some(at(700));
+    let accepted = ok(store.update_call(&accepted).await, "update_call").expect("written");
+    assert_eq!(due(400).await, [other.id], "an answered call no longer rings");
+    assert_eq!(due(500).await, [call.id, other.id], "the caller's lease ran out");
+
+    let caller_session = call.caller.session.expect("the caller has a session");
+    let stranger = SessionId::generate();
+    let legs = [(call.id, caller_session), (call.id, stranger), (other.id, callee_session)];
+    ok(store.renew_calls(&legs, at(900)).await, "renew_calls");
+    let renewed = stored_call(store, call.id).await;
+    assert_eq!((renewed.caller.until, renewed.callee.until), (Some(at(900)), Some(at(700))), "only named sessions");
+    assert_eq!(renewed.version, accepted.version, "a renewal is no change of state");
+    assert_eq!(due(699).await, [other.id], "the renewed caller is not due");
+    assert_eq!(due(700).await, [call.id, other.id], "the callee's lease was not renewed");
+
+    hang_up(store, call.id, 950).await;
+    ok(store.renew_calls(&[(call.id, caller_session)], at(5_000)).await, "renew_calls");
+    assert_eq!(stored_call(store, call.id).await.caller.until, Some(at(900)), "an ended call is not renewed");
+    assert_eq!(due(10_000).await, [other.id], "an ended call is never due");
+    assert_eq!(ok(store.due_calls(at(10_000), 0).await, "due_calls"), [], "the limit holds");
+}
+
+/// Ended calls without their history line are listed, oldest first, until
+/// marked; live ones never are.
+pub async fn unlogged_calls_are_listed_until_marked(store: &dyn Store) {
+    let room = group(store, &["a", "b", "c", "d"], 0).await;
+    let one = ringing(room.id, "a", "b", 0);
+    let two = ringing(room.id, "c", "d", 1);
+    let live = ringing(room.id, "a", "c", 2);
+    start(store, &one).await;
+    start(store, &two).await;
+    hang_up(store, one.id, 100).await;
+    hang_up(store, two.id, 200).await;
+    assert_eq!(start(store, &live).await, CallStart::Started);
+    let unlogged = |before| async move {
+        let calls = ok(store.unlogged_calls(at(before), 100).await, "unlogged_calls");
+        calls.into_iter().map(|c| c.id).collect::<Vec<_>>()
+    };
+    assert_eq!(unlogged(99).await, [], "only calls ended at or before the time");
+    assert_eq!(unlogged(1_000).await, [one.id, two.id]);
+    ok(store.mark_call_logged(one.id).await, "mark_call_logged");
+    assert_eq!(unlogged(1_000).await, [two.id]);
+    let marked = stored_call(store, one.id).await;
+    assert!(marked.logged, "the mark is kept");
+    ok(store.mark_call_logged(CallId::generate()).await, "marking an unknown call is no error");
+}
+
+/// Two users inviting each other at the same moment, round after round:
+/// each round makes exactly one call, and the other invite meets it as glare.
+pub async fn racing_invites_of_two_users_make_one_call(store: Arc<dyn Store>) {
+    let room = group(&*store, &["a", "b"], 0).await;
+    for round in 0..20 {
+        let there = ringing(room.id, "a", "b", round * 10);
+        let back = ringing(room.id, "b", "a", round * 10);
+        let (x, y) = {
+            let (s1, s2) = (Arc::clone(&store), Arc::clone(&store));
+            let (c1, c2) = (there.clone(), back.clone());
+            let t1 = tokio::spawn(async move { s1.start_call(&c1).await });
+            let t2 = tokio::spawn(async move { s2.start_call(&c2).await });
+            (
+                ok(t1.await.expect("a racer panicked"), "start_call"),
+                ok(t2.await.expect("a racer panicked"), "start_call"),
+            )
+        };
+        let (kept, other) = match (&x, &y) {
+            (CallStart::Started, CallStart::Glare(g)) => (&there, g),
+            (CallStart::Glare(g), CallStart::Started) => (&back, g),
+            _ => panic!("round {round}: one call and one glare, got {x:?} and {y:?}"),
+        };
+        assert_eq!(other.id, kept.id, "round {round}: the glare names the call that was kept");
+        let mut stored = 0;
+        for id in [there.id, back.id] {
+            if ok(store.call(id).await, "call").is_some() {
+                stored += 1;
+            }
+        }
+        assert_eq!(stored, 1, "round {round}: one call is stored");
+        hang_up(&*store, kept.id, round * 10 + 5).await;
+    }
+}
+
+/// Many writers accept one ringing call at once: exactly one write lands.
+pub async fn racing_accepts_have_one_winner(store: Arc<dyn Store>) {
+    let room = group(&*store, &["a", "b"], 0).await;
+    let call = ringing(room.id, "a", "b", 0);
+    start(&*store, &call).await;
+    let out = race(&store, move |store, i| {
+        let mut accepted = call.clone();
+        accepted.state = CallState::Accepted;
+        accepted.accepted_at = Some(at(10 + i as i64));
+        accepted.callee.session = Some(SessionId::generate());
+        async move { store.update_call(&accepted).await }
+    })
+    .await;
+    let winners: Vec<Call> = out.into_iter().filter_map(|r| ok(r, "update_call")).collect();
+    assert_eq!(winners.len(), 1, "one accept wins: {winners:?}");
+    assert_eq!(stored_call(&*store, winners[0].id).await, winners[0], "the winner's write is what is stored");
 }
 
 // ---------------------------------------------------------------------------

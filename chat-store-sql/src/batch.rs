@@ -249,6 +249,7 @@ mod tests {
             attachments: vec![],
             reply_to: None,
             created_at: Timestamp::from_millis(1),
+            call: None,
         }
     }
 

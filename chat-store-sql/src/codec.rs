@@ -77,6 +77,35 @@ pub(crate) fn attachments_from_db(json: &str) -> Result<Vec<Attachment>> {
     serde_json::from_str(json).map_err(|_| Error::Corrupt("messages.attachments"))
 }
 
+/// A call's history line as JSON text, `None` for other messages.
+pub(crate) fn call_summary_to_db(call: Option<&chat_core::CallSummary>) -> Result<Option<String>> {
+    call.map(|c| serde_json::to_string(c).map_err(|e| Error::Database(Box::new(e)))).transpose()
+}
+
+pub(crate) fn call_summary_from_db(json: Option<&str>) -> Result<Option<Box<chat_core::CallSummary>>> {
+    json.map(|j| serde_json::from_str(j).map_err(|_| Error::Corrupt("messages.call"))).transpose()
+}
+
+pub(crate) fn call_media(s: &str) -> Result<chat_core::CallMedia> {
+    chat_core::CallMedia::parse(s).ok_or(Error::Corrupt("calls.media"))
+}
+
+pub(crate) fn call_state(s: &str) -> Result<chat_core::CallState> {
+    chat_core::CallState::parse(s).ok_or(Error::Corrupt("calls.state"))
+}
+
+pub(crate) fn end_reason(s: Option<&str>) -> Result<Option<chat_core::EndReason>> {
+    s.map(|s| chat_core::EndReason::parse(s).ok_or(Error::Corrupt("calls.end_reason"))).transpose()
+}
+
+pub(crate) fn version_from_db(v: i64) -> Result<u64> {
+    u64::try_from(v).map_err(|_| Error::Corrupt("calls.version"))
+}
+
+pub(crate) fn version_to_db(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 /// A list of user ids as one JSON array, for `IN (SELECT value FROM json_each(?))`.
 pub(crate) fn user_ids_to_db(ids: &[UserId]) -> Result<String> {
     let ids: Vec<&str> = ids.iter().map(UserId::as_str).collect();

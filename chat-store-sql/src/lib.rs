@@ -81,6 +81,7 @@
 //!     attachments: vec![],
 //!     reply_to: None,
 //!     created_at: Timestamp::now(),
+//!     call: None,
 //! };
 //! let bob = UserId::new("bob")?;
 //! // One batch, one commit; the retried "m1" is not stored twice, and bob,

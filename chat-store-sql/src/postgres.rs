@@ -49,9 +49,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_core::{
-    ActiveRoom, Appended, Ban, HistoryPage, HistoryQuery, Joining, Member, MemberLimits, MemberRole, Message,
-    MessageId, NewMessage, NewRoom, QueueCursor, QueuedRoom, ReceiptKind, Room, RoomChanges, RoomId, RoomKind,
-    RoomSummary, SearchPage, SearchQuery, Store, Timestamp, User, UserAccount, UserId, UserListQuery, UserPatch,
+    ActiveRoom, Appended, Ban, Call, CallId, CallParty, CallStart, EndReason, HistoryPage, HistoryQuery, Joining,
+    Member, MemberLimits, MemberRole, Message, MessageId, NewMessage, NewRoom, QueueCursor, QueuedRoom, ReceiptKind,
+    Room, RoomChanges, RoomId, RoomKind, RoomSummary, SearchPage, SearchQuery, SessionId, Store, Timestamp, User,
+    UserAccount, UserId, UserListQuery, UserPatch,
 };
 use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
@@ -81,6 +82,7 @@ const MIGRATIONS: &[migrate::Embedded] = &[
     (9, "moderation", include_str!("../migrations/postgres/0009_moderation.sql")),
     (10, "user admin", include_str!("../migrations/postgres/0010_user_admin.sql")),
     (11, "attachments", include_str!("../migrations/postgres/0011_attachments.sql")),
+    (12, "calls", include_str!("../migrations/postgres/0012_calls.sql")),
 ];
 
 /// Settings of a [`PostgresStore`]. Start from [`PostgresConfig::from_url`] and
@@ -372,7 +374,7 @@ macro_rules! member_cols {
 macro_rules! message_cols {
     () => {
         "room_id, seq, id, sender_id, client_msg_id, body, attachments::text AS attachments, reply_to, created_at, \
-         edited_at, deleted"
+         edited_at, deleted, call::text AS call"
     };
 }
 
@@ -476,7 +478,110 @@ fn message_from_row(row: &PgRow) -> Result<Message> {
         created_at: codec::time_from_db(row.try_get("created_at").db()?),
         edited_at: edited_at.map(codec::time_from_db),
         deleted: row.try_get("deleted").db()?,
+        call: codec::call_summary_from_db(row.try_get("call").db()?)?,
     })
+}
+
+macro_rules! call_cols {
+    () => {
+        "id, room_id, media, caller_id, caller_session, caller_until, callee_id, callee_session, callee_until, state, \
+         created_at, ring_until, accepted_at, ended_at, end_reason, logged, version"
+    };
+}
+
+fn call_from_row(row: &PgRow) -> Result<Call> {
+    let time = |column: &str| -> Result<Option<Timestamp>> {
+        Ok(row.try_get::<Option<i64>, _>(column).db()?.map(codec::time_from_db))
+    };
+    let session = |column: &str| -> Result<Option<SessionId>> {
+        Ok(row.try_get::<Option<Uuid>, _>(column).db()?.map(SessionId::from_uuid))
+    };
+    Ok(Call {
+        id: CallId::from_uuid(row.try_get("id").db()?),
+        room_id: RoomId::from_uuid(row.try_get("room_id").db()?),
+        media: codec::call_media(row.try_get("media").db()?)?,
+        caller: CallParty {
+            user_id: codec::user_id(row.try_get("caller_id").db()?, "calls.caller_id")?,
+            session: session("caller_session")?,
+            until: time("caller_until")?,
+        },
+        callee: CallParty {
+            user_id: codec::user_id(row.try_get("callee_id").db()?, "calls.callee_id")?,
+            session: session("callee_session")?,
+            until: time("callee_until")?,
+        },
+        state: codec::call_state(row.try_get("state").db()?)?,
+        created_at: codec::time_from_db(row.try_get("created_at").db()?),
+        ring_until: codec::time_from_db(row.try_get("ring_until").db()?),
+        accepted_at: time("accepted_at")?,
+        ended_at: time("ended_at")?,
+        end_reason: codec::end_reason(row.try_get("end_reason").db()?)?,
+        logged: row.try_get("logged").db()?,
+        version: codec::version_from_db(row.try_get("version").db()?)?,
+    })
+}
+
+/// Takes the transaction-long advisory locks on the calls of the users in
+/// `$1`, in the order of their keys (so that two transactions locking
+/// overlapping pairs never wait for each other in a circle). Whoever reads
+/// a user's live calls to decide on a new one holds it until the commit.
+const LOCK_CALLS: &str = "SELECT count(pg_advisory_xact_lock(k)) FROM (
+     SELECT DISTINCT hashtextextended('chat:call:' || u, 0) AS k FROM unnest($1::text[]) AS u ORDER BY k) AS keys";
+
+/// The body of [`Store::start_call`], in a transaction.
+async fn start_call_in(conn: &mut PgConnection, call: &Call) -> Result<CallStart> {
+    let users = [call.caller.user_id.as_str(), call.callee.user_id.as_str()];
+    sqlx::query(LOCK_CALLS).bind(&users[..]).execute(&mut *conn).await.db()?;
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        call_cols!(),
+        " FROM calls WHERE id IN (
+            SELECT id FROM calls WHERE caller_id = ANY($1) AND state <> 'ended'
+            UNION SELECT id FROM calls WHERE callee_id = ANY($1) AND state <> 'ended')
+          ORDER BY id"
+    ))
+    .bind(&users[..])
+    .fetch_all(&mut *conn)
+    .await
+    .db()?;
+    let live = rows.iter().map(call_from_row).collect::<Result<Vec<_>>>()?;
+    let start = call.start_against(&live);
+    match &start {
+        CallStart::Started => insert_call(conn, call).await?,
+        CallStart::Busy(busy) => insert_call(conn, busy).await?,
+        _ => {}
+    }
+    Ok(start)
+}
+
+/// Inserts a call whole.
+async fn insert_call(conn: &mut PgConnection, call: &Call) -> Result<()> {
+    sqlx::query(concat!(
+        "INSERT INTO calls (",
+        call_cols!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+    ))
+    .bind(call.id.as_uuid())
+    .bind(call.room_id.as_uuid())
+    .bind(call.media.as_str())
+    .bind(call.caller.user_id.as_str())
+    .bind(call.caller.session.map(|s| *s.as_uuid()))
+    .bind(call.caller.until.map(Timestamp::as_millis))
+    .bind(call.callee.user_id.as_str())
+    .bind(call.callee.session.map(|s| *s.as_uuid()))
+    .bind(call.callee.until.map(Timestamp::as_millis))
+    .bind(call.state.as_str())
+    .bind(call.created_at.as_millis())
+    .bind(call.ring_until.as_millis())
+    .bind(call.accepted_at.map(Timestamp::as_millis))
+    .bind(call.ended_at.map(Timestamp::as_millis))
+    .bind(call.end_reason.map(EndReason::as_str))
+    .bind(call.logged)
+    .bind(codec::version_to_db(call.version))
+    .execute(&mut *conn)
+    .await
+    .db()?;
+    Ok(())
 }
 
 /// Inserts a room; `$7` is its `direct_key`, `$8` its `open_support_of`.
@@ -622,6 +727,7 @@ async fn insert_planned(
     let mut replies = Vec::with_capacity(n);
     let mut times = Vec::with_capacity(n);
     let mut words = Vec::with_capacity(n);
+    let mut calls = Vec::with_capacity(n);
     for (new, outcome) in batch.iter().zip(plan) {
         let Outcome::New(seq) = *outcome else { continue };
         rooms.push(*new.room_id.as_uuid());
@@ -634,6 +740,7 @@ async fn insert_planned(
         replies.push(new.reply_to.map(|id| *id.as_uuid()));
         times.push(new.created_at.as_millis());
         words.push(search_words(&new.body));
+        calls.push(codec::call_summary_to_db(new.call.as_deref())?);
     }
     if n == 0 {
         return Ok(0);
@@ -641,18 +748,18 @@ async fn insert_planned(
     let sql = if skip_stored {
         concat!(
             "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at,
-                                   search)
-             SELECT r, s, i, se, c, b, a::jsonb, rt, t, array_to_tsvector(string_to_array(w, ' '))
+                                   search, call)
+             SELECT r, s, i, se, c, b, a::jsonb, rt, t, array_to_tsvector(string_to_array(w, ' ')), k::jsonb
              FROM unnest($1::uuid[], $2::int8[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
-                         $8::uuid[], $9::int8[], $10::text[]) AS u(r, s, i, se, c, b, a, rt, t, w)",
+                         $8::uuid[], $9::int8[], $10::text[], $11::text[]) AS u(r, s, i, se, c, b, a, rt, t, w, k)",
             " ON CONFLICT (room_id, sender_id, client_msg_id) DO NOTHING"
         )
     } else {
         "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at,
-                               search)
-         SELECT r, s, i, se, c, b, a::jsonb, rt, t, array_to_tsvector(string_to_array(w, ' '))
+                               search, call)
+         SELECT r, s, i, se, c, b, a::jsonb, rt, t, array_to_tsvector(string_to_array(w, ' ')), k::jsonb
          FROM unnest($1::uuid[], $2::int8[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
-                     $8::uuid[], $9::int8[], $10::text[]) AS u(r, s, i, se, c, b, a, rt, t, w)"
+                     $8::uuid[], $9::int8[], $10::text[], $11::text[]) AS u(r, s, i, se, c, b, a, rt, t, w, k)"
     };
     Ok(sqlx::query(sql)
         .bind(&rooms)
@@ -665,6 +772,7 @@ async fn insert_planned(
         .bind(&replies)
         .bind(&times)
         .bind(&words)
+        .bind(&calls)
         .execute(&mut *conn)
         .await
         .db()?
@@ -1773,6 +1881,131 @@ impl Store for PostgresStore {
                 .db()?
                 .rows_affected();
             Ok((moved > 0).then_some(up_to))
+        })
+        .await
+    }
+
+    async fn start_call(&self, call: &Call) -> chat_core::Result<CallStart> {
+        self.bounded(async {
+            let mut tx = self.begin().await?;
+            let result = start_call_in(&mut tx, call).await;
+            Ok(finish(tx, result).await?)
+        })
+        .await
+    }
+
+    async fn call(&self, id: CallId) -> chat_core::Result<Option<Call>> {
+        self.bounded(async {
+            let row = sqlx::query(concat!("SELECT ", call_cols!(), " FROM calls WHERE id = $1"))
+                .bind(id.as_uuid())
+                .fetch_optional(&self.pool)
+                .await
+                .db()?;
+            Ok(row.as_ref().map(call_from_row).transpose()?)
+        })
+        .await
+    }
+
+    async fn update_call(&self, call: &Call) -> chat_core::Result<Option<Call>> {
+        self.bounded(async {
+            // Under READ COMMITTED a racing update waits for this one's
+            // commit, then finds the version moved on and changes nothing.
+            let row = sqlx::query(concat!(
+                "UPDATE calls SET state = $2, caller_session = $3, caller_until = $4, callee_session = $5,
+                                  callee_until = $6, accepted_at = $7, ended_at = $8, end_reason = $9, logged = $10,
+                                  version = version + 1
+                 WHERE id = $1 AND version = $11 RETURNING ",
+                call_cols!()
+            ))
+            .bind(call.id.as_uuid())
+            .bind(call.state.as_str())
+            .bind(call.caller.session.map(|s| *s.as_uuid()))
+            .bind(call.caller.until.map(Timestamp::as_millis))
+            .bind(call.callee.session.map(|s| *s.as_uuid()))
+            .bind(call.callee.until.map(Timestamp::as_millis))
+            .bind(call.accepted_at.map(Timestamp::as_millis))
+            .bind(call.ended_at.map(Timestamp::as_millis))
+            .bind(call.end_reason.map(EndReason::as_str))
+            .bind(call.logged)
+            .bind(codec::version_to_db(call.version))
+            .fetch_optional(&self.pool)
+            .await
+            .db()?;
+            Ok(row.as_ref().map(call_from_row).transpose()?)
+        })
+        .await
+    }
+
+    async fn renew_calls(&self, legs: &[(CallId, SessionId)], until: Timestamp) -> chat_core::Result<()> {
+        if legs.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = legs.iter().map(|(c, _)| *c.as_uuid()).collect();
+        let sessions: Vec<Uuid> = legs.iter().map(|(_, s)| *s.as_uuid()).collect();
+        self.bounded(async {
+            sqlx::query(
+                "UPDATE calls SET
+                     caller_until = CASE WHEN (id, caller_session) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))
+                                    THEN $3 ELSE caller_until END,
+                     callee_until = CASE WHEN (id, callee_session) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))
+                                    THEN $3 ELSE callee_until END
+                 WHERE state <> 'ended' AND id = ANY($1)",
+            )
+            .bind(&ids)
+            .bind(&sessions)
+            .bind(until.as_millis())
+            .execute(&self.pool)
+            .await
+            .db()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn due_calls(&self, now: Timestamp, limit: u32) -> chat_core::Result<Vec<Call>> {
+        self.bounded(async {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                call_cols!(),
+                " FROM calls WHERE state <> 'ended'
+                    AND ((state = 'ringing' AND ring_until <= $1) OR caller_until <= $1 OR callee_until <= $1)
+                  ORDER BY id LIMIT $2"
+            ))
+            .bind(now.as_millis())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .db()?;
+            Ok(rows.iter().map(call_from_row).collect::<Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn unlogged_calls(&self, before: Timestamp, limit: u32) -> chat_core::Result<Vec<Call>> {
+        self.bounded(async {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                call_cols!(),
+                " FROM calls WHERE state = 'ended' AND NOT logged AND ended_at <= $1 ORDER BY id LIMIT $2"
+            ))
+            .bind(before.as_millis())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .db()?;
+            Ok(rows.iter().map(call_from_row).collect::<Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn mark_call_logged(&self, id: CallId) -> chat_core::Result<()> {
+        self.bounded(async {
+            sqlx::query("UPDATE calls SET logged = TRUE WHERE id = $1")
+                .bind(id.as_uuid())
+                .execute(&self.pool)
+                .await
+                .db()?;
+            Ok(())
         })
         .await
     }

@@ -20,9 +20,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_core::{
-    ActiveRoom, Appended, Ban, HistoryPage, HistoryQuery, Joining, Member, MemberLimits, MemberRole, Message,
-    MessageId, NewMessage, NewRoom, QueueCursor, QueuedRoom, ReceiptKind, Room, RoomChanges, RoomId, RoomKind,
-    RoomSummary, SearchPage, SearchQuery, Store, Timestamp, User, UserAccount, UserId, UserListQuery, UserPatch,
+    ActiveRoom, Appended, Ban, Call, CallId, CallParty, CallStart, EndReason, HistoryPage, HistoryQuery, Joining,
+    Member, MemberLimits, MemberRole, Message, MessageId, NewMessage, NewRoom, QueueCursor, QueuedRoom, ReceiptKind,
+    Room, RoomChanges, RoomId, RoomKind, RoomSummary, SearchPage, SearchQuery, SessionId, Store, Timestamp, User,
+    UserAccount, UserId, UserListQuery, UserPatch,
 };
 use sqlx::error::DatabaseError;
 use sqlx::sqlite::{
@@ -54,6 +55,7 @@ const MIGRATIONS: &[migrate::Embedded] = &[
     (8, "moderation", include_str!("../migrations/sqlite/0008_moderation.sql")),
     (9, "user admin", include_str!("../migrations/sqlite/0009_user_admin.sql")),
     (10, "attachments", include_str!("../migrations/sqlite/0010_attachments.sql")),
+    (11, "calls", include_str!("../migrations/sqlite/0011_calls.sql")),
 ];
 
 /// How hard SQLite works to make a commit survive a power cut.
@@ -408,7 +410,7 @@ macro_rules! member_cols {
 }
 macro_rules! message_cols {
     () => {
-        "room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at, edited_at, deleted"
+        "room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at, edited_at, deleted, call"
     };
 }
 
@@ -417,7 +419,7 @@ macro_rules! message_cols_of {
     ("m") => {
         "m.room_id AS room_id, m.seq AS seq, m.id AS id, m.sender_id AS sender_id, \
          m.client_msg_id AS client_msg_id, m.body AS body, m.attachments AS attachments, m.reply_to AS reply_to, \
-         m.created_at AS created_at, m.edited_at AS edited_at, m.deleted AS deleted"
+         m.created_at AS created_at, m.edited_at AS edited_at, m.deleted AS deleted, m.call AS call"
     };
 }
 
@@ -514,7 +516,79 @@ fn message_from_row(row: &SqliteRow) -> Result<Message> {
         created_at: codec::time_from_db(row.try_get("created_at").db()?),
         edited_at: edited_at.map(codec::time_from_db),
         deleted: row.try_get("deleted").db()?,
+        call: codec::call_summary_from_db(row.try_get("call").db()?)?,
     })
+}
+
+macro_rules! call_cols {
+    () => {
+        "id, room_id, media, caller_id, caller_session, caller_until, callee_id, callee_session, callee_until, state, \
+         created_at, ring_until, accepted_at, ended_at, end_reason, logged, version"
+    };
+}
+
+fn call_from_row(row: &SqliteRow) -> Result<Call> {
+    let session = |column: &'static str| -> Result<Option<SessionId>> {
+        let text: Option<&str> = row.try_get(column).db()?;
+        text.map(|s| s.parse().map_err(|_| Error::Corrupt(column))).transpose()
+    };
+    let time = |column: &str| -> Result<Option<Timestamp>> {
+        Ok(row.try_get::<Option<i64>, _>(column).db()?.map(codec::time_from_db))
+    };
+    let id: &str = row.try_get("id").db()?;
+    Ok(Call {
+        id: id.parse().map_err(|_| Error::Corrupt("calls.id"))?,
+        room_id: codec::room_id(row.try_get("room_id").db()?, "calls.room_id")?,
+        media: codec::call_media(row.try_get("media").db()?)?,
+        caller: CallParty {
+            user_id: codec::user_id(row.try_get("caller_id").db()?, "calls.caller_id")?,
+            session: session("caller_session")?,
+            until: time("caller_until")?,
+        },
+        callee: CallParty {
+            user_id: codec::user_id(row.try_get("callee_id").db()?, "calls.callee_id")?,
+            session: session("callee_session")?,
+            until: time("callee_until")?,
+        },
+        state: codec::call_state(row.try_get("state").db()?)?,
+        created_at: codec::time_from_db(row.try_get("created_at").db()?),
+        ring_until: codec::time_from_db(row.try_get("ring_until").db()?),
+        accepted_at: time("accepted_at")?,
+        ended_at: time("ended_at")?,
+        end_reason: codec::end_reason(row.try_get("end_reason").db()?)?,
+        logged: row.try_get("logged").db()?,
+        version: codec::version_from_db(row.try_get("version").db()?)?,
+    })
+}
+
+/// Inserts a call whole.
+async fn insert_call(conn: &mut SqliteConnection, call: &Call) -> Result<()> {
+    sqlx::query(concat!(
+        "INSERT INTO calls (",
+        call_cols!(),
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+    ))
+    .bind(call.id.to_string())
+    .bind(call.room_id.to_string())
+    .bind(call.media.as_str())
+    .bind(call.caller.user_id.as_str())
+    .bind(call.caller.session.map(|s| s.to_string()))
+    .bind(call.caller.until.map(Timestamp::as_millis))
+    .bind(call.callee.user_id.as_str())
+    .bind(call.callee.session.map(|s| s.to_string()))
+    .bind(call.callee.until.map(Timestamp::as_millis))
+    .bind(call.state.as_str())
+    .bind(call.created_at.as_millis())
+    .bind(call.ring_until.as_millis())
+    .bind(call.accepted_at.map(Timestamp::as_millis))
+    .bind(call.ended_at.map(Timestamp::as_millis))
+    .bind(call.end_reason.map(EndReason::as_str))
+    .bind(call.logged)
+    .bind(codec::version_to_db(call.version))
+    .execute(&mut *conn)
+    .await
+    .db()?;
+    Ok(())
 }
 
 /// Inserts a room; `?7` is its `direct_key`, `?8` its `open_support_of`.
@@ -623,7 +697,7 @@ fn json<T: serde::Serialize>(value: &T) -> Result<String> {
 
 /// The rows a planned batch inserts, as the JSON array its INSERT reads.
 fn planned_rows(batch: &[NewMessage], plan: &[Outcome]) -> Result<String> {
-    type Row<'a> = (String, i64, String, &'a str, &'a str, &'a str, String, Option<String>, i64);
+    type Row<'a> = (String, i64, String, &'a str, &'a str, &'a str, String, Option<String>, i64, Option<String>);
     let mut rows: Vec<Row<'_>> = Vec::with_capacity(new_count(plan));
     for (new, outcome) in batch.iter().zip(plan) {
         let Outcome::New(seq) = *outcome else { continue };
@@ -637,6 +711,7 @@ fn planned_rows(batch: &[NewMessage], plan: &[Outcome]) -> Result<String> {
             codec::attachments_to_db(&new.attachments)?,
             new.reply_to.map(|id| id.to_string()),
             new.created_at.as_millis(),
+            codec::call_summary_to_db(new.call.as_deref())?,
         ));
     }
     json(&rows)
@@ -646,9 +721,10 @@ fn planned_rows(batch: &[NewMessage], plan: &[Outcome]) -> Result<String> {
 /// key (or seq) is taken fails the statement, which SQLite then undoes alone.
 macro_rules! insert_rows {
     () => {
-        "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at)
+        "INSERT INTO messages (room_id, seq, id, sender_id, client_msg_id, body, attachments, reply_to, created_at,
+                               call)
          SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
-                value ->> 7, value ->> 8
+                value ->> 7, value ->> 8, value ->> 9
          FROM json_each(?1)"
     };
 }
@@ -1644,6 +1720,131 @@ impl Store for SqliteStore {
             .db()?
             .rows_affected();
         Ok((moved > 0).then_some(up_to))
+    }
+
+    async fn start_call(&self, call: &Call) -> chat_core::Result<CallStart> {
+        let call = call.clone();
+        // The write lock, held from BEGIN IMMEDIATE, keeps the live calls
+        // read here true until the new one is stored.
+        Ok(self
+            .write_tx(async move |conn: &mut SqliteConnection| {
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    call_cols!(),
+                    " FROM calls WHERE id IN (
+                        SELECT id FROM calls WHERE caller_id IN (?1, ?2) AND state <> 'ended'
+                        UNION SELECT id FROM calls WHERE callee_id IN (?1, ?2) AND state <> 'ended')
+                      ORDER BY id"
+                ))
+                .bind(call.caller.user_id.as_str())
+                .bind(call.callee.user_id.as_str())
+                .fetch_all(&mut *conn)
+                .await
+                .db()?;
+                let live = rows.iter().map(call_from_row).collect::<Result<Vec<_>>>()?;
+                let start = call.start_against(&live);
+                match &start {
+                    CallStart::Started => insert_call(conn, &call).await?,
+                    CallStart::Busy(busy) => insert_call(conn, busy).await?,
+                    _ => {}
+                }
+                Ok(start)
+            })
+            .await?)
+    }
+
+    async fn call(&self, id: CallId) -> chat_core::Result<Option<Call>> {
+        let row = sqlx::query(concat!("SELECT ", call_cols!(), " FROM calls WHERE id = ?1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .db()?;
+        Ok(row.as_ref().map(call_from_row).transpose()?)
+    }
+
+    async fn update_call(&self, call: &Call) -> chat_core::Result<Option<Call>> {
+        let row = sqlx::query(concat!(
+            "UPDATE calls SET state = ?2, caller_session = ?3, caller_until = ?4, callee_session = ?5,
+                              callee_until = ?6, accepted_at = ?7, ended_at = ?8, end_reason = ?9, logged = ?10,
+                              version = version + 1
+             WHERE id = ?1 AND version = ?11 RETURNING ",
+            call_cols!()
+        ))
+        .bind(call.id.to_string())
+        .bind(call.state.as_str())
+        .bind(call.caller.session.map(|s| s.to_string()))
+        .bind(call.caller.until.map(Timestamp::as_millis))
+        .bind(call.callee.session.map(|s| s.to_string()))
+        .bind(call.callee.until.map(Timestamp::as_millis))
+        .bind(call.accepted_at.map(Timestamp::as_millis))
+        .bind(call.ended_at.map(Timestamp::as_millis))
+        .bind(call.end_reason.map(EndReason::as_str))
+        .bind(call.logged)
+        .bind(codec::version_to_db(call.version))
+        .fetch_optional(&self.writer)
+        .await
+        .db()?;
+        Ok(row.as_ref().map(call_from_row).transpose()?)
+    }
+
+    async fn renew_calls(&self, legs: &[(CallId, SessionId)], until: Timestamp) -> chat_core::Result<()> {
+        if legs.is_empty() {
+            return Ok(());
+        }
+        let legs: Vec<(String, String)> = legs.iter().map(|(c, s)| (c.to_string(), s.to_string())).collect();
+        sqlx::query(
+            "UPDATE calls SET
+                 caller_until = CASE WHEN EXISTS (SELECT 1 FROM json_each(?1) AS l
+                     WHERE l.value ->> 0 = calls.id AND l.value ->> 1 = calls.caller_session) THEN ?2 ELSE caller_until END,
+                 callee_until = CASE WHEN EXISTS (SELECT 1 FROM json_each(?1) AS l
+                     WHERE l.value ->> 0 = calls.id AND l.value ->> 1 = calls.callee_session) THEN ?2 ELSE callee_until END
+             WHERE state <> 'ended' AND id IN (SELECT value ->> 0 FROM json_each(?1))",
+        )
+        .bind(json(&legs)?)
+        .bind(until.as_millis())
+        .execute(&self.writer)
+        .await
+        .db()?;
+        Ok(())
+    }
+
+    async fn due_calls(&self, now: Timestamp, limit: u32) -> chat_core::Result<Vec<Call>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            call_cols!(),
+            " FROM calls WHERE state <> 'ended'
+                AND ((state = 'ringing' AND ring_until <= ?1) OR caller_until <= ?1 OR callee_until <= ?1)
+              ORDER BY id LIMIT ?2"
+        ))
+        .bind(now.as_millis())
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .db()?;
+        Ok(rows.iter().map(call_from_row).collect::<Result<Vec<_>>>()?)
+    }
+
+    async fn unlogged_calls(&self, before: Timestamp, limit: u32) -> chat_core::Result<Vec<Call>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            call_cols!(),
+            " FROM calls WHERE state = 'ended' AND logged = 0 AND ended_at <= ?1 ORDER BY id LIMIT ?2"
+        ))
+        .bind(before.as_millis())
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .db()?;
+        Ok(rows.iter().map(call_from_row).collect::<Result<Vec<_>>>()?)
+    }
+
+    async fn mark_call_logged(&self, id: CallId) -> chat_core::Result<()> {
+        sqlx::query("UPDATE calls SET logged = 1 WHERE id = ?1")
+            .bind(id.to_string())
+            .execute(&self.writer)
+            .await
+            .db()?;
+        Ok(())
     }
 
     fn bridge_store(&self) -> Option<&dyn chat_core::BridgeStore> {

@@ -43,6 +43,11 @@ async fn all_messages(store: &dyn Store, room: RoomId) -> Vec<chat_core::Message
     }
 }
 
+/// The versions of the embedded migrations: every one up to the newest.
+fn migration_versions() -> Vec<i64> {
+    (1..=PostgresStore::SCHEMA_VERSION).collect()
+}
+
 #[tokio::test]
 async fn a_fresh_schema_is_migrated_once_even_by_racing_processes() {
     let Some(schema) = TempSchema::create("a_fresh_schema_is_migrated_once_even_by_racing_processes").await else {
@@ -60,7 +65,7 @@ async fn a_fresh_schema_is_migrated_once_even_by_racing_processes() {
         .fetch_all(&mut conn)
         .await
         .expect("applied migrations");
-    assert_eq!(applied, (1..=PostgresStore::SCHEMA_VERSION).collect::<Vec<_>>());
+    assert_eq!(applied, migration_versions());
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY table_name",
     )
@@ -76,6 +81,7 @@ async fn a_fresh_schema_is_migrated_once_even_by_racing_processes() {
             "bridge_jobs",
             "bridge_leases",
             "bridge_links",
+            "calls",
             "deleted_members",
             "members",
             "messages",
@@ -129,7 +135,7 @@ async fn a_database_from_a_newer_build_is_refused_and_left_alone() {
         .fetch_all(&mut conn)
         .await
         .expect("versions");
-    let mut expected: Vec<i64> = (1..=PostgresStore::SCHEMA_VERSION).collect();
+    let mut expected: Vec<i64> = migration_versions();
     expected.push(future);
     assert_eq!(versions, expected, "nothing was applied or removed");
     let messages: i64 =

@@ -18,7 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::openapi::{DevLoginEnabled, ErrorBody, Health, OnlineUsers, QueuePage, QueuedRoomBody, Session};
+use crate::openapi::{DevLoginEnabled, ErrorBody, Health, IceServers, OnlineUsers, QueuePage, QueuedRoomBody, Session};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -175,6 +175,21 @@ pub(crate) async fn support_availability(State(app): State<AppState>) -> Respons
 pub(crate) async fn users_online(State(app): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     let identity = authenticate(&app, &headers).await?;
     Ok(Json(OnlineUsers { users: app.engine.online_users_for(&identity).await? }).into_response())
+}
+
+/// The ICE servers (STUN, TURN with credentials made for this user) for
+/// the user's calls: the list `call:invite` answers with.
+#[utoipa::path(
+    get, path = "/v1/calls/ice-servers", tag = "chat", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "RTCIceServer objects", body = IceServers),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Visitors may not call", body = ErrorBody),
+    )
+)]
+pub(crate) async fn ice_servers(State(app): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    let identity = authenticate(&app, &headers).await?;
+    Ok(Json(IceServers { ice_servers: app.engine.ice_servers(&identity).await? }).into_response())
 }
 
 #[derive(Deserialize, IntoParams)]

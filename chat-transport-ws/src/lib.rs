@@ -37,6 +37,7 @@
 mod admin;
 mod attachments;
 pub mod auth;
+pub mod calls;
 mod config;
 pub mod error;
 mod http;
@@ -63,6 +64,7 @@ use utoipa_axum::routes;
 
 pub use admin::{JobQuery, MAX_JOBS_PAGE};
 pub use auth::{Claims, JwtAuthenticator, JwtConfig, SignKey, TokenIssuer, VerifyKey, generate_secret};
+pub use calls::IceConfig;
 pub use config::{OriginPolicy, WsConfig};
 pub use error::{ApiError, Error, Result};
 pub use openapi::{ErrorBody, ErrorDetail};
@@ -241,6 +243,7 @@ fn api_router(dev_login: bool) -> OpenApiRouter<AppState> {
         .routes(routes!(http::support_availability))
         .routes(routes!(http::support_queue))
         .routes(routes!(http::users_online))
+        .routes(routes!(http::ice_servers))
         .routes(routes!(http::room_messages))
         .routes(routes!(http::search_messages))
         .routes(routes!(attachments::download))

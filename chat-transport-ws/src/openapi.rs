@@ -129,6 +129,14 @@ pub(crate) struct OnlineUsers {
     pub(crate) users: Vec<OnlineUser>,
 }
 
+/// `{"ice_servers"}` of `GET /v1/calls/ice-servers`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct IceServers {
+    /// RTCIceServer objects (`urls`, and `username`/`credential` for TURN).
+    #[schema(value_type = Vec<Object>)]
+    pub(crate) ice_servers: Vec<serde_json::Value>,
+}
+
 /// A room of the support queue.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct QueuedRoomBody {

@@ -5,7 +5,7 @@
 // that right-to-left text or a direction override (U+202E) in one cannot
 // reorder what is around it.
 
-import { ChatClient, devLogin, devLoginEnabled } from '/chat-client.js';
+import { CallConnection, ChatClient, devLogin, devLoginEnabled } from '/chat-client.js';
 
 const TOKEN_KEY = 'chat-page:token';
 const $ = (id) => document.getElementById(id);
@@ -252,6 +252,10 @@ function start(auth) {
   client.on('send-failed', ({ error }) => {
     $('send-error').textContent = `Not sent: ${error.message}`;
   });
+  client.on('call:incoming', onIncomingCall);
+  client.on('call:accepted', onCallAccepted);
+  client.on('call:ended', onCallEnded);
+  client.on('call:rejoined', onCallRejoined);
   client.connect().then(
     () => {
       // An embedded page's token belongs to the embedding page, not here.
@@ -274,6 +278,9 @@ function onReady({ user, rooms: summaries, resumed }) {
   for (const summary of summaries) follow(summary.id);
   renderRooms();
   refreshOnline();
+  // A reconnect is a new session: a call in progress must be taken over by
+  // it within the server's grace, or the server ends it.
+  if (resumed && call && call.id) rejoinCall();
 }
 
 function follow(roomId) {
@@ -372,6 +379,7 @@ function renderHeader() {
     ...(members.length ? [`${members.length} members: `, ...joined(members, ', ')] : []),
   );
   $('room-settings-toggle').hidden = false;
+  renderCallButtons();
   renderPanel();
 }
 
@@ -566,6 +574,7 @@ function messageItem(m) {
   const status = mine ? client.statusOf(m.room_id, m.seq) : '';
   const isEditing = editing === m.id;
   const confirming = confirmingDelete === m.id;
+  if (m.call) return callLineItem(m, mine);
   return {
     key: `m:${m.seq}`,
     sig: [m.body, m.deleted, m.edited_at, status, isEditing, confirming, userName(m.sender_id, m.room_id), fileKeys(m)]
@@ -696,6 +705,323 @@ function messageItem(m) {
     },
   };
 }
+
+// ---- calls -------------------------------------------------------------------------
+//
+// One call at a time. The caller places it (call:invite), the callee's
+// sessions ring (call:incoming, with a tone made by Web Audio), one of them
+// accepts; then the caller offers and the two sessions exchange SDP and ICE
+// through call:signal (CallConnection). Whoever hangs up, the server says
+// call:ended to both, and the call leaves a line in the room's history.
+
+const MEDIA_TEXT = { audio: 'Audio call', video: 'Video call' };
+const ENDED_TEXT = {
+  hangup: 'Call ended',
+  rejected: 'Call declined',
+  timeout: 'No answer',
+  busy: 'Busy: they are in another call',
+  disconnected: 'Call ended: the connection was lost',
+  answered_elsewhere: 'Answered on another device',
+};
+
+// {id, roomId, peer, media, role, stream, conn, acceptedAt, timer}
+let call = null;
+// The call:incoming data of the call that rings here.
+let ringing = null;
+let ringer = null;
+
+function duration(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  const hours = Math.floor(s / 3600);
+  const mm = String(Math.floor((s % 3600) / 60)).padStart(hours ? 2 : 1, '0');
+  const ss = String(s % 60).padStart(2, '0');
+  return hours ? `${hours}:${mm}:${ss}` : `${mm}:${ss}`;
+}
+
+function callLineItem(m, mine) {
+  const { media, outcome, duration_s: seconds } = m.call;
+  const kind = MEDIA_TEXT[media] || 'Call';
+  const what = {
+    missed: mine ? `${kind}, not answered` : `Missed ${kind.toLowerCase()}`,
+    rejected: `${kind}, declined`,
+    busy: `${kind}, busy`,
+    ended: `${kind}, ${duration(seconds || 0)}`,
+  }[outcome] || kind;
+  return {
+    key: `m:${m.seq}`,
+    sig: ['call', outcome, seconds, userName(m.sender_id, m.room_id)].join('|'),
+    make: () =>
+      h(
+        'li',
+        { class: 'msg call-line', 'data-seq': m.seq, 'data-id': m.id, 'data-outcome': outcome },
+        h('div', { class: 'who' }, mine ? 'You' : isolated(userName(m.sender_id, m.room_id))),
+        h('div', { class: 'text', text: what }),
+        h('div', { class: 'meta' }, h('time', { datetime: m.created_at, text: formatTime(m.created_at) })),
+      ),
+  };
+}
+
+function otherMembers(roomId) {
+  return [...roomState(roomId).members.values()].filter((u) => !u.deleted && u.id !== client.user.id);
+}
+
+function renderCallButtons() {
+  const others = current ? otherMembers(current) : [];
+  const summary = current ? client.rooms.get(current) : null;
+  $('call-buttons').hidden = !current || others.length === 0 || Boolean(summary && summary.closed);
+  const select = $('call-to');
+  select.hidden = others.length < 2;
+  if (others.length >= 2) {
+    const chosen = select.value;
+    select.replaceChildren(...others.map((u) => h('option', { value: u.id, text: u.name })));
+    if (others.some((u) => u.id === chosen)) select.value = chosen;
+  }
+  $('call-audio').disabled = Boolean(call);
+  $('call-video').disabled = Boolean(call);
+}
+
+// A ring made with Web Audio: the two-tone 440 + 480 Hz burst of a phone,
+// two seconds on, four off, until answered, declined or ended.
+function startRinging() {
+  stopRinging();
+  const Context = window.AudioContext || window.webkitAudioContext;
+  if (!Context) return;
+  const context = new Context();
+  context.resume().catch(() => {});
+  const burst = () => {
+    const gain = context.createGain();
+    gain.gain.value = 0.08;
+    gain.connect(context.destination);
+    const now = context.currentTime;
+    for (const frequency of [440, 480]) {
+      const tone = context.createOscillator();
+      tone.frequency.value = frequency;
+      tone.connect(gain);
+      tone.start(now);
+      tone.stop(now + 2);
+    }
+  };
+  burst();
+  ringer = { context, timer: setInterval(burst, 6000) };
+}
+
+function stopRinging() {
+  if (!ringer) return;
+  clearInterval(ringer.timer);
+  ringer.context.close().catch(() => {});
+  ringer = null;
+}
+
+async function localMedia(media) {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    throw new Error('this browser cannot reach a microphone or camera here (calls need https)');
+  }
+  return navigator.mediaDevices.getUserMedia({ audio: true, video: media === 'video' });
+}
+
+function showCall(status) {
+  const panel = $('call');
+  panel.hidden = false;
+  panel.classList.toggle('audio-only', call.media !== 'video');
+  $('call-status').replaceChildren(...status);
+  $('local-video').srcObject = call.stream;
+  const tracks = (kind) => (call.stream ? call.stream.getTracks().filter((t) => t.kind === kind) : []);
+  $('call-camera').hidden = tracks('video').length === 0;
+  $('call-mute').setAttribute('aria-pressed', String(tracks('audio').some((t) => !t.enabled)));
+  $('call-mute').textContent = tracks('audio').some((t) => !t.enabled) ? 'Unmute' : 'Mute';
+  $('call-camera').setAttribute('aria-pressed', String(tracks('video').some((t) => !t.enabled)));
+  $('call-camera').textContent = tracks('video').some((t) => !t.enabled) ? 'Camera on' : 'Camera off';
+  renderCallButtons();
+}
+
+function peerName() {
+  return isolated(userName(call.peer, call.roomId));
+}
+
+function connect(iceServers) {
+  call.conn = new CallConnection(client, {
+    callId: call.id,
+    peer: call.peer,
+    iceServers,
+    stream: call.stream,
+    onTrack: (stream) => {
+      $('remote-video').srcObject = stream;
+    },
+    onState: (state) => {
+      $('call').dataset.connection = state;
+    },
+  });
+}
+
+function talking() {
+  call.acceptedAt = Date.now();
+  const tick = () => {
+    $('call-timer').textContent = duration((Date.now() - call.acceptedAt) / 1000);
+  };
+  tick();
+  call.timer = setInterval(tick, 1000);
+  showCall([`${MEDIA_TEXT[call.media]} with `, peerName()]);
+}
+
+function endCallHere(message) {
+  if (!call) return;
+  if (call.conn) call.conn.close();
+  if (call.stream) for (const track of call.stream.getTracks()) track.stop();
+  clearInterval(call.timer);
+  call = null;
+  $('call').hidden = true;
+  delete $('call').dataset.connection;
+  $('remote-video').srcObject = null;
+  $('local-video').srcObject = null;
+  $('call-timer').textContent = '';
+  $('call-error').textContent = message || '';
+  if (message) {
+    setTimeout(() => {
+      if (!call && $('call-error').textContent === message) $('call-error').textContent = '';
+    }, 6000);
+  }
+  renderCallButtons();
+}
+
+async function placeCall(media) {
+  if (call || !current) return;
+  const roomId = current;
+  const others = otherMembers(roomId);
+  const to = others.length > 1 ? $('call-to').value : undefined;
+  const peer = to || (others[0] && others[0].id);
+  if (!peer) return;
+  $('call-error').textContent = '';
+  let stream;
+  try {
+    stream = await localMedia(media);
+  } catch (err) {
+    $('call-error').textContent = `No call: ${err.message}`;
+    return;
+  }
+  call = { id: null, roomId, peer, media, role: 'caller', stream, conn: null, acceptedAt: 0, timer: null };
+  showCall(['Calling ', peerName(), '…']);
+  try {
+    const placed = await client.inviteCall(roomId, media, to ? { to } : {});
+    if (!call) {
+      // Hung up before the server answered.
+      client.endCall(placed.call_id).catch(() => {});
+      return;
+    }
+    call.id = placed.call_id;
+    call.iceServers = placed.ice_servers;
+    if (placed.glare) {
+      // They called at the same moment: this answered their call.
+      call.role = 'callee';
+      connect(placed.ice_servers);
+      talking();
+    }
+  } catch (err) {
+    endCallHere(`No call: ${err.message}`);
+  }
+}
+
+function onIncomingCall(data) {
+  if (call || ringing) return;
+  ringing = data;
+  $('incoming-title').replaceChildren(isolated(data.from.name), ` is calling you (${data.media === 'video' ? 'video' : 'audio'})`);
+  $('incoming').hidden = false;
+  $('incoming-accept').focus();
+  startRinging();
+}
+
+function hideIncoming() {
+  ringing = null;
+  $('incoming').hidden = true;
+  stopRinging();
+}
+
+async function acceptIncoming() {
+  const data = ringing;
+  if (!data || call) return;
+  hideIncoming();
+  let stream;
+  try {
+    stream = await localMedia(data.media);
+  } catch (err) {
+    $('call-error').textContent = `Could not answer: ${err.message}`;
+    client.rejectCall(data.call_id).catch(() => {});
+    return;
+  }
+  call = { id: data.call_id, roomId: data.room_id, peer: data.from.id, media: data.media, role: 'callee', stream };
+  showCall(['Connecting to ', peerName(), '…']);
+  try {
+    // Listening before answering: the offer follows the answer at once.
+    connect(await client.iceServers().catch(() => []));
+    await client.acceptCall(data.call_id);
+    if (current !== data.room_id) openRoom(data.room_id);
+  } catch (err) {
+    endCallHere(`Could not answer: ${err.message}`);
+  }
+}
+
+function onCallAccepted(data) {
+  if (!call || data.call_id !== call.id) return;
+  if (call.role === 'caller' && !call.conn) {
+    connect(call.iceServers || []);
+    call.conn.offer().catch((err) => endCallHere(`Call failed: ${err.message}`));
+  }
+  if (!call.acceptedAt) talking();
+}
+
+async function rejoinCall() {
+  const id = call.id;
+  try {
+    const rejoined = await client.rejoinCall(id);
+    if (!call || call.id !== id) return;
+    call.iceServers = rejoined.ice_servers;
+    // The media go peer to peer and often outlive a dropped signalling
+    // connection; only a connection that suffered is restarted.
+    if (call.conn && call.role === 'caller' && call.conn.pc.connectionState !== 'connected') {
+      call.conn.offer({ iceRestart: true }).catch(() => {});
+    }
+  } catch (err) {
+    if (call && call.id === id) endCallHere(`Call ended: ${err.message}`);
+  }
+}
+
+function onCallRejoined(data) {
+  // The other side came back on a new session; the caller restarts ICE if
+  // the media did not survive.
+  if (!call || data.call_id !== call.id || !call.conn) return;
+  if (call.role === 'caller' && call.conn.pc.connectionState !== 'connected') {
+    call.conn.offer({ iceRestart: true }).catch(() => {});
+  }
+}
+
+function onCallEnded(data) {
+  if (ringing && data.call_id === ringing.call_id) hideIncoming();
+  if (call && data.call_id === call.id) endCallHere(ENDED_TEXT[data.reason] || 'Call ended');
+}
+
+$('call-audio').addEventListener('click', () => placeCall('audio'));
+$('call-video').addEventListener('click', () => placeCall('video'));
+$('incoming-accept').addEventListener('click', acceptIncoming);
+$('incoming-decline').addEventListener('click', () => {
+  const data = ringing;
+  hideIncoming();
+  if (data) client.rejectCall(data.call_id).catch(() => {});
+});
+$('call-hangup').addEventListener('click', () => {
+  if (!call) return;
+  const id = call.id;
+  endCallHere('Call ended');
+  if (id) client.endCall(id).catch(() => {});
+});
+$('call-mute').addEventListener('click', () => {
+  if (!call || !call.stream) return;
+  for (const track of call.stream.getAudioTracks()) track.enabled = !track.enabled;
+  showCall([...$('call-status').childNodes]);
+});
+$('call-camera').addEventListener('click', () => {
+  if (!call || !call.stream) return;
+  for (const track of call.stream.getVideoTracks()) track.enabled = !track.enabled;
+  showCall([...$('call-status').childNodes]);
+});
 
 function renderMessages(stickToBottom = false) {
   if (!current) return;

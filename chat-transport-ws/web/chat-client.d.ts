@@ -120,6 +120,48 @@ export interface Message {
   created_at: string;
   edited_at?: string;
   deleted: boolean;
+  /** For the line a call leaves in its room's history (sent by the caller,
+   * with an empty body): how the call went. */
+  call?: CallSummary;
+}
+
+export type CallMedia = 'audio' | 'video';
+export type CallOutcome = 'missed' | 'rejected' | 'busy' | 'ended';
+export type CallEndReason = 'hangup' | 'rejected' | 'timeout' | 'busy' | 'disconnected' | 'answered_elsewhere';
+
+export interface CallSummary {
+  call_id: string;
+  media: CallMedia;
+  outcome: CallOutcome;
+  /** Whole seconds the two talked, for an answered call. */
+  duration_s?: number;
+}
+
+/** An RTCIceServer, as the server hands it out (TURN entries with
+ * per-user, expiring `username` and `credential`). */
+export interface IceServer {
+  urls: string | string[];
+  username?: string;
+  credential?: string;
+}
+
+export interface CallPlaced {
+  call_id: string;
+  ice_servers: IceServer[];
+  /** The callee was calling you at the same moment: this invite answered
+   * their (older) call, and you are its callee. */
+  glare?: true;
+}
+
+export interface CallRejoined {
+  call_id: string;
+  room_id: string;
+  media: CallMedia;
+  state: 'ringing' | 'accepted';
+  peer: string;
+  /** Whether you placed the call. */
+  caller: boolean;
+  ice_servers: IceServer[];
 }
 
 export type Status = 'online' | 'away' | 'busy' | 'invisible';
@@ -197,6 +239,17 @@ export interface ChatEvents {
   /** The user is no longer a member (they left, in any tab or on any
    * device); the room is no longer followed or in `rooms`. */
   'room:removed': { room_id: string };
+  /** A call rings for you (every session of yours). */
+  'call:incoming': { call_id: string; room_id: string; from: User; media: CallMedia };
+  /** The callee's session `session_id` answered (to every session of both). */
+  'call:accepted': { call_id: string; user_id: string; session_id: string };
+  'call:rejected': { call_id: string; user_id: string };
+  /** The call is over; `answered_elsewhere` ends it for this session only. */
+  'call:ended': { call_id: string; reason: CallEndReason; duration_s?: number };
+  /** SDP or ICE from the other session of the call. */
+  'call:signal': { call_id: string; from: string; payload: unknown };
+  /** The other participant came back on a new session (`rejoinCall`). */
+  'call:rejoined': { call_id: string; user_id: string; session_id: string };
   /** Receipts of a room changed wholesale (after a join). */
   receipts: { room_id: string };
   /** A `room:join` reply, also after the automatic re-joins of a reconnect. */
@@ -316,6 +369,41 @@ export class ChatClient {
   searchUsers(q: string, options?: { limit?: number }): Promise<User[]>;
   /** Messages holding every word of `q` in the user's rooms (or `roomId`), newest first. */
   searchMessages(q: string, options?: { roomId?: string; limit?: number; before?: string }): Promise<SearchPage>;
+  /** `to` is required in a room of more than two members. */
+  inviteCall(roomId: string, media: CallMedia, options?: { to?: string }): Promise<CallPlaced>;
+  acceptCall(callId: string): Promise<Record<string, never>>;
+  rejectCall(callId: string): Promise<Record<string, never>>;
+  endCall(callId: string): Promise<Record<string, never>>;
+  signalCall(callId: string, to: string, payload: unknown): Promise<Record<string, never>>;
+  rejoinCall(callId: string): Promise<CallRejoined>;
+  /** `GET /v1/calls/ice-servers`. */
+  iceServers(): Promise<IceServer[]>;
+}
+
+export interface CallConnectionOptions {
+  callId: string;
+  /** The other participant's user id. */
+  peer: string;
+  iceServers?: IceServer[];
+  /** Your camera and microphone; its tracks are sent. */
+  stream?: MediaStream;
+  onTrack?: (stream: MediaStream) => void;
+  /** `RTCPeerConnection.connectionState` as it changes (`error: …` on a signalling failure). */
+  onState?: (state: string) => void;
+  RTCPeerConnection?: typeof RTCPeerConnection;
+}
+
+/** One side of a call's RTCPeerConnection, signalled through `call:signal`. */
+export class CallConnection {
+  constructor(client: ChatClient, options: CallConnectionOptions);
+  readonly callId: string;
+  readonly peer: string;
+  readonly pc: RTCPeerConnection;
+  /** The other side's media, once they arrive. */
+  readonly remote: MediaStream | null;
+  /** Makes and sends the offer: the caller's part once the call is accepted. */
+  offer(options?: { iceRestart?: boolean }): Promise<void>;
+  close(): void;
 }
 
 export function serverBase(server?: string): string;

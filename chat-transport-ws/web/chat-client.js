@@ -1091,6 +1091,53 @@ export class ChatClient {
     this._emit('typing', { room_id: room.id, users: [] });
   }
 
+  // ---- calls --------------------------------------------------------------
+
+  /** Places a call in a room: `media` is 'audio' or 'video'; `to` names the
+   * callee in a room of more than two members. Resolves to
+   * `{call_id, ice_servers, glare?}` (with `glare`, the other user was
+   * calling you at the same moment: this invite answered their call, and you
+   * are its callee). */
+  inviteCall(roomId, media, { to } = {}) {
+    const data = { room_id: roomId, media };
+    if (to !== undefined) data.to = to;
+    return this.request('call:invite', data);
+  }
+
+  /** Answers a ringing call on this session; the first session to answer wins. */
+  acceptCall(callId) {
+    return this.request('call:accept', { call_id: callId });
+  }
+
+  /** Declines a ringing call. */
+  rejectCall(callId) {
+    return this.request('call:reject', { call_id: callId });
+  }
+
+  /** Hangs up (or, while it rings and you are called, declines). */
+  endCall(callId) {
+    return this.request('call:end', { call_id: callId });
+  }
+
+  /** Sends SDP or ICE to the other participant's session in the call. */
+  signalCall(callId, to, payload) {
+    return this.request('call:signal', { call_id: callId, to, payload });
+  }
+
+  /** Takes your side of a live call over on this session (after a reconnect,
+   * within the server's grace): `{call_id, room_id, media, state, peer,
+   * caller, ice_servers}`. */
+  rejoinCall(callId) {
+    return this.request('call:rejoin', { call_id: callId });
+  }
+
+  /** `GET /v1/calls/ice-servers`: the RTCIceServer objects for your calls. */
+  async iceServers() {
+    const token = await this._currentToken();
+    const { ice_servers: servers } = await httpJson(this.server, '/v1/calls/ice-servers', { token });
+    return servers;
+  }
+
   // ---- users and presence -------------------------------------------------
 
   /** Sets your status on all your sessions: online, away, busy or invisible. */
@@ -1213,5 +1260,88 @@ export class ChatClient {
       xhr.onabort = () => finish(reject, new ChatError('aborted', 'the upload was cancelled'));
       xhr.send(form);
     });
+  }
+}
+
+/** One side of a call's `RTCPeerConnection`, signalled through a
+ * {@link ChatClient}: offers, answers and ICE candidates travel as
+ * `call:signal` payloads (`{type:'offer'|'answer', sdp}` and
+ * `{candidate}`), to the other participant's session only. The caller makes
+ * the offer once the call is accepted (`offer()`); the callee answers. Media
+ * come from `stream`; the other side's arrive through `onTrack`. */
+export class CallConnection {
+  /**
+   * @param {ChatClient} client
+   * @param {{callId: string, peer: string, iceServers?: object[], stream?: MediaStream,
+   *   onTrack?: (stream: MediaStream) => void, onState?: (state: string) => void,
+   *   RTCPeerConnection?: typeof RTCPeerConnection}} options
+   */
+  constructor(client, options) {
+    this.client = client;
+    this.callId = options.callId;
+    this.peer = options.peer;
+    this.options = options;
+    const Peer = options.RTCPeerConnection || globalThis.RTCPeerConnection;
+    this.pc = new Peer({ iceServers: options.iceServers || [] });
+    this.remote = null;
+    this._pendingCandidates = [];
+    if (options.stream) {
+      for (const track of options.stream.getTracks()) this.pc.addTrack(track, options.stream);
+    }
+    this.pc.addEventListener('icecandidate', (event) => {
+      if (event.candidate) this._signal({ candidate: event.candidate.toJSON() });
+    });
+    this.pc.addEventListener('track', (event) => {
+      this.remote = event.streams[0] || new MediaStream([event.track]);
+      if (options.onTrack) options.onTrack(this.remote);
+    });
+    this.pc.addEventListener('connectionstatechange', () => {
+      if (options.onState) options.onState(this.pc.connectionState);
+    });
+    this._off = client.on('call:signal', (data) => {
+      if (data.call_id === this.callId) this._receive(data.payload);
+    });
+  }
+
+  /** Makes and sends the offer (the caller, once the call is accepted, or
+   * either side after a `call:rejoined`, with `iceRestart`). */
+  async offer({ iceRestart = false } = {}) {
+    const offer = await this.pc.createOffer({ iceRestart });
+    await this.pc.setLocalDescription(offer);
+    await this._signal({ type: offer.type, sdp: offer.sdp });
+  }
+
+  async _receive(payload) {
+    try {
+      if (payload && (payload.type === 'offer' || payload.type === 'answer')) {
+        await this.pc.setRemoteDescription({ type: payload.type, sdp: payload.sdp });
+        for (const candidate of this._pendingCandidates.splice(0)) await this.pc.addIceCandidate(candidate);
+        if (payload.type === 'offer') {
+          const answer = await this.pc.createAnswer();
+          await this.pc.setLocalDescription(answer);
+          await this._signal({ type: answer.type, sdp: answer.sdp });
+        }
+      } else if (payload && payload.candidate) {
+        // Candidates may come before the description they belong to.
+        if (this.pc.remoteDescription) await this.pc.addIceCandidate(payload.candidate);
+        else this._pendingCandidates.push(payload.candidate);
+      }
+    } catch (err) {
+      if (this.options.onState) this.options.onState(`error: ${err.message}`);
+    }
+  }
+
+  async _signal(payload) {
+    try {
+      await this.client.signalCall(this.callId, this.peer, payload);
+    } catch {
+      // The call ended meanwhile, or the connection dropped; call:ended says which.
+    }
+  }
+
+  /** Stops listening and closes the peer connection (not the local stream). */
+  close() {
+    this._off();
+    this.pc.close();
   }
 }

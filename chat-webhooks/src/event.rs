@@ -211,6 +211,7 @@ mod tests {
             created_at: Timestamp::from_millis(1_767_323_045_000),
             edited_at: None,
             deleted: false,
+            call: None,
         }
     }
 

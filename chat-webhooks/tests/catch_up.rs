@@ -89,6 +89,7 @@ async fn what_was_committed_without_an_event_is_delivered_by_the_next_process() 
             attachments: Vec::new(),
             reply_to: None,
             created_at: now,
+            call: None,
         })
         .collect();
     let stored = store.append_messages(batch).await.expect("appended");
@@ -156,6 +157,7 @@ async fn an_endpoint_added_later_gets_nothing_from_before_it_was_added() {
         attachments: Vec::new(),
         reply_to: None,
         created_at: Timestamp::now(),
+        call: None,
     };
     store.append_messages(vec![message(0)]).await.expect("appended before the endpoint");
     tokio::time::sleep(Duration::from_millis(20)).await;

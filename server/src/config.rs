@@ -219,6 +219,19 @@ pub struct Config {
     /// attachment URLs so that webhook receivers and widgets on other sites
     /// can fetch them. Unset: URLs are relative to the server.
     pub public_url: Option<String>,
+    /// Seconds a call rings before it ends with `timeout`.
+    pub call_ring_s: u64,
+    /// The ICE servers calls use: a JSON array of RTCIceServer objects
+    /// (`[{"urls":"stun:stun.example.org"},{"urls":"turn:turn.example.org"}]`),
+    /// taken as written from `CHAT_ICE_SERVERS`. Empty: none (peers on one
+    /// network still connect).
+    pub ice_servers: String,
+    /// The secret shared with the TURN server (coturn's
+    /// `static-auth-secret`): `turn:`/`turns:` entries of `ice_servers` then
+    /// get a username and credential made per user that expire.
+    pub turn_secret: Option<String>,
+    /// Seconds the TURN credentials of `turn_secret` stay valid.
+    pub turn_ttl_s: u64,
     /// The Discord bridge, on when a token is set (`[discord]`, `DISCORD_*`).
     pub discord: DiscordSettings,
     /// `CHAT_*` variables of the environment that name no setting and were
@@ -278,7 +291,7 @@ impl std::fmt::Debug for DiscordSettings {
 
 /// Settings whose `CHAT_*` variable is read as written rather than like
 /// TOML (see [`Config::load`]).
-const VERBATIM_ENV: [&str; 1] = ["webhook_secret"];
+const VERBATIM_ENV: [&str; 3] = ["webhook_secret", "ice_servers", "turn_secret"];
 
 /// The keys of `[discord]`, which are also the `DISCORD_*` variables.
 const DISCORD_KEYS: [&str; 9] = [
@@ -414,6 +427,10 @@ impl Default for Config {
             upload_timeout_s: ws.upload_timeout.as_secs(),
             visitor_upload_bytes_per_hour: ws.visitor_upload_bytes_per_ip,
             public_url: None,
+            call_ring_s: engine.calls.ring_timeout.as_secs(),
+            ice_servers: String::new(),
+            turn_secret: None,
+            turn_ttl_s: 24 * 3600,
             discord: DiscordSettings::default(),
             ignored_env: Vec::new(),
         }
@@ -539,6 +556,13 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         self.backend()?;
+        if self.call_ring_s == 0 {
+            bail!("call_ring_s must be positive");
+        }
+        if self.turn_ttl_s == 0 {
+            bail!("turn_ttl_s must be positive");
+        }
+        self.ice_config()?;
         if self.database_max_connections == 0 {
             bail!("database_max_connections must be at least 1");
         }
@@ -616,6 +640,17 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Where calls get their ICE servers: `ice_servers`, with TURN
+    /// credentials from `turn_secret`.
+    pub fn ice_config(&self) -> anyhow::Result<chat_transport_ws::IceConfig> {
+        chat_transport_ws::IceConfig::new(
+            &self.ice_servers,
+            self.turn_secret.clone().filter(|s| !s.is_empty()),
+            Duration::from_secs(self.turn_ttl_s),
+        )
+        .map_err(|e| anyhow::anyhow!("CHAT_ICE_SERVERS: {e}"))
     }
 
     /// The webhook endpoint of the configuration: both its URL and its
@@ -698,6 +733,7 @@ impl Config {
         limits.outbound_queue = self.outbound_queue;
         config.commit_window = Duration::from_micros(self.commit_window_us);
         config.keepalive_interval = Duration::from_secs(self.keepalive_s);
+        config.calls.ring_timeout = Duration::from_secs(self.call_ring_s.max(1));
         config
     }
 
@@ -850,6 +886,46 @@ mod tests {
         c.idle_timeout_s = 12;
         assert_eq!(c.engine_config().keepalive_interval, Duration::from_secs(5));
         assert_eq!(c.ws_config().idle_timeout, Duration::from_secs(12));
+    }
+
+    // figment's test jail returns its own large error type.
+    #[allow(clippy::result_large_err)]
+    #[test]
+    fn calls_take_their_ice_servers_and_turn_secret_as_written() {
+        use chat_core::IceServers as _;
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.engine_config().calls.ring_timeout, Duration::from_secs(30));
+            let ada = chat_core::UserId::new("ada").map_err(|e| e.to_string())?;
+            assert!(c.ice_config().map_err(|e| e.to_string())?.ice_servers(&ada).is_empty(), "none by default");
+            jail.set_env(
+                "CHAT_ICE_SERVERS",
+                r#"[{"urls":"stun:s.example.org"},{"urls":["turns:t.example.org:5349"]}]"#,
+            );
+            jail.set_env("CHAT_TURN_SECRET", "0123456789");
+            jail.set_env("CHAT_TURN_TTL_S", "60");
+            jail.set_env("CHAT_CALL_RING_S", "5");
+            let c = Config::load(None).map_err(|e| format!("{e:#}"))?;
+            assert_eq!(c.turn_secret.as_deref(), Some("0123456789"), "a secret of digits stays a string");
+            assert_eq!(c.engine_config().calls.ring_timeout, Duration::from_secs(5));
+            let servers = c.ice_config().map_err(|e| e.to_string())?.ice_servers(&ada);
+            assert_eq!(servers.len(), 2);
+            assert!(servers[0].get("username").is_none());
+            assert!(servers[1]["username"].as_str().is_some_and(|u| u.ends_with(":ada")), "{servers:?}");
+            for (var, bad) in [
+                ("CHAT_ICE_SERVERS", "stun:s.example.org"),
+                ("CHAT_ICE_SERVERS", r#"[{"url":"stun:s.example.org"}]"#),
+                ("CHAT_CALL_RING_S", "0"),
+                ("CHAT_TURN_TTL_S", "0"),
+            ] {
+                let good = std::env::var(var).unwrap_or_default();
+                jail.set_env(var, bad);
+                let err = Config::load(None).expect_err("refused").to_string();
+                assert!(err.to_lowercase().contains(&var[5..].to_lowercase()), "{var}={bad}: {err}");
+                jail.set_env(var, good);
+            }
+            Ok(())
+        });
     }
 
     // figment's test jail returns its own large error type.

@@ -341,7 +341,7 @@ pub async fn run(
         allow(unused_mut)
     )]
     let attachments = attachments_from(&config, store.as_ref()).await?;
-    let mut engine = Engine::builder(store).config(config.engine_config());
+    let mut engine = Engine::builder(store).config(config.engine_config()).ice_servers(Arc::new(config.ice_config()?));
     if let Some(attachments) = attachments {
         engine = engine.attachments(attachments);
     }

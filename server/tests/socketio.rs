@@ -838,3 +838,29 @@ async fn a_socketio_client_is_refused_after_its_tokens_are_revoked() {
     assert_eq!(eio.expect_event("ready").await["user"]["id"], "ada");
     server.stop().await.expect("stops cleanly");
 }
+
+/// Calls are ordinary commands and events over Socket.IO too: a native
+/// caller rings a Socket.IO callee, who accepts with an ack and gets the
+/// signals; hanging up reaches both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_between_a_native_and_a_socketio_client() {
+    let server = TestServer::start().await;
+    let mut bob = Eio::connect(server.addr, &token("bob"), None).await;
+    let mut ada = server.connect("ada").await;
+    let room = support::create_room(&mut ada, json!({"kind": "direct", "members": ["bob"]})).await;
+    let placed = ada.ok("call:invite", json!({"room_id": room["id"], "media": "audio"})).await;
+    let incoming = bob.expect_event("call:incoming").await;
+    assert_eq!((&incoming["call_id"], &incoming["from"]["id"]), (&placed["call_id"], &json!("ada")));
+    bob.ok("call:accept", json!({"call_id": placed["call_id"]})).await;
+    assert_eq!(ada.expect_event("call:accepted").await["user_id"], "bob");
+    let offer = json!({"type": "offer", "sdp": "v=0"});
+    ada.ok("call:signal", json!({"call_id": placed["call_id"], "to": "bob", "payload": offer})).await;
+    assert_eq!(bob.expect_event("call:signal").await["payload"], offer);
+    let ack = bob
+        .call("call:signal", json!({"call_id": placed["call_id"], "to": "ada", "payload": "x".repeat(20_000)}))
+        .await;
+    assert_eq!(ack["error"]["code"], "too_large", "{ack}");
+    bob.ok("call:end", json!({"call_id": placed["call_id"]})).await;
+    assert_eq!(ada.expect_event("call:ended").await["reason"], "hangup");
+    assert_eq!(bob.expect_event("call:ended").await["reason"], "hangup");
+}

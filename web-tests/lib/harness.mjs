@@ -234,7 +234,7 @@ export async function tcpProxy(targetPort) {
 }
 
 /** Debian's Chromium, headless. */
-export function launchBrowser() {
+export function launchBrowser({ args = [] } = {}) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
     // No sandbox (CI runs as root); nothing that phones home: this machine
@@ -249,6 +249,7 @@ export function launchBrowser() {
       '--no-first-run',
       '--disable-component-update',
       '--disable-sync',
+      ...args,
     ],
   });
 }

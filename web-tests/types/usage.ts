@@ -3,6 +3,7 @@
 // declaration that drifts from the documented use fails the build.
 
 import {
+  CallConnection,
   ChatClient,
   ChatError,
   createVisitorSession,
@@ -51,4 +52,35 @@ export async function demo(server: string): Promise<string[]> {
   stop();
   client.close();
   return page.messages.map((m) => m.body).concat(seen.map((m) => m.body));
+}
+
+// A call: ring, answer on this session, connect the media, show the line.
+export function answerCalls(client: ChatClient, stream: MediaStream, show: (s: MediaStream) => void): () => void {
+  let connection: CallConnection | null = null;
+  const stopRing = client.on('call:incoming', async ({ call_id, from, media }) => {
+    console.log(`${from.name} calls (${media})`);
+    connection = new CallConnection(client, { callId: call_id, peer: from.id, stream, onTrack: show,
+      iceServers: await client.iceServers() });
+    await client.acceptCall(call_id);
+  });
+  const stopEnd = client.on('call:ended', ({ reason, duration_s }) => {
+    console.log(reason === 'answered_elsewhere' ? 'elsewhere' : `${reason} after ${duration_s ?? 0} s`);
+    connection?.close();
+  });
+  client.on('message', ({ message }) => {
+    if (message.call) console.log(message.call.outcome, message.call.duration_s);
+  });
+  return () => {
+    stopRing();
+    stopEnd();
+  };
+}
+
+export async function callSomeone(client: ChatClient, roomId: string, to: string): Promise<string> {
+  const placed = await client.inviteCall(roomId, 'video', { to });
+  client.on('call:accepted', async ({ call_id }) => {
+    if (call_id !== placed.call_id || placed.glare) return;
+    await new CallConnection(client, { callId: call_id, peer: to, iceServers: placed.ice_servers }).offer();
+  });
+  return placed.call_id;
 }

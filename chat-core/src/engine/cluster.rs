@@ -197,6 +197,11 @@ impl Cluster {
                     self.queue(Topic::Room(*room_id), bytes);
                 }
             }
+            Audience::Session { user_id, .. } => {
+                if let Some(bytes) = self.encode(BodyRef::Event(fanout)) {
+                    self.queue(Topic::User(user_id.clone()), bytes);
+                }
+            }
             Audience::Users { users, except_session } => {
                 for user in users {
                     let one = Fanout {

@@ -29,6 +29,10 @@ pub(crate) struct CommitRequest {
     pub(crate) reply: oneshot::Sender<Result<Appended>>,
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "jobs live in the commit queue's slots; boxing the request would allocate once more per send"
+)]
 pub(crate) enum CommitJob {
     Append(CommitRequest),
     /// Answered once everything queued before it is committed.

@@ -436,6 +436,7 @@ impl Inner {
                 attachments,
                 reply_to: req.reply_to,
                 created_at: Timestamp::now(),
+                call: None,
             },
             session: ctx.session,
             bridge: ctx.bridge.clone(),

@@ -381,6 +381,11 @@ impl Hub {
         self.read().sessions.get(&session).and_then(|e| e.rooms.as_ref()).is_some_and(|rooms| rooms.contains(&room))
     }
 
+    /// Whether the session is open here.
+    pub(crate) fn has_session(&self, session: SessionId) -> bool {
+        self.read().sessions.contains_key(&session)
+    }
+
     pub(crate) fn session_count(&self) -> usize {
         self.read().sessions.len()
     }
@@ -460,6 +465,11 @@ impl Hub {
                     if except_user.as_ref() == Some(entry.shared.user_id()) {
                         continue;
                     }
+                    *queued += u64::from(self.offer(entry, delivery));
+                }
+            }
+            Audience::Session { user_id, session_id } => {
+                if let Some(entry) = state.sessions.get(session_id).filter(|e| e.shared.user_id() == user_id) {
                     *queued += u64::from(self.offer(entry, delivery));
                 }
             }

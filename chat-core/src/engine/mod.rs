@@ -9,6 +9,7 @@
 //! is an `Arc`).
 
 mod attachments;
+mod calls;
 mod cluster;
 mod committer;
 mod expiry;
@@ -50,6 +51,7 @@ use self::session::TransportCounts;
 use self::typing::TypingTracker;
 use crate::bridge::{Bridge, BridgeEvent, BridgeHealth, Job, JobStatus};
 use crate::broker::{Audience, Broker, Fanout};
+use crate::call::{CallNotifier, IceServers};
 use crate::command::SearchMessages;
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
@@ -70,6 +72,8 @@ pub struct EngineBuilder {
     bridges: Vec<Arc<dyn Bridge>>,
     config: EngineConfig,
     attachments: Option<crate::attachment::AttachmentConfig>,
+    ice_servers: Option<Arc<dyn IceServers>>,
+    call_notifier: Option<Arc<dyn CallNotifier>>,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -104,6 +108,20 @@ impl EngineBuilder {
     /// Replaces the default limits and timings.
     pub fn config(mut self, config: EngineConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Where calls get their ICE servers (STUN, TURN with per-user
+    /// credentials). Without one, calls are offered none.
+    pub fn ice_servers(mut self, source: Arc<dyn IceServers>) -> Self {
+        self.ice_servers = Some(source);
+        self
+    }
+
+    /// Who hears of calls to users with no open session anywhere (the seam
+    /// for push notifications).
+    pub fn call_notifier(mut self, notifier: Arc<dyn CallNotifier>) -> Self {
+        self.call_notifier = Some(notifier);
         self
     }
 
@@ -143,6 +161,9 @@ impl EngineBuilder {
             commits: commit_tx,
             accepting: AtomicBool::new(true),
             last_seen: LastSeen::default(),
+            ice_servers: self.ice_servers,
+            call_notifier: self.call_notifier,
+            call_legs: calls::CallLegs::default(),
             started: Instant::now(),
             tasks: Mutex::new(Vec::new()),
         });
@@ -154,6 +175,7 @@ impl EngineBuilder {
             tokio::spawn(keep_sessions_alive(inner.clone())),
             tokio::spawn(write_last_seen(inner.clone())),
             tokio::spawn(attachments::clean_up(inner.clone())),
+            tokio::spawn(calls::sweep(Arc::downgrade(&inner))),
         ];
         if let (Some(cluster), Some(queues)) = (&inner.cluster, queues) {
             let sink = Arc::new(cluster::ClusterSink { inner: Arc::downgrade(&inner) });
@@ -215,6 +237,13 @@ pub(crate) struct Inner {
     pub(crate) accepting: AtomicBool,
     /// When users were last seen, waiting to be written (see [`LastSeen`]).
     pub(crate) last_seen: LastSeen,
+    /// Where calls get their ICE servers.
+    pub(crate) ice_servers: Option<Arc<dyn IceServers>>,
+    /// Who hears of calls to users who are nowhere connected.
+    pub(crate) call_notifier: Option<Arc<dyn CallNotifier>>,
+    /// Which sessions here take part in calls: what the timers and the
+    /// calls' sweep act on (the store decides).
+    pub(crate) call_legs: calls::CallLegs,
     started: Instant,
     /// The background tasks, aborted at shutdown once the committer is drained.
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -243,7 +272,15 @@ pub struct SupportAvailability {
 impl Engine {
     /// Starts building an engine on a store.
     pub fn builder(store: Arc<dyn Store>) -> EngineBuilder {
-        EngineBuilder { store, broker: None, bridges: Vec::new(), config: EngineConfig::default(), attachments: None }
+        EngineBuilder {
+            store,
+            broker: None,
+            bridges: Vec::new(),
+            config: EngineConfig::default(),
+            ice_servers: None,
+            call_notifier: None,
+            attachments: None,
+        }
     }
 
     /// The store the engine uses.
@@ -304,6 +341,17 @@ impl Engine {
         }
         let ctx = Ctx { session: None, user, bridge: None };
         self.inner.search_messages(&ctx, request).await
+    }
+
+    /// The ICE servers for the holder of `identity`'s calls (`GET
+    /// /v1/calls/ice-servers`): the same list `call:invite` answers with.
+    /// Visitors, who may not call, are refused.
+    pub async fn ice_servers(&self, identity: &Identity) -> Result<Vec<serde_json::Value>> {
+        let user = self.acting_user(identity).await?;
+        if user.is_visitor() {
+            return Err(Error::forbidden("visitors may not make calls"));
+        }
+        Ok(self.inner.ice_servers_for(&user.id))
     }
 
     /// Connected, visible users, on every server process of the cluster.
@@ -590,6 +638,13 @@ impl Inner {
             self.hub.deliver(fanout);
             return;
         };
+        // A session of this process needs nothing from the broker.
+        if let Audience::Session { session_id, .. } = &fanout.audience
+            && self.hub.has_session(*session_id)
+        {
+            self.hub.deliver(fanout);
+            return;
+        }
         cluster.publish_fanout(&fanout);
         match &fanout.event {
             Event::MessageNew(e) => {
@@ -627,6 +682,7 @@ impl Inner {
     /// Called when a session ends, from its `Drop`.
     pub(crate) fn session_closed(self: &Arc<Self>, shared: &SessionShared) {
         let (last, emptied) = self.hub.unregister(shared.id);
+        self.call_session_closed(shared.id);
         self.presence.disconnect(shared.user_id());
         self.rooms_emptied(&emptied);
         if last {

@@ -334,6 +334,12 @@ impl PresenceTracker {
         self.changed(&mut state, user);
     }
 
+    /// Whether the user has a session open on any process (invisible ones
+    /// included), as far as this process has heard.
+    pub(crate) fn is_connected(&self, user: &UserId) -> bool {
+        self.lock().entries.get(user).is_some_and(|e| e.sessions > 0 || e.remote > 0)
+    }
+
     /// The user's status over every process, `offline` when not connected.
     #[cfg(test)]
     pub(crate) fn status(&self, user: &UserId) -> PresenceStatus {

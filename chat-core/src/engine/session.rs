@@ -401,6 +401,12 @@ impl Session {
             Command::UsersSearch(req) => inner.search_users(req).await,
             Command::MessagesSearch(req) => inner.search_messages(&ctx, req).await.map(Reply::Search),
             Command::Ping => Ok(Reply::Pong { server_time: Timestamp::now() }),
+            Command::CallInvite(req) => inner.call_invite(&ctx, req).await,
+            Command::CallAccept(req) => inner.call_accept(&ctx, req.call_id).await,
+            Command::CallReject(req) => inner.call_reject(&ctx, req.call_id).await,
+            Command::CallEnd(req) => inner.call_hang_up(&ctx, req.call_id).await,
+            Command::CallSignal(req) => inner.call_signal(&ctx, req).await,
+            Command::CallRejoin(req) => inner.call_rejoin(&ctx, req.call_id).await,
         };
         self.inner.metrics.command(kind, outcome(&result));
         if let Err(err) = &result

@@ -31,6 +31,7 @@ use crate::store::{Joining, MemberLimits, MemoryStore, QueueCursor, QueuedRoom, 
 use crate::time::Timestamp;
 use crate::user::{Identity, User, UserAccount, UserListQuery, UserPatch};
 
+mod calls;
 mod cluster;
 mod moderation;
 mod users;

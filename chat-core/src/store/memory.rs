@@ -12,8 +12,9 @@ use super::{
 };
 use crate::attachment::{Posted, StoredAttachment};
 use crate::bridge::{BridgeStore, Job, JobCounts, JobStatus, NewJob, NewLink};
+use crate::call::{Call, CallStart};
 use crate::error::{Error, Result};
-use crate::id::{AttachmentId, MessageId, RoomId, UserId};
+use crate::id::{AttachmentId, CallId, MessageId, RoomId, SessionId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, Message, NewMessage};
 use crate::room::{Ban, Member, MemberRole, NewRoom, ReceiptKind, Room, RoomChanges, RoomKind, RoomSummary};
 use crate::search::{SearchHit, SearchPage, SearchQuery};
@@ -51,6 +52,8 @@ struct State {
     attachments: HashMap<AttachmentId, StoredAttachment>,
     /// Server secrets by name.
     secrets: HashMap<String, String>,
+    /// Calls by id (ids are time-sortable, so the map is oldest first).
+    calls: BTreeMap<CallId, Call>,
 }
 
 #[derive(Debug)]
@@ -699,6 +702,86 @@ impl Store for MemoryStore {
 
     async fn server_secret(&self, name: &str, candidate: &str) -> Result<String> {
         Ok(self.lock().secrets.entry(name.to_string()).or_insert_with(|| candidate.to_string()).clone())
+    }
+
+    async fn start_call(&self, call: &Call) -> Result<CallStart> {
+        let mut state = self.lock();
+        if state.calls.contains_key(&call.id) {
+            return Err(Error::Conflict("call id taken".into()));
+        }
+        let live: Vec<Call> = state
+            .calls
+            .values()
+            .filter(|c| c.is_live() && (c.involves(&call.caller.user_id) || c.involves(&call.callee.user_id)))
+            .cloned()
+            .collect();
+        let start = call.start_against(&live);
+        match &start {
+            CallStart::Started => {
+                state.calls.insert(call.id, call.clone());
+            }
+            CallStart::Busy(busy) => {
+                state.calls.insert(busy.id, busy.clone());
+            }
+            _ => {}
+        }
+        Ok(start)
+    }
+
+    async fn call(&self, id: CallId) -> Result<Option<Call>> {
+        Ok(self.lock().calls.get(&id).cloned())
+    }
+
+    async fn update_call(&self, call: &Call) -> Result<Option<Call>> {
+        let mut state = self.lock();
+        let Some(stored) = state.calls.get_mut(&call.id) else { return Ok(None) };
+        if stored.version != call.version {
+            return Ok(None);
+        }
+        stored.state = call.state;
+        stored.caller.session = call.caller.session;
+        stored.caller.until = call.caller.until;
+        stored.callee.session = call.callee.session;
+        stored.callee.until = call.callee.until;
+        stored.accepted_at = call.accepted_at;
+        stored.ended_at = call.ended_at;
+        stored.end_reason = call.end_reason;
+        stored.logged = call.logged;
+        stored.version += 1;
+        Ok(Some(stored.clone()))
+    }
+
+    async fn renew_calls(&self, legs: &[(CallId, SessionId)], until: Timestamp) -> Result<()> {
+        let mut state = self.lock();
+        for (id, session) in legs {
+            let Some(call) = state.calls.get_mut(id).filter(|c| c.is_live()) else { continue };
+            for party in [&mut call.caller, &mut call.callee] {
+                if party.session == Some(*session) {
+                    party.until = Some(until);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn due_calls(&self, now: Timestamp, limit: u32) -> Result<Vec<Call>> {
+        let state = self.lock();
+        let due = state.calls.values().filter(|c| c.deadline().is_some_and(|d| d <= now));
+        Ok(due.take(limit as usize).cloned().collect())
+    }
+
+    async fn unlogged_calls(&self, before: Timestamp, limit: u32) -> Result<Vec<Call>> {
+        let state = self.lock();
+        let unlogged =
+            state.calls.values().filter(|c| !c.is_live() && !c.logged && c.ended_at.is_some_and(|at| at <= before));
+        Ok(unlogged.take(limit as usize).cloned().collect())
+    }
+
+    async fn mark_call_logged(&self, id: CallId) -> Result<()> {
+        if let Some(call) = self.lock().calls.get_mut(&id) {
+            call.logged = true;
+        }
+        Ok(())
     }
 
     fn bridge_store(&self) -> Option<&dyn BridgeStore> {

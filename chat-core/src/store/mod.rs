@@ -47,6 +47,12 @@
 //!   them removed in its transaction; an upload's record is refused, in the
 //!   transaction that would insert it, when it would take its uploader past
 //!   their quota.
+//! - **Calls** ([`Store::start_call`], [`Store::update_call`]) are decided
+//!   here, not in a process's memory: whether a user is in a live call is
+//!   read and acted on in the transaction that stores the new call (racing
+//!   invites of two users who call each other make one call), and every
+//!   later change is a compare-and-set on the call's version, so that of
+//!   racing processes exactly one accepts or ends a call.
 //! - **Errors** are classified: an unreachable backend is
 //!   [`Error::Unavailable`](crate::Error::Unavailable), never a panic, and no
 //!   backend text reaches a client through `Display`.
@@ -59,8 +65,9 @@ pub use memory::MemoryStore;
 
 use crate::attachment::StoredAttachment;
 use crate::bridge::BridgeStore;
+use crate::call::{Call, CallStart};
 use crate::error::Result;
-use crate::id::{AttachmentId, MessageId, RoomId, UserId};
+use crate::id::{AttachmentId, CallId, MessageId, RoomId, SessionId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, Message, NewMessage};
 use crate::room::{Ban, Member, MemberRole, NewRoom, ReceiptKind, Room, RoomChanges, RoomSummary};
 use crate::search::{SearchPage, SearchQuery};
@@ -418,6 +425,70 @@ pub trait Store: Send + Sync + 'static {
     /// cursor too). Returns the new value when it moved, `None` when it was
     /// already there or beyond, or when the user is not a member.
     async fn advance_cursor(&self, room: RoomId, user: &UserId, kind: ReceiptKind, up_to: u64) -> Result<Option<u64>>;
+
+    /// Places a call (ringing) unless one of its two users is in a live call
+    /// already, deciding in one transaction that racing invites on any
+    /// process cannot slip between ([`crate::call`]):
+    /// - the callee is calling the caller right now (a ringing call from
+    ///   `call.callee` to `call.caller`): [`CallStart::Glare`] with that
+    ///   call, nothing stored (the older invite is kept);
+    /// - the caller is in a live call: [`CallStart::CallerBusy`], nothing stored;
+    /// - the callee is in a live call: the call is stored as ended with
+    ///   [`EndReason::Busy`](crate::EndReason::Busy) at its `created_at`,
+    ///   and returned as stored, in [`CallStart::Busy`];
+    /// - otherwise the call is stored as given: [`CallStart::Started`].
+    ///
+    /// The default answers [`Error::Unavailable`](crate::Error::Unavailable):
+    /// a store that cannot keep calls says so.
+    async fn start_call(&self, call: &Call) -> Result<CallStart> {
+        let _ = call;
+        Err(crate::Error::unavailable("this store cannot keep calls"))
+    }
+
+    /// One call, if it exists.
+    async fn call(&self, id: CallId) -> Result<Option<Call>> {
+        let _ = id;
+        Err(crate::Error::unavailable("this store cannot keep calls"))
+    }
+
+    /// Stores a call's new state (everything but its id, room, media, users,
+    /// creation and ring times) if its stored `version` is still
+    /// `call.version`, and bumps the version: a compare-and-set. Returns the
+    /// call as stored now, or `None` when it changed meanwhile (or does not
+    /// exist), in which case nothing was written.
+    async fn update_call(&self, call: &Call) -> Result<Option<Call>> {
+        let _ = call;
+        Err(crate::Error::unavailable("this store cannot keep calls"))
+    }
+
+    /// Moves the [`CallParty::until`](crate::CallParty::until) of every
+    /// side of a live call whose session is one of `legs` to `until`: the
+    /// lease of the sessions open on this process. Does not bump versions.
+    async fn renew_calls(&self, legs: &[(CallId, SessionId)], until: Timestamp) -> Result<()> {
+        let _ = (legs, until);
+        Err(crate::Error::unavailable("this store cannot keep calls"))
+    }
+
+    /// Live calls whose [`Call::deadline`](crate::Call::deadline) is at or
+    /// before `now`, oldest first, at most `limit`.
+    async fn due_calls(&self, now: Timestamp, limit: u32) -> Result<Vec<Call>> {
+        let _ = (now, limit);
+        Err(crate::Error::unavailable("this store cannot keep calls"))
+    }
+
+    /// Ended calls whose history line is not written
+    /// ([`Call::logged`](crate::Call::logged) unset) and that ended at or
+    /// before `before`, oldest first, at most `limit`.
+    async fn unlogged_calls(&self, before: Timestamp, limit: u32) -> Result<Vec<Call>> {
+        let _ = (before, limit);
+        Err(crate::Error::unavailable("this store cannot keep calls"))
+    }
+
+    /// Records that a call's history line was written. Does not bump its version.
+    async fn mark_call_logged(&self, id: CallId) -> Result<()> {
+        let _ = id;
+        Err(crate::Error::unavailable("this store cannot keep calls"))
+    }
 
     /// The outbox and links bridges keep here, when this store can hold them.
     /// Bridges that need durable work refuse to start without it.

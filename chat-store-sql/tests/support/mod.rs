@@ -41,6 +41,7 @@ pub(crate) fn msg(room: chat_core::RoomId, sender: &str, client_msg_id: &str) ->
         attachments: Vec::new(),
         reply_to: None,
         created_at: Timestamp::from_millis(2_000),
+        call: None,
     }
 }
 

@@ -382,3 +382,49 @@ async fn a_replay_stops_when_the_user_leaves_through_another_process() {
     }
     bob_there.quiet().await;
 }
+
+/// The two participants of a call on two processes hang up at the same
+/// moment: the store lets one end it, so each hears `call:ended` once and
+/// the room gets one line.
+#[tokio::test(start_paused = true)]
+async fn a_call_ended_on_two_processes_at_once_ends_once() {
+    use crate::call::{CallMedia, EndReason};
+    use crate::command::{CallRef, InviteCall};
+    let c = cluster(2).await;
+    let mut ada = connect(&c.engines[0], "ada").await;
+    let mut bob = connect(&c.engines[1], "bob").await;
+    let room = room_of(ada.ok(create(RoomKind::Direct, None, &[bob.id()])).await);
+    bob.drain().await;
+    let placed =
+        match ada.ok(Command::CallInvite(InviteCall { room_id: room.id, media: CallMedia::Audio, to: None })).await {
+            Reply::CallPlaced(placed) => placed,
+            other => panic!("expected the call placed, got {other:?}"),
+        };
+    let call_id = placed.call_id;
+    assert!(matches!(bob.event().await, Event::CallIncoming(e) if e.call_id == call_id), "the call rings on B");
+    bob.ok(Command::CallAccept(CallRef { call_id })).await;
+    ada.drain().await;
+    bob.drain().await;
+
+    let end = || Command::CallEnd(CallRef { call_id });
+    let (a, b) = tokio::join!(ada.call(end()), bob.call(end()));
+    assert!(a.is_ok() && b.is_ok(), "both hang-ups are answered: {a:?} {b:?}");
+    for client in [&mut ada, &mut bob] {
+        let mut ended = Vec::new();
+        while let Some(out) = client.next_within(QUIET).await {
+            if let Output::Event(d) = out
+                && let Event::CallEnded(e) = d.event()
+            {
+                ended.push(e.reason);
+            }
+        }
+        ended.extend(client.stash.drain(..).filter_map(|e| match e {
+            Event::CallEnded(e) => Some(e.reason),
+            _ => None,
+        }));
+        assert_eq!(ended, [EndReason::Hangup], "{}: call:ended once", client.id());
+    }
+    let page = c.store.history(room.id, HistoryQuery { limit: 10, ..HistoryQuery::default() }).await.expect("history");
+    let lines: Vec<_> = page.messages.iter().filter_map(|m| m.call.as_ref()).collect();
+    assert_eq!(lines.len(), 1, "one line for the call: {lines:?}");
+}

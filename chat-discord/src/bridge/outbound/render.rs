@@ -35,6 +35,13 @@ pub(super) fn thread_title(visitor: &str, room: RoomId) -> String {
 /// uploaded with it show as Discord's own attachments.
 pub(super) fn render(message: &chat_core::Message, lined: &[String]) -> String {
     let mut text = message.body.clone();
+    if let Some(call) = &message.call {
+        // A call's line in the history has no body: say what it was.
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&call_line(call));
+    }
     for file in message.attachments.iter().filter(|f| lined.contains(&f.id)) {
         if !text.is_empty() {
             text.push('\n');
@@ -46,6 +53,30 @@ pub(super) fn render(message: &chat_core::Message, lined: &[String]) -> String {
         text.push('…');
     }
     text
+}
+
+/// A call's history line as Discord shows it: `📞 Video call, 1:05`,
+/// `📞 Missed audio call`, `📞 Video call declined`, `📞 Audio call, busy`.
+fn call_line(call: &chat_core::call::CallSummary) -> String {
+    use chat_core::call::{CallMedia, CallOutcome};
+    let (kind, lower) = match call.media {
+        CallMedia::Audio => ("Audio call", "audio call"),
+        CallMedia::Video => ("Video call", "video call"),
+    };
+    match call.outcome {
+        CallOutcome::Ended => {
+            let s = call.duration_s.unwrap_or(0);
+            let length = if s >= 3600 {
+                format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+            } else {
+                format!("{}:{:02}", s / 60, s % 60)
+            };
+            format!("📞 {kind}, {length}")
+        }
+        CallOutcome::Missed => format!("📞 Missed {lower}"),
+        CallOutcome::Rejected => format!("📞 {kind} declined"),
+        CallOutcome::Busy => format!("📞 {kind}, busy"),
+    }
 }
 
 /// A file that is not uploaded, as a line: `📎 name (size)`, and `: <url>`
@@ -311,5 +342,19 @@ mod tests {
         for (text, want) in table {
             assert_eq!(unsigned(text), want, "{text}");
         }
+    }
+
+    #[test]
+    fn a_calls_line_says_what_it_was() {
+        use chat_core::call::{CallMedia, CallOutcome, CallSummary};
+        let line = |media, outcome, duration_s| {
+            let call_id = "01900000-0000-7000-8000-000000000000".parse().expect("a call id");
+            call_line(&CallSummary { call_id, media, outcome, duration_s })
+        };
+        assert_eq!(line(CallMedia::Video, CallOutcome::Ended, Some(65)), "📞 Video call, 1:05");
+        assert_eq!(line(CallMedia::Audio, CallOutcome::Ended, Some(3725)), "📞 Audio call, 1:02:05");
+        assert_eq!(line(CallMedia::Audio, CallOutcome::Missed, None), "📞 Missed audio call");
+        assert_eq!(line(CallMedia::Video, CallOutcome::Rejected, None), "📞 Video call declined");
+        assert_eq!(line(CallMedia::Audio, CallOutcome::Busy, None), "📞 Audio call, busy");
     }
 }
