@@ -342,8 +342,12 @@ async function main() {
     transports: ["websocket"],
     serveClient: false,
     perMessageDeflate: false,
-    maxHttpBufferSize: 65536,
+    // Files come as binary event arguments, as Socket.IO apps send them;
+    // the whole file is one packet, so the buffer limit must hold it.
+    maxHttpBufferSize: Math.max(65536, Number(process.env.MAX_UPLOAD_BYTES || 0) + 65536),
   });
+  const uploadDir = process.env.UPLOAD_DIR;
+  const fs = require("node:fs");
 
   io.use((socket, next) => {
     const claims = verifyToken(socket.handshake.auth && socket.handshake.auth.token);
@@ -416,6 +420,27 @@ async function main() {
       user: { id: socket.data.user, name: socket.data.name, roles: [] },
       rooms: [],
       server_time: new Date().toISOString(),
+    });
+
+    // Attachments the way a Socket.IO app does them: the file is a Buffer
+    // argument of an event, written to disk once it has arrived whole, and
+    // sent back whole as the ack's argument.
+    socket.on("file:upload", (data, ack) => {
+      if (!uploadDir) return fail(socket, ack, "invalid", "this server keeps no files (UPLOAD_DIR)");
+      if (!data || !Buffer.isBuffer(data.data)) return fail(socket, ack, "invalid", "data");
+      const id = crypto.randomUUID();
+      fs.promises.writeFile(`${uploadDir}/${id}`, data.data).then(
+        () => ok(ack, { id, size: data.data.length }),
+        (e) => fail(socket, ack, "internal", String(e)),
+      );
+    });
+
+    socket.on("file:download", (data, ack) => {
+      if (!uploadDir || !data || !/^[0-9a-f-]{36}$/.test(String(data.id))) return fail(socket, ack, "invalid", "id");
+      fs.promises.readFile(`${uploadDir}/${data.id}`).then(
+        (bytes) => ok(ack, { bytes }),
+        () => fail(socket, ack, "not_found", "file"),
+      );
     });
 
     socket.on("room:create", (data, ack) => {
