@@ -318,10 +318,7 @@ impl UrlSigner {
     /// Gives every attachment of `message` its signed URLs.
     pub fn sign(&self, message: &mut Message, now: Timestamp) {
         for file in &mut message.attachments {
-            file.url = self.url(&file.id, false, now);
-            if file.thumbnail_url.is_some() {
-                file.thumbnail_url = Some(self.url(&file.id, true, now));
-            }
+            self.sign_attachment(file, now);
         }
     }
 

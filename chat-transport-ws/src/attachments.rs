@@ -75,7 +75,7 @@ pub(crate) async fn upload(
         let field = form
             .next_field()
             .await
-            .map_err(|e| ApiError::new(ErrorCode::Invalid, format!("the form could not be read: {e}")))?
+            .map_err(unreadable_form)?
             .ok_or_else(|| ApiError::new(ErrorCode::Invalid, "the form has no field `file`"))?;
         if field.name() == Some("file") {
             break field;
@@ -84,11 +84,7 @@ pub(crate) async fn upload(
         // bounded: a field is read at most up to the size limit.
         let mut skipped = 0u64;
         let mut field = field;
-        while let Some(chunk) = field
-            .chunk()
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::Invalid, format!("the form could not be read: {e}")))?
-        {
+        while let Some(chunk) = field.chunk().await.map_err(unreadable_form)? {
             skipped += chunk.len() as u64;
             if skipped > 64 * 1024 {
                 return Err(ApiError::new(ErrorCode::Invalid, "the form has a large field that is not `file`"));
@@ -115,6 +111,10 @@ pub(crate) async fn upload(
     // The spool files (moved away or not) are removed as they drop here.
     drop(spool_files);
     Ok((StatusCode::CREATED, Json(attachment)).into_response())
+}
+
+fn unreadable_form(err: axum::extract::multipart::MultipartError) -> ApiError {
+    ApiError::new(ErrorCode::Invalid, format!("the form could not be read: {err}"))
 }
 
 fn visitor_budget_error(app: &AppState) -> ApiError {

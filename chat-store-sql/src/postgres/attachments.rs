@@ -36,6 +36,10 @@ macro_rules! accounted {
 /// record inserted, so that the quota holds across processes.
 const LOCK_UPLOADER: &str = "SELECT pg_advisory_xact_lock(hashtextextended('chat:uploads:' || $1::text, 0))";
 
+/// The bytes a user's files that still count take, against the quota.
+const USAGE: &str =
+    concat!("SELECT COALESCE(SUM(", accounted!(), "), 0)::int8 FROM attachments WHERE uploader = $1 AND NOT removed");
+
 fn from_row(row: &PgRow) -> Result<StoredAttachment> {
     let uploader: String = row.try_get("uploader").db()?;
     let size: i64 = row.try_get("size").db()?;
@@ -81,15 +85,7 @@ fn dimension(v: Option<u32>) -> Option<i32> {
 async fn insert_in(conn: &mut PgConnection, a: &StoredAttachment, quota: u64) -> Result<chat_core::Result<()>> {
     if quota > 0 {
         sqlx::query(LOCK_UPLOADER).bind(a.uploader.as_str()).execute(&mut *conn).await.db()?;
-        let used: i64 = sqlx::query_scalar(concat!(
-            "SELECT COALESCE(SUM(",
-            accounted!(),
-            "), 0)::int8 FROM attachments WHERE uploader = $1 AND NOT removed"
-        ))
-        .bind(a.uploader.as_str())
-        .fetch_one(&mut *conn)
-        .await
-        .db()?;
+        let used: i64 = sqlx::query_scalar(USAGE).bind(a.uploader.as_str()).fetch_one(&mut *conn).await.db()?;
         if used.max(0) as u64 + a.accounted_bytes() > quota {
             return Ok(Err(quota_error(quota)));
         }
@@ -156,15 +152,7 @@ impl AttachmentStore for PostgresStore {
 
     async fn attachment_usage(&self, user: &UserId) -> chat_core::Result<u64> {
         self.bounded(async {
-            let used: i64 = sqlx::query_scalar(concat!(
-                "SELECT COALESCE(SUM(",
-                accounted!(),
-                "), 0)::int8 FROM attachments WHERE uploader = $1 AND NOT removed"
-            ))
-            .bind(user.as_str())
-            .fetch_one(&self.pool)
-            .await
-            .db()?;
+            let used: i64 = sqlx::query_scalar(USAGE).bind(user.as_str()).fetch_one(&self.pool).await.db()?;
             Ok(used.max(0) as u64)
         })
         .await

@@ -29,6 +29,10 @@ macro_rules! accounted {
     };
 }
 
+/// The bytes a user's files that still count take, against the quota.
+const USAGE: &str =
+    concat!("SELECT COALESCE(SUM(", accounted!(), "), 0) FROM attachments WHERE uploader = ?1 AND removed = 0");
+
 fn from_row(row: &SqliteRow) -> Result<StoredAttachment> {
     let id: String = row.try_get("id").db()?;
     let uploader: String = row.try_get("uploader").db()?;
@@ -71,15 +75,7 @@ fn from_row(row: &SqliteRow) -> Result<StoredAttachment> {
 
 async fn insert_in(conn: &mut SqliteConnection, a: &StoredAttachment, quota: u64) -> Result<chat_core::Result<()>> {
     if quota > 0 {
-        let used: i64 = sqlx::query_scalar(concat!(
-            "SELECT COALESCE(SUM(",
-            accounted!(),
-            "), 0) FROM attachments WHERE uploader = ?1 AND removed = 0"
-        ))
-        .bind(a.uploader.as_str())
-        .fetch_one(&mut *conn)
-        .await
-        .db()?;
+        let used: i64 = sqlx::query_scalar(USAGE).bind(a.uploader.as_str()).fetch_one(&mut *conn).await.db()?;
         if used.max(0) as u64 + a.accounted_bytes() > quota {
             return Ok(Err(quota_error(quota)));
         }
@@ -140,15 +136,7 @@ impl AttachmentStore for SqliteStore {
     }
 
     async fn attachment_usage(&self, user: &UserId) -> chat_core::Result<u64> {
-        let used: i64 = sqlx::query_scalar(concat!(
-            "SELECT COALESCE(SUM(",
-            accounted!(),
-            "), 0) FROM attachments WHERE uploader = ?1 AND removed = 0"
-        ))
-        .bind(user.as_str())
-        .fetch_one(&self.reader)
-        .await
-        .db()?;
+        let used: i64 = sqlx::query_scalar(USAGE).bind(user.as_str()).fetch_one(&self.reader).await.db()?;
         Ok(used.max(0) as u64)
     }
 
