@@ -462,7 +462,9 @@ describe('attachments', () => {
       // The three that fit still go.
       await ada.locator('#input').fill('Three parts');
       await ada.locator('#input').press('Enter');
-      const sent = ada.locator('#messages .msg.mine', { hasText: 'Three parts' });
+      // The acknowledged message, not the pending copy shown while it is
+      // sent (which lists the files by name, without links).
+      const sent = ada.locator('#messages .msg.mine:not(.pending)', { hasText: 'Three parts' });
       await sent.waitFor();
       assert.equal(await sent.locator('a.file-link').count(), 3);
       await ada.locator('#tray li[data-state="failed"]').waitFor();
