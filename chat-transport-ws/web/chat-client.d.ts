@@ -145,6 +145,29 @@ export interface IceServer {
   credential?: string;
 }
 
+/** A Web Push subscription as `PushSubscription.toJSON()` gives it, the body of
+ * `POST /v1/push/subscriptions`. */
+export interface PushSubscriptionData {
+  endpoint: string;
+  keys: { p256dh: string; auth: string };
+}
+
+/** What the service worker `/push-sw.js` gets as a push's decrypted payload. */
+export type PushPayload =
+  | {
+      type: 'message';
+      room_id: string;
+      room_name?: string;
+      message_id: string;
+      seq: number;
+      sender: User;
+      /** The message's first 120 characters. */
+      preview: string;
+      /** How many messages a folded push stands for, when more than one. */
+      count?: number;
+    }
+  | { type: 'call'; call_id: string; room_id: string; from: User; media: CallMedia };
+
 export interface CallPlaced {
   call_id: string;
   ice_servers: IceServer[];
@@ -378,6 +401,13 @@ export class ChatClient {
   rejoinCall(callId: string): Promise<CallRejoined>;
   /** `GET /v1/calls/ice-servers`. */
   iceServers(): Promise<IceServer[]>;
+  /**
+   * `POST /v1/push/subscriptions`: a Web Push subscription for the signed-in
+   * user (idempotent per endpoint); `not_found` when the server offers no push.
+   */
+  subscribePush(subscription: PushSubscription | PushSubscriptionData): Promise<void>;
+  /** `DELETE /v1/push/subscriptions`: no more pushes to this endpoint. */
+  unsubscribePush(endpoint: string): Promise<void>;
 }
 
 export interface CallConnectionOptions {
@@ -407,6 +437,9 @@ export class CallConnection {
 }
 
 export function serverBase(server?: string): string;
+/** `GET /v1/push/vapid-public-key` (base64url); `null` when the server offers no push. */
+export function vapidKey(server?: string): Promise<string | null>;
+
 export function createVisitorSession(
   server?: string,
   options?: { name?: string },

@@ -134,6 +134,20 @@ export function devLogin(server, name, { roles = [] } = {}) {
   return httpJson(server, '/v1/dev-login', { method: 'POST', body: { name, roles } });
 }
 
+/** `GET /v1/push/vapid-public-key`: the server's VAPID public key (base64url,
+ * an uncompressed P-256 point), the `applicationServerKey` for
+ * `pushManager.subscribe`; `null` when the server offers no Web Push (it
+ * answers 404 when push is not configured). */
+export async function vapidKey(server) {
+  try {
+    const data = await httpJson(server, '/v1/push/vapid-public-key');
+    return data && typeof data.key === 'string' && data.key ? data.key : null;
+  } catch (err) {
+    if (err.code === 'not_found' || err.code === 'http_404') return null;
+    throw err;
+  }
+}
+
 /** The state of one room as this client tracks it. */
 class RoomTrack {
   constructor(id) {
@@ -1136,6 +1150,35 @@ export class ChatClient {
     const token = await this._currentToken();
     const { ice_servers: servers } = await httpJson(this.server, '/v1/calls/ice-servers', { token });
     return servers;
+  }
+
+  // ---- push notifications -------------------------------------------------
+
+  /** `POST /v1/push/subscriptions`: this browser's Web Push subscription
+   * (a PushSubscription, or its `toJSON()`) for the signed-in user, who then
+   * gets a push for what happens while they have no open session. Posting
+   * the same endpoint again is harmless (the server keeps one per endpoint),
+   * so a page re-posts its subscription at each sign-in in case the server
+   * lost it. Rejects with `not_found` when the server offers no push. Needs
+   * only a token, not an open connection. */
+  async subscribePush(subscription) {
+    const json = subscription && typeof subscription.toJSON === 'function' ? subscription.toJSON() : subscription;
+    const { endpoint, keys } = json || {};
+    if (typeof endpoint !== 'string' || !keys || typeof keys.p256dh !== 'string' || typeof keys.auth !== 'string') {
+      throw new ChatError('invalid', 'a push subscription needs an endpoint and its p256dh and auth keys');
+    }
+    const token = this._token || (await this._currentToken());
+    const body = { endpoint, keys: { p256dh: keys.p256dh, auth: keys.auth } };
+    await httpJson(this.server, '/v1/push/subscriptions', { method: 'POST', token, body });
+  }
+
+  /** `DELETE /v1/push/subscriptions`: no more pushes to `endpoint` (a
+   * subscription's endpoint URL) for this user. Deleting an endpoint the
+   * server does not know succeeds. */
+  async unsubscribePush(endpoint) {
+    if (typeof endpoint !== 'string' || !endpoint) throw new ChatError('invalid', 'give the endpoint to unsubscribe');
+    const token = this._token || (await this._currentToken());
+    await httpJson(this.server, '/v1/push/subscriptions', { method: 'DELETE', token, body: { endpoint } });
   }
 
   // ---- users and presence -------------------------------------------------

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ROOT } from '../lib/harness.mjs';
 
-const { ChatClient, ChatError } = await import(
+const { ChatClient, ChatError, vapidKey } = await import(
   pathToFileURL(join(ROOT, 'chat-transport-ws', 'web', 'chat-client.js')).href
 );
 
@@ -472,6 +472,66 @@ describe('chat-client.js attachments', () => {
     });
     const page = await paging;
     assert.equal(page.messages[0].attachments[0].url, 'http://127.0.0.1:9/v1/attachments/att1?exp=9&sig=a');
+    client.close();
+  });
+});
+
+describe('chat-client.js push helpers', () => {
+  // fetch answering from a table of `METHOD path` → [status, body], recording the requests.
+  async function withFetch(answers, run) {
+    const requests = [];
+    const original = globalThis.fetch;
+    globalThis.fetch = async (url, init = {}) => {
+      const path = new URL(url).pathname;
+      const method = init.method || 'GET';
+      requests.push({ method, url, headers: init.headers || {}, body: init.body ? JSON.parse(init.body) : undefined });
+      const [status, body] = answers[`${method} ${path}`] || [404, { error: { code: 'not_found', message: 'no route' } }];
+      return new Response(body === undefined ? null : JSON.stringify(body), { status });
+    };
+    try {
+      await run(requests);
+    } finally {
+      globalThis.fetch = original;
+    }
+  }
+
+  const keys = { p256dh: 'BNcR', auth: 'tBHI' };
+
+  test('vapidKey gives the key, or null when the server offers no push', async () => {
+    await withFetch({ 'GET /v1/push/vapid-public-key': [200, { key: 'BEl6' }] }, async (requests) => {
+      assert.equal(await vapidKey('http://127.0.0.1:9'), 'BEl6');
+      assert.equal(requests[0].url, 'http://127.0.0.1:9/v1/push/vapid-public-key');
+      assert.equal(requests[0].headers.authorization, undefined, 'the key is public');
+    });
+    await withFetch({}, async () => assert.equal(await vapidKey('http://127.0.0.1:9'), null));
+    await withFetch({ 'GET /v1/push/vapid-public-key': [503, { error: { code: 'unavailable', message: 'down' } }] }, () =>
+      assert.rejects(vapidKey('http://127.0.0.1:9'), (err) => err.code === 'unavailable'),
+    );
+  });
+
+  test('subscribePush posts what toJSON gives with the token; unsubscribePush deletes by endpoint', async () => {
+    const client = new ChatClient({ server: 'http://127.0.0.1:9', token: 't1', WebSocket: FakeSocket });
+    const answers = { 'POST /v1/push/subscriptions': [201, undefined], 'DELETE /v1/push/subscriptions': [204, undefined] };
+    await withFetch(answers, async (requests) => {
+      const endpoint = 'http://127.0.0.1:7/push/1';
+      // A PushSubscription, whose toJSON also names expirationTime.
+      await client.subscribePush({ endpoint, toJSON: () => ({ endpoint, expirationTime: null, keys }) });
+      await client.subscribePush({ endpoint, keys });
+      await client.unsubscribePush(endpoint);
+      assert.deepEqual(
+        requests.map((r) => [r.method, r.headers.authorization, r.body]),
+        [
+          ['POST', 'Bearer t1', { endpoint, keys }],
+          ['POST', 'Bearer t1', { endpoint, keys }],
+          ['DELETE', 'Bearer t1', { endpoint }],
+        ],
+      );
+      await assert.rejects(client.subscribePush({ endpoint }), (err) => err.code === 'invalid');
+      assert.equal(requests.length, 3, 'a subscription without keys is not sent');
+    });
+    await withFetch({}, () =>
+      assert.rejects(client.subscribePush({ endpoint: 'http://127.0.0.1:7/push/2', keys }), (err) => err.code === 'not_found'),
+    );
     client.close();
   });
 });

@@ -8,7 +8,9 @@ import {
   ChatError,
   createVisitorSession,
   supportAvailability,
+  vapidKey,
   type Message,
+  type PushPayload,
   type Ready,
 } from '../../chat-transport-ws/web/chat-client.js';
 
@@ -83,4 +85,25 @@ export async function callSomeone(client: ChatClient, roomId: string, to: string
     await new CallConnection(client, { callId: call_id, peer: to, iceServers: placed.ice_servers }).offer();
   });
   return placed.call_id;
+}
+
+// Web Push: subscribe this browser for the signed-in user, or say why not.
+export async function turnOnPush(client: ChatClient, registration: ServiceWorkerRegistration): Promise<string> {
+  const key = await vapidKey(client.server);
+  if (key === null) return 'this server offers no push';
+  const subscription = await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+  await client.subscribePush(subscription);
+  await client.subscribePush({ endpoint: subscription.endpoint, keys: { p256dh: 'BP…', auth: 'aa…' } });
+  return subscription.endpoint;
+}
+
+export function pushTitle(payload: PushPayload): string {
+  if (payload.type === 'call') return `${payload.from.name} calls (${payload.media})`;
+  const more = payload.count ? ` (+${payload.count - 1} more)` : '';
+  return `${payload.room_name ?? payload.sender.name}: ${payload.preview}${more}`;
+}
+
+export async function turnOffPush(client: ChatClient, subscription: PushSubscription): Promise<void> {
+  await client.unsubscribePush(subscription.endpoint);
+  await subscription.unsubscribe();
 }
