@@ -1,15 +1,19 @@
 //! The browser side, embedded in the binary: the chat page (`/`), the
 //! support widget (`/widget.js`) and the client library both are built on
-//! (`/chat-client.js`, with TypeScript declarations in `/chat-client.d.ts`).
+//! (`/chat-client.js`, with TypeScript declarations in `/chat-client.d.ts`),
+//! and the page's service worker for Web Push (`/push-sw.js`, served from the
+//! root so that its scope can be the whole site).
 //!
 //! The files live in `web/` beside this crate and are compiled in with
 //! `include_bytes!`, so serving them needs no front-end build and no files at
 //! run time. Every answer carries an `ETag` (a hash computed at compile time)
 //! and `Cache-Control: no-cache`: browsers keep a copy but ask each time
 //! whether it is still current, so an upgraded server is picked up at once and
-//! an unchanged file costs a 304. The page gets a Content-Security-Policy that
-//! allows scripts, styles and connections to its own origin only, and lets
-//! only the allowed origins (`CHAT_ALLOWED_ORIGINS`) frame it.
+//! an unchanged file costs a 304 (browsers also check a service worker's
+//! script at least once a day whatever it says). The page gets a
+//! Content-Security-Policy that allows scripts, styles, connections and
+//! workers from its own origin only, and lets only the allowed origins
+//! (`CHAT_ALLOWED_ORIGINS`) frame it.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -66,13 +70,15 @@ pub(crate) static ASSETS: &[Asset] = &[
     asset!("/chat-client.js", "chat-client.js", "text/javascript; charset=utf-8", Kind::Script),
     asset!("/chat-client.d.ts", "chat-client.d.ts", "application/typescript; charset=utf-8", Kind::Script),
     asset!("/widget.js", "widget.js", "text/javascript; charset=utf-8", Kind::Script),
+    asset!("/push-sw.js", "push-sw.js", "text/javascript; charset=utf-8", Kind::Script),
 ];
 
-/// The page may load scripts, styles and images from its own origin and open
-/// WebSockets and HTTP calls to it; nothing inline, no plugins. Who may frame
-/// it is appended from the allowed origins.
+/// The page may load scripts, styles and images from its own origin, open
+/// WebSockets and HTTP calls to it, and register its service worker
+/// (`/push-sw.js`) from it; nothing inline, no plugins. Who may frame it is
+/// appended from the allowed origins.
 pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-     connect-src 'self'; base-uri 'none'; form-action 'none'";
+     connect-src 'self'; worker-src 'self'; base-uri 'none'; form-action 'none'";
 
 /// The chat page's framing headers, made once from the allowed origins: with
 /// none listed, no one may frame the page (`frame-ancestors 'none'` and
@@ -102,7 +108,7 @@ impl PageHeaders {
         let csp = HeaderValue::from_str(&csp).unwrap_or_else(|_| {
             HeaderValue::from_static(concat!(
                 "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; ",
-                "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+                "connect-src 'self'; worker-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
             ))
         });
         PageHeaders { csp, deny_framing }
@@ -222,6 +228,21 @@ mod tests {
         assert!(find("/nope.js").is_none());
         let tags: std::collections::HashSet<u64> = ASSETS.iter().map(|a| a.etag).collect();
         assert_eq!(tags.len(), ASSETS.len(), "each file has its own ETag");
+    }
+
+    #[test]
+    fn the_service_worker_is_served_from_the_root_as_a_script() {
+        // A service worker's scope is at most the folder of its script: at
+        // the root, it covers the page's deep links (`/#room=…`).
+        let worker = find("/push-sw.js").expect("the service worker is embedded");
+        assert_eq!(worker.content_type, "text/javascript; charset=utf-8");
+        assert_eq!(worker.kind, Kind::Script);
+        let body = std::str::from_utf8(worker.body).expect("utf-8");
+        for handler in ["'push'", "'notificationclick'"] {
+            assert!(body.contains(&format!("addEventListener({handler}")), "no {handler} handler");
+        }
+        // The page's CSP lets it register the worker, and only from its own origin.
+        assert!(PAGE_CSP.contains("worker-src 'self'"), "{PAGE_CSP}");
     }
 
     #[test]

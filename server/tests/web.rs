@@ -27,6 +27,7 @@ async fn every_asset_has_its_type_and_headers() {
         ("/chat-client.js", "text/javascript; charset=utf-8", false, "export class ChatClient"),
         ("/chat-client.d.ts", "application/typescript; charset=utf-8", false, "export class ChatClient"),
         ("/widget.js", "text/javascript; charset=utf-8", false, "attachShadow"),
+        ("/push-sw.js", "text/javascript; charset=utf-8", false, "addEventListener('notificationclick'"),
     ];
     for (path, content_type, page, needle) in table {
         let response = server.http.get(server.url(path)).send().await.expect("GET");
@@ -39,8 +40,13 @@ async fn every_asset_has_its_type_and_headers() {
         assert!(etag.starts_with('"') && etag.len() == 18, "{path}: etag {etag:?}");
         if page {
             let csp = header(&headers, "content-security-policy");
-            for directive in ["default-src 'none'", "script-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"]
-            {
+            for directive in [
+                "default-src 'none'",
+                "script-src 'self'",
+                "connect-src 'self'",
+                "worker-src 'self'",
+                "frame-ancestors 'none'",
+            ] {
                 assert!(csp.contains(directive), "{path}: {directive} missing from {csp:?}");
             }
             assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
