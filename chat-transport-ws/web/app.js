@@ -5,7 +5,7 @@
 // that right-to-left text or a direction override (U+202E) in one cannot
 // reorder what is around it.
 
-import { CallConnection, ChatClient, devLogin, devLoginEnabled } from '/chat-client.js';
+import { CallConnection, ChatClient, devLogin, devLoginEnabled, vapidKey } from '/chat-client.js';
 
 const TOKEN_KEY = 'chat-page:token';
 const $ = (id) => document.getElementById(id);
@@ -144,7 +144,13 @@ $('dev-form').addEventListener('submit', async (event) => {
   }
 });
 
-$('signout').addEventListener('click', () => {
+$('signout').addEventListener('click', async () => {
+  $('signout').disabled = true;
+  // A shared computer must not keep getting this user's pushes: the
+  // subscription goes (waited for a few seconds at most) before the page does.
+  if (client && pushSupported()) {
+    await Promise.race([dropPushSubscription(), new Promise((r) => setTimeout(r, 5000))]);
+  }
   localStorage.removeItem(TOKEN_KEY);
   location.reload();
 });
@@ -175,6 +181,7 @@ function start(auth) {
     activity.set(room.id, Date.now());
     follow(room.id);
     renderRooms();
+    openWantedRoom();
   });
   client.on('message', ({ message, mine }) => {
     const state = roomState(message.room_id);
@@ -215,6 +222,7 @@ function start(auth) {
       $('room-members').replaceChildren();
       showPanel(false);
       $('room-settings-toggle').hidden = true;
+      $('room-mute-toggle').hidden = true;
     }
     renderRooms();
   });
@@ -227,7 +235,10 @@ function start(auth) {
   });
   client.on('room:muted', ({ room_id }) => {
     renderRooms();
-    if (room_id === current) renderPanel();
+    if (room_id === current) {
+      renderMuteToggle();
+      renderPanel();
+    }
   });
   client.on('user:left', ({ room_id, user_id }) => {
     roomState(room_id).members.delete(user_id);
@@ -278,6 +289,8 @@ function onReady({ user, rooms: summaries, resumed }) {
   for (const summary of summaries) follow(summary.id);
   renderRooms();
   refreshOnline();
+  openWantedRoom();
+  if (!resumed) setupPush(user);
   // A reconnect is a new session: a call in progress must be taken over by
   // it within the server's grace, or the server ends it.
   if (resumed && call && call.id) rejoinCall();
@@ -379,9 +392,51 @@ function renderHeader() {
     ...(members.length ? [`${members.length} members: `, ...joined(members, ', ')] : []),
   );
   $('room-settings-toggle').hidden = false;
+  renderMuteToggle();
   renderCallButtons();
   renderPanel();
 }
+
+// The bell beside the title: mutes the room for this user (no push for it)
+// until they unmute it, or unmutes it; the panel's picker offers timed mutes.
+// Another tab's or device's change arrives as room:muted.
+let muteBusy = false;
+
+function renderMuteToggle() {
+  const button = $('room-mute-toggle');
+  const summary = current ? client.rooms.get(current) : null;
+  button.hidden = !summary;
+  if (!summary) return;
+  const muted = Boolean(summary.muted);
+  const label = muted ? 'Unmute notifications' : 'Mute notifications';
+  button.setAttribute('aria-pressed', String(muted));
+  button.setAttribute('aria-label', label);
+  const until = muted && summary.muted_until ? new Date(summary.muted_until) : null;
+  button.title = until
+    ? `${label} (muted until ${until.toLocaleString([], { dateStyle: 'short', timeStyle: 'short' })})`
+    : label;
+}
+
+$('room-mute-toggle').addEventListener('click', async () => {
+  const room = current;
+  const summary = room ? client.rooms.get(room) : null;
+  if (!summary || muteBusy) return;
+  muteBusy = true;
+  $('send-error').textContent = '';
+  try {
+    if (summary.muted) await client.unmute(room);
+    else await client.mute(room);
+  } catch (err) {
+    $('send-error').textContent = `Not done: ${err.message}`;
+  } finally {
+    muteBusy = false;
+  }
+  renderRooms();
+  if (room === current) {
+    renderMuteToggle();
+    renderPanel();
+  }
+});
 
 // ---- room settings, members and moderation ---------------------------------------
 
@@ -1725,6 +1780,233 @@ async function jumpTo(roomId, seq) {
   item.focus({ preventScroll: true });
 }
 
+// ---- push notifications ------------------------------------------------------------
+//
+// *Turn on notifications* (never asked on load) asks for the permission from
+// the click, registers the service worker /push-sw.js, subscribes with the
+// server's VAPID key and posts the subscription; a second click deletes it
+// and unsubscribes. A subscription belongs to the user who turned it on
+// (PUSH_OWNER_KEY): at sign-in, with the permission still granted, it is
+// posted again (the server may have lost or replaced it), one of another user
+// is dropped, and signing out deletes it. The service worker shows pushes as
+// notifications; a click on one opens its room here, through `open-room`
+// messages to an open page or the `#room=<id>` deep link of a new one.
+
+const PUSH_OWNER_KEY = 'chat-page:push-user';
+const PUSH_WORKER = '/push-sw.js';
+// off | on | busy | blocked | unsupported | unavailable (the server offers no push)
+let pushState = 'unavailable';
+let pushKey = null;
+const PUSH_NOTES = {
+  blocked: 'Notifications are blocked for this site in the browser\'s settings',
+  unsupported: 'Notifications are not supported in this browser',
+};
+
+// Push needs a secure context and the APIs; an embedded page leaves
+// notifications to the product around it.
+function pushSupported() {
+  return (
+    window.isSecureContext &&
+    !framed &&
+    'serviceWorker' in navigator &&
+    'PushManager' in window &&
+    'Notification' in window
+  );
+}
+
+function renderPush(state, note = '') {
+  pushState = state;
+  const button = $('push-toggle');
+  button.hidden = !['off', 'on', 'busy'].includes(state);
+  button.setAttribute('aria-disabled', String(state === 'busy'));
+  button.dataset.state = state;
+  if (state === 'on') button.textContent = 'Turn off notifications';
+  if (state === 'off') button.textContent = 'Turn on notifications';
+  $('push-status').textContent = note || PUSH_NOTES[state] || '';
+}
+
+const base64Url = (buffer) =>
+  btoa(String.fromCharCode(...new Uint8Array(buffer)))
+    .replace(/\+/g, '-')
+    .replace(/\//g, '_')
+    .replace(/=+$/, '');
+
+function fromBase64Url(text) {
+  const plain = text.replace(/-/g, '+').replace(/_/g, '/');
+  const binary = atob(plain.padEnd(Math.ceil(plain.length / 4) * 4, '='));
+  return Uint8Array.from(binary, (c) => c.charCodeAt(0));
+}
+
+async function currentSubscription() {
+  const registration = await navigator.serviceWorker.getRegistration('/');
+  return registration ? registration.pushManager.getSubscription() : null;
+}
+
+// Whether a subscription was made with the server's current key: one made
+// with an older key cannot carry the server's pushes.
+function madeWithKey(subscription, key) {
+  const own = subscription.options && subscription.options.applicationServerKey;
+  return !own || base64Url(own) === key.replace(/=+$/, '');
+}
+
+async function subscribeHere() {
+  await navigator.serviceWorker.register(PUSH_WORKER, { scope: '/', updateViaCache: 'none' });
+  const registration = await navigator.serviceWorker.ready;
+  const subscription = await registration.pushManager.subscribe({
+    userVisibleOnly: true,
+    applicationServerKey: fromBase64Url(pushKey),
+  });
+  localStorage.setItem(PUSH_OWNER_KEY, client.user.id);
+  await client.subscribePush(subscription);
+}
+
+// At sign-in: what the server offers, what the browser allows, and the
+// subscription this browser already has.
+async function setupPush(user) {
+  if (!pushSupported()) {
+    renderPush(framed ? 'unavailable' : 'unsupported');
+    return;
+  }
+  try {
+    pushKey = await vapidKey(client.server);
+  } catch {
+    pushKey = null;
+  }
+  if (!pushKey) {
+    renderPush('unavailable');
+    return;
+  }
+  if (Notification.permission === 'denied') {
+    renderPush('blocked');
+    return;
+  }
+  let subscription = null;
+  try {
+    subscription = await currentSubscription();
+    if (subscription && localStorage.getItem(PUSH_OWNER_KEY) !== user.id) {
+      // Someone else's: this user never asked for notifications here.
+      await subscription.unsubscribe();
+      subscription = null;
+    }
+  } catch {
+    subscription = null;
+  }
+  if (!subscription || Notification.permission !== 'granted') {
+    renderPush('off');
+    return;
+  }
+  renderPush('busy');
+  try {
+    if (madeWithKey(subscription, pushKey)) await client.subscribePush(subscription);
+    else {
+      await subscription.unsubscribe();
+      await subscribeHere();
+    }
+    renderPush('on');
+  } catch (err) {
+    if (err.code === 'not_found') renderPush('unavailable');
+    else renderPush('off', `Notifications could not be renewed: ${err.message}`);
+  }
+}
+
+async function turnPushOn() {
+  // Asked within the click: browsers refuse or hide a prompt that does not follow one.
+  const asked = Notification.requestPermission();
+  renderPush('busy', 'Turning on notifications…');
+  let permission;
+  try {
+    permission = await asked;
+  } catch {
+    permission = Notification.permission;
+  }
+  if (permission === 'denied') {
+    renderPush('blocked');
+    return;
+  }
+  if (permission !== 'granted') {
+    renderPush('off', 'Notifications need your permission');
+    return;
+  }
+  try {
+    await subscribeHere();
+    renderPush('on');
+  } catch (err) {
+    if (err.code === 'not_found') renderPush('unavailable');
+    else renderPush('off', `Notifications could not be turned on: ${err.message}`);
+  }
+}
+
+// Deletes this browser's subscription on the server and unsubscribes it;
+// resolves with what went wrong, or ''.
+async function dropPushSubscription() {
+  let subscription = null;
+  try {
+    subscription = await currentSubscription();
+  } catch {
+    subscription = null;
+  }
+  localStorage.removeItem(PUSH_OWNER_KEY);
+  if (!subscription) return '';
+  let note = '';
+  try {
+    await client.unsubscribePush(subscription.endpoint);
+  } catch (err) {
+    note = `The server could not be told: ${err.message}`;
+  }
+  // Unsubscribed even when the server was not told: the push service then
+  // refuses the endpoint, and the server forgets it at its next push.
+  await subscription.unsubscribe().catch(() => {});
+  return note;
+}
+
+$('push-toggle').addEventListener('click', async () => {
+  if (pushState === 'off') await turnPushOn();
+  else if (pushState === 'on') {
+    renderPush('busy', 'Turning off notifications…');
+    renderPush('off', await dropPushSubscription());
+  }
+});
+
+// The room a notification's click (or a link) asks for, opened once the
+// page is signed in and the room is known.
+let wantedRoom = null;
+
+function roomFromFragment() {
+  const match = /(?:^|&)room=([^&]+)/.exec(location.hash.slice(1));
+  if (!match) return null;
+  try {
+    return decodeURIComponent(match[1]);
+  } catch {
+    return null;
+  }
+}
+
+function openWantedRoom() {
+  if (!wantedRoom || !client || !client.user || !client.rooms.has(wantedRoom)) return;
+  const id = wantedRoom;
+  wantedRoom = null;
+  if (roomFromFragment()) history.replaceState(null, '', location.pathname + location.search);
+  openRoom(id);
+}
+
+function askForRoom(id) {
+  wantedRoom = id;
+  openWantedRoom();
+}
+
+window.addEventListener('hashchange', () => {
+  const id = roomFromFragment();
+  if (id) askForRoom(id);
+});
+
+if ('serviceWorker' in navigator) {
+  navigator.serviceWorker.addEventListener('message', (event) => {
+    const data = event.data;
+    if (data && data.type === 'open-room' && typeof data.room_id === 'string') askForRoom(data.room_id);
+  });
+  navigator.serviceWorker.startMessages();
+}
+
 // ---- start -----------------------------------------------------------------------
 
 // ---- embedded in a product's page ---------------------------------------------------
@@ -1768,6 +2050,7 @@ function tokenFromParent(reason) {
   });
 }
 
+wantedRoom = roomFromFragment();
 const given = tokenFromFragment();
 const saved = localStorage.getItem(TOKEN_KEY);
 if (framed && (given || !saved)) {
