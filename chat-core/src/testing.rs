@@ -3044,8 +3044,10 @@ pub async fn push_recipients_are_subscribed_members_who_did_not_mute(store: &dyn
     let now = Timestamp::now();
     assert!(ok(store.set_muted(room.id, &uid("b"), Some(now.plus(std::time::Duration::from_secs(60)))).await, "mute"));
     assert!(ok(store.set_muted(room.id, &uid("c"), Some(at(1))).await, "mute"), "a mute that ended");
-    let mut to: Vec<String> =
-        ok(subs.push_recipients(room.id, &uid("s"), now).await, "push_recipients").iter().map(|u| u.to_string()).collect();
+    let mut to: Vec<String> = ok(subs.push_recipients(room.id, &uid("s"), now).await, "push_recipients")
+        .iter()
+        .map(|u| u.to_string())
+        .collect();
     to.sort();
     assert_eq!(to, ["a", "c"], "d has no subscription, x is no member, b muted, s sent");
     assert!(ok(store.set_muted(room.id, &uid("a"), Some(MUTED_FOREVER)).await, "mute"));

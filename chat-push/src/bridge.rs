@@ -34,8 +34,8 @@ use async_trait::async_trait;
 use chat_core::bridge::{BridgeStore, Job, JobStatus, Leader, Lease, NewJob, NewLink};
 use chat_core::push::{MAX_SUBSCRIPTIONS, PushStore, PushSubscription};
 use chat_core::{
-    Bridge, BridgeEvent, BridgeHealth, BridgeHost, Call, CallNotifier, HistoryQuery, Message, RoomId, Store,
-    Timestamp, User, UserId,
+    Bridge, BridgeEvent, BridgeHealth, BridgeHost, Call, CallNotifier, HistoryQuery, Message, RoomId, Store, Timestamp,
+    User, UserId,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
@@ -239,7 +239,9 @@ impl Shared {
     }
 
     fn subs(&self) -> chat_core::Result<&dyn PushStore> {
-        self.store()?.push_store().ok_or_else(|| chat_core::Error::unavailable("this store keeps no push subscriptions"))
+        self.store()?
+            .push_store()
+            .ok_or_else(|| chat_core::Error::unavailable("this store keeps no push subscriptions"))
     }
 
     fn outbox(&self) -> chat_core::Result<&dyn BridgeStore> {
@@ -661,7 +663,8 @@ async fn run_fold(shared: &Shared, job: &Job) -> chat_core::Result<Option<Timest
             .history(fold.room, HistoryQuery { before_seq: None, after_seq: Some(after), limit: FOLD_PAGE })
             .await?;
         more = page.has_more;
-        news = page.messages.into_iter().filter(|m| m.sender_id != fold.user && !m.deleted && m.call.is_none()).collect();
+        news =
+            page.messages.into_iter().filter(|m| m.sender_id != fold.user && !m.deleted && m.call.is_none()).collect();
     }
     let Some(mut latest) = news.last().cloned() else {
         outbox.finish_job(NAME, job.id).await?;

@@ -25,7 +25,10 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// The routes, served with `bridge` (the one given to the engine).
 pub fn routes(bridge: PushBridge) -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(vapid_public_key)).routes(routes!(subscribe, unsubscribe)).layer(Extension(bridge))
+    OpenApiRouter::new()
+        .routes(routes!(vapid_public_key))
+        .routes(routes!(subscribe, unsubscribe))
+        .layer(Extension(bridge))
 }
 
 /// `{"key"}`

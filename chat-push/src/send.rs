@@ -84,7 +84,8 @@ pub(crate) async fn push(
 fn encrypt(subscription: &PushSubscription, payload: &[u8]) -> Result<Vec<u8>, String> {
     let decode = |s: &str| URL_SAFE_NO_PAD.decode(s.trim_end_matches('='));
     let point = decode(&subscription.p256dh).map_err(|_| "the stored p256dh is not base64url".to_owned())?;
-    let public = p256::PublicKey::from_sec1_bytes(&point).map_err(|_| "the stored p256dh is no P-256 key".to_owned())?;
+    let public =
+        p256::PublicKey::from_sec1_bytes(&point).map_err(|_| "the stored p256dh is no P-256 key".to_owned())?;
     let auth = decode(&subscription.auth).map_err(|_| "the stored auth is not base64url".to_owned())?;
     if auth.len() != 16 {
         return Err("the stored auth is not 16 bytes".into());

@@ -101,8 +101,8 @@ impl VapidKey {
 
 #[cfg(test)]
 mod tests {
-    use p256::ecdsa::signature::Verifier as _;
     use p256::ecdsa::VerifyingKey;
+    use p256::ecdsa::signature::Verifier as _;
 
     use super::*;
 

@@ -110,11 +110,12 @@ impl PushStore for PostgresStore {
 
     async fn push_subscriptions(&self, user: &UserId) -> chat_core::Result<Vec<PushSubscription>> {
         self.bounded(async {
-            let rows = sqlx::query(concat!("SELECT ", cols!(), " FROM push_subscriptions WHERE user_id = $1 ORDER BY id"))
-                .bind(user.as_str())
-                .fetch_all(&self.pool)
-                .await
-                .db()?;
+            let rows =
+                sqlx::query(concat!("SELECT ", cols!(), " FROM push_subscriptions WHERE user_id = $1 ORDER BY id"))
+                    .bind(user.as_str())
+                    .fetch_all(&self.pool)
+                    .await
+                    .db()?;
             Ok(rows.iter().map(from_row).collect::<Result<_>>()?)
         })
         .await
