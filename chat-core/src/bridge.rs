@@ -178,6 +178,11 @@ pub trait BridgeHost: Send + Sync + 'static {
     /// sessions.
     fn store(&self) -> &dyn Store;
 
+    /// Whether `user` has a session open on any process of the server, as
+    /// far as this process's presence knows (it hears the others' within
+    /// a heartbeat). Invisible sessions count: the user is there.
+    fn has_open_session(&self, user: &UserId) -> bool;
+
     /// Records a user of the bridged platform, or updates its name, avatar
     /// and roles. `invalid` for a user that fails validation.
     async fn upsert_user(&self, user: User) -> Result<User>;
@@ -274,6 +279,10 @@ pub trait BridgeHost: Send + Sync + 'static {
 impl BridgeHost for Engine {
     fn store(&self) -> &dyn Store {
         Engine::store(self).as_ref()
+    }
+
+    fn has_open_session(&self, user: &UserId) -> bool {
+        Engine::has_open_session(self, user)
     }
 
     async fn upsert_user(&self, user: User) -> Result<User> {

@@ -73,6 +73,7 @@ mod metrics;
 #[cfg(feature = "openapi")]
 mod openapi;
 pub mod presence;
+pub mod push;
 pub mod room;
 pub mod search;
 pub mod store;
@@ -101,6 +102,7 @@ pub use event::{Delivery, Event, EventCodec};
 pub use id::{AttachmentId, CallId, MessageId, RoomId, SessionId, UserId};
 pub use message::{Appended, Attachment, HistoryPage, HistoryQuery, Message, NewMessage};
 pub use presence::{OnlineUser, PresenceStatus};
+pub use push::{PushStore, PushSubscription};
 pub use room::{
     Ban, Member, MemberReceipts, MemberRole, NewRoom, ReceiptKind, Room, RoomChanges, RoomKind, RoomSummary, Visibility,
 };

@@ -212,6 +212,9 @@ macro_rules! store_conformance {
                 deleting_a_message_removes_its_attachments,
                 purge_lists_orphans_and_removed_files_only,
                 server_secrets_keep_the_first_value,
+                push_subscriptions_are_one_per_endpoint_and_capped_per_user,
+                push_subscriptions_are_removed_by_their_user_or_when_gone,
+                push_recipients_are_subscribed_members_who_did_not_mute,
                 a_call_line_keeps_its_summary,
                 calls_start_unless_someone_is_busy,
                 update_call_is_a_compare_and_set,
@@ -2964,6 +2967,94 @@ pub async fn purge_lists_orphans_and_removed_files_only(store: &dyn Store) {
     assert_eq!(ok(files(store).attachment(old.id).await, "attachment"), None);
     ok(files(store).forget_attachment(recent.id).await, "forget_attachment of a file not removed");
     assert!(ok(files(store).attachment(recent.id).await, "attachment").is_some(), "only removed records are forgotten");
+}
+
+// ---------------------------------------------------------------------------
+// Push subscriptions
+
+fn push(store: &dyn Store) -> &dyn crate::push::PushStore {
+    store.push_store().expect("this check needs a store that keeps push subscriptions")
+}
+
+fn subscription(user: &str, endpoint: &str, created: i64) -> crate::push::PushSubscription {
+    crate::push::PushSubscription {
+        user_id: uid(user),
+        endpoint: format!("https://push.example/{endpoint}"),
+        p256dh: format!("key-{endpoint}"),
+        auth: format!("auth-{endpoint}"),
+        created_at: at(created),
+    }
+}
+
+fn endpoints(list: &[crate::push::PushSubscription]) -> Vec<&str> {
+    list.iter().map(|s| s.endpoint.trim_start_matches("https://push.example/")).collect()
+}
+
+/// An endpoint is stored once, whoever subscribes it last; a user keeps at
+/// most `max`, the oldest going first; the fields come back as stored.
+pub async fn push_subscriptions_are_one_per_endpoint_and_capped_per_user(store: &dyn Store) {
+    let subs = push(store);
+    for i in 0..4 {
+        ok(subs.add_push_subscription(&subscription("a", &format!("e{i}"), i), 3).await, "add_push_subscription");
+    }
+    let mine = ok(subs.push_subscriptions(&uid("a")).await, "push_subscriptions");
+    assert_eq!(endpoints(&mine), ["e1", "e2", "e3"], "the oldest went");
+    assert_eq!(mine[0], subscription("a", "e1", 1), "fields are kept");
+
+    // The same endpoint again, with new keys: replaced, and now the newest.
+    let mut again = subscription("a", "e1", 10);
+    again.p256dh = "new-key".into();
+    ok(subs.add_push_subscription(&again, 3).await, "add_push_subscription");
+    let mine = ok(subs.push_subscriptions(&uid("a")).await, "push_subscriptions");
+    assert_eq!(endpoints(&mine), ["e2", "e3", "e1"]);
+    assert_eq!(ok(subs.push_subscription(&again.endpoint).await, "push_subscription"), Some(again));
+
+    // Another user subscribes that browser: it is theirs from then on.
+    ok(subs.add_push_subscription(&subscription("b", "e2", 11), 3).await, "add_push_subscription");
+    assert_eq!(endpoints(&ok(subs.push_subscriptions(&uid("a")).await, "push_subscriptions")), ["e3", "e1"]);
+    assert_eq!(endpoints(&ok(subs.push_subscriptions(&uid("b")).await, "push_subscriptions")), ["e2"]);
+    assert_eq!(ok(subs.push_subscription("https://push.example/none").await, "push_subscription"), None);
+}
+
+/// A user removes only their own subscription; a gone endpoint is removed
+/// unless it was stored again after the push that found it gone.
+pub async fn push_subscriptions_are_removed_by_their_user_or_when_gone(store: &dyn Store) {
+    let subs = push(store);
+    let mine = subscription("a", "e1", 5);
+    ok(subs.add_push_subscription(&mine, 10).await, "add_push_subscription");
+    assert!(!ok(subs.remove_push_subscription(&uid("b"), &mine.endpoint).await, "remove"), "not b's");
+    assert!(ok(subs.remove_push_subscription(&uid("a"), &mine.endpoint).await, "remove"));
+    assert!(!ok(subs.remove_push_subscription(&uid("a"), &mine.endpoint).await, "remove"), "gone already");
+
+    ok(subs.add_push_subscription(&mine, 10).await, "add_push_subscription");
+    assert!(!ok(subs.forget_push_endpoint(&mine.endpoint, at(4)).await, "forget"), "stored again since");
+    assert_eq!(ok(subs.push_subscriptions(&uid("a")).await, "push_subscriptions").len(), 1);
+    assert!(ok(subs.forget_push_endpoint(&mine.endpoint, at(5)).await, "forget"));
+    assert!(ok(subs.push_subscriptions(&uid("a")).await, "push_subscriptions").is_empty());
+}
+
+/// Push goes to members with a subscription, never the sender, and not to
+/// those who muted the room until after now.
+pub async fn push_recipients_are_subscribed_members_who_did_not_mute(store: &dyn Store) {
+    let subs = push(store);
+    let room = group(store, &["s", "a", "b", "c", "d"], 0).await;
+    for (user, endpoint) in [("s", "s1"), ("a", "a1"), ("a", "a2"), ("b", "b1"), ("c", "c1"), ("x", "x1")] {
+        ok(subs.add_push_subscription(&subscription(user, endpoint, 1), 10).await, "add_push_subscription");
+    }
+    let now = Timestamp::now();
+    assert!(ok(store.set_muted(room.id, &uid("b"), Some(now.plus(std::time::Duration::from_secs(60)))).await, "mute"));
+    assert!(ok(store.set_muted(room.id, &uid("c"), Some(at(1))).await, "mute"), "a mute that ended");
+    let mut to: Vec<String> = ok(subs.push_recipients(room.id, &uid("s"), now).await, "push_recipients")
+        .iter()
+        .map(|u| u.to_string())
+        .collect();
+    to.sort();
+    assert_eq!(to, ["a", "c"], "d has no subscription, x is no member, b muted, s sent");
+    assert!(ok(store.set_muted(room.id, &uid("a"), Some(MUTED_FOREVER)).await, "mute"));
+    let to = ok(subs.push_recipients(room.id, &uid("s"), now).await, "push_recipients");
+    assert_eq!(to, [uid("c")]);
+    let unknown = ok(subs.push_recipients(RoomId::generate(), &uid("s"), now).await, "push_recipients");
+    assert!(unknown.is_empty());
 }
 
 /// `server_secret` stores the first candidate and answers it from then on.

@@ -68,6 +68,7 @@ use crate::{codec, migrate};
 
 mod attachments;
 mod outbox;
+mod push;
 
 /// The migrations, oldest first. A migration, once released, never changes.
 const MIGRATIONS: &[migrate::Embedded] = &[
@@ -83,6 +84,7 @@ const MIGRATIONS: &[migrate::Embedded] = &[
     (10, "user admin", include_str!("../migrations/postgres/0010_user_admin.sql")),
     (11, "attachments", include_str!("../migrations/postgres/0011_attachments.sql")),
     (12, "calls", include_str!("../migrations/postgres/0012_calls.sql")),
+    (13, "push", include_str!("../migrations/postgres/0013_push.sql")),
 ];
 
 /// Settings of a [`PostgresStore`]. Start from [`PostgresConfig::from_url`] and
@@ -2015,6 +2017,10 @@ impl Store for PostgresStore {
     }
 
     fn attachment_store(&self) -> Option<&dyn chat_core::store::AttachmentStore> {
+        Some(self)
+    }
+
+    fn push_store(&self) -> Option<&dyn chat_core::push::PushStore> {
         Some(self)
     }
 

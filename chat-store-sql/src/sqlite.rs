@@ -41,6 +41,7 @@ use crate::{codec, migrate};
 
 mod attachments;
 mod outbox;
+mod push;
 
 /// The migrations, oldest first. A migration, once released, never changes:
 /// sqlx refuses to start when an applied migration's checksum differs.
@@ -56,6 +57,7 @@ const MIGRATIONS: &[migrate::Embedded] = &[
     (9, "user admin", include_str!("../migrations/sqlite/0009_user_admin.sql")),
     (10, "attachments", include_str!("../migrations/sqlite/0010_attachments.sql")),
     (11, "calls", include_str!("../migrations/sqlite/0011_calls.sql")),
+    (12, "push", include_str!("../migrations/sqlite/0012_push.sql")),
 ];
 
 /// How hard SQLite works to make a commit survive a power cut.
@@ -1852,6 +1854,10 @@ impl Store for SqliteStore {
     }
 
     fn attachment_store(&self) -> Option<&dyn chat_core::store::AttachmentStore> {
+        Some(self)
+    }
+
+    fn push_store(&self) -> Option<&dyn chat_core::push::PushStore> {
         Some(self)
     }
 

@@ -155,6 +155,13 @@ pub fn query_params<T>(
     http::query(params)
 }
 
+/// For routes of other crates: the user a request's bearer token names, as
+/// the built-in routes find them (401 without a valid token, 403 for a
+/// deactivated or deleted account).
+pub async fn authenticate_user(app: &AppState, headers: &HeaderMap) -> Result<chat_core::User, ApiError> {
+    Ok(http::authenticate_user(app, headers).await?.1)
+}
+
 /// The token of an `Authorization: Bearer <token>` header, if there is one.
 pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;

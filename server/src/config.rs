@@ -232,6 +232,20 @@ pub struct Config {
     pub turn_secret: Option<String>,
     /// Seconds the TURN credentials of `turn_secret` stay valid.
     pub turn_ttl_s: u64,
+    /// Web Push to users with no open session (`CHAT_PUSH`, on by default).
+    pub push: bool,
+    /// The VAPID subject push services may reach the operator at: a
+    /// `mailto:` or `https:` URL (`CHAT_VAPID_SUBJECT`). Unset: `public_url`
+    /// when it is https, else `mailto:postmaster@localhost`, which some push
+    /// services refuse: set it in production.
+    pub vapid_subject: Option<String>,
+    /// A file holding the VAPID private key (PEM, or the base64url key of
+    /// `web-push generate-vapid-keys`). Unset: the server makes a key on its
+    /// first start and keeps it in the store, shared by every process.
+    pub vapid_private_key_file: Option<String>,
+    /// Lets push endpoints be `http` or on addresses that are not public
+    /// (tests, push services on a private network).
+    pub push_allow_private_endpoints: bool,
     /// The Discord bridge, on when a token is set (`[discord]`, `DISCORD_*`).
     pub discord: DiscordSettings,
     /// `CHAT_*` variables of the environment that name no setting and were
@@ -431,6 +445,10 @@ impl Default for Config {
             ice_servers: String::new(),
             turn_secret: None,
             turn_ttl_s: 24 * 3600,
+            push: true,
+            vapid_subject: None,
+            vapid_private_key_file: None,
+            push_allow_private_endpoints: false,
             discord: DiscordSettings::default(),
             ignored_env: Vec::new(),
         }
@@ -651,6 +669,30 @@ impl Config {
             Duration::from_secs(self.turn_ttl_s),
         )
         .map_err(|e| anyhow::anyhow!("CHAT_ICE_SERVERS: {e}"))
+    }
+
+    /// Web Push's settings: the VAPID subject, and the key from its file
+    /// when one is named. `None` when push is off.
+    #[cfg(feature = "push")]
+    pub fn push_config(&self) -> anyhow::Result<Option<chat_push::PushConfig>> {
+        if !self.push {
+            return Ok(None);
+        }
+        let subject = match self.vapid_subject.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(subject) => subject.to_owned(),
+            None => match self.public_url.as_deref().filter(|u| u.starts_with("https://")) {
+                Some(url) => url.trim_end_matches('/').to_owned(),
+                None => "mailto:postmaster@localhost".to_owned(),
+            },
+        };
+        let mut config = chat_push::PushConfig::new(subject);
+        if let Some(path) = self.vapid_private_key_file.as_deref().filter(|p| !p.is_empty()) {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading the VAPID key file {path}"))?;
+            config.key = Some(chat_push::VapidKey::from_text(&text).map_err(|e| anyhow::anyhow!("{path}: {e}"))?);
+        }
+        config.allow_private_endpoints = self.push_allow_private_endpoints;
+        config.validate().map_err(|e| anyhow::anyhow!("CHAT_VAPID_SUBJECT: {e}"))?;
+        Ok(Some(config))
     }
 
     /// The webhook endpoint of the configuration: both its URL and its

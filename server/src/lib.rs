@@ -337,7 +337,7 @@ pub async fn run(
     let store = open_store(&config).await?;
     let Auth { verifier, issuer } = auth_from(&config)?;
     #[cfg_attr(
-        not(any(feature = "discord", feature = "webhooks", feature = "nats", feature = "redis")),
+        not(any(feature = "discord", feature = "webhooks", feature = "push", feature = "nats", feature = "redis")),
         allow(unused_mut)
     )]
     let attachments = attachments_from(&config, store.as_ref()).await?;
@@ -345,7 +345,7 @@ pub async fn run(
     if let Some(attachments) = attachments {
         engine = engine.attachments(attachments);
     }
-    #[cfg_attr(not(feature = "webhooks"), allow(unused_mut))]
+    #[cfg_attr(not(any(feature = "webhooks", feature = "push")), allow(unused_mut))]
     let mut extra_routes = chat_transport_ws::utoipa_axum::router::OpenApiRouter::new();
     #[cfg(any(feature = "nats", feature = "redis"))]
     if let Some(url) = config.broker() {
@@ -369,6 +369,15 @@ pub async fn run(
         let webhooks = chat_webhooks::WebhookBridge::new(settings).context("setting up webhooks")?;
         engine = engine.bridge(Arc::new(webhooks.clone()));
         extra_routes = extra_routes.merge(chat_webhooks::routes(webhooks));
+    }
+    #[cfg(feature = "push")]
+    if let Some(push) = config.push_config()? {
+        if config.vapid_subject.is_none() {
+            tracing::warn!(subject = %push.subject, "CHAT_VAPID_SUBJECT is not set; some push services refuse pushes without a real contact");
+        }
+        let push = chat_push::PushBridge::new(push).context("setting up push")?;
+        engine = engine.bridge(Arc::new(push.clone())).call_notifier(Arc::new(push.clone()));
+        extra_routes = extra_routes.merge(chat_push::routes(push));
     }
     let engine = engine.start().await.context("starting the engine")?;
     if config.dev_login {

@@ -359,6 +359,12 @@ impl Engine {
         self.inner.presence.online_users()
     }
 
+    /// Whether `user` has a session open on any server process of the
+    /// cluster (invisible ones included), as far as this process has heard.
+    pub fn has_open_session(&self, user: &UserId) -> bool {
+        self.inner.presence.is_connected(user)
+    }
+
     /// The user an HTTP request acts as: [`Engine::authorize`].
     async fn acting_user(&self, identity: &Identity) -> Result<User> {
         self.authorize(identity).await

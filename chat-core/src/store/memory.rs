@@ -16,6 +16,7 @@ use crate::call::{Call, CallStart};
 use crate::error::{Error, Result};
 use crate::id::{AttachmentId, CallId, MessageId, RoomId, SessionId, UserId};
 use crate::message::{Appended, HistoryPage, HistoryQuery, Message, NewMessage};
+use crate::push::{PushStore, PushSubscription};
 use crate::room::{Ban, Member, MemberRole, NewRoom, ReceiptKind, Room, RoomChanges, RoomKind, RoomSummary};
 use crate::search::{SearchHit, SearchPage, SearchQuery};
 use crate::time::Timestamp;
@@ -54,6 +55,8 @@ struct State {
     secrets: HashMap<String, String>,
     /// Calls by id (ids are time-sortable, so the map is oldest first).
     calls: BTreeMap<CallId, Call>,
+    /// Push subscriptions, oldest first (one stored again moves to the end).
+    push: Vec<PushSubscription>,
 }
 
 #[derive(Debug)]
@@ -788,6 +791,10 @@ impl Store for MemoryStore {
         Some(self)
     }
 
+    fn push_store(&self) -> Option<&dyn PushStore> {
+        Some(self)
+    }
+
     async fn ping(&self) -> Result<()> {
         Ok(())
     }
@@ -990,6 +997,57 @@ impl BridgeStore for MemoryStore {
             .iter()
             .filter(|((b, k, _), _)| b == bridge && k == kind)
             .map(|((_, _, local), remote)| (local.clone(), remote.clone()))
+            .collect())
+    }
+}
+
+#[async_trait]
+impl PushStore for MemoryStore {
+    async fn add_push_subscription(&self, subscription: &PushSubscription, max: u32) -> Result<()> {
+        let mut state = self.lock();
+        state.push.retain(|s| s.endpoint != subscription.endpoint);
+        state.push.push(subscription.clone());
+        let user = &subscription.user_id;
+        let mut excess = state.push.iter().filter(|s| &s.user_id == user).count().saturating_sub(max as usize);
+        state.push.retain(|s| {
+            let drop = excess > 0 && &s.user_id == user;
+            excess -= usize::from(drop);
+            !drop
+        });
+        Ok(())
+    }
+
+    async fn remove_push_subscription(&self, user: &UserId, endpoint: &str) -> Result<bool> {
+        let mut state = self.lock();
+        let before = state.push.len();
+        state.push.retain(|s| !(s.endpoint == endpoint && &s.user_id == user));
+        Ok(state.push.len() < before)
+    }
+
+    async fn forget_push_endpoint(&self, endpoint: &str, stored_at: Timestamp) -> Result<bool> {
+        let mut state = self.lock();
+        let before = state.push.len();
+        state.push.retain(|s| !(s.endpoint == endpoint && s.created_at <= stored_at));
+        Ok(state.push.len() < before)
+    }
+
+    async fn push_subscription(&self, endpoint: &str) -> Result<Option<PushSubscription>> {
+        Ok(self.lock().push.iter().find(|s| s.endpoint == endpoint).cloned())
+    }
+
+    async fn push_subscriptions(&self, user: &UserId) -> Result<Vec<PushSubscription>> {
+        Ok(self.lock().push.iter().filter(|s| &s.user_id == user).cloned().collect())
+    }
+
+    async fn push_recipients(&self, room: RoomId, except: &UserId, now: Timestamp) -> Result<Vec<UserId>> {
+        let state = self.lock();
+        let Some(rs) = state.rooms.get(&room) else { return Ok(Vec::new()) };
+        let subscribed: HashSet<&UserId> = state.push.iter().map(|s| &s.user_id).collect();
+        Ok(rs
+            .members
+            .values()
+            .filter(|m| &m.user_id != except && !m.is_muted(now) && subscribed.contains(&m.user_id))
+            .map(|m| m.user_id.clone())
             .collect())
     }
 }

@@ -502,6 +502,12 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// The push subscriptions, when this store can keep them. Without it
+    /// the server offers no Web Push.
+    fn push_store(&self) -> Option<&dyn crate::push::PushStore> {
+        None
+    }
+
     /// A secret every process of the server shares (the key that signs
     /// attachment URLs, say): the value stored under `name`, or `candidate`
     /// once it was stored because there was none. Racing callers all get the
