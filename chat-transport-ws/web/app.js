@@ -1820,8 +1820,10 @@ function renderPush(state, note = '') {
   button.hidden = !['off', 'on', 'busy'].includes(state);
   button.setAttribute('aria-disabled', String(state === 'busy'));
   button.dataset.state = state;
-  if (state === 'on') button.textContent = 'Turn off notifications';
-  if (state === 'off') button.textContent = 'Turn on notifications';
+  if (state === 'on' || state === 'off') {
+    $('push-label').textContent = state === 'on' ? 'Turn off notifications' : 'Turn on notifications';
+    button.title = state === 'on' ? 'Notifications are on: turn them off' : 'Notifications are off: turn them on';
+  }
   $('push-status').textContent = note || PUSH_NOTES[state] || '';
 }
 

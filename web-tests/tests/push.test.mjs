@@ -274,9 +274,8 @@ describe('push notifications on the chat page', () => {
     rooms.direct = await createRoom(ada, { kind: 'direct', members: ['bob'] });
 
     // Nothing asked on load: the switch waits for a click.
-    const toggle = ada.locator('#push-toggle');
-    await toggle.waitFor();
-    assert.equal(await toggle.textContent(), 'Turn on notifications');
+    const toggle = ada.getByRole('button', { name: /^Turn (on|off) notifications$/ });
+    await ada.getByRole('button', { name: 'Turn on notifications' }).waitFor();
     assert.equal(await ada.evaluate(() => window.permissionRequests || 0), 0, 'no permission asked on load');
     assert.equal(await ada.evaluate(() => Notification.permission), 'default');
     assert.equal(await ada.evaluate(async () => (await navigator.serviceWorker.getRegistrations()).length), 0);
