@@ -339,6 +339,13 @@ describe('push notifications on the chat page', () => {
     await toggle.click();
     assert.equal((await on).status(), 201);
     await ada.locator('#push-toggle[data-state="on"]').waitFor();
+
+    // Ada's token goes without a sign-out (it expired, say) and Bob signs in
+    // in this browser: Ada's subscription is dropped, not carried over to Bob.
+    await ada.evaluate(() => localStorage.removeItem('chat-page:token'));
+    await signIn(ada, server, await server.token('bob', { name: 'Bob' }));
+    await ada.locator('#push-toggle[data-state="off"]').waitFor();
+    assert.equal(await standIn(ada), null);
     await bob.context().close();
     await ada.context().close();
   });
