@@ -287,6 +287,20 @@ async fn the_key_is_public_and_subscriptions_are_checked() {
     assert_eq!(unsubscribe(&server, "ada", "https://push.example.com/never").await, 204, "unknown is no error");
     assert_eq!(unsubscribe(&server, "ada", good["endpoint"].as_str().expect("endpoint")).await, 204);
 
+    // Anyone can become a visitor: visitors may not have the server POST
+    // to URLs of their choosing.
+    let (status, body) = server.post("/v1/visitor-sessions", &json!({"name": "Vic"}), None).await;
+    assert_eq!(status, 201, "{body}");
+    let visitor = server
+        .http
+        .post(server.url("/v1/push/subscriptions"))
+        .bearer_auth(body["token"].as_str().expect("token"))
+        .json(&service.subscription("vic"))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(visitor.status().as_u16(), 403);
+
     // Without the test setting: https on public addresses only.
     let strict = TestServer::start_with(|config| config.vapid_subject = Some(SUBJECT.into())).await;
     let with = |endpoint: &str| {
@@ -582,4 +596,29 @@ async fn a_session_on_another_process_counts() {
     assert_eq!(got[0].payload["message_id"], message["id"]);
     assert!(got[0].payload.get("count").is_none(), "what he saw is not counted");
     service.assert_no_errors();
+}
+
+/// `CHAT_VAPID_PRIVATE_KEY_FILE` names the key (PEM or base64url); with
+/// `CHAT_PUSH=false` there is no push at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_can_come_from_a_file_and_push_can_be_off() {
+    use p256::pkcs8::EncodePrivateKey as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = p256::SecretKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+    let expected = URL_SAFE_NO_PAD.encode(secret.public_key().to_encoded_point(false).as_bytes());
+    let pem = dir.path().join("vapid.pem");
+    std::fs::write(&pem, secret.to_pkcs8_pem(Default::default()).expect("PEM").as_bytes()).expect("write");
+    let raw = dir.path().join("vapid.txt");
+    std::fs::write(&raw, format!("{}\n", URL_SAFE_NO_PAD.encode(secret.to_bytes()))).expect("write");
+    for file in [pem, raw] {
+        let path = file.display().to_string();
+        let server = server_on(None, |config| config.vapid_private_key_file = Some(path)).await;
+        assert_eq!(vapid_key(server.addr).await, expected, "{}", file.display());
+        server.stop().await.expect("stops");
+    }
+
+    let off = server_on(None, |config| config.push = false).await;
+    let (status, _) = off.get("/v1/push/vapid-public-key", None).await;
+    assert_eq!(status, 404, "no push routes");
+    off.stop().await.expect("stops");
 }
