@@ -67,7 +67,8 @@ pub trait PushStore: Send + Sync {
     async fn push_subscriptions(&self, user: &UserId) -> Result<Vec<PushSubscription>>;
 
     /// The members of `room` other than `except` who have at least one
-    /// subscription and have not muted the room at `now` (`muted_until`
-    /// unset or not after `now`), in no particular order.
+    /// subscription, have not muted the room at `now` (`muted_until` unset
+    /// or not after `now`), and are neither deactivated nor deleted, in no
+    /// particular order.
     async fn push_recipients(&self, room: RoomId, except: &UserId, now: Timestamp) -> Result<Vec<UserId>>;
 }

@@ -3017,7 +3017,8 @@ pub async fn push_subscriptions_are_one_per_endpoint_and_capped_per_user(store: 
 }
 
 /// A user removes only their own subscription; a gone endpoint is removed
-/// unless it was stored again after the push that found it gone.
+/// unless it was stored again after the push that found it gone; deleting
+/// a user removes theirs.
 pub async fn push_subscriptions_are_removed_by_their_user_or_when_gone(store: &dyn Store) {
     let subs = push(store);
     let mine = subscription("a", "e1", 5);
@@ -3030,6 +3031,12 @@ pub async fn push_subscriptions_are_removed_by_their_user_or_when_gone(store: &d
     assert!(!ok(subs.forget_push_endpoint(&mine.endpoint, at(4)).await, "forget"), "stored again since");
     assert_eq!(ok(subs.push_subscriptions(&uid("a")).await, "push_subscriptions").len(), 1);
     assert!(ok(subs.forget_push_endpoint(&mine.endpoint, at(5)).await, "forget"));
+    assert!(ok(subs.push_subscriptions(&uid("a")).await, "push_subscriptions").is_empty());
+
+    // A deleted user's subscriptions go with them.
+    ok(store.upsert_user(&user("a", "A")).await, "upsert_user");
+    ok(subs.add_push_subscription(&mine, 10).await, "add_push_subscription");
+    assert!(ok(store.delete_user(&uid("a"), at(9)).await, "delete_user").is_some());
     assert!(ok(subs.push_subscriptions(&uid("a")).await, "push_subscriptions").is_empty());
 }
 
@@ -3053,6 +3060,10 @@ pub async fn push_recipients_are_subscribed_members_who_did_not_mute(store: &dyn
     assert!(ok(store.set_muted(room.id, &uid("a"), Some(MUTED_FOREVER)).await, "mute"));
     let to = ok(subs.push_recipients(room.id, &uid("s"), now).await, "push_recipients");
     assert_eq!(to, [uid("c")]);
+    ok(store.upsert_user(&user("c", "C")).await, "upsert_user");
+    assert!(ok(store.set_user_active(&uid("c"), false).await, "set_user_active"));
+    let to = ok(subs.push_recipients(room.id, &uid("s"), now).await, "push_recipients");
+    assert!(to.is_empty(), "a deactivated user is not pushed: {to:?}");
     let unknown = ok(subs.push_recipients(RoomId::generate(), &uid("s"), now).await, "push_recipients");
     assert!(unknown.is_empty());
 }

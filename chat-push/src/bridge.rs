@@ -444,46 +444,91 @@ async fn step_down(shared: &Shared) -> bool {
 // ---------------------------------------------------------------------------
 // Messages and calls → jobs in the outbox
 
+/// Messages and calls taken off the queue at once: the messages of a batch
+/// cost one query per room and sender, and one commit.
+const BATCH: usize = 256;
+
 async fn enqueue(shared: Arc<Shared>, mut work: mpsc::Receiver<Work>) {
-    while let Some(item) = work.recv().await {
-        let result = match item {
-            Work::Message(message) => enqueue_message(&shared, &message).await,
-            Work::Call(call, from) => enqueue_call(&shared, &call, &from).await,
-        };
-        match result {
-            Ok(true) => shared.wake.notify_one(),
-            Ok(false) => {}
-            Err(err) => {
-                tracing::warn!(error = %err, "push: cannot enqueue; that push is lost");
-                shared.record_error(&err);
+    let mut batch = Vec::with_capacity(BATCH);
+    while work.recv_many(&mut batch, BATCH).await > 0 {
+        let mut messages = Vec::new();
+        let mut results = Vec::new();
+        for item in batch.drain(..) {
+            match item {
+                Work::Message(message) => messages.push(message),
+                Work::Call(call, from) => results.push(enqueue_call(&shared, &call, &from).await),
+            }
+        }
+        results.push(enqueue_messages(&shared, &messages).await);
+        for result in results {
+            match result {
+                Ok(true) => shared.wake.notify_one(),
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "push: cannot enqueue; those pushes are lost");
+                    shared.record_error(&err);
+                }
             }
         }
     }
 }
 
-/// A fold job for each member who should hear of `message`: subscribed,
-/// not the sender, not muted, with no open session anywhere.
-async fn enqueue_message(shared: &Shared, message: &Message) -> chat_core::Result<bool> {
+/// A fold job for each member who should hear of one of `messages`:
+/// subscribed, not its sender, not muted, with no open session anywhere,
+/// starting at the first of the room's messages that is not their own.
+async fn enqueue_messages(shared: &Shared, messages: &[Message]) -> chat_core::Result<bool> {
+    if messages.is_empty() {
+        return Ok(false);
+    }
     let host = shared.host()?;
+    let subs = shared.subs()?;
     let now = Timestamp::now();
-    let users = shared.subs()?.push_recipients(message.room_id, &message.sender_id, now).await?;
-    let jobs: Vec<NewJob> = users
-        .into_iter()
-        .filter(|user| !host.has_open_session(user))
-        .map(|user| {
-            let key = format!("fold:{user}:{}", message.room_id);
-            let due = shared.due(&user, message.room_id, now);
-            let fold = Fold { user, room: message.room_id, from_seq: message.seq };
-            NewJob {
+    // Room → sender → the sender's first seq in the batch (rooms in the
+    // order they came, so that jobs are enqueued in the messages' order).
+    let mut rooms: Vec<(RoomId, Vec<(UserId, u64)>)> = Vec::new();
+    for m in messages {
+        let at = match rooms.iter().position(|(room, _)| *room == m.room_id) {
+            Some(at) => at,
+            None => {
+                rooms.push((m.room_id, Vec::new()));
+                rooms.len() - 1
+            }
+        };
+        let senders = &mut rooms[at].1;
+        match senders.iter_mut().find(|(sender, _)| *sender == m.sender_id) {
+            Some((_, seq)) => *seq = (*seq).min(m.seq),
+            None => senders.push((m.sender_id.clone(), m.seq)),
+        }
+    }
+    let mut jobs = Vec::new();
+    for (room, senders) in rooms {
+        // Each user's first seq in the batch that another member sent.
+        let mut from: Vec<(UserId, u64)> = Vec::new();
+        for (sender, seq) in &senders {
+            for user in subs.push_recipients(room, sender, now).await? {
+                match from.iter_mut().find(|(u, _)| *u == user) {
+                    Some((_, first)) => *first = (*first).min(*seq),
+                    None => from.push((user, *seq)),
+                }
+            }
+        }
+        for (user, from_seq) in from {
+            if host.has_open_session(&user) {
+                continue;
+            }
+            let key = format!("fold:{user}:{room}");
+            let due = shared.due(&user, room, now);
+            let fold = Fold { user, room, from_seq };
+            jobs.push(NewJob {
                 bridge: NAME.into(),
                 queue: key.clone(),
                 dedupe_key: key,
                 kind: "fold".into(),
                 payload: serde_json::to_string(&fold).unwrap_or_default(),
                 created_at: due,
-            }
-        })
-        .collect();
+            });
+        }
+    }
     if jobs.is_empty() {
         return Ok(false);
     }

@@ -3,7 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /v1/push/vapid-public-key` (public) | `{"key"}`, base64url |
-//! | `POST /v1/push/subscriptions` `{"endpoint","keys":{"p256dh","auth"}}` | 201; 400 for a bad endpoint or keys |
+//! | `POST /v1/push/subscriptions` `{"endpoint","keys":{"p256dh","auth"}}` | 201; 400 for a bad endpoint or keys; 403 for visitors |
 //! | `DELETE /v1/push/subscriptions` `{"endpoint"}` | 204, also for an unknown endpoint |
 
 use axum::extract::State;
@@ -66,6 +66,7 @@ async fn vapid_public_key(Extension(bridge): Extension<PushBridge>) -> ApiResult
         (status = 201, description = "Stored"),
         (status = 400, description = "A bad endpoint or keys", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Visitors may not subscribe", body = ErrorBody),
     )
 )]
 async fn subscribe(
@@ -75,6 +76,11 @@ async fn subscribe(
     payload: Result<Json<NewSubscription>, JsonRejection>,
 ) -> ApiResult<Response> {
     let user = authenticate_user(&app, &headers).await?;
+    if user.is_visitor() {
+        // Anyone can become a visitor: their subscriptions would let anyone
+        // have the server POST to URLs of their choosing.
+        return Err(ApiError::new(ErrorCode::Forbidden, "visitors may not subscribe to push notifications"));
+    }
     bridge.subscribe(&user.id, json_body(payload)?).await?;
     Ok(StatusCode::CREATED.into_response())
 }

@@ -1248,6 +1248,12 @@ impl Store for PostgresStore {
                 .fetch_all(&mut *tx)
                 .await
                 .db()?;
+            // Their browsers are told nothing more.
+            sqlx::query("DELETE FROM push_subscriptions WHERE user_id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .db()?;
             tx.commit().await.db()?;
             Ok(Some(rooms.into_iter().map(RoomId::from_uuid).collect()))
         })

@@ -1112,6 +1112,8 @@ impl Store for SqliteStore {
                 .fetch_all(&mut *conn)
                 .await
                 .db()?;
+            // Their browsers are told nothing more.
+            sqlx::query("DELETE FROM push_subscriptions WHERE user_id = ?1").bind(id).execute(&mut *conn).await.db()?;
             Ok(Some(rooms))
         });
         let Some(rooms) = rooms.await? else { return Ok(None) };

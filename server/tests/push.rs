@@ -23,10 +23,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chat_broker::testing::BrokerServer;
 use chat_store_sql::testing::TempSchema;
 use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use serde_json::{Value, json};
-use support::{Client, TestServer, create_room, token};
+use support::{Client, ServerProcess, TestServer, create_room, token};
 use tokio::time::Instant;
 
 const SUBJECT: &str = "mailto:ops@example.com";
@@ -218,16 +219,16 @@ async fn server_on(database_url: Option<String>, tweak: impl FnOnce(&mut chat_se
     .await
 }
 
-async fn vapid_key(server: &TestServer) -> String {
-    let (status, body) = server.get("/v1/push/vapid-public-key", None).await;
+async fn vapid_key(server: impl Into<SocketAddr>) -> String {
+    let url = format!("http://{}/v1/push/vapid-public-key", server.into());
+    let (status, body) = support::status_and_json(support::http_client().get(url).send().await.expect("GET")).await;
     assert_eq!(status, 200, "{body}");
     body["key"].as_str().expect("key").to_owned()
 }
 
-async fn subscribe(server: &TestServer, user: &str, subscription: &Value) -> u16 {
-    let response = server
-        .http
-        .post(server.url("/v1/push/subscriptions"))
+async fn subscribe(server: impl Into<SocketAddr>, user: &str, subscription: &Value) -> u16 {
+    let response = support::http_client()
+        .post(format!("http://{}/v1/push/subscriptions", server.into()))
         .bearer_auth(token(user))
         .json(subscription)
         .send()
@@ -267,24 +268,38 @@ async fn send(client: &mut Client, room: &str, body: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_is_public_and_subscriptions_are_checked() {
     let server = server_on(None, |_| {}).await;
-    let key = vapid_key(&server).await;
+    let key = vapid_key(server.addr).await;
     assert_eq!(URL_SAFE_NO_PAD.decode(&key).expect("base64url").len(), 65, "an uncompressed P-256 point");
     let service = PushService::start(key).await;
     let good = service.subscription("s");
 
     let anonymous = server.http.post(server.url("/v1/push/subscriptions")).json(&good).send().await.expect("POST");
     assert_eq!(anonymous.status().as_u16(), 401);
-    assert_eq!(subscribe(&server, "ada", &good).await, 201);
-    assert_eq!(subscribe(&server, "ada", &good).await, 201, "again is no error");
+    assert_eq!(subscribe(server.addr, "ada", &good).await, 201);
+    assert_eq!(subscribe(server.addr, "ada", &good).await, 201, "again is no error");
     let mut bad_keys = good.clone();
     bad_keys["keys"]["auth"] = json!("c2hvcnQ");
-    assert_eq!(subscribe(&server, "ada", &bad_keys).await, 400);
+    assert_eq!(subscribe(server.addr, "ada", &bad_keys).await, 400);
     let mut off_curve = good.clone();
     off_curve["keys"]["p256dh"] = json!(URL_SAFE_NO_PAD.encode([4u8; 65]));
-    assert_eq!(subscribe(&server, "ada", &off_curve).await, 400);
-    assert_eq!(subscribe(&server, "ada", &json!({"endpoint": 5})).await, 400);
+    assert_eq!(subscribe(server.addr, "ada", &off_curve).await, 400);
+    assert_eq!(subscribe(server.addr, "ada", &json!({"endpoint": 5})).await, 400);
     assert_eq!(unsubscribe(&server, "ada", "https://push.example.com/never").await, 204, "unknown is no error");
     assert_eq!(unsubscribe(&server, "ada", good["endpoint"].as_str().expect("endpoint")).await, 204);
+
+    // Anyone can become a visitor: visitors may not have the server POST
+    // to URLs of their choosing.
+    let (status, body) = server.post("/v1/visitor-sessions", &json!({"name": "Vic"}), None).await;
+    assert_eq!(status, 201, "{body}");
+    let visitor = server
+        .http
+        .post(server.url("/v1/push/subscriptions"))
+        .bearer_auth(body["token"].as_str().expect("token"))
+        .json(&service.subscription("vic"))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(visitor.status().as_u16(), 403);
 
     // Without the test setting: https on public addresses only.
     let strict = TestServer::start_with(|config| config.vapid_subject = Some(SUBJECT.into())).await;
@@ -301,9 +316,9 @@ async fn the_key_is_public_and_subscriptions_are_checked() {
         "https://localhost/p".into(),
         "https://169.254.169.254/latest/meta-data".into(),
     ] {
-        assert_eq!(subscribe(&strict, "ada", &with(&refused)).await, 400, "{refused}");
+        assert_eq!(subscribe(strict.addr, "ada", &with(&refused)).await, 400, "{refused}");
     }
-    assert_eq!(subscribe(&strict, "ada", &with("https://push.example.com/wpush/abc")).await, 201);
+    assert_eq!(subscribe(strict.addr, "ada", &with("https://push.example.com/wpush/abc")).await, 201);
     let (status, spec) = server.get("/v1/openapi.json", None).await;
     assert_eq!(status, 200);
     assert!(spec["paths"]["/v1/push/subscriptions"]["post"].is_object(), "documented");
@@ -315,9 +330,9 @@ async fn the_key_is_public_and_subscriptions_are_checked() {
 /// Cleo (subscribed, connected), Dan (subscribed, muted the room), Eve (no
 /// subscription) and Ada herself (subscribed, the sender) are not.
 async fn who_is_pushed(server: TestServer) {
-    let service = PushService::start(vapid_key(&server).await).await;
+    let service = PushService::start(vapid_key(server.addr).await).await;
     for (user, sub) in [("ada", "ada-1"), ("bob", "bob-1"), ("bob", "bob-2"), ("cleo", "cleo-1"), ("dan", "dan-1")] {
-        assert_eq!(subscribe(&server, user, &service.subscription(sub)).await, 201);
+        assert_eq!(subscribe(server.addr, user, &service.subscription(sub)).await, 201);
     }
     users(&server, &["ada", "bob", "cleo", "dan", "eve"]).await;
     let mut ada = server.connect("ada").await;
@@ -371,8 +386,8 @@ async fn who_is_pushed_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_fold_within_ten_seconds_per_room() {
     let server = server_on(None, |_| {}).await;
-    let service = PushService::start(vapid_key(&server).await).await;
-    assert_eq!(subscribe(&server, "bob", &service.subscription("bob")).await, 201);
+    let service = PushService::start(vapid_key(server.addr).await).await;
+    assert_eq!(subscribe(server.addr, "bob", &service.subscription("bob")).await, 201);
     users(&server, &["ada", "bob"]).await;
     let mut ada = server.connect("ada").await;
     let room = group(&mut ada, "Busy", &["bob"]).await;
@@ -403,9 +418,9 @@ async fn pushes_fold_within_ten_seconds_per_room() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_retried_and_gone_subscriptions_forgotten() {
     let server = server_on(None, |_| {}).await;
-    let service = PushService::start(vapid_key(&server).await).await;
-    assert_eq!(subscribe(&server, "bob", &service.subscription("flaky")).await, 201);
-    assert_eq!(subscribe(&server, "bob", &service.subscription("gone")).await, 201);
+    let service = PushService::start(vapid_key(server.addr).await).await;
+    assert_eq!(subscribe(server.addr, "bob", &service.subscription("flaky")).await, 201);
+    assert_eq!(subscribe(server.addr, "bob", &service.subscription("gone")).await, 201);
     service.script("flaky", &[500, 503]);
     service.script("gone", &[410]);
     users(&server, &["ada", "bob"]).await;
@@ -431,9 +446,9 @@ async fn failures_are_retried_and_gone_subscriptions_forgotten() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_eleventh_subscription_replaces_the_oldest() {
     let server = server_on(None, |_| {}).await;
-    let service = PushService::start(vapid_key(&server).await).await;
+    let service = PushService::start(vapid_key(server.addr).await).await;
     for i in 0..11 {
-        assert_eq!(subscribe(&server, "bob", &service.subscription(&format!("d{i}"))).await, 201);
+        assert_eq!(subscribe(server.addr, "bob", &service.subscription(&format!("d{i}"))).await, 201);
     }
     users(&server, &["ada", "bob"]).await;
     let mut ada = server.connect("ada").await;
@@ -453,8 +468,8 @@ async fn an_eleventh_subscription_replaces_the_oldest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_pushed_twice_across_a_restart() {
     let server = server_on(None, |_| {}).await;
-    let service = PushService::start(vapid_key(&server).await).await;
-    assert_eq!(subscribe(&server, "bob", &service.subscription("bob")).await, 201);
+    let service = PushService::start(vapid_key(server.addr).await).await;
+    assert_eq!(subscribe(server.addr, "bob", &service.subscription("bob")).await, 201);
     users(&server, &["ada", "bob"]).await;
     let mut ada = server.connect("ada").await;
     let done = group(&mut ada, "Done", &["bob"]).await;
@@ -479,7 +494,7 @@ async fn nothing_is_pushed_twice_across_a_restart() {
     assert_eq!(got[3].payload["message_id"], message["id"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(service.received("bob").len(), 4, "nothing doubled");
-    assert_eq!(vapid_key(&server).await, service.lock().vapid, "the key is kept in the store");
+    assert_eq!(vapid_key(server.addr).await, service.lock().vapid, "the key is kept in the store");
     service.assert_no_errors();
     server.stop().await.expect("stops");
 }
@@ -489,8 +504,8 @@ async fn nothing_is_pushed_twice_across_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_to_someone_away_is_pushed_once() {
     let server = server_on(None, |_| {}).await;
-    let service = PushService::start(vapid_key(&server).await).await;
-    assert_eq!(subscribe(&server, "bob", &service.subscription("bob")).await, 201);
+    let service = PushService::start(vapid_key(server.addr).await).await;
+    assert_eq!(subscribe(server.addr, "bob", &service.subscription("bob")).await, 201);
     users(&server, &["ada", "bob"]).await;
     let mut ada = server.connect("ada").await;
     let room = create_room(&mut ada, json!({"kind": "direct", "members": ["bob"]})).await;
@@ -511,4 +526,99 @@ async fn a_call_to_someone_away_is_pushed_once() {
     assert_eq!(service.received("bob").len(), 1, "no second push for the missed call");
     service.assert_no_errors();
     server.stop().await.expect("stops");
+}
+
+/// Two processes on one database and NATS: Bob's session on one process
+/// keeps the other from pushing him; once he left, he is pushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_on_another_process_counts() {
+    let Some(schema) = TempSchema::create("push: a session on another process").await else { return };
+    let Some(broker) = BrokerServer::nats().await else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let env = [
+        ("CHAT_BROKER_URL", broker.url()),
+        ("CHAT_BROKER_PREFIX", format!("p{}", std::process::id())),
+        ("CHAT_VAPID_SUBJECT", SUBJECT.to_owned()),
+        ("CHAT_PUSH_ALLOW_PRIVATE_ENDPOINTS", "true".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let url = schema.url();
+    let (a, b) = tokio::join!(
+        ServerProcess::start_url(&url, dir.path().join("a.log"), &env),
+        ServerProcess::start_url(&url, dir.path().join("b.log"), &env),
+    );
+    // Until each hears of the other, presence is not whole.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for process in [&a, &b] {
+        loop {
+            let response = support::http_client().get(format!("http://{}/health", process.addr)).send().await;
+            let (_, health) = support::status_and_json(response.expect("GET /health")).await;
+            if health["broker"] == "ok" && health["peers"] == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the processes did not meet: {health}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let key = vapid_key(a.addr).await;
+    assert_eq!(vapid_key(b.addr).await, key, "one key for every process");
+    let service = PushService::start(key).await;
+    let bob = b.connect("bob").await;
+    let mut ada = a.connect("ada").await;
+    assert_eq!(subscribe(a.addr, "bob", &service.subscription("bob")).await, 201);
+    let online = |addr: SocketAddr| async move {
+        let response = support::http_client()
+            .get(format!("http://{addr}/v1/users/online"))
+            .bearer_auth(token("ada"))
+            .send()
+            .await
+            .expect("GET");
+        let (_, body) = support::status_and_json(response).await;
+        body["users"].as_array().cloned().unwrap_or_default().iter().any(|u| u["user"]["id"] == "bob")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !online(a.addr).await {
+        assert!(Instant::now() < deadline, "process A never heard of Bob's session on B");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let room = group(&mut ada, "Across", &["bob"]).await;
+    send(&mut ada, &room, "you are here").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(service.received("bob").is_empty(), "Bob has a session on B: no push");
+
+    bob.close().await;
+    while online(a.addr).await {
+        assert!(Instant::now() < deadline + Duration::from_secs(5), "process A never heard that Bob left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let message = send(&mut ada, &room, "you left").await;
+    let got = service.wait_for("bob", 1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].payload["message_id"], message["id"]);
+    assert!(got[0].payload.get("count").is_none(), "what he saw is not counted");
+    service.assert_no_errors();
+}
+
+/// `CHAT_VAPID_PRIVATE_KEY_FILE` names the key (PEM or base64url); with
+/// `CHAT_PUSH=false` there is no push at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_can_come_from_a_file_and_push_can_be_off() {
+    use p256::pkcs8::EncodePrivateKey as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = p256::SecretKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+    let expected = URL_SAFE_NO_PAD.encode(secret.public_key().to_encoded_point(false).as_bytes());
+    let pem = dir.path().join("vapid.pem");
+    std::fs::write(&pem, secret.to_pkcs8_pem(Default::default()).expect("PEM").as_bytes()).expect("write");
+    let raw = dir.path().join("vapid.txt");
+    std::fs::write(&raw, format!("{}\n", URL_SAFE_NO_PAD.encode(secret.to_bytes()))).expect("write");
+    for file in [pem, raw] {
+        let path = file.display().to_string();
+        let server = server_on(None, |config| config.vapid_private_key_file = Some(path)).await;
+        assert_eq!(vapid_key(server.addr).await, expected, "{}", file.display());
+        server.stop().await.expect("stops");
+    }
+
+    let off = server_on(None, |config| config.push = false).await;
+    let (status, _) = off.get("/v1/push/vapid-public-key", None).await;
+    assert_eq!(status, 404, "no push routes");
+    off.stop().await.expect("stops");
 }

@@ -255,6 +255,7 @@ impl Store for MemoryStore {
             state.deleted_members.entry(*room).or_default().push(id.clone());
         }
         state.own_rooms.remove(id);
+        state.push.retain(|s| &s.user_id != id);
         Ok(Some(rooms))
     }
 
@@ -1047,6 +1048,7 @@ impl PushStore for MemoryStore {
             .members
             .values()
             .filter(|m| &m.user_id != except && !m.is_muted(now) && subscribed.contains(&m.user_id))
+            .filter(|m| state.users.get(&m.user_id).is_none_or(|a| a.active && !a.user.deleted))
             .map(|m| m.user_id.clone())
             .collect())
     }

@@ -126,7 +126,8 @@ impl PushStore for PostgresStore {
             let ids: Vec<String> = sqlx::query_scalar(
                 "SELECT m.user_id FROM members m
                  WHERE m.room_id = $1 AND m.user_id <> $2 AND (m.muted_until IS NULL OR m.muted_until <= $3)
-                   AND EXISTS (SELECT 1 FROM push_subscriptions s WHERE s.user_id = m.user_id)",
+                   AND EXISTS (SELECT 1 FROM push_subscriptions s WHERE s.user_id = m.user_id)
+                   AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = m.user_id AND (NOT u.active OR u.deleted_at IS NOT NULL))",
             )
             .bind(room.as_uuid())
             .bind(except.as_str())
