@@ -66,9 +66,13 @@ pub trait PushStore: Send + Sync {
     /// A user's subscriptions, oldest first.
     async fn push_subscriptions(&self, user: &UserId) -> Result<Vec<PushSubscription>>;
 
-    /// The members of `room` other than `except` who have at least one
-    /// subscription, have not muted the room at `now` (`muted_until` unset
-    /// or not after `now`), and are neither deactivated nor deleted, in no
-    /// particular order.
-    async fn push_recipients(&self, room: RoomId, except: &UserId, now: Timestamp) -> Result<Vec<UserId>>;
+    /// Whether anyone has a subscription: a server nobody subscribed on
+    /// looks for no one to push.
+    async fn any_push_subscription(&self) -> Result<bool>;
+
+    /// For each of `rooms`, its members who have at least one subscription,
+    /// have not muted the room at `now` (`muted_until` unset or not after
+    /// `now`), and are neither deactivated nor deleted: `(room, user)`
+    /// pairs, in no particular order. One read for a batch of messages.
+    async fn push_recipients(&self, rooms: &[RoomId], now: Timestamp) -> Result<Vec<(RoomId, UserId)>>;
 }

@@ -3040,32 +3040,54 @@ pub async fn push_subscriptions_are_removed_by_their_user_or_when_gone(store: &d
     assert!(ok(subs.push_subscriptions(&uid("a")).await, "push_subscriptions").is_empty());
 }
 
-/// Push goes to members with a subscription, never the sender, and not to
-/// those who muted the room until after now.
+/// Push goes to members with a subscription who did not mute the room until
+/// after now and are active, in every room asked about at once.
 pub async fn push_recipients_are_subscribed_members_who_did_not_mute(store: &dyn Store) {
     let subs = push(store);
+    assert!(!ok(subs.any_push_subscription().await, "any_push_subscription"), "nobody yet");
     let room = group(store, &["s", "a", "b", "c", "d"], 0).await;
+    let other = group(store, &["a", "x"], 1).await;
     for (user, endpoint) in [("s", "s1"), ("a", "a1"), ("a", "a2"), ("b", "b1"), ("c", "c1"), ("x", "x1")] {
         ok(subs.add_push_subscription(&subscription(user, endpoint, 1), 10).await, "add_push_subscription");
     }
+    assert!(ok(subs.any_push_subscription().await, "any_push_subscription"));
     let now = Timestamp::now();
     assert!(ok(store.set_muted(room.id, &uid("b"), Some(now.plus(std::time::Duration::from_secs(60)))).await, "mute"));
     assert!(ok(store.set_muted(room.id, &uid("c"), Some(at(1))).await, "mute"), "a mute that ended");
-    let mut to: Vec<String> = ok(subs.push_recipients(room.id, &uid("s"), now).await, "push_recipients")
-        .iter()
-        .map(|u| u.to_string())
-        .collect();
-    to.sort();
-    assert_eq!(to, ["a", "c"], "d has no subscription, x is no member, b muted, s sent");
+    let pairs = |list: Vec<(RoomId, UserId)>| {
+        let mut names: Vec<String> = list
+            .into_iter()
+            .map(|(r, u)| {
+                format!(
+                    "{}:{u}",
+                    if r == room.id {
+                        "room"
+                    } else if r == other.id {
+                        "other"
+                    } else {
+                        "?"
+                    }
+                )
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let both = [room.id, other.id, room.id];
+    let to = pairs(ok(subs.push_recipients(&both, now).await, "push_recipients"));
+    assert_eq!(
+        to,
+        ["other:a", "other:x", "room:a", "room:c", "room:s"],
+        "d has no subscription, b muted; each pair once"
+    );
     assert!(ok(store.set_muted(room.id, &uid("a"), Some(MUTED_FOREVER)).await, "mute"));
-    let to = ok(subs.push_recipients(room.id, &uid("s"), now).await, "push_recipients");
-    assert_eq!(to, [uid("c")]);
     ok(store.upsert_user(&user("c", "C")).await, "upsert_user");
     assert!(ok(store.set_user_active(&uid("c"), false).await, "set_user_active"));
-    let to = ok(subs.push_recipients(room.id, &uid("s"), now).await, "push_recipients");
-    assert!(to.is_empty(), "a deactivated user is not pushed: {to:?}");
-    let unknown = ok(subs.push_recipients(RoomId::generate(), &uid("s"), now).await, "push_recipients");
+    let to = pairs(ok(subs.push_recipients(&[room.id], now).await, "push_recipients"));
+    assert_eq!(to, ["room:s"], "a muted for good, c deactivated");
+    let unknown = ok(subs.push_recipients(&[RoomId::generate()], now).await, "push_recipients");
     assert!(unknown.is_empty());
+    assert!(ok(subs.push_recipients(&[], now).await, "push_recipients").is_empty());
 }
 
 /// `server_secret` stores the first candidate and answers it from then on.

@@ -60,6 +60,10 @@ const QUEUE: usize = 10_000;
 /// Messages read when a fold job counts what it stands for.
 const FOLD_PAGE: u32 = 100;
 
+/// How often a process asks the store whether anyone has a subscription
+/// (one made through another process is seen within this).
+const SUBSCRIBERS_EVERY: Duration = Duration::from_secs(5);
+
 /// Users × rooms whose last push time this process remembers.
 const MAX_RECENT: usize = 100_000;
 
@@ -97,6 +101,11 @@ struct Shared {
     state: Mutex<State>,
     lost: AtomicU64,
     sent: AtomicU64,
+    /// Whether anyone may have a subscription: while nobody has, committed
+    /// messages are not even queued (a server that does not use push pays
+    /// nothing). Set at once by a subscription here, and read from the store
+    /// every [`SUBSCRIBERS_EVERY`] for those made through other processes.
+    anyone: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -192,6 +201,7 @@ impl PushBridge {
                 state: Mutex::new(State::default()),
                 lost: AtomicU64::new(0),
                 sent: AtomicU64::new(0),
+                anyone: AtomicBool::new(true),
                 tasks: Mutex::new(Vec::new()),
             }),
         })
@@ -214,7 +224,9 @@ impl PushBridge {
             auth: new.keys.auth,
             created_at: Timestamp::now(),
         };
-        self.shared.subs()?.add_push_subscription(&subscription, MAX_SUBSCRIPTIONS).await
+        self.shared.subs()?.add_push_subscription(&subscription, MAX_SUBSCRIPTIONS).await?;
+        self.shared.anyone.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Removes `user`'s subscription of `endpoint`; an unknown one is no error.
@@ -315,7 +327,12 @@ impl Bridge for PushBridge {
             return Err(chat_core::Error::internal("push was started twice"));
         };
         let held = hold_lease(shared).await?;
-        let tasks = vec![tokio::spawn(enqueue(shared.clone(), work)), tokio::spawn(lead(shared.clone(), held))];
+        shared.anyone.store(shared.subs()?.any_push_subscription().await?, Ordering::Relaxed);
+        let tasks = vec![
+            tokio::spawn(enqueue(shared.clone(), work)),
+            tokio::spawn(lead(shared.clone(), held)),
+            tokio::spawn(watch_subscribers(shared.clone())),
+        ];
         *shared.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         shared.refresh_counts().await;
         tracing::info!(active = held, "push: started");
@@ -325,6 +342,7 @@ impl Bridge for PushBridge {
     fn on_event(&self, event: &BridgeEvent, _origin: Option<&str>) {
         // A call's history line is no news: the call was pushed when it rang.
         if let BridgeEvent::MessageCreated(message) = event
+            && self.shared.anyone.load(Ordering::Relaxed)
             && message.call.is_none()
             && !message.deleted
         {
@@ -444,8 +462,19 @@ async fn step_down(shared: &Shared) -> bool {
 // ---------------------------------------------------------------------------
 // Messages and calls → jobs in the outbox
 
+/// Keeps [`Shared::anyone`] current with subscriptions made elsewhere.
+async fn watch_subscribers(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(SUBSCRIBERS_EVERY).await;
+        match async { shared.subs()?.any_push_subscription().await }.await {
+            Ok(any) => shared.anyone.store(any, Ordering::Relaxed),
+            Err(err) => shared.record_error(&err),
+        }
+    }
+}
+
 /// Messages and calls taken off the queue at once: the messages of a batch
-/// cost one query per room and sender, and one commit.
+/// cost one query and one commit.
 const BATCH: usize = 256;
 
 async fn enqueue(shared: Arc<Shared>, mut work: mpsc::Receiver<Work>) {
@@ -500,19 +529,18 @@ async fn enqueue_messages(shared: &Shared, messages: &[Message]) -> chat_core::R
             None => senders.push((m.sender_id.clone(), m.seq)),
         }
     }
+    let ids: Vec<RoomId> = rooms.iter().map(|(room, _)| *room).collect();
+    let mut members: HashMap<RoomId, Vec<UserId>> = HashMap::new();
+    for (room, user) in subs.push_recipients(&ids, now).await? {
+        members.entry(room).or_default().push(user);
+    }
     let mut jobs = Vec::new();
     for (room, senders) in rooms {
-        // Each user's first seq in the batch that another member sent.
-        let mut from: Vec<(UserId, u64)> = Vec::new();
-        for (sender, seq) in &senders {
-            for user in subs.push_recipients(room, sender, now).await? {
-                match from.iter_mut().find(|(u, _)| *u == user) {
-                    Some((_, first)) => *first = (*first).min(*seq),
-                    None => from.push((user, *seq)),
-                }
-            }
-        }
-        for (user, from_seq) in from {
+        for user in members.remove(&room).unwrap_or_default() {
+            // The first message in the batch that someone else sent.
+            let Some(from_seq) = senders.iter().filter(|(s, _)| *s != user).map(|(_, seq)| *seq).min() else {
+                continue;
+            };
             if host.has_open_session(&user) {
                 continue;
             }

@@ -1040,17 +1040,21 @@ impl PushStore for MemoryStore {
         Ok(self.lock().push.iter().filter(|s| &s.user_id == user).cloned().collect())
     }
 
-    async fn push_recipients(&self, room: RoomId, except: &UserId, now: Timestamp) -> Result<Vec<UserId>> {
+    async fn any_push_subscription(&self) -> Result<bool> {
+        Ok(!self.lock().push.is_empty())
+    }
+
+    async fn push_recipients(&self, rooms: &[RoomId], now: Timestamp) -> Result<Vec<(RoomId, UserId)>> {
         let state = self.lock();
-        let Some(rs) = state.rooms.get(&room) else { return Ok(Vec::new()) };
         let subscribed: HashSet<&UserId> = state.push.iter().map(|s| &s.user_id).collect();
-        Ok(rs
-            .members
-            .values()
-            .filter(|m| &m.user_id != except && !m.is_muted(now) && subscribed.contains(&m.user_id))
-            .filter(|m| state.users.get(&m.user_id).is_none_or(|a| a.active && !a.user.deleted))
-            .map(|m| m.user_id.clone())
-            .collect())
+        let mut out = Vec::new();
+        for room in rooms.iter().collect::<HashSet<_>>() {
+            let Some(rs) = state.rooms.get(room) else { continue };
+            let members = rs.members.values().filter(|m| !m.is_muted(now) && subscribed.contains(&m.user_id));
+            let members = members.filter(|m| state.users.get(&m.user_id).is_none_or(|a| a.active && !a.user.deleted));
+            out.extend(members.map(|m| (*room, m.user_id.clone())));
+        }
+        Ok(out)
     }
 }
 

@@ -121,21 +121,35 @@ impl PushStore for PostgresStore {
         .await
     }
 
-    async fn push_recipients(&self, room: RoomId, except: &UserId, now: Timestamp) -> chat_core::Result<Vec<UserId>> {
+    async fn any_push_subscription(&self) -> chat_core::Result<bool> {
         self.bounded(async {
-            let ids: Vec<String> = sqlx::query_scalar(
-                "SELECT m.user_id FROM members m
-                 WHERE m.room_id = $1 AND m.user_id <> $2 AND (m.muted_until IS NULL OR m.muted_until <= $3)
+            let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM push_subscriptions)")
+                .fetch_one(&self.pool)
+                .await
+                .db()?;
+            Ok(any)
+        })
+        .await
+    }
+
+    async fn push_recipients(&self, rooms: &[RoomId], now: Timestamp) -> chat_core::Result<Vec<(RoomId, UserId)>> {
+        let rooms: Vec<uuid::Uuid> = rooms.iter().map(|r| *r.as_uuid()).collect();
+        self.bounded(async {
+            let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+                "SELECT m.room_id, m.user_id FROM members m
+                 WHERE m.room_id = ANY($1) AND (m.muted_until IS NULL OR m.muted_until <= $2)
                    AND EXISTS (SELECT 1 FROM push_subscriptions s WHERE s.user_id = m.user_id)
                    AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = m.user_id AND (NOT u.active OR u.deleted_at IS NOT NULL))",
             )
-            .bind(room.as_uuid())
-            .bind(except.as_str())
+            .bind(&rooms)
             .bind(now.as_millis())
             .fetch_all(&self.pool)
             .await
             .db()?;
-            Ok(ids.into_iter().map(|id| codec::user_id(id, "members.user_id")).collect::<Result<_>>()?)
+            Ok(rows
+                .into_iter()
+                .map(|(room, user)| Ok((RoomId::from_uuid(room), codec::user_id(user, "members.user_id")?)))
+                .collect::<Result<_>>()?)
         })
         .await
     }

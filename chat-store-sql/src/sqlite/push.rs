@@ -103,19 +103,33 @@ impl PushStore for SqliteStore {
         Ok(rows.iter().map(from_row).collect::<Result<_>>()?)
     }
 
-    async fn push_recipients(&self, room: RoomId, except: &UserId, now: Timestamp) -> chat_core::Result<Vec<UserId>> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT m.user_id FROM members m
-             WHERE m.room_id = ?1 AND m.user_id <> ?2 AND (m.muted_until IS NULL OR m.muted_until <= ?3)
+    async fn any_push_subscription(&self) -> chat_core::Result<bool> {
+        let any: i64 = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM push_subscriptions)")
+            .fetch_one(&self.reader)
+            .await
+            .db()?;
+        Ok(any != 0)
+    }
+
+    async fn push_recipients(&self, rooms: &[RoomId], now: Timestamp) -> chat_core::Result<Vec<(RoomId, UserId)>> {
+        let rooms: Vec<String> = rooms.iter().map(ToString::to_string).collect();
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT m.room_id, m.user_id FROM members m
+             WHERE m.room_id IN (SELECT DISTINCT value FROM json_each(?1))
+               AND (m.muted_until IS NULL OR m.muted_until <= ?2)
                AND EXISTS (SELECT 1 FROM push_subscriptions s WHERE s.user_id = m.user_id)
-                   AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = m.user_id AND (u.active = 0 OR u.deleted_at IS NOT NULL))",
+               AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = m.user_id AND (u.active = 0 OR u.deleted_at IS NOT NULL))",
         )
-        .bind(room.to_string())
-        .bind(except.as_str())
+        .bind(serde_json::to_string(&rooms).map_err(|_| crate::error::Error::Corrupt("room ids"))?)
         .bind(now.as_millis())
         .fetch_all(&self.reader)
         .await
         .db()?;
-        Ok(ids.into_iter().map(|id| codec::user_id(id, "members.user_id")).collect::<Result<_>>()?)
+        Ok(rows
+            .into_iter()
+            .map(|(room, user)| {
+                Ok((codec::room_id(&room, "members.room_id")?, codec::user_id(user, "members.user_id")?))
+            })
+            .collect::<Result<_>>()?)
     }
 }
