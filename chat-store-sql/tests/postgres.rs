@@ -86,6 +86,7 @@ async fn a_fresh_schema_is_migrated_once_even_by_racing_processes() {
             "members",
             "messages",
             "room_bans",
+            "push_subscriptions",
             "rooms",
             "server_secrets",
             "support_queue",
