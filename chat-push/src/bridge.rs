@@ -477,9 +477,23 @@ async fn watch_subscribers(shared: Arc<Shared>) {
 /// cost one query and one commit.
 const BATCH: usize = 256;
 
+/// How long a batch waits for more after its first message.
+const COALESCE: Duration = Duration::from_millis(50);
+
 async fn enqueue(shared: Arc<Shared>, mut work: mpsc::Receiver<Work>) {
     let mut batch = Vec::with_capacity(BATCH);
     while work.recv_many(&mut batch, BATCH).await > 0 {
+        // What comes within COALESCE joins the batch: under load a batch
+        // fills in a few milliseconds, and a trickle costs a read per COALESCE
+        // rather than one per message.
+        let until = Instant::now() + COALESCE;
+        while batch.len() < BATCH {
+            let room = BATCH - batch.len();
+            match tokio::time::timeout_at(until, work.recv_many(&mut batch, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
         let mut messages = Vec::new();
         let mut results = Vec::new();
         for item in batch.drain(..) {
