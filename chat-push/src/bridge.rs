@@ -584,7 +584,7 @@ async fn enqueue_call(shared: &Shared, call: &Call, from: &User) -> chat_core::R
         return Ok(false);
     }
     let now = Timestamp::now();
-    let ttl = Duration::from_millis(u64::try_from(call.ring_until.as_millis() - now.as_millis()).unwrap_or(0));
+    let ttl = call.ring_until.until();
     if ttl < Duration::from_secs(1) {
         return Ok(false);
     }
@@ -592,8 +592,8 @@ async fn enqueue_call(shared: &Shared, call: &Call, from: &User) -> chat_core::R
         CallPush { kind: "call", call_id: call.id.to_string(), room_id: call.room_id, from, media: call.media };
     let body = serde_json::to_string(&payload).map_err(|e| chat_core::Error::internal(e.to_string()))?;
     let subscriptions = shared.subs()?.push_subscriptions(callee).await?;
-    let topic = send::topic(&format!("call:{}", call.id));
-    let jobs = send_jobs(&subscriptions, &format!("call:{}", call.id), &body, ttl, "high", &topic, now);
+    let tag = format!("call:{}", call.id);
+    let jobs = send_jobs(&subscriptions, &tag, &body, ttl, "high", &send::topic(&tag), now);
     if jobs.is_empty() {
         return Ok(false);
     }
@@ -834,11 +834,7 @@ async fn run_send(shared: &Shared, job: &Job) -> chat_core::Result<Option<Timest
         return Ok(None);
     }
     let key = shared.key.get().ok_or_else(|| chat_core::Error::unavailable("push has no VAPID key"))?;
-    let headers = Headers {
-        ttl: Duration::from_millis(u64::try_from(expires.as_millis() - now.as_millis()).unwrap_or(0)),
-        urgency: &push.urgency,
-        topic: &push.topic,
-    };
+    let headers = Headers { ttl: expires.until(), urgency: &push.urgency, topic: &push.topic };
     let outcome =
         send::push(&shared.client, key, &shared.config.subject, &subscription, push.body.as_bytes(), headers).await;
     match outcome {
