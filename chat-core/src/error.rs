@@ -10,6 +10,13 @@ use std::fmt;
 /// A boxed error from a backend (database driver, network client).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// The innermost cause of an error, which says what happened (connection
+/// refused, a DNS failure) where the outer ones say what was being done:
+/// for logs and `/health` of bridges that call other services.
+pub fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    std::iter::successors(Some(err), |e| e.source()).last().map_or_else(|| err.to_string(), |e| e.to_string())
+}
+
 /// Result with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -63,7 +63,7 @@ pub(crate) async fn push(
     let response = match response {
         Ok(response) => response,
         Err(err) if err.is_timeout() => return Outcome::Retry("no answer in time".into(), None),
-        Err(err) => return Outcome::Retry(root_cause(&err.without_url()), None),
+        Err(err) => return Outcome::Retry(chat_core::error::root_cause(&err.without_url()), None),
     };
     let status = response.status().as_u16();
     let retry_after = response
@@ -93,11 +93,6 @@ fn encrypt(subscription: &PushSubscription, payload: &[u8]) -> Result<Vec<u8>, S
     let mut secret = web_push_native::Auth::default();
     secret.copy_from_slice(&auth);
     web_push_native::encrypt(payload.to_vec(), &public, &secret).map_err(|e| format!("cannot encrypt: {e}"))
-}
-
-/// The innermost cause of an error (connection refused, a DNS failure).
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    std::iter::successors(Some(err), |e| e.source()).last().map_or_else(|| err.to_string(), |e| e.to_string())
 }
 
 /// A `Topic` header (at most 32 characters of base64url) for `key`: a newer

@@ -1186,8 +1186,10 @@ async fn deliver(shared: &Shared, endpoint: &Endpoint, job: &Job) -> Result<(), 
     let mut response = match response {
         Ok(response) => response,
         Err(err) if err.is_timeout() => return Err(format!("no answer within {:?}", shared.config.timeout)),
-        Err(err) if err.is_connect() => return Err(format!("cannot connect: {}", root_cause(&err.without_url()))),
-        Err(err) => return Err(root_cause(&err.without_url())),
+        Err(err) if err.is_connect() => {
+            return Err(format!("cannot connect: {}", chat_core::error::root_cause(&err.without_url())));
+        }
+        Err(err) => return Err(chat_core::error::root_cause(&err.without_url())),
     };
     let status = response.status();
     // Reading (some of) the answer keeps the connection for the next delivery.
@@ -1199,12 +1201,6 @@ async fn deliver(shared: &Shared, endpoint: &Endpoint, job: &Job) -> Result<(), 
         }
     }
     if status.is_success() { Ok(()) } else { Err(format!("answered HTTP {}", status.as_u16())) }
-}
-
-/// The innermost cause of an error, which says what happened (connection
-/// refused, DNS failure) where the outer ones say what was being done.
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    std::iter::successors(Some(err), |e| e.source()).last().map_or_else(|| err.to_string(), |e| e.to_string())
 }
 
 /// Records an attempt's outcome: done; to retry after the backoff (never
